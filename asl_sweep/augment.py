@@ -1,0 +1,54 @@
+"""Batched augmentation on the data's own device: one affine_grid/grid_sample call rotates
+a whole batch by per-image angles, flips are a masked select, blur is one grouped conv."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from asl_sweep.config import AugmentConfig
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each image of float [B, C, H, W] by its own angle; corners fill with 0."""
+    theta = degrees.to(x.device, x.dtype) * (math.pi / 180.0)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    zero = torch.zeros_like(cos)
+    matrix = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def hflip(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror the images where mask is True."""
+    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own sigma: per-image kernels applied as one grouped conv."""
+    b, c, h, w = x.shape
+    half = (kernel - 1) / 2
+    offsets = torch.linspace(-half, half, kernel, device=x.device, dtype=x.dtype)
+    g = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma.to(x.device, x.dtype)[:, None] ** 2))
+    g = g / g.sum(1, keepdim=True)  # [B, k]
+    weight = (g[:, :, None] * g[:, None, :]).repeat_interleave(c, 0).unsqueeze(1)  # [B*C,1,k,k]
+    padded = F.pad(x.reshape(1, b * c, h, w), [kernel // 2] * 4, mode="reflect")
+    return F.conv2d(padded, weight, groups=b * c).view(b, c, h, w)
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation, flip and blur of a float batch, random draws from `generator` (CPU)
+    so that a seeded run repeats exactly on any device."""
+    b = x.shape[0]
+    if cfg.rotation > 0:
+        angles = (torch.rand(b, generator=generator) * 2 - 1) * cfg.rotation
+        x = rotate(x, angles)
+    if cfg.flip:
+        x = hflip(x, torch.rand(b, generator=generator) < 0.5)
+    if cfg.blur_kernel > 1:
+        lo, hi = cfg.blur_sigma
+        sigma = lo + torch.rand(b, generator=generator) * (hi - lo)
+        x = gaussian_blur(x, cfg.blur_kernel, sigma)
+    return x

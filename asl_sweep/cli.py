@@ -1,0 +1,134 @@
+"""Command line: parse arguments, build typed settings once, call the functions that work.
+User-caused errors end in one clear message and exit code 2 (config) or 1, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from asl_sweep.config import ConfigError, StudyConfig, load_study
+from asl_sweep.workspace import Workspace
+
+
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", type=Path, help="study YAML, e.g. sweeps/quick.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting by key path, e.g. base.epochs=5 (repeatable)")
+    p.add_argument("--data", type=Path, help="ImageFolder root (one folder per class)")
+    p.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+                   help="folder for databases, artifacts and caches (default ./mlruns)")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
+    p.add_argument("--tracking", help="MLflow tracking URI (default sqlite in --home)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asl-sweep", description="Staged, fully recorded hyperparameter search for "
+        "image classifiers (Optuna + MLflow + PyTorch).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) the staged search of a study")
+    _study_args(run)
+    run.add_argument("--trials", type=int, help="trial budget of every stage")
+
+    train = sub.add_parser("train", help="one training run with the base settings, tracked")
+    _study_args(train)
+
+    status = sub.add_parser("status", help="stages, trials by state, best so far")
+    _study_args(status)
+
+    ui = sub.add_parser("ui", help="MLflow UI on the local store")
+    ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")))
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
+    cfg = load_study(args.study, args.overrides, args.data, getattr(args, "trials", None))
+    ws = Workspace.at(args.home, args.storage, args.tracking)
+    return cfg, ws
+
+
+def _on_signal(signum, frame):  # noqa: ARG001
+    # SIGTERM ends the current trial and its MLflow run like Ctrl-C does.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    from asl_sweep.data import DataError
+    from asl_sweep.storage import UnsafeCheckpointError
+
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, UnsafeCheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the current trial is marked failed; rerun the same command to "
+              "resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from asl_sweep.study import GateNotReached
+
+        if isinstance(e, GateNotReached):
+            print(f"stopped: {e}", file=sys.stderr)
+            return 3
+        raise
+
+
+def cmd_run(args) -> int:
+    from asl_sweep.leaderboard import print_leaderboard
+    from asl_sweep.study import run_study
+
+    cfg, ws = _load(args)
+    run_study(cfg, ws)
+    print_leaderboard(cfg, ws)
+    print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
+          f"(or: mlflow ui --backend-store-uri {ws.tracking_uri})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from asl_sweep.study import train_once
+
+    cfg, ws = _load(args)
+    result = train_once(cfg, ws)
+    b = result.best
+    print(f"best epoch {b.epoch}: train acc {b.train_acc:.3f}, val acc {b.val_acc:.3f}, "
+          f"{result.num_params:,} parameters")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from asl_sweep.leaderboard import print_status
+
+    cfg, ws = _load(args)
+    print_status(cfg, ws)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    ws = Workspace.at(args.home)
+    if not (ws.home / "mlflow.db").exists():
+        raise ConfigError(f"{ws.home}: no MLflow store yet; run a study first")
+    print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "server",
+                               "--backend-store-uri", ws.tracking_uri,
+                               "--default-artifact-root", ws.artifacts.as_uri(),
+                               "--host", args.host, "--port", str(args.port)])
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "status": cmd_status, "ui": cmd_ui}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""Typed study spec: YAML -> validated pydantic objects, built once at the edge.
+
+Everything downstream receives these objects; nothing passes raw dicts around.
+A bad key or value becomes one `ConfigError` naming the key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+METRICS = ("val_acc", "train_acc", "val_loss", "train_loss")
+Metric = Literal["val_acc", "train_acc", "val_loss", "train_loss"]
+Direction = Literal["maximize", "minimize"]
+
+
+class ConfigError(Exception):
+    """A user-caused configuration problem; the message names the file and key path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- data
+class SyntheticConfig(Strict):
+    per_class: int = Field(60, ge=2, description="images per letter")
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    root: Path | None = None  # ImageFolder layout; None = built-in synthetic letters
+    synthetic: SyntheticConfig = SyntheticConfig()
+    image_size: int = Field(64, ge=8, le=1024)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    group_pattern: str | None = None  # regex; group 1 names the person/source of a file
+    on_bad_image: Literal["error", "skip"] = "error"
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _regex_with_group(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            compiled = re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regex: {e}") from None
+        if compiled.groups < 1:
+            raise ValueError("needs a capturing group naming the person/source, e.g. '^([^_]+)_'")
+        return v
+
+
+# ---------------------------------------------------------------- trainer
+class AugmentConfig(Strict):
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="max degrees, uniform +-")
+    flip: bool = False  # random horizontal flip with p=0.5
+    blur_kernel: int = Field(0, ge=0, description="odd Gaussian kernel size; 0 = no blur")
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma drawn per image, as torchvision
+    copies: int = Field(1, ge=1, description="augmented views of each image per epoch")
+
+    @field_validator("blur_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v and v % 2 == 0:
+            raise ValueError("must be odd (3, 5, ...) or 0")
+        return v
+
+    @property
+    def active(self) -> bool:
+        return self.rotation > 0 or self.flip or self.blur_kernel > 0 or self.copies > 1
+
+
+class TransferConfig(Strict):
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"  # imagenet | none | path to a .pth file
+    trainable: int = Field(0, ge=0, description="last N backbone blocks trained; 0 = head only")
+    feature_views: int = Field(4, ge=1, description="augmented views cached per image")
+
+
+class TrainConfig(Strict):
+    model: Literal["mlp", "transfer"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = [500, 50]
+    activation: Literal["relu", "tanh", "gelu", "sigmoid", "leaky_relu", "elu", "silu"] = "relu"
+    # dropout[0] is on the input, dropout[i] on hidden layer i; missing entries are 0 and
+    # entries beyond the layer count are ignored, so the depth can be searched freely.
+    dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = []
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
+    checkpoint_every: int = Field(5, ge=1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA
+    seed: int = 0
+    augment: AugmentConfig = AugmentConfig()
+    transfer: TransferConfig = TransferConfig()
+
+    def dropout_at(self, i: int) -> float:
+        return self.dropout[i] if i < len(self.dropout) else 0.0
+
+
+# ---------------------------------------------------------------- search space
+class FloatRange(Strict):
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        if self.log and self.low <= 0:
+            raise ValueError("low must be > 0 for a log range")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be > 0")
+        return self
+
+
+class IntRange(Strict):
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        if self.log and self.low <= 0:
+            raise ValueError("low must be > 0 for a log range")
+        if self.step < 1:
+            raise ValueError("step must be >= 1")
+        return self
+
+
+class Choice(Strict):
+    choices: list[Any] = Field(min_length=1)
+
+
+ParamSpec = FloatRange | IntRange | Choice
+
+
+def parse_param(raw: Any) -> ParamSpec:
+    """A list is a categorical choice; {low, high} is an int range when both ends are ints."""
+    if isinstance(raw, list):
+        return Choice(choices=raw)
+    if isinstance(raw, dict):
+        ints = all(isinstance(raw.get(k), int) and not isinstance(raw.get(k), bool)
+                   for k in ("low", "high"))
+        if ints and not isinstance(raw.get("step", 1), float):
+            return IntRange(**raw)
+        return FloatRange(**raw)
+    raise ValueError("must be a list of choices or a mapping with low and high")
+
+
+class StageConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    goal: str = ""
+    subset: int | None = Field(None, ge=1, description="train on N images covering every class")
+    metric: Metric = "val_acc"
+    direction: Direction | None = None  # default follows the metric
+    target: float | None = None  # gate: the stage ends once a trial reaches it
+    on_fail: Literal["stop", "continue"] = "stop"
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    trials: int = Field(10, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds for the whole stage")
+    pruner: Literal["median", "none"] = "median"
+    seed: int = 0
+    space: dict[str, Any] = {}
+    seed_trials: list[dict[str, Any]] = []
+
+    @field_validator("space")
+    @classmethod
+    def _parse_space(cls, v: dict[str, Any]) -> dict[str, ParamSpec]:
+        parsed = {}
+        for name, raw in v.items():
+            try:
+                parsed[name] = parse_param(raw)
+            except ValidationError as e:
+                raise ValueError(f".{name}.{_first_error(e)}") from None
+            except ValueError as e:
+                raise ValueError(f".{name}: {e}") from None
+        return parsed
+
+    @model_validator(mode="after")
+    def _defaults(self) -> StageConfig:
+        if self.direction is None:
+            self.direction = "minimize" if self.metric.endswith("loss") else "maximize"
+        if self.sampler == "grid":
+            for name, spec in self.space.items():
+                if isinstance(spec, FloatRange) and spec.step is None:
+                    raise ValueError(f"grid sampler: space.{name} needs a list or a step")
+        return self
+
+    def reached(self, value: float) -> bool:
+        if self.target is None:
+            return False
+        return value >= self.target if self.direction == "maximize" else value <= self.target
+
+
+class StudyConfig(Strict):
+    study: str = Field(pattern=r"^[A-Za-z0-9_\-.]+$")
+    description: str = ""
+    data: DataConfig = DataConfig()
+    base: TrainConfig = TrainConfig()
+    stages: list[StageConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> StudyConfig:
+        names = [s.name for s in self.stages]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"stage names must be unique, repeated: {sorted(dupes)}")
+        # Every searched or seeded key must name a real trainer setting.
+        for i, stage in enumerate(self.stages):
+            for name, spec in stage.space.items():
+                where = f"stages.{i}.space.{name}"
+                if isinstance(spec, Choice):
+                    samples = {f"{where}.{k}": c for k, c in enumerate(spec.choices)}
+                else:
+                    samples = {f"{where}.low": spec.low, f"{where}.high": spec.high}
+                for at, sample in samples.items():
+                    check_train_override(self.base, name, sample, at)
+            for j, seeded in enumerate(stage.seed_trials):
+                for name, value in seeded.items():
+                    if name not in stage.space:
+                        raise ValueError(f"stages.{i}.seed_trials.{j}.{name}: not in this stage's "
+                                         f"space (seed trials set searched parameters only)")
+                    check_train_override(self.base, name, value,
+                                         f"stages.{i}.seed_trials.{j}.{name}")
+        return self
+
+
+# ---------------------------------------------------------------- paths and overrides
+def set_path(tree: Any, path: str, value: Any) -> None:
+    """Set `a.b.0.c` in nested dicts/lists; short numeric lists are padded with 0."""
+    keys = path.split(".")
+    node = tree
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit():
+                raise KeyError(".".join(keys[: depth + 1]))
+            idx = int(key)
+            while len(node) <= idx:
+                node.append(0.0)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+        else:
+            raise KeyError(".".join(keys[:depth]))
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A new TrainConfig with dotted-path overrides applied and validated."""
+    tree = cfg.model_dump()
+    for path, value in overrides.items():
+        set_path(tree, path, value)
+    return TrainConfig.model_validate(tree)
+
+
+def check_train_override(base: TrainConfig, name: str, value: Any, where: str) -> None:
+    try:
+        if name.split(".")[0] not in TrainConfig.model_fields:
+            raise KeyError(name)
+        apply_overrides(base, {name: value})
+    except KeyError:
+        raise ValueError(f"{where}: not a trainer setting (see base:)") from None
+    except ValidationError as e:
+        raise ValueError(f"{where}: {e.errors()[0]['msg']}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith("."):  # a nested validator already named the rest of the path
+            lines.append(loc + msg)
+        else:
+            lines.append(f"{loc}: {msg}" if loc else msg)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars or flow collections: 5, 1e-3, true, [256, 64]."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None,
+               data_root: str | Path | None = None, trials: int | None = None) -> StudyConfig:
+    """Read, override and validate a study YAML. Raises ConfigError naming file and key path."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such study file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study file must be a mapping with study, data, base, stages")
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        try:
+            set_path(raw, key.strip(), parse_scalar(value))
+        except (KeyError, IndexError, yaml.YAMLError):
+            raise ConfigError(f"--set {item!r}: {key} is not a settable key path") from None
+    if data_root is not None:
+        raw.setdefault("data", {})
+        raw["data"] = dict(raw["data"] or {}, root=str(data_root))
+    if trials is not None:
+        for stage in raw.get("stages") or []:
+            if isinstance(stage, dict):
+                stage["trials"] = trials
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+    if cfg.data.root is not None and not cfg.data.root.is_absolute():
+        # Relative data roots are relative to where the user runs the command.
+        cfg.data.root = cfg.data.root.resolve()
+    return cfg
+
+
+def dump_resolved(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

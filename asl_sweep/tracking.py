@@ -1,0 +1,124 @@
+"""The only module that imports mlflow. Experiment = study; runs nest study -> stage ->
+trial (the mlflow.parentRunId tag), so the MLflow UI shows the search as a tree.
+Per-epoch metrics go out in one log_batch call per epoch, not one call per value."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.train import EpochStats
+from asl_sweep.workspace import Workspace
+
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+PARENT = "mlflow.parentRunId"
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_s")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:6000]
+    return flat
+
+
+class Tracker:
+    def __init__(self, workspace: Workspace):
+        self.client = MlflowClient(tracking_uri=workspace.tracking_uri)
+        self.artifact_root = workspace.artifacts
+
+    # ------------------------------------------------------------ experiments and runs
+    def experiment(self, study: str) -> str:
+        found = self.client.get_experiment_by_name(study)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                study, artifact_location=(self.artifact_root / study).resolve().as_uri())
+        except Exception:  # another worker created it first
+            found = self.client.get_experiment_by_name(study)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def find_run(self, experiment_id: str, **tags: str) -> str | None:
+        clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([experiment_id], filter_string=clause,
+                                       order_by=["attributes.start_time ASC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def open_run(self, experiment_id: str, name: str, parent: str | None = None,
+                 **tags: str) -> str:
+        """The run with these tags, reopened, or a new one: a resumed study reuses its runs."""
+        run_id = self.find_run(experiment_id, **tags)
+        if run_id is None:
+            all_tags = dict(tags)
+            if parent:
+                all_tags[PARENT] = parent
+            run_id = self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+        elif self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def new_run(self, experiment_id: str, name: str, parent: str | None = None,
+                **tags: str) -> str:
+        all_tags = dict(tags)
+        if parent:
+            all_tags[PARENT] = parent
+        return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    def end(self, run_id: str, status: str = "FINISHED", **tags: str) -> None:
+        if tags:
+            self.set_tags(run_id, **tags)
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------ logging
+    def set_tags(self, run_id: str, **tags: Any) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        flat = _flatten(params)
+        items = [Param(k, v) for k, v in flat.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        ts = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
+                                               for k, v in metrics.items()])
+
+    def log_epoch(self, run_id: str, stats: EpochStats) -> None:
+        values = asdict(stats)
+        self.log_metrics(run_id, {k: values[k] for k in EPOCH_METRICS}, step=stats.epoch)
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    # ------------------------------------------------------------ reading back
+    def runs(self, experiment_id: str, **tags: str) -> list:
+        clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([experiment_id], filter_string=clause, max_results=5000)
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        return self.client.get_metric_history(run_id, key)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))

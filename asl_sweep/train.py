@@ -1,0 +1,246 @@
+"""The trainer: train(config, data, device, on_epoch) -> TrainResult.
+
+It knows nothing of Optuna or MLflow: it talks outward through one per-epoch hook, which may
+raise to stop the run (a pruned trial, a signal). Checkpoints are atomic and a run resumes
+from its last one with the same result as an uninterrupted run."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asl_sweep.augment import augment_batch
+from asl_sweep.config import TrainConfig
+from asl_sweep.data import SplitData
+from asl_sweep.models import InputSpec, build_model, count_parameters
+from asl_sweep.storage import atomic_torch_save, load_tensors
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    images_per_s: float
+
+    def metric(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """Which epoch counts as best: the stage's metric and direction."""
+
+    metric: str = "val_acc"
+    direction: str = "maximize"
+
+    def best(self, history: list[EpochStats]) -> EpochStats:
+        pick = max if self.direction == "maximize" else min
+        return pick(history, key=lambda s: s.metric(self.metric))
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochStats]
+    best: EpochStats
+    model: nn.Module  # carrying the best epoch's weights, in eval mode
+    spec: InputSpec
+    num_params: int
+    checkpoint: Path | None  # best.pt, when a run folder was given
+
+
+EpochHook = Callable[[EpochStats], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32" or device.type != "cuda":
+        return None
+    return torch.float16 if cfg.precision == "fp16" else torch.bfloat16
+
+
+def input_spec(data: SplitData) -> InputSpec:
+    """Per-channel pixel statistics of the training images, computed once."""
+    x = data.x_train.float().div_(255)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return InputSpec(data.image_size, len(data.classes),
+                     tuple(mean.tolist()), tuple(std.tolist()))
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class ImageBatches:
+    """Batches cut from uint8 tensors on the device; `copies` augmented views per epoch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig):
+        self.x, self.y, self.cfg = x, y, cfg
+
+    def __len__(self) -> int:
+        return len(self.y) * self.cfg.augment.copies
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.y)
+        order = torch.randperm(len(self), generator=generator) % n
+        aug = self.cfg.augment
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start:start + self.cfg.batch_size].to(self.x.device)
+            xb = self.x[idx].float().div_(255)
+            if aug.rotation > 0 or aug.flip or aug.blur_kernel > 1:
+                xb = augment_batch(xb, aug, generator)
+            yield xb, self.y[idx]
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             amp: torch.dtype | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` on uint8 images x."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode(), torch.autocast(x.device.type, amp, enabled=amp is not None):
+        for start in range(0, len(y), EVAL_BATCH):
+            xb = x[start:start + EVAL_BATCH].float().div_(255)
+            logits = model(xb).float()
+            yb = y[start:start + EVAL_BATCH]
+            total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    return total_loss / max(1, len(y)), correct / max(1, len(y))
+
+
+def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
+          on_epoch: EpochHook | None = None, run_dir: Path | None = None,
+          monitor: Monitor = Monitor()) -> TrainResult:
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    amp = autocast_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+    spec = input_spec(data)
+    model = build_model(cfg, spec).to(device)
+    optimizer = make_optimizer(cfg, model.parameters())
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    batches = ImageBatches(data.x_train, data.y_train, cfg)
+    history: list[EpochStats] = []
+    best_state: dict | None = None
+
+    last_path = run_dir / "last.pt" if run_dir else None
+    best_path = run_dir / "best.pt" if run_dir else None
+    if last_path is not None and last_path.exists():
+        history, best_state = _resume(last_path, best_path, model, optimizer, generator, device)
+
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        for xb, yb in batches.epoch(generator):
+            with torch.autocast(device.type, amp, enabled=amp is not None):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # Accumulate on the device: no host sync per step.
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, amp)
+        train_loss = loss_sum.item() / seen
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
+        stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc,
+                           time.perf_counter() - started, seen / train_seconds)
+        history.append(stats)
+        if monitor.best(history) is stats:
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            _checkpoint(cfg, spec, data.classes, model, optimizer, generator, history,
+                        best_state, monitor, last_path, best_path)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    best = monitor.best(history)
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(history, best, model, spec, count_parameters(model), best_path)
+
+
+def _checkpoint(cfg, spec, classes, model, optimizer, generator, history, best_state,
+                monitor, last_path, best_path) -> None:
+    best = monitor.best(history)
+    # best.pt first: a crash between the two writes leaves a best that a replay reproduces.
+    atomic_torch_save(model_file(best_state, cfg, spec, classes, best), best_path)
+    atomic_torch_save({
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": [asdict(s) for s in history],
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generator": generator.get_state(),
+    }, last_path)
+
+
+def model_file(state: dict, cfg: TrainConfig, spec: InputSpec, classes: list[str],
+               best: EpochStats) -> dict:
+    """Everything needed to rebuild and use a trained model, as tensors and plain data."""
+    return {"model": state, "config": cfg.model_dump(mode="json"), "spec": asdict(spec),
+            "classes": list(classes), "epoch": best.epoch, "metrics": asdict(best)}
+
+
+def load_model_file(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    stored = load_tensors(path)
+    cfg = TrainConfig.model_validate(stored["config"])
+    spec_d = stored["spec"]
+    spec = InputSpec(spec_d["image_size"], spec_d["num_classes"],
+                     tuple(spec_d["mean"]), tuple(spec_d["std"]))
+    model = build_model(cfg, spec)
+    model.load_state_dict(stored["model"])
+    return model.to(device).eval(), stored
+
+
+def _resume(last_path, best_path, model, optimizer, generator, device):
+    state = load_tensors(last_path, map_location=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_torch"].cpu())
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+    generator.set_state(state["generator"].cpu())
+    history = [EpochStats(**s) for s in state["history"]]
+    best_state = None
+    if best_path is not None and best_path.exists():
+        stored = load_tensors(best_path)
+        if stored["epoch"] <= len(history):
+            best_state = stored["model"]
+    if best_state is None:  # the replay of later epochs will find the best again
+        best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
+    return history, best_state
