@@ -188,7 +188,9 @@ class StageConfig(Strict):
             try:
                 parsed[name] = parse_param(raw)
             except ValidationError as e:
-                raise ValueError(f".{name}.{_first_error(e)}") from None
+                detail = _first_error(e)
+                sep = "." if e.errors()[0]["loc"] else ": "
+                raise ValueError(f".{name}{sep}{detail}") from None
             except ValueError as e:
                 raise ValueError(f".{name}: {e}") from None
         return parsed
@@ -226,6 +228,8 @@ class StudyConfig(Strict):
         for i, stage in enumerate(self.stages):
             for name, spec in stage.space.items():
                 where = f"stages.{i}.space.{name}"
+                if name.split(".")[0] not in TrainConfig.model_fields:
+                    raise ValueError(f"{where}: not a trainer setting (see base:)")
                 if isinstance(spec, Choice):
                     samples = {f"{where}.{k}": c for k, c in enumerate(spec.choices)}
                 else:

@@ -48,10 +48,11 @@ def load_image_set(cfg: DataConfig, cache_dir: Path, log=print) -> ImageSet:
     if cfg.root is None:
         return _cached(cache_dir, _synthetic_key(cfg), lambda: make_synthetic(
             cfg.synthetic.per_class, cfg.image_size, cfg.synthetic.seed), log)
-    files, labels, classes = scan_folder(cfg.root, cfg.on_bad_image, log)
+    files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
     key = _folder_key(cfg.root, files, labels, cfg.image_size, cfg.on_bad_image)
     return _cached(cache_dir, key, lambda: decode_folder(
-        cfg.root, files, labels, classes, cfg.image_size, cfg.on_bad_image, key, log), log)
+        cfg.root, files, labels, classes, cfg.image_size, cfg.on_bad_image, key, skipped,
+        log), log)
 
 
 def _cached(cache_dir: Path, key: str, build, log) -> ImageSet:
@@ -73,8 +74,9 @@ def _cached(cache_dir: Path, key: str, build, log) -> ImageSet:
     return image_set
 
 
-def scan_folder(root: Path, on_bad: str, log=print) -> tuple[list[Path], list[int], list[str]]:
-    """ImageFolder layout: one sub-folder per class. Non-image files are errors or skipped."""
+def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[str], list[str]]:
+    """ImageFolder layout: one sub-folder per class. Non-image files are errors or skipped;
+    returns files, labels, class names and the skipped files with their reasons."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root: {root} is not a folder")
@@ -83,20 +85,22 @@ def scan_folder(root: Path, on_bad: str, log=print) -> tuple[list[Path], list[in
         raise DataError(f"data.root: {root} needs one sub-folder per class (found {len(class_dirs)})")
     files: list[Path] = []
     labels: list[int] = []
+    skipped: list[str] = []
     for label, class_dir in enumerate(class_dirs):
         entries = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not entries:
             raise DataError(f"{class_dir}: empty class folder")
         for p in entries:
             if p.suffix.lower() not in IMAGE_SUFFIXES:
-                _bad(p, "not an image file (unknown extension)", on_bad, log)
+                _bad(p, "not an image file (unknown extension)", on_bad)
+                skipped.append(f"{p.relative_to(root)}: not an image file")
                 continue
             files.append(p)
             labels.append(label)
-    return files, labels, [d.name for d in class_dirs]
+    return files, labels, [d.name for d in class_dirs], skipped
 
 
-def _bad(path: Path, reason: str, on_bad: str, log) -> None:
+def _bad(path: Path, reason: str, on_bad: str) -> None:
     if on_bad == "error":
         raise DataError(f"{path}: {reason} (set data.on_bad_image: skip to leave such files out)")
 
@@ -146,7 +150,7 @@ def _decode_or_reason(args: tuple[str, int]) -> np.ndarray | str:
 
 
 def decode_folder(root: Path, files: list[Path], labels: list[int], classes: list[str],
-                  size: int, on_bad: str, key: str, log=print) -> ImageSet:
+                  size: int, on_bad: str, key: str, skipped: list[str], log=print) -> ImageSet:
     jobs = [(str(p), size) for p in files]
     workers = min(len(jobs) // 64, os.cpu_count() or 1)
     if workers > 1:
@@ -154,10 +158,10 @@ def decode_folder(root: Path, files: list[Path], labels: list[int], classes: lis
             decoded = list(pool.map(_decode_or_reason, jobs, chunksize=32))
     else:
         decoded = [_decode_or_reason(j) for j in jobs]
-    arrays, kept_labels, names, skipped = [], [], [], []
+    arrays, kept_labels, names, skipped = [], [], [], list(skipped)
     for path, label, result in zip(files, labels, decoded, strict=True):
         if isinstance(result, str):
-            _bad(path, f"cannot be decoded as an image ({result})", on_bad, log)
+            _bad(path, f"cannot be decoded as an image ({result})", on_bad)
             skipped.append(f"{path.relative_to(root)}: {result}")
             continue
         arrays.append(result)

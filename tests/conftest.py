@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from asl_sweep.config import DataConfig
+from asl_sweep.workspace import Workspace
+
+TINY_STUDY = {
+    "study": "tiny",
+    "data": {"synthetic": {"per_class": 12, "seed": 0}, "image_size": 16, "val_fraction": 0.25},
+    "base": {"hidden": [32], "epochs": 4, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 2},
+    "stages": [{
+        "name": "search", "goal": "tiny search", "trials": 4, "sampler": "random",
+        "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "hidden": [[32], [16, 16]]},
+    }],
+}
+
+
+def deep_update(tree: dict, updates: dict) -> dict:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            deep_update(tree[key], value)
+        else:
+            tree[key] = value
+    return tree
+
+
+@pytest.fixture
+def write_study(tmp_path):
+    """Write a study YAML (the tiny one, with updates) and return its path."""
+
+    def write(updates: dict | None = None, name: str = "study.yaml") -> Path:
+        spec = deep_update(copy.deepcopy(TINY_STUDY), updates or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    return Workspace.at(tmp_path / "mlruns").prepare()
+
+
+def make_image_folder(root: Path, classes=("A", "B", "C"), per_class: int = 6,
+                      people=("p1", "p2", "p3"), size: int = 20) -> Path:
+    """Real image files named <person>_<letter>_<n>.png, one folder per class."""
+    rng = np.random.default_rng(0)
+    for c_index, c in enumerate(classes):
+        folder = root / c
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            person = people[n % len(people)]
+            pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            pixels[:, c_index * 4:(c_index + 1) * 4] = 250  # a class-specific bar
+            Image.fromarray(pixels).save(folder / f"{person}_{c}_{n}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def data_config(image_folder) -> DataConfig:
+    return DataConfig(root=image_folder, image_size=16)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from asl_sweep.config import DataConfig, TrainConfig
+from asl_sweep.data import load_image_set, prepare_split
+from asl_sweep.storage import UnsafeCheckpointError, load_tensors
+from asl_sweep.train import load_model_file, train
+
+
+@pytest.fixture(scope="module")
+def synthetic_split(tmp_path_factory):
+    cfg = DataConfig(image_size=16, synthetic={"per_class": 10})
+    s = load_image_set(cfg, tmp_path_factory.mktemp("cache"))
+    return prepare_split(s, cfg, torch.device("cpu"))
+
+
+def test_mlp_overfits_20_images_covering_every_class(synthetic_split):
+    tiny = synthetic_split.subset(20, seed=0)
+    assert set(tiny.y_train.tolist()) == set(range(9))
+    cfg = TrainConfig(hidden=[128, 64], lr=1e-3, batch_size=20, epochs=60)
+    result = train(cfg, tiny, "cpu")
+    first_perfect = next(s.epoch for s in result.history if s.train_acc == 1.0)
+    assert first_perfect <= 60
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(synthetic_split, tmp_path):
+    cfg = TrainConfig(hidden=[32], epochs=6, checkpoint_every=1, dropout=[0.1, 0.2],
+                      augment={"rotation": 15, "flip": True}, batch_size=16)
+    straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_3(stats):
+        if stats.epoch == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, synthetic_split, "cpu", on_epoch=crash_at_3, run_dir=tmp_path / "b")
+    seen = []
+    resumed = train(cfg, synthetic_split, "cpu", on_epoch=lambda s: seen.append(s.epoch),
+                    run_dir=tmp_path / "b")
+    assert seen == [4, 5, 6]  # continued, did not start over
+    assert [s.val_loss for s in resumed.history] == [s.val_loss for s in straight.history]
+    for (k, a), b in zip(straight.model.state_dict().items(),
+                         resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_best_checkpoint_reloads_the_best_epoch(synthetic_split, tmp_path):
+    cfg = TrainConfig(hidden=[32], epochs=4, checkpoint_every=2)
+    result = train(cfg, synthetic_split, "cpu", run_dir=tmp_path)
+    model, stored = load_model_file(result.checkpoint)
+    assert stored["epoch"] == result.best.epoch
+    x = synthetic_split.x_val.float() / 255
+    assert torch.equal(model(x).argmax(1), result.model(x).argmax(1))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="refused"):
+        load_tensors(path)
+    assert not marker.exists()
