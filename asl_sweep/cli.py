@@ -22,6 +22,7 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                    help="folder for databases, artifacts and caches (default ./mlruns)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
     p.add_argument("--tracking", help="MLflow tracking URI (default sqlite in --home)")
+    p.add_argument("--trials", type=int, help="trial budget of every stage")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) the staged search of a study")
     _study_args(run)
-    run.add_argument("--trials", type=int, help="trial budget of every stage")
 
     train = sub.add_parser("train", help="one training run with the base settings, tracked")
     _study_args(train)
 
     status = sub.add_parser("status", help="stages, trials by state, best so far")
     _study_args(status)
+
+    report = sub.add_parser("report", help="Markdown + HTML report with plots, logged to MLflow")
+    _study_args(report)
+    report.add_argument("--out", type=Path, help="report folder (default <home>/reports/<study>)")
 
     ui = sub.add_parser("ui", help="MLflow UI on the local store")
     ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")))
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
-    cfg = load_study(args.study, args.overrides, args.data, getattr(args, "trials", None))
+    cfg = load_study(args.study, args.overrides, args.data, args.trials)
     ws = Workspace.at(args.home, args.storage, args.tracking)
     return cfg, ws
 
@@ -116,6 +120,14 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from asl_sweep.report import write_report
+
+    cfg, ws = _load(args)
+    write_report(cfg, ws, args.out)
+    return 0
+
+
 def cmd_ui(args) -> int:
     ws = Workspace.at(args.home)
     if not (ws.home / "mlflow.db").exists():
@@ -128,7 +140,8 @@ def cmd_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "status": cmd_status, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "status": cmd_status, "report": cmd_report,
+            "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -178,7 +178,8 @@ class StageConfig(Strict):
     pruner: Literal["median", "none"] = "median"
     seed: int = 0
     space: dict[str, Any] = {}
-    seed_trials: list[dict[str, Any]] = []
+    seed_trials: list[dict[str, Any]] = []  # hand-picked settings run first, as baselines
+    fixed: dict[str, Any] = {}  # trainer settings for this stage only (not carried forward)
 
     @field_validator("space")
     @classmethod
@@ -236,6 +237,8 @@ class StudyConfig(Strict):
                     samples = {f"{where}.low": spec.low, f"{where}.high": spec.high}
                 for at, sample in samples.items():
                     check_train_override(self.base, name, sample, at)
+            for name, value in stage.fixed.items():
+                check_train_override(self.base, name, value, f"stages.{i}.fixed.{name}")
             for j, seeded in enumerate(stage.seed_trials):
                 for name, value in seeded.items():
                     if name not in stage.space:

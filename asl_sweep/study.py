@@ -4,7 +4,9 @@ as study -> stage -> trial runs. A rerun continues where the last one stopped.""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -171,7 +173,7 @@ def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
         s.tracker.set_tags(stage_run, goal=stage.goal, index=index)
         s.tracker.log_params(stage_run, {"carried": carried, "metric": stage.metric,
                                          "trials": stage.trials, "target": stage.target})
-    base = apply_overrides(cfg.base, study.user_attrs["carried"])
+    base = apply_overrides(cfg.base, {**study.user_attrs["carried"], **stage.fixed})
     data = s.data.subset(stage.subset, cfg.data.seed) if stage.subset else s.data
     runner = TrialRunner(s, stage, study, stage_run, base, data, study.user_attrs["decided_by"])
 
@@ -180,7 +182,7 @@ def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
     with tqdm(total=stage.trials, desc=stage.name, unit="trial", leave=False,
               mininterval=1.0) as bar:
         while True:
-            optuna.storages.fail_stale_trials(study)
+            fail_dead_trials(study, s.tracker)
             trials = study.get_trials(deepcopy=False)
             done = sum(counts_toward_budget(t) for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -211,6 +213,38 @@ def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
     s.log(f"stage {stage.name}: winner trial {result.trial} ({result.status}): "
           f"{stage.metric} {result.value:.3f}  {result.params}")
     return result
+
+
+def fail_dead_trials(study: optuna.Study, tracker: Tracker) -> None:
+    """Fail RUNNING trials whose worker is gone, and queue their retry with the same
+    settings. Heartbeats find them after GRACE_S; a worker process of this machine that no
+    longer exists is known dead at once, so a rerun after kill -9 need not wait."""
+    optuna.storages.fail_stale_trials(study)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            try:
+                if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    retry(study, storage.get_trial(t._trial_id))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker got there first
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and "failure" not in t.user_attrs and tracker.status(run_id) == "RUNNING":
+            # Its worker died without a word: say so in MLflow instead of leaving RUNNING.
+            tracker.end(run_id, "FAILED", state="FAIL", error="worker lost (killed or crashed)")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def counts_toward_budget(t: FrozenTrial) -> bool:
@@ -275,6 +309,7 @@ class TrialRunner:
                                    parent=self.stage_run, kind="trial", stage=stage.name,
                                    trial_number=str(trial.number), state="RUNNING")
         trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         decided = {**self.decided_by, **{name: stage.name for name in params}}
         trial.set_user_attr("decided_by", decided)
         s.tracker.log_params(run_id, cfg.model_dump(mode="json"))

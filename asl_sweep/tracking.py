@@ -5,6 +5,7 @@ Per-epoch metrics go out in one log_batch call per epoch, not one call per value
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from asl_sweep.train import EpochStats
 from asl_sweep.workspace import Workspace
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -115,6 +117,9 @@ class Tracker:
     def runs(self, experiment_id: str, **tags: str) -> list:
         clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
         return self.client.search_runs([experiment_id], filter_string=clause, max_results=5000)
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
 
     def metric_history(self, run_id: str, key: str) -> list:
         return self.client.get_metric_history(run_id, key)

@@ -6,7 +6,12 @@ from PIL import Image
 from asl_sweep import data as data_mod
 from asl_sweep.config import DataConfig
 from asl_sweep.data import (
-    DataError, covering_subset, groups_of, load_image_set, make_synthetic, prepare_split,
+    DataError,
+    covering_subset,
+    groups_of,
+    load_image_set,
+    make_synthetic,
+    prepare_split,
     split_indices,
 )
 
