@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(report)
     report.add_argument("--out", type=Path, help="report folder (default <home>/reports/<study>)")
 
+    exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
+    _study_args(exp)
+    exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
+    exp.add_argument("--format", default="all", choices=["torchscript", "onnx", "mlflow", "all"])
+    exp.add_argument("--out", type=Path, help="folder for the files (default <home>/exports/<study>)")
+
+    pred = sub.add_parser("predict", help="class and probability per image")
+    pred.add_argument("model", help="model.torchscript.pt, model.onnx or models:/NAME/VERSION")
+    pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    pred.add_argument("--json", action="store_true", help="print JSON lines")
+    pred.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+                      help="for models:/ URIs: the folder holding mlflow.db")
+
     ui = sub.add_parser("ui", help="MLflow UI on the local store")
     ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")))
     ui.add_argument("--port", type=int, default=5000)
@@ -65,6 +78,7 @@ def _on_signal(signum, frame):  # noqa: ARG001
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
+    from asl_sweep.backbones import WeightsError
     from asl_sweep.data import DataError
     from asl_sweep.storage import UnsafeCheckpointError
 
@@ -73,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (DataError, UnsafeCheckpointError) as e:
+    except (DataError, UnsafeCheckpointError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -128,6 +142,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from asl_sweep.export import FORMATS, export
+
+    cfg, ws = _load(args)
+    export(cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out,
+           args.stage)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from asl_sweep.export import predict
+
+    if args.model.startswith("models:/"):
+        import mlflow
+
+        mlflow.set_registry_uri(Workspace.at(args.home).tracking_uri)
+    rows, failures = predict(args.model, args.images)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        width = max([len(r["file"]) for r in rows] + [4])
+        print(f"{'file'.ljust(width)}  class  probability")
+        for r in rows:
+            print(f"{r['file'].ljust(width)}  {r['class']:5s}  {r['probability']:.3f}")
+    for failure in failures:
+        print(f"error: {failure['file']}: {failure['error']}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def cmd_ui(args) -> int:
     ws = Workspace.at(args.home)
     if not (ws.home / "mlflow.db").exists():
@@ -141,7 +187,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "status": cmd_status, "report": cmd_report,
-            "ui": cmd_ui}
+            "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -136,7 +136,7 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
             img = img.convert("RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
-        return np.asarray(img, dtype=np.uint8)
+        return np.array(img, dtype=np.uint8)  # a writable copy
 
 
 def _decode_or_reason(args: tuple[str, int]) -> np.ndarray | str:

@@ -63,24 +63,25 @@ class MLP(nn.Module):
         return self.classifier(self.normalize(x).flatten(1))
 
 
-def build_mlp(cfg: TrainConfig, spec: InputSpec) -> nn.Module:
+def build_mlp(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
     return MLP(cfg, spec)
 
 
-def build_transfer(cfg: TrainConfig, spec: InputSpec) -> nn.Module:
-    from asl_sweep.backbones import TransferModel  # torchvision models load only when used
+def build_transfer(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    from asl_sweep import backbones  # torchvision models load only when used
 
-    return TransferModel(cfg, spec)
+    return backbones.build_transfer(cfg, spec, pretrained)
 
 
-MODELS: dict[str, Callable[[TrainConfig, InputSpec], nn.Module]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": build_mlp,
     "transfer": build_transfer,
 }
 
 
-def build_model(cfg: TrainConfig, spec: InputSpec) -> nn.Module:
-    return MODELS[cfg.model](cfg, spec)
+def build_model(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    """pretrained=False: skip loading pretrained weights (a checkpoint will set them all)."""
+    return MODELS[cfg.model](cfg, spec, pretrained)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

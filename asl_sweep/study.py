@@ -19,7 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from asl_sweep.config import StageConfig, StudyConfig, TrainConfig, apply_overrides, dump_resolved
-from asl_sweep.data import SplitData, load_image_set, prepare_split
+from asl_sweep.backbones import WeightsError
+from asl_sweep.data import DataError, SplitData, load_image_set, prepare_split
 from asl_sweep.plots import plot_curves
 from asl_sweep.space import decode_params, encode_params, grid, suggest
 from asl_sweep.tracking import Tracker
@@ -180,7 +181,7 @@ def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
     s.log(f"stage {stage.name}: {stage.goal or ''} [{stage.trials} trials, {stage.metric}]")
     started = time.monotonic()
     with tqdm(total=stage.trials, desc=stage.name, unit="trial", leave=False,
-              mininterval=1.0) as bar:
+              mininterval=1.0, disable=None) as bar:  # disable=None: no bar off a terminal
         while True:
             fail_dead_trials(study, s.tracker)
             trials = study.get_trials(deepcopy=False)
@@ -325,7 +326,7 @@ class TrialRunner:
 
         try:
             result = train(cfg, self.data, s.device, on_epoch, run_dir,
-                           Monitor(stage.metric, stage.direction))
+                           Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache)
         except optuna.TrialPruned:
             s.tracker.end(run_id, "FINISHED", state="PRUNED")
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -333,6 +334,10 @@ class TrialRunner:
         except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr("failure", "interrupted")
             s.tracker.end(run_id, "KILLED", state="FAIL")
+            raise
+        except (WeightsError, DataError) as e:  # the user's to fix: stop, don't retry
+            trial.set_user_attr("failure", "setup")
+            s.tracker.end(run_id, "FAILED", state="FAIL", error=str(e)[:500])
             raise
         except Exception as e:
             trial.set_user_attr("failure", "error")
@@ -382,7 +387,7 @@ def train_once(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = pri
 
     status = "FAILED"
     try:
-        result = train(cfg.base, s.data, s.device, on_epoch, run_dir)
+        result = train(cfg.base, s.data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
         best = asdict(result.best)
         s.tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in SECONDARY})
         history = result.history

@@ -20,6 +20,7 @@ from torch import nn
 from asl_sweep.augment import augment_batch
 from asl_sweep.config import TrainConfig
 from asl_sweep.data import SplitData
+from asl_sweep.features import frozen_features
 from asl_sweep.models import InputSpec, build_model, count_parameters
 from asl_sweep.storage import atomic_torch_save, load_tensors
 
@@ -103,6 +104,8 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 class ImageBatches:
     """Batches cut from uint8 tensors on the device; `copies` augmented views per epoch."""
 
+    images = True
+
     def __init__(self, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig):
         self.x, self.y, self.cfg = x, y, cfg
 
@@ -121,14 +124,36 @@ class ImageBatches:
             yield xb, self.y[idx]
 
 
+class FeatureBatches:
+    """Batches of cached frozen-backbone features; each sample draws one of its views."""
+
+    images = False
+
+    def __init__(self, views: torch.Tensor, y: torch.Tensor, cfg: TrainConfig):
+        self.views, self.y, self.cfg = views, y, cfg
+
+    def __len__(self) -> int:
+        return len(self.y) * self.cfg.augment.copies
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, k = len(self.y), self.views.shape[0]
+        order = torch.randperm(len(self), generator=generator) % n
+        which = torch.randint(k, (len(order),), generator=generator) if k > 1 else None
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start:start + self.cfg.batch_size].to(self.views.device)
+            view = 0 if which is None else which[start:start + self.cfg.batch_size].to(idx.device)
+            yield self.views[view, idx], self.y[idx]
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              amp: torch.dtype | None = None) -> tuple[float, float]:
-    """Mean loss and accuracy of `model` on uint8 images x."""
+    """Mean loss and accuracy of `model` on uint8 images (or float features) x."""
     model.eval()
     total_loss, correct = 0.0, 0
     with torch.inference_mode(), torch.autocast(x.device.type, amp, enabled=amp is not None):
         for start in range(0, len(y), EVAL_BATCH):
-            xb = x[start:start + EVAL_BATCH].float().div_(255)
+            xb = x[start:start + EVAL_BATCH]
+            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb
             logits = model(xb).float()
             yb = y[start:start + EVAL_BATCH]
             total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
@@ -138,15 +163,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
           on_epoch: EpochHook | None = None, run_dir: Path | None = None,
-          monitor: Monitor = Monitor()) -> TrainResult:
+          monitor: Monitor = Monitor(), cache_dir: Path | None = None) -> TrainResult:
+    """cache_dir: where frozen-backbone features are cached (None: computed, not kept)."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     amp = autocast_dtype(cfg, device)
     torch.manual_seed(cfg.seed)
     spec = input_spec(data)
     model = build_model(cfg, spec).to(device)
-    optimizer = make_optimizer(cfg, model.parameters())
+    if getattr(model, "frozen", False):
+        # Frozen backbone: features once (or from the cache), then only the head trains.
+        features = frozen_features(model, cfg, data, device, cache_dir, amp)
+        trained, x_val = model.head, features.val
+        batches = FeatureBatches(features.train, data.y_train, cfg)
+    else:
+        trained, x_val = model, data.x_val
+        batches = ImageBatches(data.x_train, data.y_train, cfg)
+    optimizer = make_optimizer(cfg, trained.parameters())
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    batches = ImageBatches(data.x_train, data.y_train, cfg)
     history: list[EpochStats] = []
     best_state: dict | None = None
 
@@ -157,13 +190,13 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         started = time.perf_counter()
-        model.train()
+        trained.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
         for xb, yb in batches.epoch(generator):
             with torch.autocast(device.type, amp, enabled=amp is not None):
-                logits = model(xb)
+                logits = trained(xb)
             loss = F.cross_entropy(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -173,7 +206,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)
         train_seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, amp)
+        val_loss, val_acc = evaluate(trained, x_val, data.y_val, amp)
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
@@ -222,7 +255,7 @@ def load_model_file(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
     spec_d = stored["spec"]
     spec = InputSpec(spec_d["image_size"], spec_d["num_classes"],
                      tuple(spec_d["mean"]), tuple(spec_d["std"]))
-    model = build_model(cfg, spec)
+    model = build_model(cfg, spec, pretrained=False)
     model.load_state_dict(stored["model"])
     return model.to(device).eval(), stored
 
