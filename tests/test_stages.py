@@ -91,13 +91,15 @@ def test_an_unreachable_gate_stops_the_run_or_continues(write_study, tmp_path, c
 
 
 def test_kill_9_mid_stage_then_rerun_finishes_the_budget(write_study, tmp_path):
-    spec = {"base": {"epochs": 25}, "stages": [
-        {**TWO_STAGES["stages"][0]}, {**TWO_STAGES["stages"][1], "trials": 4}]}
+    # Stage-2 trials run long enough (about a second) to be caught mid-flight.
+    spec = {"base": {"epochs": 5}, "stages": [
+        {**TWO_STAGES["stages"][0]},
+        {**TWO_STAGES["stages"][1], "trials": 4, "fixed": {"epochs": 150}}]}
     path = write_study(spec)
     home = tmp_path / "mlruns"
     ws = Workspace.at(home)
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))
     killed_number = None
     deadline = time.time() + 120
     try:
