@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) the staged search of a study")
     _study_args(run)
+    run.add_argument("--workers", type=int, default=1,
+                     help="worker processes on this machine sharing the study (default 1)")
+
+    worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
+    _study_args(worker)
+    worker.add_argument("--worker-index", type=int,
+                        help="sampler seed offset; 0 is the lone worker's (default: from the PID)")
+    worker.add_argument("--threads", type=int, help="CPU threads for this worker")
 
     train = sub.add_parser("train", help="one training run with the base settings, tracked")
     _study_args(train)
@@ -103,15 +111,79 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _study_argv(args) -> list[str]:
+    """The arguments that say which study, data and stores: passed on to worker processes."""
+    argv = [str(args.study), "--home", str(args.home)]
+    for item in args.overrides:
+        argv += ["--set", item]
+    for flag, value in (("--data", args.data), ("--storage", args.storage),
+                        ("--tracking", args.tracking), ("--trials", args.trials)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def run_workers(args, cfg, ws) -> int:
+    """N worker processes on this machine; the study and its MLflow experiment are created
+    here first, because creating them is a race between workers."""
+    import subprocess
+
+    from asl_sweep.study import prepare_study
+
+    prepare_study(cfg, ws)
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    procs = []
+    for index in range(args.workers):
+        env = dict(os.environ)
+        gpus = _gpu_count()
+        if gpus > 1:  # one GPU per worker, round robin
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "asl_sweep.cli", "worker", *_study_argv(args),
+             "--worker-index", str(index), "--threads", str(threads)], env=env))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        codes = [p.wait() for p in procs]
+        raise
+    return max(codes, key=abs)
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def cmd_run(args) -> int:
     from asl_sweep.leaderboard import print_leaderboard
     from asl_sweep.study import run_study
 
     cfg, ws = _load(args)
-    run_study(cfg, ws)
+    if args.workers > 1:
+        code = run_workers(args, cfg, ws)
+        if code != 0:
+            return code
+    else:
+        run_study(cfg, ws)
     print_leaderboard(cfg, ws)
     print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
           f"(or: mlflow ui --backend-store-uri {ws.tracking_uri})")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    import torch
+
+    from asl_sweep.study import run_study
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg, ws = _load(args)
+    index = args.worker_index if args.worker_index is not None else 1 + os.getpid() % 9973
+    run_study(cfg, ws, log=lambda m: print(f"[worker {index}] {m}", flush=True), worker=index)
     return 0
 
 
@@ -186,7 +258,7 @@ def cmd_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "status": cmd_status, "report": cmd_report,
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": cmd_status, "report": cmd_report,
             "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui}
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from asl_sweep.config import StageConfig, StudyConfig, TrainConfig, apply_overrides, dump_resolved
 from asl_sweep.backbones import WeightsError
+from asl_sweep.config import StageConfig, StudyConfig, TrainConfig, apply_overrides, dump_resolved
 from asl_sweep.data import DataError, SplitData, load_image_set, prepare_split
 from asl_sweep.plots import plot_curves
 from asl_sweep.space import decode_params, encode_params, grid, suggest
@@ -69,6 +69,7 @@ class Session:
     device: torch.device
     log: Callable[[str], None] = print
     results: list[StageResult] = field(default_factory=list)
+    worker: int = 0
 
 
 # ---------------------------------------------------------------- storage
@@ -95,9 +96,12 @@ def load_stage_study(cfg: StudyConfig, stage: StageConfig, storage) -> optuna.St
         return None
 
 
-def create_stage_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
+def create_stage_study(cfg: StudyConfig, index: int, storage,
+                       worker: int = 0) -> tuple[optuna.Study, bool]:
+    """The stage's Optuna study and whether this call created it (exactly one worker does).
+    Each worker samples with its own seed; worker 0 keeps the configured one."""
     stage = cfg.stages[index]
-    seed = stage.seed + 1000 * index
+    seed = stage.seed + 1000 * index + 7919 * worker
     if stage.sampler == "grid":
         sampler = optuna.samplers.GridSampler(grid(stage.space), seed=seed)
     elif stage.sampler == "random":
@@ -107,9 +111,13 @@ def create_stage_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
     pruner = (optuna.pruners.NopPruner() if stage.pruner == "none" else
               optuna.pruners.MedianPruner(n_startup_trials=3,
                                           n_warmup_steps=max(1, cfg.base.epochs // 5)))
-    return optuna.create_study(storage=storage, sampler=sampler, pruner=pruner,
-                               study_name=stage_study_name(cfg, stage),
-                               direction=stage.direction, load_if_exists=True)
+    name = stage_study_name(cfg, stage)
+    try:
+        return optuna.create_study(storage=storage, sampler=sampler, pruner=pruner,
+                                   study_name=name, direction=stage.direction), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                 pruner=pruner), False
 
 
 # ---------------------------------------------------------------- the whole study
@@ -131,8 +139,22 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
     return Session(cfg, ws, tracker, experiment_id, study_run, data, device, log)
 
 
-def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print) -> list[StageResult]:
+def prepare_study(cfg: StudyConfig, ws: Workspace) -> None:
+    """Decode the data and create the MLflow experiment and study run once, before
+    several workers start (each would otherwise race to create them)."""
+    ws.prepare()
+    load_image_set(cfg.data, ws.cache)
+    tracker = Tracker(ws)
+    tracker.open_run(tracker.experiment(cfg.study), cfg.study, kind="study")
+    optuna_storage(ws.storage)  # creates the Optuna tables
+
+
+def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
+              worker: int = 0) -> list[StageResult]:
+    """Run (or join, or resume) the staged search. Several workers may run this at once on
+    one storage: they share each stage's budget and agree on its winner."""
     session = open_session(cfg, ws, log)
+    session.worker = worker
     storage = optuna_storage(ws.storage)
     status = "FAILED"
     try:
@@ -155,25 +177,16 @@ def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = prin
 def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
               decided_by: dict[str, str]) -> StageResult:
     cfg, stage = s.cfg, s.cfg.stages[index]
-    study = create_stage_study(cfg, index, storage)
-    stage_run = s.tracker.open_run(s.experiment_id, stage.name, parent=s.study_run,
-                                   kind="stage", stage=stage.name)
+    study, created = create_stage_study(cfg, index, storage, s.worker)
+    if created or not _wait_for(study, "carried"):
+        _initialize_stage(s, study, index, carried, decided_by)
+    stage_run = study.user_attrs["mlflow_stage_run"]
     if "winner" in study.user_attrs:  # finished in an earlier run: keep its winner as it was
         result = StageResult(**study.user_attrs["winner"])
         s.log(f"stage {stage.name}: finished earlier, winner trial {result.trial} "
               f"({stage.metric} {result.value:.3f})")
-        s.tracker.end(stage_run)
         return result
-    if "carried" not in study.user_attrs:
-        study.set_user_attr("index", index)
-        study.set_user_attr("goal", stage.goal)
-        study.set_user_attr("carried", carried)
-        study.set_user_attr("decided_by", decided_by)
-        for seeded in stage.seed_trials:
-            study.enqueue_trial(encode_params(seeded), user_attrs={"seed_trial": True})
-        s.tracker.set_tags(stage_run, goal=stage.goal, index=index)
-        s.tracker.log_params(stage_run, {"carried": carried, "metric": stage.metric,
-                                         "trials": stage.trials, "target": stage.target})
+    s.tracker.reopen(stage_run)
     base = apply_overrides(cfg.base, {**study.user_attrs["carried"], **stage.fixed})
     data = s.data.subset(stage.subset, cfg.data.seed) if stage.subset else s.data
     runner = TrialRunner(s, stage, study, stage_run, base, data, study.user_attrs["decided_by"])
@@ -214,6 +227,34 @@ def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
     s.log(f"stage {stage.name}: winner trial {result.trial} ({result.status}): "
           f"{stage.metric} {result.value:.3f}  {result.params}")
     return result
+
+
+def _initialize_stage(s: Session, study: optuna.Study, index: int, carried: dict[str, Any],
+                      decided_by: dict[str, str]) -> None:
+    """Done once per stage, by the worker that created its study; `carried` goes last, as
+    the sign for the other workers that the stage is ready."""
+    stage = s.cfg.stages[index]
+    stage_run = s.tracker.new_run(s.experiment_id, stage.name, parent=s.study_run,
+                                  kind="stage", stage=stage.name, goal=stage.goal, index=index)
+    s.tracker.log_params(stage_run, {"carried": carried, "metric": stage.metric,
+                                     "trials": stage.trials, "target": stage.target})
+    study.set_user_attr("mlflow_stage_run", stage_run)
+    study.set_user_attr("index", index)
+    study.set_user_attr("goal", stage.goal)
+    study.set_user_attr("decided_by", decided_by)
+    if not any(t.user_attrs.get("seed_trial") for t in study.get_trials(deepcopy=False)):
+        for seeded in stage.seed_trials:
+            study.enqueue_trial(encode_params(seeded), user_attrs={"seed_trial": True})
+    study.set_user_attr("carried", carried)
+
+
+def _wait_for(study: optuna.Study, attr: str, seconds: float = 60.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while attr not in study.user_attrs:
+        if time.monotonic() > deadline:
+            return False  # its creator died before finishing: take over
+        time.sleep(0.5)
+    return True
 
 
 def fail_dead_trials(study: optuna.Study, tracker: Tracker) -> None:
@@ -303,6 +344,9 @@ class TrialRunner:
 
     def objective(self, trial: optuna.Trial) -> float:
         s, stage = self.s, self.stage
+        if self._surplus(trial):
+            trial.set_user_attr("failure", "surplus")
+            raise TrialError("budget already taken by other workers")
         params = suggest(trial, stage.space)
         cfg = apply_overrides(self.base, params)
         origin = self._retried_from(trial)
@@ -352,6 +396,14 @@ class TrialRunner:
         s.tracker.end(run_id, "FINISHED", state="COMPLETE")
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint now lives in MLflow
         return value
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        """Workers that looked at the budget at the same moment may both start a trial; the
+        later one (by trial number) steps back, so a stage runs exactly its budget."""
+        ahead = sum(1 for t in self.study.get_trials(deepcopy=False)
+                    if t.number < trial.number
+                    and (t.state == TrialState.RUNNING or counts_toward_budget(t)))
+        return ahead >= self.stage.trials
 
     def _retried_from(self, trial: optuna.Trial) -> int | None:
         frozen = self.study.get_trials(deepcopy=False)[trial.number]

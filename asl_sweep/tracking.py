@@ -78,6 +78,10 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         return run_id
 
+    def reopen(self, run_id: str) -> None:
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
     def new_run(self, experiment_id: str, name: str, parent: str | None = None,
                 **tags: str) -> str:
         all_tags = dict(tags)

@@ -68,3 +68,18 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="refused"):
         load_tensors(path)
     assert not marker.exists()
+
+
+def test_resume_refuses_a_checkpoint_carrying_a_pickle(synthetic_split, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"model": Evil()}, run_dir / "last.pt")
+    with pytest.raises(UnsafeCheckpointError):
+        train(TrainConfig(hidden=[8], epochs=2), synthetic_split, "cpu", run_dir=run_dir)
+    assert not marker.exists()

@@ -7,7 +7,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from asl_sweep.backbones import (
-    BACKBONES, WeightsError, build_transfer, find_weights_file, resolve_weights,
+    BACKBONES,
+    WeightsError,
+    build_transfer,
+    find_weights_file,
+    resolve_weights,
 )
 from asl_sweep.config import DataConfig, TrainConfig
 from asl_sweep.data import SplitData, load_image_set, prepare_split

@@ -1,0 +1,157 @@
+"""Several workers, PostgreSQL, signals and determinism: real processes, real stores."""
+
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.workspace import Workspace
+
+FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
+        "base": {"hidden": [16], "epochs": 3, "batch_size": 16},
+        "stages": [{"name": "search", "trials": 40, "sampler": "random", "pruner": "none",
+                    "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                              "hidden": [[16], [32], [16, 16]]}}]}
+
+
+def _finished(storage: str, name: str) -> list:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def _trial_runs(tracking: str, study: str) -> list:
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name(study)
+    return client.search_runs([exp.experiment_id], "tags.kind = 'trial'", max_results=1000)
+
+
+def test_four_workers_on_sqlite_finish_exactly_the_budget(write_study, tmp_path, capfd):
+    path = write_study(FAST)
+    home = tmp_path / "mlruns"
+    started = time.perf_counter()
+    assert main(["run", str(path), "--home", str(home), "--workers", "4"]) == 0
+    elapsed = time.perf_counter() - started
+    out, err = capfd.readouterr()
+    assert "locked" not in out + err
+    ws = Workspace.at(home)
+    assert len(_finished(ws.storage, "tiny.search")) == 40
+    runs = [r for r in _trial_runs(ws.tracking_uri, "tiny") if r.info.status == "FINISHED"]
+    assert len(runs) == 40
+    workers = {t.user_attrs["worker"] for t in _finished(ws.storage, "tiny.search")}
+    assert len(workers) == 4, workers  # every worker took part
+    print(f"4 workers, 40 trials: {elapsed:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on the loopback address, for this module's tests."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it from Debian packages)")
+    bindir = bins[-1]
+    root = tempfile.mkdtemp(prefix="asl-pg-")
+    as_user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(root, "data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*cmd):
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    pg(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+    pg(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
+       f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+       "-c max_connections=200", "start")
+    try:
+        for db in ("optuna", "mlflow"):
+            pg(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        pg(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_path, capfd,
+                                                             postgres):
+    spec = {**FAST, "stages": [
+        {**FAST["stages"][0], "name": "first", "trials": 6},
+        {"name": "second", "trials": 6, "sampler": "tpe", "pruner": "none",
+         "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]}
+    path = write_study(spec)
+    storage, tracking = f"{postgres}/optuna", f"{postgres}/mlflow"
+    assert main(["run", str(path), "--home", str(tmp_path / "mlruns"), "--workers", "2",
+                 "--storage", storage, "--tracking", tracking]) == 0
+    out = capfd.readouterr().out
+    for stage in ("first", "second"):
+        assert len(_finished(storage, f"tiny.{stage}")) == 6
+        said = re.findall(rf"\[worker (\d)\] stage {stage}: winner trial (\d+)", out)
+        assert {w for w, _ in said} == {"0", "1"}, out  # both workers named a winner ...
+        assert len({trial for _, trial in said}) == 1  # ... and the same one
+    assert len(_trial_runs(tracking, "tiny")) == 12
+
+
+def _wait_for_running_trial(storage: str, name: str, proc, seconds: float = 120):
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except Exception:
+            continue
+        running = [t for t in study.get_trials(deepcopy=False)
+                   if t.state.name == "RUNNING" and t.intermediate_values]
+        if running:
+            return running[0]
+    raise AssertionError("no trial was caught running")
+
+
+def test_sigterm_ends_the_trial_cleanly_and_a_rerun_completes(write_study, tmp_path):
+    spec = {**FAST, "base": {**FAST["base"], "epochs": 150}}
+    spec["stages"] = [{**FAST["stages"][0], "trials": 3}]
+    path = write_study(spec)
+    home = tmp_path / "mlruns"
+    ws = Workspace.at(home)
+    (home).mkdir()
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = _wait_for_running_trial(ws.storage, "tiny.search", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    killed = study.trials[victim.number]
+    assert killed.state.name == "FAIL"
+    status = MlflowClient(ws.tracking_uri).get_run(killed.user_attrs["mlflow_run_id"]).info.status
+    assert status in ("KILLED", "FAILED")
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert len(_finished(ws.storage, "tiny.search")) == 3
+
+
+def test_one_seeded_worker_repeats_exactly(write_study, tmp_path):
+    spec = {**FAST, "stages": [{**FAST["stages"][0], "trials": 4, "sampler": "tpe",
+                                "pruner": "median"}]}
+    path = write_study(spec)
+    outcomes = []
+    for run in ("a", "b"):
+        home = tmp_path / run
+        assert main(["run", str(path), "--home", str(home)]) == 0
+        trials = optuna.load_study(study_name="tiny.search",
+                                   storage=Workspace.at(home).storage).trials
+        outcomes.append([(t.params, t.state.name, t.value, t.intermediate_values,
+                          t.user_attrs.get("metrics", {}).get("train_loss")) for t in trials])
+    assert outcomes[0] == outcomes[1]
