@@ -169,6 +169,22 @@ def case_d(repeats: int) -> dict:
     return row
 
 
+def mlp_step_seconds(fused: bool, repeats: int) -> float:
+    cfg = TrainConfig(hidden=[500, 50], batch_size=20)
+    model = build_model(cfg, InputSpec(224, 9, (0.5,) * 3, (0.25,) * 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+    x, y = torch.rand(20, 3, 224, 224), torch.randint(0, 9, (20,))
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    return median_time(step, repeats + 2)[0]
+
+
 def case_g(repeats: int) -> dict:
     """The 224px MLP step (150528 -> 500 -> 50 -> 9, Adam, batch 20) against the limits."""
     n = 2048
@@ -181,22 +197,7 @@ def case_g(repeats: int) -> dict:
     dst.copy_(big)
     copy_s, _ = median_time(lambda: dst.copy_(big), repeats + 2)
     bandwidth = 2 * big.numel() * 4 / copy_s / 1e9  # read + write
-    results = {}
-    for fused in (False, True):
-        cfg = TrainConfig(hidden=[500, 50], batch_size=20)
-        model = build_model(cfg, InputSpec(224, 9, (0.5,) * 3, (0.25,) * 3))
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
-        x, y = torch.rand(20, 3, 224, 224), torch.randint(0, 9, (20,))
-
-        def step():
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        step()
-        step_s, _ = median_time(step, repeats + 2)
-        results["fused" if fused else "default"] = step_s
+    results = {"default": mlp_step_seconds(False, repeats), "fused": mlp_step_seconds(True, repeats)}
     params = 150528 * 500 + 500 * 50 + 50 * 9
     flops = 3 * 2 * 20 * params  # forward + backward (weight and activation gradients)
     # Bytes the step must move: weights read (forward), gradient written, then Adam reads

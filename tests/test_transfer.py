@@ -87,7 +87,7 @@ def _shapes_split(size=64, per_class=12) -> SplitData:
     """Two visibly different classes: filled discs versus thin stripes, random colours."""
     rng = np.random.default_rng(0)
     images, labels = [], []
-    for n in range(per_class):
+    for _ in range(per_class):
         for label in (0, 1):
             bg = tuple(int(c) for c in rng.integers(0, 256, 3))
             fg = tuple(int(c) for c in rng.integers(0, 256, 3))
