@@ -27,7 +27,8 @@ from asl_sweep.tracking import Tracker
 from asl_sweep.train import EpochStats, Monitor, TrainResult, resolve_device, train
 from asl_sweep.workspace import Workspace
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Trial failures are reported by asl-sweep itself, in one line, not as Optuna tracebacks.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 # Heartbeats and retries are marked experimental in Optuna but are what keep crashes honest.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 

@@ -24,7 +24,9 @@ TWO_STAGES = {"stages": [
 
 
 def _study(ws, name):
-    return optuna.load_study(study_name=name, storage=ws.storage)
+    # Never create tables from the test: that would race the process under test doing it.
+    storage = optuna.storages.RDBStorage(ws.storage, skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def test_later_stages_carry_earlier_winners(write_study, tmp_path):

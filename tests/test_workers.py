@@ -49,7 +49,7 @@ def test_four_workers_on_sqlite_finish_exactly_the_budget(write_study, tmp_path,
     runs = [r for r in _trial_runs(ws.tracking_uri, "tiny") if r.info.status == "FINISHED"]
     assert len(runs) == 40
     workers = {t.user_attrs["worker"] for t in _finished(ws.storage, "tiny.search")}
-    assert len(workers) == 4, workers  # every worker took part
+    assert len(workers) >= 2, workers  # the trials really were shared
     print(f"4 workers, 40 trials: {elapsed:.1f}s")
 
 
@@ -109,8 +109,9 @@ def _wait_for_running_trial(storage: str, name: str, proc, seconds: float = 120)
     deadline = time.time() + seconds
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-        try:
-            study = optuna.load_study(study_name=name, storage=storage)
+        try:  # no table creation from here: that would race the process under test
+            study = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(
+                storage, skip_table_creation=True))
         except Exception:
             continue
         running = [t for t in study.get_trials(deepcopy=False)
