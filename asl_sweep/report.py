@@ -16,11 +16,10 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import StudyConfig
+from asl_sweep.config import METRICS, StudyConfig
 from asl_sweep.data import load_image_set, prepare_split
 from asl_sweep.plots import plot_confusion, plot_curves
 from asl_sweep.study import (
-    SECONDARY,
     StageView,
     load_stage_study,
     optuna_storage,
@@ -227,7 +226,7 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, stor
               + ".")
         doc.p("Diagnosis: " + diagnosis(winner.metrics["train_acc"], winner.metrics["val_acc"]))
         if winner.run_id:
-            history = {k: tracker.metric_history(winner.run_id, k) for k in SECONDARY}
+            history = {k: tracker.metric_history(winner.run_id, k) for k in METRICS}
             epochs = [m.step for m in history["val_acc"]]
             curves = plot_curves(epochs, {k: [m.value for m in v] for k, v in history.items()},
                                  folder / f"{index:02d}-{stage.name}-curves.png",

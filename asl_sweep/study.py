@@ -19,7 +19,14 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from asl_sweep.backbones import WeightsError
-from asl_sweep.config import StageConfig, StudyConfig, TrainConfig, apply_overrides, dump_resolved
+from asl_sweep.config import (
+    METRICS,
+    StageConfig,
+    StudyConfig,
+    TrainConfig,
+    apply_overrides,
+    dump_resolved,
+)
 from asl_sweep.data import DataError, SplitData, load_image_set, prepare_split
 from asl_sweep.plots import plot_curves
 from asl_sweep.space import decode_params, encode_params, grid, suggest
@@ -222,7 +229,7 @@ def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
     study.set_user_attr("winner", asdict(result))
     s.tracker.log_params(stage_run, {"winner": result.params})
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
-                                      if k in SECONDARY})
+                                      if k in METRICS})
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
                   winner_run=result.run_id)
     s.log(f"stage {stage.name}: winner trial {result.trial} ({result.status}): "
@@ -363,15 +370,20 @@ class TrialRunner:
                            **({"retry_of": origin} if origin is not None else {}))
         run_dir = s.ws.runs / s.cfg.study / stage.name / f"trial-{origin if origin is not None else trial.number}"
 
+        epochs = s.tracker.epoch_log(run_id)
+
         def on_epoch(stats: EpochStats) -> None:
-            s.tracker.log_epoch(run_id, stats)
+            epochs.add(stats)
             trial.report(stats.metric(stage.metric), stats.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
 
         try:
-            result = train(cfg, self.data, s.device, on_epoch, run_dir,
-                           Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache)
+            try:
+                result = train(cfg, self.data, s.device, on_epoch, run_dir,
+                               Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache)
+            finally:
+                epochs.flush()  # whatever happened, the epochs so far are on record
         except optuna.TrialPruned:
             s.tracker.end(run_id, "FINISHED", state="PRUNED")
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -411,18 +423,24 @@ class TrialRunner:
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
     def _record(self, run_id: str, cfg: TrainConfig, result: TrainResult, run_dir) -> None:
-        tracker, history = self.s.tracker, result.history
-        best = asdict(result.best)
-        tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in SECONDARY}
-                            | {"best_epoch": result.best.epoch, "num_params": result.num_params})
-        curves = plot_curves([h.epoch for h in history],
-                             {k: [getattr(h, k) for h in history] for k in SECONDARY},
-                             run_dir / "curves.png", f"{self.stage.name} trial {run_id[:8]}")
-        config_file = run_dir / "config.yaml"
-        config_file.write_text(dump_resolved(cfg))
-        tracker.log_artifacts(run_id, [curves, config_file])
-        if result.checkpoint is not None and result.checkpoint.exists():
-            tracker.log_artifacts(run_id, [result.checkpoint], "checkpoints")
+        record_result(self.s.tracker, run_id, cfg, result, run_dir,
+                      f"{self.stage.name} trial {run_id[:8]}")
+
+
+def record_result(tracker: Tracker, run_id: str, cfg: TrainConfig, result: TrainResult,
+                  run_dir, title: str) -> None:
+    """A finished training's summary metrics, curves, resolved config and best checkpoint."""
+    best, history = asdict(result.best), result.history
+    tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in METRICS}
+                        | {"best_epoch": result.best.epoch, "num_params": result.num_params})
+    curves = plot_curves([h.epoch for h in history],
+                         {k: [getattr(h, k) for h in history] for k in METRICS},
+                         run_dir / "curves.png", title)
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(dump_resolved(cfg))
+    tracker.log_artifacts(run_id, [curves, config_file])
+    if result.checkpoint is not None and result.checkpoint.exists():
+        tracker.log_artifacts(run_id, [result.checkpoint], "checkpoints")
 
 
 # ---------------------------------------------------------------- a single fixed run
@@ -441,14 +459,7 @@ def train_once(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = pri
     status = "FAILED"
     try:
         result = train(cfg.base, s.data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
-        best = asdict(result.best)
-        s.tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in SECONDARY})
-        history = result.history
-        curves = plot_curves([h.epoch for h in history],
-                             {k: [getattr(h, k) for h in history] for k in SECONDARY},
-                             run_dir / "curves.png", "train")
-        s.tracker.log_artifacts(run_id, [curves])
-        s.tracker.log_artifacts(run_id, [result.checkpoint], "checkpoints")
+        record_result(s.tracker, run_id, cfg.base, result, run_dir, "train")
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, SystemExit):

@@ -113,6 +113,9 @@ class Tracker:
         values = asdict(stats)
         self.log_metrics(run_id, {k: values[k] for k in EPOCH_METRICS}, step=stats.epoch)
 
+    def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
+        return EpochLog(self.client, run_id, interval)
+
     def log_artifacts(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path=folder)
@@ -131,3 +134,25 @@ class Tracker:
     def download(self, run_id: str, path: str, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+
+class EpochLog:
+    """Per-epoch metrics, sent in one log_batch at most every `interval` seconds: a long
+    trial's curves stay live in the UI, a short trial costs one call instead of one per epoch."""
+
+    def __init__(self, client: MlflowClient, run_id: str, interval: float):
+        self.client, self.run_id, self.interval = client, run_id, interval
+        self.pending: list[Metric] = []
+        self.sent_at = time.monotonic()
+
+    def add(self, stats: EpochStats) -> None:
+        values, ts = asdict(stats), _now_ms()
+        self.pending += [Metric(k, float(values[k]), ts, stats.epoch) for k in EPOCH_METRICS]
+        if time.monotonic() - self.sent_at >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self.pending), 1000):  # MLflow's per-batch limit
+            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
+        self.pending = []
+        self.sent_at = time.monotonic()

@@ -220,7 +220,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
             _checkpoint(cfg, spec, data.classes, model, optimizer, generator, history,
-                        best_state, monitor, last_path, best_path)
+                        best_state, monitor, last_path, best_path, final=epoch == cfg.epochs)
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -231,10 +231,12 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
 
 
 def _checkpoint(cfg, spec, classes, model, optimizer, generator, history, best_state,
-                monitor, last_path, best_path) -> None:
+                monitor, last_path, best_path, final: bool) -> None:
     best = monitor.best(history)
     # best.pt first: a crash between the two writes leaves a best that a replay reproduces.
     atomic_torch_save(model_file(best_state, cfg, spec, classes, best), best_path)
+    if final:  # nothing left to resume: skip the largest write (weights + optimizer state)
+        return
     atomic_torch_save({
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -44,5 +44,7 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> tuple[float, list
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    # Cases run separately land in one file: a later run replaces only its own keys.
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**earlier, "machine": machine(), **result}, indent=2))
     return path
