@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
@@ -88,9 +89,20 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 120}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+    def connect() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=3))
+
+    try:
+        return connect()
+    except sqlalchemy.exc.SQLAlchemyError:
+        # Two processes creating the tables of a new database at once: one wins, the
+        # other finds them made a moment later.
+        time.sleep(2.0)
+        return connect()
 
 
 def stage_study_name(cfg: StudyConfig, stage: StageConfig) -> str:

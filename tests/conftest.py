@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,26 @@ def image_folder(tmp_path) -> Path:
 @pytest.fixture
 def data_config(image_folder) -> DataConfig:
     return DataConfig(root=image_folder, image_size=16)
+
+
+def running_trial(db: Path, study_name: str, proc, seconds: float = 120) -> int:
+    """Number of a trial of `study_name` that is RUNNING and has reported an epoch, read
+    through a read-only SQLite connection: polling must never create or lock anything
+    while the process under test sets its database up."""
+    deadline = time.time() + seconds
+    query = ("SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
+             "WHERE s.study_name = ? AND t.state = 'RUNNING' AND EXISTS (SELECT 1 FROM "
+             "trial_intermediate_values v WHERE v.trial_id = t.trial_id)")
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        if not db.exists():
+            continue
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                rows = conn.execute(query, (study_name,)).fetchall()
+        except sqlite3.Error:  # tables not there yet
+            continue
+        if rows:
+            return rows[0][0]
+    raise AssertionError(f"no trial of {study_name} was caught running "
+                         f"(process exit code {proc.poll()})")

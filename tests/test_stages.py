@@ -3,7 +3,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -12,6 +11,7 @@ from asl_sweep.cli import main
 from asl_sweep.config import load_study
 from asl_sweep.study import read_stages
 from asl_sweep.workspace import Workspace
+from tests.conftest import running_trial
 
 TWO_STAGES = {"stages": [
     {"name": "shape", "goal": "pick a shape", "trials": 3, "sampler": "random", "pruner": "none",
@@ -101,29 +101,14 @@ def test_kill_9_mid_stage_then_rerun_finishes_the_budget(write_study, tmp_path):
     home = tmp_path / "mlruns"
     ws = Workspace.at(home)
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))
-    killed_number = None
-    deadline = time.time() + 120
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while time.time() < deadline and killed_number is None:
-            time.sleep(0.05)
-            if not (home / "optuna.db").exists():
-                continue
-            try:
-                rate = _study(ws, "tiny.rate")
-            except Exception:  # not created yet, or the database is still being set up
-                continue
-            trials = rate.get_trials(deepcopy=False)
-            done = [t for t in trials if t.state.is_finished()]
-            running = [t for t in trials if t.state.name == "RUNNING" and t.intermediate_values]
-            if done and running:
-                killed_number = running[0].number
-                killed_params = running[0].params
-                os.kill(proc.pid, signal.SIGKILL)
+        killed_number = running_trial(home / "optuna.db", "tiny.rate", proc)
+        os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
-    assert killed_number is not None, "never caught a stage-2 trial mid-flight"
     before = read_stages(load_study(path), ws)[0].winner
+    killed_params = _study(ws, "tiny.rate").trials[killed_number].params
 
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     shape, rate = read_stages(load_study(path), ws)

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
 from asl_sweep.workspace import Workspace
+from tests.conftest import running_trial
 
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
         "base": {"hidden": [16], "epochs": 3, "batch_size": 16},
@@ -105,22 +106,6 @@ def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_pa
     assert len(_trial_runs(tracking, "tiny")) == 12
 
 
-def _wait_for_running_trial(storage: str, name: str, proc, seconds: float = 120):
-    deadline = time.time() + seconds
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        try:  # no table creation from here: that would race the process under test
-            study = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(
-                storage, skip_table_creation=True))
-        except Exception:
-            continue
-        running = [t for t in study.get_trials(deepcopy=False)
-                   if t.state.name == "RUNNING" and t.intermediate_values]
-        if running:
-            return running[0]
-    raise AssertionError("no trial was caught running")
-
-
 def test_sigterm_ends_the_trial_cleanly_and_a_rerun_completes(write_study, tmp_path):
     spec = {**FAST, "base": {**FAST["base"], "epochs": 150}}
     spec["stages"] = [{**FAST["stages"][0], "trials": 3}]
@@ -130,12 +115,12 @@ def test_sigterm_ends_the_trial_cleanly_and_a_rerun_completes(write_study, tmp_p
     (home).mkdir()
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = _wait_for_running_trial(ws.storage, "tiny.search", proc)
+    victim = running_trial(home / "optuna.db", "tiny.search", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "Traceback" not in err
     study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
-    killed = study.trials[victim.number]
+    killed = study.trials[victim]
     assert killed.state.name == "FAIL"
     status = MlflowClient(ws.tracking_uri).get_run(killed.user_attrs["mlflow_run_id"]).info.status
     assert status in ("KILLED", "FAILED")
