@@ -29,12 +29,15 @@ def main() -> None:
                   "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
         for key, value in result.items():
             if isinstance(value, list) and value and isinstance(value[0], dict):
-                lines += [f"**{key}**", "", *_table(value)]
+                lines += ["", f"**{key}**", "", *_table(value)]
             elif isinstance(value, dict):
-                lines += [f"**{key}**", "", *_table([value])]
+                lines += ["", f"**{key}**", "", *_table([value])]
             else:
                 lines.append(f"- {key}: {value}")
         lines.append("")
+    notes = Path(__file__).parent / "notes.md"
+    if notes.exists():  # the reading of the figures: targets, misses and their profiles
+        lines += [notes.read_text()]
     OUT.write_text("\n".join(lines))
     print(f"written {OUT}")
 
