@@ -189,8 +189,10 @@ class TransferModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            # Antialiasing only changes downscaling; leaving it off when upscaling gives the
+            # same pixels and keeps the graph exportable to ONNX.
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+                              align_corners=False, antialias=x.shape[-1] > self.input_size)
         return self.backbone(self.normalize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -103,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
               "resume", file=sys.stderr)
         return 130
     except Exception as e:
+        from asl_sweep.export import ExportError
         from asl_sweep.study import GateNotReached
 
         if isinstance(e, GateNotReached):
             print(f"stopped: {e}", file=sys.stderr)
             return 3
+        if isinstance(e, ExportError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         raise
 
 

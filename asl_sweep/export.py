@@ -99,21 +99,30 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
     example = torch.zeros(2, 3, winner.image_size, winner.image_size, dtype=torch.uint8)
     (out / "classes.json").write_text(json.dumps(winner.classes))
     written: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     with warnings.catch_warnings():
         # torch.jit is marked deprecated, and tracing warns that the resize branch is fixed
         # at export time; both are expected here: the graph takes image_size inputs.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        if "torchscript" in formats:
-            written["torchscript"] = export_torchscript(deployable, winner, example, out)
-        if "onnx" in formats:
-            written["onnx"] = export_onnx(deployable, winner, example, out)
-        if "mlflow" in formats:
-            written["mlflow"] = register_mlflow(deployable, winner, example, ws)
+        exporters = {"torchscript": lambda: export_torchscript(deployable, winner, example, out),
+                     "onnx": lambda: export_onnx(deployable, winner, example, out),
+                     "mlflow": lambda: register_mlflow(deployable, winner, example, ws)}
+        for kind in formats:
+            try:
+                written[kind] = exporters[kind]()
+            except Exception as e:  # one format failing must not cost the others
+                failed[kind] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
     written["model_card"] = write_model_card(winner, ws, out, written)
     for kind, where in written.items():
         log(f"{kind}: {where}")
+    if failed:
+        raise ExportError("; ".join(f"{kind} export failed: {why}" for kind, why in failed.items()))
     return written
+
+
+class ExportError(Exception):
+    """Some formats could not be written; the others were."""
 
 
 def export_torchscript(deployable: Deployable, winner: Winner, example: torch.Tensor,
@@ -247,6 +256,8 @@ class Predictor:
     def __init__(self, source: str):
         self.source = source
         path = Path(source)
+        if not source.startswith(("models:/", "runs:/")) and not path.exists():
+            raise ConfigError(f"{source}: no such model file")
         if source.startswith(("models:/", "runs:/")) or (path.is_dir() and (path / "MLmodel").exists()):
             import mlflow.pyfunc
 

@@ -86,3 +86,25 @@ def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, caps
     assert sorted(r["file"].rsplit("/", 1)[1] for r in rows) == ["ok0.png", "ok1.png"]
     assert all(r["class"] in "ABCDEFGHI" and 0 < r["probability"] <= 1 for r in rows)
     assert "broken.jpg" in captured.err
+
+
+def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
+    import onnxruntime
+
+    from asl_sweep.backbones import build_transfer
+    from asl_sweep.config import TrainConfig
+    from asl_sweep.export import Deployable
+    from asl_sweep.models import InputSpec
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="transfer", hidden=[8],
+                      transfer={"backbone": "mobilenet_v2", "weights": "none"})
+    model = Deployable(build_transfer(cfg, InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3)), 32).eval()
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    path = tmp_path / "t.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["images"], dynamo=False,
+                      opset_version=17)  # upsampling 32 -> 224 inside must export
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(None, {"images": x.numpy()})[0]
+    with torch.inference_mode():
+        assert np.allclose(onnx_probs, model(x).numpy(), atol=1e-4)
