@@ -71,10 +71,6 @@ class AugmentConfig(Strict):
             raise ValueError("must be odd (3, 5, ...) or 0")
         return v
 
-    @property
-    def active(self) -> bool:
-        return self.rotation > 0 or self.flip or self.blur_kernel > 0 or self.copies > 1
-
 
 class TransferConfig(Strict):
     backbone: str = "mobilenet_v2"

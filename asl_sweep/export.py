@@ -20,6 +20,7 @@ from torch import nn
 from asl_sweep.config import ConfigError, StudyConfig, dump_resolved
 from asl_sweep.data import IMAGE_SUFFIXES, DataError, decode_image, load_image_set, prepare_split
 from asl_sweep.plots import plot_confusion
+from asl_sweep.storage import atomic_write_text
 from asl_sweep.study import StageResult, read_stages
 from asl_sweep.tracking import Tracker
 from asl_sweep.train import load_model_file
@@ -245,7 +246,7 @@ def write_model_card(winner: Winner, ws: Workspace, out: Path, written: dict) ->
         "",
     ]
     path = out / "MODEL_CARD.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.config import METRICS, StudyConfig
 from asl_sweep.data import load_image_set, prepare_split
 from asl_sweep.plots import plot_confusion, plot_curves
+from asl_sweep.storage import atomic_write_text
 from asl_sweep.study import (
     StageView,
     load_stage_study,
@@ -177,8 +178,8 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None,
     _final_section(doc, views, cfg, ws, tracker, folder)
 
     md_path = folder / "report.md"
-    md_path.write_text(doc.markdown())
-    (folder / "report.html").write_text(doc.html(f"asl-sweep report: {cfg.study}"))
+    atomic_write_text(md_path, doc.markdown())
+    atomic_write_text(folder / "report.html", doc.html(f"asl-sweep report: {cfg.study}"))
     experiment = tracker.client.get_experiment_by_name(cfg.study)
     if experiment is not None:
         study_run = tracker.find_run(experiment.experiment_id, kind="study")
