@@ -1,0 +1,3 @@
+"""asl-sweep: staged, fully recorded hyperparameter search for image classifiers."""
+
+__version__ = "0.1.0"
