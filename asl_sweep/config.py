@@ -64,6 +64,11 @@ class AugmentConfig(Strict):
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma drawn per image, as torchvision
     copies: int = Field(1, ge=1, description="augmented views of each image per epoch")
 
+    @property
+    def transforms(self) -> bool:
+        """Whether any image is changed (copies alone only repeat images)."""
+        return self.rotation > 0 or self.flip or self.blur_kernel > 1
+
     @field_validator("blur_kernel")
     @classmethod
     def _odd(cls, v: int) -> int:

@@ -27,8 +27,7 @@ class FeatureSet:
 
 
 def views_of(cfg: TrainConfig) -> int:
-    augmenting = cfg.augment.rotation > 0 or cfg.augment.flip or cfg.augment.blur_kernel > 1
-    return cfg.transfer.feature_views if augmenting else 1
+    return cfg.transfer.feature_views if cfg.augment.transforms else 1
 
 
 def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData) -> str:

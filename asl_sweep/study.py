@@ -364,12 +364,14 @@ class TrialRunner:
 
     def objective(self, trial: optuna.Trial) -> float:
         s, stage = self.s, self.stage
-        if self._surplus(trial):
+        trials = self.study.get_trials(deepcopy=False)  # one read serves both checks below
+        if self._surplus(trial, trials):
             trial.set_user_attr("failure", "surplus")
             raise TrialError("budget already taken by other workers")
         params = suggest(trial, stage.space)
         cfg = apply_overrides(self.base, params)
-        origin = self._retried_from(trial)
+        origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(
+            trials[trial.number])
         run_id = s.tracker.new_run(s.experiment_id, f"{stage.name}-{trial.number}",
                                    parent=self.stage_run, kind="trial", stage=stage.name,
                                    trial_number=str(trial.number), state="RUNNING")
@@ -422,17 +424,12 @@ class TrialRunner:
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint now lives in MLflow
         return value
 
-    def _surplus(self, trial: optuna.Trial) -> bool:
+    def _surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> bool:
         """Workers that looked at the budget at the same moment may both start a trial; the
         later one (by trial number) steps back, so a stage runs exactly its budget."""
-        ahead = sum(1 for t in self.study.get_trials(deepcopy=False)
-                    if t.number < trial.number
+        ahead = sum(1 for t in trials if t.number < trial.number
                     and (t.state == TrialState.RUNNING or counts_toward_budget(t)))
         return ahead >= self.stage.trials
-
-    def _retried_from(self, trial: optuna.Trial) -> int | None:
-        frozen = self.study.get_trials(deepcopy=False)[trial.number]
-        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
     def _record(self, run_id: str, cfg: TrainConfig, result: TrainResult, run_dir) -> None:
         record_result(self.s.tracker, run_id, cfg, result, run_dir,
@@ -462,15 +459,19 @@ def train_once(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = pri
     run_id = s.tracker.new_run(s.experiment_id, "train", parent=s.study_run, kind="train")
     s.tracker.log_params(run_id, cfg.base.model_dump(mode="json"))
     run_dir = ws.runs / cfg.study / "train" / run_id
+    epochs = s.tracker.epoch_log(run_id)
 
     def on_epoch(stats: EpochStats) -> None:
-        s.tracker.log_epoch(run_id, stats)
+        epochs.add(stats)
         log(f"epoch {stats.epoch:3d}  train {stats.train_loss:.3f} / {stats.train_acc:.3f}  "
             f"val {stats.val_loss:.3f} / {stats.val_acc:.3f}  {stats.images_per_s:.0f} img/s")
 
     status = "FAILED"
     try:
-        result = train(cfg.base, s.data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
+        try:
+            result = train(cfg.base, s.data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
+        finally:
+            epochs.flush()
         record_result(s.tracker, run_id, cfg.base, result, run_dir, "train")
         status = "FINISHED"
         return result

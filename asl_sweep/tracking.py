@@ -70,12 +70,8 @@ class Tracker:
         """The run with these tags, reopened, or a new one: a resumed study reuses its runs."""
         run_id = self.find_run(experiment_id, **tags)
         if run_id is None:
-            all_tags = dict(tags)
-            if parent:
-                all_tags[PARENT] = parent
-            run_id = self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
-        elif self.client.get_run(run_id).info.status != "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
+            return self.new_run(experiment_id, name, parent, **tags)
+        self.reopen(run_id)
         return run_id
 
     def reopen(self, run_id: str) -> None:
@@ -109,10 +105,6 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
                                                for k, v in metrics.items()])
 
-    def log_epoch(self, run_id: str, stats: EpochStats) -> None:
-        values = asdict(stats)
-        self.log_metrics(run_id, {k: values[k] for k in EPOCH_METRICS}, step=stats.epoch)
-
     def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
         return EpochLog(self.client, run_id, interval)
 
@@ -121,10 +113,6 @@ class Tracker:
             self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
     # ------------------------------------------------------------ reading back
-    def runs(self, experiment_id: str, **tags: str) -> list:
-        clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-        return self.client.search_runs([experiment_id], filter_string=clause, max_results=5000)
-
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 

@@ -104,10 +104,13 @@ def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
         return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
+def epoch_order(n: int, copies: int, generator: torch.Generator) -> torch.Tensor:
+    """Every sample index `copies` times, shuffled."""
+    return torch.randperm(n * copies, generator=generator) % n
+
+
 class ImageBatches:
     """Batches cut from uint8 tensors on the device; `copies` augmented views per epoch."""
-
-    images = True
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig):
         self.x, self.y, self.cfg = x, y, cfg
@@ -116,21 +119,17 @@ class ImageBatches:
         return len(self.y) * self.cfg.augment.copies
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
-        order = torch.randperm(len(self), generator=generator) % n
-        aug = self.cfg.augment
+        order = epoch_order(len(self.y), self.cfg.augment.copies, generator)
         for start in range(0, len(order), self.cfg.batch_size):
             idx = order[start:start + self.cfg.batch_size].to(self.x.device)
             xb = self.x[idx].float().div_(255)
-            if aug.rotation > 0 or aug.flip or aug.blur_kernel > 1:
-                xb = augment_batch(xb, aug, generator)
+            if self.cfg.augment.transforms:
+                xb = augment_batch(xb, self.cfg.augment, generator)
             yield xb, self.y[idx]
 
 
 class FeatureBatches:
     """Batches of cached frozen-backbone features; each sample draws one of its views."""
-
-    images = False
 
     def __init__(self, views: torch.Tensor, y: torch.Tensor, cfg: TrainConfig):
         self.views, self.y, self.cfg = views, y, cfg
@@ -139,8 +138,8 @@ class FeatureBatches:
         return len(self.y) * self.cfg.augment.copies
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, k = len(self.y), self.views.shape[0]
-        order = torch.randperm(len(self), generator=generator) % n
+        k = self.views.shape[0]
+        order = epoch_order(len(self.y), self.cfg.augment.copies, generator)
         which = torch.randint(k, (len(order),), generator=generator) if k > 1 else None
         for start in range(0, len(order), self.cfg.batch_size):
             idx = order[start:start + self.cfg.batch_size].to(self.views.device)
