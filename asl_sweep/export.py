@@ -17,13 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asl_sweep.config import ConfigError, StudyConfig, dump_resolved
-from asl_sweep.data import IMAGE_SUFFIXES, DataError, decode_image, load_image_set, prepare_split
+from asl_sweep.checkpoint import ModelFile
+from asl_sweep.config import StudyConfig
+from asl_sweep.data import IMAGE_SUFFIXES, decode_image, load_image_set, prepare_split
+from asl_sweep.errors import ConfigError, DataError, ExportError
+from asl_sweep.files import atomic_write_text
 from asl_sweep.plots import plot_confusion
-from asl_sweep.storage import atomic_write_text
-from asl_sweep.study import StageResult, read_stages
+from asl_sweep.readback import read_stages
+from asl_sweep.selection import StageResult
+from asl_sweep.studyfile import dump_resolved
 from asl_sweep.tracking import Tracker
-from asl_sweep.train import load_model_file
 from asl_sweep.workspace import Workspace
 
 FORMATS = ("torchscript", "onnx", "mlflow")
@@ -53,16 +56,16 @@ class Winner:
     stage: str
     result: StageResult
     model: nn.Module
-    stored: dict  # the checkpoint's config, spec, classes, metrics
+    file: ModelFile  # the checkpoint: settings, input spec, classes, metrics
     decided_by: dict[str, str]
 
     @property
     def classes(self) -> list[str]:
-        return list(self.stored["classes"])
+        return list(self.file.classes)
 
     @property
     def image_size(self) -> int:
-        return int(self.stored["spec"]["image_size"])
+        return self.file.spec.image_size
 
     def lineage(self) -> dict[str, str]:
         tags = {"study": self.cfg.study, "stage": self.stage, "trial": str(self.result.trial),
@@ -86,8 +89,8 @@ def load_winner(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> Wi
     winner = next(t for t in view.trials if t.number == view.winner.trial)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Tracker(ws).download(view.winner.run_id, "checkpoints/best.pt", Path(tmp))
-        model, stored = load_model_file(checkpoint)
-    return Winner(cfg, view.stage.name, view.winner, model, stored,
+        file = ModelFile.load(checkpoint)
+    return Winner(cfg, view.stage.name, view.winner, file.build(), file,
                   winner.user_attrs.get("decided_by", {}))
 
 
@@ -122,10 +125,6 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
     return written
 
 
-class ExportError(Exception):
-    """Some formats could not be written; the others were."""
-
-
 def export_torchscript(deployable: Deployable, winner: Winner, example: torch.Tensor,
                        out: Path) -> Path:
     inner = torch.jit.trace(deployable.model, example.float() / 255)
@@ -158,35 +157,23 @@ def registered_name(cfg: StudyConfig) -> str:
 def register_mlflow(deployable: Deployable, winner: Winner, example: torch.Tensor,
                     ws: Workspace) -> str:
     """A new registered-model version, saved with torch.export (pt2): no pickle to load."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
     tracker = Tracker(ws)
-    mlflow.set_tracking_uri(ws.tracking_uri)
-    mlflow.set_registry_uri(ws.tracking_uri)
     experiment_id = tracker.experiment(winner.cfg.study)
     study_run = tracker.find_run(experiment_id, kind="study")
     run_id = tracker.new_run(experiment_id, f"export-{winner.stage}-{winner.result.trial}",
                              parent=study_run, kind="export", **winner.lineage())
     probabilities = deployable(example).detach().numpy()
-    signature = infer_signature(example.numpy(), probabilities)
     name = registered_name(winner.cfg)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            deployable, name="model", registered_model_name=name, signature=signature,
-            input_example=example.numpy(), serialization_format="pt2",
-            metadata={"classes": winner.classes, "image_size": winner.image_size})
-        mlflow.log_text(dump_resolved(winner.cfg), "study.yaml")
-        mlflow.log_dict(winner.stored["config"], "train_config.json")
-    client = tracker.client
-    version = next(v for v in client.search_model_versions(f"name='{name}'")
-                   if v.run_id == run_id)
-    for key, value in {**winner.lineage(),
-                       "train_config": json.dumps(winner.stored["config"])}.items():
-        client.set_model_version_tag(name, version.version, key, value[:5000])
+    train_config = winner.file.config.model_dump(mode="json")
+    version, uri = tracker.log_pytorch_model(
+        run_id, deployable, name, example.numpy(), probabilities,
+        metadata={"classes": winner.classes, "image_size": winner.image_size},
+        files={"study.yaml": dump_resolved(winner.cfg),
+               "train_config.json": json.dumps(train_config, indent=2)})
+    tracker.tag_model_version(name, version, {**winner.lineage(),
+                                              "train_config": json.dumps(train_config)})
     tracker.end(run_id)
-    return f"models:/{name}/{version.version} ({info.model_uri})"
+    return f"models:/{name}/{version} ({uri})"
 
 
 def evaluate_split(predict_probs, cfg: StudyConfig, ws: Workspace, image_size: int):
@@ -212,7 +199,7 @@ def write_model_card(winner: Winner, ws: Workspace, out: Path, written: dict) ->
     plot_confusion(matrix.tolist(), classes, out / "confusion.png")
     data = winner.cfg.data
     m = winner.result.metrics
-    config = winner.stored["config"]
+    config = winner.file.config.model_dump(mode="json")
     unused = {"transfer"} if config["model"] == "mlp" else set()
     settings = "\n".join(f"- `{k}`: {v}" for k, v in config.items() if k not in unused)
     lines = [
@@ -254,16 +241,14 @@ def write_model_card(winner: Winner, ws: Workspace, out: Path, written: dict) ->
 class Predictor:
     """Loads any exported form: a TorchScript file, an ONNX file or an MLflow model URI."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, home: Path | str = "mlruns"):
         self.source = source
         path = Path(source)
         if not source.startswith(("models:/", "runs:/")) and not path.exists():
             raise ConfigError(f"{source}: no such model file")
         if source.startswith(("models:/", "runs:/")) or (path.is_dir() and (path / "MLmodel").exists()):
-            import mlflow.pyfunc
-
             self.kind = "mlflow"
-            model = mlflow.pyfunc.load_model(source)
+            model = Tracker(Workspace.at(home)).load_pyfunc(source)
             meta = model.metadata.metadata or {}
             self.classes, self.image_size = meta["classes"], int(meta["image_size"])
             self._run = lambda x: np.asarray(model.predict(x.numpy()))
@@ -303,9 +288,10 @@ def image_files(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def predict(source: str, inputs: list[Path]) -> tuple[list[dict], list[dict]]:
+def predict(source: str, inputs: list[Path],
+            home: Path | str = "mlruns") -> tuple[list[dict], list[dict]]:
     """(predictions, failures): every readable image is predicted; bad ones are named."""
-    predictor = Predictor(source)
+    predictor = Predictor(source, home)
     rows, failures = [], []
     for path in image_files(inputs):
         try:

@@ -1,7 +1,8 @@
 """Frozen-backbone features, computed once and cached on disk: a head trial then trains in
 seconds instead of running the backbone over every image in every epoch. The cache key
 covers the backbone, its weights, the images and split, the size and the augmented views,
-so changing any of them computes the features anew."""
+the augmentation and its seed, and the autocast precision, so changing any of them computes
+the features anew."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from asl_sweep.augment import augment_batch
 from asl_sweep.config import TrainConfig
 from asl_sweep.data import SplitData
-from asl_sweep.storage import atomic_torch_save, load_tensors
+from asl_sweep.files import atomic_torch_save, load_tensors
 
 EXTRACT_BATCH = 64
 
@@ -30,14 +31,17 @@ def views_of(cfg: TrainConfig) -> int:
     return cfg.transfer.feature_views if cfg.augment.transforms else 1
 
 
-def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData) -> str:
+def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData,
+                amp: torch.dtype | None = None) -> str:
+    """Everything that changes the features: backbone, weights, images and split, size,
+    views, augmentation and the seed that draws it, autocast precision."""
     views = views_of(cfg)
     parts = [cfg.transfer.backbone, weights_id, data.content_key, str(data.image_size),
-             str(views)]
-    if views > 1:
-        parts.append(cfg.augment.model_dump_json())
+             f"views{views}", f"amp{amp}"]
+    if views > 1:  # augmented views are drawn from a generator seeded by the run's seed
+        parts += [cfg.augment.model_dump_json(), f"seed{cfg.seed}"]
     if weights_id == "none":  # random weights depend on the seed
-        parts.append(f"seed{cfg.seed}")
+        parts.append(f"init{cfg.seed}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
@@ -61,7 +65,8 @@ def frozen_features(model, cfg: TrainConfig, data: SplitData, device: torch.devi
                     cache_dir: Path | None, amp: torch.dtype | None = None) -> FeatureSet:
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"features-{feature_key(cfg, model.weights_id, data)[:24]}.pt"
+        key = feature_key(cfg, model.weights_id, data, amp)
+        path = Path(cache_dir) / f"features-{key[:24]}.pt"
         if path.exists():
             stored = load_tensors(path)
             return FeatureSet(stored["train"].to(device), stored["val"].to(device), True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from asl_sweep.config import StudyConfig
-from asl_sweep.study import StageView, read_stages
+from asl_sweep.readback import StageView, read_stages
 from asl_sweep.workspace import Workspace
 
 

@@ -16,18 +16,15 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from asl_sweep.checkpoint import ModelFile
 from asl_sweep.config import METRICS, StudyConfig
 from asl_sweep.data import load_image_set, prepare_split
+from asl_sweep.errors import ConfigError
+from asl_sweep.files import atomic_write_text
 from asl_sweep.plots import plot_confusion, plot_curves
-from asl_sweep.storage import atomic_write_text
-from asl_sweep.study import (
-    StageView,
-    load_stage_study,
-    optuna_storage,
-    read_stages,
-)
+from asl_sweep.readback import StageView, read_stages
+from asl_sweep.store import load_stage_study, optuna_storage
 from asl_sweep.tracking import Tracker
-from asl_sweep.train import load_model_file
 from asl_sweep.workspace import Workspace
 
 GAP_OVERFIT, FIT_LOW = 0.15, 0.8
@@ -153,8 +150,6 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None,
     storage = optuna_storage(ws.storage)
     views = read_stages(cfg, ws)
     if not any(v.trials for v in views):
-        from asl_sweep.config import ConfigError
-
         raise ConfigError(f"study {cfg.study}: nothing recorded yet in {ws.storage}; "
                           "run it first (asl-sweep run)")
     doc = Doc(folder)
@@ -271,7 +266,7 @@ def _final_section(doc: Doc, views: list[StageView], cfg: StudyConfig, ws: Works
         except Exception as e:
             doc.p(f"(no checkpoint to evaluate: {e})")
             return
-        model, stored = load_model_file(checkpoint)
+        model = ModelFile.load(checkpoint).build()
     data = prepare_split(load_image_set(cfg.data, ws.cache, log=lambda _: None), cfg.data,
                          torch.device("cpu"))
     with torch.inference_mode():

@@ -1,26 +1,21 @@
 """The only module that imports mlflow. Experiment = study; runs nest study -> stage ->
-trial (the mlflow.parentRunId tag), so the MLflow UI shows the search as a tree.
-Per-epoch metrics go out in one log_batch call per epoch, not one call per value."""
+trial (the mlflow.parentRunId tag), so the MLflow UI shows the search as a tree. The model
+registry, model logging and model loading go through here too.
+
+Per-epoch metrics are batched: one log_batch call at most every `interval` seconds (and at
+the end of the trial), not one call per value or per epoch."""
 
 from __future__ import annotations
 
-import logging
-import os
 import time
-from collections.abc import Iterable
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from asl_sweep.train import EpochStats
 from asl_sweep.workspace import Workspace
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-for _name in ("mlflow", "alembic"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
 
 PARENT = "mlflow.parentRunId"
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_s")
@@ -42,7 +37,9 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     def __init__(self, workspace: Workspace):
-        self.client = MlflowClient(tracking_uri=workspace.tracking_uri)
+        self.client = MlflowClient(tracking_uri=workspace.tracking_uri,
+                                   registry_uri=workspace.tracking_uri)
+        self.tracking_uri = workspace.tracking_uri
         self.artifact_root = workspace.artifacts
 
     # ------------------------------------------------------------ experiments and runs
@@ -108,6 +105,9 @@ class Tracker:
     def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
         return EpochLog(self.client, run_id, interval)
 
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
     def log_artifacts(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path=folder)
@@ -123,6 +123,40 @@ class Tracker:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    # ------------------------------------------------------------ models and the registry
+    def log_pytorch_model(self, run_id: str, model, name: str, example, outputs,
+                          metadata: dict[str, Any], files: Mapping[str, str]) -> tuple[str, str]:
+        """Log `model` with the pytorch flavor (torch.export, no pickle) as a new version of
+        the registered model `name`, plus text files beside it; returns (version, uri)."""
+        import mlflow
+        import mlflow.pytorch
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        signature = infer_signature(example, outputs)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", registered_model_name=name, signature=signature,
+                input_example=example, serialization_format="pt2", metadata=metadata)
+            for file_name, text in files.items():
+                mlflow.log_text(text, file_name)
+        version = next(v for v in self.client.search_model_versions(f"name='{name}'")
+                       if v.run_id == run_id)
+        return str(version.version), info.model_uri
+
+    def tag_model_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value[:5000])
+
+    def load_pyfunc(self, uri: str):
+        import mlflow
+        import mlflow.pyfunc
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return mlflow.pyfunc.load_model(uri)
+
 
 class EpochLog:
     """Per-epoch metrics, sent in one log_batch at most every `interval` seconds: a long
@@ -133,9 +167,9 @@ class EpochLog:
         self.pending: list[Metric] = []
         self.sent_at = time.monotonic()
 
-    def add(self, stats: EpochStats) -> None:
-        values, ts = asdict(stats), _now_ms()
-        self.pending += [Metric(k, float(values[k]), ts, stats.epoch) for k in EPOCH_METRICS]
+    def add(self, step: int, values: Mapping[str, float]) -> None:
+        ts = _now_ms()
+        self.pending += [Metric(k, float(values[k]), ts, step) for k in EPOCH_METRICS]
         if time.monotonic() - self.sent_at >= self.interval:
             self.flush()
 

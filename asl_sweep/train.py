@@ -7,6 +7,7 @@ from its last one with the same result as an uninterrupted run."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -18,13 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from asl_sweep.augment import augment_batch
+from asl_sweep.checkpoint import ModelFile, ResumeState
 from asl_sweep.config import TrainConfig
 from asl_sweep.data import SplitData
+from asl_sweep.errors import ModelFileError
 from asl_sweep.features import frozen_features
-from asl_sweep.models import InputSpec, build_model, count_parameters
-from asl_sweep.storage import atomic_torch_save, load_tensors
+from asl_sweep.layers import InputSpec
+from asl_sweep.models import build_model, count_parameters
 
 EVAL_BATCH = 256
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,10 +169,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
           on_epoch: EpochHook | None = None, run_dir: Path | None = None,
-          monitor: Monitor = Monitor(), cache_dir: Path | None = None) -> TrainResult:
-    """cache_dir: where frozen-backbone features are cached (None: computed, not kept)."""
+          monitor: Monitor = Monitor(), cache_dir: Path | None = None,
+          identity: dict[str, str] | None = None) -> TrainResult:
+    """cache_dir: where frozen-backbone features are cached (None: computed, not kept).
+    identity: what the checkpoints in run_dir belong to (study, stage, trial, settings); a
+    checkpoint written for anything else is removed, never resumed from."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     amp = autocast_dtype(cfg, device)
+    identity = dict(identity or {})
     torch.manual_seed(cfg.seed)
     spec = input_spec(data)
     model = build_model(cfg, spec).to(device)
@@ -181,6 +189,8 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
         trained, x_val = model, data.x_val
         batches = ImageBatches(data.x_train, data.y_train, cfg)
     optimizer = make_optimizer(cfg, trained.parameters())
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     history: list[EpochStats] = []
     best_state: dict | None = None
@@ -188,7 +198,10 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
     last_path = run_dir / "last.pt" if run_dir else None
     best_path = run_dir / "best.pt" if run_dir else None
     if last_path is not None and last_path.exists():
-        history, best_state = _resume(last_path, best_path, model, optimizer, generator, device)
+        resumed = _resume(last_path, best_path, identity, model, optimizer, scaler, generator,
+                          device)
+        if resumed is not None:
+            history, best_state = resumed
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         started = time.perf_counter()
@@ -201,8 +214,9 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                 logits = trained(xb)
             loss = F.cross_entropy(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             # Accumulate on the device: no host sync per step.
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
@@ -218,8 +232,15 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
         if monitor.best(history) is stats:
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
-            _checkpoint(cfg, spec, data.classes, model, optimizer, generator, history,
-                        best_state, monitor, last_path, best_path, final=epoch == cfg.epochs)
+            best_file = ModelFile(best_state, cfg, spec, list(data.classes),
+                                  monitor.best(history).epoch,
+                                  asdict(monitor.best(history)), identity)
+            # best.pt first: a crash between the two writes leaves a best that a replay
+            # reproduces. No resume file after the last epoch: nothing is left to resume.
+            best_file.save(best_path)
+            if epoch < cfg.epochs:
+                _resume_state(identity, model, optimizer, scaler, generator,
+                              history).save(last_path)
         if on_epoch is not None:
             on_epoch(stats)
 
@@ -229,55 +250,47 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
     return TrainResult(history, best, model, spec, count_parameters(model), best_path)
 
 
-def _checkpoint(cfg, spec, classes, model, optimizer, generator, history, best_state,
-                monitor, last_path, best_path, final: bool) -> None:
-    best = monitor.best(history)
-    # best.pt first: a crash between the two writes leaves a best that a replay reproduces.
-    atomic_torch_save(model_file(best_state, cfg, spec, classes, best), best_path)
-    if final:  # nothing left to resume: skip the largest write (weights + optimizer state)
-        return
-    atomic_torch_save({
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "history": [asdict(s) for s in history],
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "generator": generator.get_state(),
-    }, last_path)
+def _resume_state(identity, model, optimizer, scaler, generator, history) -> ResumeState:
+    return ResumeState(
+        identity=identity, model=model.state_dict(), optimizer=optimizer.state_dict(),
+        history=[asdict(s) for s in history], rng_torch=torch.get_rng_state(),
+        rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        generator=generator.get_state(), scaler=scaler.state_dict())
 
 
-def model_file(state: dict, cfg: TrainConfig, spec: InputSpec, classes: list[str],
-               best: EpochStats) -> dict:
-    """Everything needed to rebuild and use a trained model, as tensors and plain data."""
-    return {"model": state, "config": cfg.model_dump(mode="json"), "spec": asdict(spec),
-            "classes": list(classes), "epoch": best.epoch, "metrics": asdict(best)}
-
-
-def load_model_file(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    stored = load_tensors(path)
-    cfg = TrainConfig.model_validate(stored["config"])
-    spec_d = stored["spec"]
-    spec = InputSpec(spec_d["image_size"], spec_d["num_classes"],
-                     tuple(spec_d["mean"]), tuple(spec_d["std"]))
-    model = build_model(cfg, spec, pretrained=False)
-    model.load_state_dict(stored["model"])
-    return model.to(device).eval(), stored
-
-
-def _resume(last_path, best_path, model, optimizer, generator, device):
-    state = load_tensors(last_path, map_location=device)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_torch"].cpu())
-    if state["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-    generator.set_state(state["generator"].cpu())
-    history = [EpochStats(**s) for s in state["history"]]
+def _resume(last_path: Path, best_path: Path, identity: dict[str, str], model, optimizer,
+            scaler, generator, device) -> tuple[list[EpochStats], dict] | None:
+    """Continue from last.pt when it belongs to this run; otherwise remove it (and best.pt)
+    and start over. A file that needs pickle to load is refused, never removed silently."""
+    state = ResumeState.load(last_path, map_location=device)
+    if state.identity != identity:
+        log.warning("%s: a leftover checkpoint of another trial (%s), not this one (%s); "
+                    "removed, training from the start", last_path.parent,
+                    _describe(state.identity), _describe(identity))
+        last_path.unlink(missing_ok=True)
+        best_path.unlink(missing_ok=True)
+        return None
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    if state.scaler:
+        scaler.load_state_dict(state.scaler)
+    torch.set_rng_state(state.rng_torch.cpu())
+    if state.rng_cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state.rng_cuda])
+    generator.set_state(state.generator.cpu())
+    history = [EpochStats(**s) for s in state.history]
     best_state = None
-    if best_path is not None and best_path.exists():
-        stored = load_tensors(best_path)
-        if stored["epoch"] <= len(history):
-            best_state = stored["model"]
+    if best_path.exists():
+        try:
+            best = ModelFile.load(best_path)
+        except ModelFileError:  # damaged: the replay of later epochs finds the best again
+            best = None
+        if best is not None and best.identity == identity and best.epoch <= len(history):
+            best_state = best.state
     if best_state is None:  # the replay of later epochs will find the best again
         best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
     return history, best_state
+
+
+def _describe(identity: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in identity.items()) or "no identity"

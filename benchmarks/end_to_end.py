@@ -10,8 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from asl_sweep.config import load_study
-from asl_sweep.study import read_stages, run_study
+from asl_sweep.readback import read_stages
+from asl_sweep.study import run_study
+from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 from benchmarks.common import write_result
 

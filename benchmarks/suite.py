@@ -26,7 +26,8 @@ from torchvision.datasets import ImageFolder
 from asl_sweep.augment import augment_batch
 from asl_sweep.config import AugmentConfig, DataConfig, StudyConfig, TrainConfig
 from asl_sweep.data import SplitData, load_image_set, prepare_split
-from asl_sweep.models import InputSpec, build_model
+from asl_sweep.layers import InputSpec
+from asl_sweep.models import build_model
 from asl_sweep.train import input_spec, make_optimizer, train
 from asl_sweep.workspace import Workspace
 from benchmarks.common import ASL, median_time, write_result

@@ -7,9 +7,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from asl_sweep.cli import main
-from asl_sweep.config import load_study
 from asl_sweep.export import Predictor, evaluate_split, registered_name
-from asl_sweep.study import read_stages
+from asl_sweep.readback import read_stages
+from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 
 
@@ -42,11 +42,7 @@ def test_each_exported_form_reproduces_the_validation_accuracy(exported, form):
     source = {"torchscript": str(out / "model.torchscript.pt"),
               "onnx": str(out / "model.onnx"),
               "mlflow": f"models:/{registered_name(cfg)}/1"}[form]
-    if form == "mlflow":
-        import mlflow
-
-        mlflow.set_registry_uri(ws.tracking_uri)
-    predictor = Predictor(source)
+    predictor = Predictor(source, ws.home)
     assert predictor.classes == list("ABCDEFGHI") and predictor.image_size == 16
     predictions, truth, _ = evaluate_split(predictor, cfg, ws, 16)
     assert (predictions == truth).mean() == view.winner.metrics["val_acc"]
@@ -94,7 +90,7 @@ def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
     from asl_sweep.backbones import build_transfer
     from asl_sweep.config import TrainConfig
     from asl_sweep.export import Deployable
-    from asl_sweep.models import InputSpec
+    from asl_sweep.layers import InputSpec
 
     torch.manual_seed(0)
     cfg = TrainConfig(model="transfer", hidden=[8],

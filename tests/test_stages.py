@@ -8,8 +8,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
-from asl_sweep.config import load_study
-from asl_sweep.study import read_stages
+from asl_sweep.readback import read_stages
+from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 from tests.conftest import running_trial
 

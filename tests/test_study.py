@@ -6,8 +6,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
-from asl_sweep.config import load_study
-from asl_sweep.study import read_stages
+from asl_sweep.readback import read_stages
+from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 
 PRUNABLE = {"base": {"epochs": 6}, "stages": [{
@@ -87,7 +87,7 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
 @pytest.mark.parametrize("args, message, code", [
     (["--set", "base.epochs=zero"], "base.epochs: Input should be a valid integer", 2),
     (["--set", "base.lrr=1"], "base.lrr: Extra inputs are not permitted", 2),
-    (["--data", "/nonexistent/photos"], "data.root: /nonexistent/photos is not a folder", 1),
+    (["--data", "/nonexistent/photos"], "data.root: /nonexistent/photos is not a folder", 2),
 ])
 def test_user_errors_are_one_message_not_a_traceback(write_study, tmp_path, args, message, code):
     path = write_study()

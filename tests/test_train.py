@@ -1,10 +1,12 @@
 import pytest
 import torch
 
+from asl_sweep.checkpoint import ModelFile
 from asl_sweep.config import DataConfig, TrainConfig
 from asl_sweep.data import load_image_set, prepare_split
-from asl_sweep.storage import UnsafeCheckpointError, load_tensors
-from asl_sweep.train import load_model_file, train
+from asl_sweep.errors import UnsafeFileError
+from asl_sweep.files import load_tensors
+from asl_sweep.train import train
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,9 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(synthetic_split, tmp
 def test_best_checkpoint_reloads_the_best_epoch(synthetic_split, tmp_path):
     cfg = TrainConfig(hidden=[32], epochs=4, checkpoint_every=2)
     result = train(cfg, synthetic_split, "cpu", run_dir=tmp_path)
-    model, stored = load_model_file(result.checkpoint)
-    assert stored["epoch"] == result.best.epoch
+    file = ModelFile.load(result.checkpoint)
+    model = file.build()
+    assert file.epoch == result.best.epoch
     x = synthetic_split.x_val.float() / 255
     assert torch.equal(model(x).argmax(1), result.model(x).argmax(1))
 
@@ -65,7 +68,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"model": Evil()}, path)
-    with pytest.raises(UnsafeCheckpointError, match="refused"):
+    with pytest.raises(UnsafeFileError, match="refused"):
         load_tensors(path)
     assert not marker.exists()
 
@@ -80,6 +83,6 @@ def test_resume_refuses_a_checkpoint_carrying_a_pickle(synthetic_split, tmp_path
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     torch.save({"model": Evil()}, run_dir / "last.pt")
-    with pytest.raises(UnsafeCheckpointError):
+    with pytest.raises(UnsafeFileError):
         train(TrainConfig(hidden=[8], epochs=2), synthetic_split, "cpu", run_dir=run_dir)
     assert not marker.exists()

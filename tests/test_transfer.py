@@ -8,15 +8,16 @@ from PIL import Image, ImageDraw
 
 from asl_sweep.backbones import (
     BACKBONES,
-    WeightsError,
     build_transfer,
     find_weights_file,
     resolve_weights,
 )
 from asl_sweep.config import DataConfig, TrainConfig
 from asl_sweep.data import SplitData, load_image_set, prepare_split
+from asl_sweep.errors import WeightsError
 from asl_sweep.features import frozen_features
-from asl_sweep.models import InputSpec, count_parameters
+from asl_sweep.layers import InputSpec
+from asl_sweep.models import count_parameters
 from asl_sweep.train import train
 
 SPEC = InputSpec(16, 3, (0.5,) * 3, (0.25,) * 3)

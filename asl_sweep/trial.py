@@ -1,0 +1,178 @@
+"""One trial: suggest -> train -> record, mirrored into an MLflow run; and the `train`
+command, which is one tracked training outside any search.
+
+The exception policy of a trial lives here. Only the trial's own failures end it as FAIL
+while the search goes on: a loss that is no longer finite, running out of memory, or
+settings that cannot be built. Anything else stops the run and leaves the trial queued to
+be retried on rerun: a signal (exit 130), an error the user can fix (one line, exit 2) or a
+bug (its traceback, printed and saved on the trial's MLflow run, exit 1)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from asl_sweep.config import METRICS, StageConfig, TrainConfig, apply_overrides
+from asl_sweep.data import SplitData
+from asl_sweep.errors import SettingsError, UserError
+from asl_sweep.plots import plot_curves
+from asl_sweep.selection import counts_toward_budget
+from asl_sweep.session import Session, open_session
+from asl_sweep.space import suggest
+from asl_sweep.store import Requeue, origin_of, worker_id
+from asl_sweep.studyfile import dump_resolved
+from asl_sweep.tracking import Tracker
+from asl_sweep.train import EpochStats, Monitor, TrainResult, train
+
+# The trial's own failures: numbers that left the finite range, memory it could not get,
+# settings that cannot be built. Everything else is not a search result.
+OWN_FAILURES = (FloatingPointError, torch.OutOfMemoryError, SettingsError)
+log = logging.getLogger(__name__)
+
+
+class TrialFailed(Exception):
+    """A trial failed on its own (see OWN_FAILURES); the search goes on."""
+
+
+class TrialRunner:
+    def __init__(self, s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
+                 base: TrainConfig, data: SplitData, decided_by: dict[str, str]):
+        self.s, self.stage, self.study, self.stage_run = s, stage, study, stage_run
+        self.base, self.data, self.decided_by = base, data, decided_by
+
+    def objective(self, trial: optuna.Trial) -> float:
+        s, stage = self.s, self.stage
+        trials = self.study.get_trials(deepcopy=False)  # one read serves both checks below
+        if self._surplus(trial, trials):
+            trial.set_user_attr("failure", "surplus")
+            raise TrialFailed("budget already taken by other workers")
+        params = suggest(trial, stage.space)
+        cfg = apply_overrides(self.base, params)
+        origin = origin_of(trials[trial.number])
+        run_id = s.tracker.new_run(s.experiment_id, f"{stage.name}-{trial.number}",
+                                   parent=self.stage_run, kind="trial", stage=stage.name,
+                                   trial_number=str(trial.number), state="RUNNING")
+        trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("worker", worker_id())
+        decided = {**self.decided_by, **{name: stage.name for name in params}}
+        trial.set_user_attr("decided_by", decided)
+        s.tracker.log_params(run_id, cfg.model_dump(mode="json"))
+        s.tracker.set_tags(run_id, **{f"decided_by.{k}": v for k, v in decided.items()},
+                           **({"retry_of": origin} if origin != trial.number else {}))
+        run_dir = s.ws.runs / s.cfg.study / stage.name / f"trial-{origin}"
+        epochs = s.tracker.epoch_log(run_id)
+
+        def on_epoch(stats: EpochStats) -> None:
+            epochs.add(stats.epoch, asdict(stats))
+            trial.report(stats.metric(stage.metric), stats.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
+
+        try:
+            try:
+                result = train(cfg, self.data, s.device, on_epoch, run_dir,
+                               Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache)
+            finally:
+                epochs.flush()  # whatever happened, the epochs so far are on record
+        except optuna.TrialPruned:
+            s.tracker.end(run_id, "FINISHED", state="PRUNED")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        except OWN_FAILURES as e:
+            trial.set_user_attr("failure", "error")
+            s.tracker.end(run_id, "FAILED", state="FAIL", error=f"{type(e).__name__}: {e}"[:500])
+            shutil.rmtree(run_dir, ignore_errors=True)
+            s.log(f"trial {trial.number} failed: {type(e).__name__}: {e}")
+            raise TrialFailed(str(e)) from e
+        except (KeyboardInterrupt, SystemExit):
+            self._stop(trial, run_id, "interrupted", "KILLED")
+            raise
+        except UserError as e:
+            self._stop(trial, run_id, "stopped", "FAILED", str(e))
+            raise
+        except Exception as e:
+            self._stop(trial, run_id, "crashed", "FAILED", f"{type(e).__name__}: {e}",
+                       traceback.format_exc())
+            raise
+        value = result.best.metric(stage.metric)
+        trial.set_user_attr("metrics", {k: v for k, v in asdict(result.best).items()})
+        trial.set_user_attr("num_params", result.num_params)
+        record_result(s.tracker, run_id, cfg, result, run_dir,
+                      f"{stage.name} trial {trial.number}")
+        s.tracker.end(run_id, "FINISHED", state="COMPLETE")
+        shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint now lives in MLflow
+        return value
+
+    def _stop(self, trial: optuna.Trial, run_id: str, why: str, status: str, error: str = "",
+              trace: str = "") -> None:
+        """Not the trial's fault: close its MLflow run, queue it again with the same
+        settings (it resumes from its checkpoint on rerun) and let the run stop."""
+        try:
+            trial.set_user_attr("failure", why)
+            if trace:
+                self.s.tracker.log_text(run_id, trace, "error/traceback.txt")
+            self.s.tracker.end(run_id, status, state="FAIL",
+                               **({"error": error[:500]} if error else {}))
+            Requeue()(self.study, self.study._storage.get_trial(trial._trial_id))
+        except Exception:  # the original error is what the user must see
+            log.exception("while stopping trial %s", trial.number)
+
+    def _surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> bool:
+        """Workers that looked at the budget at the same moment may both start a trial; the
+        later one (by trial number) steps back, so a stage runs exactly its budget."""
+        ahead = sum(1 for t in trials if t.number < trial.number
+                    and (t.state == TrialState.RUNNING or counts_toward_budget(t)))
+        return ahead >= self.stage.trials
+
+
+def record_result(tracker: Tracker, run_id: str, cfg: TrainConfig, result: TrainResult,
+                  run_dir: Path, title: str) -> None:
+    """A finished training's summary metrics, curves, resolved config and best checkpoint."""
+    best, history = asdict(result.best), result.history
+    tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in METRICS}
+                        | {"best_epoch": result.best.epoch, "num_params": result.num_params})
+    curves = plot_curves([h.epoch for h in history],
+                         {k: [getattr(h, k) for h in history] for k in METRICS},
+                         run_dir / "curves.png", title)
+    config_file = run_dir / "config.yaml"
+    config_file.write_text(dump_resolved(cfg))
+    tracker.log_artifacts(run_id, [curves, config_file])
+    if result.checkpoint is not None and result.checkpoint.exists():
+        tracker.log_artifacts(run_id, [result.checkpoint], "checkpoints")
+
+
+def train_once(cfg, ws, log=print) -> TrainResult:
+    """`asl-sweep train`: the base settings once, tracked as a run of the study's experiment."""
+    s = open_session(cfg, ws, log)
+    run_id = s.tracker.new_run(s.experiment_id, "train", parent=s.study_run, kind="train")
+    s.tracker.log_params(run_id, cfg.base.model_dump(mode="json"))
+    run_dir = ws.runs / cfg.study / "train" / run_id
+    epochs = s.tracker.epoch_log(run_id)
+
+    def on_epoch(stats: EpochStats) -> None:
+        epochs.add(stats.epoch, asdict(stats))
+        log(f"epoch {stats.epoch:3d}  train {stats.train_loss:.3f} / {stats.train_acc:.3f}  "
+            f"val {stats.val_loss:.3f} / {stats.val_acc:.3f}  {stats.images_per_s:.0f} img/s")
+
+    status = "FAILED"
+    try:
+        try:
+            result = train(cfg.base, s.data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
+        finally:
+            epochs.flush()
+        record_result(s.tracker, run_id, cfg.base, result, run_dir, "train")
+        status = "FINISHED"
+        return result
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        s.tracker.end(run_id, status)
+        s.tracker.end(s.study_run, status)
