@@ -101,7 +101,8 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # Heartbeats and retries are marked experimental in Optuna but are what keep crashes honest.
-    warnings.filterwarnings("ignore", message=r".* is experimental \(supported from")
+    for message in (r".* is experimental \(supported from", r".* is an experimental feature"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def quiet_optuna() -> None:

@@ -171,7 +171,8 @@ class StageConfig(Strict):
     on_fail: Literal["stop", "continue"] = "stop"
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     trials: int = Field(10, ge=1)
-    timeout: float | None = Field(None, gt=0, description="seconds for the whole stage")
+    # seconds of search for the stage, summed over reruns (time between runs does not count)
+    timeout: float | None = Field(None, gt=0)
     pruner: Literal["median", "none"] = "median"
     seed: int = 0
     space: dict[str, Any] = {}

@@ -92,7 +92,13 @@ def _search(s: Session, index: int, study: optuna.Study, stage_run: str) -> Stag
     data = s.data.subset(stage.subset, cfg.data.seed) if stage.subset else s.data
     runner = TrialRunner(s, stage, study, stage_run, base, data, study.user_attrs["decided_by"])
     s.log(f"stage {stage.name}: {stage.goal or ''} [{stage.trials} trials, {stage.metric}]")
-    started = time.monotonic()
+    # `timeout` bounds the stage's search across reruns: the seconds spent by earlier runs are
+    # kept in the study (time between runs does not count; workers share one clock).
+    spent, started = study.user_attrs.get("search_seconds", 0.0), time.monotonic()
+
+    def elapsed() -> float:
+        return spent + time.monotonic() - started
+
     with tqdm(total=stage.trials, desc=stage.name, unit="trial", leave=False,
               mininterval=1.0, disable=None) as bar:  # disable=None: no bar off a terminal
         while True:
@@ -105,9 +111,12 @@ def _search(s: Session, index: int, study: optuna.Study, stage_run: str) -> Stag
             if reached_target(trials, stage) or done >= stage.trials:
                 if running == 0:
                     break
-            elif done + running < stage.trials and not (
-                    stage.timeout and time.monotonic() - started > stage.timeout):
-                study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,))
+            elif done + running < stage.trials and not (stage.timeout and elapsed() > stage.timeout):
+                try:
+                    study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,))
+                finally:
+                    study.set_user_attr("search_seconds", max(
+                        elapsed(), study.user_attrs.get("search_seconds", 0.0)))
                 continue
             elif running == 0:
                 break

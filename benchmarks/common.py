@@ -16,6 +16,16 @@ RESULTS = Path(__file__).parent / "results"
 ASL = Path(__file__).resolve().parents[2] / "shared" / "data" / "asl-alphabet-a-i"
 
 
+def shown(path: Path | str | None) -> str:
+    """A path as results show it: relative to the repository, never this machine's layout."""
+    if path is None:
+        return "synthetic"
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(__file__).resolve().parents[1])
+    except ValueError:
+        return Path(path).name
+
+
 def machine() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

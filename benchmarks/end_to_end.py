@@ -14,7 +14,7 @@ from asl_sweep.readback import read_stages
 from asl_sweep.study import run_study
 from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
-from benchmarks.common import write_result
+from benchmarks.common import shown, write_result
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
                            "winner_trial": w.trial, "status": w.status,
                            "train_acc": round(w.metrics["train_acc"], 4),
                            "val_acc": round(w.metrics["val_acc"], 4)})
-    result = {"study": args.study, "data": str(args.data or "synthetic"),
+    result = {"study": args.study, "data": shown(args.data),
               "image_size": cfg.data.image_size, "trials_override": args.trials,
               "overrides": args.overrides, "wall_s": round(wall, 1), "stages": stages}
     print(f"written to {write_result(args.name, result)}; wall {wall / 60:.1f} min")

@@ -30,7 +30,7 @@ from asl_sweep.layers import InputSpec
 from asl_sweep.models import build_model
 from asl_sweep.train import input_spec, make_optimizer, train
 from asl_sweep.workspace import Workspace
-from benchmarks.common import ASL, median_time, write_result
+from benchmarks.common import ASL, median_time, shown, write_result
 
 AUG = AugmentConfig(rotation=20, flip=True, blur_kernel=3)
 
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cases", default="abcdg")
     args = parser.parse_args()
-    results: dict[str, object] = {"data": str(args.data), "per_class": args.per_class,
+    results: dict[str, object] = {"data": shown(args.data), "per_class": args.per_class,
                                   "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)

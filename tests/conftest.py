@@ -16,7 +16,9 @@ from asl_sweep.workspace import Workspace
 TINY_STUDY = {
     "study": "tiny",
     "data": {"synthetic": {"per_class": 12, "seed": 0}, "image_size": 16, "val_fraction": 0.25},
-    "base": {"hidden": [32], "epochs": 4, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 2},
+    # device: cpu, so tests that compare numbers exactly hold on a GPU machine too.
+    "base": {"hidden": [32], "epochs": 4, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 2,
+             "device": "cpu"},
     "stages": [{
         "name": "search", "goal": "tiny search", "trials": 4, "sampler": "random",
         "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "hidden": [[32], [16, 16]]},

@@ -18,7 +18,7 @@ def test_every_shipped_study_loads(path):
 def test_space_entries_parse_by_shape(write_study):
     cfg = load_study(write_study({"stages": [{
         "name": "s", "space": {
-            "lr": {"low: ": None} if False else {"low": 1e-5, "high": 1e-1, "log": True},
+            "lr": {"low": 1e-5, "high": 1e-1, "log": True},
             "batch_size": {"low": 8, "high": 64, "step": 8},
             "weight_decay": {"low": 0.0, "high": 0.1, "step": 0.05},
             "activation": ["relu", "gelu"],

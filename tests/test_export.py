@@ -21,7 +21,7 @@ def exported(tmp_path_factory):
     study.write_text(
         "study: tiny\n"
         "data: {synthetic: {per_class: 10}, image_size: 16, val_fraction: 0.3}\n"
-        "base: {hidden: [32], epochs: 3, batch_size: 16}\n"
+        "base: {hidden: [32], epochs: 3, batch_size: 16, device: cpu}\n"
         "stages:\n"
         "  - {name: search, trials: 2, sampler: random,\n"
         "     space: {lr: {low: 1e-3, high: 1e-2, log: true}}}\n")

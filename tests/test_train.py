@@ -21,8 +21,9 @@ def test_mlp_overfits_20_images_covering_every_class(synthetic_split):
     assert set(tiny.y_train.tolist()) == set(range(9))
     cfg = TrainConfig(hidden=[128, 64], lr=1e-3, batch_size=20, epochs=60)
     result = train(cfg, tiny, "cpu")
-    first_perfect = next(s.epoch for s in result.history if s.train_acc == 1.0)
-    assert first_perfect <= 60
+    # "Quickly": a third of the epochs allowed (it takes about 8 here).
+    first_perfect = next((s.epoch for s in result.history if s.train_acc == 1.0), None)
+    assert first_perfect is not None and first_perfect <= 20, first_perfect
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(synthetic_split, tmp_path):

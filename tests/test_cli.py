@@ -1,0 +1,99 @@
+import subprocess
+import sys
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.readback import read_stages
+from asl_sweep.studyfile import load_study
+from asl_sweep.workspace import Workspace
+
+PRUNABLE = {"base": {"epochs": 6}, "stages": [{
+    "name": "search", "trials": 8, "sampler": "random", "pruner": "median",
+    "space": {"lr": {"low": 1e-6, "high": 3e-2, "log": True}}}]}
+
+
+def _runs(ws: Workspace, study: str, kind: str):
+    client = MlflowClient(ws.tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    return client, client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
+
+
+def test_run_records_every_trial_in_mlflow_and_optuna(write_study, tmp_path, capsys):
+    path = write_study(PRUNABLE)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "top trials by val_acc" in out and "asl-sweep ui" in out
+    ws = Workspace.at(home)
+    client, studies = _runs(ws, "tiny", "study")
+    _, stages = _runs(ws, "tiny", "stage")
+    _, trials = _runs(ws, "tiny", "trial")
+    assert len(studies) == 1 and len(stages) == 1 and len(trials) == 8
+    assert stages[0].data.tags["mlflow.parentRunId"] == studies[0].info.run_id
+    states = {}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == stages[0].info.run_id
+        state = run.data.tags["state"]
+        states[state] = states.get(state, 0) + 1
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        if state == "COMPLETE":
+            assert steps == list(range(1, 7))
+            artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+            assert {"curves.png", "config.yaml", "checkpoints"} <= artifacts
+            assert run.data.params["lr"] and run.info.status == "FINISHED"
+        else:
+            assert state == "PRUNED" and 1 <= len(steps) < 6
+    assert states.get("PRUNED", 0) >= 1, states
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    optuna_states = sorted(t.state.name for t in study.trials)
+    assert optuna_states.count("PRUNED") == states["PRUNED"]
+    assert optuna_states.count("COMPLETE") == states["COMPLETE"]
+
+
+def test_rerun_of_a_finished_study_changes_nothing(write_study, tmp_path):
+    path = write_study()
+    home = str(tmp_path / "mlruns")
+    assert main(["run", str(path), "--home", home, "--trials", "2"]) == 0
+    cfg = load_study(path, trials=2)
+    (before,) = read_stages(cfg, Workspace.at(home))
+    # A finished stage is final: a rerun, even with a larger budget, keeps it and its winner.
+    assert main(["run", str(path), "--home", home, "--trials", "3"]) == 0
+    (after,) = read_stages(cfg, Workspace.at(home))
+    assert len(after.trials) == 2 and after.winner == before.winner
+
+
+def test_train_command_tracks_one_run(write_study, tmp_path, capsys):
+    path = write_study()
+    home = tmp_path / "mlruns"
+    assert main(["train", str(path), "--home", str(home), "--set", "base.epochs=2"]) == 0
+    assert "best epoch" in capsys.readouterr().out
+    _, runs = _runs(Workspace.at(home), "tiny", "train")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_status_lists_stages(write_study, tmp_path, capsys):
+    path = write_study()
+    home = str(tmp_path / "mlruns")
+    main(["run", str(path), "--home", home, "--trials", "2"])
+    capsys.readouterr()
+    assert main(["status", str(path), "--home", home]) == 0
+    out = capsys.readouterr().out
+    assert "[1] search: finished" in out and "2 complete" in out
+
+
+@pytest.mark.parametrize("args, message, code", [
+    (["--set", "base.epochs=zero"], "base.epochs: Input should be a valid integer", 2),
+    (["--set", "base.lrr=1"], "base.lrr: Extra inputs are not permitted", 2),
+    (["--data", "/nonexistent/photos"], "data.root: /nonexistent/photos is not a folder", 2),
+])
+def test_user_errors_are_one_message_not_a_traceback(write_study, tmp_path, args, message, code):
+    path = write_study()
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(path),
+                           "--home", str(tmp_path / "mlruns"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,39 @@
+"""The report, read back from the stores: a section per stage, images that exist, logged to
+the study's MLflow run."""
+
+import re
+
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.workspace import Workspace
+from tests.test_study import TWO_STAGES
+
+
+def test_report_has_a_section_per_stage_and_its_images_exist(write_study, tmp_path):
+    path = write_study(TWO_STAGES)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--home", str(home), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Stage 1: shape" in md and "## Stage 2: rate" in md
+    assert md.count("| trial | state | parameters | train acc | val acc |") == 2
+    assert "Human baseline (trial 0)" in md and "Diagnosis:" in md
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert any("confusion" in i for i in images) and any("curves" in i for i in images)
+    for image in images:
+        assert (out / image).stat().st_size > 1000, image
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(images)
+    client = MlflowClient(Workspace.at(home).tracking_uri)
+    exp = client.get_experiment_by_name("tiny")
+    (study_run,) = client.search_runs([exp.experiment_id], "tags.kind = 'study'")
+    logged = {a.path for a in client.list_artifacts(study_run.info.run_id, "report")}
+    assert "report/report.html" in logged
+
+
+def test_report_before_any_run_is_a_clear_error(write_study, tmp_path, capsys):
+    path = write_study()
+    assert main(["report", str(path), "--home", str(tmp_path / "mlruns")]) == 2
+    assert "nothing recorded yet" in capsys.readouterr().err
