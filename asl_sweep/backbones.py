@@ -72,6 +72,11 @@ BACKBONES: dict[str, Backbone] = {
 }
 
 
+def input_size(name: str) -> int:
+    """The square input size the backbone's weights were trained at (224 for all three)."""
+    return int(backbone_spec(name).weights.transforms().crop_size[0])
+
+
 def backbone_spec(name: str) -> Backbone:
     if name not in BACKBONES:
         raise WeightsError(f"base.transfer.backbone: unknown backbone {name!r}; "

@@ -24,18 +24,21 @@ RESUME_FORMAT = "asl-sweep/resume"
 VERSION = 2
 
 
+KINDS = {MODEL_FORMAT: "model", RESUME_FORMAT: "resume"}
+
+
 def _checked(path: Path, kind: str, map_location: Any = "cpu") -> dict:
     stored = load_tensors(path, map_location=map_location)
     if not isinstance(stored, dict) or "format" not in stored:
         older = isinstance(stored, dict) and {"model", "config"} <= set(stored)
         raise ModelFileError(
             f"{path}: written by an older asl-sweep (no format version); rerun the study to "
-            "write it again" if older else f"{path}: not an asl-sweep {kind} file")
+            f"write it again" if older else f"{path}: not an asl-sweep {KINDS[kind]} file")
     if stored["format"] != kind:
-        raise ModelFileError(f"{path}: an asl-sweep {stored['format']!r} file, not a {kind!r} "
-                             "file")
+        raise ModelFileError(f"{path}: an asl-sweep {KINDS.get(stored['format'], 'other')} "
+                             f"file, not a {KINDS[kind]} file")
     if stored.get("version") != VERSION:
-        raise ModelFileError(f"{path}: {kind} file version {stored.get('version')}, this "
+        raise ModelFileError(f"{path}: {KINDS[kind]} file version {stored.get('version')}, this "
                              f"asl-sweep reads version {VERSION}; rerun the study to write it "
                              "again")
     return stored

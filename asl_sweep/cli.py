@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
+from asl_sweep import signals
 from asl_sweep.config import StudyConfig
 from asl_sweep.errors import ConfigError, UserError
 from asl_sweep.studyfile import load_study
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", default="all", choices=["torchscript", "onnx", "mlflow", "all"])
     exp.add_argument("--out", type=Path, help="folder for the files (default <home>/exports/<study>)")
 
+    ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
+                        "validation) split")
+    _study_args(ev)
+    ev.add_argument("--split", default="test", choices=["test", "val"])
+    ev.add_argument("--stage", help="this stage's configuration (default: the last finished)")
+
     pred = sub.add_parser("predict", help="class and probability per image")
     pred.add_argument("model", help="model.torchscript.pt, model.onnx or models:/NAME/VERSION")
     pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
@@ -87,9 +94,29 @@ def _load(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
     return cfg, ws
 
 
-def _on_signal(signum, frame):  # noqa: ARG001
-    # SIGTERM ends the current trial and its MLflow run like Ctrl-C does.
-    raise KeyboardInterrupt(f"signal {signum}")
+def _explicit_data(args: argparse.Namespace) -> set[str]:
+    """The data settings this command line names itself (not the YAML's defaults)."""
+    keys = {"data.root"} if args.data is not None else set()
+    for item in args.overrides:
+        key = item.partition("=")[0].strip()
+        if key == "data" or key.startswith("data."):
+            keys.add(key)
+    return keys
+
+
+def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
+    """A study to read back, with the data it ran with (stored in its record): the YAML's data
+    section is not used, and a --data or --set data.* that disagrees is an error."""
+    from asl_sweep.errors import StoreError
+    from asl_sweep.record import stored_data
+    from asl_sweep.store import optuna_storage
+
+    cfg, ws = _load(args)
+    if ws.storage.startswith("sqlite:") and not (ws.home / "optuna.db").exists():
+        raise StoreError(f"study {cfg.study}: nothing recorded yet at {ws.home}; run it first "
+                         "(asl-sweep run), or pass --home with the study's folder")
+    data = stored_data(optuna_storage(ws.storage), cfg, _explicit_data(args))
+    return cfg.model_copy(update={"data": data}), ws
 
 
 def configure_logging() -> None:
@@ -98,6 +125,7 @@ def configure_logging() -> None:
     for name in ("mlflow", "alembic", "optuna", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level on import
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # Heartbeats and retries are marked experimental in Optuna but are what keep crashes honest.
@@ -117,7 +145,7 @@ def quiet_optuna() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
-    signal.signal(signal.SIGTERM, _on_signal)
+    signals.install()  # SIGTERM ends the current trial like Ctrl-C, at a safe point
     try:
         return COMMANDS[args.command](args)
     except UserError as e:
@@ -147,9 +175,9 @@ def run_workers(args, cfg, ws) -> int:
     here first, because creating them is a race between workers."""
     import subprocess
 
-    from asl_sweep.session import prepare_study
+    from asl_sweep.session import open_session
 
-    prepare_study(cfg, ws)
+    open_session(cfg, ws, log=lambda _: None)  # creates the stores, the record, the study run
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     procs = []
     for index in range(args.workers):
@@ -161,13 +189,16 @@ def run_workers(args, cfg, ws) -> int:
             [sys.executable, "-m", "asl_sweep.cli", "worker", *_study_argv(args),
              "--worker-index", str(index), "--threads", str(threads)], env=env))
     try:
-        codes = [p.wait() for p in procs]
+        while any(p.poll() is None for p in procs):
+            signals.check()  # SIGTERM to this process stops the workers too
+            time.sleep(0.2)
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
-        codes = [p.wait() for p in procs]
+        for p in procs:
+            p.wait()
         raise
-    return max(codes, key=abs)
+    return max((p.returncode for p in procs), key=abs)
 
 
 def _gpu_count() -> int:
@@ -185,8 +216,8 @@ def cmd_run(args) -> int:
         code = run_workers(args, cfg, ws)
         if code != 0:
             return code
-    else:
-        run_study(cfg, ws)
+    # With workers, every stage is finished by now: this scores the final configuration.
+    run_study(cfg, ws)
     print_leaderboard(cfg, ws)
     print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
           f"(or: mlflow ui --backend-store-uri {ws.tracking_uri})")
@@ -202,7 +233,9 @@ def cmd_worker(args) -> int:
         torch.set_num_threads(args.threads)
     cfg, ws = _load(args)
     index = args.worker_index if args.worker_index is not None else 1 + os.getpid() % 9973
-    run_study(cfg, ws, log=lambda m: print(f"[worker {index}] {m}", flush=True), worker=index)
+    # The final test score is the initiating `run`'s, once every worker is done.
+    run_study(cfg, ws, log=lambda m: print(f"[worker {index}] {m}", flush=True), worker=index,
+              score=False)
     return 0
 
 
@@ -220,7 +253,7 @@ def cmd_train(args) -> int:
 def cmd_status(args) -> int:
     from asl_sweep.leaderboard import print_status
 
-    cfg, ws = _load(args)
+    cfg, ws = _load_bound(args)
     print_status(cfg, ws)
     return 0
 
@@ -228,7 +261,7 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from asl_sweep.report import write_report
 
-    cfg, ws = _load(args)
+    cfg, ws = _load_bound(args)
     write_report(cfg, ws, args.out)
     return 0
 
@@ -236,16 +269,39 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from asl_sweep.export import FORMATS, export
 
-    cfg, ws = _load(args)
+    cfg, ws = _load_bound(args)
     export(cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out,
            args.stage)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from asl_sweep.evaluation import TEST_RULE, score_trials, summarize
+    from asl_sweep.readback import finished_stage, read_stages
+    from asl_sweep.session import open_data
+    from asl_sweep.tracking import Tracker
+
+    cfg, ws = _load_bound(args)
+    view = finished_stage(cfg, read_stages(cfg, ws), args.stage)
+    trials = [view.trial(n) for n in view.result.repeats]
+    data = open_data(cfg, ws)
+    scored = score_trials(data, Tracker(ws), trials, args.split)
+    groups = data.test().groups if args.split == "test" else None
+    summary = summarize(scored, groups, args.split)
+    rule = (TEST_RULE if args.split == "test" else "validation split of each repeat's own fold: "
+            "the split that chose this configuration, so biased upward")
+    print(f"{cfg.study} / {view.stage.name}: {view.result.decision}")
+    for s, acc in zip(scored, summary["accuracy"], strict=True):
+        print(f"  trial {s.trial} (fold {s.fold}, seed {s.model_file.config.seed}): "
+              f"{args.split} accuracy {acc:.4f} on {len(s.truth)} images")
+    print(f"{args.split} accuracy: {summary['summary']}\n  rule: {rule}")
     return 0
 
 
 def cmd_predict(args) -> int:
     import json
 
-    from asl_sweep.export import predict
+    from asl_sweep.predict import predict
 
     rows, failures = predict(args.model, args.images, args.home)
     if args.json:
@@ -273,7 +329,8 @@ def cmd_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": cmd_status, "report": cmd_report,
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": cmd_status,
+            "report": cmd_report, "evaluate": cmd_evaluate,
             "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui}
 
 if __name__ == "__main__":

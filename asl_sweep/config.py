@@ -25,6 +25,7 @@ class Strict(BaseModel):
 # ---------------------------------------------------------------- data
 class SyntheticConfig(Strict):
     per_class: int = Field(60, ge=2, description="images per letter")
+    signers: int = Field(12, ge=3, description="synthetic people, each with a style")
     seed: int = 0
 
 
@@ -32,10 +33,20 @@ class DataConfig(Strict):
     root: Path | None = None  # ImageFolder layout; None = built-in synthetic letters
     synthetic: SyntheticConfig = SyntheticConfig()
     image_size: int = Field(64, ge=8, le=1024)
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)  # scored once, after the search
     seed: int = 0
-    group_pattern: str | None = None  # regex; group 1 names the person/source of a file
+    # regex; group 1 names the person/source of a file. The built-in set is always split by
+    # its signers.
+    group_pattern: str | None = None
     on_bad_image: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(f"val_fraction {self.val_fraction} + test_fraction "
+                             f"{self.test_fraction} leave too little to train on (< 10%)")
+        return self
 
     @field_validator("group_pattern")
     @classmethod
@@ -77,6 +88,7 @@ class TransferConfig(Strict):
     weights: str = "imagenet"  # imagenet | none | path to a .pth file
     trainable: int = Field(0, ge=0, description="last N backbone blocks trained; 0 = head only")
     feature_views: int = Field(4, ge=1, description="augmented views cached per image")
+    views_seed: int = 0  # draws the cached augmented views (not the trial's seed: repeats share them)
 
 
 class TrainConfig(Strict):
@@ -161,10 +173,41 @@ def parse_param(raw: Any) -> ParamSpec:
     raise ValueError("must be a list of choices or a mapping with low and high")
 
 
+class ConfirmConfig(Strict):
+    """Paired repeats after a stage's search: the `top` best distinct trials and the incumbent
+    trained again with seeds 1..repeats-1 (the original trial is repeat 0)."""
+
+    top: int = Field(2, ge=1)
+    repeats: int = Field(3, ge=2)
+    folds: bool | None = None  # repeat r validates on fold r; None: when the data has groups
+    min_gain: float | None = Field(None, ge=0.0)  # None: one standard error, >= 0.5 points
+
+
+class SeedTrial(Strict):
+    """A person's own choice, run first as a baseline; `reported` is the validation accuracy
+    they wrote down for it (shown beside the same settings re-run here)."""
+
+    params: dict[str, Any]
+    reported: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, raw: Any) -> Any:
+        # In YAML a seed trial is one flat mapping: its settings, plus `reported`.
+        if isinstance(raw, dict) and "params" not in raw:
+            params = {k: v for k, v in raw.items() if k != "reported"}
+            return {"params": params, **({"reported": raw["reported"]} if "reported" in raw
+                                         else {})}
+        return raw
+
+
 class StageConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
     goal: str = ""
     subset: int | None = Field(None, ge=1, description="train on N images covering every class")
+    # decode this stage's images at this size (default: data.image_size, or a transfer
+    # model's own input size)
+    image_size: int | None = Field(None, ge=8, le=1024)
     metric: Metric = "val_acc"
     direction: Direction | None = None  # default follows the metric
     target: float | None = None  # gate: the stage ends once a trial reaches it
@@ -176,8 +219,9 @@ class StageConfig(Strict):
     pruner: Literal["median", "none"] = "median"
     seed: int = 0
     space: dict[str, Any] = {}
-    seed_trials: list[dict[str, Any]] = []  # hand-picked settings run first, as baselines
+    seed_trials: list[SeedTrial] = []  # hand-picked settings run first, as baselines
     fixed: dict[str, Any] = {}  # trainer settings for this stage only (not carried forward)
+    confirm: ConfirmConfig | None = ConfirmConfig()  # null: adopt the best trial as it scored
 
     @field_validator("space")
     @classmethod
@@ -238,7 +282,7 @@ class StudyConfig(Strict):
             for name, value in stage.fixed.items():
                 check_train_override(self.base, name, value, f"stages.{i}.fixed.{name}")
             for j, seeded in enumerate(stage.seed_trials):
-                for name, value in seeded.items():
+                for name, value in seeded.params.items():
                     if name not in stage.space:
                         raise ValueError(f"stages.{i}.seed_trials.{j}.{name}: not in this stage's "
                                          f"space (seed trials set searched parameters only)")

@@ -1,6 +1,7 @@
-"""The winner, ready to use: TorchScript, ONNX and an MLflow registered model, each with
-its preprocessing inside (uint8 or float images, resize, normalization) and a model card.
-`predict` runs any of them on image files."""
+"""The study's model, ready to use: TorchScript, ONNX and a registered MLflow model, each with
+its preprocessing inside (uint8 or float images, resize, normalization) and asl-sweep's
+marker, plus a model card. The model is the carried configuration's best repeat by
+validation; the card reports that configuration's score on the untouched test split."""
 
 from __future__ import annotations
 
@@ -12,52 +13,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from optuna.trial import FrozenTrial
 from torch import nn
 
 from asl_sweep.checkpoint import ModelFile
 from asl_sweep.config import StudyConfig
-from asl_sweep.data import IMAGE_SUFFIXES, decode_image, load_image_set, prepare_split
-from asl_sweep.errors import ConfigError, DataError, ExportError
+from asl_sweep.errors import ExportError, UserError
+from asl_sweep.evaluation import TEST_RULE, Scored, confusion, score_trials, summarize
 from asl_sweep.files import atomic_write_text
+from asl_sweep.models import Deployable
 from asl_sweep.plots import plot_confusion
-from asl_sweep.readback import read_stages
-from asl_sweep.selection import StageResult
+from asl_sweep.predict import MARKER, marker
+from asl_sweep.readback import StageView, finished_stage, read_stages
+from asl_sweep.session import open_data
 from asl_sweep.studyfile import dump_resolved
 from asl_sweep.tracking import Tracker
 from asl_sweep.workspace import Workspace
 
 FORMATS = ("torchscript", "onnx", "mlflow")
-
-
-class Deployable(nn.Module):
-    """images [B, 3, H, W], uint8 in 0..255 or float in 0..1 -> class probabilities."""
-
-    def __init__(self, model: nn.Module, image_size: int):
-        super().__init__()
-        self.model = model
-        self.image_size = image_size
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
-        if images.dtype == torch.uint8:
-            x = x / 255.0
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=True)
-        return torch.softmax(self.model(x), dim=1)
+MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside an MLflow model
 
 
 @dataclass
-class Winner:
+class Exported:
     cfg: StudyConfig
-    stage: str
-    result: StageResult
+    view: StageView
+    trial: FrozenTrial
+    file: ModelFile
     model: nn.Module
-    file: ModelFile  # the checkpoint: settings, input spec, classes, metrics
-    decided_by: dict[str, str]
+    test: dict[str, Any]  # the configuration's test score over its repeats
+    scored: Scored  # this trial's own test predictions
 
     @property
     def classes(self) -> list[str]:
@@ -68,40 +54,36 @@ class Winner:
         return self.file.spec.image_size
 
     def lineage(self) -> dict[str, str]:
-        tags = {"study": self.cfg.study, "stage": self.stage, "trial": str(self.result.trial),
-                "source_run": self.result.run_id, "classes": json.dumps(self.classes),
-                "val_acc": f"{self.result.metrics['val_acc']:.6f}"}
-        tags.update({f"decided_by.{k}": v for k, v in self.decided_by.items()})
+        tags = {"study": self.cfg.study, "stage": self.view.stage.name,
+                "trial": str(self.trial.number), "source_run": self.trial.user_attrs.get(
+                    "mlflow_run_id", ""), "classes": json.dumps(self.classes),
+                "val_acc": f"{self.file.metrics['val_acc']:.6f}",
+                "test_acc_mean": f"{self.test['mean']:.6f}",
+                "test_acc_std": f"{self.test['std']:.6f}",
+                "test_acc": self.test["summary"], "test_rule": TEST_RULE}
+        tags.update({f"decided_by.{k}": v
+                     for k, v in self.trial.user_attrs.get("decided_by", {}).items()})
         return tags
 
 
-def load_winner(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> Winner:
-    views = read_stages(cfg, ws)
-    if stage is not None:
-        views = [v for v in views if v.stage.name == stage]
-        if not views:
-            raise ConfigError(f"--stage {stage}: no such stage in {cfg.study} "
-                              f"(stages: {', '.join(s.name for s in cfg.stages)})")
-    finished = [v for v in views if v.winner is not None]
-    if not finished:
-        raise ConfigError(f"study {cfg.study}: no finished stage to export yet; run it first")
-    view = finished[-1]
-    winner = next(t for t in view.trials if t.number == view.winner.trial)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Tracker(ws).download(view.winner.run_id, "checkpoints/best.pt", Path(tmp))
-        file = ModelFile.load(checkpoint)
-    return Winner(cfg, view.stage.name, view.winner, file.build(), file,
-                  winner.user_attrs.get("decided_by", {}))
+def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> Exported:
+    view = finished_stage(cfg, read_stages(cfg, ws), stage)
+    tracker, data = Tracker(ws), open_data(cfg, ws)
+    scored = score_trials(data, tracker, view.repeats(), "test")
+    test = summarize(scored, data.test().groups, "test")
+    chosen = view.export_trial()
+    mine = next(s for s in scored if s.trial == chosen.number)
+    return Exported(cfg, view, chosen, mine.model_file, mine.model_file.build(), test, mine)
 
 
 def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None = None,
            stage: str | None = None, log=print) -> dict[str, Any]:
-    winner = load_winner(cfg, ws, stage)
+    exported = load_exported(cfg, ws, stage)
     out = (out or ws.home / "exports" / cfg.study).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    deployable = Deployable(winner.model, winner.image_size).eval()
-    example = torch.zeros(2, 3, winner.image_size, winner.image_size, dtype=torch.uint8)
-    (out / "classes.json").write_text(json.dumps(winner.classes))
+    deployable = Deployable(exported.model, exported.image_size).eval()
+    example = torch.zeros(2, 3, exported.image_size, exported.image_size, dtype=torch.uint8)
+    atomic_write_text(out / "classes.json", json.dumps(exported.classes))
     written: dict[str, Any] = {}
     failed: dict[str, str] = {}
     with warnings.catch_warnings():
@@ -109,15 +91,17 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
         # at export time; both are expected here: the graph takes image_size inputs.
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        exporters = {"torchscript": lambda: export_torchscript(deployable, winner, example, out),
-                     "onnx": lambda: export_onnx(deployable, winner, example, out),
-                     "mlflow": lambda: register_mlflow(deployable, winner, example, ws)}
+        exporters = {"torchscript": lambda: export_torchscript(deployable, exported, example, out),
+                     "onnx": lambda: export_onnx(deployable, exported, example, out),
+                     "mlflow": lambda: register_mlflow(deployable, exported, example, ws)}
         for kind in formats:
             try:
                 written[kind] = exporters[kind]()
-            except Exception as e:  # one format failing must not cost the others
+            except (UserError, OSError, RuntimeError, ImportError) as e:
+                # One format failing (a missing package, an operator the exporter lacks)
+                # must not cost the others.
                 failed[kind] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-    written["model_card"] = write_model_card(winner, ws, out, written)
+    written["model_card"] = write_model_card(exported, out, written)
     for kind, where in written.items():
         log(f"{kind}: {where}")
     if failed:
@@ -125,16 +109,23 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
     return written
 
 
-def export_torchscript(deployable: Deployable, winner: Winner, example: torch.Tensor,
+def _marker(exported: Exported) -> dict:
+    return marker(exported.classes, exported.image_size, study=exported.cfg.study,
+                  stage=exported.view.stage.name, trial=exported.trial.number)
+
+
+def export_torchscript(deployable: Deployable, exported: Exported, example: torch.Tensor,
                        out: Path) -> Path:
     inner = torch.jit.trace(deployable.model, example.float() / 255)
-    scripted = torch.jit.script(Deployable(inner, winner.image_size))
+    scripted = torch.jit.script(Deployable(inner, exported.image_size))
     path = out / "model.torchscript.pt"
-    torch.jit.save(scripted, str(path), _extra_files={"classes.json": json.dumps(winner.classes)})
+    torch.jit.save(scripted, str(path), _extra_files={
+        f"{MARKER}.json": json.dumps(_marker(exported)),
+        "classes.json": json.dumps(exported.classes)})
     return path
 
 
-def export_onnx(deployable: Deployable, winner: Winner, example: torch.Tensor,
+def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tensor,
                 out: Path) -> Path:
     """ONNX inputs are typed: this graph takes uint8 images (0..255), as files decode."""
     import onnx
@@ -144,7 +135,8 @@ def export_onnx(deployable: Deployable, winner: Winner, example: torch.Tensor,
                       output_names=["probabilities"], dynamo=False, opset_version=17,
                       dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
     graph = onnx.load(str(path))
-    for key, value in {"classes": json.dumps(winner.classes), **winner.lineage()}.items():
+    for key, value in {MARKER: json.dumps(_marker(exported)),
+                       "classes": json.dumps(exported.classes), **exported.lineage()}.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
     return path
@@ -154,79 +146,84 @@ def registered_name(cfg: StudyConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "-", f"asl-sweep-{cfg.study}")
 
 
-def register_mlflow(deployable: Deployable, winner: Winner, example: torch.Tensor,
+def register_mlflow(deployable: Deployable, exported: Exported, example: torch.Tensor,
                     ws: Workspace) -> str:
-    """A new registered-model version, saved with torch.export (pt2): no pickle to load."""
+    """A new registered-model version, saved with torch.export (pt2), carrying asl-sweep's
+    weights-only model file, which is what `asl-sweep predict` reads."""
     tracker = Tracker(ws)
-    experiment_id = tracker.experiment(winner.cfg.study)
+    experiment_id = tracker.experiment(exported.cfg.study)
     study_run = tracker.find_run(experiment_id, kind="study")
-    run_id = tracker.new_run(experiment_id, f"export-{winner.stage}-{winner.result.trial}",
-                             parent=study_run, kind="export", **winner.lineage())
+    run_id = tracker.new_run(experiment_id,
+                             f"export-{exported.view.stage.name}-{exported.trial.number}",
+                             parent=study_run, kind="export", **exported.lineage())
     probabilities = deployable(example).detach().numpy()
-    name = registered_name(winner.cfg)
-    train_config = winner.file.config.model_dump(mode="json")
-    version, uri = tracker.log_pytorch_model(
-        run_id, deployable, name, example.numpy(), probabilities,
-        metadata={"classes": winner.classes, "image_size": winner.image_size},
-        files={"study.yaml": dump_resolved(winner.cfg),
-               "train_config.json": json.dumps(train_config, indent=2)})
-    tracker.tag_model_version(name, version, {**winner.lineage(),
+    name = registered_name(exported.cfg)
+    train_config = exported.file.config.model_dump(mode="json")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = exported.file.save(Path(tmp) / MODEL_FILE)
+        version, uri = tracker.log_pytorch_model(
+            run_id, deployable, name, example.numpy(), probabilities,
+            metadata={"classes": exported.classes, "image_size": exported.image_size,
+                      MARKER: _marker(exported) | {"model_file": f"extra_files/{MODEL_FILE}"}},
+            files={"study.yaml": dump_resolved(exported.cfg),
+                   "train_config.json": json.dumps(train_config, indent=2)},
+            extra_files=[model_file])
+    tracker.tag_model_version(name, version, {**exported.lineage(),
                                               "train_config": json.dumps(train_config)})
     tracker.end(run_id)
     return f"models:/{name}/{version} ({uri})"
 
 
-def evaluate_split(predict_probs, cfg: StudyConfig, ws: Workspace, image_size: int):
-    """Predictions of `predict_probs(uint8 batch) -> probs` on the study's validation split."""
-    split = prepare_split(load_image_set(cfg.data, ws.cache, log=lambda _: None), cfg.data,
-                          torch.device("cpu"))
-    if split.image_size != image_size:
-        raise ConfigError(f"data.image_size {split.image_size} differs from the model's "
-                          f"{image_size}")
-    predictions = np.concatenate([np.asarray(predict_probs(split.x_val[i:i + 256])).argmax(1)
-                                  for i in range(0, len(split.y_val), 256)])
-    return predictions, split.y_val.numpy(), split.classes
-
-
-def write_model_card(winner: Winner, ws: Workspace, out: Path, written: dict) -> Path:
-    model = Deployable(winner.model, winner.image_size).eval()
-    with torch.inference_mode():
-        predictions, truth, classes = evaluate_split(lambda x: model(x).numpy(), winner.cfg, ws,
-                                                     winner.image_size)
-    n = len(classes)
-    matrix = np.zeros((n, n), dtype=int)
-    np.add.at(matrix, (truth, predictions), 1)
-    plot_confusion(matrix.tolist(), classes, out / "confusion.png")
-    data = winner.cfg.data
-    m = winner.result.metrics
-    config = winner.file.config.model_dump(mode="json")
-    unused = {"transfer"} if config["model"] == "mlp" else set()
-    settings = "\n".join(f"- `{k}`: {v}" for k, v in config.items() if k not in unused)
+def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
+    classes, test = exported.classes, exported.test
+    plot_confusion(confusion(exported.scored, classes), classes, out / "confusion.png",
+                   f"confusion matrix (test split, trial {exported.trial.number})")
+    data = exported.cfg.data
+    m = exported.file.metrics
+    config = exported.file.config
+    spec = exported.file.spec
+    settings = "\n".join(f"- `{k}`: {v}" for k, v in config.model_dump(mode="json").items())
+    size = exported.image_size
     lines = [
-        f"# Model card: {winner.cfg.study} / {winner.stage} / trial {winner.result.trial}",
+        f"# Model card: {exported.cfg.study} / {exported.view.stage.name} / trial "
+        f"{exported.trial.number}",
         "",
-        f"Classes ({n}): {', '.join(classes)}. Input: images [B, 3, H, W], uint8 (0-255) "
-        f"or float (0-1), resized inside to {winner.image_size}x{winner.image_size}; "
-        "output: class probabilities.",
+        f"Classes ({len(classes)}): {', '.join(classes)}.",
+        "",
+        "## Preprocessing (inside the model)",
+        "- input: images [B, 3, H, W], RGB, any H and W; uint8 in 0-255, or float in 0-1",
+        f"- resize to {size}x{size}: bilinear, antialiased, align_corners=False "
+        "(torch.nn.functional.interpolate), skipped when the input is already that size",
+        f"- normalize per channel: mean {[round(v, 4) for v in spec.mean]}, std "
+        f"{[round(v, 4) for v in spec.std]}"
+        + (" (ImageNet's, the backbone's own)" if config.model == "transfer"
+           else " (the training images')"),
+        "- output: class probabilities (softmax), in the order of the classes above",
+        f"- `asl-sweep predict` decodes files with PIL to {size}x{size} RGB (bilinear) first",
         "",
         "## Data and split",
-        f"- data: {data.root or 'built-in synthetic letters'}; {data.image_size}px",
-        f"- split: validation fraction {data.val_fraction}, seed {data.seed}, stratified"
-        + (f", grouped by `{data.group_pattern}`" if data.group_pattern else ""),
+        f"- data: {data.root or 'built-in synthetic letters'}",
+        f"- split: test {data.test_fraction}, validation {data.val_fraction}, seed {data.seed}, "
+        + ("person-disjoint" if data.root is None or data.group_pattern else "stratified by class"),
         "",
-        "## Metrics (best epoch on the validation split)",
-        f"- validation accuracy {m['val_acc']:.4f}, loss {m['val_loss']:.4f}",
-        f"- training accuracy {m['train_acc']:.4f}, loss {m['train_loss']:.4f}, epoch {m['epoch']}",
-        f"- recomputed from the exported weights: {(predictions == truth).mean():.4f} "
-        f"on {len(truth)} images",
+        "## Test accuracy (the number to quote)",
+        f"- {test['summary']}",
+        f"- rule: {TEST_RULE}",
+        f"- this model (trial {exported.trial.number}, the configuration's best repeat by "
+        f"validation): {exported.scored.accuracy:.4f} on {len(exported.scored.truth)} test images",
         "",
-        "![confusion matrix](confusion.png)",
+        "![confusion matrix on the test split](confusion.png)",
+        "",
+        "## Validation (chose this model, so biased upward)",
+        f"- validation accuracy {m['val_acc']:.4f}, loss {m['val_loss']:.4f} at its best epoch "
+        f"{m['epoch']}; training accuracy {m['train_acc']:.4f}",
+        f"- stage decision: {exported.view.result.decision}",
         "",
         "## Settings",
         settings,
         "",
         "## Lineage",
-        *(f"- {k}: {v}" for k, v in winner.lineage().items() if k != "classes"),
+        *(f"- {k}: {v}" for k, v in exported.lineage().items() if k != "classes"),
         "",
         "## Files",
         *(f"- {k}: {v}" for k, v in written.items()),
@@ -235,77 +232,3 @@ def write_model_card(winner: Winner, ws: Workspace, out: Path, written: dict) ->
     path = out / "MODEL_CARD.md"
     atomic_write_text(path, "\n".join(lines))
     return path
-
-
-# ---------------------------------------------------------------- predict
-class Predictor:
-    """Loads any exported form: a TorchScript file, an ONNX file or an MLflow model URI."""
-
-    def __init__(self, source: str, home: Path | str = "mlruns"):
-        self.source = source
-        path = Path(source)
-        if not source.startswith(("models:/", "runs:/")) and not path.exists():
-            raise ConfigError(f"{source}: no such model file")
-        if source.startswith(("models:/", "runs:/")) or (path.is_dir() and (path / "MLmodel").exists()):
-            self.kind = "mlflow"
-            model = Tracker(Workspace.at(home)).load_pyfunc(source)
-            meta = model.metadata.metadata or {}
-            self.classes, self.image_size = meta["classes"], int(meta["image_size"])
-            self._run = lambda x: np.asarray(model.predict(x.numpy()))
-        elif path.suffix == ".onnx":
-            import onnx
-            import onnxruntime
-
-            self.kind = "onnx"
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            self.classes = json.loads(props["classes"])
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            shape = session.get_inputs()[0].shape
-            self.image_size = int(shape[-1])
-            self._run = lambda x: session.run(None, {"images": x.numpy()})[0]
-        elif path.is_file():
-            self.kind = "torchscript"
-            extra = {"classes.json": ""}
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-            self.classes = json.loads(extra["classes.json"])
-            self.image_size = int(module.image_size)
-            self._run = lambda x: module(x).detach().numpy()
-        else:
-            raise ConfigError(f"{source}: not a TorchScript/ONNX file or MLflow model URI")
-
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return self._run(images)
-
-
-def image_files(inputs: list[Path]) -> list[Path]:
-    files = []
-    for item in inputs:
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
-            files.append(item)
-    return files
-
-
-def predict(source: str, inputs: list[Path],
-            home: Path | str = "mlruns") -> tuple[list[dict], list[dict]]:
-    """(predictions, failures): every readable image is predicted; bad ones are named."""
-    predictor = Predictor(source, home)
-    rows, failures = [], []
-    for path in image_files(inputs):
-        try:
-            if not path.exists():
-                raise DataError("no such file")
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError("not an image file (unknown extension)")
-            pixels = decode_image(path, predictor.image_size)
-        except Exception as e:
-            failures.append({"file": str(path), "error": str(e) or type(e).__name__})
-            continue
-        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
-        probs = predictor(x)[0]
-        best = int(probs.argmax())
-        rows.append({"file": str(path), "class": predictor.classes[best],
-                     "probability": round(float(probs[best]), 4)})
-    return rows, failures

@@ -73,7 +73,7 @@ def load_tensors(path: Path, mmap: bool = False, map_location: Any = "cpu") -> A
         raise ModelFileError(f"{path}: not readable (permission denied)") from None
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
             ValueError) as e:
-        if "Weights only load failed" in str(e):
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
             raise UnsafeFileError(
                 f"{path}: refused, it holds Python objects beyond tensors and plain containers "
                 "(loading it would run arbitrary code)") from None

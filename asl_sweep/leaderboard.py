@@ -1,10 +1,14 @@
-"""Plain-text views of a study read back from Optuna storage: leaderboard and status."""
+"""Plain-text views of a study read back from its Optuna store: the leaderboard printed after
+`run`, and `status`. Each number says which split and which rule produced it."""
 
 from __future__ import annotations
 
 from asl_sweep.config import StudyConfig
-from asl_sweep.readback import StageView, read_stages
+from asl_sweep.readback import StageView, read_final, read_stages
+from asl_sweep.selection import role_of
 from asl_sweep.workspace import Workspace
+
+LABELS = {"incumbent": " (incumbent)", "seed": " (seed)", "search": "", "confirm": " (repeat)"}
 
 
 def _fmt(value) -> str:
@@ -17,9 +21,8 @@ def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
     rows = []
     for t in view.ranked()[:top]:
         m = t.user_attrs.get("metrics", {})
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
-        seed = " (seed)" if t.user_attrs.get("seed_trial") else ""
-        rows.append([str(t.number) + seed, f"{m.get('train_acc', float('nan')):.3f}",
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
+        rows.append([str(t.number) + LABELS[role_of(t)], f"{m.get('train_acc', float('nan')):.3f}",
                      f"{m.get('val_acc', float('nan')):.3f}", params])
     return rows
 
@@ -30,14 +33,26 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
+    final = read_final(cfg, ws)
+    if not final:
+        return None
+    return (f"final test accuracy of {final['stage']}'s configuration: {final['summary']}\n"
+            f"  rule: {final['rule']}\n"
+            f"  exported model: trial {final['export_trial']} (the best repeat by validation)")
+
+
 def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5) -> None:
     for view in read_stages(cfg, ws):
-        print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric}")
+        print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric} "
+              f"(best epoch, validation fold 0; not a test score)")
         rows = leaderboard_rows(view, top)
         print(table(["trial", "train_acc", "val_acc", "params"], rows) if rows else "(none)")
-        if view.winner:
-            print(f"winner: trial {view.winner.trial} ({view.winner.status}) -> carried "
-                  f"{view.winner.params}")
+        if view.result:
+            print(f"decision: {view.result.decision}")
+    line = final_line(cfg, ws)
+    if line:
+        print(f"\n{line}")
 
 
 def print_status(cfg: StudyConfig, ws: Workspace) -> None:
@@ -45,18 +60,24 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
     for i, view in enumerate(read_stages(cfg, ws)):
         states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.by_state().items()))
         best = view.best()
-        if view.winner:
-            state = f"finished: winner trial {view.winner.trial} ({view.winner.status})"
+        if view.result:
+            state = f"finished: {view.result.status}"
         elif view.trials:
             state = "in progress"
         else:
             state = "not started"
         print(f"\n[{i + 1}] {view.stage.name}: {state}")
         print(f"    goal: {view.stage.goal}")
-        print(f"    trials: {states or 'none'} of {view.stage.trials}")
+        print(f"    trials: {states or 'none'} (budget {view.stage.trials}, plus the incumbent "
+              "and confirmation repeats)")
         if best is not None:
-            print(f"    best so far: trial {best.number}, {view.stage.metric} {best.value:.4f}")
+            print(f"    best so far: trial {best.number}{LABELS[role_of(best)]}, "
+                  f"{view.stage.metric} {best.value:.4f} (validation, best epoch)")
         if view.carried:
             print(f"    started from: {view.carried}")
-        if view.winner:
-            print(f"    carries: {view.winner.params}")
+        if view.result:
+            print(f"    decision: {view.result.decision}")
+            print(f"    carries: {view.result.params or 'no change'}")
+    line = final_line(cfg, ws)
+    if line:
+        print(f"\n{line}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from asl_sweep.config import TrainConfig
@@ -46,3 +47,21 @@ def build_model(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> n
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class Deployable(nn.Module):
+    """images [B, 3, H, W], uint8 in 0..255 or float in 0..1 -> class probabilities."""
+
+    def __init__(self, model: nn.Module, image_size: int):
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return torch.softmax(self.model(x), dim=1)

@@ -1,5 +1,5 @@
-"""What every stage of one study shares, opened once per process: settings, stores, the
-MLflow study run and the data on the training device."""
+"""What every stage of one study shares, opened once per process: settings, the stores, the
+study record (which binds the study to its data), the MLflow study run and the data."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import optuna
 import torch
 
 from asl_sweep.config import StudyConfig
-from asl_sweep.data import SplitData, load_image_set, prepare_split
+from asl_sweep.record import bind, check_digest, load_record
 from asl_sweep.selection import StageResult
 from asl_sweep.store import optuna_storage
+from asl_sweep.studydata import StudyData
 from asl_sweep.tracking import Tracker
 from asl_sweep.train import resolve_device
 from asl_sweep.workspace import Workspace
@@ -22,40 +24,48 @@ from asl_sweep.workspace import Workspace
 class Session:
     cfg: StudyConfig
     ws: Workspace
+    storage: optuna.storages.RDBStorage
+    record: optuna.Study
     tracker: Tracker
     experiment_id: str
     study_run: str
-    data: SplitData
+    data: StudyData
     device: torch.device
     log: Callable[[str], None] = print
-    results: list[StageResult] = field(default_factory=list)
     worker: int = 0
+    results: list[StageResult] = field(default_factory=list)
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
 
 
-def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print) -> Session:
+def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
+                 worker: int = 0) -> Session:
     ws.prepare()
+    storage = optuna_storage(ws.storage)
+    record = bind(storage, cfg)  # other data settings than the study's: refused, here
     device = resolve_device(cfg.base.device)
     started = time.perf_counter()
-    image_set = load_image_set(cfg.data, ws.cache, log)
-    data = prepare_split(image_set, cfg.data, device)
-    source = cfg.data.root or f"built-in synthetic letters ({cfg.data.synthetic.per_class}/class)"
-    log(f"data: {source}: {len(data.y_train)} train / {len(data.y_val)} val images, "
-        f"{len(data.classes)} classes, {cfg.data.image_size}px, on {device} "
+    data = StudyData(cfg.data, ws.cache, device, log)
+    check_digest(record, cfg, data.digest)
+    source = cfg.data.root or (f"built-in synthetic letters ({cfg.data.synthetic.per_class}"
+                               f"/class, {cfg.data.synthetic.signers} signers)")
+    log(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
         f"({time.perf_counter() - started:.1f}s)")
     tracker = Tracker(ws)
-    experiment_id = tracker.experiment(cfg.study)
+    experiment_id = tracker.experiment(cfg.study, cfg.description)
     study_run = tracker.open_run(experiment_id, cfg.study, kind="study")
-    tracker.log_params(study_run, {"data": cfg.data.model_dump(mode="json"),
-                                   "stages": ",".join(s.name for s in cfg.stages)})
-    return Session(cfg, ws, tracker, experiment_id, study_run, data, device, log)
+    if not tracker.client.get_run(study_run).data.params:
+        tracker.log_params(study_run, {"data": cfg.data.model_dump(mode="json"),
+                                       "stages": ",".join(s.name for s in cfg.stages)})
+    return Session(cfg, ws, storage, record, tracker, experiment_id, study_run, data, device,
+                   log, worker)
 
 
-def prepare_study(cfg: StudyConfig, ws: Workspace) -> None:
-    """Decode the data and create the MLflow experiment and study run once, before
-    several workers start (each would otherwise race to create them)."""
-    ws.prepare()
-    load_image_set(cfg.data, ws.cache)
-    tracker = Tracker(ws)
-    tracker.open_run(tracker.experiment(cfg.study), cfg.study, kind="study")
-    optuna_storage(ws.storage)  # creates the Optuna tables
+def open_data(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None,
+              device: torch.device | None = None) -> StudyData:
+    """A finished study's data, for the commands that read it back (on the CPU): the files
+    must still be the ones it ran on."""
+    data = StudyData(cfg.data, ws.cache, device or torch.device("cpu"), log)
+    record = load_record(optuna_storage(ws.storage), cfg.study)
+    if record is not None:
+        check_digest(record, cfg, data.digest)
+    return data

@@ -20,7 +20,7 @@ from asl_sweep.space import grid
 
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
 # The user attributes a retried trial keeps: what it is, not how its last attempt went.
-KEPT_ON_RETRY = ("role", "confirms", "repeat", "seed_trial", "reported")
+KEPT_ON_RETRY = ("role", "confirms", "repeat", "incumbent", "seed_trial", "reported")
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +40,48 @@ class Requeue:
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
             user_attrs={k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY},
             system_attrs=system_attrs))
+
+
+# What asl-sweep keeps on a study goes into Optuna's system attributes under this prefix:
+# user attributes stay a short human-readable summary (what `optuna studies` prints).
+PREFIX = "asl_sweep:"
+
+
+def attrs(study: optuna.Study) -> dict[str, Any]:
+    stored = study._storage.get_study_system_attrs(study._study_id)
+    return {k[len(PREFIX):]: v for k, v in stored.items() if k.startswith(PREFIX)}
+
+
+def put(study: optuna.Study, key: str, value: Any) -> None:
+    """Set a study attribute. Two workers that add the same new key at once collide on the
+    store's unique key: the later one then updates the row the earlier one made."""
+    for attempt in range(3):
+        try:
+            study._storage.set_study_system_attr(study._study_id, PREFIX + key, value)
+            return
+        except optuna.exceptions.StorageInternalError:
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
+    """Whether `key` appears within `seconds` (another worker is writing it)."""
+    deadline = time.monotonic() + seconds
+    while key not in attrs(study):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, for studies that also hold queued trials (the incumbent, seed
+    trials, repeats): those have no grid point, and Optuna's after_trial assumes they do."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
+            super().after_trial(study, trial, state, values)
 
 
 def origin_of(trial: FrozenTrial) -> int:
@@ -91,7 +133,7 @@ def create_stage_study(cfg: StudyConfig, index: int, storage,
     stage = cfg.stages[index]
     seed = stage.seed + 1000 * index + 7919 * worker
     if stage.sampler == "grid":
-        sampler = optuna.samplers.GridSampler(grid(stage.space), seed=seed)
+        sampler = GridSampler(grid(stage.space), seed=seed)
     elif stage.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:

@@ -1,70 +1,92 @@
-"""Stage orchestration: each stage is an Optuna study that starts from `base` plus the
-winners of the stages before it. Optuna holds the truth (trials, states, winners); MLflow
-mirrors it as study -> stage -> trial runs. A rerun continues where the last one stopped;
-several workers may run this at once on one storage, sharing each stage's budget."""
+"""Stage orchestration. Each stage is an Optuna study that starts from `base` plus what the
+stages before it adopted. It trains that configuration unchanged first (the incumbent), then
+its seed trials and its search; then, with confirmation, the best candidates and the
+incumbent again on paired seeds and folds; then it adopts a change only on evidence
+(selection.py). After the last stage the final configuration is scored once on the untouched
+test split. Optuna holds the truth; MLflow mirrors it as study -> stage -> trial runs. A
+rerun continues where the last one stopped; several workers may run this at once."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
-from tqdm.auto import tqdm
+from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import METRICS, StudyConfig, apply_overrides
+from asl_sweep import signals
+from asl_sweep.config import METRICS, StageConfig, StudyConfig, apply_overrides
 from asl_sweep.errors import GateNotReached
-from asl_sweep.selection import StageResult, counts_toward_budget, pick_winner, reached_target
+from asl_sweep.evaluation import TEST_RULE, score_trials, summarize
+from asl_sweep.readback import StageView
+from asl_sweep.record import save_final
+from asl_sweep.selection import (
+    SEARCH_ROLES,
+    StageResult,
+    counts_toward_budget,
+    decide,
+    pick_winner,
+    plan_candidates,
+    reached_target,
+    role_of,
+)
 from asl_sweep.session import Session, open_session
-from asl_sweep.space import encode_params
-from asl_sweep.store import create_stage_study, fail_dead_trials, optuna_storage
-from asl_sweep.trial import TrialFailed, TrialRunner
+from asl_sweep.space import decode_params, encode_params
+from asl_sweep.store import (
+    attrs,
+    create_stage_study,
+    fail_dead_trials,
+    put,
+    wait_for,
+    worker_id,
+)
+from asl_sweep.trial import TrialFailed, TrialRunner, settings_digest
 from asl_sweep.workspace import Workspace
 
 
 def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
-              worker: int = 0) -> list[StageResult]:
-    """Run (or join, or resume) the staged search. Several workers may run this at once on
-    one storage: they share each stage's budget and agree on its winner."""
-    session = open_session(cfg, ws, log)
-    session.worker = worker
-    storage = optuna_storage(ws.storage)
+              worker: int = 0, score: bool = True) -> list[StageResult]:
+    """Run (or join, or resume) the staged search; with `score`, then the final test."""
+    s = open_session(cfg, ws, log, worker)
     status = "FAILED"
     try:
         carried: dict[str, Any] = {}
         decided_by: dict[str, str] = {}
         for index, stage in enumerate(cfg.stages):
-            result = run_stage(session, index, storage, carried, decided_by)
-            session.results.append(result)
+            result = run_stage(s, index, carried, decided_by)
+            s.results.append(result)
             carried.update(result.params)
             decided_by.update({name: stage.name for name in result.params})
+        if score:
+            final_score(s)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:
-        session.tracker.end(session.study_run, status)
-    return session.results
+        s.tracker.end(s.study_run, status)
+    return s.results
 
 
-def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
+def run_stage(s: Session, index: int, carried: dict[str, Any],
               decided_by: dict[str, str]) -> StageResult:
     cfg, stage = s.cfg, s.cfg.stages[index]
-    study, created = create_stage_study(cfg, index, storage, s.worker)
-    if created or not _wait_for(study, "carried"):
+    study, created = create_stage_study(cfg, index, s.storage, s.worker)
+    if created or not wait_for(study, "carried"):
         _initialize_stage(s, study, index, carried, decided_by)
-    stage_run = study.user_attrs["mlflow_stage_run"]
-    if "winner" in study.user_attrs:  # finished in an earlier run: keep its winner as it was
-        result = StageResult(**study.user_attrs["winner"])
-        s.log(f"stage {stage.name}: finished earlier, winner trial {result.trial} "
-              f"({stage.metric} {result.value:.3f})")
+    a = attrs(study)
+    if "result" in a:  # finished in an earlier run: its decision stands
+        result = StageResult(**a["result"])
+        s.log(f"stage {stage.name}: finished earlier: {result.decision}")
         return result
+    stage_run = a["mlflow_stage_run"]
     s.tracker.reopen(stage_run)
     status = "FAILED"
     try:
-        result = _search(s, index, study, stage_run)
+        result = _run(s, stage, study, stage_run, a)
         status = "FINISHED"
     except GateNotReached:
         s.tracker.end(stage_run, "FAILED", outcome="target missed")
@@ -75,53 +97,123 @@ def run_stage(s: Session, index: int, storage, carried: dict[str, Any],
     finally:
         if status != "FINISHED":  # never leave the stage's run RUNNING
             s.tracker.end(stage_run, status)
-    study.set_user_attr("winner", asdict(result))
-    s.tracker.log_params(stage_run, {"winner": result.params})
+    put(study, "result", asdict(result))
+    study.set_user_attr("decision", result.decision[:200])
+    s.tracker.log_params(stage_run, {"adopted": result.params or "nothing (kept incumbent)"})
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
-                                      if k in METRICS})
+                                      if k in METRICS} | {"winner_value": result.value})
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
-                  winner_run=result.run_id)
-    s.log(f"stage {stage.name}: winner trial {result.trial} ({result.status}): "
-          f"{stage.metric} {result.value:.3f}  {result.params}")
+                  winner_run=result.run_id, decision=result.decision)
+    s.log(f"stage {stage.name}: {result.decision}  carries {result.params or 'no change'}")
     return result
 
 
-def _search(s: Session, index: int, study: optuna.Study, stage_run: str) -> StageResult:
-    cfg, stage = s.cfg, s.cfg.stages[index]
-    base = apply_overrides(cfg.base, {**study.user_attrs["carried"], **stage.fixed})
-    data = s.data.subset(stage.subset, cfg.data.seed) if stage.subset else s.data
-    runner = TrialRunner(s, stage, study, stage_run, base, data, study.user_attrs["decided_by"])
-    s.log(f"stage {stage.name}: {stage.goal or ''} [{stage.trials} trials, {stage.metric}]")
-    # `timeout` bounds the stage's search across reruns: the seconds spent by earlier runs are
-    # kept in the study (time between runs does not count; workers share one clock).
-    spent, started = study.user_attrs.get("search_seconds", 0.0), time.monotonic()
+def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
+         a: dict[str, Any]) -> StageResult:
+    base = apply_overrides(s.cfg.base, {**a["carried"], **stage.fixed})
+    confirm = stage.confirm if stage.target is None else None
+    use_folds = (confirm.folds if confirm is not None and confirm.folds is not None
+                 else s.data.splits.grouped)
+    runner = TrialRunner(s, stage, study, stage_run, base, a["decided_by"], a["uid"], use_folds)
+    s.log(f"stage {stage.name}: {stage.goal + ' ' if stage.goal else ''}[incumbent + "
+          f"{stage.trials} trials"
+          f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, {stage.metric}]")
+    _search(s, stage, study, runner)
+    trials = study.get_trials(deepcopy=False)
+    incumbent = _incumbent(trials)
+    if confirm is None or incumbent is None:
+        return pick_winner(trials, stage)
+    runner.phase = "confirm"
+    plan = _confirm_plan(s, stage, study, runner, incumbent.number)
+    _drain(s, study, runner)
+    return decide(study.get_trials(deepcopy=False), stage, plan["incumbent"],
+                  plan["candidates"], confirm.min_gain)
+
+
+def _incumbent(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if role_of(t) == "incumbent" and t.state == TrialState.COMPLETE]
+    return done[0] if done else None
+
+
+def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner) -> None:
+    """The incumbent, the seed trials and the search budget. `timeout` bounds the search
+    across reruns: the seconds spent by earlier runs are kept in the study (time between runs
+    does not count; workers share one clock)."""
+    spent, started = attrs(study).get("search_seconds", 0.0), time.monotonic()
 
     def elapsed() -> float:
         return spent + time.monotonic() - started
 
-    with tqdm(total=stage.trials, desc=stage.name, unit="trial", leave=False,
-              mininterval=1.0, disable=None) as bar:  # disable=None: no bar off a terminal
-        while True:
-            _close_lost_runs(s, study)
-            trials = study.get_trials(deepcopy=False)
-            done = sum(counts_toward_budget(t) for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            bar.n = done
-            bar.refresh()
-            if reached_target(trials, stage) or done >= stage.trials:
-                if running == 0:
-                    break
-            elif done + running < stage.trials and not (stage.timeout and elapsed() > stage.timeout):
-                try:
-                    study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,))
-                finally:
-                    study.set_user_attr("search_seconds", max(
-                        elapsed(), study.user_attrs.get("search_seconds", 0.0)))
-                continue
-            elif running == 0:
-                break
-            time.sleep(1.0)  # other workers still run trials of this stage
-    return pick_winner(study.get_trials(deepcopy=False), stage)
+    while True:
+        signals.check()
+        _close_lost_runs(s, study)
+        trials = study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        baselines_waiting = any(role_of(t) in ("incumbent", "seed") for t in waiting)
+        done = sum(counts_toward_budget(t) for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        searching = sum(role_of(t) in SEARCH_ROLES for t in running)
+        over = reached_target(trials, stage) or done >= stage.trials or bool(
+            stage.timeout and elapsed() > stage.timeout)
+        if over and not baselines_waiting:
+            if not running:
+                return
+        elif waiting or done + searching < stage.trials:
+            try:
+                study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,))
+            finally:
+                put(study, "search_seconds",
+                    max(elapsed(), attrs(study).get("search_seconds", 0.0)))
+            continue
+        signals.check()
+        time.sleep(1.0)  # other workers still run trials of this stage
+
+
+def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
+                  incumbent: int) -> dict[str, Any]:
+    """Which configurations are repeated, decided once and queued once: the top distinct
+    candidates and the incumbent, each for repeats 1..R-1 (repeat 0 is the trial itself)."""
+    if "plan" not in attrs(study):
+        trials = study.get_trials(deepcopy=False)
+        plain = settings_digest(runner.base)
+
+        def same_as_incumbent(t: FrozenTrial) -> bool:
+            return settings_digest(apply_overrides(runner.base, decode_params(t.params))) == plain
+
+        candidates = plan_candidates(trials, stage, stage.confirm.top, same_as_incumbent)
+        put(study, "plan", {"incumbent": incumbent, "candidates": candidates,
+                            "repeats": stage.confirm.repeats, "by": worker_id()})
+        time.sleep(0.2)  # two workers that planned at once: the last write wins
+    plan = attrs(study)["plan"]
+    if plan["by"] == worker_id() or not wait_for(study, "queued", 60.0):
+        if "queued" not in attrs(study):
+            by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+            for repeat in range(1, plan["repeats"]):
+                for target in [plan["incumbent"], *plan["candidates"]]:
+                    is_incumbent = target == plan["incumbent"]
+                    study.enqueue_trial(
+                        {} if is_incumbent else dict(by_number[target].params),
+                        user_attrs={"role": "confirm", "confirms": target, "repeat": repeat,
+                                    **({"incumbent": True} if is_incumbent else {})})
+            put(study, "queued", True)
+    s.log(f"stage {stage.name}: confirming trials {plan['candidates']} against the incumbent "
+          f"(trial {plan['incumbent']}) over {plan['repeats']} paired repeats")
+    return plan
+
+
+def _drain(s: Session, study: optuna.Study, runner: TrialRunner) -> None:
+    """Run queued trials (confirmation repeats, retries) until none waits or runs."""
+    while True:
+        signals.check()
+        _close_lost_runs(s, study)
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,))
+        elif any(t.state == TrialState.RUNNING for t in trials):
+            signals.check()
+            time.sleep(1.0)
+        else:
+            return
 
 
 def _close_lost_runs(s: Session, study: optuna.Study) -> None:
@@ -138,24 +230,44 @@ def _initialize_stage(s: Session, study: optuna.Study, index: int, carried: dict
     """Done once per stage, by the worker that created its study; `carried` goes last, as
     the sign for the other workers that the stage is ready."""
     stage = s.cfg.stages[index]
-    stage_run = s.tracker.new_run(s.experiment_id, stage.name, parent=s.study_run,
-                                  kind="stage", stage=stage.name, goal=stage.goal, index=index)
+    stage_run = s.tracker.new_run(s.experiment_id, f"{index + 1}-{stage.name}",
+                                  parent=s.study_run, kind="stage", stage=stage.name,
+                                  goal=stage.goal, index=index,
+                                  **{"mlflow.note.content": stage.goal})
     s.tracker.log_params(stage_run, {"carried": carried, "metric": stage.metric,
                                      "trials": stage.trials, "target": stage.target})
-    study.set_user_attr("mlflow_stage_run", stage_run)
-    study.set_user_attr("index", index)
+    study.set_metric_names([stage.metric])
     study.set_user_attr("goal", stage.goal)
-    study.set_user_attr("decided_by", decided_by)
-    if not any(t.user_attrs.get("seed_trial") for t in study.get_trials(deepcopy=False)):
+    put(study, "mlflow_stage_run", stage_run)
+    put(study, "index", index)
+    put(study, "uid", uuid.uuid4().hex)
+    put(study, "decided_by", decided_by)
+    if not any("role" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial({}, user_attrs={"role": "incumbent"})
         for seeded in stage.seed_trials:
-            study.enqueue_trial(encode_params(seeded), user_attrs={"seed_trial": True})
-    study.set_user_attr("carried", carried)
+            study.enqueue_trial(encode_params(seeded.params), user_attrs={
+                "role": "seed", "seed_trial": True,
+                **({"reported": seeded.reported} if seeded.reported is not None else {})})
+    put(study, "carried", carried)
 
 
-def _wait_for(study: optuna.Study, attr: str, seconds: float = 60.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while attr not in study.user_attrs:
-        if time.monotonic() > deadline:
-            return False  # its creator died before finishing: take over
-        time.sleep(0.5)
-    return True
+def final_score(s: Session) -> dict[str, Any]:
+    """The final configuration (the last stage's) scored once per repeat on the test split.
+    The model to export is its best repeat by validation, never chosen by test."""
+    if not s.results:
+        return {}
+    stage = s.cfg.stages[-1]
+    study = create_stage_study(s.cfg, len(s.cfg.stages) - 1, s.storage, s.worker)[0]
+    view = StageView(stage, study.get_trials(deepcopy=False), s.results[-1], {})
+    scored = score_trials(s.data, s.tracker, view.repeats(), "test")
+    final = summarize(scored, s.data.test().groups, "test")
+    final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
+    save_final(s.record, final)
+    s.tracker.log_metrics(s.study_run, {"test_acc_mean": final["mean"],
+                                        "test_acc_std": final["std"],
+                                        "test_acc_ci_low": final["ci"][0],
+                                        "test_acc_ci_high": final["ci"][1]})
+    s.tracker.set_tags(s.study_run, test_acc=final["summary"], test_rule=TEST_RULE)
+    s.log(f"final test accuracy ({stage.name}'s configuration; {TEST_RULE}): "
+          f"{final['summary']}")
+    return final

@@ -43,13 +43,15 @@ class Tracker:
         self.artifact_root = workspace.artifacts
 
     # ------------------------------------------------------------ experiments and runs
-    def experiment(self, study: str) -> str:
+    def experiment(self, study: str, description: str = "") -> str:
+        """The study's experiment; its description (the study's) shows in the MLflow UI."""
         found = self.client.get_experiment_by_name(study)
         if found is not None:
             return found.experiment_id
         try:
             return self.client.create_experiment(
-                study, artifact_location=(self.artifact_root / study).resolve().as_uri())
+                study, artifact_location=(self.artifact_root / study).resolve().as_uri(),
+                tags={"mlflow.note.content": description} if description else None)
         except Exception:  # another worker created it first
             found = self.client.get_experiment_by_name(study)
             if found is None:
@@ -125,7 +127,8 @@ class Tracker:
 
     # ------------------------------------------------------------ models and the registry
     def log_pytorch_model(self, run_id: str, model, name: str, example, outputs,
-                          metadata: dict[str, Any], files: Mapping[str, str]) -> tuple[str, str]:
+                          metadata: dict[str, Any], files: Mapping[str, str],
+                          extra_files: list[Path] | None = None) -> tuple[str, str]:
         """Log `model` with the pytorch flavor (torch.export, no pickle) as a new version of
         the registered model `name`, plus text files beside it; returns (version, uri)."""
         import mlflow
@@ -138,7 +141,8 @@ class Tracker:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=name, signature=signature,
-                input_example=example, serialization_format="pt2", metadata=metadata)
+                input_example=example, serialization_format="pt2", metadata=metadata,
+                extra_files=[str(p) for p in extra_files or []])
             for file_name, text in files.items():
                 mlflow.log_text(text, file_name)
         version = next(v for v in self.client.search_model_versions(f"name='{name}'")
@@ -149,13 +153,25 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value[:5000])
 
-    def load_pyfunc(self, uri: str):
-        import mlflow
-        import mlflow.pyfunc
+    def download_model(self, uri: str, dst: Path) -> Path:
+        """The files of a models:/NAME/VERSION (or runs:/) model, copied to `dst`: nothing in
+        them is loaded or run here."""
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.pyfunc.load_model(uri)
+        from asl_sweep.errors import ModelFileError
+
+        try:
+            if uri.startswith("models:/"):
+                name, _, version = uri.removeprefix("models:/").partition("/")
+                source = self.client.get_model_version_download_uri(name, version)
+            else:
+                source = uri
+            return Path(download_artifacts(artifact_uri=source, dst_path=str(dst),
+                                           tracking_uri=self.tracking_uri))
+        except MlflowException as e:
+            raise ModelFileError(f"{uri}: not found in {self.tracking_uri} "
+                                 f"({str(e).splitlines()[0][:160]})") from None
 
 
 class EpochLog:

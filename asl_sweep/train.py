@@ -18,14 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asl_sweep import signals
 from asl_sweep.augment import augment_batch
 from asl_sweep.checkpoint import ModelFile, ResumeState
 from asl_sweep.config import TrainConfig
-from asl_sweep.data import SplitData
 from asl_sweep.errors import ModelFileError
 from asl_sweep.features import frozen_features
 from asl_sweep.layers import InputSpec
 from asl_sweep.models import build_model, count_parameters
+from asl_sweep.studydata import SplitData
 
 EVAL_BATCH = 256
 log = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
         for xb, yb in batches.epoch(generator):
+            signals.check()  # Ctrl-C / SIGTERM: stop here, between two steps
             with torch.autocast(device.type, amp, enabled=amp is not None):
                 logits = trained(xb)
             loss = F.cross_entropy(logits.float(), yb)

@@ -9,24 +9,26 @@ bug (its traceback, printed and saved on the trial's MLflow run, exit 1)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import METRICS, StageConfig, TrainConfig, apply_overrides
-from asl_sweep.data import SplitData
+from asl_sweep.config import METRICS, StageConfig, StudyConfig, TrainConfig, apply_overrides
 from asl_sweep.errors import SettingsError, UserError
 from asl_sweep.plots import plot_curves
 from asl_sweep.selection import counts_toward_budget
 from asl_sweep.session import Session, open_session
 from asl_sweep.space import suggest
 from asl_sweep.store import Requeue, origin_of, worker_id
+from asl_sweep.studydata import SplitData
 from asl_sweep.studyfile import dump_resolved
 from asl_sweep.tracking import Tracker
 from asl_sweep.train import EpochStats, Monitor, TrainResult, train
@@ -41,44 +43,102 @@ class TrialFailed(Exception):
     """A trial failed on its own (see OWN_FAILURES); the search goes on."""
 
 
+def stage_image_size(cfg: StudyConfig, stage: StageConfig | None, train_cfg: TrainConfig) -> int:
+    """The size a stage's images are decoded at: its own `image_size`, else a transfer
+    model's input size (the originals, not another stage's images upsampled), else data's."""
+    if stage is not None and stage.image_size:
+        return stage.image_size
+    if train_cfg.model == "transfer":
+        from asl_sweep.backbones import input_size
+
+        return input_size(train_cfg.transfer.backbone)
+    return cfg.data.image_size
+
+
+def settings_digest(cfg: TrainConfig) -> str:
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+@dataclass
+class Plan:
+    """What one trial trains: its role, settings, seed and validation fold."""
+
+    role: str  # incumbent | seed | search | confirm
+    cfg: TrainConfig
+    params: dict[str, Any]  # the searched settings it sets ({} for the incumbent)
+    repeat: int
+    fold: int
+
+
 class TrialRunner:
+    """Runs the trials of one stage. `phase` is "search" while the budget lasts, then
+    "confirm": a sampled trial is then surplus and steps back."""
+
     def __init__(self, s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
-                 base: TrainConfig, data: SplitData, decided_by: dict[str, str]):
+                 base: TrainConfig, decided_by: dict[str, str], uid: str, use_folds: bool):
         self.s, self.stage, self.study, self.stage_run = s, stage, study, stage_run
-        self.base, self.data, self.decided_by = base, data, decided_by
+        self.base, self.decided_by, self.uid, self.use_folds = base, decided_by, uid, use_folds
+        self.phase = "search"
+
+    def plan(self, trial: optuna.Trial) -> Plan:
+        role = trial.user_attrs.get("role", "search")
+        of_incumbent = role == "incumbent" or trial.user_attrs.get("incumbent", False)
+        params = {} if of_incumbent else suggest(trial, self.stage.space)
+        repeat = int(trial.user_attrs.get("repeat", 0))
+        cfg = apply_overrides(self.base, params)
+        if repeat:  # repeat r: seed r (and fold r): paired with every other config's repeat r
+            cfg = cfg.model_copy(update={"seed": self.base.seed + repeat})
+        return Plan(role, cfg, params, repeat, repeat if self.use_folds else 0)
+
+    def data(self, plan: Plan) -> SplitData:
+        data = self.s.data.split(stage_image_size(self.s.cfg, self.stage, plan.cfg), plan.fold)
+        return data.subset(self.stage.subset, self.s.cfg.data.seed) if self.stage.subset else data
 
     def objective(self, trial: optuna.Trial) -> float:
         s, stage = self.s, self.stage
         trials = self.study.get_trials(deepcopy=False)  # one read serves both checks below
-        if self._surplus(trial, trials):
+        role = trial.user_attrs.get("role", "search")
+        if role == "search" and (self.phase != "search" or self._surplus(trial, trials)):
             trial.set_user_attr("failure", "surplus")
             raise TrialFailed("budget already taken by other workers")
-        params = suggest(trial, stage.space)
-        cfg = apply_overrides(self.base, params)
+        plan = self.plan(trial)
+        cfg = plan.cfg
         origin = origin_of(trials[trial.number])
-        run_id = s.tracker.new_run(s.experiment_id, f"{stage.name}-{trial.number}",
-                                   parent=self.stage_run, kind="trial", stage=stage.name,
-                                   trial_number=str(trial.number), state="RUNNING")
+        name = f"{stage.name}-{trial.number}" + {
+            "incumbent": "-incumbent", "seed": "-seed", "search": "",
+            "confirm": f"-confirms-{trial.user_attrs.get('confirms')}-r{plan.repeat}"}[plan.role]
+        run_id = s.tracker.new_run(s.experiment_id, name, parent=self.stage_run, kind="trial",
+                                   stage=stage.name, trial_number=str(trial.number),
+                                   state="RUNNING", role=plan.role, repeat=str(plan.repeat),
+                                   fold=str(plan.fold), seed=str(cfg.seed))
         trial.set_user_attr("mlflow_run_id", run_id)
+        trial.set_user_attr("role", plan.role)
         trial.set_user_attr("worker", worker_id())
-        decided = {**self.decided_by, **{name: stage.name for name in params}}
+        trial.set_user_attr("fold", plan.fold)
+        decided = {**self.decided_by, **{name: stage.name for name in plan.params}}
         trial.set_user_attr("decided_by", decided)
         s.tracker.log_params(run_id, cfg.model_dump(mode="json"))
         s.tracker.set_tags(run_id, **{f"decided_by.{k}": v for k, v in decided.items()},
-                           **({"retry_of": origin} if origin != trial.number else {}))
+                           **({"retry_of": origin} if origin != trial.number else {}),
+                           **({"confirms": trial.user_attrs["confirms"]}
+                              if plan.role == "confirm" else {}))
         run_dir = s.ws.runs / s.cfg.study / stage.name / f"trial-{origin}"
+        identity = {"study": s.cfg.study, "stage": stage.name, "stage_uid": self.uid,
+                    "trial": str(origin), "settings": settings_digest(cfg)}
         epochs = s.tracker.epoch_log(run_id)
+        prunable = plan.role == "search"
 
         def on_epoch(stats: EpochStats) -> None:
             epochs.add(stats.epoch, asdict(stats))
             trial.report(stats.metric(stage.metric), stats.epoch)
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
 
         try:
             try:
-                result = train(cfg, self.data, s.device, on_epoch, run_dir,
-                               Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache)
+                result = train(cfg, self.data(plan), s.device, on_epoch, run_dir,
+                               Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache,
+                               identity=identity)
             finally:
                 epochs.flush()  # whatever happened, the epochs so far are on record
         except optuna.TrialPruned:
@@ -102,7 +162,8 @@ class TrialRunner:
                        traceback.format_exc())
             raise
         value = result.best.metric(stage.metric)
-        trial.set_user_attr("metrics", {k: v for k, v in asdict(result.best).items()})
+        trial.set_user_attr("metrics", asdict(result.best))
+        trial.set_user_attr("last", asdict(result.history[-1]))
         trial.set_user_attr("num_params", result.num_params)
         record_result(s.tracker, run_id, cfg, result, run_dir,
                       f"{stage.name} trial {trial.number}")
@@ -164,7 +225,8 @@ def train_once(cfg, ws, log=print) -> TrainResult:
     status = "FAILED"
     try:
         try:
-            result = train(cfg.base, s.data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
+            data = s.data.split(stage_image_size(cfg, None, cfg.base))
+            result = train(cfg.base, data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
         finally:
             epochs.flush()
         record_result(s.tracker, run_id, cfg.base, result, run_dir, "train")

@@ -20,7 +20,9 @@ TINY_STUDY = {
     "base": {"hidden": [32], "epochs": 4, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 2,
              "device": "cpu"},
     "stages": [{
+        # Without confirmation unless a test asks for it: fewer trials, faster tests.
         "name": "search", "goal": "tiny search", "trials": 4, "sampler": "random",
+        "confirm": None,
         "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "hidden": [[32], [16, 16]]},
     }],
 }
@@ -78,14 +80,18 @@ def data_config(image_folder) -> DataConfig:
     return DataConfig(root=image_folder, image_size=16)
 
 
-def running_trial(db: Path, study_name: str, proc, seconds: float = 120) -> int:
-    """Number of a trial of `study_name` that is RUNNING and has reported an epoch, read
-    through a read-only SQLite connection: polling must never create or lock anything
-    while the process under test sets its database up."""
+def running_trial(db: Path, study_name: str, proc, seconds: float = 120,
+                  role: str | None = None, epochs: int = 1) -> int:
+    """Number of a trial of `study_name` (of `role`, if given) that is RUNNING and has
+    reported `epochs` epochs, read through a read-only SQLite connection: polling must never create
+    or lock anything while the process under test sets its database up."""
     deadline = time.time() + seconds
     query = ("SELECT t.number FROM trials t JOIN studies s ON s.study_id = t.study_id "
-             "WHERE s.study_name = ? AND t.state = 'RUNNING' AND EXISTS (SELECT 1 FROM "
-             "trial_intermediate_values v WHERE v.trial_id = t.trial_id)")
+             "WHERE s.study_name = ? AND t.state = 'RUNNING' AND (SELECT COUNT(*) FROM "
+             f"trial_intermediate_values v WHERE v.trial_id = t.trial_id) >= {int(epochs)}")
+    if role is not None:
+        query += (" AND EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = "
+                  f"t.trial_id AND a.key = 'role' AND a.value_json = '\"{role}\"')")
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
         if not db.exists():

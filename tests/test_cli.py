@@ -11,7 +11,7 @@ from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 
 PRUNABLE = {"base": {"epochs": 6}, "stages": [{
-    "name": "search", "trials": 8, "sampler": "random", "pruner": "median",
+    "name": "search", "trials": 8, "sampler": "random", "pruner": "median", "confirm": None,
     "space": {"lr": {"low": 1e-6, "high": 3e-2, "log": True}}}]}
 
 
@@ -31,7 +31,7 @@ def test_run_records_every_trial_in_mlflow_and_optuna(write_study, tmp_path, cap
     client, studies = _runs(ws, "tiny", "study")
     _, stages = _runs(ws, "tiny", "stage")
     _, trials = _runs(ws, "tiny", "trial")
-    assert len(studies) == 1 and len(stages) == 1 and len(trials) == 8
+    assert len(studies) == 1 and len(stages) == 1 and len(trials) == 9  # with the incumbent
     assert stages[0].data.tags["mlflow.parentRunId"] == studies[0].info.run_id
     states = {}
     for run in trials:
@@ -62,7 +62,7 @@ def test_rerun_of_a_finished_study_changes_nothing(write_study, tmp_path):
     # A finished stage is final: a rerun, even with a larger budget, keeps it and its winner.
     assert main(["run", str(path), "--home", home, "--trials", "3"]) == 0
     (after,) = read_stages(cfg, Workspace.at(home))
-    assert len(after.trials) == 2 and after.winner == before.winner
+    assert len(after.trials) == 3 and after.result == before.result
 
 
 def test_train_command_tracks_one_run(write_study, tmp_path, capsys):
@@ -81,7 +81,7 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", str(path), "--home", home]) == 0
     out = capsys.readouterr().out
-    assert "[1] search: finished" in out and "2 complete" in out
+    assert "[1] search: finished" in out and "3 complete" in out  # the incumbent and 2
 
 
 @pytest.mark.parametrize("args, message, code", [

@@ -7,8 +7,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from asl_sweep.cli import main
-from asl_sweep.export import Predictor, evaluate_split, registered_name
-from asl_sweep.readback import read_stages
+from asl_sweep.evaluation import predict_labels
+from asl_sweep.export import load_exported, registered_name
+from asl_sweep.predict import open_model
+from asl_sweep.readback import read_final
+from asl_sweep.session import open_data
 from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 
@@ -20,10 +23,10 @@ def exported(tmp_path_factory):
     study = root / "study.yaml"
     study.write_text(
         "study: tiny\n"
-        "data: {synthetic: {per_class: 10}, image_size: 16, val_fraction: 0.3}\n"
+        "data: {synthetic: {per_class: 24}, image_size: 16}\n"
         "base: {hidden: [32], epochs: 3, batch_size: 16, device: cpu}\n"
         "stages:\n"
-        "  - {name: search, trials: 2, sampler: random,\n"
+        "  - {name: search, trials: 2, sampler: random, confirm: {top: 1, repeats: 2},\n"
         "     space: {lr: {low: 1e-3, high: 1e-2, log: true}}}\n")
     home = root / "mlruns"
     assert main(["run", str(study), "--home", str(home)]) == 0
@@ -35,17 +38,34 @@ def exported(tmp_path_factory):
     return cfg, ws, out
 
 
-@pytest.mark.parametrize("form", ["torchscript", "onnx", "mlflow"])
-def test_each_exported_form_reproduces_the_validation_accuracy(exported, form):
+@pytest.mark.parametrize("form", ["torchscript", "onnx", "mlflow", "model file"])
+def test_each_exported_form_reproduces_the_test_accuracy(exported, form):
     cfg, ws, out = exported
-    (view,) = read_stages(cfg, ws)
-    source = {"torchscript": str(out / "model.torchscript.pt"),
-              "onnx": str(out / "model.onnx"),
-              "mlflow": f"models:/{registered_name(cfg)}/1"}[form]
-    predictor = Predictor(source, ws.home)
+    final = read_final(cfg, ws)
+    source = {"torchscript": str(out / "model.torchscript.pt"), "onnx": str(out / "model.onnx"),
+              "mlflow": f"models:/{registered_name(cfg)}/1",
+              "model file": None}[form]
+    if source is None:  # the trial's own best.pt, as asl-sweep keeps it
+        source = str(out / "best.pt")
+        load_exported(cfg, ws).file.save(out / "best.pt")
+    predictor = open_model(source, ws.home)
     assert predictor.classes == list("ABCDEFGHI") and predictor.image_size == 16
-    predictions, truth, _ = evaluate_split(predictor, cfg, ws, 16)
-    assert (predictions == truth).mean() == view.winner.metrics["val_acc"]
+    test = open_data(cfg, ws).test(16)
+    predictions = np.concatenate([predictor(test.x[i:i + 64]).argmax(1)
+                                  for i in range(0, len(test.y), 64)])
+    accuracy = (predictions == test.y.numpy()).mean()
+    index = final["trials"].index(final["export_trial"])
+    assert accuracy == pytest.approx(final["accuracy"][index], abs=1e-9)
+
+
+def test_the_exported_model_is_the_best_repeat_by_validation(exported):
+    cfg, ws, _ = exported
+    chosen = load_exported(cfg, ws)
+    values = {t.number: t.value for t in chosen.view.repeats()}
+    assert chosen.trial.number == max(values, key=lambda n: (values[n], -n))
+    model = chosen.file.build()
+    test = open_data(cfg, ws).test(16)
+    assert (predict_labels(model, test.x) == chosen.scored.predictions).all()
 
 
 def test_torchscript_takes_uint8_and_float_alike(exported):
@@ -57,15 +77,19 @@ def test_torchscript_takes_uint8_and_float_alike(exported):
     assert module(bigger).shape == (3, 9)  # any size: resized inside
 
 
-def test_registered_model_version_carries_lineage(exported):
+def test_registered_model_version_carries_lineage_and_the_test_score(exported):
     cfg, ws, out = exported
     client = MlflowClient(ws.tracking_uri)
     version = client.get_model_version(registered_name(cfg), "1")
+    final = read_final(cfg, ws)
     assert version.tags["study"] == "tiny" and version.tags["stage"] == "search"
     assert json.loads(version.tags["classes"]) == list("ABCDEFGHI")
-    assert version.tags["decided_by.lr"] == "search" and "train_config" in version.tags
+    assert float(version.tags["test_acc_mean"]) == pytest.approx(final["mean"], abs=1e-6)
+    assert "never seen by the search" in version.tags["test_rule"]
+    assert version.tags["decided_by.lr"] == "search" or "decided_by.lr" not in version.tags
     card = (out / "MODEL_CARD.md").read_text()
-    assert "validation accuracy" in card and (out / "confusion.png").exists()
+    assert final["summary"] in card and "Preprocessing" in card
+    assert (out / "confusion.png").exists()
 
 
 def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, capsys):
@@ -89,8 +113,8 @@ def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
 
     from asl_sweep.backbones import build_transfer
     from asl_sweep.config import TrainConfig
-    from asl_sweep.export import Deployable
     from asl_sweep.layers import InputSpec
+    from asl_sweep.models import Deployable
 
     torch.manual_seed(0)
     cfg = TrainConfig(model="transfer", hidden=[8],

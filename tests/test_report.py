@@ -18,8 +18,9 @@ def test_report_has_a_section_per_stage_and_its_images_exist(write_study, tmp_pa
     assert main(["report", str(path), "--home", str(home), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "## Stage 1: shape" in md and "## Stage 2: rate" in md
-    assert md.count("| trial | state | parameters | train acc | val acc |") == 2
-    assert "Human baseline (trial 0)" in md and "Diagnosis:" in md
+    assert md.count("| trial | role | state | parameters | train acc |") == 2
+    assert "Human baseline (trial 1): the student reported 0.329" in md and "Diagnosis:" in md
+    assert "Final test accuracy of rate's configuration" in md
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert any("confusion" in i for i in images) and any("curves" in i for i in images)
     for image in images:

@@ -22,6 +22,7 @@ from tests.conftest import running_trial
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
         "base": {"hidden": [16], "epochs": 3, "batch_size": 16},
         "stages": [{"name": "search", "trials": 40, "sampler": "random", "pruner": "none",
+                    "confirm": None,
                     "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
                               "hidden": [[16], [32], [16, 16]]}}]}
 
@@ -46,9 +47,11 @@ def test_four_workers_on_sqlite_finish_exactly_the_budget(write_study, tmp_path,
     out, err = capfd.readouterr()
     assert "locked" not in out + err
     ws = Workspace.at(home)
-    assert len(_finished(ws.storage, "tiny.search")) == 40
+    finished = _finished(ws.storage, "tiny.search")
+    assert len([t for t in finished if t.user_attrs["role"] == "search"]) == 40
+    assert len(finished) == 41  # and the incumbent
     runs = [r for r in _trial_runs(ws.tracking_uri, "tiny") if r.info.status == "FINISHED"]
-    assert len(runs) == 40
+    assert len(runs) == 41
     workers = {t.user_attrs["worker"] for t in _finished(ws.storage, "tiny.search")}
     assert len(workers) >= 2, workers  # the trials really were shared
     print(f"4 workers, 40 trials: {elapsed:.1f}s")
@@ -92,6 +95,7 @@ def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_pa
     spec = {**FAST, "stages": [
         {**FAST["stages"][0], "name": "first", "trials": 6},
         {"name": "second", "trials": 6, "sampler": "tpe", "pruner": "none",
+         "confirm": {"top": 2, "repeats": 2},
          "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]}
     path = write_study(spec)
     storage, tracking = f"{postgres}/optuna", f"{postgres}/mlflow"
@@ -99,14 +103,20 @@ def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_pa
                  "--storage", storage, "--tracking", tracking]) == 0
     out = capfd.readouterr().out
     for stage in ("first", "second"):
-        assert len(_finished(storage, f"tiny.{stage}")) == 6
-        said = re.findall(rf"\[worker (\d)\] stage {stage}: winner trial (\d+)", out)
-        assert {w for w, _ in said} == {"0", "1"}, out  # both workers named a winner ...
-        assert len({trial for _, trial in said}) == 1  # ... and the same one
-    assert len(_trial_runs(tracking, "tiny")) == 12
+        searched = [t for t in _finished(storage, f"tiny.{stage}")
+                    if t.user_attrs["role"] in ("seed", "search")]
+        assert len(searched) == 6  # the budget, exactly, across both workers
+        said = re.findall(rf"\[worker (\d)\] stage {stage}: (.+?)  carries", out)
+        assert {w for w, _ in said} == {"0", "1"}, out  # both workers decided ...
+        assert len({decision for _, decision in said}) == 1  # ... the same thing
+    second = _finished(storage, "tiny.second")
+    repeats = [(t.user_attrs["confirms"], t.user_attrs["repeat"]) for t in second
+               if t.user_attrs["role"] == "confirm"]
+    assert sorted(set(repeats)) == sorted(repeats) and len(repeats) == 3  # incumbent + 2, once
+    assert "final test accuracy" in out
 
 
-def test_sigterm_ends_the_trial_cleanly_and_a_rerun_completes(write_study, tmp_path):
+def test_sigterm_queues_the_trial_again_and_a_rerun_resumes_it(write_study, tmp_path):
     spec = {**FAST, "base": {**FAST["base"], "epochs": 150}}
     spec["stages"] = [{**FAST["stages"][0], "trials": 3}]
     path = write_study(spec)
@@ -115,17 +125,29 @@ def test_sigterm_ends_the_trial_cleanly_and_a_rerun_completes(write_study, tmp_p
     (home).mkdir()
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = running_trial(home / "optuna.db", "tiny.search", proc)
+    # Past a checkpoint (every 2 epochs): the retry must continue from it, not start over.
+    victim = running_trial(home / "optuna.db", "tiny.search", proc, epochs=5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err and "queued" in err
     study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
     killed = study.trials[victim]
-    assert killed.state.name == "FAIL"
-    status = MlflowClient(ws.tracking_uri).get_run(killed.user_attrs["mlflow_run_id"]).info.status
-    assert status in ("KILLED", "FAILED")
+    assert killed.state.name == "FAIL" and killed.user_attrs["failure"] == "interrupted"
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert len(retry) == 1 and retry[0].state.name == "WAITING"
+    assert retry[0].params == killed.params
+    client = MlflowClient(ws.tracking_uri)
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    for run in client.search_runs([experiment], "tags.kind != 'trial'"):
+        assert run.info.status == "KILLED", run.data.tags["kind"]  # stage and study runs
+
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
-    assert len(_finished(ws.storage, "tiny.search")) == 3
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    assert len(_finished(ws.storage, "tiny.search")) == 4  # the incumbent and 3
+    (done,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert done.state.name == "COMPLETE" and done.params == killed.params
+    assert min(done.intermediate_values) > 2  # resumed from its checkpoint
 
 
 def test_one_seeded_worker_repeats_exactly(write_study, tmp_path):

@@ -55,7 +55,7 @@ def test_every_shipped_study_runs_through_the_cli(path, tmp_path, monkeypatch, c
     assert main(["run", str(path), "--home", home, "--trials", "3",
                  "--set", "data.synthetic.per_class=24"]) == 0
     out = capsys.readouterr().out
-    assert out.count("winner:") >= 1, out
+    assert out.count("decision:") >= 1 and "final test accuracy" in out, out
     assert main(["status", str(path), "--home", home, "--set",
                  "data.synthetic.per_class=24"]) == 0
     status = capsys.readouterr().out

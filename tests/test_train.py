@@ -3,17 +3,17 @@ import torch
 
 from asl_sweep.checkpoint import ModelFile
 from asl_sweep.config import DataConfig, TrainConfig
-from asl_sweep.data import load_image_set, prepare_split
 from asl_sweep.errors import UnsafeFileError
 from asl_sweep.files import load_tensors
+from asl_sweep.studydata import StudyData
 from asl_sweep.train import train
 
 
 @pytest.fixture(scope="module")
 def synthetic_split(tmp_path_factory):
-    cfg = DataConfig(image_size=16, synthetic={"per_class": 10})
-    s = load_image_set(cfg, tmp_path_factory.mktemp("cache"))
-    return prepare_split(s, cfg, torch.device("cpu"))
+    cfg = DataConfig(image_size=16, synthetic={"per_class": 12})
+    return StudyData(cfg, tmp_path_factory.mktemp("cache"), torch.device("cpu"),
+                     log=lambda _: None).split()
 
 
 def test_mlp_overfits_20_images_covering_every_class(synthetic_split):

@@ -13,11 +13,11 @@ from asl_sweep.backbones import (
     resolve_weights,
 )
 from asl_sweep.config import DataConfig, TrainConfig
-from asl_sweep.data import SplitData, load_image_set, prepare_split
 from asl_sweep.errors import WeightsError
 from asl_sweep.features import frozen_features
 from asl_sweep.layers import InputSpec
 from asl_sweep.models import count_parameters
+from asl_sweep.studydata import SplitData, StudyData
 from asl_sweep.train import train
 
 SPEC = InputSpec(16, 3, (0.5,) * 3, (0.25,) * 3)
@@ -31,11 +31,19 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("ASL_SWEEP_OFFLINE", "1")
 
 
+def split_of(x_train, y_train, x_val, y_val, classes, key) -> SplitData:
+    """Train and validation tensors as a SplitData over their own pool."""
+    pool = torch.cat([x_train, x_val])
+    n, m = len(y_train), len(y_val)
+    return SplitData(x_train, y_train, x_val, y_val, classes, pool, key, torch.arange(n),
+                     torch.arange(n, n + m), np.arange(n), np.arange(n, n + m))
+
+
 def _tiny_split(n=6, size=16, classes=3) -> SplitData:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.arange(n) % classes
-    return SplitData(x, y, x[:3].clone(), y[:3].clone(), [str(c) for c in range(classes)], "tiny")
+    return split_of(x, y, x[:3].clone(), y[:3].clone(), [str(c) for c in range(classes)], "tiny")
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -105,7 +113,7 @@ def _shapes_split(size=64, per_class=12) -> SplitData:
             labels.append(label)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(labels)
-    return SplitData(x, y, x[:2], y[:2], ["disc", "stripes"], "shapes")
+    return split_of(x, y, x[:2].clone(), y[:2].clone(), ["disc", "stripes"], "shapes")
 
 
 def _separation(features: torch.Tensor, y: torch.Tensor) -> float:
@@ -138,8 +146,8 @@ def test_feature_cache_hits_and_is_invalidated_by_a_changed_image(image_folder, 
                                                              "weights": "none"})
 
     def features():
-        split = prepare_split(load_image_set(data_cfg, tmp_path / "cache"), data_cfg,
-                              torch.device("cpu"))
+        split = StudyData(data_cfg, tmp_path / "cache", torch.device("cpu"),
+                          log=lambda _: None).split()
         torch.manual_seed(0)
         model = build_transfer(cfg, InputSpec(16, 3, (0.5,) * 3, (0.25,) * 3))
         return frozen_features(model, cfg, split, torch.device("cpu"), tmp_path / "cache")
@@ -183,7 +191,11 @@ def test_feature_cache_misses_when_the_augmentation_seed_or_precision_changes():
                       transfer={"backbone": "resnet18", "feature_views": 2})
     key = feature_key(cfg, "abc", data)
     assert feature_key(cfg, "abc", data) == key
-    assert feature_key(cfg.model_copy(update={"seed": 1}), "abc", data) != key
+    reseeded = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(
+        update={"views_seed": 1})})
+    assert feature_key(reseeded, "abc", data) != key
+    # The trial's own seed does not draw the views: repeats with other seeds share them.
+    assert feature_key(cfg.model_copy(update={"seed": 1}), "abc", data) == key
     assert feature_key(cfg, "abc", data, torch.bfloat16) != key
     assert feature_key(cfg, "abc", data, torch.float16) != feature_key(cfg, "abc", data,
                                                                         torch.bfloat16)

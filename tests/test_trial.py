@@ -10,7 +10,7 @@ from asl_sweep.cli import main
 from asl_sweep.workspace import Workspace
 
 DIVERGES = {"base": {"optimizer": "sgd", "epochs": 3}, "stages": [{
-    "name": "search", "trials": 3, "sampler": "grid", "pruner": "none",
+    "name": "search", "trials": 3, "sampler": "grid", "pruner": "none", "confirm": None,
     "space": {"lr": [1.0e6, 1.0e-2, 3.0e-2]}}]}
 
 BROKEN_TRAINER = """
@@ -30,10 +30,11 @@ def test_a_diverging_trial_fails_on_its_own_and_the_stage_goes_on(write_study, t
     assert main(["run", str(path), "--home", str(home)]) == 0
     assert "failed: FloatingPointError: training diverged" in capsys.readouterr().out
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
-    by_lr = {t.params["lr"]: t for t in study.trials}
+    by_lr = {t.params["lr"]: t for t in study.trials if "lr" in t.params}
     assert by_lr[1.0e6].state.name == "FAIL" and by_lr[1.0e6].user_attrs["failure"] == "error"
-    assert len(study.trials) == 3  # the failure used its turn: no retry, no extra trial
-    assert study.user_attrs["winner"]["trial"] != by_lr[1.0e6].number
+    assert len(study.trials) == 4  # the incumbent and 3: the failure used its turn, no retry
+    assert "trial" in study.user_attrs["decision"] or "incumbent" in study.user_attrs["decision"]
+    assert str(by_lr[1.0e6].number) not in study.user_attrs["decision"].split(":")[0]
 
 
 def test_a_bug_in_the_trainer_stops_the_run_with_its_traceback(write_study, tmp_path):
@@ -46,7 +47,7 @@ def test_a_bug_in_the_trainer_stops_the_run_with_its_traceback(write_study, tmp_
     assert "trial failed" not in proc.stdout + proc.stderr
     ws = Workspace.at(home)
     study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
-    crashed, retry = study.trials
+    crashed, retry = study.trials  # the incumbent crashed, and waits to run again
     assert crashed.state.name == "FAIL" and crashed.user_attrs["failure"] == "crashed"
     # Not a search result: the same settings wait to run again, no budget is used.
     assert retry.state.name == "WAITING" and retry.params == crashed.params
