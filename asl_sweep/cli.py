@@ -32,6 +32,8 @@ def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
     p.add_argument("--tracking", help="MLflow tracking URI (default sqlite in --home)")
     p.add_argument("--trials", type=int, help="trial budget of every stage")
+    p.add_argument("--epochs", type=int, help="epochs of every stage (base and each stage's "
+                   "fixed epochs): a quick look")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
-    cfg = load_study(args.study, args.overrides, args.data, args.trials)
+    cfg = load_study(args.study, args.overrides, args.data, args.trials, args.epochs)
     ws = Workspace.at(args.home, args.storage, args.tracking)
     quiet_optuna()
     return cfg, ws
@@ -164,7 +166,8 @@ def _study_argv(args) -> list[str]:
     for item in args.overrides:
         argv += ["--set", item]
     for flag, value in (("--data", args.data), ("--storage", args.storage),
-                        ("--tracking", args.tracking), ("--trials", args.trials)):
+                        ("--tracking", args.tracking), ("--trials", args.trials),
+                        ("--epochs", args.epochs)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

@@ -25,7 +25,7 @@ class Strict(BaseModel):
 # ---------------------------------------------------------------- data
 class SyntheticConfig(Strict):
     per_class: int = Field(60, ge=2, description="images per letter")
-    signers: int = Field(12, ge=3, description="synthetic people, each with a style")
+    signers: int = Field(24, ge=3, description="synthetic people, each with a style")
     seed: int = 0
 
 
@@ -123,6 +123,14 @@ class FloatRange(Strict):
     log: bool = False
     step: float | None = None
 
+    def outside(self, value: Any) -> str | None:
+        """Why `value` cannot be a point of this range (None if it can)."""
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"{value!r} is not a number"
+        if not self.low <= value <= self.high:
+            return f"{value} is outside the searched range [{self.low}, {self.high}]"
+        return None
+
     @model_validator(mode="after")
     def _check(self) -> FloatRange:
         if self.high < self.low:
@@ -142,6 +150,14 @@ class IntRange(Strict):
     log: bool = False
     step: int = 1
 
+    def outside(self, value: Any) -> str | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{value!r} is not an integer"
+        if not self.low <= value <= self.high or (value - self.low) % self.step:
+            return f"{value} is not a point of the searched range [{self.low}, {self.high}] " \
+                   f"(step {self.step})"
+        return None
+
     @model_validator(mode="after")
     def _check(self) -> IntRange:
         if self.high < self.low:
@@ -155,6 +171,11 @@ class IntRange(Strict):
 
 class Choice(Strict):
     choices: list[Any] = Field(min_length=1)
+
+    def outside(self, value: Any) -> str | None:
+        if value not in self.choices:
+            return f"{value!r} is not among the choices {self.choices}"
+        return None
 
 
 ParamSpec = FloatRange | IntRange | Choice
@@ -288,6 +309,9 @@ class StudyConfig(Strict):
                                          f"space (seed trials set searched parameters only)")
                     check_train_override(self.base, name, value,
                                          f"stages.{i}.seed_trials.{j}.{name}")
+                    outside = stage.space[name].outside(value)
+                    if outside:
+                        raise ValueError(f"stages.{i}.seed_trials.{j}.{name}: {outside}")
         return self
 
 

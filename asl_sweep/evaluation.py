@@ -20,6 +20,7 @@ from asl_sweep.studydata import StudyData
 from asl_sweep.tracking import Tracker
 
 BOOTSTRAP, EVAL_BATCH = 2000, 128
+MIN_PEOPLE = 5  # below this, resampling people says little
 TEST_RULE = ("test split, never seen by the search (not by training, pruning, early stopping, "
              "selection or confirmation); every repeat of the final configuration scored once")
 
@@ -102,6 +103,8 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
     std = statistics.stdev(accs) if len(accs) >= 2 else 0.0
     unit = (f"{len(set(groups))} people" if groups is not None
             else f"{len(scored[0].truth)} images")
+    if groups is not None and len(set(groups)) < MIN_PEOPLE:
+        unit += ", too few for a reliable interval"
     repeats = f"{len(accs)} repeat{'s' if len(accs) != 1 else ''}"
     return {"split": split, "trials": [s.trial for s in scored], "folds": [s.fold for s in scored],
             "accuracy": accs, "mean": mean, "std": std, "ci": [lo, hi], "ci_over": unit,

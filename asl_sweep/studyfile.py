@@ -82,8 +82,11 @@ def apply_set(raw: dict, item: str) -> None:
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None,
-               data_root: str | Path | None = None, trials: int | None = None) -> StudyConfig:
-    """Read, override and validate a study YAML. Raises ConfigError naming file and key path."""
+               data_root: str | Path | None = None, trials: int | None = None,
+               epochs: int | None = None) -> StudyConfig:
+    """Read, override and validate a study YAML. Raises ConfigError naming file and key path.
+    `trials` sets every stage's budget; `epochs` sets base.epochs and every stage's fixed
+    epochs (a quick look at a whole study)."""
     path = Path(path)
     raw = read_yaml(path)
     if not isinstance(raw, dict):
@@ -93,10 +96,15 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
         apply_set(raw, item)
     if data_root is not None and isinstance(raw.get("data") or {}, dict):
         raw["data"] = {**(raw.get("data") or {}), "root": str(data_root)}
-    if trials is not None:
-        for stage in raw.get("stages") or []:
-            if isinstance(stage, dict):
-                stage["trials"] = trials
+    for stage in raw.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        if trials is not None:
+            stage["trials"] = trials
+        if epochs is not None and isinstance(stage.get("fixed"), dict) and "epochs" in stage["fixed"]:
+            stage["fixed"]["epochs"] = epochs
+    if epochs is not None and isinstance(raw.get("base") or {}, dict):
+        raw["base"] = {**(raw.get("base") or {}), "epochs": epochs}
     try:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as e:
