@@ -8,10 +8,12 @@ rerun continues where the last one stopped; several workers may run this at once
 
 from __future__ import annotations
 
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -21,6 +23,7 @@ from asl_sweep import signals
 from asl_sweep.config import METRICS, StageConfig, StudyConfig, apply_overrides
 from asl_sweep.errors import GateNotReached
 from asl_sweep.evaluation import TEST_RULE, score_trials, summarize
+from asl_sweep.plots import plot_curves
 from asl_sweep.readback import StageView
 from asl_sweep.record import save_final
 from asl_sweep.selection import (
@@ -102,6 +105,7 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     s.tracker.log_params(stage_run, {"adopted": result.params or "nothing (kept incumbent)"})
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
                                       if k in METRICS} | {"winner_value": result.value})
+    _log_curves(s, stage_run, result, stage.name)
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
                   winner_run=result.run_id, decision=result.decision)
     s.log(f"stage {stage.name}: {result.decision}  carries {result.params or 'no change'}")
@@ -128,6 +132,18 @@ def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
     _drain(s, study, runner)
     return decide(study.get_trials(deepcopy=False), stage, plan["incumbent"],
                   plan["candidates"], confirm.min_gain)
+
+
+def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> None:
+    """The carried trial's learning curves, as a PNG on the stage's run."""
+    if not result.run_id:
+        return
+    history = {k: s.tracker.metric_history(result.run_id, k) for k in METRICS}
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_curves([m.step for m in history["val_acc"]],
+                          {k: [m.value for m in v] for k, v in history.items()},
+                          Path(tmp) / "curves.png", f"{stage}: trial {result.trial}")
+        s.tracker.log_artifacts(stage_run, [png])
 
 
 def _incumbent(trials: list[FrozenTrial]) -> FrozenTrial | None:

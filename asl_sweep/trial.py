@@ -194,17 +194,19 @@ class TrialRunner:
 
 
 def record_result(tracker: Tracker, run_id: str, cfg: TrainConfig, result: TrainResult,
-                  run_dir: Path, title: str) -> None:
-    """A finished training's summary metrics, curves, resolved config and best checkpoint."""
+                  run_dir: Path, title: str, curves: bool = False) -> None:
+    """A finished training's summary metrics, resolved config and best checkpoint. Its
+    per-epoch curves are in MLflow already (the UI charts them); a PNG of them is drawn
+    for a single `train` and for each stage's carried trial, not for every trial."""
     best, history = asdict(result.best), result.history
     tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in METRICS}
                         | {"best_epoch": result.best.epoch, "num_params": result.num_params})
-    curves = plot_curves([h.epoch for h in history],
-                         {k: [getattr(h, k) for h in history] for k in METRICS},
-                         run_dir / "curves.png", title)
-    config_file = run_dir / "config.yaml"
-    config_file.write_text(dump_resolved(cfg))
-    tracker.log_artifacts(run_id, [curves, config_file])
+    tracker.log_text(run_id, dump_resolved(cfg), "config.yaml")
+    if curves:
+        png = plot_curves([h.epoch for h in history],
+                          {k: [getattr(h, k) for h in history] for k in METRICS},
+                          run_dir / "curves.png", title)
+        tracker.log_artifacts(run_id, [png])
     if result.checkpoint is not None and result.checkpoint.exists():
         tracker.log_artifacts(run_id, [result.checkpoint], "checkpoints")
 
@@ -229,7 +231,7 @@ def train_once(cfg, ws, log=print) -> TrainResult:
             result = train(cfg.base, data, s.device, on_epoch, run_dir, cache_dir=ws.cache)
         finally:
             epochs.flush()
-        record_result(s.tracker, run_id, cfg.base, result, run_dir, "train")
+        record_result(s.tracker, run_id, cfg.base, result, run_dir, "train", curves=True)
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, SystemExit):

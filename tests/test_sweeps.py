@@ -51,15 +51,14 @@ def fake_train(cfg, data, device=None, on_epoch=None, run_dir=None, monitor=None
 def test_every_shipped_study_runs_through_the_cli(path, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(asl_sweep.trial, "train", fake_train)
     home = str(tmp_path / "mlruns")
-    # Fewer synthetic images: the report runs the real (untrained) models over them.
-    assert main(["run", str(path), "--home", home, "--trials", "3",
-                 "--set", "data.synthetic.per_class=24"]) == 0
+    # Fewer, smaller synthetic images: the report runs the real (untrained) models over them.
+    small = ["--set", "data.synthetic.per_class=24", "--set", "data.image_size=32"]
+    assert main(["run", str(path), "--home", home, "--trials", "2", "--epochs", "3", *small]) == 0
     out = capsys.readouterr().out
     assert out.count("decision:") >= 1 and "final test accuracy" in out, out
-    assert main(["status", str(path), "--home", home, "--set",
-                 "data.synthetic.per_class=24"]) == 0
+    assert main(["status", str(path), "--home", home, *small]) == 0
     status = capsys.readouterr().out
     assert "not started" not in status and "in progress" not in status, status
     assert main(["report", str(path), "--home", home, "--out", str(tmp_path / "report"),
-                 "--set", "data.synthetic.per_class=24"]) == 0
+                 *small]) == 0
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
