@@ -17,7 +17,7 @@ from pathlib import Path
 
 from asl_sweep import signals
 from asl_sweep.config import StudyConfig
-from asl_sweep.errors import ConfigError, UserError
+from asl_sweep.errors import environment_fault
 from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 
@@ -150,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     signals.install()  # SIGTERM ends the current trial like Ctrl-C, at a safe point
     try:
         return COMMANDS[args.command](args)
-    except UserError as e:
-        prefix = "stopped" if e.exit_code == 3 else "error"
-        print(f"{prefix}: {e}", file=sys.stderr)
-        return e.exit_code
+    except Exception as e:
+        fault = environment_fault(e)  # a user error, or a full / read-only disk
+        if fault is None:
+            raise  # a bug: its traceback, exit 1
+        prefix = "stopped" if fault.exit_code == 3 else "error"
+        print(f"{prefix}: {fault}", file=sys.stderr)
+        return fault.exit_code
     except KeyboardInterrupt:
         print("interrupted: the current trial is queued to run again; rerun the same command "
               "to resume", file=sys.stderr)
@@ -321,15 +324,10 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    ws = Workspace.at(args.home)
-    if not (ws.home / "mlflow.db").exists():
-        raise ConfigError(f"{ws.home}: no MLflow store yet; run a study first")
-    print(f"MLflow UI: http://{args.host}:{args.port}  (Ctrl-C to stop)", flush=True)
-    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "server",
-                               "--backend-store-uri", ws.tracking_uri,
-                               "--default-artifact-root", ws.artifacts.as_uri(),
-                               "--host", args.host, "--port", str(args.port)])
-    return 0
+    from asl_sweep.ui import serve
+
+    return serve(Workspace.at(args.home), args.host, args.port,
+                 log=lambda line: print(line, flush=True))
 
 
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": cmd_status,

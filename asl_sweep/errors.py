@@ -6,6 +6,8 @@ Anything that is not a UserError is a bug in asl-sweep: it surfaces as a traceba
 
 from __future__ import annotations
 
+import errno
+
 
 class UserError(Exception):
     """Something the user can fix. `str(e)` is one line; the exit code is `exit_code`."""
@@ -43,6 +45,39 @@ class UnsafeFileError(ModelFileError):
 
 class WriteError(UserError):
     """A file could not be written (disk full, read-only, I/O error): nothing was lost."""
+
+    @classmethod
+    def of(cls, path, error: OSError) -> WriteError:
+        reason = error.strerror or str(error) or type(error).__name__
+        return cls(f"{path}: could not be written ({reason}); nothing recorded was lost: free "
+                   "space or make the folder writable, then rerun the same command")
+
+
+# Faults of the machine rather than of a trial or of asl-sweep: a file or a store that cannot
+# be written. They stop the run in one line, and the trial runs again on rerun.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+_STORE_FAULTS = ("database or disk is full", "attempt to write a readonly database",
+                 "disk I/O error", "unable to open database file")
+
+
+def environment_fault(error: BaseException) -> UserError | None:
+    """The one-line error for a disk-full, read-only or I/O fault anywhere in `error`'s chain
+    (libraries wrap them), or None when it is something else."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, UserError):
+            return error
+        if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
+            return WriteError.of(error.filename or "a file", error)
+        text = str(error)
+        fault = next((f for f in _STORE_FAULTS if f in text), None)
+        if fault:
+            return StoreError(f"a store could not be written ({fault}); nothing recorded was "
+                              "lost: free space or make the folder writable, then rerun the "
+                              "same command")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class SettingsError(UserError):

@@ -17,12 +17,6 @@ import torch
 from asl_sweep.errors import ModelFileError, UnsafeFileError, WriteError
 
 
-def write_failed(path: Path, error: OSError) -> WriteError:
-    reason = error.strerror or str(error) or type(error).__name__
-    return WriteError(f"{path}: could not be written ({reason}); nothing recorded was lost: "
-                      "free space or make the folder writable, then rerun the same command")
-
-
 def atomic_write_bytes(path: Path, data: bytes | memoryview, sync: bool = True) -> None:
     path = Path(path)
     tmp = None
@@ -38,7 +32,7 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview, sync: bool = True) 
     except OSError as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise write_failed(path, e) from None
+        raise WriteError.of(path, e) from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -40,7 +40,9 @@ class Session:
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
                  worker: int = 0) -> Session:
     ws.prepare()
-    storage = optuna_storage(ws.storage)
+    with ws.store_lock():  # one process at a time creates or migrates the stores
+        storage = optuna_storage(ws.storage)
+        tracker = Tracker(ws)
     record = bind(storage, cfg)  # other data settings than the study's: refused, here
     device = resolve_device(cfg.base.device)
     started = time.perf_counter()
@@ -50,7 +52,6 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
                                f"/class, {cfg.data.synthetic.signers} signers)")
     log(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
         f"({time.perf_counter() - started:.1f}s)")
-    tracker = Tracker(ws)
     experiment_id = tracker.experiment(cfg.study, cfg.description)
     study_run = tracker.open_run(experiment_id, cfg.study, kind="study")
     if not tracker.client.get_run(study_run).data.params:

@@ -126,28 +126,36 @@ def load_stage_study(cfg: StudyConfig, stage: StageConfig, storage) -> optuna.St
         return None
 
 
+def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSampler:
+    stage = cfg.stages[index]
+    seed += stage.seed + 1000 * index
+    if stage.sampler == "grid":
+        return GridSampler(grid(stage.space), seed=seed)
+    if stage.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed,
+                                      n_startup_trials=min(10, max(3, stage.trials // 3)))
+
+
 def create_stage_study(cfg: StudyConfig, index: int, storage,
                        worker: int = 0) -> tuple[optuna.Study, bool]:
-    """The stage's Optuna study and whether this call created it (exactly one worker does).
-    Each worker samples with its own seed; worker 0 keeps the configured one."""
+    """The stage's Optuna study and whether this call created it (exactly one process does).
+    Every process samples with its own seed, or two of them would sample the same settings:
+    the creator with the configured one (a lone seeded run repeats exactly), a numbered
+    worker with one derived from its number, any other process with one from its PID."""
     stage = cfg.stages[index]
-    seed = stage.seed + 1000 * index + 7919 * worker
-    if stage.sampler == "grid":
-        sampler = GridSampler(grid(stage.space), seed=seed)
-    elif stage.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(3, stage.trials // 3)))
     pruner = (optuna.pruners.NopPruner() if stage.pruner == "none" else
               optuna.pruners.MedianPruner(n_startup_trials=3,
                                           n_warmup_steps=max(1, cfg.base.epochs // 5)))
     name = stage_study_name(cfg, stage)
     try:
-        return optuna.create_study(storage=storage, sampler=sampler, pruner=pruner,
-                                   study_name=name, direction=stage.direction), True
+        return optuna.create_study(storage=storage, sampler=_sampler(cfg, index, 7919 * worker),
+                                   pruner=pruner, study_name=name,
+                                   direction=stage.direction), True
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler,
-                                 pruner=pruner), False
+        joiner = worker or 1 + os.getpid() % 9973
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
+                                 sampler=_sampler(cfg, index, 7919 * joiner)), False
 
 
 def worker_id() -> str:
@@ -169,8 +177,15 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
                     Requeue()(study, storage.get_trial(t._trial_id))
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker got there first
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.user_attrs.get("mlflow_run_id") and "failure" not in t.user_attrs]
+    # A trial that failed with no word on why (its worker died, or could not record how it
+    # stopped) and was never queued again: queue it now.
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    lost = [t for t in trials if t.state == TrialState.FAIL and "failure" not in t.user_attrs]
+    for t in lost:
+        if t.number not in retried:
+            Requeue()(study, t)
+    return [t for t in lost if t.user_attrs.get("mlflow_run_id")]
 
 
 def _alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from asl_sweep.errors import WriteError, environment_fault
 from asl_sweep.workspace import Workspace
 
 PARENT = "mlflow.parentRunId"
@@ -41,6 +42,7 @@ class Tracker:
                                    registry_uri=workspace.tracking_uri)
         self.tracking_uri = workspace.tracking_uri
         self.artifact_root = workspace.artifacts
+        self.client.search_experiments(max_results=1)  # creates or migrates the store now
 
     # ------------------------------------------------------------ experiments and runs
     def experiment(self, study: str, description: str = "") -> str:
@@ -112,7 +114,14 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
         for path in paths:
-            self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            try:
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            except OSError as e:
+                fault = environment_fault(e)
+                if fault is None:
+                    raise
+                where = f"{folder}/{Path(path).name}" if folder else Path(path).name
+                raise WriteError.of(f"MLflow artifact {where} of run {run_id}", e) from None
 
     # ------------------------------------------------------------ reading back
     def status(self, run_id: str) -> str:

@@ -243,6 +243,8 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
             if epoch < cfg.epochs:
                 _resume_state(identity, model, optimizer, scaler, generator,
                               history).save(last_path)
+            else:  # finished: nothing left to resume
+                last_path.unlink(missing_ok=True)
         if on_epoch is not None:
             on_epoch(stats)
 

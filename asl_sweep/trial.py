@@ -22,7 +22,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.config import METRICS, StageConfig, StudyConfig, TrainConfig, apply_overrides
-from asl_sweep.errors import SettingsError, UserError
+from asl_sweep.errors import SettingsError, environment_fault
 from asl_sweep.plots import plot_curves
 from asl_sweep.selection import counts_toward_budget
 from asl_sweep.session import Session, open_session
@@ -141,6 +141,12 @@ class TrialRunner:
                                identity=identity)
             finally:
                 epochs.flush()  # whatever happened, the epochs so far are on record
+            trial.set_user_attr("metrics", asdict(result.best))
+            trial.set_user_attr("last", asdict(result.history[-1]))
+            trial.set_user_attr("num_params", result.num_params)
+            record_result(s.tracker, run_id, cfg, result, run_dir,
+                          f"{stage.name} trial {trial.number}")
+            s.tracker.end(run_id, "FINISHED", state="COMPLETE")
         except optuna.TrialPruned:
             s.tracker.end(run_id, "FINISHED", state="PRUNED")
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -154,22 +160,18 @@ class TrialRunner:
         except (KeyboardInterrupt, SystemExit):
             self._stop(trial, run_id, "interrupted", "KILLED")
             raise
-        except UserError as e:
-            self._stop(trial, run_id, "stopped", "FAILED", str(e))
-            raise
         except Exception as e:
+            fault = environment_fault(e)  # a user error, or a disk that is full or read-only
+            if fault is not None:
+                self._stop(trial, run_id, "stopped", "FAILED", str(fault))
+                if fault is e:
+                    raise
+                raise fault from e
             self._stop(trial, run_id, "crashed", "FAILED", f"{type(e).__name__}: {e}",
                        traceback.format_exc())
             raise
-        value = result.best.metric(stage.metric)
-        trial.set_user_attr("metrics", asdict(result.best))
-        trial.set_user_attr("last", asdict(result.history[-1]))
-        trial.set_user_attr("num_params", result.num_params)
-        record_result(s.tracker, run_id, cfg, result, run_dir,
-                      f"{stage.name} trial {trial.number}")
-        s.tracker.end(run_id, "FINISHED", state="COMPLETE")
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint now lives in MLflow
-        return value
+        return result.best.metric(stage.metric)
 
     def _stop(self, trial: optuna.Trial, run_id: str, why: str, status: str, error: str = "",
               trace: str = "") -> None:
@@ -182,8 +184,10 @@ class TrialRunner:
             self.s.tracker.end(run_id, status, state="FAIL",
                                **({"error": error[:500]} if error else {}))
             Requeue()(self.study, self.study._storage.get_trial(trial._trial_id))
-        except Exception:  # the original error is what the user must see
-            log.exception("while stopping trial %s", trial.number)
+        except Exception as e:  # the original error is what the user must see
+            log.warning("trial %s: could not record how it stopped (%s: %s); the next run "
+                        "queues it again", trial.number, type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "")
 
     def _surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> bool:
         """Workers that looked at the budget at the same moment may both start a trial; the

@@ -3,8 +3,14 @@ databases, MLflow artifacts, the decoded-image cache and in-flight trial checkpo
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from asl_sweep.errors import WriteError
 
 
 @dataclass(frozen=True)
@@ -22,9 +28,31 @@ class Workspace:
                    tracking_uri=tracking_uri or f"sqlite:///{home / 'mlflow.db'}")
 
     def prepare(self) -> Workspace:
+        """Create the folders; a home that cannot be written is one WriteError."""
         for folder in (self.home, self.artifacts, self.cache, self.runs):
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteError.of(folder, e) from None
+        probe = self.home / f".write-probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise WriteError.of(self.home, e) from None
         return self
+
+    @contextmanager
+    def store_lock(self) -> Iterator[None]:
+        """Held while the Optuna and MLflow stores are created or migrated: two processes
+        that start at once on a fresh home would otherwise both migrate, and a half-built
+        schema stays broken for good."""
+        with open(self.home / ".stores.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @property
     def artifacts(self) -> Path:

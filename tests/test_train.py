@@ -87,3 +87,30 @@ def test_resume_refuses_a_checkpoint_carrying_a_pickle(synthetic_split, tmp_path
     with pytest.raises(UnsafeFileError):
         train(TrainConfig(hidden=[8], epochs=2), synthetic_split, "cpu", run_dir=run_dir)
     assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_trial_is_never_resumed(synthetic_split, tmp_path, caplog):
+    cfg = TrainConfig(hidden=[32], epochs=4, checkpoint_every=1, device="cpu")
+    old = {"study": "s", "stage": "a", "stage_uid": "first-store", "trial": "0",
+           "settings": "aaaa"}
+
+    def stop_at_2(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, synthetic_split, "cpu", on_epoch=stop_at_2, run_dir=tmp_path, identity=old)
+    assert (tmp_path / "last.pt").exists()
+    # The stores were deleted and the study rerun: trial 0 now has other settings.
+    new = {**old, "stage_uid": "second-store", "settings": "bbbb"}
+    seen = []
+    wider = cfg.model_copy(update={"hidden": [48]})  # would not even load the old weights
+    result = train(wider, synthetic_split, "cpu", on_epoch=lambda s: seen.append(s.epoch),
+                   run_dir=tmp_path, identity=new)
+    assert seen == [1, 2, 3, 4]  # from the start, not from the leftover
+    assert "a leftover checkpoint of another trial" in caplog.text and "removed" in caplog.text
+    assert ModelFile.load(result.checkpoint).identity == new
+    same = []
+    train(wider, synthetic_split, "cpu", on_epoch=lambda s: same.append(s.epoch),
+          run_dir=tmp_path, identity=new)
+    assert same == [1, 2, 3, 4]  # a finished run leaves no resume file behind

@@ -1,0 +1,194 @@
+"""Hostile inputs and faults, with real processes, real files and a real small filesystem:
+one line and exit 2 for what the user can fix, nothing recorded lost, no budget burnt."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.workspace import Workspace
+
+QUICK = {"stages": [{"name": "search", "trials": 3, "sampler": "random", "confirm": None,
+                     "pruner": "none",
+                     "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                               "hidden": [[32], [16, 16], [24]]}}]}
+
+
+def one_line_error(capsys, code, expected):
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert expected in err and "Traceback" not in err
+    return err
+
+
+def test_three_runs_at_once_on_a_fresh_home_share_the_study(write_study, tmp_path):
+    path = write_study(QUICK)
+    home = tmp_path / "mlruns"
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    ws = Workspace.at(home)
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    searched = [t for t in study.trials
+                if t.state.name == "COMPLETE" and t.user_attrs["role"] == "search"]
+    assert len(searched) == 3  # the budget, exactly, across three processes
+    settings = [tuple(sorted(t.params.items())) for t in searched]
+    assert len(set(settings)) == 3  # each process sampled with its own seed
+    # Both stores were created once and stay usable.
+    client = MlflowClient(ws.tracking_uri)
+    assert len(client.search_runs([client.get_experiment_by_name("tiny").experiment_id])) >= 5
+    import sqlite3
+
+    tables = {r[0] for r in sqlite3.connect(home / "mlflow.db").execute(
+        "SELECT name FROM sqlite_master WHERE type='table'")}
+    assert not any(name.startswith("_alembic_tmp") for name in tables), tables
+    assert main(["status", str(path), "--home", str(home)]) == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of a few MB (tmpfs), where this machine lets the test mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
+                        capture_output=True).returncode == 0
+    if not ok:
+        pytest.skip("cannot mount a tmpfs here (needs root); test_a_full_disk_injected covers it")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_burns_no_budget(write_study, small_disk,
+                                                                  capsys):
+    # A model whose checkpoints (about 12 MB each) cannot fit on the 6 MB disk.
+    path = write_study({**QUICK, "base": {"hidden": [1024], "epochs": 2}})
+    home = small_disk / "mlruns"
+    code = main(["run", str(path), "--home", str(home)])
+    err = one_line_error(capsys, code, "could not be written (No space left on device)")
+    assert "free space" in err and "rerun" in err
+    study = optuna.load_study(study_name="tiny.search",
+                              storage=Workspace.at(home).storage)
+    (stopped, queued) = study.trials
+    assert stopped.state.name == "FAIL" and stopped.user_attrs["failure"] == "stopped"
+    assert queued.state.name == "WAITING"  # the same trial, to run again: no budget used
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    searched = [t for t in study.trials if t.state.name == "COMPLETE"
+                and t.user_attrs["role"] == "search"]
+    assert len(searched) == 3
+
+
+def test_a_full_disk_injected_is_the_same_one_line(write_study, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from asl_sweep import files
+
+    real = files.os.fdopen
+
+    def full(fd, *args, **kwargs):
+        handle = real(fd, *args, **kwargs)
+
+        class Full:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        return Full()
+
+    path = write_study(QUICK)
+    home = tmp_path / "mlruns"
+    monkeypatch.setattr(files.os, "fdopen", full)
+    code = main(["run", str(path), "--home", str(home)])
+    one_line_error(capsys, code, "could not be written (No space left on device)")
+
+
+def test_a_read_only_home(write_study, small_disk):
+    path = write_study({**QUICK, "stages": [{**QUICK["stages"][0], "trials": 1}]})
+    home = small_disk / "mlruns"
+
+    def cli(*args):  # separate processes: this one must hold no file open on the disk
+        return subprocess.run([sys.executable, "-m", "asl_sweep.cli", *args, str(path),
+                               "--home", str(home)], capture_output=True, text=True, timeout=120)
+
+    assert cli("run").returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    status = cli("status")  # reading a finished study still works
+    assert status.returncode == 0 and "[1] search: finished" in status.stdout, status.stderr
+    again = cli("run", "--set", "study=other")
+    assert again.returncode == 2 and "Read-only file system" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+
+
+def test_a_missing_home_is_one_line(write_study, tmp_path, capsys):
+    path = write_study()
+    for command in ("status", "report", "export", "evaluate"):
+        code = main([command, str(path), "--home", str(tmp_path / "nowhere")])
+        one_line_error(capsys, code, "nothing recorded yet")
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: p.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00" * 40), "not a text file"),
+])
+def test_a_study_path_that_is_not_a_study_file(tmp_path, capsys, make, expected):
+    path = tmp_path / "study.yaml"
+    make(path)
+    one_line_error(capsys, main(["run", str(path), "--home", str(tmp_path / "h")]), expected)
+
+
+def test_an_unreadable_study_file(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "study.yaml"
+    path.write_text("study: x\n")
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads it anyway: make the read itself fail
+        from pathlib import Path
+
+        real = Path.read_bytes
+        monkeypatch.setattr(Path, "read_bytes", lambda p: (_ for _ in ()).throw(
+            PermissionError(13, "Permission denied")) if p == path else real(p))
+    one_line_error(capsys, main(["run", str(path)]), "cannot be read (Permission denied)")
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("base.hidden.10000000=8", "base.hidden.10000000: index 10000000 is beyond the end of a "
+                               "list (length 1, at most 64)"),
+    ("base.dropout.10000000=0.1", "base.dropout"),
+    ("base.lr=[1, 2", "the value '[1, 2' is not valid YAML"),
+    ("base.hidden=x: y: z", "the value 'x: y: z' is not valid YAML"),
+])
+def test_set_values_blame_what_is_wrong_quickly(write_study, capsys, item, expected):
+    started = time.perf_counter()
+    one_line_error(capsys, main(["run", str(write_study()), "--set", item]), expected)
+    assert time.perf_counter() - started < 5
+
+
+def test_ui_refuses_a_taken_or_impossible_port(write_study, tmp_path, capsys):
+    home = tmp_path / "mlruns"
+    Workspace.at(home).prepare()
+    (home / "mlflow.db").write_bytes(b"")  # a store to serve; the port check comes first
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        one_line_error(capsys, main(["ui", "--home", str(home), "--port", str(port)]),
+                       f"--port {port}: 127.0.0.1:{port} cannot be used")
+    one_line_error(capsys, main(["ui", "--home", str(home), "--port", "70000"]),
+                   "--port 70000: not a port number")
