@@ -177,17 +177,33 @@ class TransferModel(nn.Module):
                                               if cfg.transfer.trainable else [])
         for p in self.trainable_blocks.parameters():
             p.requires_grad_(True)
+        self.bn_frozen = cfg.transfer.bn == "frozen"
 
     @property
     def frozen(self) -> bool:
         return len(self.trainable_blocks) == 0
 
     def train(self, mode: bool = True) -> TransferModel:
-        # Frozen layers stay in eval mode: their batch-norm statistics must not drift.
+        # Frozen layers stay in eval mode: their batch-norm statistics must not drift. In the
+        # fine-tuned blocks batch norm keeps its ImageNet statistics too (bn: frozen, the
+        # usual choice for small batches) or adapts them (bn: train); its scale and shift
+        # train either way.
         super().train(mode)
         self.backbone.eval()
         self.trainable_blocks.train(mode)
+        if self.bn_frozen:
+            for m in self.trainable_blocks.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         return self
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        """The head at `lr`; fine-tuned backbone blocks at `lr * transfer.backbone_lr`."""
+        groups = [{"params": list(self.head.parameters()), "lr": cfg.lr}]
+        backbone = [p for p in self.trainable_blocks.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": cfg.lr * cfg.transfer.backbone_lr})
+        return groups
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:

@@ -87,12 +87,39 @@ class TransferConfig(Strict):
     backbone: Backbone = "mobilenet_v2"
     weights: str = "imagenet"  # imagenet | none | path to a .pth file
     trainable: int = Field(0, ge=0, description="last N backbone blocks trained; 0 = head only")
+    backbone_lr: float = Field(0.1, gt=0.0, le=1.0)  # fine-tuned blocks' lr, times `lr`
+    bn: Literal["frozen", "train"] = "frozen"  # fine-tuned blocks' batch-norm statistics
     feature_views: int = Field(4, ge=1, description="augmented views cached per image")
     views_seed: int = 0  # draws the cached augmented views (not the trial's seed: repeats share them)
 
 
+class CNNConfig(Strict):
+    """A small convolutional network trained from scratch: one block per entry of `channels`
+    (conv -> [batch norm] -> activation -> pool -> [dropout]), global average pooling, then
+    the MLP head (`hidden`, `dropout`)."""
+
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field([32, 64, 128], min_length=1,
+                                                                  max_length=8)
+    kernel: int = Field(3, ge=1, le=11)
+    batch_norm: bool = True
+    pool: Literal["max", "avg"] = "max"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # channel dropout after each block
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("must be odd (1, 3, 5, ...)")
+        return v
+
+
+class EarlyStop(Strict):
+    patience: int = Field(5, ge=1)  # epochs without a better validation metric
+    min_delta: float = Field(0.0, ge=0.0)
+
+
 class TrainConfig(Strict):
-    model: Literal["mlp", "transfer"] = "mlp"
+    model: Literal["mlp", "cnn", "transfer"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = [500, 50]
     activation: Literal["relu", "tanh", "gelu", "sigmoid", "leaky_relu", "elu", "silu"] = "relu"
     # dropout[0] is on the input, dropout[i] on hidden layer i; missing entries are 0 and
@@ -109,15 +136,55 @@ class TrainConfig(Strict):
     # auto: bf16 autocast on CUDA; fp16 trains with a gradient scaler
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
+    # learning-rate schedule over the epochs, stepped every batch, after `warmup_epochs` of
+    # linear warm-up; step: x0.1 at 1/2 and 3/4 of the epochs
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+    early_stop: EarlyStop | None = None  # stop when validation stops improving; keeps the best
     augment: AugmentConfig = AugmentConfig()
+    cnn: CNNConfig = CNNConfig()
     transfer: TransferConfig = TransferConfig()
 
     def dropout_at(self, i: int) -> float:
         return self.dropout[i] if i < len(self.dropout) else 0.0
 
+    def applicable(self) -> dict[str, Any]:
+        """The settings that apply to this model, for the record: another family's settings
+        are left out, and of `dropout` only the entries the layers use."""
+        tree = self.model_dump(mode="json")
+        tree["dropout"] = [self.dropout_at(i) for i in range(len(self.hidden) + 1)]
+        if self.model != "cnn":
+            del tree["cnn"]
+        if self.model != "transfer":
+            del tree["transfer"]
+        else:
+            t = tree["transfer"]
+            if self.transfer.trainable == 0:
+                del t["backbone_lr"], t["bn"]
+            else:
+                del t["feature_views"], t["views_seed"]
+        if self.early_stop is None:
+            tree["early_stop"] = "off"
+        if self.schedule == "constant" and not self.warmup_epochs:
+            del tree["warmup_epochs"]
+        return tree
+
 
 # ---------------------------------------------------------------- search space
-class FloatRange(Strict):
+class Searched(Strict):
+    """A searched setting. `when` makes it conditional: it is searched only in trials whose
+    earlier categorical settings have the given value(s), e.g. {model: cnn}."""
+
+    when: dict[str, Any] | None = None
+
+    def applies(self, chosen: dict[str, Any]) -> bool:
+        if not self.when:
+            return True
+        return all(k in chosen and chosen[k] in (v if isinstance(v, list) else [v])
+                   for k, v in self.when.items())
+
+
+class FloatRange(Searched):
     low: float
     high: float
     log: bool = False
@@ -144,7 +211,7 @@ class FloatRange(Strict):
         return self
 
 
-class IntRange(Strict):
+class IntRange(Searched):
     low: int
     high: int
     log: bool = False
@@ -169,7 +236,7 @@ class IntRange(Strict):
         return self
 
 
-class Choice(Strict):
+class Choice(Searched):
     choices: list[Any] = Field(min_length=1)
 
     def outside(self, value: Any) -> str | None:
@@ -182,9 +249,12 @@ ParamSpec = FloatRange | IntRange | Choice
 
 
 def parse_param(raw: Any) -> ParamSpec:
-    """A list is a categorical choice; {low, high} is an int range when both ends are ints."""
+    """A list is a categorical choice ({choices: [...], when: ...} with a condition);
+    {low, high} is an int range when both ends are ints."""
     if isinstance(raw, list):
         return Choice(choices=raw)
+    if isinstance(raw, dict) and "choices" in raw:
+        return Choice(**raw)
     if isinstance(raw, dict):
         ints = all(isinstance(raw.get(k), int) and not isinstance(raw.get(k), bool)
                    for k in ("low", "high"))
@@ -267,6 +337,19 @@ class StageConfig(Strict):
             for name, spec in self.space.items():
                 if isinstance(spec, FloatRange) and spec.step is None:
                     raise ValueError(f"grid sampler: space.{name} needs a list or a step")
+                if spec.when:
+                    raise ValueError(f"grid sampler: space.{name} has a condition (when:); a "
+                                     "grid needs the same settings in every trial")
+        for position, (name, spec) in enumerate(self.space.items()):
+            for key, value in (spec.when or {}).items():
+                earlier = dict(list(self.space.items())[:position])
+                if not isinstance(earlier.get(key), Choice):
+                    raise ValueError(f"space.{name}.when.{key}: not a categorical setting "
+                                     "searched before it in this space")
+                for v in value if isinstance(value, list) else [value]:
+                    if v not in earlier[key].choices:
+                        raise ValueError(f"space.{name}.when.{key}: {v!r} is not among "
+                                         f"{key}'s choices {earlier[key].choices}")
         return self
 
     def reached(self, value: float) -> bool:

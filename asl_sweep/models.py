@@ -1,6 +1,7 @@
-"""Model families, built from a TrainConfig through one registry. Every model takes float
-images in [0, 1] and normalizes them itself, so an exported model carries its own
-preprocessing."""
+"""Model families, built from a TrainConfig through one registry: the MLP, a small CNN
+trained from scratch, and pretrained backbones with a head (asl_sweep.backbones). Every
+model takes float images in [0, 1] and normalizes them itself, so an exported model carries
+its own preprocessing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from asl_sweep.config import TrainConfig
-from asl_sweep.layers import InputSpec, Normalize, mlp_layers
+from asl_sweep.errors import SettingsError
+from asl_sweep.layers import ACTIVATIONS, InputSpec, Normalize, mlp_layers
 
 
 class MLP(nn.Module):
@@ -28,6 +30,40 @@ def build_mlp(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.
     return MLP(cfg, spec)
 
 
+class CNN(nn.Module):
+    """conv blocks -> global average pooling -> MLP head, trained from scratch."""
+
+    def __init__(self, cfg: TrainConfig, spec: InputSpec):
+        super().__init__()
+        c = cfg.cnn
+        if spec.image_size >> len(c.channels) < 1:
+            raise SettingsError(f"cnn.channels: {len(c.channels)} pooled blocks need images of "
+                                f"at least {2 ** len(c.channels)}px, these are "
+                                f"{spec.image_size}px; use fewer blocks or a larger image_size")
+        self.normalize = Normalize(spec.mean, spec.std)
+        blocks: list[nn.Module] = []
+        width = 3
+        for channels in c.channels:
+            blocks.append(nn.Conv2d(width, channels, c.kernel, padding=c.kernel // 2,
+                                    bias=not c.batch_norm))
+            if c.batch_norm:
+                blocks.append(nn.BatchNorm2d(channels))
+            blocks += [ACTIVATIONS[cfg.activation](),
+                       nn.MaxPool2d(2) if c.pool == "max" else nn.AvgPool2d(2)]
+            if c.dropout > 0:
+                blocks.append(nn.Dropout2d(c.dropout))
+            width = channels
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = nn.Sequential(*mlp_layers(width, cfg, spec.num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.normalize(x)))
+
+
+def build_cnn(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    return CNN(cfg, spec)
+
+
 def build_transfer(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
     from asl_sweep import backbones  # torchvision models load only when used
 
@@ -36,6 +72,7 @@ def build_transfer(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": build_mlp,
+    "cnn": build_cnn,
     "transfer": build_transfer,
 }
 

@@ -25,8 +25,13 @@ def _decode(value: Any) -> Any:
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Define-by-run: each setting in order, skipping those whose `when` does not hold for
+    the settings chosen before it (Optuna then samples each conditional setting only from
+    the trials that had it)."""
     params: dict[str, Any] = {}
     for name, spec in space.items():
+        if not spec.applies(params):
+            continue
         if isinstance(spec, Choice):
             params[name] = _decode(trial.suggest_categorical(
                 name, [_encode(c) for c in spec.choices]))

@@ -27,10 +27,15 @@ def _now_ms() -> int:
 
 
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """One MLflow param per setting and per list element (hidden.0, dropout.1), so the UI
+    can sort and filter by each; an empty list is one param, []."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list | tuple) and value and all(
+                not isinstance(v, dict | list) for v in value):
+            flat.update({f"{prefix}{key}.{i}": str(v) for i, v in enumerate(value)})
         else:
             flat[f"{prefix}{key}"] = str(value)[:6000]
     return flat

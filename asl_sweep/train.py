@@ -57,6 +57,16 @@ class Monitor:
         pick = max if self.direction == "maximize" else min
         return pick(history, key=lambda s: s.metric(self.metric))
 
+    def stalled(self, history: list[EpochStats], patience: int, min_delta: float) -> bool:
+        """Whether the last `patience` epochs brought no improvement above `min_delta` over
+        the best before them (early stopping)."""
+        if len(history) <= patience:
+            return False
+        sign = 1 if self.direction == "maximize" else -1
+        before = max(sign * s.metric(self.metric) for s in history[:-patience])
+        recent = max(sign * s.metric(self.metric) for s in history[-patience:])
+        return recent <= before + min_delta
+
 
 @dataclass
 class TrainResult:
@@ -96,17 +106,45 @@ def input_spec(data: SplitData) -> InputSpec:
                      tuple(mean.tolist()), tuple(std.tolist()))
 
 
-def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    """The fused update (one pass over each parameter tensor instead of several) halves the
-    step of the memory-bound MLP; where a device lacks it, the plain update is used."""
-    params = [p for p in params if p.requires_grad]
+def make_optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
+    """One optimizer over the module's trainable parameters, in the module's own parameter
+    groups where it has them (a fine-tuned backbone learns slower than its head). The fused
+    update (one pass over each parameter tensor instead of several) halves the step of the
+    memory-bound MLP; where a device lacks it, the plain update is used."""
+    if hasattr(module, "param_groups"):
+        groups = module.param_groups(cfg)
+    else:
+        groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr": cfg.lr}]
+    for group in groups:
+        group["initial_lr"] = group["lr"]  # what the schedule scales
     kinds = {"sgd": (torch.optim.SGD, {"momentum": cfg.momentum}),
              "adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {})}
     kind, extra = kinds[cfg.optimizer]
     try:
-        return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **extra)
+        return kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **extra)
     except (RuntimeError, TypeError, ValueError):
-        return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+        return kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The schedule's multiplier of the learning rate at optimizer step `step` (0-based): a
+    pure function of the step, so a resumed run continues the same curve."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = min(total - 1, cfg.warmup_epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        warm = warm or int(0.3 * total)
+        if step < warm:
+            return 0.04 + 0.96 * step / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "step":
+        return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+    return 1.0
 
 
 def epoch_order(n: int, copies: int, generator: torch.Generator) -> torch.Tensor:
@@ -189,7 +227,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
     else:
         trained, x_val = model, data.x_val
         batches = ImageBatches(data.x_train, data.y_train, cfg)
-    optimizer = make_optimizer(cfg, trained.parameters())
+    optimizer = make_optimizer(cfg, trained)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -204,14 +242,24 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
         if resumed is not None:
             history, best_state = resumed
 
+    steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
+    scheduled = cfg.schedule != "constant" or cfg.warmup_epochs > 0
+    early = cfg.early_stop
+    if early is not None and monitor.stalled(history, early.patience, early.min_delta):
+        return _finish(model, history, best_state, monitor, spec, best_path)  # stopped earlier
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         started = time.perf_counter()
         trained.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
-        for xb, yb in batches.epoch(generator):
+        for step, (xb, yb) in enumerate(batches.epoch(generator),
+                                        start=(epoch - 1) * steps_per_epoch):
             signals.check()  # Ctrl-C / SIGTERM: stop here, between two steps
+            if scheduled:
+                factor = lr_factor(cfg, step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
             with torch.autocast(device.type, amp, enabled=amp is not None):
                 logits = trained(xb)
             loss = F.cross_entropy(logits.float(), yb)
@@ -233,25 +281,33 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
         history.append(stats)
         if monitor.best(history) is stats:
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+        stop = early is not None and monitor.stalled(history, early.patience, early.min_delta)
+        final = stop or epoch == cfg.epochs
+        if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or final):
             best_file = ModelFile(best_state, cfg, spec, list(data.classes),
                                   monitor.best(history).epoch,
                                   asdict(monitor.best(history)), identity)
             # best.pt first: a crash between the two writes leaves a best that a replay
             # reproduces. No resume file after the last epoch: nothing is left to resume.
             best_file.save(best_path)
-            if epoch < cfg.epochs:
+            if not final:
                 _resume_state(identity, model, optimizer, scaler, generator,
                               history).save(last_path)
-            else:  # finished: nothing left to resume
+            else:
                 last_path.unlink(missing_ok=True)
         if on_epoch is not None:
             on_epoch(stats)
+        if stop:
+            break
+    return _finish(model, history, best_state, monitor, spec, best_path)
 
-    best = monitor.best(history)
+
+def _finish(model, history, best_state, monitor, spec, best_path) -> TrainResult:
+    """The best epoch's weights restored (also after early stopping)."""
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(history, best, model, spec, count_parameters(model), best_path)
+    return TrainResult(history, monitor.best(history), model, spec, count_parameters(model),
+                       best_path)
 
 
 def _resume_state(identity, model, optimizer, scaler, generator, history) -> ResumeState:

@@ -117,7 +117,7 @@ class TrialRunner:
         trial.set_user_attr("fold", plan.fold)
         decided = {**self.decided_by, **{name: stage.name for name in plan.params}}
         trial.set_user_attr("decided_by", decided)
-        s.tracker.log_params(run_id, cfg.model_dump(mode="json"))
+        s.tracker.log_params(run_id, cfg.applicable())
         s.tracker.set_tags(run_id, **{f"decided_by.{k}": v for k, v in decided.items()},
                            **({"retry_of": origin} if origin != trial.number else {}),
                            **({"confirms": trial.user_attrs["confirms"]}
@@ -219,7 +219,7 @@ def train_once(cfg, ws, log=print) -> TrainResult:
     """`asl-sweep train`: the base settings once, tracked as a run of the study's experiment."""
     s = open_session(cfg, ws, log)
     run_id = s.tracker.new_run(s.experiment_id, "train", parent=s.study_run, kind="train")
-    s.tracker.log_params(run_id, cfg.base.model_dump(mode="json"))
+    s.tracker.log_params(run_id, cfg.base.applicable())
     run_dir = ws.runs / cfg.study / "train" / run_id
     epochs = s.tracker.epoch_log(run_id)
 

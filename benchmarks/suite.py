@@ -62,7 +62,7 @@ def plain_epoch_rate(root: Path, per_class: int, size: int, augment: bool, cfg: 
                         persistent_workers=False)
     torch.manual_seed(0)
     model = build_model(cfg, spec)
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, model)
 
     def epoch():
         model.train()

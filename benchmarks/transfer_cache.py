@@ -36,7 +36,7 @@ def plain_trial(cfg: TrainConfig, data: SplitData) -> float:
     """The usual loop: frozen backbone in the forward pass of every step and every eval."""
     torch.manual_seed(cfg.seed)
     model = build_transfer(cfg, input_spec(data))
-    optimizer = make_optimizer(cfg, model.head.parameters())
+    optimizer = make_optimizer(cfg, model.head)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     val_acc = 0.0
     for _ in range(cfg.epochs):

@@ -128,3 +128,24 @@ def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
     onnx_probs = session.run(None, {"images": x.numpy()})[0]
     with torch.inference_mode():
         assert np.allclose(onnx_probs, model(x).numpy(), atol=1e-4)
+
+
+def test_a_cnn_exports_in_every_format_and_each_form_agrees(tmp_path):
+    study = tmp_path / "cnn.yaml"
+    study.write_text(
+        "study: tinycnn\n"
+        "data: {synthetic: {per_class: 24}, image_size: 16}\n"
+        "base: {model: cnn, cnn: {channels: [8, 16]}, hidden: [], epochs: 2, device: cpu}\n"
+        "stages:\n"
+        "  - {name: s, trials: 1, confirm: null, space: {lr: [0.003]}}\n")
+    home = tmp_path / "mlruns"
+    assert main(["run", str(study), "--home", str(home)]) == 0
+    out = tmp_path / "out"
+    assert main(["export", str(study), "--home", str(home), "--out", str(out)]) == 0
+    cfg, ws = load_study(study), Workspace.at(home)
+    test = open_data(cfg, ws).test(16)
+    forms = [str(out / "model.torchscript.pt"), str(out / "model.onnx"),
+             f"models:/{registered_name(cfg)}/1"]
+    probs = [open_model(form, home)(test.x) for form in forms]
+    for other in probs[1:]:
+        assert np.allclose(probs[0], other, atol=1e-4)

@@ -17,6 +17,7 @@ from asl_sweep.cli import main
 from asl_sweep.readback import read_final, read_stages
 from asl_sweep.studydata import StudyData
 from asl_sweep.studyfile import load_study
+from asl_sweep.tracking import _flatten
 from asl_sweep.workspace import Workspace
 from tests.conftest import running_trial
 
@@ -59,7 +60,8 @@ def test_later_stages_carry_earlier_winners(write_study, tmp_path):
     for t in rate.trials[1:]:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         for key, value in winner.items():  # every stage-2 trial trained with stage 1's winner
-            assert run.data.params[key] == str(value)
+            for name, text in _flatten({key: value}).items():
+                assert run.data.params[name] == text
             assert run.data.tags[f"decided_by.{key}"] == "shape"
         assert run.data.tags["decided_by.lr"] == "rate"
         lrs.add(t.params["lr"])

@@ -114,3 +114,49 @@ def test_a_checkpoint_of_another_trial_is_never_resumed(synthetic_split, tmp_pat
     train(wider, synthetic_split, "cpu", on_epoch=lambda s: same.append(s.epoch),
           run_dir=tmp_path, identity=new)
     assert same == [1, 2, 3, 4]  # a finished run leaves no resume file behind
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
+def test_schedules_start_warm_and_end_where_they_say(schedule):
+    from asl_sweep.train import lr_factor
+
+    cfg = TrainConfig(epochs=10, schedule=schedule, warmup_epochs=2)
+    factors = [lr_factor(cfg, step, 5) for step in range(50)]
+    assert all(0 < f <= 1.0 + 1e-9 for f in factors)
+    if schedule == "constant":
+        assert factors[0] == pytest.approx(0.1) and factors[9:] == [1.0] * 41
+    if schedule == "step":
+        assert factors[20] == 1.0 and factors[35] == pytest.approx(0.1)
+        assert factors[45] == pytest.approx(0.01)
+    if schedule == "cosine":
+        assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.01
+    if schedule == "onecycle":
+        assert factors[0] < 0.1 and max(factors) == pytest.approx(1.0, abs=0.02)
+        assert factors[-1] < 0.01
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(synthetic_split):
+    # A learning rate this small leaves validation accuracy flat: it stops after `patience`.
+    cfg = TrainConfig(hidden=[32], epochs=40, lr=1e-7, device="cpu",
+                      early_stop={"patience": 3})
+    result = train(cfg, synthetic_split, "cpu")
+    assert len(result.history) < 40
+    assert result.best.epoch <= len(result.history) - 3
+    best = max(result.history, key=lambda s: s.val_acc)
+    assert result.best.val_acc == best.val_acc
+
+
+def test_a_cnn_trains_and_a_scheduled_run_resumes_exactly(synthetic_split, tmp_path):
+    cfg = TrainConfig(model="cnn", hidden=[16], epochs=4, checkpoint_every=1, device="cpu",
+                      cnn={"channels": [8, 16]}, schedule="cosine", warmup_epochs=1,
+                      augment={"rotation": 10, "flip": True})
+    straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
+
+    def crash_at_2(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, synthetic_split, "cpu", on_epoch=crash_at_2, run_dir=tmp_path / "b")
+    resumed = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "b")
+    assert [s.val_loss for s in resumed.history] == [s.val_loss for s in straight.history]

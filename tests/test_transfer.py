@@ -74,7 +74,26 @@ def test_trainable_freezes_exactly_what_it_says(backbone):
     trainable = {id(m) for m in one_block.trainable_blocks.modules()}
     frozen = [m for m in one_block.backbone.modules() if id(m) not in trainable]
     assert not any(m.training for m in frozen if not list(m.children()))
-    assert all(m.training for m in one_block.trainable_blocks.modules())
+    # Fine-tuned blocks train; their batch norm keeps its ImageNet statistics by default
+    # (bn: frozen) and adapts them with bn: train.
+    norms = (torch.nn.modules.batchnorm._BatchNorm,)
+    assert all(m.training != isinstance(m, norms) for m in one_block.trainable_blocks.modules())
+    cfg = TrainConfig(model="transfer", hidden=[8], transfer={
+        "backbone": backbone, "weights": "none", "trainable": 1, "bn": "train"})
+    adapting = build_transfer(cfg, SPEC).train()
+    assert all(m.training for m in adapting.trainable_blocks.modules())
+
+
+def test_fine_tuned_blocks_learn_at_their_own_rate():
+    from asl_sweep.train import make_optimizer
+
+    cfg = TrainConfig(model="transfer", hidden=[8], lr=0.01, transfer={
+        "backbone": "resnet18", "weights": "none", "trainable": 1, "backbone_lr": 0.1})
+    model = build_transfer(cfg, SPEC)
+    head, backbone = make_optimizer(cfg, model).param_groups
+    assert head["lr"] == 0.01 and backbone["lr"] == pytest.approx(0.001)
+    assert sum(p.numel() for p in backbone["params"]) == sum(
+        p.numel() for p in model.trainable_blocks.parameters())
 
 
 def test_missing_imagenet_weights_name_the_file_and_the_cache(tmp_path):
@@ -201,3 +220,27 @@ def test_feature_cache_misses_when_the_augmentation_seed_or_precision_changes():
                                                                         torch.bfloat16)
     other_aug = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"flip": True})})
     assert feature_key(other_aug, "abc", data) != key
+
+
+def test_the_backbone_is_searched_in_one_stage_each_with_its_own_feature_cache(write_study,
+                                                                             tmp_path):
+    import optuna
+
+    from asl_sweep.cli import main
+    from asl_sweep.workspace import Workspace
+
+    path = write_study({"data": {"synthetic": {"per_class": 18}}, "stages": [{
+        "name": "backbones", "trials": 4, "sampler": "grid", "pruner": "none", "confirm": None,
+        "image_size": 32,
+        "fixed": {"model": "transfer", "hidden": [], "epochs": 2,
+                  "transfer": {"weights": "none"}},
+        "space": {"transfer.backbone": ["resnet18", "mobilenet_v2"], "lr": [1e-3, 3e-3]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    study = optuna.load_study(study_name="tiny.backbones", storage=ws.storage)
+    tried = {t.params.get("transfer.backbone") for t in study.trials} - {None}
+    assert tried == {"resnet18", "mobilenet_v2"}
+    # The incumbent (mobilenet_v2, the default) and both searched backbones: one cache each;
+    # the second learning rate on the same backbone reads the first one's features.
+    assert len(list(ws.cache.glob("features-*.pt"))) == 2
