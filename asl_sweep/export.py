@@ -131,7 +131,8 @@ def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tenso
     import onnx
 
     path = out / "model.onnx"
-    torch.onnx.export(deployable, (example,), str(path), input_names=["images"],
+    fixed_size = Deployable(deployable.model, exported.image_size, resize=False).eval()
+    torch.onnx.export(fixed_size, (example,), str(path), input_names=["images"],
                       output_names=["probabilities"], dynamo=False, opset_version=17,
                       dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
     graph = onnx.load(str(path))
@@ -167,7 +168,9 @@ def register_mlflow(deployable: Deployable, exported: Exported, example: torch.T
                       MARKER: _marker(exported) | {"model_file": f"extra_files/{MODEL_FILE}"}},
             files={"study.yaml": dump_resolved(exported.cfg),
                    "train_config.json": json.dumps(train_config, indent=2)},
-            extra_files=[model_file])
+            extra_files=[model_file],
+            # What loading it needs: torch (the pt2 program) and numpy; nothing of asl-sweep.
+            requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
     tracker.tag_model_version(name, version, {**exported.lineage(),
                                               "train_config": json.dumps(train_config)})
     tracker.end(run_id)

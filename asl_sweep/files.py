@@ -17,12 +17,21 @@ import torch
 from asl_sweep.errors import ModelFileError, UnsafeFileError, WriteError
 
 
+def _file_mode() -> int:
+    """The mode an ordinary new file gets here (0o666 less the umask): temp files are made
+    0o600, and a report or model card must not end up more private than every other output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview, sync: bool = True) -> None:
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

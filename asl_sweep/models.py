@@ -87,18 +87,21 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 class Deployable(nn.Module):
-    """images [B, 3, H, W], uint8 in 0..255 or float in 0..1 -> class probabilities."""
+    """images [B, 3, H, W] of any size, uint8 in 0..255 or float in 0..1 -> class
+    probabilities. Resizing is unconditional (at the model's own size it is an exact identity),
+    so exporters can keep H and W dynamic."""
 
-    def __init__(self, model: nn.Module, image_size: int):
+    def __init__(self, model: nn.Module, image_size: int, resize: bool = True):
         super().__init__()
         self.model = model
         self.image_size = image_size
+        self.resize = resize  # False: inputs come at image_size (ONNX lacks antialiased resize)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         if images.dtype == torch.uint8:
             x = x / 255.0
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+        if self.resize:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)
         return torch.softmax(self.model(x), dim=1)

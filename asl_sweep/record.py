@@ -56,7 +56,7 @@ def bind(storage, cfg: StudyConfig) -> optuna.Study:
     given = _stored_form(cfg.data)
     try:
         record = optuna.create_study(study_name=cfg.study, storage=storage)
-        record.set_user_attr("kind", "asl-sweep study record")
+        record.set_user_attr("kind", "study record")
         put(record, "data", given)
         return record
     except optuna.exceptions.DuplicatedStudyError:
@@ -106,4 +106,4 @@ def final_result(storage, study: str) -> dict | None:
 
 def save_final(record: optuna.Study, final: dict) -> None:
     put(record, "final", final)
-    record.set_user_attr("test_acc", final["summary"])
+    record.set_user_attr("test_acc", f"{final['mean']:.3f} +- {final['std']:.3f}")

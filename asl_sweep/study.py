@@ -8,6 +8,7 @@ rerun continues where the last one stopped; several workers may run this at once
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 import uuid
@@ -101,7 +102,8 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
         if status != "FINISHED":  # never leave the stage's run RUNNING
             s.tracker.end(stage_run, status)
     put(study, "result", asdict(result))
-    study.set_user_attr("decision", result.decision[:200])
+    # Short, so that `optuna studies` prints a readable table; the whole line is in MLflow.
+    study.set_user_attr("decision", result.decision.split(" over ")[0].split(" (")[0][:60])
     s.tracker.log_params(stage_run, {"adopted": result.params or "nothing (kept incumbent)"})
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
                                       if k in METRICS} | {"winner_value": result.value})
@@ -119,17 +121,18 @@ def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
     use_folds = (confirm.folds if confirm is not None and confirm.folds is not None
                  else s.data.splits.grouped)
     runner = TrialRunner(s, stage, study, stage_run, base, a["decided_by"], a["uid"], use_folds)
+    progress = Progress(s, stage, confirm)
     s.log(f"stage {stage.name}: {stage.goal + ' ' if stage.goal else ''}[incumbent + "
           f"{stage.trials} trials"
           f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, {stage.metric}]")
-    _search(s, stage, study, runner)
+    _search(s, stage, study, runner, progress)
     trials = study.get_trials(deepcopy=False)
     incumbent = _incumbent(trials)
     if confirm is None or incumbent is None:
         return pick_winner(trials, stage)
     runner.phase = "confirm"
     plan = _confirm_plan(s, stage, study, runner, incumbent.number)
-    _drain(s, study, runner)
+    _drain(s, study, runner, progress)
     return decide(study.get_trials(deepcopy=False), stage, plan["incumbent"],
                   plan["candidates"], confirm.min_gain)
 
@@ -146,12 +149,52 @@ def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> 
         s.tracker.log_artifacts(stage_run, [png])
 
 
+class Progress:
+    """One line per trial this process finishes: which, how it ended, its metric, its time,
+    and about how long the stage has left (the mean time of a trial so far, times the trials
+    still to run: the budget, the incumbent and the planned repeats)."""
+
+    def __init__(self, s: Session, stage: StageConfig, confirm):
+        self.s, self.stage = s, stage
+        self.planned = 1 + stage.trials + (
+            (confirm.top + 1) * (confirm.repeats - 1) if confirm else 0)
+        self.seconds: list[float] = []
+
+    def __call__(self, study: optuna.Study, t: FrozenTrial) -> None:
+        if t.user_attrs.get("failure") == "surplus":
+            return
+        took = (t.datetime_complete - t.datetime_start).total_seconds()
+        self.seconds.append(took)
+        trials = study.get_trials(deepcopy=False)
+        done = sum(x.state.is_finished() and x.user_attrs.get("failure") != "surplus"
+                   for x in trials)
+        left = max(0, self.planned - done)
+        role = role_of(t)
+        what = {"incumbent": "the incumbent", "seed": "seed trial", "search": "",
+                "confirm": f"repeat {t.user_attrs.get('repeat')} of trial "
+                           f"{t.user_attrs.get('confirms')}"}[role]
+        value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
+        eta = statistics.fmean(self.seconds) * left
+        said = " ".join(p for p in (f"trial {t.number}", what, t.state.name.lower(), value) if p)
+        self.s.log(f"  {self.stage.name}: {said} ({took:.1f}s); {done}/{self.planned} done, "
+                   f"about {_duration(eta)} left")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _incumbent(trials: list[FrozenTrial]) -> FrozenTrial | None:
     done = [t for t in trials if role_of(t) == "incumbent" and t.state == TrialState.COMPLETE]
     return done[0] if done else None
 
 
-def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner) -> None:
+def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
+            progress: Progress) -> None:
     """The incumbent, the seed trials and the search budget. `timeout` bounds the search
     across reruns: the seconds spent by earlier runs are kept in the study (time between runs
     does not count; workers share one clock)."""
@@ -176,7 +219,8 @@ def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRu
                 return
         elif waiting or done + searching < stage.trials:
             try:
-                study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,))
+                study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,),
+                               callbacks=[progress])
             finally:
                 put(study, "search_seconds",
                     max(elapsed(), attrs(study).get("search_seconds", 0.0)))
@@ -217,14 +261,15 @@ def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: T
     return plan
 
 
-def _drain(s: Session, study: optuna.Study, runner: TrialRunner) -> None:
+def _drain(s: Session, study: optuna.Study, runner: TrialRunner, progress: Progress) -> None:
     """Run queued trials (confirmation repeats, retries) until none waits or runs."""
     while True:
         signals.check()
         _close_lost_runs(s, study)
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in trials):
-            study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,))
+            study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,),
+                           callbacks=[progress])
         elif any(t.state == TrialState.RUNNING for t in trials):
             signals.check()
             time.sleep(1.0)
@@ -253,7 +298,6 @@ def _initialize_stage(s: Session, study: optuna.Study, index: int, carried: dict
     s.tracker.log_params(stage_run, {"carried": carried, "metric": stage.metric,
                                      "trials": stage.trials, "target": stage.target})
     study.set_metric_names([stage.metric])
-    study.set_user_attr("goal", stage.goal)
     put(study, "mlflow_stage_run", stage_run)
     put(study, "index", index)
     put(study, "uid", uuid.uuid4().hex)
@@ -284,6 +328,7 @@ def final_score(s: Session) -> dict[str, Any]:
                                         "test_acc_ci_low": final["ci"][0],
                                         "test_acc_ci_high": final["ci"][1]})
     s.tracker.set_tags(s.study_run, test_acc=final["summary"], test_rule=TEST_RULE)
+    s.tracker.log_datasets(s.study_run, [s.data.test_dataset()])
     s.log(f"final test accuracy ({stage.name}'s configuration; {TEST_RULE}): "
           f"{final['summary']}")
     return final

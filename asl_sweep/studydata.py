@@ -34,6 +34,7 @@ class SplitData:
     val_pos: torch.Tensor
     train_index: np.ndarray  # global image indices, for the record and for checks
     val_index: np.ndarray
+    fold: int = 0
 
     @property
     def image_size(self) -> int:
@@ -54,8 +55,7 @@ class SplitData:
         dev = idx.to(self.x_train.device)
         return SplitData(self.x_train[dev], self.y_train[dev], self.x_val, self.y_val,
                          self.classes, self.x_pool, self.pool_key, self.train_pos[idx],
-                         self.val_pos,
-                         self.train_index[keep], self.val_index)
+                         self.val_pos, self.train_index[keep], self.val_index, self.fold)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class StudyData:
             tp, vp = train_pos.to(self.device), val_pos.to(self.device)
             self._folds[key] = SplitData(x_pool[tp], y_pool[tp], x_pool[vp], y_pool[vp],
                                          self.classes, x_pool, self.pool_key(size), train_pos,
-                                         val_pos, train, val)
+                                         val_pos, train, val, key[1])
             while len(self._folds) > 4:  # a few folds stay on the device, not all of them
                 self._folds.popitem(last=False)
         return self._folds[key]
@@ -125,6 +125,34 @@ class StudyData:
         groups = None if self.groups is None else self.groups[idx].tolist()
         return TestData(images.images[torch.from_numpy(idx)].clone(),
                         images.labels[torch.from_numpy(idx)].clone(), groups, idx)
+
+    @property
+    def source(self) -> str:
+        return str(self.cfg.root) if self.cfg.root else "asl-sweep built-in synthetic letters"
+
+    @property
+    def name(self) -> str:
+        return self.cfg.root.name if self.cfg.root else "synthetic-letters"
+
+    def _record(self, context: str, label: str, index: np.ndarray) -> dict:
+        h = hashlib.sha256(self.digest.encode())
+        h.update(np.sort(index).tobytes())
+        people = len(np.unique(self.groups[index])) if self.groups is not None else None
+        return {"context": context, "name": f"{self.name}:{label}", "digest": h.hexdigest()[:12],
+                "source": self.source, "rows": int(len(index)), "people": people}
+
+    def datasets(self, part: SplitData) -> list[dict]:
+        """What a trial saw, for MLflow's dataset inputs: its training and validation images
+        (by fold, and subset where it has one)."""
+        train = "train" + (f"/fold{part.fold}" if part.fold else "") + (
+            f"/subset{len(part.train_index)}" if len(part.train_index) < len(
+                self.splits.fold(part.fold)[0]) else "")
+        return [self._record("training", train, part.train_index),
+                self._record("validation", "val" + (f"/fold{part.fold}" if part.fold else ""),
+                             part.val_index)]
+
+    def test_dataset(self) -> dict:
+        return self._record("testing", "test", self.splits.test)
 
     def describe(self) -> str:
         s = self.splits

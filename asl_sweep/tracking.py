@@ -114,6 +114,22 @@ class Tracker:
     def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
         return EpochLog(self.client, run_id, interval)
 
+    def log_datasets(self, run_id: str, records: Iterable[Mapping[str, Any]]) -> None:
+        """Dataset inputs (MLflow's Dataset column): name, digest, source and counts, each
+        with its context (training, validation, testing)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for r in records:
+            profile = {"num_rows": r["rows"], **({"people": r["people"]} if r["people"] else {})}
+            dataset = Dataset(name=r["name"], digest=r["digest"], source_type="local",
+                              source=json.dumps({"uri": r["source"]}),
+                              profile=json.dumps(profile))
+            inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", r["context"])]))
+        self.client.log_inputs(run_id, datasets=inputs)
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
@@ -142,21 +158,28 @@ class Tracker:
     # ------------------------------------------------------------ models and the registry
     def log_pytorch_model(self, run_id: str, model, name: str, example, outputs,
                           metadata: dict[str, Any], files: Mapping[str, str],
-                          extra_files: list[Path] | None = None) -> tuple[str, str]:
+                          extra_files: list[Path] | None = None,
+                          requirements: list[str] | None = None) -> tuple[str, str]:
         """Log `model` with the pytorch flavor (torch.export, no pickle) as a new version of
-        the registered model `name`, plus text files beside it; returns (version, uri)."""
+        the registered model `name`, plus text files beside it; returns (version, uri). The
+        signature takes uint8 images [B, 3, H, W] of any batch, height and width."""
         import mlflow
         import mlflow.pytorch
-        from mlflow.models import infer_signature
+        import numpy as np
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        signature = infer_signature(example, outputs)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, outputs.shape[1]))]))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=name, signature=signature,
                 input_example=example, serialization_format="pt2", metadata=metadata,
-                extra_files=[str(p) for p in extra_files or []])
+                extra_files=[str(p) for p in extra_files or []],
+                pip_requirements=requirements)
             for file_name, text in files.items():
                 mlflow.log_text(text, file_name)
         version = next(v for v in self.client.search_model_versions(f"name='{name}'")

@@ -134,9 +134,11 @@ class TrialRunner:
             if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
 
+        data = self.data(plan)
+        s.tracker.log_datasets(run_id, s.data.datasets(data))
         try:
             try:
-                result = train(cfg, self.data(plan), s.device, on_epoch, run_dir,
+                result = train(cfg, data, s.device, on_epoch, run_dir,
                                Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache,
                                identity=identity)
             finally:

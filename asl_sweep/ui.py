@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 from asl_sweep import signals
@@ -17,6 +18,7 @@ from asl_sweep.errors import ConfigError, StoreError
 from asl_sweep.workspace import Workspace
 
 START_TIMEOUT_S = 120
+TRIALS = urllib.parse.quote("tags.kind = 'trial'")
 
 
 def check_port(host: str, port: int) -> None:
@@ -37,8 +39,14 @@ def experiment_addresses(base: str) -> list[str]:
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as answer:
         experiments = json.load(answer).get("experiments", [])
-    return [f"  {e['name']}: {base}/#/experiments/{e['experiment_id']}/runs"
-            "?workflowType=machine_learning" for e in experiments if e["name"] != "Default"]
+    lines = []
+    for e in experiments:
+        if e["name"] == "Default":
+            continue
+        runs = f"{base}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning"
+        lines += [f"  {e['name']}, every trial: {runs}&searchFilter={TRIALS}",
+                  f"  {e['name']}, study -> stage -> trial: {runs}"]
+    return lines
 
 
 def serve(ws: Workspace, host: str, port: int, log=print) -> int:
@@ -49,6 +57,7 @@ def serve(ws: Workspace, host: str, port: int, log=print) -> int:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
+         "--registry-store-uri", ws.tracking_uri,
          "--default-artifact-root", ws.artifacts.as_uri(), "--host", host, "--port", str(port),
          "--workers", "1", "--uvicorn-opts", "--log-level warning"], env=env)
     base = f"http://{host}:{port}"

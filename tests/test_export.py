@@ -119,7 +119,8 @@ def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
     torch.manual_seed(0)
     cfg = TrainConfig(model="transfer", hidden=[8],
                       transfer={"backbone": "mobilenet_v2", "weights": "none"})
-    model = Deployable(build_transfer(cfg, InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3)), 32).eval()
+    model = Deployable(build_transfer(cfg, InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3)), 32,
+                       resize=False).eval()  # as export_onnx builds it
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     path = tmp_path / "t.onnx"
     torch.onnx.export(model, (x,), str(path), input_names=["images"], dynamo=False,
@@ -149,3 +150,42 @@ def test_a_cnn_exports_in_every_format_and_each_form_agrees(tmp_path):
     probs = [open_model(form, home)(test.x) for form in forms]
     for other in probs[1:]:
         assert np.allclose(probs[0], other, atol=1e-4)
+
+
+PLAIN_CLIENT = """
+import sys
+sys.modules["asl_sweep"] = None  # this process must not need asl-sweep to use the model
+import json, numpy as np, mlflow, mlflow.pyfunc
+mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+rng = np.random.default_rng(0)
+same = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+other = rng.integers(0, 256, (2, 3, 40, 50), dtype=np.uint8)
+out = {"same": np.asarray(model.predict(same)).tolist(),
+       "other": np.asarray(model.predict(other)).shape,
+       "requirements": open(sys.argv[3]).read()}
+print(json.dumps(out))
+"""
+
+
+def test_the_registered_model_serves_any_size_without_asl_sweep(exported, tmp_path):
+    import subprocess
+    import sys
+
+    from asl_sweep.tracking import Tracker
+
+    cfg, ws, _ = exported
+    uri = f"models:/{registered_name(cfg)}/1"
+    files = Tracker(ws).download_model(uri, tmp_path)
+    proc = subprocess.run([sys.executable, "-c", PLAIN_CLIENT, ws.tracking_uri, uri,
+                           str(files / "requirements.txt")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["other"] == [2, 9]  # any height and width, resized inside
+    requirements = sorted(line.split("==")[0] for line in out["requirements"].split())
+    assert requirements == ["mlflow", "numpy", "torch"]  # what loading it needs, no more
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    mine = open_model(uri, ws.home)(torch.from_numpy(same))
+    assert np.allclose(np.asarray(out["same"]), mine, atol=1e-5)

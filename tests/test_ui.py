@@ -1,10 +1,8 @@
-"""The MLflow UI, in a real headless browser, shows the study -> stage -> trial runs."""
+"""The MLflow UI, in a real headless browser, as `asl-sweep ui` serves it: the address it
+prints opens on the study's trial runs with their datasets (not on MLflow's GenAI view)."""
 
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,31 +14,11 @@ from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
 from asl_sweep.workspace import Workspace
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=12000"]
+from tests.browser import CHROMIUM, Browser, free_port
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
                                 "(apt-get install chromium; .ci/run does this)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _page_text(url: str, profile: Path, screenshot: Path | None = None) -> str:
-    args = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"]
-    if screenshot is not None:
-        subprocess.run([*args, "--window-size=1400,900", f"--screenshot={screenshot}", url],
-                       capture_output=True, timeout=90)
-    dom = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=90).stdout
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+EXPANDER = "button[data-component-id*='runnamecellrenderer']"
 
 
 @pytest.fixture
@@ -53,38 +31,54 @@ def artifacts(tmp_path_factory) -> Path:
     return folder
 
 
-def test_mlflow_ui_lists_the_study_stage_and_trial_runs(write_study, tmp_path, artifacts):
-    path = write_study({"stages": [{"name": "search", "trials": 2, "sampler": "random",
+def test_the_address_ui_prints_shows_the_trial_runs_and_their_datasets(write_study, tmp_path,
+                                                                        artifacts):
+    path = write_study({"description": "a tiny study for the browser",
+                        "stages": [{"name": "search", "goal": "two rates", "trials": 2,
+                                    "sampler": "random", "confirm": None,
                                     "space": {"lr": [1e-3, 3e-3]}}]})
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
     client = MlflowClient(Workspace.at(home).tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
-    runs = {r.data.tags["kind"]: r for r in client.search_runs([experiment.experiment_id])}
+    runs = client.search_runs([experiment.experiment_id])
+    stage = next(r for r in runs if r.data.tags["kind"] == "stage")
+    assert stage.info.run_name == "1-search" and stage.data.tags["mlflow.note.content"] == "two rates"
+    assert experiment.tags["mlflow.note.content"] == "a tiny study for the browser"
 
-    port = _free_port()
+    port = free_port()
+    started = time.monotonic()
     server = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "ui", "--home", str(home),
                                "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        assert f"MLflow UI: {base}" in server.stdout.readline()
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(base, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        shot = artifacts / "mlflow-ui-experiment.png"
-        exp_url = f"{base}/#/experiments/{experiment.experiment_id}/runs"
-        text = _page_text(exp_url, tmp_path / "chrome", shot)
-        assert "tiny" in text and "matching runs" in text
+        lines = [server.stdout.readline()]
+        while not lines[-1].startswith("MLflow UI:") and server.poll() is None:
+            lines.append(server.stdout.readline())
+        ready = time.monotonic() - started
+        assert lines[-1].startswith(f"MLflow UI: {base}"), lines
+        lines = lines[-1:] + [server.stdout.readline()]
+        urllib.request.urlopen(base, timeout=5)  # it answers as soon as it says so
+        assert lines[1].startswith("  tiny, every trial: ")
+        address = lines[1].split(": ", 1)[1].strip()
+        assert address.startswith(f"{base}/#/experiments/{experiment.experiment_id}/runs"
+                                  "?workflowType=machine_learning&searchFilter=")
+        with Browser() as browser:
+            browser.open(address, "matching runs")
+            for _ in range(3):  # study -> stage -> trial: open each level, as a person would
+                browser.click_all(EXPANDER)
+                time.sleep(1.0)
+            text = browser.wait_for("search-2")
+            shot = browser.screenshot(artifacts / "mlflow-ui-trials.png")
+            print(f"ui answered after {ready:.1f}s; screenshot: {shot}")
+            assert "search-1" in text and "search-2" in text  # the trial runs
+            assert "synthetic-letters:train" in text  # the Dataset column is filled
+            assert "Run Name" in text and "Dataset" in text  # the runs table, not GenAI traces
+            trial = next(r for r in runs if r.info.run_name == "search-1")
+            browser.open(f"{base}/#/experiments/{experiment.experiment_id}/runs/"
+                         f"{trial.info.run_id}", "search-1")
         assert shot.stat().st_size > 10_000
-        for kind in ("stage", "trial"):
-            run = runs[kind]
-            run_url = f"{base}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
-            assert run.info.run_name in _page_text(run_url, tmp_path / "chrome")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
