@@ -18,7 +18,8 @@ from tests.browser import CHROMIUM, Browser, free_port
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
                                 "(apt-get install chromium; .ci/run does this)")
-EXPANDER = "button[data-component-id*='runnamecellrenderer']"
+# The "+" that opens a parent run's children in MLflow's runs table (its icon's path).
+COLLAPSED = "button[data-component-id*='runnamecellrenderer']:has(path[d^='M7.25 7.25V4.5'])"
 
 
 @pytest.fixture
@@ -65,11 +66,13 @@ def test_the_address_ui_prints_shows_the_trial_runs_and_their_datasets(write_stu
         assert address.startswith(f"{base}/#/experiments/{experiment.experiment_id}/runs"
                                   "?workflowType=machine_learning&searchFilter=")
         with Browser() as browser:
-            browser.open(address, "matching runs")
-            for _ in range(3):  # study -> stage -> trial: open each level, as a person would
-                browser.click_all(EXPANDER)
-                time.sleep(1.0)
-            text = browser.wait_for("search-2")
+            browser.open(address, "1-search")
+            for _ in range(40):  # open each collapsed level (its "+"), as a person would
+                if "search-2" in browser.text():
+                    break
+                browser.click_all(COLLAPSED)
+                time.sleep(0.5)
+            text = browser.wait_for("search-2", 10)
             shot = browser.screenshot(artifacts / "mlflow-ui-trials.png")
             print(f"ui answered after {ready:.1f}s; screenshot: {shot}")
             assert "search-1" in text and "search-2" in text  # the trial runs
