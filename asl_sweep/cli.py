@@ -3,7 +3,9 @@
 Errors end here, in one place: a UserError is one line on stderr and its exit code (2 for
 what the user can fix, 3 for a stage gate that stopped the run), Ctrl-C and SIGTERM exit 130,
 and anything else is a bug that surfaces as its traceback (exit 1). Logging and warning
-filters are set here, when the program starts, never when a module is imported."""
+filters are set here, when the program starts, never when a module is imported. Each command
+validates its settings before it imports torch, Optuna or MLflow, so a bad setting is
+reported in well under a second."""
 
 from __future__ import annotations
 
@@ -214,10 +216,10 @@ def _gpu_count() -> int:
 
 
 def cmd_run(args) -> int:
+    cfg, ws = _load(args)
     from asl_sweep.leaderboard import print_leaderboard
     from asl_sweep.study import run_study
 
-    cfg, ws = _load(args)
     if args.workers > 1:
         code = run_workers(args, cfg, ws)
         if code != 0:
@@ -246,9 +248,9 @@ def cmd_worker(args) -> int:
 
 
 def cmd_train(args) -> int:
+    cfg, ws = _load(args)
     from asl_sweep.trial import train_once
 
-    cfg, ws = _load(args)
     result = train_once(cfg, ws)
     b = result.best
     print(f"best epoch {b.epoch}: train acc {b.train_acc:.3f}, val acc {b.val_acc:.3f}, "
@@ -257,37 +259,37 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
+    cfg, ws = _load_bound(args)
     from asl_sweep.leaderboard import print_status
 
-    cfg, ws = _load_bound(args)
     print_status(cfg, ws)
     return 0
 
 
 def cmd_report(args) -> int:
+    cfg, ws = _load_bound(args)
     from asl_sweep.report import write_report
 
-    cfg, ws = _load_bound(args)
     write_report(cfg, ws, args.out)
     return 0
 
 
 def cmd_export(args) -> int:
+    cfg, ws = _load_bound(args)
     from asl_sweep.export import FORMATS, export
 
-    cfg, ws = _load_bound(args)
     export(cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out,
            args.stage)
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    cfg, ws = _load_bound(args)
     from asl_sweep.evaluation import TEST_RULE, score_trials, summarize
     from asl_sweep.readback import finished_stage, read_stages
     from asl_sweep.session import open_data
     from asl_sweep.tracking import Tracker
 
-    cfg, ws = _load_bound(args)
     view = finished_stage(cfg, read_stages(cfg, ws), args.stage)
     trials = [view.trial(n) for n in view.result.repeats]
     data = open_data(cfg, ws)
