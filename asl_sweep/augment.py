@@ -10,16 +10,28 @@ import torch.nn.functional as F
 
 from asl_sweep.config import AugmentConfig
 
+_BASE_GRIDS: dict[tuple, torch.Tensor] = {}
+
+
+def _base_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The identity sampling grid [1, H*W, 2], made once per size and device."""
+    key = (h, w, device, dtype)
+    if key not in _BASE_GRIDS:
+        eye = torch.eye(2, 3, device=device, dtype=dtype)[None]
+        _BASE_GRIDS[key] = F.affine_grid(eye, [1, 1, h, w], align_corners=False).view(1, h * w, 2)
+    return _BASE_GRIDS[key]
+
 
 def _affine(x: torch.Tensor, degrees: torch.Tensor, mirror: torch.Tensor | None) -> torch.Tensor:
     theta = degrees.to(x.device, x.dtype) * (math.pi / 180.0)
     cos, sin = torch.cos(theta), torch.sin(theta)
     # Mirroring is a sign on the x column: it rides along in the same resampling pass.
     sx = torch.ones_like(cos) if mirror is None else 1 - 2 * mirror.to(x.device, x.dtype)
-    zero = torch.zeros_like(cos)
-    matrix = torch.stack([torch.stack([cos * sx, -sin, zero], 1),
-                          torch.stack([sin * sx, cos, zero], 1)], 1)
-    grid = F.affine_grid(matrix, list(x.shape), align_corners=False)
+    linear = torch.stack([torch.stack([cos * sx, -sin], 1), torch.stack([sin * sx, cos], 1)], 1)
+    b, _, h, w = x.shape
+    # The grid as one batched product with the identity grid: what affine_grid computes,
+    # in half its time on a CPU (no translation, so no third column).
+    grid = (_base_grid(h, w, x.device, x.dtype) @ linear.transpose(1, 2)).view(b, h, w, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -131,7 +131,8 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(10, ge=1)
-    checkpoint_every: int = Field(5, ge=1)
+    checkpoint_every: int = Field(5, ge=1)  # epochs between resume points...
+    checkpoint_seconds: float = Field(30.0, ge=0.0)  # ...and at least this many seconds
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     # auto: bf16 autocast on CUDA; fp16 trains with a gradient scaler
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -307,7 +308,9 @@ class StageConfig(Strict):
     trials: int = Field(10, ge=1)
     # seconds of search for the stage, summed over reruns (time between runs does not count)
     timeout: float | None = Field(None, gt=0)
-    pruner: Literal["median", "none"] = "median"
+    # median: stop a trial whose epoch-k value is below the median of earlier trials';
+    # hyperband / halving: successive halving of the epochs (Optuna's); none: never stop
+    pruner: Literal["median", "hyperband", "halving", "none"] = "median"
     seed: int = 0
     space: dict[str, Any] = {}
     seed_trials: list[SeedTrial] = []  # hand-picked settings run first, as baselines

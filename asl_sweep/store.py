@@ -137,6 +137,19 @@ def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSam
                                       n_startup_trials=min(10, max(3, stage.trials // 3)))
 
 
+def make_pruner(stage: StageConfig, epochs: int) -> optuna.pruners.BasePruner:
+    """The stage's pruner over `epochs` reported steps (1-based epochs)."""
+    if stage.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if stage.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 9),
+                                              max_resource=epochs, reduction_factor=3)
+    if stage.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 9),
+                                                      reduction_factor=3)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 5))
+
+
 def create_stage_study(cfg: StudyConfig, index: int, storage,
                        worker: int = 0) -> tuple[optuna.Study, bool]:
     """The stage's Optuna study and whether this call created it (exactly one process does).
@@ -144,9 +157,7 @@ def create_stage_study(cfg: StudyConfig, index: int, storage,
     the creator with the configured one (a lone seeded run repeats exactly), a numbered
     worker with one derived from its number, any other process with one from its PID."""
     stage = cfg.stages[index]
-    pruner = (optuna.pruners.NopPruner() if stage.pruner == "none" else
-              optuna.pruners.MedianPruner(n_startup_trials=3,
-                                          n_warmup_steps=max(1, cfg.base.epochs // 5)))
+    pruner = make_pruner(stage, int(stage.fixed.get("epochs", cfg.base.epochs)))
     name = stage_study_name(cfg, stage)
     try:
         return optuna.create_study(storage=storage, sampler=_sampler(cfg, index, 7919 * worker),

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from asl_sweep import signals
 from asl_sweep.augment import augment_batch
 from asl_sweep.checkpoint import ModelFile, ResumeState
 from asl_sweep.config import TrainConfig
-from asl_sweep.errors import ModelFileError
+from asl_sweep.errors import ModelFileError, UnsafeFileError
 from asl_sweep.features import frozen_features
 from asl_sweep.layers import InputSpec
 from asl_sweep.models import build_model, count_parameters
@@ -247,58 +248,73 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
     early = cfg.early_stop
     if early is not None and monitor.stalled(history, early.patience, early.min_delta):
         return _finish(model, history, best_state, monitor, spec, best_path)  # stopped earlier
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        started = time.perf_counter()
-        trained.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        for step, (xb, yb) in enumerate(batches.epoch(generator),
-                                        start=(epoch - 1) * steps_per_epoch):
-            signals.check()  # Ctrl-C / SIGTERM: stop here, between two steps
-            if scheduled:
-                factor = lr_factor(cfg, step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["initial_lr"] * factor
-            with torch.autocast(device.type, amp, enabled=amp is not None):
-                logits = trained(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            # Accumulate on the device: no host sync per step.
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            seen += len(yb)
-        train_seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(trained, x_val, data.y_val, amp)
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
-        stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc,
-                           time.perf_counter() - started, seen / train_seconds)
-        history.append(stats)
-        if monitor.best(history) is stats:
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        stop = early is not None and monitor.stalled(history, early.patience, early.min_delta)
-        final = stop or epoch == cfg.epochs
-        if run_dir is not None and (epoch % cfg.checkpoint_every == 0 or final):
-            best_file = ModelFile(best_state, cfg, spec, list(data.classes),
-                                  monitor.best(history).epoch,
-                                  asdict(monitor.best(history)), identity)
-            # best.pt first: a crash between the two writes leaves a best that a replay
-            # reproduces. No resume file after the last epoch: nothing is left to resume.
-            best_file.save(best_path)
-            if not final:
-                _resume_state(identity, model, optimizer, scaler, generator,
-                              history).save(last_path)
-            else:
-                last_path.unlink(missing_ok=True)
-        if on_epoch is not None:
-            on_epoch(stats)
-        if stop:
-            break
+    writer = CheckpointWriter()
+    last_resume_point = time.monotonic()
+    try:
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            trained.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
+            for step, (xb, yb) in enumerate(batches.epoch(generator),
+                                            start=(epoch - 1) * steps_per_epoch):
+                signals.check()  # Ctrl-C / SIGTERM: stop here, between two steps
+                if scheduled:
+                    factor = lr_factor(cfg, step, steps_per_epoch)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] * factor
+                with torch.autocast(device.type, amp, enabled=amp is not None):
+                    logits = trained(xb)
+                loss = F.cross_entropy(logits.float(), yb)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                # Accumulate on the device: no host sync per step.
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.detach().argmax(1) == yb).sum()
+                seen += len(yb)
+            train_seconds = time.perf_counter() - started
+            val_loss, val_acc = evaluate(trained, x_val, data.y_val, amp)
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
+            stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc,
+                               time.perf_counter() - started, seen / train_seconds)
+            history.append(stats)
+            if monitor.best(history) is stats:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            stop = early is not None and monitor.stalled(history, early.patience, early.min_delta)
+            final = stop or epoch == cfg.epochs
+            # A resume point every `checkpoint_every` epochs, but not more often than every
+            # `checkpoint_seconds`: a short trial is cheaper to rerun than to checkpoint.
+            due = (epoch % cfg.checkpoint_every == 0
+                   and time.monotonic() - last_resume_point >= cfg.checkpoint_seconds)
+            if run_dir is not None and (due or final):
+                best_file = ModelFile(best_state, cfg, spec, list(data.classes),
+                                      monitor.best(history).epoch,
+                                      asdict(monitor.best(history)), identity)
+                if final:  # the result: written now, and fsynced
+                    writer.wait()
+                    best_file.save(best_path, sync=True)
+                    last_path.unlink(missing_ok=True)  # nothing is left to resume
+                else:
+                    # A resume point, written on the writer's thread while training goes on, from
+                    # a snapshot of this epoch. best.pt first: a crash between the two leaves a
+                    # best that a replay reproduces. Not fsynced: one cut short by a power cut is
+                    # found damaged and training restarts.
+                    resume = _resume_state(identity, model, optimizer, scaler, generator,
+                                           history)
+                    writer.submit(lambda b=best_file, r=resume: (b.save(best_path, sync=False),
+                                                                 r.save(last_path, sync=False)))
+                    last_resume_point = time.monotonic()
+            if on_epoch is not None:
+                on_epoch(stats)
+            if stop:
+                break
+    finally:
+        writer.close()  # a pending resume point is written (or its error raised) first
     return _finish(model, history, best_state, monitor, spec, best_path)
 
 
@@ -310,9 +326,50 @@ def _finish(model, history, best_state, monitor, spec, best_path) -> TrainResult
                        best_path)
 
 
+class CheckpointWriter:
+    """Writes resume points on a thread of its own, one at a time and in order, so that the
+    training loop does not wait for the disk; an error of a write surfaces at the next
+    checkpoint or at the end."""
+
+    def __init__(self):
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: Future | None = None
+
+    def submit(self, write: Callable[[], object]) -> None:
+        self.wait()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self.pending = self.pool.submit(write)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+
+def _snapshot(tree):
+    """A copy of the tensors in a (nested) state dict: training goes on changing them."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _snapshot(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_snapshot(v) for v in tree)
+    return tree
+
+
 def _resume_state(identity, model, optimizer, scaler, generator, history) -> ResumeState:
+    """Everything a resumed run needs, copied as it is at this epoch."""
     return ResumeState(
-        identity=identity, model=model.state_dict(), optimizer=optimizer.state_dict(),
+        identity=identity, model=_snapshot(model.state_dict()),
+        optimizer=_snapshot(optimizer.state_dict()),
         history=[asdict(s) for s in history], rng_torch=torch.get_rng_state(),
         rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         generator=generator.get_state(), scaler=scaler.state_dict())
@@ -322,7 +379,14 @@ def _resume(last_path: Path, best_path: Path, identity: dict[str, str], model, o
             scaler, generator, device) -> tuple[list[EpochStats], dict] | None:
     """Continue from last.pt when it belongs to this run; otherwise remove it (and best.pt)
     and start over. A file that needs pickle to load is refused, never removed silently."""
-    state = ResumeState.load(last_path, map_location=device)
+    try:
+        state = ResumeState.load(last_path, map_location=device)
+    except UnsafeFileError:
+        raise
+    except ModelFileError as e:  # cut short by a crash: resume points are not fsynced
+        log.warning("%s; removed, training from the start", e)
+        last_path.unlink(missing_ok=True)
+        return None
     if state.identity != identity:
         log.warning("%s: a leftover checkpoint of another trial (%s), not this one (%s); "
                     "removed, training from the start", last_path.parent,

@@ -126,7 +126,7 @@ class TrialRunner:
         identity = {"study": s.cfg.study, "stage": stage.name, "stage_uid": self.uid,
                     "trial": str(origin), "settings": settings_digest(cfg)}
         epochs = s.tracker.epoch_log(run_id)
-        prunable = plan.role == "search"
+        prunable = plan.role == "search" and stage.pruner != "none"
 
         def on_epoch(stats: EpochStats) -> None:
             epochs.add(stats.epoch, asdict(stats))
@@ -214,7 +214,7 @@ def record_result(tracker: Tracker, run_id: str, cfg: TrainConfig, result: Train
                           run_dir / "curves.png", title)
         tracker.log_artifacts(run_id, [png])
     if result.checkpoint is not None and result.checkpoint.exists():
-        tracker.log_artifacts(run_id, [result.checkpoint], "checkpoints")
+        tracker.keep_file(run_id, result.checkpoint, "checkpoints")
 
 
 def train_once(cfg, ws, log=print) -> TrainResult:

@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: machine facts, timing with repeats, and result files."""
+"""Shared by the benchmarks: machine facts, timing with repeats, data, and result files."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from asl_sweep.config import DataConfig
+from asl_sweep.studydata import SplitData, StudyData
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 RESULTS = Path(__file__).parent / "results"
 ASL = Path(__file__).resolve().parents[2] / "shared" / "data" / "asl-alphabet-a-i"
 
@@ -51,10 +57,34 @@ def median_time(fn: Callable[[], object], repeats: int = 3) -> tuple[float, list
     return statistics.median(times), times
 
 
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a large square float32 matrix product on this machine, as it is now."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    seconds, _ = median_time(lambda: a @ b, repeats)
+    return 2 * n ** 3 / seconds / 1e9
+
+
+def study_data(root: Path | None, size: int, cache: Path, per_class: int = 120) -> StudyData:
+    cfg = DataConfig(root=root, image_size=size, synthetic={"per_class": per_class})
+    return StudyData(cfg, cache, torch.device("cpu"), log=lambda _: None)
+
+
+def per_class(split: SplitData, n: int, val: int = 64) -> SplitData:
+    """The first n training images of each class (and the first `val` validation images)."""
+    y = split.y_train
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:n] for c in range(len(split.classes))])
+    return SplitData(split.x_train[keep], y[keep], split.x_val[:val], split.y_val[:val],
+                     split.classes, split.x_pool, f"{split.pool_key}|first{n}",
+                     split.train_pos[keep], split.val_pos[:val],
+                     split.train_index[keep.numpy()], split.val_index[:val], split.fold)
+
+
 def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     # Cases run separately land in one file: a later run replaces only its own keys.
     earlier = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**earlier, "machine": machine(), **result}, indent=2))
+    path.write_text(json.dumps({**earlier, "machine": machine(), **result}, indent=2,
+                               default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     return path

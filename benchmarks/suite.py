@@ -1,18 +1,21 @@
-"""Speed, side by side with the plain way, on the real photos (or synthetic letters):
+"""Speed, side by side with the plain way, on the real photos:
 
-    .venv/bin/python -m benchmarks.suite [--data PATH] [--per-class N] [--repeats 3]
+    .venv/bin/python -m benchmarks.suite [--data PATH] [--per-class N] [--repeats 3] [--cases abcdgs]
 
-a) trainer epoch vs a plain PyTorch loop (ImageFolder + PIL transforms + DataLoader),
-   64 and 224 px, with and without augmentation; b) decoded cache vs decoding again;
-c) batched on-device augmentation vs torchvision PIL transforms per image; d) the sweep's
-overhead per trial (Optuna + MLflow) vs the same training alone; g) the MLP step against the
-machine's measured matrix-product peak and memory bandwidth. Writes
-benchmarks/results/suite.json; benchmarks/report.py turns results into BENCHMARKS.md."""
+a) a trainer epoch vs a plain PyTorch loop (ImageFolder + PIL transforms + DataLoader), at 64
+   and 224 px, with and without augmentation; b) the decoded cache vs decoding again;
+c) batched on-device augmentation vs PIL per image, and torchvision.transforms.v2 on the
+   batch, at 64 and 224 px; d) a 10-epoch trial inside a sweep (Optuna, MLflow, checkpoints)
+   vs the same training alone; g) that training vs its compute bound (counted FLOPs over the
+   measured matrix-product peak); n) a 64 px CNN epoch vs the same network in a plain loop;
+   s) start-up: `asl-sweep --help`, and `run` to its first trial. Writes benchmarks/results/suite.json; benchmarks/report.py makes BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,19 +23,33 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+import torchvision.transforms.v2 as T2
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from asl_sweep.augment import augment_batch
-from asl_sweep.config import AugmentConfig, DataConfig, StudyConfig, TrainConfig
-from asl_sweep.data import SplitData, load_image_set, prepare_split
+from asl_sweep.config import AugmentConfig, StudyConfig, TrainConfig
+from asl_sweep.images import load_image_set
 from asl_sweep.layers import InputSpec
 from asl_sweep.models import build_model
+from asl_sweep.study import run_study
+from asl_sweep.studydata import SplitData
 from asl_sweep.train import input_spec, make_optimizer, train
 from asl_sweep.workspace import Workspace
-from benchmarks.common import ASL, median_time, shown, write_result
+from benchmarks.common import (
+    ASL,
+    matmul_peak,
+    median_time,
+    per_class,
+    shown,
+    study_data,
+    write_result,
+)
 
 AUG = AugmentConfig(rotation=20, flip=True, blur_kernel=3)
+# The trial the speed targets are about: 64 px, MLP 12288 -> 500 -> 50 -> 9, SGD, batch 32.
+TRIAL = TrainConfig(hidden=[500, 50], optimizer="sgd", lr=0.01, batch_size=32, epochs=10,
+                    checkpoint_every=5, device="cpu")
 
 
 def plain_transforms(size: int, augment: bool) -> T.Compose:
@@ -43,23 +60,22 @@ def plain_transforms(size: int, augment: bool) -> T.Compose:
     return T.Compose([*ops, T.ToTensor()])
 
 
-def subset_indices(folder: ImageFolder, per_class: int) -> list[int]:
+def subset_indices(folder: ImageFolder, n: int) -> list[int]:
     seen: dict[int, int] = {}
     keep = []
     for i, (_, label) in enumerate(folder.samples):
-        if seen.get(label, 0) < per_class:
+        if seen.get(label, 0) < n:
             seen[label] = seen.get(label, 0) + 1
             keep.append(i)
     return keep
 
 
-def plain_epoch_rate(root: Path, per_class: int, size: int, augment: bool, cfg: TrainConfig,
+def plain_epoch_rate(root: Path, n: int, size: int, augment: bool, cfg: TrainConfig,
                      spec: InputSpec, repeats: int) -> float:
     """Images/s of one training epoch the way it is usually written."""
     folder = ImageFolder(str(root), transform=plain_transforms(size, augment))
-    data = Subset(folder, subset_indices(folder, per_class))
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=2,
-                        persistent_workers=False)
+    data = Subset(folder, subset_indices(folder, n))
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=2)
     torch.manual_seed(0)
     model = build_model(cfg, spec)
     optimizer = make_optimizer(cfg, model)
@@ -77,33 +93,21 @@ def plain_epoch_rate(root: Path, per_class: int, size: int, augment: bool, cfg: 
 
 
 def trainer_epoch_rate(split: SplitData, cfg: TrainConfig, repeats: int) -> float:
-    """Images/s of asl-sweep's epoch (decoded once, batches cut from tensors)."""
-    rates = []
-    for _ in range(repeats):
-        result = train(cfg.model_copy(update={"epochs": 1}), split, "cpu")
-        rates.append(result.history[0].images_per_s)
+    rates = [train(cfg.model_copy(update={"epochs": 1}), split, "cpu").history[0].images_per_s
+             for _ in range(repeats)]
     return statistics.median(rates)
 
 
-def take_per_class(split: SplitData, n: int) -> SplitData:
-    idx = torch.cat([torch.nonzero(split.y_train == c).flatten()[:n]
-                     for c in range(len(split.classes))])
-    return SplitData(split.x_train[idx], split.y_train[idx], split.x_val[:64], split.y_val[:64],
-                     split.classes, split.content_key + f"|{n}")
-
-
-def case_a(root: Path, per_class: int, repeats: int, cache: Path) -> list[dict]:
+def case_a(root: Path, n: int, repeats: int, cache: Path) -> list[dict]:
     rows = []
     for size in (64, 224):
-        data_cfg = DataConfig(root=root, image_size=size)
-        split = take_per_class(prepare_split(load_image_set(data_cfg, cache), data_cfg,
-                                             torch.device("cpu")), per_class)
+        split = per_class(study_data(root, size, cache).split(), n)
         spec = input_spec(split)
         for augment in (False, True):
-            cfg = TrainConfig(hidden=[500, 50], batch_size=20, epochs=1,
-                              augment=AUG if augment else AugmentConfig())
+            cfg = TRIAL.model_copy(update={"epochs": 1,
+                                           "augment": AUG if augment else AugmentConfig()})
             ours = trainer_epoch_rate(split, cfg, repeats)
-            plain = plain_epoch_rate(root, per_class, size, augment, cfg, spec, repeats)
+            plain = plain_epoch_rate(root, n, size, augment, cfg, spec, repeats)
             rows.append({"case": "a", "size": size, "augment": augment,
                          "asl_sweep_img_s": round(ours, 1), "plain_img_s": round(plain, 1),
                          "ratio": round(ours / plain, 2)})
@@ -112,16 +116,11 @@ def case_a(root: Path, per_class: int, repeats: int, cache: Path) -> list[dict]:
 
 
 def case_b(root: Path, repeats: int) -> dict:
-    cfg = DataConfig(root=root, image_size=224)
-
-    def ready(cache: Path) -> None:  # what a study does before its first trial
-        prepare_split(load_image_set(cfg, cache), cfg, torch.device("cpu"))
-
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        ready(Path(tmp))  # decodes, writes the cache
+        study_data(root, 224, Path(tmp))  # decodes and writes the cache
         first = time.perf_counter() - started
-        again, _ = median_time(lambda: ready(Path(tmp)), repeats)
+        again, _ = median_time(lambda: study_data(root, 224, Path(tmp)), repeats)
     folder = ImageFolder(str(root), transform=plain_transforms(224, False))
     plain, _ = median_time(lambda: [folder[i] for i in range(len(folder))], 1)
     row = {"case": "b", "images": len(folder), "first_load_decode_s": round(first, 2),
@@ -131,94 +130,141 @@ def case_b(root: Path, repeats: int) -> dict:
     return row
 
 
-def case_c(root: Path, per_class: int, repeats: int, cache: Path) -> dict:
-    data_cfg = DataConfig(root=root, image_size=224)
-    split = take_per_class(prepare_split(load_image_set(data_cfg, cache), data_cfg,
-                                         torch.device("cpu")), per_class)
-    x = split.x_train
+def augment_arms(x: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """Seconds to augment uint8 images x: asl-sweep's batched path (per-image draws), PIL per
+    image (torchvision's classic transforms), torchvision.transforms.v2 on the batch."""
     ours, _ = median_time(lambda: augment_batch(x.float() / 255, AUG,
                                                 torch.Generator().manual_seed(0)), repeats)
     pil_images = [T.functional.to_pil_image(img) for img in x]
-    ops = T.Compose([T.RandomRotation(AUG.rotation), T.RandomHorizontalFlip(),
-                     T.GaussianBlur(AUG.blur_kernel, AUG.blur_sigma), T.ToTensor()])
-    plain, _ = median_time(lambda: [ops(img) for img in pil_images], repeats)
-    row = {"case": "c", "images": len(x), "size": 224, "batched_s": round(ours, 3),
-           "pil_per_image_s": round(plain, 3), "ratio": round(plain / ours, 1)}
-    print(row, flush=True)
-    return row
+    per_image = T.Compose([T.RandomRotation(AUG.rotation), T.RandomHorizontalFlip(),
+                           T.GaussianBlur(AUG.blur_kernel, AUG.blur_sigma), T.ToTensor()])
+    plain, _ = median_time(lambda: [per_image(img) for img in pil_images], repeats)
+    # torchvision.transforms.v2 on the whole uint8 batch: fast, but one random angle, flip
+    # and sigma for the batch, not one per image.
+    batch_v2 = T2.Compose([T2.RandomRotation(AUG.rotation), T2.RandomHorizontalFlip(),
+                           T2.GaussianBlur(AUG.blur_kernel, AUG.blur_sigma),
+                           T2.ToDtype(torch.float32, scale=True)])
+    v2, _ = median_time(lambda: batch_v2(x), repeats)
+    return ours, plain, v2
 
 
-def case_d(repeats: int) -> dict:
-    """Seconds a 10-epoch trial spends in Optuna + MLflow beyond the training itself."""
-    from asl_sweep.study import run_study
+def case_c(root: Path, n: int, repeats: int, cache: Path) -> list[dict]:
+    rows = []
+    for size in (64, 224):
+        images = load_image_set(study_data(root, size, cache).cfg, size, cache, lambda _: None)
+        x = images.images[: n * 9].clone()
+        ours, plain, v2 = augment_arms(x, repeats)
+        rows.append({"case": "c", "size": size, "images": len(x),
+                     "batched_per_image_params_s": round(ours, 3),
+                     "pil_per_image_s": round(plain, 3), "v2_one_draw_per_batch_s": round(v2, 3),
+                     "ratio_vs_pil": round(plain / ours, 2)})
+        print(rows[-1], flush=True)
+    return rows
 
-    # The trial of sweeps/report.yaml's MLP stages: 64 px, 864 training images, 500 -> 50.
-    spec = {"study": "overhead", "data": {"synthetic": {"per_class": 120}, "image_size": 64},
-            "base": {"hidden": [500, 50], "epochs": 10, "batch_size": 32},
+
+def trial_flops(data: SplitData, cfg: TrainConfig) -> float:
+    """FLOPs of the MLP trial, counted: forward 2 per weight and example; backward 2 for
+    the weight gradient and 2 for the input gradient, except the first layer's (the images
+    need none); evaluation forward only."""
+    widths = [3 * data.image_size ** 2, *cfg.hidden, len(data.classes)]
+    layers = list(zip(widths[:-1], widths[1:], strict=True))
+    per_train = sum(6 * a * b for a, b in layers) - 2 * layers[0][0] * layers[0][1]
+    per_eval = sum(2 * a * b for a, b in layers)
+    return cfg.epochs * (len(data.y_train) * per_train + len(data.y_val) * per_eval)
+
+
+def case_dg(root: Path, repeats: int, cache: Path) -> tuple[dict, dict]:
+    """d) the trial inside a sweep vs alone; g) alone vs its compute bound."""
+    data = study_data(root, 64, cache).split()
+    alone, alone_all = median_time(lambda: train(TRIAL, data, "cpu"), repeats)
+    spec = {"study": "overhead", "data": {"root": str(root), "image_size": 64},
+            "base": TRIAL.model_dump(mode="json"),
             "stages": [{"name": "s", "trials": repeats, "sampler": "random", "pruner": "none",
-                        "space": {"lr": [1e-3]}}]}
+                        "confirm": None, "space": {"lr": [0.01]}}]}
     cfg = StudyConfig.model_validate(spec)
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.at(Path(tmp) / "mlruns")
-        run_study(cfg, ws, log=lambda _: None)
+        run_study(cfg, ws, log=lambda _: None, score=False)
         import optuna
 
         trials = optuna.load_study(study_name="overhead.s", storage=ws.storage).trials
-        in_sweep = statistics.median(
-            (t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
-        split = prepare_split(load_image_set(cfg.data, ws.cache), cfg.data, torch.device("cpu"))
-        alone, _ = median_time(lambda: train(cfg.base, split, "cpu"), repeats)
-    row = {"case": "d", "epochs": 10, "trial_in_sweep_s": round(in_sweep, 3),
-           "training_alone_s": round(alone, 3), "overhead_s": round(in_sweep - alone, 3),
-           "overhead_pct": round(100 * (in_sweep - alone) / alone, 1)}
+        in_sweep = statistics.median((t.datetime_complete - t.datetime_start).total_seconds()
+                                     for t in trials[1:])  # after the first (warm-up) trial
+    overhead = in_sweep - alone
+    d = {"case": "d", "epochs": TRIAL.epochs, "trial_in_sweep_s": round(in_sweep, 3),
+         "training_alone_s": round(alone, 3), "overhead_s": round(overhead, 3),
+         "overhead_pct": round(100 * overhead / alone, 1)}
+    peak = matmul_peak()
+    flops = trial_flops(data, TRIAL)
+    bound = flops / (peak * 1e9)
+    g = {"case": "g", "train_images": len(data.y_train), "val_images": len(data.y_val),
+         "gflop": round(flops / 1e9, 1), "matmul_peak_gflops": round(peak, 1),
+         "compute_bound_s": round(bound, 2), "training_alone_s": round(alone, 2),
+         "alone_runs_s": [round(t, 2) for t in alone_all], "x_bound": round(alone / bound, 2)}
+    print(d, g, sep="\n", flush=True)
+    return d, g
+
+
+def case_s(repeats: int) -> dict:
+    cli = [sys.executable, "-m", "asl_sweep.cli"]
+    help_s, _ = median_time(lambda: subprocess.run([*cli, "--help"], capture_output=True),
+                            repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        study = Path(tmp) / "s.yaml"
+        home = Path(tmp) / "mlruns"
+
+        def write(name: str) -> None:
+            study.write_text(f"study: {name}\ndata: {{image_size: 32}}\nbase: {{epochs: 1, "
+                             "hidden: [64]}\nstages: [{name: s, trials: 1, confirm: null, "
+                             "space: {lr: [0.001]}}]\n")
+
+        write("warm")
+        subprocess.run([*cli, "run", str(study), "--home", str(home)], capture_output=True)
+        firsts = []
+        for k in range(repeats):  # a new study each time, in a home with stores and cache
+            write(f"s{k}")
+            started = time.perf_counter()
+            proc = subprocess.Popen([*cli, "run", str(study), "--home", str(home)],
+                                    stdout=subprocess.PIPE, text=True)
+            for line in proc.stdout:
+                if "trial 0 the incumbent complete" in line:
+                    took = float(line.rsplit("(", 1)[1].split("s)")[0])
+                    firsts.append(time.perf_counter() - started - took)
+                    break
+            proc.wait()
+    row = {"case": "s", "help_s": round(help_s, 2),
+           "run_to_first_trial_s": round(statistics.median(firsts), 2)}
     print(row, flush=True)
     return row
 
 
-def mlp_step_seconds(fused: bool, repeats: int) -> float:
-    cfg = TrainConfig(hidden=[500, 50], batch_size=20)
-    model = build_model(cfg, InputSpec(224, 9, (0.5,) * 3, (0.25,) * 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
-    x, y = torch.rand(20, 3, 224, 224), torch.randint(0, 9, (20,))
+def case_n(root: Path, repeats: int, cache: Path) -> dict:
+    """A 64 px CNN epoch on all training photos: asl-sweep's trainer vs the same network in
+    a plain ImageFolder + DataLoader loop."""
+    split = study_data(root, 64, cache).split()
+    cfg = TrainConfig(model="cnn", hidden=[], cnn={"channels": [16, 32, 64]}, epochs=1,
+                      optimizer="adamw", lr=3e-3, batch_size=64, device="cpu")
+    ours = [train(cfg, split, "cpu").history[0] for _ in range(repeats)]
+    folder = ImageFolder(str(root), transform=plain_transforms(64, False))
+    train_set = Subset(folder, [int(i) for i in split.train_index])
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=2)
+    torch.manual_seed(0)
+    model = build_model(cfg, input_spec(split))
+    optimizer = make_optimizer(cfg, model)
 
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def epoch():
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
-    step()
-    return median_time(step, repeats + 2)[0]
-
-
-def case_g(repeats: int) -> dict:
-    """The 224px MLP step (150528 -> 500 -> 50 -> 9, Adam, batch 20) against the limits."""
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    mm_s, _ = median_time(lambda: a @ b, repeats + 2)
-    peak_gflops = 2 * n ** 3 / mm_s / 1e9
-    big = torch.empty(64 * 2 ** 20)  # 256 MB
-    dst = torch.empty_like(big)
-    dst.copy_(big)
-    copy_s, _ = median_time(lambda: dst.copy_(big), repeats + 2)
-    bandwidth = 2 * big.numel() * 4 / copy_s / 1e9  # read + write
-    results = {"default": mlp_step_seconds(False, repeats), "fused": mlp_step_seconds(True, repeats)}
-    params = 150528 * 500 + 500 * 50 + 50 * 9
-    flops = 3 * 2 * 20 * params  # forward + backward (weight and activation gradients)
-    # Bytes the step must move: weights read (forward), gradient written, then Adam reads
-    # weight, gradient and two moments and writes weight and two moments.
-    traffic = params * 4 * (1 + 1 + 4 + 3)
-    step_s = min(results.values())
-    row = {"case": "g", "matmul_peak_gflops": round(peak_gflops, 1),
-           "copy_bandwidth_gb_s": round(bandwidth, 2),
-           "step_s_default_adam": round(results["default"], 4),
-           "step_s_fused_adam": round(results["fused"], 4),
-           "step_gflops": round(flops / step_s / 1e9, 2),
-           "step_traffic_gb_s": round(traffic / step_s / 1e9, 2),
-           "compute_bound_pct": round(100 * flops / step_s / 1e9 / peak_gflops, 1),
-           "memory_bound_pct": round(100 * traffic / step_s / 1e9 / bandwidth, 1),
-           "images_per_s": round(20 / step_s, 1)}
+    plain, _ = median_time(epoch, repeats)
+    mine = statistics.median(s.seconds for s in ours)
+    row = {"case": "n", "model": "cnn 16-32-64, 64 px", "train_images": len(split.y_train),
+           "asl_sweep_epoch_s": round(mine, 2), "plain_epoch_s": round(plain, 2),
+           "ratio": round(plain / mine, 2)}
     print(row, flush=True)
     return row
 
@@ -228,20 +274,22 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ASL)
     parser.add_argument("--per-class", type=int, default=30, help="photos per class timed")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", default="abcdg")
+    parser.add_argument("--cases", default="abcdgns")
     args = parser.parse_args()
     results: dict[str, object] = {"data": shown(args.data), "per_class": args.per_class,
                                   "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp)
-        if "g" in args.cases:
-            results["g"] = case_g(args.repeats)
+        if "s" in args.cases:
+            results["s"] = case_s(args.repeats)
         if "b" in args.cases:
             results["b"] = case_b(args.data, args.repeats)
         if "c" in args.cases:
             results["c"] = case_c(args.data, args.per_class, args.repeats, cache)
-        if "d" in args.cases:
-            results["d"] = case_d(args.repeats)
+        if "d" in args.cases or "g" in args.cases:
+            results["d"], results["g"] = case_dg(args.data, args.repeats, cache)
+        if "n" in args.cases:
+            results["n"] = case_n(args.data, args.repeats, cache)
         if "a" in args.cases:
             results["a"] = case_a(args.data, args.per_class, args.repeats, cache)
     print(f"written to {write_result('suite', results)}")

@@ -18,6 +18,7 @@ TINY_STUDY = {
     "data": {"synthetic": {"per_class": 12, "seed": 0}, "image_size": 16, "val_fraction": 0.25},
     # device: cpu, so tests that compare numbers exactly hold on a GPU machine too.
     "base": {"hidden": [32], "epochs": 4, "batch_size": 16, "lr": 3e-3, "checkpoint_every": 2,
+             "checkpoint_seconds": 0,
              "device": "cpu"},
     "stages": [{
         # Without confirmation unless a test asks for it: fewer trials, faster tests.

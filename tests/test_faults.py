@@ -71,8 +71,8 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_stops_the_run_in_one_line_and_burns_no_budget(write_study, small_disk,
                                                                   capsys):
-    # A model whose checkpoints (about 12 MB each) cannot fit on the 6 MB disk.
-    path = write_study({**QUICK, "base": {"hidden": [1024], "epochs": 2}})
+    # A model whose checkpoint (about 12 MB) cannot fit on the 6 MB disk.
+    path = write_study({**QUICK, "base": {"hidden": [4096], "epochs": 2}})
     home = small_disk / "mlruns"
     code = main(["run", str(path), "--home", str(home)])
     err = one_line_error(capsys, code, "could not be written (No space left on device)")

@@ -27,7 +27,7 @@ def test_mlp_overfits_20_images_covering_every_class(synthetic_split):
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(synthetic_split, tmp_path):
-    cfg = TrainConfig(hidden=[32], epochs=6, checkpoint_every=1, dropout=[0.1, 0.2],
+    cfg = TrainConfig(hidden=[32], epochs=6, checkpoint_every=1, checkpoint_seconds=0, dropout=[0.1, 0.2],
                       augment={"rotation": 15, "flip": True}, batch_size=16)
     straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
 
@@ -90,7 +90,8 @@ def test_resume_refuses_a_checkpoint_carrying_a_pickle(synthetic_split, tmp_path
 
 
 def test_a_checkpoint_of_another_trial_is_never_resumed(synthetic_split, tmp_path, caplog):
-    cfg = TrainConfig(hidden=[32], epochs=4, checkpoint_every=1, device="cpu")
+    cfg = TrainConfig(hidden=[32], epochs=4, checkpoint_every=1, checkpoint_seconds=0,
+                      device="cpu")
     old = {"study": "s", "stage": "a", "stage_uid": "first-store", "trial": "0",
            "settings": "aaaa"}
 
@@ -148,6 +149,7 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(synthetic_split):
 
 def test_a_cnn_trains_and_a_scheduled_run_resumes_exactly(synthetic_split, tmp_path):
     cfg = TrainConfig(model="cnn", hidden=[16], epochs=4, checkpoint_every=1, device="cpu",
+                      checkpoint_seconds=0,
                       cnn={"channels": [8, 16]}, schedule="cosine", warmup_epochs=1,
                       augment={"rotation": 10, "flip": True})
     straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
