@@ -89,3 +89,13 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("study: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_study(bad)
+
+
+def test_epochs_sets_every_stage_epochs_fixed_ones_included(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("study: s\nbase: {epochs: 15}\nstages:\n"
+                    "  - {name: a, fixed: {epochs: 40}}\n  - {name: b}\n"
+                    "  - {name: c, space: {epochs: [5, 10]}}\n")
+    cfg = load_study(path, epochs=3)
+    assert cfg.base.epochs == 3 and cfg.stages[0].fixed["epochs"] == 3
+    assert cfg.stages[2].space["epochs"].choices == [5, 10]  # a searched setting stays searched

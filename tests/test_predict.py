@@ -112,3 +112,15 @@ def test_models_uri_without_a_store_creates_nothing(tmp_path, image):
     assert proc.returncode == 2 and "no MLflow store" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "nowhere").exists()
     assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_registered_model_is_one_line(write_study, tmp_path, image, capsys):
+    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
+                                    "space": {"lr": [1e-3]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    capsys.readouterr()
+    code = main(["predict", "models:/no-such-model/1", str(image), "--home", str(home)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "models:/no-such-model/1: not found" in err

@@ -17,6 +17,10 @@ def test_report_has_a_section_per_stage_and_its_images_exist(write_study, tmp_pa
     out = tmp_path / "report"
     assert main(["report", str(path), "--home", str(home), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
+    plain = out / "plain.txt"
+    plain.write_text("")  # what any other output gets here (the umask's mode)
+    for name in ("report.md", "report.html"):
+        assert (out / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     assert "## Stage 1: shape" in md and "## Stage 2: rate" in md
     assert md.count("| trial | role | state | parameters | train acc |") == 2
     assert "Human baseline (trial 1): the student reported 0.329" in md and "Diagnosis:" in md

@@ -69,6 +69,8 @@ def test_later_stages_carry_earlier_winners(write_study, tmp_path):
     stage_runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                     "tags.kind = 'stage'")
     assert sorted(r.info.run_name for r in stage_runs) == ["1-shape", "2-rate"]
+    storage = optuna.storages.RDBStorage(ws.storage)
+    assert optuna.load_study(study_name="tiny.rate", storage=storage).metric_names == ["val_acc"]
 
 
 GATE = {"base": {"epochs": 40}, "stages": [
