@@ -16,26 +16,28 @@ from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny finished study, exported in every format."""
-    root = tmp_path_factory.mktemp("export")
+def run_and_export(root, study_yaml: str):
+    """Run a study written as YAML text, export it in every format: (cfg, ws, out)."""
     study = root / "study.yaml"
-    study.write_text(
-        "study: tiny\n"
-        "data: {synthetic: {per_class: 24}, image_size: 16}\n"
-        "base: {hidden: [32], epochs: 3, batch_size: 16, device: cpu}\n"
-        "stages:\n"
-        "  - {name: search, trials: 2, sampler: random, confirm: {top: 1, repeats: 2},\n"
-        "     space: {lr: {low: 1e-3, high: 1e-2, log: true}}}\n")
+    study.write_text(study_yaml)
     home = root / "mlruns"
     assert main(["run", str(study), "--home", str(home)]) == 0
     out = root / "exported"
     assert main(["export", str(study), "--home", str(home), "--format", "all",
                  "--out", str(out)]) == 0
-    cfg = load_study(study)
-    ws = Workspace.at(home)
-    return cfg, ws, out
+    return load_study(study), Workspace.at(home), out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny finished study, exported in every format."""
+    return run_and_export(tmp_path_factory.mktemp("export"), (
+        "study: tiny\n"
+        "data: {synthetic: {per_class: 24}, image_size: 16}\n"
+        "base: {hidden: [32], epochs: 3, batch_size: 16, device: cpu}\n"
+        "stages:\n"
+        "  - {name: search, trials: 2, sampler: random, confirm: {top: 1, repeats: 2},\n"
+        "     space: {lr: {low: 1e-3, high: 1e-2, log: true}}}\n"))
 
 
 @pytest.mark.parametrize("form", ["torchscript", "onnx", "mlflow", "model file"])
@@ -132,18 +134,13 @@ def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
 
 
 def test_a_cnn_exports_in_every_format_and_each_form_agrees(tmp_path):
-    study = tmp_path / "cnn.yaml"
-    study.write_text(
+    cfg, ws, out = run_and_export(tmp_path, (
         "study: tinycnn\n"
         "data: {synthetic: {per_class: 24}, image_size: 16}\n"
         "base: {model: cnn, cnn: {channels: [8, 16]}, hidden: [], epochs: 2, device: cpu}\n"
         "stages:\n"
-        "  - {name: s, trials: 1, confirm: null, space: {lr: [0.003]}}\n")
-    home = tmp_path / "mlruns"
-    assert main(["run", str(study), "--home", str(home)]) == 0
-    out = tmp_path / "out"
-    assert main(["export", str(study), "--home", str(home), "--out", str(out)]) == 0
-    cfg, ws = load_study(study), Workspace.at(home)
+        "  - {name: s, trials: 1, confirm: null, space: {lr: [0.003]}}\n"))
+    home = ws.home
     test = open_data(cfg, ws).test(16)
     forms = [str(out / "model.torchscript.pt"), str(out / "model.onnx"),
              f"models:/{registered_name(cfg)}/1"]
