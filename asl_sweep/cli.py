@@ -18,8 +18,8 @@ import warnings
 from pathlib import Path
 
 from asl_sweep import signals
-from asl_sweep.config import StudyConfig
 from asl_sweep.errors import environment_fault
+from asl_sweep.spec import StudyConfig
 from asl_sweep.studyfile import load_study
 from asl_sweep.workspace import Workspace
 

@@ -18,7 +18,6 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from asl_sweep.checkpoint import ModelFile
-from asl_sweep.config import StudyConfig
 from asl_sweep.errors import ExportError, UserError
 from asl_sweep.evaluation import TEST_RULE, Scored, confusion, score_trials, summarize
 from asl_sweep.files import atomic_write_text
@@ -27,6 +26,7 @@ from asl_sweep.plots import plot_confusion
 from asl_sweep.predict import MARKER, marker
 from asl_sweep.readback import StageView, finished_stage, read_stages
 from asl_sweep.session import open_data
+from asl_sweep.spec import StudyConfig
 from asl_sweep.studyfile import dump_resolved
 from asl_sweep.tracking import Tracker
 from asl_sweep.workspace import Workspace

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from asl_sweep.config import StudyConfig
 from asl_sweep.readback import StageView, read_final, read_stages
 from asl_sweep.selection import role_of
+from asl_sweep.spec import StudyConfig
 from asl_sweep.workspace import Workspace
 
 LABELS = {"incumbent": " (incumbent)", "seed": " (seed)", "search": "", "confirm": " (repeat)"}

@@ -9,10 +9,10 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import StageConfig, StudyConfig
 from asl_sweep.errors import ConfigError
 from asl_sweep.record import final_result
 from asl_sweep.selection import StageResult, role_of
+from asl_sweep.spec import StageConfig, StudyConfig
 from asl_sweep.store import attrs, load_stage_study, optuna_storage
 from asl_sweep.workspace import Workspace
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import optuna
 
-from asl_sweep.config import DataConfig, StudyConfig
+from asl_sweep.config import DataConfig
 from asl_sweep.errors import StoreError
+from asl_sweep.spec import StudyConfig
 from asl_sweep.store import attrs, put, wait_for
 
 NEW_STUDY = "keep the stored settings (drop the change) or start a new study with --set study=NEW"

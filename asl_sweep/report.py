@@ -11,7 +11,7 @@ from pathlib import Path
 from optuna.importance import get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import METRICS, StudyConfig
+from asl_sweep.config import METRICS
 from asl_sweep.document import Doc
 from asl_sweep.errors import ConfigError
 from asl_sweep.evaluation import TEST_RULE, confusion
@@ -26,6 +26,7 @@ from asl_sweep.plots import (
 )
 from asl_sweep.readback import StageView, read_final, read_stages
 from asl_sweep.selection import role_of
+from asl_sweep.spec import StudyConfig
 from asl_sweep.store import load_stage_study, optuna_storage
 from asl_sweep.tracking import Tracker
 from asl_sweep.workspace import Workspace

@@ -17,9 +17,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import StageConfig
 from asl_sweep.errors import GateNotReached
 from asl_sweep.space import decode_params
+from asl_sweep.spec import StageConfig
 
 # The metric that breaks ties between trials that reached a stage's target.
 SECONDARY = {"train_acc": "val_acc", "val_acc": "train_acc",

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import optuna
 import torch
 
-from asl_sweep.config import StudyConfig
 from asl_sweep.record import bind, check_digest, load_record
 from asl_sweep.selection import StageResult
+from asl_sweep.spec import StudyConfig
 from asl_sweep.store import optuna_storage
 from asl_sweep.studydata import StudyData
 from asl_sweep.tracking import Tracker

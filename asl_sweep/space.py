@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from asl_sweep.config import Choice, FloatRange, IntRange, ParamSpec
+from asl_sweep.spec import Choice, FloatRange, IntRange, ParamSpec
 
 
 def _encode(value: Any) -> Any:

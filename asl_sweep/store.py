@@ -14,9 +14,9 @@ import optuna
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import StageConfig, StudyConfig
 from asl_sweep.errors import StoreError
 from asl_sweep.space import grid
+from asl_sweep.spec import StageConfig, StudyConfig
 
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
 # The user attributes a retried trial keeps: what it is, not how its last attempt went.

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep import signals
-from asl_sweep.config import METRICS, StageConfig, StudyConfig, apply_overrides
+from asl_sweep.config import METRICS, apply_overrides
 from asl_sweep.errors import GateNotReached
 from asl_sweep.evaluation import TEST_RULE, score_trials, summarize
 from asl_sweep.plots import plot_curves
@@ -39,6 +39,7 @@ from asl_sweep.selection import (
 )
 from asl_sweep.session import Session, open_session
 from asl_sweep.space import decode_params, encode_params
+from asl_sweep.spec import StageConfig, StudyConfig
 from asl_sweep.store import (
     attrs,
     create_stage_study,

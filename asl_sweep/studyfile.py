@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from asl_sweep.config import StudyConfig, format_validation_error, set_path
+from asl_sweep.config import set_path
 from asl_sweep.errors import ConfigError
+from asl_sweep.spec import StudyConfig, format_validation_error
 
 MAX_STUDY_BYTES = 1 << 20  # a study file is a page of YAML, not a data set
 

@@ -6,12 +6,9 @@ from its last one with the same result as an uninterrupted run."""
 
 from __future__ import annotations
 
-import copy
-import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,17 +17,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from asl_sweep import signals
-from asl_sweep.augment import augment_batch
-from asl_sweep.checkpoint import ModelFile, ResumeState
+from asl_sweep.batches import FeatureBatches, ImageBatches
+from asl_sweep.checkpoint import ModelFile
 from asl_sweep.config import TrainConfig
-from asl_sweep.errors import ModelFileError, UnsafeFileError
 from asl_sweep.features import frozen_features
 from asl_sweep.layers import InputSpec
 from asl_sweep.models import build_model, count_parameters
+from asl_sweep.optim import lr_factor, make_optimizer
+from asl_sweep.resume import CheckpointWriter, resume, resume_state
 from asl_sweep.studydata import SplitData
 
 EVAL_BATCH = 256
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,90 +104,6 @@ def input_spec(data: SplitData) -> InputSpec:
                      tuple(mean.tolist()), tuple(std.tolist()))
 
 
-def make_optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
-    """One optimizer over the module's trainable parameters, in the module's own parameter
-    groups where it has them (a fine-tuned backbone learns slower than its head). The fused
-    update (one pass over each parameter tensor instead of several) halves the step of the
-    memory-bound MLP; where a device lacks it, the plain update is used."""
-    if hasattr(module, "param_groups"):
-        groups = module.param_groups(cfg)
-    else:
-        groups = [{"params": [p for p in module.parameters() if p.requires_grad], "lr": cfg.lr}]
-    for group in groups:
-        group["initial_lr"] = group["lr"]  # what the schedule scales
-    kinds = {"sgd": (torch.optim.SGD, {"momentum": cfg.momentum}),
-             "adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {})}
-    kind, extra = kinds[cfg.optimizer]
-    try:
-        return kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **extra)
-    except (RuntimeError, TypeError, ValueError):
-        return kind(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
-
-
-def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The schedule's multiplier of the learning rate at optimizer step `step` (0-based): a
-    pure function of the step, so a resumed run continues the same curve."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = min(total - 1, cfg.warmup_epochs * steps_per_epoch)
-    if cfg.schedule == "onecycle":
-        warm = warm or int(0.3 * total)
-        if step < warm:
-            return 0.04 + 0.96 * step / warm
-        progress = (step - warm) / max(1, total - warm)
-        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * progress))
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    if cfg.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if cfg.schedule == "step":
-        return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
-    return 1.0
-
-
-def epoch_order(n: int, copies: int, generator: torch.Generator) -> torch.Tensor:
-    """Every sample index `copies` times, shuffled."""
-    return torch.randperm(n * copies, generator=generator) % n
-
-
-class ImageBatches:
-    """Batches cut from uint8 tensors on the device; `copies` augmented views per epoch."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig):
-        self.x, self.y, self.cfg = x, y, cfg
-
-    def __len__(self) -> int:
-        return len(self.y) * self.cfg.augment.copies
-
-    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = epoch_order(len(self.y), self.cfg.augment.copies, generator)
-        for start in range(0, len(order), self.cfg.batch_size):
-            idx = order[start:start + self.cfg.batch_size].to(self.x.device)
-            xb = self.x[idx].float().div_(255)
-            if self.cfg.augment.transforms:
-                xb = augment_batch(xb, self.cfg.augment, generator)
-            yield xb, self.y[idx]
-
-
-class FeatureBatches:
-    """Batches of cached frozen-backbone features; each sample draws one of its views."""
-
-    def __init__(self, views: torch.Tensor, y: torch.Tensor, cfg: TrainConfig):
-        self.views, self.y, self.cfg = views, y, cfg
-
-    def __len__(self) -> int:
-        return len(self.y) * self.cfg.augment.copies
-
-    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        k = self.views.shape[0]
-        order = epoch_order(len(self.y), self.cfg.augment.copies, generator)
-        which = torch.randint(k, (len(order),), generator=generator) if k > 1 else None
-        for start in range(0, len(order), self.cfg.batch_size):
-            idx = order[start:start + self.cfg.batch_size].to(self.views.device)
-            view = 0 if which is None else which[start:start + self.cfg.batch_size].to(idx.device)
-            yield self.views[view, idx], self.y[idx]
-
-
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              amp: torch.dtype | None = None) -> tuple[float, float]:
     """Mean loss and accuracy of `model` on uint8 images (or float features) x."""
@@ -238,10 +151,11 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
     last_path = run_dir / "last.pt" if run_dir else None
     best_path = run_dir / "best.pt" if run_dir else None
     if last_path is not None and last_path.exists():
-        resumed = _resume(last_path, best_path, identity, model, optimizer, scaler, generator,
-                          device)
+        resumed = resume(last_path, best_path, identity, model, optimizer, scaler, generator,
+                         device)
         if resumed is not None:
-            history, best_state = resumed
+            history = [EpochStats(**s) for s in resumed[0]]
+            best_state = resumed[1]
 
     steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
     scheduled = cfg.schedule != "constant" or cfg.warmup_epochs > 0
@@ -304,10 +218,10 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                     # a snapshot of this epoch. best.pt first: a crash between the two leaves a
                     # best that a replay reproduces. Not fsynced: one cut short by a power cut is
                     # found damaged and training restarts.
-                    resume = _resume_state(identity, model, optimizer, scaler, generator,
-                                           history)
-                    writer.submit(lambda b=best_file, r=resume: (b.save(best_path, sync=False),
-                                                                 r.save(last_path, sync=False)))
+                    point = resume_state(identity, model, optimizer, scaler, generator,
+                                         history)
+                    writer.submit(lambda b=best_file, r=point: (b.save(best_path, sync=False),
+                                                                r.save(last_path, sync=False)))
                     last_resume_point = time.monotonic()
             if on_epoch is not None:
                 on_epoch(stats)
@@ -326,95 +240,3 @@ def _finish(model, history, best_state, monitor, spec, best_path) -> TrainResult
                        best_path)
 
 
-class CheckpointWriter:
-    """Writes resume points on a thread of its own, one at a time and in order, so that the
-    training loop does not wait for the disk; an error of a write surfaces at the next
-    checkpoint or at the end."""
-
-    def __init__(self):
-        self.pool: ThreadPoolExecutor | None = None
-        self.pending: Future | None = None
-
-    def submit(self, write: Callable[[], object]) -> None:
-        self.wait()
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
-        self.pending = self.pool.submit(write)
-
-    def wait(self) -> None:
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown()
-
-
-def _snapshot(tree):
-    """A copy of the tensors in a (nested) state dict: training goes on changing them."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {k: _snapshot(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_snapshot(v) for v in tree)
-    return tree
-
-
-def _resume_state(identity, model, optimizer, scaler, generator, history) -> ResumeState:
-    """Everything a resumed run needs, copied as it is at this epoch."""
-    return ResumeState(
-        identity=identity, model=_snapshot(model.state_dict()),
-        optimizer=_snapshot(optimizer.state_dict()),
-        history=[asdict(s) for s in history], rng_torch=torch.get_rng_state(),
-        rng_cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        generator=generator.get_state(), scaler=scaler.state_dict())
-
-
-def _resume(last_path: Path, best_path: Path, identity: dict[str, str], model, optimizer,
-            scaler, generator, device) -> tuple[list[EpochStats], dict] | None:
-    """Continue from last.pt when it belongs to this run; otherwise remove it (and best.pt)
-    and start over. A file that needs pickle to load is refused, never removed silently."""
-    try:
-        state = ResumeState.load(last_path, map_location=device)
-    except UnsafeFileError:
-        raise
-    except ModelFileError as e:  # cut short by a crash: resume points are not fsynced
-        log.warning("%s; removed, training from the start", e)
-        last_path.unlink(missing_ok=True)
-        return None
-    if state.identity != identity:
-        log.warning("%s: a leftover checkpoint of another trial (%s), not this one (%s); "
-                    "removed, training from the start", last_path.parent,
-                    _describe(state.identity), _describe(identity))
-        last_path.unlink(missing_ok=True)
-        best_path.unlink(missing_ok=True)
-        return None
-    model.load_state_dict(state.model)
-    optimizer.load_state_dict(state.optimizer)
-    if state.scaler:
-        scaler.load_state_dict(state.scaler)
-    torch.set_rng_state(state.rng_torch.cpu())
-    if state.rng_cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state.rng_cuda])
-    generator.set_state(state.generator.cpu())
-    history = [EpochStats(**s) for s in state.history]
-    best_state = None
-    if best_path.exists():
-        try:
-            best = ModelFile.load(best_path)
-        except ModelFileError:  # damaged: the replay of later epochs finds the best again
-            best = None
-        if best is not None and best.identity == identity and best.epoch <= len(history):
-            best_state = best.state
-    if best_state is None:  # the replay of later epochs will find the best again
-        best_state = copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})
-    return history, best_state
-
-
-def _describe(identity: dict[str, str]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in identity.items()) or "no identity"

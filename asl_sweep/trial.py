@@ -21,12 +21,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.config import METRICS, StageConfig, StudyConfig, TrainConfig, apply_overrides
+from asl_sweep.config import METRICS, TrainConfig, apply_overrides
 from asl_sweep.errors import SettingsError, environment_fault
 from asl_sweep.plots import plot_curves
 from asl_sweep.selection import counts_toward_budget
 from asl_sweep.session import Session, open_session
 from asl_sweep.space import suggest
+from asl_sweep.spec import StageConfig, StudyConfig
 from asl_sweep.store import Requeue, origin_of, worker_id
 from asl_sweep.studydata import SplitData
 from asl_sweep.studyfile import dump_resolved

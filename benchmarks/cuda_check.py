@@ -18,11 +18,12 @@ from pathlib import Path
 import torch
 
 from asl_sweep.config import TrainConfig
+from asl_sweep.optim import make_optimizer
 from asl_sweep.readback import read_stages
 from asl_sweep.study import run_study
 from asl_sweep.studyfile import load_study
 from asl_sweep.tracking import Tracker
-from asl_sweep.train import autocast_dtype, make_optimizer, train
+from asl_sweep.train import autocast_dtype, train
 from asl_sweep.workspace import Workspace
 from benchmarks.common import ASL, shown, study_data, write_result
 

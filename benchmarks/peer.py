@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asl_sweep.config import StudyConfig
+from asl_sweep.spec import StudyConfig
 from asl_sweep.study import run_study
 from asl_sweep.workspace import Workspace
 from benchmarks.common import ASL, shown, write_result

@@ -28,13 +28,15 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
 from asl_sweep.augment import augment_batch
-from asl_sweep.config import AugmentConfig, StudyConfig, TrainConfig
+from asl_sweep.config import AugmentConfig, TrainConfig
 from asl_sweep.images import load_image_set
 from asl_sweep.layers import InputSpec
 from asl_sweep.models import build_model
+from asl_sweep.optim import make_optimizer
+from asl_sweep.spec import StudyConfig
 from asl_sweep.study import run_study
 from asl_sweep.studydata import SplitData
-from asl_sweep.train import input_spec, make_optimizer, train
+from asl_sweep.train import input_spec, train
 from asl_sweep.workspace import Workspace
 from benchmarks.common import (
     ASL,

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from asl_sweep.backbones import build_transfer
 from asl_sweep.config import TrainConfig
+from asl_sweep.optim import make_optimizer
 from asl_sweep.studydata import SplitData
-from asl_sweep.train import input_spec, make_optimizer, train
+from asl_sweep.train import input_spec, train
 from benchmarks.common import ASL, per_class, shown, study_data, write_result
 
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from asl_sweep.config import Choice, FloatRange, IntRange
 from asl_sweep.errors import ConfigError
+from asl_sweep.spec import Choice, FloatRange, IntRange
 from asl_sweep.studyfile import load_study
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))

@@ -4,9 +4,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from asl_sweep.config import StageConfig
 from asl_sweep.errors import GateNotReached
 from asl_sweep.selection import counts_toward_budget, pick_winner, reached_target
+from asl_sweep.spec import StageConfig
 
 
 def trial(number, value, state=TrialState.COMPLETE, train_acc=0.5, val_acc=None, params=10,

@@ -119,7 +119,7 @@ def test_a_checkpoint_of_another_trial_is_never_resumed(synthetic_split, tmp_pat
 
 @pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
 def test_schedules_start_warm_and_end_where_they_say(schedule):
-    from asl_sweep.train import lr_factor
+    from asl_sweep.optim import lr_factor
 
     cfg = TrainConfig(epochs=10, schedule=schedule, warmup_epochs=2)
     factors = [lr_factor(cfg, step, 5) for step in range(50)]

@@ -85,7 +85,7 @@ def test_trainable_freezes_exactly_what_it_says(backbone):
 
 
 def test_fine_tuned_blocks_learn_at_their_own_rate():
-    from asl_sweep.train import make_optimizer
+    from asl_sweep.optim import make_optimizer
 
     cfg = TrainConfig(model="transfer", hidden=[8], lr=0.01, transfer={
         "backbone": "resnet18", "weights": "none", "trainable": 1, "backbone_lr": 0.1})
