@@ -32,6 +32,7 @@ def seconds(trials) -> float:
 
 def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
         epochs: int | None, home: Path | None = None) -> dict:
+    """Run the study (resuming it if `home` holds it) and read back what it found."""
     cfg = load_study(study, overrides, data, trials, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.at(home or Path(tmp) / "mlruns")
@@ -68,8 +69,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default="end_to_end")
+    parser.add_argument("--home", type=Path, help="keep the study here (default: a temporary "
+                        "folder), e.g. to export its model afterwards")
     args = parser.parse_args()
-    result = run(args.study, args.data, args.overrides, args.trials, args.epochs)
+    result = run(args.study, args.data, args.overrides, args.trials, args.epochs, args.home)
     print(f"written to {write_result(args.name, result)}; wall {result['wall_s'] / 60:.1f} min")
 
 
