@@ -318,6 +318,11 @@ def final_score(s: Session) -> dict[str, Any]:
     if not s.results:
         return {}
     stage = s.cfg.stages[-1]
+    stored = attrs(s.record).get("final")
+    if stored and stored.get("trials") == s.results[-1].repeats:  # scored in an earlier run
+        s.log(f"final test accuracy ({stage.name}'s configuration, scored earlier): "
+              f"{stored['summary']}")
+        return stored
     study = create_stage_study(s.cfg, len(s.cfg.stages) - 1, s.storage, s.worker)[0]
     view = StageView(stage, study.get_trials(deepcopy=False), s.results[-1], {})
     scored = score_trials(s.data, s.tracker, view.repeats(), "test")

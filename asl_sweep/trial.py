@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.config import METRICS, TrainConfig, apply_overrides
 from asl_sweep.errors import SettingsError, environment_fault
 from asl_sweep.plots import plot_curves
-from asl_sweep.selection import counts_toward_budget
+from asl_sweep.selection import SEARCH_ROLES, counts_toward_budget, role_of
 from asl_sweep.session import Session, open_session
 from asl_sweep.space import suggest
 from asl_sweep.spec import StageConfig, StudyConfig
@@ -195,8 +195,9 @@ class TrialRunner:
     def _surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> bool:
         """Workers that looked at the budget at the same moment may both start a trial; the
         later one (by trial number) steps back, so a stage runs exactly its budget."""
-        ahead = sum(1 for t in trials if t.number < trial.number
-                    and (t.state == TrialState.RUNNING or counts_toward_budget(t)))
+        ahead = sum(1 for t in trials if t.number < trial.number and (
+            counts_toward_budget(t) or (t.state == TrialState.RUNNING
+                                        and role_of(t) in SEARCH_ROLES)))
         return ahead >= self.stage.trials
 
 
