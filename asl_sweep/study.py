@@ -24,7 +24,6 @@ from asl_sweep import signals
 from asl_sweep.config import METRICS, apply_overrides
 from asl_sweep.errors import GateNotReached
 from asl_sweep.evaluation import TEST_RULE, score_trials, summarize
-from asl_sweep.plots import plot_curves
 from asl_sweep.readback import StageView
 from asl_sweep.record import save_final
 from asl_sweep.selection import (
@@ -142,6 +141,7 @@ def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> 
     """The carried trial's learning curves, as a PNG on the stage's run."""
     if not result.run_id:
         return
+    from asl_sweep.plots import plot_curves  # matplotlib: loaded when a stage ends, not at start
     history = {k: s.tracker.metric_history(result.run_id, k) for k in METRICS}
     with tempfile.TemporaryDirectory() as tmp:
         png = plot_curves([m.step for m in history["val_acc"]],

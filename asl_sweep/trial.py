@@ -23,7 +23,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.config import METRICS, TrainConfig, apply_overrides
 from asl_sweep.errors import SettingsError, environment_fault
-from asl_sweep.plots import plot_curves
 from asl_sweep.selection import SEARCH_ROLES, counts_toward_budget, role_of
 from asl_sweep.session import Session, open_session
 from asl_sweep.space import suggest
@@ -211,6 +210,8 @@ def record_result(tracker: Tracker, run_id: str, cfg: TrainConfig, result: Train
                         | {"best_epoch": result.best.epoch, "num_params": result.num_params})
     tracker.log_text(run_id, dump_resolved(cfg), "config.yaml")
     if curves:
+        from asl_sweep.plots import plot_curves  # matplotlib only where a PNG is drawn
+
         png = plot_curves([h.epoch for h in history],
                           {k: [getattr(h, k) for h in history] for k in METRICS},
                           run_dir / "curves.png", title)
