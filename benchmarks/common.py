@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asl_sweep.cli import configure_logging, quiet_optuna
 from asl_sweep.config import DataConfig
 from asl_sweep.studydata import SplitData, StudyData
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+configure_logging()  # the benchmarks' logs read like a user's console, not library warnings
+quiet_optuna()
 RESULTS = Path(__file__).parent / "results"
 ASL = Path(__file__).resolve().parents[2] / "shared" / "data" / "asl-alphabet-a-i"
 
