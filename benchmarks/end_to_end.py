@@ -31,9 +31,12 @@ def seconds(trials) -> float:
 
 
 def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
-        epochs: int | None, home: Path | None = None) -> dict:
-    """Run the study (resuming it if `home` holds it) and read back what it found."""
+        epochs: int | None, home: Path | None = None, stages: int | None = None) -> dict:
+    """Run the study (resuming it if `home` holds it), or its first `stages` stages, and
+    read back what it found."""
     cfg = load_study(study, overrides, data, trials, epochs)
+    if stages:
+        cfg = cfg.model_copy(update={"stages": cfg.stages[:stages]})
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.at(home or Path(tmp) / "mlruns")
         started = time.perf_counter()
@@ -55,6 +58,7 @@ def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
                 "confirm_s": round(seconds(confirm), 1)})
             print(stages[-1], flush=True)
     return {"study": study, "data": shown(data), "overrides": overrides, "trials": trials,
+            "stages_run": [s.name for s in cfg.stages],
             "epochs": epochs, "wall_s": round(wall, 1),
             "confirmation_s": round(sum(s["confirm_s"] for s in stages), 1),
             "final_test": final["summary"], "final_test_mean": round(final["mean"], 4),
