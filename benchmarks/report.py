@@ -18,6 +18,27 @@ def _table(rows: list[dict]) -> list[str]:
             *("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows), ""]
 
 
+def _rows(value) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+
+def _section(result: dict, prefix: str = "") -> list[str]:
+    """Scalars as a list, lists of rows as tables, and a nested result (an arm of a
+    comparison) as its own table of scalars followed by its row tables."""
+    lines = []
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if _rows(value):
+            lines += ["", f"**{name}**", "", *_table(value)]
+        elif isinstance(value, dict):
+            scalars = {k: v for k, v in value.items() if not _rows(v)}
+            lines += ["", f"**{name}**", "", *_table([scalars])]
+            lines += _section({k: v for k, v in value.items() if _rows(v)}, f"{name}: ")
+        else:
+            lines.append(f"- {name}: {value}")
+    return lines
+
+
 def main() -> None:
     lines = ["# Benchmarks", "",
              "Written by `python -m benchmarks.report` from `benchmarks/results/*.json`; rerun the",
@@ -27,13 +48,7 @@ def main() -> None:
         machine = result.pop("machine")
         lines += [f"## {path.stem}", "",
                   "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
-        for key, value in result.items():
-            if isinstance(value, list) and value and isinstance(value[0], dict):
-                lines += ["", f"**{key}**", "", *_table(value)]
-            elif isinstance(value, dict):
-                lines += ["", f"**{key}**", "", *_table([value])]
-            else:
-                lines.append(f"- {key}: {value}")
+        lines += _section(result)
         lines.append("")
     notes = Path(__file__).parent / "notes.md"
     if notes.exists():  # the reading of the figures: targets, misses and their profiles
