@@ -17,11 +17,11 @@ import time
 import warnings
 from pathlib import Path
 
-from asl_sweep import signals
-from asl_sweep.errors import environment_fault
-from asl_sweep.spec import StudyConfig
-from asl_sweep.studyfile import load_study
-from asl_sweep.workspace import Workspace
+from asl_sweep.runtime import signals
+from asl_sweep.runtime.errors import environment_fault
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.settings.spec import StudyConfig
+from asl_sweep.settings.studyfile import load_study
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
@@ -111,9 +111,9 @@ def _explicit_data(args: argparse.Namespace) -> set[str]:
 def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
     """A study to read back, with the data it ran with (stored in its record): the YAML's data
     section is not used, and a --data or --set data.* that disagrees is an error."""
-    from asl_sweep.errors import StoreError
-    from asl_sweep.record import stored_data
-    from asl_sweep.store import optuna_storage
+    from asl_sweep.runtime.errors import StoreError
+    from asl_sweep.search.record import stored_data
+    from asl_sweep.search.store import optuna_storage
 
     cfg, ws = _load(args)
     if ws.storage.startswith("sqlite:") and not (ws.home / "optuna.db").exists():
@@ -183,7 +183,7 @@ def run_workers(args, cfg, ws) -> int:
     here first, because creating them is a race between workers."""
     import subprocess
 
-    from asl_sweep.session import open_session
+    from asl_sweep.search.session import open_session
 
     open_session(cfg, ws, log=lambda _: None)  # creates the stores, the record, the study run
     threads = max(1, (os.cpu_count() or 1) // args.workers)
@@ -217,8 +217,8 @@ def _gpu_count() -> int:
 
 def cmd_run(args) -> int:
     cfg, ws = _load(args)
-    from asl_sweep.leaderboard import print_leaderboard
-    from asl_sweep.study import run_study
+    from asl_sweep.results.leaderboard import print_leaderboard
+    from asl_sweep.search.study import run_study
 
     if args.workers > 1:
         code = run_workers(args, cfg, ws)
@@ -235,7 +235,7 @@ def cmd_run(args) -> int:
 def cmd_worker(args) -> int:
     import torch
 
-    from asl_sweep.study import run_study
+    from asl_sweep.search.study import run_study
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -249,7 +249,7 @@ def cmd_worker(args) -> int:
 
 def cmd_train(args) -> int:
     cfg, ws = _load(args)
-    from asl_sweep.trial import train_once
+    from asl_sweep.search.trial import train_once
 
     result = train_once(cfg, ws)
     b = result.best
@@ -260,7 +260,7 @@ def cmd_train(args) -> int:
 
 def cmd_status(args) -> int:
     cfg, ws = _load_bound(args)
-    from asl_sweep.leaderboard import print_status
+    from asl_sweep.results.leaderboard import print_status
 
     print_status(cfg, ws)
     return 0
@@ -268,7 +268,7 @@ def cmd_status(args) -> int:
 
 def cmd_report(args) -> int:
     cfg, ws = _load_bound(args)
-    from asl_sweep.report import write_report
+    from asl_sweep.results.report import write_report
 
     write_report(cfg, ws, args.out)
     return 0
@@ -276,7 +276,7 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     cfg, ws = _load_bound(args)
-    from asl_sweep.export import FORMATS, export
+    from asl_sweep.results.export import FORMATS, export
 
     export(cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out,
            args.stage)
@@ -285,10 +285,10 @@ def cmd_export(args) -> int:
 
 def cmd_evaluate(args) -> int:
     cfg, ws = _load_bound(args)
-    from asl_sweep.evaluation import TEST_RULE, score_trials, summarize
-    from asl_sweep.readback import finished_stage, read_stages
-    from asl_sweep.session import open_data
-    from asl_sweep.tracking import Tracker
+    from asl_sweep.results.readback import finished_stage, read_stages
+    from asl_sweep.search.evaluation import TEST_RULE, score_trials, summarize
+    from asl_sweep.search.session import open_data
+    from asl_sweep.tracking.tracker import Tracker
 
     view = finished_stage(cfg, read_stages(cfg, ws), args.stage)
     trials = [view.trial(n) for n in view.result.repeats]
@@ -309,7 +309,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import json
 
-    from asl_sweep.predict import predict
+    from asl_sweep.results.predict import predict
 
     rows, failures = predict(args.model, args.images, args.home)
     if args.json:
@@ -326,7 +326,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from asl_sweep.ui import serve
+    from asl_sweep.tracking.ui import serve
 
     return serve(Workspace.at(args.home), args.host, args.port,
                  log=lambda line: print(line, flush=True))

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from asl_sweep.cli import configure_logging, quiet_optuna
-from asl_sweep.config import DataConfig
-from asl_sweep.studydata import SplitData, StudyData
+from asl_sweep.data.studydata import SplitData, StudyData
+from asl_sweep.settings.config import DataConfig
 
 configure_logging()  # the benchmarks' logs read like a user's console, not library warnings
 quiet_optuna()

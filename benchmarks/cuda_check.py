@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from asl_sweep.config import TrainConfig
-from asl_sweep.optim import make_optimizer
-from asl_sweep.readback import read_stages
-from asl_sweep.study import run_study
-from asl_sweep.studyfile import load_study
-from asl_sweep.tracking import Tracker
-from asl_sweep.train import autocast_dtype, train
-from asl_sweep.workspace import Workspace
+from asl_sweep.results.readback import read_stages
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.study import run_study
+from asl_sweep.settings.config import TrainConfig
+from asl_sweep.settings.studyfile import load_study
+from asl_sweep.tracking.tracker import Tracker
+from asl_sweep.training.optim import make_optimizer
+from asl_sweep.training.train import autocast_dtype, train
 from benchmarks.common import ASL, shown, study_data, write_result
 
 

@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from asl_sweep.evaluation import score_trials, summarize
-from asl_sweep.readback import read_final, read_stages
-from asl_sweep.selection import role_of
-from asl_sweep.session import open_data
-from asl_sweep.study import run_study
-from asl_sweep.studyfile import load_study
-from asl_sweep.tracking import Tracker
-from asl_sweep.workspace import Workspace
+from asl_sweep.results.readback import read_final, read_stages
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.evaluation import score_trials, summarize
+from asl_sweep.search.selection import role_of
+from asl_sweep.search.session import open_data
+from asl_sweep.search.study import run_study
+from asl_sweep.settings.studyfile import load_study
+from asl_sweep.tracking.tracker import Tracker
 from benchmarks.common import shown, write_result
 
 

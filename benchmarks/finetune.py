@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from asl_sweep.config import TrainConfig
-from asl_sweep.evaluation import predict_labels
-from asl_sweep.train import train
+from asl_sweep.search.evaluation import predict_labels
+from asl_sweep.settings.config import TrainConfig
+from asl_sweep.training.train import train
 from benchmarks.common import ASL, per_class, shown, study_data, write_result
 
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asl_sweep.spec import StudyConfig
-from asl_sweep.study import run_study
-from asl_sweep.workspace import Workspace
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.study import run_study
+from asl_sweep.settings.spec import StudyConfig
 from benchmarks.common import ASL, shown, write_result
 
 TRIALS, EPOCHS = 6, 10

@@ -27,17 +27,17 @@ import torchvision.transforms.v2 as T2
 from torch.utils.data import DataLoader, Subset
 from torchvision.datasets import ImageFolder
 
-from asl_sweep.augment import augment_batch
-from asl_sweep.config import AugmentConfig, TrainConfig
-from asl_sweep.images import load_image_set
-from asl_sweep.layers import InputSpec
-from asl_sweep.models import build_model
-from asl_sweep.optim import make_optimizer
-from asl_sweep.spec import StudyConfig
-from asl_sweep.study import run_study
-from asl_sweep.studydata import SplitData
-from asl_sweep.train import input_spec, train
-from asl_sweep.workspace import Workspace
+from asl_sweep.data.augment import augment_batch
+from asl_sweep.data.images import load_image_set
+from asl_sweep.data.studydata import SplitData
+from asl_sweep.models.layers import InputSpec
+from asl_sweep.models.registry import build_model
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.study import run_study
+from asl_sweep.settings.config import AugmentConfig, TrainConfig
+from asl_sweep.settings.spec import StudyConfig
+from asl_sweep.training.optim import make_optimizer
+from asl_sweep.training.train import input_spec, train
 from benchmarks.common import (
     ASL,
     matmul_peak,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from asl_sweep.studyfile import load_study
+from asl_sweep.settings.studyfile import load_study
 from benchmarks.common import ASL, shown, write_result
 from benchmarks.end_to_end import run
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from asl_sweep.backbones import build_transfer
-from asl_sweep.config import TrainConfig
-from asl_sweep.optim import make_optimizer
-from asl_sweep.studydata import SplitData
-from asl_sweep.train import input_spec, train
+from asl_sweep.data.studydata import SplitData
+from asl_sweep.models.backbones import build_transfer
+from asl_sweep.settings.config import TrainConfig
+from asl_sweep.training.optim import make_optimizer
+from asl_sweep.training.train import input_spec, train
 from benchmarks.common import ASL, per_class, shown, study_data, write_result
 
 

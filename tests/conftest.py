@@ -10,8 +10,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from asl_sweep.config import DataConfig
-from asl_sweep.workspace import Workspace
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.settings.config import DataConfig
 
 TINY_STUDY = {
     "study": "tiny",

@@ -6,9 +6,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
-from asl_sweep.readback import read_stages
-from asl_sweep.studyfile import load_study
-from asl_sweep.workspace import Workspace
+from asl_sweep.results.readback import read_stages
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.settings.studyfile import load_study
 
 PRUNABLE = {"base": {"epochs": 6}, "stages": [{
     "name": "search", "trials": 8, "sampler": "random", "pruner": "median", "confirm": None,

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
-from asl_sweep.workspace import Workspace
+from asl_sweep.runtime.workspace import Workspace
 
 QUICK = {"stages": [{"name": "search", "trials": 3, "sampler": "random", "confirm": None,
                      "pruner": "none",
@@ -93,7 +93,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_burns_no_budget(write_study, 
 def test_a_full_disk_injected_is_the_same_one_line(write_study, tmp_path, capsys, monkeypatch):
     import errno
 
-    from asl_sweep import files
+    from asl_sweep.runtime import files
 
     real = files.os.fdopen
 

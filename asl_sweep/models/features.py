@@ -1,0 +1,77 @@
+"""Frozen-backbone features, computed once and cached on disk: a head trial then trains in
+seconds instead of running the backbone over every image in every epoch.
+
+Features are computed for the whole pool (every image the search may see, never the test
+split), so every validation fold and every repeat reads the same cache. The key covers
+everything that changes them: backbone, weights, images and size, the augmented views with
+their augmentation and the seed that draws them, and the autocast precision."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from asl_sweep.data.augment import augment_batch
+from asl_sweep.data.studydata import SplitData
+from asl_sweep.runtime.files import atomic_torch_save, load_tensors
+from asl_sweep.settings.config import TrainConfig
+
+EXTRACT_BATCH = 64
+
+
+@dataclass
+class FeatureSet:
+    train: torch.Tensor  # [views, N_train, D]; view 0 is the un-augmented image
+    val: torch.Tensor  # [N_val, D]
+    from_cache: bool
+
+
+def views_of(cfg: TrainConfig) -> int:
+    return cfg.transfer.feature_views if cfg.augment.transforms else 1
+
+
+def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData,
+                amp: torch.dtype | None = None) -> str:
+    views = views_of(cfg)
+    parts = [cfg.transfer.backbone, weights_id, data.pool_key, f"views{views}", f"amp{amp}"]
+    if views > 1:
+        parts += [cfg.augment.model_dump_json(), f"views_seed{cfg.transfer.views_seed}"]
+    if weights_id == "none":  # random weights depend on the seed
+        parts.append(f"init{cfg.seed}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+@torch.inference_mode()
+def extract(model, x: torch.Tensor, cfg: TrainConfig, view: int,
+            amp: torch.dtype | None) -> torch.Tensor:
+    """Features of uint8 images x; view > 0 sees them augmented, seeded by the view."""
+    generator = torch.Generator().manual_seed(cfg.transfer.views_seed * 1000 + view)
+    model.eval()
+    out = []
+    for start in range(0, len(x), EXTRACT_BATCH):
+        xb = x[start:start + EXTRACT_BATCH].float().div_(255)
+        if view > 0:
+            xb = augment_batch(xb, cfg.augment, generator)
+        with torch.autocast(x.device.type, amp, enabled=amp is not None):
+            out.append(model.features(xb).float())
+    return torch.cat(out)
+
+
+def frozen_features(model, cfg: TrainConfig, data: SplitData, device: torch.device,
+                    cache_dir: Path | None, amp: torch.dtype | None = None) -> FeatureSet:
+    path, pool, from_cache = None, None, False
+    if cache_dir is not None:
+        key = feature_key(cfg, model.weights_id, data, amp)
+        path = Path(cache_dir) / f"features-{key[:24]}.pt"
+        if path.exists():
+            pool, from_cache = load_tensors(path)["pool"].to(device), True
+    if pool is None:
+        pool = torch.stack([extract(model, data.x_pool, cfg, v, amp)
+                            for v in range(views_of(cfg))])
+        if path is not None:
+            atomic_torch_save({"pool": pool.cpu()}, path)
+    train_pos, val_pos = data.train_pos.to(pool.device), data.val_pos.to(pool.device)
+    return FeatureSet(pool[:, train_pos], pool[0, val_pos], from_cache)

@@ -1,0 +1,107 @@
+"""Model families, built from a TrainConfig through one registry: the MLP, a small CNN
+trained from scratch, and pretrained backbones with a head (asl_sweep.models.backbones). Every
+model takes float images in [0, 1] and normalizes them itself, so an exported model carries
+its own preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asl_sweep.models.layers import ACTIVATIONS, InputSpec, Normalize, mlp_layers
+from asl_sweep.runtime.errors import SettingsError
+from asl_sweep.settings.config import TrainConfig
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TrainConfig, spec: InputSpec):
+        super().__init__()
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.classifier = nn.Sequential(*mlp_layers(3 * spec.image_size ** 2, cfg, spec.num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.normalize(x).flatten(1))
+
+
+def build_mlp(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    return MLP(cfg, spec)
+
+
+class CNN(nn.Module):
+    """conv blocks -> global average pooling -> MLP head, trained from scratch."""
+
+    def __init__(self, cfg: TrainConfig, spec: InputSpec):
+        super().__init__()
+        c = cfg.cnn
+        if spec.image_size >> len(c.channels) < 1:
+            raise SettingsError(f"cnn.channels: {len(c.channels)} pooled blocks need images of "
+                                f"at least {2 ** len(c.channels)}px, these are "
+                                f"{spec.image_size}px; use fewer blocks or a larger image_size")
+        self.normalize = Normalize(spec.mean, spec.std)
+        blocks: list[nn.Module] = []
+        width = 3
+        for channels in c.channels:
+            blocks.append(nn.Conv2d(width, channels, c.kernel, padding=c.kernel // 2,
+                                    bias=not c.batch_norm))
+            if c.batch_norm:
+                blocks.append(nn.BatchNorm2d(channels))
+            blocks += [ACTIVATIONS[cfg.activation](),
+                       nn.MaxPool2d(2) if c.pool == "max" else nn.AvgPool2d(2)]
+            if c.dropout > 0:
+                blocks.append(nn.Dropout2d(c.dropout))
+            width = channels
+        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = nn.Sequential(*mlp_layers(width, cfg, spec.num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.normalize(x)))
+
+
+def build_cnn(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    return CNN(cfg, spec)
+
+
+def build_transfer(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    from asl_sweep.models import backbones  # torchvision models load only when used
+
+    return backbones.build_transfer(cfg, spec, pretrained)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+    "transfer": build_transfer,
+}
+
+
+def build_model(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
+    """pretrained=False: skip loading pretrained weights (a checkpoint will set them all)."""
+    return MODELS[cfg.model](cfg, spec, pretrained)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+class Deployable(nn.Module):
+    """images [B, 3, H, W] of any size, uint8 in 0..255 or float in 0..1 -> class
+    probabilities. Resizing is unconditional (at the model's own size it is an exact identity),
+    so exporters can keep H and W dynamic."""
+
+    def __init__(self, model: nn.Module, image_size: int, resize: bool = True):
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.resize = resize  # False: inputs come at image_size (ONNX lacks antialiased resize)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        if self.resize:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return torch.softmax(self.model(x), dim=1)

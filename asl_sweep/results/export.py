@@ -1,0 +1,238 @@
+"""The study's model, ready to use: TorchScript, ONNX and a registered MLflow model, each with
+its preprocessing inside (uint8 or float images, resize, normalization) and asl-sweep's
+marker, plus a model card. The model is the carried configuration's best repeat by
+validation; the card reports that configuration's score on the untouched test split."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from optuna.trial import FrozenTrial
+from torch import nn
+
+from asl_sweep.models.registry import Deployable
+from asl_sweep.results.predict import MARKER, marker
+from asl_sweep.results.readback import finished_stage, read_stages
+from asl_sweep.runtime.errors import ExportError, UserError
+from asl_sweep.runtime.files import atomic_write_text
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.evaluation import TEST_RULE, Scored, confusion, score_trials, summarize
+from asl_sweep.search.session import open_data
+from asl_sweep.search.stageview import StageView
+from asl_sweep.settings.spec import StudyConfig
+from asl_sweep.settings.studyfile import dump_resolved
+from asl_sweep.tracking.plots import plot_confusion
+from asl_sweep.tracking.tracker import Tracker
+from asl_sweep.training.checkpoint import ModelFile
+
+FORMATS = ("torchscript", "onnx", "mlflow")
+MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside an MLflow model
+
+
+@dataclass
+class Exported:
+    cfg: StudyConfig
+    view: StageView
+    trial: FrozenTrial
+    file: ModelFile
+    model: nn.Module
+    test: dict[str, Any]  # the configuration's test score over its repeats
+    scored: Scored  # this trial's own test predictions
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.file.classes)
+
+    @property
+    def image_size(self) -> int:
+        return self.file.spec.image_size
+
+    def lineage(self) -> dict[str, str]:
+        tags = {"study": self.cfg.study, "stage": self.view.stage.name,
+                "trial": str(self.trial.number), "source_run": self.trial.user_attrs.get(
+                    "mlflow_run_id", ""), "classes": json.dumps(self.classes),
+                "val_acc": f"{self.file.metrics['val_acc']:.6f}",
+                "test_acc_mean": f"{self.test['mean']:.6f}",
+                "test_acc_std": f"{self.test['std']:.6f}",
+                "test_acc": self.test["summary"], "test_rule": TEST_RULE}
+        tags.update({f"decided_by.{k}": v
+                     for k, v in self.trial.user_attrs.get("decided_by", {}).items()})
+        return tags
+
+
+def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> Exported:
+    view = finished_stage(cfg, read_stages(cfg, ws), stage)
+    tracker, data = Tracker(ws), open_data(cfg, ws)
+    scored = score_trials(data, tracker, view.repeats(), "test")
+    test = summarize(scored, data.test().groups, "test")
+    chosen = view.export_trial()
+    mine = next(s for s in scored if s.trial == chosen.number)
+    return Exported(cfg, view, chosen, mine.model_file, mine.model_file.build(), test, mine)
+
+
+def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None = None,
+           stage: str | None = None, log=print) -> dict[str, Any]:
+    exported = load_exported(cfg, ws, stage)
+    out = (out or ws.home / "exports" / cfg.study).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    deployable = Deployable(exported.model, exported.image_size).eval()
+    example = torch.zeros(2, 3, exported.image_size, exported.image_size, dtype=torch.uint8)
+    atomic_write_text(out / "classes.json", json.dumps(exported.classes))
+    written: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    with warnings.catch_warnings():
+        # torch.jit is marked deprecated, and tracing warns that the resize branch is fixed
+        # at export time; both are expected here: the graph takes image_size inputs.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        exporters = {"torchscript": lambda: export_torchscript(deployable, exported, example, out),
+                     "onnx": lambda: export_onnx(deployable, exported, example, out),
+                     "mlflow": lambda: register_mlflow(deployable, exported, example, ws)}
+        for kind in formats:
+            try:
+                written[kind] = exporters[kind]()
+            except (UserError, OSError, RuntimeError, ImportError) as e:
+                # One format failing (a missing package, an operator the exporter lacks)
+                # must not cost the others.
+                failed[kind] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    written["model_card"] = write_model_card(exported, out, written)
+    for kind, where in written.items():
+        log(f"{kind}: {where}")
+    if failed:
+        raise ExportError("; ".join(f"{kind} export failed: {why}" for kind, why in failed.items()))
+    return written
+
+
+def _marker(exported: Exported) -> dict:
+    return marker(exported.classes, exported.image_size, study=exported.cfg.study,
+                  stage=exported.view.stage.name, trial=exported.trial.number)
+
+
+def export_torchscript(deployable: Deployable, exported: Exported, example: torch.Tensor,
+                       out: Path) -> Path:
+    inner = torch.jit.trace(deployable.model, example.float() / 255)
+    scripted = torch.jit.script(Deployable(inner, exported.image_size))
+    path = out / "model.torchscript.pt"
+    torch.jit.save(scripted, str(path), _extra_files={
+        f"{MARKER}.json": json.dumps(_marker(exported)),
+        "classes.json": json.dumps(exported.classes)})
+    return path
+
+
+def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tensor,
+                out: Path) -> Path:
+    """ONNX inputs are typed: this graph takes uint8 images (0..255), as files decode."""
+    import onnx
+
+    path = out / "model.onnx"
+    fixed_size = Deployable(deployable.model, exported.image_size, resize=False).eval()
+    torch.onnx.export(fixed_size, (example,), str(path), input_names=["images"],
+                      output_names=["probabilities"], dynamo=False, opset_version=17,
+                      dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
+    graph = onnx.load(str(path))
+    for key, value in {MARKER: json.dumps(_marker(exported)),
+                       "classes": json.dumps(exported.classes), **exported.lineage()}.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+    return path
+
+
+def registered_name(cfg: StudyConfig) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "-", f"asl-sweep-{cfg.study}")
+
+
+def register_mlflow(deployable: Deployable, exported: Exported, example: torch.Tensor,
+                    ws: Workspace) -> str:
+    """A new registered-model version, saved with torch.export (pt2), carrying asl-sweep's
+    weights-only model file, which is what `asl-sweep predict` reads."""
+    tracker = Tracker(ws)
+    experiment_id = tracker.experiment(exported.cfg.study)
+    study_run = tracker.find_run(experiment_id, kind="study")
+    run_id = tracker.new_run(experiment_id,
+                             f"export-{exported.view.stage.name}-{exported.trial.number}",
+                             parent=study_run, kind="export", **exported.lineage())
+    probabilities = deployable(example).detach().numpy()
+    name = registered_name(exported.cfg)
+    train_config = exported.file.config.model_dump(mode="json")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = exported.file.save(Path(tmp) / MODEL_FILE)
+        version, uri = tracker.log_pytorch_model(
+            run_id, deployable, name, example.numpy(), probabilities,
+            metadata={"classes": exported.classes, "image_size": exported.image_size,
+                      MARKER: _marker(exported) | {"model_file": f"extra_files/{MODEL_FILE}"}},
+            files={"study.yaml": dump_resolved(exported.cfg),
+                   "train_config.json": json.dumps(train_config, indent=2)},
+            extra_files=[model_file],
+            # What loading it needs: torch (the pt2 program) and numpy; nothing of asl-sweep.
+            requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+    tracker.tag_model_version(name, version, {**exported.lineage(),
+                                              "train_config": json.dumps(train_config)})
+    tracker.end(run_id)
+    return f"models:/{name}/{version} ({uri})"
+
+
+def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
+    classes, test = exported.classes, exported.test
+    plot_confusion(confusion(exported.scored, classes), classes, out / "confusion.png",
+                   f"confusion matrix (test split, trial {exported.trial.number})")
+    data = exported.cfg.data
+    m = exported.file.metrics
+    config = exported.file.config
+    spec = exported.file.spec
+    settings = "\n".join(f"- `{k}`: {v}" for k, v in config.model_dump(mode="json").items())
+    size = exported.image_size
+    lines = [
+        f"# Model card: {exported.cfg.study} / {exported.view.stage.name} / trial "
+        f"{exported.trial.number}",
+        "",
+        f"Classes ({len(classes)}): {', '.join(classes)}.",
+        "",
+        "## Preprocessing (inside the model)",
+        "- input: images [B, 3, H, W], RGB, any H and W; uint8 in 0-255, or float in 0-1",
+        f"- resize to {size}x{size}: bilinear, antialiased, align_corners=False "
+        "(torch.nn.functional.interpolate), skipped when the input is already that size",
+        f"- normalize per channel: mean {[round(v, 4) for v in spec.mean]}, std "
+        f"{[round(v, 4) for v in spec.std]}"
+        + (" (ImageNet's, the backbone's own)" if config.model == "transfer"
+           else " (the training images')"),
+        "- output: class probabilities (softmax), in the order of the classes above",
+        f"- `asl-sweep predict` decodes files with PIL to {size}x{size} RGB (bilinear) first",
+        "",
+        "## Data and split",
+        f"- data: {data.root or 'built-in synthetic letters'}",
+        f"- split: test {data.test_fraction}, validation {data.val_fraction}, seed {data.seed}, "
+        + ("person-disjoint" if data.root is None or data.group_pattern else "stratified by class"),
+        "",
+        "## Test accuracy (the number to quote)",
+        f"- {test['summary']}",
+        f"- rule: {TEST_RULE}",
+        f"- this model (trial {exported.trial.number}, the configuration's best repeat by "
+        f"validation): {exported.scored.accuracy:.4f} on {len(exported.scored.truth)} test images",
+        "",
+        "![confusion matrix on the test split](confusion.png)",
+        "",
+        "## Validation (chose this model, so biased upward)",
+        f"- validation accuracy {m['val_acc']:.4f}, loss {m['val_loss']:.4f} at its best epoch "
+        f"{m['epoch']}; training accuracy {m['train_acc']:.4f}",
+        f"- stage decision: {exported.view.result.decision}",
+        "",
+        "## Settings",
+        settings,
+        "",
+        "## Lineage",
+        *(f"- {k}: {v}" for k, v in exported.lineage().items() if k != "classes"),
+        "",
+        "## Files",
+        *(f"- {k}: {v}" for k, v in written.items()),
+        "",
+    ]
+    path = out / "MODEL_CARD.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

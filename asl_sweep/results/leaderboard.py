@@ -1,0 +1,84 @@
+"""Plain-text views of a study read back from its Optuna store: the leaderboard printed after
+`run`, and `status`. Each number says which split and which rule produced it."""
+
+from __future__ import annotations
+
+from asl_sweep.results.readback import read_final, read_stages
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.selection import role_of
+from asl_sweep.search.stageview import StageView
+from asl_sweep.settings.spec import StudyConfig
+
+LABELS = {"incumbent": " (incumbent)", "seed": " (seed)", "search": "", "confirm": " (repeat)"}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
+    rows = []
+    for t in view.ranked()[:top]:
+        m = t.user_attrs.get("metrics", {})
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
+        rows.append([str(t.number) + LABELS[role_of(t)], f"{m.get('train_acc', float('nan')):.3f}",
+                     f"{m.get('val_acc', float('nan')):.3f}", params])
+    return rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
+    final = read_final(cfg, ws)
+    if not final:
+        return None
+    return (f"final test accuracy of {final['stage']}'s configuration: {final['summary']}\n"
+            f"  rule: {final['rule']}\n"
+            f"  exported model: trial {final['export_trial']} (the best repeat by validation)")
+
+
+def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5) -> None:
+    for view in read_stages(cfg, ws):
+        print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric} "
+              f"(best epoch, validation fold 0; not a test score)")
+        rows = leaderboard_rows(view, top)
+        print(table(["trial", "train_acc", "val_acc", "params"], rows) if rows else "(none)")
+        if view.result:
+            print(f"decision: {view.result.decision}")
+    line = final_line(cfg, ws)
+    if line:
+        print(f"\n{line}")
+
+
+def print_status(cfg: StudyConfig, ws: Workspace) -> None:
+    print(f"study {cfg.study}  (optuna: {ws.storage})")
+    for i, view in enumerate(read_stages(cfg, ws)):
+        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.by_state().items()))
+        best = view.best()
+        if view.result:
+            state = f"finished: {view.result.status}"
+        elif view.trials:
+            state = "in progress"
+        else:
+            state = "not started"
+        print(f"\n[{i + 1}] {view.stage.name}: {state}")
+        print(f"    goal: {view.stage.goal}")
+        print(f"    trials: {states or 'none'} (budget {view.stage.trials}, plus the incumbent "
+              "and confirmation repeats)")
+        if best is not None:
+            print(f"    best so far: trial {best.number}{LABELS[role_of(best)]}, "
+                  f"{view.stage.metric} {best.value:.4f} (validation, best epoch)")
+        if view.carried:
+            print(f"    started from: {view.carried}")
+        if view.result:
+            print(f"    decision: {view.result.decision}")
+            print(f"    carries: {view.result.params or 'no change'}")
+    line = final_line(cfg, ws)
+    if line:
+        print(f"\n{line}")

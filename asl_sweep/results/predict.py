@@ -1,0 +1,179 @@
+"""Class and probability per image, from any exported form: a TorchScript file, an ONNX file,
+an asl-sweep model file (best.pt), an MLflow model folder or a models:/ URI.
+
+Only what asl-sweep itself wrote is loaded, and no loader here runs pickle code: each form
+carries asl-sweep's marker, checked before anything is loaded; an MLflow model is read
+through the asl-sweep model file inside it (weights only), never through mlflow.pyfunc,
+which would unpickle and run whatever the folder carries. Anything else is refused in one
+line naming it."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from asl_sweep.data.images import IMAGE_SUFFIXES, decode_image
+from asl_sweep.models.registry import Deployable
+from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.training.checkpoint import ModelFile
+
+MARKER = "asl_sweep"  # TorchScript extra file asl_sweep.json, ONNX and MLmodel metadata key
+EXPORT_FORMAT, EXPORT_VERSION = "asl-sweep/export", 1
+REFUSED = ("refused: asl-sweep loads only models it exported itself, and loading this one "
+           "could run code it carries")
+
+
+def marker(classes: list[str], image_size: int, **extra) -> dict:
+    return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "classes": list(classes),
+            "image_size": int(image_size), **extra}
+
+
+def _checked_marker(source: str, raw: str | dict | None) -> dict:
+    try:
+        found = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        found = None
+    if not isinstance(found, dict) or found.get("format") != EXPORT_FORMAT:
+        raise ModelFileError(f"{source}: {REFUSED}")
+    if found.get("version") != EXPORT_VERSION:
+        raise ModelFileError(f"{source}: exported by another asl-sweep version "
+                             f"({found.get('version')}); export it again")
+    return found
+
+
+@dataclass
+class Predictor:
+    kind: str
+    classes: list[str]
+    image_size: int
+    run: Callable[[torch.Tensor], np.ndarray]  # uint8 [B, 3, S, S] -> probabilities
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return np.asarray(self.run(images))
+
+
+def open_model(source: str, home: Path | str = "mlruns") -> Predictor:
+    if source.startswith(("models:/", "runs:/")):
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = _download(source, Path(home), Path(tmp))
+            return _from_mlflow_folder(source, folder)
+    path = Path(source)
+    if not path.exists():
+        raise ModelFileError(f"{source}: no such model file or folder")
+    if path.is_dir():
+        if not (path / "MLmodel").is_file():
+            raise ModelFileError(f"{source}: a folder without an MLmodel file; give a model "
+                                 "file (.torchscript.pt, .onnx, best.pt) or an MLflow model")
+        return _from_mlflow_folder(source, path)
+    if path.suffix == ".onnx":
+        return _from_onnx(path)
+    if _is_torchscript(path):
+        return _from_torchscript(path)
+    return _from_model_file(source, ModelFile.load(path))
+
+
+def _download(uri: str, home: Path, dst: Path) -> Path:
+    ws = Workspace.at(home)
+    if ws.tracking_uri.startswith("sqlite:") and not (ws.home / "mlflow.db").exists():
+        raise StoreError(f"{uri}: no MLflow store at {ws.home} to look it up in; pass --home "
+                         "(or set ASL_SWEEP_HOME) to the study's folder")
+    from asl_sweep.tracking.tracker import Tracker
+
+    return Tracker(ws).download_model(uri, dst)
+
+
+def _from_model_file(source: str, file: ModelFile) -> Predictor:
+    model = Deployable(file.build(), file.spec.image_size).eval()
+    return Predictor("model file", file.classes, file.spec.image_size,
+                     lambda x: model(x).numpy())
+
+
+def _from_mlflow_folder(source: str, folder: Path) -> Predictor:
+    try:
+        spec = yaml.safe_load((folder / "MLmodel").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise ModelFileError(f"{source}: its MLmodel file cannot be read") from None
+    found = _checked_marker(source, ((spec or {}).get("metadata") or {}).get(MARKER)
+                            if isinstance(spec, dict) else None)
+    model_file = (folder / str(found.get("model_file", ""))).resolve()
+    if not model_file.is_file() or not model_file.is_relative_to(folder.resolve()):
+        raise ModelFileError(f"{source}: its asl-sweep model file is missing; {REFUSED}")
+    predictor = _from_model_file(source, ModelFile.load(model_file))
+    predictor.kind = "mlflow"
+    return predictor
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _from_torchscript(path: Path) -> Predictor:
+    with zipfile.ZipFile(path) as archive:  # the marker is read before anything is loaded
+        names = [n for n in archive.namelist() if n.endswith(f"/extra/{MARKER}.json")]
+        found = _checked_marker(str(path), archive.read(names[0]).decode() if names else None)
+    module = torch.jit.load(str(path), map_location="cpu")
+    return Predictor("torchscript", found["classes"], found["image_size"],
+                     lambda x: module(x).detach().numpy())
+
+
+def _from_onnx(path: Path) -> Predictor:
+    import onnx
+    import onnxruntime
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: the file is not ONNX
+        raise ModelFileError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    props = {p.key: p.value for p in graph.metadata_props}
+    found = _checked_marker(str(path), props.get(MARKER))
+    session = onnxruntime.InferenceSession(graph.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    return Predictor("onnx", found["classes"], found["image_size"],
+                     lambda x: session.run(None, {"images": x.numpy()})[0])
+
+
+def image_files(inputs: list[Path]) -> list[Path]:
+    files = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+        else:
+            files.append(item)
+    return files
+
+
+def predict(source: str, inputs: list[Path],
+            home: Path | str = "mlruns") -> tuple[list[dict], list[dict]]:
+    """(predictions, failures): every readable image is predicted; bad ones are named."""
+    predictor = open_model(source, home)
+    rows, failures = [], []
+    for path in image_files(inputs):
+        try:
+            if not path.exists():
+                raise DataError("no such file")
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError("not an image file (unknown extension)")
+            pixels = decode_image(path, predictor.image_size)
+        except (DataError, OSError, ValueError) as e:
+            failures.append({"file": str(path), "error": str(e) or type(e).__name__})
+            continue
+        x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
+        probs = predictor(x)[0]
+        best = int(probs.argmax())
+        rows.append({"file": str(path), "class": predictor.classes[best],
+                     "probability": round(float(probs[best]), 4)})
+    return rows, failures

@@ -1,0 +1,48 @@
+"""A study read back from its Optuna store for status, leaderboard, report, evaluate and
+export: stages, trials, decisions, what each stage carried, the final test score. Imports
+neither torch nor mlflow."""
+
+from __future__ import annotations
+
+from asl_sweep.runtime.errors import ConfigError
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.record import final_result
+from asl_sweep.search.selection import StageResult
+from asl_sweep.search.stageview import StageView
+from asl_sweep.search.store import attrs, load_stage_study, optuna_storage
+from asl_sweep.settings.spec import StudyConfig
+
+
+def read_stages(cfg: StudyConfig, ws: Workspace) -> list[StageView]:
+    storage = optuna_storage(ws.storage)
+    views = []
+    for stage in cfg.stages:
+        study = load_stage_study(cfg, stage, storage)
+        if study is None:
+            views.append(StageView(stage, [], None, {}))
+            continue
+        a = attrs(study)
+        views.append(StageView(stage, study.get_trials(deepcopy=False),
+                               StageResult(**a["result"]) if "result" in a else None,
+                               a.get("carried", {}), a.get("plan")))
+    return views
+
+
+def finished_stage(cfg: StudyConfig, views: list[StageView], name: str | None) -> StageView:
+    """The stage called `name`, or the last finished one."""
+    if name is not None:
+        chosen = [v for v in views if v.stage.name == name]
+        if not chosen:
+            raise ConfigError(f"--stage {name}: no such stage in {cfg.study} "
+                              f"(stages: {', '.join(s.name for s in cfg.stages)})")
+        if chosen[0].result is None:
+            raise ConfigError(f"--stage {name}: that stage has not finished yet")
+        return chosen[0]
+    finished = [v for v in views if v.result is not None]
+    if not finished:
+        raise ConfigError(f"study {cfg.study}: no finished stage yet; run it first")
+    return finished[-1]
+
+
+def read_final(cfg: StudyConfig, ws: Workspace) -> dict | None:
+    return final_result(optuna_storage(ws.storage), cfg.study)

@@ -1,0 +1,222 @@
+"""The study report, read back from what is stored (Optuna trials, MLflow runs, checkpoints):
+a Markdown file and a self-contained HTML page that read like the student's log, goal by goal.
+Every number says which split it is on; the number to quote is the test score, which nothing
+in the search saw."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from optuna.importance import get_param_importances
+from optuna.trial import FrozenTrial, TrialState
+
+from asl_sweep.results.document import Doc
+from asl_sweep.results.export import load_exported
+from asl_sweep.results.readback import read_final, read_stages
+from asl_sweep.runtime.errors import ConfigError
+from asl_sweep.runtime.files import atomic_write_text
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.evaluation import TEST_RULE, confusion
+from asl_sweep.search.selection import role_of
+from asl_sweep.search.stageview import StageView
+from asl_sweep.search.store import load_stage_study, optuna_storage
+from asl_sweep.settings.config import METRICS
+from asl_sweep.settings.spec import StudyConfig
+from asl_sweep.tracking.plots import (
+    plot_confusion,
+    plot_curves_compare,
+    plot_history,
+    plot_importance,
+    plot_repeats,
+)
+from asl_sweep.tracking.tracker import Tracker
+
+GAP_OVERFIT, FIT_LOW = 0.15, 0.8
+ROLE = {"incumbent": "incumbent", "seed": "human", "search": "", "confirm": "repeat"}
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _acc(t: FrozenTrial, key: str, which: str = "metrics") -> str:
+    value = t.user_attrs.get(which, {}).get(key)
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def diagnosis(train_acc: float, val_acc: float) -> str:
+    gap = train_acc - val_acc
+    if train_acc < FIT_LOW:
+        return (f"train accuracy {train_acc:.1%} is low: the model underfits; more capacity, "
+                "more epochs or a higher learning rate should help before more regularization.")
+    if gap > GAP_OVERFIT:
+        return (f"train {train_acc:.1%} vs validation {val_acc:.1%} (gap {gap:.1%}): it "
+                "overfits; more regularization (dropout, weight decay, augmentation) or more "
+                "data should help.")
+    return (f"train {train_acc:.1%} vs validation {val_acc:.1%} (gap {gap:.1%}): fit and "
+            "generalization are balanced; more capacity may now pay off.")
+
+
+def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=print) -> Path:
+    views = read_stages(cfg, ws)
+    if not any(v.trials for v in views):
+        raise ConfigError(f"study {cfg.study}: nothing recorded yet in {ws.storage}; "
+                          "run it first (asl-sweep run)")
+    folder = (out or ws.reports / cfg.study).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(ws)
+    final = read_final(cfg, ws)
+    doc = Doc(folder)
+    doc.h(1, f"asl-sweep report: {cfg.study}")
+    if cfg.description:
+        doc.p(cfg.description)
+    data = cfg.data
+    doc.p(f"Data: {data.root or 'built-in synthetic letters A-I'}, {data.image_size}px; "
+          f"test {data.test_fraction}, validation {data.val_fraction}, split seed {data.seed}, "
+          + ("person-disjoint" if data.root is None or data.group_pattern
+             else "stratified by class") + f". Generated {datetime.now():%Y-%m-%d %H:%M}.")
+    doc.h(2, "Summary")
+    if final:
+        doc.p(f"Final test accuracy of {final['stage']}'s configuration: {final['summary']}. "
+              f"Rule: {TEST_RULE}.")
+    else:
+        doc.p("No final test score yet: the study has not finished.")
+    doc.p("Validation numbers below chose the settings, so they are biased upward; each is the "
+          "best epoch's, on the stage's validation split (repeats on their own folds).")
+    summary_at = len(doc.blocks)
+    rows = [_stage_section(doc, i, view, cfg, ws, tracker, folder)
+            for i, view in enumerate(views, start=1)]
+    doc.blocks.insert(summary_at, ("table", (
+        ["stage", "goal", "decision", "validation (mean of repeats)", "student reported",
+         "student's settings re-run", "carried"], rows)))
+    if final:
+        _final_section(doc, cfg, ws, folder)
+    md_path = folder / "report.md"
+    atomic_write_text(md_path, doc.markdown())
+    atomic_write_text(folder / "report.html", doc.html(f"asl-sweep report: {cfg.study}"))
+    experiment = tracker.client.get_experiment_by_name(cfg.study)
+    if experiment is not None:
+        study_run = tracker.find_run(experiment.experiment_id, kind="study")
+        if study_run:
+            tracker.log_artifacts(study_run, [md_path, folder / "report.html", *doc.images()],
+                                  "report")
+    log(f"report: {md_path} and {folder / 'report.html'}")
+    return md_path
+
+
+def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: Workspace,
+                   tracker: Tracker, folder: Path) -> list[str]:
+    stage, result = view.stage, view.result
+    prefix = folder / f"{index:02d}-{stage.name}"
+    doc.h(2, f"Stage {index}: {stage.name}")
+    doc.p(f"Goal: {stage.goal or '-'}. Metric: {stage.metric} ({stage.direction})"
+          + (f", target {stage.target}" if stage.target is not None else "")
+          + f"; budget {stage.trials} trials ({stage.sampler} sampler) after the incumbent"
+          + (f", then the top {stage.confirm.top} confirmed over {stage.confirm.repeats} "
+             "paired repeats" if stage.confirm and stage.target is None else "") + ".")
+    doc.p("Started from: " + (", ".join(f"{k}={_fmt(v)}" for k, v in view.carried.items())
+                              or "the base settings") + ".")
+    seeds = [t for t in view.trials if role_of(t) == "seed" and t.state == TrialState.COMPLETE]
+    reported = "; ".join(f"{t.user_attrs['reported']:.3f}" for t in seeds
+                         if "reported" in t.user_attrs) or "-"
+    rerun = "; ".join(f"{_acc(t, 'val_acc')} (trial {t.number})" for t in seeds) or "-"
+    if not view.trials:
+        doc.p("Not run yet.")
+        return [stage.name, stage.goal, "not run", "-", reported, rerun, "-"]
+    rows = []
+    for t in sorted(view.trials, key=lambda t: t.number):
+        label = ROLE[role_of(t)] + (f" of {t.user_attrs['confirms']}, r{t.user_attrs['repeat']}"
+                                    if role_of(t) == "confirm" else "")
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
+        rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
+                     _acc(t, "val_acc"), _acc(t, "val_acc", "last")])
+    doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
+               "val acc (final epoch)"], rows)
+    if result is None:
+        doc.p("No decision yet: the stage is unfinished.")
+        return [stage.name, stage.goal, "unfinished", "-", reported, rerun, "-"]
+    doc.p(f"Decision: {result.decision}.")
+    for t in seeds:
+        said = (f"the student reported {t.user_attrs['reported']:.3f}; "
+                if "reported" in t.user_attrs else "")
+        doc.p(f"Human baseline (trial {t.number}): {said}the same settings re-run here reached "
+              f"validation accuracy {_acc(t, 'val_acc')}; the stage's result: "
+              f"{stage.metric} {result.value:.3f}.")
+    doc.p("Diagnosis: " + diagnosis(result.metrics["train_acc"], result.metrics["val_acc"]))
+    _evidence_plot(doc, view, prefix)
+    _curves(doc, view, tracker, prefix, seeds)
+    _search_plots(doc, view, cfg, ws, prefix)
+    value = result.value if result.evidence else result.metrics.get(stage.metric, result.value)
+    return [stage.name, stage.goal, result.status, f"{stage.metric} {value:.3f}", reported,
+            rerun, ", ".join(f"{k}={_fmt(v)}" for k, v in result.params.items()) or "no change"]
+
+
+def _evidence_plot(doc: Doc, view: StageView, prefix: Path) -> None:
+    evidence = view.result.evidence
+    if not evidence.get("configs"):
+        return
+    configs = {}
+    for number, stats in evidence["configs"].items():
+        name = ("incumbent" if int(number) == evidence["incumbent"] else f"trial {number}")
+        configs[f"{name} ({len(stats['values'])})"] = list(stats["values"].values())
+    doc.img(plot_repeats(configs, view.stage.metric, prefix.with_name(prefix.name + "-repeats.png"),
+                         f"{view.stage.name}: paired repeats"),
+            f"{view.stage.name} paired repeats")
+
+
+def _curves(doc: Doc, view: StageView, tracker: Tracker, prefix: Path,
+            seeds: list[FrozenTrial]) -> None:
+    """The carried trial's learning curves beside the human baseline's."""
+    runs = {}
+    for label, t in [(f"carried (trial {view.result.trial})", view.trial(view.result.trial)),
+                     *((f"human (trial {s.number})", s) for s in seeds[:1])]:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and label not in runs:
+            history = {k: tracker.metric_history(run_id, k) for k in METRICS}
+            runs[label] = ([m.step for m in history["val_acc"]],
+                           {k: [m.value for m in v] for k, v in history.items()})
+    if runs:
+        doc.img(plot_curves_compare(runs, prefix.with_name(prefix.name + "-curves.png"),
+                                    f"{view.stage.name}: learning curves"),
+                f"{view.stage.name} learning curves")
+
+
+def _search_plots(doc: Doc, view: StageView, cfg: StudyConfig, ws: Workspace,
+                  prefix: Path) -> None:
+    stage = view.stage
+    searched = sorted((t for t in view.trials if t.state == TrialState.COMPLETE
+                       and role_of(t) in ("seed", "search")), key=lambda t: t.number)
+    if searched:
+        doc.img(plot_history([t.number for t in searched], [t.value for t in searched],
+                             stage.metric, stage.direction == "maximize",
+                             prefix.with_name(prefix.name + "-history.png"),
+                             f"{stage.name}: search"), f"{stage.name} search history")
+    if len(searched) < 2 or len(stage.space) < 2:
+        return  # importance needs trials to compare and more than one parameter
+    study = load_stage_study(cfg, stage, optuna_storage(ws.storage))
+    try:
+        importance = get_param_importances(study, params=list(stage.space))
+    except (RuntimeError, ValueError, ZeroDivisionError):  # nothing varied enough
+        return
+    doc.img(plot_importance(importance, prefix.with_name(prefix.name + "-importance.png"),
+                            f"{stage.name}: parameter importance"),
+            f"{stage.name} parameter importance")
+
+
+def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> None:
+    exported = load_exported(cfg, ws)
+    test, classes = exported.test, exported.classes
+    doc.h(2, "Final model")
+    doc.p(f"Test accuracy of {exported.view.stage.name}'s configuration: {test['summary']}. "
+          f"Per repeat: " + ", ".join(f"trial {n}: {a:.3f}" for n, a in
+                                       zip(test["trials"], test["accuracy"], strict=True)) + ".")
+    doc.p(f"The model to export is trial {exported.trial.number}, the configuration's best "
+          f"repeat by validation ({exported.file.metrics['val_acc']:.3f}); on the test split it "
+          f"scores {exported.scored.accuracy:.3f}.")
+    matrix = confusion(exported.scored, classes)
+    doc.img(plot_confusion(matrix, classes, folder / "confusion.png",
+                           f"test split, trial {exported.trial.number}"), "confusion matrix")
+    doc.table(["class", "test accuracy", "images"],
+              [[c, f"{matrix[i][i] / max(1, sum(matrix[i])):.1%}", str(sum(matrix[i]))]
+               for i, c in enumerate(classes)])

@@ -1,0 +1,84 @@
+"""Crash-safe files. Every write goes to a temp file, is fsynced, then replaces the target, and
+an I/O failure (disk full, read-only folder) becomes one WriteError naming the path. Every
+tensor load uses weights_only=True, so a pickle that would run code is refused."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asl_sweep.runtime.errors import ModelFileError, UnsafeFileError, WriteError
+
+
+def _file_mode() -> int:
+    """The mode an ordinary new file gets here (0o666 less the umask): temp files are made
+    0o600, and a report or model card must not end up more private than every other output."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview, sync: bool = True) -> None:
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise WriteError.of(path, e) from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def torch_bytes(obj: Any) -> memoryview:
+    """torch.save into memory: the disk write then fails as an OSError a person can read,
+    not as torch's 'PytorchStreamWriter failed writing file'."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def atomic_torch_save(obj: Any, path: Path, sync: bool = True) -> None:
+    atomic_write_bytes(path, torch_bytes(obj), sync)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def load_tensors(path: Path, mmap: bool = False, map_location: Any = "cpu") -> Any:
+    """torch.load restricted to tensors and plain containers (weights_only=True)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: is a folder, not a file") from None
+    except PermissionError:
+        raise ModelFileError(f"{path}: not readable (permission denied)") from None
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
+            ValueError) as e:
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+            raise UnsafeFileError(
+                f"{path}: refused, it holds Python objects beyond tensors and plain containers "
+                "(loading it would run arbitrary code)") from None
+        raise ModelFileError(f"{path}: not a file asl-sweep wrote, or damaged "
+                             f"({type(e).__name__})") from None

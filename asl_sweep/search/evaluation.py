@@ -1,0 +1,120 @@
+"""Scoring stored checkpoints on a split: the final test score of a study and `asl-sweep
+evaluate`. Each repeat of a configuration (its seeds, and folds where the data has them) is
+scored on its own; the score is their mean +- std, with a 95% bootstrap interval over the
+split's people (groups) where it has them, else over its images."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from optuna.trial import FrozenTrial
+
+from asl_sweep.data.studydata import StudyData
+from asl_sweep.runtime.errors import ModelFileError
+from asl_sweep.tracking.tracker import Tracker
+from asl_sweep.training.checkpoint import ModelFile
+
+BOOTSTRAP, EVAL_BATCH = 2000, 128
+MIN_PEOPLE = 5  # below this, resampling people says little
+TEST_RULE = ("test split, never seen by the search (not by training, pruning, early stopping, "
+             "selection or confirmation); every repeat of the final configuration scored once")
+
+
+@dataclass
+class Scored:
+    trial: int
+    fold: int
+    model_file: ModelFile
+    predictions: np.ndarray
+    truth: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.predictions == self.truth).mean())
+
+
+def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
+    run_id = t.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        raise ModelFileError(f"trial {t.number}: no MLflow run, so no checkpoint to score")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracker.download(run_id, "checkpoints/best.pt", Path(tmp))
+        except Exception as e:  # MlflowException: the artifact is not there
+            raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "
+                                 f"checkpoints/best.pt) cannot be read: "
+                                 f"{str(e).splitlines()[0][:200]}") from None
+        return ModelFile.load(path)
+
+
+@torch.inference_mode()
+def predict_labels(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    out = [model(x[i:i + EVAL_BATCH].float().div_(255)).argmax(1)
+           for i in range(0, len(x), EVAL_BATCH)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
+                 split: str = "test") -> list[Scored]:
+    """Each trial's best checkpoint on `split`: "test", or "val" (each repeat on the
+    validation fold it was trained against)."""
+    scored = []
+    for t in trials:
+        file = load_checkpoint(tracker, t)
+        model = file.build()
+        fold = int(t.user_attrs.get("fold", 0))
+        if split == "test":
+            test = data.test(file.spec.image_size)
+            x, y = test.x, test.y
+        else:
+            part = data.split(file.spec.image_size, fold)
+            x, y = part.x_val.cpu(), part.y_val.cpu()
+        scored.append(Scored(t.number, fold, file, predict_labels(model, x), y.numpy()))
+    return scored
+
+
+def bootstrap_interval(scored: list[Scored], groups: list[str] | None,
+                       seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean accuracy over repeats, resampling people (or
+    images where there are no groups) with replacement."""
+    correct = np.stack([s.predictions == s.truth for s in scored]).astype(np.float64)
+    units = np.asarray(groups) if groups is not None else np.arange(correct.shape[1]).astype(str)
+    names, inverse = np.unique(units, return_inverse=True)
+    # Per unit: how many images, and how many right (per repeat).
+    count = np.bincount(inverse, minlength=len(names)).astype(np.float64)
+    right = np.stack([np.bincount(inverse, weights=c, minlength=len(names)) for c in correct])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), (BOOTSTRAP, len(names)))
+    weights = np.stack([np.bincount(d, minlength=len(names)) for d in draws])  # [B, units]
+    accuracy = (weights @ right.T) / (weights @ count)[:, None]  # [B, repeats]
+    lo, hi = np.percentile(accuracy.mean(axis=1), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dict:
+    accs = [s.accuracy for s in scored]
+    lo, hi = bootstrap_interval(scored, groups)
+    mean = statistics.fmean(accs)
+    std = statistics.stdev(accs) if len(accs) >= 2 else 0.0
+    unit = (f"{len(set(groups))} people" if groups is not None
+            else f"{len(scored[0].truth)} images")
+    if groups is not None and len(set(groups)) < MIN_PEOPLE:
+        unit += ", too few for a reliable interval"
+    repeats = f"{len(accs)} repeat{'s' if len(accs) != 1 else ''}"
+    return {"split": split, "trials": [s.trial for s in scored], "folds": [s.fold for s in scored],
+            "accuracy": accs, "mean": mean, "std": std, "ci": [lo, hi], "ci_over": unit,
+            "n_images": len(scored[0].truth),
+            "summary": f"{mean:.3f} +- {std:.3f} over {repeats} (95% CI {lo:.3f}-{hi:.3f} by "
+                       f"bootstrap over {unit})"}
+
+
+def confusion(scored: Scored, classes: list[str]) -> list[list[int]]:
+    n = len(classes)
+    matrix = np.zeros((n, n), dtype=int)
+    np.add.at(matrix, (scored.truth, scored.predictions), 1)
+    return matrix.tolist()

@@ -1,0 +1,110 @@
+"""The study record: what a study is bound to and what it concluded, kept in the Optuna store
+beside its stages (an Optuna study of the study's own name, with no trials). It holds the data
+settings the study ran with and a digest of the files, so every later command reads the same
+data and a command that names other data is refused instead of silently obeyed; and, at the
+end, the final test score."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import optuna
+
+from asl_sweep.runtime.errors import StoreError
+from asl_sweep.search.store import attrs, put, wait_for
+from asl_sweep.settings.config import DataConfig
+from asl_sweep.settings.spec import StudyConfig
+
+NEW_STUDY = "keep the stored settings (drop the change) or start a new study with --set study=NEW"
+
+
+def _stored_form(data: DataConfig) -> dict[str, Any]:
+    return json.loads(data.model_dump_json())
+
+
+def _flat(tree: dict, prefix: str = "data.") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _first_difference(stored: dict, given: dict, keys: set[str] | None = None) -> str | None:
+    a, b = _flat(stored), _flat(given)
+    for key in sorted(set(a) | set(b)):
+        if keys is not None and not any(key == k or key.startswith(k + ".") for k in keys):
+            continue
+        if a.get(key) != b.get(key):
+            return f"{key}: this study ran with {a.get(key)!r}, this command says {b.get(key)!r}"
+    return None
+
+
+def load_record(storage, study: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=study, storage=storage)
+    except KeyError:
+        return None
+
+
+def bind(storage, cfg: StudyConfig) -> optuna.Study:
+    """The record of `cfg.study`, created on the first run; on every later run the data
+    settings must be the ones stored. Checked before any image is decoded or anything is
+    written to MLflow."""
+    given = _stored_form(cfg.data)
+    try:
+        record = optuna.create_study(study_name=cfg.study, storage=storage)
+        record.set_user_attr("kind", "study record")
+        put(record, "data", given)
+        return record
+    except optuna.exceptions.DuplicatedStudyError:
+        record = optuna.load_study(study_name=cfg.study, storage=storage)
+    wait_for(record, "data", 10.0)  # another worker may be writing it right now
+    difference = _first_difference(attrs(record).get("data", given), given)
+    if difference:
+        raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
+    return record
+
+
+def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str) -> None:
+    """The files must be the ones the study first ran on (stored on the first run)."""
+    stored = attrs(record).get("digest")
+    if stored is None:
+        put(record, "digest", digest)
+    elif stored != digest:
+        raise StoreError(f"study {cfg.study}: the images in {cfg.data.root or 'the built-in set'} "
+                         "changed since the study ran (their digest differs); restore them, or "
+                         "start a new study with --set study=NEW")
+
+
+def stored_data(storage, cfg: StudyConfig, explicit: set[str]) -> DataConfig:
+    """For the commands that read a study back: the data it ran with. A value the user gave
+    explicitly (--data, --set data.*) must agree with the stored one."""
+    record = load_record(storage, cfg.study)
+    stored = attrs(record) if record is not None else {}
+    if "data" not in stored:
+        raise StoreError(f"study {cfg.study}: nothing recorded yet; run it first (asl-sweep run)")
+    difference = _first_difference(stored["data"], _stored_form(cfg.data), explicit)
+    if difference:
+        raise StoreError(f"study {cfg.study}: {difference}; without --data or --set data.* "
+                         "the study's own data is used, or start a new study with --set "
+                         "study=NEW")
+    return DataConfig.model_validate(stored["data"])
+
+
+def stored_digest(storage, study: str) -> str | None:
+    record = load_record(storage, study)
+    return attrs(record).get("digest") if record is not None else None
+
+
+def final_result(storage, study: str) -> dict | None:
+    record = load_record(storage, study)
+    return attrs(record).get("final") if record is not None else None
+
+
+def save_final(record: optuna.Study, final: dict) -> None:
+    put(record, "final", final)
+    record.set_user_attr("test_acc", f"{final['mean']:.3f} +- {final['std']:.3f}")

@@ -1,0 +1,208 @@
+"""Which trials count and what a stage adopts: pure functions over Optuna FrozenTrials, no
+I/O, so every rule can be tested with optuna.trial.create_trial alone.
+
+The evidence rule. Every stage trains the configuration it received (the incumbent) as its
+first trial. With confirmation, the top candidates and the incumbent are trained again on the
+same (seed, fold) pairs; the best candidate by its mean paired difference is adopted only if
+that difference exceeds `min_gain` (default: one standard error of the differences, and at
+least 0.5 accuracy points). Otherwise the stage keeps the incumbent, and says why. Gate
+stages (with a target) keep their own rule: the trial that reached the target."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from asl_sweep.runtime.errors import GateNotReached
+from asl_sweep.search.space import decode_params
+from asl_sweep.settings.spec import StageConfig
+
+# The metric that breaks ties between trials that reached a stage's target.
+SECONDARY = {"train_acc": "val_acc", "val_acc": "train_acc",
+             "val_loss": "val_acc", "train_loss": "val_acc"}
+SEARCH_ROLES = ("seed", "search")  # the trials a stage's `trials` budget counts
+MIN_GAIN_FLOOR = 0.005  # half an accuracy point
+
+
+@dataclass
+class StageResult:
+    stage: str
+    trial: int  # the trial whose settings the stage carries on (the incumbent's when kept)
+    value: float  # the stage metric: the mean over paired repeats when confirmed
+    params: dict[str, Any]  # the change carried into later stages ({} when kept)
+    metrics: dict[str, float]  # that trial's best-epoch metrics
+    status: str  # adopted | kept incumbent | best | target reached | target missed
+    run_id: str = ""
+    decision: str = ""  # one line: what was decided, on which evidence
+    repeats: list[int] = field(default_factory=list)  # trials of the carried configuration
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def role_of(t: FrozenTrial) -> str:
+    return t.user_attrs.get("role", "search")
+
+
+def counts_toward_budget(t: FrozenTrial) -> bool:
+    if role_of(t) not in SEARCH_ROLES:
+        return False  # the incumbent and confirmation repeats are not in `trials`
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    # A trial that failed on its own used its turn; one killed, stopped or stale is retried.
+    return t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error"
+
+
+def reached_target(trials: list[FrozenTrial], stage: StageConfig) -> bool:
+    return any(t.state == TrialState.COMPLETE and stage.reached(t.value) for t in trials)
+
+
+def _sign(stage: StageConfig) -> int:
+    return 1 if stage.direction == "maximize" else -1
+
+
+def _complete(trials: list[FrozenTrial], roles: tuple[str, ...]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE and role_of(t) in roles]
+
+
+def _result(t: FrozenTrial, stage: StageConfig, status: str, decision: str,
+            value: float | None = None, repeats: list[int] | None = None,
+            evidence: dict | None = None) -> StageResult:
+    params = {} if role_of(t) == "incumbent" else decode_params(t.params)
+    return StageResult(stage=stage.name, trial=t.number,
+                       value=float(t.value if value is None else value), params=params,
+                       metrics=t.user_attrs["metrics"], status=status,
+                       run_id=t.user_attrs.get("mlflow_run_id", ""), decision=decision,
+                       repeats=repeats or [t.number], evidence=evidence or {})
+
+
+def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
+    """Without confirmation. With a target: among trials that reached it, the best by the
+    other metric, then the fewest parameters. Without: the best by the stage metric, the
+    earlier trial on a tie. The incumbent is a candidate like any other."""
+    complete = _complete(trials, ("incumbent", *SEARCH_ROLES))
+    if not complete:
+        raise GateNotReached(f"stage {stage.name}: no trial completed "
+                             f"({len(trials)} started); nothing to carry forward")
+    sign = _sign(stage)
+    if stage.target is not None:
+        reached = [t for t in complete if stage.reached(t.value)]
+        if reached:
+            other = SECONDARY[stage.metric]
+            other_sign = -1 if other.endswith("loss") else 1
+            winner = min(reached, key=lambda t: (-other_sign * t.user_attrs["metrics"][other],
+                                                 t.user_attrs["num_params"], t.number))
+            return _result(winner, stage, "target reached",
+                           f"trial {winner.number} reached {stage.metric} {winner.value:.4f} "
+                           f"(target {stage.target}; {len(reached)} of {len(complete)} did)")
+        best = max(complete, key=lambda t: (sign * t.value, -t.number))
+        message = (f"stage {stage.name}: no trial reached {stage.metric} "
+                   f"{'>=' if sign > 0 else '<='} {stage.target} "
+                   f"(best: {best.value:.4f}, trial {best.number})")
+        if stage.on_fail == "stop":
+            raise GateNotReached(message + "; give it more trials or epochs, or set "
+                                 f"on_fail: continue in stage {stage.name}")
+        return _result(best, stage, "target missed", message.split(": ", 1)[1])
+    winner = max(complete, key=lambda t: (sign * t.value, -t.number))
+    kept = role_of(winner) == "incumbent"
+    return _result(winner, stage, "best",
+                   f"{'kept incumbent' if kept else f'trial {winner.number}'}: best "
+                   f"{stage.metric} {winner.value:.4f} (no confirmation)")
+
+
+def plan_candidates(trials: list[FrozenTrial], stage: StageConfig, top: int,
+                    same_as_incumbent) -> list[int]:
+    """The `top` best distinct search trials (by value) that differ from the incumbent."""
+    sign, seen, chosen = _sign(stage), set(), []
+    ranked = sorted(_complete(trials, SEARCH_ROLES), key=lambda t: (-sign * t.value, t.number))
+    for t in ranked:
+        key = tuple(sorted((k, str(v)) for k, v in t.params.items()))
+        if key in seen or same_as_incumbent(t):
+            continue
+        seen.add(key)
+        chosen.append(t.number)
+        if len(chosen) == top:
+            break
+    return chosen
+
+
+def repeat_values(trials: list[FrozenTrial], target: int) -> dict[int, tuple[float, int]]:
+    """repeat -> (value, trial) for the configuration of trial `target`: repeat 0 is the
+    trial itself, repeat r the first complete confirmation of it with that repeat."""
+    by_number = {t.number: t for t in trials}
+    out: dict[int, tuple[float, int]] = {}
+    if target in by_number and by_number[target].state == TrialState.COMPLETE:
+        out[0] = (float(by_number[target].value), target)
+    for t in sorted(trials, key=lambda t: t.number):
+        if (role_of(t) == "confirm" and t.state == TrialState.COMPLETE
+                and t.user_attrs.get("confirms") == target):
+            out.setdefault(int(t.user_attrs["repeat"]), (float(t.value), t.number))
+    return out
+
+
+def _points(stage: StageConfig) -> tuple[float, str]:
+    return (100.0, " pt") if stage.metric.endswith("acc") else (1.0, "")
+
+
+def decide(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
+           candidates: list[int], min_gain: float | None = None) -> StageResult:
+    """Adopt the best candidate by its mean paired difference to the incumbent, only if the
+    difference exceeds min_gain; otherwise keep the incumbent."""
+    by_number = {t.number: t for t in trials}
+    base = repeat_values(trials, incumbent)
+    if not base:
+        raise GateNotReached(f"stage {stage.name}: the incumbent (trial {incumbent}) did not "
+                             "complete; nothing to compare with")
+    sign, (scale, unit) = _sign(stage), _points(stage)
+    evidence: dict[str, Any] = {"incumbent": incumbent, "configs": {}}
+    evidence["configs"][str(incumbent)] = _describe(base)
+    best: tuple[float, int, dict] | None = None
+    for c in candidates:
+        values = repeat_values(trials, c)
+        pairs = sorted(set(values) & set(base))
+        diffs = [sign * (values[r][0] - base[r][0]) for r in pairs]
+        stats = _describe(values)
+        stats.update(pairs=pairs, diff_mean=statistics.fmean(diffs) if diffs else None,
+                     diff_se=(statistics.stdev(diffs) / math.sqrt(len(diffs))
+                              if len(diffs) >= 2 else None))
+        evidence["configs"][str(c)] = stats
+        if diffs and (best is None or stats["diff_mean"] > best[0]):
+            best = (stats["diff_mean"], c, stats)
+    incumbent_trial = by_number[incumbent]
+    kept_repeats = [n for _, n in sorted(base.values(), key=lambda vn: vn[1])]
+    kept_value = statistics.fmean(v for v, _ in base.values())
+    if best is None:
+        return _result(incumbent_trial, stage, "kept incumbent",
+                       "kept incumbent: no other configuration completed its repeats",
+                       kept_value, kept_repeats, evidence)
+    mean, c, stats = best
+    n = len(stats["pairs"])
+    se = stats["diff_se"]
+    floor = MIN_GAIN_FLOOR if unit else 0.0
+    threshold = min_gain if min_gain is not None else max(se if se is not None else 0.0, floor)
+    evidence.update(best=c, threshold=threshold)
+    spread = (f"{mean * scale:+.1f} +- {se * scale:.1f}{unit}" if se is not None
+              else f"{mean * scale:+.1f}{unit}")
+    over = f"over {n} paired repeat{'s' if n != 1 else ''}"
+    if n >= 2 and mean > threshold:
+        values = repeat_values(trials, c)
+        repeats = [values[r][1] for r in sorted(values)]
+        return _result(by_number[c], stage, "adopted",
+                       f"adopted trial {c}: {spread} {over} (needed > "
+                       f"{threshold * scale:.1f}{unit}); {stage.metric} {stats['mean']:.3f} vs "
+                       f"incumbent {evidence['configs'][str(incumbent)]['mean']:.3f}",
+                       stats["mean"], repeats, evidence)
+    return _result(incumbent_trial, stage, "kept incumbent",
+                   f"kept incumbent: {spread} {over} for the best candidate (trial {c}), no "
+                   f"evidence (needed > {threshold * scale:.1f}{unit})" if n >= 2 else
+                   f"kept incumbent: {spread} {over} for trial {c}, too few to decide",
+                   kept_value, kept_repeats, evidence)
+
+
+def _describe(values: dict[int, tuple[float, int]]) -> dict[str, Any]:
+    v = [values[r][0] for r in sorted(values)]
+    return {"values": {str(r): values[r][0] for r in sorted(values)},
+            "trials": {str(r): values[r][1] for r in sorted(values)},
+            "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) >= 2 else 0.0}

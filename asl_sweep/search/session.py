@@ -1,0 +1,72 @@
+"""What every stage of one study shares, opened once per process: settings, the stores, the
+study record (which binds the study to its data), the MLflow study run and the data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import optuna
+import torch
+
+from asl_sweep.data.studydata import StudyData
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.record import bind, check_digest, load_record
+from asl_sweep.search.selection import StageResult
+from asl_sweep.search.store import optuna_storage
+from asl_sweep.settings.spec import StudyConfig
+from asl_sweep.tracking.tracker import Tracker
+from asl_sweep.training.train import resolve_device
+
+
+@dataclass
+class Session:
+    cfg: StudyConfig
+    ws: Workspace
+    storage: optuna.storages.RDBStorage
+    record: optuna.Study
+    tracker: Tracker
+    experiment_id: str
+    study_run: str
+    data: StudyData
+    device: torch.device
+    log: Callable[[str], None] = print
+    worker: int = 0
+    results: list[StageResult] = field(default_factory=list)
+    closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
+
+
+def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
+                 worker: int = 0) -> Session:
+    ws.prepare()
+    with ws.store_lock():  # one process at a time creates or migrates the stores
+        storage = optuna_storage(ws.storage)
+        tracker = Tracker(ws)
+    record = bind(storage, cfg)  # other data settings than the study's: refused, here
+    device = resolve_device(cfg.base.device)
+    started = time.perf_counter()
+    data = StudyData(cfg.data, ws.cache, device, log)
+    check_digest(record, cfg, data.digest)
+    source = cfg.data.root or (f"built-in synthetic letters ({cfg.data.synthetic.per_class}"
+                               f"/class, {cfg.data.synthetic.signers} signers)")
+    log(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
+        f"({time.perf_counter() - started:.1f}s)")
+    experiment_id = tracker.experiment(cfg.study, cfg.description)
+    study_run = tracker.open_run(experiment_id, cfg.study, kind="study")
+    if not tracker.client.get_run(study_run).data.params:
+        tracker.log_params(study_run, {"data": cfg.data.model_dump(mode="json"),
+                                       "stages": ",".join(s.name for s in cfg.stages)})
+    return Session(cfg, ws, storage, record, tracker, experiment_id, study_run, data, device,
+                   log, worker)
+
+
+def open_data(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None,
+              device: torch.device | None = None) -> StudyData:
+    """A finished study's data, for the commands that read it back (on the CPU): the files
+    must still be the ones it ran on."""
+    data = StudyData(cfg.data, ws.cache, device or torch.device("cpu"), log)
+    record = load_record(optuna_storage(ws.storage), cfg.study)
+    if record is not None:
+        check_digest(record, cfg, data.digest)
+    return data

@@ -1,0 +1,68 @@
+"""The only place that calls trial.suggest_*: a stage's space -> concrete overrides.
+
+Optuna's categorical choices must be None/bool/int/float/str, so list-valued choices
+(hidden: [[256, 64], [512]]) travel through Optuna as JSON text and are decoded here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import optuna
+
+from asl_sweep.settings.spec import Choice, FloatRange, IntRange, ParamSpec
+
+
+def _encode(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Define-by-run: each setting in order, skipping those whose `when` does not hold for
+    the settings chosen before it (Optuna then samples each conditional setting only from
+    the trials that had it)."""
+    params: dict[str, Any] = {}
+    for name, spec in space.items():
+        if not spec.applies(params):
+            continue
+        if isinstance(spec, Choice):
+            params[name] = _decode(trial.suggest_categorical(
+                name, [_encode(c) for c in spec.choices]))
+        elif isinstance(spec, IntRange):
+            params[name] = trial.suggest_int(name, spec.low, spec.high, step=spec.step,
+                                             log=spec.log)
+        else:
+            params[name] = trial.suggest_float(name, spec.low, spec.high, step=spec.step,
+                                               log=spec.log)
+    return params
+
+
+def decode_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A finished trial's params as the trainer settings they stood for."""
+    return {name: _decode(value) for name, value in params.items()}
+
+
+def encode_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Settings (for example a seed trial) in the form Optuna stores them."""
+    return {name: _encode(value) for name, value in params.items()}
+
+
+def grid(space: dict[str, ParamSpec]) -> dict[str, list[Any]]:
+    """Every point of a grid sampler's space (ranges need a step)."""
+    points: dict[str, list[Any]] = {}
+    for name, spec in space.items():
+        if isinstance(spec, Choice):
+            points[name] = [_encode(c) for c in spec.choices]
+        elif isinstance(spec, IntRange):
+            points[name] = list(range(spec.low, spec.high + 1, spec.step))
+        elif isinstance(spec, FloatRange):
+            count = int(round((spec.high - spec.low) / spec.step)) + 1
+            points[name] = [float(v) for v in np.linspace(spec.low, spec.high, count)]
+    return points

@@ -1,0 +1,50 @@
+"""One stage seen whole: its trials, its decision and what it started from, with the views
+every reader needs (ranking, the carried repeats, the trial to export). Pure: no I/O, so the
+search (the final test score) and the results (status, report, export) share it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from asl_sweep.search.selection import StageResult, role_of
+from asl_sweep.settings.spec import StageConfig
+
+
+@dataclass
+class StageView:
+    stage: StageConfig
+    trials: list[FrozenTrial]
+    result: StageResult | None  # the stage's decision, once it finished
+    carried: dict[str, Any]  # what it started from
+    plan: dict[str, Any] | None = None  # the confirmation plan, once made
+
+    def by_state(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
+
+    def ranked(self, roles=("incumbent", "seed", "search")) -> list[FrozenTrial]:
+        sign = 1 if self.stage.direction == "maximize" else -1
+        complete = [t for t in self.trials
+                    if t.state == TrialState.COMPLETE and role_of(t) in roles]
+        return sorted(complete, key=lambda t: (-sign * t.value, t.number))
+
+    def best(self) -> FrozenTrial | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
+
+    def trial(self, number: int) -> FrozenTrial:
+        return next(t for t in self.trials if t.number == number)
+
+    def repeats(self) -> list[FrozenTrial]:
+        """The trials that trained the configuration the stage carries (its seeds/folds)."""
+        return [self.trial(n) for n in self.result.repeats]
+
+    def export_trial(self) -> FrozenTrial:
+        """The carried configuration's best repeat by validation (never chosen by test)."""
+        sign = 1 if self.stage.direction == "maximize" else -1
+        return max(self.repeats(), key=lambda t: (sign * t.value, -t.number))

@@ -1,0 +1,209 @@
+"""The Optuna side of a study: RDB storage (SQLite or PostgreSQL), one Optuna study per
+stage, heartbeats, and dead workers: a trial whose worker is gone is failed and queued again
+with the same settings, so it resumes from its checkpoint and no budget is lost."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.trial import FrozenTrial, TrialState
+
+from asl_sweep.runtime.errors import StoreError
+from asl_sweep.search.space import grid
+from asl_sweep.settings.spec import StageConfig, StudyConfig
+
+HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
+# The user attributes a retried trial keeps: what it is, not how its last attempt went.
+KEPT_ON_RETRY = ("role", "confirms", "repeat", "incumbent", "seed_trial", "reported")
+log = logging.getLogger(__name__)
+
+
+class Requeue:
+    """Queue a failed trial again with the same parameters and role, at most MAX_RETRY times
+    (Optuna's heartbeat callback, also used for trials stopped by a signal or a fault)."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if len(history) > MAX_RETRY:
+            log.warning("trial %s failed %d times; not retried again", history[0], len(history))
+            return
+        system_attrs = {**{k: v for k, v in trial.system_attrs.items()
+                           if k in ("fixed_params",)},
+                        "failed_trial": history[0], "retry_history": history}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY},
+            system_attrs=system_attrs))
+
+
+# What asl-sweep keeps on a study goes into Optuna's system attributes under this prefix:
+# user attributes stay a short human-readable summary (what `optuna studies` prints).
+PREFIX = "asl_sweep:"
+
+
+def attrs(study: optuna.Study) -> dict[str, Any]:
+    stored = study._storage.get_study_system_attrs(study._study_id)
+    return {k[len(PREFIX):]: v for k, v in stored.items() if k.startswith(PREFIX)}
+
+
+def put(study: optuna.Study, key: str, value: Any) -> None:
+    """Set a study attribute. Two workers that add the same new key at once collide on the
+    store's unique key: the later one then updates the row the earlier one made."""
+    for attempt in range(3):
+        try:
+            study._storage.set_study_system_attr(study._study_id, PREFIX + key, value)
+            return
+        except optuna.exceptions.StorageInternalError:
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
+    """Whether `key` appears within `seconds` (another worker is writing it)."""
+    deadline = time.monotonic() + seconds
+    while key not in attrs(study):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, for studies that also hold queued trials (the incumbent, seed
+    trials, repeats): those have no grid point, and Optuna's after_trial assumes they do."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
+            super().after_trial(study, trial, state, values)
+
+
+def origin_of(trial: FrozenTrial) -> int:
+    """The number of the first attempt of a (possibly retried) trial."""
+    return trial.system_attrs.get("failed_trial", trial.number)
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Wait for a busy database instead of failing with "database is locked".
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+
+    def connect() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S, heartbeat_stale_trial_callback=Requeue())
+
+    try:
+        return connect()
+    except sqlalchemy.exc.OperationalError:
+        # Two processes creating the tables of a new database at once: one wins, the
+        # other finds them made a moment later.
+        time.sleep(2.0)
+        try:
+            return connect()
+        except sqlalchemy.exc.OperationalError as e:
+            raise StoreError(f"{url}: the Optuna store cannot be opened "
+                             f"({str(e.orig).splitlines()[0]})") from None
+
+
+def stage_study_name(cfg: StudyConfig, stage: StageConfig) -> str:
+    return f"{cfg.study}.{stage.name}"
+
+
+def load_stage_study(cfg: StudyConfig, stage: StageConfig, storage) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=stage_study_name(cfg, stage), storage=storage)
+    except KeyError:
+        return None
+
+
+def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSampler:
+    stage = cfg.stages[index]
+    seed += stage.seed + 1000 * index
+    if stage.sampler == "grid":
+        return GridSampler(grid(stage.space), seed=seed)
+    if stage.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed,
+                                      n_startup_trials=min(10, max(3, stage.trials // 3)))
+
+
+def make_pruner(stage: StageConfig, epochs: int) -> optuna.pruners.BasePruner:
+    """The stage's pruner over `epochs` reported steps (1-based epochs)."""
+    if stage.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if stage.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 9),
+                                              max_resource=epochs, reduction_factor=3)
+    if stage.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 9),
+                                                      reduction_factor=3)
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 5))
+
+
+def create_stage_study(cfg: StudyConfig, index: int, storage,
+                       worker: int = 0) -> tuple[optuna.Study, bool]:
+    """The stage's Optuna study and whether this call created it (exactly one process does).
+    Every process samples with its own seed, or two of them would sample the same settings:
+    the creator with the configured one (a lone seeded run repeats exactly), a numbered
+    worker with one derived from its number, any other process with one from its PID."""
+    stage = cfg.stages[index]
+    pruner = make_pruner(stage, int(stage.fixed.get("epochs", cfg.base.epochs)))
+    name = stage_study_name(cfg, stage)
+    try:
+        return optuna.create_study(storage=storage, sampler=_sampler(cfg, index, 7919 * worker),
+                                   pruner=pruner, study_name=name,
+                                   direction=stage.direction), True
+    except optuna.exceptions.DuplicatedStudyError:
+        joiner = worker or 1 + os.getpid() % 9973
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
+                                 sampler=_sampler(cfg, index, 7919 * joiner)), False
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail RUNNING trials whose worker is gone, and queue their retry with the same
+    settings. Heartbeats find them after GRACE_S; a worker process of this machine that no
+    longer exists is known dead at once, so a rerun after kill -9 need not wait. Returns
+    the FAIL trials nobody has closed in MLflow yet (their worker died without a word)."""
+    optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            try:
+                if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    Requeue()(study, storage.get_trial(t._trial_id))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker got there first
+    # A trial that failed with no word on why (its worker died, or could not record how it
+    # stopped) and was never queued again: queue it now.
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    lost = [t for t in trials if t.state == TrialState.FAIL and "failure" not in t.user_attrs]
+    for t in lost:
+        if t.number not in retried:
+            Requeue()(study, t)
+    return [t for t in lost if t.user_attrs.get("mlflow_run_id")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

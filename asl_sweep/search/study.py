@@ -1,0 +1,342 @@
+"""Stage orchestration. Each stage is an Optuna study that starts from `base` plus what the
+stages before it adopted. It trains that configuration unchanged first (the incumbent), then
+its seed trials and its search; then, with confirmation, the best candidates and the
+incumbent again on paired seeds and folds; then it adopts a change only on evidence
+(selection.py). After the last stage the final configuration is scored once on the untouched
+test split. Optuna holds the truth; MLflow mirrors it as study -> stage -> trial runs. A
+rerun continues where the last one stopped; several workers may run this at once."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from asl_sweep.runtime import signals
+from asl_sweep.runtime.errors import GateNotReached
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.evaluation import TEST_RULE, score_trials, summarize
+from asl_sweep.search.record import save_final
+from asl_sweep.search.selection import (
+    SEARCH_ROLES,
+    StageResult,
+    counts_toward_budget,
+    decide,
+    pick_winner,
+    plan_candidates,
+    reached_target,
+    role_of,
+)
+from asl_sweep.search.session import Session, open_session
+from asl_sweep.search.space import decode_params, encode_params
+from asl_sweep.search.stageview import StageView
+from asl_sweep.search.store import (
+    attrs,
+    create_stage_study,
+    fail_dead_trials,
+    put,
+    wait_for,
+    worker_id,
+)
+from asl_sweep.search.trial import TrialFailed, TrialRunner, settings_digest
+from asl_sweep.settings.config import METRICS, apply_overrides
+from asl_sweep.settings.spec import StageConfig, StudyConfig
+
+
+def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
+              worker: int = 0, score: bool = True) -> list[StageResult]:
+    """Run (or join, or resume) the staged search; with `score`, then the final test."""
+    s = open_session(cfg, ws, log, worker)
+    status = "FAILED"
+    try:
+        carried: dict[str, Any] = {}
+        decided_by: dict[str, str] = {}
+        for index, stage in enumerate(cfg.stages):
+            result = run_stage(s, index, carried, decided_by)
+            s.results.append(result)
+            carried.update(result.params)
+            decided_by.update({name: stage.name for name in result.params})
+        if score:
+            final_score(s)
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        s.tracker.end(s.study_run, status)
+    return s.results
+
+
+def run_stage(s: Session, index: int, carried: dict[str, Any],
+              decided_by: dict[str, str]) -> StageResult:
+    cfg, stage = s.cfg, s.cfg.stages[index]
+    study, created = create_stage_study(cfg, index, s.storage, s.worker)
+    if created or not wait_for(study, "carried"):
+        _initialize_stage(s, study, index, carried, decided_by)
+    a = attrs(study)
+    if "result" in a:  # finished in an earlier run: its decision stands
+        result = StageResult(**a["result"])
+        s.log(f"stage {stage.name}: finished earlier: {result.decision}")
+        return result
+    stage_run = a["mlflow_stage_run"]
+    s.tracker.reopen(stage_run)
+    status = "FAILED"
+    try:
+        result = _run(s, stage, study, stage_run, a)
+        status = "FINISHED"
+    except GateNotReached:
+        s.tracker.end(stage_run, "FAILED", outcome="target missed")
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":  # never leave the stage's run RUNNING
+            s.tracker.end(stage_run, status)
+    put(study, "result", asdict(result))
+    # Short, so that `optuna studies` prints a readable table; the whole line is in MLflow.
+    study.set_user_attr("decision", result.decision.split(" over ")[0].split(" (")[0][:60])
+    s.tracker.log_params(stage_run, {"adopted": result.params or "nothing (kept incumbent)"})
+    s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
+                                      if k in METRICS} | {"winner_value": result.value})
+    _log_curves(s, stage_run, result, stage.name)
+    s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
+                  winner_run=result.run_id, decision=result.decision)
+    s.log(f"stage {stage.name}: {result.decision}  carries {result.params or 'no change'}")
+    return result
+
+
+def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
+         a: dict[str, Any]) -> StageResult:
+    base = apply_overrides(s.cfg.base, {**a["carried"], **stage.fixed})
+    confirm = stage.confirm if stage.target is None else None
+    use_folds = (confirm.folds if confirm is not None and confirm.folds is not None
+                 else s.data.splits.grouped)
+    runner = TrialRunner(s, stage, study, stage_run, base, a["decided_by"], a["uid"], use_folds)
+    progress = Progress(s, stage, confirm)
+    s.log(f"stage {stage.name}: {stage.goal + ' ' if stage.goal else ''}[incumbent + "
+          f"{stage.trials} trials"
+          f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, {stage.metric}]")
+    _search(s, stage, study, runner, progress)
+    trials = study.get_trials(deepcopy=False)
+    incumbent = _incumbent(trials)
+    if confirm is None or incumbent is None:
+        return pick_winner(trials, stage)
+    runner.phase = "confirm"
+    plan = _confirm_plan(s, stage, study, runner, incumbent.number)
+    _drain(s, study, runner, progress)
+    return decide(study.get_trials(deepcopy=False), stage, plan["incumbent"],
+                  plan["candidates"], confirm.min_gain)
+
+
+def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> None:
+    """The carried trial's learning curves, as a PNG on the stage's run."""
+    if not result.run_id:
+        return
+    from asl_sweep.tracking.plots import (
+        plot_curves,  # matplotlib: loaded when a stage ends, not at start
+    )
+    history = {k: s.tracker.metric_history(result.run_id, k) for k in METRICS}
+    with tempfile.TemporaryDirectory() as tmp:
+        png = plot_curves([m.step for m in history["val_acc"]],
+                          {k: [m.value for m in v] for k, v in history.items()},
+                          Path(tmp) / "curves.png", f"{stage}: trial {result.trial}")
+        s.tracker.log_artifacts(stage_run, [png])
+
+
+class Progress:
+    """One line per trial this process finishes: which, how it ended, its metric, its time,
+    and about how long the stage has left (the mean time of a trial so far, times the trials
+    still to run: the budget, the incumbent and the planned repeats)."""
+
+    def __init__(self, s: Session, stage: StageConfig, confirm):
+        self.s, self.stage = s, stage
+        self.planned = 1 + stage.trials + (
+            (confirm.top + 1) * (confirm.repeats - 1) if confirm else 0)
+        self.seconds: list[float] = []
+
+    def __call__(self, study: optuna.Study, t: FrozenTrial) -> None:
+        if t.user_attrs.get("failure") == "surplus":
+            return
+        took = (t.datetime_complete - t.datetime_start).total_seconds()
+        self.seconds.append(took)
+        trials = study.get_trials(deepcopy=False)
+        done = sum(x.state.is_finished() and x.user_attrs.get("failure") != "surplus"
+                   for x in trials)
+        left = max(0, self.planned - done)
+        role = role_of(t)
+        what = {"incumbent": "the incumbent", "seed": "seed trial", "search": "",
+                "confirm": f"repeat {t.user_attrs.get('repeat')} of trial "
+                           f"{t.user_attrs.get('confirms')}"}[role]
+        value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
+        eta = statistics.fmean(self.seconds) * left
+        said = " ".join(p for p in (f"trial {t.number}", what, t.state.name.lower(), value) if p)
+        self.s.log(f"  {self.stage.name}: {said} ({took:.1f}s); {done}/{self.planned} done, "
+                   f"about {_duration(eta)} left")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _incumbent(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if role_of(t) == "incumbent" and t.state == TrialState.COMPLETE]
+    return done[0] if done else None
+
+
+def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
+            progress: Progress) -> None:
+    """The incumbent, the seed trials and the search budget. `timeout` bounds the search
+    across reruns: the seconds spent by earlier runs are kept in the study (time between runs
+    does not count; workers share one clock)."""
+    spent, started = attrs(study).get("search_seconds", 0.0), time.monotonic()
+
+    def elapsed() -> float:
+        return spent + time.monotonic() - started
+
+    while True:
+        signals.check()
+        _close_lost_runs(s, study)
+        trials = study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        baselines_waiting = any(role_of(t) in ("incumbent", "seed") for t in waiting)
+        done = sum(counts_toward_budget(t) for t in trials)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        searching = sum(role_of(t) in SEARCH_ROLES for t in running)
+        over = reached_target(trials, stage) or done >= stage.trials or bool(
+            stage.timeout and elapsed() > stage.timeout)
+        if over and not baselines_waiting:
+            if not running:
+                return
+        elif waiting or done + searching < stage.trials:
+            try:
+                study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,),
+                               callbacks=[progress])
+            finally:
+                put(study, "search_seconds",
+                    max(elapsed(), attrs(study).get("search_seconds", 0.0)))
+            continue
+        signals.check()
+        time.sleep(1.0)  # other workers still run trials of this stage
+
+
+def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
+                  incumbent: int) -> dict[str, Any]:
+    """Which configurations are repeated, decided once and queued once: the top distinct
+    candidates and the incumbent, each for repeats 1..R-1 (repeat 0 is the trial itself)."""
+    if "plan" not in attrs(study):
+        trials = study.get_trials(deepcopy=False)
+        plain = settings_digest(runner.base)
+
+        def same_as_incumbent(t: FrozenTrial) -> bool:
+            return settings_digest(apply_overrides(runner.base, decode_params(t.params))) == plain
+
+        candidates = plan_candidates(trials, stage, stage.confirm.top, same_as_incumbent)
+        put(study, "plan", {"incumbent": incumbent, "candidates": candidates,
+                            "repeats": stage.confirm.repeats, "by": worker_id()})
+        time.sleep(0.2)  # two workers that planned at once: the last write wins
+    plan = attrs(study)["plan"]
+    if plan["by"] == worker_id() or not wait_for(study, "queued", 60.0):
+        if "queued" not in attrs(study):
+            by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+            for repeat in range(1, plan["repeats"]):
+                for target in [plan["incumbent"], *plan["candidates"]]:
+                    is_incumbent = target == plan["incumbent"]
+                    study.enqueue_trial(
+                        {} if is_incumbent else dict(by_number[target].params),
+                        user_attrs={"role": "confirm", "confirms": target, "repeat": repeat,
+                                    **({"incumbent": True} if is_incumbent else {})})
+            put(study, "queued", True)
+    s.log(f"stage {stage.name}: confirming trials {plan['candidates']} against the incumbent "
+          f"(trial {plan['incumbent']}) over {plan['repeats']} paired repeats")
+    return plan
+
+
+def _drain(s: Session, study: optuna.Study, runner: TrialRunner, progress: Progress) -> None:
+    """Run queued trials (confirmation repeats, retries) until none waits or runs."""
+    while True:
+        signals.check()
+        _close_lost_runs(s, study)
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,),
+                           callbacks=[progress])
+        elif any(t.state == TrialState.RUNNING for t in trials):
+            signals.check()
+            time.sleep(1.0)
+        else:
+            return
+
+
+def _close_lost_runs(s: Session, study: optuna.Study) -> None:
+    """Trials whose worker died without a word: say so in MLflow instead of leaving RUNNING."""
+    for t in fail_dead_trials(study):
+        run_id = t.user_attrs["mlflow_run_id"]
+        if run_id not in s.closed_runs and s.tracker.status(run_id) == "RUNNING":
+            s.tracker.end(run_id, "FAILED", state="FAIL", error="worker lost (killed or crashed)")
+        s.closed_runs.add(run_id)
+
+
+def _initialize_stage(s: Session, study: optuna.Study, index: int, carried: dict[str, Any],
+                      decided_by: dict[str, str]) -> None:
+    """Done once per stage, by the worker that created its study; `carried` goes last, as
+    the sign for the other workers that the stage is ready."""
+    stage = s.cfg.stages[index]
+    stage_run = s.tracker.new_run(s.experiment_id, f"{index + 1}-{stage.name}",
+                                  parent=s.study_run, kind="stage", stage=stage.name,
+                                  goal=stage.goal, index=index,
+                                  **{"mlflow.note.content": stage.goal})
+    s.tracker.log_params(stage_run, {"carried": carried, "metric": stage.metric,
+                                     "trials": stage.trials, "target": stage.target})
+    study.set_metric_names([stage.metric])
+    put(study, "mlflow_stage_run", stage_run)
+    put(study, "index", index)
+    put(study, "uid", uuid.uuid4().hex)
+    put(study, "decided_by", decided_by)
+    if not any("role" in t.user_attrs for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial({}, user_attrs={"role": "incumbent"})
+        for seeded in stage.seed_trials:
+            study.enqueue_trial(encode_params(seeded.params), user_attrs={
+                "role": "seed", "seed_trial": True,
+                **({"reported": seeded.reported} if seeded.reported is not None else {})})
+    put(study, "carried", carried)
+
+
+def final_score(s: Session) -> dict[str, Any]:
+    """The final configuration (the last stage's) scored once per repeat on the test split.
+    The model to export is its best repeat by validation, never chosen by test."""
+    if not s.results:
+        return {}
+    stage = s.cfg.stages[-1]
+    stored = attrs(s.record).get("final")
+    if stored and stored.get("trials") == s.results[-1].repeats:  # scored in an earlier run
+        s.log(f"final test accuracy ({stage.name}'s configuration, scored earlier): "
+              f"{stored['summary']}")
+        return stored
+    study = create_stage_study(s.cfg, len(s.cfg.stages) - 1, s.storage, s.worker)[0]
+    view = StageView(stage, study.get_trials(deepcopy=False), s.results[-1], {})
+    scored = score_trials(s.data, s.tracker, view.repeats(), "test")
+    final = summarize(scored, s.data.test().groups, "test")
+    final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
+    save_final(s.record, final)
+    s.tracker.log_metrics(s.study_run, {"test_acc_mean": final["mean"],
+                                        "test_acc_std": final["std"],
+                                        "test_acc_ci_low": final["ci"][0],
+                                        "test_acc_ci_high": final["ci"][1]})
+    s.tracker.set_tags(s.study_run, test_acc=final["summary"], test_rule=TEST_RULE)
+    s.tracker.log_datasets(s.study_run, [s.data.test_dataset()])
+    s.log(f"final test accuracy ({stage.name}'s configuration; {TEST_RULE}): "
+          f"{final['summary']}")
+    return final

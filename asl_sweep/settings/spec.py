@@ -1,0 +1,268 @@
+"""A study's specification, typed: its stages, their search spaces (ranges, choices and
+conditions), confirmation and seed trials, and the study as a whole with its key-path checks.
+Imports no torch; studyfile.py builds it from YAML."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from asl_sweep.settings.config import (
+    DataConfig,
+    Direction,
+    Metric,
+    Strict,
+    TrainConfig,
+    check_train_override,
+)
+
+
+class Searched(Strict):
+    """A searched setting. `when` makes it conditional: it is searched only in trials whose
+    earlier categorical settings have the given value(s), e.g. {model: cnn}."""
+
+    when: dict[str, Any] | None = None
+
+    def applies(self, chosen: dict[str, Any]) -> bool:
+        if not self.when:
+            return True
+        return all(k in chosen and chosen[k] in (v if isinstance(v, list) else [v])
+                   for k, v in self.when.items())
+
+
+class FloatRange(Searched):
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def outside(self, value: Any) -> str | None:
+        """Why `value` cannot be a point of this range (None if it can)."""
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"{value!r} is not a number"
+        if not self.low <= value <= self.high:
+            return f"{value} is outside the searched range [{self.low}, {self.high}]"
+        return None
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatRange:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        if self.log and self.low <= 0:
+            raise ValueError("low must be > 0 for a log range")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be > 0")
+        return self
+
+
+class IntRange(Searched):
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def outside(self, value: Any) -> str | None:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"{value!r} is not an integer"
+        if not self.low <= value <= self.high or (value - self.low) % self.step:
+            return f"{value} is not a point of the searched range [{self.low}, {self.high}] " \
+                   f"(step {self.step})"
+        return None
+
+    @model_validator(mode="after")
+    def _check(self) -> IntRange:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        if self.log and self.low <= 0:
+            raise ValueError("low must be > 0 for a log range")
+        if self.step < 1:
+            raise ValueError("step must be >= 1")
+        return self
+
+
+class Choice(Searched):
+    choices: list[Any] = Field(min_length=1)
+
+    def outside(self, value: Any) -> str | None:
+        if value not in self.choices:
+            return f"{value!r} is not among the choices {self.choices}"
+        return None
+
+
+ParamSpec = FloatRange | IntRange | Choice
+
+
+def parse_param(raw: Any) -> ParamSpec:
+    """A list is a categorical choice ({choices: [...], when: ...} with a condition);
+    {low, high} is an int range when both ends are ints."""
+    if isinstance(raw, list):
+        return Choice(choices=raw)
+    if isinstance(raw, dict) and "choices" in raw:
+        return Choice(**raw)
+    if isinstance(raw, dict):
+        ints = all(isinstance(raw.get(k), int) and not isinstance(raw.get(k), bool)
+                   for k in ("low", "high"))
+        if ints and not isinstance(raw.get("step", 1), float):
+            return IntRange(**raw)
+        return FloatRange(**raw)
+    raise ValueError("must be a list of choices or a mapping with low and high")
+
+
+class ConfirmConfig(Strict):
+    """Paired repeats after a stage's search: the `top` best distinct trials and the incumbent
+    trained again with seeds 1..repeats-1 (the original trial is repeat 0)."""
+
+    top: int = Field(2, ge=1)
+    repeats: int = Field(3, ge=2)
+    folds: bool | None = None  # repeat r validates on fold r; None: when the data has groups
+    min_gain: float | None = Field(None, ge=0.0)  # None: one standard error, >= 0.5 points
+
+
+class SeedTrial(Strict):
+    """A person's own choice, run first as a baseline; `reported` is the validation accuracy
+    they wrote down for it (shown beside the same settings re-run here)."""
+
+    params: dict[str, Any]
+    reported: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, raw: Any) -> Any:
+        # In YAML a seed trial is one flat mapping: its settings, plus `reported`.
+        if isinstance(raw, dict) and "params" not in raw:
+            params = {k: v for k, v in raw.items() if k != "reported"}
+            return {"params": params, **({"reported": raw["reported"]} if "reported" in raw
+                                         else {})}
+        return raw
+
+
+class StageConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    goal: str = ""
+    subset: int | None = Field(None, ge=1, description="train on N images covering every class")
+    # decode this stage's images at this size (default: data.image_size, or a transfer
+    # model's own input size)
+    image_size: int | None = Field(None, ge=8, le=1024)
+    metric: Metric = "val_acc"
+    direction: Direction | None = None  # default follows the metric
+    target: float | None = None  # gate: the stage ends once a trial reaches it
+    on_fail: Literal["stop", "continue"] = "stop"
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    trials: int = Field(10, ge=1)
+    # seconds of search for the stage, summed over reruns (time between runs does not count)
+    timeout: float | None = Field(None, gt=0)
+    # median: stop a trial whose epoch-k value is below the median of earlier trials';
+    # hyperband / halving: successive halving of the epochs (Optuna's); none: never stop
+    pruner: Literal["median", "hyperband", "halving", "none"] = "median"
+    seed: int = 0
+    space: dict[str, Any] = {}
+    seed_trials: list[SeedTrial] = []  # hand-picked settings run first, as baselines
+    fixed: dict[str, Any] = {}  # trainer settings for this stage only (not carried forward)
+    confirm: ConfirmConfig | None = ConfirmConfig()  # null: adopt the best trial as it scored
+
+    @field_validator("space")
+    @classmethod
+    def _parse_space(cls, v: dict[str, Any]) -> dict[str, ParamSpec]:
+        parsed = {}
+        for name, raw in v.items():
+            try:
+                parsed[name] = parse_param(raw)
+            except ValidationError as e:
+                detail = _first_error(e)
+                sep = "." if e.errors()[0]["loc"] else ": "
+                raise ValueError(f".{name}{sep}{detail}") from None
+            except ValueError as e:
+                raise ValueError(f".{name}: {e}") from None
+        return parsed
+
+    @model_validator(mode="after")
+    def _defaults(self) -> StageConfig:
+        if self.direction is None:
+            self.direction = "minimize" if self.metric.endswith("loss") else "maximize"
+        if self.sampler == "grid":
+            for name, spec in self.space.items():
+                if isinstance(spec, FloatRange) and spec.step is None:
+                    raise ValueError(f"grid sampler: space.{name} needs a list or a step")
+                if spec.when:
+                    raise ValueError(f"grid sampler: space.{name} has a condition (when:); a "
+                                     "grid needs the same settings in every trial")
+        for position, (name, spec) in enumerate(self.space.items()):
+            for key, value in (spec.when or {}).items():
+                earlier = dict(list(self.space.items())[:position])
+                if not isinstance(earlier.get(key), Choice):
+                    raise ValueError(f"space.{name}.when.{key}: not a categorical setting "
+                                     "searched before it in this space")
+                for v in value if isinstance(value, list) else [value]:
+                    if v not in earlier[key].choices:
+                        raise ValueError(f"space.{name}.when.{key}: {v!r} is not among "
+                                         f"{key}'s choices {earlier[key].choices}")
+        return self
+
+    def reached(self, value: float) -> bool:
+        if self.target is None:
+            return False
+        return value >= self.target if self.direction == "maximize" else value <= self.target
+
+
+class StudyConfig(Strict):
+    study: str = Field(pattern=r"^[A-Za-z0-9_\-.]+$")
+    description: str = ""
+    data: DataConfig = DataConfig()
+    base: TrainConfig = TrainConfig()
+    stages: list[StageConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> StudyConfig:
+        names = [s.name for s in self.stages]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"stage names must be unique, repeated: {sorted(dupes)}")
+        # Every searched or seeded key must name a real trainer setting.
+        for i, stage in enumerate(self.stages):
+            for name, spec in stage.space.items():
+                where = f"stages.{i}.space.{name}"
+                if name.split(".")[0] not in TrainConfig.model_fields:
+                    raise ValueError(f"{where}: not a trainer setting (see base:)")
+                if isinstance(spec, Choice):
+                    samples = {f"{where}.{k}": c for k, c in enumerate(spec.choices)}
+                else:
+                    samples = {f"{where}.low": spec.low, f"{where}.high": spec.high}
+                for at, sample in samples.items():
+                    check_train_override(self.base, name, sample, at)
+            for name, value in stage.fixed.items():
+                check_train_override(self.base, name, value, f"stages.{i}.fixed.{name}")
+            for j, seeded in enumerate(stage.seed_trials):
+                for name, value in seeded.params.items():
+                    if name not in stage.space:
+                        raise ValueError(f"stages.{i}.seed_trials.{j}.{name}: not in this stage's "
+                                         f"space (seed trials set searched parameters only)")
+                    check_train_override(self.base, name, value,
+                                         f"stages.{i}.seed_trials.{j}.{name}")
+                    outside = stage.space[name].outside(value)
+                    if outside:
+                        raise ValueError(f"stages.{i}.seed_trials.{j}.{name}: {outside}")
+        return self
+
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """Every error of a validation, one per line, each with its key path."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg.startswith("."):  # a nested validator already named the rest of the path
+            lines.append(loc + msg)
+        else:
+            lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)

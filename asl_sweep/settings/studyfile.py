@@ -1,0 +1,120 @@
+"""A study file from disk: YAML (safe loader only), `--set` overrides, `--data`, `--trials`,
+validated into a StudyConfig once. Every failure is one ConfigError naming the file, the key
+path or the value, and what to do."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from asl_sweep.runtime.errors import ConfigError
+from asl_sweep.settings.config import set_path
+from asl_sweep.settings.spec import StudyConfig, format_validation_error
+
+MAX_STUDY_BYTES = 1 << 20  # a study file is a page of YAML, not a data set
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars or flow collections: 5, 1e-3, true, [256, 64]."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def read_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give a study YAML file, e.g. sweeps/quick.yaml")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such study file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e}); check its "
+                          "permissions") from None
+    if len(data) > MAX_STUDY_BYTES:
+        raise ConfigError(f"{path}: {len(data):,} bytes is not a study file (at most "
+                          f"{MAX_STUDY_BYTES:,})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a study is UTF-8 YAML)") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (a study is UTF-8 YAML)")
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a study file") from None
+
+
+def apply_set(raw: dict, item: str) -> None:
+    """One `--set key.path=value`; a bad value is blamed on the value, a bad path on the key."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    try:
+        parsed = parse_scalar(value)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"--set {item!r}: the value {value!r} is not valid YAML ({first}); "
+                          "quote strings, write lists as [1, 2]") from None
+    try:
+        set_path(raw, key, parsed)
+    except IndexError as e:
+        raise ConfigError(f"--set {item!r}: {e}") from None
+    except KeyError:
+        raise ConfigError(f"--set {item!r}: {key} is not a settable key path") from None
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None,
+               data_root: str | Path | None = None, trials: int | None = None,
+               epochs: int | None = None) -> StudyConfig:
+    """Read, override and validate a study YAML. Raises ConfigError naming file and key path.
+    `trials` sets every stage's budget; `epochs` sets base.epochs and every stage's fixed
+    epochs (a quick look at a whole study)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study file must be a mapping with study, data, base, stages")
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        apply_set(raw, item)
+    if data_root is not None and isinstance(raw.get("data") or {}, dict):
+        raw["data"] = {**(raw.get("data") or {}), "root": str(data_root)}
+    for stage in raw.get("stages") or []:
+        if not isinstance(stage, dict):
+            continue
+        if trials is not None:
+            stage["trials"] = trials
+        if epochs is not None and isinstance(stage.get("fixed"), dict) and "epochs" in stage["fixed"]:
+            stage["fixed"]["epochs"] = epochs
+    if epochs is not None and isinstance(raw.get("base") or {}, dict):
+        raw["base"] = {**(raw.get("base") or {}), "epochs": epochs}
+    try:
+        cfg = StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+    if cfg.data.root is not None and not cfg.data.root.is_absolute():
+        # Relative data roots are relative to where the user runs the command.
+        cfg.data.root = cfg.data.root.resolve()
+    return cfg
+
+
+def dump_resolved(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,249 @@
+"""The only module that imports mlflow. Experiment = study; runs nest study -> stage ->
+trial (the mlflow.parentRunId tag), so the MLflow UI shows the search as a tree. The model
+registry, model logging and model loading go through here too.
+
+Per-epoch metrics are batched: one log_batch call at most every `interval` seconds (and at
+the end of the trial), not one call per value or per epoch."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.runtime.errors import WriteError, environment_fault
+from asl_sweep.runtime.workspace import Workspace
+
+PARENT = "mlflow.parentRunId"
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_s")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """One MLflow param per setting and per list element (hidden.0, dropout.1), so the UI
+    can sort and filter by each; an empty list is one param, []."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, list | tuple) and value and all(
+                not isinstance(v, dict | list) for v in value):
+            flat.update({f"{prefix}{key}.{i}": str(v) for i, v in enumerate(value)})
+        else:
+            flat[f"{prefix}{key}"] = str(value)[:6000]
+    return flat
+
+
+class Tracker:
+    def __init__(self, workspace: Workspace):
+        self.client = MlflowClient(tracking_uri=workspace.tracking_uri,
+                                   registry_uri=workspace.tracking_uri)
+        self.tracking_uri = workspace.tracking_uri
+        self.artifact_root = workspace.artifacts
+        self.client.search_experiments(max_results=1)  # creates or migrates the store now
+
+    # ------------------------------------------------------------ experiments and runs
+    def experiment(self, study: str, description: str = "") -> str:
+        """The study's experiment; its description (the study's) shows in the MLflow UI."""
+        found = self.client.get_experiment_by_name(study)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                study, artifact_location=(self.artifact_root / study).resolve().as_uri(),
+                tags={"mlflow.note.content": description} if description else None)
+        except Exception:  # another worker created it first
+            found = self.client.get_experiment_by_name(study)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def find_run(self, experiment_id: str, **tags: str) -> str | None:
+        clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([experiment_id], filter_string=clause,
+                                       order_by=["attributes.start_time ASC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def open_run(self, experiment_id: str, name: str, parent: str | None = None,
+                 **tags: str) -> str:
+        """The run with these tags, reopened, or a new one: a resumed study reuses its runs."""
+        run_id = self.find_run(experiment_id, **tags)
+        if run_id is None:
+            return self.new_run(experiment_id, name, parent, **tags)
+        self.reopen(run_id)
+        return run_id
+
+    def reopen(self, run_id: str) -> None:
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
+    def new_run(self, experiment_id: str, name: str, parent: str | None = None,
+                **tags: str) -> str:
+        all_tags = dict(tags)
+        if parent:
+            all_tags[PARENT] = parent
+        return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    def end(self, run_id: str, status: str = "FINISHED", **tags: str) -> None:
+        if tags:
+            self.set_tags(run_id, **tags)
+        self.client.set_terminated(run_id, status=status)
+
+    # ------------------------------------------------------------ logging
+    def set_tags(self, run_id: str, **tags: Any) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        flat = _flatten(params)
+        items = [Param(k, v) for k, v in flat.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        ts = _now_ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
+                                               for k, v in metrics.items()])
+
+    def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
+        return EpochLog(self.client, run_id, interval)
+
+    def log_datasets(self, run_id: str, records: Iterable[Mapping[str, Any]]) -> None:
+        """Dataset inputs (MLflow's Dataset column): name, digest, source and counts, each
+        with its context (training, validation, testing)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = []
+        for r in records:
+            profile = {"num_rows": r["rows"], **({"people": r["people"]} if r["people"] else {})}
+            dataset = Dataset(name=r["name"], digest=r["digest"], source_type="local",
+                              source=json.dumps({"uri": r["source"]}),
+                              profile=json.dumps(profile))
+            inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", r["context"])]))
+        self.client.log_inputs(run_id, datasets=inputs)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def keep_file(self, run_id: str, path: Path, folder: str) -> None:
+        """Log a file that is about to be deleted (a checkpoint): on a local artifact store it
+        is hard-linked into place instead of copied, which saves writing it twice."""
+        root = self.client.get_run(run_id).info.artifact_uri
+        if root.startswith("file://"):
+            target = Path(urllib.parse.unquote(urllib.parse.urlparse(root).path)) / folder
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                os.link(path, target / Path(path).name)
+                return
+            except OSError:  # another filesystem, or no hard links there: copy it
+                (target / Path(path).name).unlink(missing_ok=True)
+        self.log_artifacts(run_id, [path], folder)
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
+        for path in paths:
+            try:
+                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+            except OSError as e:
+                fault = environment_fault(e)
+                if fault is None:
+                    raise
+                where = f"{folder}/{Path(path).name}" if folder else Path(path).name
+                raise WriteError.of(f"MLflow artifact {where} of run {run_id}", e) from None
+
+    # ------------------------------------------------------------ reading back
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def metric_history(self, run_id: str, key: str) -> list:
+        return self.client.get_metric_history(run_id, key)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    # ------------------------------------------------------------ models and the registry
+    def log_pytorch_model(self, run_id: str, model, name: str, example, outputs,
+                          metadata: dict[str, Any], files: Mapping[str, str],
+                          extra_files: list[Path] | None = None,
+                          requirements: list[str] | None = None) -> tuple[str, str]:
+        """Log `model` with the pytorch flavor (torch.export, no pickle) as a new version of
+        the registered model `name`, plus text files beside it; returns (version, uri). The
+        signature takes uint8 images [B, 3, H, W] of any batch, height and width."""
+        import mlflow
+        import mlflow.pytorch
+        import numpy as np
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, outputs.shape[1]))]))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", registered_model_name=name, signature=signature,
+                input_example=example, serialization_format="pt2", metadata=metadata,
+                extra_files=[str(p) for p in extra_files or []],
+                pip_requirements=requirements)
+            for file_name, text in files.items():
+                mlflow.log_text(text, file_name)
+        version = next(v for v in self.client.search_model_versions(f"name='{name}'")
+                       if v.run_id == run_id)
+        return str(version.version), info.model_uri
+
+    def tag_model_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value[:5000])
+
+    def download_model(self, uri: str, dst: Path) -> Path:
+        """The files of a models:/NAME/VERSION (or runs:/) model, copied to `dst`: nothing in
+        them is loaded or run here."""
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        from asl_sweep.runtime.errors import ModelFileError
+
+        try:
+            if uri.startswith("models:/"):
+                name, _, version = uri.removeprefix("models:/").partition("/")
+                source = self.client.get_model_version_download_uri(name, version)
+            else:
+                source = uri
+            return Path(download_artifacts(artifact_uri=source, dst_path=str(dst),
+                                           tracking_uri=self.tracking_uri))
+        except MlflowException as e:
+            raise ModelFileError(f"{uri}: not found in {self.tracking_uri} "
+                                 f"({str(e).splitlines()[0][:160]})") from None
+
+
+class EpochLog:
+    """Per-epoch metrics, sent in one log_batch at most every `interval` seconds: a long
+    trial's curves stay live in the UI, a short trial costs one call instead of one per epoch."""
+
+    def __init__(self, client: MlflowClient, run_id: str, interval: float):
+        self.client, self.run_id, self.interval = client, run_id, interval
+        self.pending: list[Metric] = []
+        self.sent_at = time.monotonic()
+
+    def add(self, step: int, values: Mapping[str, float]) -> None:
+        ts = _now_ms()
+        self.pending += [Metric(k, float(values[k]), ts, step) for k in EPOCH_METRICS]
+        if time.monotonic() - self.sent_at >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self.pending), 1000):  # MLflow's per-batch limit
+            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
+        self.pending = []
+        self.sent_at = time.monotonic()

@@ -1,0 +1,95 @@
+"""`asl-sweep ui`: the MLflow UI on a study home's store. One web worker and no background
+job runner (a local store needs neither), and the address is printed only once the server
+answers: the runs of each study's experiment, opened on the model-training view."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from asl_sweep.runtime import signals
+from asl_sweep.runtime.errors import ConfigError, StoreError
+from asl_sweep.runtime.workspace import Workspace
+
+START_TIMEOUT_S = 120
+TRIALS = urllib.parse.quote("tags.kind = 'trial'")
+
+
+def check_port(host: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: not a port number (1-65535)")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--port {port}: {host}:{port} cannot be used ({e.strerror or e}; "
+                              "another server may hold it); choose another with --port") from None
+
+
+def experiment_addresses(base: str) -> list[str]:
+    """Each study's runs page, asked of the running server itself (its REST API)."""
+    request = urllib.request.Request(f"{base}/ajax-api/2.0/mlflow/experiments/search",
+                                     data=json.dumps({"max_results": 1000}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        experiments = json.load(answer).get("experiments", [])
+    lines = []
+    for e in experiments:
+        if e["name"] == "Default":
+            continue
+        runs = f"{base}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning"
+        lines += [f"  {e['name']}, every trial: {runs}&searchFilter={TRIALS}",
+                  f"  {e['name']}, study -> stage -> trial: {runs}"]
+    return lines
+
+
+def serve(ws: Workspace, host: str, port: int, log=print) -> int:
+    if ws.tracking_uri.startswith("sqlite:") and not (ws.home / "mlflow.db").exists():
+        raise StoreError(f"{ws.home}: no MLflow store here yet; run a study first, or pass "
+                         "--home with the study's folder")
+    check_port(host, port)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
+         "--registry-store-uri", ws.tracking_uri,
+         "--default-artifact-root", ws.artifacts.as_uri(), "--host", host, "--port", str(port),
+         "--workers", "1", "--uvicorn-opts", "--log-level warning"], env=env)
+    base = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            signals.check()
+            if server.poll() is not None:
+                raise StoreError(f"the MLflow server stopped at start (exit code "
+                                 f"{server.returncode}); its messages are above")
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the MLflow server did not answer on {base} within "
+                                     f"{START_TIMEOUT_S}s") from None
+                time.sleep(0.3)
+        studies = experiment_addresses(base)
+        log(f"MLflow UI: {base}  (Ctrl-C to stop)")
+        for line in studies:
+            log(line)
+        while server.poll() is None:
+            signals.check()
+            time.sleep(0.3)
+        return server.returncode
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()

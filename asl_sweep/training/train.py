@@ -1,0 +1,242 @@
+"""The trainer: train(config, data, device, on_epoch) -> TrainResult.
+
+It knows nothing of Optuna or MLflow: it talks outward through one per-epoch hook, which may
+raise to stop the run (a pruned trial, a signal). Checkpoints are atomic and a run resumes
+from its last one with the same result as an uninterrupted run."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asl_sweep.data.batches import FeatureBatches, ImageBatches
+from asl_sweep.data.studydata import SplitData
+from asl_sweep.models.features import frozen_features
+from asl_sweep.models.layers import InputSpec
+from asl_sweep.models.registry import build_model, count_parameters
+from asl_sweep.runtime import signals
+from asl_sweep.settings.config import TrainConfig
+from asl_sweep.training.checkpoint import ModelFile
+from asl_sweep.training.optim import lr_factor, make_optimizer
+from asl_sweep.training.resume import CheckpointWriter, resume, resume_state
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    seconds: float
+    images_per_s: float
+
+    def metric(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """Which epoch counts as best: the stage's metric and direction."""
+
+    metric: str = "val_acc"
+    direction: str = "maximize"
+
+    def best(self, history: list[EpochStats]) -> EpochStats:
+        pick = max if self.direction == "maximize" else min
+        return pick(history, key=lambda s: s.metric(self.metric))
+
+    def stalled(self, history: list[EpochStats], patience: int, min_delta: float) -> bool:
+        """Whether the last `patience` epochs brought no improvement above `min_delta` over
+        the best before them (early stopping)."""
+        if len(history) <= patience:
+            return False
+        sign = 1 if self.direction == "maximize" else -1
+        before = max(sign * s.metric(self.metric) for s in history[:-patience])
+        recent = max(sign * s.metric(self.metric) for s in history[-patience:])
+        return recent <= before + min_delta
+
+
+@dataclass
+class TrainResult:
+    history: list[EpochStats]
+    best: EpochStats
+    model: nn.Module  # carrying the best epoch's weights, in eval mode
+    spec: InputSpec
+    num_params: int
+    checkpoint: Path | None  # best.pt, when a run folder was given
+
+
+EpochHook = Callable[[EpochStats], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.precision == "fp32" or device.type != "cuda":
+        return None
+    return torch.float16 if cfg.precision == "fp16" else torch.bfloat16
+
+
+def input_spec(data: SplitData) -> InputSpec:
+    """Per-channel pixel statistics of the training images, computed once."""
+    x = data.x_train.float().div_(255)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return InputSpec(data.image_size, len(data.classes),
+                     tuple(mean.tolist()), tuple(std.tolist()))
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             amp: torch.dtype | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy of `model` on uint8 images (or float features) x."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode(), torch.autocast(x.device.type, amp, enabled=amp is not None):
+        for start in range(0, len(y), EVAL_BATCH):
+            xb = x[start:start + EVAL_BATCH]
+            xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb
+            logits = model(xb).float()
+            yb = y[start:start + EVAL_BATCH]
+            total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    return total_loss / max(1, len(y)), correct / max(1, len(y))
+
+
+def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
+          on_epoch: EpochHook | None = None, run_dir: Path | None = None,
+          monitor: Monitor = Monitor(), cache_dir: Path | None = None,
+          identity: dict[str, str] | None = None) -> TrainResult:
+    """cache_dir: where frozen-backbone features are cached (None: computed, not kept).
+    identity: what the checkpoints in run_dir belong to (study, stage, trial, settings); a
+    checkpoint written for anything else is removed, never resumed from."""
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    amp = autocast_dtype(cfg, device)
+    identity = dict(identity or {})
+    torch.manual_seed(cfg.seed)
+    spec = input_spec(data)
+    model = build_model(cfg, spec).to(device)
+    if getattr(model, "frozen", False):
+        # Frozen backbone: features once (or from the cache), then only the head trains.
+        features = frozen_features(model, cfg, data, device, cache_dir, amp)
+        trained, x_val = model.head, features.val
+        batches = FeatureBatches(features.train, data.y_train, cfg)
+    else:
+        trained, x_val = model, data.x_val
+        batches = ImageBatches(data.x_train, data.y_train, cfg)
+    optimizer = make_optimizer(cfg, trained)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    history: list[EpochStats] = []
+    best_state: dict | None = None
+
+    last_path = run_dir / "last.pt" if run_dir else None
+    best_path = run_dir / "best.pt" if run_dir else None
+    if last_path is not None and last_path.exists():
+        resumed = resume(last_path, best_path, identity, model, optimizer, scaler, generator,
+                         device)
+        if resumed is not None:
+            history = [EpochStats(**s) for s in resumed[0]]
+            best_state = resumed[1]
+
+    steps_per_epoch = math.ceil(len(batches) / cfg.batch_size)
+    scheduled = cfg.schedule != "constant" or cfg.warmup_epochs > 0
+    early = cfg.early_stop
+    if early is not None and monitor.stalled(history, early.patience, early.min_delta):
+        return _finish(model, history, best_state, monitor, spec, best_path)  # stopped earlier
+    writer = CheckpointWriter()
+    last_resume_point = time.monotonic()
+    try:
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            trained.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            seen = 0
+            for step, (xb, yb) in enumerate(batches.epoch(generator),
+                                            start=(epoch - 1) * steps_per_epoch):
+                signals.check()  # Ctrl-C / SIGTERM: stop here, between two steps
+                if scheduled:
+                    factor = lr_factor(cfg, step, steps_per_epoch)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] * factor
+                with torch.autocast(device.type, amp, enabled=amp is not None):
+                    logits = trained(xb)
+                loss = F.cross_entropy(logits.float(), yb)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                # Accumulate on the device: no host sync per step.
+                loss_sum += loss.detach() * len(yb)
+                correct += (logits.detach().argmax(1) == yb).sum()
+                seen += len(yb)
+            train_seconds = time.perf_counter() - started
+            val_loss, val_acc = evaluate(trained, x_val, data.y_val, amp)
+            train_loss = loss_sum.item() / seen
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
+            stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc,
+                               time.perf_counter() - started, seen / train_seconds)
+            history.append(stats)
+            if monitor.best(history) is stats:
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            stop = early is not None and monitor.stalled(history, early.patience, early.min_delta)
+            final = stop or epoch == cfg.epochs
+            # A resume point every `checkpoint_every` epochs, but not more often than every
+            # `checkpoint_seconds`: a short trial is cheaper to rerun than to checkpoint.
+            due = (epoch % cfg.checkpoint_every == 0
+                   and time.monotonic() - last_resume_point >= cfg.checkpoint_seconds)
+            if run_dir is not None and (due or final):
+                best_file = ModelFile(best_state, cfg, spec, list(data.classes),
+                                      monitor.best(history).epoch,
+                                      asdict(monitor.best(history)), identity)
+                if final:  # the result: written now, and fsynced
+                    writer.wait()
+                    best_file.save(best_path, sync=True)
+                    last_path.unlink(missing_ok=True)  # nothing is left to resume
+                else:
+                    # A resume point, written on the writer's thread while training goes on, from
+                    # a snapshot of this epoch. best.pt first: a crash between the two leaves a
+                    # best that a replay reproduces. Not fsynced: one cut short by a power cut is
+                    # found damaged and training restarts.
+                    point = resume_state(identity, model, optimizer, scaler, generator,
+                                         history)
+                    writer.submit(lambda b=best_file, r=point: (b.save(best_path, sync=False),
+                                                                r.save(last_path, sync=False)))
+                    last_resume_point = time.monotonic()
+            if on_epoch is not None:
+                on_epoch(stats)
+            if stop:
+                break
+    finally:
+        writer.close()  # a pending resume point is written (or its error raised) first
+    return _finish(model, history, best_state, monitor, spec, best_path)
+
+
+def _finish(model, history, best_state, monitor, spec, best_path) -> TrainResult:
+    """The best epoch's weights restored (also after early stopping)."""
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(history, monitor.best(history), model, spec, count_parameters(model),
+                       best_path)
+
+

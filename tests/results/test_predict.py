@@ -1,0 +1,126 @@
+"""Nothing a user loads may run code: predict loads only what asl-sweep exported itself,
+through loaders that run no pickle, and refuses anything else in one line."""
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from asl_sweep.cli import main
+from asl_sweep.runtime.workspace import Workspace
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def crafted_mlflow_model(folder, marker, claims_asl_sweep: bool):
+    """An MLflow pyfunc model whose pickle would create `marker` when loaded."""
+    folder.mkdir(parents=True)
+    (folder / "python_model.pkl").write_bytes(pickle.dumps(Evil(marker)))
+    spec = {"flavors": {"python_function": {"loader_module": "mlflow.pyfunc.model",
+                                            "python_model": "python_model.pkl",
+                                            "python_version": "3.11.7"}}}
+    if claims_asl_sweep:  # a hostile folder that copies asl-sweep's marker
+        (folder / "extra_files").mkdir()
+        torch.save({"model": Evil(marker)}, folder / "extra_files" / "asl_sweep_model.pt")
+        spec["metadata"] = {"asl_sweep": {"format": "asl-sweep/export", "version": 1,
+                                          "classes": ["A"], "image_size": 16,
+                                          "model_file": "extra_files/asl_sweep_model.pt"}}
+    (folder / "MLmodel").write_text(yaml.safe_dump(spec))
+    return folder
+
+
+@pytest.mark.parametrize("claims", [False, True], ids=["plain", "fake-marker"])
+def test_a_crafted_mlflow_model_folder_is_refused_and_runs_nothing(tmp_path, image, capsys,
+                                                                   claims):
+    marker = tmp_path / "pwned"
+    folder = crafted_mlflow_model(tmp_path / "model", marker, claims)
+    assert main(["predict", str(folder), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refused" in err and str(folder) in err
+    assert not marker.exists()
+
+
+def test_a_crafted_registered_model_is_refused_and_runs_nothing(tmp_path, image, capsys):
+    marker = tmp_path / "pwned"
+    folder = crafted_mlflow_model(tmp_path / "model", marker, claims_asl_sweep=False)
+    ws = Workspace.at(tmp_path / "mlruns").prepare()
+    client = MlflowClient(ws.tracking_uri, registry_uri=ws.tracking_uri)
+    experiment = client.create_experiment("evil", artifact_location=ws.artifacts.as_uri())
+    run = client.create_run(experiment)
+    client.log_artifacts(run.info.run_id, str(folder), "model")
+    client.create_registered_model("evil")
+    client.create_model_version("evil", f"{run.info.artifact_uri}/model", run.info.run_id)
+    assert main(["predict", "models:/evil/1", str(image), "--home", str(ws.home)]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_pickle_in_a_pt_file_is_refused(tmp_path, image, capsys):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    torch.save({"model": Evil(marker)}, path)
+    assert main(["predict", str(path), str(image)]) == 2
+    assert "refused" in capsys.readouterr().err and not marker.exists()
+
+
+def test_a_torchscript_file_asl_sweep_did_not_export_is_refused(tmp_path, image, capsys):
+    path = tmp_path / "other.torchscript.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(path))
+    assert main(["predict", str(path), str(image)]) == 2
+    assert "refused" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("model.onnx", b"\x08\x07 not a protobuf at all \xff\xff", "not a readable ONNX file"),
+    ("weights.pt", b"plain text, not torch", "not a file asl-sweep wrote"),
+    ("state.pt", None, "not an asl-sweep model file"),
+])
+def test_files_that_are_not_models_are_one_line(tmp_path, image, capsys, name, content, message):
+    path = tmp_path / name
+    if content is None:
+        torch.save({"weight": torch.zeros(2)}, path)  # a state dict: tensors, not a model file
+    else:
+        path.write_bytes(content)
+    assert main(["predict", str(path), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_models_uri_without_a_store_creates_nothing(tmp_path, image):
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "predict", "models:/x/1",
+                           str(image), "--home", str(tmp_path / "nowhere")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no MLflow store" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "nowhere").exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_registered_model_is_one_line(write_study, tmp_path, image, capsys):
+    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
+                                    "space": {"lr": [1e-3]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    capsys.readouterr()
+    code = main(["predict", "models:/no-such-model/1", str(image), "--home", str(home)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "models:/no-such-model/1: not found" in err

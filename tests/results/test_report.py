@@ -1,0 +1,44 @@
+"""The report, read back from the stores: a section per stage, images that exist, logged to
+the study's MLflow run."""
+
+import re
+
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.runtime.workspace import Workspace
+from tests.search.test_study import TWO_STAGES
+
+
+def test_report_has_a_section_per_stage_and_its_images_exist(write_study, tmp_path):
+    path = write_study(TWO_STAGES)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--home", str(home), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    plain = out / "plain.txt"
+    plain.write_text("")  # what any other output gets here (the umask's mode)
+    for name in ("report.md", "report.html"):
+        assert (out / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    assert "## Stage 1: shape" in md and "## Stage 2: rate" in md
+    assert md.count("| trial | role | state | parameters | train acc |") == 2
+    assert "Human baseline (trial 1): the student reported 0.329" in md and "Diagnosis:" in md
+    assert "Final test accuracy of rate's configuration" in md
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert any("confusion" in i for i in images) and any("curves" in i for i in images)
+    for image in images:
+        assert (out / image).stat().st_size > 1000, image
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(images)
+    client = MlflowClient(Workspace.at(home).tracking_uri)
+    exp = client.get_experiment_by_name("tiny")
+    (study_run,) = client.search_runs([exp.experiment_id], "tags.kind = 'study'")
+    logged = {a.path for a in client.list_artifacts(study_run.info.run_id, "report")}
+    assert "report/report.html" in logged
+
+
+def test_report_before_any_run_is_a_clear_error(write_study, tmp_path, capsys):
+    path = write_study()
+    assert main(["report", str(path), "--home", str(tmp_path / "mlruns")]) == 2
+    assert "nothing recorded yet" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+"""Winner selection as pure functions over FrozenTrials built with optuna.trial.create_trial."""
+
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from asl_sweep.runtime.errors import GateNotReached
+from asl_sweep.search.selection import counts_toward_budget, pick_winner, reached_target
+from asl_sweep.settings.spec import StageConfig
+
+
+def trial(number, value, state=TrialState.COMPLETE, train_acc=0.5, val_acc=None, params=10,
+          **attrs):
+    t = create_trial(state=state, value=value if state == TrialState.COMPLETE else None,
+                     params={"lr": 0.001 * (number + 1)},
+                     distributions={"lr": FloatDistribution(1e-4, 1.0)},
+                     user_attrs={"metrics": {"train_acc": train_acc,
+                                             "val_acc": value if val_acc is None else val_acc,
+                                             "val_loss": 1.0, "train_loss": 1.0},
+                                 "num_params": params, **attrs})
+    t.number = number
+    return t
+
+
+def stage(**kw):
+    return StageConfig(name="s", **kw)
+
+
+def test_without_a_target_the_best_value_wins_and_ties_go_to_the_earlier_trial():
+    trials = [trial(0, 0.4), trial(1, 0.7), trial(2, 0.7), trial(3, 0.9, TrialState.PRUNED)]
+    result = pick_winner(trials, stage())
+    assert (result.trial, result.value, result.status) == (1, 0.7, "best")
+    assert result.params == {"lr": 0.002}
+
+
+def test_direction_follows_a_loss_metric():
+    trials = [trial(0, 0.9), trial(1, 0.3), trial(2, 0.5)]
+    assert pick_winner(trials, stage(metric="val_loss")).trial == 1
+    assert pick_winner(trials, stage(metric="val_loss", direction="maximize")).trial == 0
+
+
+def test_a_reached_target_picks_by_the_other_accuracy_then_fewer_parameters():
+    gate = stage(metric="train_acc", target=1.0)
+    trials = [trial(0, 1.0, val_acc=0.3, params=50), trial(1, 0.9, val_acc=0.9),
+              trial(2, 1.0, val_acc=0.4, params=90), trial(3, 1.0, val_acc=0.4, params=20)]
+    for t in trials:
+        t.user_attrs["metrics"]["train_acc"] = t.value
+    result = pick_winner(trials, gate)
+    assert (result.trial, result.status) == (3, "target reached")
+    assert reached_target(trials, gate) and not reached_target(trials[1:2], gate)
+
+
+def test_a_missed_target_stops_or_continues_as_the_stage_says():
+    trials = [trial(0, 0.6), trial(1, 0.8)]
+    with pytest.raises(GateNotReached, match=r"no trial reached train_acc >= 1.0 .*trial 1.*on_fail"):
+        pick_winner(trials, stage(metric="train_acc", target=1.0))
+    result = pick_winner(trials, stage(metric="train_acc", target=1.0, on_fail="continue"))
+    assert (result.trial, result.status) == (1, "target missed")
+    minimize = stage(metric="val_loss", target=0.1, on_fail="continue")
+    assert pick_winner(trials, minimize).trial == 0
+
+
+def test_no_complete_trial_is_no_winner():
+    with pytest.raises(GateNotReached, match="no trial completed"):
+        pick_winner([trial(0, None, TrialState.FAIL)], stage())
+
+
+@pytest.mark.parametrize("state, failure, counts", [
+    (TrialState.COMPLETE, None, True), (TrialState.PRUNED, None, True),
+    (TrialState.FAIL, "error", True), (TrialState.FAIL, "interrupted", False),
+    (TrialState.FAIL, "crashed", False), (TrialState.FAIL, None, False),
+    (TrialState.FAIL, "surplus", False),
+])
+def test_what_counts_toward_the_budget(state, failure, counts):
+    attrs = {"failure": failure} if failure else {}
+    assert counts_toward_budget(trial(0, 0.5, state, **attrs)) is counts

@@ -1,0 +1,165 @@
+"""Several workers, PostgreSQL, signals and determinism: real processes, real stores."""
+
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.runtime.workspace import Workspace
+from tests.conftest import running_trial
+
+FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
+        "base": {"hidden": [16], "epochs": 3, "batch_size": 16},
+        "stages": [{"name": "search", "trials": 40, "sampler": "random", "pruner": "none",
+                    "confirm": None,
+                    "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                              "hidden": [[16], [32], [16, 16]]}}]}
+
+
+def _finished(storage: str, name: str) -> list:
+    study = optuna.load_study(study_name=name, storage=storage)
+    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def _trial_runs(tracking: str, study: str) -> list:
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name(study)
+    return client.search_runs([exp.experiment_id], "tags.kind = 'trial'", max_results=1000)
+
+
+def test_four_workers_on_sqlite_finish_exactly_the_budget(write_study, tmp_path, capfd):
+    path = write_study(FAST)
+    home = tmp_path / "mlruns"
+    started = time.perf_counter()
+    assert main(["run", str(path), "--home", str(home), "--workers", "4"]) == 0
+    elapsed = time.perf_counter() - started
+    out, err = capfd.readouterr()
+    assert "locked" not in out + err
+    ws = Workspace.at(home)
+    finished = _finished(ws.storage, "tiny.search")
+    assert len([t for t in finished if t.user_attrs["role"] == "search"]) == 40
+    assert len(finished) == 41  # and the incumbent
+    runs = [r for r in _trial_runs(ws.tracking_uri, "tiny") if r.info.status == "FINISHED"]
+    assert len(runs) == 41
+    workers = {t.user_attrs["worker"] for t in _finished(ws.storage, "tiny.search")}
+    assert len(workers) >= 2, workers  # the trials really were shared
+    print(f"4 workers, 40 trials: {elapsed:.1f}s")
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server on the loopback address, for this module's tests."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it from Debian packages)")
+    bindir = bins[-1]
+    root = tempfile.mkdtemp(prefix="asl-pg-")
+    as_user = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(root, "data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*cmd):
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    pg(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+    pg(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
+       f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+       "-c max_connections=200", "start")
+    try:
+        for db in ("optuna", "mlflow"):
+            pg(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        pg(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_path, capfd,
+                                                             postgres):
+    spec = {**FAST, "stages": [
+        {**FAST["stages"][0], "name": "first", "trials": 6},
+        {"name": "second", "trials": 6, "sampler": "tpe", "pruner": "none",
+         "confirm": {"top": 2, "repeats": 2},
+         "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]}
+    path = write_study(spec)
+    storage, tracking = f"{postgres}/optuna", f"{postgres}/mlflow"
+    assert main(["run", str(path), "--home", str(tmp_path / "mlruns"), "--workers", "2",
+                 "--storage", storage, "--tracking", tracking]) == 0
+    out = capfd.readouterr().out
+    for stage in ("first", "second"):
+        searched = [t for t in _finished(storage, f"tiny.{stage}")
+                    if t.user_attrs["role"] in ("seed", "search")]
+        assert len(searched) == 6  # the budget, exactly, across both workers
+        said = re.findall(rf"\[worker (\d)\] stage {stage}: (.+?)  carries", out)
+        assert {w for w, _ in said} == {"0", "1"}, out  # both workers decided ...
+        assert len({decision for _, decision in said}) == 1  # ... the same thing
+    second = _finished(storage, "tiny.second")
+    repeats = [(t.user_attrs["confirms"], t.user_attrs["repeat"]) for t in second
+               if t.user_attrs["role"] == "confirm"]
+    assert sorted(set(repeats)) == sorted(repeats) and len(repeats) == 3  # incumbent + 2, once
+    assert "final test accuracy" in out
+
+
+def test_sigterm_queues_the_trial_again_and_a_rerun_resumes_it(write_study, tmp_path):
+    spec = {**FAST, "base": {**FAST["base"], "epochs": 150}}
+    spec["stages"] = [{**FAST["stages"][0], "trials": 3}]
+    path = write_study(spec)
+    home = tmp_path / "mlruns"
+    ws = Workspace.at(home)
+    (home).mkdir()
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Past a checkpoint (every 2 epochs): the retry must continue from it, not start over.
+    victim = running_trial(home / "optuna.db", "tiny.search", proc, epochs=5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "queued" in err
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    killed = study.trials[victim]
+    assert killed.state.name == "FAIL" and killed.user_attrs["failure"] == "interrupted"
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert len(retry) == 1 and retry[0].state.name == "WAITING"
+    assert retry[0].params == killed.params
+    client = MlflowClient(ws.tracking_uri)
+    assert client.get_run(killed.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    experiment = client.get_experiment_by_name("tiny").experiment_id
+    for run in client.search_runs([experiment], "tags.kind != 'trial'"):
+        assert run.info.status == "KILLED", run.data.tags["kind"]  # stage and study runs
+
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    assert len(_finished(ws.storage, "tiny.search")) == 4  # the incumbent and 3
+    (done,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert done.state.name == "COMPLETE" and done.params == killed.params
+    assert min(done.intermediate_values) > 2  # resumed from its checkpoint
+
+
+def test_one_seeded_worker_repeats_exactly(write_study, tmp_path):
+    spec = {**FAST, "stages": [{**FAST["stages"][0], "trials": 4, "sampler": "tpe",
+                                "pruner": "median"}]}
+    path = write_study(spec)
+    outcomes = []
+    for run in ("a", "b"):
+        home = tmp_path / run
+        assert main(["run", str(path), "--home", str(home)]) == 0
+        trials = optuna.load_study(study_name="tiny.search",
+                                   storage=Workspace.at(home).storage).trials
+        outcomes.append([(t.params, t.state.name, t.value, t.intermediate_values,
+                          t.user_attrs.get("metrics", {}).get("train_loss")) for t in trials])
+    assert outcomes[0] == outcomes[1]

@@ -1,0 +1,271 @@
+"""Stage orchestration end to end, with real stores: carrying forward, gates, the incumbent,
+confirmation by paired repeats, the evidence rule, the final test score, and kill -9."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+import asl_sweep.search.trial
+from asl_sweep.cli import main
+from asl_sweep.data.studydata import StudyData
+from asl_sweep.results.readback import read_final, read_stages
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.settings.studyfile import load_study
+from asl_sweep.tracking.tracker import _flatten
+from tests.conftest import running_trial
+
+TWO_STAGES = {"stages": [
+    {"name": "shape", "goal": "pick a shape", "trials": 3, "sampler": "random", "pruner": "none",
+     "confirm": None, "space": {"hidden": [[32], [16, 16]], "activation": ["relu", "tanh"]},
+     "seed_trials": [{"hidden": [16, 16], "activation": "tanh", "reported": 0.329}]},
+    {"name": "rate", "goal": "re-tune the rate", "trials": 3, "sampler": "random",
+     "pruner": "none", "confirm": None, "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                                  "dropout.0": {"low": 0.0, "high": 0.3}}},
+]}
+
+# Stage 1 can only hurt (weight decay far too strong); stage 2 starts from a rate far too low
+# (its `fixed`) and searches a good one: kept, then adopted, each on paired evidence.
+EVIDENCE = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 5}, "stages": [
+    {"name": "decay", "goal": "weight decay that only hurts", "trials": 2, "sampler": "random",
+     "pruner": "none", "confirm": {"top": 1, "repeats": 3},
+     "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
+    {"name": "rate", "goal": "a rate that clearly helps", "trials": 1, "sampler": "grid",
+     "pruner": "none", "confirm": {"top": 1, "repeats": 3}, "fixed": {"lr": 1.0e-6},
+     "space": {"lr": [3.0e-3]}},
+]}
+
+
+def test_later_stages_carry_earlier_winners(write_study, tmp_path):
+    path = write_study(TWO_STAGES)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    shape, rate = read_stages(load_study(path), ws)
+    # The incumbent ran first, as it came; then the seed trial, with the hand-picked settings.
+    assert shape.trials[0].user_attrs["role"] == "incumbent" and shape.trials[0].params == {}
+    assert shape.trials[1].user_attrs["role"] == "seed"
+    assert shape.trials[1].params == {"hidden": "[16, 16]", "activation": "tanh"}
+    assert shape.trials[1].user_attrs["reported"] == 0.329
+    winner = shape.result.params
+    assert rate.carried == winner
+    client = MlflowClient(ws.tracking_uri)
+    lrs = set()
+    for t in rate.trials[1:]:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        for key, value in winner.items():  # every stage-2 trial trained with stage 1's winner
+            for name, text in _flatten({key: value}).items():
+                assert run.data.params[name] == text
+            assert run.data.tags[f"decided_by.{key}"] == "shape"
+        assert run.data.tags["decided_by.lr"] == "rate"
+        lrs.add(t.params["lr"])
+    assert len(lrs) == 3  # the re-opened parameter varies
+    stage_runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                    "tags.kind = 'stage'")
+    assert sorted(r.info.run_name for r in stage_runs) == ["1-shape", "2-rate"]
+    storage = optuna.storages.RDBStorage(ws.storage)
+    assert optuna.load_study(study_name="tiny.rate", storage=storage).metric_names == ["val_acc"]
+
+
+GATE = {"base": {"epochs": 40}, "stages": [
+    {"name": "overfit", "goal": "100% on 9 images", "subset": 9, "metric": "train_acc",
+     "target": 1.0, "trials": 5, "pruner": "none", "sampler": "random",
+     "space": {"lr": {"low": 3e-3, "high": 1e-2, "log": True}}}]}
+
+
+def test_a_reached_gate_ends_its_stage_early(write_study, tmp_path):
+    path = write_study(GATE)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    (view,) = read_stages(load_study(path), Workspace.at(home))
+    assert view.result.status == "target reached" and view.result.value == 1.0
+    assert len(view.trials) < 5
+
+
+def test_an_unreachable_gate_stops_the_run_or_continues(write_study, tmp_path, capsys):
+    unreachable = {"base": {"epochs": 2, "lr": 1e-6}, "stages": [
+        {**GATE["stages"][0], "trials": 2, "space": {"lr": {"low": 1e-6, "high": 2e-6}}},
+        {"name": "next", "trials": 1, "confirm": None, "space": {"lr": [1e-3]}}]}
+    path = write_study(unreachable)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 3
+    err = capsys.readouterr().err
+    assert "stage overfit: no trial reached train_acc >= 1.0" in err and "on_fail" in err
+    (first, second) = read_stages(load_study(path), Workspace.at(home))
+    assert second.trials == []  # nothing after the failed gate ran
+    unreachable["stages"][0]["on_fail"] = "continue"
+    path = write_study(unreachable, "continue.yaml")
+    assert main(["run", str(path), "--home", str(tmp_path / "other")]) == 0
+    first, second = read_stages(load_study(path), Workspace.at(tmp_path / "other"))
+    assert first.result.status == "target missed" and second.result is not None
+
+
+@pytest.fixture(scope="module")
+def evidence_study(tmp_path_factory):
+    """A two-stage study with confirmation, run once through the CLI while every call of the
+    trainer is watched (the real trainer runs; the watcher only records what it was given)."""
+    import yaml
+
+    from tests.conftest import TINY_STUDY, deep_update
+
+    root = tmp_path_factory.mktemp("evidence")
+    path = root / "study.yaml"
+    spec = deep_update(yaml.safe_load(yaml.safe_dump(TINY_STUDY)), EVIDENCE)
+    spec["stages"] = EVIDENCE["stages"]
+    path.write_text(yaml.safe_dump(spec))
+    seen = []
+    real = asl_sweep.search.trial.train
+
+    def watched(cfg, data, *args, **kwargs):
+        seen.append((cfg.seed, data.train_index.copy(), data.val_index.copy()))
+        return real(cfg, data, *args, **kwargs)
+
+    home = root / "mlruns"
+    asl_sweep.search.trial.train = watched
+    try:
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["run", str(path), "--home", str(home)]) == 0
+    finally:
+        asl_sweep.search.trial.train = real
+    return path, Workspace.at(home), seen, out.getvalue()
+
+
+def test_a_space_that_can_only_hurt_keeps_the_incumbent(evidence_study):
+    path, ws, _, out = evidence_study
+    decay, rate = read_stages(load_study(path), ws)
+    assert decay.result.status == "kept incumbent" and decay.result.params == {}
+    assert re.search(r"kept incumbent: [-+]\d+\.\d \+- \d+\.\d pt over 3 paired repeats",
+                     decay.result.decision)
+    assert decay.result.decision in out
+    assert rate.carried == {}  # nothing adopted, nothing carried
+
+
+def test_a_clearly_better_setting_is_adopted(evidence_study):
+    path, ws, _, out = evidence_study
+    _, rate = read_stages(load_study(path), ws)
+    assert rate.result.status == "adopted" and rate.result.params == {"lr": 3.0e-3}
+    assert re.search(r"adopted trial \d+: \+\d+\.\d \+- \d+\.\d pt over 3 paired repeats",
+                     rate.result.decision)
+    assert len(rate.result.repeats) == 3
+
+
+def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
+    path, ws, _, _ = evidence_study
+    cfg = load_study(path)
+    data = StudyData(cfg.data, ws.cache, "cpu", log=lambda _: None)
+    for view in read_stages(cfg, ws):
+        pairs = {}
+        for t in view.trials:
+            if t.user_attrs.get("role") in ("confirm", "incumbent") or t.number in view.plan[
+                    "candidates"]:
+                run = MlflowClient(ws.tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
+                repeat = t.user_attrs.get("repeat", 0)
+                pairs.setdefault(repeat, set()).add((run.data.tags["seed"], t.user_attrs["fold"]))
+        assert sorted(pairs) == [0, 1, 2]
+        for repeat, combos in pairs.items():
+            assert len(combos) == 1, (repeat, combos)  # every config: the same seed and fold
+            ((seed, fold),) = combos
+            assert int(seed) == repeat and fold == repeat
+            train, val = data.splits.fold(fold)
+            assert not set(data.groups[train]) & set(data.groups[val])
+
+
+def test_no_test_image_reaches_training_or_selection(evidence_study):
+    path, ws, seen, _ = evidence_study
+    cfg = load_study(path)
+    data = StudyData(cfg.data, ws.cache, "cpu", log=lambda _: None)
+    test = set(data.splits.test.tolist())
+    groups = data.groups
+    assert len(seen) >= 13
+    for _, train_index, val_index in seen:
+        assert not test & set(train_index.tolist()) and not test & set(val_index.tolist())
+        assert not set(groups[data.splits.test]) & set(groups[train_index])
+        assert not set(groups[data.splits.test]) & set(groups[val_index])
+
+
+def test_evaluate_reproduces_the_printed_test_accuracy(evidence_study, capsys):
+    path, ws, _, out = evidence_study
+    final = read_final(load_study(path), ws)
+    assert "final test accuracy (rate's configuration; " in out and final["summary"] in out
+    assert main(["evaluate", str(path), "--home", str(ws.home)]) == 0
+    printed = capsys.readouterr().out
+    assert f"test accuracy: {final['summary']}" in printed
+    assert main(["evaluate", str(path), "--home", str(ws.home), "--split", "val"]) == 0
+    assert "biased upward" in capsys.readouterr().out
+
+
+def test_commands_after_run_with_data_use_that_folder(write_study, tmp_path, image_folder, capsys):
+    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
+                                    "space": {"lr": [3e-3]}}]})
+    home = str(tmp_path / "mlruns")
+    assert main(["run", str(path), "--home", home, "--data", str(image_folder)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(path), "--home", home, "--out", str(tmp_path / "r")]) == 0
+    assert str(image_folder) in (tmp_path / "r" / "report.md").read_text()
+    assert main(["export", str(path), "--home", home, "--format", "onnx",
+                 "--out", str(tmp_path / "e")]) == 0
+    assert str(image_folder) in (tmp_path / "e" / "MODEL_CARD.md").read_text()
+    assert main(["evaluate", str(path), "--home", home]) == 0
+    capsys.readouterr()
+    assert main(["report", str(path), "--home", home, "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"data.root: this study ran with '{image_folder}', this command says '{tmp_path}'" in err
+    # A rerun with other data settings: one line naming both values, and no MLflow run left
+    # RUNNING (before, MLflow refused to change a param and the study run stayed RUNNING).
+    assert main(["run", str(path), "--home", home, "--data", str(image_folder),
+                 "--set", "data.image_size=24"]) == 2
+    err = capsys.readouterr().err
+    assert "data.image_size: this study ran with 16, this command says 24" in err
+    assert "--set study=NEW" in err
+    client = MlflowClient(Workspace.at(home).tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_kill_9_during_confirmation_then_rerun_finishes_it(write_study, tmp_path):
+    spec = {"base": {"epochs": 5}, "stages": [
+        {**TWO_STAGES["stages"][0]},
+        {**TWO_STAGES["stages"][1], "trials": 2, "fixed": {"epochs": 150},
+         "confirm": {"top": 1, "repeats": 2}}]}
+    path = write_study(spec)
+    home = tmp_path / "mlruns"
+    ws = Workspace.at(home)
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        killed_number = running_trial(home / "optuna.db", "tiny.rate", proc, role="confirm")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    storage = optuna.storages.RDBStorage(ws.storage, skip_table_creation=True)
+    before = read_stages(load_study(path), ws)[0].result
+    killed = optuna.load_study(study_name="tiny.rate", storage=storage).trials[killed_number]
+
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    shape, rate = read_stages(load_study(path), ws)
+    assert shape.result == before and len(shape.trials) == 4  # not rerun, decision unchanged
+    assert sum(t.user_attrs.get("role") in ("seed", "search") and t.state.name == "COMPLETE"
+               for t in rate.trials) == 2  # the budget, exactly
+    lost = rate.trial(killed_number)
+    assert lost.state.name == "FAIL"
+    retry = [t for t in rate.trials if t.system_attrs.get("failed_trial") == killed_number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
+    assert retry[0].params == killed.params
+    for key in ("role", "confirms", "repeat"):
+        assert retry[0].user_attrs[key] == killed.user_attrs[key]
+    assert rate.result is not None and retry[0].number in {
+        int(n) for c in rate.result.evidence["configs"].values() for n in c["trials"].values()}
+    client = MlflowClient(ws.tracking_uri)
+    assert client.get_run(lost.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert read_final(load_study(path), ws) is not None
+    assert not np.isnan(read_final(load_study(path), ws)["mean"])

@@ -1,0 +1,62 @@
+"""The exception policy of a trial: its own failures are results, everything else is not."""
+
+import subprocess
+import sys
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.runtime.workspace import Workspace
+
+DIVERGES = {"base": {"optimizer": "sgd", "epochs": 3}, "stages": [{
+    "name": "search", "trials": 3, "sampler": "grid", "pruner": "none", "confirm": None,
+    "space": {"lr": [1.0e6, 1.0e-2, 3.0e-2]}}]}
+
+BROKEN_TRAINER = """
+import sys
+import asl_sweep.search.trial
+def broken(*args, **kwargs):
+    raise TypeError("train() got an unexpected keyword argument 'from_a_refactor'")
+asl_sweep.search.trial.train = broken
+from asl_sweep.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_diverging_trial_fails_on_its_own_and_the_stage_goes_on(write_study, tmp_path, capsys):
+    path = write_study(DIVERGES)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    assert "failed: FloatingPointError: training diverged" in capsys.readouterr().out
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    by_lr = {t.params["lr"]: t for t in study.trials if "lr" in t.params}
+    assert by_lr[1.0e6].state.name == "FAIL" and by_lr[1.0e6].user_attrs["failure"] == "error"
+    assert len(study.trials) == 4  # the incumbent and 3: the failure used its turn, no retry
+    assert "trial" in study.user_attrs["decision"] or "incumbent" in study.user_attrs["decision"]
+    assert str(by_lr[1.0e6].number) not in study.user_attrs["decision"].split(":")[0]
+
+
+def test_a_bug_in_the_trainer_stops_the_run_with_its_traceback(write_study, tmp_path):
+    path = write_study()
+    home = tmp_path / "mlruns"
+    proc = subprocess.run([sys.executable, "-c", BROKEN_TRAINER, "run", str(path), "--home",
+                           str(home)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "TypeError: train() got an unexpected" in proc.stderr
+    assert "trial failed" not in proc.stdout + proc.stderr
+    ws = Workspace.at(home)
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    crashed, retry = study.trials  # the incumbent crashed, and waits to run again
+    assert crashed.state.name == "FAIL" and crashed.user_attrs["failure"] == "crashed"
+    # Not a search result: the same settings wait to run again, no budget is used.
+    assert retry.state.name == "WAITING" and retry.params == crashed.params
+    assert retry.system_attrs["failed_trial"] == crashed.number
+    client = MlflowClient(ws.tracking_uri)
+    run_id = crashed.user_attrs["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "FAILED"
+    trace = client.download_artifacts(run_id, "error/traceback.txt", str(tmp_path))
+    assert "TypeError" in open(trace).read()
+    experiment = client.get_experiment_by_name("tiny")
+    for run in client.search_runs([experiment.experiment_id]):
+        assert run.info.status != "RUNNING", run.data.tags

@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+
+from asl_sweep.runtime.errors import ConfigError
+from asl_sweep.settings.spec import Choice, FloatRange, IntRange
+from asl_sweep.settings.studyfile import load_study
+
+SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_study_loads(path):
+    cfg = load_study(path)
+    assert cfg.stages
+
+
+def test_space_entries_parse_by_shape(write_study):
+    cfg = load_study(write_study({"stages": [{
+        "name": "s", "space": {
+            "lr": {"low": 1e-5, "high": 1e-1, "log": True},
+            "batch_size": {"low": 8, "high": 64, "step": 8},
+            "weight_decay": {"low": 0.0, "high": 0.1, "step": 0.05},
+            "activation": ["relu", "gelu"],
+        }}]}))
+    space = cfg.stages[0].space
+    assert isinstance(space["lr"], FloatRange) and space["lr"].log and space["lr"].low == 1e-5
+    assert isinstance(space["batch_size"], IntRange) and space["batch_size"].step == 8
+    assert isinstance(space["weight_decay"], FloatRange)
+    assert isinstance(space["activation"], Choice)
+
+
+def test_scientific_notation_is_a_float(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("study: s\nbase: {lr: 1e-5}\nstages: [{name: a}]\n")
+    assert load_study(path).base.lr == 1e-5
+
+
+@pytest.mark.parametrize("updates, expected", [
+    ({"base": {"epochz": 3}}, "base.epochz: Extra inputs are not permitted"),
+    ({"base": {"lr": -1}}, "base.lr: Input should be greater than 0"),
+    ({"data": {"val_fraction": 1.5}}, "data.val_fraction"),
+    ({"stages": [{"name": "s", "space": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}]},
+     "stages.0.space.lr: low must be > 0 for a log range"),
+    ({"stages": [{"name": "s", "space": {"lr": {"low": 0.0, "high": 0.1}}}]},
+     "stages.0.space.lr.low: Input should be greater than 0"),
+    ({"stages": [{"name": "s", "space": {"lrr": [0.1]}}]},
+     "stages.0.space.lrr: not a trainer setting"),
+    ({"stages": [{"name": "s", "space": {"activation": ["relu", "swish"]}}]},
+     "stages.0.space.activation.1: Input should be"),
+    ({"stages": [{"name": "s", "sampler": "grid", "space": {"lr": {"low": 0.1, "high": 0.2}}}]},
+     "grid sampler: space.lr needs a list or a step"),
+    ({"stages": [{"name": "s", "trials": 0}]}, "stages.0.trials"),
+    ({"stages": [{"name": "s", "seed_trials": [{"lr": 0.1}]}]},
+     "stages.0.seed_trials.0.lr: not in this stage's space"),
+    ({"stages": [{"name": "a"}, {"name": "a"}]}, "stage names must be unique"),
+    ({"data": {"group_pattern": "nogroup"}}, "data.group_pattern: needs a capturing group"),
+])
+def test_config_errors_name_the_key_path(write_study, updates, expected):
+    path = write_study(updates)
+    with pytest.raises(ConfigError) as e:
+        load_study(path)
+    assert str(path) in str(e.value)
+    assert expected in str(e.value)
+
+
+def test_set_overrides_are_validated_the_same_way(write_study):
+    path = write_study()
+    cfg = load_study(path, ["base.epochs=7", "base.lr=1e-2", "base.hidden=[64, 32]",
+                            "stages.0.trials=2", "data.image_size=24"])
+    assert (cfg.base.epochs, cfg.base.lr, cfg.base.hidden) == (7, 0.01, [64, 32])
+    assert cfg.stages[0].trials == 2 and cfg.data.image_size == 24
+    with pytest.raises(ConfigError, match="base.epochs: Input should be greater than or equal to 1"):
+        load_study(path, ["base.epochs=0"])
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        load_study(path, ["base.epochs"])
+
+
+def test_trials_and_data_overrides(write_study, tmp_path):
+    cfg = load_study(write_study(), trials=9, data_root=tmp_path)
+    assert all(s.trials == 9 for s in cfg.stages)
+    assert cfg.data.root == tmp_path
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such study file"):
+        load_study(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_study(bad)
+
+
+def test_epochs_sets_every_stage_epochs_fixed_ones_included(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("study: s\nbase: {epochs: 15}\nstages:\n"
+                    "  - {name: a, fixed: {epochs: 40}}\n  - {name: b}\n"
+                    "  - {name: c, space: {epochs: [5, 10]}}\n")
+    cfg = load_study(path, epochs=3)
+    assert cfg.base.epochs == 3 and cfg.stages[0].fixed["epochs"] == 3
+    assert cfg.stages[2].space["epochs"].choices == [5, 10]  # a searched setting stays searched

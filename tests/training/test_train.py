@@ -1,0 +1,164 @@
+import pytest
+import torch
+
+from asl_sweep.data.studydata import StudyData
+from asl_sweep.runtime.errors import UnsafeFileError
+from asl_sweep.runtime.files import load_tensors
+from asl_sweep.settings.config import DataConfig, TrainConfig
+from asl_sweep.training.checkpoint import ModelFile
+from asl_sweep.training.train import train
+
+
+@pytest.fixture(scope="module")
+def synthetic_split(tmp_path_factory):
+    cfg = DataConfig(image_size=16, synthetic={"per_class": 12})
+    return StudyData(cfg, tmp_path_factory.mktemp("cache"), torch.device("cpu"),
+                     log=lambda _: None).split()
+
+
+def test_mlp_overfits_20_images_covering_every_class(synthetic_split):
+    tiny = synthetic_split.subset(20, seed=0)
+    assert set(tiny.y_train.tolist()) == set(range(9))
+    cfg = TrainConfig(hidden=[128, 64], lr=1e-3, batch_size=20, epochs=60)
+    result = train(cfg, tiny, "cpu")
+    # "Quickly": a third of the epochs allowed (it takes about 8 here).
+    first_perfect = next((s.epoch for s in result.history if s.train_acc == 1.0), None)
+    assert first_perfect is not None and first_perfect <= 20, first_perfect
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(synthetic_split, tmp_path):
+    cfg = TrainConfig(hidden=[32], epochs=6, checkpoint_every=1, checkpoint_seconds=0, dropout=[0.1, 0.2],
+                      augment={"rotation": 15, "flip": True}, batch_size=16)
+    straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_3(stats):
+        if stats.epoch == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(cfg, synthetic_split, "cpu", on_epoch=crash_at_3, run_dir=tmp_path / "b")
+    seen = []
+    resumed = train(cfg, synthetic_split, "cpu", on_epoch=lambda s: seen.append(s.epoch),
+                    run_dir=tmp_path / "b")
+    assert seen == [4, 5, 6]  # continued, did not start over
+    assert [s.val_loss for s in resumed.history] == [s.val_loss for s in straight.history]
+    for (k, a), b in zip(straight.model.state_dict().items(),
+                         resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_best_checkpoint_reloads_the_best_epoch(synthetic_split, tmp_path):
+    cfg = TrainConfig(hidden=[32], epochs=4, checkpoint_every=2)
+    result = train(cfg, synthetic_split, "cpu", run_dir=tmp_path)
+    file = ModelFile.load(result.checkpoint)
+    model = file.build()
+    assert file.epoch == result.best.epoch
+    x = synthetic_split.x_val.float() / 255
+    assert torch.equal(model(x).argmax(1), result.model(x).argmax(1))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(UnsafeFileError, match="refused"):
+        load_tensors(path)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_checkpoint_carrying_a_pickle(synthetic_split, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"model": Evil()}, run_dir / "last.pt")
+    with pytest.raises(UnsafeFileError):
+        train(TrainConfig(hidden=[8], epochs=2), synthetic_split, "cpu", run_dir=run_dir)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_trial_is_never_resumed(synthetic_split, tmp_path, caplog):
+    cfg = TrainConfig(hidden=[32], epochs=4, checkpoint_every=1, checkpoint_seconds=0,
+                      device="cpu")
+    old = {"study": "s", "stage": "a", "stage_uid": "first-store", "trial": "0",
+           "settings": "aaaa"}
+
+    def stop_at_2(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, synthetic_split, "cpu", on_epoch=stop_at_2, run_dir=tmp_path, identity=old)
+    assert (tmp_path / "last.pt").exists()
+    # The stores were deleted and the study rerun: trial 0 now has other settings.
+    new = {**old, "stage_uid": "second-store", "settings": "bbbb"}
+    seen = []
+    wider = cfg.model_copy(update={"hidden": [48]})  # would not even load the old weights
+    result = train(wider, synthetic_split, "cpu", on_epoch=lambda s: seen.append(s.epoch),
+                   run_dir=tmp_path, identity=new)
+    assert seen == [1, 2, 3, 4]  # from the start, not from the leftover
+    assert "a leftover checkpoint of another trial" in caplog.text and "removed" in caplog.text
+    assert ModelFile.load(result.checkpoint).identity == new
+    same = []
+    train(wider, synthetic_split, "cpu", on_epoch=lambda s: same.append(s.epoch),
+          run_dir=tmp_path, identity=new)
+    assert same == [1, 2, 3, 4]  # a finished run leaves no resume file behind
+
+
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine", "onecycle"])
+def test_schedules_start_warm_and_end_where_they_say(schedule):
+    from asl_sweep.training.optim import lr_factor
+
+    cfg = TrainConfig(epochs=10, schedule=schedule, warmup_epochs=2)
+    factors = [lr_factor(cfg, step, 5) for step in range(50)]
+    assert all(0 < f <= 1.0 + 1e-9 for f in factors)
+    if schedule == "constant":
+        assert factors[0] == pytest.approx(0.1) and factors[9:] == [1.0] * 41
+    if schedule == "step":
+        assert factors[20] == 1.0 and factors[35] == pytest.approx(0.1)
+        assert factors[45] == pytest.approx(0.01)
+    if schedule == "cosine":
+        assert factors[10] == pytest.approx(1.0) and factors[-1] < 0.01
+    if schedule == "onecycle":
+        assert factors[0] < 0.1 and max(factors) == pytest.approx(1.0, abs=0.02)
+        assert factors[-1] < 0.01
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(synthetic_split):
+    # A learning rate this small leaves validation accuracy flat: it stops after `patience`.
+    cfg = TrainConfig(hidden=[32], epochs=40, lr=1e-7, device="cpu",
+                      early_stop={"patience": 3})
+    result = train(cfg, synthetic_split, "cpu")
+    assert len(result.history) < 40
+    assert result.best.epoch <= len(result.history) - 3
+    best = max(result.history, key=lambda s: s.val_acc)
+    assert result.best.val_acc == best.val_acc
+
+
+def test_a_cnn_trains_and_a_scheduled_run_resumes_exactly(synthetic_split, tmp_path):
+    cfg = TrainConfig(model="cnn", hidden=[16], epochs=4, checkpoint_every=1, device="cpu",
+                      checkpoint_seconds=0,
+                      cnn={"channels": [8, 16]}, schedule="cosine", warmup_epochs=1,
+                      augment={"rotation": 10, "flip": True})
+    straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
+
+    def crash_at_2(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, synthetic_split, "cpu", on_epoch=crash_at_2, run_dir=tmp_path / "b")
+    resumed = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "b")
+    assert [s.val_loss for s in resumed.history] == [s.val_loss for s in straight.history]
