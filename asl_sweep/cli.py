@@ -286,7 +286,13 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     cfg, ws = _load_bound(args)
     from asl_sweep.results.readback import finished_stage, read_stages
-    from asl_sweep.search.evaluation import TEST_RULE, score_trials, summarize
+    from asl_sweep.search.evaluation import (
+        TEST_RULE,
+        breakdown,
+        failure_lines,
+        score_trials,
+        summarize,
+    )
     from asl_sweep.search.session import open_data
     from asl_sweep.tracking.tracker import Tracker
 
@@ -303,6 +309,8 @@ def cmd_evaluate(args) -> int:
         print(f"  trial {s.trial} (fold {s.fold}, seed {s.model_file.config.seed}): "
               f"{args.split} accuracy {acc:.4f} on {len(s.truth)} images")
     print(f"{args.split} accuracy: {summary['summary']}\n  rule: {rule}")
+    for line in failure_lines(breakdown(scored, groups, list(data.classes)), limit=10):
+        print(f"  {line}")
     return 0
 
 

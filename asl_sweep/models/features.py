@@ -38,7 +38,7 @@ def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData,
     views = views_of(cfg)
     parts = [cfg.transfer.backbone, weights_id, data.pool_key, f"views{views}", f"amp{amp}"]
     if views > 1:
-        parts += [cfg.augment.model_dump_json(), f"views_seed{cfg.transfer.views_seed}"]
+        parts += [cfg.augment.views_key(), f"views_seed{cfg.transfer.views_seed}"]
     if weights_id == "none":  # random weights depend on the seed
         parts.append(f"init{cfg.seed}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()

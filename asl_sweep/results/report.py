@@ -220,3 +220,13 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
     doc.table(["class", "test accuracy", "images"],
               [[c, f"{matrix[i][i] / max(1, sum(matrix[i])):.1%}", str(sum(matrix[i]))]
                for i, c in enumerate(classes)])
+    b = test.get("breakdown")
+    if b and b["by_person"]:
+        doc.h(3, "Where it fails: the test people, worst first")
+        doc.p(f"Accuracy of each test person (mean over the {len(test['trials'])} repeats), the "
+              "people the search never saw. A few people far below the rest point at hands, "
+              "backgrounds or lighting the training people lacked; the same letters failing "
+              "for everyone point at the classes.")
+        doc.table(["person", "test accuracy", "images"],
+                  [[r["person"], f"{r['accuracy']:.1%}", str(r["images"])]
+                   for r in b["by_person"]])

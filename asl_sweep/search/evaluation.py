@@ -113,6 +113,51 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
                        f"bootstrap over {unit})"}
 
 
+def breakdown(scored: list[Scored], groups: list[str] | None, classes: list[str]) -> dict:
+    """Where a configuration fails on a split: accuracy per person (worst first) and per
+    class, each the mean over repeats, and the confusion matrix summed over repeats (rows:
+    the true class, columns: the predicted)."""
+    right = np.stack([s.predictions == s.truth for s in scored]).mean(axis=0)  # per image
+    truth = scored[0].truth
+
+    def rows(keys: np.ndarray, names: list[str], key: str) -> list[dict]:
+        out = []
+        for k, name in enumerate(names):
+            mask = keys == k
+            if mask.any():
+                out.append({key: name, "images": int(mask.sum()),
+                            "accuracy": round(float(right[mask].mean()), 4)})
+        return out
+
+    people = []
+    if groups is not None:
+        names, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        people = sorted(rows(inverse, [str(n) for n in names], "person"),
+                        key=lambda r: (r["accuracy"], r["person"]))
+    matrix = np.sum([confusion(s, classes) for s in scored], axis=0)
+    return {"by_person": people, "by_class": rows(truth, classes, "class"),
+            "confusion": matrix.tolist(), "classes": list(classes)}
+
+
+def failure_lines(b: dict, limit: int = 5) -> list[str]:
+    """The breakdown as a few lines of text: worst people, worst classes, top confusions."""
+    lines = []
+    if b["by_person"]:
+        shown = ", ".join(f"{r['person']} {r['accuracy']:.2f} ({r['images']})"
+                          for r in b["by_person"][:limit])
+        lines.append(f"worst people of {len(b['by_person'])} (accuracy, images): {shown}")
+    worst = sorted(b["by_class"], key=lambda r: (r["accuracy"], r["class"]))[:limit]
+    lines.append("worst classes: " + ", ".join(f"{r['class']} {r['accuracy']:.2f}"
+                                               for r in worst))
+    m, names = np.asarray(b["confusion"]), b["classes"]
+    off = [(int(m[i, j]), names[i], names[j]) for i in range(len(names))
+           for j in range(len(names)) if i != j and m[i, j]]
+    if off:
+        lines.append("most confused (true -> predicted, images over repeats): " + ", ".join(
+            f"{a} -> {p} {n}" for n, a, p in sorted(off, key=lambda o: -o[0])[:limit]))
+    return lines
+
+
 def confusion(scored: Scored, classes: list[str]) -> list[list[int]]:
     n = len(classes)
     matrix = np.zeros((n, n), dtype=int)

@@ -23,7 +23,13 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import GateNotReached
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.evaluation import TEST_RULE, score_trials, summarize
+from asl_sweep.search.evaluation import (
+    TEST_RULE,
+    breakdown,
+    failure_lines,
+    score_trials,
+    summarize,
+)
 from asl_sweep.search.record import save_final
 from asl_sweep.search.selection import (
     SEARCH_ROLES,
@@ -330,7 +336,14 @@ def final_score(s: Session) -> dict[str, Any]:
     scored = score_trials(s.data, s.tracker, view.repeats(), "test")
     final = summarize(scored, s.data.test().groups, "test")
     final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
+    final["breakdown"] = breakdown(scored, s.data.test().groups, list(s.data.classes))
     save_final(s.record, final)
+    b = final["breakdown"]
+    s.tracker.log_table(s.study_run, b["by_person"], "test/by_person.json")
+    s.tracker.log_table(s.study_run, b["by_class"], "test/by_class.json")
+    s.tracker.log_table(s.study_run, [{"true": c, **dict(zip(b["classes"], row, strict=True))}
+                                      for c, row in zip(b["classes"], b["confusion"],
+                                                        strict=True)], "test/confusion.json")
     s.tracker.log_metrics(s.study_run, {"test_acc_mean": final["mean"],
                                         "test_acc_std": final["std"],
                                         "test_acc_ci_low": final["ci"][0],
@@ -339,4 +352,6 @@ def final_score(s: Session) -> dict[str, Any]:
     s.tracker.log_datasets(s.study_run, [s.data.test_dataset()])
     s.log(f"final test accuracy ({stage.name}'s configuration; {TEST_RULE}): "
           f"{final['summary']}")
+    for line in failure_lines(final["breakdown"]):
+        s.log(f"  {line}")
     return final

@@ -44,10 +44,17 @@ class TrialFailed(Exception):
 
 
 def stage_image_size(cfg: StudyConfig, stage: StageConfig | None, train_cfg: TrainConfig) -> int:
-    """The size a stage's images are decoded at: its own `image_size`, else a transfer
-    model's input size (the originals, not another stage's images upsampled), else data's."""
+    """The size a trial's images are decoded at (each size once, into its own cache): the
+    value this stage searches, else the stage's own `image_size`, else the trainer's
+    (`image_size` in base, carried from an earlier stage, or fixed), else a transfer model's
+    input size (the originals, not another stage's images upsampled), else data's."""
+    searched = stage is not None and "image_size" in stage.space
+    if searched and train_cfg.image_size:
+        return train_cfg.image_size
     if stage is not None and stage.image_size:
         return stage.image_size
+    if train_cfg.image_size:
+        return train_cfg.image_size
     if train_cfg.model == "transfer":
         from asl_sweep.models.backbones import input_size
 

@@ -65,22 +65,65 @@ class DataConfig(Strict):
 
 # ---------------------------------------------------------------- trainer
 class AugmentConfig(Strict):
+    """Training-time augmentation, every one off by default and each a searchable setting.
+    Applied to whole batches on the data's device, in this order: one geometric warp (random
+    resized crop, translation, rotation, mirror, TrivialAugment's shears/shifts/rotations),
+    TrivialAugment's pixel ops, colour jitter, blur, random erasing; then mixup or cutmix of
+    the batch. Exported models never augment."""
+
     rotation: float = Field(0.0, ge=0.0, le=180.0, description="max degrees, uniform +-")
     flip: bool = False  # random horizontal flip with p=0.5
     blur_kernel: int = Field(0, ge=0, description="odd Gaussian kernel size; 0 = no blur")
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma drawn per image, as torchvision
     copies: int = Field(1, ge=1, description="augmented views of each image per epoch")
+    # random resized crop: the crop's area is a fraction drawn from [crop_scale, 1] of the
+    # image, its aspect ratio log-uniform in crop_ratio; 1 = off (torchvision's default: 0.08)
+    crop_scale: float = Field(1.0, gt=0.0, le=1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    translate: float = Field(0.0, ge=0.0, le=0.5, description="max shift, fraction of a side")
+    # colour jitter: factors drawn from [max(0, 1-s), 1+s]; hue shifted by up to +-hue turns
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.0, ge=0.0, le=1.0)
+    saturation: float = Field(0.0, ge=0.0, le=1.0)
+    hue: float = Field(0.0, ge=0.0, le=0.5)
+    erase: float = Field(0.0, ge=0.0, le=1.0, description="random erasing probability")
+    # TrivialAugment: each image gets one op drawn from 14, at a strength drawn from
+    # [0, trivial] x TrivialAugmentWide's range (1.0 = its full range); 0 = off
+    trivial: float = Field(0.0, ge=0.0, le=1.0)
+    mixup: float = Field(0.0, ge=0.0, le=10.0, description="Beta(alpha, alpha); 0 = off")
+    cutmix: float = Field(0.0, ge=0.0, le=10.0, description="Beta(alpha, alpha); 0 = off")
 
     @property
     def transforms(self) -> bool:
-        """Whether any image is changed (copies alone only repeat images)."""
-        return self.rotation > 0 or self.flip or self.blur_kernel > 1
+        """Whether any single image is changed (copies alone only repeat images; mixing
+        combines images of a batch and is not a transform of one)."""
+        return (self.rotation > 0 or self.flip or self.blur_kernel > 1 or self.crop_scale < 1
+                or self.translate > 0 or self.jitter or self.erase > 0 or self.trivial > 0)
+
+    @property
+    def jitter(self) -> bool:
+        return self.brightness > 0 or self.contrast > 0 or self.saturation > 0 or self.hue > 0
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def views_key(self) -> str:
+        """What changes an augmented view of one image (not mixing, not copies)."""
+        return self.model_dump_json(exclude={"mixup", "cutmix", "copies"})
 
     @field_validator("blur_kernel")
     @classmethod
     def _odd(cls, v: int) -> int:
         if v and v % 2 == 0:
             raise ValueError("must be odd (3, 5, ...) or 0")
+        return v
+
+    @field_validator("crop_ratio", "blur_sigma")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
         return v
 
 
@@ -144,8 +187,21 @@ class TrainConfig(Strict):
     warmup_epochs: int = Field(0, ge=0)
     early_stop: EarlyStop | None = None  # stop when validation stops improving; keeps the best
     augment: AugmentConfig = AugmentConfig()
+    # the training loss's label smoothing (torch's cross_entropy); validation loss is plain
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    # the square size images are decoded at for this model; None: the stage's image_size,
+    # else data.image_size (a transfer backbone: its own input size). Searchable: each size
+    # is decoded once into its own cache.
+    image_size: int | None = Field(None, ge=8, le=1024)
     cnn: CNNConfig = CNNConfig()
     transfer: TransferConfig = TransferConfig()
+
+    @model_validator(mode="after")
+    def _cutmix_needs_images(self) -> TrainConfig:
+        if self.augment.cutmix > 0 and self.model == "transfer" and self.transfer.trainable == 0:
+            raise ValueError("augment.cutmix cuts images, but a frozen backbone (transfer."
+                             "trainable: 0) trains on cached features: use augment.mixup")
+        return self
 
     def dropout_at(self, i: int) -> float:
         return self.dropout[i] if i < len(self.dropout) else 0.0

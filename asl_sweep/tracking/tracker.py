@@ -135,6 +135,12 @@ class Tracker:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
+    def log_table(self, run_id: str, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Rows of one shape as an MLflow table (the UI's artifact view shows it as one)."""
+        if rows:
+            columns = {k: [r[k] for r in rows] for k in rows[0]}
+            self.client.log_table(run_id, data=columns, artifact_file=artifact_file)
+
     def keep_file(self, run_id: str, path: Path, folder: str) -> None:
         """Log a file that is about to be deleted (a checkpoint): on a local artifact store it
         is hard-linked into place instead of copied, which saves writing it twice."""

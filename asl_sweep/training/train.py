@@ -137,10 +137,10 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
         # Frozen backbone: features once (or from the cache), then only the head trains.
         features = frozen_features(model, cfg, data, device, cache_dir, amp)
         trained, x_val = model.head, features.val
-        batches = FeatureBatches(features.train, data.y_train, cfg)
+        batches = FeatureBatches(features.train, data.y_train, cfg, len(data.classes))
     else:
         trained, x_val = model, data.x_val
-        batches = ImageBatches(data.x_train, data.y_train, cfg)
+        batches = ImageBatches(data.x_train, data.y_train, cfg, len(data.classes))
     optimizer = make_optimizer(cfg, trained)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             seen = 0
-            for step, (xb, yb) in enumerate(batches.epoch(generator),
+            for step, (xb, yb, target) in enumerate(batches.epoch(generator),
                                             start=(epoch - 1) * steps_per_epoch):
                 signals.check()  # Ctrl-C / SIGTERM: stop here, between two steps
                 if scheduled:
@@ -180,7 +180,8 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                         group["lr"] = group["initial_lr"] * factor
                 with torch.autocast(device.type, amp, enabled=amp is not None):
                     logits = trained(xb)
-                loss = F.cross_entropy(logits.float(), yb)
+                loss = F.cross_entropy(logits.float(), target,
+                                       label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

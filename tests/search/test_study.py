@@ -200,6 +200,16 @@ def test_evaluate_reproduces_the_printed_test_accuracy(evidence_study, capsys):
     assert main(["evaluate", str(path), "--home", str(ws.home)]) == 0
     printed = capsys.readouterr().out
     assert f"test accuracy: {final['summary']}" in printed
+    # Why it fails: the test people worst first, in the terminal, the record and MLflow.
+    people = final["breakdown"]["by_person"]
+    assert people and [r["accuracy"] for r in people] == sorted(r["accuracy"] for r in people)
+    assert f"worst people of {len(people)} (accuracy, images): {people[0]['person']}" in printed
+    assert "worst people of" in out and "worst classes:" in out
+    client = MlflowClient(ws.tracking_uri)
+    study_run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                   "tags.kind = 'study'")[0]
+    tables = {a.path for a in client.list_artifacts(study_run.info.run_id, "test")}
+    assert tables == {"test/by_person.json", "test/by_class.json", "test/confusion.json"}
     assert main(["evaluate", str(path), "--home", str(ws.home), "--split", "val"]) == 0
     assert "biased upward" in capsys.readouterr().out
 
@@ -269,3 +279,27 @@ def test_kill_9_during_confirmation_then_rerun_finishes_it(write_study, tmp_path
     assert client.get_run(lost.user_attrs["mlflow_run_id"]).info.status == "FAILED"
     assert read_final(load_study(path), ws) is not None
     assert not np.isnan(read_final(load_study(path), ws)["mean"])
+
+
+def test_resolution_is_searched_each_size_decoded_once_and_scored_at_its_own_size(
+        write_study, tmp_path):
+    from asl_sweep.search.evaluation import load_checkpoint
+    from asl_sweep.tracking.tracker import Tracker
+
+    path = write_study({"stages": [{
+        "name": "size", "goal": "the resolution", "trials": 2, "sampler": "grid",
+        "pruner": "none", "confirm": None, "space": {"image_size": [12, 20]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    (view,) = read_stages(load_study(path), ws)
+    sizes = {}
+    for t in view.trials:
+        file = load_checkpoint(Tracker(ws), t)
+        sizes[t.user_attrs["role"], t.params.get("image_size")] = file.spec.image_size
+    # The incumbent at data.image_size (16), each searched size at its own.
+    assert sizes == {("incumbent", None): 16, ("search", 12): 12, ("search", 20): 20}
+    # One decoded cache per size, each decoded once.
+    assert len(list(ws.cache.glob("images-*.pt"))) == 3
+    final = read_final(load_study(path), ws)
+    assert final["n_images"] > 0 and 0.0 <= final["mean"] <= 1.0
