@@ -39,17 +39,35 @@ def _section(result: dict, prefix: str = "") -> list[str]:
     return lines
 
 
+def kept_sections() -> dict[str, list[str]]:
+    """The result sections BENCHMARKS.md has now, by name: results are not committed, so a
+    benchmark not rerun on this machine keeps the section its last run wrote."""
+    if not OUT.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    name = None
+    for line in OUT.read_text().splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            sections[name] = [line]
+        elif name is not None:
+            sections[name].append(line)
+    return {n: body for n, body in sections.items()
+            if any(b.startswith("Machine: ") for b in body[1:3])}
+
+
 def main() -> None:
     lines = ["# Benchmarks", "",
              "Written by `python -m benchmarks.report` from `benchmarks/results/*.json`; rerun the",
              "benchmarks (see README, Speed) to refresh. Each figure sits beside the plain way.", ""]
+    sections = kept_sections()
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
         machine = result.pop("machine")
-        lines += [f"## {path.stem}", "",
-                  "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
-        lines += _section(result)
-        lines.append("")
+        sections[path.stem] = [f"## {path.stem}", "", "Machine: " + ", ".join(
+            f"{k} {v}" for k, v in machine.items()), "", *_section(result), ""]
+    for name in sorted(sections):
+        lines += sections[name]
     notes = Path(__file__).parent / "notes.md"
     if notes.exists():  # the reading of the figures: targets, misses and their profiles
         lines += [notes.read_text()]

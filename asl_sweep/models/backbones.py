@@ -38,6 +38,9 @@ class Backbone:
     features: Callable[[nn.Module], nn.Module]  # full model -> module giving [B, D]
     blocks: Callable[[nn.Module], list[nn.Module]]  # trainable units, last = nearest head
     dim: int
+    # the same feature extractor as a flat list of modules run in order, every trainable
+    # block one element of it: where the frozen prefix ends and the fine-tuned part begins
+    chain: Callable[[nn.Module], list[nn.Module]]
 
 
 def _alexnet_features(m: nn.Module) -> nn.Module:
@@ -51,24 +54,34 @@ def _alexnet_blocks(m: nn.Module) -> list[nn.Module]:
     return convs + linears
 
 
+def _alexnet_chain(m: nn.Module) -> list[nn.Module]:
+    return [*m.features, m.avgpool, nn.Flatten(1), *list(m.classifier)[:-1]]
+
+
+def _resnet_chain(m: nn.Module) -> list[nn.Module]:
+    return [m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4,
+            m.avgpool, nn.Flatten(1)]
+
+
 def _resnet_features(m: nn.Module) -> nn.Module:
-    return nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3,
-                         m.layer4, m.avgpool, nn.Flatten(1))
+    return nn.Sequential(*_resnet_chain(m))
 
 
 BACKBONES: dict[str, Backbone] = {
     "alexnet": Backbone(torchvision.models.alexnet,
                         torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
-                        _alexnet_features, _alexnet_blocks, 4096),
+                        _alexnet_features, _alexnet_blocks, 4096, _alexnet_chain),
     "mobilenet_v2": Backbone(torchvision.models.mobilenet_v2,
                              torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
                              lambda m: nn.Sequential(m.features, nn.AdaptiveAvgPool2d(1),
                                                      nn.Flatten(1)),
-                             lambda m: list(m.features), 1280),
+                             lambda m: list(m.features), 1280,
+                             lambda m: [*m.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]),
     "resnet18": Backbone(torchvision.models.resnet18,
                          torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
                          _resnet_features,
-                         lambda m: [m.layer1, m.layer2, m.layer3, m.layer4], 512),
+                         lambda m: [m.layer1, m.layer2, m.layer3, m.layer4], 512,
+                         _resnet_chain),
 }
 
 
@@ -178,6 +191,11 @@ class TransferModel(nn.Module):
         for p in self.trainable_blocks.parameters():
             p.requires_grad_(True)
         self.bn_frozen = cfg.transfer.bn == "frozen"
+        # The backbone again as a flat sequence of the same modules (a tuple: not registered
+        # twice, so the state dict is unchanged), cut where the fine-tuned blocks begin.
+        self._chain = tuple(bb.chain(full))
+        first = self.trainable_blocks[0] if len(self.trainable_blocks) else None
+        self.cut = next((i for i, m in enumerate(self._chain) if m is first), len(self._chain))
 
     @property
     def frozen(self) -> bool:
@@ -205,16 +223,52 @@ class TransferModel(nn.Module):
             groups.append({"params": backbone, "lr": cfg.lr * cfg.transfer.backbone_lr})
         return groups
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def _resized(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             # Antialiasing only changes downscaling; leaving it off when upscaling gives the
             # same pixels and keeps the graph exportable to ONNX.
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=x.shape[-1] > self.input_size)
-        return self.backbone(self.normalize(x))
+        return self.normalize(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._resized(x))
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output: what fine-tuning can cache once per image and view."""
+        h = self._resized(x)
+        for m in self._chain[:self.cut]:
+            h = m(h)
+        return h
+
+    def from_prefix(self, h: torch.Tensor) -> torch.Tensor:
+        """The fine-tuned blocks, the rest of the backbone and the head, from prefix(x)."""
+        for m in self._chain[self.cut:]:
+            h = m(h)
+        return self.head(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class Suffix(nn.Module):
+    """What fine-tuning trains, fed from the cached prefix: the trainable blocks and the
+    head of `model` (its parameter groups, its batch-norm policy), the frozen part skipped."""
+
+    def __init__(self, model: TransferModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.from_prefix(h)
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        return self.model.param_groups(cfg)
+
+    def train(self, mode: bool = True) -> Suffix:
+        self.training = mode
+        self.model.train(mode)
+        return self
 
 
 def build_transfer(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> TransferModel:

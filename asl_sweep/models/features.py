@@ -1,5 +1,7 @@
 """Frozen-backbone features, computed once and cached on disk: a head trial then trains in
-seconds instead of running the backbone over every image in every epoch.
+seconds instead of running the backbone over every image in every epoch. The same for
+fine-tuning: the output of the backbone's frozen prefix (everything before the first
+fine-tuned block) is cached, so an epoch runs only the blocks that learn.
 
 Features are computed for the whole pool (every image the search may see, never the test
 split), so every validation fold and every repeat reads the same cache. The key covers
@@ -34,9 +36,11 @@ def views_of(cfg: TrainConfig) -> int:
 
 
 def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData,
-                amp: torch.dtype | None = None) -> str:
+                amp: torch.dtype | None = None, cut: int | None = None) -> str:
     views = views_of(cfg)
     parts = [cfg.transfer.backbone, weights_id, data.pool_key, f"views{views}", f"amp{amp}"]
+    if cut is not None:  # the prefix's output, up to this module of the backbone's chain
+        parts.append(f"prefix{cut}")
     if views > 1:
         parts += [cfg.augment.views_key(), f"views_seed{cfg.transfer.views_seed}"]
     if weights_id == "none":  # random weights depend on the seed
@@ -46,8 +50,9 @@ def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData,
 
 @torch.inference_mode()
 def extract(model, x: torch.Tensor, cfg: TrainConfig, view: int,
-            amp: torch.dtype | None) -> torch.Tensor:
-    """Features of uint8 images x; view > 0 sees them augmented, seeded by the view."""
+            amp: torch.dtype | None, prefix: bool = False) -> torch.Tensor:
+    """Features of uint8 images x (or the frozen prefix's output); view > 0 sees them
+    augmented, seeded by the view."""
     generator = torch.Generator().manual_seed(cfg.transfer.views_seed * 1000 + view)
     model.eval()
     out = []
@@ -56,20 +61,23 @@ def extract(model, x: torch.Tensor, cfg: TrainConfig, view: int,
         if view > 0:
             xb = augment_batch(xb, cfg.augment, generator)
         with torch.autocast(x.device.type, amp, enabled=amp is not None):
-            out.append(model.features(xb).float())
+            out.append((model.prefix(xb) if prefix else model.features(xb)).float())
     return torch.cat(out)
 
 
 def frozen_features(model, cfg: TrainConfig, data: SplitData, device: torch.device,
-                    cache_dir: Path | None, amp: torch.dtype | None = None) -> FeatureSet:
+                    cache_dir: Path | None, amp: torch.dtype | None = None,
+                    prefix: bool = False) -> FeatureSet:
+    """The pool's features (prefix=True: the frozen prefix's output), from the cache when
+    its key matches."""
     path, pool, from_cache = None, None, False
     if cache_dir is not None:
-        key = feature_key(cfg, model.weights_id, data, amp)
-        path = Path(cache_dir) / f"features-{key[:24]}.pt"
+        key = feature_key(cfg, model.weights_id, data, amp, model.cut if prefix else None)
+        path = Path(cache_dir) / f"{'prefix' if prefix else 'features'}-{key[:24]}.pt"
         if path.exists():
             pool, from_cache = load_tensors(path)["pool"].to(device), True
     if pool is None:
-        pool = torch.stack([extract(model, data.x_pool, cfg, v, amp)
+        pool = torch.stack([extract(model, data.x_pool, cfg, v, amp, prefix)
                             for v in range(views_of(cfg))])
         if path is not None:
             atomic_torch_save({"pool": pool.cpu()}, path)

@@ -135,6 +135,10 @@ class TransferConfig(Strict):
     bn: Literal["frozen", "train"] = "frozen"  # fine-tuned blocks' batch-norm statistics
     feature_views: int = Field(4, ge=1, description="augmented views cached per image")
     views_seed: int = 0  # draws the cached augmented views (not the trial's seed: repeats share them)
+    # fine-tuning: run the frozen part of the backbone once per image and view and cache its
+    # output, so an epoch costs only the fine-tuned blocks (false: the whole backbone every
+    # step, with fresh augmentation; also the case under cutmix, which needs the images)
+    cache_prefix: bool = True
 
 
 class CNNConfig(Strict):
@@ -203,6 +207,12 @@ class TrainConfig(Strict):
                              "trainable: 0) trains on cached features: use augment.mixup")
         return self
 
+    @property
+    def caches_prefix(self) -> bool:
+        """Whether fine-tuning trains on the cached output of the backbone's frozen part."""
+        return (self.model == "transfer" and self.transfer.trainable > 0
+                and self.transfer.cache_prefix and self.augment.cutmix == 0)
+
     def dropout_at(self, i: int) -> float:
         return self.dropout[i] if i < len(self.dropout) else 0.0
 
@@ -218,8 +228,8 @@ class TrainConfig(Strict):
         else:
             t = tree["transfer"]
             if self.transfer.trainable == 0:
-                del t["backbone_lr"], t["bn"]
-            else:
+                del t["backbone_lr"], t["bn"], t["cache_prefix"]
+            elif not self.caches_prefix:
                 del t["feature_views"], t["views_seed"]
         if self.early_stop is None:
             tree["early_stop"] = "off"

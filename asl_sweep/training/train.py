@@ -138,6 +138,14 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
         features = frozen_features(model, cfg, data, device, cache_dir, amp)
         trained, x_val = model.head, features.val
         batches = FeatureBatches(features.train, data.y_train, cfg, len(data.classes))
+    elif cfg.caches_prefix:
+        # Fine-tuning: the frozen prefix once per image and view (or from the cache), then
+        # each step runs only the fine-tuned blocks and the head.
+        from asl_sweep.models.backbones import Suffix  # torchvision: loaded where used
+
+        features = frozen_features(model, cfg, data, device, cache_dir, amp, prefix=True)
+        trained, x_val = Suffix(model), features.val
+        batches = FeatureBatches(features.train, data.y_train, cfg, len(data.classes))
     else:
         trained, x_val = model, data.x_val
         batches = ImageBatches(data.x_train, data.y_train, cfg, len(data.classes))

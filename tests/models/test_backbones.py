@@ -244,3 +244,55 @@ def test_the_backbone_is_searched_in_one_stage_each_with_its_own_feature_cache(w
     # The incumbent (mobilenet_v2, the default) and both searched backbones: one cache each;
     # the second learning rate on the same backbone reads the first one's features.
     assert len(list(ws.cache.glob("features-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("trainable", [1, 3])
+def test_the_frozen_prefix_and_the_rest_make_the_whole_model(backbone, trainable):
+    cfg = TrainConfig(model="transfer", hidden=[8], transfer={
+        "backbone": backbone, "weights": "none", "trainable": trainable})
+    torch.manual_seed(0)
+    model = build_transfer(cfg, SPEC).eval()
+    # The prefix ends where the first fine-tuned block begins; nothing trainable before it.
+    assert model._chain[model.cut] is model.trainable_blocks[0]
+    assert not any(p.requires_grad for m in model._chain[:model.cut] for p in m.parameters())
+    x = torch.rand(2, 3, 16, 16)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), model.from_prefix(model.prefix(x)), atol=1e-5)
+    # The state dict is the model's as before: exported files load either way.
+    assert set(model.state_dict()) == set(build_transfer(cfg.model_copy(update={
+        "transfer": cfg.transfer.model_copy(update={"cache_prefix": False})}), SPEC)
+        .state_dict())
+
+
+def test_fine_tuning_on_the_cached_prefix_trains_as_the_whole_backbone_does(tmp_path):
+    """Without augmentation the cached prefix changes nothing but the time: the same batches,
+    the same steps, the same validation losses as running the whole backbone every step."""
+    base = {"model": "transfer", "hidden": [], "epochs": 2, "batch_size": 3, "lr": 1e-3,
+            "device": "cpu"}
+    cached = TrainConfig(**base, transfer={"backbone": "mobilenet_v2", "weights": "none",
+                                           "trainable": 2})
+    whole = TrainConfig(**base, transfer={"backbone": "mobilenet_v2", "weights": "none",
+                                          "trainable": 2, "cache_prefix": False})
+    assert cached.caches_prefix and not whole.caches_prefix
+    a = train(cached, _tiny_split(), "cpu", cache_dir=tmp_path)
+    b = train(whole, _tiny_split(), "cpu", cache_dir=tmp_path)
+    assert [s.val_loss for s in a.history] == pytest.approx([s.val_loss for s in b.history],
+                                                            abs=1e-4)
+    assert len(list(tmp_path.glob("prefix-*.pt"))) == 1
+    # A second trial reads the prefix from the cache.
+    c = train(cached, _tiny_split(), "cpu", cache_dir=tmp_path)
+    assert [s.val_loss for s in c.history] == [s.val_loss for s in a.history]
+    # Cutmix needs the images: that trial runs the whole backbone.
+    cut = TrainConfig(**base, augment={"cutmix": 1.0},
+                      transfer={"backbone": "mobilenet_v2", "weights": "none", "trainable": 2})
+    assert not cut.caches_prefix
+
+
+def test_the_prefix_cache_is_keyed_by_where_the_prefix_ends():
+    from asl_sweep.models.features import feature_key
+
+    data = _tiny_split()
+    cfg = TrainConfig(model="transfer", transfer={"backbone": "resnet18", "trainable": 1})
+    assert feature_key(cfg, "w", data, cut=7) != feature_key(cfg, "w", data, cut=6)
+    assert feature_key(cfg, "w", data, cut=7) != feature_key(cfg, "w", data)
