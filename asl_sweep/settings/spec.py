@@ -197,8 +197,10 @@ class StageConfig(Strict):
                                      "searched before it in this space")
                 for v in value if isinstance(value, list) else [value]:
                     if v not in earlier[key].choices:
+                        hint = (f"; to name the one choice {value}, write it inside a list: "
+                                f"[{value}]" if value in earlier[key].choices else "")
                         raise ValueError(f"space.{name}.when.{key}: {v!r} is not among "
-                                         f"{key}'s choices {earlier[key].choices}")
+                                         f"{key}'s choices {earlier[key].choices}{hint}")
         return self
 
     def reached(self, value: float) -> bool:

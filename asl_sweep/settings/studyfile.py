@@ -89,6 +89,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
     `trials` sets every stage's budget; `epochs` sets base.epochs and every stage's fixed
     epochs (a quick look at a whole study)."""
     path = Path(path)
+    for flag, value in (("--trials", trials), ("--epochs", epochs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1 (it sets every stage's "
+                              f"{flag[2:]}; {path} is unchanged)")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file must be a mapping with study, data, base, stages")

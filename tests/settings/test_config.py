@@ -82,6 +82,27 @@ def test_trials_and_data_overrides(write_study, tmp_path):
     assert cfg.data.root == tmp_path
 
 
+@pytest.mark.parametrize("flag", ["trials", "epochs"])
+def test_a_bad_flag_is_blamed_on_the_flag_not_the_file(write_study, flag):
+    with pytest.raises(ConfigError) as e:
+        load_study(write_study(), **{flag: -1})
+    assert str(e.value).startswith(f"--{flag} -1: must be at least 1")
+    assert "stages.0" not in str(e.value)
+
+
+def test_a_condition_on_one_list_choice_says_how_to_write_it(write_study):
+    path = write_study({"stages": [{"name": "s", "space": {
+        "hidden": [[256, 64], [128]], "dropout.2": {"low": 0.0, "high": 0.5,
+                                                   "when": {"hidden": [256, 64]}}}}]})
+    with pytest.raises(ConfigError, match=r"write it inside a list: \[\[256, 64\]\]"):
+        load_study(path)
+    ok = write_study({"stages": [{"name": "s", "space": {
+        "hidden": [[256, 64], [128]], "dropout.2": {"low": 0.0, "high": 0.5,
+                                                   "when": {"hidden": [[256, 64]]}}}}]},
+                     name="ok.yaml")
+    assert load_study(ok).stages[0].space["dropout.2"].when == {"hidden": [[256, 64]]}
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="no such study file"):
         load_study(tmp_path / "nope.yaml")
