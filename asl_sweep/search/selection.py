@@ -55,6 +55,14 @@ def counts_toward_budget(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error"
 
 
+def counts_as_done(t: FrozenTrial) -> bool:
+    """Whether a trial of any role used its turn (for progress): finished, not a surplus
+    trial, and not one that a fault stopped and the queue runs again."""
+    if not t.state.is_finished() or t.user_attrs.get("failure") == "surplus":
+        return False
+    return t.state != TrialState.FAIL or t.user_attrs.get("failure") == "error"
+
+
 def reached_target(trials: list[FrozenTrial], stage: StageConfig) -> bool:
     return any(t.state == TrialState.COMPLETE and stage.reached(t.value) for t in trials)
 

@@ -34,6 +34,7 @@ from asl_sweep.search.record import save_final
 from asl_sweep.search.selection import (
     SEARCH_ROLES,
     StageResult,
+    counts_as_done,
     counts_toward_budget,
     decide,
     pick_winner,
@@ -175,8 +176,7 @@ class Progress:
         took = (t.datetime_complete - t.datetime_start).total_seconds()
         self.seconds.append(took)
         trials = study.get_trials(deepcopy=False)
-        done = sum(x.state.is_finished() and x.user_attrs.get("failure") != "surplus"
-                   for x in trials)
+        done = sum(counts_as_done(x) for x in trials)  # a retried trial counts once
         left = max(0, self.planned - done)
         role = role_of(t)
         what = {"incumbent": "the incumbent", "seed": "seed trial", "search": "",

@@ -74,3 +74,16 @@ def test_no_complete_trial_is_no_winner():
 def test_what_counts_toward_the_budget(state, failure, counts):
     attrs = {"failure": failure} if failure else {}
     assert counts_toward_budget(trial(0, 0.5, state, **attrs)) is counts
+
+
+def test_progress_counts_a_retried_trial_once():
+    from asl_sweep.search.selection import counts_as_done
+
+    stopped = trial(1, 0.0, TrialState.FAIL, failure="interrupted", role="search")
+    dead = trial(2, 0.0, TrialState.FAIL, role="search")  # its worker died: no word on why
+    own = trial(3, 0.0, TrialState.FAIL, failure="error", role="search")
+    surplus = trial(4, 0.0, TrialState.FAIL, failure="surplus", role="search")
+    rerun = trial(5, 0.5, role="search")
+    confirm = trial(6, 0.5, role="confirm")
+    assert [counts_as_done(t) for t in (stopped, dead, own, surplus, rerun, confirm)] == [
+        False, False, True, False, True, True]
