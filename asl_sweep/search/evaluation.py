@@ -15,6 +15,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from asl_sweep.data.studydata import StudyData
+from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ModelFileError
 from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
@@ -65,6 +66,7 @@ def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
     validation fold it was trained against)."""
     scored = []
     for t in trials:
+        signals.check()  # Ctrl-C / SIGTERM: stop between two repeats; nothing is saved yet
         file = load_checkpoint(tracker, t)
         model = file.build()
         fold = int(t.user_attrs.get("fold", 0))

@@ -337,6 +337,7 @@ def final_score(s: Session) -> dict[str, Any]:
     final = summarize(scored, s.data.test().groups, "test")
     final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
     final["breakdown"] = breakdown(scored, s.data.test().groups, list(s.data.classes))
+    signals.check()  # a stop asked for while scoring: exit 130, and a rerun scores again
     save_final(s.record, final)
     b = final["breakdown"]
     s.tracker.log_table(s.study_run, b["by_person"], "test/by_person.json")

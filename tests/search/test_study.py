@@ -303,3 +303,35 @@ def test_resolution_is_searched_each_size_decoded_once_and_scored_at_its_own_siz
     assert len(list(ws.cache.glob("images-*.pt"))) == 3
     final = read_final(load_study(path), ws)
     assert final["n_images"] > 0 and 0.0 <= final["mean"] <= 1.0
+
+
+SLOW_SCORING = """
+import sys, time
+import asl_sweep.search.study as study
+real = study.score_trials
+def slow(*args, **kwargs):
+    print("scoring", flush=True)
+    time.sleep(2)
+    return real(*args, **kwargs)
+study.score_trials = slow
+from asl_sweep.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_the_final_scoring_exits_130_and_a_rerun_scores(write_study, tmp_path):
+    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
+                                    "space": {"lr": [3e-3]}}]})
+    home = tmp_path / "mlruns"
+    args = ["run", str(path), "--home", str(home)]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SCORING, *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("scoring"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert read_final(load_study(path), Workspace.at(home)) is None
+    assert main(args) == 0
+    assert read_final(load_study(path), Workspace.at(home))["n_images"] > 0
