@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from asl_sweep.models.registry import Deployable
-from asl_sweep.results.predict import MARKER, marker
+from asl_sweep.results.predict import MARKER, MODEL_FILE, file_digest, marker
 from asl_sweep.results.readback import finished_stage, read_stages
 from asl_sweep.runtime.errors import ExportError, UserError
 from asl_sweep.runtime.files import atomic_write_text
@@ -33,7 +33,6 @@ from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
 
 FORMATS = ("torchscript", "onnx", "mlflow")
-MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside an MLflow model
 
 
 @dataclass
@@ -93,7 +92,7 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         exporters = {"torchscript": lambda: export_torchscript(deployable, exported, example, out),
-                     "onnx": lambda: export_onnx(deployable, exported, example, out),
+                     "onnx": lambda: export_onnx(deployable, exported, example, out, ws),
                      "mlflow": lambda: register_mlflow(deployable, exported, example, ws)}
         for kind in formats:
             try:
@@ -117,17 +116,21 @@ def _marker(exported: Exported) -> dict:
 
 def export_torchscript(deployable: Deployable, exported: Exported, example: torch.Tensor,
                        out: Path) -> Path:
+    """TorchScript for other programs, with asl-sweep's weights-only model file inside: that
+    file, never the scripted code, is what `asl-sweep predict` loads."""
     inner = torch.jit.trace(deployable.model, example.float() / 255)
     scripted = torch.jit.script(Deployable(inner, exported.image_size))
     path = out / "model.torchscript.pt"
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = exported.file.save(Path(tmp) / MODEL_FILE).read_bytes()
     torch.jit.save(scripted, str(path), _extra_files={
-        f"{MARKER}.json": json.dumps(_marker(exported)),
-        "classes.json": json.dumps(exported.classes)})
+        f"{MARKER}.json": json.dumps(_marker(exported) | {"model_file": MODEL_FILE}),
+        "classes.json": json.dumps(exported.classes), MODEL_FILE: weights})
     return path
 
 
 def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tensor,
-                out: Path) -> Path:
+                out: Path, ws: Workspace) -> Path:
     """ONNX inputs are typed: this graph takes uint8 images (0..255), as files decode."""
     import onnx
 
@@ -141,6 +144,12 @@ def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tenso
                        "classes": json.dumps(exported.classes), **exported.lineage()}.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
+    # ONNX runs in onnxruntime, not from asl-sweep's registry: `predict` runs an ONNX file
+    # only when its bytes are the ones recorded here, on the study's MLflow run.
+    tracker = Tracker(ws)
+    study_run = tracker.find_run(tracker.experiment(exported.cfg.study), kind="study")
+    if study_run:
+        tracker.set_tags(study_run, **{f"exported_onnx.{file_digest(path)}": str(path)})
     return path
 
 

@@ -1,14 +1,17 @@
 """Class and probability per image, from any exported form: a TorchScript file, an ONNX file,
 an asl-sweep model file (best.pt), an MLflow model folder or a models:/ URI.
 
-Only what asl-sweep itself wrote is loaded, and no loader here runs pickle code: each form
-carries asl-sweep's marker, checked before anything is loaded; an MLflow model is read
-through the asl-sweep model file inside it (weights only), never through mlflow.pyfunc,
-which would unpickle and run whatever the folder carries. Anything else is refused in one
-line naming it."""
+Nothing here runs code a file carries. The model is rebuilt from asl-sweep's own registry and
+the typed settings of an asl-sweep model file, loading tensors only (weights_only): a
+TorchScript export and an MLflow model are read through the model file inside them, never
+through torch.jit.load or mlflow.pyfunc, which would run whatever the file carries. An ONNX
+file runs in onnxruntime only when its bytes are the ones a study recorded when it exported
+them (a marker inside a file proves nothing: anyone can write one). Anything else is refused
+in one line naming it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import zipfile
@@ -27,9 +30,18 @@ from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.training.checkpoint import ModelFile
 
 MARKER = "asl_sweep"  # TorchScript extra file asl_sweep.json, ONNX and MLmodel metadata key
+MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside TorchScript and MLflow
 EXPORT_FORMAT, EXPORT_VERSION = "asl-sweep/export", 1
 REFUSED = ("refused: asl-sweep loads only models it exported itself, and loading this one "
            "could run code it carries")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def marker(classes: list[str], image_size: int, **extra) -> dict:
@@ -76,7 +88,7 @@ def open_model(source: str, home: Path | str = "mlruns") -> Predictor:
                                  "file (.torchscript.pt, .onnx, best.pt) or an MLflow model")
         return _from_mlflow_folder(source, path)
     if path.suffix == ".onnx":
-        return _from_onnx(path)
+        return _from_onnx(path, Path(home))
     if _is_torchscript(path):
         return _from_torchscript(path)
     return _from_model_file(source, ModelFile.load(path))
@@ -122,15 +134,36 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _from_torchscript(path: Path) -> Predictor:
-    with zipfile.ZipFile(path) as archive:  # the marker is read before anything is loaded
-        names = [n for n in archive.namelist() if n.endswith(f"/extra/{MARKER}.json")]
-        found = _checked_marker(str(path), archive.read(names[0]).decode() if names else None)
-    module = torch.jit.load(str(path), map_location="cpu")
-    return Predictor("torchscript", found["classes"], found["image_size"],
-                     lambda x: module(x).detach().numpy())
+    """The model file asl-sweep put inside the archive, rebuilt from the registry: the
+    archive's scripted code is never loaded, so a forged module runs nothing."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        marked = [n for n in names if n.endswith(f"/extra/{MARKER}.json")]
+        _checked_marker(str(path), archive.read(marked[0]).decode() if marked else None)
+        inside = [n for n in names if n.endswith(f"/extra/{MODEL_FILE}")]
+        if not inside:
+            raise ModelFileError(f"{path}: no asl-sweep model file inside (an export from "
+                                 "before asl-sweep kept one, or not asl-sweep's); export it "
+                                 "again. predict never runs a TorchScript file's code")
+        with tempfile.TemporaryDirectory() as tmp:
+            model_file = Path(tmp) / MODEL_FILE
+            model_file.write_bytes(archive.read(inside[0]))
+            predictor = _from_model_file(str(path), ModelFile.load(model_file))
+    predictor.kind = "torchscript"
+    return predictor
 
 
-def _from_onnx(path: Path) -> Predictor:
+def _recorded_onnx(path: Path, home: Path) -> bool:
+    """Whether a study in `home` recorded these exact bytes when it exported them."""
+    ws = Workspace.at(home)
+    if ws.tracking_uri.startswith("sqlite:") and not (ws.home / "mlflow.db").exists():
+        return False
+    from asl_sweep.tracking.tracker import Tracker
+
+    return Tracker(ws).has_study_tag(f"exported_onnx.{file_digest(path)}")
+
+
+def _from_onnx(path: Path, home: Path) -> Predictor:
     import onnx
     import onnxruntime
 
@@ -140,6 +173,11 @@ def _from_onnx(path: Path) -> Predictor:
         raise ModelFileError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
     props = {p.key: p.value for p in graph.metadata_props}
     found = _checked_marker(str(path), props.get(MARKER))
+    if not _recorded_onnx(path, home):
+        raise ModelFileError(
+            f"{path}: refused: not the bytes a study in {home} exported (or that study is "
+            "elsewhere: pass --home). ONNX files are for onnxruntime and other programs; "
+            "asl-sweep predict also reads model.torchscript.pt, best.pt or models:/")
     session = onnxruntime.InferenceSession(graph.SerializeToString(),
                                            providers=["CPUExecutionProvider"])
     return Predictor("onnx", found["classes"], found["image_size"],

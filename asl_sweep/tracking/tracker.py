@@ -73,6 +73,14 @@ class Tracker:
                                        order_by=["attributes.start_time ASC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def has_study_tag(self, key: str) -> bool:
+        """Whether any study run in this store carries the tag `key`."""
+        for experiment in self.client.search_experiments():
+            for run in self.client.search_runs([experiment.experiment_id], "tags.kind = 'study'"):
+                if key in run.data.tags:
+                    return True
+        return False
+
     def open_run(self, experiment_id: str, name: str, parent: str | None = None,
                  **tags: str) -> str:
         """The run with these tags, reopened, or a new one: a resumed study reuses its runs."""

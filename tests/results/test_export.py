@@ -95,13 +95,14 @@ def test_registered_model_version_carries_lineage_and_the_test_score(exported):
 
 
 def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, capsys):
-    _, _, out = exported
+    _, ws, out = exported
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(2):
         Image.fromarray(np.full((30, 30, 3), 60 * i, dtype=np.uint8)).save(folder / f"ok{i}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    code = main(["predict", str(out / "model.onnx"), str(folder), "--json"])
+    code = main(["predict", str(out / "model.onnx"), str(folder), "--json", "--home",
+                 str(ws.home)])
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 1

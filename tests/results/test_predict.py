@@ -1,6 +1,7 @@
 """Nothing a user loads may run code: predict loads only what asl-sweep exported itself,
 through loaders that run no pickle, and refuses anything else in one line."""
 
+import json
 import pickle
 import subprocess
 import sys
@@ -124,3 +125,73 @@ def test_an_unknown_registered_model_is_one_line(write_study, tmp_path, image, c
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "models:/no-such-model/1: not found" in err
+
+
+class Forged(torch.nn.Module):
+    """A scripted module whose forward writes a file: what a forged export could carry."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        written = torch.from_file(self.path, True, 16)  # shared=True creates the file
+        return torch.zeros(x.shape[0], 9) + written.sum() * 0
+
+
+def _forged_torchscript(path, pwned, model_file=None):
+    from asl_sweep.results.predict import MARKER, MODEL_FILE, marker
+
+    extra = {f"{MARKER}.json": json.dumps(marker(list("ABCDEFGHI"), 16))}
+    if model_file is not None:
+        extra[MODEL_FILE] = model_file.read_bytes()
+    torch.jit.save(torch.jit.script(Forged(str(pwned))), str(path), _extra_files=extra)
+    return path
+
+
+def test_a_forged_torchscript_with_asl_sweeps_marker_runs_nothing(tmp_path, image, capsys):
+    pwned = tmp_path / "pwned"
+    forged = _forged_torchscript(tmp_path / "model.torchscript.pt", pwned)
+    torch.jit.load(str(forged))(torch.zeros(1, 3, 4, 4))  # the module really does write
+    assert pwned.exists()
+    pwned.unlink()
+    assert main(["predict", str(forged), str(image)]) == 2
+    assert "no asl-sweep model file inside" in capsys.readouterr().err
+    assert not pwned.exists()
+
+
+def test_a_forged_torchscript_around_a_real_model_file_predicts_from_the_file(tmp_path, image,
+                                                                             capsys):
+    from asl_sweep.models.layers import InputSpec
+    from asl_sweep.models.registry import build_model
+    from asl_sweep.settings.config import TrainConfig
+    from asl_sweep.training.checkpoint import ModelFile
+
+    cfg, spec = TrainConfig(hidden=[8]), InputSpec(16, 9, (0.5,) * 3, (0.25,) * 3)
+    model = build_model(cfg, spec)
+    real = ModelFile(model.state_dict(), cfg, spec, list("ABCDEFGHI"), 1,
+                     {"val_acc": 0.5}, {}).save(tmp_path / "best.pt", sync=False)
+    pwned = tmp_path / "pwned"
+    forged = _forged_torchscript(tmp_path / "model.torchscript.pt", pwned, real)
+    assert main(["predict", str(forged), str(image), "--json"]) == 0
+    assert '"class"' in capsys.readouterr().out  # predicted by the rebuilt model
+    assert not pwned.exists()  # the scripted forward never ran
+
+
+def test_an_onnx_file_the_study_did_not_record_is_refused(tmp_path, image, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from asl_sweep.results.predict import MARKER, marker
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["probabilities"])], "g",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.UINT8, [1, 3, 16, 16])])
+    model = helper.make_model(graph)
+    model.metadata_props.add(key=MARKER, value=json.dumps(marker(list("AB"), 16)))
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    assert main(["predict", str(path), str(image), "--home", str(tmp_path / "mlruns")]) == 2
+    err = capsys.readouterr().err
+    assert "refused: not the bytes a study" in err and "--home" in err
