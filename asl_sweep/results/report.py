@@ -5,6 +5,7 @@ in the search saw."""
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from asl_sweep.tracking.plots import (
 from asl_sweep.tracking.tracker import Tracker
 
 GAP_OVERFIT, FIT_LOW = 0.15, 0.8
+MIN_IMPORTANCE_TRIALS = 5  # fewer searched trials say nothing about importance
 ROLE = {"incumbent": "incumbent", "seed": "human", "search": "", "confirm": "repeat"}
 
 
@@ -192,11 +194,13 @@ def _search_plots(doc: Doc, view: StageView, cfg: StudyConfig, ws: Workspace,
                              stage.metric, stage.direction == "maximize",
                              prefix.with_name(prefix.name + "-history.png"),
                              f"{stage.name}: search"), f"{stage.name} search history")
-    if len(searched) < 2 or len(stage.space) < 2:
-        return  # importance needs trials to compare and more than one parameter
+    if len(searched) < MIN_IMPORTANCE_TRIALS or len(stage.space) < 2:
+        return  # importance needs enough trials to compare and more than one parameter
     study = load_stage_study(cfg, stage, optuna_storage(ws.storage))
     try:
-        importance = get_param_importances(study, params=list(stage.space))
+        with warnings.catch_warnings():  # Optuna's notes on its estimate stay off the terminal
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna\.")
+            importance = get_param_importances(study, params=list(stage.space))
     except (RuntimeError, ValueError, ZeroDivisionError):  # nothing varied enough
         return
     doc.img(plot_importance(importance, prefix.with_name(prefix.name + "-importance.png"),

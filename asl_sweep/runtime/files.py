@@ -8,6 +8,7 @@ import io
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 def load_tensors(path: Path, mmap: bool = False, map_location: Any = "cpu") -> Any:
     """torch.load restricted to tensors and plain containers (weights_only=True)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():
+            # A raw pickle draws torch's note on its protocol before the refusal below: the
+            # refusal is what the user needs to read.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -76,7 +81,9 @@ def load_tensors(path: Path, mmap: bool = False, map_location: Any = "cpu") -> A
         raise ModelFileError(f"{path}: not readable (permission denied)") from None
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError,
             ValueError) as e:
-        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+        # torch names a blocked callable as "Unsupported global: GLOBAL eval ..." or as
+        # "unsupported GLOBAL posix.system whose module posix is blocked".
+        if "unsupported global" in str(e).lower() or "Unsupported class" in str(e):
             raise UnsafeFileError(
                 f"{path}: refused, it holds Python objects beyond tensors and plain containers "
                 "(loading it would run arbitrary code)") from None
