@@ -50,10 +50,19 @@ def load_record(storage, study: str) -> optuna.Study | None:
         return None
 
 
-def bind(storage, cfg: StudyConfig) -> optuna.Study:
+def _anything_finished(storage, study: str) -> bool:
+    """Whether any trial of the study's stages has finished (its result depends on the data)."""
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL)
+    return any(s.study_name.startswith(f"{study}.") and storage.get_all_trials(
+        storage.get_study_id_from_name(s.study_name), deepcopy=False, states=done)
+        for s in storage.get_all_studies())
+
+
+def bind(storage, cfg: StudyConfig, log=print) -> optuna.Study:
     """The record of `cfg.study`, created on the first run; on every later run the data
-    settings must be the ones stored. Checked before any image is decoded or anything is
-    written to MLflow."""
+    settings must be the ones stored, unless no trial has finished yet (a mistyped --data on
+    a first run costs nothing: the study binds to the data of the run that trains)."""
     given = _stored_form(cfg.data)
     try:
         record = optuna.create_study(study_name=cfg.study, storage=storage)
@@ -64,7 +73,12 @@ def bind(storage, cfg: StudyConfig) -> optuna.Study:
         record = optuna.load_study(study_name=cfg.study, storage=storage)
     wait_for(record, "data", 10.0)  # another worker may be writing it right now
     difference = _first_difference(attrs(record).get("data", given), given)
-    if difference:
+    if difference and not _anything_finished(storage, cfg.study):
+        log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
+            f"data ({difference})")
+        put(record, "data", given)
+        put(record, "digest", None)  # the new files' digest is stored once they are read
+    elif difference:
         raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
     return record
 

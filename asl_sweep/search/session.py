@@ -40,18 +40,21 @@ class Session:
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
                  worker: int = 0) -> Session:
     ws.prepare()
-    with ws.store_lock():  # one process at a time creates or migrates the stores
-        storage = optuna_storage(ws.storage)
-        tracker = Tracker(ws)
-    record = bind(storage, cfg)  # other data settings than the study's: refused, here
+    # The data first: a missing folder or a bad image is reported in a second or two, before
+    # the stores are created (a new MLflow store alone takes several), and binds nothing.
     device = resolve_device(cfg.base.device)
     started = time.perf_counter()
     data = StudyData(cfg.data, ws.cache, device, log)
+    loaded = time.perf_counter() - started
+    with ws.store_lock():  # one process at a time creates or migrates the stores
+        storage = optuna_storage(ws.storage)
+        tracker = Tracker(ws)
+    record = bind(storage, cfg, log)  # other data settings than the study's: refused, here
     check_digest(record, cfg, data.digest)
     source = cfg.data.root or (f"built-in synthetic letters ({cfg.data.synthetic.per_class}"
                                f"/class, {cfg.data.synthetic.signers} signers)")
     log(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
-        f"({time.perf_counter() - started:.1f}s)")
+        f"({loaded:.1f}s)")
     experiment_id = tracker.experiment(cfg.study, cfg.description)
     study_run = tracker.open_run(experiment_id, cfg.study, kind="study")
     if not tracker.client.get_run(study_run).data.params:

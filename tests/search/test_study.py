@@ -335,3 +335,37 @@ def test_sigterm_during_the_final_scoring_exits_130_and_a_rerun_scores(write_stu
     assert read_final(load_study(path), Workspace.at(home)) is None
     assert main(args) == 0
     assert read_final(load_study(path), Workspace.at(home))["n_images"] > 0
+
+
+def test_a_data_error_comes_before_the_stores_and_binds_nothing(write_study, tmp_path, capsys,
+                                                                image_folder):
+    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
+                                    "space": {"lr": [3e-3]}}]})
+    home = tmp_path / "mlruns"
+    missing = tmp_path / "typo"
+    assert main(["run", str(path), "--home", str(home), "--data", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    # Nothing was created or bound: the stores were never opened.
+    assert not (home / "optuna.db").exists() and not (home / "mlflow.db").exists()
+    assert main(["run", str(path), "--home", str(home), "--data", str(image_folder)]) == 0
+
+
+def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains(
+        write_study, tmp_path):
+    from asl_sweep.runtime.errors import StoreError
+    from asl_sweep.search.record import bind
+    from asl_sweep.search.store import attrs, optuna_storage
+
+    storage = optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    first = load_study(write_study({"data": {"image_size": 16}}))
+    bind(storage, first, log=lambda _: None)  # a first run that trained nothing
+    said = []
+    changed = load_study(write_study({"data": {"image_size": 24}}, name="b.yaml"))
+    record = bind(storage, changed, log=said.append)
+    assert attrs(record)["data"]["image_size"] == 24
+    assert "no trial has finished yet" in said[0] and "data.image_size" in said[0]
+    # Once a trial of the study has finished, its data is fixed.
+    stage = optuna.create_study(study_name="tiny.search", storage=storage)
+    stage.add_trial(optuna.trial.create_trial(value=0.5))
+    with pytest.raises(StoreError, match="this study ran with 24, this command says 16"):
+        bind(storage, first, log=lambda _: None)
