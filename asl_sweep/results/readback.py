@@ -41,6 +41,11 @@ def finished_stage(cfg: StudyConfig, views: list[StageView], name: str | None) -
     finished = [v for v in views if v.result is not None]
     if not finished:
         raise ConfigError(f"study {cfg.study}: no finished stage yet; run it first")
+    if finished[-1] is not views[-1]:  # the final configuration is not decided yet
+        waiting = next(v for v in views if v.result is None).stage.name
+        raise ConfigError(f"study {cfg.study} is not finished (stage {waiting} has not "
+                          "decided), so it has no final configuration yet; let the run "
+                          f"finish, or name a finished stage: --stage {finished[-1].stage.name}")
     return finished[-1]
 
 

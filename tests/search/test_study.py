@@ -369,3 +369,19 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
     stage.add_trial(optuna.trial.create_trial(value=0.5))
     with pytest.raises(StoreError, match="this study ran with 24, this command says 16"):
         bind(storage, first, log=lambda _: None)
+
+
+def test_export_and_evaluate_of_an_unfinished_study_name_what_is_missing(write_study, tmp_path,
+                                                                        capsys):
+    home = str(tmp_path / "mlruns")
+    # The study's first stage has run (a run that was stopped after it, or is still going).
+    first = write_study({"stages": TWO_STAGES["stages"][:1]}, name="first.yaml")
+    assert main(["run", str(first), "--home", home]) == 0
+    path = write_study(TWO_STAGES)
+    capsys.readouterr()
+    for command in ("export", "evaluate"):
+        assert main([command, str(path), "--home", home]) == 2
+        err = capsys.readouterr().err
+        assert "is not finished (stage rate has not decided)" in err
+        assert "--stage shape" in err
+    assert main(["evaluate", str(path), "--home", home, "--stage", "shape"]) == 0
