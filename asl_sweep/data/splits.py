@@ -8,7 +8,10 @@ validation only."""
 from __future__ import annotations
 
 import re
+import signal
+import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +42,49 @@ class Splits:
         return np.setdiff1d(self.pool, val), val
 
 
-def groups_of(names: Sequence[str], pattern: str) -> list[str]:
+MATCH_SECONDS = 10.0  # every file name matched within this: plain patterns take milliseconds
+
+
+class _TooSlow(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Raise _TooSlow after `seconds` (a timer signal; CPython's regex engine checks signals
+    as it backtracks). Only the main thread can take signals: elsewhere, no limit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):  # noqa: ARG001
+        raise _TooSlow
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def groups_of(names: Sequence[str], pattern: str, seconds: float = MATCH_SECONDS) -> list[str]:
     regex = re.compile(pattern)
     groups = []
-    for name in names:
-        match = regex.search(Path(name).name)
-        if match is None or match.group(1) is None:
-            raise DataError(f"{name}: data.group_pattern {pattern!r} does not match this file name")
-        groups.append(match.group(1))
+    try:
+        with _time_limit(seconds):
+            for name in names:
+                match = regex.search(Path(name).name)
+                if match is None or match.group(1) is None:
+                    raise DataError(f"{name}: data.group_pattern {pattern!r} does not match "
+                                    "this file name")
+                groups.append(match.group(1))
+    except _TooSlow:
+        raise DataError(f"data.group_pattern {pattern!r}: matching {len(names)} file names took "
+                        f"over {seconds:.0f} s (nested repetition such as (a+)+ backtracks "
+                        "without end); write it without a repeat inside a repeat, e.g. "
+                        "'^([^_]+)_'") from None
     return groups
 
 

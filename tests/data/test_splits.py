@@ -99,3 +99,14 @@ def test_covering_subset_has_every_class():
     assert len(subset) == 20 and set(labels[subset].tolist()) == set(range(9))
     with pytest.raises(DataError, match="cannot cover 9 classes"):
         covering_subset(np.arange(270), labels, 5, seed=0)
+
+
+def test_a_pattern_that_backtracks_without_end_is_one_line_not_a_hang():
+    import time
+
+    names = ["a" * 40 + "!.png"]  # '^(a+)+$' needs about 2**40 steps to give up on this
+    started = time.perf_counter()
+    with pytest.raises(DataError, match=r"data.group_pattern '\^\(a\+\)\+\$': matching 1 file"):
+        groups_of(names, r"^(a+)+$", seconds=0.5)
+    assert time.perf_counter() - started < 5
+    assert groups_of(["p1_A_0.png"], r"^([^_]+)_") == ["p1"]  # and the timer is gone again
