@@ -7,6 +7,7 @@ Anything that is not a UserError is a bug in asl-sweep: it surfaces as a traceba
 from __future__ import annotations
 
 import errno
+import re
 
 
 class UserError(Exception):
@@ -60,6 +61,22 @@ _STORE_FAULTS = ("database or disk is full", "attempt to write a readonly databa
                  "disk I/O error", "unable to open database file")
 
 
+_OPTUNA_TABLES = re.compile(r"\b(studies|study_\w+|trials|trial_\w+|version_info|alembic_version)\b")
+_MLFLOW_TABLES = re.compile(r"\b(experiments|experiment_tags|runs|metrics|latest_metrics|params|"
+                            r"tags|registered_models|model_versions|\w+_tags|inputs|datasets|"
+                            r"logged_models|trace_\w+)\b")
+
+
+def _which_store(text: str) -> str:
+    """Which database a failed statement was writing, by the tables it names."""
+    statement = text.split("[SQL:", 1)[1] if "[SQL:" in text else ""
+    if _OPTUNA_TABLES.search(statement):
+        return "the Optuna store (optuna.db, or --storage)"
+    if _MLFLOW_TABLES.search(statement):
+        return "the MLflow store (mlflow.db, or --tracking)"
+    return "a store"
+
+
 def environment_fault(error: BaseException) -> UserError | None:
     """The one-line error for a disk-full, read-only or I/O fault anywhere in `error`'s chain
     (libraries wrap them), or None when it is something else."""
@@ -73,9 +90,9 @@ def environment_fault(error: BaseException) -> UserError | None:
         text = str(error)
         fault = next((f for f in _STORE_FAULTS if f in text), None)
         if fault:
-            return StoreError(f"a store could not be written ({fault}); nothing recorded was "
-                              "lost: free space or make the folder writable, then rerun the "
-                              "same command")
+            return StoreError(f"{_which_store(text)} could not be written ({fault}); nothing "
+                              "recorded was lost: free space or make the folder writable, "
+                              "then rerun the same command")
         error = error.__cause__ or error.__context__
     return None
 

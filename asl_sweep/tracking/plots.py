@@ -4,11 +4,31 @@ matplotlib's object API (no pyplot state, no tight_layout pass)."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
+
+def _writable_config_dir() -> None:
+    """Matplotlib warns, on every import, when its config folder cannot be written (a user
+    without a home, a read-only one): give it a private temporary folder instead, quietly."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    try:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        (base / "matplotlib").mkdir(parents=True, exist_ok=True)
+        if os.access(base / "matplotlib", os.W_OK):
+            return
+    except (OSError, RuntimeError):  # RuntimeError: no home to be found
+        pass
+    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="asl-sweep-matplotlib-")
+
+
+_writable_config_dir()
+
+from matplotlib.figure import Figure  # noqa: E402  (after its config folder is settled)
 
 LABELS = {"val_acc": "validation accuracy", "train_acc": "training accuracy",
           "val_loss": "validation loss", "train_loss": "training loss"}

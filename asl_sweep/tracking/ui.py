@@ -54,7 +54,11 @@ def serve(ws: Workspace, host: str, port: int, log=print) -> int:
         raise StoreError(f"{ws.home}: no MLflow store here yet; run a study first, or pass "
                          "--home with the study's folder")
     check_port(host, port)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # The server's own library deprecation notes (Starlette's, for one) are not for the user.
+    quiet = ("ignore::DeprecationWarning",
+             "ignore:starlette.middleware.wsgi is deprecated")  # a UserWarning subclass
+    warn = ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), *quiet) if w)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONWARNINGS": warn}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
          "--registry-store-uri", ws.tracking_uri,

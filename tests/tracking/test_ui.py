@@ -51,7 +51,8 @@ def test_the_address_ui_prints_shows_the_trial_runs_and_their_datasets(write_stu
     started = time.monotonic()
     server = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "ui", "--home", str(home),
                                "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+                              stderr=(tmp_path / "ui.err").open("w"), text=True,
+                              start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         lines = [server.stdout.readline()]
@@ -85,3 +86,5 @@ def test_the_address_ui_prints_shows_the_trial_runs_and_their_datasets(write_stu
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+    # The server's library deprecation notes stay out of the terminal.
+    assert "DeprecationWarning" not in (tmp_path / "ui.err").read_text()

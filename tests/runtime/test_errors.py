@@ -1,0 +1,23 @@
+"""A store fault names the store: which database a failed statement was writing."""
+
+import sqlite3
+
+import pytest
+import sqlalchemy.exc
+
+from asl_sweep.runtime.errors import StoreError, environment_fault
+
+
+@pytest.mark.parametrize("statement, store", [
+    ("INSERT INTO trial_values (trial_id, value) VALUES (?, ?)", "the Optuna store"),
+    ("UPDATE studies SET study_name=?", "the Optuna store"),
+    ("INSERT INTO latest_metrics (key, value) VALUES (?, ?)", "the MLflow store"),
+    ("UPDATE runs SET status=? WHERE runs.run_uuid = ?", "the MLflow store"),
+    ("PRAGMA main.table_info(x)", "a store"),
+])
+def test_a_read_only_database_is_named(statement, store):
+    cause = sqlite3.OperationalError("attempt to write a readonly database")
+    error = sqlalchemy.exc.OperationalError(statement, {}, cause)
+    found = environment_fault(error)
+    assert isinstance(found, StoreError)
+    assert str(found).startswith(f"{store}") and "attempt to write a readonly database" in str(found)

@@ -1,0 +1,17 @@
+"""Plots load quietly for a user whose home cannot be written."""
+
+import os
+import subprocess
+import sys
+
+
+def test_matplotlib_says_nothing_when_the_home_cannot_be_written(tmp_path):
+    env = {**os.environ, "HOME": "/etc/passwd", "XDG_CONFIG_HOME": ""}  # a file: no folder
+    env.pop("MPLCONFIGDIR", None)
+    draw = ("import pathlib, asl_sweep.tracking.plots as p; "
+            f"p.plot_curves([1, 2], {{k: [0.1, 0.2] for k in ('train_loss', 'val_loss', 'train_acc', 'val_acc')}}, pathlib.Path({str(tmp_path)!r}) "
+            "/ 'c.png', 'curves')")
+    proc = subprocess.run([sys.executable, "-c", draw], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and (tmp_path / "c.png").stat().st_size > 1000
