@@ -192,3 +192,24 @@ def test_ui_refuses_a_taken_or_impossible_port(write_study, tmp_path, capsys):
                        f"--port {port}: 127.0.0.1:{port} cannot be used")
     one_line_error(capsys, main(["ui", "--home", str(home), "--port", "70000"]),
                    "--port 70000: not a port number")
+
+
+def test_a_moved_or_copied_home_is_one_line_and_writes_nothing_into_the_original(
+        write_study, tmp_path, capsys):
+    import shutil
+
+    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
+                                    "space": {"lr": [3e-3]}}]})
+    original = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(original)]) == 0
+    copy = tmp_path / "copied"
+    shutil.copytree(original, copy)
+    before = sorted(p.name for p in (original / "artifacts").rglob("*"))
+    capsys.readouterr()
+    for command in ("evaluate", "report", "export", "run"):
+        code = main([command, str(path), "--home", str(copy)])
+        err = capsys.readouterr().err
+        assert code == 2, (command, err)
+        assert "the home was moved or copied" in err and str(original / "artifacts") in err
+        assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in (original / "artifacts").rglob("*")) == before

@@ -68,6 +68,9 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
     folder = (out or ws.reports / cfg.study).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(ws)
+    experiment = tracker.client.get_experiment_by_name(cfg.study)
+    if experiment is not None:  # a moved or copied home: refused before anything is written
+        tracker.refuse_elsewhere(experiment.artifact_location, f"study {cfg.study}")
     final = read_final(cfg, ws)
     doc = Doc(folder)
     doc.h(1, f"asl-sweep report: {cfg.study}")
@@ -97,7 +100,6 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
     md_path = folder / "report.md"
     atomic_write_text(md_path, doc.markdown())
     atomic_write_text(folder / "report.html", doc.html(f"asl-sweep report: {cfg.study}"))
-    experiment = tracker.client.get_experiment_by_name(cfg.study)
     if experiment is not None:
         study_run = tracker.find_run(experiment.experiment_id, kind="study")
         if study_run:

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial
 
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import ModelFileError
+from asl_sweep.runtime.errors import ModelFileError, StoreError
 from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
 
@@ -46,6 +46,8 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = tracker.download(run_id, "checkpoints/best.pt", Path(tmp))
+        except StoreError:  # a moved home: its own one line
+            raise
         except Exception as e:  # MlflowException: the artifact is not there
             raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "
                                  f"checkpoints/best.pt) cannot be read: "

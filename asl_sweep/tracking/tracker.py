@@ -17,7 +17,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from asl_sweep.runtime.errors import WriteError, environment_fault
+from asl_sweep.runtime.errors import StoreError, WriteError, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 
 PARENT = "mlflow.parentRunId"
@@ -56,6 +56,7 @@ class Tracker:
         """The study's experiment; its description (the study's) shows in the MLflow UI."""
         found = self.client.get_experiment_by_name(study)
         if found is not None:
+            self.refuse_elsewhere(found.artifact_location, f"study {study}")
             return found.experiment_id
         try:
             return self.client.create_experiment(
@@ -183,7 +184,21 @@ class Tracker:
 
     def download(self, run_id: str, path: str, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
+        self.refuse_elsewhere(self.client.get_run(run_id).info.artifact_uri, f"run {run_id}")
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def refuse_elsewhere(self, uri: str, what: str) -> None:
+        """A local artifact location outside this home's artifacts folder means the home was
+        moved or copied after the runs were made: its files are read (and written) there, not
+        here, so refuse in one line rather than fail later or write into the original."""
+        if not uri or not uri.startswith("file:"):
+            return  # a tracking server's artifacts (mlflow-artifacts:, s3: ...) stay put
+        path = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
+        root = self.artifact_root.resolve()
+        if not path.resolve().is_relative_to(root):
+            raise StoreError(f"{what}: MLflow records its artifacts under {path}, outside this "
+                             f"home's {root}: the home was moved or copied after the runs were "
+                             "made. Use the home where it was made (--home), or move it back")
 
     # ------------------------------------------------------------ models and the registry
     def log_pytorch_model(self, run_id: str, model, name: str, example, outputs,
