@@ -128,6 +128,10 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for name in ("mlflow", "alembic", "optuna", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # MLflow's store logs every database error with its traceback, then raises it: the raised
+    # error is what asl-sweep reports (one line for a full or read-only disk, a traceback for
+    # anything else), so the log is only its echo, 200 lines long.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level on import
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -12,7 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
+from asl_sweep.results.readback import read_final
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.settings.studyfile import load_study
 
 QUICK = {"stages": [{"name": "search", "trials": 3, "sampler": "random", "confirm": None,
                      "pruner": "none",
@@ -213,3 +215,43 @@ def test_a_moved_or_copied_home_is_one_line_and_writes_nothing_into_the_original
         assert "the home was moved or copied" in err and str(original / "artifacts") in err
         assert len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in (original / "artifacts").rglob("*")) == before
+
+
+FILL_AT_SCORING = """
+import sys
+import asl_sweep.search.study as study
+real = study.score_trials
+def full(*args, **kwargs):
+    scored = real(*args, **kwargs)
+    with open(sys.argv[1], "wb") as f:  # the disk fills while the test split is scored
+        try:
+            while True:
+                f.write(b"x" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return scored
+study.score_trials = full
+from asl_sweep.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_disk_that_fills_during_the_final_scoring_is_one_line_and_a_rerun_scores(
+        write_study, small_disk):
+    path = write_study({**QUICK, "stages": [{**QUICK["stages"][0], "trials": 1}]})
+    home = small_disk / "mlruns"
+    filler = small_disk / "filler"
+    proc = subprocess.run([sys.executable, "-c", FILL_AT_SCORING, str(filler), "run", str(path),
+                           "--home", str(home)], capture_output=True, text=True, timeout=300)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "could not be written" in err and "rerun" in err
+    filler.unlink()
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    client = MlflowClient(ws.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert all(r.info.status != "RUNNING" for r in runs)
+    assert read_final(load_study(path), ws)["n_images"] > 0
