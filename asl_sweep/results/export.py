@@ -18,10 +18,10 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from asl_sweep.models.registry import Deployable
-from asl_sweep.results.predict import MARKER, MODEL_FILE, file_digest, marker
+from asl_sweep.results.predict import MARKER, MODEL_FILE, marker
 from asl_sweep.results.readback import finished_stage, read_stages
 from asl_sweep.runtime.errors import ExportError, UserError
-from asl_sweep.runtime.files import atomic_write_text
+from asl_sweep.runtime.files import atomic_write_text, sha256_of
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.evaluation import TEST_RULE, Scored, confusion, score_trials, summarize
 from asl_sweep.search.session import open_data
@@ -149,7 +149,7 @@ def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tenso
     tracker = Tracker(ws)
     study_run = tracker.find_run(tracker.experiment(exported.cfg.study), kind="study")
     if study_run:
-        tracker.set_tags(study_run, **{f"exported_onnx.{file_digest(path)}": str(path)})
+        tracker.set_tags(study_run, **{f"exported_onnx.{sha256_of(path)}": str(path)})
     return path
 
 

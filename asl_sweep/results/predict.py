@@ -11,7 +11,6 @@ in one line naming it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import zipfile
@@ -26,6 +25,7 @@ import yaml
 from asl_sweep.data.images import IMAGE_SUFFIXES, decode_image
 from asl_sweep.models.registry import Deployable
 from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError
+from asl_sweep.runtime.files import sha256_of
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.training.checkpoint import ModelFile
 
@@ -34,14 +34,6 @@ MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside TorchScr
 EXPORT_FORMAT, EXPORT_VERSION = "asl-sweep/export", 1
 REFUSED = ("refused: asl-sweep loads only models it exported itself, and loading this one "
            "could run code it carries")
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def marker(classes: list[str], image_size: int, **extra) -> dict:
@@ -160,7 +152,7 @@ def _recorded_onnx(path: Path, home: Path) -> bool:
         return False
     from asl_sweep.tracking.tracker import Tracker
 
-    return Tracker(ws).has_study_tag(f"exported_onnx.{file_digest(path)}")
+    return Tracker(ws).has_study_tag(f"exported_onnx.{sha256_of(path)}")
 
 
 def _from_onnx(path: Path, home: Path) -> Predictor:

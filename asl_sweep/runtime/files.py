@@ -4,6 +4,7 @@ tensor load uses weights_only=True, so a pickle that would run code is refused."
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -63,6 +64,15 @@ def atomic_torch_save(obj: Any, path: Path, sync: bool = True) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def load_tensors(path: Path, mmap: bool = False, map_location: Any = "cpu") -> Any:

@@ -147,21 +147,25 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(synthetic_split):
     assert result.best.val_acc == best.val_acc
 
 
+def assert_resumes_exactly(cfg, split, run_dir, straight):
+    """A run stopped at epoch 2 and run again ends with the uninterrupted run's numbers."""
+    def crash_at_2(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, split, "cpu", on_epoch=crash_at_2, run_dir=run_dir)
+    resumed = train(cfg, split, "cpu", run_dir=run_dir)
+    assert [s.val_loss for s in resumed.history] == [s.val_loss for s in straight.history]
+
+
 def test_a_cnn_trains_and_a_scheduled_run_resumes_exactly(synthetic_split, tmp_path):
     cfg = TrainConfig(model="cnn", hidden=[16], epochs=4, checkpoint_every=1, device="cpu",
                       checkpoint_seconds=0,
                       cnn={"channels": [8, 16]}, schedule="cosine", warmup_epochs=1,
                       augment={"rotation": 10, "flip": True})
     straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
-
-    def crash_at_2(stats):
-        if stats.epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, synthetic_split, "cpu", on_epoch=crash_at_2, run_dir=tmp_path / "b")
-    resumed = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "b")
-    assert [s.val_loss for s in resumed.history] == [s.val_loss for s in straight.history]
+    assert_resumes_exactly(cfg, synthetic_split, tmp_path / "b", straight)
 
 
 EVERY_LEVER = {"crop_scale": 0.5, "translate": 0.1, "rotation": 10, "brightness": 0.3,
@@ -177,15 +181,7 @@ def test_the_whole_toolbox_trains_and_resumes_exactly(synthetic_split, tmp_path)
                       label_smoothing=0.1, augment=EVERY_LEVER)
     straight = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "a")
     assert all(torch.isfinite(torch.tensor(s.train_loss)) for s in straight.history)
-
-    def crash_at_2(stats):
-        if stats.epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, synthetic_split, "cpu", on_epoch=crash_at_2, run_dir=tmp_path / "b")
-    resumed = train(cfg, synthetic_split, "cpu", run_dir=tmp_path / "b")
-    assert [s.val_loss for s in resumed.history] == [s.val_loss for s in straight.history]
+    assert_resumes_exactly(cfg, synthetic_split, tmp_path / "b", straight)
 
 
 def test_label_smoothing_and_mixup_keep_the_training_loss_off_zero(synthetic_split):
