@@ -43,5 +43,10 @@ def test_the_record_holds_only_what_applies_to_the_model():
     assert "cnn" in cnn and "transfer" not in cnn
     frozen = TrainConfig(model="transfer").applicable()
     assert "feature_views" in frozen["transfer"] and "backbone_lr" not in frozen["transfer"]
+    assert "cache_prefix" not in frozen["transfer"]
+    # Fine-tuning on the cached prefix draws its augmented views as a frozen head does.
     tuned = TrainConfig(model="transfer", transfer={"trainable": 2}).applicable()
-    assert "backbone_lr" in tuned["transfer"] and "feature_views" not in tuned["transfer"]
+    assert "backbone_lr" in tuned["transfer"] and "feature_views" in tuned["transfer"]
+    whole = TrainConfig(model="transfer", transfer={"trainable": 2,
+                                                    "cache_prefix": False}).applicable()
+    assert "backbone_lr" in whole["transfer"] and "feature_views" not in whole["transfer"]
