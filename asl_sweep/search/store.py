@@ -15,6 +15,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.runtime.errors import StoreError
+from asl_sweep.runtime.outage import lost_connection, retrying
 from asl_sweep.search.space import grid
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 
@@ -89,6 +90,33 @@ def origin_of(trial: FrozenTrial) -> int:
     return trial.system_attrs.get("failed_trial", trial.number)
 
 
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose public calls ride out a database server that stops
+    answering for a while (runtime.outage): a restart of PostgreSQL costs a pause, not the
+    run."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # On the heartbeat's own thread: a beat missed while the server is away is no error
+        # (the main thread's calls wait for it), and must not end the thread with a traceback.
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as e:
+            if lost_connection(e) is None:
+                raise
+
+
+def _retry_public_calls(cls: type) -> None:
+    store = "the Optuna store (--storage)"
+    for name in dir(optuna.storages.BaseStorage):
+        if not name.startswith("_") and name not in ("record_heartbeat", "remove_session"):
+            method = getattr(optuna.storages.RDBStorage, name, None)
+            if callable(method):
+                setattr(cls, name, retrying(method, store))
+
+
+_retry_public_calls(RetryingRDBStorage)
+
+
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -98,9 +126,9 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
         engine_kwargs["pool_pre_ping"] = True
 
     def connect() -> optuna.storages.RDBStorage:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S, heartbeat_stale_trial_callback=Requeue())
+        kind = optuna.storages.RDBStorage if url.startswith("sqlite") else RetryingRDBStorage
+        return kind(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S, heartbeat_stale_trial_callback=Requeue())
 
     try:
         return connect()

@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.runtime.errors import StoreError, WriteError, environment_fault
+from asl_sweep.runtime.outage import Retrying
 from asl_sweep.runtime.workspace import Workspace
 
 PARENT = "mlflow.parentRunId"
@@ -45,8 +46,11 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     def __init__(self, workspace: Workspace):
-        self.client = MlflowClient(tracking_uri=workspace.tracking_uri,
-                                   registry_uri=workspace.tracking_uri)
+        client = MlflowClient(tracking_uri=workspace.tracking_uri,
+                              registry_uri=workspace.tracking_uri)
+        # A tracking database or server that stops answering is waited for (runtime.outage).
+        self.client = (client if workspace.tracking_uri.startswith("sqlite")
+                       else Retrying(client, "the MLflow store (--tracking)"))
         self.tracking_uri = workspace.tracking_uri
         self.artifact_root = workspace.artifacts
         self.client.search_experiments(max_results=1)  # creates or migrates the store now

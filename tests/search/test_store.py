@@ -78,13 +78,24 @@ def postgres():
         subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
 
     pg(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-    pg(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
-       f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-       "-c max_connections=200", "start")
+
+    class Server(str):
+        """The server's address, and the means to stop and start it (a real outage)."""
+
+        def start(self):
+            pg(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
+               f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+               "-c max_connections=200", "start")
+
+        def stop(self):
+            pg(f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+
+    server = Server(f"postgresql://postgres@127.0.0.1:{port}")
+    server.start()
     try:
         for db in ("optuna", "mlflow"):
             pg(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
-        yield f"postgresql://postgres@127.0.0.1:{port}"
+        yield server
     finally:
         pg(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
@@ -163,3 +174,73 @@ def test_one_seeded_worker_repeats_exactly(write_study, tmp_path):
         outcomes.append([(t.params, t.state.name, t.value, t.intermediate_values,
                           t.user_attrs.get("metrics", {}).get("train_loss")) for t in trials])
     assert outcomes[0] == outcomes[1]
+
+
+def _running_on(storage: str, name: str, proc, epochs: int = 3, seconds: float = 120) -> int:
+    """A RUNNING trial of `name` that has reported `epochs` epochs, read from PostgreSQL."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            continue
+        running = [t for t in study.get_trials(deepcopy=False) if t.state.name == "RUNNING"
+                   and len(t.intermediate_values) >= epochs]
+        if running:
+            return running[0].number
+    raise AssertionError(f"no trial of {name} ran {epochs} epochs: {proc.poll()}")
+
+
+def _outage_run(write_study, tmp_path, postgres, study: str, env: dict | None = None):
+    spec = {**FAST, "study": study, "base": {**FAST["base"], "epochs": 300},
+            "stages": [{**FAST["stages"][0], "trials": 3}]}
+    path = write_study(spec, name=f"{study}.yaml")
+    storage, tracking = f"{postgres}/optuna", f"{postgres}/mlflow"
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+           str(tmp_path / study), "--storage", storage, "--tracking", tracking]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    _running_on(storage, f"{study}.search", proc)
+    return cmd, proc, storage, tracking
+
+
+def _exact_and_closed(storage: str, tracking: str, study: str) -> None:
+    searched = [t for t in _finished(storage, f"{study}.search")
+                if t.user_attrs["role"] == "search"]
+    assert len(searched) == 3  # the budget, exactly
+    client = MlflowClient(tracking)
+    runs = client.search_runs([client.get_experiment_by_name(study).experiment_id])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_a_database_restart_mid_run_costs_a_pause_not_the_run(write_study, tmp_path,
+                                                               postgres):
+    cmd, proc, storage, tracking = _outage_run(write_study, tmp_path, postgres, "brief")
+    postgres.stop()
+    time.sleep(3)
+    postgres.start()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "is not answering" in err and "retrying for up to 120 s" in err
+    assert "Traceback" not in err
+    _exact_and_closed(storage, tracking, "brief")
+
+
+def test_a_database_that_stays_away_is_named_and_a_rerun_finishes(write_study, tmp_path,
+                                                                   postgres):
+    cmd, proc, storage, tracking = _outage_run(write_study, tmp_path, postgres, "long",
+                                               {"ASL_SWEEP_STORE_RETRY_S": "3"})
+    postgres.stop()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        postgres.start()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    last = err.strip().splitlines()[-1]
+    assert "has not answered for 3 s" in last and "rerun the same command" in last
+    assert "store (--storage)" in last or "store (--tracking)" in last
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    _exact_and_closed(storage, tracking, "long")

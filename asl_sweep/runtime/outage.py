@@ -1,0 +1,91 @@
+"""A store that stops answering (a database restarted, a network blip): its calls are retried
+with backoff for a bounded time, then the command stops with one line naming the store and
+what to do. Only a lost connection is retried: any other error is raised as it came.
+
+The bound is ASL_SWEEP_STORE_RETRY_S seconds (default 120). Once a call has given up, later
+calls fail at once until one succeeds, so a stopping run does not wait again for each of the
+closing writes it attempts."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from asl_sweep.runtime.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# What PostgreSQL, MySQL and their drivers say when the server is gone (lower case).
+_LOST = ("connection refused", "connection failed", "could not connect",
+         "server closed the connection", "terminating connection", "connection is closed",
+         "the connection is closed", "connection not open", "connection reset",
+         "the database system is shutting down", "the database system is starting up",
+         "ssl connection has been closed", "no connection to the server",
+         "lost connection to", "server has gone away", "consuming input failed")
+
+_gave_up = False
+
+
+def retry_seconds() -> float:
+    return float(os.environ.get("ASL_SWEEP_STORE_RETRY_S", "120"))
+
+
+def lost_connection(error: BaseException | None) -> str | None:
+    """The line that says the connection was lost, anywhere in `error`'s chain, or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        for line in str(error).splitlines():
+            if any(s in line.lower() for s in _LOST):
+                return line.strip()[:200]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:
+    """`fn`, its calls retried while `store` does not answer."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        global _gave_up
+        budget = retry_seconds()
+        deadline, delay, said = time.monotonic() + budget, 0.5, False
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+                _gave_up = False
+                return result
+            except Exception as e:
+                reason = lost_connection(e)
+                if reason is None:
+                    raise
+                left = deadline - time.monotonic()
+                if _gave_up or left <= 0:
+                    _gave_up = True
+                    raise StoreError(
+                        f"{store} has not answered for {budget:.0f} s ({reason}); nothing "
+                        "recorded was lost: start it again (or mend the network), then rerun "
+                        "the same command") from None
+                if not said:
+                    log.warning("%s is not answering (%s); retrying for up to %.0f s",
+                                store, reason, left)
+                    said = True
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 10.0)
+
+    return call
+
+
+class Retrying:
+    """Every method of `target` called through `retrying` (an MLflow client, for one)."""
+
+    def __init__(self, target: Any, store: str):
+        self._target, self._store = target, store
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        return retrying(value, self._store) if callable(value) else value
