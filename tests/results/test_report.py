@@ -44,3 +44,26 @@ def test_report_before_any_run_is_a_clear_error(write_study, tmp_path, capsys):
     path = write_study()
     assert main(["report", str(path), "--home", str(tmp_path / "mlruns")]) == 2
     assert "nothing recorded yet" in capsys.readouterr().err
+
+
+def test_report_keeps_optunas_warnings_out(write_study, tmp_path):
+    import warnings
+
+    from asl_sweep.results.report import write_report
+    from asl_sweep.settings.studyfile import load_study
+
+    path = write_study({"base": {"epochs": 2}, "stages": [{
+        "name": "s", "trials": 6, "sampler": "random", "pruner": "none", "confirm": None,
+        "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "hidden": [[32], [16, 16]],
+                  "dropout.2": {"low": 0.0, "high": 0.5, "when": {"hidden": [[16, 16]]}}}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_report(load_study(path), Workspace.at(home), tmp_path / "r", log=lambda _: None)
+    from optuna.exceptions import ExperimentalWarning
+
+    said = [str(w.message) for w in caught if "optuna" in w.filename
+            and not issubclass(w.category, ExperimentalWarning)]  # the CLI filters those
+    assert not said, said
+    assert any("importance" in p.name for p in (tmp_path / "r").iterdir())
