@@ -1,0 +1,50 @@
+"""A lost connection is waited for, then named; anything else passes through at once."""
+
+import psycopg
+import pytest
+
+from asl_sweep.runtime import outage
+from asl_sweep.runtime.errors import StoreError
+
+
+def _flaky(failures: int, error: Exception):
+    calls = []
+
+    def call():
+        calls.append(1)
+        if len(calls) <= failures:
+            raise error
+        return "answered"
+
+    return call, calls
+
+
+REFUSED = psycopg.OperationalError('connection failed: connection to server at "127.0.0.1", '
+                                   'port 1 failed: Connection refused')
+
+
+def test_a_lost_connection_is_retried_until_it_answers(monkeypatch, caplog):
+    monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "30")
+    call, calls = _flaky(2, REFUSED)
+    assert outage.retrying(call, "the test store")() == "answered" and len(calls) == 3
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("the test store is not answering")
+
+
+def test_a_store_away_past_the_budget_is_one_line_and_later_calls_do_not_wait(monkeypatch):
+    monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "1")
+    call, calls = _flaky(1000, REFUSED)
+    with pytest.raises(StoreError, match=r"the test store has not answered for 1 s \(connection"):
+        outage.retrying(call, "the test store")()
+    before = len(calls)
+    with pytest.raises(StoreError):
+        outage.retrying(call, "the test store")()
+    assert len(calls) == before + 1  # given up: one try, no second wait
+    outage.retrying(_flaky(0, REFUSED)[0], "the test store")()  # an answer resets it
+
+
+def test_other_errors_pass_through_at_once():
+    call, calls = _flaky(1, ValueError("a bug"))
+    with pytest.raises(ValueError, match="a bug"):
+        outage.retrying(call, "the test store")()
+    assert len(calls) == 1
