@@ -313,7 +313,8 @@ def cmd_evaluate(args) -> int:
         print(f"  trial {s.trial} (fold {s.fold}, seed {s.model_file.config.seed}): "
               f"{args.split} accuracy {acc:.4f} on {len(s.truth)} images")
     print(f"{args.split} accuracy: {summary['summary']}\n  rule: {rule}")
-    for line in failure_lines(breakdown(scored, groups, list(data.classes)), limit=10):
+    for line in failure_lines(breakdown(scored, groups, list(data.classes)), args.split,
+                              limit=10):
         print(f"  {line}")
     return 0
 

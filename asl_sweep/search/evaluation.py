@@ -143,21 +143,23 @@ def breakdown(scored: list[Scored], groups: list[str] | None, classes: list[str]
             "confusion": matrix.tolist(), "classes": list(classes)}
 
 
-def failure_lines(b: dict, limit: int = 5) -> list[str]:
-    """The breakdown as a few lines of text: worst people, worst classes, top confusions."""
+def failure_lines(b: dict, split: str = "test", limit: int = 5) -> list[str]:
+    """The breakdown as a few lines of text: worst people, worst classes, top confusions,
+    each naming the split it was measured on."""
     lines = []
     if b["by_person"]:
         shown = ", ".join(f"{r['person']} {r['accuracy']:.2f} ({r['images']})"
                           for r in b["by_person"][:limit])
-        lines.append(f"worst people of {len(b['by_person'])} (accuracy, images): {shown}")
+        lines.append(f"worst {split} people of {len(b['by_person'])} (accuracy, images): "
+                     f"{shown}")
     worst = sorted(b["by_class"], key=lambda r: (r["accuracy"], r["class"]))[:limit]
-    lines.append("worst classes: " + ", ".join(f"{r['class']} {r['accuracy']:.2f}"
+    lines.append(f"worst {split} classes: " + ", ".join(f"{r['class']} {r['accuracy']:.2f}"
                                                for r in worst))
     m, names = np.asarray(b["confusion"]), b["classes"]
     off = [(int(m[i, j]), names[i], names[j]) for i in range(len(names))
            for j in range(len(names)) if i != j and m[i, j]]
     if off:
-        lines.append("most confused (true -> predicted, images over repeats): " + ", ".join(
+        lines.append(f"most confused on {split} (true -> predicted, images over repeats): " + ", ".join(
             f"{a} -> {p} {n}" for n, a, p in sorted(off, key=lambda o: -o[0])[:limit]))
     return lines
 

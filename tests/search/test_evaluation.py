@@ -21,11 +21,11 @@ def test_breakdown_sorts_people_worst_first_and_averages_repeats():
     assert [r["accuracy"] for r in b["by_class"]] == [0.5, 1.0, 0.5]
     assert b["confusion"] == [[2, 2, 0], [0, 4, 0], [1, 1, 2]]  # rows true, columns predicted
     lines = failure_lines(b)
-    assert lines[0].startswith("worst people of 2 (accuracy, images): bob 0.50 (3), ann 0.83")
-    assert lines[1] == "worst classes: A 0.50, C 0.50, B 1.00"
-    assert lines[2].startswith("most confused (true -> predicted, images over repeats): A -> B 2")
+    assert lines[0].startswith("worst test people of 2 (accuracy, images): bob 0.50 (3), ann 0.83")
+    assert lines[1] == "worst test classes: A 0.50, C 0.50, B 1.00"
+    assert lines[2].startswith("most confused on test (true -> predicted, images over repeats): A -> B 2")
 
 
 def test_without_people_the_breakdown_is_per_class_only():
     b = breakdown([_scored([0, 0], [0, 1])], None, ["A", "B"])
-    assert b["by_person"] == [] and not failure_lines(b)[0].startswith("worst people")
+    assert b["by_person"] == [] and not failure_lines(b)[0].startswith("worst test people")

@@ -203,8 +203,8 @@ def test_evaluate_reproduces_the_printed_test_accuracy(evidence_study, capsys):
     # Why it fails: the test people worst first, in the terminal, the record and MLflow.
     people = final["breakdown"]["by_person"]
     assert people and [r["accuracy"] for r in people] == sorted(r["accuracy"] for r in people)
-    assert f"worst people of {len(people)} (accuracy, images): {people[0]['person']}" in printed
-    assert "worst people of" in out and "worst classes:" in out
+    assert f"worst test people of {len(people)} (accuracy, images): {people[0]['person']}" in printed
+    assert "worst test people of" in out and "worst test classes:" in out
     client = MlflowClient(ws.tracking_uri)
     study_run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                    "tags.kind = 'study'")[0]
