@@ -64,5 +64,6 @@ class FeatureBatches:
             xb, yb = self.views[view, idx], self.y[idx]
             target = yb
             if self.cfg.augment.mixup > 0:  # features can be mixed up, not cut
-                xb, target = mix_batch(xb, yb, self.num_classes, self.cfg.augment, generator)
+                xb, target = mix_batch(xb, yb, self.num_classes, self.cfg.augment, generator,
+                                       images=False)
             yield xb, yb, target

@@ -51,10 +51,12 @@ def cutmix_box(h: int, w: int, lam: float, generator: torch.Generator
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: AugmentConfig,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator, images: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or cutmix (one of the two at random when both are on) of a batch, with soft
-    targets. Features ([B, D]) can only be mixed up."""
-    use_cut = cfg.cutmix > 0 and x.dim() == 4 and (
+    targets. Anything but images (cached features, a cached prefix's output) can only be
+    mixed up."""
+    use_cut = cfg.cutmix > 0 and images and (
         cfg.mixup <= 0 or bool(torch.rand(1, generator=generator) < 0.5))
     if use_cut:
         lam = _beta(cfg.cutmix, generator)

@@ -26,8 +26,8 @@ EXTRACT_BATCH = 64
 
 @dataclass
 class FeatureSet:
-    train: torch.Tensor  # [views, N_train, D]; view 0 is the un-augmented image
-    val: torch.Tensor  # [N_val, D]
+    train: torch.Tensor  # [views, N_train, ...]; view 0 is the un-augmented image
+    val: torch.Tensor  # [N_val, ...]: features [D], or a prefix's output [C, H, W]
     from_cache: bool
 
 

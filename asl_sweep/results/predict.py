@@ -88,7 +88,7 @@ def open_model(source: str, home: Path | str = "mlruns") -> Predictor:
 
 def _download(uri: str, home: Path, dst: Path) -> Path:
     ws = Workspace.at(home)
-    if ws.tracking_uri.startswith("sqlite:") and not (ws.home / "mlflow.db").exists():
+    if not ws.has_tracking_store:
         raise StoreError(f"{uri}: no MLflow store at {ws.home} to look it up in; pass --home "
                          "(or set ASL_SWEEP_HOME) to the study's folder")
     from asl_sweep.tracking.tracker import Tracker
@@ -148,7 +148,7 @@ def _from_torchscript(path: Path) -> Predictor:
 def _recorded_onnx(path: Path, home: Path) -> bool:
     """Whether a study in `home` recorded these exact bytes when it exported them."""
     ws = Workspace.at(home)
-    if ws.tracking_uri.startswith("sqlite:") and not (ws.home / "mlflow.db").exists():
+    if not ws.has_tracking_store:
         return False
     from asl_sweep.tracking.tracker import Tracker
 

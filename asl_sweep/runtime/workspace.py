@@ -27,6 +27,12 @@ class Workspace:
                    storage=storage or f"sqlite:///{home / 'optuna.db'}",
                    tracking_uri=tracking_uri or f"sqlite:///{home / 'mlflow.db'}")
 
+    @property
+    def has_tracking_store(self) -> bool:
+        """Whether there is an MLflow store to read: a server, or this home's mlflow.db
+        (which merely opening it would create)."""
+        return not self.tracking_uri.startswith("sqlite:") or (self.home / "mlflow.db").exists()
+
     def prepare(self) -> Workspace:
         """Create the folders; a home that cannot be written is one WriteError."""
         for folder in (self.home, self.artifacts, self.cache, self.runs):

@@ -50,7 +50,7 @@ def experiment_addresses(base: str) -> list[str]:
 
 
 def serve(ws: Workspace, host: str, port: int, log=print) -> int:
-    if ws.tracking_uri.startswith("sqlite:") and not (ws.home / "mlflow.db").exists():
+    if not ws.has_tracking_store:
         raise StoreError(f"{ws.home}: no MLflow store here yet; run a study first, or pass "
                          "--home with the study's folder")
     check_port(host, port)
