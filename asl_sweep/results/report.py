@@ -117,8 +117,8 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     doc.p(f"Goal: {stage.goal or '-'}. Metric: {stage.metric} ({stage.direction})"
           + (f", target {stage.target}" if stage.target is not None else "")
           + f"; budget {stage.trials} trials ({stage.sampler} sampler) after the incumbent"
-          + (f", then the top {stage.confirm.top} confirmed over {stage.confirm.repeats} "
-             "paired repeats" if stage.confirm and stage.target is None else "") + ".")
+          + (_confirm_words(stage.confirm) if stage.confirm and stage.target is None else "")
+          + ".")
     doc.p("Started from: " + (", ".join(f"{k}={_fmt(v)}" for k, v in view.carried.items())
                               or "the base settings") + ".")
     seeds = [t for t in view.trials if role_of(t) == "seed" and t.state == TrialState.COMPLETE]
@@ -154,6 +154,15 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     value = result.value if result.evidence else result.metrics.get(stage.metric, result.value)
     return [stage.name, stage.goal, result.status, f"{stage.metric} {value:.3f}", reported,
             rerun, ", ".join(f"{k}={_fmt(v)}" for k, v in result.params.items()) or "no change"]
+
+
+def _confirm_words(confirm) -> str:
+    if confirm.racing:
+        return (f", then the top {confirm.top} raced against the incumbent on "
+                f"{confirm.min_repeats} to {confirm.max_repeats} fresh paired repeats "
+                f"(adopted at {confirm.level:.0%} one-sided confidence, Bonferroni over the "
+                f"candidates and the looks)")
+    return f", then the top {confirm.top} confirmed over {confirm.repeats} paired repeats"
 
 
 def _evidence_plot(doc: Doc, view: StageView, prefix: Path) -> None:

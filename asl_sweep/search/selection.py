@@ -2,11 +2,14 @@
 I/O, so every rule can be tested with optuna.trial.create_trial alone.
 
 The evidence rule. Every stage trains the configuration it received (the incumbent) as its
-first trial. With confirmation, the top candidates and the incumbent are trained again on the
-same (seed, fold) pairs; the best candidate by its mean paired difference is adopted only if
-that difference exceeds `min_gain` (default: one standard error of the differences, and at
-least 0.5 accuracy points). Otherwise the stage keeps the incumbent, and says why. Gate
-stages (with a target) keep their own rule: the trial that reached the target."""
+first trial. With confirmation, the top candidates and the incumbent are trained again on
+fresh, paired (seed, fold) repeats and raced (racing.py): a candidate is adopted once a
+one-sided paired t interval on the fresh repeats puts it above `min_gain`, dropped once it
+puts it below, and the stage keeps the incumbent when no candidate is left or max_repeats is
+reached; the search trial that put a candidate forward is shown, never counted. The rule
+before racing (`confirm: {repeats: R}`: R-1 fresh repeats plus the search trial, adopt over
+one standard error and at least 0.5 points) is `decide`. Gate stages (with a target) keep
+their own rule: the trial that reached the target."""
 
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.runtime.errors import GateNotReached
+from asl_sweep.search.racing import TEST_NAME, RaceRule, Verdict, judge
 from asl_sweep.search.space import decode_params
-from asl_sweep.settings.spec import StageConfig
+from asl_sweep.settings.spec import ConfirmConfig, StageConfig
 
 # The metric that breaks ties between trials that reached a stage's target.
 SECONDARY = {"train_acc": "val_acc", "val_acc": "train_acc",
@@ -214,3 +218,119 @@ def _describe(values: dict[int, tuple[float, int]]) -> dict[str, Any]:
     return {"values": {str(r): values[r][0] for r in sorted(values)},
             "trials": {str(r): values[r][1] for r in sorted(values)},
             "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) >= 2 else 0.0}
+
+
+def race_rule(confirm: ConfirmConfig) -> RaceRule:
+    return RaceRule(confirm.min_repeats, confirm.max_repeats, confirm.level,
+                    confirm.min_gain or 0.0)
+
+
+def _fresh_diffs(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
+                 candidates: list[int]) -> tuple[dict, dict[int, dict], dict[int, list]]:
+    """The incumbent's repeats, each candidate's, and each candidate's paired differences
+    over the fresh repeats (r >= 1) both have, in repeat order, sign applied."""
+    base = repeat_values(trials, incumbent)
+    sign = _sign(stage)
+    values = {c: repeat_values(trials, c) for c in candidates}
+    diffs = {c: [(r, sign * (values[c][r][0] - base[r][0]))
+                 for r in sorted(set(values[c]) & set(base)) if r >= 1] for c in candidates}
+    return base, values, diffs
+
+
+def race_verdict(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
+                 candidates: list[int], rounds: int) -> Verdict:
+    """The race after `rounds` rounds of fresh repeats, replayed look by look from the
+    trials alone (a candidate dropped at an earlier look stays out), so every worker and
+    every rerun reaches the same verdict without keeping any state."""
+    rule = race_rule(stage.confirm)
+    _, _, diffs = _fresh_diffs(trials, stage, incumbent, candidates)
+    dropped: dict[int, int] = {}
+    verdict = Verdict(adopt=None, alive=list(candidates), rounds=0)
+    for n in range(min(rule.min_repeats, max(rounds, 1)), rounds + 1):
+        seen = {c: [d for r, d in diffs[c] if r <= n] for c in candidates}
+        verdict = judge(seen, len(candidates), rule, dropped, rounds=n)
+        dropped = verdict.dropped
+        if verdict.done:
+            break
+    return verdict
+
+
+def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
+                candidates: list[int], verdict: Verdict) -> StageResult:
+    """The stage's result once the race is done: the adopted candidate, or the incumbent."""
+    by_number = {t.number: t for t in trials}
+    base, values, diffs = _fresh_diffs(trials, stage, incumbent, candidates)
+    if not base:
+        raise GateNotReached(f"stage {stage.name}: the incumbent (trial {incumbent}) did not "
+                             "complete; nothing to compare with")
+    rule = race_rule(stage.confirm)
+    scale, unit = _points(stage)
+    evidence: dict[str, Any] = {
+        "rule": TEST_NAME, "level": rule.level, "min_gain": rule.min_gain,
+        "min_repeats": rule.min_repeats, "max_repeats": rule.max_repeats,
+        "incumbent": incumbent, "rounds": verdict.rounds,
+        "dropped": {str(c): n for c, n in verdict.dropped.items()},
+        "configs": {str(incumbent): _describe_fresh(base)}}
+    for c in candidates:
+        stats = _describe_fresh(values[c])
+        b = verdict.bounds.get(c)
+        stats.update(diffs=[d for _, d in diffs[c]],
+                     **({"diff_mean": b.mean, "lower": b.lower, "upper": b.upper,
+                         "plain_upper": b.plain_upper, "n": b.n}
+                        if b is not None else {}))
+        evidence["configs"][str(c)] = stats
+
+    def pt(x: float) -> str:
+        return f"{x * scale:+.1f}{unit}"
+
+    def fresh(n: int) -> str:
+        return f"{n} fresh paired repeat{'s' if n != 1 else ''}"
+
+    tail = f"{rule.level:.0%} one-sided paired t, Bonferroni over {len(candidates)} " \
+           f"candidate{'s' if len(candidates) != 1 else ''} and the looks"
+    if verdict.adopt is not None:
+        c = verdict.adopt
+        b = verdict.bounds[c]
+        evidence["best"] = c
+        return _result(by_number[c], stage, "adopted",
+                       f"adopted trial {c}: {pt(b.mean)} over {fresh(b.n)}, lower bound "
+                       f"{pt(b.lower)} > min gain {pt(rule.min_gain)} ({tail}); "
+                       f"{stage.metric} {evidence['configs'][str(c)]['mean']:.3f} vs incumbent "
+                       f"{evidence['configs'][str(incumbent)]['mean']:.3f}",
+                       evidence["configs"][str(c)]["mean"], _trials_of(values[c]), evidence)
+    kept_value = evidence["configs"][str(incumbent)]["mean"]
+    if math.isnan(kept_value):  # no fresh repeat (no candidate to race): the trial itself
+        kept_value = base[min(base)][0]
+    looked = {c: b for c, b in verdict.bounds.items()}
+    if not looked:
+        why = "no candidate completed its repeats"
+    else:
+        c = max(looked, key=lambda c: (looked[c].mean, -c))
+        b = looked[c]
+        evidence["best"] = c
+        if not verdict.alive:
+            why = (f"every candidate dropped; the best, trial {c}: {pt(b.mean)} over "
+                   f"{fresh(b.n)}, upper bound {pt(b.plain_upper)} <= min gain "
+                   f"{pt(rule.min_gain)}")
+        else:
+            why = (f"the best candidate, trial {c}: {pt(b.mean)} over {fresh(b.n)}, lower "
+                   f"bound {pt(b.lower)}, not above min gain {pt(rule.min_gain)} by "
+                   f"max_repeats")
+    return _result(by_number[incumbent], stage, "kept incumbent",
+                   f"kept incumbent: {why} ({tail})", kept_value, _trials_of(base), evidence)
+
+
+def _trials_of(values: dict[int, tuple[float, int]]) -> list[int]:
+    return [values[r][1] for r in sorted(values)]
+
+
+def _describe_fresh(values: dict[int, tuple[float, int]]) -> dict[str, Any]:
+    """Like _describe, over the fresh repeats only; the search trial (repeat 0) is shown
+    apart, as `search_value`."""
+    fresh = {r: vn for r, vn in values.items() if r >= 1}
+    out = _describe(fresh) if fresh else {"values": {}, "trials": {}, "mean": math.nan,
+                                          "std": 0.0}
+    if 0 in values:
+        out["search_value"] = values[0][0]
+        out["search_trial"] = values[0][1]
+    return out

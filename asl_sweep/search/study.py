@@ -37,8 +37,10 @@ from asl_sweep.search.selection import (
     counts_as_done,
     counts_toward_budget,
     decide,
+    decide_race,
     pick_winner,
     plan_candidates,
+    race_verdict,
     reached_target,
     role_of,
 )
@@ -139,6 +141,8 @@ def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
         return pick_winner(trials, stage)
     runner.phase = "confirm"
     plan = _confirm_plan(s, stage, study, runner, incumbent.number)
+    if confirm.racing:
+        return _race(s, stage, study, runner, progress, plan)
     _drain(s, study, runner, progress)
     return decide(study.get_trials(deepcopy=False), stage, plan["incumbent"],
                   plan["candidates"], confirm.min_gain)
@@ -166,8 +170,10 @@ class Progress:
 
     def __init__(self, s: Session, stage: StageConfig, confirm):
         self.s, self.stage = s, stage
+        # A race's length is not known ahead: its minimum is planned, and grows as it goes.
         self.planned = 1 + stage.trials + (
-            (confirm.top + 1) * (confirm.repeats - 1) if confirm else 0)
+            (confirm.top + 1) * (confirm.min_repeats if confirm.racing else confirm.repeats - 1)
+            if confirm else 0)
         self.seconds: list[float] = []
 
     def __call__(self, study: optuna.Study, t: FrozenTrial) -> None:
@@ -240,8 +246,10 @@ def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRu
 
 def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
                   incumbent: int) -> dict[str, Any]:
-    """Which configurations are repeated, decided once and queued once: the top distinct
-    candidates and the incumbent, each for repeats 1..R-1 (repeat 0 is the trial itself)."""
+    """Which configurations are repeated, decided once: the top distinct candidates and the
+    incumbent. The fixed rule queues repeats 1..R-1 here, once; a race queues its rounds as
+    it goes (_race)."""
+    confirm = stage.confirm
     if "plan" not in attrs(study):
         trials = study.get_trials(deepcopy=False)
         plain = settings_digest(runner.base)
@@ -249,25 +257,73 @@ def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: T
         def same_as_incumbent(t: FrozenTrial) -> bool:
             return settings_digest(apply_overrides(runner.base, decode_params(t.params))) == plain
 
-        candidates = plan_candidates(trials, stage, stage.confirm.top, same_as_incumbent)
+        candidates = plan_candidates(trials, stage, confirm.top, same_as_incumbent)
         put(study, "plan", {"incumbent": incumbent, "candidates": candidates,
-                            "repeats": stage.confirm.repeats, "by": worker_id()})
+                            "rule": "race" if confirm.racing else "fixed",
+                            "repeats": confirm.max_repeats if confirm.racing else
+                            confirm.repeats, "by": worker_id()})
         time.sleep(0.2)  # two workers that planned at once: the last write wins
     plan = attrs(study)["plan"]
-    if plan["by"] == worker_id() or not wait_for(study, "queued", 60.0):
-        if "queued" not in attrs(study):
+    if plan.get("rule") == "race":
+        s.log(f"stage {stage.name}: racing trials {plan['candidates']} against the incumbent "
+              f"(trial {plan['incumbent']}) on fresh paired repeats ({confirm.min_repeats} to "
+              f"{confirm.max_repeats})")
+        return plan
+    _queue_once(study, "queued", plan, [plan["incumbent"], *plan["candidates"]], 1,
+                plan["repeats"] - 1, mine=plan["by"] == worker_id())
+    s.log(f"stage {stage.name}: confirming trials {plan['candidates']} against the incumbent "
+          f"(trial {plan['incumbent']}) over {plan['repeats']} paired repeats")
+    return plan
+
+
+def _queue_once(study: optuna.Study, key: str, plan: dict[str, Any], targets: list[int],
+                first: int, last: int, mine: bool) -> None:
+    """Queue repeats first..last of `targets`, once whichever worker gets here: the one
+    that claimed `key` does it; the others wait for it (and do it themselves if it died)."""
+    if mine or not wait_for(study, key, 60.0):
+        if key not in attrs(study):
             by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-            for repeat in range(1, plan["repeats"]):
-                for target in [plan["incumbent"], *plan["candidates"]]:
+            for repeat in range(first, last + 1):
+                for target in targets:
                     is_incumbent = target == plan["incumbent"]
                     study.enqueue_trial(
                         {} if is_incumbent else dict(by_number[target].params),
                         user_attrs={"role": "confirm", "confirms": target, "repeat": repeat,
                                     **({"incumbent": True} if is_incumbent else {})})
-            put(study, "queued", True)
-    s.log(f"stage {stage.name}: confirming trials {plan['candidates']} against the incumbent "
-          f"(trial {plan['incumbent']}) over {plan['repeats']} paired repeats")
-    return plan
+            put(study, key, True)
+
+
+def _race(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
+          progress: Progress, plan: dict[str, Any]) -> StageResult:
+    """Rounds of fresh paired repeats until the race is decided (search/racing.py). The
+    verdict is replayed from the trials at every look, so workers and reruns agree; the
+    rounds queued so far are read before draining, so a look never counts a round another
+    worker queued a moment ago and nobody has run yet."""
+    confirm, incumbent, candidates = stage.confirm, plan["incumbent"], plan["candidates"]
+    while True:
+        queued = attrs(study).get("rounds_queued", 0)
+        _drain(s, study, runner, progress)
+        trials = study.get_trials(deepcopy=False)
+        verdict = race_verdict(trials, stage, incumbent, candidates, queued)
+        if verdict.done or not candidates:
+            return decide_race(trials, stage, incumbent, candidates, verdict)
+        if queued:
+            s.log(f"stage {stage.name}: after {queued} round{'s' if queued != 1 else ''}: "
+                  + "; ".join(f"trial {c} {b.mean * 100:+.1f} pt, lower bound "
+                              f"{b.lower * 100:+.1f}" for c, b in verdict.bounds.items()
+                              if c in verdict.alive)
+                  + (f"; dropped {sorted(verdict.dropped)}" if verdict.dropped else ""))
+        upto = min(confirm.max_repeats, max(queued + 1, confirm.min_repeats))
+        progress.planned += max(0, upto - max(queued, confirm.min_repeats)) * (
+            len(verdict.alive) + 1)  # a round past the planned minimum
+        key = f"round_{upto}"
+        if key not in attrs(study):
+            put(study, key, worker_id())
+            time.sleep(0.2)  # two workers that claimed at once: the last write wins
+        _queue_once(study, f"{key}_queued", plan, [incumbent, *verdict.alive], queued + 1,
+                    upto, mine=attrs(study)[key] == worker_id())
+        if attrs(study).get("rounds_queued", 0) < upto:
+            put(study, "rounds_queued", upto)
 
 
 def _drain(s: Session, study: optuna.Study, runner: TrialRunner, progress: Progress) -> None:

@@ -112,13 +112,41 @@ def parse_param(raw: Any) -> ParamSpec:
 
 
 class ConfirmConfig(Strict):
-    """Paired repeats after a stage's search: the `top` best distinct trials and the incumbent
-    trained again with seeds 1..repeats-1 (the original trial is repeat 0)."""
+    """Confirmation after a stage's search: the `top` best distinct trials and the incumbent
+    trained again on fresh paired (seed, fold) repeats, raced (search/racing.py): from
+    `min_repeats` on, a candidate clearly not better by `min_gain` is dropped and one
+    clearly better is adopted (one-sided paired t at `level`), up to `max_repeats`.
 
-    top: int = Field(2, ge=1)
-    repeats: int = Field(3, ge=2)
+    The rule before racing (a fixed number of repeats, the search trial counted as repeat 0,
+    adopt over one standard error) is still there for comparison: `repeats: R` alone."""
+
+    top: int = Field(1, ge=1)
+    min_repeats: int | None = Field(None, ge=2)  # default 2
+    max_repeats: int | None = Field(None, ge=2)  # default 6
+    level: float = Field(0.95, gt=0.5, lt=1.0)
     folds: bool | None = None  # repeat r validates on fold r; None: when the data has groups
-    min_gain: float | None = Field(None, ge=0.0)  # None: one standard error, >= 0.5 points
+    min_gain: float | None = Field(None, ge=0.0)  # race: 0; fixed: one standard error
+    repeats: int | None = Field(None, ge=2)  # the fixed rule (before racing)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rule(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        if raw.get("repeats") is not None:
+            if raw.get("min_repeats") is not None or raw.get("max_repeats") is not None:
+                raise ValueError("repeats is the fixed rule; min_repeats and max_repeats "
+                                 "race: give one or the other")
+            return raw
+        low = raw.get("min_repeats") or 2
+        high = raw.get("max_repeats") or (max(6, low) if isinstance(low, int) else 6)
+        if isinstance(low, int) and isinstance(high, int) and high < low:
+            raise ValueError(f"max_repeats ({high}) is below min_repeats ({low})")
+        return {**raw, "min_repeats": low, "max_repeats": high}
+
+    @property
+    def racing(self) -> bool:
+        return self.repeats is None
 
 
 class SeedTrial(Strict):

@@ -34,10 +34,10 @@ TWO_STAGES = {"stages": [
 # (its `fixed`) and searches a good one: kept, then adopted, each on paired evidence.
 EVIDENCE = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 5}, "stages": [
     {"name": "decay", "goal": "weight decay that only hurts", "trials": 2, "sampler": "random",
-     "pruner": "none", "confirm": {"top": 1, "repeats": 3},
+     "pruner": "none", "confirm": {"top": 1},
      "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
     {"name": "rate", "goal": "a rate that clearly helps", "trials": 1, "sampler": "grid",
-     "pruner": "none", "confirm": {"top": 1, "repeats": 3}, "fixed": {"lr": 1.0e-6},
+     "pruner": "none", "confirm": {"top": 1}, "fixed": {"lr": 1.0e-6},
      "space": {"lr": [3.0e-3]}},
 ]}
 
@@ -144,8 +144,11 @@ def test_a_space_that_can_only_hurt_keeps_the_incumbent(evidence_study):
     path, ws, _, out = evidence_study
     decay, rate = read_stages(load_study(path), ws)
     assert decay.result.status == "kept incumbent" and decay.result.params == {}
-    assert re.search(r"kept incumbent: [-+]\d+\.\d \+- \d+\.\d pt over 3 paired repeats",
+    # Raced: clearly worse after the first look (2 fresh repeats), so dropped there.
+    assert re.search(r"kept incumbent: every candidate dropped; the best, trial \d+: -\d+\.\d pt "
+                     r"over 2 fresh paired repeats, upper bound -\d+\.\d pt <= min gain",
                      decay.result.decision)
+    assert decay.result.evidence["rounds"] == 2
     assert decay.result.decision in out
     assert rate.carried == {}  # nothing adopted, nothing carried
 
@@ -154,9 +157,17 @@ def test_a_clearly_better_setting_is_adopted(evidence_study):
     path, ws, _, out = evidence_study
     _, rate = read_stages(load_study(path), ws)
     assert rate.result.status == "adopted" and rate.result.params == {"lr": 3.0e-3}
-    assert re.search(r"adopted trial \d+: \+\d+\.\d \+- \d+\.\d pt over 3 paired repeats",
+    assert re.search(r"adopted trial \d+: \+\d+\.\d pt over \d fresh paired repeats, lower "
+                     r"bound \+\d+\.\d pt > min gain \+0\.0 pt \(95% one-sided paired t",
                      rate.result.decision)
-    assert len(rate.result.repeats) == 3
+    rounds = rate.result.evidence["rounds"]
+    assert 2 <= rounds < 6  # decided before max_repeats
+    assert len(rate.result.repeats) == 1 + rounds  # the search trial (shown) and the fresh ones
+    # The search trial is not evidence: the value is the mean of the fresh repeats alone.
+    fresh = rate.result.evidence["configs"][str(rate.result.trial)]
+    assert sorted(fresh["values"]) == [str(r) for r in range(1, rounds + 1)]
+    assert "search_value" in fresh
+    assert rate.result.value == pytest.approx(np.mean(list(fresh["values"].values())))
 
 
 def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
@@ -171,7 +182,7 @@ def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
                 run = MlflowClient(ws.tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
                 repeat = t.user_attrs.get("repeat", 0)
                 pairs.setdefault(repeat, set()).add((run.data.tags["seed"], t.user_attrs["fold"]))
-        assert sorted(pairs) == [0, 1, 2]
+        assert sorted(pairs) == list(range(view.result.evidence["rounds"] + 1))
         for repeat, combos in pairs.items():
             assert len(combos) == 1, (repeat, combos)  # every config: the same seed and fold
             ((seed, fold),) = combos

@@ -1,0 +1,178 @@
+"""The racing rule for confirmation (the idea of F-Race / irace, on paired repeats): pure
+functions over numbers, no Optuna and no I/O, so the rule is proved by simulation alone.
+
+Repeats run in rounds. Round r trains every surviving candidate and the incumbent once more
+with seed r on fold r, so each candidate has paired differences d_1..d_n to the incumbent
+(n fresh repeats; the search trial that put a candidate forward is shown but is never
+evidence: it was picked because it scored high). From n >= min_repeats on, each candidate
+gets a one-sided paired t interval whose error rate is (1 - level) split by Bonferroni's
+union bound over the k candidates the race started with and over the looks it may take: half
+of it at the last look (n = max_repeats), the other half evenly over the earlier ones, so a
+race that looks six times still adopts a candidate with no true gain at most 1 - level of the
+time, and keeps most of its power for the last look.
+
+    lower = mean(d) - t * sd(d) / sqrt(n),   upper = mean(d) + t * sd(d) / sqrt(n)
+
+A candidate whose upper bound (at `level`, uncorrected: dropping can never adopt anything
+wrongly, it can only cost power, which the simulation counts) is not above min_gain is
+dropped: clearly not better by a gain worth having. The stage adopts the best surviving candidate (by mean difference) whose lower
+bound is above min_gain. The race ends there, when every candidate is dropped, or after
+max_repeats rounds, keeping the incumbent."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+TEST_NAME = ("one-sided paired t interval on fresh repeats, Bonferroni over the candidates and "
+             "the looks")
+
+
+@dataclass(frozen=True)
+class RaceRule:
+    min_repeats: int = 2
+    max_repeats: int = 6
+    level: float = 0.95
+    min_gain: float = 0.0
+
+
+@dataclass(frozen=True)
+class Bounds:
+    n: int
+    mean: float
+    sd: float
+    lower: float  # at the corrected confidence (adopting)
+    upper: float
+    plain_upper: float = math.inf  # at `level`, uncorrected (dropping)
+
+
+@dataclass
+class Verdict:
+    adopt: int | None  # the candidate to adopt, once one is clearly better
+    alive: list[int]  # candidates still in the race
+    dropped: dict[int, int] = field(default_factory=dict)  # candidate -> round it fell out
+    bounds: dict[int, Bounds] = field(default_factory=dict)
+    done: bool = False
+    rounds: int = 0  # fresh repeats run so far (the longest pairing)
+
+
+@lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    from scipy.stats import t  # scipy is slow to import: only when a race is judged
+
+    return float(t.ppf(p, df))
+
+
+def looks(rule: RaceRule) -> int:
+    """How many times a race may look at its evidence: once a round from min_repeats on."""
+    return max(1, rule.max_repeats - max(2, rule.min_repeats) + 1)
+
+
+def confidence(rule: RaceRule, candidates: int, n: int) -> float:
+    """The one-sided confidence of a look after n fresh repeats (see the module's text)."""
+    alpha = (1.0 - rule.level) / max(1, candidates)
+    if looks(rule) == 1:
+        return 1.0 - alpha
+    if n >= rule.max_repeats:
+        return 1.0 - alpha / 2
+    return 1.0 - alpha / 2 / (looks(rule) - 1)
+
+
+def bounds(diffs: list[float], confidence: float) -> Bounds:
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    sd = statistics.stdev(diffs) if n >= 2 else math.inf
+    half = t_quantile(confidence, n - 1) * sd / math.sqrt(n) if n >= 2 else math.inf
+    return Bounds(n, mean, sd if n >= 2 else 0.0, mean - half, mean + half)
+
+
+def judge(diffs: dict[int, list[float]], started_with: int, rule: RaceRule,
+          dropped: dict[int, int] | None = None, rounds: int | None = None) -> Verdict:
+    """One look at the race. `diffs`: candidate -> its paired differences so far (sign
+    applied: positive is better than the incumbent); `dropped`: candidates out since an
+    earlier look (they stay out); `rounds`: rounds run (default: the longest pairing; a
+    repeat that failed on its own leaves a candidate one short)."""
+    dropped = dict(dropped or {})
+    alive = [c for c in diffs if c not in dropped]
+    if rounds is None:
+        rounds = max((len(diffs[c]) for c in diffs), default=0)
+    level = confidence(rule, started_with, rounds)
+    verdict = Verdict(adopt=None, alive=alive, dropped=dropped, rounds=rounds)
+    for c in alive:
+        if len(diffs[c]) >= 1:
+            verdict.bounds[c] = bounds(diffs[c], level)
+    looked = [c for c in alive if len(diffs[c]) >= max(2, rule.min_repeats)]
+    for c in looked:
+        # Dropping cannot adopt anything wrongly, so it needs no correction: the plain
+        # one-sided bound at `level`.
+        upper = bounds(diffs[c], rule.level).upper
+        verdict.bounds[c] = replace(verdict.bounds[c], plain_upper=upper)
+        if upper <= rule.min_gain:  # a tie is not better
+            verdict.dropped[c] = rounds
+    verdict.alive = [c for c in alive if c not in verdict.dropped]
+    winners = [c for c in verdict.alive if c in looked
+               and verdict.bounds[c].lower > rule.min_gain]
+    if winners:
+        verdict.adopt = max(winners, key=lambda c: (verdict.bounds[c].mean, -c))
+    verdict.done = (verdict.adopt is not None or not verdict.alive
+                    or rounds >= rule.max_repeats)
+    return verdict
+
+
+def next_round(verdict: Verdict, rule: RaceRule) -> int:
+    """How many more rounds to queue before the next look: up to min_repeats at the start
+    (no look before it can decide anything), then one."""
+    if verdict.done:
+        return 0
+    return max(1, rule.min_repeats - verdict.rounds)
+
+
+# ---- simulation: the rule on values with known true effects -------------------------------
+
+@dataclass(frozen=True)
+class SimulationRow:
+    scenario: str
+    adopted_any: float  # share of races that adopted some candidate
+    adopted_best: float  # share that adopted the candidate with the largest true gain
+    mean_rounds: float  # fresh repeats per configuration, on average
+    mean_trainings: float  # trainings of the confirmation, on average (incumbent included)
+
+
+def race(effects: list[float], spread: float, rule: RaceRule,
+         rng: random.Random) -> tuple[int | None, int, int]:
+    """One simulated race. `spread` is the standard deviation of one paired difference: on
+    repeat r the incumbent scores e_0 and candidate i scores effects[i] + e_i, every e ~
+    N(0, spread / sqrt 2) independent (what every configuration shares on a fold and seed
+    cancels in the difference). Returns (adopted candidate or None, rounds run, trainings)."""
+    diffs: dict[int, list[float]] = {i: [] for i in range(len(effects))}
+    dropped: dict[int, int] = {}
+    trainings = 0
+    while True:
+        alive = [i for i in diffs if i not in dropped]
+        noise = spread / math.sqrt(2.0)
+        incumbent = rng.gauss(0.0, noise)
+        for i in alive:
+            diffs[i].append(effects[i] + rng.gauss(0.0, noise) - incumbent)
+        trainings += 1 + len(alive)
+        verdict = judge({i: diffs[i] for i in alive}, len(effects), rule, dropped)
+        dropped = verdict.dropped
+        if verdict.done:
+            return verdict.adopt, verdict.rounds, trainings
+
+
+def simulate(effects: list[float], spread: float, rule: RaceRule, runs: int = 2000,
+             seed: int = 0, scenario: str = "") -> SimulationRow:
+    rng = random.Random(seed)
+    best = max(range(len(effects)), key=lambda i: effects[i])
+    adopted = right = rounds = trainings = 0
+    for _ in range(runs):
+        pick, n, cost = race(effects, spread, rule, rng)
+        adopted += pick is not None
+        right += pick == best and effects[best] > 0
+        rounds += n
+        trainings += cost
+    return SimulationRow(scenario, adopted / runs, right / runs, rounds / runs,
+                         trainings / runs)
