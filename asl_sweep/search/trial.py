@@ -95,6 +95,10 @@ class TrialRunner:
         cfg = apply_overrides(self.base, params)
         if repeat:  # repeat r: seed r (and fold r): paired with every other config's repeat r
             cfg = cfg.model_copy(update={"seed": self.base.seed + repeat})
+        if self.stage.target is not None and cfg.early_stop is not None:
+            # A gate asks whether a trial can reach its target at all: never cut it short
+            # (early stopping would stop an overfit gate's trial before it gets there).
+            cfg = cfg.model_copy(update={"early_stop": None})
         return Plan(role, cfg, params, repeat, repeat if self.use_folds else 0)
 
     def data(self, plan: Plan) -> SplitData:

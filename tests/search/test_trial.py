@@ -60,3 +60,24 @@ def test_a_bug_in_the_trainer_stops_the_run_with_its_traceback(write_study, tmp_
     experiment = client.get_experiment_by_name("tiny")
     for run in client.search_runs([experiment.experiment_id]):
         assert run.info.status != "RUNNING", run.data.tags
+
+
+def test_early_stopping_never_cuts_a_gate_stage_short(write_study, tmp_path):
+    # A rate so low that validation never improves: early stopping (patience 1) would stop
+    # every trial after 2 epochs. The gate trains all 6; the plain stage after it stops.
+    path = write_study({"base": {"epochs": 6, "lr": 1e-7, "early_stop": {"patience": 1}},
+                        "stages": [
+                            {"name": "gate", "trials": 1, "sampler": "random", "pruner": "none",
+                             "confirm": None, "metric": "train_acc", "target": 0.99,
+                             "on_fail": "continue", "space": {"hidden": [[32]]}},
+                            {"name": "plain", "trials": 1, "sampler": "random",
+                             "pruner": "none", "confirm": None, "space": {"hidden": [[32]]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    client = MlflowClient(Workspace.at(home).tracking_uri)
+    epochs = {}
+    for stage in ("gate", "plain"):
+        study = optuna.load_study(study_name=f"tiny.{stage}", storage=Workspace.at(home).storage)
+        run = study.trials[0].user_attrs["mlflow_run_id"]
+        epochs[stage] = len(client.get_metric_history(run, "val_acc"))
+    assert epochs == {"gate": 6, "plain": 2}
