@@ -46,14 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run (or resume) the staged search of a study")
     _study_args(run)
-    run.add_argument("--workers", type=int, default=1,
-                     help="worker processes on this machine sharing the study (default 1)")
+    run.add_argument("--workers", type=_workers_arg,
+                     default=os.environ.get("ASL_SWEEP_WORKERS", "auto"),
+                     help="trainings side by side on this machine: a number, or auto (one "
+                          "per CPU core with a thread each, or one per GPU; default: auto, or "
+                          "$ASL_SWEEP_WORKERS)")
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
     _study_args(worker)
     worker.add_argument("--worker-index", type=int,
                         help="sampler seed offset; 0 is the lone worker's (default: from the PID)")
     worker.add_argument("--threads", type=int, help="CPU threads for this worker")
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # run's: stop with it
 
     train = sub.add_parser("train", help="one training run with the base settings, tracked")
     _study_args(train)
@@ -182,7 +186,35 @@ def _study_argv(args) -> list[str]:
     return argv
 
 
-def run_workers(args, cfg, ws) -> int:
+def _workers_arg(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of workers or auto") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 worker")
+    return count
+
+
+def _large(cfg) -> bool:
+    """Whether a stage trains at 224 px-like sizes or a pretrained backbone (memory per
+    worker, for --workers auto)."""
+    models = {cfg.base.model, *(str(s.fixed.get("model", "")) for s in cfg.stages)}
+    sizes = [cfg.data.image_size, *(s.image_size or 0 for s in cfg.stages)]
+    return "transfer" in models or max(sizes) >= 128
+
+
+def resolve_workers(args, cfg):
+    from asl_sweep.runtime.workers import auto_workers, fixed_workers
+
+    if args.workers == "auto":
+        return auto_workers(large=_large(cfg))
+    return fixed_workers(args.workers)
+
+
+def run_workers(args, cfg, ws, workers) -> int:
     """N worker processes on this machine; the study and its MLflow experiment are created
     here first, because creating them is a race between workers."""
     import subprocess
@@ -190,16 +222,17 @@ def run_workers(args, cfg, ws) -> int:
     from asl_sweep.search.session import open_session
 
     open_session(cfg, ws, log=lambda _: None)  # creates the stores, the record, the study run
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = workers.threads
     procs = []
-    for index in range(args.workers):
+    for index in range(workers.count):
         env = dict(os.environ)
         gpus = _gpu_count()
         if gpus > 1:  # one GPU per worker, round robin
             env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "asl_sweep.cli", "worker", *_study_argv(args),
-             "--worker-index", str(index), "--threads", str(threads)], env=env))
+             "--worker-index", str(index), "--threads", str(threads),
+             "--parent-pid", str(os.getpid())], env=env))
     try:
         while any(p.poll() is None for p in procs):
             signals.check()  # SIGTERM to this process stops the workers too
@@ -224,8 +257,12 @@ def cmd_run(args) -> int:
     from asl_sweep.results.leaderboard import print_leaderboard
     from asl_sweep.search.study import run_study
 
-    if args.workers > 1:
-        code = run_workers(args, cfg, ws)
+    workers = resolve_workers(args, cfg)
+    if workers.count > 1:
+        print(f"{workers.count} workers side by side, {workers.threads} thread"
+              f"{'s' if workers.threads != 1 else ''} each ({workers.why}); --workers 1 for one "
+              "at a time", flush=True)
+        code = run_workers(args, cfg, ws, workers)
         if code != 0:
             return code
     # With workers, every stage is finished by now: this scores the final configuration.
@@ -243,6 +280,8 @@ def cmd_worker(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.parent_pid:
+        signals.stop_when_orphaned(args.parent_pid)
     cfg, ws = _load(args)
     index = args.worker_index if args.worker_index is not None else 1 + os.getpid() % 9973
     # The final test score is the initiating `run`'s, once every worker is done.

@@ -38,6 +38,14 @@ def deep_update(tree: dict, updates: dict) -> dict:
     return tree
 
 
+@pytest.fixture(autouse=True)
+def one_worker(monkeypatch):
+    """`run` trains one trial at a time in tests (the default, auto, starts a process a core):
+    tests that watch the trainer in-process need it there, and the suite's timing stays
+    steady. Tests of several workers ask for them with --workers."""
+    monkeypatch.setenv("ASL_SWEEP_WORKERS", "1")
+
+
 @pytest.fixture
 def write_study(tmp_path):
     """Write a study YAML (the tiny one, with updates) and return its path."""

@@ -5,7 +5,10 @@ closed and queued again cleanly. A second signal stops at once."""
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+import time
 
 _requested: int | None = None
 
@@ -27,3 +30,15 @@ def install() -> None:
 def check() -> None:
     if _requested is not None:
         raise KeyboardInterrupt(f"signal {_requested}")
+
+
+def stop_when_orphaned(parent: int, every: float = 1.0) -> None:
+    """A worker that `run` started stops (as on SIGTERM: its trial closed and queued again)
+    once that `run` is gone, even killed with SIGKILL, instead of training on unwatched."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()

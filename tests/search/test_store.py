@@ -161,6 +161,41 @@ def test_sigterm_queues_the_trial_again_and_a_rerun_resumes_it(write_study, tmp_
     assert min(done.intermediate_values) > 2  # resumed from its checkpoint
 
 
+def _processes_running(path) -> list[int]:
+    found = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                if str(path).encode() in f.read():
+                    found.append(int(cmdline.split("/")[2]))
+        except OSError:
+            continue
+    return found
+
+
+def test_workers_stop_when_their_run_is_killed_and_a_rerun_finishes(write_study, tmp_path):
+    spec = {**FAST, "base": {**FAST["base"], "epochs": 150}}
+    spec["stages"] = [{**FAST["stages"][0], "trials": 3}]
+    path = write_study(spec)
+    home = tmp_path / "mlruns"
+    ws = Workspace.at(home)
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
+    proc = subprocess.Popen([*cmd, "--workers", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    running_trial(home / "optuna.db", "tiny.search", proc, epochs=2)
+    proc.kill()  # SIGKILL: `run` cannot tell its workers anything
+    proc.wait(30)
+    deadline = time.time() + 60
+    while _processes_running(path) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _processes_running(path), "workers went on training after their run died"
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    stopped = [t for t in study.trials if t.user_attrs.get("failure") == "interrupted"]
+    assert stopped and not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert len(_finished(ws.storage, "tiny.search")) == 4  # the incumbent and 3, exactly
+
+
 def test_one_seeded_worker_repeats_exactly(write_study, tmp_path):
     spec = {**FAST, "stages": [{**FAST["stages"][0], "trials": 4, "sampler": "tpe",
                                 "pruner": "median"}]}

@@ -1,0 +1,28 @@
+"""--workers auto: how many trainings side by side, and with how many threads each."""
+
+from asl_sweep.runtime.workers import auto_workers, fixed_workers
+
+GIB = 1 << 30
+
+
+def test_one_worker_a_core_with_one_thread_each_on_a_cpu():
+    w = auto_workers(cores=2, gpus=0, memory=20 * GIB)
+    assert (w.count, w.threads) == (2, 1) and "one per CPU core" in w.why
+    assert auto_workers(cores=16, gpus=0, memory=64 * GIB).count == 16
+
+
+def test_memory_bounds_the_count_for_large_models():
+    w = auto_workers(large=True, cores=16, gpus=0, memory=10 * GIB)
+    assert (w.count, w.threads) == (3, 5) and "free memory" in w.why
+    assert auto_workers(large=False, cores=16, gpus=0, memory=10 * GIB).count == 10
+    assert auto_workers(large=True, cores=4, gpus=0, memory=1 * GIB).count == 1
+
+
+def test_one_worker_a_gpu():
+    w = auto_workers(cores=16, gpus=2, memory=64 * GIB)
+    assert (w.count, w.threads) == (2, 8) and "GPU" in w.why
+
+
+def test_a_number_splits_the_cores():
+    assert (fixed_workers(2, cores=2).threads, fixed_workers(4, cores=2).threads) == (1, 1)
+    assert fixed_workers(1, cores=8).threads == 8
