@@ -10,9 +10,13 @@ compared: MLP, CNN, transfer), and the study's final test score."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
@@ -31,16 +35,25 @@ def seconds(trials) -> float:
 
 
 def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
-        epochs: int | None, home: Path | None = None, stages: int | None = None) -> dict:
+        epochs: int | None, home: Path | None = None, stages: int | None = None,
+        workers: str | None = None) -> dict:
     """Run the study (resuming it if `home` holds it), or its first `stages` stages, and
-    read back what it found."""
+    read back what it found. With `workers`, through `asl-sweep run --workers` (the settings
+    as loaded here, written to a study file), timed as a whole command."""
     cfg = load_study(study, overrides, data, trials, epochs)
     if stages:
         cfg = cfg.model_copy(update={"stages": cfg.stages[:stages]})
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.at(home or Path(tmp) / "mlruns")
         started = time.perf_counter()
-        run_study(cfg, ws)
+        if workers is None:
+            run_study(cfg, ws)
+        else:
+            path = Path(tmp) / "study.yaml"
+            path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+                            str(ws.home), "--workers", workers], check=True,
+                           stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         final = read_final(cfg, ws)
         test_data, tracker = open_data(cfg, ws), Tracker(ws)
@@ -58,6 +71,7 @@ def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
                 "confirm_s": round(seconds(confirm), 1)})
             print(stages[-1], flush=True)
     return {"study": study, "data": shown(data), "overrides": overrides, "trials": trials,
+            "workers": workers or "1 (in this process)",
             "stages_run": [s.name for s in cfg.stages],
             "epochs": epochs, "wall_s": round(wall, 1),
             "confirmation_s": round(sum(s["confirm_s"] for s in stages), 1),
