@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.progress import shown_settings
 from asl_sweep.search.selection import role_of
 from asl_sweep.search.stageview import StageView
 from asl_sweep.settings.spec import StudyConfig
@@ -43,16 +44,19 @@ def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
             f"  exported model: trial {final['export_trial']} (the best repeat by validation)")
 
 
-def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5) -> None:
+def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
+                      decisions: bool = True) -> None:
+    """The top trials of each stage; with `decisions`, each stage's decision and the final
+    test score too (`run` printed those as they happened, so it leaves them out)."""
     for view in read_stages(cfg, ws):
         print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric} "
               f"(best epoch, validation fold 0; not a test score)")
         rows = leaderboard_rows(view, top)
         print(table(["trial", "train_acc", "val_acc", "params"], rows) if rows else "(none)")
-        if view.result:
+        if view.result and decisions:
             print(f"decision: {view.result.decision}")
     line = final_line(cfg, ws)
-    if line:
+    if line and decisions:
         print(f"\n{line}")
 
 
@@ -69,16 +73,16 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
             state = "not started"
         print(f"\n[{i + 1}] {view.stage.name}: {state}")
         print(f"    goal: {view.stage.goal}")
-        print(f"    trials: {states or 'none'} (budget {view.stage.trials}, plus the incumbent "
+        print(f"    trials: {states or 'none'} (budget {view.budget}, plus the incumbent "
               "and confirmation repeats)")
         if best is not None:
             print(f"    best so far: trial {best.number}{LABELS[role_of(best)]}, "
                   f"{view.stage.metric} {best.value:.4f} (validation, best epoch)")
         if view.carried:
-            print(f"    started from: {view.carried}")
+            print(f"    started from: {shown_settings(view.carried)}")
         if view.result:
             print(f"    decision: {view.result.decision}")
-            print(f"    carries: {view.result.params or 'no change'}")
+            print(f"    carries: {shown_settings(view.result.params) or 'no change'}")
     line = final_line(cfg, ws)
     if line:
         print(f"\n{line}")

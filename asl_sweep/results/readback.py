@@ -24,7 +24,7 @@ def read_stages(cfg: StudyConfig, ws: Workspace) -> list[StageView]:
         a = attrs(study)
         views.append(StageView(stage, study.get_trials(deepcopy=False),
                                StageResult(**a["result"]) if "result" in a else None,
-                               a.get("carried", {}), a.get("plan")))
+                               a.get("carried", {}), a.get("plan"), a.get("budget")))
     return views
 
 

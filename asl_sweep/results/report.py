@@ -116,7 +116,7 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     doc.h(2, f"Stage {index}: {stage.name}")
     doc.p(f"Goal: {stage.goal or '-'}. Metric: {stage.metric} ({stage.direction})"
           + (f", target {stage.target}" if stage.target is not None else "")
-          + f"; budget {stage.trials} trials ({stage.sampler} sampler) after the incumbent"
+          + f"; budget {view.budget} trials ({stage.sampler} sampler) after the incumbent"
           + (_confirm_words(stage.confirm) if stage.confirm and stage.target is None else "")
           + ".")
     doc.p("Started from: " + (", ".join(f"{k}={_fmt(v)}" for k, v in view.carried.items())
@@ -131,7 +131,9 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     rows = []
     for t in sorted(view.trials, key=lambda t: t.number):
         label = ROLE[role_of(t)] + (f" of {t.user_attrs['confirms']}, r{t.user_attrs['repeat']}"
-                                    if role_of(t) == "confirm" else "")
+                                    if role_of(t) == "confirm" else "") + (
+            " (previous family)" if t.user_attrs.get("previous_family") and role_of(t) ==
+            "incumbent" else "")
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
         rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
                      _acc(t, "val_acc"), _acc(t, "val_acc", "last")])

@@ -44,6 +44,10 @@ class StageResult:
     decision: str = ""  # one line: what was decided, on which evidence
     repeats: list[int] = field(default_factory=list)  # trials of the carried configuration
     evidence: dict[str, Any] = field(default_factory=dict)
+    # The overrides of the study's base that rebuild the configuration the stage carries
+    # (what it started from, its `fixed` and its change; or the previous family's, when a
+    # stage that switched family kept it). None: stored before this was kept.
+    config: dict[str, Any] | None = None
 
 
 def role_of(t: FrozenTrial) -> str:
@@ -124,11 +128,21 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
                    f"{stage.metric} {winner.value:.4f} (no confirmation)")
 
 
+def previous_family(t: FrozenTrial) -> bool:
+    """The second incumbent of a stage that switches model family: the configuration the
+    earlier stages carried, in its own family."""
+    return bool(t.user_attrs.get("previous_family"))
+
+
 def plan_candidates(trials: list[FrozenTrial], stage: StageConfig, top: int,
-                    same_as_incumbent) -> list[int]:
-    """The `top` best distinct search trials (by value) that differ from the incumbent."""
+                    same_as_incumbent, switching: bool = False) -> list[int]:
+    """The `top` best distinct search trials (by value) that differ from the incumbent. In a
+    stage that switches family, the incumbent is the previous family's configuration and the
+    new family's own starting point is a candidate like its search trials."""
     sign, seen, chosen = _sign(stage), set(), []
-    ranked = sorted(_complete(trials, SEARCH_ROLES), key=lambda t: (-sign * t.value, t.number))
+    roles = ("incumbent", *SEARCH_ROLES) if switching else SEARCH_ROLES
+    pool = [t for t in _complete(trials, roles) if not previous_family(t)]
+    ranked = sorted(pool, key=lambda t: (-sign * t.value, t.number))
     for t in ranked:
         key = tuple(sorted((k, str(v)) for k, v in t.params.items()))
         if key in seen or same_as_incumbent(t):

@@ -20,6 +20,11 @@ class StageView:
     result: StageResult | None  # the stage's decision, once it finished
     carried: dict[str, Any]  # what it started from
     plan: dict[str, Any] | None = None  # the confirmation plan, once made
+    ran_budget: int | None = None  # the `trials` the stage last ran with (--trials included)
+
+    @property
+    def budget(self) -> int:
+        return self.ran_budget if self.ran_budget is not None else self.stage.trials
 
     def by_state(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -8,7 +8,6 @@ rerun continues where the last one stopped; several workers may run this at once
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 import uuid
@@ -30,16 +29,17 @@ from asl_sweep.search.evaluation import (
     score_trials,
     summarize,
 )
+from asl_sweep.search.progress import StageProgress, shown_settings
 from asl_sweep.search.record import save_final
 from asl_sweep.search.selection import (
     SEARCH_ROLES,
     StageResult,
-    counts_as_done,
     counts_toward_budget,
     decide,
     decide_race,
     pick_winner,
     plan_candidates,
+    previous_family,
     race_verdict,
     reached_target,
     role_of,
@@ -68,9 +68,11 @@ def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = prin
     try:
         carried: dict[str, Any] = {}
         decided_by: dict[str, str] = {}
+        reference: dict[str, Any] | None = None  # what the last stage carried, whole
         for index, stage in enumerate(cfg.stages):
-            result = run_stage(s, index, carried, decided_by)
+            result = run_stage(s, index, carried, decided_by, reference)
             s.results.append(result)
+            reference = result.config
             carried.update(result.params)
             decided_by.update({name: stage.name for name in result.params})
         if score:
@@ -85,21 +87,30 @@ def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = prin
 
 
 def run_stage(s: Session, index: int, carried: dict[str, Any],
-              decided_by: dict[str, str]) -> StageResult:
+              decided_by: dict[str, str], reference: dict[str, Any] | None = None
+              ) -> StageResult:
     cfg, stage = s.cfg, s.cfg.stages[index]
     study, created = create_stage_study(cfg, index, s.storage, s.worker)
     if created or not wait_for(study, "carried"):
-        _initialize_stage(s, study, index, carried, decided_by)
+        _initialize_stage(s, study, index, carried, decided_by, reference)
     a = attrs(study)
     if "result" in a:  # finished in an earlier run: its decision stands
         result = StageResult(**a["result"])
         s.log(f"stage {stage.name}: finished earlier: {result.decision}")
+        ran = a.get("budget", stage.trials)
+        if stage.trials > ran:
+            s.log(f"stage {stage.name}: finished with a budget of {ran} trials; --trials "
+                  f"{stage.trials} does not reopen a decided stage (its race and every later "
+                  f"stage stand on it): for more trials, run it as a new study, e.g. --set "
+                  f"study={cfg.study}-more --trials {stage.trials}")
         return result
     stage_run = a["mlflow_stage_run"]
     s.tracker.reopen(stage_run)
+    put(study, "budget", stage.trials)  # what status and the report say it ran with
     status = "FAILED"
     try:
         result = _run(s, stage, study, stage_run, a)
+        result = _carried_whole(s, stage, study, a, result)
         status = "FINISHED"
     except GateNotReached:
         s.tracker.end(stage_run, "FAILED", outcome="target missed")
@@ -119,24 +130,64 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     _log_curves(s, stage_run, result, stage.name)
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
                   winner_run=result.run_id, decision=result.decision)
-    s.log(f"stage {stage.name}: {result.decision}  carries {result.params or 'no change'}")
+    s.log(f"stage {stage.name}: {result.decision}; carries "
+          f"{shown_settings(result.params) or 'no change'}")
+    return result
+
+
+def switched_family(cfg: StudyConfig, stage: StageConfig, carried: dict[str, Any],
+                    reference: dict[str, Any] | None) -> str | None:
+    """The model family the earlier stages carried, when this stage trains another one."""
+    if reference is None:
+        return None
+    before = apply_overrides(cfg.base, reference).model
+    after = apply_overrides(cfg.base, {**carried, **stage.fixed}).model
+    return before if before != after else None
+
+
+def _carried_whole(s: Session, stage: StageConfig, study: optuna.Study, a: dict[str, Any],
+                   result: StageResult) -> StageResult:
+    """The configuration the stage carries, whole (for the next stage that switches family),
+    and, in a stage that switched, the decision worded for the two families."""
+    trials = study.get_trials(deepcopy=False)
+    chosen = next(t for t in trials if t.number == result.trial)
+    if previous_family(chosen):
+        result.config = dict(a.get("reference") or {})
+    else:
+        result.config = {**a["carried"], **stage.fixed, **result.params}
+    family = a.get("previous_family")
+    if family:
+        first = _incumbent(trials, switching=True)
+        words = f"the previous family ({family}" + (
+            f", trial {first.number})" if first is not None else ")")
+        result.decision = result.decision.replace("kept incumbent", f"kept {words}").replace(
+            "vs incumbent", f"vs {words}")
     return result
 
 
 def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
          a: dict[str, Any]) -> StageResult:
     base = apply_overrides(s.cfg.base, {**a["carried"], **stage.fixed})
+    family = a.get("previous_family")
+    reference = apply_overrides(s.cfg.base, a.get("reference") or {}) if family else None
     confirm = stage.confirm if stage.target is None else None
     use_folds = (confirm.folds if confirm is not None and confirm.folds is not None
                  else s.data.splits.grouped)
-    runner = TrialRunner(s, stage, study, stage_run, base, a["decided_by"], a["uid"], use_folds)
-    progress = Progress(s, stage, confirm)
-    s.log(f"stage {stage.name}: {stage.goal + ' ' if stage.goal else ''}[incumbent + "
+    runner = TrialRunner(s, stage, study, stage_run, base, a["decided_by"], a["uid"], use_folds,
+                         reference)
+    progress = StageProgress(s.log, s.cfg, a.get("index", s.cfg.stages.index(stage)))
+    if family:
+        progress.planned += 1
+        s.log(f"stage {stage.name}: a new model family ({base.model}): the configuration the "
+              f"earlier stages carried ({family}) runs beside it as a second incumbent, and "
+              f"{base.model} is adopted only on the same evidence")
+    s.log(f"stage {stage.name} ({progress.where}): {stage.goal + ' ' if stage.goal else ''}"
+          f"[incumbent + "
           f"{stage.trials} trials"
           f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, {stage.metric}]")
     _search(s, stage, study, runner, progress)
     trials = study.get_trials(deepcopy=False)
-    incumbent = _incumbent(trials)
+    incumbent = _incumbent(trials, bool(family))
     if confirm is None or incumbent is None:
         return pick_winner(trials, stage)
     runner.phase = "confirm"
@@ -163,53 +214,16 @@ def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> 
         s.tracker.log_artifacts(stage_run, [png])
 
 
-class Progress:
-    """One line per trial this process finishes: which, how it ended, its metric, its time,
-    and about how long the stage has left (the mean time of a trial so far, times the trials
-    still to run: the budget, the incumbent and the planned repeats)."""
-
-    def __init__(self, s: Session, stage: StageConfig, confirm):
-        self.s, self.stage = s, stage
-        # A race's length is not known ahead: its minimum is planned, and grows as it goes.
-        self.planned = 1 + stage.trials + (
-            (confirm.top + 1) * (confirm.min_repeats if confirm.racing else confirm.repeats - 1)
-            if confirm else 0)
-        self.seconds: list[float] = []
-
-    def __call__(self, study: optuna.Study, t: FrozenTrial) -> None:
-        if t.user_attrs.get("failure") == "surplus":
-            return
-        took = (t.datetime_complete - t.datetime_start).total_seconds()
-        self.seconds.append(took)
-        trials = study.get_trials(deepcopy=False)
-        done = sum(counts_as_done(x) for x in trials)  # a retried trial counts once
-        left = max(0, self.planned - done)
-        role = role_of(t)
-        what = {"incumbent": "the incumbent", "seed": "seed trial", "search": "",
-                "confirm": f"repeat {t.user_attrs.get('repeat')} of trial "
-                           f"{t.user_attrs.get('confirms')}"}[role]
-        value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
-        eta = statistics.fmean(self.seconds) * left
-        said = " ".join(p for p in (f"trial {t.number}", what, t.state.name.lower(), value) if p)
-        self.s.log(f"  {self.stage.name}: {said} ({took:.1f}s); {done}/{self.planned} done, "
-                   f"about {_duration(eta)} left")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _incumbent(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    done = [t for t in trials if role_of(t) == "incumbent" and t.state == TrialState.COMPLETE]
+def _incumbent(trials: list[FrozenTrial], switching: bool = False) -> FrozenTrial | None:
+    """The configuration candidates must beat: the stage's starting point, or, in a stage
+    that switches family, the previous family's configuration."""
+    done = [t for t in trials if role_of(t) == "incumbent" and t.state == TrialState.COMPLETE
+            and previous_family(t) == switching]
     return done[0] if done else None
 
 
 def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
-            progress: Progress) -> None:
+            progress: StageProgress) -> None:
     """The incumbent, the seed trials and the search budget. `timeout` bounds the search
     across reruns: the seconds spent by earlier runs are kept in the study (time between runs
     does not count; workers share one clock)."""
@@ -252,12 +266,13 @@ def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: T
     confirm = stage.confirm
     if "plan" not in attrs(study):
         trials = study.get_trials(deepcopy=False)
-        plain = settings_digest(runner.base)
+        switching = runner.reference is not None
+        plain = settings_digest(runner.reference if switching else runner.base)
 
         def same_as_incumbent(t: FrozenTrial) -> bool:
             return settings_digest(apply_overrides(runner.base, decode_params(t.params))) == plain
 
-        candidates = plan_candidates(trials, stage, confirm.top, same_as_incumbent)
+        candidates = plan_candidates(trials, stage, confirm.top, same_as_incumbent, switching)
         put(study, "plan", {"incumbent": incumbent, "candidates": candidates,
                             "rule": "race" if confirm.racing else "fixed",
                             "repeats": confirm.max_repeats if confirm.racing else
@@ -285,16 +300,19 @@ def _queue_once(study: optuna.Study, key: str, plan: dict[str, Any], targets: li
             by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
             for repeat in range(first, last + 1):
                 for target in targets:
-                    is_incumbent = target == plan["incumbent"]
+                    of = by_number[target]
+                    as_it_came = role_of(of) == "incumbent"  # either family's: no params
                     study.enqueue_trial(
-                        {} if is_incumbent else dict(by_number[target].params),
+                        {} if as_it_came else dict(of.params),
                         user_attrs={"role": "confirm", "confirms": target, "repeat": repeat,
-                                    **({"incumbent": True} if is_incumbent else {})})
+                                    **({"incumbent": True} if as_it_came else {}),
+                                    **({"previous_family": True} if previous_family(of)
+                                       else {})})
             put(study, key, True)
 
 
 def _race(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
-          progress: Progress, plan: dict[str, Any]) -> StageResult:
+          progress: StageProgress, plan: dict[str, Any]) -> StageResult:
     """Rounds of fresh paired repeats until the race is decided (search/racing.py). The
     verdict is replayed from the trials at every look, so workers and reruns agree; the
     rounds queued so far are read before draining, so a look never counts a round another
@@ -326,7 +344,8 @@ def _race(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunn
             put(study, "rounds_queued", upto)
 
 
-def _drain(s: Session, study: optuna.Study, runner: TrialRunner, progress: Progress) -> None:
+def _drain(s: Session, study: optuna.Study, runner: TrialRunner,
+           progress: StageProgress) -> None:
     """Run queued trials (confirmation repeats, retries) until none waits or runs."""
     while True:
         signals.check()
@@ -352,7 +371,7 @@ def _close_lost_runs(s: Session, study: optuna.Study) -> None:
 
 
 def _initialize_stage(s: Session, study: optuna.Study, index: int, carried: dict[str, Any],
-                      decided_by: dict[str, str]) -> None:
+                      decided_by: dict[str, str], reference: dict[str, Any] | None) -> None:
     """Done once per stage, by the worker that created its study; `carried` goes last, as
     the sign for the other workers that the stage is ready."""
     stage = s.cfg.stages[index]
@@ -367,8 +386,13 @@ def _initialize_stage(s: Session, study: optuna.Study, index: int, carried: dict
     put(study, "index", index)
     put(study, "uid", uuid.uuid4().hex)
     put(study, "decided_by", decided_by)
+    put(study, "reference", reference)
+    family = switched_family(s.cfg, stage, carried, reference)
+    put(study, "previous_family", family)
     if not any("role" in t.user_attrs for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial({}, user_attrs={"role": "incumbent"})
+        if family:
+            study.enqueue_trial({}, user_attrs={"role": "incumbent", "previous_family": True})
         for seeded in stage.seed_trials:
             study.enqueue_trial(encode_params(seeded.params), user_attrs={
                 "role": "seed", "seed_trial": True,
@@ -407,8 +431,9 @@ def final_score(s: Session) -> dict[str, Any]:
                                         "test_acc_ci_high": final["ci"][1]})
     s.tracker.set_tags(s.study_run, test_acc=final["summary"], test_rule=TEST_RULE)
     s.tracker.log_datasets(s.study_run, [s.data.test_dataset()])
-    s.log(f"final test accuracy ({stage.name}'s configuration; {TEST_RULE}): "
-          f"{final['summary']}")
+    s.log(f"\nfinal test accuracy of {stage.name}'s configuration: {final['summary']}\n"
+          f"  rule: {TEST_RULE}\n"
+          f"  exported model: trial {final['export_trial']} (the best repeat by validation)")
     for line in failure_lines(final["breakdown"]):
         s.log(f"  {line}")
     return final

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
+import sys
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.data.studydata import SplitData
 from asl_sweep.runtime.errors import SettingsError, environment_fault
+from asl_sweep.search.progress import EpochProgress
 from asl_sweep.search.selection import SEARCH_ROLES, counts_toward_budget, role_of
 from asl_sweep.search.session import Session, open_session
 from asl_sweep.search.space import suggest
@@ -75,6 +78,7 @@ class Plan:
     params: dict[str, Any]  # the searched settings it sets ({} for the incumbent)
     repeat: int
     fold: int
+    previous_family: bool = False  # the second incumbent of a stage that switches family
 
 
 class TrialRunner:
@@ -82,9 +86,13 @@ class TrialRunner:
     "confirm": a sampled trial is then surplus and steps back."""
 
     def __init__(self, s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
-                 base: TrainConfig, decided_by: dict[str, str], uid: str, use_folds: bool):
+                 base: TrainConfig, decided_by: dict[str, str], uid: str, use_folds: bool,
+                 reference: TrainConfig | None = None):
         self.s, self.stage, self.study, self.stage_run = s, stage, study, stage_run
         self.base, self.decided_by, self.uid, self.use_folds = base, decided_by, uid, use_folds
+        # In a stage that switches model family: the configuration the earlier stages
+        # carried, trained as it is (a second incumbent; not this stage's `fixed`).
+        self.reference = reference
         self.phase = "search"
 
     def plan(self, trial: optuna.Trial) -> Plan:
@@ -92,17 +100,20 @@ class TrialRunner:
         of_incumbent = role == "incumbent" or trial.user_attrs.get("incumbent", False)
         params = {} if of_incumbent else suggest(trial, self.stage.space)
         repeat = int(trial.user_attrs.get("repeat", 0))
-        cfg = apply_overrides(self.base, params)
+        previous = bool(trial.user_attrs.get("previous_family")) and self.reference is not None
+        cfg = self.reference if previous else apply_overrides(self.base, params)
         if repeat:  # repeat r: seed r (and fold r): paired with every other config's repeat r
             cfg = cfg.model_copy(update={"seed": self.base.seed + repeat})
         if self.stage.target is not None and cfg.early_stop is not None:
             # A gate asks whether a trial can reach its target at all: never cut it short
             # (early stopping would stop an overfit gate's trial before it gets there).
             cfg = cfg.model_copy(update={"early_stop": None})
-        return Plan(role, cfg, params, repeat, repeat if self.use_folds else 0)
+        return Plan(role, cfg, params, repeat, repeat if self.use_folds else 0, previous)
 
     def data(self, plan: Plan) -> SplitData:
-        data = self.s.data.split(stage_image_size(self.s.cfg, self.stage, plan.cfg), plan.fold)
+        # The previous family trains at its own size, not the one this stage sets.
+        stage = None if plan.previous_family else self.stage
+        data = self.s.data.split(stage_image_size(self.s.cfg, stage, plan.cfg), plan.fold)
         return data.subset(self.stage.subset, self.s.cfg.data.seed) if self.stage.subset else data
 
     def objective(self, trial: optuna.Trial) -> float:
@@ -116,7 +127,8 @@ class TrialRunner:
         cfg = plan.cfg
         origin = origin_of(trials[trial.number])
         name = f"{stage.name}-{trial.number}" + {
-            "incumbent": "-incumbent", "seed": "-seed", "search": "",
+            "incumbent": "-previous-family" if plan.previous_family else "-incumbent",
+            "seed": "-seed", "search": "",
             "confirm": f"-confirms-{trial.user_attrs.get('confirms')}-r{plan.repeat}"}[plan.role]
         run_id = s.tracker.new_run(s.experiment_id, name, parent=self.stage_run, kind="trial",
                                    stage=stage.name, trial_number=str(trial.number),
@@ -139,8 +151,13 @@ class TrialRunner:
         epochs = s.tracker.epoch_log(run_id)
         prunable = plan.role == "search" and stage.pruner != "none"
 
+        shown = EpochProgress(f"{stage.name} trial {trial.number}", cfg.epochs, stage.metric,
+                              s.log, bar=sys.stdout.isatty() and not os.environ.get(
+                                  "ASL_SWEEP_NO_BAR"))
+
         def on_epoch(stats: EpochStats) -> None:
             epochs.add(stats.epoch, asdict(stats))
+            shown(stats.epoch, stats.metric(stage.metric), stats.images_per_s)
             trial.report(stats.metric(stage.metric), stats.epoch)
             if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
@@ -149,10 +166,12 @@ class TrialRunner:
         s.tracker.log_datasets(run_id, s.data.datasets(data))
         try:
             try:
-                result = train(cfg, data, s.device, on_epoch, run_dir,
-                               Monitor(stage.metric, stage.direction), cache_dir=s.ws.cache,
-                               identity=identity)
+                with s.tracker.system_metrics(run_id):
+                    result = train(cfg, data, s.device, on_epoch, run_dir,
+                                   Monitor(stage.metric, stage.direction),
+                                   cache_dir=s.ws.cache, identity=identity)
             finally:
+                shown.close()
                 epochs.flush()  # whatever happened, the epochs so far are on record
             trial.set_user_attr("metrics", asdict(result.best))
             trial.set_user_attr("last", asdict(result.history[-1]))

@@ -207,7 +207,9 @@ def test_no_test_image_reaches_training_or_selection(evidence_study):
 def test_evaluate_reproduces_the_printed_test_accuracy(evidence_study, capsys):
     path, ws, _, out = evidence_study
     final = read_final(load_study(path), ws)
-    assert "final test accuracy (rate's configuration; " in out and final["summary"] in out
+    line = f"final test accuracy of rate's configuration: {final['summary']}"
+    assert out.count(line) == 1  # printed once, as it was scored
+    assert out.count("final test accuracy") == 1
     assert main(["evaluate", str(path), "--home", str(ws.home)]) == 0
     printed = capsys.readouterr().out
     assert f"test accuracy: {final['summary']}" in printed
@@ -396,3 +398,55 @@ def test_export_and_evaluate_of_an_unfinished_study_name_what_is_missing(write_s
         assert "is not finished (stage rate has not decided)" in err
         assert "--stage shape" in err
     assert main(["evaluate", str(path), "--home", home, "--stage", "shape"]) == 0
+
+
+# Stage 1 carries a working MLP; stage 2 switches to a CNN that cannot learn (a rate of 1e-7):
+# the MLP runs beside it as a second incumbent and the stage keeps it, on the race's evidence.
+SWITCH = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 5}, "stages": [
+    {"name": "mlp", "goal": "a working MLP", "trials": 1, "sampler": "grid", "pruner": "none",
+     "confirm": None, "space": {"lr": [3.0e-3]}},
+    {"name": "cnn", "goal": "a CNN that cannot learn", "trials": 1, "sampler": "grid",
+     "pruner": "none", "confirm": {"top": 1}, "image_size": 12,
+     "fixed": {"model": "cnn", "hidden": [], "lr": 1.0e-7}, "space": {"cnn.kernel": [3]}},
+]}
+
+
+def test_a_new_family_is_adopted_only_if_it_beats_the_previous_one(write_study, tmp_path):
+    from asl_sweep.search.evaluation import load_checkpoint
+
+    path = write_study(SWITCH)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    mlp, cnn = read_stages(load_study(path), ws)
+    previous = [t for t in cnn.trials if t.user_attrs.get("previous_family")
+                and t.user_attrs["role"] == "incumbent"]
+    assert len(previous) == 1  # the second incumbent: the MLP the first stage carried
+    first = previous[0]
+    assert cnn.plan["incumbent"] == first.number  # candidates race against it
+    assert cnn.result.status == "kept incumbent" and cnn.result.trial == first.number
+    assert cnn.result.decision.startswith(f"kept the previous family (mlp, trial {first.number})")
+    assert cnn.result.config == mlp.result.config  # the MLP's configuration, carried on
+    # The final configuration, scored on test and exported, is the MLP, at its own size.
+    final = read_final(load_study(path), ws)
+    assert set(final["trials"]) == set(cnn.result.repeats)
+    from asl_sweep.tracking.tracker import Tracker
+    files = [load_checkpoint(Tracker(ws), cnn.trial(n)) for n in cnn.result.repeats]
+    assert {f.config.model for f in files} == {"mlp"}
+    assert {f.spec.image_size for f in files} == {load_study(path).data.image_size}
+
+
+def test_status_shows_the_budget_run_and_a_larger_one_says_what_to_do(write_study, tmp_path,
+                                                                      capsys):
+    path = write_study()  # the tiny study: 4 trials in the YAML
+    home = str(tmp_path / "mlruns")
+    assert main(["run", str(path), "--home", home, "--trials", "1"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(path), "--home", home]) == 0
+    assert "(budget 1, plus the incumbent" in capsys.readouterr().out
+    assert main(["run", str(path), "--home", home, "--trials", "3"]) == 0
+    out = capsys.readouterr().out
+    assert ("stage search: finished with a budget of 1 trials; --trials 3 does not reopen a "
+            "decided stage") in out and "--set study=tiny-more --trials 3" in out
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    assert len(study.trials) == 2  # nothing added: the incumbent and 1

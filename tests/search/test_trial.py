@@ -81,3 +81,19 @@ def test_early_stopping_never_cuts_a_gate_stage_short(write_study, tmp_path):
         run = study.trials[0].user_attrs["mlflow_run_id"]
         epochs[stage] = len(client.get_metric_history(run, "val_acc"))
     assert epochs == {"gate": 6, "plain": 2}
+
+
+def test_every_trial_run_has_system_metrics(write_study, tmp_path, monkeypatch):
+    monkeypatch.setenv("ASL_SWEEP_SYSTEM_METRICS_S", "0.5")
+    path = write_study({"base": {"epochs": 200},  # a few seconds a trial
+                        "stages": [{"name": "search", "trials": 1, "sampler": "random",
+                                    "pruner": "none", "confirm": None,
+                                    "space": {"hidden": [[32]]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    client = MlflowClient(Workspace.at(home).tracking_uri)
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    for t in study.trials:
+        metrics = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
+        assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
+        assert "system/system_memory_usage_megabytes" in metrics

@@ -1,0 +1,123 @@
+"""What a person watching the terminal sees while a study runs: inside a trial, a bar on a
+terminal (epoch k of n, images/s, the stage metric) or, in a log file or a worker's output,
+a line at most every 30 s; after each trial, a line with the stage (k of n), what is done
+and about how long the stage and the whole study have left."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from asl_sweep.search.selection import counts_as_done, role_of
+from asl_sweep.settings.spec import StageConfig, StudyConfig
+
+LINE_EVERY_S = 30.0
+
+
+def planned_trials(stage: StageConfig) -> int:
+    """The trainings a stage plans at least: the incumbent, its budget, and (confirmed) the
+    first look of its race or its fixed repeats."""
+    confirm = stage.confirm if stage.target is None else None
+    if confirm is None:
+        return 1 + stage.trials
+    repeats = confirm.min_repeats if confirm.racing else confirm.repeats - 1
+    return 1 + stage.trials + (confirm.top + 1) * repeats
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class EpochProgress:
+    """Per-epoch progress of one trial: a tqdm bar when `bar`, else a line at most every
+    LINE_EVERY_S seconds through `log`."""
+
+    def __init__(self, label: str, epochs: int, metric: str, log: Callable[[str], None],
+                 bar: bool):
+        self.label, self.epochs, self.metric, self.log = label, epochs, metric, log
+        self.last_line = time.monotonic()
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=epochs, desc=label, unit="epoch", leave=False,
+                            dynamic_ncols=True, file=sys.stdout)
+
+    def __call__(self, epoch: int, value: float, images_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.metric} {value:.3f}, {images_per_s:,.0f} img/s")
+            self.bar.update(epoch - self.bar.n)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= LINE_EVERY_S and epoch < self.epochs:
+            self.last_line = now
+            self.log(f"  {self.label}: epoch {epoch} of {self.epochs}, {self.metric} "
+                     f"{value:.3f}, {images_per_s:,.0f} img/s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StageProgress:
+    """One line per trial this process finishes: which, how it ended, its metric, its time,
+    the stage (k of n), and about how long the stage and the study have left (the mean time
+    of a trial so far, times the trainings still planned: a race's minimum grows as it goes)."""
+
+    def __init__(self, log: Callable[[str], None], cfg: StudyConfig, index: int):
+        self.log, self.cfg, self.index = log, cfg, index
+        self.stage = cfg.stages[index]
+        self.planned = planned_trials(self.stage)
+        self.later = sum(planned_trials(s) for s in cfg.stages[index + 1:])
+        self.seconds: list[float] = []
+
+    @property
+    def where(self) -> str:
+        return f"stage {self.index + 1} of {len(self.cfg.stages)}"
+
+    def __call__(self, study: optuna.Study, t: FrozenTrial) -> None:
+        if t.user_attrs.get("failure") == "surplus":
+            return
+        took = (t.datetime_complete - t.datetime_start).total_seconds()
+        self.seconds.append(took)
+        trials = study.get_trials(deepcopy=False)
+        done = sum(counts_as_done(x) for x in trials)  # a retried trial counts once
+        left = max(0, self.planned - done)
+        role = role_of(t)
+        what = {"incumbent": "the previous family" if t.user_attrs.get("previous_family")
+                else "the incumbent", "seed": "seed trial", "search": "",
+                "confirm": f"repeat {t.user_attrs.get('repeat')} of trial "
+                           f"{t.user_attrs.get('confirms')}"}[role]
+        value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
+        mean = statistics.fmean(self.seconds)
+        said = " ".join(p for p in (f"trial {t.number}", what, t.state.name.lower(), value) if p)
+        study_left = (f", about {duration(mean * (left + self.later))} in the study"
+                      if self.later else "")
+        self.log(f"  {self.stage.name}: {said} ({took:.1f}s); {self.where}: {done}/"
+                 f"{self.planned} done, about {duration(mean * left)} left{study_left}")
+
+
+def shown(value) -> str:
+    """A setting as a person reads it: floats to 3 significant digits, lists joined."""
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if isinstance(value, bool) else "null"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {shown(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def shown_settings(params: dict) -> str:
+    return ", ".join(f"{k}={shown(v)}" for k, v in params.items())
