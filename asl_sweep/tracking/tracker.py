@@ -7,6 +7,8 @@ the end of the trial), not one call per value or per epoch."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 import urllib.parse
@@ -126,6 +128,32 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step)
                                                for k, v in metrics.items()])
 
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str):
+        """CPU, memory, disk and network (and GPU where pynvml sees one) of this machine while
+        the block runs, sampled every ASL_SWEEP_SYSTEM_METRICS_S seconds (default 5) on a
+        thread of MLflow's own, into the run's System metrics tab. A trial shorter than one
+        interval has none; 0 turns it off."""
+        seconds = float(os.environ.get("ASL_SWEEP_SYSTEM_METRICS_S", "5"))
+        monitor = None
+        if seconds > 0:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+            except ImportError:  # psutil missing: the trial runs without them
+                SystemMetricsMonitor = None  # noqa: N806
+            if SystemMetricsMonitor is not None:
+                # Its own notices (started, stopped, a store that does not answer) are not
+                # the user's business: an outage is named once, by asl-sweep.
+                logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+                monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds,
+                                               tracking_uri=self.tracking_uri)
+                monitor.start()
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                monitor.finish()
+
     def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
         return EpochLog(self.client, run_id, interval)
 
@@ -211,7 +239,8 @@ class Tracker:
                           requirements: list[str] | None = None) -> tuple[str, str]:
         """Log `model` with the pytorch flavor (torch.export, no pickle) as a new version of
         the registered model `name`, plus text files beside it; returns (version, uri). The
-        signature takes uint8 images [B, 3, H, W] of any batch, height and width."""
+        signature takes float32 images [B, 3, H, W] of any batch, height and width (values
+        0..255 or 0..1: the model tells them apart)."""
         import mlflow
         import mlflow.pytorch
         import numpy as np
@@ -221,7 +250,7 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 3, -1, -1))]),
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, outputs.shape[1]))]))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
@@ -234,6 +263,11 @@ class Tracker:
         version = next(v for v in self.client.search_model_versions(f"name='{name}'")
                        if v.run_id == run_id)
         return str(version.version), info.model_uri
+
+    def describe_model(self, name: str, version: str, text: str) -> None:
+        """The text the registry's pages show first, on the version and the model."""
+        self.client.update_model_version(name, version, description=text)
+        self.client.update_registered_model(name, description=text)
 
     def tag_model_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
