@@ -89,18 +89,28 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 class Deployable(nn.Module):
     """images [B, 3, H, W] of any size, uint8 in 0..255 or float in 0..1 -> class
     probabilities. Resizing is unconditional (at the model's own size it is an exact identity),
-    so exporters can keep H and W dynamic."""
+    so exporters can keep H and W dynamic.
 
-    def __init__(self, model: nn.Module, image_size: int, resize: bool = True):
+    `float_pixels` ("0-1" or "auto") says how float input is read. "auto" is for a form whose
+    input is typed float32 but receives both (MLflow serving: JSON integers become float
+    0..255, JSON floats stay 0..1): an image whose largest value is above 1 is taken as
+    0..255."""
+
+    def __init__(self, model: nn.Module, image_size: int, resize: bool = True,
+                 float_pixels: str = "0-1"):
         super().__init__()
         self.model = model
         self.image_size = image_size
         self.resize = resize  # False: inputs come at image_size (ONNX lacks antialiased resize)
+        self.auto_scale = float_pixels == "auto"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         if images.dtype == torch.uint8:
             x = x / 255.0
+        elif self.auto_scale:  # per image: 0..255 if any value is above 1, else 0..1
+            peak = x.amax(dim=(1, 2, 3), keepdim=True)
+            x = torch.where(peak > 1.0, x / 255.0, x)
         if self.resize:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False, antialias=True)

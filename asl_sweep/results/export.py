@@ -167,6 +167,11 @@ def register_mlflow(deployable: Deployable, exported: Exported, example: torch.T
     run_id = tracker.new_run(experiment_id,
                              f"export-{exported.view.stage.name}-{exported.trial.number}",
                              parent=study_run, kind="export", **exported.lineage())
+    # Typed float32, since serving casts JSON to the signature's dtype (uint8 would turn
+    # 0.7 into 0): integers arrive as 0..255, floats as 0..1, and the model tells them apart.
+    deployable = Deployable(deployable.model, deployable.image_size,
+                            float_pixels="auto").eval()
+    example = example.float()
     probabilities = deployable(example).detach().numpy()
     name = registered_name(exported.cfg)
     train_config = exported.file.config.model_dump(mode="json")
@@ -183,8 +188,24 @@ def register_mlflow(deployable: Deployable, exported: Exported, example: torch.T
             requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
     tracker.tag_model_version(name, version, {**exported.lineage(),
                                               "train_config": json.dumps(train_config)})
+    tracker.describe_model(name, version, model_description(exported))
     tracker.end(run_id)
     return f"models:/{name}/{version} ({uri})"
+
+
+def model_description(exported: Exported) -> str:
+    """What the registry shows first: the test score with its interval and rule, the data,
+    the study, and which trial this is."""
+    data = exported.cfg.data
+    source = str(data.root) if data.root else "the built-in synthetic letters"
+    return (f"Test accuracy {exported.test['summary']} ({TEST_RULE}). "
+            f"Data: {source}, {len(exported.classes)} classes "
+            f"({', '.join(exported.classes)}), {exported.image_size} px. "
+            f"Study {exported.cfg.study}: stage {exported.view.stage.name}'s configuration, "
+            f"trial {exported.trial.number} (its best repeat by validation, validation "
+            f"accuracy {exported.file.metrics['val_acc']:.3f}). Input: float32 RGB images "
+            "[B, 3, H, W] of any size, 0-255 or 0-1 (an image with a value above 1 is read as "
+            "0-255); see the model card (MODEL_CARD.md from `asl-sweep export`).")
 
 
 def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
@@ -204,7 +225,15 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
         f"Classes ({len(classes)}): {', '.join(classes)}.",
         "",
         "## Preprocessing (inside the model)",
-        "- input: images [B, 3, H, W], RGB, any H and W; uint8 in 0-255, or float in 0-1",
+        "- input, by form (each takes exactly this):",
+        "  - TorchScript (`model.torchscript.pt`) and `asl-sweep predict`: images [B, 3, H, W], "
+        "RGB, any H and W; uint8 in 0-255, or float in 0-1",
+        f"  - ONNX (`model.onnx`): uint8 images [B, 3, {size}, {size}], RGB, 0-255, at that size "
+        "only (no resize inside: ONNX has no antialiased resize)",
+        "  - the registered MLflow model (pyfunc, `mlflow models serve`): float32 images "
+        "[B, 3, H, W], RGB, any H and W, in 0-255 or 0-1 (per image: a value above 1 means "
+        "0-255); JSON integers and floats both work; a uint8 array through pyfunc is refused "
+        "with the dtype it wants (cast it with .astype('float32'))",
         f"- resize to {size}x{size}: bilinear, antialiased, align_corners=False "
         "(torch.nn.functional.interpolate), skipped when the input is already that size",
         f"- normalize per channel: mean {[round(v, 4) for v in spec.mean]}, std "

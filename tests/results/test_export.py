@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,11 @@ def test_registered_model_version_carries_lineage_and_the_test_score(exported):
     assert float(version.tags["test_acc_mean"]) == pytest.approx(final["mean"], abs=1e-6)
     assert "never seen by the search" in version.tags["test_rule"]
     assert version.tags["decided_by.lr"] == "search" or "decided_by.lr" not in version.tags
+    # What the registry's pages show first: the score with its interval, the data, the study.
+    for text in (version.description,
+                 client.get_registered_model(registered_name(cfg)).description):
+        assert text.startswith(f"Test accuracy {final['summary']}")
+        assert "built-in synthetic letters" in text and "Study tiny" in text
     card = (out / "MODEL_CARD.md").read_text()
     assert final["summary"] in card and "Preprocessing" in card
     assert (out / "confusion.png").exists()
@@ -159,9 +165,15 @@ model = mlflow.pyfunc.load_model(sys.argv[2])
 rng = np.random.default_rng(0)
 same = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
 other = rng.integers(0, 256, (2, 3, 40, 50), dtype=np.uint8)
-out = {"same": np.asarray(model.predict(same)).tolist(),
-       "other": np.asarray(model.predict(other)).shape,
-       "requirements": open(sys.argv[3]).read()}
+try:
+    model.predict(same)
+    refused = ""
+except Exception as e:
+    refused = str(e)
+out = {"same": np.asarray(model.predict(same.astype(np.float32))).tolist(),
+       "unit": np.asarray(model.predict(same.astype(np.float32) / 255)).tolist(),
+       "other": np.asarray(model.predict(other.astype(np.float32))).shape,
+       "refused": refused, "requirements": open(sys.argv[3]).read()}
 print(json.dumps(out))
 """
 
@@ -181,9 +193,71 @@ def test_the_registered_model_serves_any_size_without_asl_sweep(exported, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["other"] == [2, 9]  # any height and width, resized inside
+    # uint8 is refused, naming the dtype it wants (MLflow's message also shows the start of
+    # the array, abbreviated by numpy).
+    assert out["refused"].endswith("dtype of input uint8 does not match expected dtype float32")
     requirements = sorted(line.split("==")[0] for line in out["requirements"].split())
     assert requirements == ["mlflow", "numpy", "torch"]  # what loading it needs, no more
     rng = np.random.default_rng(0)
     same = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
     mine = open_model(uri, ws.home)(torch.from_numpy(same))
-    assert np.allclose(np.asarray(out["same"]), mine, atol=1e-5)
+    assert np.allclose(np.asarray(out["same"]), mine, atol=1e-5)  # 0-255 floats
+    assert np.allclose(np.asarray(out["unit"]), mine, atol=1e-5)  # 0-1 floats
+
+
+def test_mlflow_models_serve_answers_integers_floats_and_other_sizes(exported, tmp_path):
+    """The registered model behind `mlflow models serve` on loopback, asked over REST as a
+    user would: JSON integers (0-255), floats (0-1) and another size each give what
+    `asl-sweep predict` gives; nothing is silently cast to a black image."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    cfg, ws, _ = exported
+    uri = f"models:/{registered_name(cfg)}/1"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mlflow_cli = [sys.executable, "-c", "from mlflow.cli import cli; cli()"]
+    server = subprocess.Popen([*mlflow_cli, "models", "serve", "-m", uri, "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                              env={**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri,
+                                   "MLFLOW_REGISTRY_URI": ws.tracking_uri,
+                                   # its server (uvicorn) is a command beside this Python
+                                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def ask(images) -> np.ndarray:
+        body = json.dumps({"inputs": images}).encode()
+        request = urllib.request.Request(f"{base}/invocations", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return np.asarray(json.loads(answer.read())["predictions"])
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stderr.read()
+                time.sleep(0.5)
+        rng = np.random.default_rng(1)
+        images = rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
+        mine = open_model(uri, ws.home)(torch.from_numpy(images))
+        assert np.allclose(ask(images.tolist()), mine, atol=1e-5)
+        assert np.allclose(ask((images / 255.0).tolist()), mine, atol=1e-5)
+        other = rng.integers(0, 256, (1, 3, 30, 20), dtype=np.uint8)
+        assert np.allclose(ask(other.tolist()), open_model(uri, ws.home)(torch.from_numpy(other)),
+                           atol=1e-5)
+        # A black image is not what a 0-1 image turns into: the answers differ.
+        assert not np.allclose(ask((images / 255.0).tolist()),
+                               ask(np.zeros_like(images).tolist()), atol=1e-4)
+    finally:
+        server.terminate()
+        server.wait(30)
