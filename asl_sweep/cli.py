@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
                       help="for models:/ URIs: the folder holding mlflow.db")
 
+    cmp = sub.add_parser("compare", help="two studies side by side: what each stage adopted "
+                         "and the final test scores")
+    _study_args(cmp)
+    cmp.add_argument("other", type=Path, help="the second study's YAML")
+    cmp.add_argument("--other-home", type=Path,
+                     help="the second study's home (default: the same --home)")
+
     ui = sub.add_parser("ui", help="MLflow UI on the local store")
     ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")))
     ui.add_argument("--port", type=int, default=5000)
@@ -214,36 +221,38 @@ def resolve_workers(args, cfg):
     return fixed_workers(args.workers)
 
 
-def run_workers(args, cfg, ws, workers) -> int:
-    """N worker processes on this machine; the study and its MLflow experiment are created
-    here first, because creating them is a race between workers."""
+def start_workers(args, cfg, ws, workers) -> list:
+    """Workers 1..N-1 as processes on this machine (this process is worker 0); the study and
+    its MLflow experiment are created here first, because creating them is a race."""
     import subprocess
 
     from asl_sweep.search.session import open_session
 
     open_session(cfg, ws, log=lambda _: None)  # creates the stores, the record, the study run
-    threads = workers.threads
     procs = []
-    for index in range(workers.count):
+    gpus = _gpu_count()
+    for index in range(1, workers.count):
         env = dict(os.environ)
-        gpus = _gpu_count()
         if gpus > 1:  # one GPU per worker, round robin
             env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "asl_sweep.cli", "worker", *_study_argv(args),
-             "--worker-index", str(index), "--threads", str(threads),
+             "--worker-index", str(index), "--threads", str(workers.threads),
              "--parent-pid", str(os.getpid())], env=env))
+    return procs
+
+
+def wait_workers(procs: list, stop: bool = False) -> int:
+    if stop:
+        for p in procs:
+            p.terminate()
     try:
         while any(p.poll() is None for p in procs):
             signals.check()  # SIGTERM to this process stops the workers too
             time.sleep(0.2)
     except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
-        raise
-    return max((p.returncode for p in procs), key=abs)
+        return wait_workers(procs, stop=True) or 130
+    return max((p.returncode for p in procs), key=abs, default=0)
 
 
 def _gpu_count() -> int:
@@ -258,16 +267,27 @@ def cmd_run(args) -> int:
     from asl_sweep.search.study import run_study
 
     workers = resolve_workers(args, cfg)
+    procs: list = []
     if workers.count > 1:
         print(f"{workers.count} workers side by side, {workers.threads} thread"
               f"{'s' if workers.threads != 1 else ''} each ({workers.why}); --workers 1 for one "
               "at a time", flush=True)
-        code = run_workers(args, cfg, ws, workers)
-        if code != 0:
-            return code
-    # With workers, every stage is finished by now: this scores the final configuration.
-    run_study(cfg, ws)
-    print_leaderboard(cfg, ws)
+        os.environ["ASL_SWEEP_NO_BAR"] = "1"  # bars of N processes would garble
+        procs = start_workers(args, cfg, ws, workers)
+        import torch
+
+        torch.set_num_threads(workers.threads)
+    try:
+        # This process is worker 0; once every stage is decided, it scores the final
+        # configuration on the test split.
+        run_study(cfg, ws)
+    except BaseException:
+        wait_workers(procs, stop=True)
+        raise
+    code = wait_workers(procs)  # done already: a stage is decided once all its trials are
+    if code != 0:
+        return code
+    print_leaderboard(cfg, ws, decisions=False)  # decisions and the test score: printed above
     print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
           f"(or: mlflow ui --backend-store-uri {ws.tracking_uri})")
     return 0
@@ -306,6 +326,17 @@ def cmd_status(args) -> int:
     from asl_sweep.results.leaderboard import print_status
 
     print_status(cfg, ws)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from asl_sweep.results.compare import compare_lines
+
+    first = _load_bound(args)
+    other = argparse.Namespace(**{**vars(args), "study": args.other,
+                                  "home": args.other_home or args.home})
+    second = _load_bound(other)
+    print("\n".join(compare_lines(first, second)))
     return 0
 
 
@@ -385,6 +416,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": cmd_status,
+            "compare": cmd_compare,
             "report": cmd_report, "evaluate": cmd_evaluate,
             "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui}
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -12,6 +13,11 @@ from PIL import Image
 
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.config import DataConfig
+
+# `run` trains one trial at a time in tests (the default, auto, starts a process a core):
+# tests that watch the trainer in-process need it there (module-scoped fixtures too), and the
+# suite's timing stays steady. Tests of several workers ask for them with --workers.
+os.environ["ASL_SWEEP_WORKERS"] = "1"
 
 TINY_STUDY = {
     "study": "tiny",
@@ -36,14 +42,6 @@ def deep_update(tree: dict, updates: dict) -> dict:
         else:
             tree[key] = value
     return tree
-
-
-@pytest.fixture(autouse=True)
-def one_worker(monkeypatch):
-    """`run` trains one trial at a time in tests (the default, auto, starts a process a core):
-    tests that watch the trainer in-process need it there, and the suite's timing stays
-    steady. Tests of several workers ask for them with --workers."""
-    monkeypatch.setenv("ASL_SWEEP_WORKERS", "1")
 
 
 @pytest.fixture
