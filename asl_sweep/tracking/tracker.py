@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -152,7 +153,10 @@ class Tracker:
             yield
         finally:
             if monitor is not None:
-                monitor.finish()
+                # Off the trial's path: finishing joins MLflow's thread, whose last call may
+                # wait on a store that stopped answering (the trial must not wait with it).
+                threading.Thread(target=monitor.finish, name="system-metrics-finish",
+                                 daemon=True).start()
 
     def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
         return EpochLog(self.client, run_id, interval)
