@@ -33,11 +33,12 @@ def faster(study: str) -> list[str]:
     return [*sets, "base.early_stop={patience: 3}"]
 
 
-def before(study: str) -> list[str]:
-    """The confirmation defaults before racing (issue 21): the top 2 over 3 fixed repeats,
-    the search trial counted as repeat 0, in every confirmed stage."""
+def before(study: str, top: int) -> list[str]:
+    """The confirmation before racing (issue 21): the top candidates over 3 fixed repeats,
+    the search trial counted as repeat 0, in every confirmed stage (report.yaml had the
+    default top 2; cnn.yaml shipped top 1)."""
     cfg = load_study(study)
-    return [f"stages.{i}.confirm={{top: 2, repeats: 3}}" for i, s in enumerate(cfg.stages)
+    return [f"stages.{i}.confirm={{top: {top}, repeats: 3}}" for i, s in enumerate(cfg.stages)
             if s.confirm is not None and s.target is None]
 
 
@@ -58,6 +59,8 @@ def main() -> None:
                         help="at most 4 augmented copies in report.yaml (see above)")
     parser.add_argument("--stages", type=int, help="run only the first N stages")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--before-top", type=int, default=2,
+                        help="confirm.top of the arm before racing (report.yaml: 2, cnn.yaml: 1)")
     parser.add_argument("--arms", choices=["race", "hyperband"], default="race",
                         help="race: fixed repeats one at a time vs racing with --workers auto; "
                              "hyperband: median pruning vs Hyperband + early stopping")
@@ -66,7 +69,8 @@ def main() -> None:
     if args.arms == "race":
         # The rule before racing, one trial at a time, beside the shipped defaults (racing
         # confirmation) with --workers auto.
-        old = run(args.study, args.data, [*common, *before(args.study)], None, None,
+        old = run(args.study, args.data, [*common, *before(args.study, args.before_top)], None,
+                  None,
                   stages=args.stages)
         new = run(args.study, args.data, common, None, None, stages=args.stages,
                   workers="auto")
