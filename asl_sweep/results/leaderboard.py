@@ -13,17 +13,11 @@ from asl_sweep.settings.spec import StudyConfig
 LABELS = {"incumbent": " (incumbent)", "seed": " (seed)", "search": "", "confirm": " (repeat)"}
 
 
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
     rows = []
     for t in view.ranked()[:top]:
         m = t.user_attrs.get("metrics", {})
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
+        params = shown_settings(t.params) or "(as it came)"
         rows.append([str(t.number) + LABELS[role_of(t)], f"{m.get('train_acc', float('nan')):.3f}",
                      f"{m.get('val_acc', float('nan')):.3f}", params])
     return rows

@@ -108,8 +108,6 @@ class StageProgress:
 
 def shown(value) -> str:
     """A setting as a person reads it: floats to 3 significant digits, lists joined."""
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if isinstance(value, bool) else "null"
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, list | tuple):

@@ -315,7 +315,7 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     kept_value = evidence["configs"][str(incumbent)]["mean"]
     if math.isnan(kept_value):  # no fresh repeat (no candidate to race): the trial itself
         kept_value = base[min(base)][0]
-    looked = {c: b for c, b in verdict.bounds.items()}
+    looked = verdict.bounds
     if not looked:
         why = "no candidate completed its repeats"
     else:
