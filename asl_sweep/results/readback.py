@@ -9,7 +9,7 @@ from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.record import final_result
 from asl_sweep.search.selection import StageResult
 from asl_sweep.search.stageview import StageView
-from asl_sweep.search.store import attrs, load_stage_study, optuna_storage
+from asl_sweep.search.store import attrs, load_stage_study, optuna_storage, stage_trials
 from asl_sweep.settings.spec import StudyConfig
 
 
@@ -22,7 +22,7 @@ def read_stages(cfg: StudyConfig, ws: Workspace) -> list[StageView]:
             views.append(StageView(stage, [], None, {}))
             continue
         a = attrs(study)
-        views.append(StageView(stage, study.get_trials(deepcopy=False),
+        views.append(StageView(stage, stage_trials(study),
                                StageResult(**a["result"]) if "result" in a else None,
                                a.get("carried", {}), a.get("plan"), a.get("budget")))
     return views

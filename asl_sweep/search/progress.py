@@ -79,6 +79,12 @@ class StageProgress:
         self.planned = planned_trials(self.stage)
         self.later = sum(planned_trials(s) for s in cfg.stages[index + 1:])
         self.seconds: list[float] = []
+        self.first, self.read = 0, None  # see numbered()
+
+    def numbered(self, first: int, read: Callable[[], list[FrozenTrial]]) -> None:
+        """From now on the trials finished are the stage's repeats: their study's trial 0
+        is the stage's trial `first`, and `read` gives the stage's trials whole."""
+        self.first, self.read = first, read
 
     @property
     def where(self) -> str:
@@ -89,7 +95,7 @@ class StageProgress:
             return
         took = (t.datetime_complete - t.datetime_start).total_seconds()
         self.seconds.append(took)
-        trials = study.get_trials(deepcopy=False)
+        trials = self.read() if self.read is not None else study.get_trials(deepcopy=False)
         done = sum(counts_as_done(x) for x in trials)  # a retried trial counts once
         left = max(0, self.planned - done)
         role = role_of(t)
@@ -99,7 +105,7 @@ class StageProgress:
                            f"{t.user_attrs.get('confirms')}"}[role]
         value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
         mean = statistics.fmean(self.seconds)
-        said = " ".join(p for p in (f"trial {t.number}", what, t.state.name.lower(), value) if p)
+        said = " ".join(p for p in (f"trial {self.first + t.number}", what, t.state.name.lower(), value) if p)
         study_left = (f", about {duration(mean * (left + self.later))} in the study"
                       if self.later else "")
         self.log(f"  {self.stage.name}: {said} ({took:.1f}s); {self.where}: {done}/"

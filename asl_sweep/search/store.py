@@ -1,5 +1,5 @@
 """The Optuna side of a study: RDB storage (SQLite or PostgreSQL), one Optuna study per
-stage, heartbeats, and dead workers: a trial whose worker is gone is failed and queued again
+stage for its search and one beside it for its confirmation repeats, heartbeats, and dead workers: a trial whose worker is gone is failed and queued again
 with the same settings, so it resumes from its checkpoint and no budget is lost."""
 
 from __future__ import annotations
@@ -152,6 +152,49 @@ def load_stage_study(cfg: StudyConfig, stage: StageConfig, storage) -> optuna.St
         return optuna.load_study(study_name=stage_study_name(cfg, stage), storage=storage)
     except KeyError:
         return None
+
+
+# A stage's confirmation repeats live in a study of their own beside the stage's, so that
+# what every Optuna client calls the stage's best trial (study.best_trial, optuna-dashboard,
+# `optuna best-trial`, the history and importance plots) is one of its search trials, never
+# a repeat on another fold. asl-sweep numbers a repeat after the stage's trials: local
+# number + the plan's `first_repeat` (the stage's trial count when its repeats began).
+REPEATS_SUFFIX = ".repeats"
+
+
+def repeats_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
+    """The stage's repeats study, made by whichever process gets here first."""
+    stage = cfg.stages[index]
+    name = stage_study_name(cfg, stage) + REPEATS_SUFFIX
+    try:
+        return optuna.create_study(storage=storage, study_name=name,
+                                   direction=stage.direction,
+                                   pruner=optuna.pruners.NopPruner())
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage,
+                                 pruner=optuna.pruners.NopPruner())
+
+
+def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None) -> list[FrozenTrial]:
+    """A stage's trials whole: its search study's, then its repeats, numbered after them."""
+    trials = list(study.get_trials(deepcopy=False))
+    first = (attrs(study).get("plan") or {}).get("first_repeat")
+    if first is None:
+        return trials
+    if repeats is None:
+        try:
+            repeats = optuna.load_study(study_name=study.study_name + REPEATS_SUFFIX,
+                                        storage=study._storage)
+        except KeyError:
+            return trials
+    for t in repeats.get_trials(deepcopy=True):
+        t.number += first
+        if "failed_trial" in t.system_attrs:  # a retry names its first attempt: renumber
+            t.system_attrs["failed_trial"] += first
+            t.system_attrs["retry_history"] = [n + first for n in
+                                               t.system_attrs["retry_history"]]
+        trials.append(t)
+    return trials
 
 
 def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSampler:

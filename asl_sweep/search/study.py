@@ -1,7 +1,7 @@
 """Stage orchestration. Each stage is an Optuna study that starts from `base` plus what the
 stages before it adopted. It trains that configuration unchanged first (the incumbent), then
 its seed trials and its search; then, with confirmation, the best candidates and the
-incumbent again on paired seeds and folds; then it adopts a change only on evidence
+incumbent again on paired seeds and folds (in the stage's repeats study, store.py); then it adopts a change only on evidence
 (selection.py). After the last stage the final configuration is scored once on the untouched
 test split. Optuna holds the truth; MLflow mirrors it as study -> stage -> trial runs. A
 rerun continues where the last one stopped; several workers may run this at once."""
@@ -52,6 +52,8 @@ from asl_sweep.search.store import (
     create_stage_study,
     fail_dead_trials,
     put,
+    repeats_study,
+    stage_trials,
     wait_for,
     worker_id,
 )
@@ -124,6 +126,9 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     put(study, "result", asdict(result))
     # Short, so that `optuna studies` prints a readable table; the whole line is in MLflow.
     study.set_user_attr("decision", result.decision.split(" over ")[0].split(" (")[0][:60])
+    # The trial the stage chose, beside Optuna's best (its best search result, which a race
+    # may not have adopted).
+    study.set_user_attr("chosen_trial", result.trial)
     s.tracker.log_params(stage_run, {"adopted": result.params or "nothing (kept incumbent)"})
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
                                       if k in METRICS} | {"winner_value": result.value})
@@ -149,7 +154,7 @@ def _carried_whole(s: Session, stage: StageConfig, study: optuna.Study, a: dict[
                    result: StageResult) -> StageResult:
     """The configuration the stage carries, whole (for the next stage that switches family),
     and, in a stage that switched, the decision worded for the two families."""
-    trials = study.get_trials(deepcopy=False)
+    trials = stage_trials(study)
     chosen = next(t for t in trials if t.number == result.trial)
     if previous_family(chosen):
         result.config = dict(a.get("reference") or {})
@@ -192,10 +197,18 @@ def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
         return pick_winner(trials, stage)
     runner.phase = "confirm"
     plan = _confirm_plan(s, stage, study, runner, incumbent.number)
+    # The repeats train in the stage's repeats study (a plan made before there was one
+    # keeps them in the stage's own study), numbered after the stage's trials.
+    first = plan.get("first_repeat")
+    into = study if first is None else repeats_study(s.cfg, progress.index, s.storage)
+    runner = runner.moved(into, first or 0)
+    progress.numbered(first or 0, lambda: stage_trials(study, into))
     if confirm.racing:
-        return _race(s, stage, study, runner, progress, plan)
-    _drain(s, study, runner, progress)
-    return decide(study.get_trials(deepcopy=False), stage, plan["incumbent"],
+        return _race(s, stage, study, into, runner, progress, plan)
+    _queue_once(study, into, "queued", plan, [plan["incumbent"], *plan["candidates"]], 1,
+                plan["repeats"] - 1, mine=plan["by"] == worker_id())
+    _drain(s, into, runner, progress)
+    return decide(stage_trials(study, into), stage, plan["incumbent"],
                   plan["candidates"], confirm.min_gain)
 
 
@@ -261,8 +274,8 @@ def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRu
 def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
                   incumbent: int) -> dict[str, Any]:
     """Which configurations are repeated, decided once: the top distinct candidates and the
-    incumbent. The fixed rule queues repeats 1..R-1 here, once; a race queues its rounds as
-    it goes (_race)."""
+    incumbent. The fixed rule queues repeats 1..R-1 once it is made; a race queues its rounds
+    as it goes (_race)."""
     confirm = stage.confirm
     if "plan" not in attrs(study):
         trials = study.get_trials(deepcopy=False)
@@ -274,6 +287,7 @@ def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: T
 
         candidates = plan_candidates(trials, stage, confirm.top, same_as_incumbent, switching)
         put(study, "plan", {"incumbent": incumbent, "candidates": candidates,
+                            "first_repeat": len(trials),
                             "rule": "race" if confirm.racing else "fixed",
                             "repeats": confirm.max_repeats if confirm.racing else
                             confirm.repeats, "by": worker_id()})
@@ -284,17 +298,16 @@ def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: T
               f"(trial {plan['incumbent']}) on fresh paired repeats ({confirm.min_repeats} to "
               f"{confirm.max_repeats})")
         return plan
-    _queue_once(study, "queued", plan, [plan["incumbent"], *plan["candidates"]], 1,
-                plan["repeats"] - 1, mine=plan["by"] == worker_id())
     s.log(f"stage {stage.name}: confirming trials {plan['candidates']} against the incumbent "
           f"(trial {plan['incumbent']}) over {plan['repeats']} paired repeats")
     return plan
 
 
-def _queue_once(study: optuna.Study, key: str, plan: dict[str, Any], targets: list[int],
-                first: int, last: int, mine: bool) -> None:
-    """Queue repeats first..last of `targets`, once whichever worker gets here: the one
-    that claimed `key` does it; the others wait for it (and do it themselves if it died)."""
+def _queue_once(study: optuna.Study, into: optuna.Study, key: str, plan: dict[str, Any],
+                targets: list[int], first: int, last: int, mine: bool) -> None:
+    """Queue repeats first..last of `targets` (trials of the stage's study) into the
+    repeats study `into`, once whichever worker gets here: the one that claimed `key` does
+    it; the others wait for it (and do it themselves if it died)."""
     if mine or not wait_for(study, key, 60.0):
         if key not in attrs(study):
             by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -302,7 +315,7 @@ def _queue_once(study: optuna.Study, key: str, plan: dict[str, Any], targets: li
                 for target in targets:
                     of = by_number[target]
                     as_it_came = role_of(of) == "incumbent"  # either family's: no params
-                    study.enqueue_trial(
+                    into.enqueue_trial(
                         {} if as_it_came else dict(of.params),
                         user_attrs={"role": "confirm", "confirms": target, "repeat": repeat,
                                     **({"incumbent": True} if as_it_came else {}),
@@ -311,8 +324,8 @@ def _queue_once(study: optuna.Study, key: str, plan: dict[str, Any], targets: li
             put(study, key, True)
 
 
-def _race(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
-          progress: StageProgress, plan: dict[str, Any]) -> StageResult:
+def _race(s: Session, stage: StageConfig, study: optuna.Study, into: optuna.Study,
+          runner: TrialRunner, progress: StageProgress, plan: dict[str, Any]) -> StageResult:
     """Rounds of fresh paired repeats until the race is decided (search/racing.py). The
     verdict is replayed from the trials at every look, so workers and reruns agree; the
     rounds queued so far are read before draining, so a look never counts a round another
@@ -320,8 +333,8 @@ def _race(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunn
     confirm, incumbent, candidates = stage.confirm, plan["incumbent"], plan["candidates"]
     while True:
         queued = attrs(study).get("rounds_queued", 0)
-        _drain(s, study, runner, progress)
-        trials = study.get_trials(deepcopy=False)
+        _drain(s, into, runner, progress)
+        trials = stage_trials(study, into)
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
         if verdict.done or not candidates:
             return decide_race(trials, stage, incumbent, candidates, verdict)
@@ -338,7 +351,7 @@ def _race(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunn
         if key not in attrs(study):
             put(study, key, worker_id())
             time.sleep(0.2)  # two workers that claimed at once: the last write wins
-        _queue_once(study, f"{key}_queued", plan, [incumbent, *verdict.alive], queued + 1,
+        _queue_once(study, into, f"{key}_queued", plan, [incumbent, *verdict.alive], queued + 1,
                     upto, mine=attrs(study)[key] == worker_id())
         if attrs(study).get("rounds_queued", 0) < upto:
             put(study, "rounds_queued", upto)
@@ -412,7 +425,7 @@ def final_score(s: Session) -> dict[str, Any]:
               f"{stored['summary']}")
         return stored
     study = create_stage_study(s.cfg, len(s.cfg.stages) - 1, s.storage, s.worker)[0]
-    view = StageView(stage, study.get_trials(deepcopy=False), s.results[-1], {})
+    view = StageView(stage, stage_trials(study), s.results[-1], {})
     scored = score_trials(s.data, s.tracker, view.repeats(), "test")
     final = summarize(scored, s.data.test().groups, "test")
     final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)

@@ -9,6 +9,7 @@ bug (its traceback, printed and saved on the trial's MLflow run, exit 1)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -83,17 +84,26 @@ class Plan:
 
 class TrialRunner:
     """Runs the trials of one stage. `phase` is "search" while the budget lasts, then
-    "confirm": a sampled trial is then surplus and steps back."""
+    "confirm": a sampled trial is then surplus and steps back. `first` is the number the
+    study's trial 0 has in the stage: 0, or, in the stage's repeats study, the plan's
+    first repeat number (store.stage_trials)."""
 
     def __init__(self, s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
                  base: TrainConfig, decided_by: dict[str, str], uid: str, use_folds: bool,
-                 reference: TrainConfig | None = None):
+                 reference: TrainConfig | None = None, first: int = 0):
         self.s, self.stage, self.study, self.stage_run = s, stage, study, stage_run
+        self.first = first
         self.base, self.decided_by, self.uid, self.use_folds = base, decided_by, uid, use_folds
         # In a stage that switches model family: the configuration the earlier stages
         # carried, trained as it is (a second incumbent; not this stage's `fixed`).
         self.reference = reference
         self.phase = "search"
+
+    def moved(self, study: optuna.Study, first: int) -> TrialRunner:
+        """This runner for the stage's confirmation repeats, trained in `study`."""
+        runner = copy.copy(self)
+        runner.study, runner.first, runner.phase = study, first, "confirm"
+        return runner
 
     def plan(self, trial: optuna.Trial) -> Plan:
         role = trial.user_attrs.get("role", "search")
@@ -125,14 +135,17 @@ class TrialRunner:
             raise TrialFailed("budget already taken by other workers")
         plan = self.plan(trial)
         cfg = plan.cfg
-        origin = origin_of(trials[trial.number])
-        name = f"{stage.name}-{trial.number}" + {
+        number = self.first + trial.number  # the trial's number in the stage
+        origin = self.first + origin_of(trials[trial.number])
+        name = f"{stage.name}-{number}" + {
             "incumbent": "-previous-family" if plan.previous_family else "-incumbent",
             "seed": "-seed", "search": "",
             "confirm": f"-confirms-{trial.user_attrs.get('confirms')}-r{plan.repeat}"}[plan.role]
         run_id = s.tracker.new_run(s.experiment_id, name, parent=self.stage_run, kind="trial",
-                                   stage=stage.name, trial_number=str(trial.number),
-                                   state="RUNNING", role=plan.role, repeat=str(plan.repeat),
+                                   stage=stage.name, trial_number=str(number),
+                                   optuna_study=self.study.study_name,
+                                   optuna_trial=str(trial.number), state="RUNNING",
+                                   role=plan.role, repeat=str(plan.repeat),
                                    fold=str(plan.fold), seed=str(cfg.seed))
         trial.set_user_attr("mlflow_run_id", run_id)
         trial.set_user_attr("role", plan.role)
@@ -142,7 +155,7 @@ class TrialRunner:
         trial.set_user_attr("decided_by", decided)
         s.tracker.log_params(run_id, cfg.applicable())
         s.tracker.set_tags(run_id, **{f"decided_by.{k}": v for k, v in decided.items()},
-                           **({"retry_of": origin} if origin != trial.number else {}),
+                           **({"retry_of": origin} if origin != number else {}),
                            **({"confirms": trial.user_attrs["confirms"]}
                               if plan.role == "confirm" else {}))
         run_dir = s.ws.runs / s.cfg.study / stage.name / f"trial-{origin}"
@@ -151,7 +164,7 @@ class TrialRunner:
         epochs = s.tracker.epoch_log(run_id)
         prunable = plan.role == "search" and stage.pruner != "none"
 
-        shown = EpochProgress(f"{stage.name} trial {trial.number}", cfg.epochs, stage.metric,
+        shown = EpochProgress(f"{stage.name} trial {number}", cfg.epochs, stage.metric,
                               s.log, bar=sys.stdout.isatty() and not os.environ.get(
                                   "ASL_SWEEP_NO_BAR"))
 
@@ -177,7 +190,7 @@ class TrialRunner:
             trial.set_user_attr("last", asdict(result.history[-1]))
             trial.set_user_attr("num_params", result.num_params)
             record_result(s.tracker, run_id, cfg, result, run_dir,
-                          f"{stage.name} trial {trial.number}")
+                          f"{stage.name} trial {number}")
             s.tracker.end(run_id, "FINISHED", state="COMPLETE")
         except optuna.TrialPruned:
             s.tracker.end(run_id, "FINISHED", state="PRUNED")
@@ -187,7 +200,7 @@ class TrialRunner:
             trial.set_user_attr("failure", "error")
             s.tracker.end(run_id, "FAILED", state="FAIL", error=f"{type(e).__name__}: {e}"[:500])
             shutil.rmtree(run_dir, ignore_errors=True)
-            s.log(f"trial {trial.number} failed: {type(e).__name__}: {e}")
+            s.log(f"trial {number} failed: {type(e).__name__}: {e}")
             raise TrialFailed(str(e)) from e
         except (KeyboardInterrupt, SystemExit):
             self._stop(trial, run_id, "interrupted", "KILLED")
@@ -218,7 +231,7 @@ class TrialRunner:
             Requeue()(self.study, self.study._storage.get_trial(trial._trial_id))
         except Exception as e:  # the original error is what the user must see
             log.warning("trial %s: could not record how it stopped (%s: %s); the next run "
-                        "queues it again", trial.number, type(e).__name__,
+                        "queues it again", self.first + trial.number, type(e).__name__,
                         str(e).splitlines()[0][:200] if str(e) else "")
 
     def _surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> bool:

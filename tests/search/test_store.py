@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.store import stage_trials
 from tests.conftest import running_trial
 
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
@@ -29,7 +30,7 @@ FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
 
 def _finished(storage: str, name: str) -> list:
     study = optuna.load_study(study_name=name, storage=storage)
-    return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    return [t for t in stage_trials(study) if t.state.name in ("COMPLETE", "PRUNED")]
 
 
 def _trial_runs(tracking: str, study: str) -> list:

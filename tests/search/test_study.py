@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -17,6 +18,7 @@ from asl_sweep.cli import main
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.store import attrs
 from asl_sweep.settings.studyfile import load_study
 from asl_sweep.tracking.tracker import _flatten
 from tests.conftest import running_trial
@@ -170,6 +172,44 @@ def test_a_clearly_better_setting_is_adopted(evidence_study):
     assert rate.result.value == pytest.approx(np.mean(list(fresh["values"].values())))
 
 
+def test_every_optuna_client_sees_a_search_trial_as_the_stage_best(evidence_study):
+    """The repeats train in a study of their own beside the stage's, so Optuna's best trial
+    of a stage (the API, `optuna best-trial`, optuna-dashboard) is never a repeat on another
+    fold: here it is the trial each stage chose."""
+    import json
+    import wsgiref.util
+
+    import optuna_dashboard
+
+    path, ws, _, _ = evidence_study
+    storage = optuna.storages.RDBStorage(ws.storage, skip_table_creation=True)
+    app = optuna_dashboard.wsgi(storage)
+    for view in read_stages(load_study(path), ws):
+        name = f"tiny.{view.stage.name}"
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert {t.user_attrs["role"] for t in study.trials} <= {"incumbent", "seed", "search"}
+        repeats = optuna.load_study(study_name=f"{name}.repeats", storage=storage).trials
+        assert repeats and {t.user_attrs["role"] for t in repeats} == {"confirm"}
+        assert study.user_attrs["chosen_trial"] == view.result.trial
+        assert study.best_trial.number == view.result.trial
+        optuna_cli = str(Path(sys.executable).parent / "optuna")
+        cli = subprocess.run([optuna_cli, "best-trial", "--study-name", name,
+                              "--storage", ws.storage, "-f", "json"],
+                             capture_output=True, text=True, timeout=120)
+        assert json.loads(cli.stdout)["number"] == view.result.trial, cli.stderr
+        environ: dict = {"PATH_INFO": f"/api/studies/{study._study_id}"}
+        wsgiref.util.setup_testing_defaults(environ)
+        said: list[str] = []
+        body = b"".join(app(environ, lambda code, headers, *_, said=said: said.append(code)))
+        assert said == ["200 OK"], body[:500]
+        assert [t["number"] for t in json.loads(body)["best_trials"]] == [view.result.trial]
+        # The stage's trials whole, as asl-sweep reads them: repeats numbered after its own.
+        numbers = [t.number for t in view.trials]
+        assert numbers == list(range(len(numbers)))
+        assert set(view.result.repeats) - {view.result.trial} <= set(
+            numbers[len(study.trials):])
+
+
 def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
     path, ws, _, _ = evidence_study
     cfg = load_study(path)
@@ -266,13 +306,18 @@ def test_kill_9_during_confirmation_then_rerun_finishes_it(write_study, tmp_path
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        killed_number = running_trial(home / "optuna.db", "tiny.rate", proc, role="confirm")
+        killed_local = running_trial(home / "optuna.db", "tiny.rate.repeats", proc,
+                                     role="confirm")
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(30)
     storage = optuna.storages.RDBStorage(ws.storage, skip_table_creation=True)
     before = read_stages(load_study(path), ws)[0].result
-    killed = optuna.load_study(study_name="tiny.rate", storage=storage).trials[killed_number]
+    killed = optuna.load_study(study_name="tiny.rate.repeats",
+                               storage=storage).trials[killed_local]
+    # The repeats are numbered after the stage's trials (store.stage_trials).
+    killed_number = killed_local + attrs(optuna.load_study(
+        study_name="tiny.rate", storage=storage))["plan"]["first_repeat"]
 
     assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
     shape, rate = read_stages(load_study(path), ws)
