@@ -35,15 +35,22 @@ from asl_sweep.tracking.tracker import Tracker
 
 GAP_OVERFIT, FIT_LOW = 0.15, 0.8
 MIN_IMPORTANCE_TRIALS = 5  # fewer searched trials say nothing about importance
-ROLE = {"incumbent": "incumbent", "seed": "human", "search": "", "confirm": "repeat"}
+ROLE = {"incumbent": "incumbent", "seed": "human", "search": "search", "confirm": "repeat"}
 
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _acc(t: FrozenTrial, key: str, which: str = "metrics") -> str:
+def _acc(t: FrozenTrial, key: str, which: str = "metrics", reported: str = "") -> str:
     value = t.user_attrs.get(which, {}).get(key)
+    if value is None and key == reported and t.intermediate_values:
+        # A pruned trial has only the epochs it reported (its stage metric, `reported`): the
+        # best of them, or the last, where it was stopped.
+        steps = t.intermediate_values
+        if which == "metrics":
+            return f"{max(steps.values()):.3f} (pruned)"
+        return f"{steps[max(steps)]:.3f} (epoch {max(steps)})"
     return f"{value:.3f}" if value is not None else "-"
 
 
@@ -135,8 +142,10 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
             " (previous family)" if t.user_attrs.get("previous_family") and role_of(t) ==
             "incumbent" else "")
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
+        reported = stage.metric if stage.direction == "maximize" else ""
         rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
-                     _acc(t, "val_acc"), _acc(t, "val_acc", "last")])
+                     _acc(t, "val_acc", reported=reported),
+                     _acc(t, "val_acc", "last", reported)])
     doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
                "val acc (final epoch)"], rows)
     if result is None:

@@ -29,6 +29,7 @@ def _writable_config_dir() -> None:
 _writable_config_dir()
 
 from matplotlib.figure import Figure  # noqa: E402  (after its config folder is settled)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 LABELS = {"val_acc": "validation accuracy", "train_acc": "training accuracy",
           "val_loss": "validation loss", "train_loss": "training loss"}
@@ -80,6 +81,11 @@ def plot_curves_compare(runs: Mapping[str, tuple[Sequence[int], Mapping[str, Seq
 def plot_history(numbers: Sequence[int], values: Sequence[float], metric: str, maximize: bool,
                  path: Path, title: str = "") -> Path:
     """Each complete trial's value and the best so far, by trial number."""
+    return _save(history_figure(numbers, values, metric, maximize, title), path)
+
+
+def history_figure(numbers: Sequence[int], values: Sequence[float], metric: str,
+                   maximize: bool, title: str = "") -> Figure:
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(numbers, values, "o", color=COLOURS[0], label="trial")
@@ -89,8 +95,9 @@ def plot_history(numbers: Sequence[int], values: Sequence[float], metric: str, m
         best.append(running)
     ax.step(numbers, best, where="post", color=COLOURS[1], label="best so far")
     _style(ax, "trial", f"{LABELS.get(metric, metric)} (best epoch)", title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers are whole
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return fig
 
 
 def plot_importance(importance: Mapping[str, float], path: Path, title: str = "") -> Path:

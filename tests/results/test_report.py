@@ -67,3 +67,17 @@ def test_report_keeps_optunas_warnings_out(write_study, tmp_path):
             and not issubclass(w.category, ExperimentalWarning)]  # the CLI filters those
     assert not said, said
     assert any("importance" in p.name for p in (tmp_path / "r").iterdir())
+
+
+def test_the_trial_table_names_every_role_and_a_pruned_trials_epochs():
+    import optuna
+    from optuna.trial import TrialState
+
+    from asl_sweep.results.report import ROLE, _acc
+
+    assert all(ROLE.values())  # a search trial says "search", not an empty cell
+    pruned = optuna.trial.create_trial(state=TrialState.PRUNED, params={}, distributions={},
+                                       intermediate_values={1: 0.41, 2: 0.52, 3: 0.47})
+    assert _acc(pruned, "val_acc", reported="val_acc") == "0.520 (pruned)"
+    assert _acc(pruned, "val_acc", "last", "val_acc") == "0.470 (epoch 3)"
+    assert _acc(pruned, "train_acc", reported="val_acc") == "-"  # it reported val_acc only

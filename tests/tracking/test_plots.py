@@ -15,3 +15,11 @@ def test_matplotlib_says_nothing_when_the_home_cannot_be_written(tmp_path):
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_the_search_history_counts_trials_in_whole_numbers():
+    from asl_sweep.tracking.plots import history_figure
+
+    fig = history_figure([1, 2, 4], [0.3, 0.5, 0.4], "val_acc", True)
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
