@@ -305,8 +305,11 @@ def cmd_worker(args) -> int:
     cfg, ws = _load(args)
     index = args.worker_index if args.worker_index is not None else 1 + os.getpid() % 9973
     # The final test score is the initiating `run`'s, once every worker is done.
-    run_study(cfg, ws, log=lambda m: print(f"[worker {index}] {m}", flush=True), worker=index,
-              score=False)
+    log = lambda m: print(f"[worker {index}] {m}", flush=True)  # noqa: E731
+    # A worker `run` started prints its own trials only: the stages' lines (each decision,
+    # the data) are run's, printed once.
+    run_study(cfg, ws, log=log, worker=index, score=False,
+              say=(lambda _: None) if args.parent_pid else log)
     return 0
 
 

@@ -17,6 +17,7 @@ from asl_sweep.search.selection import StageResult
 from asl_sweep.search.store import optuna_storage
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.tracking.tracker import Tracker
+from asl_sweep.tracking.views import trials_view
 from asl_sweep.training.train import resolve_device
 
 
@@ -31,14 +32,16 @@ class Session:
     study_run: str
     data: StudyData
     device: torch.device
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = print  # this process's trials
     worker: int = 0
+    say: Callable[[str], None] = print  # the study's and its stages' lines
     results: list[StageResult] = field(default_factory=list)
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
 
 
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
-                 worker: int = 0) -> Session:
+                 worker: int = 0, say: Callable[[str], None] | None = None) -> Session:
+    say = say or log
     ws.prepare()
     # The data first: a missing folder or a bad image is reported in a second or two, before
     # the stores are created (a new MLflow store alone takes several), and binds nothing.
@@ -49,19 +52,21 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
     with ws.store_lock():  # one process at a time creates or migrates the stores
         storage = optuna_storage(ws.storage)
         tracker = Tracker(ws)
-    record = bind(storage, cfg, log)  # other data settings than the study's: refused, here
+    record = bind(storage, cfg, say)  # other data settings than the study's: refused, here
     check_digest(record, cfg, data.digest)
     source = cfg.data.root or (f"built-in synthetic letters ({cfg.data.synthetic.per_class}"
                                f"/class, {cfg.data.synthetic.signers} signers)")
-    log(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
+    say(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
         f"({loaded:.1f}s)")
-    experiment_id = tracker.experiment(cfg.study, cfg.description)
+    experiment_id = tracker.experiment(cfg.study, cfg.description, trials_view(
+        [s.metric for s in cfg.stages], [k for s in cfg.stages for k in s.space]),
+        cfg.stages[0].metric)
     study_run = tracker.open_run(experiment_id, cfg.study, kind="study")
     if not tracker.client.get_run(study_run).data.params:
         tracker.log_params(study_run, {"data": cfg.data.model_dump(mode="json"),
                                        "stages": ",".join(s.name for s in cfg.stages)})
     return Session(cfg, ws, storage, record, tracker, experiment_id, study_run, data, device,
-                   log, worker)
+                   log, worker, say)
 
 
 def open_data(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None,

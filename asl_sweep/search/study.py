@@ -63,9 +63,11 @@ from asl_sweep.settings.spec import StageConfig, StudyConfig
 
 
 def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
-              worker: int = 0, score: bool = True) -> list[StageResult]:
-    """Run (or join, or resume) the staged search; with `score`, then the final test."""
-    s = open_session(cfg, ws, log, worker)
+              worker: int = 0, score: bool = True,
+              say: Callable[[str], None] | None = None) -> list[StageResult]:
+    """Run (or join, or resume) the staged search; with `score`, then the final test. `log`
+    takes this process's trial lines, `say` the study's and stages' (default: `log`)."""
+    s = open_session(cfg, ws, log, worker, say)
     status = "FAILED"
     try:
         carried: dict[str, Any] = {}
@@ -98,10 +100,10 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     a = attrs(study)
     if "result" in a:  # finished in an earlier run: its decision stands
         result = StageResult(**a["result"])
-        s.log(f"stage {stage.name}: finished earlier: {result.decision}")
+        s.say(f"stage {stage.name}: finished earlier: {result.decision}")
         ran = a.get("budget", stage.trials)
         if stage.trials > ran:
-            s.log(f"stage {stage.name}: finished with a budget of {ran} trials; --trials "
+            s.say(f"stage {stage.name}: finished with a budget of {ran} trials; --trials "
                   f"{stage.trials} does not reopen a decided stage (its race and every later "
                   f"stage stand on it): for more trials, run it as a new study, e.g. --set "
                   f"study={cfg.study}-more --trials {stage.trials}")
@@ -133,9 +135,10 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
                                       if k in METRICS} | {"winner_value": result.value})
     _log_curves(s, stage_run, result, stage.name)
+    _mark_decision(s, study, result)
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
                   winner_run=result.run_id, decision=result.decision)
-    s.log(f"stage {stage.name}: {result.decision}; carries "
+    s.say(f"stage {stage.name}: {result.decision}; carries "
           f"{shown_settings(result.params) or 'no change'}")
     return result
 
@@ -183,10 +186,10 @@ def _run(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
     progress = StageProgress(s.log, s.cfg, a.get("index", s.cfg.stages.index(stage)))
     if family:
         progress.planned += 1
-        s.log(f"stage {stage.name}: a new model family ({base.model}): the configuration the "
+        s.say(f"stage {stage.name}: a new model family ({base.model}): the configuration the "
               f"earlier stages carried ({family}) runs beside it as a second incumbent, and "
               f"{base.model} is adopted only on the same evidence")
-    s.log(f"stage {stage.name} ({progress.where}): {stage.goal + ' ' if stage.goal else ''}"
+    s.say(f"stage {stage.name} ({progress.where}): {stage.goal + ' ' if stage.goal else ''}"
           f"[incumbent + "
           f"{stage.trials} trials"
           f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, {stage.metric}]")
@@ -225,6 +228,19 @@ def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> 
                           {k: [m.value for m in v] for k, v in history.items()},
                           Path(tmp) / "curves.png", f"{stage}: trial {result.trial}")
         s.tracker.log_artifacts(stage_run, [png])
+
+
+def _mark_decision(s: Session, study: optuna.Study, result: StageResult) -> None:
+    """The stage's decision on its trials' runs, a column of the MLflow trial view: the
+    trial it carries, and each candidate raced and not adopted."""
+    trials = {t.number: t for t in stage_trials(study)}
+    marks = {result.trial: f"carried ({result.status})"}
+    for c in (attrs(study).get("plan") or {}).get("candidates", []):
+        marks.setdefault(c, "raced, not adopted")
+    for number, word in marks.items():
+        run_id = trials[number].user_attrs.get("mlflow_run_id") if number in trials else None
+        if run_id:
+            s.tracker.set_tags(run_id, decision=word)
 
 
 def _incumbent(trials: list[FrozenTrial], switching: bool = False) -> FrozenTrial | None:
@@ -294,11 +310,11 @@ def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: T
         time.sleep(0.2)  # two workers that planned at once: the last write wins
     plan = attrs(study)["plan"]
     if plan.get("rule") == "race":
-        s.log(f"stage {stage.name}: racing trials {plan['candidates']} against the incumbent "
+        s.say(f"stage {stage.name}: racing trials {plan['candidates']} against the incumbent "
               f"(trial {plan['incumbent']}) on fresh paired repeats ({confirm.min_repeats} to "
               f"{confirm.max_repeats})")
         return plan
-    s.log(f"stage {stage.name}: confirming trials {plan['candidates']} against the incumbent "
+    s.say(f"stage {stage.name}: confirming trials {plan['candidates']} against the incumbent "
           f"(trial {plan['incumbent']}) over {plan['repeats']} paired repeats")
     return plan
 
@@ -339,7 +355,7 @@ def _race(s: Session, stage: StageConfig, study: optuna.Study, into: optuna.Stud
         if verdict.done or not candidates:
             return decide_race(trials, stage, incumbent, candidates, verdict)
         if queued:
-            s.log(f"stage {stage.name}: after {queued} round{'s' if queued != 1 else ''}: "
+            s.say(f"stage {stage.name}: after {queued} round{'s' if queued != 1 else ''}: "
                   + "; ".join(f"trial {c} {b.mean * 100:+.1f} pt, lower bound "
                               f"{b.lower * 100:+.1f}" for c, b in verdict.bounds.items()
                               if c in verdict.alive)

@@ -193,7 +193,9 @@ class TrialRunner:
                           f"{stage.name} trial {number}")
             s.tracker.end(run_id, "FINISHED", state="COMPLETE")
         except optuna.TrialPruned:
-            s.tracker.end(run_id, "FINISHED", state="PRUNED")
+            # MLflow has no "pruned": the pruner stopped it, so KILLED, and its name says so.
+            s.tracker.rename(run_id, f"{name}-pruned")
+            s.tracker.end(run_id, "KILLED", state="PRUNED")
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         except OWN_FAILURES as e:

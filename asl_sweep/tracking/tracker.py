@@ -23,6 +23,14 @@ from mlflow.tracking import MlflowClient
 from asl_sweep.runtime.errors import StoreError, WriteError, environment_fault
 from asl_sweep.runtime.outage import Retrying
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.tracking.views import (
+    KIND,
+    KIND_TAG,
+    PRIMARY_METRIC_TAG,
+    SHARED_VIEW_TAG,
+    TRIALS_VIEW,
+    dump,
+)
 
 PARENT = "mlflow.parentRunId"
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_s")
@@ -33,14 +41,16 @@ def _now_ms() -> int:
 
 
 def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """One MLflow param per setting and per list element (hidden.0, dropout.1), so the UI
-    can sort and filter by each; an empty list is one param, []."""
+    """One MLflow param per setting, and a list also per element (hidden.0, dropout.1) so
+    the UI can sort and filter by each; the list whole (cnn.channels = 16-32-64) keeps an
+    architecture with fewer layers in the parallel-coordinates plot. An empty list is []."""
     flat: dict[str, str] = {}
     for key, value in params.items():
         if isinstance(value, dict):
             flat.update(_flatten(value, f"{prefix}{key}."))
         elif isinstance(value, list | tuple) and value and all(
                 not isinstance(v, dict | list) for v in value):
+            flat[f"{prefix}{key}"] = "-".join(str(v) for v in value)[:6000]
             flat.update({f"{prefix}{key}.{i}": str(v) for i, v in enumerate(value)})
         else:
             flat[f"{prefix}{key}"] = str(value)[:6000]
@@ -59,21 +69,29 @@ class Tracker:
         self.client.search_experiments(max_results=1)  # creates or migrates the store now
 
     # ------------------------------------------------------------ experiments and runs
-    def experiment(self, study: str, description: str = "") -> str:
-        """The study's experiment; its description (the study's) shows in the MLflow UI."""
+    def experiment(self, study: str, description: str = "", view: dict | None = None,
+                   metric: str | None = None) -> str:
+        """The study's experiment; its description (the study's) shows in the MLflow UI, it
+        opens on the model-training tabs, `view` is the trial view it shares and `metric`
+        the chart drawn first."""
+        tags = {KIND_TAG: KIND, **({"mlflow.note.content": description} if description else {}),
+                **({SHARED_VIEW_TAG + TRIALS_VIEW: dump(view)} if view else {}),
+                **({PRIMARY_METRIC_TAG: metric} if metric else {})}
         found = self.client.get_experiment_by_name(study)
-        if found is not None:
-            self.refuse_elsewhere(found.artifact_location, f"study {study}")
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(
-                study, artifact_location=(self.artifact_root / study).resolve().as_uri(),
-                tags={"mlflow.note.content": description} if description else None)
-        except Exception:  # another worker created it first
-            found = self.client.get_experiment_by_name(study)
-            if found is None:
-                raise
-            return found.experiment_id
+        if found is None:
+            try:
+                return self.client.create_experiment(
+                    study, artifact_location=(self.artifact_root / study).resolve().as_uri(),
+                    tags=tags)
+            except Exception:  # another worker created it first
+                found = self.client.get_experiment_by_name(study)
+                if found is None:
+                    raise
+        self.refuse_elsewhere(found.artifact_location, f"study {study}")
+        for key, value in tags.items():  # an experiment made by an older asl-sweep
+            if found.tags.get(key) != value:
+                self.client.set_experiment_tag(found.experiment_id, key, value)
+        return found.experiment_id
 
     def find_run(self, experiment_id: str, **tags: str) -> str | None:
         clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
@@ -108,6 +126,9 @@ class Tracker:
         if parent:
             all_tags[PARENT] = parent
         return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
 
     def end(self, run_id: str, status: str = "FINISHED", **tags: str) -> None:
         if tags:

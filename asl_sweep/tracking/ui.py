@@ -16,6 +16,7 @@ import urllib.request
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ConfigError, StoreError
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.tracking.views import SHARED_VIEW_TAG, TRIALS_VIEW
 
 START_TIMEOUT_S = 120
 TRIALS = urllib.parse.quote("tags.kind = 'trial'")
@@ -44,7 +45,13 @@ def experiment_addresses(base: str) -> list[str]:
         if e["name"] == "Default":
             continue
         runs = f"{base}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning"
-        lines += [f"  {e['name']}, every trial: {runs}&searchFilter={TRIALS}",
+        shared = any(t["key"] == SHARED_VIEW_TAG + TRIALS_VIEW for t in e.get("tags", []))
+        # The study's trial view (views.py): flat, best first, its columns chosen; a study
+        # recorded before there was one: its trial runs by a filter.
+        trials = (f"{runs}&viewStateShareKey={TRIALS_VIEW}" if shared
+                  else f"{runs}&searchFilter={TRIALS}")
+        lines += [f"  {e['name']}, every trial: {trials}",
+                  f"  {e['name']}, charts: {trials}&compareRunsMode=CHART",
                   f"  {e['name']}, study -> stage -> trial: {runs}"]
     return lines
 
@@ -81,7 +88,8 @@ def serve(ws: Workspace, host: str, port: int, log=print) -> int:
                                      f"{START_TIMEOUT_S}s") from None
                 time.sleep(0.3)
         studies = experiment_addresses(base)
-        log(f"MLflow UI: {base}  (Ctrl-C to stop)")
+        # The experiment list: the bare address opens MLflow's GenAI welcome page.
+        log(f"MLflow UI: {base}/#/experiments?workflowType=machine_learning  (Ctrl-C to stop)")
         for line in studies:
             log(line)
         while server.poll() is None:

@@ -1,5 +1,6 @@
-"""The MLflow UI, in a real headless browser, as `asl-sweep ui` serves it: the address it
-prints opens on the study's trial runs with their datasets (not on MLflow's GenAI view)."""
+"""The MLflow UI, in a real headless browser, as `asl-sweep ui` serves it: the addresses it
+prints open on the study's trial runs, flat, with the columns to compare them by, pruned
+trials marked, and a val_acc chart with a line per trial (not on MLflow's GenAI view)."""
 
 import os
 import signal
@@ -32,20 +33,27 @@ def artifacts(tmp_path_factory) -> Path:
     return folder
 
 
-def test_the_address_ui_prints_shows_the_trial_runs_and_their_datasets(write_study, tmp_path,
-                                                                        artifacts):
-    path = write_study({"description": "a tiny study for the browser",
-                        "stages": [{"name": "search", "goal": "two rates", "trials": 2,
-                                    "sampler": "random", "confirm": None,
-                                    "space": {"lr": [1e-3, 3e-3]}}]})
+def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp_path,
+                                                                 artifacts):
+    path = write_study({"description": "a tiny study for the browser", "base": {"epochs": 6},
+                        "stages": [{"name": "search", "goal": "rates and widths", "trials": 6,
+                                    "sampler": "random", "pruner": "median", "confirm": None,
+                                    "space": {"lr": {"low": 1e-6, "high": 3e-2, "log": True},
+                                              "hidden": [[32], [16, 16]]}}]})
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
     client = MlflowClient(Workspace.at(home).tracking_uri)
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     stage = next(r for r in runs if r.data.tags["kind"] == "stage")
-    assert stage.info.run_name == "1-search" and stage.data.tags["mlflow.note.content"] == "two rates"
+    assert stage.info.run_name == "1-search" and stage.data.tags["mlflow.note.content"] == (
+        "rates and widths")
     assert experiment.tags["mlflow.note.content"] == "a tiny study for the browser"
+    trials = [r for r in runs if r.data.tags["kind"] == "trial"]
+    pruned = [r for r in trials if r.data.tags["state"] == "PRUNED"]
+    assert pruned and all(r.info.status == "KILLED" and r.info.run_name.endswith("-pruned")
+                          for r in pruned)  # not a green "Finished"
+    assert {r.data.params["hidden"] for r in trials} == {"32", "16-16"}  # a list, whole
 
     port = free_port()
     started = time.monotonic()
@@ -60,28 +68,47 @@ def test_the_address_ui_prints_shows_the_trial_runs_and_their_datasets(write_stu
             lines.append(server.stdout.readline())
         ready = time.monotonic() - started
         assert lines[-1].startswith(f"MLflow UI: {base}"), lines
-        lines = lines[-1:] + [server.stdout.readline()]
+        lines = lines[-1:] + [server.stdout.readline() for _ in range(3)]
         urllib.request.urlopen(base, timeout=5)  # it answers as soon as it says so
-        assert lines[1].startswith("  tiny, every trial: ")
-        address = lines[1].split(": ", 1)[1].strip()
-        assert address.startswith(f"{base}/#/experiments/{experiment.experiment_id}/runs"
-                                  "?workflowType=machine_learning&searchFilter=")
-        with Browser() as browser:
-            browser.open(address, "1-search")
-            for _ in range(40):  # open each collapsed level (its "+"), as a person would
-                if "search-2" in browser.text():
-                    break
-                browser.click_all(COLLAPSED)
-                time.sleep(0.5)
-            text = browser.wait_for("search-2", 10)
+        said = dict(line.strip().split(": ", 1) for line in lines[1:])
+        every, charts = said["tiny, every trial"], said["tiny, charts"]
+        assert every.startswith(f"{base}/#/experiments/{experiment.experiment_id}/runs?"
+                                "workflowType=machine_learning&viewStateShareKey=")
+        with Browser(2400, 1000) as browser:
+            # The trial runs, flat (no "+" to open), best first, their columns chosen.
+            text = browser.open(every, "search-0-incumbent")
+            browser.click_all("button[aria-label='Close']")  # MLflow's assistant panel
+            time.sleep(1.0)
+            text = browser.wait_for("decision", 10)
             shot = browser.screenshot(artifacts / "mlflow-ui-trials.png")
-            print(f"ui answered after {ready:.1f}s; screenshot: {shot}")
-            assert "search-1" in text and "search-2" in text  # the trial runs
-            assert "synthetic-letters:train" in text  # the Dataset column is filled
-            assert "Run Name" in text and "Dataset" in text  # the runs table, not GenAI traces
-            trial = next(r for r in runs if r.info.run_name == "search-1")
+            print(f"ui answered after {ready:.1f}s; screenshots in {artifacts}")
+            assert "Run Name" in text and "Traces" not in text.split("Run Name")[1][:200]
+            assert browser.click_all(COLLAPSED) == 0  # nothing folded under a stage row
+            for column in ("best_val_acc", "decision", "role", "state", "hidden", "lr"):
+                assert column in text, column
+            for run in trials:
+                assert run.info.run_name in text
+            assert "PRUNED" in text and "incumbent" in text and "carried (" in text
+            # The charts: val_acc by epoch, one line per trial.
+            browser.open(charts, "Model metrics")
+            wanted, drawn = {r.info.run_name for r in trials}, []
+            for _ in range(30):  # each plot's traces, as plotly keeps them on its element
+                drawn = browser.js(
+                    "Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => "
+                    "Array.from(Array.isArray(p.data) ? p.data : []).map(t => String(t.name)))"
+                    ) or []
+                if wanted in [set(names) for names in drawn]:
+                    break
+                time.sleep(0.5)
+            browser.screenshot(artifacts / "mlflow-ui-charts.png")
+            # The line chart of val_acc: a line per trial (and plotly's marker on its end).
+            assert wanted in [set(names) for names in drawn], drawn
+            # The first address: the experiment list, not MLflow's GenAI welcome page.
+            text = browser.open(lines[0].split()[2], "tiny")
+            assert "Welcome to MLflow" not in text
+            trial = next(r for r in trials if r.data.tags["state"] == "COMPLETE")
             browser.open(f"{base}/#/experiments/{experiment.experiment_id}/runs/"
-                         f"{trial.info.run_id}", "search-1")
+                         f"{trial.info.run_id}", trial.info.run_name)
         assert shot.stat().st_size > 10_000
     finally:
         os.killpg(server.pid, signal.SIGTERM)
