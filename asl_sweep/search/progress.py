@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.search.selection import counts_as_done, role_of
 from asl_sweep.settings.spec import StageConfig, StudyConfig
@@ -97,6 +97,9 @@ class StageProgress:
         self.seconds.append(took)
         trials = self.read() if self.read is not None else study.get_trials(deepcopy=False)
         done = sum(counts_as_done(x) for x in trials)  # a retried trial counts once
+        # Rounds of a race another worker queued count too: what waits or runs is planned.
+        pending = sum(x.state in (TrialState.WAITING, TrialState.RUNNING) for x in trials)
+        self.planned = max(self.planned, done + pending)
         left = max(0, self.planned - done)
         role = role_of(t)
         what = {"incumbent": "the previous family" if t.user_attrs.get("previous_family")
@@ -105,7 +108,8 @@ class StageProgress:
                            f"{t.user_attrs.get('confirms')}"}[role]
         value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
         mean = statistics.fmean(self.seconds)
-        said = " ".join(p for p in (f"trial {self.first + t.number}", what, t.state.name.lower(), value) if p)
+        said = " ".join(p for p in (f"trial {self.first + t.number}", what,
+                                    t.state.name.lower(), value) if p)
         study_left = (f", about {duration(mean * (left + self.later))} in the study"
                       if self.later else "")
         self.log(f"  {self.stage.name}: {said} ({took:.1f}s); {self.where}: {done}/"
