@@ -5,8 +5,8 @@ is trainings finished per second of wall time, all K started together after load
 
     .venv/bin/python -m benchmarks.concurrency [--cases mlp64,cnn48,head224,finetune224]
 
-Then a whole study: sweeps/quick.yaml's search at 64 px, 8 trials of the same MLP (a
-[256, 64] MLP, 40 epochs, the rate varied by a hair so both arms train the same work),
+Then a whole study: the old quick demo (benchmarks/studies/quick_mlp.yaml) at 64 px, 8
+trials of the same MLP (a [256, 64] MLP, 40 epochs, the rate varied by a hair so both arms train the same work),
 `--workers 1` against `--workers auto` (what auto chose is in the result), wall time of
 `asl-sweep run` from start to its last line."""
 
@@ -73,8 +73,9 @@ def warm(case: str, cache: str) -> None:
 
 def study_wall(workers: str, home: Path) -> float:
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", "sweeps/quick.yaml",
-                    "--home", str(home), "--workers", workers, "--set", "data.image_size=64",
+    subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run",
+                    "benchmarks/studies/quick_mlp.yaml", "--home", str(home), "--workers",
+                    workers, "--set", "data.image_size=64",
                     "--set", "stages.0.confirm=null", "--set", "stages.0.trials=8",
                     "--set", "stages.0.pruner=none", "--set", "base.epochs=40",
                     # the same work in both arms: one setting, varied by a hair
