@@ -209,20 +209,25 @@ def decide(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     floor = MIN_GAIN_FLOOR if unit else 0.0
     threshold = min_gain if min_gain is not None else max(se if se is not None else 0.0, floor)
     evidence.update(best=c, threshold=threshold)
-    spread = (f"{mean * scale:+.1f} +- {se * scale:.1f}{unit}" if se is not None
-              else f"{mean * scale:+.1f}{unit}")
+    # Digits enough that a mean and the threshold it is compared with never print alike
+    # ("+2.5 (needed > 2.5)" read as a tie).
+    digits = next((d for d in (1, 2, 3) if f"{mean * scale:.{d}f}" !=
+                   f"{threshold * scale:.{d}f}"), 4)
+    spread = (f"{mean * scale:+.{digits}f} +- {se * scale:.{digits}f}{unit}" if se is not None
+              else f"{mean * scale:+.{digits}f}{unit}")
+    needed = f"needed > {threshold * scale:.{digits}f}{unit}"
     over = f"over {n} paired repeat{'s' if n != 1 else ''}"
     if n >= 2 and mean > threshold:
         values = repeat_values(trials, c)
         repeats = [values[r][1] for r in sorted(values)]
         return _result(by_number[c], stage, "adopted",
-                       f"adopted trial {c}: {spread} {over} (needed > "
-                       f"{threshold * scale:.1f}{unit}); {stage.metric} {stats['mean']:.3f} vs "
+                       f"adopted trial {c}: {spread} {over} ({needed}); "
+                       f"{stage.metric} {stats['mean']:.3f} vs "
                        f"incumbent {evidence['configs'][str(incumbent)]['mean']:.3f}",
                        stats["mean"], repeats, evidence)
     return _result(incumbent_trial, stage, "kept incumbent",
                    f"kept incumbent: {spread} {over} for the best candidate (trial {c}), no "
-                   f"evidence (needed > {threshold * scale:.1f}{unit})" if n >= 2 else
+                   f"evidence ({needed})" if n >= 2 else
                    f"kept incumbent: {spread} {over} for trial {c}, too few to decide",
                    kept_value, kept_repeats, evidence)
 

@@ -87,3 +87,15 @@ def test_progress_counts_a_retried_trial_once():
     confirm = trial(6, 0.5, role="confirm")
     assert [counts_as_done(t) for t in (stopped, dead, own, surplus, rerun, confirm)] == [
         False, False, True, False, True, True]
+
+
+def test_a_mean_just_over_the_needed_gain_never_prints_as_a_tie():
+    from asl_sweep.search.selection import decide
+
+    incumbent = [trial(0, 0.50, role="incumbent"),
+                 trial(2, 0.50, role="confirm", confirms=0, repeat=1)]
+    candidate = [trial(1, 0.5252, role="search"),
+                 trial(3, 0.5250, role="confirm", confirms=1, repeat=1)]
+    result = decide(incumbent + candidate, stage(), 0, [1], min_gain=0.0248)
+    assert result.status == "adopted"
+    assert "(needed > 2.48 pt)" in result.decision and "+2.51" in result.decision
