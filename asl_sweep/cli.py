@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--json", action="store_true", help="print JSON lines")
     pred.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
                       help="for models:/ URIs: the folder holding mlflow.db")
+    pred.add_argument("--tracking", help="for models:/ URIs: an MLflow tracking server or "
+                      "database URI (default: the home's mlflow.db)")
 
     cmp = sub.add_parser("compare", help="two studies side by side: what each stage adopted "
                          "and the final test scores")
@@ -127,9 +129,10 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
     from asl_sweep.search.store import optuna_storage
 
     cfg, ws = _load(args)
-    if ws.storage.startswith("sqlite:") and not (ws.home / "optuna.db").exists():
-        raise StoreError(f"study {cfg.study}: nothing recorded yet at {ws.home}; run it first "
-                         "(asl-sweep run), or pass --home with the study's folder")
+    if not ws.has_storage:
+        raise StoreError(f"study {cfg.study}: nothing recorded yet at {ws.storage}; run it "
+                         "first (asl-sweep run), or pass --home (or --storage) with the study's "
+                         "store")
     data = stored_data(optuna_storage(ws.storage), cfg, _explicit_data(args))
     return cfg.model_copy(update={"data": data}), ws
 
@@ -144,6 +147,8 @@ def configure_logging() -> None:
     # anything else), so the log is only its echo, 200 lines long.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A tracking server makes MLflow print two links at the end of every run (each trial).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level on import
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -288,8 +293,11 @@ def cmd_run(args) -> int:
     if code != 0:
         return code
     print_leaderboard(cfg, ws, decisions=False)  # decisions and the test score: printed above
-    print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
-          f"(or: mlflow ui --backend-store-uri {ws.tracking_uri})")
+    if ws.tracking_uri.startswith(("http://", "https://")):
+        print(f"\nopen the MLflow UI:  {ws.tracking_uri}   (the tracking server's own UI)")
+    else:
+        print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
+              f"(or: mlflow ui --backend-store-uri {ws.tracking_uri})")
     return 0
 
 
@@ -397,7 +405,7 @@ def cmd_predict(args) -> int:
 
     from asl_sweep.results.predict import predict
 
-    rows, failures = predict(args.model, args.images, args.home)
+    rows, failures = predict(args.model, args.images, args.home, args.tracking)
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -66,10 +66,11 @@ class Predictor:
             return np.asarray(self.run(images))
 
 
-def open_model(source: str, home: Path | str = "mlruns") -> Predictor:
+def open_model(source: str, home: Path | str = "mlruns",
+               tracking: str | None = None) -> Predictor:
     if source.startswith(("models:/", "runs:/")):
         with tempfile.TemporaryDirectory() as tmp:
-            folder = _download(source, Path(home), Path(tmp))
+            folder = _download(source, Workspace.at(home, tracking_uri=tracking), Path(tmp))
             return _from_mlflow_folder(source, folder)
     path = Path(source)
     if not path.exists():
@@ -86,11 +87,10 @@ def open_model(source: str, home: Path | str = "mlruns") -> Predictor:
     return _from_model_file(source, ModelFile.load(path))
 
 
-def _download(uri: str, home: Path, dst: Path) -> Path:
-    ws = Workspace.at(home)
+def _download(uri: str, ws: Workspace, dst: Path) -> Path:
     if not ws.has_tracking_store:
         raise StoreError(f"{uri}: no MLflow store at {ws.home} to look it up in; pass --home "
-                         "(or set ASL_SWEEP_HOME) to the study's folder")
+                         "(or set ASL_SWEEP_HOME) to the study's folder, or --tracking")
     from asl_sweep.tracking.tracker import Tracker
 
     return Tracker(ws).download_model(uri, dst)
@@ -186,10 +186,10 @@ def image_files(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def predict(source: str, inputs: list[Path],
-            home: Path | str = "mlruns") -> tuple[list[dict], list[dict]]:
+def predict(source: str, inputs: list[Path], home: Path | str = "mlruns",
+            tracking: str | None = None) -> tuple[list[dict], list[dict]]:
     """(predictions, failures): every readable image is predicted; bad ones are named."""
-    predictor = open_model(source, home)
+    predictor = open_model(source, home, tracking)
     rows, failures = [], []
     for path in image_files(inputs):
         try:

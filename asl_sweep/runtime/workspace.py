@@ -29,9 +29,14 @@ class Workspace:
 
     @property
     def has_tracking_store(self) -> bool:
-        """Whether there is an MLflow store to read: a server, or this home's mlflow.db
-        (which merely opening it would create)."""
-        return not self.tracking_uri.startswith("sqlite:") or (self.home / "mlflow.db").exists()
+        """Whether there is an MLflow store to read: a server, or the SQLite file the URI
+        names (which merely opening it would create)."""
+        return _sqlite_file(self.tracking_uri) is None or _sqlite_file(self.tracking_uri).exists()
+
+    @property
+    def has_storage(self) -> bool:
+        """Whether there is an Optuna store to read: a server, or the SQLite file it names."""
+        return _sqlite_file(self.storage) is None or _sqlite_file(self.storage).exists()
 
     def prepare(self) -> Workspace:
         """Create the folders; a home that cannot be written is one WriteError."""
@@ -75,3 +80,10 @@ class Workspace:
     @property
     def reports(self) -> Path:
         return self.home / "reports"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite:/// URL (None for a server's URL)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url[len("sqlite:///"):].split("?", 1)[0])

@@ -81,8 +81,7 @@ class Tracker:
         if found is None:
             try:
                 return self.client.create_experiment(
-                    study, artifact_location=(self.artifact_root / study).resolve().as_uri(),
-                    tags=tags)
+                    study, artifact_location=self._artifact_location(study), tags=tags)
             except Exception:  # another worker created it first
                 found = self.client.get_experiment_by_name(study)
                 if found is None:
@@ -92,6 +91,13 @@ class Tracker:
             if found.tags.get(key) != value:
                 self.client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
+
+    def _artifact_location(self, study: str) -> str | None:
+        """A local store's artifacts live in the home; a tracking server's behind the server
+        (its --serve-artifacts destination, or its default root): no folder is shared."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.artifact_root / study).resolve().as_uri()
 
     def find_run(self, experiment_id: str, **tags: str) -> str | None:
         clause = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
@@ -122,7 +128,8 @@ class Tracker:
 
     def new_run(self, experiment_id: str, name: str, parent: str | None = None,
                 **tags: str) -> str:
-        all_tags = dict(tags)
+        # Tag values go over REST to a tracking server as strings: none may be another type.
+        all_tags = {k: str(v) for k, v in tags.items() if v is not None}
         if parent:
             all_tags[PARENT] = parent
         return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
