@@ -10,7 +10,7 @@ from asl_sweep.results.readback import read_stages
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.studyfile import load_study
 
-PRUNABLE = {"base": {"epochs": 6}, "stages": [{
+PRUNABLE = {"base": {"epochs": 6}, "keep_checkpoints": "all", "stages": [{
     "name": "search", "trials": 8, "sampler": "random", "pruner": "median", "confirm": None,
     "space": {"lr": {"low": 1e-6, "high": 3e-2, "log": True}}}]}
 

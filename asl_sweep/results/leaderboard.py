@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.progress import shown_settings
@@ -80,3 +82,24 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
     line = final_line(cfg, ws)
     if line:
         print(f"\n{line}")
+    print(f"\ndisk: {disk_line(cfg, ws)}")
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def disk_line(cfg: StudyConfig, ws: Workspace) -> str:
+    """What the study takes in its home: its MLflow artifacts (checkpoints, curves, models;
+    none when a tracking server holds them) and its trials in flight; the image cache is
+    shared by every study of the home."""
+    artifacts = ws.artifacts / cfg.study
+    where = (f"artifacts {_mb(_size(artifacts))}" if ws.tracking_uri.startswith("sqlite:")
+             else f"artifacts behind {ws.tracking_uri} (not measured here)")
+    return (f"{where}, trials in flight {_mb(_size(ws.runs / cfg.study))}, image cache "
+            f"{_mb(_size(ws.cache))} (shared by the home's studies); keep_checkpoints: "
+            f"{cfg.keep_checkpoints}")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"

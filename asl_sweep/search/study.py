@@ -136,6 +136,7 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
                                       if k in METRICS} | {"winner_value": result.value})
     _log_curves(s, stage_run, result, stage.name)
     _mark_decision(s, study, result)
+    _keep_checkpoints(s, stage, study, result)
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
                   winner_run=result.run_id, decision=result.decision)
     s.say(f"stage {stage.name}: {result.decision}; carries "
@@ -228,6 +229,26 @@ def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> 
                           {k: [m.value for m in v] for k, v in history.items()},
                           Path(tmp) / "curves.png", f"{stage}: trial {result.trial}")
         s.tracker.log_artifacts(stage_run, [png])
+
+
+def _keep_checkpoints(s: Session, stage: StageConfig, study: optuna.Study,
+                      result: StageResult) -> None:
+    """Once the stage has decided, delete the best checkpoints nobody will read (the study's
+    keep_checkpoints): the carried configuration's repeats are what the final score,
+    evaluate and export use; with top_k also the best search trials; with all, every one."""
+    if s.cfg.keep_checkpoints == "all":
+        return
+    trials = stage_trials(study)
+    keep = set(result.repeats) | {result.trial}
+    if s.cfg.keep_checkpoints == "top_k":
+        sign = 1 if stage.direction == "maximize" else -1
+        ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE
+                         and role_of(t) in SEARCH_ROLES), key=lambda t: -sign * t.value)
+        keep |= {t.number for t in ranked[:s.cfg.keep_top]}
+    for t in trials:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if t.number not in keep and run_id and t.state == TrialState.COMPLETE:
+            s.tracker.delete_artifacts(run_id, "checkpoints")
 
 
 def _mark_decision(s: Session, study: optuna.Study, result: StageResult) -> None:

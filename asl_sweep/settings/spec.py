@@ -243,6 +243,12 @@ class StudyConfig(Strict):
     data: DataConfig = DataConfig()
     base: TrainConfig = TrainConfig()
     stages: list[StageConfig] = Field(min_length=1)
+    # Which trials keep their best checkpoint once their stage has decided (the rest are
+    # deleted from the artifact store): `winners`, the repeats of the configuration each
+    # stage carries (all that scoring, evaluate and export read); `top_k`, those and the
+    # `keep_top` best search trials of each stage; `all`.
+    keep_checkpoints: Literal["winners", "top_k", "all"] = "winners"
+    keep_top: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:

@@ -239,6 +239,18 @@ class Tracker:
                 where = f"{folder}/{Path(path).name}" if folder else Path(path).name
                 raise WriteError.of(f"MLflow artifact {where} of run {run_id}", e) from None
 
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Delete a run's artifact folder (a checkpoint no longer needed), in a local store
+        or behind a tracking server (its artifact proxy's DELETE); gone already is fine."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self.client.get_run(run_id).info.artifact_uri
+        repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
+        try:
+            repo.delete_artifacts(path)
+        except FileNotFoundError:
+            pass
+
     # ------------------------------------------------------------ reading back
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status

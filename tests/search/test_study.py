@@ -210,6 +210,24 @@ def test_every_optuna_client_sees_a_search_trial_as_the_stage_best(evidence_stud
             numbers[len(study.trials):])
 
 
+def test_only_the_carried_configurations_keep_their_checkpoints(evidence_study, capsys):
+    """keep_checkpoints: winners (the default): once a stage has decided, the best.pt of
+    every trial but the repeats of the configuration it carries is deleted."""
+    path, ws, _, _ = evidence_study
+    client = MlflowClient(ws.tracking_uri)
+    for view in read_stages(load_study(path), ws):
+        kept = set(view.result.repeats)
+        complete = [t for t in view.trials if t.state.name == "COMPLETE"]
+        assert len(complete) > len(kept)  # something to delete
+        for t in complete:
+            files = {a.path for a in client.list_artifacts(t.user_attrs["mlflow_run_id"])}
+            assert ("checkpoints" in files) == (t.number in kept), (t.number, files)
+    assert main(["status", str(path), "--home", str(ws.home)]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"^disk: artifacts \d+\.\d MB, .*keep_checkpoints: winners", said,
+                     re.MULTILINE)
+
+
 def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
     path, ws, _, _ = evidence_study
     cfg = load_study(path)
