@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--other-home", type=Path,
                      help="the second study's home (default: the same --home)")
 
+    proxy = sub.add_parser("store-proxy", help="Optuna's gRPC storage proxy in front of the "
+                           "database, for many workers (--storage grpc://HOST:PORT)")
+    proxy.add_argument("--storage", required=True, help="the database: postgresql://... or "
+                       "sqlite:///...")
+    proxy.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    proxy.add_argument("--port", type=int, default=13000)
+
     ui = sub.add_parser("ui", help="MLflow UI on the local store")
     ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")))
     ui.add_argument("--port", type=int, default=5000)
@@ -426,10 +433,29 @@ def cmd_ui(args) -> int:
                  log=lambda line: print(line, flush=True))
 
 
+def cmd_store_proxy(args) -> int:
+    from asl_sweep.search.store import serve_proxy
+    from asl_sweep.tracking.ui import check_port
+
+    check_port(args.host, args.port)
+    import signal
+
+    # The proxy holds no trial: SIGTERM stops it at once (not at a trial's next step).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    print(f"Optuna storage proxy for {args.storage} on grpc://{args.host}:{args.port} "
+          "(Ctrl-C to stop)", flush=True)
+    try:
+        serve_proxy(args.storage, args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": cmd_status,
             "compare": cmd_compare,
             "report": cmd_report, "evaluate": cmd_evaluate,
-            "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui}
+            "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui,
+            "store-proxy": cmd_store_proxy}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,14 +4,17 @@ with the same settings, so it resumes from its checkpoint and no budget is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from optuna.storages._heartbeat import BaseHeartbeat  # not exported; Optuna checks it so
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.runtime.errors import StoreError
@@ -117,7 +120,11 @@ def _retry_public_calls(cls: type) -> None:
 _retry_public_calls(RetryingRDBStorage)
 
 
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+def optuna_storage(url: str) -> optuna.storages.BaseStorage:
+    """The Optuna store a URL names: a database (SQLite, PostgreSQL), or grpc://HOST:PORT,
+    Optuna's own storage proxy (`asl-sweep store-proxy`) in front of one."""
+    if url.startswith("grpc://"):
+        return _grpc_storage(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Wait for a busy database instead of failing with "database is locked".
@@ -141,6 +148,35 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
         except sqlalchemy.exc.OperationalError as e:
             raise StoreError(f"{url}: the Optuna store cannot be opened "
                              f"({str(e.orig).splitlines()[0]})") from None
+
+
+def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
+    host, _, port = url[len("grpc://"):].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise StoreError(f"{url}: a gRPC storage proxy is grpc://HOST:PORT")
+    try:
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+    except ImportError:
+        raise StoreError(f"{url}: the gRPC storage proxy needs grpcio: pip install "
+                         "'asl-sweep[grpc]'") from None
+    try:
+        proxy.get_all_studies()  # answers now, or one line naming it
+    except Exception as e:
+        raise StoreError(f"{url}: the Optuna storage proxy does not answer "
+                         f"({type(e).__name__}); start it (asl-sweep store-proxy) or check "
+                         "the address") from None
+    return proxy
+
+
+def serve_proxy(url: str, host: str, port: int) -> None:
+    """Optuna's gRPC storage proxy in front of the database `url`, until stopped: many
+    workers share its few database connections (and its heartbeat checks, see BEAT)."""
+    storage = optuna_storage(url)
+    try:
+        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+    except ImportError:
+        raise StoreError("asl-sweep store-proxy needs grpcio: pip install "
+                         "'asl-sweep[grpc]'") from None
 
 
 def stage_study_name(cfg: StudyConfig, stage: StageConfig) -> str:
@@ -244,6 +280,45 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Optuna's heartbeats live in its RDB storage only: through the gRPC proxy a running trial
+# beats here instead (a system attribute, every HEARTBEAT_S), and one silent for GRACE_S is
+# dead, from any machine (clocks a few seconds apart at most).
+BEAT = "asl_sweep:beat"
+
+
+@contextlib.contextmanager
+def beating(study: optuna.Study, trial_id: int):
+    """While the block runs, the trial beats, where the storage has no heartbeat of its own."""
+    if isinstance(study._storage, BaseHeartbeat):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                study._storage.set_trial_system_attr(trial_id, BEAT, time.time())
+            except Exception as e:  # a beat missed is no error; a finished trial stops it
+                log.debug("trial beat missed: %s", e)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name="asl-sweep-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(HEARTBEAT_S)
+
+
+def _silent(t: FrozenTrial, now: float) -> bool:
+    """A running trial (through the proxy) that has not beaten for GRACE_S."""
+    last = t.system_attrs.get(BEAT) or (t.datetime_start.timestamp() if t.datetime_start
+                                        else now)
+    return now - last > GRACE_S
+
+
 def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Fail RUNNING trials whose worker is gone, and queue their retry with the same
     settings. Heartbeats find them after GRACE_S; a worker process of this machine that no
@@ -251,9 +326,12 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     the FAIL trials nobody has closed in MLflow yet (their worker died without a word)."""
     optuna.storages.fail_stale_trials(study)
     storage = study._storage
+    beats = not isinstance(storage, BaseHeartbeat)
+    now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        gone = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+        if gone or (beats and _silent(t, now)):
             try:
                 if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                     Requeue()(study, storage.get_trial(t._trial_id))

@@ -30,7 +30,7 @@ from asl_sweep.search.progress import EpochProgress
 from asl_sweep.search.selection import SEARCH_ROLES, counts_toward_budget, role_of
 from asl_sweep.search.session import Session, open_session
 from asl_sweep.search.space import suggest
-from asl_sweep.search.store import Requeue, origin_of, worker_id
+from asl_sweep.search.store import Requeue, beating, origin_of, worker_id
 from asl_sweep.settings.config import METRICS, TrainConfig, apply_overrides
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 from asl_sweep.settings.studyfile import dump_resolved
@@ -179,7 +179,7 @@ class TrialRunner:
         s.tracker.log_datasets(run_id, s.data.datasets(data))
         try:
             try:
-                with s.tracker.system_metrics(run_id):
+                with s.tracker.system_metrics(run_id), beating(self.study, trial._trial_id):
                     result = train(cfg, data, s.device, on_epoch, run_dir,
                                    Monitor(stage.metric, stage.direction),
                                    cache_dir=s.ws.cache, identity=identity)

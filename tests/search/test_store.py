@@ -18,9 +18,16 @@ from mlflow.tracking import MlflowClient
 from asl_sweep.cli import main
 from asl_sweep.results.readback import read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.store import stage_trials
+from asl_sweep.search.store import (
+    BEAT,
+    GRACE_S,
+    fail_dead_trials,
+    optuna_storage,
+    stage_trials,
+)
 from asl_sweep.settings.studyfile import load_study
 from tests.conftest import running_trial
+from tests.tracking.browser import free_port
 
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
         "base": {"hidden": [16], "epochs": 3, "batch_size": 16},
@@ -31,7 +38,7 @@ FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
 
 
 def _finished(storage: str, name: str) -> list:
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
     return [t for t in stage_trials(study) if t.state.name in ("COMPLETE", "PRUNED")]
 
 
@@ -303,3 +310,59 @@ def test_a_database_that_stays_away_is_named_and_a_rerun_finishes(write_study, t
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     _exact_and_closed(storage, tracking, "long")
+
+
+@pytest.fixture
+def proxy(tmp_path):
+    """`asl-sweep store-proxy`: Optuna's gRPC storage proxy in front of a SQLite database."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "store-proxy", "--storage",
+                             f"sqlite:///{tmp_path / 'optuna.db'}", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    assert proc.stdout.readline().startswith("Optuna storage proxy for sqlite:")
+    deadline = time.monotonic() + 60
+    while True:  # the server listens a moment after it says so
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_two_workers_through_optunas_grpc_proxy_meet_the_budget(write_study, tmp_path, proxy):
+    spec = {**FAST, "stages": [{**FAST["stages"][0], "trials": 8}]}
+    path = write_study(spec)
+    assert main(["run", str(path), "--home", str(tmp_path / "mlruns"), "--workers", "2",
+                 "--storage", proxy]) == 0
+    finished = _finished(proxy, "tiny.search")
+    assert len([t for t in finished if t.user_attrs["role"] == "search"]) == 8
+    # The proxy has no heartbeat: each running trial beat through it instead.
+    assert all(BEAT in t.system_attrs for t in finished)
+
+
+def test_a_silent_worker_through_the_proxy_is_found_dead_from_any_machine(proxy):
+    storage = optuna_storage(proxy)
+    study = optuna.create_study(storage=storage, study_name="silent")
+    trial = study.ask()
+    storage.set_trial_user_attr(trial._trial_id, "worker", "another-machine:4242")
+    storage.set_trial_system_attr(trial._trial_id, BEAT, time.time() - GRACE_S - 5)
+    alive = study.ask()  # beat a moment ago: left alone
+    storage.set_trial_system_attr(alive._trial_id, BEAT, time.time())
+    fail_dead_trials(study)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "RUNNING", "WAITING"]  # the silent one failed and queued again
+
+
+def test_a_proxy_that_does_not_answer_is_one_line(tmp_path, capsys):
+    from asl_sweep.runtime.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"grpc://127\.0\.0\.1:\d+: the Optuna storage proxy "
+                                         r"does not answer .*asl-sweep store-proxy"):
+        optuna_storage(f"grpc://127.0.0.1:{free_port()}")
