@@ -47,12 +47,18 @@ def fake_train(cfg, data, device=None, on_epoch=None, run_dir=None, monitor=None
     return TrainResult(history, best, model, spec, count_parameters(model), checkpoint)
 
 
+# The student's 5000-unit MLP is 60 MB a checkpoint even at 32 px, written once per fake
+# trial: searched here among sizes that write fast (the rest of the YAML as shipped).
+SMALLER = {"student.yaml": ["--set", "stages.0.space.hidden=[[500, 50], [50, 20]]"]}
+
+
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_study_runs_through_the_cli(path, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(asl_sweep.search.trial, "train", fake_train)
     home = str(tmp_path / "mlruns")
     # Fewer, smaller synthetic images: the report runs the real (untrained) models over them.
-    small = ["--set", "data.synthetic.per_class=24", "--set", "data.image_size=32"]
+    small = ["--set", "data.synthetic.per_class=24", "--set", "data.image_size=32",
+             *SMALLER.get(path.name, [])]
     assert main(["run", str(path), "--home", home, "--trials", "2", "--epochs", "3", *small]) == 0
     out = capsys.readouterr().out
     assert "; carries " in out and out.count("final test accuracy") == 1, out  # each line once
