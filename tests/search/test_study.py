@@ -362,7 +362,7 @@ def test_resolution_is_searched_each_size_decoded_once_and_scored_at_its_own_siz
     from asl_sweep.search.evaluation import load_checkpoint
     from asl_sweep.tracking.tracker import Tracker
 
-    path = write_study({"stages": [{
+    path = write_study({"keep_checkpoints": "all", "stages": [{  # each trial's is read below
         "name": "size", "goal": "the resolution", "trials": 2, "sampler": "grid",
         "pruner": "none", "confirm": None, "space": {"image_size": [12, 20]}}]})
     home = tmp_path / "mlruns"
