@@ -177,12 +177,21 @@ class TrialRunner:
 
         data = self.data(plan)
         s.tracker.log_datasets(run_id, s.data.datasets(data))
+        # Behind a tracking server no folder is shared: resume points go to the trial's run
+        # too, and a retry on another machine starts from its last attempt's.
+        remote = s.ws.tracking_uri.startswith(("http://", "https://"))
+        before = self._previous_attempt(trial, trials) if remote else None
+        if before is not None and not (run_dir / "last.pt").exists():
+            if s.tracker.fetch_folder(before, "resume", run_dir):
+                s.log(f"trial {number}: resuming from the resume point of its last attempt")
         try:
             try:
                 with s.tracker.system_metrics(run_id), beating(self.study, trial._trial_id):
                     result = train(cfg, data, s.device, on_epoch, run_dir,
                                    Monitor(stage.metric, stage.direction),
-                                   cache_dir=s.ws.cache, identity=identity)
+                                   cache_dir=s.ws.cache, identity=identity,
+                                   on_resume_point=(lambda best, last: s.tracker.log_artifacts(
+                                       run_id, [best, last], "resume")) if remote else None)
             finally:
                 shown.close()
                 epochs.flush()  # whatever happened, the epochs so far are on record
@@ -191,6 +200,10 @@ class TrialRunner:
             trial.set_user_attr("num_params", result.num_params)
             record_result(s.tracker, run_id, cfg, result, run_dir,
                           f"{stage.name} trial {number}")
+            if remote:  # the resume points are spent
+                for spent in (run_id, before):
+                    if spent is not None:
+                        s.tracker.delete_artifacts(spent, "resume")
             s.tracker.end(run_id, "FINISHED", state="COMPLETE")
         except optuna.TrialPruned:
             # MLflow has no "pruned": the pruner stopped it, so KILLED, and its name says so.
@@ -219,6 +232,14 @@ class TrialRunner:
             raise
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint now lives in MLflow
         return result.best.metric(stage.metric)
+
+    def _previous_attempt(self, trial: optuna.Trial,
+                          trials: list[FrozenTrial]) -> str | None:
+        """The MLflow run of this trial's last failed attempt (None for a first attempt)."""
+        history = trials[trial.number].system_attrs.get("retry_history", [])
+        if not history:
+            return None
+        return trials[history[-1]].user_attrs.get("mlflow_run_id")
 
     def _stop(self, trial: optuna.Trial, run_id: str, why: str, status: str, error: str = "",
               trace: str = "") -> None:

@@ -244,6 +244,8 @@ class Tracker:
         or behind a tracking server (its artifact proxy's DELETE); gone already is fine."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+        if not self.client.list_artifacts(run_id, path):
+            return
         uri = self.client.get_run(run_id).info.artifact_uri
         repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
         try:
@@ -262,6 +264,17 @@ class Tracker:
         dst.mkdir(parents=True, exist_ok=True)
         self.refuse_elsewhere(self.client.get_run(run_id).info.artifact_uri, f"run {run_id}")
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def fetch_folder(self, run_id: str, folder: str, dst: Path) -> bool:
+        """Copy a run's artifact folder's files into dst; False when the run has none."""
+        files = [a.path for a in self.client.list_artifacts(run_id, folder) if not a.is_dir]
+        if not files:
+            return False
+        dst.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            got = Path(self.client.download_artifacts(run_id, path, str(dst)))
+            got.replace(dst / got.name)
+        return True
 
     def refuse_elsewhere(self, uri: str, what: str) -> None:
         """A local artifact location outside this home's artifacts folder means the home was

@@ -123,10 +123,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
           on_epoch: EpochHook | None = None, run_dir: Path | None = None,
           monitor: Monitor = Monitor(), cache_dir: Path | None = None,
-          identity: dict[str, str] | None = None) -> TrainResult:
+          identity: dict[str, str] | None = None,
+          on_resume_point: Callable[[Path, Path], None] | None = None) -> TrainResult:
     """cache_dir: where frozen-backbone features are cached (None: computed, not kept).
     identity: what the checkpoints in run_dir belong to (study, stage, trial, settings); a
-    checkpoint written for anything else is removed, never resumed from."""
+    checkpoint written for anything else is removed, never resumed from. on_resume_point:
+    called with (best.pt, last.pt) after each resume point is written, on the writer's
+    thread (to keep a copy where another machine can resume from it)."""
     device = resolve_device(cfg.device) if device is None else torch.device(device)
     amp = autocast_dtype(cfg, device)
     identity = dict(identity or {})
@@ -229,8 +232,13 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                     # found damaged and training restarts.
                     point = resume_state(identity, model, optimizer, scaler, generator,
                                          history)
-                    writer.submit(lambda b=best_file, r=point: (b.save(best_path, sync=False),
-                                                                r.save(last_path, sync=False)))
+                    def write(b=best_file, r=point) -> None:
+                        b.save(best_path, sync=False)
+                        r.save(last_path, sync=False)
+                        if on_resume_point is not None:
+                            on_resume_point(best_path, last_path)
+
+                    writer.submit(write)
                     last_resume_point = time.monotonic()
             if on_epoch is not None:
                 on_epoch(stats)

@@ -10,10 +10,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from asl_sweep.cli import main
+from tests.conftest import running_trial
 from tests.tracking.browser import free_port
 
 
@@ -38,40 +40,85 @@ def serve(root: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.3)
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One tracking server for this module's tests (each test's study has its own name)."""
+    root = tmp_path_factory.mktemp("server")
+    process, url = serve(root)
+    try:
+        yield root, url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
 def test_a_study_runs_and_reads_back_through_a_tracking_server_alone(write_study, tmp_path,
-                                                                      capsys):
+                                                                      capsys, server):
     path = write_study({"stages": [{"name": "search", "trials": 2, "sampler": "random",
                                     "confirm": {"top": 1, "max_repeats": 2},
                                     "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]})
-    (tmp_path / "server").mkdir()
-    server, url = serve(tmp_path / "server")
-    try:
-        worker_home, storage = tmp_path / "worker", f"sqlite:///{tmp_path / 'optuna.db'}"
-        assert main(["run", str(path), "--home", str(worker_home), "--storage", storage,
-                     "--tracking", url]) == 0
-        out = capsys.readouterr().out
-        assert "View run" not in out  # MLflow's two links per run stay out of the terminal
-        assert f"open the MLflow UI:  {url}" in out
-        # Every artifact went through the server: the worker's home keeps no MLflow files.
-        assert not any((worker_home / "artifacts").rglob("*.*"))
-        kept = list((tmp_path / "server" / "artifacts").rglob("best.pt"))
-        assert kept, "no checkpoint reached the server's artifact store"
-        client = MlflowClient(url)
-        experiment = client.get_experiment_by_name("tiny")
-        assert experiment.artifact_location.startswith("mlflow-artifacts:")
-        # A third, empty folder with only the two addresses reads it all back.
-        elsewhere = ["--home", str(tmp_path / "elsewhere"), "--storage", storage,
-                     "--tracking", url]
-        for command in (["status"], ["evaluate"], ["report"], ["export", "--format", "all"]):
-            assert main([command[0], str(path), *elsewhere, *command[1:]]) == 0, command
-        said = capsys.readouterr().out
-        assert "final test accuracy" in said and "models:/asl-sweep-tiny/1" in said
-        assert (tmp_path / "elsewhere" / "exports" / "tiny" / "model.onnx").exists()
-        photo = tmp_path / "photo.png"
-        Image.new("RGB", (40, 30), (200, 120, 90)).save(photo)
-        assert main(["predict", "models:/asl-sweep-tiny/1", str(photo), "--json", "--home",
-                     str(tmp_path / "elsewhere"), "--tracking", url]) == 0
-        assert '"class"' in capsys.readouterr().out
+    root, url = server
+    worker_home, storage = tmp_path / "worker", f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert main(["run", str(path), "--home", str(worker_home), "--storage", storage,
+                 "--tracking", url]) == 0
+    out = capsys.readouterr().out
+    assert "View run" not in out  # MLflow's two links per run stay out of the terminal
+    assert f"open the MLflow UI:  {url}" in out
+    # Every artifact went through the server: the worker's home keeps no MLflow files.
+    assert not any((worker_home / "artifacts").rglob("*.*"))
+    kept = list((root / "artifacts").rglob("best.pt"))
+    assert kept, "no checkpoint reached the server's artifact store"
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("tiny")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    # A third, empty folder with only the two addresses reads it all back.
+    elsewhere = ["--home", str(tmp_path / "elsewhere"), "--storage", storage,
+                 "--tracking", url]
+    for command in (["status"], ["evaluate"], ["report"], ["export", "--format", "all"]):
+        assert main([command[0], str(path), *elsewhere, *command[1:]]) == 0, command
+    said = capsys.readouterr().out
+    assert "final test accuracy" in said and "models:/asl-sweep-tiny/1" in said
+    assert (tmp_path / "elsewhere" / "exports" / "tiny" / "model.onnx").exists()
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (200, 120, 90)).save(photo)
+    assert main(["predict", "models:/asl-sweep-tiny/1", str(photo), "--json", "--home",
+                 str(tmp_path / "elsewhere"), "--tracking", url]) == 0
+    assert '"class"' in capsys.readouterr().out
+
+
+def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_server(write_study,
+                                                                           tmp_path, server):
+    """Two homes that share nothing but the two stores (as two machines would): the worker of
+    home A is killed with SIGKILL mid-trial, and a run from the empty home B finishes that
+    trial from the resume point A left on the tracking server, with the budget exact."""
+    path = write_study({"study": "resumed", "base": {"epochs": 60}, "stages": [{
+        "name": "search", "trials": 2, "sampler": "random", "confirm": None,
+        "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]})
+    _, url = server
+    db = tmp_path / "optuna.db"
+    def run(home: str) -> list[str]:
+        return [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+                str(tmp_path / home), "--storage", f"sqlite:///{db}", "--tracking", url]
+
+    first = subprocess.Popen(run("a"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # past a few resume points (every 2 epochs), each sent to the server
+        victim = running_trial(db, "resumed.search", first, epochs=9)
+        time.sleep(1.0)  # the last one's upload, on the writer's thread
+        os.kill(first.pid, signal.SIGKILL)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        first.wait(30)
+    second = subprocess.run(run("b"), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    import optuna
+
+    study = optuna.load_study(study_name="resumed.search", storage=f"sqlite:///{db}")
+    (done,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
+    assert f"trial {done.number}: resuming from the resume point of its last attempt" in (
+        second.stdout)
+    assert done.state.name == "COMPLETE" and min(done.intermediate_values) > 2
+    assert sum(t.user_attrs.get("role") == "search" and t.state.name == "COMPLETE"
+               for t in study.trials) == 2  # the budget, exact
+    client = MlflowClient(url)
+    for t in study.trials:  # the resume points are spent once the trial is done
+        if t.user_attrs.get("mlflow_run_id"):
+            assert not client.list_artifacts(t.user_attrs["mlflow_run_id"], "resume")
