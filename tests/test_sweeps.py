@@ -20,7 +20,7 @@ SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 
 
 def fake_train(cfg, data, device=None, on_epoch=None, run_dir=None, monitor=None,
-               cache_dir=None, identity=None):
+               cache_dir=None, identity=None, on_resume_point=None):
     """Curves that depend on the settings (so the search has something to find), reported
     epoch by epoch like the real trainer; the model is real and untrained."""
     monitor = monitor or Monitor()

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -91,26 +92,30 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_server(write_
     """Two homes that share nothing but the two stores (as two machines would): the worker of
     home A is killed with SIGKILL mid-trial, and a run from the empty home B finishes that
     trial from the resume point A left on the tracking server, with the budget exact."""
-    path = write_study({"study": "resumed", "base": {"epochs": 60}, "stages": [{
+    path = write_study({"study": "resumed", "base": {"epochs": 100}, "stages": [{
         "name": "search", "trials": 2, "sampler": "random", "confirm": None,
         "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]})
     _, url = server
     db = tmp_path / "optuna.db"
+
     def run(home: str) -> list[str]:
         return [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
                 str(tmp_path / home), "--storage", f"sqlite:///{db}", "--tracking", url]
 
     first = subprocess.Popen(run("a"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:  # past a few resume points (every 2 epochs), each sent to the server
-        victim = running_trial(db, "resumed.search", first, epochs=9)
-        time.sleep(1.0)  # the last one's upload, on the writer's thread
+    try:  # once a resume point (every 2 epochs) has reached the server, mid-trial
+        victim = running_trial(db, "resumed.search", first, epochs=3)
+        study = optuna.load_study(study_name="resumed.search", storage=f"sqlite:///{db}")
+        run_id = study.trials[victim].user_attrs["mlflow_run_id"]
+        deadline = time.monotonic() + 60
+        while not MlflowClient(url).list_artifacts(run_id, "resume"):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
         os.kill(first.pid, signal.SIGKILL)
     finally:
         first.wait(30)
     second = subprocess.run(run("b"), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
-    import optuna
-
     study = optuna.load_study(study_name="resumed.search", storage=f"sqlite:///{db}")
     (done,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
     assert f"trial {done.number}: resuming from the resume point of its last attempt" in (
