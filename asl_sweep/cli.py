@@ -300,7 +300,7 @@ def cmd_run(args) -> int:
     if code != 0:
         return code
     print_leaderboard(cfg, ws, decisions=False)  # decisions and the test score: printed above
-    if ws.tracking_uri.startswith(("http://", "https://")):
+    if ws.tracking_server:
         print(f"\nopen the MLflow UI:  {ws.tracking_uri}   (the tracking server's own UI)")
     else:
         print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
@@ -434,12 +434,12 @@ def cmd_ui(args) -> int:
 
 
 def cmd_store_proxy(args) -> int:
+    import signal
+
     from asl_sweep.search.store import serve_proxy
     from asl_sweep.tracking.ui import check_port
 
     check_port(args.host, args.port)
-    import signal
-
     # The proxy holds no trial: SIGTERM stops it at once (not at a trial's next step).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print(f"Optuna storage proxy for {args.storage} on grpc://{args.host}:{args.port} "

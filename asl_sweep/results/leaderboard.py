@@ -94,8 +94,8 @@ def disk_line(cfg: StudyConfig, ws: Workspace) -> str:
     none when a tracking server holds them) and its trials in flight; the image cache is
     shared by every study of the home."""
     artifacts = ws.artifacts / cfg.study
-    where = (f"artifacts {_mb(_size(artifacts))}" if ws.tracking_uri.startswith("sqlite:")
-             else f"artifacts behind {ws.tracking_uri} (not measured here)")
+    where = (f"artifacts behind {ws.tracking_uri} (not measured here)" if ws.tracking_server
+             else f"artifacts {_mb(_size(artifacts))}")
     return (f"{where}, trials in flight {_mb(_size(ws.runs / cfg.study))}, image cache "
             f"{_mb(_size(ws.cache))} (shared by the home's studies); keep_checkpoints: "
             f"{cfg.keep_checkpoints}")

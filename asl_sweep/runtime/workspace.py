@@ -31,12 +31,20 @@ class Workspace:
     def has_tracking_store(self) -> bool:
         """Whether there is an MLflow store to read: a server, or the SQLite file the URI
         names (which merely opening it would create)."""
-        return _sqlite_file(self.tracking_uri) is None or _sqlite_file(self.tracking_uri).exists()
+        file = _sqlite_file(self.tracking_uri)
+        return file is None or file.exists()
+
+    @property
+    def tracking_server(self) -> bool:
+        """Whether MLflow is a tracking server (its artifacts behind it, no folder shared)
+        rather than a database this machine writes, with the artifacts in the home."""
+        return self.tracking_uri.startswith(("http://", "https://"))
 
     @property
     def has_storage(self) -> bool:
         """Whether there is an Optuna store to read: a server, or the SQLite file it names."""
-        return _sqlite_file(self.storage) is None or _sqlite_file(self.storage).exists()
+        file = _sqlite_file(self.storage)
+        return file is None or file.exists()
 
     def prepare(self) -> Workspace:
         """Create the folders; a home that cannot be written is one WriteError."""

@@ -1,6 +1,8 @@
-"""The Optuna side of a study: RDB storage (SQLite or PostgreSQL), one Optuna study per
-stage for its search and one beside it for its confirmation repeats, heartbeats, and dead workers: a trial whose worker is gone is failed and queued again
-with the same settings, so it resumes from its checkpoint and no budget is lost."""
+"""The Optuna side of a study: RDB storage (SQLite or PostgreSQL, or Optuna's gRPC proxy in
+front of one), one Optuna study per stage for its search and one beside it for its
+confirmation repeats, heartbeats, and dead workers: a trial whose worker is gone is failed
+and queued again with the same settings, so it resumes from its checkpoint and no budget is
+lost."""
 
 from __future__ import annotations
 
@@ -159,9 +161,11 @@ def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
     except ImportError:
         raise StoreError(f"{url}: the gRPC storage proxy needs grpcio: pip install "
                          "'asl-sweep[grpc]'") from None
+    import grpc  # there, since the proxy was made
+
     try:
         proxy.get_all_studies()  # answers now, or one line naming it
-    except Exception as e:
+    except grpc.RpcError as e:
         raise StoreError(f"{url}: the Optuna storage proxy does not answer "
                          f"({type(e).__name__}); start it (asl-sweep store-proxy) or check "
                          "the address") from None

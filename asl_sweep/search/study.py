@@ -1,10 +1,11 @@
 """Stage orchestration. Each stage is an Optuna study that starts from `base` plus what the
 stages before it adopted. It trains that configuration unchanged first (the incumbent), then
 its seed trials and its search; then, with confirmation, the best candidates and the
-incumbent again on paired seeds and folds (in the stage's repeats study, store.py); then it adopts a change only on evidence
-(selection.py). After the last stage the final configuration is scored once on the untouched
-test split. Optuna holds the truth; MLflow mirrors it as study -> stage -> trial runs. A
-rerun continues where the last one stopped; several workers may run this at once."""
+incumbent again on paired seeds and folds (in the stage's repeats study, store.py); then it
+adopts a change only on evidence (selection.py). After the last stage the final
+configuration is scored once on the untouched test split. Optuna holds the truth; MLflow
+mirrors it as study -> stage -> trial runs. A rerun continues where the last one stopped;
+several workers may run this at once."""
 
 from __future__ import annotations
 
@@ -114,7 +115,8 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     status = "FAILED"
     try:
         result = _run(s, stage, study, stage_run, a)
-        result = _carried_whole(s, stage, study, a, result)
+        trials = stage_trials(study)  # decided: read once for what follows
+        result = _carried_whole(stage, trials, a, result)
         status = "FINISHED"
     except GateNotReached:
         s.tracker.end(stage_run, "FAILED", outcome="target missed")
@@ -135,8 +137,8 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
                                       if k in METRICS} | {"winner_value": result.value})
     _log_curves(s, stage_run, result, stage.name)
-    _mark_decision(s, study, result)
-    _keep_checkpoints(s, stage, study, result)
+    _mark_decision(s, trials, result, (attrs(study).get("plan") or {}).get("candidates", []))
+    _keep_checkpoints(s, stage, trials, result)
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
                   winner_run=result.run_id, decision=result.decision)
     s.say(f"stage {stage.name}: {result.decision}; carries "
@@ -154,11 +156,10 @@ def switched_family(cfg: StudyConfig, stage: StageConfig, carried: dict[str, Any
     return before if before != after else None
 
 
-def _carried_whole(s: Session, stage: StageConfig, study: optuna.Study, a: dict[str, Any],
+def _carried_whole(stage: StageConfig, trials: list[FrozenTrial], a: dict[str, Any],
                    result: StageResult) -> StageResult:
     """The configuration the stage carries, whole (for the next stage that switches family),
     and, in a stage that switched, the decision worded for the two families."""
-    trials = stage_trials(study)
     chosen = next(t for t in trials if t.number == result.trial)
     if previous_family(chosen):
         result.config = dict(a.get("reference") or {})
@@ -231,19 +232,16 @@ def _log_curves(s: Session, stage_run: str, result: StageResult, stage: str) -> 
         s.tracker.log_artifacts(stage_run, [png])
 
 
-def _keep_checkpoints(s: Session, stage: StageConfig, study: optuna.Study,
+def _keep_checkpoints(s: Session, stage: StageConfig, trials: list[FrozenTrial],
                       result: StageResult) -> None:
     """Once the stage has decided, delete the best checkpoints nobody will read (the study's
     keep_checkpoints): the carried configuration's repeats are what the final score,
     evaluate and export use; with top_k also the best search trials; with all, every one."""
     if s.cfg.keep_checkpoints == "all":
         return
-    trials = stage_trials(study)
     keep = set(result.repeats) | {result.trial}
     if s.cfg.keep_checkpoints == "top_k":
-        sign = 1 if stage.direction == "maximize" else -1
-        ranked = sorted((t for t in trials if t.state == TrialState.COMPLETE
-                         and role_of(t) in SEARCH_ROLES), key=lambda t: -sign * t.value)
+        ranked = StageView(stage, trials, result, {}).ranked(SEARCH_ROLES)
         keep |= {t.number for t in ranked[:s.cfg.keep_top]}
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
@@ -251,15 +249,17 @@ def _keep_checkpoints(s: Session, stage: StageConfig, study: optuna.Study,
             s.tracker.delete_artifacts(run_id, "checkpoints")
 
 
-def _mark_decision(s: Session, study: optuna.Study, result: StageResult) -> None:
+def _mark_decision(s: Session, trials: list[FrozenTrial], result: StageResult,
+                   candidates: list[int]) -> None:
     """The stage's decision on its trials' runs, a column of the MLflow trial view: the
     trial it carries, and each candidate raced and not adopted."""
-    trials = {t.number: t for t in stage_trials(study)}
+    by_number = {t.number: t for t in trials}
     marks = {result.trial: f"carried ({result.status})"}
-    for c in (attrs(study).get("plan") or {}).get("candidates", []):
+    for c in candidates:
         marks.setdefault(c, "raced, not adopted")
     for number, word in marks.items():
-        run_id = trials[number].user_attrs.get("mlflow_run_id") if number in trials else None
+        run_id = (by_number[number].user_attrs.get("mlflow_run_id") if number in by_number
+                  else None)
         if run_id:
             s.tracker.set_tags(run_id, decision=word)
 

@@ -179,7 +179,7 @@ class TrialRunner:
         s.tracker.log_datasets(run_id, s.data.datasets(data))
         # Behind a tracking server no folder is shared: resume points go to the trial's run
         # too, and a retry on another machine starts from its last attempt's.
-        remote = s.ws.tracking_uri.startswith(("http://", "https://"))
+        remote = s.ws.tracking_server
         before = self._previous_attempt(trial, trials) if remote else None
         if before is not None and not (run_dir / "last.pt").exists():
             if s.tracker.fetch_folder(before, "resume", run_dir):

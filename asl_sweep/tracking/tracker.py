@@ -65,6 +65,7 @@ class Tracker:
         self.client = (client if workspace.tracking_uri.startswith("sqlite")
                        else Retrying(client, "the MLflow store (--tracking)"))
         self.tracking_uri = workspace.tracking_uri
+        self.server = workspace.tracking_server
         self.artifact_root = workspace.artifacts
         self.client.search_experiments(max_results=1)  # creates or migrates the store now
 
@@ -95,7 +96,7 @@ class Tracker:
     def _artifact_location(self, study: str) -> str | None:
         """A local store's artifacts live in the home; a tracking server's behind the server
         (its --serve-artifacts destination, or its default root): no folder is shared."""
-        if self.tracking_uri.startswith(("http://", "https://")):
+        if self.server:
             return None
         return (self.artifact_root / study).resolve().as_uri()
 
