@@ -3,12 +3,9 @@
 import glob
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import optuna
@@ -26,8 +23,9 @@ from asl_sweep.search.store import (
     stage_trials,
 )
 from asl_sweep.settings.studyfile import load_study
+from tests import servers
 from tests.conftest import running_trial
-from tests.tracking.browser import free_port
+from tests.servers import free_port, mlflow_server, postgres_bin, store_proxy
 
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
         "base": {"hidden": [16], "epochs": 3, "batch_size": 16},
@@ -70,45 +68,12 @@ def test_four_workers_on_sqlite_finish_exactly_the_budget(write_study, tmp_path,
 @pytest.fixture(scope="module")
 def postgres():
     """A real PostgreSQL server on the loopback address, for this module's tests."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bins:
+    if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs it from Debian packages)")
-    bindir = bins[-1]
-    root = tempfile.mkdtemp(prefix="asl-pg-")
-    as_user = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = os.path.join(root, "data")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-
-    def pg(*cmd):
-        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
-
-    pg(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-
-    class Server(str):
-        """The server's address, and the means to stop and start it (a real outage)."""
-
-        def start(self):
-            pg(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
-               f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c max_connections=200", "start")
-
-        def stop(self):
-            pg(f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
-
-    server = Server(f"postgresql://postgres@127.0.0.1:{port}")
-    server.start()
-    try:
+    with servers.postgres() as server:
         for db in ("optuna", "mlflow"):
-            pg(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db)
+            server.createdb(db)
         yield server
-    finally:
-        pg(f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_path, capfd,
@@ -143,6 +108,33 @@ def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_pa
                if t.user_attrs["role"] == "confirm"]
     assert sorted(set(repeats)) == sorted(repeats) and len(repeats) == 3  # incumbent + 2, once
     assert "final test accuracy" in out
+
+
+def test_workers_started_together_on_a_new_database_share_its_tables_and_study_run(
+        write_study, tmp_path, postgres):
+    """Three machines' processes (three homes, no lock file in common) started at once on
+    an empty database behind a tracking server: one makes Optuna's tables and the study's
+    MLflow run, the others find them (before, two made the same PostgreSQL types and
+    crashed, and each made a study run of its own)."""
+    path = write_study({**FAST, "stages": [{**FAST["stages"][0], "trials": 4}]})
+    storage = postgres.createdb("together")
+    commands = [["run", "--workers", "1"], ["worker", "--worker-index", "1"],
+                ["worker", "--worker-index", "2"]]
+    with mlflow_server(postgres.createdb("together_mlflow"), tmp_path / "artifacts") as url:
+        procs = [subprocess.Popen(
+            [sys.executable, "-m", "asl_sweep.cli", command[0], str(path), "--home",
+             str(tmp_path / f"home{i}"), "--storage", storage, "--tracking", url,
+             *command[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i, command in enumerate(commands)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+        client = MlflowClient(url)
+        runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert [r.info.run_name for r in runs if r.data.tags.get("kind") == "study"] == ["tiny"]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    searched = [t for t in _finished(storage, "tiny.search") if t.user_attrs["role"] == "search"]
+    assert len(searched) == 4
 
 
 def test_sigterm_queues_the_trial_again_and_a_rerun_resumes_it(write_study, tmp_path):
@@ -315,25 +307,8 @@ def test_a_database_that_stays_away_is_named_and_a_rerun_finishes(write_study, t
 @pytest.fixture
 def proxy(tmp_path):
     """`asl-sweep store-proxy`: Optuna's gRPC storage proxy in front of a SQLite database."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "store-proxy", "--storage",
-                             f"sqlite:///{tmp_path / 'optuna.db'}", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    assert proc.stdout.readline().startswith("Optuna storage proxy for sqlite:")
-    deadline = time.monotonic() + 60
-    while True:  # the server listens a moment after it says so
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.2)
-    try:
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+    with store_proxy(f"sqlite:///{tmp_path / 'optuna.db'}") as url:
+        yield url
 
 
 def test_two_workers_through_optunas_grpc_proxy_meet_the_budget(write_study, tmp_path, proxy):

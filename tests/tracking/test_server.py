@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
@@ -17,40 +15,16 @@ from PIL import Image
 
 from asl_sweep.cli import main
 from tests.conftest import running_trial
-from tests.tracking.browser import free_port
-
-
-def serve(root: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-         f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts", "--artifacts-destination",
-         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=(root / "server.err").open("w"),
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return server, url
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, (
-                (root / "server.err").read_text()[-2000:])
-            time.sleep(0.3)
+from tests.servers import mlflow_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One tracking server for this module's tests (each test's study has its own name)."""
     root = tmp_path_factory.mktemp("server")
-    process, url = serve(root)
-    try:
+    with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts",
+                       log=root / "server.err") as url:
         yield root, url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
 
 
 def test_a_study_runs_and_reads_back_through_a_tracking_server_alone(write_study, tmp_path,
