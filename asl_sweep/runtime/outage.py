@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,3 +90,20 @@ class Retrying:
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
         return retrying(value, self._store) if callable(value) else value
+
+
+def created_elsewhere(fn: Callable[[], Any], attempts: int = 5) -> Any:
+    """`fn()`, which may create a new database's tables: processes of several machines
+    starting together on an empty database collide on the tables or types the first one is
+    making (a unique or duplicate violation) and find them made a moment later, so such a
+    collision is tried again, a few times, after a random pause."""
+    import sqlalchemy.exc
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts:
+                raise
+            log.debug("tables being created by another process; trying again")
+            time.sleep(1.0 + random.random() * 2.0)

@@ -59,16 +59,17 @@ def _anything_finished(storage, study: str) -> bool:
         for s in storage.get_all_studies())
 
 
-def bind(storage, cfg: StudyConfig, log=print) -> optuna.Study:
-    """The record of `cfg.study`, created on the first run; on every later run the data
-    settings must be the ones stored, unless no trial has finished yet (a mistyped --data on
-    a first run costs nothing: the study binds to the data of the run that trains)."""
+def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool]:
+    """The record of `cfg.study` and whether this call created it (exactly one process
+    does), made on the first run; on every later run the data settings must be the ones
+    stored, unless no trial has finished yet (a mistyped --data on a first run costs
+    nothing: the study binds to the data of the run that trains)."""
     given = _stored_form(cfg.data)
     try:
         record = optuna.create_study(study_name=cfg.study, storage=storage)
         record.set_user_attr("kind", "study record")
         put(record, "data", given)
-        return record
+        return record, True
     except optuna.exceptions.DuplicatedStudyError:
         record = optuna.load_study(study_name=cfg.study, storage=storage)
     wait_for(record, "data", 10.0)  # another worker may be writing it right now
@@ -80,7 +81,12 @@ def bind(storage, cfg: StudyConfig, log=print) -> optuna.Study:
         put(record, "digest", None)  # the new files' digest is stored once they are read
     elif difference:
         raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
-    return record
+    return record, False
+
+
+def started(storage, study: str) -> bool:
+    """Whether any stage of the study has begun (its Optuna study exists)."""
+    return any(s.study_name.startswith(f"{study}.") for s in storage.get_all_studies())
 
 
 def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str) -> None:

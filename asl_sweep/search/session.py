@@ -12,9 +12,9 @@ import torch
 
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.record import bind, check_digest, load_record
+from asl_sweep.search.record import bind, check_digest, load_record, started
 from asl_sweep.search.selection import StageResult
-from asl_sweep.search.store import optuna_storage
+from asl_sweep.search.store import attrs, optuna_storage, put, wait_for
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.tracking.views import trials_view
@@ -52,7 +52,8 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
     with ws.store_lock():  # one process at a time creates or migrates the stores
         storage = optuna_storage(ws.storage)
         tracker = Tracker(ws)
-    record = bind(storage, cfg, say)  # other data settings than the study's: refused, here
+    # Other data settings than the study's: refused, here.
+    record, created = bind(storage, cfg, say)
     check_digest(record, cfg, data.digest)
     source = cfg.data.root or (f"built-in synthetic letters ({cfg.data.synthetic.per_class}"
                                f"/class, {cfg.data.synthetic.signers} signers)")
@@ -61,12 +62,33 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
     experiment_id = tracker.experiment(cfg.study, cfg.description, trials_view(
         [s.metric for s in cfg.stages], [k for s in cfg.stages for k in s.space]),
         cfg.stages[0].metric)
-    study_run = tracker.open_run(experiment_id, cfg.study, kind="study")
+    study_run = _study_run(tracker, experiment_id, cfg, record, created)
     if not tracker.client.get_run(study_run).data.params:
         tracker.log_params(study_run, {"data": cfg.data.model_dump(mode="json"),
                                        "stages": ",".join(s.name for s in cfg.stages)})
     return Session(cfg, ws, storage, record, tracker, experiment_id, study_run, data, device,
                    log, worker, say)
+
+
+# The study's MLflow run (the parent of its stages' runs), one for every process that works
+# on the study: its id is kept in the record. Workers that start together on a new study
+# would each find none in MLflow and make one; the record's creator (exactly one process)
+# makes it, and the others wait for its id.
+STUDY_RUN = "mlflow_study_run"
+
+
+def _study_run(tracker: Tracker, experiment_id: str, cfg: StudyConfig, record: optuna.Study,
+               created: bool) -> str:
+    known = attrs(record).get(STUDY_RUN)
+    if known is None and not created and not started(record._storage, cfg.study):
+        wait_for(record, STUDY_RUN, 120.0)  # the creator is making it; if it died, we do
+        known = attrs(record).get(STUDY_RUN)
+    if known is not None and tracker.has_run(known):
+        tracker.reopen(known)
+        return known
+    run_id = tracker.open_run(experiment_id, cfg.study, kind="study")
+    put(record, STUDY_RUN, run_id)
+    return run_id
 
 
 def open_data(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None,

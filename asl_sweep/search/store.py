@@ -20,7 +20,7 @@ from optuna.storages._heartbeat import BaseHeartbeat  # not exported; Optuna che
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.runtime.errors import StoreError
-from asl_sweep.runtime.outage import lost_connection, retrying
+from asl_sweep.runtime.outage import created_elsewhere, lost_connection, retrying
 from asl_sweep.search.space import grid
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 
@@ -140,13 +140,13 @@ def optuna_storage(url: str) -> optuna.storages.BaseStorage:
                     grace_period=GRACE_S, heartbeat_stale_trial_callback=Requeue())
 
     try:
-        return connect()
+        return created_elsewhere(connect)
     except sqlalchemy.exc.OperationalError:
-        # Two processes creating the tables of a new database at once: one wins, the
+        # Two processes creating the tables of a new SQLite database at once: one wins, the
         # other finds them made a moment later.
         time.sleep(2.0)
         try:
-            return connect()
+            return created_elsewhere(connect)
         except sqlalchemy.exc.OperationalError as e:
             raise StoreError(f"{url}: the Optuna store cannot be opened "
                              f"({str(e.orig).splitlines()[0]})") from None

@@ -123,6 +123,18 @@ class Tracker:
         self.reopen(run_id)
         return run_id
 
+    def has_run(self, run_id: str) -> bool:
+        """Whether the store holds this run, not deleted (a run id kept elsewhere may name a
+        tracking store since emptied)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+
     def reopen(self, run_id: str) -> None:
         if self.client.get_run(run_id).info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")

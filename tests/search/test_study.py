@@ -437,7 +437,7 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
     bind(storage, first, log=lambda _: None)  # a first run that trained nothing
     said = []
     changed = load_study(write_study({"data": {"image_size": 24}}, name="b.yaml"))
-    record = bind(storage, changed, log=said.append)
+    record, _ = bind(storage, changed, log=said.append)
     assert attrs(record)["data"]["image_size"] == 24
     assert "no trial has finished yet" in said[0] and "data.image_size" in said[0]
     # Once a trial of the study has finished, its data is fixed.
