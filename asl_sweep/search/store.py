@@ -284,6 +284,21 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def records_decision(trials: list[FrozenTrial]) -> bool:
+    """Whether this process records a decided stage's decision: every worker reaches the
+    same decision from the same finished trials, and the one that finished the last of them
+    records it (or this one, where that worker was a process of this machine that is gone:
+    a rerun after a crash). A worker of another machine that died first leaves it to the
+    next process that opens the stage."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete]
+    if not done:
+        return True
+    last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get("worker", "")
+    host, _, pid = last.rpartition(":")
+    return last == worker_id() or (host == socket.gethostname() and pid.isdigit()
+                                   and not _alive(int(pid)))
+
+
 # Optuna's heartbeats live in its RDB storage only: through the gRPC proxy a running trial
 # beats here instead (a system attribute, every HEARTBEAT_S), and one silent for GRACE_S is
 # dead, from any machine (clocks a few seconds apart at most).

@@ -53,6 +53,7 @@ from asl_sweep.search.store import (
     create_stage_study,
     fail_dead_trials,
     put,
+    records_decision,
     repeats_study,
     stage_trials,
     wait_for,
@@ -102,6 +103,9 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     if "result" in a:  # finished in an earlier run: its decision stands
         result = StageResult(**a["result"])
         s.say(f"stage {stage.name}: finished earlier: {result.decision}")
+        if RECORDED not in a:  # the process that decided it stopped before recording it
+            _record_decision(s, stage, study, a["mlflow_stage_run"], stage_trials(study),
+                             result)
         ran = a.get("budget", stage.trials)
         if stage.trials > ran:
             s.say(f"stage {stage.name}: finished with a budget of {ran} trials; --trials "
@@ -133,6 +137,22 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     # The trial the stage chose, beside Optuna's best (its best search result, which a race
     # may not have adopted).
     study.set_user_attr("chosen_trial", result.trial)
+    if records_decision(trials):
+        _record_decision(s, stage, study, stage_run, trials, result)
+    s.say(f"stage {stage.name}: {result.decision}; carries "
+          f"{shown_settings(result.params) or 'no change'}")
+    return result
+
+
+# Set once a stage's decision is recorded in MLflow.
+RECORDED = "recorded"
+
+
+def _record_decision(s: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
+                     trials: list[FrozenTrial], result: StageResult) -> None:
+    """The decision on the stage's MLflow run and its trials' runs, and the checkpoints
+    nobody will read deleted: by one process of the many that reach the same decision (each
+    doing it put N times the requests on the tracking server)."""
     s.tracker.log_params(stage_run, {"adopted": result.params or "nothing (kept incumbent)"})
     s.tracker.log_metrics(stage_run, {f"winner_{k}": v for k, v in result.metrics.items()
                                       if k in METRICS} | {"winner_value": result.value})
@@ -141,9 +161,7 @@ def run_stage(s: Session, index: int, carried: dict[str, Any],
     _keep_checkpoints(s, stage, trials, result)
     s.tracker.end(stage_run, outcome=result.status, winner_trial=result.trial,
                   winner_run=result.run_id, decision=result.decision)
-    s.say(f"stage {stage.name}: {result.decision}; carries "
-          f"{shown_settings(result.params) or 'no change'}")
-    return result
+    put(study, RECORDED, True)
 
 
 def switched_family(cfg: StudyConfig, stage: StageConfig, carried: dict[str, Any],
