@@ -68,6 +68,26 @@ class Tracker:
         self.server = workspace.tracking_server
         self.artifact_root = workspace.artifacts
         self.client.search_experiments(max_results=1)  # creates or migrates the store now
+        self._repos: dict[str, Any] = {}
+
+    def _artifacts(self, run_id: str) -> Any:
+        """The run's artifact repository, its location read once per run: MLflow's client
+        reads the run again for every artifact call (and searches logged models for every
+        listing), which behind a tracking server were half the requests of a trial."""
+        repo = self._repos.get(run_id)
+        if repo is None:
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
+
+            uri = self.client.get_run(run_id).info.artifact_uri
+            repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
+            if not self.tracking_uri.startswith("sqlite"):
+                repo = Retrying(repo, "the MLflow store (--tracking)")
+            if len(self._repos) >= 256:  # a long study's runs: keep the recent ones
+                self._repos.pop(next(iter(self._repos)))
+            self._repos[run_id] = repo
+        return repo
 
     # ------------------------------------------------------------ experiments and runs
     def experiment(self, study: str, description: str = "", view: dict | None = None,
@@ -219,7 +239,13 @@ class Tracker:
         self.client.log_inputs(run_id, datasets=inputs)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
+        import tempfile
+
+        folder, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(text, encoding="utf-8")
+            self.log_artifacts(run_id, [path], folder or None)
 
     def log_table(self, run_id: str, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
         """Rows of one shape as an MLflow table (the UI's artifact view shows it as one)."""
@@ -230,7 +256,7 @@ class Tracker:
     def keep_file(self, run_id: str, path: Path, folder: str) -> None:
         """Log a file that is about to be deleted (a checkpoint): on a local artifact store it
         is hard-linked into place instead of copied, which saves writing it twice."""
-        root = self.client.get_run(run_id).info.artifact_uri
+        root = self._artifacts(run_id).artifact_uri
         if root.startswith("file://"):
             target = Path(urllib.parse.unquote(urllib.parse.urlparse(root).path)) / folder
             try:
@@ -244,7 +270,7 @@ class Tracker:
     def log_artifacts(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
         for path in paths:
             try:
-                self.client.log_artifact(run_id, str(path), artifact_path=folder)
+                self._artifacts(run_id).log_artifact(str(path), artifact_path=folder)
             except OSError as e:
                 fault = environment_fault(e)
                 if fault is None:
@@ -255,12 +281,9 @@ class Tracker:
     def delete_artifacts(self, run_id: str, path: str) -> None:
         """Delete a run's artifact folder (a checkpoint no longer needed), in a local store
         or behind a tracking server (its artifact proxy's DELETE); gone already is fine."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        if not self.client.list_artifacts(run_id, path):
+        repo = self._artifacts(run_id)
+        if not repo.list_artifacts(path):
             return
-        uri = self.client.get_run(run_id).info.artifact_uri
-        repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
         try:
             repo.delete_artifacts(path)
         except FileNotFoundError:
@@ -280,12 +303,13 @@ class Tracker:
 
     def fetch_folder(self, run_id: str, folder: str, dst: Path) -> bool:
         """Copy a run's artifact folder's files into dst; False when the run has none."""
-        files = [a.path for a in self.client.list_artifacts(run_id, folder) if not a.is_dir]
+        repo = self._artifacts(run_id)
+        files = [a.path for a in repo.list_artifacts(folder) if not a.is_dir]
         if not files:
             return False
         dst.mkdir(parents=True, exist_ok=True)
         for path in files:
-            got = Path(self.client.download_artifacts(run_id, path, str(dst)))
+            got = Path(repo.download_artifacts(path, str(dst)))
             got.replace(dst / got.name)
         return True
 
