@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import threading
 import time
 import urllib.parse
@@ -236,7 +237,19 @@ class Tracker:
                               source=json.dumps({"uri": r["source"]}),
                               profile=json.dumps(profile))
             inputs.append(DatasetInput(dataset, [InputTag("mlflow.data.context", r["context"])]))
-        self.client.log_inputs(run_id, datasets=inputs)
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(1, 4):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException as e:
+                # Workers that log a new dataset at once: MLflow's store inserts it for each,
+                # and all but the first collide on its key; once it exists, each links it.
+                said = str(e).lower()
+                if attempt == 3 or not ("duplicate key" in said or "unique constraint" in said):
+                    raise
+                time.sleep(0.2 + 0.5 * random.random())
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         import tempfile
