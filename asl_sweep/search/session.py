@@ -37,6 +37,7 @@ class Session:
     say: Callable[[str], None] = print  # the study's and its stages' lines
     results: list[StageResult] = field(default_factory=list)
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
+    lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: when, monotonic
 
 
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,

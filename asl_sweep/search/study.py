@@ -9,6 +9,7 @@ several workers may run this at once."""
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 import uuid
@@ -49,6 +50,7 @@ from asl_sweep.search.session import Session, open_session
 from asl_sweep.search.space import decode_params, encode_params
 from asl_sweep.search.stageview import StageView
 from asl_sweep.search.store import (
+    HEARTBEAT_S,
     attrs,
     create_stage_study,
     fail_dead_trials,
@@ -300,6 +302,7 @@ def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRu
     def elapsed() -> float:
         return spent + time.monotonic() - started
 
+    idle = Idle()
     while True:
         signals.check()
         _close_lost_runs(s, study)
@@ -315,6 +318,7 @@ def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRu
             if not running:
                 return
         elif waiting or done + searching < stage.trials:
+            idle.reset()
             try:
                 study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,),
                                callbacks=[progress])
@@ -322,8 +326,7 @@ def _search(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRu
                 put(study, "search_seconds",
                     max(elapsed(), attrs(study).get("search_seconds", 0.0)))
             continue
-        signals.check()
-        time.sleep(1.0)  # other workers still run trials of this stage
+        idle.wait()  # other workers still run trials of this stage
 
 
 def _confirm_plan(s: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
@@ -415,22 +418,46 @@ def _race(s: Session, stage: StageConfig, study: optuna.Study, into: optuna.Stud
 def _drain(s: Session, study: optuna.Study, runner: TrialRunner,
            progress: StageProgress) -> None:
     """Run queued trials (confirmation repeats, retries) until none waits or runs."""
+    idle = Idle()
     while True:
         signals.check()
         _close_lost_runs(s, study)
         trials = study.get_trials(deepcopy=False)
         if any(t.state == TrialState.WAITING for t in trials):
+            idle.reset()
             study.optimize(runner.objective, n_trials=1, catch=(TrialFailed,),
                            callbacks=[progress])
         elif any(t.state == TrialState.RUNNING for t in trials):
-            signals.check()
-            time.sleep(1.0)
+            idle.wait()
         else:
             return
 
 
+class Idle:
+    """The pause of a worker with nothing to run while others finish theirs: 1 s, doubling
+    up to 4 s while it stays idle, a little jittered. Each look reads the stores, and 64
+    idle workers looking every second kept the storage proxy busy with nothing else."""
+
+    def __init__(self) -> None:
+        self.seconds = 1.0
+
+    def reset(self) -> None:
+        self.seconds = 1.0
+
+    def wait(self) -> None:
+        signals.check()
+        time.sleep(self.seconds * (0.75 + 0.5 * random.random()))
+        self.seconds = min(4.0, self.seconds * 2)
+
+
 def _close_lost_runs(s: Session, study: optuna.Study) -> None:
-    """Trials whose worker died without a word: say so in MLflow instead of leaving RUNNING."""
+    """Trials whose worker died without a word: queued again, and said so in MLflow instead
+    of leaving RUNNING. Looked for at most once a heartbeat per stage and process (a dead
+    worker is found after GRACE_S of silence anyway)."""
+    now = time.monotonic()
+    if now - s.lost_looked.get(study.study_name, -HEARTBEAT_S) < HEARTBEAT_S:
+        return
+    s.lost_looked[study.study_name] = now
     for t in fail_dead_trials(study):
         run_id = t.user_attrs["mlflow_run_id"]
         if run_id not in s.closed_runs and s.tracker.status(run_id) == "RUNNING":
