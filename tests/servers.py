@@ -25,6 +25,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Address(str):
+    """A server's address, and `pid`: its process, the leader of a session of its own (its
+    workers' too)."""
+
+    pid: int
+
+
+def _address(url: str, pid: int) -> Address:
+    address = Address(url)
+    address.pid = pid
+    return address
+
+
 def postgres_bin() -> str | None:
     """The newest installed PostgreSQL's bin folder, or None."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
@@ -112,7 +125,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def mlflow_server(backend: str, artifacts: Path, workers: int = 1,
-                  log: Path | None = None) -> Iterator[str]:
+                  log: Path | None = None) -> Iterator[Address]:
     """`mlflow server --serve-artifacts` on `backend` (a database URI), artifacts kept in
     `artifacts`; yields its http:// address."""
     port = free_port()
@@ -135,13 +148,13 @@ def mlflow_server(backend: str, artifacts: Path, workers: int = 1,
 
     try:
         _wait(proc, answers, "mlflow server", log)
-        yield url
+        yield _address(url, proc.pid)
     finally:
         _stop(proc)
 
 
 @contextlib.contextmanager
-def store_proxy(storage: str, log: Path | None = None) -> Iterator[str]:
+def store_proxy(storage: str, log: Path | None = None) -> Iterator[Address]:
     """`asl-sweep store-proxy` in front of `storage`; yields its grpc:// address."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "store-proxy", "--storage",
@@ -163,6 +176,6 @@ def store_proxy(storage: str, log: Path | None = None) -> Iterator[str]:
 
     try:
         _wait(proc, listens, "asl-sweep store-proxy", None, 60)
-        yield f"grpc://127.0.0.1:{port}"
+        yield _address(f"grpc://127.0.0.1:{port}", proc.pid)
     finally:
         _stop(proc)
