@@ -127,6 +127,13 @@ class TrialRunner:
         return data.subset(self.stage.subset, self.s.cfg.data.seed) if self.stage.subset else data
 
     def objective(self, trial: optuna.Trial) -> float:
+        # The trial beats from its first moment (where the storage has no heartbeat of its
+        # own): its MLflow bookkeeping before training can take long on a loaded server,
+        # and a trial silent for GRACE_S is failed and queued again by other workers.
+        with beating(self.study, trial._trial_id):
+            return self._objective(trial)
+
+    def _objective(self, trial: optuna.Trial) -> float:
         s, stage = self.s, self.stage
         trials = self.study.get_trials(deepcopy=False)  # one read serves both checks below
         role = trial.user_attrs.get("role", "search")
@@ -186,7 +193,7 @@ class TrialRunner:
                 s.log(f"trial {number}: resuming from the resume point of its last attempt")
         try:
             try:
-                with s.tracker.system_metrics(run_id), beating(self.study, trial._trial_id):
+                with s.tracker.system_metrics(run_id):
                     result = train(cfg, data, s.device, on_epoch, run_dir,
                                    Monitor(stage.metric, stage.direction),
                                    cache_dir=s.ws.cache, identity=identity,
@@ -245,17 +252,22 @@ class TrialRunner:
               trace: str = "") -> None:
         """Not the trial's fault: close its MLflow run, queue it again with the same
         settings (it resumes from its checkpoint on rerun) and let the run stop."""
-        try:
+        undone = []  # the original error is what the user must see: these, one line
+        try:  # the queue first: it is what a rerun needs
             trial.set_user_attr("failure", why)
+            Requeue()(self.study, self.study._storage.get_trial(trial._trial_id))
+        except Exception as e:
+            undone.append(f"queued again ({_first_line(e)})")
+        try:
             if trace:
                 self.s.tracker.log_text(run_id, trace, "error/traceback.txt")
             self.s.tracker.end(run_id, status, state="FAIL",
                                **({"error": error[:500]} if error else {}))
-            Requeue()(self.study, self.study._storage.get_trial(trial._trial_id))
-        except Exception as e:  # the original error is what the user must see
-            log.warning("trial %s: could not record how it stopped (%s: %s); the next run "
-                        "queues it again", self.first + trial.number, type(e).__name__,
-                        str(e).splitlines()[0][:200] if str(e) else "")
+        except Exception as e:
+            undone.append(f"its MLflow run closed ({_first_line(e)})")
+        if undone:
+            log.warning("trial %s: could not be %s; the next run does it",
+                        self.first + trial.number, " nor ".join(undone))
 
     def _surplus(self, trial: optuna.Trial, trials: list[FrozenTrial]) -> bool:
         """Workers that looked at the budget at the same moment may both start a trial; the
@@ -264,6 +276,10 @@ class TrialRunner:
             counts_toward_budget(t) or (t.state == TrialState.RUNNING
                                         and role_of(t) in SEARCH_ROLES)))
         return ahead >= self.stage.trials
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else type(e).__name__
 
 
 def record_result(tracker: Tracker, run_id: str, cfg: TrainConfig, result: TrainResult,
