@@ -92,6 +92,46 @@ def test_a_full_disk_stops_the_run_in_one_line_and_burns_no_budget(write_study, 
     assert len(searched) == 3
 
 
+def test_a_full_database_behind_the_storage_proxy_is_one_line_and_burns_no_budget(
+        write_study, small_disk, tmp_path):
+    """The proxy's database fills its disk mid-trial: the worker stops with one line naming
+    the Optuna store and what to do; with space freed, a rerun trains the stopped trial
+    again and finishes the budget exactly."""
+    from asl_sweep.search.store import optuna_storage
+    from tests.conftest import running_trial
+    from tests.servers import free_port, store_proxy
+
+    path = write_study({**QUICK, "base": {"epochs": 150}})
+    db, port = small_disk / "optuna.db", free_port()
+    filler = small_disk / "filler"
+    with store_proxy(f"sqlite:///{db}", port=port) as url:
+        cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+               str(tmp_path / "mlruns"), "--storage", url]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        running_trial(db, "tiny.search", proc, epochs=2)
+        with filler.open("wb") as f:  # the disk, full
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 16))
+                    f.flush()
+            except OSError:
+                pass
+        _, err = proc.communicate(timeout=120)
+        filler.unlink()
+        assert proc.returncode == 2, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+        last = err.strip().splitlines()[-1]
+        assert "the Optuna store" in last and "database or disk is full" in last, last
+        assert "free space" in last and "rerun the same command" in last
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        trials = optuna.load_study(study_name="tiny.search",
+                                   storage=optuna_storage(url)).trials
+    assert sum(t.state.name == "COMPLETE" and t.user_attrs.get("role") == "search"
+               for t in trials) == 3  # the budget, exactly
+
+
 def test_a_full_disk_injected_is_the_same_one_line(write_study, tmp_path, capsys, monkeypatch):
     import errno
 

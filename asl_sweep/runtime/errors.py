@@ -74,6 +74,8 @@ def _which_store(text: str) -> str:
         return "the Optuna store (optuna.db, or --storage)"
     if _MLFLOW_TABLES.search(statement):
         return "the MLflow store (mlflow.db, or --tracking)"
+    if "the Optuna store" in text:  # said by the storage proxy in front of it
+        return "the Optuna store (optuna.db, or --storage)"
     return "a store"
 
 

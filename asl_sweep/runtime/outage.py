@@ -26,7 +26,8 @@ _LOST = ("connection refused", "connection failed", "could not connect",
          "the connection is closed", "connection not open", "connection reset",
          "the database system is shutting down", "the database system is starting up",
          "ssl connection has been closed", "no connection to the server",
-         "lost connection to", "server has gone away", "consuming input failed")
+         "lost connection to", "server has gone away", "consuming input failed",
+         "statuscode.unavailable")  # gRPC's word for a proxy that is not there
 
 _gave_up = False
 

@@ -19,7 +19,7 @@ import sqlalchemy.exc
 from optuna.storages._heartbeat import BaseHeartbeat  # not exported; Optuna checks it so
 from optuna.trial import FrozenTrial, TrialState
 
-from asl_sweep.runtime.errors import StoreError
+from asl_sweep.runtime.errors import StoreError, environment_fault
 from asl_sweep.runtime.outage import created_elsewhere, lost_connection, retrying
 from asl_sweep.search.space import grid
 from asl_sweep.settings.spec import StageConfig, StudyConfig
@@ -110,16 +110,16 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
                 raise
 
 
-def _retry_public_calls(cls: type) -> None:
-    store = "the Optuna store (--storage)"
+def _retry_public_calls(cls: type, base: type, store: str) -> None:
     for name in dir(optuna.storages.BaseStorage):
         if not name.startswith("_") and name not in ("record_heartbeat", "remove_session"):
-            method = getattr(optuna.storages.RDBStorage, name, None)
+            method = getattr(base, name, None)
             if callable(method):
                 setattr(cls, name, retrying(method, store))
 
 
-_retry_public_calls(RetryingRDBStorage)
+_retry_public_calls(RetryingRDBStorage, optuna.storages.RDBStorage,
+                    "the Optuna store (--storage)")
 
 
 def optuna_storage(url: str) -> optuna.storages.BaseStorage:
@@ -157,14 +157,21 @@ def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
     if not host or not port.isdigit():
         raise StoreError(f"{url}: a gRPC storage proxy is grpc://HOST:PORT")
     try:
-        proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+        import grpc
+
+        base = optuna.storages.GrpcStorageProxy
     except ImportError:
         raise StoreError(f"{url}: the gRPC storage proxy needs grpcio: pip install "
                          "'asl-sweep[grpc]'") from None
-    import grpc  # there, since the proxy was made
 
+    class RetryingProxy(base):
+        """The proxy's calls ride out a proxy (or its database) that stops answering for a
+        while, like the database's own (runtime.outage)."""
+
+    _retry_public_calls(RetryingProxy, base, f"the Optuna storage proxy at {url}")
+    proxy = RetryingProxy(host=host, port=int(port))
     try:
-        proxy.get_all_studies()  # answers now, or one line naming it
+        base.get_all_studies(proxy)  # answers now, or one line naming it
     except grpc.RpcError as e:
         raise StoreError(f"{url}: the Optuna storage proxy does not answer "
                          f"({type(e).__name__}); start it (asl-sweep store-proxy) or check "
@@ -176,11 +183,33 @@ def serve_proxy(url: str, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the database `url`, until stopped: many
     workers share its few database connections (and its heartbeat checks, see BEAT)."""
     storage = optuna_storage(url)
+    _name_faults(storage)
     try:
         optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
     except ImportError:
         raise StoreError("asl-sweep store-proxy needs grpcio: pip install "
                          "'asl-sweep[grpc]'") from None
+
+
+def _name_faults(storage: optuna.storages.BaseStorage) -> None:
+    """A database full or read-only behind the proxy reaches the worker as the text of the
+    proxy's error, and Optuna's storage says only "an exception is raised during the
+    commit": the proxy's storage raises the one line that names the fault instead."""
+    for name in dir(optuna.storages.BaseStorage):
+        method = getattr(storage, name, None)
+        if name.startswith("_") or not callable(method):
+            continue
+
+        def call(*args, _method=method, **kwargs):
+            try:
+                return _method(*args, **kwargs)
+            except Exception as e:
+                fault = environment_fault(e)
+                if fault is None or fault is e:
+                    raise
+                raise RuntimeError(str(fault)) from e
+
+        setattr(storage, name, call)
 
 
 def stage_study_name(cfg: StudyConfig, stage: StageConfig) -> str:
@@ -342,7 +371,8 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Fail RUNNING trials whose worker is gone, and queue their retry with the same
     settings. Heartbeats find them after GRACE_S; a worker process of this machine that no
     longer exists is known dead at once, so a rerun after kill -9 need not wait. Returns
-    the FAIL trials nobody has closed in MLflow yet (their worker died without a word)."""
+    the FAIL trials whose MLflow run may still be open (their worker died without a word,
+    or stopped while the tracking server was away)."""
     optuna.storages.fail_stale_trials(study)
     storage = study._storage
     beats = not isinstance(storage, BaseHeartbeat)
@@ -364,7 +394,10 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     for t in lost:
         if t.number not in retried:
             Requeue()(study, t)
-    return [t for t in lost if t.user_attrs.get("mlflow_run_id")]
+    # A trial that stopped while the tracking server was away could not close its run.
+    stopped = [t for t in trials if t.state == TrialState.FAIL
+               and t.user_attrs.get("failure") in ("stopped", "interrupted", "crashed")]
+    return [t for t in lost + stopped if t.user_attrs.get("mlflow_run_id")]
 
 
 def _alive(pid: int) -> bool:

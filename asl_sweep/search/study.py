@@ -461,7 +461,10 @@ def _close_lost_runs(s: Session, study: optuna.Study) -> None:
     for t in fail_dead_trials(study):
         run_id = t.user_attrs["mlflow_run_id"]
         if run_id not in s.closed_runs and s.tracker.status(run_id) == "RUNNING":
-            s.tracker.end(run_id, "FAILED", state="FAIL", error="worker lost (killed or crashed)")
+            why = t.user_attrs.get("failure")
+            s.tracker.end(run_id, "FAILED", state="FAIL",
+                          error=f"{why}; its run closed by a later run" if why
+                          else "worker lost (killed or crashed)")
         s.closed_runs.add(run_id)
 
 

@@ -4,6 +4,7 @@ import glob
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,9 @@ from asl_sweep.search.store import (
     GRACE_S,
     fail_dead_trials,
     optuna_storage,
+    records_decision,
     stage_trials,
+    worker_id,
 )
 from asl_sweep.settings.studyfile import load_study
 from tests import servers
@@ -341,3 +344,54 @@ def test_a_proxy_that_does_not_answer_is_one_line(tmp_path, capsys):
     with pytest.raises(StoreError, match=r"grpc://127\.0\.0\.1:\d+: the Optuna storage proxy "
                                          r"does not answer .*asl-sweep store-proxy"):
         optuna_storage(f"grpc://127.0.0.1:{free_port()}")
+
+
+def test_a_proxy_that_stops_is_named_in_one_line_and_its_trial_runs_again(write_study,
+                                                                          tmp_path):
+    """The proxy goes away mid-trial and stays away: the worker waits its retry budget,
+    stops with one line naming the proxy, and burns no budget; with the proxy back, a rerun
+    trains the stopped trial again and finishes the budget exactly."""
+    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 150},
+                        "stages": [{**FAST["stages"][0], "trials": 3}]})
+    db, port = tmp_path / "optuna.db", free_port()
+    with store_proxy(f"sqlite:///{db}", port=port) as url:
+        cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+               str(tmp_path / "mlruns"), "--storage", url]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "ASL_SWEEP_STORE_RETRY_S": "3"})
+        running_trial(db, "tiny.search", proc, epochs=2)
+    _, err = proc.communicate(timeout=120)  # the proxy is gone
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    last = err.strip().splitlines()[-1]
+    assert f"the Optuna storage proxy at {url} has not answered for 3 s" in last, last
+    assert "rerun the same command" in last
+    with store_proxy(f"sqlite:///{db}", port=port) as url:
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        trials = optuna.load_study(study_name="tiny.search",
+                                   storage=optuna_storage(url)).trials
+    searched = [t for t in trials if t.state.name == "COMPLETE"
+                and t.user_attrs.get("role") == "search"]
+    assert len(searched) == 3  # the budget, exactly
+    # The stopped one (the incumbent, or a search trial), trained again to the end.
+    assert any("failed_trial" in t.system_attrs and t.state.name == "COMPLETE"
+               for t in trials), [(t.number, t.state.name, t.system_attrs) for t in trials]
+
+
+def test_the_worker_that_finished_the_last_trial_records_the_decision():
+    import datetime
+
+    def done(worker: str, second: int):
+        t = optuna.trial.create_trial(value=0.5, user_attrs={"worker": worker})
+        t.datetime_complete = datetime.datetime(2026, 1, 1, 0, 0, second)
+        return t
+
+    me, host = worker_id(), socket.gethostname()
+    assert records_decision([done("elsewhere:1", 1), done(me, 2)])
+    assert not records_decision([done(me, 1), done("elsewhere:1", 2)])  # it records it
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this machine that no longer exists: this one records it
+    assert records_decision([done(me, 1), done(f"{host}:{gone.pid}", 2)])
+    assert not records_decision([done(f"{host}:{os.getppid()}", 2)])  # alive, here
+
