@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="trainings side by side on this machine: a number, or auto (one "
                           "per CPU core with a thread each, or one per GPU; default: auto, or "
                           "$ASL_SWEEP_WORKERS)")
+    run.add_argument("--per-device", type=_per_device_arg, default=1, metavar="K",
+                     help="on GPUs: K workers share each GPU, each with 1/K of its memory "
+                          "(small trials that leave a big GPU idle; default 1)")
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
     _study_args(worker)
@@ -58,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sampler seed offset; 0 is the lone worker's (default: from the PID)")
     worker.add_argument("--threads", type=int, help="CPU threads for this worker")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # run's: stop with it
+    worker.add_argument("--gpu-share", type=float, default=1.0,
+                        help="this worker's share of its GPU's memory (run --per-device K "
+                             "gives 1/K)")
 
     train = sub.add_parser("train", help="one training run with the base settings, tracked")
     _study_args(train)
@@ -153,6 +159,9 @@ def configure_logging() -> None:
     # error is what asl-sweep reports (one line for a full or read-only disk, a traceback for
     # anything else), so the log is only its echo, 200 lines long.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # A tracking server away: urllib3 says each of MLflow's own retries of each request;
+    # asl-sweep says once that it is not answering, then how long it waited (outage.py).
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # A tracking server makes MLflow print two links at the end of every run (each trial).
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -217,6 +226,16 @@ def _workers_arg(value: str) -> str | int:
     return count
 
 
+def _per_device_arg(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of workers a GPU") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 worker a GPU")
+    return count
+
+
 def _large(cfg) -> bool:
     """Whether a stage trains at 224 px-like sizes or a pretrained backbone (memory per
     worker, for --workers auto)."""
@@ -228,9 +247,13 @@ def _large(cfg) -> bool:
 def resolve_workers(args, cfg):
     from asl_sweep.runtime.workers import auto_workers, fixed_workers
 
+    gpus = _gpu_count()
+    if args.per_device > 1 and not gpus:
+        print(f"--per-device {args.per_device}: no GPU here, so it changes nothing",
+              flush=True)
     if args.workers == "auto":
-        return auto_workers(large=_large(cfg))
-    return fixed_workers(args.workers)
+        return auto_workers(large=_large(cfg), gpus=gpus, per_device=args.per_device)
+    return fixed_workers(args.workers, gpus=gpus, per_device=args.per_device)
 
 
 def start_workers(args, cfg, ws, workers) -> list:
@@ -242,15 +265,15 @@ def start_workers(args, cfg, ws, workers) -> list:
 
     open_session(cfg, ws, log=lambda _: None)  # creates the stores, the record, the study run
     procs = []
-    gpus = _gpu_count()
     for index in range(1, workers.count):
         env = dict(os.environ)
-        if gpus > 1:  # one GPU per worker, round robin
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        if workers.gpus > 1:  # each GPU takes per_device consecutive workers
+            env["CUDA_VISIBLE_DEVICES"] = str(workers.device_of(index))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "asl_sweep.cli", "worker", *_study_argv(args),
              "--worker-index", str(index), "--threads", str(workers.threads),
-             "--parent-pid", str(os.getpid())], env=env))
+             "--gpu-share", str(workers.memory_share), "--parent-pid", str(os.getpid())],
+            env=env))
     return procs
 
 
@@ -288,7 +311,10 @@ def cmd_run(args) -> int:
         procs = start_workers(args, cfg, ws, workers)
         import torch
 
+        from asl_sweep.runtime.workers import share_device
+
         torch.set_num_threads(workers.threads)
+        share_device(workers.memory_share)  # this process is worker 0, on the first GPU
     try:
         # This process is worker 0; once every stage is decided, it scores the final
         # configuration on the test split.
@@ -311,10 +337,12 @@ def cmd_run(args) -> int:
 def cmd_worker(args) -> int:
     import torch
 
+    from asl_sweep.runtime.workers import share_device
     from asl_sweep.search.study import run_study
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    share_device(args.gpu_share)
     if args.parent_pid:
         signals.stop_when_orphaned(args.parent_pid)
     cfg, ws = _load(args)

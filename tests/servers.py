@@ -124,11 +124,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path, workers: int = 1,
-                  log: Path | None = None) -> Iterator[Address]:
+def mlflow_server(backend: str, artifacts: Path, workers: int = 1, log: Path | None = None,
+                  port: int | None = None) -> Iterator[Address]:
     """`mlflow server --serve-artifacts` on `backend` (a database URI), artifacts kept in
     `artifacts`; yields its http:// address."""
-    port = free_port()
+    port = port or free_port()
     log = log or artifacts.parent / "mlflow-server.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
@@ -154,9 +154,10 @@ def mlflow_server(backend: str, artifacts: Path, workers: int = 1,
 
 
 @contextlib.contextmanager
-def store_proxy(storage: str, log: Path | None = None) -> Iterator[Address]:
+def store_proxy(storage: str, log: Path | None = None,
+                port: int | None = None) -> Iterator[Address]:
     """`asl-sweep store-proxy` in front of `storage`; yields its grpc:// address."""
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "store-proxy", "--storage",
                              storage, "--port", str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

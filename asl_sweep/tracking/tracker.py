@@ -62,9 +62,15 @@ class Tracker:
     def __init__(self, workspace: Workspace):
         client = MlflowClient(tracking_uri=workspace.tracking_uri,
                               registry_uri=workspace.tracking_uri)
-        # A tracking database or server that stops answering is waited for (runtime.outage).
+        # A tracking database or server that stops answering is waited for (runtime.outage),
+        # within one budget: MLflow's own retries of a request (7 by default, minutes of
+        # backoff) are cut to 2 unless the user set them.
+        if workspace.tracking_server:
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        self._store = (f"the MLflow tracking server at {workspace.tracking_uri}"
+                       if workspace.tracking_server else "the MLflow store (--tracking)")
         self.client = (client if workspace.tracking_uri.startswith("sqlite")
-                       else Retrying(client, "the MLflow store (--tracking)"))
+                       else Retrying(client, self._store))
         self.tracking_uri = workspace.tracking_uri
         self.server = workspace.tracking_server
         self.artifact_root = workspace.artifacts
@@ -84,7 +90,7 @@ class Tracker:
             uri = self.client.get_run(run_id).info.artifact_uri
             repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
             if not self.tracking_uri.startswith("sqlite"):
-                repo = Retrying(repo, "the MLflow store (--tracking)")
+                repo = Retrying(repo, self._store)
             if len(self._repos) >= 256:  # a long study's runs: keep the recent ones
                 self._repos.pop(next(iter(self._repos)))
             self._repos[run_id] = repo

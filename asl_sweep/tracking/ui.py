@@ -26,6 +26,9 @@ def check_port(host: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: not a port number (1-65535)")
     with socket.socket() as probe:
+        # As the servers bind: a port whose last connections linger (a server restarted a
+        # moment ago) is free to them; one a server listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as e:

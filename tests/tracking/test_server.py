@@ -15,7 +15,7 @@ from PIL import Image
 
 from asl_sweep.cli import main
 from tests.conftest import running_trial
-from tests.servers import mlflow_server
+from tests.servers import free_port, mlflow_server
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,38 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_the_server(write_
     for t in study.trials:  # the resume points are spent once the trial is done
         if t.user_attrs.get("mlflow_run_id"):
             assert not client.list_artifacts(t.user_attrs["mlflow_run_id"], "resume")
+
+
+def test_a_tracking_server_that_stops_is_named_in_one_line_and_its_trial_runs_again(
+        write_study, tmp_path):
+    """The tracking server goes away mid-trial and stays away: one line naming it after the
+    retry budget, no budget burnt; with the server back, a rerun finishes the study and
+    leaves no run RUNNING."""
+    path = write_study({"study": "outage", "base": {"epochs": 60}, "stages": [{
+        "name": "search", "trials": 2, "sampler": "random", "confirm": None,
+        "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]})
+    root, port, db = tmp_path / "server", free_port(), tmp_path / "optuna.db"
+    root.mkdir()
+    backend = f"sqlite:///{root / 'mlflow.db'}"
+    with mlflow_server(backend, root / "artifacts", port=port) as url:
+        cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+               str(tmp_path / "home"), "--storage", f"sqlite:///{db}", "--tracking", url]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "ASL_SWEEP_STORE_RETRY_S": "3"})
+        running_trial(db, "outage.search", proc, epochs=2)
+    _, err = proc.communicate(timeout=180)  # the server is gone
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    last = err.strip().splitlines()[-1]
+    assert f"the MLflow tracking server at {url} has not answered for 3 s" in last, last
+    with mlflow_server(backend, root / "artifacts", port=port) as url:
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        client = MlflowClient(url)
+        runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+    assert runs and all(r.info.status != "RUNNING" for r in runs)
+    study = optuna.load_study(study_name="outage.search", storage=f"sqlite:///{db}")
+    searched = [t for t in study.trials if t.state.name == "COMPLETE"
+                and t.user_attrs.get("role") == "search"]
+    assert len(searched) == 2  # the budget, exactly
+
