@@ -1,11 +1,14 @@
 """The CUDA path, checked and timed on a GPU machine (one prepared script, for a lent device):
 
-    python -m benchmarks.cuda_check [--data PATH] [--trials 3] [--epochs 5]
+    python -m benchmarks.cuda_check [--data PATH] [--trials 3] [--epochs 5] [--per-device]
 
 1) the device, bf16 autocast and the fused optimizer work, and training matches the CPU's
    decisions on a tiny problem; 2) trainer throughput (images/s) of the MLP and the CNN at
    224 px, data on the device; 3) sweeps/report.yaml at 224 px (a quick look by default):
-   wall time and images/s per stage. Writes benchmarks/results/cuda_check.json."""
+   wall time and images/s per stage; 4) with --per-device, several trials on one GPU: the
+   64 px MLP and the 48 px CNN searched by `asl-sweep run --workers K --per-device K` on GPU
+   0 alone, K = 1, 2, 4 and 8, trials per minute from start to last line (each worker's
+   start included, as a user sees it). Writes benchmarks/results/cuda_check.json."""
 
 from __future__ import annotations
 
@@ -35,11 +38,47 @@ def throughput(data, cfg: TrainConfig) -> float:
     return statistics.median(s.images_per_s for s in result.history)
 
 
+# Small trials that leave a big GPU idle: 16 trials of one stage, no pruning, no race.
+PER_DEVICE_CASES = {
+    "mlp64": ["--set", "data.image_size=64", "--set", "base.hidden=[256, 64]"],
+    "cnn48": ["--set", "data.image_size=48", "--set", "base.model=cnn", "--set",
+              "base.hidden=[]", "--set", "base.cnn={channels: [16, 32, 64]}"],
+}
+
+
+def per_device(tmp: Path, counts=(1, 2, 4, 8), trials: int = 16) -> list[dict]:
+    """Trials per minute with K workers sharing GPU 0, per case."""
+    import os
+    import subprocess
+    import sys
+
+    rows = []
+    for case, settings in PER_DEVICE_CASES.items():
+        row: dict = {"case": case, "trials": trials}
+        for k in counts:
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run",
+                            "benchmarks/studies/quick_mlp.yaml", "--home",
+                            str(tmp / f"{case}-{k}"), "--workers", str(k), "--per-device",
+                            str(k), "--trials", str(trials), "--set", "base.device=cuda",
+                            "--set", "base.epochs=10", "--set", "stages.0.confirm=null",
+                            "--set", "stages.0.pruner=none", *settings],
+                           check=True, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
+            minutes = (time.perf_counter() - started) / 60
+            row[f"{k}_per_gpu_trials_per_min"] = round(trials / minutes, 1)
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=ASL if ASL.exists() else None)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--per-device", action="store_true",
+                        help="also the table of 1, 2, 4 and 8 workers on one GPU")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "no CUDA device here"
     device = torch.device("cuda")
@@ -72,8 +111,10 @@ def main() -> None:
                            "seconds": round(seconds, 1), "decision": view.result.decision,
                            "images_per_s": round(statistics.median(speeds), 1) if speeds else None})
             print(stages[-1], flush=True)
+        shared = per_device(Path(tmp)) if args.per_device else None
     result = {"data": shown(args.data), "checks": checks, "throughput": rates,
-              "report_224px_wall_s": round(wall, 1), "stages": stages}
+              "report_224px_wall_s": round(wall, 1), "stages": stages,
+              **({"per_device": shared} if shared else {})}
     print(f"written to {write_result('cuda_check', result)}")
 
 

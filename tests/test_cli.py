@@ -90,6 +90,7 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--set", "base.epochs=zero"], "base.epochs: Input should be a valid integer", 2),
     (["--set", "base.lrr=1"], "base.lrr: Extra inputs are not permitted", 2),
     (["--data", "/nonexistent/photos"], "data.root: /nonexistent/photos is not a folder", 2),
+    (["--per-device", "0"], "argument --per-device: 0: at least 1 worker a GPU", 2),
 ])
 def test_user_errors_are_one_message_not_a_traceback(write_study, tmp_path, args, message, code):
     path = write_study()

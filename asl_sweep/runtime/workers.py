@@ -4,7 +4,8 @@ On a CPU, intra-op threading scales sublinearly: on 2 cores a 64 px MLP step tak
 with 2 threads, while two single-thread trainings side by side take 19 ms each. Independent
 trainings (the trials of a search, the repeats of a racing round) therefore run as one
 process a core, each with one thread, as long as memory allows (benchmarks/concurrency.py has
-the table per model size). On GPUs: one worker per device."""
+the table per model size). On GPUs: one worker per device, or K (--per-device K: small trials
+that leave a big GPU idle), each with its share of the device's memory."""
 
 from __future__ import annotations
 
@@ -21,6 +22,30 @@ class Workers:
     count: int
     threads: int  # CPU threads each
     why: str
+    gpus: int = 0
+    per_device: int = 1  # workers that share one GPU (--per-device)
+
+    def device_of(self, index: int) -> int | None:
+        """The GPU that worker `index` trains on (None on a CPU): each GPU takes
+        `per_device` consecutive workers, and the count wraps around the GPUs."""
+        return (index // self.per_device) % self.gpus if self.gpus else None
+
+    @property
+    def memory_share(self) -> float:
+        """Each worker's share of its GPU's memory."""
+        return 1.0 / self.per_device if self.gpus else 1.0
+
+
+def share_device(share: float) -> None:
+    """Cap this process's CUDA allocations to `share` of its GPU's memory, so that workers
+    that share a GPU cannot starve each other (one whose trial needs more fails with an
+    out-of-memory error, that trial's own failure)."""
+    if share >= 1.0:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(share)
 
 
 def _available_memory() -> int | None:
@@ -41,13 +66,17 @@ def _gpus() -> int:
 
 
 def auto_workers(large: bool = False, cores: int | None = None, gpus: int | None = None,
-                 memory: int | None = None) -> Workers:
-    """`--workers auto`: one per GPU; else one per core, one thread each, fewer if the
-    machine's free memory cannot hold them (`large`: a stage trains at 224 px or a backbone)."""
+                 memory: int | None = None, per_device: int = 1) -> Workers:
+    """`--workers auto`: `per_device` per GPU (default one); else one per core, one thread
+    each, fewer if the machine's free memory cannot hold them (`large`: a stage trains at
+    224 px or a backbone)."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
     gpus = gpus if gpus is not None else _gpus()
     if gpus:
-        return Workers(gpus, max(1, cores // gpus), f"one per GPU ({gpus})")
+        count = gpus * per_device
+        each = "one" if per_device == 1 else str(per_device)
+        return Workers(count, max(1, cores // count), f"{each} per GPU ({gpus})", gpus,
+                       per_device)
     memory = memory if memory is not None else _available_memory()
     per = PER_WORKER_BYTES["large" if large else "small"]
     fit = max(1, memory // per) if memory else cores
@@ -57,6 +86,7 @@ def auto_workers(large: bool = False, cores: int | None = None, gpus: int | None
     return Workers(count, max(1, cores // count), why)
 
 
-def fixed_workers(count: int, cores: int | None = None) -> Workers:
+def fixed_workers(count: int, cores: int | None = None, gpus: int = 0,
+                  per_device: int = 1) -> Workers:
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    return Workers(count, max(1, cores // count), f"--workers {count}")
+    return Workers(count, max(1, cores // count), f"--workers {count}", gpus, per_device)

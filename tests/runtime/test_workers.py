@@ -26,3 +26,16 @@ def test_one_worker_a_gpu():
 def test_a_number_splits_the_cores():
     assert (fixed_workers(2, cores=2).threads, fixed_workers(4, cores=2).threads) == (1, 1)
     assert fixed_workers(1, cores=8).threads == 8
+
+
+def test_k_workers_share_each_gpu_with_a_share_of_its_memory():
+    w = auto_workers(cores=16, gpus=2, memory=64 * GIB, per_device=4)
+    assert (w.count, w.threads, w.memory_share) == (8, 2, 0.25) and "4 per GPU" in w.why
+    assert [w.device_of(i) for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    one = fixed_workers(3, cores=8, gpus=1, per_device=3)
+    assert [one.device_of(i) for i in range(3)] == [0, 0, 0] and one.memory_share == 1 / 3
+
+
+def test_on_a_cpu_there_is_no_device_and_no_share():
+    w = fixed_workers(2, cores=2, gpus=0, per_device=4)
+    assert (w.device_of(1), w.memory_share) == (None, 1.0)
