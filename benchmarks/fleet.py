@@ -138,7 +138,9 @@ def count_requests() -> Counter:
     # And every call to the Optuna storage (through the proxy or to the database).
     import optuna
 
-    for cls in (optuna.storages.GrpcStorageProxy, optuna.storages.RDBStorage):
+    from asl_sweep.search.store import RetryingRDBStorage
+
+    for cls in (optuna.storages.GrpcStorageProxy, RetryingRDBStorage):
         for name in dir(optuna.storages.BaseStorage):
             method = getattr(cls, name, None)
             if name.startswith("_") or not callable(method):
@@ -400,6 +402,44 @@ def arm(name: str, pg, root: Path, workers: int, kill: float, rng: random.Random
             "peak_connections_mlflow_db": peak["mlflow"]}
 
 
+ARM_KEYS = ("workers", "killed", "wall_s", "finished_trials", "trials_per_s",
+            "busiest_10s_trials_per_s", "peak_connections_optuna_db",
+            "peak_connections_mlflow_db", "mlflow_requests_per_trial", "storage_calls_per_trial",
+            "mlflow_running", "same_as_one_worker", "final_test")
+
+
+def tables(result: dict, arms: list[str]) -> dict:
+    """The result as BENCHMARKS.md shows it: one row per arm, per arm and stage, per
+    server's CPU, and per kind of request."""
+    one = result.pop("one_worker")
+    out = {k: v for k, v in result.items() if k not in arms}
+    rows = [{"arm": "one worker, local stores", "workers": 1, "killed": 0,
+             "wall_s": one["wall_s"], "finished_trials": one["finished_trials"],
+             "trials_per_s": round(one["finished_trials"]
+                                   / (one["last_complete"] - one["first_start"]), 2),
+             "mlflow_running": len(one["mlflow_running"]), "final_test": one["final_test"]}]
+    stages, cpu, requests, calls = [], [], {}, {}
+    for arm in arms:
+        r = result[arm]
+        rows.append({"arm": arm, **{k: (len(r[k]) if k == "mlflow_running" else r[k])
+                                    for k in ARM_KEYS}})
+        for name, stage in r["stages"].items():
+            stages.append({"arm": arm, "stage": name,
+                           **{k: v for k, v in stage.items() if k != "status"}})
+        cpu.append({"arm": arm, "proxy": 0.0, **r["cpu_s"],
+                    "capacity (wall x cores)": r["cpu_capacity_s"]})
+        for k, v in r["mlflow_requests_per_trial_by_endpoint"].items():
+            requests.setdefault(k, {"request": k, **dict.fromkeys(arms, 0)})[arm] = v
+        for k, v in r["storage_calls_per_trial_by_method"].items():
+            calls.setdefault(k, {"storage call": k, **dict.fromkeys(arms, 0)})[arm] = v
+    out["arms"] = rows
+    out["stages"] = stages
+    out["cpu_seconds"] = cpu
+    out["mlflow_requests_per_finished_trial"] = list(requests.values())[:12]
+    out["storage_calls_per_finished_trial"] = list(calls.values())[:12]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=64)
@@ -419,7 +459,7 @@ def main() -> None:
     import asl_sweep.cli  # noqa: F401
     import asl_sweep.search.study  # noqa: F401
     import asl_sweep.search.trial  # noqa: F401
-    from benchmarks.common import machine, write_result
+    from benchmarks.common import RESULTS, machine, write_result
     from tests.servers import postgres
 
     torch.set_num_threads(1)
@@ -443,7 +483,8 @@ def main() -> None:
                 result[name] = found
                 print(json.dumps({k: v for k, v in found.items() if k != "stages"}), flush=True)
                 print(json.dumps(found["stages"]), flush=True)
-    print(f"written to {write_result('fleet', result)}")
+    (RESULTS / "fleet.json").unlink(missing_ok=True)  # a run's tables, whole
+    print(f"written to {write_result('fleet', tables(result, args.arms.split(',')))}")
 
 
 if __name__ == "__main__":
