@@ -413,8 +413,8 @@ def tables(result: dict, arms: list[str]) -> dict:
     server's CPU, and per kind of request."""
     one = result.pop("one_worker")
     out = {k: v for k, v in result.items() if k not in arms}
-    rows = [{"arm": "one worker, local stores", "workers": 1, "killed": 0,
-             "wall_s": one["wall_s"], "finished_trials": one["finished_trials"],
+    rows = [{"arm": "one worker, local stores", **dict.fromkeys(ARM_KEYS, ""), "workers": 1,
+             "killed": 0, "wall_s": one["wall_s"], "finished_trials": one["finished_trials"],
              "trials_per_s": round(one["finished_trials"]
                                    / (one["last_complete"] - one["first_start"]), 2),
              "mlflow_running": len(one["mlflow_running"]), "final_test": one["final_test"]}]
