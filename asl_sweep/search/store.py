@@ -110,12 +110,16 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
                 raise
 
 
+def public_calls(storage: Any) -> list[str]:
+    """The names of Optuna's storage API that `storage` (a class or an instance) has."""
+    return [name for name in dir(optuna.storages.BaseStorage)
+            if not name.startswith("_") and callable(getattr(storage, name, None))]
+
+
 def _retry_public_calls(cls: type, base: type, store: str) -> None:
-    for name in dir(optuna.storages.BaseStorage):
-        if not name.startswith("_") and name not in ("record_heartbeat", "remove_session"):
-            method = getattr(base, name, None)
-            if callable(method):
-                setattr(cls, name, retrying(method, store))
+    for name in public_calls(base):
+        if name not in ("record_heartbeat", "remove_session"):
+            setattr(cls, name, retrying(getattr(base, name), store))
 
 
 _retry_public_calls(RetryingRDBStorage, optuna.storages.RDBStorage,
@@ -195,10 +199,8 @@ def _name_faults(storage: optuna.storages.BaseStorage) -> None:
     """A database full or read-only behind the proxy reaches the worker as the text of the
     proxy's error, and Optuna's storage says only "an exception is raised during the
     commit": the proxy's storage raises the one line that names the fault instead."""
-    for name in dir(optuna.storages.BaseStorage):
-        method = getattr(storage, name, None)
-        if name.startswith("_") or not callable(method):
-            continue
+    for name in public_calls(storage):
+        method = getattr(storage, name)
 
         def call(*args, _method=method, **kwargs):
             try:
@@ -323,9 +325,7 @@ def records_decision(trials: list[FrozenTrial]) -> bool:
     if not done:
         return True
     last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get("worker", "")
-    host, _, pid = last.rpartition(":")
-    return last == worker_id() or (host == socket.gethostname() and pid.isdigit()
-                                   and not _alive(int(pid)))
+    return last == worker_id() or gone_here(last)
 
 
 # Optuna's heartbeats live in its RDB storage only: through the gRPC proxy a running trial
@@ -378,9 +378,7 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     beats = not isinstance(storage, BaseHeartbeat)
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        host, _, pid = t.user_attrs.get("worker", "").rpartition(":")
-        gone = host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
-        if gone or (beats and _silent(t, now)):
+        if gone_here(t.user_attrs.get("worker", "")) or (beats and _silent(t, now)):
             try:
                 if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                     Requeue()(study, storage.get_trial(t._trial_id))
@@ -398,6 +396,12 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     stopped = [t for t in trials if t.state == TrialState.FAIL
                and t.user_attrs.get("failure") in ("stopped", "interrupted", "crashed")]
     return [t for t in lost + stopped if t.user_attrs.get("mlflow_run_id")]
+
+
+def gone_here(worker: str) -> bool:
+    """Whether `worker` (a worker_id) was a process of this machine that no longer exists."""
+    host, _, pid = worker.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:
