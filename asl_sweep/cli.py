@@ -214,26 +214,23 @@ def _study_argv(args) -> list[str]:
     return argv
 
 
-def _workers_arg(value: str) -> str | int:
-    if value == "auto":
-        return value
+def _count(value: str, many: str, one: str) -> int:
+    """A count of at least 1, or the argparse error that says what to give."""
     try:
         count = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a number of workers or auto") from None
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of {many}") from None
     if count < 1:
-        raise argparse.ArgumentTypeError(f"{value}: at least 1 worker")
+        raise argparse.ArgumentTypeError(f"{value}: at least 1 {one}")
     return count
+
+
+def _workers_arg(value: str) -> str | int:
+    return value if value == "auto" else _count(value, "workers or auto", "worker")
 
 
 def _per_device_arg(value: str) -> int:
-    try:
-        count = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a number of workers a GPU") from None
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"{value}: at least 1 worker a GPU")
-    return count
+    return _count(value, "workers a GPU", "worker a GPU")
 
 
 def _large(cfg) -> bool:
