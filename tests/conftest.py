@@ -112,3 +112,12 @@ def running_trial(db: Path, study_name: str, proc, seconds: float = 120,
             return rows[0][0]
     raise AssertionError(f"no trial of {study_name} was caught running "
                          f"(process exit code {proc.poll()})")
+
+
+def stopped_line(proc, err: str) -> str:
+    """The last line of a run that stopped because a store or server went away: exit 2, no
+    traceback, at most three lines (the outage noticed, what could not be recorded, the
+    error itself)."""
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    return err.strip().splitlines()[-1]

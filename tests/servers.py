@@ -50,9 +50,7 @@ class Postgres(str):
 
     @classmethod
     def at(cls, root: str, max_connections: int) -> Postgres:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         server = cls(f"postgresql://postgres@127.0.0.1:{port}")
         server.bindir, server.root, server.port = postgres_bin(), root, port
         server.data, server.max_connections = os.path.join(root, "data"), max_connections
