@@ -53,39 +53,6 @@ def quality(cfg) -> float:
     return q + 0.004 * (digest % 1000) / 1000
 
 
-def fake_train(cfg, data, device=None, on_epoch=None, run_dir=None, monitor=None,
-               cache_dir=None, identity=None, on_resume_point=None):
-    """The trainer's contract (epochs reported one by one, a real model file, a TrainResult)
-    in milliseconds."""
-    import torch
-
-    from asl_sweep.models.layers import InputSpec
-    from asl_sweep.models.registry import build_model, count_parameters
-    from asl_sweep.training.checkpoint import ModelFile
-    from asl_sweep.training.train import EpochStats, Monitor, TrainResult
-
-    monitor = monitor or Monitor()
-    q, history = quality(cfg), []
-    for epoch in range(1, cfg.epochs + 1):
-        frac = epoch / cfg.epochs
-        stats = EpochStats(epoch, train_loss=1.0 - 0.5 * frac, train_acc=min(1.0, q + 0.1),
-                           val_loss=1.0 - q * frac, val_acc=q * frac, seconds=0.001,
-                           images_per_s=1000.0)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-    spec = InputSpec(data.image_size, len(data.classes), (0.5,) * 3, (0.25,) * 3)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, spec, pretrained=False).eval()
-    best = monitor.best(history)
-    checkpoint = None
-    if run_dir is not None:
-        checkpoint = ModelFile({k: v.detach().clone() for k, v in model.state_dict().items()},
-                               cfg, spec, list(data.classes), best.epoch, vars(best),
-                               dict(identity or {})).save(Path(run_dir) / "best.pt", sync=False)
-    return TrainResult(history, best, model, spec, count_parameters(model), checkpoint)
-
-
 def fork(job, log: Path, host: str | None = None) -> int:
     """`job()` in a forked child whose output goes to `log`; its return value is the exit
     code. A child never returns into this process's code."""
@@ -138,13 +105,11 @@ def count_requests() -> Counter:
     # And every call to the Optuna storage (through the proxy or to the database).
     import optuna
 
-    from asl_sweep.search.store import RetryingRDBStorage
+    from asl_sweep.search.store import RetryingRDBStorage, public_calls
 
     for cls in (optuna.storages.GrpcStorageProxy, RetryingRDBStorage):
-        for name in dir(optuna.storages.BaseStorage):
-            method = getattr(cls, name, None)
-            if name.startswith("_") or not callable(method):
-                continue
+        for name in public_calls(cls):
+            method = getattr(cls, name)
 
             def make(method=method, name=name):
                 def call(self, *args, **kwargs):
@@ -160,8 +125,9 @@ def cli_job(argv: list[str], requests: Path | None = None):
     def job() -> int:
         import asl_sweep.search.trial
         from asl_sweep.cli import main
+        from tests.fakes import fake_trainer
 
-        asl_sweep.search.trial.train = fake_train
+        asl_sweep.search.trial.train = fake_trainer(quality)
         os.environ["ASL_SWEEP_NO_BAR"] = "1"
         counts = count_requests() if requests is not None else None
         code = main(argv)

@@ -7,44 +7,21 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 
 import asl_sweep.search.trial
 from asl_sweep.cli import main
-from asl_sweep.models.layers import InputSpec
-from asl_sweep.models.registry import build_model, count_parameters
-from asl_sweep.training.checkpoint import ModelFile
-from asl_sweep.training.train import EpochStats, Monitor, TrainResult
+from tests.fakes import fake_trainer
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 
 
-def fake_train(cfg, data, device=None, on_epoch=None, run_dir=None, monitor=None,
-               cache_dir=None, identity=None, on_resume_point=None):
-    """Curves that depend on the settings (so the search has something to find), reported
-    epoch by epoch like the real trainer; the model is real and untrained."""
-    monitor = monitor or Monitor()
+def _quality(cfg) -> float:
+    """Settings' own score, from their digest: the search has something to find."""
     digest = int(hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:8], 16)
-    quality = 0.3 + 0.6 * (digest % 1000) / 1000
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        frac = epoch / cfg.epochs
-        stats = EpochStats(epoch, train_loss=2.0 * (1 - frac) + 0.01, train_acc=min(1.0, 2 * frac),
-                           val_loss=2.0 - quality * frac, val_acc=quality * frac, seconds=0.001,
-                           images_per_s=1000.0)
-        history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
-    spec = InputSpec(data.image_size, len(data.classes), (0.5,) * 3, (0.25,) * 3)
-    torch.manual_seed(0)
-    model = build_model(cfg, spec, pretrained=False).eval()
-    best = monitor.best(history)
-    checkpoint = None
-    if run_dir is not None:
-        checkpoint = ModelFile({k: v.detach().clone() for k, v in model.state_dict().items()},
-                               cfg, spec, list(data.classes), best.epoch, vars(best),
-                               dict(identity or {})).save(Path(run_dir) / "best.pt", sync=False)
-    return TrainResult(history, best, model, spec, count_parameters(model), checkpoint)
+    return 0.3 + 0.6 * (digest % 1000) / 1000
+
+
+fake_train = fake_trainer(_quality)
 
 
 # The student's 5000-unit MLP is 60 MB a checkpoint even at 32 px, written once per fake
