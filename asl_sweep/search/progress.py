@@ -94,7 +94,9 @@ class StageProgress:
         if t.user_attrs.get("failure") == "surplus":
             return
         took = (t.datetime_complete - t.datetime_start).total_seconds()
-        self.seconds.append(took)
+        reused = t.user_attrs.get("reused_from")
+        if not reused:  # a training found on record takes no time to speak of
+            self.seconds.append(took)
         trials = self.read() if self.read is not None else study.get_trials(deepcopy=False)
         done = sum(counts_as_done(x) for x in trials)  # a retried trial counts once
         # Rounds of a race another worker queued count too: what waits or runs is planned.
@@ -107,12 +109,13 @@ class StageProgress:
                 "confirm": f"repeat {t.user_attrs.get('repeat')} of trial "
                            f"{t.user_attrs.get('confirms')}"}[role]
         value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
-        mean = statistics.fmean(self.seconds)
+        mean = statistics.fmean(self.seconds) if self.seconds else 0.0
         said = " ".join(p for p in (f"trial {self.first + t.number}", what,
                                     t.state.name.lower(), value) if p)
         study_left = (f", about {duration(mean * (left + self.later))} in the study"
                       if self.later else "")
-        self.log(f"  {self.stage.name}: {said} ({took:.1f}s); {self.where}: {done}/"
+        how = f"reused from {reused}" if reused else f"{took:.1f}s"
+        self.log(f"  {self.stage.name}: {said} ({how}); {self.where}: {done}/"
                  f"{self.planned} done, about {duration(mean * left)} left{study_left}")
 
 

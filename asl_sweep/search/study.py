@@ -33,6 +33,7 @@ from asl_sweep.search.evaluation import (
 )
 from asl_sweep.search.progress import StageProgress, shown_settings
 from asl_sweep.search.record import save_final
+from asl_sweep.search.reuse import forget
 from asl_sweep.search.selection import (
     SEARCH_ROLES,
     StageResult,
@@ -256,7 +257,8 @@ def _keep_checkpoints(s: Session, stage: StageConfig, trials: list[FrozenTrial],
                       result: StageResult) -> None:
     """Once the stage has decided, delete the best checkpoints nobody will read (the study's
     keep_checkpoints): the carried configuration's repeats are what the final score,
-    evaluate and export use; with top_k also the best search trials; with all, every one."""
+    evaluate and export use; with top_k also the best search trials; with all, every one.
+    A training deleted is no longer one a later trial may reuse (search/reuse.py)."""
     if s.cfg.keep_checkpoints == "all":
         return
     keep = set(result.repeats) | {result.trial}
@@ -265,7 +267,11 @@ def _keep_checkpoints(s: Session, stage: StageConfig, trials: list[FrozenTrial],
         keep |= {t.number for t in ranked[:s.cfg.keep_top]}
     for t in trials:
         run_id = t.user_attrs.get("mlflow_run_id")
+        if t.user_attrs.get("reused_from"):
+            continue  # trained by an earlier stage, whose decision keeps or deletes it
         if t.number not in keep and run_id and t.state == TrialState.COMPLETE:
+            if "training_key" in t.user_attrs:
+                forget(s.record, t.user_attrs["training_key"])
             s.tracker.delete_artifacts(run_id, "checkpoints")
 
 

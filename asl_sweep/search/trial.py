@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.data.studydata import SplitData
 from asl_sweep.runtime.errors import SettingsError, environment_fault
 from asl_sweep.search.progress import EpochProgress
+from asl_sweep.search.reuse import done_before, remember, training_key
 from asl_sweep.search.selection import SEARCH_ROLES, counts_toward_budget, role_of
 from asl_sweep.search.session import Session, open_session
 from asl_sweep.search.space import suggest
@@ -120,11 +121,22 @@ class TrialRunner:
             cfg = cfg.model_copy(update={"early_stop": None})
         return Plan(role, cfg, params, repeat, repeat if self.use_folds else 0, previous)
 
-    def data(self, plan: Plan) -> SplitData:
+    def image_size(self, plan: Plan) -> int:
         # The previous family trains at its own size, not the one this stage sets.
         stage = None if plan.previous_family else self.stage
-        data = self.s.data.split(stage_image_size(self.s.cfg, stage, plan.cfg), plan.fold)
+        return stage_image_size(self.s.cfg, stage, plan.cfg)
+
+    def data(self, plan: Plan) -> SplitData:
+        data = self.s.data.split(self.image_size(plan), plan.fold)
         return data.subset(self.stage.subset, self.s.cfg.data.seed) if self.stage.subset else data
+
+    def training_key(self, plan: Plan) -> str | None:
+        """What this trial's training is on record as (search/reuse.py); None where the
+        study trains every trial afresh."""
+        if not self.s.cfg.reuse_trainings:
+            return None
+        return training_key(settings_digest(plan.cfg), self.image_size(plan), plan.fold,
+                            self.stage.subset, self.stage.metric, self.stage.direction)
 
     def objective(self, trial: optuna.Trial) -> float:
         # The trial beats from its first moment (where the storage has no heartbeat of its
@@ -143,6 +155,12 @@ class TrialRunner:
         plan = self.plan(trial)
         cfg = plan.cfg
         number = self.first + trial.number  # the trial's number in the stage
+        key = self.training_key(plan)
+        if key is not None:
+            trial.set_user_attr("training_key", key)
+            before = done_before(s.record, key)
+            if before is not None:
+                return self._reuse(trial, plan, before)
         origin = self.first + origin_of(trials[trial.number])
         name = f"{stage.name}-{number}" + {
             "incumbent": "-previous-family" if plan.previous_family else "-incumbent",
@@ -212,6 +230,12 @@ class TrialRunner:
                     if spent is not None:
                         s.tracker.delete_artifacts(spent, "resume")
             s.tracker.end(run_id, "FINISHED", state="COMPLETE")
+            if key is not None and result.checkpoint is not None:
+                remember(s.record, key, {
+                    "trained_by": f"stage {stage.name}, trial {number}", "run_id": run_id,
+                    "value": result.best.metric(stage.metric),
+                    "metrics": asdict(result.best), "last": asdict(result.history[-1]),
+                    "num_params": result.num_params})
         except optuna.TrialPruned:
             # MLflow has no "pruned": the pruner stopped it, so KILLED, and its name says so.
             s.tracker.rename(run_id, f"{name}-pruned")
@@ -239,6 +263,18 @@ class TrialRunner:
             raise
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint now lives in MLflow
         return result.best.metric(stage.metric)
+
+    def _reuse(self, trial: optuna.Trial, plan: Plan, before: dict[str, Any]) -> float:
+        """The trial's training is on record: its result and checkpoint stand for this trial
+        (its MLflow run is the one that trained it)."""
+        decided = {**self.decided_by, **{name: self.stage.name for name in plan.params}}
+        for k, v in {"mlflow_run_id": before["run_id"], "role": plan.role,
+                     "worker": worker_id(), "fold": plan.fold, "decided_by": decided,
+                     "metrics": before["metrics"], "last": before["last"],
+                     "num_params": before["num_params"],
+                     "reused_from": before["trained_by"]}.items():
+            trial.set_user_attr(k, v)
+        return float(before["value"])
 
     def _previous_attempt(self, trial: optuna.Trial,
                           trials: list[FrozenTrial]) -> str | None:

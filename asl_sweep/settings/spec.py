@@ -249,6 +249,10 @@ class StudyConfig(Strict):
     # `keep_top` best search trials of each stage; `all`.
     keep_checkpoints: Literal["winners", "top_k", "all"] = "winners"
     keep_top: int = Field(3, ge=1)
+    # A trial whose training the study has already done (the same settings, seed, images,
+    # fold and metric: a stage's incumbent is what the stage before it trained) takes that
+    # training's result and checkpoint instead of training again (search/reuse.py).
+    reuse_trainings: bool = True
 
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:

@@ -255,7 +255,9 @@ def test_no_test_image_reaches_training_or_selection(evidence_study):
     data = StudyData(cfg.data, ws.cache, "cpu", log=lambda _: None)
     test = set(data.splits.test.tolist())
     groups = data.groups
-    assert len(seen) >= 13
+    # Every training the study did (stage 2's candidate, lr 3e-3, is stage 1's incumbent and
+    # its repeats: found again, not trained again; search/reuse.py).
+    assert len(seen) >= 12
     for _, train_index, val_index in seen:
         assert not test & set(train_index.tolist()) and not test & set(val_index.tolist())
         assert not set(groups[data.splits.test]) & set(groups[train_index])

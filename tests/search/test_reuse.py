@@ -1,0 +1,119 @@
+"""Trainings found again (search/reuse.py): a stage's incumbent is what the stage before it
+trained, so its trials stand on those trainings instead of training again; with
+reuse_trainings: false every trial trains."""
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+import asl_sweep.search.trial
+from asl_sweep.cli import main
+from asl_sweep.results.readback import read_stages
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.record import load_record
+from asl_sweep.search.reuse import PREFIX, training_key
+from asl_sweep.search.store import attrs
+from asl_sweep.settings.studyfile import load_study
+
+# Two stages that can only hurt (weight decay far too strong): each keeps its incumbent, so
+# the second stage's incumbent is the first's, trained on the same seeds and folds.
+KEEP_TWICE = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 3}, "stages": [
+    {"name": "decay", "trials": 1, "sampler": "random", "pruner": "none",
+     "confirm": {"top": 1, "max_repeats": 3},
+     "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
+    {"name": "decay_again", "trials": 1, "sampler": "random", "pruner": "none",
+     "confirm": {"top": 1, "max_repeats": 3},
+     "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
+]}
+
+
+def run_counting(path, home, extra=()):
+    trained = []
+    real = asl_sweep.search.trial.train
+
+    def counted(cfg, *args, **kwargs):
+        trained.append(cfg.seed)
+        return real(cfg, *args, **kwargs)
+
+    asl_sweep.search.trial.train = counted
+    try:
+        assert main(["run", str(path), "--home", str(home), "--workers", "1", *extra]) == 0
+    finally:
+        asl_sweep.search.trial.train = real
+    return trained
+
+
+@pytest.fixture(scope="module")
+def kept_twice(tmp_path_factory):
+    import yaml
+
+    from tests.conftest import TINY_STUDY, deep_update
+
+    root = tmp_path_factory.mktemp("reuse")
+    path = root / "study.yaml"
+    spec = deep_update(yaml.safe_load(yaml.safe_dump(TINY_STUDY)), KEEP_TWICE)
+    spec["stages"] = KEEP_TWICE["stages"]
+    path.write_text(yaml.safe_dump(spec))
+    home = root / "mlruns"
+    trained = run_counting(path, home)
+    return path, Workspace.at(home), trained
+
+
+def incumbent_trials(view):
+    return [t for t in view.trials if t.state.name == "COMPLETE" and (
+        t.user_attrs.get("role") == "incumbent" or t.user_attrs.get("incumbent"))]
+
+
+def test_the_next_stage_stands_on_the_incumbent_the_last_one_trained(kept_twice):
+    path, ws, trained = kept_twice
+    first, second = read_stages(load_study(path), ws)
+    assert first.result.status == second.result.status == "kept incumbent"
+    before = {t.user_attrs.get("repeat", 0): t for t in incumbent_trials(first)}
+    again = incumbent_trials(second)
+    assert len(again) >= 3  # the incumbent and at least two racing repeats
+    for t in again:
+        source = before[t.user_attrs.get("repeat", 0)]
+        assert t.user_attrs["reused_from"].startswith("stage decay, trial ")
+        assert t.user_attrs["mlflow_run_id"] == source.user_attrs["mlflow_run_id"]
+        assert t.value == source.value and t.user_attrs["fold"] == source.user_attrs["fold"]
+    # Nothing trained twice: every training the run did is one trial that is not reused.
+    fresh = [t for v in (first, second) for t in v.trials
+             if t.state.name in ("COMPLETE", "PRUNED") and not t.user_attrs.get("reused_from")]
+    assert len(trained) == len(fresh)
+    # The final score read the reused trials' checkpoints (the first stage's runs).
+    assert set(second.result.repeats) <= {t.number for t in again}
+
+
+def test_every_training_on_record_still_has_its_checkpoint(kept_twice):
+    """A checkpoint deleted once its stage decided takes its entry with it, so no later
+    trial can stand on a training whose model is gone."""
+    path, ws, _ = kept_twice
+    record = load_record(optuna.storages.RDBStorage(ws.storage), load_study(path).study)
+    entries = {k: v for k, v in attrs(record).items() if k.startswith(PREFIX)}
+    live = [v for v in entries.values() if v]
+    assert live and len(live) < len(entries)  # some deleted (the candidates'), some kept
+    client = MlflowClient(ws.tracking_uri)
+    for entry in live:
+        files = {a.path for a in client.list_artifacts(entry["run_id"])}
+        assert "checkpoints" in files, entry
+
+
+def test_the_key_names_everything_that_decides_a_training():
+    key = training_key("settings", 32, 1, None, "val_acc", "maximize")
+    assert key == training_key("settings", 32, 1, None, "val_acc", "maximize")
+    for other in (("other", 32, 1, None, "val_acc", "maximize"),
+                  ("settings", 48, 1, None, "val_acc", "maximize"),
+                  ("settings", 32, 2, None, "val_acc", "maximize"),
+                  ("settings", 32, 1, 20, "val_acc", "maximize"),
+                  ("settings", 32, 1, None, "val_loss", "minimize")):
+        assert training_key(*other) != key
+
+
+def test_reuse_off_trains_every_trial(kept_twice, tmp_path):
+    path, _, trained_with_reuse = kept_twice
+    home = tmp_path / "mlruns"
+    trained = run_counting(path, home, ["--set", "reuse_trainings=false"])
+    ws = Workspace.at(home)
+    views = read_stages(load_study(path, ["reuse_trainings=false"]), ws)
+    assert not any(t.user_attrs.get("reused_from") for v in views for t in v.trials)
+    assert len(trained) > len(trained_with_reuse)
