@@ -1,5 +1,6 @@
 """The confirmation rule by simulation (no training): races on values with known true
-effects, for the shipped defaults, beside the rule before racing (3 fixed repeats, the
+effects, for the shipped defaults, beside the same race without its futility rule (near-ties
+run to max_repeats) and the rule before racing (3 fixed repeats, the
 search trial counted as repeat 0, adopt over one standard error and 0.5 points).
 
     .venv/bin/python -m benchmarks.racing [--runs 20000]
@@ -14,6 +15,7 @@ import argparse
 import math
 import random
 import statistics
+from dataclasses import replace
 
 from asl_sweep.search.racing import RaceRule, simulate
 from benchmarks.common import write_result
@@ -53,6 +55,8 @@ def main() -> None:
     rows = []
     for k, (name, effects, spread) in enumerate(SCENARIOS):
         row = simulate(effects, spread, rule, runs=args.runs, seed=k, scenario=name)
+        endless = simulate(effects, spread, replace(rule, futility=0.0), runs=args.runs,
+                           seed=k, scenario=name)
         rng = random.Random(1000 + k)
         picks = [fixed_rule(effects, spread, rng) for _ in range(args.runs)]
         best = max(range(len(effects)), key=lambda i: effects[i])
@@ -60,18 +64,24 @@ def main() -> None:
         rows.append({"scenario": name, "race_adopted": row.adopted_any,
                      "race_right": row.adopted_best if gain else None,
                      "race_rounds": row.mean_rounds, "race_trainings": row.mean_trainings,
+                     "no_futility_adopted": endless.adopted_any,
+                     "no_futility_right": endless.adopted_best if gain else None,
+                     "no_futility_rounds": endless.mean_rounds,
                      "fixed_adopted": sum(p is not None for p in picks) / args.runs,
                      "fixed_right": (sum(p == best for p in picks) / args.runs) if gain
                      else None, "fixed_rounds": 2, "fixed_trainings": 2 * (1 + len(effects))})
-    print("| scenario | adopted: race | fixed 3 | right one adopted: race | fixed 3 "
-          "| fresh repeats a config: race | fixed 3 | trainings: race | fixed 3 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | adopted: race | no futility | fixed 3 | right one adopted: race "
+          "| no futility | fixed 3 | fresh repeats a config: race | no futility | fixed 3 "
+          "| trainings: race | fixed 3 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         def pct(x):
             return "-" if x is None else f"{x:.1%}"
-        print(f"| {r['scenario']} | {pct(r['race_adopted'])} | {pct(r['fixed_adopted'])} | "
-              f"{pct(r['race_right'])} | {pct(r['fixed_right'])} | {r['race_rounds']:.2f} | "
-              f"{r['fixed_rounds']} | {r['race_trainings']:.1f} | {r['fixed_trainings']} |")
+        print(f"| {r['scenario']} | {pct(r['race_adopted'])} | {pct(r['no_futility_adopted'])} "
+              f"| {pct(r['fixed_adopted'])} | {pct(r['race_right'])} | "
+              f"{pct(r['no_futility_right'])} | {pct(r['fixed_right'])} | "
+              f"{r['race_rounds']:.2f} | {r['no_futility_rounds']:.2f} | {r['fixed_rounds']} | "
+              f"{r['race_trainings']:.1f} | {r['fixed_trainings']} |")
     print(f"written to {write_result('racing', {'rule': vars(rule), 'runs': args.runs, 'rows': rows})}")
 
 

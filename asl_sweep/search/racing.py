@@ -15,9 +15,14 @@ time, and keeps most of its power for the last look.
 
 A candidate whose upper bound (at `level`, uncorrected: dropping can never adopt anything
 wrongly, it can only cost power, which the simulation counts) is not above min_gain is
-dropped: clearly not better by a gain worth having. The stage adopts the best surviving candidate (by mean difference) whose lower
-bound is above min_gain. The race ends there, when every candidate is dropped, or after
-max_repeats rounds, keeping the incumbent."""
+dropped: clearly not better by a gain worth having. So is a candidate whose race is futile
+(stochastic curtailment): if the rounds still to run went on as its repeats so far (true gain
+= their mean, spread = their sd), the last look would adopt it with a chance (its conditional
+power) below `futility`. A near-tie is then dropped after two or three rounds instead of
+running to max_repeats; like any drop it can only cost power, never adopt wrongly. The stage
+adopts the best surviving candidate (by mean difference) whose lower bound is above
+min_gain. The race ends there, when every candidate is dropped, or after max_repeats
+rounds, keeping the incumbent."""
 
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class RaceRule:
     max_repeats: int = 6
     level: float = 0.95
     min_gain: float = 0.0
+    futility: float = 0.05  # drop a candidate whose conditional power is below this
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Bounds:
     lower: float  # at the corrected confidence (adopting)
     upper: float
     plain_upper: float = math.inf  # at `level`, uncorrected (dropping)
+    power: float = 1.0  # conditional power at max_repeats (futility)
 
 
 @dataclass
@@ -89,6 +96,22 @@ def bounds(diffs: list[float], confidence: float) -> Bounds:
     return Bounds(n, mean, sd if n >= 2 else 0.0, mean - half, mean + half)
 
 
+def conditional_power(diffs: list[float], candidates: int, rule: RaceRule) -> float:
+    """The chance that the last look (n = max_repeats) would adopt this candidate if the
+    rounds still to run went on as its repeats so far (the current trend: true gain = their
+    mean, spread = their sd), by the normal approximation of stochastic curtailment."""
+    n, last = len(diffs), rule.max_repeats
+    if n >= last or n < 2:
+        return 1.0
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    needed = rule.min_gain + t_quantile(confidence(rule, candidates, last), last - 1) * sd / \
+        math.sqrt(last)  # the final mean that the last look adopts above
+    if sd == 0.0:
+        return 1.0 if mean > needed else 0.0
+    z = last * (needed - mean) / (sd * math.sqrt(last - n))
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
 def judge(diffs: dict[int, list[float]], started_with: int, rule: RaceRule,
           dropped: dict[int, int] | None = None, rounds: int | None = None) -> Verdict:
     """One look at the race. `diffs`: candidate -> its paired differences so far (sign
@@ -109,8 +132,9 @@ def judge(diffs: dict[int, list[float]], started_with: int, rule: RaceRule,
         # Dropping cannot adopt anything wrongly, so it needs no correction: the plain
         # one-sided bound at `level`.
         upper = bounds(diffs[c], rule.level).upper
-        verdict.bounds[c] = replace(verdict.bounds[c], plain_upper=upper)
-        if upper <= rule.min_gain:  # a tie is not better
+        power = conditional_power(diffs[c], started_with, rule)
+        verdict.bounds[c] = replace(verdict.bounds[c], plain_upper=upper, power=power)
+        if upper <= rule.min_gain or power < rule.futility:  # a tie is not better
             verdict.dropped[c] = rounds
     verdict.alive = [c for c in alive if c not in verdict.dropped]
     winners = [c for c in verdict.alive if c in looked

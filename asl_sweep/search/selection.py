@@ -241,7 +241,7 @@ def _describe(values: dict[int, tuple[float, int]]) -> dict[str, Any]:
 
 def race_rule(confirm: ConfirmConfig) -> RaceRule:
     return RaceRule(confirm.min_repeats, confirm.max_repeats, confirm.level,
-                    confirm.min_gain or 0.0)
+                    confirm.min_gain or 0.0, confirm.futility)
 
 
 def _fresh_diffs(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
@@ -274,6 +274,16 @@ def race_verdict(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     return verdict
 
 
+def race_line(stage: StageConfig, verdict: Verdict) -> str:
+    """Where a race stands after a look, in the metric's own unit: each candidate still in
+    it, its mean gain and lower bound, and those dropped."""
+    scale, unit = _points(stage)
+    alive = "; ".join(f"trial {c} {b.mean * scale:+.1f}{unit}, lower bound "
+                      f"{b.lower * scale:+.1f}{unit}, conditional power {b.power:.0%}"
+                      for c, b in verdict.bounds.items() if c in verdict.alive)
+    return alive + (f"; dropped {sorted(verdict.dropped)}" if verdict.dropped else "")
+
+
 def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
                 candidates: list[int], verdict: Verdict) -> StageResult:
     """The stage's result once the race is done: the adopted candidate, or the incumbent."""
@@ -286,6 +296,7 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     scale, unit = _points(stage)
     evidence: dict[str, Any] = {
         "rule": TEST_NAME, "level": rule.level, "min_gain": rule.min_gain,
+        "futility": rule.futility,
         "min_repeats": rule.min_repeats, "max_repeats": rule.max_repeats,
         "incumbent": incumbent, "rounds": verdict.rounds,
         "dropped": {str(c): n for c, n in verdict.dropped.items()},
@@ -295,7 +306,7 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
         b = verdict.bounds.get(c)
         stats.update(diffs=[d for _, d in diffs[c]],
                      **({"diff_mean": b.mean, "lower": b.lower, "upper": b.upper,
-                         "plain_upper": b.plain_upper, "n": b.n}
+                         "plain_upper": b.plain_upper, "power": b.power, "n": b.n}
                         if b is not None else {}))
         evidence["configs"][str(c)] = stats
 
@@ -327,10 +338,14 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
         c = max(looked, key=lambda c: (looked[c].mean, -c))
         b = looked[c]
         evidence["best"] = c
-        if not verdict.alive:
+        if not verdict.alive and b.plain_upper <= rule.min_gain:
             why = (f"every candidate dropped; the best, trial {c}: {pt(b.mean)} over "
                    f"{fresh(b.n)}, upper bound {pt(b.plain_upper)} <= min gain "
                    f"{pt(rule.min_gain)}")
+        elif not verdict.alive:
+            why = (f"every candidate dropped; the best, trial {c}: {pt(b.mean)} over "
+                   f"{fresh(b.n)}, too close to call by max_repeats (conditional power "
+                   f"{b.power:.0%} < futility {rule.futility:.0%})")
         else:
             why = (f"the best candidate, trial {c}: {pt(b.mean)} over {fresh(b.n)}, lower "
                    f"bound {pt(b.lower)}, not above min gain {pt(rule.min_gain)} by "

@@ -43,6 +43,7 @@ from asl_sweep.search.selection import (
     pick_winner,
     plan_candidates,
     previous_family,
+    race_line,
     race_verdict,
     reached_target,
     role_of,
@@ -404,10 +405,7 @@ def _race(s: Session, stage: StageConfig, study: optuna.Study, into: optuna.Stud
             return decide_race(trials, stage, incumbent, candidates, verdict)
         if queued:
             s.say(f"stage {stage.name}: after {queued} round{'s' if queued != 1 else ''}: "
-                  + "; ".join(f"trial {c} {b.mean * 100:+.1f} pt, lower bound "
-                              f"{b.lower * 100:+.1f}" for c, b in verdict.bounds.items()
-                              if c in verdict.alive)
-                  + (f"; dropped {sorted(verdict.dropped)}" if verdict.dropped else ""))
+                  f"{race_line(stage, verdict)}")
         upto = min(confirm.max_repeats, max(queued + 1, confirm.min_repeats))
         progress.planned += max(0, upto - max(queued, confirm.min_repeats)) * (
             len(verdict.alive) + 1)  # a round past the planned minimum

@@ -114,8 +114,9 @@ def parse_param(raw: Any) -> ParamSpec:
 class ConfirmConfig(Strict):
     """Confirmation after a stage's search: the `top` best distinct trials and the incumbent
     trained again on fresh paired (seed, fold) repeats, raced (search/racing.py): from
-    `min_repeats` on, a candidate clearly not better by `min_gain` is dropped and one
-    clearly better is adopted (one-sided paired t at `level`), up to `max_repeats`.
+    `min_repeats` on, a candidate clearly not better by `min_gain`, or one whose trend could
+    not be shown by `max_repeats` (`futility`), is dropped and one clearly better is adopted
+    (one-sided paired t at `level`), up to `max_repeats`.
 
     The rule before racing (a fixed number of repeats, the search trial counted as repeat 0,
     adopt over one standard error) is still there for comparison: `repeats: R` alone."""
@@ -126,6 +127,9 @@ class ConfirmConfig(Strict):
     level: float = Field(0.95, gt=0.5, lt=1.0)
     folds: bool | None = None  # repeat r validates on fold r; None: when the data has groups
     min_gain: float | None = Field(None, ge=0.0)  # race: 0; fixed: one standard error
+    # Race: drop a candidate whose conditional power (the chance that its trend so far would
+    # be adopted at max_repeats) is below this; 0 runs near-ties to max_repeats.
+    futility: float = Field(0.05, ge=0.0, lt=1.0)
     repeats: int | None = Field(None, ge=2)  # the fixed rule (before racing)
 
     @model_validator(mode="before")

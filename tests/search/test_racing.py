@@ -5,7 +5,14 @@ import random
 
 import pytest
 
-from asl_sweep.search.racing import RaceRule, confidence, judge, looks, simulate
+from asl_sweep.search.racing import (
+    RaceRule,
+    conditional_power,
+    confidence,
+    judge,
+    looks,
+    simulate,
+)
 
 DEFAULT = RaceRule()  # what `confirm: {}` races with (settings.spec.ConfirmConfig)
 
@@ -20,15 +27,35 @@ def test_the_shipped_defaults_meet_their_goals():
     assert clear.adopted_any == 0 and clear.mean_rounds < 2.5  # mostly dropped at the first look
 
 
-def test_a_clear_gain_is_adopted_at_the_first_look_and_a_tie_runs_to_the_end():
+def test_a_clear_gain_is_adopted_at_the_first_look_and_a_tie_is_dropped_as_futile():
     sure = simulate([0.10], 0.02, DEFAULT, runs=300, seed=4)
     assert sure.adopted_best > 0.95 and sure.mean_rounds < 3.6
+    # No evidence either way: without the futility rule it keeps looking, up to 6 rounds;
+    # with it, a tie is dropped after two or three, at no cost in false adoptions.
+    endless = simulate([0.0], 0.02, RaceRule(futility=0.0), runs=300, seed=5)
+    assert endless.mean_rounds > 4.5
     tie = simulate([0.0], 0.02, DEFAULT, runs=300, seed=5)
-    assert tie.mean_rounds > 4.5  # no evidence either way: it keeps looking, up to 6
+    assert tie.mean_rounds < 3.0 and tie.adopted_any <= endless.adopted_any
+
+
+def test_conditional_power_follows_the_trend():
+    rule = RaceRule(max_repeats=6, futility=0.05)
+    # A gain that shows already: its trend would be adopted at the last look.
+    assert conditional_power([0.03, 0.028, 0.035], 1, rule) > 0.9
+    # A tie with noise: no trend to follow, so hopeless.
+    assert conditional_power([0.01, -0.012, 0.004], 1, rule) < 0.05
+    # At max_repeats nothing is left to predict; two identical repeats are certain.
+    assert conditional_power([0.0] * 6, 1, rule) == 1.0
+    assert conditional_power([0.02, 0.02], 1, rule) == 1.0
+    assert conditional_power([-0.02, -0.02], 1, rule) == 0.0
+    v = judge({1: [0.01, -0.012, 0.004]}, 1, rule)
+    assert v.dropped == {1: 3} and v.done and v.adopt is None
+    assert v.bounds[1].plain_upper > 0  # dropped as futile, not on its upper bound
+    assert not judge({1: [0.01, -0.012, 0.004]}, 1, RaceRule(futility=0.0)).done
 
 
 def test_judge_adopts_drops_and_stops():
-    rule = RaceRule(min_repeats=2, max_repeats=4, level=0.95, min_gain=0.0)
+    rule = RaceRule(min_repeats=2, max_repeats=4, level=0.95, min_gain=0.0, futility=0.0)
     # One repeat: no look yet, whatever it says.
     v = judge({1: [0.5]}, 1, rule)
     assert not v.done and v.adopt is None and v.alive == [1]
