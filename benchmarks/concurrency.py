@@ -21,15 +21,33 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = {  # name: (image size, train settings, epochs)
-    "mlp64": (64, {"model": "mlp", "hidden": [256, 64], "batch_size": 32}, 20),
+ADAM = {"optimizer": "adam", "lr": 1e-3}
+CASES = {  # name: (image size, train settings, epochs, images per class)
+    "mlp64": (64, {"model": "mlp", "hidden": [256, 64], "batch_size": 32, **ADAM}, 20, 40),
     "cnn48": (48, {"model": "cnn", "hidden": [], "batch_size": 64,
-                   "cnn": {"channels": [16, 32, 64]}}, 8),
+                   "cnn": {"channels": [16, 32, 64]}, **ADAM}, 8, 40),
     "head224": (224, {"model": "transfer", "hidden": [], "batch_size": 64,
-                      "transfer": {"backbone": "mobilenet_v2", "trainable": 0}}, 100),
+                      "transfer": {"backbone": "mobilenet_v2", "trainable": 0}, **ADAM}, 100,
+                40),
     "finetune224": (224, {"model": "transfer", "hidden": [], "batch_size": 32,
                           "transfer": {"backbone": "mobilenet_v2", "trainable": 2,
-                                       "feature_views": 1}}, 5),
+                                       "feature_views": 1}, **ADAM}, 5, 40),
+    # The shipped studies' own trainings, on their own data sizes: report.yaml's MLP (the
+    # student's [500, 50], SGD, batches of 20; 120 images a class) plain and with 4
+    # augmented copies, and cnn.yaml's base CNN at 48 px (80 images a class; 10 of its 40
+    # epochs).
+    "mlp64_report": (64, {"model": "mlp", "hidden": [500, 50], "batch_size": 20,
+                          "optimizer": "sgd", "momentum": 0.9, "lr": 0.01}, 15, 120),
+    "mlp64_report_aug4": (64, {"model": "mlp", "hidden": [500, 50], "batch_size": 20,
+                               "optimizer": "sgd", "momentum": 0.9, "lr": 0.001,
+                               "augment": {"rotation": 25.0, "blur_kernel": 3, "copies": 4}},
+                          15, 120),
+    "cnn48_study": (48, {"model": "cnn", "hidden": [], "batch_size": 64, "optimizer": "adamw",
+                         "lr": 3e-3, "weight_decay": 1e-4, "schedule": "cosine",
+                         "cnn": {"channels": [16, 32, 64], "kernel": 3, "batch_norm": True},
+                         "augment": {"rotation": 10.0, "translate": 0.05, "brightness": 0.3,
+                                     "contrast": 0.3, "saturation": 0.3, "hue": 0.05}},
+                    10, 80),
 }
 
 CHILD = r"""
@@ -40,10 +58,10 @@ torch.set_num_threads(int(sys.argv[1]))
 from asl_sweep.settings.config import TrainConfig
 from asl_sweep.training.train import train
 from benchmarks.common import study_data
-size, settings, epochs, cache, start_at = json.loads(sys.argv[2])
-data = study_data(None, size, Path(cache), per_class=40)
+size, settings, epochs, images, cache, start_at = json.loads(sys.argv[2])
+data = study_data(None, size, Path(cache), per_class=images)
 split = data.split()
-cfg = TrainConfig(**settings, epochs=epochs, device="cpu", optimizer="adam", lr=1e-3)
+cfg = TrainConfig(**settings, epochs=epochs, device="cpu")
 if start_at == 0:  # warm the shared caches (decoded images, frozen features) once
     train(cfg.model_copy(update={"epochs": 1}), split, "cpu", cache_dir=Path(cache))
     sys.exit(0)
@@ -56,9 +74,8 @@ print(json.dumps({"began": began, "ended": time.time()}))
 
 def together(k: int, threads: int, case: str, cache: str) -> float:
     """Wall seconds for k trainings started together, `threads` each."""
-    size, settings, epochs = CASES[case]
     start_at = time.time() + 25.0  # after every child has imported and loaded its data
-    arg = json.dumps([size, settings, epochs, cache, start_at])
+    arg = json.dumps([*CASES[case], cache, start_at])
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(threads), arg],
                               stdout=subprocess.PIPE, text=True) for _ in range(k)]
     spans = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -66,9 +83,8 @@ def together(k: int, threads: int, case: str, cache: str) -> float:
 
 
 def warm(case: str, cache: str) -> None:
-    size, settings, epochs = CASES[case]
     subprocess.run([sys.executable, "-c", CHILD, str(os.cpu_count()),
-                    json.dumps([size, settings, epochs, cache, 0])], check=True)
+                    json.dumps([*CASES[case], cache, 0])], check=True)
 
 
 def study_wall(workers: str, home: Path) -> float:
