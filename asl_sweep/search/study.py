@@ -285,9 +285,9 @@ def _mark_decision(s: Session, trials: list[FrozenTrial], result: StageResult,
     for c in candidates:
         marks.setdefault(c, "raced, not adopted")
     for number, word in marks.items():
-        run_id = (by_number[number].user_attrs.get("mlflow_run_id") if number in by_number
-                  else None)
-        if run_id:
+        t = by_number.get(number)
+        run_id = t.user_attrs.get("mlflow_run_id") if t is not None else None
+        if run_id and not t.user_attrs.get("reused_from"):  # its own stage's word stands
             s.tracker.set_tags(run_id, decision=word)
 
 

@@ -130,6 +130,10 @@ class TrialRunner:
         data = self.s.data.split(self.image_size(plan), plan.fold)
         return data.subset(self.stage.subset, self.s.cfg.data.seed) if self.stage.subset else data
 
+    def decided(self, plan: Plan) -> dict[str, str]:
+        """Which stage decided each setting the trial trains with."""
+        return {**self.decided_by, **{name: self.stage.name for name in plan.params}}
+
     def training_key(self, plan: Plan) -> str | None:
         """What this trial's training is on record as (search/reuse.py); None where the
         study trains every trial afresh."""
@@ -176,7 +180,7 @@ class TrialRunner:
         trial.set_user_attr("role", plan.role)
         trial.set_user_attr("worker", worker_id())
         trial.set_user_attr("fold", plan.fold)
-        decided = {**self.decided_by, **{name: stage.name for name in plan.params}}
+        decided = self.decided(plan)
         trial.set_user_attr("decided_by", decided)
         s.tracker.log_params(run_id, cfg.applicable())
         s.tracker.set_tags(run_id, **{f"decided_by.{k}": v for k, v in decided.items()},
@@ -235,7 +239,8 @@ class TrialRunner:
                     "trained_by": f"stage {stage.name}, trial {number}", "run_id": run_id,
                     "value": result.best.metric(stage.metric),
                     "metrics": asdict(result.best), "last": asdict(result.history[-1]),
-                    "num_params": result.num_params})
+                    "num_params": result.num_params,
+                    "curve": [[h.epoch, h.metric(stage.metric)] for h in result.history]})
         except optuna.TrialPruned:
             # MLflow has no "pruned": the pruner stopped it, so KILLED, and its name says so.
             s.tracker.rename(run_id, f"{name}-pruned")
@@ -266,10 +271,13 @@ class TrialRunner:
 
     def _reuse(self, trial: optuna.Trial, plan: Plan, before: dict[str, Any]) -> float:
         """The trial's training is on record: its result and checkpoint stand for this trial
-        (its MLflow run is the one that trained it)."""
-        decided = {**self.decided_by, **{name: self.stage.name for name in plan.params}}
+        (its MLflow run is the one that trained it). Its curve is reported again, so the
+        pruner compares later trials with it as with any other."""
+        for epoch, value in before.get("curve", []):
+            trial.report(value, epoch)
         for k, v in {"mlflow_run_id": before["run_id"], "role": plan.role,
-                     "worker": worker_id(), "fold": plan.fold, "decided_by": decided,
+                     "worker": worker_id(), "fold": plan.fold,
+                     "decided_by": self.decided(plan),
                      "metrics": before["metrics"], "last": before["last"],
                      "num_params": before["num_params"],
                      "reused_from": before["trained_by"]}.items():

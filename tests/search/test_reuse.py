@@ -76,6 +76,8 @@ def test_the_next_stage_stands_on_the_incumbent_the_last_one_trained(kept_twice)
         assert t.user_attrs["reused_from"].startswith("stage decay, trial ")
         assert t.user_attrs["mlflow_run_id"] == source.user_attrs["mlflow_run_id"]
         assert t.value == source.value and t.user_attrs["fold"] == source.user_attrs["fold"]
+        # Its curve too, so the pruner weighs it like any trial.
+        assert t.intermediate_values == source.intermediate_values
     # Nothing trained twice: every training the run did is one trial that is not reused.
     fresh = [t for v in (first, second) for t in v.trials
              if t.state.name in ("COMPLETE", "PRUNED") and not t.user_attrs.get("reused_from")]
