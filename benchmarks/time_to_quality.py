@@ -2,7 +2,8 @@
 final test accuracy of each.
 
 --arms race (default): the confirmation before racing (top 2 over 3 fixed repeats, one trial
-at a time) beside the shipped defaults (racing confirmation, --workers auto).
+at a time, every trial trained) beside the shipped defaults (racing confirmation with its
+futility rule, trainings found again, --workers auto).
 --arms hyperband: sweeps/report.yaml as shipped (median pruning, no early stopping) beside
 the same study with Hyperband pruning in every searched stage and early stopping.
 
@@ -36,10 +37,11 @@ def faster(study: str) -> list[str]:
 def before(study: str, top: int) -> list[str]:
     """The confirmation before racing (issue 21): the top candidates over 3 fixed repeats,
     the search trial counted as repeat 0, in every confirmed stage (report.yaml had the
-    default top 2; cnn.yaml shipped top 1)."""
+    default top 2; cnn.yaml shipped top 1), and every trial trained afresh."""
     cfg = load_study(study)
-    return [f"stages.{i}.confirm={{top: {top}, repeats: 3}}" for i, s in enumerate(cfg.stages)
-            if s.confirm is not None and s.target is None]
+    return [*(f"stages.{i}.confirm={{top: {top}, repeats: 3}}" for i, s in enumerate(cfg.stages)
+              if s.confirm is not None and s.target is None),
+            "reuse_trainings=false"]  # every trial trained, as before trainings were found again
 
 
 # report.yaml's augmentation stage with at most 4 augmented copies (its seed trial too).
