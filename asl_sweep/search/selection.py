@@ -344,8 +344,8 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
                    f"{pt(rule.min_gain)}")
         elif not verdict.alive:
             why = (f"every candidate dropped; the best, trial {c}: {pt(b.mean)} over "
-                   f"{fresh(b.n)}, too close to call by max_repeats (conditional power "
-                   f"{b.power:.0%} < futility {rule.futility:.0%})")
+                   f"{fresh(b.n)}, futile: at this trend max_repeats would not show it "
+                   f"better (conditional power {b.power:.0%} < futility {rule.futility:.0%})")
         else:
             why = (f"the best candidate, trial {c}: {pt(b.mean)} over {fresh(b.n)}, lower "
                    f"bound {pt(b.lower)}, not above min gain {pt(rule.min_gain)} by "

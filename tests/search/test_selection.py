@@ -99,3 +99,29 @@ def test_a_mean_just_over_the_needed_gain_never_prints_as_a_tie():
     result = decide(incumbent + candidate, stage(), 0, [1], min_gain=0.0248)
     assert result.status == "adopted"
     assert "(needed > 2.48 pt)" in result.decision and "+2.51" in result.decision
+
+
+def test_a_race_dropped_as_futile_says_so_and_keeps_the_incumbent():
+    """A near-tie: after two rounds its upper bound is above 0 (not clearly worse), but at
+    its trend the sixth round would not show it better; it is dropped there (the replay
+    stops at that look), the stage keeps the incumbent and its line names the rule."""
+    from asl_sweep.search.selection import decide_race, race_verdict
+
+    values = {1: (0.600, 0.610), 2: (0.620, 0.612), 3: (0.580, 0.584)}  # repeat: inc, cand
+    trials = [trial(0, 0.60, role="incumbent"), trial(1, 0.65, role="search")]
+    n = 2
+    for r, (inc, cand) in values.items():
+        trials.append(trial(n, inc, role="confirm", confirms=0, repeat=r, incumbent=True))
+        trials.append(trial(n + 1, cand, role="confirm", confirms=1, repeat=r))
+        n += 2
+    s = stage(confirm={"top": 1})
+    verdict = race_verdict(trials, s, 0, [1], rounds=3)
+    assert verdict.done and verdict.adopt is None and verdict.dropped == {1: 2}
+    assert verdict.bounds[1].plain_upper > 0 and verdict.bounds[1].power < 0.05
+    result = decide_race(trials, s, 0, [1], verdict)
+    assert result.status == "kept incumbent"
+    assert "futile: at this trend max_repeats would not show it better" in result.decision
+    assert "< futility 5%" in result.decision
+    # Without the rule the same race goes on.
+    assert not race_verdict(trials, stage(confirm={"top": 1, "futility": 0}), 0, [1],
+                            rounds=3).done
