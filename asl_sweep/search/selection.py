@@ -338,14 +338,13 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
         c = max(looked, key=lambda c: (looked[c].mean, -c))
         b = looked[c]
         evidence["best"] = c
-        if not verdict.alive and b.plain_upper <= rule.min_gain:
+        if not verdict.alive:
+            reason = (f"upper bound {pt(b.plain_upper)} <= min gain {pt(rule.min_gain)}"
+                      if b.plain_upper <= rule.min_gain else
+                      f"futile: at this trend max_repeats would not show it better "
+                      f"(conditional power {b.power:.0%} < futility {rule.futility:.0%})")
             why = (f"every candidate dropped; the best, trial {c}: {pt(b.mean)} over "
-                   f"{fresh(b.n)}, upper bound {pt(b.plain_upper)} <= min gain "
-                   f"{pt(rule.min_gain)}")
-        elif not verdict.alive:
-            why = (f"every candidate dropped; the best, trial {c}: {pt(b.mean)} over "
-                   f"{fresh(b.n)}, futile: at this trend max_repeats would not show it "
-                   f"better (conditional power {b.power:.0%} < futility {rule.futility:.0%})")
+                   f"{fresh(b.n)}, {reason}")
         else:
             why = (f"the best candidate, trial {c}: {pt(b.mean)} over {fresh(b.n)}, lower "
                    f"bound {pt(b.lower)}, not above min gain {pt(rule.min_gain)} by "

@@ -177,11 +177,7 @@ class TrialRunner:
                                    role=plan.role, repeat=str(plan.repeat),
                                    fold=str(plan.fold), seed=str(cfg.seed))
         trial.set_user_attr("mlflow_run_id", run_id)
-        trial.set_user_attr("role", plan.role)
-        trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("fold", plan.fold)
-        decided = self.decided(plan)
-        trial.set_user_attr("decided_by", decided)
+        decided = self._label(trial, plan)
         s.tracker.log_params(run_id, cfg.applicable())
         s.tracker.set_tags(run_id, **{f"decided_by.{k}": v for k, v in decided.items()},
                            **({"retry_of": origin} if origin != number else {}),
@@ -237,7 +233,6 @@ class TrialRunner:
             if key is not None and result.checkpoint is not None:
                 remember(s.record, key, {
                     "trained_by": f"stage {stage.name}, trial {number}", "run_id": run_id,
-                    "value": result.best.metric(stage.metric),
                     "metrics": asdict(result.best), "last": asdict(result.history[-1]),
                     "num_params": result.num_params,
                     "curve": [[h.epoch, h.metric(stage.metric)] for h in result.history]})
@@ -275,14 +270,21 @@ class TrialRunner:
         pruner compares later trials with it as with any other."""
         for epoch, value in before.get("curve", []):
             trial.report(value, epoch)
-        for k, v in {"mlflow_run_id": before["run_id"], "role": plan.role,
-                     "worker": worker_id(), "fold": plan.fold,
-                     "decided_by": self.decided(plan),
-                     "metrics": before["metrics"], "last": before["last"],
-                     "num_params": before["num_params"],
-                     "reused_from": before["trained_by"]}.items():
+        trial.set_user_attr("mlflow_run_id", before["run_id"])
+        self._label(trial, plan)
+        for k in ("metrics", "last", "num_params"):
+            trial.set_user_attr(k, before[k])
+        trial.set_user_attr("reused_from", before["trained_by"])
+        return float(before["metrics"][self.stage.metric])
+
+    def _label(self, trial: optuna.Trial, plan: Plan) -> dict[str, str]:
+        """What every trial records of itself, trained or reused: its role, worker, fold and
+        which stage decided each of its settings (returned)."""
+        decided = self.decided(plan)
+        for k, v in {"role": plan.role, "worker": worker_id(), "fold": plan.fold,
+                     "decided_by": decided}.items():
             trial.set_user_attr(k, v)
-        return float(before["value"])
+        return decided
 
     def _previous_attempt(self, trial: optuna.Trial,
                           trials: list[FrozenTrial]) -> str | None:
