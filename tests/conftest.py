@@ -114,6 +114,18 @@ def running_trial(db: Path, study_name: str, proc, seconds: float = 120,
                          f"(process exit code {proc.poll()})")
 
 
+def run_until_training(cmd: list[str], db: Path, study_name: str):
+    """`cmd` (an `asl-sweep run`) as a process whose stores give up after 3 s of silence,
+    returned once a trial of `study_name` (in the SQLite file `db`) has trained two epochs:
+    the moment an outage test takes a store or server away."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ASL_SWEEP_STORE_RETRY_S": "3"})
+    running_trial(db, study_name, proc, epochs=2)
+    return proc
+
+
 def stopped_line(proc, err: str) -> str:
     """The last line of a run that stopped because a store or server went away: exit 2, no
     traceback, at most three lines (the outage noticed, what could not be recorded, the

@@ -27,7 +27,7 @@ from asl_sweep.search.store import (
 )
 from asl_sweep.settings.studyfile import load_study
 from tests import servers
-from tests.conftest import running_trial, stopped_line
+from tests.conftest import run_until_training, running_trial, stopped_line
 from tests.servers import free_port, mlflow_server, postgres_bin, store_proxy
 
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
@@ -358,9 +358,7 @@ def test_a_proxy_that_stops_is_named_in_one_line_and_its_trial_runs_again(write_
     with store_proxy(f"sqlite:///{db}", port=port) as url:
         cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
                str(tmp_path / "mlruns"), "--storage", url]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "ASL_SWEEP_STORE_RETRY_S": "3"})
-        running_trial(db, "tiny.search", proc, epochs=2)
+        proc = run_until_training(cmd, db, "tiny.search")
     _, err = proc.communicate(timeout=120)  # the proxy is gone
     last = stopped_line(proc, err)
     assert f"the Optuna storage proxy at {url} has not answered for 3 s" in last, last

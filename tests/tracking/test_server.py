@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from asl_sweep.cli import main
-from tests.conftest import running_trial, stopped_line
+from tests.conftest import run_until_training, running_trial, stopped_line
 from tests.servers import free_port, mlflow_server
 
 
@@ -117,9 +117,7 @@ def test_a_tracking_server_that_stops_is_named_in_one_line_and_its_trial_runs_ag
     with mlflow_server(backend, root / "artifacts", port=port) as url:
         cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
                str(tmp_path / "home"), "--storage", f"sqlite:///{db}", "--tracking", url]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, "ASL_SWEEP_STORE_RETRY_S": "3"})
-        running_trial(db, "outage.search", proc, epochs=2)
+        proc = run_until_training(cmd, db, "outage.search")
     _, err = proc.communicate(timeout=180)  # the server is gone
     last = stopped_line(proc, err)
     assert f"the MLflow tracking server at {url} has not answered for 3 s" in last, last
