@@ -13,7 +13,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -78,13 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
     _study_args(exp)
     exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
-    exp.add_argument("--format", default="all", choices=["torchscript", "onnx", "mlflow", "all"])
+    exp.add_argument("--format", default="all", choices=["torchscript", "onnx", "mlflow", "all"],
+                     help="which forms to write (default all)")
     exp.add_argument("--out", type=Path, help="folder for the files (default <home>/exports/<study>)")
 
     ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
                         "validation) split")
     _study_args(ev)
-    ev.add_argument("--split", default="test", choices=["test", "val"])
+    ev.add_argument("--split", default="test", choices=["test", "val"],
+                    help="the split to score (val: each repeat's own validation fold, the "
+                    "split that chose it)")
     ev.add_argument("--stage", help="this stage's configuration (default: the last finished)")
 
     pred = sub.add_parser("predict", help="class and probability per image")
@@ -108,12 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--storage", required=True, help="the database: postgresql://... or "
                        "sqlite:///...")
     proxy.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
-    proxy.add_argument("--port", type=int, default=13000)
+    proxy.add_argument("--port", type=int, default=13000, help="the port workers reach it on")
 
     ui = sub.add_parser("ui", help="MLflow UI on the local store")
-    ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")))
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+                    help="the study home whose MLflow store to serve (default ./mlruns)")
+    ui.add_argument("--port", type=int, default=5000, help="the port to serve on")
+    ui.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this "
+                    "machine only)")
     return parser
 
 
@@ -138,8 +142,7 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
     """A study to read back, with the data it ran with (stored in its record): the YAML's data
     section is not used, and a --data or --set data.* that disagrees is an error."""
     from asl_sweep.runtime.errors import StoreError
-    from asl_sweep.search.record import stored_data
-    from asl_sweep.search.store import optuna_storage
+    from asl_sweep.search import optuna_storage, stored_data
 
     cfg, ws = _load(args)
     if not ws.has_storage:
@@ -233,93 +236,17 @@ def _per_device_arg(value: str) -> int:
     return _count(value, "workers a GPU", "worker a GPU")
 
 
-def _large(cfg) -> bool:
-    """Whether a stage trains at 224 px-like sizes or a pretrained backbone (memory per
-    worker, for --workers auto)."""
-    models = {cfg.base.model, *(str(s.fixed.get("model", "")) for s in cfg.stages)}
-    sizes = [cfg.data.image_size, *(s.image_size or 0 for s in cfg.stages)]
-    return "transfer" in models or max(sizes) >= 128
-
-
-def resolve_workers(args, cfg):
-    from asl_sweep.runtime.workers import auto_workers, fixed_workers
-
-    gpus = _gpu_count()
-    if args.per_device > 1 and not gpus:
-        print(f"--per-device {args.per_device}: no GPU here, so it changes nothing",
-              flush=True)
-    if args.workers == "auto":
-        return auto_workers(large=_large(cfg), gpus=gpus, per_device=args.per_device)
-    return fixed_workers(args.workers, gpus=gpus, per_device=args.per_device)
-
-
-def start_workers(args, cfg, ws, workers) -> list:
-    """Workers 1..N-1 as processes on this machine (this process is worker 0); the study and
-    its MLflow experiment are created here first, because creating them is a race."""
-    import subprocess
-
-    from asl_sweep.search.session import open_session
-
-    open_session(cfg, ws, log=lambda _: None)  # creates the stores, the record, the study run
-    procs = []
-    for index in range(1, workers.count):
-        env = dict(os.environ)
-        if workers.gpus > 1:  # each GPU takes per_device consecutive workers
-            env["CUDA_VISIBLE_DEVICES"] = str(workers.device_of(index))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "asl_sweep.cli", "worker", *_study_argv(args),
-             "--worker-index", str(index), "--threads", str(workers.threads),
-             "--gpu-share", str(workers.memory_share), "--parent-pid", str(os.getpid())],
-            env=env))
-    return procs
-
-
-def wait_workers(procs: list, stop: bool = False) -> int:
-    if stop:
-        for p in procs:
-            p.terminate()
-    try:
-        while any(p.poll() is None for p in procs):
-            signals.check()  # SIGTERM to this process stops the workers too
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        return wait_workers(procs, stop=True) or 130
-    return max((p.returncode for p in procs), key=abs, default=0)
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_run(args) -> int:
     cfg, ws = _load(args)
     from asl_sweep.results.leaderboard import print_leaderboard
-    from asl_sweep.search.study import run_study
+    from asl_sweep.search import resolve_workers, run_pool
 
-    workers = resolve_workers(args, cfg)
-    procs: list = []
-    if workers.count > 1:
-        print(f"{workers.count} workers side by side, {workers.threads} thread"
-              f"{'s' if workers.threads != 1 else ''} each ({workers.why}); --workers 1 for one "
-              "at a time", flush=True)
-        os.environ["ASL_SWEEP_NO_BAR"] = "1"  # bars of N processes would garble
-        procs = start_workers(args, cfg, ws, workers)
-        import torch
-
-        from asl_sweep.runtime.workers import share_device
-
-        torch.set_num_threads(workers.threads)
-        share_device(workers.memory_share)  # this process is worker 0, on the first GPU
-    try:
-        # This process is worker 0; once every stage is decided, it scores the final
-        # configuration on the test split.
-        run_study(cfg, ws)
-    except BaseException:
-        wait_workers(procs, stop=True)
-        raise
-    code = wait_workers(procs)  # done already: a stage is decided once all its trials are
+    workers = resolve_workers(cfg, args.workers, args.per_device, say=_say)
+    code = run_pool(cfg, ws, workers, _study_argv(args), bars=sys.stdout.isatty(), say=_say)
     if code != 0:
         return code
     print_leaderboard(cfg, ws, decisions=False)  # decisions and the test score: printed above
@@ -332,30 +259,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    import torch
-
-    from asl_sweep.runtime.workers import share_device
-    from asl_sweep.search.study import run_study
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    share_device(args.gpu_share)
-    if args.parent_pid:
-        signals.stop_when_orphaned(args.parent_pid)
     cfg, ws = _load(args)
+    from asl_sweep.search import join_study
+
     index = args.worker_index if args.worker_index is not None else 1 + os.getpid() % 9973
-    # The final test score is the initiating `run`'s, once every worker is done.
-    log = lambda m: print(f"[worker {index}] {m}", flush=True)  # noqa: E731
-    # A worker `run` started prints its own trials only: the stages' lines (each decision,
-    # the data) are run's, printed once.
-    run_study(cfg, ws, log=log, worker=index, score=False,
-              say=(lambda _: None) if args.parent_pid else log)
-    return 0
+    return join_study(cfg, ws, index, args.threads, args.gpu_share, args.parent_pid)
 
 
 def cmd_train(args) -> int:
     cfg, ws = _load(args)
-    from asl_sweep.search.trial import train_once
+    from asl_sweep.search import train_once
 
     result = train_once(cfg, ws)
     b = result.best
@@ -403,14 +316,14 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     cfg, ws = _load_bound(args)
     from asl_sweep.results.readback import finished_stage, read_stages
-    from asl_sweep.search.evaluation import (
+    from asl_sweep.search import (
         TEST_RULE,
         breakdown,
         failure_lines,
+        open_data,
         score_trials,
         summarize,
     )
-    from asl_sweep.search.session import open_data
     from asl_sweep.tracking.tracker import Tracker
 
     view = finished_stage(cfg, read_stages(cfg, ws), args.stage)
@@ -461,7 +374,7 @@ def cmd_ui(args) -> int:
 def cmd_store_proxy(args) -> int:
     import signal
 
-    from asl_sweep.search.store import serve_proxy
+    from asl_sweep.search import serve_proxy
     from asl_sweep.tracking.ui import check_port
 
     check_port(args.host, args.port)

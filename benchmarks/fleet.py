@@ -205,7 +205,8 @@ def outcome(storage: str, tracking: str) -> dict:
     from optuna.trial import TrialState
 
     from asl_sweep.search.record import load_record
-    from asl_sweep.search.store import attrs, optuna_storage, stage_trials
+    from asl_sweep.search.state import read as attrs
+    from asl_sweep.search.store import optuna_storage, stage_trials
     from asl_sweep.settings.studyfile import load_study
 
     cfg = load_study(STUDY, [], None, None, None)

@@ -81,9 +81,11 @@ def test_a_full_disk_stops_the_run_in_one_line_and_burns_no_budget(write_study, 
     assert "free space" in err and "rerun" in err
     study = optuna.load_study(study_name="tiny.search",
                               storage=Workspace.at(home).storage)
-    (stopped, queued) = study.trials
+    stopped, *budget, queued = study.trials
     assert stopped.state.name == "FAIL" and stopped.user_attrs["failure"] == "stopped"
     assert queued.state.name == "WAITING"  # the same trial, to run again: no budget used
+    assert queued.system_attrs["failed_trial"] == stopped.number
+    assert budget and {t.state.name for t in budget} == {"WAITING"}  # the search, untouched
     subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
     assert main(["run", str(path), "--home", str(home)]) == 0
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
@@ -257,7 +259,7 @@ def test_a_moved_or_copied_home_is_one_line_and_writes_nothing_into_the_original
 
 FILL_AT_SCORING = """
 import sys
-import asl_sweep.search.study as study
+import asl_sweep.search.evaluation as study
 real = study.score_trials
 def full(*args, **kwargs):
     scored = real(*args, **kwargs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from asl_sweep.results.leaderboard import table
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.progress import shown_settings
+from asl_sweep.search import shown_settings
 from asl_sweep.settings.spec import StudyConfig
 
 

@@ -23,9 +23,16 @@ from asl_sweep.results.readback import finished_stage, read_stages
 from asl_sweep.runtime.errors import ExportError, UserError
 from asl_sweep.runtime.files import atomic_write_text, sha256_of
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.evaluation import TEST_RULE, Scored, confusion, score_trials, summarize
-from asl_sweep.search.session import open_data
-from asl_sweep.search.stageview import StageView
+from asl_sweep.search import (
+    TEST_RULE,
+    Scored,
+    StageView,
+    TrialKey,
+    confusion,
+    open_data,
+    score_trials,
+    summarize,
+)
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import dump_resolved
 from asl_sweep.tracking.plots import plot_confusion
@@ -56,13 +63,13 @@ class Exported:
     def lineage(self) -> dict[str, str]:
         tags = {"study": self.cfg.study, "stage": self.view.stage.name,
                 "trial": str(self.trial.number), "source_run": self.trial.user_attrs.get(
-                    "mlflow_run_id", ""), "classes": json.dumps(self.classes),
+                    TrialKey.RUN, ""), "classes": json.dumps(self.classes),
                 "val_acc": f"{self.file.metrics['val_acc']:.6f}",
                 "test_acc_mean": f"{self.test['mean']:.6f}",
                 "test_acc_std": f"{self.test['std']:.6f}",
                 "test_acc": self.test["summary"], "test_rule": TEST_RULE}
         tags.update({f"decided_by.{k}": v
-                     for k, v in self.trial.user_attrs.get("decided_by", {}).items()})
+                     for k, v in self.trial.user_attrs.get(TrialKey.DECIDED_BY, {}).items()})
         return tags
 
 

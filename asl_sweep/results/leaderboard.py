@@ -7,18 +7,17 @@ from pathlib import Path
 
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.progress import shown_settings
-from asl_sweep.search.selection import role_of
-from asl_sweep.search.stageview import StageView
+from asl_sweep.search import Role, StageView, TrialKey, role_of, shown_settings
 from asl_sweep.settings.spec import StudyConfig
 
-LABELS = {"incumbent": " (incumbent)", "seed": " (seed)", "search": "", "confirm": " (repeat)"}
+LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
+          Role.CONFIRM: " (repeat)"}
 
 
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
     rows = []
     for t in view.ranked()[:top]:
-        m = t.user_attrs.get("metrics", {})
+        m = t.user_attrs.get(TrialKey.METRICS, {})
         params = shown_settings(t.params) or "(as it came)"
         rows.append([str(t.number) + LABELS[role_of(t)], f"{m.get('train_acc', float('nan')):.3f}",
                      f"{m.get('val_acc', float('nan')):.3f}", params])

@@ -6,10 +6,18 @@ from __future__ import annotations
 
 from asl_sweep.runtime.errors import ConfigError
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.record import final_result
-from asl_sweep.search.selection import StageResult
-from asl_sweep.search.stageview import StageView
-from asl_sweep.search.store import attrs, load_stage_study, optuna_storage, stage_trials
+from asl_sweep.search import (
+    Failure,
+    StageKey,
+    StageResult,
+    StageView,
+    TrialKey,
+    final_result,
+    load_stage_study,
+    optuna_storage,
+    read,
+    stage_trials,
+)
 from asl_sweep.settings.spec import StudyConfig
 
 
@@ -21,10 +29,13 @@ def read_stages(cfg: StudyConfig, ws: Workspace) -> list[StageView]:
         if study is None:
             views.append(StageView(stage, [], None, {}))
             continue
-        a = attrs(study)
-        views.append(StageView(stage, stage_trials(study),
-                               StageResult(**a["result"]) if "result" in a else None,
-                               a.get("carried", {}), a.get("plan"), a.get("budget")))
+        shared = read(study)
+        trials = [t for t in stage_trials(study)  # a search slot the stage did not need: none
+                  if t.user_attrs.get(TrialKey.FAILURE) != Failure.UNUSED]
+        result = shared.get(StageKey.RESULT)
+        views.append(StageView(stage, trials, StageResult(**result) if result else None,
+                               shared.get(StageKey.CARRIED, {}), shared.get(StageKey.PLAN),
+                               shared.get(StageKey.BUDGET)))
     return views
 
 

@@ -18,10 +18,17 @@ from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.errors import ConfigError
 from asl_sweep.runtime.files import atomic_write_text
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.evaluation import TEST_RULE, confusion
-from asl_sweep.search.selection import role_of
-from asl_sweep.search.stageview import StageView
-from asl_sweep.search.store import load_stage_study, optuna_storage
+from asl_sweep.search import (
+    SEARCH_ROLES,
+    TEST_RULE,
+    Role,
+    StageView,
+    TrialKey,
+    confusion,
+    load_stage_study,
+    optuna_storage,
+    role_of,
+)
 from asl_sweep.settings.config import METRICS
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.tracking.plots import (
@@ -35,14 +42,15 @@ from asl_sweep.tracking.tracker import Tracker
 
 GAP_OVERFIT, FIT_LOW = 0.15, 0.8
 MIN_IMPORTANCE_TRIALS = 5  # fewer searched trials say nothing about importance
-ROLE = {"incumbent": "incumbent", "seed": "human", "search": "search", "confirm": "repeat"}
+ROLE = {Role.INCUMBENT: "incumbent", Role.SEED: "human", Role.SEARCH: "search",
+        Role.CONFIRM: "repeat"}
 
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _acc(t: FrozenTrial, key: str, which: str = "metrics", reported: str = "") -> str:
+def _acc(t: FrozenTrial, key: str, which: str = TrialKey.METRICS, reported: str = "") -> str:
     value = t.user_attrs.get(which, {}).get(key)
     if value is None and key == reported and t.intermediate_values:
         # A pruned trial has only the epochs it reported (its stage metric, `reported`): the
@@ -128,24 +136,27 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
           + ".")
     doc.p("Started from: " + (", ".join(f"{k}={_fmt(v)}" for k, v in view.carried.items())
                               or "the base settings") + ".")
-    seeds = [t for t in view.trials if role_of(t) == "seed" and t.state == TrialState.COMPLETE]
-    reported = "; ".join(f"{t.user_attrs['reported']:.3f}" for t in seeds
-                         if "reported" in t.user_attrs) or "-"
+    seeds = [t for t in view.trials if role_of(t) == Role.SEED
+             and t.state == TrialState.COMPLETE]
+    reported = "; ".join(f"{t.user_attrs[TrialKey.REPORTED]:.3f}" for t in seeds
+                         if TrialKey.REPORTED in t.user_attrs) or "-"
     rerun = "; ".join(f"{_acc(t, 'val_acc')} (trial {t.number})" for t in seeds) or "-"
     if not view.trials:
         doc.p("Not run yet.")
         return [stage.name, stage.goal, "not run", "-", reported, rerun, "-"]
     rows = []
     for t in sorted(view.trials, key=lambda t: t.number):
-        label = ROLE[role_of(t)] + (f" of {t.user_attrs['confirms']}, r{t.user_attrs['repeat']}"
-                                    if role_of(t) == "confirm" else "") + (
-            " (previous family)" if t.user_attrs.get("previous_family") and role_of(t) ==
-            "incumbent" else "")
+        role = role_of(t)
+        label = ROLE[role] + (
+            f" of {t.user_attrs[TrialKey.CONFIRMS]}, r{t.user_attrs[TrialKey.REPEAT]}"
+            if role == Role.CONFIRM else "") + (
+            " (previous family)" if t.user_attrs.get(TrialKey.PREVIOUS_FAMILY)
+            and role == Role.INCUMBENT else "")
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
         reported = stage.metric if stage.direction == "maximize" else ""
         rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
                      _acc(t, "val_acc", reported=reported),
-                     _acc(t, "val_acc", "last", reported)])
+                     _acc(t, "val_acc", TrialKey.LAST, reported)])
     doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
                "val acc (final epoch)"], rows)
     if result is None:
@@ -153,8 +164,8 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
         return [stage.name, stage.goal, "unfinished", "-", reported, rerun, "-"]
     doc.p(f"Decision: {result.decision}.")
     for t in seeds:
-        said = (f"the student reported {t.user_attrs['reported']:.3f}; "
-                if "reported" in t.user_attrs else "")
+        said = (f"the student reported {t.user_attrs[TrialKey.REPORTED]:.3f}; "
+                if TrialKey.REPORTED in t.user_attrs else "")
         doc.p(f"Human baseline (trial {t.number}): {said}the same settings re-run here reached "
               f"validation accuracy {_acc(t, 'val_acc')}; the stage's result: "
               f"{stage.metric} {result.value:.3f}.")
@@ -195,7 +206,7 @@ def _curves(doc: Doc, view: StageView, tracker: Tracker, prefix: Path,
     runs = {}
     for label, t in [(f"carried (trial {view.result.trial})", view.trial(view.result.trial)),
                      *((f"human (trial {s.number})", s) for s in seeds[:1])]:
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = t.user_attrs.get(TrialKey.RUN)
         if run_id and label not in runs:
             history = {k: tracker.metric_history(run_id, k) for k in METRICS}
             runs[label] = ([m.step for m in history["val_acc"]],
@@ -210,7 +221,7 @@ def _search_plots(doc: Doc, view: StageView, cfg: StudyConfig, ws: Workspace,
                   prefix: Path) -> None:
     stage = view.stage
     searched = sorted((t for t in view.trials if t.state == TrialState.COMPLETE
-                       and role_of(t) in ("seed", "search")), key=lambda t: t.number)
+                       and role_of(t) in SEARCH_ROLES), key=lambda t: t.number)
     if searched:
         doc.img(plot_history([t.number for t in searched], [t.value for t in searched],
                              stage.metric, stage.direction == "maximize",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from asl_sweep.runtime.errors import ConfigError
+
 # What one worker process holds at most: the decoded images of the sizes it trains at, the
 # model, its optimizer and a batch's activations (a 224 px transfer stage is the largest).
 PER_WORKER_BYTES = {"small": 1 << 30, "large": 3 << 30}
@@ -59,7 +61,8 @@ def _available_memory() -> int | None:
     return None
 
 
-def _gpus() -> int:
+def gpu_count() -> int:
+    """The GPUs this process sees."""
     import torch  # only when asked: the runtime layer loads nothing heavy at import
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -71,7 +74,7 @@ def auto_workers(large: bool = False, cores: int | None = None, gpus: int | None
     each, fewer if the machine's free memory cannot hold them (`large`: a stage trains at
     224 px or a backbone)."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
-    gpus = gpus if gpus is not None else _gpus()
+    gpus = gpus if gpus is not None else gpu_count()
     if gpus:
         count = gpus * per_device
         each = "one" if per_device == 1 else str(per_device)
@@ -86,7 +89,38 @@ def auto_workers(large: bool = False, cores: int | None = None, gpus: int | None
     return Workers(count, max(1, cores // count), why)
 
 
+# On a CPU, at most this many workers a core: two at once per core still beat one at a time
+# for every model size measured (benchmarks/concurrency.py), more only share the same cores.
+PER_CORE = 2
+
+
+def worker_limit(cores: int, gpus: int, per_device: int, memory: int | None,
+                 large: bool) -> tuple[int, str]:
+    """The most workers this machine holds, and what sets it: on GPUs `per_device` each;
+    on a CPU PER_CORE a core; and never more than free memory holds (`large`: a stage
+    trains at 224 px or a backbone)."""
+    if gpus:
+        limit = gpus * per_device
+        why = f"{gpus} GPU{'s' if gpus != 1 else ''} x --per-device {per_device}"
+    else:
+        limit, why = cores * PER_CORE, f"{cores} CPU cores x {PER_CORE}"
+    if memory:
+        per = PER_WORKER_BYTES["large" if large else "small"]
+        fit = max(1, memory // per)
+        if fit < limit:
+            limit, why = fit, (f"{memory / 2**30:.0f} GiB of free memory at "
+                               f"{per / 2**30:.0f} GiB a worker")
+    return limit, why
+
+
 def fixed_workers(count: int, cores: int | None = None, gpus: int = 0,
-                  per_device: int = 1) -> Workers:
+                  per_device: int = 1, memory: int | None = None,
+                  large: bool = False) -> Workers:
+    """`--workers N`: N, unless the machine cannot hold them (one line naming the limit)."""
     cores = cores if cores is not None else (os.cpu_count() or 1)
+    memory = memory if memory is not None else _available_memory()
+    limit, why = worker_limit(cores, gpus, per_device, memory, large)
+    if count > limit:
+        raise ConfigError(f"--workers {count}: this machine holds at most {limit} workers "
+                          f"({why}); give --workers {limit} or fewer, or --workers auto")
     return Workers(count, max(1, cores // count), f"--workers {count}", gpus, per_device)

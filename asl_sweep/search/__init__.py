@@ -1,9 +1,50 @@
-"""The staged Optuna search: Optuna storage and stage studies (`store`), the study record
-(`record`), one process's view of a study (`session`), one trial and its exception policy
-(`trial`), the only caller of `trial.suggest_*` (`space`), winner selection and the evidence
-rule (`selection`), a stage seen whole (`stageview`), stage orchestration (`study`) and the
-final score on the test split (`evaluation`, here because a study ends by scoring its final
-configuration once).
+"""The staged Optuna search, in three rooms:
+
+- the flow: `study` (stages: incumbent, search, race, decision), `trial` (one trial: plan ->
+  reuse or train -> value), `pool` (this machine's worker processes), `evaluation` (scoring
+  checkpoints; the final test score);
+- the state the workers share: `state` (every shared key, named once and typed; budgets,
+  claims, beats, dead workers, requeues), on the stores `store` opens (and `optuna_api`, the
+  only module that reaches inside Optuna); the study record `record` and trainings on
+  record `reuse` keep theirs through it;
+- the record in MLflow: `mirror` (one method per event of the search).
+
+Pure rules beside them: `space` (the only caller of `trial.suggest_*`), `selection` and
+`racing` (which trials count, what a stage adopts), `stageview` (a stage seen whole),
+`progress` (what the terminal shows), `session` (what one process opens once).
+
+This front door is what cli.py and results/ use. Its names load on first use, so reading a
+finished study imports neither torch nor the trainer.
 
 May import every layer below: `tracking`, `training`, `models`, `data`, `settings`,
 `runtime`."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the module of search/ that defines it
+_FRONT_DOOR = {
+    # run a study, join one, one training
+    "run_study": "study", "run_pool": "pool", "join_study": "pool",
+    "resolve_workers": "pool", "train_once": "trial",
+    # score stored checkpoints
+    "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
+    "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",
+    "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",
+    # read a study back
+    "optuna_storage": "store", "serve_proxy": "store", "load_stage_study": "store",
+    "stage_trials": "store", "read": "state", "StageKey": "state", "TrialKey": "state",
+    "Role": "state", "Failure": "state", "SEARCH_ROLES": "state", "StageView": "stageview",
+    "StageResult": "selection", "role_of": "selection", "final_result": "record",
+    "stored_data": "record", "shown_settings": "progress",
+}
+__all__ = sorted(_FRONT_DOOR)
+
+
+def __getattr__(name: str) -> Any:
+    module = _FRONT_DOOR.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asl_sweep.search' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"asl_sweep.search.{module}"), name)

@@ -17,6 +17,11 @@ from optuna.trial import FrozenTrial
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ModelFileError, StoreError
+from asl_sweep.search.record import save_final
+from asl_sweep.search.session import Session
+from asl_sweep.search.stageview import StageView
+from asl_sweep.search.state import RecordKey, TrialKey, read
+from asl_sweep.search.store import create_stage_study, stage_trials
 from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
 
@@ -40,7 +45,7 @@ class Scored:
 
 
 def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
-    run_id = t.user_attrs.get("mlflow_run_id")
+    run_id = t.user_attrs.get(TrialKey.RUN)
     if not run_id:
         raise ModelFileError(f"trial {t.number}: no MLflow run, so no checkpoint to score")
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +76,7 @@ def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
         signals.check()  # Ctrl-C / SIGTERM: stop between two repeats; nothing is saved yet
         file = load_checkpoint(tracker, t)
         model = file.build()
-        fold = int(t.user_attrs.get("fold", 0))
+        fold = int(t.user_attrs.get(TrialKey.FOLD, 0))
         if split == "test":
             test = data.test(file.spec.image_size)
             x, y = test.x, test.y
@@ -169,3 +174,33 @@ def confusion(scored: Scored, classes: list[str]) -> list[list[int]]:
     matrix = np.zeros((n, n), dtype=int)
     np.add.at(matrix, (scored.truth, scored.predictions), 1)
     return matrix.tolist()
+
+
+def final_score(session: Session) -> dict:
+    """The final configuration (the last stage's) scored once per repeat on the test split.
+    The model to export is its best repeat by validation, never chosen by test."""
+    if not session.results:
+        return {}
+    cfg, stage = session.cfg, session.cfg.stages[-1]
+    stored = read(session.record).get(RecordKey.FINAL)
+    if stored and stored.get("trials") == session.results[-1].repeats:  # scored earlier
+        session.log(f"final test accuracy ({stage.name}'s configuration, scored earlier): "
+                    f"{stored['summary']}")
+        return stored
+    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
+    view = StageView(stage, stage_trials(study), session.results[-1], {})
+    test = session.data.test()
+    scored = score_trials(session.data, session.mirror.tracker, view.repeats(), "test")
+    final = summarize(scored, test.groups, "test")
+    final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
+    final["breakdown"] = breakdown(scored, test.groups, list(session.data.classes))
+    signals.check()  # a stop asked for while scoring: exit 130, and a rerun scores again
+    save_final(session.record, final)
+    session.mirror.final_scored(final, TEST_RULE, session.data.test_dataset())
+    session.log(f"\nfinal test accuracy of {stage.name}'s configuration: {final['summary']}\n"
+                f"  rule: {TEST_RULE}\n"
+                f"  exported model: trial {final['export_trial']} (the best repeat by "
+                "validation)")
+    for line in failure_lines(final["breakdown"]):
+        session.log(f"  {line}")
+    return final

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.search.selection import counts_as_done, role_of
+from asl_sweep.search.state import Failure, Role, TrialKey
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 
 LINE_EVERY_S = 30.0
@@ -91,10 +92,10 @@ class StageProgress:
         return f"stage {self.index + 1} of {len(self.cfg.stages)}"
 
     def __call__(self, study: optuna.Study, t: FrozenTrial) -> None:
-        if t.user_attrs.get("failure") == "surplus":
+        if t.user_attrs.get(TrialKey.FAILURE) in (Failure.SURPLUS, Failure.UNUSED):
             return
         took = (t.datetime_complete - t.datetime_start).total_seconds()
-        reused = t.user_attrs.get("reused_from")
+        reused = t.user_attrs.get(TrialKey.REUSED_FROM)
         if not reused:  # a training found on record takes no time to speak of
             self.seconds.append(took)
         trials = self.read() if self.read is not None else study.get_trials(deepcopy=False)
@@ -104,10 +105,11 @@ class StageProgress:
         self.planned = max(self.planned, done + pending)
         left = max(0, self.planned - done)
         role = role_of(t)
-        what = {"incumbent": "the previous family" if t.user_attrs.get("previous_family")
-                else "the incumbent", "seed": "seed trial", "search": "",
-                "confirm": f"repeat {t.user_attrs.get('repeat')} of trial "
-                           f"{t.user_attrs.get('confirms')}"}[role]
+        what = {Role.INCUMBENT: "the previous family" if t.user_attrs.get(
+                    TrialKey.PREVIOUS_FAMILY) else "the incumbent",
+                Role.SEED: "seed trial", Role.SEARCH: "",
+                Role.CONFIRM: f"repeat {t.user_attrs.get(TrialKey.REPEAT)} of trial "
+                              f"{t.user_attrs.get(TrialKey.CONFIRMS)}"}[role]
         value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
         mean = statistics.fmean(self.seconds) if self.seconds else 0.0
         said = " ".join(p for p in (f"trial {self.first + t.number}", what,

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from asl_sweep.runtime.errors import StoreError
-from asl_sweep.search.store import attrs, put, wait_for
+from asl_sweep.search.state import RecordKey, SummaryKey, read, wait_for, write
 from asl_sweep.settings.config import DataConfig
 from asl_sweep.settings.spec import StudyConfig
 
@@ -67,18 +67,18 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool]:
     given = _stored_form(cfg.data)
     try:
         record = optuna.create_study(study_name=cfg.study, storage=storage)
-        record.set_user_attr("kind", "study record")
-        put(record, "data", given)
+        record.set_user_attr(SummaryKey.KIND, "study record")
+        write(record, RecordKey.DATA, given)
         return record, True
     except optuna.exceptions.DuplicatedStudyError:
         record = optuna.load_study(study_name=cfg.study, storage=storage)
-    wait_for(record, "data", 10.0)  # another worker may be writing it right now
-    difference = _first_difference(attrs(record).get("data", given), given)
+    wait_for(record, RecordKey.DATA, 10.0)  # another worker may be writing it right now
+    difference = _first_difference(read(record).get(RecordKey.DATA, given), given)
     if difference and not _anything_finished(storage, cfg.study):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
             f"data ({difference})")
-        put(record, "data", given)
-        put(record, "digest", None)  # the new files' digest is stored once they are read
+        write(record, RecordKey.DATA, given)
+        write(record, RecordKey.DIGEST, None)  # the new files' digest is stored once they are read
     elif difference:
         raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
     return record, False
@@ -91,9 +91,9 @@ def started(storage, study: str) -> bool:
 
 def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str) -> None:
     """The files must be the ones the study first ran on (stored on the first run)."""
-    stored = attrs(record).get("digest")
+    stored = read(record).get(RecordKey.DIGEST)
     if stored is None:
-        put(record, "digest", digest)
+        write(record, RecordKey.DIGEST, digest)
     elif stored != digest:
         raise StoreError(f"study {cfg.study}: the images in {cfg.data.root or 'the built-in set'} "
                          "changed since the study ran (their digest differs); restore them, or "
@@ -104,27 +104,27 @@ def stored_data(storage, cfg: StudyConfig, explicit: set[str]) -> DataConfig:
     """For the commands that read a study back: the data it ran with. A value the user gave
     explicitly (--data, --set data.*) must agree with the stored one."""
     record = load_record(storage, cfg.study)
-    stored = attrs(record) if record is not None else {}
-    if "data" not in stored:
+    stored = read(record) if record is not None else {}
+    if RecordKey.DATA not in stored:
         raise StoreError(f"study {cfg.study}: nothing recorded yet; run it first (asl-sweep run)")
-    difference = _first_difference(stored["data"], _stored_form(cfg.data), explicit)
+    difference = _first_difference(stored[RecordKey.DATA], _stored_form(cfg.data), explicit)
     if difference:
         raise StoreError(f"study {cfg.study}: {difference}; without --data or --set data.* "
                          "the study's own data is used, or start a new study with --set "
                          "study=NEW")
-    return DataConfig.model_validate(stored["data"])
+    return DataConfig.model_validate(stored[RecordKey.DATA])
 
 
 def stored_digest(storage, study: str) -> str | None:
     record = load_record(storage, study)
-    return attrs(record).get("digest") if record is not None else None
+    return read(record).get(RecordKey.DIGEST) if record is not None else None
 
 
 def final_result(storage, study: str) -> dict | None:
     record = load_record(storage, study)
-    return attrs(record).get("final") if record is not None else None
+    return read(record).get(RecordKey.FINAL) if record is not None else None
 
 
 def save_final(record: optuna.Study, final: dict) -> None:
-    put(record, "final", final)
-    record.set_user_attr("test_acc", f"{final['mean']:.3f} +- {final['std']:.3f}")
+    write(record, RecordKey.FINAL, final)
+    record.set_user_attr(SummaryKey.TEST_ACC, f"{final['mean']:.3f} +- {final['std']:.3f}")

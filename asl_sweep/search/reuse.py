@@ -19,9 +19,7 @@ from typing import Any
 
 import optuna
 
-from asl_sweep.search.store import attrs, put
-
-PREFIX = "trained:"
+from asl_sweep.search.state import TRAINED_PREFIX, read, write
 
 
 def training_key(settings: str, image_size: int, fold: int, subset: int | None,
@@ -35,13 +33,13 @@ def training_key(settings: str, image_size: int, fold: int, subset: int | None,
 
 def done_before(record: optuna.Study, key: str) -> dict[str, Any] | None:
     """The training on record under `key`, if its checkpoint is still kept."""
-    return attrs(record).get(PREFIX + key) or None
+    return read(record).get(TRAINED_PREFIX + key) or None
 
 
 def remember(record: optuna.Study, key: str, entry: dict[str, Any]) -> None:
-    put(record, PREFIX + key, entry)
+    write(record, TRAINED_PREFIX + key, entry)
 
 
 def forget(record: optuna.Study, key: str) -> None:
     """Its checkpoint is gone: no later trial may stand on it."""
-    put(record, PREFIX + key, None)
+    write(record, TRAINED_PREFIX + key, None)

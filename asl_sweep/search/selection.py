@@ -23,12 +23,12 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.runtime.errors import GateNotReached
 from asl_sweep.search.racing import TEST_NAME, RaceRule, Verdict, judge
 from asl_sweep.search.space import decode_params
+from asl_sweep.search.state import SEARCH_ROLES, Failure, Role, TrialKey
 from asl_sweep.settings.spec import ConfirmConfig, StageConfig
 
 # The metric that breaks ties between trials that reached a stage's target.
 SECONDARY = {"train_acc": "val_acc", "val_acc": "train_acc",
              "val_loss": "val_acc", "train_loss": "val_acc"}
-SEARCH_ROLES = ("seed", "search")  # the trials a stage's `trials` budget counts
 MIN_GAIN_FLOOR = 0.005  # half an accuracy point
 
 
@@ -50,8 +50,8 @@ class StageResult:
     config: dict[str, Any] | None = None
 
 
-def role_of(t: FrozenTrial) -> str:
-    return t.user_attrs.get("role", "search")
+def role_of(t: FrozenTrial) -> Role:
+    return Role(t.user_attrs.get(TrialKey.ROLE, Role.SEARCH))
 
 
 def counts_toward_budget(t: FrozenTrial) -> bool:
@@ -60,15 +60,16 @@ def counts_toward_budget(t: FrozenTrial) -> bool:
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     # A trial that failed on its own used its turn; one killed, stopped or stale is retried.
-    return t.state == TrialState.FAIL and t.user_attrs.get("failure") == "error"
+    return t.state == TrialState.FAIL and t.user_attrs.get(TrialKey.FAILURE) == Failure.ERROR
 
 
 def counts_as_done(t: FrozenTrial) -> bool:
     """Whether a trial of any role used its turn (for progress): finished, not a surplus
     trial, and not one that a fault stopped and the queue runs again."""
-    if not t.state.is_finished() or t.user_attrs.get("failure") == "surplus":
+    if not t.state.is_finished() or t.user_attrs.get(TrialKey.FAILURE) in (Failure.SURPLUS,
+                                                                            Failure.UNUSED):
         return False
-    return t.state != TrialState.FAIL or t.user_attrs.get("failure") == "error"
+    return t.state != TrialState.FAIL or t.user_attrs.get(TrialKey.FAILURE) == Failure.ERROR
 
 
 def reached_target(trials: list[FrozenTrial], stage: StageConfig) -> bool:
@@ -86,11 +87,11 @@ def _complete(trials: list[FrozenTrial], roles: tuple[str, ...]) -> list[FrozenT
 def _result(t: FrozenTrial, stage: StageConfig, status: str, decision: str,
             value: float | None = None, repeats: list[int] | None = None,
             evidence: dict | None = None) -> StageResult:
-    params = {} if role_of(t) == "incumbent" else decode_params(t.params)
+    params = {} if role_of(t) == Role.INCUMBENT else decode_params(t.params)
     return StageResult(stage=stage.name, trial=t.number,
                        value=float(t.value if value is None else value), params=params,
-                       metrics=t.user_attrs["metrics"], status=status,
-                       run_id=t.user_attrs.get("mlflow_run_id", ""), decision=decision,
+                       metrics=t.user_attrs[TrialKey.METRICS], status=status,
+                       run_id=t.user_attrs.get(TrialKey.RUN, ""), decision=decision,
                        repeats=repeats or [t.number], evidence=evidence or {})
 
 
@@ -98,7 +99,7 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
     """Without confirmation. With a target: among trials that reached it, the best by the
     other metric, then the fewest parameters. Without: the best by the stage metric, the
     earlier trial on a tie. The incumbent is a candidate like any other."""
-    complete = _complete(trials, ("incumbent", *SEARCH_ROLES))
+    complete = _complete(trials, (Role.INCUMBENT, *SEARCH_ROLES))
     if not complete:
         raise GateNotReached(f"stage {stage.name}: no trial completed "
                              f"({len(trials)} started); nothing to carry forward")
@@ -108,8 +109,9 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
         if reached:
             other = SECONDARY[stage.metric]
             other_sign = -1 if other.endswith("loss") else 1
-            winner = min(reached, key=lambda t: (-other_sign * t.user_attrs["metrics"][other],
-                                                 t.user_attrs["num_params"], t.number))
+            winner = min(reached, key=lambda t: (
+                -other_sign * t.user_attrs[TrialKey.METRICS][other],
+                t.user_attrs[TrialKey.NUM_PARAMS], t.number))
             return _result(winner, stage, "target reached",
                            f"trial {winner.number} reached {stage.metric} {winner.value:.4f} "
                            f"(target {stage.target}; {len(reached)} of {len(complete)} did)")
@@ -122,16 +124,16 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
                                  f"on_fail: continue in stage {stage.name}")
         return _result(best, stage, "target missed", message.split(": ", 1)[1])
     winner = max(complete, key=lambda t: (sign * t.value, -t.number))
-    kept = role_of(winner) == "incumbent"
+    kept = role_of(winner) == Role.INCUMBENT
     return _result(winner, stage, "best",
                    f"{'kept incumbent' if kept else f'trial {winner.number}'}: best "
                    f"{stage.metric} {winner.value:.4f} (no confirmation)")
 
 
-def previous_family(t: FrozenTrial) -> bool:
-    """The second incumbent of a stage that switches model family: the configuration the
-    earlier stages carried, in its own family."""
-    return bool(t.user_attrs.get("previous_family"))
+def is_previous_family(t: FrozenTrial) -> bool:
+    """Whether `t` trains the second incumbent of a stage that switches model family (the
+    configuration the earlier stages carried, in its own family), or a repeat of it."""
+    return bool(t.user_attrs.get(TrialKey.PREVIOUS_FAMILY))
 
 
 def plan_candidates(trials: list[FrozenTrial], stage: StageConfig, top: int,
@@ -140,8 +142,8 @@ def plan_candidates(trials: list[FrozenTrial], stage: StageConfig, top: int,
     stage that switches family, the incumbent is the previous family's configuration and the
     new family's own starting point is a candidate like its search trials."""
     sign, seen, chosen = _sign(stage), set(), []
-    roles = ("incumbent", *SEARCH_ROLES) if switching else SEARCH_ROLES
-    pool = [t for t in _complete(trials, roles) if not previous_family(t)]
+    roles = (Role.INCUMBENT, *SEARCH_ROLES) if switching else SEARCH_ROLES
+    pool = [t for t in _complete(trials, roles) if not is_previous_family(t)]
     ranked = sorted(pool, key=lambda t: (-sign * t.value, t.number))
     for t in ranked:
         key = tuple(sorted((k, str(v)) for k, v in t.params.items()))
@@ -162,9 +164,9 @@ def repeat_values(trials: list[FrozenTrial], target: int) -> dict[int, tuple[flo
     if target in by_number and by_number[target].state == TrialState.COMPLETE:
         out[0] = (float(by_number[target].value), target)
     for t in sorted(trials, key=lambda t: t.number):
-        if (role_of(t) == "confirm" and t.state == TrialState.COMPLETE
-                and t.user_attrs.get("confirms") == target):
-            out.setdefault(int(t.user_attrs["repeat"]), (float(t.value), t.number))
+        if (role_of(t) == Role.CONFIRM and t.state == TrialState.COMPLETE
+                and t.user_attrs.get(TrialKey.CONFIRMS) == target):
+            out.setdefault(int(t.user_attrs[TrialKey.REPEAT]), (float(t.value), t.number))
     return out
 
 

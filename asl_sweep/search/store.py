@@ -1,98 +1,50 @@
-"""The Optuna side of a study: RDB storage (SQLite or PostgreSQL, or Optuna's gRPC proxy in
-front of one), one Optuna study per stage for its search and one beside it for its
-confirmation repeats, heartbeats, and dead workers: a trial whose worker is gone is failed
-and queued again with the same settings, so it resumes from its checkpoint and no budget is
-lost."""
+"""Opening the Optuna stores: RDB storage (SQLite or PostgreSQL, or Optuna's gRPC proxy in
+front of one) that rides out a database that stops answering for a while, the proxy itself,
+and the Optuna studies of a stage: one for its search and one beside it for its
+confirmation repeats. What the workers keep on them is search/state.py's."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import socket
-import threading
 import time
 from typing import Any
 
 import optuna
+import sqlalchemy.event
 import sqlalchemy.exc
-from optuna.storages._heartbeat import BaseHeartbeat  # not exported; Optuna checks it so
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from asl_sweep.runtime.errors import StoreError, environment_fault
 from asl_sweep.runtime.outage import created_elsewhere, lost_connection, retrying
+from asl_sweep.search.optuna_api import engine_of, storage_of
 from asl_sweep.search.space import grid
+from asl_sweep.search.state import (
+    GRACE_S,
+    HEARTBEAT_S,
+    Requeue,
+    StageKey,
+    grid_placeholder,
+    read,
+    renumbered,
+)
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 
-HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
-# The user attributes a retried trial keeps: what it is, not how its last attempt went.
-KEPT_ON_RETRY = ("role", "confirms", "repeat", "incumbent", "seed_trial", "reported")
 log = logging.getLogger(__name__)
 
 
-class Requeue:
-    """Queue a failed trial again with the same parameters and role, at most MAX_RETRY times
-    (Optuna's heartbeat callback, also used for trials stopped by a signal or a fault)."""
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        if len(history) > MAX_RETRY:
-            log.warning("trial %s failed %d times; not retried again", history[0], len(history))
-            return
-        system_attrs = {**{k: v for k, v in trial.system_attrs.items()
-                           if k in ("fixed_params",)},
-                        "failed_trial": history[0], "retry_history": history}
-        study.add_trial(optuna.trial.create_trial(
-            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY},
-            system_attrs=system_attrs))
-
-
-# What asl-sweep keeps on a study goes into Optuna's system attributes under this prefix:
-# user attributes stay a short human-readable summary (what `optuna studies` prints).
-PREFIX = "asl_sweep:"
-
-
-def attrs(study: optuna.Study) -> dict[str, Any]:
-    stored = study._storage.get_study_system_attrs(study._study_id)
-    return {k[len(PREFIX):]: v for k, v in stored.items() if k.startswith(PREFIX)}
-
-
-def put(study: optuna.Study, key: str, value: Any) -> None:
-    """Set a study attribute. Two workers that add the same new key at once collide on the
-    store's unique key: the later one then updates the row the earlier one made."""
-    for attempt in range(3):
-        try:
-            study._storage.set_study_system_attr(study._study_id, PREFIX + key, value)
-            return
-        except optuna.exceptions.StorageInternalError:
-            if attempt == 2:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-
-
-def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
-    """Whether `key` appears within `seconds` (another worker is writing it)."""
-    deadline = time.monotonic() + seconds
-    while key not in attrs(study):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.25)
-    return True
-
-
 class GridSampler(optuna.samplers.GridSampler):
-    """Optuna's grid sampler, for studies that also hold queued trials (the incumbent, seed
-    trials, repeats): those have no grid point, and Optuna's after_trial assumes they do."""
+    """Optuna's grid sampler, for studies whose trials are all queued: a queued search slot
+    (state.queue_budget) takes a grid point like a fresh trial, the incumbent, seed trials and
+    repeats keep their settings. Its after_trial only stops `study.optimize` once the grid is
+    done; the stage's queued budget bounds the search here (past the grid, Optuna's sampler
+    draws a point again)."""
+
+    def before_trial(self, study, trial) -> None:
+        super().before_trial(study, grid_placeholder(trial) or trial)
 
     def after_trial(self, study, trial, state, values) -> None:
-        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
-            super().after_trial(study, trial, state, values)
-
-
-def origin_of(trial: FrozenTrial) -> int:
-    """The number of the first attempt of a (possibly retried) trial."""
-    return trial.system_attrs.get("failed_trial", trial.number)
+        pass
 
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
@@ -139,9 +91,13 @@ def optuna_storage(url: str) -> optuna.storages.BaseStorage:
         engine_kwargs["pool_pre_ping"] = True
 
     def connect() -> optuna.storages.RDBStorage:
-        kind = optuna.storages.RDBStorage if url.startswith("sqlite") else RetryingRDBStorage
-        return kind(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                    grace_period=GRACE_S, heartbeat_stale_trial_callback=Requeue())
+        if url.startswith("sqlite"):
+            return _serialized(optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S, heartbeat_stale_trial_callback=Requeue()))
+        return RetryingRDBStorage(url, engine_kwargs=engine_kwargs,
+                                  heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                  heartbeat_stale_trial_callback=Requeue())
 
     try:
         return created_elsewhere(connect)
@@ -154,6 +110,25 @@ def optuna_storage(url: str) -> optuna.storages.BaseStorage:
         except sqlalchemy.exc.OperationalError as e:
             raise StoreError(f"{url}: the Optuna store cannot be opened "
                              f"({str(e.orig).splitlines()[0]})") from None
+
+
+def _serialized(storage: optuna.storages.RDBStorage) -> optuna.storages.RDBStorage:
+    """SQLite takes its write lock at a transaction's first write, not its first read: two
+    processes could both read a queued trial as WAITING and both take it (Optuna's own queue
+    has the same race on SQLite). Each transaction here begins IMMEDIATE, holding the lock
+    from its first read, so taking a trial or a claim (state.py) is one worker's alone."""
+    engine = engine_of(storage)
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _driver_leaves_transactions_to_us(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections made before this: closed, the next ones as above
+    return storage
 
 
 def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
@@ -185,7 +160,7 @@ def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
 
 def serve_proxy(url: str, host: str, port: int) -> None:
     """Optuna's gRPC storage proxy in front of the database `url`, until stopped: many
-    workers share its few database connections (and its heartbeat checks, see BEAT)."""
+    workers share its few database connections (their trials beat through it: state.BEAT)."""
     storage = optuna_storage(url)
     _name_faults(storage)
     try:
@@ -249,23 +224,16 @@ def repeats_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
 def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None) -> list[FrozenTrial]:
     """A stage's trials whole: its search study's, then its repeats, numbered after them."""
     trials = list(study.get_trials(deepcopy=False))
-    first = (attrs(study).get("plan") or {}).get("first_repeat")
+    first = (read(study).get(StageKey.PLAN) or {}).get("first_repeat")
     if first is None:
         return trials
     if repeats is None:
         try:
             repeats = optuna.load_study(study_name=study.study_name + REPEATS_SUFFIX,
-                                        storage=study._storage)
+                                        storage=storage_of(study))
         except KeyError:
             return trials
-    for t in repeats.get_trials(deepcopy=True):
-        t.number += first
-        if "failed_trial" in t.system_attrs:  # a retry names its first attempt: renumber
-            t.system_attrs["failed_trial"] += first
-            t.system_attrs["retry_history"] = [n + first for n in
-                                               t.system_attrs["retry_history"]]
-        trials.append(t)
-    return trials
+    return trials + [renumbered(t, first) for t in repeats.get_trials(deepcopy=True)]
 
 
 def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSampler:
@@ -310,105 +278,3 @@ def create_stage_study(cfg: StudyConfig, index: int, storage,
         return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
                                  sampler=_sampler(cfg, index, 7919 * joiner)), False
 
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def records_decision(trials: list[FrozenTrial]) -> bool:
-    """Whether this process records a decided stage's decision: every worker reaches the
-    same decision from the same finished trials, and the one that finished the last of them
-    records it (or this one, where that worker was a process of this machine that is gone:
-    a rerun after a crash). A worker of another machine that died first leaves it to the
-    next process that opens the stage."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete]
-    if not done:
-        return True
-    last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get("worker", "")
-    return last == worker_id() or gone_here(last)
-
-
-# Optuna's heartbeats live in its RDB storage only: through the gRPC proxy a running trial
-# beats here instead (a system attribute, every HEARTBEAT_S), and one silent for GRACE_S is
-# dead, from any machine (clocks a few seconds apart at most).
-BEAT = "asl_sweep:beat"
-
-
-@contextlib.contextmanager
-def beating(study: optuna.Study, trial_id: int):
-    """While the block runs, the trial beats, where the storage has no heartbeat of its own."""
-    if isinstance(study._storage, BaseHeartbeat):
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            try:
-                study._storage.set_trial_system_attr(trial_id, BEAT, time.time())
-            except Exception as e:  # a beat missed is no error; a finished trial stops it
-                log.debug("trial beat missed: %s", e)
-            if stop.wait(HEARTBEAT_S):
-                return
-
-    thread = threading.Thread(target=beat, name="asl-sweep-beat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(HEARTBEAT_S)
-
-
-def _silent(t: FrozenTrial, now: float) -> bool:
-    """A running trial (through the proxy) that has not beaten for GRACE_S."""
-    last = t.system_attrs.get(BEAT) or (t.datetime_start.timestamp() if t.datetime_start
-                                        else now)
-    return now - last > GRACE_S
-
-
-def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Fail RUNNING trials whose worker is gone, and queue their retry with the same
-    settings. Heartbeats find them after GRACE_S; a worker process of this machine that no
-    longer exists is known dead at once, so a rerun after kill -9 need not wait. Returns
-    the FAIL trials whose MLflow run may still be open (their worker died without a word,
-    or stopped while the tracking server was away)."""
-    optuna.storages.fail_stale_trials(study)
-    storage = study._storage
-    beats = not isinstance(storage, BaseHeartbeat)
-    now = time.time()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if gone_here(t.user_attrs.get("worker", "")) or (beats and _silent(t, now)):
-            try:
-                if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    Requeue()(study, storage.get_trial(t._trial_id))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker got there first
-    # A trial that failed with no word on why (its worker died, or could not record how it
-    # stopped) and was never queued again: queue it now.
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    lost = [t for t in trials if t.state == TrialState.FAIL and "failure" not in t.user_attrs]
-    for t in lost:
-        if t.number not in retried:
-            Requeue()(study, t)
-    # A trial that stopped while the tracking server was away could not close its run.
-    stopped = [t for t in trials if t.state == TrialState.FAIL
-               and t.user_attrs.get("failure") in ("stopped", "interrupted", "crashed")]
-    return [t for t in lost + stopped if t.user_attrs.get("mlflow_run_id")]
-
-
-def gone_here(worker: str) -> bool:
-    """Whether `worker` (a worker_id) was a process of this machine that no longer exists."""
-    host, _, pid = worker.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

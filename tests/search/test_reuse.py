@@ -11,8 +11,9 @@ from asl_sweep.cli import main
 from asl_sweep.results.readback import read_stages
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.record import load_record
-from asl_sweep.search.reuse import PREFIX, training_key
-from asl_sweep.search.store import attrs
+from asl_sweep.search.reuse import training_key
+from asl_sweep.search.state import TRAINED_PREFIX as PREFIX
+from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 
 # Two stages that can only hurt (weight decay far too strong): each keeps its incumbent, so

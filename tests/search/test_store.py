@@ -16,15 +16,14 @@ from mlflow.tracking import MlflowClient
 from asl_sweep.cli import main
 from asl_sweep.results.readback import read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.store import (
+from asl_sweep.search.state import (
     BEAT,
     GRACE_S,
     fail_dead_trials,
-    optuna_storage,
-    records_decision,
-    stage_trials,
+    mirrors_decision,
     worker_id,
 )
+from asl_sweep.search.store import optuna_storage, stage_trials
 from asl_sweep.settings.studyfile import load_study
 from tests import servers
 from tests.conftest import run_until_training, running_trial, stopped_line
@@ -385,10 +384,10 @@ def test_the_worker_that_finished_the_last_trial_records_the_decision():
         return t
 
     me, host = worker_id(), socket.gethostname()
-    assert records_decision([done("elsewhere:1", 1), done(me, 2)])
-    assert not records_decision([done(me, 1), done("elsewhere:1", 2)])  # it records it
+    assert mirrors_decision([done("elsewhere:1", 1), done(me, 2)])
+    assert not mirrors_decision([done(me, 1), done("elsewhere:1", 2)])  # it records it
     gone = subprocess.Popen(["true"])
     gone.wait()  # a process of this machine that no longer exists: this one records it
-    assert records_decision([done(me, 1), done(f"{host}:{gone.pid}", 2)])
-    assert not records_decision([done(f"{host}:{os.getppid()}", 2)])  # alive, here
+    assert mirrors_decision([done(me, 1), done(f"{host}:{gone.pid}", 2)])
+    assert not mirrors_decision([done(f"{host}:{os.getppid()}", 2)])  # alive, here
 

@@ -18,7 +18,7 @@ from asl_sweep.cli import main
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.store import attrs
+from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 from asl_sweep.tracking.tracker import _flatten
 from tests.conftest import running_trial
@@ -385,7 +385,7 @@ def test_resolution_is_searched_each_size_decoded_once_and_scored_at_its_own_siz
 
 SLOW_SCORING = """
 import sys, time
-import asl_sweep.search.study as study
+import asl_sweep.search.evaluation as study
 real = study.score_trials
 def slow(*args, **kwargs):
     print("scoring", flush=True)
@@ -432,7 +432,8 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
         write_study, tmp_path):
     from asl_sweep.runtime.errors import StoreError
     from asl_sweep.search.record import bind
-    from asl_sweep.search.store import attrs, optuna_storage
+    from asl_sweep.search.state import read as attrs
+    from asl_sweep.search.store import optuna_storage
 
     storage = optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     first = load_study(write_study({"data": {"image_size": 16}}))

@@ -47,10 +47,13 @@ def test_a_bug_in_the_trainer_stops_the_run_with_its_traceback(write_study, tmp_
     assert "trial failed" not in proc.stdout + proc.stderr
     ws = Workspace.at(home)
     study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
-    crashed, retry = study.trials  # the incumbent crashed, and waits to run again
+    crashed, *slots, retry = study.trials  # the incumbent crashed, and waits to run again
     assert crashed.state.name == "FAIL" and crashed.user_attrs["failure"] == "crashed"
-    # Not a search result: the same settings wait to run again, no budget is used.
+    # Not a search result: the same settings wait to run again, no budget is used (the
+    # stage's search budget still waits, queued, untouched).
     assert retry.state.name == "WAITING" and retry.params == crashed.params
+    assert retry.user_attrs["role"] == "incumbent"
+    assert slots and {t.state.name for t in slots} == {"WAITING"}
     assert retry.system_attrs["failed_trial"] == crashed.number
     client = MlflowClient(ws.tracking_uri)
     run_id = crashed.user_attrs["mlflow_run_id"]

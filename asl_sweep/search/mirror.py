@@ -1,0 +1,221 @@
+"""The study as MLflow shows it: one method per event of the search, called by the flow
+(study.py, trial.py); the only module of search/ that talks to MLflow (through
+tracking.Tracker). Optuna holds the truth; this mirrors it as study -> stage -> trial runs,
+each with its parameters, per-epoch metrics, checkpoint, decision and tags."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from asl_sweep.search.selection import StageResult
+from asl_sweep.settings.config import METRICS, TrainConfig
+from asl_sweep.settings.spec import StageConfig, StudyConfig
+from asl_sweep.settings.studyfile import dump_resolved
+from asl_sweep.tracking.tracker import Tracker
+from asl_sweep.tracking.views import trials_view
+from asl_sweep.training.train import EpochStats, TrainResult
+
+
+@dataclass
+class TrialRun:
+    """A trial's MLflow run while it trains: its id, name and per-epoch log."""
+
+    run_id: str
+    name: str
+    epochs: Any  # tracking.tracker.EpochLog
+
+    def epoch(self, stats: EpochStats) -> None:
+        self.epochs.add(stats.epoch, asdict(stats))
+
+
+class Mirror:
+    """The study's MLflow record, for one process."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.experiment_id = ""
+        self.study_run = ""
+
+    # --- the study -----------------------------------------------------------------------
+    def open_experiment(self, cfg: StudyConfig) -> None:
+        self.experiment_id = self.tracker.experiment(cfg.study, cfg.description, trials_view(
+            [s.metric for s in cfg.stages], [k for s in cfg.stages for k in s.space]),
+            cfg.stages[0].metric)
+
+    def study_run_exists(self, run_id: str) -> bool:
+        return self.tracker.has_run(run_id)
+
+    def study_opened(self, cfg: StudyConfig, known_run: str | None) -> str:
+        """The study's run: `known_run` reopened, or a new one (returned)."""
+        if known_run is not None:
+            self.tracker.reopen(known_run)
+            self.study_run = known_run
+        else:
+            self.study_run = self.tracker.open_run(self.experiment_id, cfg.study, kind="study")
+        if not self.tracker.client.get_run(self.study_run).data.params:
+            self.tracker.log_params(self.study_run, {
+                "data": cfg.data.model_dump(mode="json"),
+                "stages": ",".join(s.name for s in cfg.stages)})
+        return self.study_run
+
+    def study_ended(self, status: str) -> None:
+        self.tracker.end(self.study_run, status)
+
+    def final_scored(self, final: dict[str, Any], rule: str, test_dataset: Mapping) -> None:
+        """The final test score on the study's run: tables, metrics and tags."""
+        b, run = final["breakdown"], self.study_run
+        self.tracker.log_table(run, b["by_person"], "test/by_person.json")
+        self.tracker.log_table(run, b["by_class"], "test/by_class.json")
+        self.tracker.log_table(run, [{"true": c, **dict(zip(b["classes"], row, strict=True))}
+                                     for c, row in zip(b["classes"], b["confusion"],
+                                                       strict=True)], "test/confusion.json")
+        self.tracker.log_metrics(run, {"test_acc_mean": final["mean"],
+                                       "test_acc_std": final["std"],
+                                       "test_acc_ci_low": final["ci"][0],
+                                       "test_acc_ci_high": final["ci"][1]})
+        self.tracker.set_tags(run, test_acc=final["summary"], test_rule=rule)
+        self.tracker.log_datasets(run, [test_dataset])
+
+    # --- a stage -------------------------------------------------------------------------
+    def stage_opened(self, index: int, stage: StageConfig, carried: dict[str, Any]) -> str:
+        run = self.tracker.new_run(self.experiment_id, f"{index + 1}-{stage.name}",
+                                   parent=self.study_run, kind="stage", stage=stage.name,
+                                   goal=stage.goal, index=index,
+                                   **{"mlflow.note.content": stage.goal})
+        self.tracker.log_params(run, {"carried": carried, "metric": stage.metric,
+                                      "trials": stage.trials, "target": stage.target})
+        return run
+
+    def stage_reopened(self, stage_run: str) -> None:
+        self.tracker.reopen(stage_run)
+
+    def stage_stopped(self, stage_run: str, status: str, **tags: str) -> None:
+        """A stage that did not decide (killed, failed, its gate missed): never left RUNNING."""
+        self.tracker.end(stage_run, status, **tags)
+
+    def stage_decided(self, stage_run: str, stage: StageConfig, result: StageResult,
+                      marks: dict[str, str], spent: list[str]) -> None:
+        """The decision on the stage's run (what it adopted, the winner's metrics and learning
+        curves), a `decision` tag on the runs in `marks`, and the checkpoints of the runs in
+        `spent` deleted (nobody will read them)."""
+        run = stage_run
+        self.tracker.log_params(run, {"adopted": result.params or "nothing (kept incumbent)"})
+        self.tracker.log_metrics(run, {f"winner_{k}": v for k, v in result.metrics.items()
+                                       if k in METRICS} | {"winner_value": result.value})
+        self._curves(run, result, stage.name)
+        for run_id, word in marks.items():
+            self.tracker.set_tags(run_id, decision=word)
+        for run_id in spent:
+            self.tracker.delete_artifacts(run_id, "checkpoints")
+        self.tracker.end(run, outcome=result.status, winner_trial=result.trial,
+                         winner_run=result.run_id, decision=result.decision)
+
+    def _curves(self, stage_run: str, result: StageResult, stage: str) -> None:
+        """The carried trial's learning curves, as a PNG on the stage's run."""
+        if not result.run_id:
+            return
+        from asl_sweep.tracking.plots import plot_curves  # matplotlib: when a stage ends
+
+        history = {k: self.tracker.metric_history(result.run_id, k) for k in METRICS}
+        with tempfile.TemporaryDirectory() as tmp:
+            png = plot_curves([m.step for m in history["val_acc"]],
+                              {k: [m.value for m in v] for k, v in history.items()},
+                              Path(tmp) / "curves.png", f"{stage}: trial {result.trial}")
+            self.tracker.log_artifacts(stage_run, [png])
+
+    # --- a trial -------------------------------------------------------------------------
+    def trial_opened(self, name: str, stage_run: str, cfg: TrainConfig, tags: dict[str, Any],
+                     decided: dict[str, str], datasets: list) -> TrialRun:
+        run_id = self.tracker.new_run(
+            self.experiment_id, name, parent=stage_run, kind="trial", state="RUNNING", **tags,
+            **{f"decided_by.{k}": v for k, v in decided.items()})
+        self.tracker.log_params(run_id, cfg.applicable())
+        self.tracker.log_datasets(run_id, datasets)
+        return TrialRun(run_id, name, self.tracker.epoch_log(run_id))
+
+    @contextlib.contextmanager
+    def training(self, run: TrialRun) -> Iterator[None]:
+        """While a trial trains: this process's system metrics on its run, and its epochs
+        flushed at the end whatever happened."""
+        try:
+            with self.tracker.system_metrics(run.run_id):
+                yield
+        finally:
+            run.epochs.flush()
+
+    def resume_points(self, run: TrialRun) -> Callable[[Path, Path], None]:
+        """What keeps a trial's resume points on its run (behind a tracking server)."""
+        return lambda best, last: self.tracker.log_artifacts(run.run_id, [best, last], "resume")
+
+    def fetch_resume_points(self, run_id: str, into: Path) -> bool:
+        return self.tracker.fetch_folder(run_id, "resume", into)
+
+    def trial_finished(self, run: TrialRun, cfg: TrainConfig, result: TrainResult,
+                       run_dir: Path, title: str, spent_resume: list[str | None]) -> None:
+        """A finished training: summary metrics, resolved config, best checkpoint; the resume
+        points of `spent_resume` runs deleted; the run FINISHED."""
+        self.training_recorded(run.run_id, cfg, result, run_dir, title)
+        for spent in spent_resume:
+            if spent is not None:
+                self.tracker.delete_artifacts(spent, "resume")
+        self.tracker.end(run.run_id, "FINISHED", state="COMPLETE")
+
+    def trial_pruned(self, run: TrialRun) -> None:
+        # MLflow has no "pruned": the pruner stopped it, so KILLED, and its name says so.
+        self.tracker.rename(run.run_id, f"{run.name}-pruned")
+        self.tracker.end(run.run_id, "KILLED", state="PRUNED")
+
+    def trial_failed(self, run: TrialRun, error: str) -> None:
+        """The trial's own failure: the search goes on."""
+        self.tracker.end(run.run_id, "FAILED", state="FAIL", error=error[:500])
+
+    def trial_stopped(self, run_id: str, status: str, error: str = "", trace: str = "") -> None:
+        """Stopped by something not its own (a signal, a fault, a bug): queued again."""
+        if trace:
+            self.tracker.log_text(run_id, trace, "error/traceback.txt")
+        self.tracker.end(run_id, status, state="FAIL", **({"error": error[:500]} if error else {}))
+
+    def lost_trial_closed(self, run_id: str, why: str | None) -> bool:
+        """A trial whose worker died without a word: its run FAILED, not left RUNNING.
+        Whether it was still open."""
+        if self.tracker.status(run_id) != "RUNNING":
+            return False
+        self.tracker.end(run_id, "FAILED", state="FAIL",
+                         error=f"{why}; its run closed by a later run" if why
+                         else "worker lost (killed or crashed)")
+        return True
+
+    def training_recorded(self, run_id: str, cfg: TrainConfig, result: TrainResult,
+                          run_dir: Path, title: str, curves: bool = False) -> None:
+        """A finished training's summary metrics, resolved config and best checkpoint. Its
+        per-epoch curves are in MLflow already (the UI charts them); a PNG of them is drawn
+        for a single `train` and for each stage's carried trial, not for every trial."""
+        best, history = asdict(result.best), result.history
+        self.tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in METRICS}
+                                 | {"best_epoch": result.best.epoch,
+                                    "num_params": result.num_params})
+        self.tracker.log_text(run_id, dump_resolved(cfg), "config.yaml")
+        if curves:
+            from asl_sweep.tracking.plots import plot_curves  # matplotlib where a PNG is drawn
+
+            png = plot_curves([h.epoch for h in history],
+                              {k: [getattr(h, k) for h in history] for k in METRICS},
+                              run_dir / "curves.png", title)
+            self.tracker.log_artifacts(run_id, [png])
+        if result.checkpoint is not None and result.checkpoint.exists():
+            self.tracker.keep_file(run_id, result.checkpoint, "checkpoints")
+
+    # --- `asl-sweep train` ---------------------------------------------------------------
+    def single_training(self, cfg: TrainConfig) -> TrialRun:
+        run_id = self.tracker.new_run(self.experiment_id, "train", parent=self.study_run,
+                                      kind="train")
+        self.tracker.log_params(run_id, cfg.applicable())
+        return TrialRun(run_id, "train", self.tracker.epoch_log(run_id))
+
+    def run_ended(self, run_id: str, status: str) -> None:
+        self.tracker.end(run_id, status)

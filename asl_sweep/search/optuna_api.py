@@ -1,0 +1,45 @@
+"""The few places asl-sweep reaches inside Optuna, in one adapter.
+
+Optuna's public API has no way to get at a study's storage and id, a trial's id, or the
+class that says a storage keeps heartbeats of its own; asl-sweep needs them to keep its own
+attributes on studies and trials (search/state.py) and to beat where Optuna does not. Every
+call here has a test (tests/search/test_optuna_api.py) that fails when Optuna changes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.storages._heartbeat import BaseHeartbeat  # not exported; Optuna checks it so
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study reads and writes."""
+    return study._storage
+
+
+def study_id_of(study: optuna.Study) -> int:
+    """The study's id in its storage."""
+    return study._study_id
+
+
+def trial_id_of(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """A trial's id in its storage (a running Trial's or a FrozenTrial's)."""
+    return trial._trial_id
+
+
+def frozen_of(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """A running trial as it was read when it was taken (its attributes then, its retry
+    history among them), without reading the storage again."""
+    return trial._cached_frozen_trial
+
+
+def keeps_heartbeats(storage: Any) -> bool:
+    """Whether the storage records Optuna's heartbeats itself (the RDB storage does; the
+    gRPC proxy does not)."""
+    return isinstance(storage, BaseHeartbeat)
+
+
+def engine_of(storage: optuna.storages.RDBStorage) -> Any:
+    """The SQLAlchemy engine of an RDB storage."""
+    return storage.engine

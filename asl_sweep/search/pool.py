@@ -1,0 +1,118 @@
+"""`asl-sweep run` on one machine: this process is worker 0 and, with --workers N, starts
+workers 1..N-1 as processes of `asl-sweep worker` that join the same study through its
+stores. How many and with how many threads each is runtime/workers.py's call."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from asl_sweep.runtime import signals
+from asl_sweep.runtime.workers import Workers, auto_workers, fixed_workers, gpu_count, share_device
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.session import open_session
+from asl_sweep.search.study import run_study
+from asl_sweep.settings.spec import StudyConfig
+
+
+def _large(cfg: StudyConfig) -> bool:
+    """Whether a stage trains at 224 px-like sizes or a pretrained backbone (memory per
+    worker, for --workers auto)."""
+    models = {cfg.base.model, *(str(s.fixed.get("model", "")) for s in cfg.stages)}
+    sizes = [cfg.data.image_size, *(s.image_size or 0 for s in cfg.stages)]
+    return "transfer" in models or max(sizes) >= 128
+
+
+def resolve_workers(cfg: StudyConfig, workers: str | int, per_device: int,
+                    say=print) -> Workers:
+    gpus = gpu_count()
+    if per_device > 1 and not gpus:
+        say(f"--per-device {per_device}: no GPU here, so it changes nothing")
+    if workers == "auto":
+        return auto_workers(large=_large(cfg), gpus=gpus, per_device=per_device)
+    return fixed_workers(int(workers), gpus=gpus, per_device=per_device, large=_large(cfg))
+
+
+def run_pool(cfg: StudyConfig, ws: Workspace, workers: Workers, worker_argv: list[str],
+             bars: bool = False, say=print) -> int:
+    """Run the study with `workers` on this machine; this process scores the final
+    configuration once every stage is decided. The exit code of the first worker that
+    failed, else 0. `worker_argv`: the command line that names the study, data and stores
+    for `asl-sweep worker`."""
+    procs: list[subprocess.Popen] = []
+    if workers.count > 1:
+        say(f"{workers.count} workers side by side, {workers.threads} thread"
+            f"{'s' if workers.threads != 1 else ''} each ({workers.why}); --workers 1 for one "
+            "at a time")
+        import torch
+
+        torch.set_num_threads(workers.threads)
+        share_device(workers.memory_share)  # this process is worker 0, on the first GPU
+    try:
+        if workers.count > 1:
+            procs = _start(cfg, ws, workers, worker_argv)
+        # One terminal and several processes: bars would garble, so lines instead.
+        run_study(cfg, ws, bars=bars and workers.count == 1)
+    except BaseException:
+        _wait(procs, stop=True)
+        raise
+    return _wait(procs)  # done already: a stage is decided once all its trials are
+
+
+def _start(cfg: StudyConfig, ws: Workspace, workers: Workers,
+           worker_argv: list[str]) -> list[subprocess.Popen]:
+    """Workers 1..N-1 as processes on this machine; the study and its MLflow experiment are
+    created here first, because creating them is a race. A stop asked for while they start
+    (Ctrl-C, SIGTERM) stops the ones started."""
+    import os
+
+    open_session(cfg, ws, log=lambda _: None)  # creates the stores, the record, the study run
+    procs = []
+    try:
+        for index in range(1, workers.count):
+            signals.check()
+            env = dict(os.environ)
+            if workers.gpus > 1:  # each GPU takes per_device consecutive workers
+                env["CUDA_VISIBLE_DEVICES"] = str(workers.device_of(index))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "asl_sweep.cli", "worker", *worker_argv,
+                 "--worker-index", str(index), "--threads", str(workers.threads),
+                 "--gpu-share", str(workers.memory_share), "--parent-pid", str(os.getpid())],
+                env=env))
+    except BaseException:
+        _wait(procs, stop=True)
+        raise
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], stop: bool = False) -> int:
+    if stop:
+        for p in procs:
+            p.terminate()
+    try:
+        while any(p.poll() is None for p in procs):
+            signals.check()  # SIGTERM to this process stops the workers too
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return _wait(procs, stop=True) or 130
+    return max((p.returncode for p in procs), key=abs, default=0)
+
+
+def join_study(cfg: StudyConfig, ws: Workspace, index: int, threads: int | None,
+               gpu_share: float, parent_pid: int | None) -> int:
+    """`asl-sweep worker`: join a study's search as worker `index`; the final test score is
+    the initiating `run`'s, once every worker is done."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    share_device(gpu_share)
+    if parent_pid:
+        signals.stop_when_orphaned(parent_pid)
+    log = lambda m: print(f"[worker {index}] {m}", flush=True)  # noqa: E731
+    # A worker `run` started prints its own trials only: the stages' lines (each decision,
+    # the data) are run's, printed once.
+    run_study(cfg, ws, log=log, worker=index, score=False,
+              say=(lambda _: None) if parent_pid else log)
+    return 0

@@ -1,0 +1,457 @@
+"""The state the workers of a study share, and the protocol they keep on it.
+
+Every worker, on any machine, reads and writes one Optuna storage. What asl-sweep keeps
+there besides Optuna's own trials is named here, once, and nowhere else:
+
+- `StageKey`: a stage's keys, on its Optuna study (Optuna system attributes under PREFIX);
+- `RecordKey`: the study record's keys (the Optuna study of the study's own name);
+- `TrialKey`: each trial's user attributes; `Role` and `Failure` are the values of two;
+- the protocol: who runs which trial (a WAITING trial is taken by exactly one worker,
+  `take_waiting`), a stage's budget as WAITING search trials queued up front (so no worker
+  ever asks a trial the budget has no room for), claims on one-time jobs (`claim`),
+  beats, dead workers, and a failed trial queued again (`Requeue`).
+
+Each key's docstring line says who writes it and who reads it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from asl_sweep.search.optuna_api import keeps_heartbeats, storage_of, study_id_of, trial_id_of
+
+HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
+log = logging.getLogger(__name__)
+
+# asl-sweep's keys on a study go into Optuna's system attributes under this prefix: user
+# attributes stay a short human-readable summary (what `optuna studies` prints).
+PREFIX = "asl_sweep:"
+
+
+class StageKey(StrEnum):
+    """A stage's shared keys (on its Optuna study). Written by the process named; read by
+    every worker that opens the stage, and by `status`, `report` and `export`."""
+
+    CARRIED = "carried"  # the stage's creator, last of its set-up: "the stage is ready"
+    STAGE_RUN = "mlflow_stage_run"  # creator: the stage's MLflow run
+    INDEX = "index"  # creator: the stage's place in the study
+    UID = "uid"  # creator: this stage study's own id (checkpoints name it)
+    DECIDED_BY = "decided_by"  # creator: which earlier stage decided each carried setting
+    REFERENCE = "reference"  # creator: what the stage before carried, whole
+    SWITCHED_FROM = "previous_family"  # creator: the family the stage switched from, or None
+    BUDGET = "budget"  # every process that opens it: the `trials` it last ran with
+    SEARCH_SECONDS = "search_seconds"  # each worker after a trial: search time, all runs
+    PLAN = "plan"  # the claim's holder: which trials the confirmation repeats
+    QUEUED = "queued"  # the plan's holder: the fixed rule's repeats are queued
+    ROUNDS_QUEUED = "rounds_queued"  # a race's rounds queued so far (any worker, max wins)
+    RESULT = "result"  # every worker that reaches the decision (the same from the same trials)
+    MIRRORED = "recorded"  # the worker that mirrored the decision into MLflow
+
+
+@dataclass
+class ConfirmPlan:
+    """The value of StageKey.PLAN: which trials a stage's confirmation repeats, made once by
+    the worker that claims it, read by every worker and by status and report."""
+
+    incumbent: int  # the trial candidates must beat
+    candidates: list[int]  # the search trials put forward
+    first_repeat: int | None  # the stage number of its repeats study's trial 0 (None: old
+    # stores, whose repeats live in the stage's own study)
+    rule: str  # race | fixed
+    repeats: int  # max_repeats (race) or repeats (fixed)
+    by: str = ""  # worker_id() of its maker
+
+    @classmethod
+    def of(cls, stored: dict[str, Any]) -> ConfirmPlan:
+        return cls(**{f.name: stored.get(f.name) for f in fields(cls) if f.name in stored})
+
+
+def round_key(upto: int) -> str:
+    """The claim on queueing a race's rounds up to `upto` (held by one worker)."""
+    return f"round_{upto}"
+
+
+def queued_key(claim: str) -> str:
+    """Set once the repeats a claim stands for are queued."""
+    return f"{claim}_queued"
+
+
+class RecordKey(StrEnum):
+    """The study record's keys. Written by the first run (data, digest, study run), by each
+    finished training (trained entries, search/reuse.py) and by the final score; read by
+    every later command."""
+
+    DATA = "data"  # the data settings the study is bound to
+    DIGEST = "digest"  # a digest of its files
+    STUDY_RUN = "mlflow_study_run"  # the study's MLflow run (the record's creator makes it)
+    FINAL = "final"  # the final test score, once
+
+
+class SummaryKey(StrEnum):
+    """Short user attributes on the Optuna studies, for `optuna studies` and the dashboard:
+    written where the thing they sum up is decided, read by people."""
+
+    KIND = "kind"  # the record: "study record"
+    DECISION = "decision"  # a decided stage: its decision, cut short
+    CHOSEN_TRIAL = "chosen_trial"  # a decided stage: the trial it carries
+    TEST_ACC = "test_acc"  # the record: the final test score
+
+
+TRAINED_PREFIX = "trained:"  # + a training key (search/reuse.py): a training on record
+
+
+class TrialKey(StrEnum):
+    """Each trial's user attributes (Optuna's, so `optuna` and the dashboard show them).
+    Set when the trial is queued (role, confirms, repeat, incumbent, previous_family,
+    seed_trial, reported) or by the worker that runs it (the rest); read by the selection
+    rules, progress, status, report and export."""
+
+    ROLE = "role"
+    CONFIRMS = "confirms"  # a repeat: the stage trial whose configuration it repeats
+    REPEAT = "repeat"  # a repeat's number r: seed + r and fold r
+    INCUMBENT = "incumbent"  # a repeat of the incumbent
+    PREVIOUS_FAMILY = "previous_family"  # the second incumbent, of the family switched from
+    SEED_TRIAL = "seed_trial"
+    REPORTED = "reported"  # a seed trial's figure as its author reported it
+    FAILURE = "failure"  # why a FAIL trial failed (Failure)
+    RUN = "mlflow_run_id"
+    WORKER = "worker"  # worker_id() of the process that ran it
+    FOLD = "fold"
+    DECIDED_BY = "decided_by"  # which stage decided each of its settings
+    TRAINING = "training_key"  # what its training is on record as (search/reuse.py)
+    METRICS = "metrics"  # the best epoch's metrics
+    LAST = "last"  # the last epoch's metrics
+    NUM_PARAMS = "num_params"
+    REUSED_FROM = "reused_from"  # "stage S, trial N": the training it took instead
+
+
+class Role(StrEnum):
+    INCUMBENT = "incumbent"  # what the stage starts from, trained unchanged
+    SEED = "seed"  # a seed trial of the study YAML
+    SEARCH = "search"  # sampled
+    CONFIRM = "confirm"  # a confirmation repeat
+
+
+class Failure(StrEnum):
+    """Why a trial is FAIL. Only ERROR is the trial's own: it used its turn."""
+
+    ERROR = "error"  # its own failure (non-finite loss, out of memory, unbuildable settings)
+    STOPPED = "stopped"  # a fault the user can fix, or a full disk: queued again
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: queued again
+    CRASHED = "crashed"  # a bug in asl-sweep: queued again
+    SURPLUS = "surplus"  # asked past the budget (stores written before budgets were queued)
+    UNUSED = "unused"  # a queued budget slot the stage did not need (target, timeout)
+
+
+# Optuna's own system attributes that asl-sweep reads.
+FIXED_PARAMS, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
+# The user attributes a retried trial keeps: what it is, not how its last attempt went.
+KEPT_ON_RETRY = (TrialKey.ROLE, TrialKey.CONFIRMS, TrialKey.REPEAT, TrialKey.INCUMBENT,
+                 TrialKey.PREVIOUS_FAMILY, TrialKey.SEED_TRIAL, TrialKey.REPORTED)
+SEARCH_ROLES = (Role.SEED, Role.SEARCH)  # the trials a stage's `trials` budget counts
+
+
+# --- a study's keys ---------------------------------------------------------------------
+
+def read(study: optuna.Study) -> dict[str, Any]:
+    """Every asl-sweep key of a stage study or the study record, one read."""
+    stored = storage_of(study).get_study_system_attrs(study_id_of(study))
+    return {k[len(PREFIX):]: v for k, v in stored.items() if k.startswith(PREFIX)}
+
+
+def write(study: optuna.Study, key: str, value: Any) -> None:
+    """Set a key. Two workers that add the same new key at once collide on the store's
+    unique key: the later one then updates the row the earlier one made."""
+    for attempt in range(3):
+        try:
+            storage_of(study).set_study_system_attr(study_id_of(study), PREFIX + str(key),
+                                                    value)
+            return
+        except optuna.exceptions.StorageInternalError:
+            if attempt == 2:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
+    """Whether `key` appears within `seconds` (another worker is writing it)."""
+    deadline = time.monotonic() + seconds
+    while str(key) not in read(study):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def claim(study: optuna.Study, name: str) -> bool:
+    """Whether this process holds the one-time job `name` of a study (make the plan, queue a
+    round): exactly one process does, whichever asks first. The holder is a trial of the
+    study's claims study, taken from WAITING by one worker alone (the storage's atomic
+    state change); a holder that died without finishing is found by `holds_dead`."""
+    claims = _claims_study(study)
+    token = next((t for t in claims.get_trials(deepcopy=False)
+                  if t.user_attrs.get("claim") == name), None)
+    if token is None:
+        claims.enqueue_trial({}, user_attrs={"claim": name})
+        token = min((t for t in claims.get_trials(deepcopy=False)
+                     if t.user_attrs.get("claim") == name), key=lambda t: t.number)
+        # Two that queued the same token at once: the lower-numbered one counts.
+    if token.state != TrialState.WAITING:
+        return False
+    storage = storage_of(claims)
+    try:
+        if not storage.set_trial_state_values(trial_id_of(token), TrialState.RUNNING):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    storage.set_trial_user_attr(trial_id_of(token), TrialKey.WORKER, worker_id())
+    return True
+
+
+def claim_holder(study: optuna.Study, name: str) -> str | None:
+    """The worker that holds claim `name`, if any does."""
+    claims = _claims_study(study)
+    held = [t for t in claims.get_trials(deepcopy=False)
+            if t.user_attrs.get("claim") == name and t.state != TrialState.WAITING]
+    return held[0].user_attrs.get(TrialKey.WORKER) if held else None
+
+
+CLAIMS_SUFFIX = ".claims"
+
+
+def _claims_study(study: optuna.Study) -> optuna.Study:
+    name = study.study_name + CLAIMS_SUFFIX
+    storage = storage_of(study)
+    try:
+        return optuna.create_study(storage=storage, study_name=name)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage)
+
+
+# --- who runs which trial ---------------------------------------------------------------
+
+def queue_budget(study: optuna.Study, slots: int) -> None:
+    """A stage's search budget, queued up front as `slots` WAITING search trials: a worker
+    takes one (`take_waiting`) or finds none, so the stage never asks a trial past its
+    budget, however many workers look at once. The sampler fills in each one's settings
+    when it is taken."""
+    for _ in range(slots):
+        study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.SEARCH})
+
+
+def budget_queued(trials: list[FrozenTrial]) -> int:
+    """How many search slots a stage's study holds: first attempts of search trials,
+    queued, running or finished (a surplus or unused one does not count)."""
+    return sum(1 for t in trials if t.user_attrs.get(TrialKey.ROLE, Role.SEARCH) == Role.SEARCH
+               and FAILED_TRIAL not in t.system_attrs
+               and t.user_attrs.get(TrialKey.FAILURE) not in (Failure.SURPLUS, Failure.UNUSED))
+
+
+def release_unused(study: optuna.Study) -> None:
+    """The search slots still WAITING once a stage stops searching early (its target
+    reached, its timeout spent, a smaller --trials): ended as FAIL, marked unused."""
+    storage = storage_of(study)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.user_attrs.get(TrialKey.ROLE) != Role.SEARCH or FAILED_TRIAL in t.system_attrs:
+            continue
+        try:
+            if storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
+                storage.set_trial_user_attr(trial_id_of(t), TrialKey.FAILURE, Failure.UNUSED)
+                storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
+def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = lambda t: True,
+                 trials: list[FrozenTrial] | None = None) -> optuna.Trial | None:
+    """A WAITING trial of `study` (the lowest-numbered that `accept` takes, among `trials`
+    where the caller has just read them), now RUNNING and this worker's alone: the storage
+    changes its state for one worker only. None when no such trial waits. Trials are only
+    ever queued, never asked: nothing past a budget."""
+    storage = storage_of(study)
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for t in trials:
+        if t.state != TrialState.WAITING or not accept(t):
+            continue
+        try:
+            if not storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        # Who took it, at once: a trial whose worker is gone is found and queued again.
+        storage.set_trial_user_attr(trial_id_of(t), TrialKey.WORKER, worker_id())
+        return optuna.Trial(study, trial_id_of(t))
+    return None
+
+
+class Requeue:
+    """Queue a failed trial again with the same parameters and role, at most MAX_RETRY times
+    (a trial whose worker died, or one stopped by a signal or a fault)."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
+        if len(history) > MAX_RETRY:
+            log.warning("trial %s failed %d times; not retried again", history[0], len(history))
+            return
+        system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k == FIXED_PARAMS},
+                        FAILED_TRIAL: history[0], RETRY_HISTORY: history}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY},
+            system_attrs=system_attrs))
+
+
+def origin_of(trial: FrozenTrial) -> int:
+    """The number of the first attempt of a (possibly retried) trial."""
+    return trial.system_attrs.get(FAILED_TRIAL, trial.number)
+
+
+def retries_of(trial: FrozenTrial) -> list[int]:
+    """The numbers of a retried trial's earlier attempts, first first."""
+    return list(trial.system_attrs.get(RETRY_HISTORY, []))
+
+
+def renumbered(t: FrozenTrial, offset: int) -> FrozenTrial:
+    """A repeats-study trial numbered in its stage (its study's trial 0 is the stage's
+    trial `offset`), retry history included. `t` must be a copy."""
+    t.number += offset
+    if FAILED_TRIAL in t.system_attrs:
+        t.system_attrs[FAILED_TRIAL] += offset
+        t.system_attrs[RETRY_HISTORY] = [n + offset for n in t.system_attrs[RETRY_HISTORY]]
+    return t
+
+
+def grid_placeholder(trial: FrozenTrial) -> FrozenTrial | None:
+    """A queued search slot seen as a fresh trial by Optuna's grid sampler (which leaves
+    every queued trial alone); None for any other trial."""
+    if trial.system_attrs.get(FIXED_PARAMS) != {} or "grid_id" in trial.system_attrs \
+            or trial.user_attrs.get(TrialKey.ROLE) != Role.SEARCH:
+        return None
+    fresh = copy.deepcopy(trial)
+    fresh.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != FIXED_PARAMS}
+    return fresh
+
+
+# --- who is alive -----------------------------------------------------------------------
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def gone_here(worker: str) -> bool:
+    """Whether `worker` (a worker_id) was a process of this machine that no longer exists."""
+    host, _, pid = worker.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Optuna's heartbeats live in its RDB storage only: through the gRPC proxy a running trial
+# beats here instead (a system attribute, every HEARTBEAT_S), and one silent for GRACE_S is
+# dead, from any machine (clocks a few seconds apart at most).
+BEAT = PREFIX + "beat"
+
+
+@contextlib.contextmanager
+def beating(study: optuna.Study, trial_id: int) -> Iterator[None]:
+    """While the block runs, the trial beats: Optuna's heartbeat where the storage keeps
+    them, else asl-sweep's own beat attribute."""
+    storage = storage_of(study)
+    own = keeps_heartbeats(storage)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                if own:
+                    storage.record_heartbeat(trial_id)
+                else:
+                    storage.set_trial_system_attr(trial_id, BEAT, time.time())
+            except Exception as e:  # a beat missed is no error; a finished trial stops it
+                log.debug("trial beat missed: %s", e)
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name="asl-sweep-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(HEARTBEAT_S)
+
+
+def _silent(t: FrozenTrial, now: float) -> bool:
+    """A running trial (through the proxy) that has not beaten for GRACE_S."""
+    last = t.system_attrs.get(BEAT) or (t.datetime_start.timestamp() if t.datetime_start
+                                        else now)
+    return now - last > GRACE_S
+
+
+def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail RUNNING trials whose worker is gone, and queue their retry with the same
+    settings. A trial is dead once its beats stop for GRACE_S, or at once when it was taken
+    by a process of this machine that no longer exists; one taken by a process that died
+    before it said who it is has no worker and dies by its beats (or their absence). Returns
+    the FAIL trials whose MLflow run may still be open (their worker died without a word,
+    or stopped while the tracking server was away)."""
+    storage = storage_of(study)
+    if keeps_heartbeats(storage):
+        optuna.storages.fail_stale_trials(study)
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get(TrialKey.WORKER, "")
+        if gone_here(worker) or (not keeps_heartbeats(storage) and _silent(t, now)) or (
+                not worker and _silent(t, now)):
+            try:
+                if storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL):
+                    Requeue()(study, storage.get_trial(trial_id_of(t)))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker got there first
+    # A trial that failed with no word on why (its worker died, or could not record how it
+    # stopped) and was never queued again: queue it now.
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in retries_of(t)}
+    lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
+    for t in lost:
+        if t.number not in retried:
+            Requeue()(study, t)
+    # A trial that stopped while the tracking server was away could not close its run.
+    stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
+        TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]
+    return [t for t in lost + stopped if t.user_attrs.get(TrialKey.RUN)]
+
+
+def mirrors_decision(trials: list[FrozenTrial]) -> bool:
+    """Whether this process mirrors a decided stage's decision into MLflow: every worker
+    reaches the same decision from the same finished trials, and the one that finished the
+    last of them mirrors it (or this one, where that worker was a process of this machine
+    that is gone: a rerun after a crash). A worker of another machine that died first
+    leaves it to the next process that opens the stage."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete]
+    if not done:
+        return True
+    last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get(
+        TrialKey.WORKER, "")
+    return last == worker_id() or gone_here(last)

@@ -1,0 +1,67 @@
+"""Each call asl-sweep makes inside Optuna (search/optuna_api.py), against the Optuna
+installed: one of these fails when Optuna changes what the adapter relies on."""
+
+import optuna
+import pytest
+
+from asl_sweep.search.optuna_api import (
+    engine_of,
+    frozen_of,
+    keeps_heartbeats,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+)
+
+
+@pytest.fixture
+def sqlite_study(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=5,
+                                         grace_period=30)
+    return optuna.create_study(study_name="s", storage=storage), storage
+
+
+def test_storage_of_is_the_storage_the_study_writes(sqlite_study):
+    study, storage = sqlite_study
+    assert isinstance(storage_of(study), optuna.storages.BaseStorage)
+    storage_of(study).set_study_system_attr(study_id_of(study), "k", 1)
+    assert storage.get_study_system_attrs(storage.get_study_id_from_name("s")) == {"k": 1}
+
+
+def test_engine_of_is_the_rdb_storages_engine(sqlite_study):
+    import sqlalchemy
+
+    _, storage = sqlite_study
+    assert isinstance(engine_of(storage), sqlalchemy.engine.Engine)
+    assert str(engine_of(storage).url).endswith("o.db")
+
+
+def test_study_id_of_names_the_study_in_its_storage(sqlite_study):
+    study, storage = sqlite_study
+    assert study_id_of(study) == storage.get_study_id_from_name("s")
+
+
+def test_trial_id_of_a_running_and_a_frozen_trial(sqlite_study):
+    study, storage = sqlite_study
+    trial = study.ask()
+    assert storage.get_trial(trial_id_of(trial)).number == trial.number
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert trial_id_of(frozen) == trial_id_of(trial)
+
+
+def test_frozen_of_is_the_trial_as_it_was_taken(sqlite_study):
+    study, _ = sqlite_study
+    study.enqueue_trial({}, user_attrs={"role": "search"})
+    trial = study.ask()
+    frozen = frozen_of(trial)
+    assert isinstance(frozen, optuna.trial.FrozenTrial)
+    assert frozen.number == trial.number and frozen.user_attrs == {"role": "search"}
+    assert "fixed_params" in frozen.system_attrs
+
+
+def test_keeps_heartbeats_tells_the_rdb_storage_from_one_without(sqlite_study):
+    _, storage = sqlite_study
+    assert keeps_heartbeats(storage)
+    assert not keeps_heartbeats(optuna.storages.InMemoryStorage())
+    pytest.importorskip("grpc")  # the proxy's client keeps none either (no connection yet)
+    assert not keeps_heartbeats(optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=1))

@@ -1,0 +1,125 @@
+"""The workers' shared state (search/state.py): each one-time job claimed by exactly one
+process, each queued trial taken by exactly one, a trial taken by a process that died before
+it said who it is found and queued again, and every shared key named in state.py alone."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from asl_sweep.search import state
+from asl_sweep.search.state import Role, TrialKey, claim, queue_budget, take_waiting
+
+PACKAGE = Path(__file__).parents[2] / "asl_sweep"
+
+RACE = """
+import sys, time
+import optuna
+from asl_sweep.search import state
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+from asl_sweep.search.store import optuna_storage
+study = optuna.load_study(study_name="s", storage=optuna_storage(sys.argv[1]))
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.005)
+if sys.argv[3] == "claim":
+    print("held" if state.claim(study, "plan") else "not held")
+else:
+    taken = []
+    while (trial := state.take_waiting(study)) is not None:
+        taken.append(trial.number)
+    print(" ".join(map(str, taken)))
+"""
+
+
+def _race(url: str, what: str, processes: int = 4) -> list[str]:
+    """`processes` real processes doing `what` at the same moment; their outputs."""
+    import time
+
+    start = str(time.time() + 3.0)  # all of them have imported Optuna by then
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, url, start, what], text=True,
+                              stdout=subprocess.PIPE) for _ in range(processes)]
+    return [p.communicate(timeout=120)[0].strip() for p in procs]
+
+
+@pytest.fixture
+def store(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="s", storage=url)
+    return url
+
+
+@pytest.mark.slow
+def test_a_claim_is_held_by_exactly_one_of_the_processes_that_ask_at_once(store):
+    said = _race(store, "claim")
+    assert sorted(said) == ["held"] + ["not held"] * 3
+    study = optuna.load_study(study_name="s", storage=store)
+    assert not claim(study, "plan")  # held: nobody else gets it, later either
+    assert state.claim_holder(study, "plan")
+
+
+@pytest.mark.slow
+def test_every_queued_trial_is_taken_by_exactly_one_worker_and_none_is_asked(store):
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 12)
+    said = _race(store, "take")
+    taken = [int(n) for line in said for n in line.split()]
+    assert sorted(taken) == list(range(12))  # each slot once; no process asked a 13th
+    assert len(study.get_trials()) == 12
+    assert {t.user_attrs[TrialKey.ROLE] for t in study.get_trials()} == {Role.SEARCH}
+    assert all(t.user_attrs[TrialKey.WORKER] for t in study.get_trials())  # who took it
+
+
+@pytest.mark.slow
+def test_a_trial_taken_by_a_process_that_died_before_saying_who_is_queued_again(
+        store, monkeypatch):
+    study = optuna.load_study(study_name="s", storage=store)
+    study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.CONFIRM, TrialKey.REPEAT: 1})
+    # A real process takes it the way Optuna's ask() does, and dies before anything else.
+    subprocess.run([sys.executable, "-c", f"""
+import optuna
+from optuna.trial import TrialState
+study = optuna.load_study(study_name="s", storage="{store}")
+t = study.get_trials()[0]
+assert study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
+"""], check=True)
+    assert study.get_trials()[0].state.name == "RUNNING"
+    assert state.fail_dead_trials(study) == [] and study.get_trials()[0].state.name == \
+        "RUNNING"  # within its grace it may still be starting
+    monkeypatch.setattr(state, "GRACE_S", 0)
+    state.fail_dead_trials(study)
+    dead, retry = study.get_trials()
+    assert dead.state.name == "FAIL" and retry.state.name == "WAITING"
+    assert retry.user_attrs == {TrialKey.ROLE: Role.CONFIRM, TrialKey.REPEAT: 1}
+    assert take_waiting(study).number == retry.number
+
+
+def test_every_shared_key_is_named_in_the_state_module_alone():
+    """No string literal names a trial's or a study's shared key outside search/state.py:
+    each reads and writes them through state.py's names."""
+    literal = re.compile(
+        r"(user_attrs|system_attrs)(\.get)?[\[(]\s*['\"]"  # t.user_attrs["role"]
+        r"|set_(user|system)_attr\(\s*['\"]"  # trial.set_user_attr("role", ...)
+        r"|['\"][a-z_]+['\"] (not )?in [\w.]*(user_attrs|system_attrs)"  # "x" in t.user_attrs
+        r"|\b(read|write|wait_for|claim)\([\w.]+(, |\)\.get\(|\)\[)['\"]")  # write(s, "key")
+    found = [f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}"
+             for path in PACKAGE.rglob("*.py") if path.name != "state.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert not found, "shared keys named outside search/state.py:\n" + "\n".join(found)
+
+
+def test_the_key_check_catches_a_literal_key():
+    line = 'role = t.user_attrs.get("role", "search")'
+    assert re.search(r"(user_attrs|system_attrs)(\.get)?[\[(]\s*['\"]", line)
+
+
+def test_keys_are_stored_as_plain_strings(store):
+    study = optuna.load_study(study_name="s", storage=store)
+    state.write(study, state.StageKey.BUDGET, 3)
+    storage = optuna.storages.RDBStorage(store)
+    assert storage.get_study_system_attrs(storage.get_study_id_from_name("s")) == {
+        "asl_sweep:budget": 3}
+    assert state.read(study) == {"budget": 3}
