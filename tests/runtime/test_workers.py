@@ -1,6 +1,12 @@
 """--workers auto: how many trainings side by side, and with how many threads each."""
 
+from pathlib import Path
+
+import pytest
+
 from asl_sweep.runtime.workers import auto_workers, fixed_workers
+
+QUICK = Path(__file__).parents[2] / "sweeps" / "quick.yaml"
 
 GIB = 1 << 30
 
@@ -39,3 +45,27 @@ def test_k_workers_share_each_gpu_with_a_share_of_its_memory():
 def test_on_a_cpu_there_is_no_device_and_no_share():
     w = fixed_workers(2, cores=2, gpus=0, per_device=4)
     assert (w.device_of(1), w.memory_share) == (None, 1.0)
+
+
+def test_more_workers_than_the_machine_holds_is_one_line_naming_the_limit():
+    from asl_sweep.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--workers 9999: this machine holds at most 4 "
+                                          r"workers \(2 CPU cores x 2\); give --workers 4"):
+        fixed_workers(9999, cores=2, memory=64 * GIB)
+    with pytest.raises(ConfigError, match=r"at most 3 workers \(10 GiB of free memory at 3 GiB"):
+        fixed_workers(4, cores=16, memory=10 * GIB, large=True)
+    with pytest.raises(ConfigError, match=r"at most 2 workers \(1 GPU x --per-device 2\)"):
+        fixed_workers(3, cores=16, gpus=1, per_device=2, memory=64 * GIB)
+    assert fixed_workers(4, cores=2, memory=64 * GIB).count == 4  # two a core still runs
+
+
+def test_workers_9999_is_refused_before_anything_starts(tmp_path, capsys):
+    """The command line as a user types it: one line, exit 2, no process and no store."""
+    from asl_sweep.cli import main
+
+    home = tmp_path / "mlruns"
+    code = main(["run", str(QUICK), "--home", str(home), "--workers", "9999"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --workers 9999: this machine holds at most")
+    assert len(err.splitlines()) == 1 and not (home / "optuna.db").exists()
