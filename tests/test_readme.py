@@ -1,18 +1,36 @@
 """The README's first screen and its study example stay true."""
 
+import re
 from pathlib import Path
 
 import yaml
 
 from asl_sweep.settings.spec import StudyConfig
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _yaml_block(text: str) -> dict:
+    return yaml.safe_load(text.split("```yaml", 1)[1].split("```", 1)[0])
 
 
 def test_the_readme_study_example_is_a_valid_study():
-    block = README.split("```yaml", 1)[1].split("```", 1)[0]
-    cfg = StudyConfig.model_validate(yaml.safe_load(block))
+    cfg = StudyConfig.model_validate(_yaml_block(README))
+    assert cfg.data.group_pattern and cfg.stages[0].space["cnn.kernel"].choices
+
+
+def test_the_annotated_study_is_a_valid_study():
+    cfg = StudyConfig.model_validate(_yaml_block(
+        (ROOT / "docs" / "reference" / "study-yaml.md").read_text()))
     assert cfg.stages[0].space["dropout.2"].when
+
+
+def test_the_readme_is_a_front_page():
+    """What it is, what you get, the two commands, a tour and links: the rest is in docs/."""
+    assert len(README.splitlines()) <= 200
+    for link in re.findall(r"\]\(([^)#]+)\)", README):
+        assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
 
 
 def test_the_first_screen_gives_the_two_commands():

@@ -27,20 +27,27 @@ class Strict(BaseModel):
 class SyntheticConfig(Strict):
     per_class: int = Field(60, ge=2, description="images per letter")
     signers: int = Field(24, ge=3, description="synthetic people, each with a style")
-    seed: int = 0
+    seed: int = Field(0, description="draws the signers' styles and the images")
 
 
 class DataConfig(Strict):
-    root: Path | None = None  # ImageFolder layout; None = built-in synthetic letters
-    synthetic: SyntheticConfig = SyntheticConfig()
-    image_size: int = Field(64, ge=8, le=1024)
-    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)  # scored once, after the search
-    seed: int = 0
-    # regex; group 1 names the person/source of a file. The built-in set is always split by
-    # its signers.
-    group_pattern: str | None = None
-    on_bad_image: Literal["error", "skip"] = "error"
+    root: Path | None = Field(None, description="an ImageFolder root (one sub-folder per "
+                              "class); null: the built-in synthetic letters")
+    synthetic: SyntheticConfig = Field(SyntheticConfig(), description="the built-in set, "
+                                       "when root is null")
+    image_size: int = Field(64, ge=8, le=1024, description="the square size images are "
+                            "decoded at, once, into the cache")
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of the images (of "
+                                "the people, where images have people) for validation")
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share for the test "
+                                 "split, scored once after the search and never seen by it")
+    seed: int = Field(0, description="the split's seed (deterministic, stratified by class)")
+    group_pattern: str | None = Field(None, description="a regex whose group 1 names the "
+                                      "person (or source) of a file: splits are then "
+                                      "person-disjoint; the built-in set is always split by "
+                                      "its signers")
+    on_bad_image: Literal["error", "skip"] = Field("error", description="an unreadable image"
+                                                   ": stop naming it, or skip and count it")
 
     @model_validator(mode="after")
     def _room_to_train(self) -> DataConfig:
@@ -72,24 +79,26 @@ class AugmentConfig(Strict):
     the batch. Exported models never augment."""
 
     rotation: float = Field(0.0, ge=0.0, le=180.0, description="max degrees, uniform +-")
-    flip: bool = False  # random horizontal flip with p=0.5
+    flip: bool = Field(False, description="random horizontal flip with p=0.5")
     blur_kernel: int = Field(0, ge=0, description="odd Gaussian kernel size; 0 = no blur")
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # sigma drawn per image, as torchvision
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="the blur's sigma range"
+                                            ", drawn per image as torchvision does")
     copies: int = Field(1, ge=1, description="augmented views of each image per epoch")
-    # random resized crop: the crop's area is a fraction drawn from [crop_scale, 1] of the
-    # image, its aspect ratio log-uniform in crop_ratio; 1 = off (torchvision's default: 0.08)
-    crop_scale: float = Field(1.0, gt=0.0, le=1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: float = Field(1.0, gt=0.0, le=1.0, description="random resized crop: the "
+                              "crop's area is drawn from [crop_scale, 1] of the image; 1 = "
+                              "off (torchvision's default: 0.08)")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="the crop's aspect "
+                                            "ratio range, drawn log-uniform")
     translate: float = Field(0.0, ge=0.0, le=0.5, description="max shift, fraction of a side")
-    # colour jitter: factors drawn from [max(0, 1-s), 1+s]; hue shifted by up to +-hue turns
-    brightness: float = Field(0.0, ge=0.0, le=1.0)
-    contrast: float = Field(0.0, ge=0.0, le=1.0)
-    saturation: float = Field(0.0, ge=0.0, le=1.0)
-    hue: float = Field(0.0, ge=0.0, le=0.5)
+    brightness: float = Field(0.0, ge=0.0, le=1.0, description="colour jitter: a factor "
+                              "drawn from [max(0, 1-s), 1+s]; 0 = off")
+    contrast: float = Field(0.0, ge=0.0, le=1.0, description="colour jitter, as brightness")
+    saturation: float = Field(0.0, ge=0.0, le=1.0, description="colour jitter, as brightness")
+    hue: float = Field(0.0, ge=0.0, le=0.5, description="hue shifted by up to +-hue turns")
     erase: float = Field(0.0, ge=0.0, le=1.0, description="random erasing probability")
-    # TrivialAugment: each image gets one op drawn from 14, at a strength drawn from
-    # [0, trivial] x TrivialAugmentWide's range (1.0 = its full range); 0 = off
-    trivial: float = Field(0.0, ge=0.0, le=1.0)
+    trivial: float = Field(0.0, ge=0.0, le=1.0, description="TrivialAugment: each image "
+                           "gets one of 14 ops at a strength drawn from [0, trivial] x "
+                           "TrivialAugmentWide's range; 0 = off")
     mixup: float = Field(0.0, ge=0.0, le=10.0, description="Beta(alpha, alpha); 0 = off")
     cutmix: float = Field(0.0, ge=0.0, le=10.0, description="Beta(alpha, alpha); 0 = off")
 
@@ -128,17 +137,21 @@ class AugmentConfig(Strict):
 
 
 class TransferConfig(Strict):
-    backbone: Backbone = "mobilenet_v2"
-    weights: str = "imagenet"  # imagenet | none | path to a .pth file
+    backbone: Backbone = Field("mobilenet_v2", description="the pretrained network")
+    weights: str = Field("imagenet", description="imagenet, none (random), or a path to a "
+                         ".pth state dict")
     trainable: int = Field(0, ge=0, description="last N backbone blocks trained; 0 = head only")
-    backbone_lr: float = Field(0.1, gt=0.0, le=1.0)  # fine-tuned blocks' lr, times `lr`
-    bn: Literal["frozen", "train"] = "frozen"  # fine-tuned blocks' batch-norm statistics
+    backbone_lr: float = Field(0.1, gt=0.0, le=1.0, description="the fine-tuned blocks' "
+                               "learning rate, a fraction of lr")
+    bn: Literal["frozen", "train"] = Field("frozen", description="the fine-tuned blocks' "
+                                           "batch-norm statistics")
     feature_views: int = Field(4, ge=1, description="augmented views cached per image")
-    views_seed: int = 0  # draws the cached augmented views (not the trial's seed: repeats share them)
-    # fine-tuning: run the frozen part of the backbone once per image and view and cache its
-    # output, so an epoch costs only the fine-tuned blocks (false: the whole backbone every
-    # step, with fresh augmentation; also the case under cutmix, which needs the images)
-    cache_prefix: bool = True
+    views_seed: int = Field(0, description="draws the cached augmented views (not the "
+                            "trial's seed: repeats share them)")
+    cache_prefix: bool = Field(True, description="fine-tuning: the frozen part of the "
+                               "backbone runs once per image and view and its output is "
+                               "cached, so an epoch costs only the fine-tuned blocks (false, "
+                               "or under cutmix: the whole backbone every step)")
 
 
 class CNNConfig(Strict):
@@ -146,12 +159,14 @@ class CNNConfig(Strict):
     (conv -> [batch norm] -> activation -> pool -> [dropout]), global average pooling, then
     the MLP head (`hidden`, `dropout`)."""
 
-    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field([32, 64, 128], min_length=1,
-                                                                  max_length=8)
-    kernel: int = Field(3, ge=1, le=11)
-    batch_norm: bool = True
-    pool: Literal["max", "avg"] = "max"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # channel dropout after each block
+    channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        [32, 64, 128], min_length=1, max_length=8, description="output channels of each "
+        "block; one block per entry")
+    kernel: int = Field(3, ge=1, le=11, description="the convolutions' filter size (odd)")
+    batch_norm: bool = Field(True, description="batch norm after each convolution")
+    pool: Literal["max", "avg"] = Field("max", description="each block's 2x2 pooling")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="channel dropout after each "
+                           "block")
 
     @field_validator("kernel")
     @classmethod
@@ -162,43 +177,51 @@ class CNNConfig(Strict):
 
 
 class EarlyStop(Strict):
-    patience: int = Field(5, ge=1)  # epochs without a better validation metric
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: int = Field(5, ge=1, description="epochs without a better validation metric "
+                          "before training stops")
+    min_delta: float = Field(0.0, ge=0.0, description="the least change that counts as better")
 
 
 class TrainConfig(Strict):
-    model: Literal["mlp", "cnn", "transfer"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = [500, 50]
-    activation: Literal["relu", "tanh", "gelu", "sigmoid", "leaky_relu", "elu", "silu"] = "relu"
-    # dropout[0] is on the input, dropout[i] on hidden layer i; missing entries are 0 and
-    # entries beyond the layer count are ignored, so the depth can be searched freely.
-    dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = []
-    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    batch_size: int = Field(32, ge=1)
-    epochs: int = Field(10, ge=1)
-    checkpoint_every: int = Field(5, ge=1)  # epochs between resume points...
-    checkpoint_seconds: float = Field(30.0, ge=0.0)  # ...and at least this many seconds
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    # auto: bf16 autocast on CUDA; fp16 trains with a gradient scaler
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
-    # learning-rate schedule over the epochs, stepped every batch, after `warmup_epochs` of
-    # linear warm-up; step: x0.1 at 1/2 and 3/4 of the epochs
-    schedule: Literal["constant", "step", "cosine", "onecycle"] = "constant"
-    warmup_epochs: int = Field(0, ge=0)
-    early_stop: EarlyStop | None = None  # stop when validation stops improving; keeps the best
-    augment: AugmentConfig = AugmentConfig()
-    # the training loss's label smoothing (torch's cross_entropy); validation loss is plain
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
-    # the square size images are decoded at for this model; None: the stage's image_size,
-    # else data.image_size (a transfer backbone: its own input size). Searchable: each size
-    # is decoded once into its own cache.
-    image_size: int | None = Field(None, ge=8, le=1024)
-    cnn: CNNConfig = CNNConfig()
-    transfer: TransferConfig = TransferConfig()
+    model: Literal["mlp", "cnn", "transfer"] = Field("mlp", description="the model family")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field([500, 50], description="the MLP's (or "
+                                                      "a CNN's or backbone's head's) hidden "
+                                                      "layer widths")
+    activation: Literal["relu", "tanh", "gelu", "sigmoid", "leaky_relu", "elu", "silu"] = \
+        Field("relu", description="the hidden layers' activation")
+    dropout: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        [], description="dropout[0] on the input, dropout[i] on hidden layer i; missing "
+        "entries are 0 and entries past the layers are ignored, so depth can be searched")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="the optimizer")
+    lr: float = Field(1e-3, gt=0.0, description="the learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD's momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty (decoupled with adamw)")
+    batch_size: int = Field(32, ge=1, description="images a step")
+    epochs: int = Field(10, ge=1, description="passes over the training split")
+    checkpoint_every: int = Field(5, ge=1, description="epochs between resume points ...")
+    checkpoint_seconds: float = Field(30.0, ge=0.0, description="... and at least this many "
+                                      "seconds between them")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere; fp16 trains with a "
+        "gradient scaler")
+    seed: int = Field(0, description="the training seed (a repeat r trains with seed + r)")
+    schedule: Literal["constant", "step", "cosine", "onecycle"] = Field(
+        "constant", description="the learning-rate schedule over the epochs, stepped every "
+        "batch after warmup_epochs of linear warm-up; step: x0.1 at 1/2 and 3/4")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up")
+    early_stop: EarlyStop | None = Field(None, description="stop when validation stops "
+                                         "improving (keeps the best epoch); null: off")
+    augment: AugmentConfig = Field(AugmentConfig(), description="training-time augmentation")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="the training loss's "
+                                   "label smoothing; the validation loss is plain")
+    image_size: int | None = Field(None, ge=8, le=1024, description="the size images are "
+                                   "decoded at for this model; null: the stage's image_size, "
+                                   "else data.image_size (a backbone: its own input size); "
+                                   "searchable, each size decoded once")
+    cnn: CNNConfig = Field(CNNConfig(), description="the CNN family's settings")
+    transfer: TransferConfig = Field(TransferConfig(), description="the transfer family's "
+                                     "settings")
 
     @model_validator(mode="after")
     def _cutmix_needs_images(self) -> TrainConfig:

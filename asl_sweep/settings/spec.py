@@ -22,7 +22,9 @@ class Searched(Strict):
     """A searched setting. `when` makes it conditional: it is searched only in trials whose
     earlier categorical settings have the given value(s), e.g. {model: cnn}."""
 
-    when: dict[str, Any] | None = None
+    when: dict[str, Any] | None = Field(None, description="search it only where earlier "
+                                        "categorical settings have these values, e.g. "
+                                        "{model: cnn}")
 
     def applies(self, chosen: dict[str, Any]) -> bool:
         if not self.when:
@@ -32,10 +34,10 @@ class Searched(Strict):
 
 
 class FloatRange(Searched):
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
+    low: float = Field(description="the range's lower end")
+    high: float = Field(description="its upper end")
+    log: bool = Field(False, description="sampled on a log scale")
+    step: float | None = Field(None, description="a grid step within the range")
 
     def outside(self, value: Any) -> str | None:
         """Why `value` cannot be a point of this range (None if it can)."""
@@ -59,10 +61,10 @@ class FloatRange(Searched):
 
 
 class IntRange(Searched):
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
+    low: int = Field(description="the range's lower end (both ends integers)")
+    high: int = Field(description="its upper end")
+    log: bool = Field(False, description="sampled on a log scale")
+    step: int = Field(1, description="the step between points")
 
     def outside(self, value: Any) -> str | None:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -84,7 +86,7 @@ class IntRange(Searched):
 
 
 class Choice(Searched):
-    choices: list[Any] = Field(min_length=1)
+    choices: list[Any] = Field(min_length=1, description="the values to choose among")
 
     def outside(self, value: Any) -> str | None:
         if value not in self.choices:
@@ -121,16 +123,23 @@ class ConfirmConfig(Strict):
     The rule before racing (a fixed number of repeats, the search trial counted as repeat 0,
     adopt over one standard error) is still there for comparison: `repeats: R` alone."""
 
-    top: int = Field(1, ge=1)
-    min_repeats: int | None = Field(None, ge=2)  # default 2
-    max_repeats: int | None = Field(None, ge=2)  # default 6
-    level: float = Field(0.95, gt=0.5, lt=1.0)
-    folds: bool | None = None  # repeat r validates on fold r; None: when the data has groups
-    min_gain: float | None = Field(None, ge=0.0)  # race: 0; fixed: one standard error
-    # Race: drop a candidate whose conditional power (the chance that its trend so far would
-    # be adopted at max_repeats) is below this; 0 runs near-ties to max_repeats.
-    futility: float = Field(0.05, ge=0.0, lt=1.0)
-    repeats: int | None = Field(None, ge=2)  # the fixed rule (before racing)
+    top: int = Field(1, ge=1, description="the best distinct search trials raced against "
+                     "the incumbent")
+    min_repeats: int | None = Field(None, ge=2, description="fresh paired repeats before the "
+                                    "first look (default 2)")
+    max_repeats: int | None = Field(None, ge=2, description="the most repeats; then the "
+                                    "stage keeps the incumbent (default 6)")
+    level: float = Field(0.95, gt=0.5, lt=1.0, description="the one-sided paired t "
+                         "interval's level, split over the candidates and the looks")
+    folds: bool | None = Field(None, description="repeat r validates on validation fold r; "
+                               "null: where the data has people")
+    min_gain: float | None = Field(None, ge=0.0, description="the smallest gain worth "
+                                   "adopting (race: 0; fixed rule: one standard error)")
+    futility: float = Field(0.05, ge=0.0, lt=1.0, description="drop a candidate whose "
+                            "conditional power (the chance that its trend so far is adopted "
+                            "at max_repeats) is below this; 0 runs near-ties to the end")
+    repeats: int | None = Field(None, ge=2, description="the fixed rule before racing: R "
+                                "repeats, the search trial counted as the first")
 
     @model_validator(mode="before")
     @classmethod
@@ -157,8 +166,9 @@ class SeedTrial(Strict):
     """A person's own choice, run first as a baseline; `reported` is the validation accuracy
     they wrote down for it (shown beside the same settings re-run here)."""
 
-    params: dict[str, Any]
-    reported: float | None = Field(None, ge=0.0, le=1.0)
+    params: dict[str, Any] = Field(description="the settings, by key path")
+    reported: float | None = Field(None, ge=0.0, le=1.0, description="the validation "
+                                   "accuracy its author reported")
 
     @model_validator(mode="before")
     @classmethod
@@ -172,28 +182,41 @@ class SeedTrial(Strict):
 
 
 class StageConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
-    goal: str = ""
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="the stage's name (letters, "
+                      "digits, _ and -)")
+    goal: str = Field("", description="what the stage is for, in words (shown in the report "
+                      "and MLflow)")
     subset: int | None = Field(None, ge=1, description="train on N images covering every class")
-    # decode this stage's images at this size (default: data.image_size, or a transfer
-    # model's own input size)
-    image_size: int | None = Field(None, ge=8, le=1024)
-    metric: Metric = "val_acc"
-    direction: Direction | None = None  # default follows the metric
-    target: float | None = None  # gate: the stage ends once a trial reaches it
-    on_fail: Literal["stop", "continue"] = "stop"
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    trials: int = Field(10, ge=1)
-    # seconds of search for the stage, summed over reruns (time between runs does not count)
-    timeout: float | None = Field(None, gt=0)
-    # median: stop a trial whose epoch-k value is below the median of earlier trials';
-    # hyperband / halving: successive halving of the epochs (Optuna's); none: never stop
-    pruner: Literal["median", "hyperband", "halving", "none"] = "median"
-    seed: int = 0
-    space: dict[str, Any] = {}
-    seed_trials: list[SeedTrial] = []  # hand-picked settings run first, as baselines
-    fixed: dict[str, Any] = {}  # trainer settings for this stage only (not carried forward)
-    confirm: ConfirmConfig | None = ConfirmConfig()  # null: adopt the best trial as it scored
+    image_size: int | None = Field(None, ge=8, le=1024, description="decode this stage's "
+                                   "images at this size (default: data.image_size, or a "
+                                   "backbone's own input size)")
+    metric: Metric = Field("val_acc", description="what the stage optimizes and decides on")
+    direction: Direction | None = Field(None, description="maximize or minimize; null "
+                                        "follows the metric")
+    target: float | None = Field(None, description="a gate: the stage ends once a trial "
+                                 "reaches this value of its metric")
+    on_fail: Literal["stop", "continue"] = Field("stop", description="a gate no trial "
+                                                 "reached: stop the study, or go on with its "
+                                                 "best trial")
+    sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna's sampler")
+    trials: int = Field(10, ge=1, description="the search budget: seed and sampled trials "
+                        "(the incumbent and confirmation repeats are not counted)")
+    timeout: float | None = Field(None, gt=0, description="seconds of search for the stage, "
+                                  "summed over reruns (time between runs does not count)")
+    pruner: Literal["median", "hyperband", "halving", "none"] = Field(
+        "median", description="median: stop a trial whose epoch-k value is below the median of "
+        "earlier trials'; hyperband, halving: successive halving of the epochs; none: never")
+    seed: int = Field(0, description="added to the sampler's seed")
+    space: dict[str, Any] = Field({}, description="the searched settings: key paths into "
+                                  "base, each a list (a choice) or {low, high, log, step, "
+                                  "when}")
+    seed_trials: list[SeedTrial] = Field([], description="hand-picked settings run first, "
+                                         "as baselines")
+    fixed: dict[str, Any] = Field({}, description="trainer settings for this stage only (not "
+                                  "carried forward)")
+    confirm: ConfirmConfig | None = Field(ConfirmConfig(), description="the race on fresh "
+                                          "paired repeats before anything is adopted; null: "
+                                          "adopt the best trial as it scored")
 
     @field_validator("space")
     @classmethod
@@ -242,21 +265,21 @@ class StageConfig(Strict):
 
 
 class StudyConfig(Strict):
-    study: str = Field(pattern=r"^[A-Za-z0-9_\-.]+$")
-    description: str = ""
-    data: DataConfig = DataConfig()
-    base: TrainConfig = TrainConfig()
-    stages: list[StageConfig] = Field(min_length=1)
-    # Which trials keep their best checkpoint once their stage has decided (the rest are
-    # deleted from the artifact store): `winners`, the repeats of the configuration each
-    # stage carries (all that scoring, evaluate and export read); `top_k`, those and the
-    # `keep_top` best search trials of each stage; `all`.
-    keep_checkpoints: Literal["winners", "top_k", "all"] = "winners"
-    keep_top: int = Field(3, ge=1)
-    # A trial whose training the study has already done (the same settings, seed, images,
-    # fold and metric: a stage's incumbent is what the stage before it trained) takes that
-    # training's result and checkpoint instead of training again (search/reuse.py).
-    reuse_trainings: bool = True
+    study: str = Field(pattern=r"^[A-Za-z0-9_\-.]+$", description="the study's name: its "
+                       "MLflow experiment and the prefix of its Optuna studies")
+    description: str = Field("", description="a line about the study, shown in MLflow")
+    data: DataConfig = Field(DataConfig(), description="what data, and how it is split")
+    base: TrainConfig = Field(TrainConfig(), description="the trainer settings every stage "
+                              "starts from")
+    stages: list[StageConfig] = Field(min_length=1, description="the goals, searched in order")
+    keep_checkpoints: Literal["winners", "top_k", "all"] = Field(
+        "winners", description="once a stage decides, which trials keep their best checkpoint: "
+        "winners (the carried configuration's repeats, all that scoring, evaluate and export "
+        "read), top_k (and the keep_top best search trials), all")
+    keep_top: int = Field(3, ge=1, description="with top_k: how many search trials a stage")
+    reuse_trainings: bool = Field(True, description="a trial whose training the study already "
+                                  "did (same settings, seed, images, fold, metric) takes its "
+                                  "result and checkpoint instead of training again")
 
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:
