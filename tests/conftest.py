@@ -19,6 +19,22 @@ from asl_sweep.settings.config import DataConfig
 # suite's timing stays steady. Tests of several workers ask for them with --workers.
 os.environ["ASL_SWEEP_WORKERS"] = "1"
 
+# Tests that start servers, real processes or whole studies: `pytest -m "not slow"` (the fast
+# loop) leaves them out, CI runs them all. Whole modules are named here; a single test of
+# another module carries @pytest.mark.slow itself.
+SLOW_MODULES = {"test_faults.py", "test_sweeps.py", "search/test_store.py",
+                "search/test_study.py", "search/test_reuse.py", "search/test_trial.py",
+                "tracking/test_server.py", "tracking/test_ui.py", "results/test_export.py",
+                "results/test_report.py", "results/test_compare.py"}
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if item.path.relative_to(TESTS).as_posix() in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 TINY_STUDY = {
     "study": "tiny",
     "data": {"synthetic": {"per_class": 12, "seed": 0}, "image_size": 16, "val_fraction": 0.25},

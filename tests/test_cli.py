@@ -21,6 +21,7 @@ def _runs(ws: Workspace, study: str, kind: str):
     return client, client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
 
 
+@pytest.mark.slow
 def test_run_records_every_trial_in_mlflow_and_optuna(write_study, tmp_path, capsys):
     path = write_study(PRUNABLE)
     home = tmp_path / "mlruns"
@@ -55,6 +56,7 @@ def test_run_records_every_trial_in_mlflow_and_optuna(write_study, tmp_path, cap
     assert optuna_states.count("COMPLETE") == states["COMPLETE"]
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_study_changes_nothing(write_study, tmp_path):
     path = write_study()
     home = str(tmp_path / "mlruns")
@@ -67,6 +69,7 @@ def test_rerun_of_a_finished_study_changes_nothing(write_study, tmp_path):
     assert len(after.trials) == 3 and after.result == before.result
 
 
+@pytest.mark.slow
 def test_train_command_tracks_one_run(write_study, tmp_path, capsys):
     path = write_study()
     home = tmp_path / "mlruns"
@@ -76,6 +79,7 @@ def test_train_command_tracks_one_run(write_study, tmp_path, capsys):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_status_lists_stages(write_study, tmp_path, capsys):
     path = write_study()
     home = str(tmp_path / "mlruns")

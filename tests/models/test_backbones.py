@@ -222,6 +222,7 @@ def test_feature_cache_misses_when_the_augmentation_seed_or_precision_changes():
     assert feature_key(other_aug, "abc", data) != key
 
 
+@pytest.mark.slow
 def test_the_backbone_is_searched_in_one_stage_each_with_its_own_feature_cache(write_study,
                                                                              tmp_path):
     import optuna

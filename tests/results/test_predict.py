@@ -106,6 +106,7 @@ def test_files_that_are_not_models_are_one_line(tmp_path, image, capsys, name, c
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_models_uri_without_a_store_creates_nothing(tmp_path, image):
     proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "predict", "models:/x/1",
                            str(image), "--home", str(tmp_path / "nowhere")], cwd=tmp_path,
@@ -115,6 +116,7 @@ def test_models_uri_without_a_store_creates_nothing(tmp_path, image):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_an_unknown_registered_model_is_one_line(write_study, tmp_path, image, capsys):
     path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
                                     "space": {"lr": [1e-3]}}]})

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from asl_sweep.cli import main
 
 STATUS_ALONE = """
@@ -15,6 +17,7 @@ print(json.dumps({"code": code, "heavy": heavy}))
 """
 
 
+@pytest.mark.slow
 def test_status_of_a_finished_study_imports_no_torch(write_study, tmp_path):
     path = write_study()
     home = str(tmp_path / "mlruns")

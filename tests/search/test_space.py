@@ -3,6 +3,7 @@
 import json
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
@@ -18,6 +19,7 @@ FAMILIES = {"base": {"epochs": 2, "cnn": {"channels": [8]}}, "stages": [{
     }}]}
 
 
+@pytest.mark.slow
 def test_conditional_settings_are_searched_and_recorded_only_where_they_apply(write_study,
                                                                             tmp_path):
     path = write_study(FAMILIES)
