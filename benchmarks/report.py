@@ -1,4 +1,5 @@
-"""benchmarks/results/*.json -> BENCHMARKS.md (figures with the machine they came from)."""
+"""benchmarks/results/*.json -> BENCHMARKS.md (each benchmark's first table, with the machine
+it ran on) and benchmarks/notes/tables.md (every table)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from benchmarks.common import RESULTS
 
 OUT = Path(__file__).parent.parent / "BENCHMARKS.md"
+TABLES = Path(__file__).parent / "notes" / "tables.md"  # every table of every benchmark
 
 
 def _table(rows: list[dict]) -> list[str]:
@@ -40,13 +42,13 @@ def _section(result: dict, prefix: str = "") -> list[str]:
 
 
 def kept_sections() -> dict[str, list[str]]:
-    """The result sections BENCHMARKS.md has now, by name: results are not committed, so a
-    benchmark not rerun on this machine keeps the section its last run wrote."""
-    if not OUT.exists():
+    """The result sections the full tables have now, by name: results are not committed, so
+    a benchmark not rerun on this machine keeps the section its last run wrote."""
+    if not TABLES.exists():
         return {}
     sections: dict[str, list[str]] = {}
     name = None
-    for line in OUT.read_text().splitlines():
+    for line in TABLES.read_text().splitlines():
         if line.startswith("## "):
             name = line[3:].strip()
             sections[name] = [line]
@@ -56,23 +58,41 @@ def kept_sections() -> dict[str, list[str]]:
             if any(b.startswith("Machine: ") for b in body[1:3])}
 
 
+def headline(body: list[str]) -> list[str]:
+    """A section's title, machine and first table: what the front page shows of it."""
+    head = [*body[:3], ""]
+    start = next((i for i, line in enumerate(body) if line.startswith("|")), None)
+    if start is None:
+        return head + [line for line in body[3:] if line.startswith("- ")] + [""]
+    end = next((i for i in range(start, len(body)) if not body[i].startswith("|")), len(body))
+    caption = body[start - 2] if start >= 2 and body[start - 2].startswith("**") else ""
+    caption = "" if caption == "**rows**" else caption
+    return head + ([caption, ""] if caption else []) + body[start:end] + [""]
+
+
 def main() -> None:
-    lines = ["# Benchmarks", "",
-             "Written by `python -m benchmarks.report` from `benchmarks/results/*.json`; rerun the",
-             "benchmarks (see README, Speed) to refresh. Each figure sits beside the plain way.", ""]
     sections = kept_sections()
     for path in sorted(RESULTS.glob("*.json")):
         result = json.loads(path.read_text())
         machine = result.pop("machine")
         sections[path.stem] = [f"## {path.stem}", "", "Machine: " + ", ".join(
             f"{k} {v}" for k, v in machine.items()), "", *_section(result), ""]
+    full = ["# Every benchmark's tables", "",
+            "Written by `python -m benchmarks.report` from `benchmarks/results/*.json`, with "
+            "the machine each ran on; BENCHMARKS.md shows each one's first table.", ""]
+    front = ["# Benchmarks", "",
+             "Today's figures: one section a benchmark, with the machine it ran on and its",
+             "first table, each figure beside the plain way of doing it. Every table of each:",
+             "[benchmarks/notes/tables.md](benchmarks/notes/tables.md); what each issue",
+             "measured, against its goals, and why: [benchmarks/notes/](benchmarks/notes/).",
+             "Written by `python -m benchmarks.report`; rerun a benchmark (docs: Speed) to",
+             "refresh it.", ""]
     for name in sorted(sections):
-        lines += sections[name]
-    notes = Path(__file__).parent / "notes.md"
-    if notes.exists():  # the reading of the figures: targets, misses and their profiles
-        lines += [notes.read_text()]
-    OUT.write_text("\n".join(lines))
-    print(f"written {OUT}")
+        full += sections[name]
+        front += headline(sections[name])
+    TABLES.write_text("\n".join(full))
+    OUT.write_text("\n".join(front))
+    print(f"written {OUT} and {TABLES}")
 
 
 if __name__ == "__main__":
