@@ -146,11 +146,23 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
 
     cfg, ws = _load(args)
     if not ws.has_storage:
+        if ws.has_tracking_store and _mlflow_has_study(ws, cfg.study):
+            raise StoreError(f"study {cfg.study}: its Optuna store {ws.storage} is missing, "
+                             f"though its MLflow runs are in {ws.tracking_uri}; the stages, "
+                             "decisions and final score live in the Optuna store: restore it "
+                             "(or pass --storage where it is), or run the study again as a new "
+                             "one with --set study=NEW")
         raise StoreError(f"study {cfg.study}: nothing recorded yet at {ws.storage}; run it "
                          "first (asl-sweep run), or pass --home (or --storage) with the study's "
                          "store")
     data = stored_data(optuna_storage(ws.storage), cfg, _explicit_data(args))
     return cfg.model_copy(update={"data": data}), ws
+
+
+def _mlflow_has_study(ws: Workspace, study: str) -> bool:
+    from asl_sweep.tracking.tracker import Tracker
+
+    return Tracker(ws).has_experiment(study)
 
 
 def configure_logging() -> None:
@@ -199,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: {fault}", file=sys.stderr)
         return fault.exit_code
     except KeyboardInterrupt:
-        print("interrupted: the current trial is queued to run again; rerun the same command "
-              "to resume", file=sys.stderr)
+        print("interrupted: " + ("the current trial is queued to run again; "
+                                 if signals.stopped_in_trial() else "nothing recorded was lost; ")
+              + "rerun the same command to resume", file=sys.stderr)
         return 130
 
 

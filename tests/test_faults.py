@@ -186,6 +186,20 @@ def test_a_missing_home_is_one_line(write_study, tmp_path, capsys):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_a_home_whose_optuna_store_is_gone_says_so(write_study, tmp_path, capsys):
+    """optuna.db deleted, mlflow.db still there: the line says which store is missing and
+    what it held, not 'nothing recorded yet'."""
+    path = write_study()
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    capsys.readouterr()
+    (home / "optuna.db").unlink()
+    code = main(["status", str(path), "--home", str(home)])
+    err = one_line_error(capsys, code, "its Optuna store")
+    assert "is missing, though its MLflow runs are in" in err and "restore it" in err
+    assert "nothing recorded yet" not in err and not (home / "optuna.db").exists()
+
+
 @pytest.mark.parametrize("make, expected", [
     (lambda p: p.mkdir(), "is a folder"),
     (lambda p: p.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00" * 40), "not a text file"),

@@ -30,6 +30,7 @@ _LOST = ("connection refused", "connection failed", "could not connect",
          "statuscode.unavailable")  # gRPC's word for a proxy that is not there
 
 _gave_up = False
+_said = False  # the outage is said once, whichever call (or thread) meets it first
 
 
 def retry_seconds() -> float:
@@ -53,13 +54,13 @@ def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        global _gave_up
+        global _gave_up, _said
         budget = retry_seconds()
-        deadline, delay, said = time.monotonic() + budget, 0.5, False
+        deadline, delay = time.monotonic() + budget, 0.5
         while True:
             try:
                 result = fn(*args, **kwargs)
-                _gave_up = False
+                _gave_up = _said = False
                 return result
             except Exception as e:
                 reason = lost_connection(e)
@@ -72,10 +73,10 @@ def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:
                         f"{store} has not answered for {budget:.0f} s ({reason}); nothing "
                         "recorded was lost: start it again (or mend the network), then rerun "
                         "the same command") from None
-                if not said:
+                if not _said:
+                    _said = True
                     log.warning("%s is not answering (%s); retrying for up to %.0f s",
                                 store, reason, left)
-                    said = True
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 10.0)
 

@@ -5,12 +5,15 @@ closed and queued again cleanly. A second signal stops at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 _requested: int | None = None
+_stopped_in_trial = False  # whether the stop came while a trial trained (it is queued again)
 
 
 def _note(signum, frame) -> None:  # noqa: ARG001
@@ -30,6 +33,22 @@ def install() -> None:
 def check() -> None:
     if _requested is not None:
         raise KeyboardInterrupt(f"signal {_requested}")
+
+
+@contextlib.contextmanager
+def trial_running() -> Iterator[None]:
+    """The block trains a trial: a stop inside it leaves that trial queued to run again."""
+    global _stopped_in_trial
+    try:
+        yield
+    except KeyboardInterrupt:
+        _stopped_in_trial = True
+        raise
+
+
+def stopped_in_trial() -> bool:
+    """Whether the last stop came while a trial trained (what the exit line says)."""
+    return _stopped_in_trial
 
 
 def stop_when_orphaned(parent: int, every: float = 1.0) -> None:

@@ -24,6 +24,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from asl_sweep.data.studydata import SplitData
+from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import SettingsError, environment_fault
 from asl_sweep.search.mirror import TrialRun
 from asl_sweep.search.optuna_api import frozen_of, storage_of, trial_id_of
@@ -252,7 +253,7 @@ class TrialRunner:
                             "attempt")
         try:
             try:
-                with mirror.training(run):
+                with signals.trial_running(), mirror.training(run):
                     result = train(plan.cfg, self.data(plan), session.device, on_epoch, run_dir,
                                    Monitor(stage.metric, stage.direction),
                                    cache_dir=session.ws.cache, identity=identity,
@@ -310,18 +311,22 @@ class TrialRunner:
             trial.set_user_attr(TrialKey.FAILURE, why)
             Requeue()(self.study, storage_of(self.study).get_trial(trial_id_of(trial)))
         except Exception as e:
-            undone.append(f"queued again ({_first_line(e)})")
+            undone.append(f"not queued again yet ({_first_line(e)})")
         try:
             self.session.mirror.trial_stopped(run_id, status, error, trace)
         except Exception as e:
-            undone.append(f"its MLflow run closed ({_first_line(e)})")
+            undone.append(f"its MLflow run not closed yet ({_first_line(e)})")
         if undone:
-            log.warning("trial %s: could not be %s; the next run does it",
-                        self.number_offset + trial.number, " nor ".join(undone))
+            log.warning("trial %s: %s; the next run does it",
+                        self.number_offset + trial.number, "; ".join(undone))
 
 
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0][:80]}" if str(e) else type(e).__name__
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """An error as one line: its type and its message's first line, whole words only."""
+    text = str(e).splitlines()[0] if str(e).strip() else ""
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def train_once(cfg, ws, log=print) -> TrainResult:

@@ -120,6 +120,10 @@ class Tracker:
                 self.client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
 
+    def has_experiment(self, study: str) -> bool:
+        """Whether the store holds the study's experiment (its runs)."""
+        return self.client.get_experiment_by_name(study) is not None
+
     def _artifact_location(self, study: str) -> str | None:
         """A local store's artifacts live in the home; a tracking server's behind the server
         (its --serve-artifacts destination, or its default root): no folder is shared."""
