@@ -55,8 +55,9 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
             raise
         except Exception as e:  # MlflowException: the artifact is not there
             raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "
-                                 f"checkpoints/best.pt) cannot be read: "
-                                 f"{str(e).splitlines()[0][:200]}") from None
+                                 f"checkpoints/best.pt) cannot be read "
+                                 f"({str(e).splitlines()[0][:160]}); rerun the study "
+                                 "(asl-sweep run, same arguments) to train it again") from None
         return ModelFile.load(path)
 
 

@@ -20,6 +20,8 @@ from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.tracking.views import trials_view
 from asl_sweep.training.train import EpochStats, TrainResult
 
+CHECKPOINTS = "checkpoints"  # the folder of a run's best checkpoint (best.pt)
+
 
 @dataclass
 class TrialRun:
@@ -111,7 +113,7 @@ class Mirror:
         for run_id, word in marks.items():
             self.tracker.set_tags(run_id, decision=word)
         for run_id in spent:
-            self.tracker.delete_artifacts(run_id, "checkpoints")
+            self.tracker.delete_artifacts(run_id, CHECKPOINTS)
         self.tracker.end(run, outcome=result.status, winner_trial=result.trial,
                          winner_run=result.run_id, decision=result.decision)
 
@@ -151,6 +153,15 @@ class Mirror:
     def resume_points(self, run: TrialRun) -> Callable[[Path, Path], None]:
         """What keeps a trial's resume points on its run (behind a tracking server)."""
         return lambda best, last: self.tracker.log_artifacts(run.run_id, [best, last], "resume")
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        """Whether a finished training's best checkpoint is still on its run."""
+        return self.tracker.has_artifact(run_id, f"{CHECKPOINTS}/best.pt")
+
+    def checkpoint_restored(self, run_id: str, result: TrainResult) -> None:
+        """A lost checkpoint trained again, put back on the run that had it."""
+        if result.checkpoint is not None and result.checkpoint.exists():
+            self.tracker.keep_file(run_id, result.checkpoint, CHECKPOINTS)
 
     def fetch_resume_points(self, run_id: str, into: Path) -> bool:
         return self.tracker.fetch_folder(run_id, "resume", into)
@@ -208,7 +219,7 @@ class Mirror:
                               run_dir / "curves.png", title)
             self.tracker.log_artifacts(run_id, [png])
         if result.checkpoint is not None and result.checkpoint.exists():
-            self.tracker.keep_file(run_id, result.checkpoint, "checkpoints")
+            self.tracker.keep_file(run_id, result.checkpoint, CHECKPOINTS)
 
     # --- `asl-sweep train` ---------------------------------------------------------------
     def single_training(self, cfg: TrainConfig) -> TrialRun:

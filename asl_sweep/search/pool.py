@@ -57,7 +57,12 @@ def run_pool(cfg: StudyConfig, ws: Workspace, workers: Workers, worker_argv: lis
     except BaseException:
         _wait(procs, stop=True)
         raise
-    return _wait(procs)  # done already: a stage is decided once all its trials are
+    code = _wait(procs)  # done already: a stage is decided once all its trials are
+    killed = [(i, -p.returncode) for i, p in enumerate(procs, 1) if p.returncode < 0]
+    for index, signum in killed:  # the study finished without them: their trials ran again
+        say(f"worker {index} was stopped by signal {signum}; the trial it held was queued "
+            "again and run by another worker, and the study finished")
+    return 0 if code < 0 else code
 
 
 def _start(cfg: StudyConfig, ws: Workspace, workers: Workers,

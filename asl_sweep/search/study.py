@@ -93,6 +93,7 @@ def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = prin
             carried.update(result.params)
             decided_by.update({name: stage.name for name in result.params})
         if score:
+            restore_checkpoints(session)
             final_score(session)
         status = "FINISHED"
     except (KeyboardInterrupt, SystemExit):
@@ -254,15 +255,8 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
                        stage_run: str, shared: dict[str, Any]) -> StageResult:
     """The stage's search, then its confirmation (a race or fixed repeats), then its
     decision."""
-    base = apply_overrides(session.cfg.base, {**shared[StageKey.CARRIED], **stage.fixed})
-    family = shared.get(StageKey.SWITCHED_FROM)
-    reference = (apply_overrides(session.cfg.base, shared.get(StageKey.REFERENCE) or {})
-                 if family else None)
-    confirm = stage.confirm if stage.target is None else None
-    use_folds = (confirm.folds if confirm is not None and confirm.folds is not None
-                 else session.data.splits.grouped)
-    runner = TrialRunner(session, stage, study, stage_run, base, shared[StageKey.DECIDED_BY],
-                         shared[StageKey.UID], use_folds, reference, show_bar=session.bars)
+    runner = _runner(session, stage, study, stage_run, shared)
+    base, family, confirm = runner.base, shared.get(StageKey.SWITCHED_FROM), runner.confirm
     progress = StageProgress(session.log, session.cfg,
                              shared.get(StageKey.INDEX, session.cfg.stages.index(stage)))
     if family:
@@ -294,6 +288,39 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     _drain(session, into, runner, progress)
     return decide(stage_trials(study, into), stage, plan.incumbent, plan.candidates,
                   confirm.min_gain)
+
+
+def _runner(session: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
+            shared: dict[str, Any]) -> TrialRunner:
+    """What trains a stage's trials: its starting point (carried + fixed), the previous
+    family's configuration where it switched, and whether repeats change fold."""
+    base = apply_overrides(session.cfg.base, {**shared[StageKey.CARRIED], **stage.fixed})
+    reference = (apply_overrides(session.cfg.base, shared.get(StageKey.REFERENCE) or {})
+                 if shared.get(StageKey.SWITCHED_FROM) else None)
+    confirm = stage.confirm if stage.target is None else None
+    use_folds = (confirm.folds if confirm is not None and confirm.folds is not None
+                 else session.data.splits.grouped)
+    return TrialRunner(session, stage, study, stage_run, base, shared[StageKey.DECIDED_BY],
+                       shared[StageKey.UID], use_folds, reference, show_bar=session.bars)
+
+
+def restore_checkpoints(session: Session) -> None:
+    """The final configuration's repeats are what the final score, evaluate and export
+    read: one whose checkpoint was deleted since (by hand, or a lost artifact file) is
+    trained again with its settings, seed and fold, and put back on its run."""
+    if not session.results:
+        return
+    index = len(session.cfg.stages) - 1
+    stage = session.cfg.stages[index]
+    study = create_stage_study(session.cfg, index, session.storage, session.worker)[0]
+    shared = read(study)
+    view = StageView(stage, stage_trials(study), session.results[-1], {})
+    runner = None
+    for t in view.repeats():
+        if not session.mirror.has_checkpoint(t.user_attrs[TrialKey.RUN]):
+            runner = runner or _runner(session, stage, study, shared[StageKey.STAGE_RUN],
+                                       shared)
+            runner.retrain(t)
 
 
 def _incumbent(trials: list[FrozenTrial], switching: bool = False) -> FrozenTrial | None:

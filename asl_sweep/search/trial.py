@@ -29,7 +29,7 @@ from asl_sweep.runtime.errors import SettingsError, environment_fault
 from asl_sweep.search.mirror import TrialRun
 from asl_sweep.search.optuna_api import frozen_of, storage_of, trial_id_of
 from asl_sweep.search.progress import EpochProgress
-from asl_sweep.search.reuse import done_before, remember, training_key
+from asl_sweep.search.reuse import done_before, forget, remember, training_key
 from asl_sweep.search.session import Session, open_session
 from asl_sweep.search.space import suggest
 from asl_sweep.search.state import (
@@ -108,6 +108,7 @@ class TrialRunner:
         # carried, trained as it is (a second incumbent; not this stage's `fixed`).
         self.reference = reference
         self.show_bar = show_bar
+        self.confirm = stage.confirm if stage.target is None else None
 
     def for_repeats(self, study: optuna.Study, number_offset: int) -> TrialRunner:
         """This runner for the stage's confirmation repeats, trained in `study`."""
@@ -124,7 +125,7 @@ class TrialRunner:
             key = self.training_key(plan)
             if key is not None:
                 trial.set_user_attr(TrialKey.TRAINING, key)
-                before = done_before(self.session.record, key)
+                before = self._on_record(key, plan)
                 if before is not None:
                     return self._reuse(trial, plan, before)
             run = self._open_run(trial, plan)
@@ -183,6 +184,34 @@ class TrialRunner:
             return None
         return training_key(settings_digest(plan.cfg), self.image_size(plan), plan.fold,
                             self.stage.subset, self.stage.metric, self.stage.direction)
+
+    def _on_record(self, key: str, plan: Plan) -> dict[str, Any] | None:
+        """The training on record under `key`, if its checkpoint is still there: one whose
+        checkpoint was deleted since (a disk cleaned by hand, a lost artifact file) is
+        forgotten, and this trial trains."""
+        before = done_before(self.session.record, key)
+        if before is None or self.session.mirror.has_checkpoint(before["run_id"]):
+            return before
+        forget(self.session.record, key)
+        self.session.log(f"trial {plan.number}: the training it would reuse "
+                         f"({before['trained_by']}) has lost its checkpoint; training again")
+        return None
+
+    def retrain(self, frozen: FrozenTrial) -> None:
+        """Train a finished trial's settings, seed and fold again, and put the checkpoint
+        back on its run: for a repeat of the carried configuration whose checkpoint was
+        deleted since (the final score, evaluate and export read it)."""
+        plan = self.plan(frozen, frozen)  # a FrozenTrial answers suggest_* with its params
+        session, run_id = self.session, frozen.user_attrs[TrialKey.RUN]
+        session.log(f"trial {plan.number}: its checkpoint (run {run_id}) is gone; training "
+                    "it again, with the same settings, seed and fold")
+        run_dir = session.ws.runs / session.cfg.study / self.stage.name / f"retrain-{run_id}"
+        with signals.trial_running():
+            result = train(plan.cfg, self.data(plan), session.device, lambda _: None, run_dir,
+                           Monitor(self.stage.metric, self.stage.direction),
+                           cache_dir=session.ws.cache)
+        session.mirror.checkpoint_restored(run_id, result)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
     def _reuse(self, trial: optuna.Trial, plan: Plan, before: dict[str, Any]) -> float:
         """The trial's training is on record: its result and checkpoint stand for this trial

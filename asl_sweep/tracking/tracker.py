@@ -324,6 +324,12 @@ class Tracker:
         self.refuse_elsewhere(self.client.get_run(run_id).info.artifact_uri, f"run {run_id}")
         return Path(self.client.download_artifacts(run_id, path, str(dst)))
 
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        """Whether the run's artifacts still hold `path` (a file a user or a cleanup may
+        have deleted since)."""
+        folder = path.rpartition("/")[0] or None
+        return any(a.path == path for a in self._artifacts(run_id).list_artifacts(folder))
+
     def fetch_folder(self, run_id: str, folder: str, dst: Path) -> bool:
         """Copy a run's artifact folder's files into dst; False when the run has none."""
         repo = self._artifacts(run_id)

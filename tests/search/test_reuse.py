@@ -120,3 +120,46 @@ def test_reuse_off_trains_every_trial(kept_twice, tmp_path):
     views = read_stages(load_study(path, ["reuse_trainings=false"]), ws)
     assert not any(t.user_attrs.get("reused_from") for v in views for t in v.trials)
     assert len(trained) > len(trained_with_reuse)
+
+
+def test_a_lost_checkpoint_is_trained_again_not_reused_and_the_study_finishes(tmp_path,
+                                                                             capsys):
+    """Issue 33: a stage decides, a user deletes its kept repeats' best.pt, the study goes
+    on: the next stage trains its incumbent again instead of standing on a checkpoint that
+    is gone, and the final score reads checkpoints that exist. Then the final repeats'
+    checkpoints are deleted too: export says in one line how to get them back, and a rerun
+    of the finished study trains them again."""
+    import yaml
+
+    from tests.conftest import TINY_STUDY, deep_update
+
+    spec = deep_update(yaml.safe_load(yaml.safe_dump(TINY_STUDY)), KEEP_TWICE)
+    spec["stages"] = KEEP_TWICE["stages"][:1]
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text(yaml.safe_dump(spec))
+    run_counting(path, home)  # stage decay decides, keeps its incumbent's repeats
+
+    def delete_checkpoints() -> int:
+        gone = list(home.rglob("checkpoints/best.pt"))
+        for file in gone:
+            file.unlink()
+        return len(gone)
+
+    assert delete_checkpoints() >= 2
+    spec["stages"] = KEEP_TWICE["stages"]  # the study goes on to its second stage
+    path.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    trained = run_counting(path, home)
+    out = capsys.readouterr().out
+    assert "has lost its checkpoint; training again" in out and "reused from" not in out
+    assert len(trained) >= 3  # the incumbent's repeats trained again, not reused
+    assert "final test accuracy" in out
+
+    assert delete_checkpoints() >= 2
+    code = main(["evaluate", str(path), "--home", str(home)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot be read" in err and "rerun the study" in err
+    assert len(err.splitlines()) == 1
+    run_counting(path, home)  # finished: no stage reopens, the lost repeats train again
+    assert "is gone; training it again" in capsys.readouterr().out
+    assert main(["evaluate", str(path), "--home", str(home)]) == 0

@@ -391,3 +391,36 @@ def test_the_worker_that_finished_the_last_trial_records_the_decision():
     assert mirrors_decision([done(me, 1), done(f"{host}:{gone.pid}", 2)])
     assert not mirrors_decision([done(f"{host}:{os.getppid()}", 2)])  # alive, here
 
+
+
+def test_a_worker_killed_mid_race_is_found_and_the_study_finishes(write_study, tmp_path):
+    """SIGKILL to a `run --workers 2` child as soon as the race starts: its repeat is found
+    (its worker is a process of this machine that is gone), queued again and run by worker
+    0; the run finishes (exit 0, saying so), the budget exact and nothing left RUNNING."""
+    import psutil
+
+    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 6},
+                        "stages": [{**FAST["stages"][0], "trials": 4,
+                                    "confirm": {"top": 1, "max_repeats": 3}}]})
+    home = tmp_path / "mlruns"
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+                             str(home), "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "racing trials" in line:
+            for child in psutil.Process(proc.pid).children():
+                child.kill()
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "was stopped by signal 9" in out and "final test accuracy" in out
+    ws = Workspace.at(home)
+    for name in ("tiny.search", "tiny.search.repeats"):
+        trials = optuna.load_study(study_name=name, storage=ws.storage).trials
+        assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")
+                    and t.user_attrs.get("failure") != "unused"], name
+    assert len([t for t in _finished(ws.storage, "tiny.search")
+                if t.user_attrs["role"] == "search"]) == 4
+    client = MlflowClient(ws.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
