@@ -112,9 +112,19 @@ def _from_mlflow_folder(source: str, folder: Path) -> Predictor:
     model_file = (folder / str(found.get("model_file", ""))).resolve()
     if not model_file.is_file() or not model_file.is_relative_to(folder.resolve()):
         raise ModelFileError(f"{source}: its asl-sweep model file is missing; {REFUSED}")
-    predictor = _from_model_file(source, ModelFile.load(model_file))
+    predictor = _from_model_file(source, _load_inside(source, model_file))
     predictor.kind = "mlflow"
     return predictor
+
+
+def _load_inside(source: str, path: Path) -> ModelFile:
+    """The model file a TorchScript archive or an MLflow model carries, its errors named by
+    what the user gave: `path` may be in a temporary folder gone by the time they read it."""
+    try:
+        return ModelFile.load(path)
+    except ModelFileError as e:
+        said = str(e).replace(f"{path}: ", "").replace(str(path), MODEL_FILE)
+        raise type(e)(f"{source}: its {MODEL_FILE}: {said}") from None
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -140,7 +150,7 @@ def _from_torchscript(path: Path) -> Predictor:
         with tempfile.TemporaryDirectory() as tmp:
             model_file = Path(tmp) / MODEL_FILE
             model_file.write_bytes(archive.read(inside[0]))
-            predictor = _from_model_file(str(path), ModelFile.load(model_file))
+            predictor = _from_model_file(str(path), _load_inside(str(path), model_file))
     predictor.kind = "torchscript"
     return predictor
 

@@ -75,6 +75,25 @@ def test_a_crafted_registered_model_is_refused_and_runs_nothing(tmp_path, image,
     assert not marker.exists()
 
 
+def test_a_registered_forgery_with_asl_sweeps_marker_is_named_by_its_uri(tmp_path, image,
+                                                                         capsys):
+    """Its model file is a pickle: refused, and the line names models:/evil/1, not a file in
+    the temporary folder it was downloaded to (gone by then)."""
+    marker = tmp_path / "pwned"
+    folder = crafted_mlflow_model(tmp_path / "model", marker, claims_asl_sweep=True)
+    ws = Workspace.at(tmp_path / "mlruns").prepare()
+    client = MlflowClient(ws.tracking_uri, registry_uri=ws.tracking_uri)
+    run = client.create_run(client.create_experiment(
+        "evil", artifact_location=ws.artifacts.as_uri()))
+    client.log_artifacts(run.info.run_id, str(folder), "model")
+    client.create_registered_model("evil")
+    client.create_model_version("evil", f"{run.info.artifact_uri}/model", run.info.run_id)
+    assert main(["predict", "models:/evil/1", str(image), "--home", str(ws.home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: models:/evil/1: its asl_sweep_model.pt: ") and "refused" in err
+    assert "/tmp" not in err and len(err.splitlines()) == 1 and not marker.exists()
+
+
 def test_a_pickle_in_a_pt_file_is_refused(tmp_path, image, capsys):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pt"
@@ -197,3 +216,16 @@ def test_an_onnx_file_the_study_did_not_record_is_refused(tmp_path, image, capsy
     assert main(["predict", str(path), str(image), "--home", str(tmp_path / "mlruns")]) == 2
     err = capsys.readouterr().err
     assert "refused: not the bytes a study" in err and "--home" in err
+
+
+def test_a_torchscript_carrying_a_pickle_as_its_model_file_is_named_by_its_path(
+        tmp_path, image, capsys):
+    """The model file inside is a pickle that would run code: refused, and the line names
+    the user's .torchscript.pt, not the temporary file it was read into."""
+    pwned, pickled = tmp_path / "pwned", tmp_path / "evil.pt"
+    torch.save({"model": Evil(pwned)}, pickled)
+    forged = _forged_torchscript(tmp_path / "model.torchscript.pt", pwned, model_file=pickled)
+    assert main(["predict", str(forged), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {forged}: its asl_sweep_model.pt: "), err
+    assert "/tmp/tmp" not in err and len(err.splitlines()) == 1 and not pwned.exists()
