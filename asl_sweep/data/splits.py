@@ -148,6 +148,15 @@ def _grouped(labels, classes, groups, val_fraction, test_fraction, seed):
     if len(unique) < 3:
         raise DataError(f"data split: {len(unique)} group(s) cannot fill train, validation and "
                         f"test without a person on two sides; {advice}")
+    for c, cls in enumerate(classes):  # a class few people hold cannot be on all three sides
+        people = np.unique(groups[labels == c])
+        if 0 < len(people) < 3:
+            held = ", ".join(f"{p} ({int(((groups == p) & (labels == c)).sum())})"
+                             for p in people[:2])
+            raise DataError(f"data split: every image of class {cls} belongs to "
+                            f"{'person' if len(people) == 1 else 'people'} {held}: a split by "
+                            f"person cannot put {cls} in train, validation and test; add images "
+                            f"of {cls} from at least 3 people, or drop data.group_pattern")
     first: dict[str, np.ndarray] | None = None
     for attempt in range(GROUP_ATTEMPTS):
         order = np.random.default_rng(seed + attempt).permutation(unique)

@@ -58,6 +58,27 @@ def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# MLflow's own notices on registering a model: printed to stderr past any logging level
+# (its modules switch its stream back on as they load); asl-sweep says what it registered.
+_REGISTRY_NOTICES = ("Successfully registered model ", "Registered model ", "Created version ")
+
+
+@contextlib.contextmanager
+def _mlflow_says_nothing():
+    """stderr while the block runs, less MLflow's registry notices: the rest is passed on."""
+    import io
+    import sys
+
+    caught = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(caught):
+            yield
+    finally:
+        kept = [line for line in caught.getvalue().splitlines(keepends=True)
+                if not line.startswith(_REGISTRY_NOTICES)]
+        sys.stderr.write("".join(kept))
+
+
 class Tracker:
     def __init__(self, workspace: Workspace):
         client = MlflowClient(tracking_uri=workspace.tracking_uri,
@@ -375,7 +396,7 @@ class Tracker:
         signature = ModelSignature(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, outputs.shape[1]))]))
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), _mlflow_says_nothing():
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=name, signature=signature,
                 input_example=example, serialization_format="pt2", metadata=metadata,

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -59,6 +60,29 @@ def experiment_addresses(base: str) -> list[str]:
     return lines
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The MLflow server's notes on its own flags (--allowed-hosts, --host 0.0.0.0): flags
+# asl-sweep's ui does not have; the addresses it serves are asl-sweep's own lines.
+_SERVER_NOTES = ("[MLflow] Security middleware",)
+
+
+def _pass_on(stream) -> None:
+    """The MLflow server's stderr, less its notes on flags asl-sweep's ui does not have."""
+    for line in stream:
+        if not line.startswith(_SERVER_NOTES):
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def allowed_hosts(host: str, port: int) -> str:
+    """The Host headers the UI answers: this machine's names where it listens on this
+    machine only (MLflow's own default, said explicitly so MLflow does not print a note
+    about flags asl-sweep's ui does not have), any where the user binds another address."""
+    if host in LOOPBACK:
+        return f"localhost:{port},127.0.0.1:{port},[::1]:{port}"
+    return "*"
+
+
 def serve(ws: Workspace, host: str, port: int, log=print) -> int:
     if not ws.has_tracking_store:
         raise StoreError(f"{ws.home}: no MLflow store here yet; run a study first, or pass "
@@ -73,7 +97,11 @@ def serve(ws: Workspace, host: str, port: int, log=print) -> int:
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
          "--registry-store-uri", ws.tracking_uri,
          "--default-artifact-root", ws.artifacts.as_uri(), "--host", host, "--port", str(port),
-         "--workers", "1", "--uvicorn-opts", "--log-level warning"], env=env)
+         "--allowed-hosts", allowed_hosts(host, port),
+         "--workers", "1", "--uvicorn-opts", "--log-level warning"], env=env,
+        stderr=subprocess.PIPE, text=True)
+    threading.Thread(target=_pass_on, args=(server.stderr,), name="mlflow-server-stderr",
+                     daemon=True).start()
     base = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S

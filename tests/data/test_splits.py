@@ -72,13 +72,19 @@ def test_too_few_images_of_a_class_is_an_error_naming_it(per_class, message):
         make_splits(labels, CLASSES, 0.2, 0.2, seed=0)
 
 
-def test_a_grouped_split_that_cannot_cover_a_class_names_it():
+def test_a_class_one_person_holds_names_the_class_and_the_person():
+    """Issue 33: the line named another class's empty validation split; it names the class
+    and the person that make a split by person impossible."""
     names, labels, groups = people(4)
     labels = labels.copy()
     only_p0 = np.asarray(groups) == "p0"
     labels[(labels == 2) & ~only_p0] = 1  # class C: signed by one person only
-    with pytest.raises(DataError, match=r"class C has no image in the (val|test|train) split "
-                                        r"\(train/val/test images of C: \d+/\d+/\d+\)"):
+    with pytest.raises(DataError, match=r"every image of class C belongs to person p0 \(4\): "
+                                        r"a split by person cannot put C in train, validation "
+                                        r"and test; add images of C from at least 3 people"):
+        make_splits(labels, CLASSES, 0.25, 0.25, seed=0, groups=groups)
+    labels[(labels == 1) & (np.asarray(groups) == "p1")] = 2  # two people: still too few
+    with pytest.raises(DataError, match=r"class C belongs to people p0 \(4\), p1 \(\d+\)"):
         make_splits(labels, CLASSES, 0.25, 0.25, seed=0, groups=groups)
 
 
