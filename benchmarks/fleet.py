@@ -128,7 +128,6 @@ def cli_job(argv: list[str], requests: Path | None = None):
         from tests.fakes import fake_trainer
 
         asl_sweep.search.trial.train = fake_trainer(quality)
-        os.environ["ASL_SWEEP_NO_BAR"] = "1"
         counts = count_requests() if requests is not None else None
         code = main(argv)
         if counts is not None:

@@ -4,6 +4,7 @@ Every `import` and `from ... import` in the package is read (lazy ones inside fu
 included), so a shortcut taken in a function body is caught as surely as one at the top."""
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "asl_sweep"
@@ -97,3 +98,46 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad.write_text("def f():\n    from asl_sweep.search.study import run_study\n")
     assert imports_of(bad) == {"asl_sweep.search.study"}
     assert LAYERS.index(_layer("asl_sweep.search.study")) > LAYERS.index("training")
+
+
+def _third_party(path: Path) -> set[str]:
+    """The top-level packages outside asl_sweep a file imports."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - {"asl_sweep"}
+
+
+def test_the_search_flow_talks_to_mlflow_only_through_its_mirror():
+    """search/ in three rooms: the flow (study, trial) reaches MLflow only through the
+    record's module (mirror); besides it only session (which opens the MLflow store) and
+    evaluation (which downloads checkpoints to score) import the tracking layer."""
+    g = graph()
+    for flow in ("asl_sweep.search.study", "asl_sweep.search.trial"):
+        assert "mlflow" not in _third_party(PACKAGE / "search" / f"{flow.rsplit('.', 1)[1]}.py")
+        assert not {m for m in g[flow] if _layer(m) == "tracking"}, flow
+    talks = sorted(m for m, imported in g.items() if _layer(m) == "search"
+                   and any(_layer(t) == "tracking" for t in imported))
+    assert talks == ["asl_sweep.search.evaluation", "asl_sweep.search.mirror",
+                     "asl_sweep.search.session"], talks
+
+
+def test_only_the_adapter_reaches_inside_optuna():
+    private = re.compile(r"\._storage\b|\._study_id\b|\._trial_id\b|\._cached_frozen_trial\b|"
+                         r"optuna\.\w+\._\w+")
+    found = [f"{p.relative_to(PACKAGE)}:{n}" for p in PACKAGE.rglob("*.py")
+             if p.name != "optuna_api.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1) if private.search(line)]
+    assert not found, f"Optuna's private API outside search/optuna_api.py: {found}"
+
+
+def test_cli_and_results_use_the_search_front_door():
+    """cli.py and results/ import the search layer through asl_sweep.search alone."""
+    g = graph()
+    behind = sorted(f"{m} -> {t}" for m, imported in g.items()
+                    if _layer(m) in ("results", "cli") for t in imported
+                    if _layer(t) == "search" and t != "asl_sweep.search")
+    assert not behind, "past the front door:\n" + "\n".join(behind)

@@ -43,3 +43,11 @@ def remember(record: optuna.Study, key: str, entry: dict[str, Any]) -> None:
 def forget(record: optuna.Study, key: str) -> None:
     """Its checkpoint is gone: no later trial may stand on it."""
     write(record, TRAINED_PREFIX + key, None)
+
+
+def forget_runs(record: optuna.Study, run_ids: set[str]) -> None:
+    """The trainings of these MLflow runs, whose checkpoints are being deleted: forgotten
+    (one read of the record, a write for each one on record)."""
+    for name, entry in read(record).items():
+        if name.startswith(TRAINED_PREFIX) and entry and entry.get("run_id") in run_ids:
+            write(record, name, None)

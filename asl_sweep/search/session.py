@@ -37,7 +37,7 @@ class Session:
     results: list[StageResult] = field(default_factory=list)
     bars: bool = False  # a progress bar per trial (a terminal, one worker)
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
-    lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: when, monotonic
+    lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: next look (monotonic)
 
 
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,

@@ -130,7 +130,6 @@ class TrialKey(StrEnum):
     WORKER = "worker"  # worker_id() of the process that ran it
     FOLD = "fold"
     DECIDED_BY = "decided_by"  # which stage decided each of its settings
-    TRAINING = "training_key"  # what its training is on record as (search/reuse.py)
     METRICS = "metrics"  # the best epoch's metrics
     LAST = "last"  # the last epoch's metrics
     NUM_PARAMS = "num_params"
@@ -420,18 +419,24 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
     if keeps_heartbeats(storage):
         optuna.storages.fail_stale_trials(study)
     now = time.time()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    trials = study.get_trials(deepcopy=False)
+    failed = 0
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
         worker = t.user_attrs.get(TrialKey.WORKER, "")
         if gone_here(worker) or (not keeps_heartbeats(storage) and _silent(t, now)) or (
                 not worker and _silent(t, now)):
             try:
                 if storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL):
                     Requeue()(study, storage.get_trial(trial_id_of(t)))
+                    failed += 1
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another worker got there first
     # A trial that failed with no word on why (its worker died, or could not record how it
     # stopped) and was never queued again: queue it now.
-    trials = study.get_trials(deepcopy=False)
+    if failed:
+        trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retries_of(t)}
     lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
     for t in lost:

@@ -25,7 +25,7 @@ from asl_sweep.runtime.errors import GateNotReached
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.evaluation import final_score
 from asl_sweep.search.progress import StageProgress, shown_settings
-from asl_sweep.search.reuse import forget
+from asl_sweep.search.reuse import forget_runs
 from asl_sweep.search.selection import (
     StageResult,
     counts_toward_budget,
@@ -43,7 +43,7 @@ from asl_sweep.search.session import Session, open_session
 from asl_sweep.search.space import decode_params, encode_params
 from asl_sweep.search.stageview import StageView
 from asl_sweep.search.state import (
-    HEARTBEAT_S,
+    GRACE_S,
     SEARCH_ROLES,
     ConfirmPlan,
     Role,
@@ -216,9 +216,9 @@ def _spent_checkpoints(session: Session, stage: StageConfig, trials: list[Frozen
         if t.user_attrs.get(TrialKey.REUSED_FROM):
             continue  # trained by an earlier stage, whose decision keeps or deletes it
         if t.number not in keep and run_id and t.state == TrialState.COMPLETE:
-            if TrialKey.TRAINING in t.user_attrs:
-                forget(session.record, t.user_attrs[TrialKey.TRAINING])
             spent.append(run_id)
+    if spent and session.cfg.reuse_trainings:
+        forget_runs(session.record, set(spent))
     return spent
 
 
@@ -520,8 +520,12 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
 
 class Idle:
     """The pause of a worker with nothing to run while others finish theirs: 1 s, doubling
-    up to 4 s while it stays idle, a little jittered. Each look reads the stores, and 64
-    idle workers looking every second kept the storage proxy busy with nothing else."""
+    up to MAX_S while it stays idle, a little jittered. Each look reads the stores, and 64
+    idle workers looking every second kept the storage proxy busy with nothing else; the
+    worker that finishes a race's round queues the next and runs it at once, so the others
+    joining a few seconds later costs little."""
+
+    MAX_S = 8.0
 
     def __init__(self) -> None:
         self.seconds = 1.0
@@ -532,17 +536,23 @@ class Idle:
     def wait(self) -> None:
         signals.check()
         time.sleep(self.seconds * (0.75 + 0.5 * random.random()))
-        self.seconds = min(4.0, self.seconds * 2)
+        self.seconds = min(self.MAX_S, self.seconds * 2)
+
+
+# How often a worker between trials looks for trials whose worker died: a silent one is dead
+# only after GRACE_S anyway, and 64 workers looking every few seconds were most of the
+# storage's load. The first look of a process is at once (a rerun after kill -9 need not
+# wait).
+LOOK_S = GRACE_S / 2
 
 
 def _close_lost_runs(session: Session, study: optuna.Study) -> None:
     """Trials whose worker died without a word: queued again, and said so in MLflow instead
-    of leaving RUNNING. Looked for at most once a heartbeat per stage and process (a dead
-    worker is found after GRACE_S of silence anyway)."""
+    of leaving RUNNING. Looked for at most every LOOK_S (jittered) per stage and process."""
     now = time.monotonic()
-    if now - session.lost_looked.get(study.study_name, -HEARTBEAT_S) < HEARTBEAT_S:
+    if now < session.lost_looked.get(study.study_name, now):
         return
-    session.lost_looked[study.study_name] = now
+    session.lost_looked[study.study_name] = now + LOOK_S * (0.75 + 0.5 * random.random())
     for t in fail_dead_trials(study):
         run_id = t.user_attrs[TrialKey.RUN]
         if run_id not in session.closed_runs:

@@ -124,7 +124,6 @@ class TrialRunner:
             plan = self.plan(trial, frozen_of(trial))
             key = self.training_key(plan)
             if key is not None:
-                trial.set_user_attr(TrialKey.TRAINING, key)
                 before = self._on_record(key, plan)
                 if before is not None:
                     return self._reuse(trial, plan, before)
