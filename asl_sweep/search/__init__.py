@@ -7,7 +7,7 @@
   claims, beats, dead workers, requeues), on the stores `store` opens (and `optuna_api`, the
   only module that reaches inside Optuna); the study record `record` and trainings on
   record `reuse` keep theirs through it;
-- the record in MLflow: `mirror` (one method per event of the search).
+- the mirror in MLflow: `mirror` (one method per event of the search).
 
 Pure rules beside them: `space` (the only caller of `trial.suggest_*`), `selection` and
 `racing` (which trials count, what a stage adopts), `stageview` (a stage seen whole),

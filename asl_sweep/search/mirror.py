@@ -36,7 +36,7 @@ class TrialRun:
 
 
 class Mirror:
-    """The study's MLflow record, for one process."""
+    """The study as MLflow shows it, mirrored by one process."""
 
     def __init__(self, tracker: Tracker):
         self.tracker = tracker
@@ -170,7 +170,7 @@ class Mirror:
                        run_dir: Path, title: str, spent_resume: list[str | None]) -> None:
         """A finished training: summary metrics, resolved config, best checkpoint; the resume
         points of `spent_resume` runs deleted; the run FINISHED."""
-        self.training_recorded(run.run_id, cfg, result, run_dir, title)
+        self.training_logged(run.run_id, cfg, result, run_dir, title)
         for spent in spent_resume:
             if spent is not None:
                 self.tracker.delete_artifacts(spent, "resume")
@@ -201,7 +201,7 @@ class Mirror:
                          else "worker lost (killed or crashed)")
         return True
 
-    def training_recorded(self, run_id: str, cfg: TrainConfig, result: TrainResult,
+    def training_logged(self, run_id: str, cfg: TrainConfig, result: TrainResult,
                           run_dir: Path, title: str, curves: bool = False) -> None:
         """A finished training's summary metrics, resolved config and best checkpoint. Its
         per-epoch curves are in MLflow already (the UI charts them); a PNG of them is drawn

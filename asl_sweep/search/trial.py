@@ -375,7 +375,7 @@ def train_once(cfg, ws, log=print) -> TrainResult:
             data = session.data.split(stage_image_size(cfg, None, cfg.base))
             result = train(cfg.base, data, session.device, on_epoch, run_dir,
                            cache_dir=ws.cache)
-        mirror.training_recorded(run.run_id, cfg.base, result, run_dir, "train", curves=True)
+        mirror.training_logged(run.run_id, cfg.base, result, run_dir, "train", curves=True)
         status = "FINISHED"
         return result
     except (KeyboardInterrupt, SystemExit):
