@@ -7,7 +7,7 @@ from __future__ import annotations
 from asl_sweep.results.leaderboard import table
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search import shown_settings
+from asl_sweep.search import shown_settings, signed
 from asl_sweep.settings.spec import StudyConfig
 
 
@@ -39,7 +39,7 @@ def compare_lines(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Worksp
         gap = (final_b["mean"] - final_a["mean"]) * 100
         overlap = final_a["ci"][0] <= final_b["ci"][1] and final_b["ci"][0] <= final_a["ci"][1]
         same = cfg_a.data.model_dump() == cfg_b.data.model_dump()
-        lines.append(f"test accuracy {cfg_b.study} - {cfg_a.study}: {gap:+.1f} pt; the 95% "
+        lines.append(f"test accuracy {cfg_b.study} - {cfg_a.study}: {signed(gap)} pt; the 95% "
                      f"intervals {'overlap' if overlap else 'do not overlap'}"
                      + ("" if same else "; the data settings differ, so the test splits do "
                         "too: read the two scores apart, not as a paired difference"))

@@ -111,14 +111,22 @@ class StageProgress:
                 Role.CONFIRM: f"repeat {t.user_attrs.get(TrialKey.REPEAT)} of trial "
                               f"{t.user_attrs.get(TrialKey.CONFIRMS)}"}[role]
         value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
-        mean = statistics.fmean(self.seconds) if self.seconds else 0.0
         said = " ".join(p for p in (f"trial {self.first + t.number}", what,
                                     t.state.name.lower(), value) if p)
-        study_left = (f", about {duration(mean * (left + self.later))} in the study"
-                      if self.later else "")
         how = f"reused from {reused}" if reused else f"{took:.1f}s"
         self.log(f"  {self.stage.name}: {said} ({how}); {self.where}: {done}/"
-                 f"{self.planned} done, about {duration(mean * left)} left{study_left}")
+                 f"{self.planned} done, {self.time_left(left)}")
+
+    def time_left(self, left: int) -> str:
+        """About how long the stage (and the study) have left: the mean time of a training
+        so far times the trainings still planned; unknown until one has trained here (a
+        reused training takes no time and says nothing of the next)."""
+        if not self.seconds:
+            return "time left known after the first training"
+        mean = statistics.fmean(self.seconds)
+        study = (f", about {duration(mean * (left + self.later))} in the study"
+                 if self.later else "")
+        return f"about {duration(mean * left)} left{study}"
 
 
 def shown(value) -> str:

@@ -174,6 +174,11 @@ def _points(stage: StageConfig) -> tuple[float, str]:
     return (100.0, " pt") if stage.metric.endswith("acc") else (1.0, "")
 
 
+def signed(x: float, digits: int = 1) -> str:
+    """A difference with its sign, never "-0.0": what rounds to zero is "+0.0"."""
+    return f"{(round(x, digits) or 0.0):+.{digits}f}"
+
+
 def decide(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
            candidates: list[int], min_gain: float | None = None) -> StageResult:
     """Adopt the best candidate by its mean paired difference to the incumbent, only if the
@@ -215,7 +220,8 @@ def decide(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     # ("+2.5 (needed > 2.5)" read as a tie).
     digits = next((d for d in (1, 2, 3) if f"{mean * scale:.{d}f}" !=
                    f"{threshold * scale:.{d}f}"), 4)
-    spread = (f"{mean * scale:+.{digits}f} +- {se * scale:.{digits}f}{unit}" if se is not None
+    spread = (f"{signed(mean * scale, digits)} +- {se * scale:.{digits}f}{unit}"
+              if se is not None
               else f"{mean * scale:+.{digits}f}{unit}")
     needed = f"needed > {threshold * scale:.{digits}f}{unit}"
     over = f"over {n} paired repeat{'s' if n != 1 else ''}"
@@ -280,8 +286,8 @@ def race_line(stage: StageConfig, verdict: Verdict) -> str:
     """Where a race stands after a look, in the metric's own unit: each candidate still in
     it, its mean gain and lower bound, and those dropped."""
     scale, unit = _points(stage)
-    alive = "; ".join(f"trial {c} {b.mean * scale:+.1f}{unit}, lower bound "
-                      f"{b.lower * scale:+.1f}{unit}, conditional power {b.power:.0%}"
+    alive = "; ".join(f"trial {c} {signed(b.mean * scale)}{unit}, lower bound "
+                      f"{signed(b.lower * scale)}{unit}, conditional power {b.power:.0%}"
                       for c, b in verdict.bounds.items() if c in verdict.alive)
     return alive + (f"; dropped {sorted(verdict.dropped)}" if verdict.dropped else "")
 
@@ -313,7 +319,7 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
         evidence["configs"][str(c)] = stats
 
     def pt(x: float) -> str:
-        return f"{x * scale:+.1f}{unit}"
+        return f"{signed(x * scale)}{unit}"
 
     def fresh(n: int) -> str:
         return f"{n} fresh paired repeat{'s' if n != 1 else ''}"

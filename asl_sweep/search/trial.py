@@ -261,7 +261,9 @@ class TrialRunner:
         identity = {"study": session.cfg.study, "stage": stage.name, "stage_uid": self.uid,
                     "trial": str(origin), "settings": settings_digest(plan.cfg)}
         prunable = plan.role == Role.SEARCH and stage.pruner != "none"
-        shown = EpochProgress(f"{stage.name} trial {plan.number}", plan.cfg.epochs,
+        what = (f" (repeat {plan.repeat} of trial {frozen.user_attrs.get(TrialKey.CONFIRMS)})"
+                if plan.role == Role.CONFIRM else "")
+        shown = EpochProgress(f"{stage.name} trial {plan.number}{what}", plan.cfg.epochs,
                               stage.metric, session.log, bar=self.show_bar)
 
         def on_epoch(stats: EpochStats) -> None:

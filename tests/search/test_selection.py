@@ -125,3 +125,11 @@ def test_a_race_dropped_as_futile_says_so_and_keeps_the_incumbent():
     # Without the rule the same race goes on.
     assert not race_verdict(trials, stage(confirm={"top": 1, "futility": 0}), 0, [1],
                             rounds=3).done
+
+
+def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
+    """Issue 34: a decision printed '-0.0 pt'."""
+    from asl_sweep.search.selection import signed
+
+    assert [signed(x) for x in (-0.04, -0.0, 0.0, 0.04)] == ["+0.0"] * 4
+    assert (signed(3.26), signed(-2.5), signed(-0.004, 2)) == ("+3.3", "-2.5", "+0.00")

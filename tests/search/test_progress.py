@@ -1,0 +1,39 @@
+"""What the terminal shows while a study runs (search/progress.py)."""
+
+from datetime import datetime, timedelta
+
+import optuna
+from optuna.trial import TrialState, create_trial
+
+from asl_sweep.search.progress import StageProgress
+from asl_sweep.settings.spec import StudyConfig
+
+
+def _cfg() -> StudyConfig:
+    return StudyConfig.model_validate({"study": "s", "stages": [
+        {"name": "a", "trials": 2, "confirm": None, "space": {"lr": [1e-3]}},
+        {"name": "b", "trials": 2, "confirm": None, "space": {"lr": [1e-3]}}]})
+
+
+def _done(number: int, seconds: float, **attrs) -> optuna.trial.FrozenTrial:
+    start = datetime(2026, 1, 1)
+    t = create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs=attrs)
+    t.number, t.datetime_start = number, start
+    t.datetime_complete = start + timedelta(seconds=seconds)
+    return t
+
+
+def test_time_left_is_unknown_until_a_trial_has_trained_here():
+    """Issue 34: 'about 0s left' after a reused incumbent (it took no time)."""
+    lines: list[str] = []
+    progress = StageProgress(lines.append, _cfg(), 0)
+    study = optuna.create_study()
+    reused = _done(0, 0.0, role="incumbent", reused_from="stage x, trial 3")
+    study.add_trial(reused)
+    progress(study, reused)
+    assert "time left known after the first training" in lines[-1], lines
+    assert "0s left" not in lines[-1]
+    trained = _done(1, 12.0, role="search")
+    study.add_trial(trained)
+    progress(study, trained)
+    assert "about 12s left, about 48s in the study" in lines[-1], lines  # 1 + 3 planned
