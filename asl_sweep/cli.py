@@ -181,6 +181,10 @@ def configure_logging() -> None:
     # A tracking server makes MLflow print two links at the end of every run (each trial).
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its level on import
+    # MLflow's usage telemetry: nothing of a study leaves the machine unasked, and its
+    # client sets and pops an environment variable on its own thread while requests read
+    # the environment (a KeyError in a trial's log_batch, seen with 64 workers).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # Heartbeats and retries are marked experimental in Optuna but are what keep crashes honest.

@@ -418,6 +418,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (logs)")
     args = parser.parse_args()
 
+    # As asl-sweep's CLI does before MLflow loads: no usage telemetry (its thread sets and
+    # pops an environment variable while requests read the environment).
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     # Everything a worker imports, imported once here and shared by every fork.
     import mlflow.store.artifact.mlflow_artifacts_repo  # noqa: F401
     import mlflow.store.tracking.rest_store  # noqa: F401

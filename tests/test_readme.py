@@ -55,3 +55,11 @@ def test_the_first_command_scores_on_enough_people_to_mean_something(tmp_path):
     assert len(set(data.groups[data.splits.test])) >= 10
     assert cfg.base.model == "cnn" and cfg.stages[0].confirm is not None
     assert "What the demo just showed" in README.split("---", 1)[0]
+
+
+def test_the_docs_state_the_registered_models_signature_as_it_is():
+    """Issue 34: the README said the registered model's signature is uint8; it is float32
+    (the model card said so)."""
+    serve = (ROOT / "docs" / "how-to" / "serve-a-model.md").read_text()
+    assert "its signature takes float32 images" in serve
+    assert "signature takes uint8" not in serve + README
