@@ -23,6 +23,13 @@ from asl_sweep.training.train import EpochStats, TrainResult
 CHECKPOINTS = "checkpoints"  # the folder of a run's best checkpoint (best.pt)
 
 
+def _summary(result: TrainResult) -> dict[str, float]:
+    """A training's summary metrics: its best epoch's, and its size."""
+    best = asdict(result.best)
+    return {f"best_{k}": best[k] for k in METRICS} | {"best_epoch": result.best.epoch,
+                                                       "num_params": result.num_params}
+
+
 @dataclass
 class TrialRun:
     """A trial's MLflow run while it trains: its id, name and per-epoch log."""
@@ -168,13 +175,13 @@ class Mirror:
 
     def trial_finished(self, run: TrialRun, cfg: TrainConfig, result: TrainResult,
                        run_dir: Path, title: str, spent_resume: list[str | None]) -> None:
-        """A finished training: summary metrics, resolved config, best checkpoint; the resume
-        points of `spent_resume` runs deleted; the run FINISHED."""
-        self.training_logged(run.run_id, cfg, result, run_dir, title)
+        """A finished training: resolved config, best checkpoint; the resume points of
+        `spent_resume` runs deleted; the run FINISHED with its summary metrics."""
+        self._training_files(run.run_id, cfg, result, run_dir, title)
         for spent in spent_resume:
             if spent is not None:
                 self.tracker.delete_artifacts(spent, "resume")
-        self.tracker.end(run.run_id, "FINISHED", state="COMPLETE")
+        self.tracker.end(run.run_id, "FINISHED", metrics=_summary(result), state="COMPLETE")
 
     def trial_pruned(self, run: TrialRun) -> None:
         # MLflow has no "pruned": the pruner stopped it, so KILLED, and its name says so.
@@ -203,13 +210,16 @@ class Mirror:
 
     def training_logged(self, run_id: str, cfg: TrainConfig, result: TrainResult,
                           run_dir: Path, title: str, curves: bool = False) -> None:
-        """A finished training's summary metrics, resolved config and best checkpoint. Its
-        per-epoch curves are in MLflow already (the UI charts them); a PNG of them is drawn
-        for a single `train` and for each stage's carried trial, not for every trial."""
-        best, history = asdict(result.best), result.history
-        self.tracker.log_metrics(run_id, {f"best_{k}": best[k] for k in METRICS}
-                                 | {"best_epoch": result.best.epoch,
-                                    "num_params": result.num_params})
+        """A finished training's summary metrics, resolved config and best checkpoint."""
+        self.tracker.log_metrics(run_id, _summary(result))
+        self._training_files(run_id, cfg, result, run_dir, title, curves)
+
+    def _training_files(self, run_id: str, cfg: TrainConfig, result: TrainResult,
+                        run_dir: Path, title: str, curves: bool = False) -> None:
+        """A finished training's resolved config and best checkpoint. Its per-epoch curves
+        are in MLflow already (the UI charts them); a PNG of them is drawn for a single
+        `train` and for each stage's carried trial, not for every trial."""
+        history = result.history
         self.tracker.log_text(run_id, dump_resolved(cfg), "config.yaml")
         if curves:
             from asl_sweep.tracking.plots import plot_curves  # matplotlib where a PNG is drawn

@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Callable
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.search.selection import counts_as_done, role_of
@@ -80,26 +79,29 @@ class StageProgress:
         self.planned = planned_trials(self.stage)
         self.later = sum(planned_trials(s) for s in cfg.stages[index + 1:])
         self.seconds: list[float] = []
-        self.first, self.read = 0, None  # see numbered()
+        self.first, self.base_done = 0, 0  # see numbered()
 
-    def numbered(self, first: int, read: Callable[[], list[FrozenTrial]]) -> None:
-        """From now on the trials finished are the stage's repeats: their study's trial 0
-        is the stage's trial `first`, and `read` gives the stage's trials whole."""
-        self.first, self.read = first, read
+    def numbered(self, first: int, base_done: int) -> None:
+        """From now on the trials finished are the stage's repeats, in a study of their own:
+        its trial 0 is the stage's trial `first`, and the stage's search study (finished by
+        then) holds `base_done` trials done."""
+        self.first, self.base_done = first, base_done
 
     @property
     def where(self) -> str:
         return f"stage {self.index + 1} of {len(self.cfg.stages)}"
 
-    def __call__(self, study: optuna.Study, t: FrozenTrial) -> None:
+    def finished(self, t: FrozenTrial, trials: list[FrozenTrial]) -> None:
+        """The line for trial `t`, which this process just finished; `trials`: its study's
+        trials read since (the loop's own next read: no read of its own)."""
         if t.user_attrs.get(TrialKey.FAILURE) in (Failure.SURPLUS, Failure.UNUSED):
             return
         took = (t.datetime_complete - t.datetime_start).total_seconds()
         reused = t.user_attrs.get(TrialKey.REUSED_FROM)
         if not reused:  # a training found on record takes no time to speak of
             self.seconds.append(took)
-        trials = self.read() if self.read is not None else study.get_trials(deepcopy=False)
-        done = sum(counts_as_done(x) for x in trials)  # a retried trial counts once
+        # A retried trial counts once.
+        done = self.base_done + sum(counts_as_done(x) for x in trials)
         # Rounds of a race another worker queued count too: what waits or runs is planned.
         pending = sum(x.state in (TrialState.WAITING, TrialState.RUNNING) for x in trials)
         self.planned = max(self.planned, done + pending)

@@ -186,11 +186,12 @@ def write(study: optuna.Study, key: str, value: Any) -> None:
 
 def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
     """Whether `key` appears within `seconds` (another worker is writing it)."""
-    deadline = time.monotonic() + seconds
+    deadline, pause = time.monotonic() + seconds, 0.25
     while str(key) not in read(study):
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.25)
+        time.sleep(pause)
+        pause = min(2.0, pause * 2)
     return True
 
 
@@ -198,7 +199,8 @@ def claim(study: optuna.Study, name: str) -> bool:
     """Whether this process holds the one-time job `name` of a study (make the plan, queue a
     round): exactly one process does, whichever asks first. The holder is a trial of the
     study's claims study, taken from WAITING by one worker alone (the storage's atomic
-    state change); a holder that died without finishing is found by `holds_dead`."""
+    state change); the others wait for what it writes, and do it themselves where the
+    holder is gone (study._waited_for, with `claim_holder`)."""
     claims = _claims_study(study)
     token = next((t for t in claims.get_trials(deepcopy=False)
                   if t.user_attrs.get("claim") == name), None)
@@ -230,13 +232,20 @@ def claim_holder(study: optuna.Study, name: str) -> str | None:
 CLAIMS_SUFFIX = ".claims"
 
 
+_claims: dict[tuple[int, str], optuna.Study] = {}  # opened once per process and storage
+
+
 def _claims_study(study: optuna.Study) -> optuna.Study:
     name = study.study_name + CLAIMS_SUFFIX
     storage = storage_of(study)
-    try:
-        return optuna.create_study(storage=storage, study_name=name)
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(study_name=name, storage=storage)
+    known = _claims.get((id(storage), name))
+    if known is None:
+        try:
+            known = optuna.create_study(storage=storage, study_name=name)
+        except optuna.exceptions.DuplicatedStudyError:
+            known = optuna.load_study(study_name=name, storage=storage)
+        _claims[(id(storage), name)] = known
+    return known
 
 
 # --- who runs which trial ---------------------------------------------------------------
@@ -274,17 +283,24 @@ def release_unused(study: optuna.Study) -> None:
 
 
 def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = lambda t: True,
-                 trials: list[FrozenTrial] | None = None) -> optuna.Trial | None:
-    """A WAITING trial of `study` (the lowest-numbered that `accept` takes, among `trials`
-    where the caller has just read them), now RUNNING and this worker's alone: the storage
-    changes its state for one worker only. None when no such trial waits. Trials are only
-    ever queued, never asked: nothing past a budget."""
+                 trials: list[FrozenTrial] | None = None, spread: int = 0
+                 ) -> optuna.Trial | None:
+    """A WAITING trial of `study` that `accept` takes (among `trials` where the caller has
+    just read them), now RUNNING and this worker's alone: the storage changes its state for
+    one worker only. None when no such trial waits. Trials are only ever queued, never
+    asked: nothing past a budget."""
     storage = storage_of(study)
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    for t in trials:
-        if t.state != TrialState.WAITING or not accept(t):
-            continue
+    waiting = [t for t in trials if t.state == TrialState.WAITING and accept(t)]
+    # Queued trials first, in order (the incumbent, seed trials, retries, repeats); then the
+    # search slots, which are all alike, from the `spread`-th on (a worker's index): many
+    # workers taking at once each try another one instead of all the lowest, and a lone
+    # worker (index 0) takes them in order, so a seeded run repeats exactly.
+    slots = [t for t in waiting if is_search_slot(t)]
+    if slots:
+        slots = slots[spread % len(slots):] + slots[:spread % len(slots)]
+    for t in [t for t in waiting if not is_search_slot(t)] + slots:
         try:
             if not storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
                 continue
@@ -333,11 +349,16 @@ def renumbered(t: FrozenTrial, offset: int) -> FrozenTrial:
     return t
 
 
+def is_search_slot(trial: FrozenTrial) -> bool:
+    """Whether `trial` is a queued search slot (queue_budget): settings still to sample."""
+    return (trial.system_attrs.get(FIXED_PARAMS) == {} and "grid_id" not in trial.system_attrs
+            and trial.user_attrs.get(TrialKey.ROLE) == Role.SEARCH)
+
+
 def grid_placeholder(trial: FrozenTrial) -> FrozenTrial | None:
     """A queued search slot seen as a fresh trial by Optuna's grid sampler (which leaves
     every queued trial alone); None for any other trial."""
-    if trial.system_attrs.get(FIXED_PARAMS) != {} or "grid_id" in trial.system_attrs \
-            or trial.user_attrs.get(TrialKey.ROLE) != Role.SEARCH:
+    if not is_search_slot(trial):
         return None
     fresh = copy.deepcopy(trial)
     fresh.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != FIXED_PARAMS}
@@ -408,13 +429,14 @@ def _silent(t: FrozenTrial, now: float) -> bool:
     return now - last > GRACE_S
 
 
-def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
+def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTrial]:
     """Fail RUNNING trials whose worker is gone, and queue their retry with the same
     settings. A trial is dead once its beats stop for GRACE_S, or at once when it was taken
     by a process of this machine that no longer exists; one taken by a process that died
     before it said who it is has no worker and dies by its beats (or their absence). Returns
-    the FAIL trials whose MLflow run may still be open (their worker died without a word,
-    or stopped while the tracking server was away)."""
+    the FAIL trials whose MLflow run may still be open: with `every`, all of them (their
+    worker died without a word, or stopped while the tracking server was away); without,
+    those this call found dead (a worker's later looks: its first saw the rest)."""
     storage = storage_of(study)
     if keeps_heartbeats(storage):
         optuna.storages.fail_stale_trials(study)
@@ -439,9 +461,11 @@ def fail_dead_trials(study: optuna.Study) -> list[FrozenTrial]:
         trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retries_of(t)}
     lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
-    for t in lost:
-        if t.number not in retried:
-            Requeue()(study, t)
+    queued = [t for t in lost if t.number not in retried]
+    for t in queued:
+        Requeue()(study, t)
+    if not every:  # what this call found: its MLflow runs may still be open
+        return [t for t in queued if t.user_attrs.get(TrialKey.RUN)]
     # A trial that stopped while the tracking server was away could not close its run.
     stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
         TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]

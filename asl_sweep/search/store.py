@@ -221,10 +221,13 @@ def repeats_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
                                  pruner=optuna.pruners.NopPruner())
 
 
-def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None) -> list[FrozenTrial]:
-    """A stage's trials whole: its search study's, then its repeats, numbered after them."""
+def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None,
+                 first: int | None = None) -> list[FrozenTrial]:
+    """A stage's trials whole: its search study's, then its repeats, numbered after them
+    (from `first`, the plan's first repeat number; read from the plan when not given)."""
     trials = list(study.get_trials(deepcopy=False))
-    first = (read(study).get(StageKey.PLAN) or {}).get("first_repeat")
+    if first is None:
+        first = (read(study).get(StageKey.PLAN) or {}).get("first_repeat")
     if first is None:
         return trials
     if repeats is None:

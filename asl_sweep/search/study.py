@@ -28,6 +28,7 @@ from asl_sweep.search.progress import StageProgress, shown_settings
 from asl_sweep.search.reuse import forget_runs
 from asl_sweep.search.selection import (
     StageResult,
+    counts_as_done,
     counts_toward_budget,
     decide,
     decide_race,
@@ -280,13 +281,14 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     into = study if offset is None else repeats_study(session.cfg, progress.index,
                                                       session.storage)
     runner = runner.for_repeats(into, offset or 0)
-    progress.numbered(offset or 0, lambda: stage_trials(study, into))
+    progress.numbered(offset or 0, 0 if into is study else sum(counts_as_done(t)
+                                                               for t in trials))
     if confirm.racing:
         return _race(session, stage, study, into, runner, progress, plan)
     _queue_repeats(study, into, "repeats", StageKey.QUEUED,
                    [plan.incumbent, *plan.candidates], 1, plan.repeats - 1)
     _drain(session, into, runner, progress)
-    return decide(stage_trials(study, into), stage, plan.incumbent, plan.candidates,
+    return decide(stage_trials(study, into, offset), stage, plan.incumbent, plan.candidates,
                   confirm.min_gain)
 
 
@@ -342,11 +344,14 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
     def elapsed() -> float:
         return spent + time.monotonic() - started
 
-    idle = Idle()
+    idle, finished = Idle(), None
     while True:
         signals.check()
         _close_lost_runs(session, study)
         trials = study.get_trials(deepcopy=False)
+        if finished is not None:  # its line, counted with this read
+            progress.finished(finished, trials)
+            finished = None
         done = sum(counts_toward_budget(t) for t in trials)
         over = reached_target(trials, stage) or done >= stage.trials or bool(
             stage.timeout and elapsed() > stage.timeout)
@@ -355,7 +360,7 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
         if any(t.state == TrialState.WAITING and wanted(t) for t in trials):
             idle.reset()
             try:
-                run_one(study, runner.objective, progress, wanted, trials)
+                finished = run_one(study, runner.objective, wanted, trials, session.worker)
             finally:
                 if stage.timeout:  # the search time so far, for a rerun's timeout
                     write(study, StageKey.SEARCH_SECONDS,
@@ -377,15 +382,15 @@ def _any(t: FrozenTrial) -> bool:
 
 
 def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
-            progress: StageProgress, accept: Callable[[FrozenTrial], bool] = _any,
-            trials: list[FrozenTrial] | None = None) -> bool:
+            accept: Callable[[FrozenTrial], bool] = _any,
+            trials: list[FrozenTrial] | None = None, spread: int = 0) -> FrozenTrial | None:
     """Take one queued trial of `study` (one worker alone takes each; `trials`: the study's,
     just read), run `objective` on it and tell Optuna how it ended: its value, pruned, or
     failed (its own failure, TrialFailed: the search goes on; anything else is raised once
-    told). False when none waited."""
-    trial = take_waiting(study, accept, trials)
+    told). The trial as it ended; None when none waited."""
+    trial = take_waiting(study, accept, trials, spread)
     if trial is None:
-        return False
+        return None
     try:
         value = objective(trial)
     except optuna.TrialPruned:
@@ -400,8 +405,7 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
         raise
     else:
         frozen = study.tell(trial, value)
-    progress(study, frozen)
-    return True
+    return frozen
 
 
 def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
@@ -440,14 +444,15 @@ def _waited_for(study: optuna.Study, name: str, key: str) -> bool:
     """Whether `key`, which the holder of claim `name` writes, appears: False once the holder
     is a process of this machine that is gone, or after 60 s without it (then this process
     does it itself)."""
-    deadline = time.monotonic() + 60.0
+    deadline, pause = time.monotonic() + 60.0, 0.5
     while time.monotonic() < deadline:
         if key in read(study):
             return True
         holder = claim_holder(study, name)
         if holder is not None and gone_here(holder):
             return False
-        time.sleep(0.5)
+        time.sleep(pause)
+        pause = min(4.0, pause * 2)
     return key in read(study)
 
 
@@ -485,7 +490,7 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
     while True:
         queued = read(study).get(StageKey.ROUNDS_QUEUED, 0)
         _drain(session, into, runner, progress)
-        trials = stage_trials(study, into)
+        trials = stage_trials(study, into, plan.first_repeat)
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
         if verdict.done or not candidates:
             return decide_race(trials, stage, incumbent, candidates, verdict)
@@ -504,14 +509,17 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
 def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
            progress: StageProgress) -> None:
     """Run queued trials (confirmation repeats, retries) until none waits or runs."""
-    idle = Idle()
+    idle, finished = Idle(), None
     while True:
         signals.check()
         _close_lost_runs(session, study)
         trials = study.get_trials(deepcopy=False)
+        if finished is not None:  # its line, counted with this read
+            progress.finished(finished, trials)
+            finished = None
         if any(t.state == TrialState.WAITING for t in trials):
             idle.reset()
-            run_one(study, runner.objective, progress, trials=trials)
+            finished = run_one(study, runner.objective, trials=trials)
         elif any(t.state == TrialState.RUNNING for t in trials):
             idle.wait()
         else:
@@ -550,10 +558,11 @@ def _close_lost_runs(session: Session, study: optuna.Study) -> None:
     """Trials whose worker died without a word: queued again, and said so in MLflow instead
     of leaving RUNNING. Looked for at most every LOOK_S (jittered) per stage and process."""
     now = time.monotonic()
+    first = study.study_name not in session.lost_looked
     if now < session.lost_looked.get(study.study_name, now):
         return
     session.lost_looked[study.study_name] = now + LOOK_S * (0.75 + 0.5 * random.random())
-    for t in fail_dead_trials(study):
+    for t in fail_dead_trials(study, every=first):
         run_id = t.user_attrs[TrialKey.RUN]
         if run_id not in session.closed_runs:
             session.mirror.lost_trial_closed(run_id, t.user_attrs.get(TrialKey.FAILURE))

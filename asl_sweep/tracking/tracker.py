@@ -97,6 +97,7 @@ class Tracker:
         self.artifact_root = workspace.artifacts
         self.client.search_experiments(max_results=1)  # creates or migrates the store now
         self._repos: dict[str, Any] = {}
+        self._uris: dict[str, str] = {}  # runs this process made: their artifact location
 
     def _artifacts(self, run_id: str) -> Any:
         """The run's artifact repository, its location read once per run: MLflow's client
@@ -108,7 +109,7 @@ class Tracker:
                 get_artifact_repository,
             )
 
-            uri = self.client.get_run(run_id).info.artifact_uri
+            uri = self._uris.pop(run_id, None) or self.client.get_run(run_id).info.artifact_uri
             repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
             if not self.tracking_uri.startswith("sqlite"):
                 repo = Retrying(repo, self._store)
@@ -197,14 +198,23 @@ class Tracker:
         all_tags = {k: str(v) for k, v in tags.items() if v is not None}
         if parent:
             all_tags[PARENT] = parent
-        return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+        info = self.client.create_run(experiment_id, run_name=name, tags=all_tags).info
+        if len(self._uris) >= 256:  # runs made and never given an artifact (pruned ones)
+            self._uris.pop(next(iter(self._uris)))
+        self._uris[info.run_id] = info.artifact_uri  # its artifacts: no read of the run later
+        return info.run_id
 
     def rename(self, run_id: str, name: str) -> None:
         self.client.update_run(run_id, name=name)
 
-    def end(self, run_id: str, status: str = "FINISHED", **tags: str) -> None:
-        if tags:
-            self.set_tags(run_id, **tags)
+    def end(self, run_id: str, status: str = "FINISHED",
+            metrics: dict[str, float] | None = None, **tags: str) -> None:
+        """The run ended with `status`; its last metrics and tags in the same batch."""
+        if tags or metrics:
+            ts = _now_ms()
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0)
+                                                   for k, v in (metrics or {}).items()],
+                                  tags=[RunTag(k, str(v)) for k, v in tags.items()])
         self.client.set_terminated(run_id, status=status)
 
     # ------------------------------------------------------------ logging
