@@ -36,6 +36,7 @@ class Session:
     say: Callable[[str], None] = print  # the study's and its stages' lines
     results: list[StageResult] = field(default_factory=list)
     bars: bool = False  # a progress bar per trial (a terminal, one worker)
+    workers_seen: int = 1  # the most workers this process has seen on one of its stages
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
     lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: next look (monotonic)
 

@@ -314,12 +314,16 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
 
 class Requeue:
     """Queue a failed trial again with the same parameters and role, at most MAX_RETRY times
-    (a trial whose worker died, or one stopped by a signal or a fault)."""
+    (a trial whose worker died, or one stopped by a signal or a fault), once: the worker
+    that failed it and another that found it failed with no retry yet may both get here,
+    and the claim lets one of them queue it (two retries would train it twice)."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
         if len(history) > MAX_RETRY:
             log.warning("trial %s failed %d times; not retried again", history[0], len(history))
+            return
+        if not claim(study, f"retry_of_{trial.number}"):
             return
         system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k == FIXED_PARAMS},
                         FAILED_TRIAL: history[0], RETRY_HISTORY: history}

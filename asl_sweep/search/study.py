@@ -370,7 +370,7 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
             if over:
                 release_unused(study)
             return
-        idle.wait()  # other workers still run trials of this stage
+        idle.wait(session, trials)  # other workers still run trials of this stage
 
 
 def _baselines(t: FrozenTrial) -> bool:
@@ -521,19 +521,18 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
             idle.reset()
             finished = run_one(study, runner.objective, trials=trials)
         elif any(t.state == TrialState.RUNNING for t in trials):
-            idle.wait()
+            idle.wait(session, trials)
         else:
             return
 
 
 class Idle:
     """The pause of a worker with nothing to run while others finish theirs: 1 s, doubling
-    up to MAX_S while it stays idle, a little jittered. Each look reads the stores, and 64
-    idle workers looking every second kept the storage proxy busy with nothing else; the
-    worker that finishes a race's round queues the next and runs it at once, so the others
-    joining a few seconds later costs little."""
-
-    MAX_S = 8.0
+    while it stays idle up to 4 s, or, with many workers, up to half a second a worker (30 s
+    at most), a little jittered. Each look reads the stores: all the workers together look
+    about twice a second however many there are (64 looking every second kept the storage
+    proxy busy with nothing else). The worker that finishes a race's round queues the next
+    and runs it at once, so the others joining later costs little."""
 
     def __init__(self) -> None:
         self.seconds = 1.0
@@ -541,10 +540,14 @@ class Idle:
     def reset(self) -> None:
         self.seconds = 1.0
 
-    def wait(self) -> None:
+    def wait(self, session: Session, trials: list[FrozenTrial]) -> None:
+        """Pause; `trials` (just read) tell how many workers the study has (the most this
+        process has seen of its stages)."""
         signals.check()
         time.sleep(self.seconds * (0.75 + 0.5 * random.random()))
-        self.seconds = min(self.MAX_S, self.seconds * 2)
+        session.workers_seen = max(session.workers_seen,
+                                   len({t.user_attrs.get(TrialKey.WORKER) for t in trials}))
+        self.seconds = min(max(4.0, min(30.0, session.workers_seen / 2)), self.seconds * 2)
 
 
 # How often a worker between trials looks for trials whose worker died: a silent one is dead
@@ -556,12 +559,15 @@ LOOK_S = GRACE_S / 2
 
 def _close_lost_runs(session: Session, study: optuna.Study) -> None:
     """Trials whose worker died without a word: queued again, and said so in MLflow instead
-    of leaving RUNNING. Looked for at most every LOOK_S (jittered) per stage and process."""
+    of leaving RUNNING. Looked for at most every LOOK_S (jittered) per stage and process, or
+    half a second a worker where there are many (all of them together about twice a
+    second)."""
     now = time.monotonic()
     first = study.study_name not in session.lost_looked
     if now < session.lost_looked.get(study.study_name, now):
         return
-    session.lost_looked[study.study_name] = now + LOOK_S * (0.75 + 0.5 * random.random())
+    every = max(LOOK_S, min(2 * GRACE_S, session.workers_seen / 2))  # many: each less often
+    session.lost_looked[study.study_name] = now + every * (0.75 + 0.5 * random.random())
     for t in fail_dead_trials(study, every=first):
         run_id = t.user_attrs[TrialKey.RUN]
         if run_id not in session.closed_runs:
