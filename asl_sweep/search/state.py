@@ -306,7 +306,11 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        # Who took it, at once: a trial whose worker is gone is found and queued again.
+        # Its first heartbeat and who took it, at once: a trial whose worker is gone is found
+        # and queued again (Optuna fails only trials that have beaten; one that has neither
+        # beaten nor said who took it is found by its silence, fail_dead_trials).
+        if keeps_heartbeats(storage):
+            storage.record_heartbeat(trial_id_of(t))
         storage.set_trial_user_attr(trial_id_of(t), TrialKey.WORKER, worker_id())
         return optuna.Trial(study, trial_id_of(t))
     return None
@@ -314,16 +318,14 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
 
 class Requeue:
     """Queue a failed trial again with the same parameters and role, at most MAX_RETRY times
-    (a trial whose worker died, or one stopped by a signal or a fault), once: the worker
-    that failed it and another that found it failed with no retry yet may both get here,
-    and the claim lets one of them queue it (two retries would train it twice)."""
+    (a trial whose worker died, or one stopped by a signal or a fault). Called by the one
+    process that failed it (the storage's state change is one process's alone), or by
+    `_queue_lost` for one whose failer died before queueing it."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
         if len(history) > MAX_RETRY:
             log.warning("trial %s failed %d times; not retried again", history[0], len(history))
-            return
-        if not claim(study, f"retry_of_{trial.number}"):
             return
         system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k == FIXED_PARAMS},
                         FAILED_TRIAL: history[0], RETRY_HISTORY: history}
@@ -465,15 +467,25 @@ def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTria
         trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retries_of(t)}
     lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
-    queued = [t for t in lost if t.number not in retried]
-    for t in queued:
-        Requeue()(study, t)
+    queued = [t for t in lost if t.number not in retried and _queue_lost(study, t, now)]
     if not every:  # what this call found: its MLflow runs may still be open
         return [t for t in queued if t.user_attrs.get(TrialKey.RUN)]
     # A trial that stopped while the tracking server was away could not close its run.
     stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
         TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]
     return [t for t in lost + stopped if t.user_attrs.get(TrialKey.RUN)]
+
+
+def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:
+    """A trial failed with no word on why and never queued again: its failer died between
+    the two (it queues at once, so one failed GRACE_S ago is lost). Queued by the one
+    process that claims it: two that found it at once would each queue a retry, and the
+    trial would train twice."""
+    failed = t.datetime_complete.timestamp() if t.datetime_complete else now
+    if now - failed < GRACE_S or not claim(study, f"retry_of_{t.number}"):
+        return False
+    Requeue()(study, t)
+    return True
 
 
 def mirrors_decision(trials: list[FrozenTrial]) -> bool:

@@ -21,9 +21,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import GateNotReached
+from asl_sweep.runtime.errors import GateNotReached, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.evaluation import final_score
+from asl_sweep.search.optuna_api import storage_of, trial_id_of
 from asl_sweep.search.progress import StageProgress, shown_settings
 from asl_sweep.search.reuse import forget_runs
 from asl_sweep.search.selection import (
@@ -47,6 +48,8 @@ from asl_sweep.search.state import (
     GRACE_S,
     SEARCH_ROLES,
     ConfirmPlan,
+    Failure,
+    Requeue,
     Role,
     StageKey,
     SummaryKey,
@@ -397,8 +400,9 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
         frozen = study.tell(trial, state=TrialState.PRUNED)
     except TrialFailed:
         frozen = study.tell(trial, state=TrialState.FAIL)
-    except BaseException:
+    except BaseException as e:
         try:
+            _stopped_before_training(study, trial, e)
             study.tell(trial, state=TrialState.FAIL)
         except Exception:  # the store itself may be what failed: the first error stands
             pass
@@ -406,6 +410,18 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
     else:
         frozen = study.tell(trial, value)
     return frozen
+
+
+def _stopped_before_training(study: optuna.Study, trial: optuna.Trial,
+                             error: BaseException) -> None:
+    """A trial stopped before its training's own policy saw it (trial.TrialRunner._train
+    queues what it stops): queued again here, with why."""
+    if TrialKey.FAILURE in storage_of(study).get_trial_user_attrs(trial_id_of(trial)):
+        return
+    why = (Failure.INTERRUPTED if isinstance(error, KeyboardInterrupt | SystemExit)
+           else Failure.STOPPED if environment_fault(error) is not None else Failure.CRASHED)
+    trial.set_user_attr(TrialKey.FAILURE, why)
+    Requeue()(study, storage_of(study).get_trial(trial_id_of(trial)))
 
 
 def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,

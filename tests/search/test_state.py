@@ -123,3 +123,19 @@ def test_keys_are_stored_as_plain_strings(store):
     assert storage.get_study_system_attrs(storage.get_study_id_from_name("s")) == {
         "asl_sweep:budget": 3}
     assert state.read(study) == {"budget": 3}
+
+
+def test_a_failed_trial_is_queued_again_once_however_many_find_it(store, monkeypatch):
+    """A trial failed with no word and no retry (its failer died between the two) is queued
+    again by the one process that claims it: each finder queued one before, and the trial
+    trained twice (the 64-worker fleet, 2 trials a stage)."""
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 1)
+    study.tell(take_waiting(study), state=optuna.trial.TrialState.FAIL)
+    assert state.fail_dead_trials(study) == []  # within its grace its failer may queue it
+    assert len(study.get_trials()) == 1
+    monkeypatch.setattr(state, "GRACE_S", 0)
+    for _ in range(3):  # three workers' looks
+        state.fail_dead_trials(study)
+    retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state.name == "WAITING"
