@@ -46,6 +46,7 @@ from asl_sweep.search.space import decode_params, encode_params
 from asl_sweep.search.stageview import StageView
 from asl_sweep.search.state import (
     GRACE_S,
+    HEARTBEAT_S,
     SEARCH_ROLES,
     ConfirmPlan,
     Failure,
@@ -566,11 +567,11 @@ class Idle:
         self.seconds = min(max(4.0, min(30.0, session.workers_seen / 2)), self.seconds * 2)
 
 
-# How often a worker between trials looks for trials whose worker died: a silent one is dead
-# only after GRACE_S anyway, and 64 workers looking every few seconds were most of the
-# storage's load. The first look of a process is at once (a rerun after kill -9 need not
-# wait).
-LOOK_S = GRACE_S / 2
+# How often a worker between trials looks for trials whose worker died: every heartbeat with
+# a few workers, less often with many (64 workers looking every few seconds were most of the
+# storage's load; a silent one is dead only after GRACE_S anyway). The first look of a
+# process is at once (a rerun after kill -9 need not wait).
+LOOK_S = HEARTBEAT_S
 
 
 def _close_lost_runs(session: Session, study: optuna.Study) -> None:

@@ -263,16 +263,14 @@ def test_mlflow_models_serve_answers_integers_floats_and_other_sizes(exported, t
         server.wait(30)
 
 
-def test_export_says_what_it_wrote_and_mlflow_says_nothing(tmp_path, capfd):
+def test_export_says_what_it_wrote_and_mlflow_says_nothing(exported, tmp_path, capfd):
     """MLflow printed 'Successfully registered model ...' and "Created version '1' ..." past
     every logging level; asl-sweep's own lines say what was registered."""
-    run_and_export(tmp_path, (
-        "study: quiet\n"
-        "data: {synthetic: {per_class: 12}, image_size: 16}\n"
-        "base: {hidden: [16], epochs: 2, batch_size: 16, device: cpu}\n"
-        "stages:\n"
-        "  - {name: s, trials: 1, sampler: random, confirm: null, space: {lr: [0.003]}}\n"))
+    _, ws, out = exported
+    capfd.readouterr()
+    assert main(["export", str(out.parent / "study.yaml"), "--home", str(ws.home),
+                 "--format", "mlflow", "--out", str(tmp_path / "again")]) == 0
     said = capfd.readouterr()
-    assert "asl-sweep-quiet" in said.out
+    assert "models:/asl-sweep-tiny/" in said.out
     assert "Successfully registered" not in said.out + said.err
     assert "Created version" not in said.out + said.err

@@ -113,29 +113,10 @@ def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
-    # The server's library deprecation notes stay out of the terminal.
-    assert "DeprecationWarning" not in (tmp_path / "ui.err").read_text()
-
-
-def test_ui_says_nothing_of_flags_it_does_not_have(write_study, tmp_path):
-    """MLflow's server printed 'Security middleware ... use --host 0.0.0.0 and configure
-    --allowed-hosts' on every `asl-sweep ui`: flags asl-sweep's ui does not have."""
-    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
-                                    "space": {"lr": [3e-3]}}]})
-    home = tmp_path / "mlruns"
-    assert main(["run", str(path), "--home", str(home)]) == 0
-    port, err = free_port(), tmp_path / "ui.err"
-    server = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "ui", "--home", str(home),
-                               "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=err.open("w"), text=True, start_new_session=True)
-    try:
-        line = server.stdout.readline()
-        while not line.startswith("MLflow UI:") and server.poll() is None:
-            line = server.stdout.readline()
-        assert line.startswith("MLflow UI:"), err.read_text()
-        urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=5)  # localhost answers
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    said = err.read_text()
+    # The server's library deprecation notes stay out of the terminal, and so does MLflow's
+    # note on flags asl-sweep's ui does not have ("Security middleware ... use --host
+    # 0.0.0.0 and configure --allowed-hosts", issue 33).
+    said = (tmp_path / "ui.err").read_text()
+    assert "DeprecationWarning" not in said
     assert "Security middleware" not in said and "--allowed-hosts" not in said, said
+
