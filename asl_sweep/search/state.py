@@ -191,7 +191,7 @@ def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(pause)
-        pause = min(2.0, pause * 2)
+        pause = min(1.0, pause * 2)
     return True
 
 

@@ -461,7 +461,7 @@ def _waited_for(study: optuna.Study, name: str, key: str) -> bool:
     """Whether `key`, which the holder of claim `name` writes, appears: False once the holder
     is a process of this machine that is gone, or after 60 s without it (then this process
     does it itself)."""
-    deadline, pause = time.monotonic() + 60.0, 0.5
+    deadline, pause = time.monotonic() + 60.0, 0.25
     while time.monotonic() < deadline:
         if key in read(study):
             return True
@@ -469,7 +469,7 @@ def _waited_for(study: optuna.Study, name: str, key: str) -> bool:
         if holder is not None and gone_here(holder):
             return False
         time.sleep(pause)
-        pause = min(4.0, pause * 2)
+        pause = min(2.0, pause * 2)
     return key in read(study)
 
 
