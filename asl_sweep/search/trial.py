@@ -121,14 +121,15 @@ class TrialRunner:
         # take long on a loaded server, and a trial silent for GRACE_S is failed and queued
         # again by other workers.
         with beating(self.study, trial_id_of(trial)):
-            plan = self.plan(trial, frozen_of(trial))
+            frozen = frozen_of(trial)  # as it was taken: its role, repeat, retry history
+            plan = self.plan(trial, frozen)
             key = self.training_key(plan)
             if key is not None:
                 before = self._on_record(key, plan)
                 if before is not None:
                     return self._reuse(trial, plan, before)
-            run = self._open_run(trial, plan)
-            result = self._train(trial, plan, run, frozen_of(trial))
+            run = self._open_run(trial, plan, frozen)
+            result = self._train(trial, plan, run, frozen)
             if key is not None and result.checkpoint is not None:
                 remember(self.session.record, key, {
                     "trained_by": f"stage {self.stage.name}, trial {plan.number}",
@@ -234,15 +235,15 @@ class TrialRunner:
         trial.set_user_attr(TrialKey.DECIDED_BY, decided)
         return decided
 
-    def _open_run(self, trial: optuna.Trial, plan: Plan) -> TrialRun:
+    def _open_run(self, trial: optuna.Trial, plan: Plan, frozen: FrozenTrial) -> TrialRun:
         """The trial's MLflow run, its id on the trial."""
-        origin = self.number_offset + origin_of(frozen_of(trial))
+        origin = self.number_offset + origin_of(frozen)
         tags = {"stage": self.stage.name, "trial_number": str(plan.number),
                 "optuna_study": self.study.study_name, "optuna_trial": str(trial.number),
                 "role": plan.role, "repeat": str(plan.repeat), "fold": str(plan.fold),
                 "seed": str(plan.cfg.seed),
                 **({"retry_of": origin} if origin != plan.number else {}),
-                **({"confirms": frozen_of(trial).user_attrs[TrialKey.CONFIRMS]}
+                **({"confirms": frozen.user_attrs[TrialKey.CONFIRMS]}
                    if plan.role == Role.CONFIRM else {})}
         decided = self._describe(trial, plan)
         run = self.session.mirror.trial_opened(plan.name, self.stage_run, plan.cfg, tags,
