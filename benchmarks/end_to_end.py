@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from asl_sweep.results.readback import read_final, read_stages
@@ -76,7 +77,21 @@ def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
             "epochs": epochs, "wall_s": round(wall, 1),
             "confirmation_s": round(sum(s["confirm_s"] for s in stages), 1),
             "final_test": final["summary"], "final_test_mean": round(final["mean"], 4),
-            "final_test_std": round(final["std"], 4), "stages": stages}
+            "final_test_std": round(final["std"], 4), "people": people_figures(final),
+            "stages": stages}
+
+
+def people_figures(final: dict) -> dict | None:
+    """The final configuration's per-person test accuracy (mean over its repeats): mean,
+    25th percentile, median and worst, and the worst five people."""
+    rows = final.get("breakdown", {}).get("by_person", [])
+    if not rows:
+        return None
+    acc = np.asarray([r["accuracy"] for r in rows])
+    return {"people": len(rows), "mean": round(float(acc.mean()), 4),
+            "q25": round(float(np.quantile(acc, 0.25)), 4),
+            "median": round(float(np.median(acc)), 4), "worst": round(float(acc.min()), 4),
+            "worst_five": [(r["person"], round(r["accuracy"], 3)) for r in rows[:5]]}
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from asl_sweep.settings.config import AugmentConfig
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Augment float [B, C, H, W] in [0, 1]: crop, shift, rotate, mirror and TrivialAugment's
-    geometric ops in one warp; then TrivialAugment's pixel ops, colour jitter, blur, erasing."""
+    """Augment float [B, C, H, W] in [0, 1]: crop, zoom out, shift, rotate, mirror,
+    perspective and TrivialAugment's geometric ops in one warp; then TrivialAugment's pixel ops, colour jitter, blur, erasing."""
     b, _, h, w = x.shape
     warp = None
 
@@ -24,6 +24,10 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
 
     if cfg.crop_scale < 1:
         then(geometry.draw_crop(b, cfg.crop_scale, cfg.crop_ratio, generator))
+    if cfg.zoom_out > 1:
+        r = 1 + torch.rand(b, generator=generator) * (cfg.zoom_out - 1)
+        at = torch.rand(2, b, generator=generator)
+        then(geometry.zoom_out(r, at[0], at[1]))
     if cfg.translate > 0:
         d = (torch.rand(2, b, generator=generator) * 2 - 1) * cfg.translate
         then(geometry.shift(d[0], d[1]))
@@ -33,6 +37,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
         then(geometry.rotation(angles, mirror))
     elif mirror is not None and warp is not None:
         then(geometry.rotation(torch.zeros(b), mirror))
+    if cfg.perspective > 0:
+        then(geometry.draw_perspective(b, cfg.perspective, generator))
     ops = trivial.draw(b, cfg.trivial, generator) if cfg.trivial > 0 else None
     if ops is not None:
         then(trivial.matrices(*ops))

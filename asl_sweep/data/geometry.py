@@ -1,5 +1,7 @@
-"""Geometric augmentation as one warp of a whole batch: each image's crop, shift, rotation,
-mirror and shear are 3x3 matrices composed into one, applied by one grid_sample.
+"""Geometric augmentation as one warp of a whole batch: each image's crop, zoom-out, shift,
+rotation, mirror, shear and perspective are 3x3 matrices composed into one, applied by one
+grid_sample (a perspective makes the matrix projective: the grid is divided by its third
+coordinate).
 
 A matrix maps an output position to the input position it samples, in grid_sample's
 normalized coordinates ([-1, 1] across the image, align_corners=False, y pointing down), so
@@ -69,6 +71,44 @@ def shear(mx: torch.Tensor, my: torch.Tensor) -> torch.Tensor:
     return _linear(one, mx.float(), my.float(), one)
 
 
+def zoom_out(ratio: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor) -> torch.Tensor:
+    """Shrink each image by `ratio` (>= 1, a side of the result holds `ratio` sides of
+    the image) onto a canvas filled with 0, placed at fractions fx, fy of the free room
+    (0 = left/top, 1 = right/bottom), canvas resized to the image's size: torchvision's
+    RandomZoomOut followed by a resize back."""
+    r = ratio.float()
+    zero = torch.zeros_like(r)
+    return _linear(r, zero, zero, r, (r - 1) * (1 - 2 * fx.float()), (r - 1) * (1 - 2 * fy.float()))
+
+
+def perspective(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """The projective map that moves each image's four points `start` [B, 4, 2] to `end`
+    (normalized coordinates, x then y): the output at `end` shows the input at `start`, as
+    torchvision's perspective(img, startpoints, endpoints)."""
+    b = start.shape[0]
+    u, v = end[..., 0].double(), end[..., 1].double()  # output points
+    x, y = start[..., 0].double(), start[..., 1].double()  # where they sample
+    one, zero = torch.ones_like(u), torch.zeros_like(u)
+    rows_x = torch.stack([u, v, one, zero, zero, zero, -u * x, -v * x], -1)
+    rows_y = torch.stack([zero, zero, zero, u, v, one, -u * y, -v * y], -1)
+    a = torch.cat([rows_x, rows_y], 1)  # [B, 8, 8]
+    coeffs = torch.linalg.solve(a, torch.cat([x, y], 1))
+    return torch.cat([coeffs, torch.ones(b, 1, dtype=coeffs.dtype)], 1).view(b, 3, 3).float()
+
+
+def draw_perspective(b: int, distortion: float, generator: torch.Generator,
+                     p: float = 0.5) -> torch.Tensor:
+    """RandomPerspective's draw, batched: with probability p an image's corners move inward
+    by up to `distortion` x half a side each, independently (torchvision draws whole
+    pixels; this draws continuously); the others keep the identity."""
+    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    inward = -corners  # the direction each corner moves in
+    move = torch.rand(b, 4, 2, generator=generator) * distortion
+    on = (torch.rand(b, generator=generator) < p).float().view(b, 1, 1)
+    end = corners + inward * move * on
+    return perspective(corners.expand(b, -1, -1), end)
+
+
 def warp(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     """Sample float [B, C, H, W] through per-image matrices; outside the image reads 0.
     Images whose matrix is the identity are left as they are, not resampled."""
@@ -86,11 +126,15 @@ def warp(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 def _sample(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     b, _, h, w = x.shape
     m = matrices.to(x.device, x.dtype)
+    base = _base_grid(h, w, x.device, x.dtype).expand(b, -1, -1)
     # The grid as one batched product with the identity grid: what affine_grid computes,
     # in about half its time on a CPU.
-    grid = torch.baddbmm(m[:, :2, 2].unsqueeze(1), _base_grid(h, w, x.device, x.dtype)
-                         .expand(b, -1, -1), m[:, :2, :2].transpose(1, 2)).view(b, h, w, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = torch.baddbmm(m[:, :2, 2].unsqueeze(1), base, m[:, :2, :2].transpose(1, 2))
+    if (m[:, 2, :2] != 0).any():  # projective: divide by the third coordinate
+        third = torch.baddbmm(m[:, 2:, 2].unsqueeze(1), base, m[:, 2:, :2].transpose(1, 2))
+        grid = grid / third
+    return F.grid_sample(x, grid.view(b, h, w, 2), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
 def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:

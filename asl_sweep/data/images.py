@@ -31,9 +31,9 @@ def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> Im
     unchanged. The built-in set is drawn by asl_sweep.data.synthetic."""
     if cfg.root is None:
         s = cfg.synthetic
-        digest = synthetic_digest(s.per_class, s.signers, s.seed)
+        digest = synthetic_digest(s.per_class, s.signers, s.seed, s.kind)
         return _cached(cache_dir, digest, size,
-                       lambda: make_synthetic(s.per_class, size, s.seed, s.signers), log)
+                       lambda: make_synthetic(s.per_class, size, s.seed, s.signers, s.kind), log)
     files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
     digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image)
     return _cached(cache_dir, digest, size, lambda: decode_folder(

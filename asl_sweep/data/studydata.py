@@ -36,6 +36,7 @@ class SplitData:
     train_index: np.ndarray  # global image indices, for the record and for checks
     val_index: np.ndarray
     fold: int = 0
+    val_people: torch.Tensor | None = None  # each validation image's person (an int code)
 
     @property
     def image_size(self) -> int:
@@ -56,7 +57,8 @@ class SplitData:
         dev = idx.to(self.x_train.device)
         return SplitData(self.x_train[dev], self.y_train[dev], self.x_val, self.y_val,
                          self.classes, self.x_pool, self.pool_key, self.train_pos[idx],
-                         self.val_pos, self.train_index[keep], self.val_index, self.fold)
+                         self.val_pos, self.train_index[keep], self.val_index, self.fold,
+                         self.val_people)
 
 
 @dataclass
@@ -78,6 +80,8 @@ class StudyData:
         self.labels = base.labels.numpy()
         pattern = GROUP_PATTERN if cfg.root is None else cfg.group_pattern
         self.groups = np.asarray(groups_of(base.names, pattern)) if pattern else None
+        self._codes = (None if self.groups is None
+                       else np.unique(self.groups, return_inverse=True)[1].astype(np.int64))
         self.splits: Splits = make_splits(self.labels, self.classes, cfg.val_fraction,
                                           cfg.test_fraction, cfg.seed, self.groups)
         self.pool = self.splits.pool
@@ -104,9 +108,11 @@ class StudyData:
             train_pos = torch.from_numpy(self._pool_pos[train])
             val_pos = torch.from_numpy(self._pool_pos[val])
             tp, vp = train_pos.to(self.device), val_pos.to(self.device)
+            people = (None if self._codes is None
+                      else torch.from_numpy(self._codes[val]).to(self.device))
             self._folds[key] = SplitData(x_pool[tp], y_pool[tp], x_pool[vp], y_pool[vp],
                                          self.classes, x_pool, self.pool_key(size), train_pos,
-                                         val_pos, train, val, key[1])
+                                         val_pos, train, val, key[1], people)
             while len(self._folds) > 4:  # a few folds stay on the device, not all of them
                 self._folds.popitem(last=False)
         return self._folds[key]

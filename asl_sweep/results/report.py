@@ -29,7 +29,7 @@ from asl_sweep.search import (
     optuna_storage,
     role_of,
 )
-from asl_sweep.settings.config import METRICS
+from asl_sweep.settings.config import CURVE_METRICS
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.tracking.plots import (
     plot_confusion,
@@ -92,7 +92,7 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
     if cfg.description:
         doc.p(cfg.description)
     data = cfg.data
-    doc.p(f"Data: {data.root or 'built-in synthetic letters A-I'}, {data.image_size}px; "
+    doc.p(f"Data: {data.root or f'built-in synthetic {data.synthetic.kind} (letters A-I)'}, {data.image_size}px; "
           f"test {data.test_fraction}, validation {data.val_fraction}, split seed {data.seed}, "
           + ("person-disjoint" if data.root is None or data.group_pattern
              else "stratified by class") + f". Generated {datetime.now():%Y-%m-%d %H:%M}.")
@@ -208,7 +208,7 @@ def _curves(doc: Doc, view: StageView, tracker: Tracker, prefix: Path,
                      *((f"human (trial {s.number})", s) for s in seeds[:1])]:
         run_id = t.user_attrs.get(TrialKey.RUN)
         if run_id and label not in runs:
-            history = {k: tracker.metric_history(run_id, k) for k in METRICS}
+            history = {k: tracker.metric_history(run_id, k) for k in CURVE_METRICS}
             runs[label] = ([m.step for m in history["val_acc"]],
                            {k: [m.value for m in v] for k, v in history.items()})
     if runs:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from asl_sweep.search.selection import StageResult
-from asl_sweep.settings.config import METRICS, TrainConfig
+from asl_sweep.settings.config import CURVE_METRICS, METRICS, TrainConfig
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 from asl_sweep.settings.studyfile import dump_resolved
 from asl_sweep.tracking.tracker import Tracker
@@ -130,7 +130,7 @@ class Mirror:
             return
         from asl_sweep.tracking.plots import plot_curves  # matplotlib: when a stage ends
 
-        history = {k: self.tracker.metric_history(result.run_id, k) for k in METRICS}
+        history = {k: self.tracker.metric_history(result.run_id, k) for k in CURVE_METRICS}
         with tempfile.TemporaryDirectory() as tmp:
             png = plot_curves([m.step for m in history["val_acc"]],
                               {k: [m.value for m in v] for k, v in history.items()},
@@ -225,7 +225,7 @@ class Mirror:
             from asl_sweep.tracking.plots import plot_curves  # matplotlib where a PNG is drawn
 
             png = plot_curves([h.epoch for h in history],
-                              {k: [getattr(h, k) for h in history] for k in METRICS},
+                              {k: [getattr(h, k) for h in history] for k in CURVE_METRICS},
                               run_dir / "curves.png", title)
             self.tracker.log_artifacts(run_id, [png])
         if result.checkpoint is not None and result.checkpoint.exists():

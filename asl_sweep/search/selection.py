@@ -28,7 +28,8 @@ from asl_sweep.settings.spec import ConfirmConfig, StageConfig
 
 # The metric that breaks ties between trials that reached a stage's target.
 SECONDARY = {"train_acc": "val_acc", "val_acc": "train_acc",
-             "val_loss": "val_acc", "train_loss": "val_acc"}
+             "val_loss": "val_acc", "train_loss": "val_acc", "val_person_mean": "val_acc",
+             "val_person_q25": "val_person_mean", "val_person_worst": "val_person_mean"}
 MIN_GAIN_FLOOR = 0.005  # half an accuracy point
 
 

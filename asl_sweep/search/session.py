@@ -57,8 +57,9 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
     # Other data settings than the study's: refused, here.
     record, created = bind(storage, cfg, say)
     check_digest(record, cfg, data.digest)
-    source = cfg.data.root or (f"built-in synthetic letters ({cfg.data.synthetic.per_class}"
-                               f"/class, {cfg.data.synthetic.signers} signers)")
+    syn = cfg.data.synthetic
+    source = cfg.data.root or (f"built-in synthetic {syn.kind} ({syn.per_class}"
+                               f"/class, {syn.signers} signers)")
     say(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
         f"({loaded:.1f}s)")
     mirror = Mirror(tracker)

@@ -11,8 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-METRICS = ("val_acc", "train_acc", "val_loss", "train_loss")
-Metric = Literal["val_acc", "train_acc", "val_loss", "train_loss"]
+METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "val_person_mean",
+           "val_person_q25", "val_person_worst")
+# val_person_*: over the validation people, each person's accuracy counted once (their
+# mean, 25th percentile, worst); where images have no people, equal to val_acc.
+CURVE_METRICS = METRICS[:4]  # what the learning-curve plots draw
+Metric = Literal["val_acc", "train_acc", "val_loss", "train_loss", "val_person_mean",
+                 "val_person_q25", "val_person_worst"]
 Direction = Literal["maximize", "minimize"]
 # The backbones asl_sweep.models.backbones registers (a test holds the two lists equal).
 Backbone = Literal["alexnet", "mobilenet_v2", "resnet18"]
@@ -28,6 +33,10 @@ class SyntheticConfig(Strict):
     per_class: int = Field(60, ge=2, description="images per letter")
     signers: int = Field(24, ge=3, description="synthetic people, each with a style")
     seed: int = Field(0, description="draws the signers' styles and the images")
+    kind: Literal["letters", "people"] = Field(
+        "letters", description="letters: upright letters in each signer's ink and slant (the "
+        "first set); people: signers who differ as people do (pose up to sideways, distance "
+        "with the forearm in view, position, handedness, lighting), a quarter unlike the rest")
 
 
 class DataConfig(Strict):
@@ -74,7 +83,8 @@ class DataConfig(Strict):
 class AugmentConfig(Strict):
     """Training-time augmentation, every one off by default and each a searchable setting.
     Applied to whole batches on the data's device, in this order: one geometric warp (random
-    resized crop, translation, rotation, mirror, TrivialAugment's shears/shifts/rotations),
+    resized crop, zoom-out, translation, rotation, mirror, perspective, TrivialAugment's
+    shears/shifts/rotations),
     TrivialAugment's pixel ops, colour jitter, blur, random erasing; then mixup or cutmix of
     the batch. Exported models never augment."""
 
@@ -90,6 +100,13 @@ class AugmentConfig(Strict):
     crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="the crop's aspect "
                                             "ratio range, drawn log-uniform")
     translate: float = Field(0.0, ge=0.0, le=0.5, description="max shift, fraction of a side")
+    zoom_out: float = Field(1.0, ge=1.0, le=4.0, description="random zoom-out: each image "
+                            "shrunk by a side ratio drawn from [1, zoom_out] onto a canvas "
+                            "filled with black, placed anywhere, resized back (a hand far "
+                            "from the camera); 1 = off")
+    perspective: float = Field(0.0, ge=0.0, le=1.0, description="random perspective with "
+                               "p=0.5: each corner moves inward by up to this fraction of "
+                               "half a side; 0 = off")
     brightness: float = Field(0.0, ge=0.0, le=1.0, description="colour jitter: a factor "
                               "drawn from [max(0, 1-s), 1+s]; 0 = off")
     contrast: float = Field(0.0, ge=0.0, le=1.0, description="colour jitter, as brightness")
@@ -107,7 +124,8 @@ class AugmentConfig(Strict):
         """Whether any single image is changed (copies alone only repeat images; mixing
         combines images of a batch and is not a transform of one)."""
         return (self.rotation > 0 or self.flip or self.blur_kernel > 1 or self.crop_scale < 1
-                or self.translate > 0 or self.jitter or self.erase > 0 or self.trivial > 0)
+                or self.translate > 0 or self.jitter or self.erase > 0 or self.trivial > 0
+                or self.zoom_out > 1 or self.perspective > 0)
 
     @property
     def jitter(self) -> bool:

@@ -32,7 +32,10 @@ from matplotlib.figure import Figure  # noqa: E402  (after its config folder is 
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 LABELS = {"val_acc": "validation accuracy", "train_acc": "training accuracy",
-          "val_loss": "validation loss", "train_loss": "training loss"}
+          "val_loss": "validation loss", "train_loss": "training loss",
+          "val_person_mean": "mean accuracy over validation people",
+          "val_person_q25": "25th-percentile validation person's accuracy",
+          "val_person_worst": "worst validation person's accuracy"}
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 

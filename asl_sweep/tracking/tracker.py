@@ -34,7 +34,8 @@ from asl_sweep.tracking.views import (
 )
 
 PARENT = "mlflow.parentRunId"
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "images_per_s")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_person_mean",
+                 "val_person_q25", "val_person_worst", "images_per_s")
 
 
 def _now_ms() -> int:

@@ -39,6 +39,11 @@ class EpochStats:
     val_acc: float
     seconds: float
     images_per_s: float
+    # Over the validation people (where the images have people; else equal to val_acc):
+    # the mean of their accuracies, their 25th percentile, and the worst person's.
+    val_person_mean: float = float("nan")
+    val_person_q25: float = float("nan")
+    val_person_worst: float = float("nan")
 
     def metric(self, name: str) -> float:
         return float(getattr(self, name))
@@ -107,17 +112,41 @@ def input_spec(data: SplitData) -> InputSpec:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              amp: torch.dtype | None = None) -> tuple[float, float]:
     """Mean loss and accuracy of `model` on uint8 images (or float features) x."""
+    loss, hits = _scored(model, x, y, amp)
+    return loss, hits.float().mean().item() if len(y) else 0.0
+
+
+def _scored(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            amp: torch.dtype | None) -> tuple[float, torch.Tensor]:
+    """Mean loss, and per image whether the prediction is right (on the device)."""
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss = torch.zeros((), device=y.device)
+    hits = []
     with torch.inference_mode(), torch.autocast(x.device.type, amp, enabled=amp is not None):
         for start in range(0, len(y), EVAL_BATCH):
             xb = x[start:start + EVAL_BATCH]
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb
             logits = model(xb).float()
             yb = y[start:start + EVAL_BATCH]
-            total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
-            correct += (logits.argmax(1) == yb).sum().item()
-    return total_loss / max(1, len(y)), correct / max(1, len(y))
+            total_loss += F.cross_entropy(logits, yb, reduction="sum")
+            hits.append(logits.argmax(1) == yb)
+    right = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=y.device)
+    return total_loss.item() / max(1, len(y)), right
+
+
+def person_scores(right: torch.Tensor, people: torch.Tensor | None) -> tuple[float, float, float]:
+    """(mean, 25th percentile, worst) of per-person accuracy: `right` says per image whether
+    it was classified right, `people` its person as an integer code (None: every image is
+    its own unit, so the three are the pooled accuracy)."""
+    if people is None or len(right) == 0:
+        acc = right.float().mean().item() if len(right) else 0.0
+        return acc, acc, acc
+    _, inverse = torch.unique(people, return_inverse=True)
+    n = int(inverse.max()) + 1
+    count = torch.zeros(n, device=right.device).index_add_(0, inverse, torch.ones_like(right, dtype=torch.float32))
+    good = torch.zeros(n, device=right.device).index_add_(0, inverse, right.float())
+    per = (good / count).cpu()
+    return per.mean().item(), torch.quantile(per, 0.25).item(), per.min().item()
 
 
 def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
@@ -202,12 +231,14 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                 correct += (logits.detach().argmax(1) == yb).sum()
                 seen += len(yb)
             train_seconds = time.perf_counter() - started
-            val_loss, val_acc = evaluate(trained, x_val, data.y_val, amp)
+            val_loss, right = _scored(trained, x_val, data.y_val, amp)
+            val_acc = right.float().mean().item() if len(right) else 0.0
+            people = person_scores(right, data.val_people)
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
             stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc,
-                               time.perf_counter() - started, seen / train_seconds)
+                               time.perf_counter() - started, seen / train_seconds, *people)
             history.append(stats)
             if monitor.best(history) is stats:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

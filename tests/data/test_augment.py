@@ -97,6 +97,57 @@ def test_shear_is_torchvisions_affine_shear(axis):
     _close(ours, theirs, atol=2e-3, inner=5)
 
 
+@pytest.mark.parametrize("ratio,left,top", [(2.0, 12, 0), (1.5, 3, 9), (3.0, 0, 48)])
+def test_zoom_out_is_torchvisions_zoom_out_then_resize(ratio, left, top):
+    x = _batch()
+    side = int(24 * ratio)
+    free = side - 24
+    fx, fy = torch.full((4,), left / free), torch.full((4,), top / free)
+    ours = geometry.warp(x, geometry.zoom_out(torch.full((4,), ratio), fx, fy))
+    # RandomZoomOut's canvas: the image padded with 0 at (left, top) of a side x side canvas.
+    canvas = TF.pad(x, [left, top, free - left, free - top], fill=0.0)
+    theirs = TF.resize(canvas, [24, 24], interpolation=BILINEAR, antialias=False)
+    _close(ours, theirs, atol=1e-4)
+
+
+def test_zoom_out_draws_shrink_the_image_inside_the_frame():
+    x = torch.ones(64, 3, 24, 24)
+    out = augment_batch(x, AugmentConfig(zoom_out=3.0), torch.Generator().manual_seed(0))
+    filled = out.mean(dim=(1, 2, 3))
+    # The share of the frame the image covers is 1/ratio^2, ratio in [1, 3].
+    assert filled.max() <= 1 + 1e-6 and filled.min() >= 1 / 9 - 0.02
+    assert filled.std() > 0.05  # every image its own ratio
+
+
+@pytest.mark.parametrize("end", [
+    [[2, 1], [20, 0], [23, 22], [1, 19]],
+    [[0, 0], [23, 3], [20, 20], [3, 23]],
+])
+def test_perspective_is_torchvisions_perspective(end):
+    x = _batch()
+    start = [[0, 0], [23, 0], [23, 23], [0, 23]]
+
+    def norm(points):  # torchvision's pixel coordinates -> the warp's normalized ones
+        return torch.tensor(points, dtype=torch.float32).mul(2 / 24).sub(1).expand(4, -1, -1)
+
+    ours = geometry.warp(x, geometry.perspective(norm(start), norm(end)))
+    theirs = TF.perspective(x, start, end, interpolation=BILINEAR)
+    _close(ours, theirs, atol=3e-3, inner=5)
+
+
+def test_perspective_draws_move_corners_inward_for_half_the_images():
+    m = geometry.draw_perspective(400, 0.5, torch.Generator().manual_seed(0))
+    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])
+    inverse = torch.linalg.inv(m.double())
+    moved = torch.einsum("bij,kj->bki", inverse, corners.double())
+    end = moved[..., :2] / moved[..., 2:]
+    shift = (end - corners[:, :2].double()).abs().amax(dim=(1, 2))
+    identity = shift < 1e-5
+    assert 0.4 < identity.float().mean() < 0.6
+    assert shift.max() <= 0.5 + 1e-5
+    assert (end.abs() <= 1 + 1e-5).all()  # inward: the corners stay inside the frame
+
+
 # ---------------------------------------------------------------- pixels
 @pytest.mark.parametrize("name,ours,theirs,factors", [
     ("brightness", photometric.brightness, TF.adjust_brightness, [0.0, 0.6, 1.0, 1.7]),
@@ -241,7 +292,7 @@ def test_cutmix_on_a_frozen_backbone_is_refused_in_one_line():
 # ---------------------------------------------------------------- the pipeline
 EVERYTHING = dict(rotation=20, flip=True, blur_kernel=3, crop_scale=0.5, translate=0.1,
                   brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, erase=0.5,
-                  trivial=1.0)
+                  trivial=1.0, zoom_out=2.0, perspective=0.4)
 
 
 @pytest.mark.parametrize("setting", sorted(EVERYTHING))

@@ -6,7 +6,7 @@ from asl_sweep.runtime.errors import UnsafeFileError
 from asl_sweep.runtime.files import load_tensors
 from asl_sweep.settings.config import DataConfig, TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
-from asl_sweep.training.train import train
+from asl_sweep.training.train import person_scores, train
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,26 @@ def test_label_smoothing_and_mixup_keep_the_training_loss_off_zero(synthetic_spl
     assert plain.train_loss < 0.05 and plain.train_acc == 1.0
     assert smooth.train_loss > 0.5 and smooth.train_acc == 1.0  # the floor: 0.84 nats
     assert mixed.train_loss > 0.2
+
+
+def test_person_scores_count_each_person_once():
+    # Person 0: 4 of 4 right; person 1: 1 of 2; person 2: 0 of 1; person 3: 3 of 4.
+    right = torch.tensor([1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0], dtype=torch.bool)
+    people = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    mean, q25, worst = person_scores(right, people)
+    assert mean == pytest.approx((1 + 0.5 + 0 + 0.75) / 4)
+    assert q25 == pytest.approx(torch.quantile(torch.tensor([1, 0.5, 0, 0.75]), 0.25).item())
+    assert worst == 0.0
+    # No people: every figure is the pooled accuracy.
+    assert person_scores(right, None) == pytest.approx((8 / 11,) * 3)
+
+
+def test_every_epoch_reports_its_validation_people(synthetic_split):
+    cfg = TrainConfig(model="mlp", hidden=[32], epochs=2, lr=1e-3, batch_size=64)
+    result = train(cfg, synthetic_split, device="cpu")
+    people = len(torch.unique(synthetic_split.val_people))
+    assert people >= 2
+    for s in result.history:
+        assert 0 <= s.val_person_worst <= s.val_person_q25 <= s.val_person_mean <= 1
+        # Each signer has as many images of each letter here: the person mean is pooled.
+        assert s.val_person_mean == pytest.approx(s.val_acc, abs=0.05)
