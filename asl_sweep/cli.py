@@ -99,9 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
                       "database URI (default: the home's mlflow.db)")
 
     cmp = sub.add_parser("compare", help="two studies side by side: what each stage adopted "
-                         "and the final test scores")
+                         "and the final test scores", description="Compare two studies. "
+                         "--set, --data, --home, --storage and --tracking name the first; "
+                         "--other-set, --other-data, --other-home and the other YAML name the "
+                         "second (a study run with --set study=NAME is named the same way "
+                         "here: --other-set study=NAME).")
     _study_args(cmp)
-    cmp.add_argument("other", type=Path, help="the second study's YAML")
+    cmp.add_argument("other", type=Path, help="the second study's YAML (may be the same file)")
+    cmp.add_argument("--other-set", dest="other_overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="a setting of the second study, e.g. "
+                     "study=cnn-more (repeatable)")
+    cmp.add_argument("--other-data", type=Path, help="the second study's --data")
     cmp.add_argument("--other-home", type=Path,
                      help="the second study's home (default: the same --home)")
 
@@ -305,10 +313,19 @@ def cmd_status(args) -> int:
 def cmd_compare(args) -> int:
     from asl_sweep.results.compare import compare_lines
 
+    from asl_sweep.runtime.errors import ConfigError
+
     first = _load_bound(args)
     other = argparse.Namespace(**{**vars(args), "study": args.other,
+                                  "overrides": args.other_overrides,
+                                  "data": args.other_data,
                                   "home": args.other_home or args.home})
     second = _load_bound(other)
+    (cfg_a, ws_a), (cfg_b, ws_b) = first, second
+    if cfg_a.study == cfg_b.study and ws_a.storage == ws_b.storage:
+        raise ConfigError(f"compare: both sides are study {cfg_a.study!r} in {ws_a.home}: name "
+                          "the second with --other-set study=NAME (as it was run with --set "
+                          "study=NAME), another YAML, or --other-home DIR")
     print("\n".join(compare_lines(first, second)))
     return 0
 

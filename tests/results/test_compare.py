@@ -30,3 +30,29 @@ def test_compare_names_a_study_that_never_ran(write_study, tmp_path, capsys):
     path = write_study()
     assert main(["compare", str(path), str(path), "--home", str(tmp_path / "empty")]) == 2
     assert "run it first" in capsys.readouterr().err
+
+
+def test_compare_names_both_studies_of_one_yaml_and_refuses_a_study_with_itself(
+        write_study, tmp_path, capsys):
+    # The docs' workflow: the same YAML run again as a new study with --set study=NAME.
+    path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
+                                    "pruner": "none", "confirm": None,
+                                    "space": {"lr": [3e-3]}}]})
+    home = str(tmp_path / "mlruns")
+    assert main(["run", str(path), "--home", home]) == 0
+    assert main(["run", str(path), "--home", home, "--set", "study=tiny-more",
+                 "--set", "base.lr=1e-6"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path), str(path), "--home", home,
+                 "--other-set", "study=tiny-more"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("compare tiny (") and "with tiny-more (" in out
+    assert "test accuracy tiny-more - tiny: " in out
+    # --set names the first study only (before, it applied to both sides, and the study was
+    # compared with itself: "+0.0 pt").
+    assert main(["compare", str(path), str(path), "--home", home,
+                 "--set", "study=tiny-more"]) == 0
+    assert "compare tiny-more (" in capsys.readouterr().out
+    assert main(["compare", str(path), str(path), "--home", home]) == 2
+    err = capsys.readouterr().err
+    assert "both sides are study 'tiny'" in err and "--other-set study=NAME" in err
