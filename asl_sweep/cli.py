@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     proxy.add_argument("--port", type=int, default=13000, help="the port workers reach it on")
 
+    srv = sub.add_parser("serve", help="serve a registered model over REST (MLflow's scoring "
+                         "server: POST /invocations), with this environment's own commands")
+    srv.add_argument("model", help="models:/asl-sweep-STUDY/N (from `export`), runs:/... or an "
+                     "MLflow model folder")
+    srv.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+                     help="the study home whose registry holds the model (default ./mlruns)")
+    srv.add_argument("--port", type=int, default=5001, help="the port to serve on")
+    srv.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this "
+                     "machine only)")
+
     ui = sub.add_parser("ui", help="MLflow UI on the local store")
     ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
                     help="the study home whose MLflow store to serve (default ./mlruns)")
@@ -278,9 +288,28 @@ def cmd_run(args) -> int:
     if ws.tracking_server:
         print(f"\nopen the MLflow UI:  {ws.tracking_uri}   (the tracking server's own UI)")
     else:
-        print(f"\nopen the MLflow UI:  asl-sweep ui --home {args.home}   "
-              f"(or: mlflow ui --backend-store-uri {ws.tracking_uri})")
+        print(f"\nopen the MLflow UI:  {runnable('asl-sweep')} ui --home {args.home}   "
+              f"(or: {runnable('mlflow')} ui --backend-store-uri {ws.tracking_uri})")
     return 0
+
+
+def runnable(command: str) -> str:
+    """How to run `command` (asl-sweep, mlflow) from here as typed: its bare name where PATH
+    finds this environment's own, else its path beside this interpreter (`.venv/bin/...`,
+    relative where it lies below the current folder): after the README's install .venv/bin
+    is not on PATH."""
+    import shutil
+
+    mine = Path(sys.executable).parent / command
+    if not mine.exists():
+        return command
+    found = shutil.which(command)
+    if found and Path(found).resolve() == mine.resolve():
+        return command
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def cmd_worker(args) -> int:
@@ -312,7 +341,6 @@ def cmd_status(args) -> int:
 
 def cmd_compare(args) -> int:
     from asl_sweep.results.compare import compare_lines
-
     from asl_sweep.runtime.errors import ConfigError
 
     first = _load_bound(args)
@@ -405,6 +433,13 @@ def cmd_ui(args) -> int:
                  log=lambda line: print(line, flush=True))
 
 
+def cmd_serve(args) -> int:
+    from asl_sweep.tracking.serving import serve_model
+
+    return serve_model(Workspace.at(args.home), args.model, args.host, args.port,
+                       log=lambda line: print(line, flush=True))
+
+
 def cmd_store_proxy(args) -> int:
     import signal
 
@@ -426,7 +461,7 @@ def cmd_store_proxy(args) -> int:
 COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": cmd_status,
             "compare": cmd_compare,
             "report": cmd_report, "evaluate": cmd_evaluate,
-            "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui,
+            "export": cmd_export, "predict": cmd_predict, "ui": cmd_ui, "serve": cmd_serve,
             "store-proxy": cmd_store_proxy}
 
 if __name__ == "__main__":

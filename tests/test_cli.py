@@ -126,3 +126,26 @@ def test_a_config_error_comes_before_anything_heavy_loads(write_study):
     assert outcome["code"] == 2 and outcome["heavy"] == [], outcome
     assert "base.lr: Input should be greater than 0" in proc.stderr
     assert outcome["seconds"] < 2.0  # about 0.2 s on 2 cores; it was 8 s
+
+
+def test_printed_commands_run_where_path_lacks_the_venv(monkeypatch, tmp_path):
+    """The hints `run` prints name a command that runs as typed: after the README's install
+    .venv/bin is not on PATH, so `asl-sweep` alone is "command not found"."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from asl_sweep.cli import runnable
+
+    own = Path(sys.executable).parent / "asl-sweep"
+    if not own.exists():
+        pytest.skip("asl-sweep is not installed beside this interpreter")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    shown = runnable("asl-sweep")
+    assert Path(shown).resolve() == own.resolve()
+    done = subprocess.run([shown, "--help"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0 and "usage: asl-sweep" in done.stdout
+    monkeypatch.setenv("PATH", f"{own.parent}:/usr/bin:/bin")
+    assert runnable("asl-sweep") == "asl-sweep"  # where PATH finds this one: its name

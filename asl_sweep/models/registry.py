@@ -87,17 +87,18 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 class Deployable(nn.Module):
-    """images [B, 3, H, W] of any size, uint8 in 0..255 or float in 0..1 -> class
+    """images [B, 3, H, W] of any size, uint8 in 0..255 or float in 0..255 or 0..1 -> class
     probabilities. Resizing is unconditional (at the model's own size it is an exact identity),
     so exporters can keep H and W dynamic.
 
-    `float_pixels` ("0-1" or "auto") says how float input is read. "auto" is for a form whose
-    input is typed float32 but receives both (MLflow serving: JSON integers become float
-    0..255, JSON floats stay 0..1): an image whose largest value is above 1 is taken as
-    0..255."""
+    One input rule for every form (TorchScript, the registered model, `predict`): uint8 is
+    0..255; a float image whose largest value is above 1 is 0..255, else 0..1 (MLflow serving
+    turns JSON integers into float 0..255 and keeps JSON floats 0..1; a float 0..255 tensor
+    fed to TorchScript read as 0..1 gave a confident wrong class). `float_pixels="0-1"`
+    reads every float image as 0..1 (kept for callers that need it)."""
 
     def __init__(self, model: nn.Module, image_size: int, resize: bool = True,
-                 float_pixels: str = "0-1"):
+                 float_pixels: str = "auto"):
         super().__init__()
         self.model = model
         self.image_size = image_size

@@ -176,8 +176,7 @@ def register_mlflow(deployable: Deployable, exported: Exported, example: torch.T
                              parent=study_run, kind="export", **exported.lineage())
     # Typed float32, since serving casts JSON to the signature's dtype (uint8 would turn
     # 0.7 into 0): integers arrive as 0..255, floats as 0..1, and the model tells them apart.
-    deployable = Deployable(deployable.model, deployable.image_size,
-                            float_pixels="auto").eval()
+    deployable = Deployable(deployable.model, deployable.image_size).eval()
     example = example.float()
     probabilities = deployable(example).detach().numpy()
     name = registered_name(exported.cfg)
@@ -234,7 +233,8 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
         "## Preprocessing (inside the model)",
         "- input, by form (each takes exactly this):",
         "  - TorchScript (`model.torchscript.pt`) and `asl-sweep predict`: images [B, 3, H, W], "
-        "RGB, any H and W; uint8 in 0-255, or float in 0-1",
+        "RGB, any H and W; uint8 in 0-255, or float in 0-255 or 0-1 (per image: a value above "
+        "1 means 0-255)",
         f"  - ONNX (`model.onnx`): uint8 images [B, 3, {size}, {size}], RGB, 0-255, at that size "
         "only (no resize inside: ONNX has no antialiased resize)",
         "  - the registered MLflow model (pyfunc, `mlflow models serve`): float32 images "

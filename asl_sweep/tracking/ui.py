@@ -93,36 +93,46 @@ def serve(ws: Workspace, host: str, port: int, log=print) -> int:
              "ignore:starlette.middleware.wsgi is deprecated")  # a UserWarning subclass
     warn = ",".join(w for w in (os.environ.get("PYTHONWARNINGS"), *quiet) if w)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONWARNINGS": warn}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
-         "--registry-store-uri", ws.tracking_uri,
-         "--default-artifact-root", ws.artifacts.as_uri(), "--host", host, "--port", str(port),
-         "--allowed-hosts", allowed_hosts(host, port),
-         "--workers", "1", "--uvicorn-opts", "--log-level warning"], env=env,
-        stderr=subprocess.PIPE, text=True)
-    threading.Thread(target=_pass_on, args=(server.stderr,), name="mlflow-server-stderr",
-                     daemon=True).start()
-    base = f"http://{host}:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            signals.check()
-            if server.poll() is not None:
-                raise StoreError(f"the MLflow server stopped at start (exit code "
-                                 f"{server.returncode}); its messages are above")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise StoreError(f"the MLflow server did not answer on {base} within "
-                                     f"{START_TIMEOUT_S}s") from None
-                time.sleep(0.3)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ws.tracking_uri,
+               "--registry-store-uri", ws.tracking_uri,
+               "--default-artifact-root", ws.artifacts.as_uri(), "--host", host, "--port",
+               str(port), "--allowed-hosts", allowed_hosts(host, port),
+               "--workers", "1", "--uvicorn-opts", "--log-level warning"]
+
+    def ready(base: str) -> None:
         studies = experiment_addresses(base)
         # The experiment list: the bare address opens MLflow's GenAI welcome page.
         log(f"MLflow UI: {base}/#/experiments?workflowType=machine_learning  (Ctrl-C to stop)")
         for line in studies:
             log(line)
+
+    return run_server("the MLflow server", command, env, f"http://{host}:{port}", "/health",
+                      ready)
+
+
+def run_server(what: str, command: list[str], env: dict, base: str, health: str,
+               ready) -> int:
+    """Start a server process, call ready(base) once `health` answers, and keep it until it
+    stops or the user stops it (Ctrl-C, SIGTERM); its stderr passes on, less the notes above."""
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    threading.Thread(target=_pass_on, args=(server.stderr,), name="server-stderr",
+                     daemon=True).start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            signals.check()
+            if server.poll() is not None:
+                raise StoreError(f"{what} stopped at start (exit code "
+                                 f"{server.returncode}); its messages are above")
+            try:
+                with urllib.request.urlopen(f"{base}{health}", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{what} did not answer on {base} within "
+                                     f"{START_TIMEOUT_S}s") from None
+                time.sleep(0.3)
+        ready(base)
         while server.poll() is None:
             signals.check()
             time.sleep(0.3)

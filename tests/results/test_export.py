@@ -76,6 +76,9 @@ def test_torchscript_takes_uint8_and_float_alike(exported):
     module = torch.jit.load(str(out / "model.torchscript.pt"))
     x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     assert torch.allclose(module(x), module(x.float() / 255), atol=1e-6)
+    # Float 0-255, the same rule as the registered model's (a value above 1 means 0-255);
+    # read as 0-1 it gave a confident wrong class.
+    assert torch.allclose(module(x), module(x.float()), atol=1e-6)
     bigger = torch.nn.functional.interpolate(x.float() / 255, size=(40, 40))
     assert module(bigger).shape == (3, 9)  # any size: resized inside
 
@@ -206,9 +209,10 @@ def test_the_registered_model_serves_any_size_without_asl_sweep(exported, tmp_pa
 
 
 def test_mlflow_models_serve_answers_integers_floats_and_other_sizes(exported, tmp_path):
-    """The registered model behind `mlflow models serve` on loopback, asked over REST as a
-    user would: JSON integers (0-255), floats (0-1) and another size each give what
-    `asl-sweep predict` gives; nothing is silently cast to a black image."""
+    """The registered model behind `asl-sweep serve` (MLflow's own scoring server) on
+    loopback, asked over REST as a user would: JSON integers (0-255), floats (0-1) and
+    another size each give what `asl-sweep predict` gives; nothing is silently cast to a
+    black image."""
     import os
     import socket
     import subprocess
@@ -221,14 +225,14 @@ def test_mlflow_models_serve_answers_integers_floats_and_other_sizes(exported, t
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mlflow_cli = [sys.executable, "-c", "from mlflow.cli import cli; cli()"]
-    server = subprocess.Popen([*mlflow_cli, "models", "serve", "-m", uri, "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-                              env={**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri,
-                                   "MLFLOW_REGISTRY_URI": ws.tracking_uri,
-                                   # its server (uvicorn) is a command beside this Python
-                                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # `asl-sweep serve`, as the docs give it, from a shell whose PATH lacks the venv's bin:
+    # `mlflow models serve --env-manager local` alone failed there ("uvicorn: not found").
+    bare = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if Path(p).resolve() != Path(sys.executable).parent.resolve())
+    server = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "serve", uri, "--home",
+                               str(ws.home), "--port", str(port)],
+                              env={**os.environ, "PATH": bare}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
 
     def ask(images) -> np.ndarray:
