@@ -107,9 +107,11 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
     summary_at = len(doc.blocks)
     rows = [_stage_section(doc, i, view, cfg, ws, tracker, folder)
             for i, view in enumerate(views, start=1)]
-    doc.blocks.insert(summary_at, ("table", (
-        ["stage", "goal", "decision", "validation (mean of repeats)", "student reported",
-         "student's settings re-run", "carried"], rows)))
+    header = ["stage", "goal", "decision", "validation (mean of repeats)", "student reported",
+              "student's settings re-run", "carried"]
+    if all(row[4] == "-" and row[5] == "-" for row in rows):  # no student settings: no columns
+        header, rows = header[:4] + header[6:], [row[:4] + row[6:] for row in rows]
+    doc.blocks.insert(summary_at, ("table", (header, rows)))
     if final:
         _final_section(doc, cfg, ws, folder)
     md_path = folder / "report.md"
@@ -153,10 +155,10 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
             " (previous family)" if t.user_attrs.get(TrialKey.PREVIOUS_FAMILY)
             and role == Role.INCUMBENT else "")
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
-        reported = stage.metric if stage.direction == "maximize" else ""
+        partial = stage.metric if stage.direction == "maximize" else ""  # what pruned ones have
         rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
-                     _acc(t, "val_acc", reported=reported),
-                     _acc(t, "val_acc", TrialKey.LAST, reported)])
+                     _acc(t, "val_acc", reported=partial),
+                     _acc(t, "val_acc", TrialKey.LAST, partial)])
     doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
                "val acc (final epoch)"], rows)
     if result is None:
@@ -222,11 +224,18 @@ def _search_plots(doc: Doc, view: StageView, cfg: StudyConfig, ws: Workspace,
     stage = view.stage
     searched = sorted((t for t in view.trials if t.state == TrialState.COMPLETE
                        and role_of(t) in SEARCH_ROLES), key=lambda t: t.number)
-    if searched:
+    # A pruned trial is drawn at the best value it reported before it was stopped (it never
+    # counts toward the best so far).
+    pick = max if stage.direction == "maximize" else min
+    pruned = sorted((t.number, pick(t.intermediate_values.values())) for t in view.trials
+                    if t.state == TrialState.PRUNED and role_of(t) in SEARCH_ROLES
+                    and t.intermediate_values)
+    if searched or pruned:
         doc.img(plot_history([t.number for t in searched], [t.value for t in searched],
                              stage.metric, stage.direction == "maximize",
                              prefix.with_name(prefix.name + "-history.png"),
-                             f"{stage.name}: search"), f"{stage.name} search history")
+                             f"{stage.name}: search", pruned=pruned),
+                f"{stage.name} search history")
     if len(searched) < MIN_IMPORTANCE_TRIALS or len(stage.space) < 2:
         return  # importance needs enough trials to compare and more than one parameter
     study = load_stage_study(cfg, stage, optuna_storage(ws.storage))

@@ -82,16 +82,22 @@ def plot_curves_compare(runs: Mapping[str, tuple[Sequence[int], Mapping[str, Seq
 
 
 def plot_history(numbers: Sequence[int], values: Sequence[float], metric: str, maximize: bool,
-                 path: Path, title: str = "") -> Path:
-    """Each complete trial's value and the best so far, by trial number."""
-    return _save(history_figure(numbers, values, metric, maximize, title), path)
+                 path: Path, title: str = "",
+                 pruned: Sequence[tuple[int, float]] = ()) -> Path:
+    """Each complete trial's value and the best so far, by trial number; pruned trials as
+    crosses at the best value they reported before they were stopped."""
+    return _save(history_figure(numbers, values, metric, maximize, title, pruned), path)
 
 
 def history_figure(numbers: Sequence[int], values: Sequence[float], metric: str,
-                   maximize: bool, title: str = "") -> Figure:
+                   maximize: bool, title: str = "",
+                   pruned: Sequence[tuple[int, float]] = ()) -> Figure:
     fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(numbers, values, "o", color=COLOURS[0], label="trial")
+    if pruned:
+        ax.plot([n for n, _ in pruned], [v for _, v in pruned], "x", color=COLOURS[3],
+                label="pruned (best epoch before it stopped)")
     best, running = [], None
     for v in values:
         running = v if running is None else (max if maximize else min)(running, v)

@@ -81,3 +81,15 @@ def test_the_trial_table_names_every_role_and_a_pruned_trials_epochs():
     assert _acc(pruned, "val_acc", reported="val_acc") == "0.520 (pruned)"
     assert _acc(pruned, "val_acc", "last", "val_acc") == "0.470 (epoch 3)"
     assert _acc(pruned, "train_acc", reported="val_acc") == "-"  # it reported val_acc only
+
+
+def test_a_study_without_student_settings_has_no_student_columns(write_study, tmp_path):
+    path = write_study({"stages": [{"name": "search", "trials": 2, "sampler": "grid",
+                                    "pruner": "none", "confirm": None,
+                                    "space": {"lr": [3e-3, 1e-2]}}]})
+    home, out = tmp_path / "mlruns", tmp_path / "report"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    assert main(["report", str(path), "--home", str(home), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "| stage | goal | decision | validation (mean of repeats) | carried |" in md
+    assert "student" not in md.lower()

@@ -23,3 +23,14 @@ def test_the_search_history_counts_trials_in_whole_numbers():
     fig = history_figure([1, 2, 4], [0.3, 0.5, 0.4], "val_acc", True)
     ticks = fig.axes[0].get_xticks()
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_the_search_history_draws_pruned_trials_apart_from_the_best_so_far():
+    from asl_sweep.tracking.plots import history_figure
+
+    fig = history_figure([1, 2], [0.3, 0.5], "val_acc", True, pruned=[(3, 0.9), (4, 0.2)])
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    crosses = lines["pruned (best epoch before it stopped)"]
+    assert list(crosses.get_xdata()) == [3, 4] and list(crosses.get_ydata()) == [0.9, 0.2]
+    # A pruned trial's partial value never becomes the best so far.
+    assert max(lines["best so far"].get_ydata()) == 0.5
