@@ -28,10 +28,12 @@ def main() -> None:
     parser.add_argument("--arm", choices=["baseline", "now"], required=True)
     parser.add_argument("--study", choices=["cnn", "transfer"], default="cnn")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--home", type=Path, help="keep the study here (default: a temporary "
+                        "folder), e.g. to export it or read its curves afterwards")
     args = parser.parse_args()
     study = (str(STUDIES / f"{args.study}_round3.yaml") if args.arm == "baseline"
              else f"sweeps/{args.study}.yaml")
-    result = run(study, None, [*PEOPLE, *args.overrides], None, None)
+    result = run(study, None, [*PEOPLE, *args.overrides], None, None, args.home)
     print({k: result[k] for k in ("wall_s", "final_test", "people")})
     print(f"written to {write_result(f'new_people_{args.study}_{args.arm}', result)}")
 

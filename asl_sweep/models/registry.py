@@ -86,6 +86,19 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+class Ensemble(nn.Module):
+    """Several models of one architecture as one: the log of their mean class probabilities,
+    so a softmax of its output is that mean (what Deployable returns, in every export form)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
+        return torch.log(probabilities.clamp_min(1e-12))
+
+
 class Deployable(nn.Module):
     """images [B, 3, H, W] of any size, uint8 in 0..255 or float in 0..255 or 0..1 -> class
     probabilities. Resizing is unconditional (at the model's own size it is an exact identity),

@@ -28,7 +28,9 @@ from asl_sweep.search import (
     Scored,
     StageView,
     TrialKey,
+    breakdown,
     confusion,
+    ensemble_of,
     open_data,
     score_trials,
     summarize,
@@ -60,6 +62,18 @@ class Exported:
     def image_size(self) -> int:
         return self.file.spec.image_size
 
+    @property
+    def described(self) -> str:
+        if self.file.members:
+            return (f"the ensemble of trials {', '.join(str(n) for n in self.test['trials'])} "
+                    "(the configuration's repeats, their probabilities averaged)")
+        return f"trial {self.trial.number} (the configuration's best repeat by validation)"
+
+    @property
+    def title(self) -> str:
+        return (f"ensemble of {len(self.file.members)} repeats" if self.file.members
+                else f"trial {self.trial.number}")
+
     def lineage(self) -> dict[str, str]:
         tags = {"study": self.cfg.study, "stage": self.view.stage.name,
                 "trial": str(self.trial.number), "source_run": self.trial.user_attrs.get(
@@ -67,7 +81,9 @@ class Exported:
                 "val_acc": f"{self.file.metrics['val_acc']:.6f}",
                 "test_acc_mean": f"{self.test['mean']:.6f}",
                 "test_acc_std": f"{self.test['std']:.6f}",
-                "test_acc": self.test["summary"], "test_rule": TEST_RULE}
+                "test_acc": self.test["summary"], "test_rule": TEST_RULE,
+                "final_model": "ensemble" if self.file.members else "best_repeat",
+                "model_test_acc": f"{self.scored.accuracy:.6f}"}
         tags.update({f"decided_by.{k}": v
                      for k, v in self.trial.user_attrs.get(TrialKey.DECIDED_BY, {}).items()})
         return tags
@@ -77,9 +93,16 @@ def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> 
     view = finished_stage(cfg, read_stages(cfg, ws), stage)
     tracker, data = Tracker(ws), open_data(cfg, ws)
     scored = score_trials(data, tracker, view.repeats(), "test")
-    test = summarize(scored, data.test().groups, "test")
+    groups = data.test().groups
+    test = summarize(scored, groups, "test")
+    test["breakdown"] = breakdown(scored, groups, list(data.classes))  # per person and class
     chosen = view.export_trial()
     mine = next(s for s in scored if s.trial == chosen.number)
+    if cfg.final_model == "ensemble" and len(scored) >= 2:
+        mine = ensemble_of(scored, chosen.number)
+        test["ensemble"] = summarize([mine], groups, "test")
+    test["best_repeat"] = {"trial": chosen.number, "accuracy": next(
+        s for s in scored if s.trial == chosen.number).accuracy}
     return Exported(cfg, view, chosen, mine.model_file, mine.model_file.build(), test, mine)
 
 
@@ -208,8 +231,7 @@ def model_description(exported: Exported) -> str:
             f"Data: {source}, {len(exported.classes)} classes "
             f"({', '.join(exported.classes)}), {exported.image_size} px. "
             f"Study {exported.cfg.study}: stage {exported.view.stage.name}'s configuration, "
-            f"trial {exported.trial.number} (its best repeat by validation, validation "
-            f"accuracy {exported.file.metrics['val_acc']:.3f}). Input: float32 RGB images "
+            f"{exported.described}, test accuracy {exported.scored.accuracy:.3f}. Input: float32 RGB images "
             "[B, 3, H, W] of any size, 0-255 or 0-1 (an image with a value above 1 is read as "
             "0-255); see the model card (MODEL_CARD.md from `asl-sweep export`).")
 
@@ -217,7 +239,7 @@ def model_description(exported: Exported) -> str:
 def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
     classes, test = exported.classes, exported.test
     plot_confusion(confusion(exported.scored, classes), classes, out / "confusion.png",
-                   f"confusion matrix (test split, trial {exported.trial.number})")
+                   f"confusion matrix (test split, {exported.title})")
     data = exported.cfg.data
     m = exported.file.metrics
     config = exported.file.config
@@ -225,8 +247,7 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
     settings = "\n".join(f"- `{k}`: {v}" for k, v in config.model_dump(mode="json").items())
     size = exported.image_size
     lines = [
-        f"# Model card: {exported.cfg.study} / {exported.view.stage.name} / trial "
-        f"{exported.trial.number}",
+        f"# Model card: {exported.cfg.study} / {exported.view.stage.name} / {exported.title}",
         "",
         f"Classes ({len(classes)}): {', '.join(classes)}.",
         "",
@@ -258,12 +279,13 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
         "## Test accuracy (the number to quote)",
         f"- {test['summary']}",
         f"- rule: {TEST_RULE}",
-        f"- this model (trial {exported.trial.number}, the configuration's best repeat by "
-        f"validation): {exported.scored.accuracy:.4f} on {len(exported.scored.truth)} test images",
+        f"- this model, {exported.described}: {exported.scored.accuracy:.4f} on "
+        f"{len(exported.scored.truth)} test images (final_model: {exported.cfg.final_model}, "
+        "fixed before the test split was read)",
         "",
         "![confusion matrix on the test split](confusion.png)",
         "",
-        "## Validation (chose this model, so biased upward)",
+        "## Validation (chose this configuration, so biased upward)",
         f"- validation accuracy {m['val_acc']:.4f}, loss {m['val_loss']:.4f} at its best epoch "
         f"{m['epoch']}; training accuracy {m['train_acc']:.4f}",
         f"- stage decision: {exported.view.result.decision}",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search import Role, StageView, TrialKey, role_of, shown_settings
+from asl_sweep.search import Role, StageView, TrialKey, final_model_lines, role_of, shown_settings
 from asl_sweep.settings.spec import StudyConfig
 
 LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
@@ -34,9 +34,9 @@ def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
     final = read_final(cfg, ws)
     if not final:
         return None
-    return (f"final test accuracy of {final['stage']}'s configuration: {final['summary']}\n"
-            f"  rule: {final['rule']}\n"
-            f"  exported model: trial {final['export_trial']} (the best repeat by validation)")
+    return "\n".join([f"final test accuracy of {final['stage']}'s configuration: "
+                      f"{final['summary']}", f"  rule: {final['rule']}",
+                      *(f"  {line}" for line in final_model_lines(final, cfg.final_model))])
 
 
 def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,

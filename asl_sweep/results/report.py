@@ -9,6 +9,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from optuna.importance import get_param_importances
 from optuna.trial import FrozenTrial, TrialState
 
@@ -26,6 +27,7 @@ from asl_sweep.search import (
     TrialKey,
     confusion,
     load_stage_study,
+    open_data,
     optuna_storage,
     role_of,
 )
@@ -34,6 +36,7 @@ from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.tracking.plots import (
     plot_confusion,
     plot_curves_compare,
+    plot_gallery,
     plot_history,
     plot_importance,
     plot_repeats,
@@ -257,12 +260,20 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
     doc.p(f"Test accuracy of {exported.view.stage.name}'s configuration: {test['summary']}. "
           f"Per repeat: " + ", ".join(f"trial {n}: {a:.3f}" for n, a in
                                        zip(test["trials"], test["accuracy"], strict=True)) + ".")
-    doc.p(f"The model to export is trial {exported.trial.number}, the configuration's best "
-          f"repeat by validation ({exported.file.metrics['val_acc']:.3f}); on the test split it "
-          f"scores {exported.scored.accuracy:.3f}.")
+    best = test["best_repeat"]
+    ens = test.get("ensemble")
+    one = " (one repeat: that repeat)" if cfg.final_model == "ensemble" and not ens else ""
+    doc.p(f"The exported model is {exported.described} (final_model: {cfg.final_model}{one}, "
+          f"fixed before the test split was read); on the test split it scores "
+          f"{exported.scored.accuracy:.3f}. "
+          + (f"Both candidates on test: the ensemble of the {len(test['trials'])} repeats "
+             f"{ens['summary'].split(' over ')[0].split(' +- ')[0]} (95% CI "
+             f"{ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}), the best repeat by validation (trial "
+             f"{best['trial']}) {best['accuracy']:.3f}, the repeats' mean {test['mean']:.3f}."
+             if ens else f"The best repeat by validation is trial {best['trial']}."))
     matrix = confusion(exported.scored, classes)
     doc.img(plot_confusion(matrix, classes, folder / "confusion.png",
-                           f"test split, trial {exported.trial.number}"), "confusion matrix")
+                           f"test split, {exported.title}"), "confusion matrix")
     doc.table(["class", "test accuracy", "images"],
               [[c, f"{matrix[i][i] / max(1, sum(matrix[i])):.1%}", str(sum(matrix[i]))]
                for i, c in enumerate(classes)])
@@ -276,3 +287,50 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
         doc.table(["person", "test accuracy", "images"],
                   [[r["person"], f"{r['accuracy']:.1%}", str(r["images"])]
                    for r in b["by_person"]])
+    if b:
+        doc.p(f"Per class, the mean over the configuration's repeats ({len(test['trials'])}): "
+              + ", ".join(f"{r['class']} {r['accuracy']:.1%}" for r in b["by_class"]) + ".")
+    _gallery(doc, cfg, ws, exported, folder)
+
+
+GALLERY_PEOPLE = 4  # the worst test people shown
+GALLERY_PAIRS = 3  # the most confused (true, predicted) pairs shown
+
+
+def _gallery(doc: Doc, cfg: StudyConfig, ws: Workspace, exported, folder: Path) -> None:
+    """What fails, as pictures: the exported model's misclassified test images of the worst
+    test people and of the most confused pairs, each with its true and predicted letter and
+    the confidence of the prediction."""
+    scored, classes = exported.scored, exported.classes
+    test = open_data(cfg, ws).test(exported.image_size)
+    wrong = np.flatnonzero(scored.predictions != scored.truth)
+    if not len(wrong):
+        return
+    confidence = (scored.probabilities.max(1) if scored.probabilities is not None
+                  else np.full(len(scored.truth), np.nan))
+
+    def item(i: int) -> tuple:
+        return (test.x[i].numpy(), f"{classes[scored.truth[i]]} -> {classes[scored.predictions[i]]}"
+                                   f" {confidence[i]:.2f}")
+
+    rows = []
+    if test.groups is not None:
+        groups = np.asarray(test.groups)
+        people = sorted(set(groups), key=lambda g: ((scored.predictions == scored.truth)[
+            groups == g].mean(), g))[:GALLERY_PEOPLE]
+        for g in people:
+            mine = wrong[groups[wrong] == g]
+            acc = (scored.predictions == scored.truth)[groups == g].mean()
+            rows.append((f"{g}\n{acc:.0%} right", [item(i) for i in mine]))
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for i in wrong:
+        pairs.setdefault((int(scored.truth[i]), int(scored.predictions[i])), []).append(int(i))
+    for (t, p), idx in sorted(pairs.items(), key=lambda kv: -len(kv[1]))[:GALLERY_PAIRS]:
+        rows.append((f"{classes[t]} read as {classes[p]}\n{len(idx)} images",
+                     [item(i) for i in idx]))
+    doc.h(3, "What fails, as pictures")
+    doc.p(f"Misclassified test images of {exported.title}: the worst test people (rows "
+          "named by person), then the most confused pairs; each image says its true letter "
+          "-> the predicted one, and the model's confidence in that prediction.")
+    doc.img(plot_gallery(rows, folder / "failures.png", "test split: what the model gets wrong"),
+            "failure gallery")

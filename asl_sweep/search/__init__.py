@@ -10,7 +10,8 @@
 - the mirror in MLflow: `mirror` (one method per event of the search).
 
 Pure rules beside them: `space` (the only caller of `trial.suggest_*`), `selection` and
-`racing` (which trials count, what a stage adopts), `stageview` (a stage seen whole),
+`racing` (which trials count, what a stage adopts), `pruning` (the incumbent pruner),
+`stageview` (a stage seen whole),
 `progress` (what the terminal shows), `session` (what one process opens once).
 
 This front door is what cli.py and results/ use. Its names load on first use, so reading a
@@ -32,6 +33,7 @@ _FRONT_DOOR = {
     # score stored checkpoints
     "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
     "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",
+    "ensemble_of": "evaluation", "final_model_lines": "evaluation",
     "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",
     # read a study back
     "optuna_storage": "store", "serve_proxy": "store", "load_stage_study": "store",

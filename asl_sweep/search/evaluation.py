@@ -38,10 +38,23 @@ class Scored:
     model_file: ModelFile
     predictions: np.ndarray
     truth: np.ndarray
+    probabilities: np.ndarray | None = None  # [N, classes]
 
     @property
     def accuracy(self) -> float:
         return float((self.predictions == self.truth).mean())
+
+
+def ensemble_of(scored: list[Scored], lead: int | None = None) -> Scored:
+    """The repeats as one model: their class probabilities averaged, image by image (the
+    model file carries every repeat's weights; its state, metrics and identity are those of
+    trial `lead`, default the first)."""
+    first = next((s for s in scored if s.trial == lead), scored[0]).model_file
+    mean = np.mean([s.probabilities for s in scored], axis=0)
+    file = ModelFile(first.state, first.config, first.spec, first.classes, first.epoch,
+                     dict(first.metrics), dict(first.identity),
+                     members=[s.model_file.state for s in scored])
+    return Scored(-1, -1, file, mean.argmax(1), scored[0].truth, mean)
 
 
 def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
@@ -63,9 +76,14 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
 
 @torch.inference_mode()
 def predict_labels(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    out = [model(x[i:i + EVAL_BATCH].float().div_(255)).argmax(1)
+    return predict_probabilities(model, x).argmax(1)
+
+
+@torch.inference_mode()
+def predict_probabilities(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    out = [torch.softmax(model(x[i:i + EVAL_BATCH].float().div_(255)), dim=1)
            for i in range(0, len(x), EVAL_BATCH)]
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
@@ -84,7 +102,9 @@ def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
         else:
             part = data.split(file.spec.image_size, fold)
             x, y = part.x_val.cpu(), part.y_val.cpu()
-        scored.append(Scored(t.number, fold, file, predict_labels(model, x), y.numpy()))
+        probabilities = predict_probabilities(model, x)
+        scored.append(Scored(t.number, fold, file, probabilities.argmax(1), y.numpy(),
+                             probabilities))
     return scored
 
 
@@ -177,9 +197,28 @@ def confusion(scored: Scored, classes: list[str]) -> list[list[int]]:
     return matrix.tolist()
 
 
+def final_model_lines(final: dict, final_model: str) -> list[str]:
+    """What the exported model scores on test: the ensemble of the repeats and the best
+    repeat by validation, and which of the two `final_model` exports."""
+    best = final.get("best_repeat") or {"trial": final["export_trial"], "accuracy": None}
+    single = (f"best repeat by validation (trial {best['trial']})"
+              + (f": {best['accuracy']:.3f}" if best["accuracy"] is not None else ""))
+    ens = final.get("ensemble")
+    if ens is None:
+        return [f"exported model: {single}"]
+    lines = [f"ensemble of the {len(ens['members'])} repeats (probabilities averaged): "
+             f"{ens['mean']:.3f} (95% CI {ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}); {single}"]
+    lines.append("exported model: " + ("the ensemble (final_model: ensemble, fixed before "
+                                       "the test split was read)" if final_model == "ensemble"
+                                       else f"the {single.split(':')[0]} (final_model: "
+                                       "best_repeat)"))
+    return lines
+
+
 def final_score(session: Session) -> dict:
     """The final configuration (the last stage's) scored once per repeat on the test split.
-    The model to export is its best repeat by validation, never chosen by test."""
+    The model to export is the ensemble of its repeats or its best repeat by validation
+    (`final_model`), never chosen by test; both are scored here."""
     if not session.results:
         return {}
     cfg, stage = session.cfg, session.cfg.stages[-1]
@@ -195,13 +234,18 @@ def final_score(session: Session) -> dict:
     final = summarize(scored, test.groups, "test")
     final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
     final["breakdown"] = breakdown(scored, test.groups, list(session.data.classes))
+    best = next(s for s in scored if s.trial == final["export_trial"])
+    final["best_repeat"] = {"trial": best.trial, "accuracy": best.accuracy}
+    if len(scored) >= 2:
+        final["ensemble"] = summarize([ensemble_of(scored, best.trial)], test.groups, "test") | {
+            "members": [s.trial for s in scored]}
     signals.check()  # a stop asked for while scoring: exit 130, and a rerun scores again
     save_final(session.record, final)
     session.mirror.final_scored(final, TEST_RULE, session.data.test_dataset())
     session.log(f"\nfinal test accuracy of {stage.name}'s configuration: {final['summary']}\n"
-                f"  rule: {TEST_RULE}\n"
-                f"  exported model: trial {final['export_trial']} (the best repeat by "
-                "validation)")
+                f"  rule: {TEST_RULE}")
+    for line in final_model_lines(final, cfg.final_model):
+        session.log(f"  {line}")
     for line in failure_lines(final["breakdown"]):
         session.log(f"  {line}")
     return final

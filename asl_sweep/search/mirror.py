@@ -83,10 +83,11 @@ class Mirror:
         self.tracker.log_table(run, [{"true": c, **dict(zip(b["classes"], row, strict=True))}
                                      for c, row in zip(b["classes"], b["confusion"],
                                                        strict=True)], "test/confusion.json")
+        ensemble = {"test_acc_ensemble": final["ensemble"]["mean"]} if "ensemble" in final else {}
         self.tracker.log_metrics(run, {"test_acc_mean": final["mean"],
                                        "test_acc_std": final["std"],
                                        "test_acc_ci_low": final["ci"][0],
-                                       "test_acc_ci_high": final["ci"][1]})
+                                       "test_acc_ci_high": final["ci"][1]} | ensemble)
         self.tracker.set_tags(run, test_acc=final["summary"], test_rule=rule)
         self.tracker.log_datasets(run, [test_dataset])
 
@@ -183,10 +184,16 @@ class Mirror:
                 self.tracker.delete_artifacts(spent, "resume")
         self.tracker.end(run.run_id, "FINISHED", metrics=_summary(result), state="COMPLETE")
 
-    def trial_pruned(self, run: TrialRun) -> None:
+    def fold_values(self, run: TrialRun, metric: str, values: list[float]) -> None:
+        """A trial validated on several person folds: each fold's value, and their mean."""
+        self.tracker.log_metrics(run.run_id, {f"{metric}_fold{f}": v for f, v in enumerate(values)}
+                                 | {f"{metric}_folds_mean": sum(values) / len(values)})
+
+    def trial_pruned(self, run: TrialRun, why: str = "") -> None:
         # MLflow has no "pruned": the pruner stopped it, so KILLED, and its name says so.
         self.tracker.rename(run.run_id, f"{run.name}-pruned")
-        self.tracker.end(run.run_id, "KILLED", state="PRUNED")
+        self.tracker.end(run.run_id, "KILLED", state="PRUNED",
+                         **({"pruned": why[:500]} if why else {}))
 
     def trial_failed(self, run: TrialRun, error: str) -> None:
         """The trial's own failure: the search goes on."""

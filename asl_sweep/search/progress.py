@@ -116,6 +116,8 @@ class StageProgress:
         said = " ".join(p for p in (f"trial {self.first + t.number}", what,
                                     t.state.name.lower(), value) if p)
         how = f"reused from {reused}" if reused else f"{took:.1f}s"
+        if t.user_attrs.get(TrialKey.PRUNED_BY):
+            how += f"; {t.user_attrs[TrialKey.PRUNED_BY]}"
         self.log(f"  {self.stage.name}: {said} ({how}); {self.where}: {done}/"
                  f"{self.planned} done, {self.time_left(left)}")
 

@@ -23,11 +23,13 @@ from asl_sweep.search.state import TRAINED_PREFIX, read, write
 
 
 def training_key(settings: str, image_size: int, fold: int, subset: int | None,
-                 metric: str, direction: str) -> str:
+                 metric: str, direction: str, folds: int = 1) -> str:
     """What determines a training's result: its resolved settings (`settings_digest`, the
-    seed included), its images (size, validation fold, subset) and how its best epoch is
-    chosen. The study record is bound to the data, so the data itself is the same."""
-    what = json.dumps([settings, image_size, fold, subset, metric, direction])
+    seed included), its images (size, validation fold, subset), how its best epoch is
+    chosen, and over how many folds its value is the mean. The study record is bound to the
+    data, so the data itself is the same."""
+    what = [settings, image_size, fold, subset, metric, direction]
+    what = json.dumps(what if folds == 1 else [*what, folds])  # keys before `folds` hold
     return hashlib.sha256(what.encode()).hexdigest()[:20]
 
 

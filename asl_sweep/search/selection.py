@@ -172,7 +172,8 @@ def repeat_values(trials: list[FrozenTrial], target: int) -> dict[int, tuple[flo
 
 
 def _points(stage: StageConfig) -> tuple[float, str]:
-    return (100.0, " pt") if stage.metric.endswith("acc") else (1.0, "")
+    """Accuracies (pooled or over people) in points, losses as they are."""
+    return (100.0, " pt") if not stage.metric.endswith("loss") else (1.0, "")
 
 
 def signed(x: float, digits: int = 1) -> str:
@@ -283,12 +284,20 @@ def race_verdict(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     return verdict
 
 
+def _bound(lower: float, unit: str) -> str:
+    """A lower bound on a gain in accuracy, in points: below -100 pt (a few noisy rounds)
+    it bounds nothing an accuracy can lose, and says so."""
+    if unit == " pt" and lower < -1.0:
+        return "below -100 pt (too few rounds to bound it yet)"
+    return f"{signed(lower * (100.0 if unit == ' pt' else 1.0))}{unit}"
+
+
 def race_line(stage: StageConfig, verdict: Verdict) -> str:
     """Where a race stands after a look, in the metric's own unit: each candidate still in
     it, its mean gain and lower bound, and those dropped."""
     scale, unit = _points(stage)
     alive = "; ".join(f"trial {c} {signed(b.mean * scale)}{unit}, lower bound "
-                      f"{signed(b.lower * scale)}{unit}, conditional power {b.power:.0%}"
+                      f"{_bound(b.lower, unit)}, conditional power {b.power:.0%}"
                       for c, b in verdict.bounds.items() if c in verdict.alive)
     return alive + (f"; dropped {sorted(verdict.dropped)}" if verdict.dropped else "")
 

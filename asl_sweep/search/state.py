@@ -134,6 +134,8 @@ class TrialKey(StrEnum):
     LAST = "last"  # the last epoch's metrics
     NUM_PARAMS = "num_params"
     REUSED_FROM = "reused_from"  # "stage S, trial N": the training it took instead
+    FOLD_VALUES = "fold_values"  # with a stage's `folds`: the value on each fold (mean = value)
+    PRUNED_BY = "pruned_by"  # what a pruned trial was compared with (the incumbent pruner)
 
 
 class Role(StrEnum):

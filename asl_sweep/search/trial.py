@@ -129,14 +129,46 @@ class TrialRunner:
                 if before is not None:
                     return self._reuse(trial, plan, before)
             run = self._open_run(trial, plan, frozen)
-            result = self._train(trial, plan, run, frozen)
+            result, value = self._train(trial, plan, run, frozen)
             if key is not None and result.checkpoint is not None:
                 remember(self.session.record, key, {
                     "trained_by": f"stage {self.stage.name}, trial {plan.number}",
                     "run_id": run.run_id, "metrics": asdict(result.best),
                     "last": asdict(result.history[-1]), "num_params": result.num_params,
-                    "curve": [[h.epoch, h.metric(self.stage.metric)] for h in result.history]})
-            return result.best.metric(self.stage.metric)
+                    "curve": [[h.epoch, h.metric(self.stage.metric)] for h in result.history],
+                    "value": value})
+            return value
+
+    def folds(self, plan: Plan) -> int:
+        """Over how many person folds this trial's value is the mean: the stage's `folds`
+        for the trials the search compares (not race repeats, one fold each), at most the
+        folds the split has."""
+        if plan.role == Role.CONFIRM or not self.use_folds:
+            return 1
+        return min(self.stage.folds, len(self.session.data.splits.folds))
+
+    def _other_folds(self, plan: Plan) -> list[float]:
+        """The trial's settings trained on folds 1..k-1 as well (no pruning: the first
+        fold's curve decided that): each fold's value."""
+        values = []
+        for fold in range(1, self.folds(plan)):
+            data = self.session.data.split(self.image_size(plan), fold)
+            if self.stage.subset:
+                data = data.subset(self.stage.subset, self.session.cfg.data.seed)
+            shown = EpochProgress(f"{self.stage.name} trial {plan.number} (fold {fold + 1} "
+                                  f"of {self.folds(plan)})", plan.cfg.epochs,
+                                  self.stage.metric, self.session.log, bar=self.show_bar)
+            try:
+                def on_epoch(s: EpochStats, shown: EpochProgress = shown) -> None:
+                    shown(s.epoch, s.metric(self.stage.metric), s.images_per_s)
+
+                other = train(plan.cfg, data, self.session.device, on_epoch, None,
+                              Monitor(self.stage.metric, self.stage.direction),
+                              cache_dir=self.session.ws.cache)
+            finally:
+                shown.close()
+            values.append(other.best.metric(self.stage.metric))
+        return values
 
     def plan(self, trial: optuna.Trial, frozen: FrozenTrial) -> Plan:
         """What the trial trains: its settings (sampled, or the incumbent's), seed and fold.
@@ -183,7 +215,8 @@ class TrialRunner:
         if not self.session.cfg.reuse_trainings:
             return None
         return training_key(settings_digest(plan.cfg), self.image_size(plan), plan.fold,
-                            self.stage.subset, self.stage.metric, self.stage.direction)
+                            self.stage.subset, self.stage.metric, self.stage.direction,
+                            self.folds(plan))
 
     def _on_record(self, key: str, plan: Plan) -> dict[str, Any] | None:
         """The training on record under `key`, if its checkpoint is still there: one whose
@@ -224,7 +257,7 @@ class TrialRunner:
         for k in (TrialKey.METRICS, TrialKey.LAST, TrialKey.NUM_PARAMS):
             trial.set_user_attr(k, before[k])
         trial.set_user_attr(TrialKey.REUSED_FROM, before["trained_by"])
-        return float(before["metrics"][self.stage.metric])
+        return float(before.get("value", before["metrics"][self.stage.metric]))
 
     def _describe(self, trial: optuna.Trial, plan: Plan) -> dict[str, str]:
         """What every trial records of itself in Optuna, trained or reused, beside its role
@@ -272,7 +305,11 @@ class TrialRunner:
             shown(stats.epoch, stats.metric(stage.metric), stats.images_per_s)
             trial.report(stats.metric(stage.metric), stats.epoch)
             if prunable and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
+                why = getattr(trial.study.pruner, "reason", "")
+                if why:  # the incumbent pruner says what it compared the trial with
+                    trial.set_user_attr(TrialKey.PRUNED_BY, why)
+                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}"
+                                         + (f": {why}" if why else ""))
 
         # Behind a tracking server no folder is shared: resume points go to the trial's run
         # too, and a retry on another machine starts from its last attempt's.
@@ -290,17 +327,22 @@ class TrialRunner:
                                    cache_dir=session.ws.cache, identity=identity,
                                    on_resume_point=mirror.resume_points(run) if remote
                                    else None)
+                    shown.close()
+                    values = [result.best.metric(stage.metric), *self._other_folds(plan)]
             finally:
                 shown.close()
             for k, v in {TrialKey.METRICS: asdict(result.best),
                          TrialKey.LAST: asdict(result.history[-1]),
                          TrialKey.NUM_PARAMS: result.num_params}.items():
                 trial.set_user_attr(k, v)
+            if len(values) > 1:
+                trial.set_user_attr(TrialKey.FOLD_VALUES, values)
+                mirror.fold_values(run, stage.metric, values)
             mirror.trial_finished(run, plan.cfg, result, run_dir,
                                   f"{stage.name} trial {plan.number}",
                                   [run.run_id, before] if remote else [])
-        except optuna.TrialPruned:
-            mirror.trial_pruned(run)
+        except optuna.TrialPruned as e:
+            mirror.trial_pruned(run, str(e))
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         except OWN_FAILURES as e:
@@ -323,7 +365,7 @@ class TrialRunner:
                        f"{type(e).__name__}: {e}", traceback.format_exc())
             raise
         shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint now lives in MLflow
-        return result
+        return result, sum(values) / len(values)
 
     def _previous_attempt(self, frozen: FrozenTrial) -> str | None:
         """The MLflow run of this trial's last failed attempt (None for a first attempt)."""

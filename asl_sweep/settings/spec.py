@@ -187,6 +187,12 @@ class StageConfig(Strict):
     goal: str = Field("", description="what the stage is for, in words (shown in the report "
                       "and MLflow)")
     subset: int | None = Field(None, ge=1, description="train on N images covering every class")
+    folds: int = Field(1, ge=1, le=10, description="validate every search trial (and the "
+                       "incumbent and seed trials) on this many person folds of the non-test "
+                       "people, a training each, and take the mean of their values: the "
+                       "search sees most validation people once, at `folds` times the cost "
+                       "of a trial (pruning looks at the first fold; race repeats stay one "
+                       "fold each, paired). 1: one fold")
     image_size: int | None = Field(None, ge=8, le=1024, description="decode this stage's "
                                    "images at this size (default: data.image_size, or a "
                                    "backbone's own input size)")
@@ -203,9 +209,11 @@ class StageConfig(Strict):
                         "(the incumbent and confirmation repeats are not counted)")
     timeout: float | None = Field(None, gt=0, description="seconds of search for the stage, "
                                   "summed over reruns (time between runs does not count)")
-    pruner: Literal["median", "hyperband", "halving", "none"] = Field(
+    pruner: Literal["median", "incumbent", "hyperband", "halving", "none"] = Field(
         "median", description="median: stop a trial whose epoch-k value is below the median of "
-        "earlier trials'; hyperband, halving: successive halving of the epochs; none: never")
+        "earlier trials'; incumbent: stop a trial once it is behind the incumbent's curve at "
+        "the same epoch (same fold and seed) by more than that curve's own spread (at least "
+        "2 points); hyperband, halving: successive halving of the epochs; none: never")
     seed: int = Field(0, description="added to the sampler's seed")
     space: dict[str, Any] = Field({}, description="the searched settings: key paths into "
                                   "base, each a list (a choice) or {low, high, log, step, "
@@ -280,6 +288,12 @@ class StudyConfig(Strict):
     reuse_trainings: bool = Field(True, description="a trial whose training the study already "
                                   "did (same settings, seed, images, fold, metric) takes its "
                                   "result and checkpoint instead of training again")
+    final_model: Literal["ensemble", "best_repeat"] = Field(
+        "ensemble", description="what the final configuration is exported, registered and "
+        "scored as: ensemble (every repeat's class probabilities averaged, one model; a "
+        "configuration with one repeat is that repeat) or best_repeat (its best repeat by "
+        "validation). Fixed before the test split is read: never chosen by test; the report "
+        "shows both test figures")
 
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:

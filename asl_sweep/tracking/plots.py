@@ -153,3 +153,30 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=10,
                         color="white" if value > peak / 2 else "black")
     return _save(fig, path)
+
+
+def plot_gallery(rows: Sequence[tuple[str, Sequence[tuple[object, str]]]], path: Path,
+                 title: str = "", per_row: int = 8) -> Path:
+    """Rows of thumbnails, each row a title (a person, a confused pair) and up to `per_row`
+    (image, caption) pairs; an image is uint8 [3, H, W] (a tensor or an array)."""
+    import numpy as np
+
+    rows = [(name, list(items)[:per_row]) for name, items in rows if items]
+    fig = Figure(figsize=(1.3 * per_row, 1.75 * max(1, len(rows)) + 0.4))
+    axes = fig.subplots(max(1, len(rows)), per_row, squeeze=False)
+    for r, (name, items) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if c < len(items):
+                image, caption = items[c]
+                ax.imshow(np.asarray(image).transpose(1, 2, 0))
+                ax.set_xlabel(caption, fontsize=7)
+        axes[r][0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(left=0.12, right=0.99, bottom=0.06, top=0.9, wspace=0.08, hspace=0.45)
+    return _save(fig, path)

@@ -8,9 +8,9 @@ the end of the trial), not one call per value or per epoch."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import random
+import sys
 import threading
 import time
 import urllib.parse
@@ -235,32 +235,26 @@ class Tracker:
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str):
-        """CPU, memory, disk and network (and GPU where pynvml sees one) of this machine while
-        the block runs, sampled every ASL_SWEEP_SYSTEM_METRICS_S seconds (default 5) on a
-        thread of MLflow's own, into the run's System metrics tab. A trial shorter than one
-        interval has none; 0 turns it off."""
+        """The trial's own process while the block runs: its CPU (percent of one core), its
+        resident memory and threads, and the GPU memory torch holds where there is a GPU,
+        sampled at the start, every ASL_SWEEP_SYSTEM_METRICS_S seconds (default 5) and at the
+        end, so every trial has them, a pruned one of two seconds too. Kept off the hot path:
+        a thread samples, and the samples go to MLflow in one batch at the end (or each
+        minute of a long trial), into the run's System metrics (`system/process_*`). 0 turns
+        them off. (MLflow's own monitor measured the whole machine, and not at all for a
+        trial shorter than its interval.)"""
         seconds = float(os.environ.get("ASL_SWEEP_SYSTEM_METRICS_S", "5"))
-        monitor = None
-        if seconds > 0:
-            try:
-                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-            except ImportError:  # psutil missing: the trial runs without them
-                SystemMetricsMonitor = None  # noqa: N806
-            if SystemMetricsMonitor is not None:
-                # Its own notices (started, stopped, a store that does not answer) are not
-                # the user's business: an outage is named once, by asl-sweep.
-                logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
-                monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds,
-                                               tracking_uri=self.tracking_uri)
-                monitor.start()
+        if seconds <= 0:
+            yield
+            return
+        sampler = ProcessSampler(self.client, run_id, seconds)
+        sampler.start()
         try:
             yield
         finally:
-            if monitor is not None:
-                # Off the trial's path: finishing joins MLflow's thread, whose last call may
-                # wait on a store that stopped answering (the trial must not wait with it).
-                threading.Thread(target=monitor.finish, name="system-metrics-finish",
-                                 daemon=True).start()
+            # Nearly off the trial's path: the last sample and batch are waited for a few
+            # seconds at most (a store that stopped answering is not waited on).
+            sampler.stop(wait=5.0)
 
     def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
         return EpochLog(self.client, run_id, interval)
@@ -469,3 +463,60 @@ class EpochLog:
             self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
         self.pending = []
         self.sent_at = time.monotonic()
+
+
+class ProcessSampler:
+    """Samples this process on a daemon thread (see Tracker.system_metrics)."""
+
+    SEND_EVERY_S = 60.0
+
+    def __init__(self, client, run_id: str, interval: float):
+        import psutil
+
+        self.client, self.run_id, self.interval = client, run_id, interval
+        self.process = psutil.Process()
+        self.pending: list[Metric] = []
+        self.step = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="process-metrics", daemon=True)
+
+    def start(self) -> None:
+        self.process.cpu_percent(None)  # the first reading starts the CPU clock
+        self._sample()
+        self.thread.start()
+
+    def stop(self, wait: float) -> None:
+        self.done.set()
+        self.thread.join(wait)
+
+    def _sample(self) -> None:
+        ts = _now_ms()
+        with self.process.oneshot():
+            values = {"system/process_cpu_percent": self.process.cpu_percent(None),
+                      "system/process_rss_mb": self.process.memory_info().rss / 2**20,
+                      "system/process_threads": self.process.num_threads()}
+        torch = sys.modules.get("torch")  # only where the trial already loaded it
+        if torch is not None and torch.cuda.is_available():
+            values["system/process_gpu_memory_mb"] = torch.cuda.memory_allocated() / 2**20
+        self.pending += [Metric(k, float(v), ts, self.step) for k, v in values.items()]
+        self.step += 1
+
+    def _send(self) -> None:
+        batch, self.pending = self.pending, []
+        if batch:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except (MlflowException, OSError):  # an outage: the trial's own record names it
+                pass
+
+    def _loop(self) -> None:
+        sent = time.monotonic()
+        while not self.done.wait(self.interval):
+            self._sample()
+            if time.monotonic() - sent >= self.SEND_EVERY_S:
+                self._send()
+                sent = time.monotonic()
+        self._sample()  # the end
+        self._send()

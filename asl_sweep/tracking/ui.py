@@ -56,7 +56,9 @@ def experiment_addresses(base: str) -> list[str]:
                   else f"{runs}&searchFilter={TRIALS}")
         lines += [f"  {e['name']}, every trial: {trials}",
                   f"  {e['name']}, charts: {trials}&compareRunsMode=CHART",
-                  f"  {e['name']}, study -> stage -> trial: {runs}"]
+                  # oldest first: stage 1 above stage 2 (MLflow's default is newest first)
+                  f"  {e['name']}, study -> stage -> trial: {runs}&orderByKey="
+                  f"{urllib.parse.quote('attributes.start_time')}&orderByAsc=true"]
     return lines
 
 

@@ -28,7 +28,7 @@ def trials_view(metrics: Iterable[str], params: Iterable[str]) -> dict:
     """Every trial run of the study, flat, best by the first stage metric first, with the
     stage metrics (each trial's best epoch), what each trial is, and the settings searched;
     the chart view opens on the charts of the first stage metric (by epoch, a line per
-    trial; and its best per trial), the others a search away."""
+    trial, every trial; and its best per trial), the others a search away."""
     metrics = list(dict.fromkeys(metrics))
     return {
         "searchFilter": "tags.kind = 'trial'",
@@ -40,6 +40,9 @@ def trials_view(metrics: Iterable[str], params: Iterable[str]) -> dict:
             *(column("params", p) for p in dict.fromkeys(params)),
         ],
         "chartsSearchFilter": metrics[0],
+        # MLflow's charts draw the first 10 runs unless told otherwise: every trial, pruned
+        # ones too, is drawn.
+        "runsHiddenMode": "SHOW_ALL",
     }
 
 

@@ -56,12 +56,19 @@ class ModelFile:
     epoch: int
     metrics: dict[str, float]
     identity: dict[str, str] = field(default_factory=dict)
+    # An ensemble's file: every member's weights (the same architecture, e.g. the repeats of
+    # one configuration), their probabilities averaged; `state` is the member it was chosen
+    # beside. Empty: one model.
+    members: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"format": MODEL_FORMAT, "version": VERSION, "model": self.state,
-                "config": self.config.model_dump(mode="json"), "spec": asdict(self.spec),
-                "classes": list(self.classes), "epoch": self.epoch,
-                "metrics": dict(self.metrics), "identity": dict(self.identity)}
+        stored = {"format": MODEL_FORMAT, "version": VERSION, "model": self.state,
+                  "config": self.config.model_dump(mode="json"), "spec": asdict(self.spec),
+                  "classes": list(self.classes), "epoch": self.epoch,
+                  "metrics": dict(self.metrics), "identity": dict(self.identity)}
+        if self.members:
+            stored["members"] = list(self.members)
+        return stored
 
     def save(self, path: Path, sync: bool = True) -> Path:
         atomic_torch_save(self.to_dict(), path, sync)
@@ -76,22 +83,27 @@ class ModelFile:
                        spec=InputSpec(int(spec["image_size"]), int(spec["num_classes"]),
                                       tuple(spec["mean"]), tuple(spec["std"])),
                        classes=list(stored["classes"]), epoch=int(stored["epoch"]),
-                       metrics=dict(stored["metrics"]), identity=dict(stored["identity"]))
+                       metrics=dict(stored["metrics"]), identity=dict(stored["identity"]),
+                       members=list(stored.get("members", [])))
         except (KeyError, TypeError, ValidationError) as e:
             raise ModelFileError(f"{path}: damaged asl-sweep model file ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:120]})") from None
 
     def build(self, device: str | torch.device = "cpu") -> nn.Module:
         """The model with these weights, in eval mode (no pretrained weights are looked up:
-        the file holds them all)."""
-        from asl_sweep.models.registry import build_model
+        the file holds them all); an ensemble where the file has members."""
+        from asl_sweep.models.registry import Ensemble, build_model
 
-        model = build_model(self.config, self.spec, pretrained=False)
-        try:
-            model.load_state_dict(self.state)
-        except RuntimeError as e:
-            raise ModelFileError(f"weights do not fit the model their settings describe "
-                                 f"({str(e).splitlines()[0][:160]})") from None
+        def one(state: dict[str, torch.Tensor]) -> nn.Module:
+            model = build_model(self.config, self.spec, pretrained=False)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ModelFileError(f"weights do not fit the model their settings describe "
+                                     f"({str(e).splitlines()[0][:160]})") from None
+            return model
+
+        model = Ensemble([one(s) for s in self.members]) if self.members else one(self.state)
         return model.to(device).eval()
 
 

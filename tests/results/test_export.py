@@ -57,15 +57,21 @@ def test_each_exported_form_reproduces_the_test_accuracy(exported, form):
     predictions = np.concatenate([predictor(test.x[i:i + 64]).argmax(1)
                                   for i in range(0, len(test.y), 64)])
     accuracy = (predictions == test.y.numpy()).mean()
-    index = final["trials"].index(final["export_trial"])
-    assert accuracy == pytest.approx(final["accuracy"][index], abs=1e-9)
+    # The exported model is the ensemble of the configuration's 2 repeats (final_model's
+    # default), in every form: the test figure `run` printed for it.
+    assert cfg.final_model == "ensemble" and len(final["ensemble"]["members"]) == 2
+    assert accuracy == pytest.approx(final["ensemble"]["mean"], abs=1e-9)
 
 
-def test_the_exported_model_is_the_best_repeat_by_validation(exported):
+def test_the_exported_model_is_the_ensemble_beside_the_best_repeat_by_validation(exported):
     cfg, ws, _ = exported
     chosen = load_exported(cfg, ws)
     values = {t.number: t.value for t in chosen.view.repeats()}
     assert chosen.trial.number == max(values, key=lambda n: (values[n], -n))
+    assert len(chosen.file.members) == 2 and chosen.lineage()["final_model"] == "ensemble"
+    single = load_exported(cfg.model_copy(update={"final_model": "best_repeat"}), ws)
+    assert not single.file.members
+    assert single.scored.accuracy == pytest.approx(chosen.test["best_repeat"]["accuracy"])
     model = chosen.file.build()
     test = open_data(cfg, ws).test(16)
     assert (predict_labels(model, test.x) == chosen.scored.predictions).all()

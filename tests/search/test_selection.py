@@ -133,3 +133,18 @@ def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
 
     assert [signed(x) for x in (-0.04, -0.0, 0.0, 0.04)] == ["+0.0"] * 4
     assert (signed(3.26), signed(-2.5), signed(-0.004, 2)) == ("+3.3", "-2.5", "+0.00")
+
+
+def test_a_race_line_speaks_in_points_for_person_metrics_and_bounds_what_an_accuracy_can_lose():
+    from asl_sweep.search.racing import Bounds, Verdict
+    from asl_sweep.search.selection import race_line
+    from asl_sweep.settings.spec import StageConfig
+
+    stage = StageConfig(name="s", metric="val_person_q25", space={"lr": [0.1]})
+    verdict = Verdict(adopt=None, alive=[4, 5], bounds={
+        4: Bounds(n=2, mean=0.34, sd=0.3, lower=-2.371, upper=3.0, power=1.0),
+        5: Bounds(n=3, mean=0.02, sd=0.01, lower=-0.004, upper=0.05, power=0.5)})
+    line = race_line(stage, verdict)
+    # Was "trial 4 +34.0 pt, lower bound -237.1 pt": no accuracy loses 237 points.
+    assert "trial 4 +34.0 pt, lower bound below -100 pt (too few rounds to bound it yet)" in line
+    assert "trial 5 +2.0 pt, lower bound -0.4 pt" in line

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
@@ -86,17 +87,43 @@ def test_early_stopping_never_cuts_a_gate_stage_short(write_study, tmp_path):
     assert epochs == {"gate": 6, "plain": 2}
 
 
-def test_every_trial_run_has_system_metrics(write_study, tmp_path, monkeypatch):
-    monkeypatch.setenv("ASL_SWEEP_SYSTEM_METRICS_S", "0.5")
-    path = write_study({"base": {"epochs": 200},  # a few seconds a trial
-                        "stages": [{"name": "search", "trials": 1, "sampler": "random",
+def test_every_trial_run_has_its_own_process_metrics_even_a_short_one(write_study, tmp_path):
+    """The trial's own process (CPU, resident memory, threads), sampled at its start and end
+    and every 5 s between: a trial of a second has two samples (MLflow's machine-wide
+    monitor left 11 of 20 runs, every pruned one, without any)."""
+    path = write_study({"base": {"epochs": 2},  # about a second a trial
+                        "stages": [{"name": "search", "trials": 2, "sampler": "random",
                                     "pruner": "none", "confirm": None,
-                                    "space": {"hidden": [[32]]}}]})
+                                    "space": {"hidden": [[32], [16]]}}]})
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
     client = MlflowClient(Workspace.at(home).tracking_uri)
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    assert len(study.trials) == 3
     for t in study.trials:
+        run = t.user_attrs["mlflow_run_id"]
+        rss = client.get_metric_history(run, "system/process_rss_mb")
+        cpu = client.get_metric_history(run, "system/process_cpu_percent")
+        assert len(rss) >= 2 and len(cpu) >= 2, (t.number, len(rss))  # start and end
+        assert all(50 < m.value < 20_000 for m in rss)  # a process with torch loaded, in MB
+        assert all(m.value >= 0 for m in cpu)
+        assert sorted(m.step for m in rss) == list(range(len(rss)))
+        assert "system/cpu_utilization_percentage" not in client.get_run(run).data.metrics
+
+
+def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_study, tmp_path):
+    path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
+                                    "pruner": "none", "confirm": None, "folds": 2,
+                                    "metric": "val_person_mean",
+                                    "space": {"lr": [1e-2]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    client = MlflowClient(Workspace.at(home).tracking_uri)
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    for t in study.trials:  # the incumbent and the search trial
+        values = t.user_attrs["fold_values"]
+        assert len(values) == 2 and t.value == pytest.approx(sum(values) / 2)
+        assert values[0] == pytest.approx(t.user_attrs["metrics"]["val_person_mean"])
         metrics = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
-        assert "system/cpu_utilization_percentage" in metrics, sorted(metrics)
-        assert "system/system_memory_usage_megabytes" in metrics
+        assert metrics["val_person_mean_fold1"] == pytest.approx(values[1])
+        assert metrics["val_person_mean_folds_mean"] == pytest.approx(t.value)

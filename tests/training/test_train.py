@@ -219,3 +219,23 @@ def test_every_epoch_reports_its_validation_people(synthetic_split):
         assert 0 <= s.val_person_worst <= s.val_person_q25 <= s.val_person_mean <= 1
         # Each signer has as many images of each letter here: the person mean is pooled.
         assert s.val_person_mean == pytest.approx(s.val_acc, abs=0.05)
+
+
+def test_an_ensemble_file_averages_its_members_probabilities(synthetic_split, tmp_path):
+    from asl_sweep.models.registry import Deployable, Ensemble
+
+    files = []
+    for seed in (0, 1):
+        cfg = TrainConfig(hidden=[16], epochs=2, lr=3e-3, seed=seed)
+        files.append(ModelFile.load(train(cfg, synthetic_split, "cpu", run_dir=tmp_path / str(seed))
+                                    .checkpoint))
+    one = files[0]
+    both = ModelFile(one.state, one.config, one.spec, one.classes, one.epoch, one.metrics,
+                     one.identity, members=[f.state for f in files])
+    loaded = ModelFile.load(both.save(tmp_path / "ensemble.pt"))  # weights_only, as any file
+    model = loaded.build()
+    assert isinstance(model, Ensemble) and len(model.members) == 2
+    x = synthetic_split.x_val[:5]
+    mean = torch.stack([Deployable(f.build(), 16)(x) for f in files]).mean(0)
+    assert torch.allclose(Deployable(model, 16)(x), mean, atol=1e-6)
+    assert not ModelFile.load(files[0].save(tmp_path / "single.pt")).members
