@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ModelFileError, StoreError
+from asl_sweep.search.progress import final_model_lines
 from asl_sweep.search.record import save_final
 from asl_sweep.search.session import Session
 from asl_sweep.search.stageview import StageView
@@ -195,24 +196,6 @@ def confusion(scored: Scored, classes: list[str]) -> list[list[int]]:
     matrix = np.zeros((n, n), dtype=int)
     np.add.at(matrix, (scored.truth, scored.predictions), 1)
     return matrix.tolist()
-
-
-def final_model_lines(final: dict, final_model: str) -> list[str]:
-    """What the exported model scores on test: the ensemble of the repeats and the best
-    repeat by validation, and which of the two `final_model` exports."""
-    best = final.get("best_repeat") or {"trial": final["export_trial"], "accuracy": None}
-    single = (f"best repeat by validation (trial {best['trial']})"
-              + (f": {best['accuracy']:.3f}" if best["accuracy"] is not None else ""))
-    ens = final.get("ensemble")
-    if ens is None:
-        return [f"exported model: {single}"]
-    lines = [f"ensemble of the {len(ens['members'])} repeats (probabilities averaged): "
-             f"{ens['mean']:.3f} (95% CI {ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}); {single}"]
-    lines.append("exported model: " + ("the ensemble (final_model: ensemble, fixed before "
-                                       "the test split was read)" if final_model == "ensemble"
-                                       else f"the {single.split(':')[0]} (final_model: "
-                                       "best_repeat)"))
-    return lines
 
 
 def final_score(session: Session) -> dict:

@@ -146,3 +146,21 @@ def shown(value) -> str:
 
 def shown_settings(params: dict) -> str:
     return ", ".join(f"{k}={shown(v)}" for k, v in params.items())
+
+
+def final_model_lines(final: dict, final_model: str) -> list[str]:
+    """What the exported model scores on test: the ensemble of the repeats and the best
+    repeat by validation, and which of the two `final_model` exports."""
+    best = final.get("best_repeat") or {"trial": final["export_trial"], "accuracy": None}
+    single = (f"best repeat by validation (trial {best['trial']})"
+              + (f": {best['accuracy']:.3f}" if best["accuracy"] is not None else ""))
+    ens = final.get("ensemble")
+    if ens is None:
+        return [f"exported model: {single}"]
+    lines = [f"ensemble of the {len(ens['members'])} repeats (probabilities averaged): "
+             f"{ens['mean']:.3f} (95% CI {ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}); {single}"]
+    lines.append("exported model: " + ("the ensemble (final_model: ensemble, fixed before "
+                                       "the test split was read)" if final_model == "ensemble"
+                                       else f"the {single.split(':')[0]} (final_model: "
+                                       "best_repeat)"))
+    return lines
