@@ -508,8 +508,8 @@ class ProcessSampler:
 
             try:
                 self.client.log_batch(self.run_id, metrics=batch)
-            except (MlflowException, OSError):  # an outage: the trial's own record names it
-                pass
+            except (MlflowException, OSError, StoreError):  # an outage: the trial's own
+                pass  # record names it, once
 
     def _loop(self) -> None:
         sent = time.monotonic()

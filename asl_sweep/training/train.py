@@ -40,10 +40,16 @@ class EpochStats:
     seconds: float
     images_per_s: float
     # Over the validation people (where the images have people; else equal to val_acc):
-    # the mean of their accuracies, their 25th percentile, and the worst person's.
+    # the mean of their accuracies, their 25th percentile, and the worst person's. Left out
+    # (a history written before they were recorded): val_acc, as where there are no people.
     val_person_mean: float = float("nan")
     val_person_q25: float = float("nan")
     val_person_worst: float = float("nan")
+
+    def __post_init__(self) -> None:
+        for name in ("val_person_mean", "val_person_q25", "val_person_worst"):
+            if math.isnan(getattr(self, name)):
+                setattr(self, name, self.val_acc)
 
     def metric(self, name: str) -> float:
         return float(getattr(self, name))
