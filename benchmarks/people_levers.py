@@ -1,0 +1,65 @@
+"""Which augmentations a CNN trained from scratch on the built-in "people" signers can carry,
+one training each on validation fold 0 (the development set of issue 32, never its test
+split): the round-3 base augmentation of cnn.yaml, then each invariance added to it alone,
+at the architecture both cnn.yaml arms adopted. Validation figures only: they choose the
+shipped defaults, so they are not reported as test results.
+
+    .venv/bin/python -m benchmarks.people_levers [--seeds 1] [--epochs 40]"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from asl_sweep.data.studydata import StudyData
+from asl_sweep.settings.config import DataConfig, TrainConfig
+from asl_sweep.training.train import Monitor, train
+from benchmarks.common import write_result
+
+DATA = DataConfig(synthetic={"per_class": 120, "signers": 120, "seed": 0, "kind": "people"},
+                  image_size=48, val_fraction=0.2, test_fraction=0.25)
+BASE = dict(model="cnn", cnn={"channels": [16, 32, 64, 128], "kernel": 5, "batch_norm": True,
+                              "pool": "max", "dropout": 0.0178},
+            hidden=[], dropout=[0.2], optimizer="adamw", lr=3e-3, weight_decay=1e-4,
+            batch_size=64, schedule="cosine", warmup_epochs=1, device="cpu")
+ROUND3 = {"rotation": 10.0, "translate": 0.05, "brightness": 0.3, "contrast": 0.3,
+          "saturation": 0.3, "hue": 0.05}
+LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom_out": 1.3},
+          "+ rotation 30": {"rotation": 30.0}, "+ rotation 60": {"rotation": 60.0},
+          "+ perspective 0.2": {"perspective": 0.2}, "+ crop 0.7": {"crop_scale": 0.7}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--only", nargs="*", help="lever names to run (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = StudyData(DATA, Path(tmp), torch.device("cpu"), log=lambda _: None).split()
+        for name, extra in LEVERS.items():
+            if args.only and name not in args.only:
+                continue
+            for seed in range(args.seeds):
+                cfg = TrainConfig(**BASE, epochs=args.epochs, seed=seed,
+                                  augment={**ROUND3, **extra})
+                started = time.perf_counter()
+                result = train(cfg, data, "cpu", monitor=Monitor("val_person_q25"))
+                b = result.best
+                rows.append({"lever": name, "seed": seed, "val_acc": round(b.val_acc, 4),
+                             "val_person_q25": round(b.val_person_q25, 4),
+                             "val_person_worst": round(b.val_person_worst, 4),
+                             "best_epoch": b.epoch,
+                             "seconds": round(time.perf_counter() - started, 1)})
+                print(rows[-1], flush=True)
+    print(f"written to {write_result('people_levers', {'data': 'people 120', 'rows': rows})}")
+
+
+if __name__ == "__main__":
+    main()
