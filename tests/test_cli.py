@@ -149,3 +149,11 @@ def test_printed_commands_run_where_path_lacks_the_venv(monkeypatch, tmp_path):
     assert done.returncode == 0 and "usage: asl-sweep" in done.stdout
     monkeypatch.setenv("PATH", f"{own.parent}:/usr/bin:/bin")
     assert runnable("asl-sweep") == "asl-sweep"  # where PATH finds this one: its name
+
+
+def test_serve_names_a_model_it_cannot_serve_in_one_line(tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "nothing-here"), "--home", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing-here" in err and "asl-sweep export" in err
+    assert main(["serve", "models:/asl-sweep-x/1", "--home", str(tmp_path / "empty")]) == 2
+    assert "no MLflow store here" in capsys.readouterr().err
