@@ -234,20 +234,20 @@ class Tracker:
                                                for k, v in metrics.items()])
 
     @contextlib.contextmanager
-    def system_metrics(self, run_id: str):
+    def system_metrics(self, run_id: str, into: EpochLog | None = None):
         """The trial's own process while the block runs: its CPU (percent of one core), its
         resident memory and threads, and the GPU memory torch holds where there is a GPU,
         sampled at the start, every ASL_SWEEP_SYSTEM_METRICS_S seconds (default 5) and at the
         end, so every trial has them, a pruned one of two seconds too. Kept off the hot path:
-        a thread samples, and the samples go to MLflow in one batch at the end (or each
-        minute of a long trial), into the run's System metrics (`system/process_*`). 0 turns
-        them off. (MLflow's own monitor measured the whole machine, and not at all for a
+        a thread samples, and the samples go to MLflow with the trial's epoch metrics (`into`,
+        its EpochLog: no call of their own), or else in one batch at the end (or each minute
+        of a long run), into the run's System metrics (`system/process_*`). 0 turns them off. (MLflow's own monitor measured the whole machine, and not at all for a
         trial shorter than its interval.)"""
         seconds = float(os.environ.get("ASL_SWEEP_SYSTEM_METRICS_S", "5"))
         if seconds <= 0:
             yield
             return
-        sampler = ProcessSampler(self.client, run_id, seconds)
+        sampler = ProcessSampler(self.client, run_id, seconds, into)
         sampler.start()
         try:
             yield
@@ -450,18 +450,25 @@ class EpochLog:
     def __init__(self, client: MlflowClient, run_id: str, interval: float):
         self.client, self.run_id, self.interval = client, run_id, interval
         self.pending: list[Metric] = []
+        self.lock = threading.Lock()  # the process sampler adds from its own thread
         self.sent_at = time.monotonic()
 
     def add(self, step: int, values: Mapping[str, float]) -> None:
         ts = _now_ms()
-        self.pending += [Metric(k, float(values[k]), ts, step) for k in EPOCH_METRICS]
+        self.extend([Metric(k, float(values[k]), ts, step) for k in EPOCH_METRICS])
         if time.monotonic() - self.sent_at >= self.interval:
             self.flush()
 
+    def extend(self, metrics: list[Metric]) -> None:
+        """Metrics to go with the next batch (the process samples ride along)."""
+        with self.lock:
+            self.pending += metrics
+
     def flush(self) -> None:
-        for start in range(0, len(self.pending), 1000):  # MLflow's per-batch limit
-            self.client.log_batch(self.run_id, metrics=self.pending[start:start + 1000])
-        self.pending = []
+        with self.lock:
+            batch, self.pending = self.pending, []
+        for start in range(0, len(batch), 1000):  # MLflow's per-batch limit
+            self.client.log_batch(self.run_id, metrics=batch[start:start + 1000])
         self.sent_at = time.monotonic()
 
 
@@ -470,10 +477,12 @@ class ProcessSampler:
 
     SEND_EVERY_S = 60.0
 
-    def __init__(self, client, run_id: str, interval: float):
+    def __init__(self, client, run_id: str, interval: float, into: EpochLog | None = None):
         import psutil
 
         self.client, self.run_id, self.interval = client, run_id, interval
+        self.into = into  # a trial's epoch log: the samples go with its batches, no call of
+        # their own
         self.process = psutil.Process()
         self.pending: list[Metric] = []
         self.step = 0
@@ -498,7 +507,11 @@ class ProcessSampler:
         torch = sys.modules.get("torch")  # only where the trial already loaded it
         if torch is not None and torch.cuda.is_available():
             values["system/process_gpu_memory_mb"] = torch.cuda.memory_allocated() / 2**20
-        self.pending += [Metric(k, float(v), ts, self.step) for k, v in values.items()]
+        samples = [Metric(k, float(v), ts, self.step) for k, v in values.items()]
+        if self.into is not None:
+            self.into.extend(samples)
+        else:
+            self.pending += samples
         self.step += 1
 
     def _send(self) -> None:
