@@ -30,7 +30,7 @@ from asl_sweep.search import (
     TrialKey,
     breakdown,
     confusion,
-    ensemble_of,
+    final_candidates,
     open_data,
     score_trials,
     summarize,
@@ -97,12 +97,9 @@ def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> 
     test = summarize(scored, groups, "test")
     test["breakdown"] = breakdown(scored, groups, list(data.classes))  # per person and class
     chosen = view.export_trial()
-    mine = next(s for s in scored if s.trial == chosen.number)
-    if cfg.final_model == "ensemble" and len(scored) >= 2:
-        mine = ensemble_of(scored, chosen.number)
-        test["ensemble"] = summarize([mine], groups, "test")
-    test["best_repeat"] = {"trial": chosen.number, "accuracy": next(
-        s for s in scored if s.trial == chosen.number).accuracy}
+    best, ensemble, entries = final_candidates(scored, chosen.number, groups)
+    test.update(entries)
+    mine = ensemble if cfg.final_model == "ensemble" and ensemble is not None else best
     return Exported(cfg, view, chosen, mine.model_file, mine.model_file.build(), test, mine)
 
 

@@ -33,7 +33,7 @@ _FRONT_DOOR = {
     # score stored checkpoints
     "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
     "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",
-    "ensemble_of": "evaluation", "final_model_lines": "progress",
+    "final_candidates": "evaluation", "final_model_lines": "progress",
     "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",
     # read a study back
     "optuna_storage": "store", "serve_proxy": "store", "load_stage_study": "store",

@@ -58,6 +58,20 @@ def ensemble_of(scored: list[Scored], lead: int | None = None) -> Scored:
     return Scored(-1, -1, file, mean.argmax(1), scored[0].truth, mean)
 
 
+def final_candidates(scored: list[Scored], export_trial: int, groups: list[str] | None
+                     ) -> tuple[Scored, Scored | None, dict]:
+    """The two models the final configuration may be exported as: its best repeat by
+    validation (`export_trial`) and, with two repeats or more, their ensemble; and their
+    test entries (`best_repeat`, `ensemble`) for the final score."""
+    best = next(s for s in scored if s.trial == export_trial)
+    entries: dict = {"best_repeat": {"trial": best.trial, "accuracy": best.accuracy}}
+    ensemble = ensemble_of(scored, best.trial) if len(scored) >= 2 else None
+    if ensemble is not None:
+        entries["ensemble"] = summarize([ensemble], groups, "test") | {
+            "members": [s.trial for s in scored]}
+    return best, ensemble, entries
+
+
 def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
     run_id = t.user_attrs.get(TrialKey.RUN)
     if not run_id:
@@ -217,11 +231,7 @@ def final_score(session: Session) -> dict:
     final = summarize(scored, test.groups, "test")
     final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
     final["breakdown"] = breakdown(scored, test.groups, list(session.data.classes))
-    best = next(s for s in scored if s.trial == final["export_trial"])
-    final["best_repeat"] = {"trial": best.trial, "accuracy": best.accuracy}
-    if len(scored) >= 2:
-        final["ensemble"] = summarize([ensemble_of(scored, best.trial)], test.groups, "test") | {
-            "members": [s.trial for s in scored]}
+    final.update(final_candidates(scored, final["export_trial"], test.groups)[2])
     signals.check()  # a stop asked for while scoring: exit 130, and a rerun scores again
     save_final(session.record, final)
     session.mirror.final_scored(final, TEST_RULE, session.data.test_dataset())

@@ -153,7 +153,7 @@ class Mirror:
         """While a trial trains: this process's system metrics on its run, and its epochs
         flushed at the end whatever happened."""
         try:
-            with self.tracker.system_metrics(run.run_id, into=run.epochs):
+            with self.tracker.system_metrics(run.epochs):
                 yield
         finally:
             run.epochs.flush()

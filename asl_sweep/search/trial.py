@@ -152,9 +152,6 @@ class TrialRunner:
         fold's curve decided that): each fold's value."""
         values = []
         for fold in range(1, self.folds(plan)):
-            data = self.session.data.split(self.image_size(plan), fold)
-            if self.stage.subset:
-                data = data.subset(self.stage.subset, self.session.cfg.data.seed)
             shown = EpochProgress(f"{self.stage.name} trial {plan.number} (fold {fold + 1} "
                                   f"of {self.folds(plan)})", plan.cfg.epochs,
                                   self.stage.metric, self.session.log, bar=self.show_bar)
@@ -162,7 +159,7 @@ class TrialRunner:
                 def on_epoch(s: EpochStats, shown: EpochProgress = shown) -> None:
                     shown(s.epoch, s.metric(self.stage.metric), s.images_per_s)
 
-                other = train(plan.cfg, data, self.session.device, on_epoch, None,
+                other = train(plan.cfg, self.data(plan, fold), self.session.device, on_epoch, None,
                               Monitor(self.stage.metric, self.stage.direction),
                               cache_dir=self.session.ws.cache)
             finally:
@@ -199,8 +196,10 @@ class TrialRunner:
         stage = None if plan.of_previous_family else self.stage
         return stage_image_size(self.session.cfg, stage, plan.cfg)
 
-    def data(self, plan: Plan) -> SplitData:
-        data = self.session.data.split(self.image_size(plan), plan.fold)
+    def data(self, plan: Plan, fold: int | None = None) -> SplitData:
+        """The plan's images: its own fold, or `fold`."""
+        data = self.session.data.split(self.image_size(plan),
+                                       plan.fold if fold is None else fold)
         if self.stage.subset:
             return data.subset(self.stage.subset, self.session.cfg.data.seed)
         return data

@@ -234,26 +234,25 @@ class Tracker:
                                                for k, v in metrics.items()])
 
     @contextlib.contextmanager
-    def system_metrics(self, run_id: str, into: EpochLog | None = None):
+    def system_metrics(self, into: EpochLog):
         """The trial's own process while the block runs: its CPU (percent of one core), its
         resident memory and threads, and the GPU memory torch holds where there is a GPU,
         sampled at the start, every ASL_SWEEP_SYSTEM_METRICS_S seconds (default 5) and at the
         end, so every trial has them, a pruned one of two seconds too. Kept off the hot path:
         a thread samples, and the samples go to MLflow with the trial's epoch metrics (`into`,
-        its EpochLog: no call of their own), or else in one batch at the end (or each minute
-        of a long run), into the run's System metrics (`system/process_*`). 0 turns them off. (MLflow's own monitor measured the whole machine, and not at all for a
-        trial shorter than its interval.)"""
+        its EpochLog: no request of their own), into the run's System metrics
+        (`system/process_*`). 0 turns them off. (MLflow's own monitor measured the whole
+        machine, and not at all for a trial shorter than its interval.)"""
         seconds = float(os.environ.get("ASL_SWEEP_SYSTEM_METRICS_S", "5"))
         if seconds <= 0:
             yield
             return
-        sampler = ProcessSampler(self.client, run_id, seconds, into)
+        sampler = ProcessSampler(into, seconds)
         sampler.start()
         try:
             yield
         finally:
-            # Nearly off the trial's path: the last sample and batch are waited for a few
-            # seconds at most (a store that stopped answering is not waited on).
+            # The last sample is waited for a moment at most (it is only a reading).
             sampler.stop(wait=5.0)
 
     def epoch_log(self, run_id: str, interval: float = 2.0) -> EpochLog:
@@ -473,18 +472,14 @@ class EpochLog:
 
 
 class ProcessSampler:
-    """Samples this process on a daemon thread (see Tracker.system_metrics)."""
+    """Samples this process on a daemon thread into a trial's epoch log (see
+    Tracker.system_metrics)."""
 
-    SEND_EVERY_S = 60.0
-
-    def __init__(self, client, run_id: str, interval: float, into: EpochLog | None = None):
+    def __init__(self, into: EpochLog, interval: float):
         import psutil
 
-        self.client, self.run_id, self.interval = client, run_id, interval
-        self.into = into  # a trial's epoch log: the samples go with its batches, no call of
-        # their own
+        self.into, self.interval = into, interval
         self.process = psutil.Process()
-        self.pending: list[Metric] = []
         self.step = 0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="process-metrics", daemon=True)
@@ -507,29 +502,10 @@ class ProcessSampler:
         torch = sys.modules.get("torch")  # only where the trial already loaded it
         if torch is not None and torch.cuda.is_available():
             values["system/process_gpu_memory_mb"] = torch.cuda.memory_allocated() / 2**20
-        samples = [Metric(k, float(v), ts, self.step) for k, v in values.items()]
-        if self.into is not None:
-            self.into.extend(samples)
-        else:
-            self.pending += samples
+        self.into.extend([Metric(k, float(v), ts, self.step) for k, v in values.items()])
         self.step += 1
 
-    def _send(self) -> None:
-        batch, self.pending = self.pending, []
-        if batch:
-            from mlflow.exceptions import MlflowException
-
-            try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except (MlflowException, OSError, StoreError):  # an outage: the trial's own
-                pass  # record names it, once
-
     def _loop(self) -> None:
-        sent = time.monotonic()
         while not self.done.wait(self.interval):
             self._sample()
-            if time.monotonic() - sent >= self.SEND_EVERY_S:
-                self._send()
-                sent = time.monotonic()
         self._sample()  # the end
-        self._send()

@@ -2,11 +2,12 @@
 
 from asl_sweep.cli import main
 
+ONE_TRIAL = {"stages": [{"name": "search", "trials": 1, "sampler": "grid", "pruner": "none",
+                         "confirm": None, "space": {"lr": [3e-3]}}]}
+
 
 def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, capsys):
-    path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
-                                    "pruner": "none", "confirm": None,
-                                    "space": {"lr": [3e-3]}}]})
+    path = write_study(ONE_TRIAL)
     home = str(tmp_path / "mlruns")
     assert main(["run", str(path), "--home", home]) == 0
     assert main(["run", str(path), "--home", home, "--set", "study=other",
@@ -35,9 +36,7 @@ def test_compare_names_a_study_that_never_ran(write_study, tmp_path, capsys):
 def test_compare_names_both_studies_of_one_yaml_and_refuses_a_study_with_itself(
         write_study, tmp_path, capsys):
     # The docs' workflow: the same YAML run again as a new study with --set study=NAME.
-    path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
-                                    "pruner": "none", "confirm": None,
-                                    "space": {"lr": [3e-3]}}]})
+    path = write_study(ONE_TRIAL)
     home = str(tmp_path / "mlruns")
     assert main(["run", str(path), "--home", home]) == 0
     assert main(["run", str(path), "--home", home, "--set", "study=tiny-more",
