@@ -71,6 +71,7 @@ def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
                 "test_std": round(test["std"], 4), "stage_s": round(seconds(view.trials), 1),
                 "confirm_s": round(seconds(confirm), 1)})
             print(stages[-1], flush=True)
+            stages[-1]["curves"] = curves(view)
     return {"study": study, "data": shown(data), "overrides": overrides, "trials": trials,
             "workers": workers or "1 (in this process)",
             "stages_run": [s.name for s in cfg.stages],
@@ -79,6 +80,21 @@ def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
             "final_test": final["summary"], "final_test_mean": round(final["mean"], 4),
             "final_test_std": round(final["std"], 4), "people": people_figures(final),
             "stages": stages}
+
+
+def curves(view) -> dict:
+    """The stage's learning curves as recorded (the stage metric at each epoch of every
+    trial, its role and how it ended) and which trial the stage carried on: the data
+    benchmarks/pruning_replay.py replays under each pruner."""
+    r = view.result
+    return {"metric": view.stage.metric, "direction": view.stage.direction,
+            "pruner": view.stage.pruner, "target": view.stage.target,
+            "carried": r.trial if r else None, "status": r.status if r else None,
+            "trials": [{"number": t.number, "role": str(role_of(t)), "state": t.state.name,
+                        "value": None if t.value is None else round(t.value, 5),
+                        "curve": [[e, round(v, 5)] for e, v in
+                                  sorted(t.intermediate_values.items())]}
+                       for t in view.trials]}
 
 
 def people_figures(final: dict) -> dict | None:

@@ -1,0 +1,174 @@
+"""What each pruner costs, by replaying recorded learning curves (no training): the curves
+of real studies run without pruning (benchmarks/results/*.json written by end_to_end.run,
+each stage's `curves`) are fed, epoch by epoch, to the pruner a stage would build
+(search/store.make_pruner, the real Optuna and asl-sweep pruners, on an in-memory Optuna
+study), trial after trial in the order they ran and in shuffled orders of the search trials.
+
+For every pruner it reports
+- the pruned share: the share of the search trials' epochs not trained (search trials only:
+  the incumbent, seed trials and race repeats are never pruned, as in a study);
+- false prune: the share of cases (a stage in one order) in which the stage's winner was
+  pruned: the trial the stage carried on when it adopted one, else its best search trial by
+  value (the first candidate its race would have confirmed). A pruned winner never reaches
+  the race: the stage adopts something else, or keeps the incumbent.
+
+    .venv/bin/python -m benchmarks.pruning_replay [--orders 200] [RESULT.json ...]
+    .venv/bin/python -m benchmarks.pruning_replay --record report   # the curves, once
+
+--record report runs the curves this replays by default: report.yaml's five MLP goals on the
+ASL photos, --cpu-sized as benchmarks/time_to_quality.py runs them, every stage with
+`pruner: none` (about 15 minutes on 2 cores); results/curves_report_mlp.json.
+
+Only stages recorded with `pruner: none` and a metric (not a target) are replayed: a curve
+cut by a pruner cannot say what would have followed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import optuna
+
+from asl_sweep.search.state import Role, TrialKey
+from asl_sweep.search.store import make_pruner
+from asl_sweep.settings.spec import StageConfig
+from benchmarks.common import ASL, RESULTS, write_result
+from benchmarks.end_to_end import run
+from benchmarks.time_to_quality import CPU_SIZED
+
+PRUNERS = ["median", "incumbent", "halving", "hyperband"]
+DEFAULT_SOURCES = ["curves_report_mlp"]
+
+
+def stages_of(result: dict, source: str) -> list[dict]:
+    """The replayable stages of one benchmark result."""
+    runs = [result] if "stages" in result else [v for v in result.values()
+                                                 if isinstance(v, dict) and "stages" in v]
+    found = []
+    for one in runs:
+        for stage in one["stages"]:
+            c = stage.get("curves")
+            if not c or c["pruner"] != "none" or c["target"] is not None:
+                continue
+            trials = [t for t in c["trials"] if t["state"] == "COMPLETE" and t["curve"]
+                      and t["role"] != Role.CONFIRM]
+            if sum(t["role"] == Role.SEARCH for t in trials) < 2:
+                continue
+            found.append({"source": source, "stage": stage["stage"], "metric": c["metric"],
+                          "direction": c["direction"], "carried": c["carried"],
+                          "status": c["status"], "trials": trials})
+    return found
+
+
+def winner(stage: dict) -> int:
+    """The trial the stage would carry on, pruned nothing: the adopted one, else its best
+    search trial (the race's first candidate)."""
+    search = [t for t in stage["trials"] if t["role"] in (Role.SEARCH, Role.SEED)]
+    if stage["status"] == "adopted" and any(t["number"] == stage["carried"] for t in search):
+        return stage["carried"]
+    sign = 1 if stage["direction"] == "maximize" else -1
+    return max(search, key=lambda t: (sign * t["value"], -t["number"]))["number"]
+
+
+def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
+    """One pass of the stage's trials, in `order`, under `pruner`: the epochs each trial
+    trained and which were pruned."""
+    epochs = max(len(t["curve"]) for t in stage["trials"])
+    cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
+                      direction=stage["direction"], pruner=pruner)
+    study = optuna.create_study(direction=stage["direction"], pruner=make_pruner(cfg, epochs),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    trained, full, pruned = 0, 0, set()
+    for t in order:
+        trial = study.ask()
+        trial.set_user_attr(TrialKey.ROLE, t["role"])
+        stopped = None
+        for epoch, value in t["curve"]:
+            trial.report(value, epoch)
+            if t["role"] == Role.SEARCH and trial.should_prune():
+                stopped = epoch
+                break
+        if t["role"] == Role.SEARCH:
+            full += len(t["curve"])
+            trained += stopped if stopped is not None else len(t["curve"])
+        if stopped is None:
+            study.tell(trial, t["value"])
+        else:
+            pruned.add(t["number"])
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return {"trained": trained, "full": full, "pruned": pruned}
+
+
+def orders(stage: dict, n: int, rng: random.Random) -> list[list[dict]]:
+    """The recorded order first, then shuffles of the search trials (the incumbent and the
+    seed trials always run first, as in a study)."""
+    first = [t for t in stage["trials"] if t["role"] != Role.SEARCH]
+    search = [t for t in stage["trials"] if t["role"] == Role.SEARCH]
+    out = [first + search]
+    for _ in range(n - 1):
+        shuffled = search[:]
+        rng.shuffle(shuffled)
+        out.append(first + shuffled)
+    return out
+
+
+def record(study: str, name: str) -> None:
+    """Run `study` with no pruning anywhere and keep its curves as results/<name>.json."""
+    from asl_sweep.settings.studyfile import load_study
+
+    unpruned = [f"stages.{i}.pruner=none" for i in range(len(load_study(study).stages))]
+    result = run(study, ASL, [*CPU_SIZED, *unpruned], None, None, stages=5)
+    print(f"written to {write_result(name, result)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--record", choices=["report"],
+                        help="run the study whose curves are replayed, and stop")
+    parser.add_argument("sources", nargs="*", default=DEFAULT_SOURCES,
+                        help="benchmark results (names under benchmarks/results or paths)")
+    parser.add_argument("--orders", type=int, default=200)
+    args = parser.parse_args()
+    if args.record:
+        record("sweeps/report.yaml", "curves_report_mlp")
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stages = []
+    for source in args.sources:
+        path = Path(source) if source.endswith(".json") else RESULTS / f"{source}.json"
+        stages += stages_of(json.loads(path.read_text()), path.stem)
+    if not stages:
+        raise SystemExit(f"no stage recorded without pruning in {', '.join(args.sources)}")
+    rng = random.Random(0)
+    cases = [(s, o) for s in stages for o in orders(s, args.orders, rng)]
+    rows = []
+    for pruner in PRUNERS:
+        trained = full = false = 0
+        per_stage: dict[str, list[int]] = {}
+        for stage, order in cases:
+            r = replay(stage, pruner, order)
+            trained, full = trained + r["trained"], full + r["full"]
+            lost = winner(stage) in r["pruned"]
+            false += lost
+            per_stage.setdefault(f"{stage['source']}:{stage['stage']}", []).append(lost)
+        rows.append({"pruner": pruner, "pruned_share": round(1 - trained / full, 4),
+                     "false_prune": round(false / len(cases), 4),
+                     "false_prune_by_stage": {k: round(sum(v) / len(v), 4)
+                                              for k, v in per_stage.items()}})
+    print(f"{len(stages)} stages ({', '.join(s['source'] + ':' + s['stage'] for s in stages)}), "
+          f"{args.orders} orders each")
+    print("| pruner | search epochs pruned | winner pruned (false prune) |")
+    print("|---|---|---|")
+    for r in rows:
+        print(f"| {r['pruner']} | {r['pruned_share']:.1%} | {r['false_prune']:.1%} |")
+    result = {"sources": args.sources, "orders": args.orders,
+              "stages": [{"source": s["source"], "stage": s["stage"], "status": s["status"],
+                          "winner": winner(s), "trials": len(s["trials"])} for s in stages],
+              "rows": rows}
+    print(f"written to {write_result('pruning_replay', result)}")
+
+
+if __name__ == "__main__":
+    main()
