@@ -41,6 +41,10 @@ def before(study: str, top: int) -> list[str]:
     cfg = load_study(study)
     return [*(f"stages.{i}.confirm={{top: {top}, repeats: 3}}" for i, s in enumerate(cfg.stages)
               if s.confirm is not None and s.target is None),
+            # the pruner the stage had then: median where it prunes today (issue 35's
+            # incumbent pruner is part of the new arm)
+            *(f"stages.{i}.pruner=median" for i, s in enumerate(cfg.stages)
+              if s.pruner != "none" and s.target is None),
             "reuse_trainings=false"]  # every trial trained, as before trainings were found again
 
 

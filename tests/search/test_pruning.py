@@ -1,6 +1,7 @@
-"""The incumbent pruner, on real training: a search trial behind the incumbent's curve by
-more than its noise stops early, saying what it was compared with; one level with it trains
-to the end."""
+"""Every pruner a stage can name, on real training: the incumbent pruner stops a search
+trial behind the incumbent's curve by more than its noise, saying what it was compared with,
+and lets one level with it train to the end; median, halving and hyperband stop a hopeless
+trial among others. Without a pruner (`none`) every trial trains every epoch."""
 
 import optuna
 import pytest
@@ -12,13 +13,13 @@ from asl_sweep.search.pruning import IncumbentPruner
 from asl_sweep.search.state import Role, TrialKey
 
 
-def _run(write_study, tmp_path, pruner: str) -> list:
+def _run(write_study, tmp_path, pruner: str, rates=(1e-2, 1e-7)) -> list:
     path = write_study({"data": {"synthetic": {"per_class": 30}},
                         "base": {"epochs": 12, "hidden": [64], "lr": 1e-2},
-                        "stages": [{"name": "search", "trials": 2, "sampler": "grid",
+                        "stages": [{"name": "search", "trials": len(rates), "sampler": "grid",
                                     "pruner": pruner, "confirm": None,
-                                    # the incumbent's own rate, and one that cannot learn
-                                    "space": {"lr": [1e-2, 1e-7]}}]})
+                                    # the incumbent's own rate, and ones that cannot learn
+                                    "space": {"lr": list(rates)}}]})
     home = tmp_path / pruner
     assert main(["run", str(path), "--home", str(home)]) == 0
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
@@ -37,6 +38,21 @@ def test_a_trial_behind_the_incumbent_stops_early_and_one_level_with_it_does_not
     assert level.state == TrialState.COMPLETE and max(level.intermediate_values) == 12
     # Without it (pruner: none) the hopeless trial trains every epoch: the test can fail.
     plain = _run(write_study, tmp_path, "none")
+    assert all(t.state == TrialState.COMPLETE for t in plain)
+
+
+@pytest.mark.slow
+def test_optunas_pruners_stop_a_hopeless_trial_among_others(write_study, tmp_path):
+    rates = (1e-2, 5e-3, 3e-3, 1e-7, 2e-7, 3e-7)  # three that learn, three that cannot
+    for pruner in ("median", "halving", "hyperband"):
+        trials = _run(write_study, tmp_path, pruner, rates)
+        hopeless = [t for t in trials if t.params.get("lr", 1.0) < 1e-6]
+        pruned = [t for t in hopeless if t.state == TrialState.PRUNED]
+        assert pruned and all(max(t.intermediate_values) < 12 for t in pruned), pruner
+        # halving keeps the top third at each rung: some that learn may stop too, not all
+        assert any(t.state == TrialState.COMPLETE for t in trials
+                   if t.params.get("lr", 0) >= 1e-3), pruner
+    plain = _run(write_study, tmp_path, "none", rates)
     assert all(t.state == TrialState.COMPLETE for t in plain)
 
 
