@@ -140,13 +140,15 @@ class Mirror:
 
     # --- a trial -------------------------------------------------------------------------
     def trial_opened(self, name: str, stage_run: str, cfg: TrainConfig, tags: dict[str, Any],
-                     decided: dict[str, str], datasets: list) -> TrialRun:
+                     decided: dict[str, str], datasets: list, metric: str) -> TrialRun:
+        """A trial's run, open; `metric` (the stage's) is the first it logs, so MLflow's
+        compare page charts it by default."""
         run_id = self.tracker.new_run(
             self.experiment_id, name, parent=stage_run, kind="trial", state="RUNNING", **tags,
             **{f"decided_by.{k}": v for k, v in decided.items()})
         self.tracker.log_params(run_id, cfg.applicable())
         self.tracker.log_datasets(run_id, datasets)
-        return TrialRun(run_id, name, self.tracker.epoch_log(run_id))
+        return TrialRun(run_id, name, self.tracker.epoch_log(run_id, lead=metric))
 
     @contextlib.contextmanager
     def training(self, run: TrialRun) -> Iterator[None]:

@@ -280,7 +280,7 @@ class TrialRunner:
         decided = self._describe(trial, plan)
         run = self.session.mirror.trial_opened(plan.name, self.stage_run, plan.cfg, tags,
                                                decided, self.session.data.datasets(
-                                                   self.data(plan)))
+                                                   self.data(plan)), self.stage.metric)
         trial.set_user_attr(TrialKey.RUN, run.run_id)
         return run
 

@@ -2,6 +2,7 @@
 prints open on the study's trial runs, flat, with the columns to compare them by, pruned
 trials marked, and a val_acc chart with a line per trial (not on MLflow's GenAI view)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -110,6 +111,18 @@ def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp
             trial = next(r for r in trials if r.data.tags["state"] == "COMPLETE")
             browser.open(f"{base}/#/experiments/{experiment.experiment_id}/runs/"
                          f"{trial.info.run_id}", trial.info.run_name)
+            # The compare page charts a run's first logged metric by default: the stage's,
+            # not a process sample, for a finished and a pruned trial alike.
+            both = json.dumps([trial.info.run_id, pruned[0].info.run_id])
+            text = browser.open(f"{base}/#/compare-runs?runs={both}&experiments="
+                                f"{json.dumps([experiment.experiment_id])}", "Metrics:")
+            for _ in range(20):  # the chosen metric fills its box a moment later
+                chosen = text.split("Metrics:", 1)[1].split()[0]
+                if chosen != "Clear":
+                    break
+                time.sleep(0.5)
+                text = browser.text()
+            assert chosen == "val_acc", text[:800]
         assert shot.stat().st_size > 10_000
     finally:
         os.killpg(server.pid, signal.SIGTERM)
