@@ -99,7 +99,9 @@ def serve(ws: Workspace, host: str, port: int, log=print) -> int:
                "--registry-store-uri", ws.tracking_uri,
                "--default-artifact-root", ws.artifacts.as_uri(), "--host", host, "--port",
                str(port), "--allowed-hosts", allowed_hosts(host, port),
-               "--workers", "1", "--uvicorn-opts", "--log-level warning"]
+               "--workers", "1", "--uvicorn-opts", "--log-level warning",
+               # MLflow's app, opening on the model-training view (tracking/uiapp.py)
+               "--app-name", "asl-sweep"]
 
     def ready(base: str) -> None:
         studies = experiment_addresses(base)

@@ -1,6 +1,7 @@
 """The MLflow UI, in a real headless browser, as `asl-sweep ui` serves it: the addresses it
 prints open on the study's trial runs, flat, with the columns to compare them by, pruned
-trials marked, and a val_acc chart with a line per trial (not on MLflow's GenAI view)."""
+trials marked, and a val_acc chart with a line per trial (not on MLflow's GenAI view, even
+for a page opened from a link)."""
 
 import json
 import os
@@ -123,6 +124,14 @@ def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp
                 time.sleep(0.5)
                 text = browser.text()
             assert chosen == "val_acc", text[:800]
+        # A run page or the registry opened from a link in a browser that never chose a view
+        # (MLflow keeps the choice in the browser, default GenAI): the model-training view.
+        with Browser(1600, 1000) as fresh:
+            text = fresh.open(f"{base}/#/experiments/{experiment.experiment_id}/runs/"
+                              f"{trial.info.run_id}", trial.info.run_name)
+            assert "Judges" not in text and "Sessions" not in text, text[:400]
+            text = fresh.open(f"{base}/#/models", "Registered Models")
+            assert "Prompts" not in text, text[:400]
         assert shot.stat().st_size > 10_000
     finally:
         os.killpg(server.pid, signal.SIGTERM)
