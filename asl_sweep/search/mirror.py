@@ -122,8 +122,13 @@ class Mirror:
             self.tracker.set_tags(run_id, decision=word)
         for run_id in spent:
             self.tracker.delete_artifacts(run_id, CHECKPOINTS)
+        # The decision whole on the stage run's page (its description, under the goal): the
+        # runs table shows the `decision` tag cut to its column's width.
+        note = f"{stage.goal}\n\nDecision: {result.decision}" if stage.goal else (
+            f"Decision: {result.decision}")
         self.tracker.end(run, outcome=result.status, winner_trial=result.trial,
-                         winner_run=result.run_id, decision=result.decision)
+                         winner_run=result.run_id, decision=result.decision,
+                         **{"mlflow.note.content": note})
 
     def _curves(self, stage_run: str, result: StageResult, stage: str) -> None:
         """The carried trial's learning curves, as a PNG on the stage's run."""

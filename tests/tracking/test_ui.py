@@ -49,8 +49,10 @@ def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     stage = next(r for r in runs if r.data.tags["kind"] == "stage")
+    # The goal, and the decision whole (the runs table cuts the `decision` tag to its column)
+    decision = stage.data.tags["decision"]
     assert stage.info.run_name == "1-search" and stage.data.tags["mlflow.note.content"] == (
-        "rates and widths")
+        f"rates and widths\n\nDecision: {decision}")
     assert experiment.tags["mlflow.note.content"] == "a tiny study for the browser"
     trials = [r for r in runs if r.data.tags["kind"] == "trial"]
     pruned = [r for r in trials if r.data.tags["state"] == "PRUNED"]
@@ -132,6 +134,9 @@ def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp
             assert "Judges" not in text and "Sessions" not in text, text[:400]
             text = fresh.open(f"{base}/#/models", "Registered Models")
             assert "Prompts" not in text, text[:400]
+            # The stage's run page: its decision whole, under its goal.
+            fresh.open(f"{base}/#/experiments/{experiment.experiment_id}/runs/"
+                       f"{stage.info.run_id}", decision[-40:])
         assert shot.stat().st_size > 10_000
     finally:
         os.killpg(server.pid, signal.SIGTERM)
