@@ -7,10 +7,16 @@ study), trial after trial in the order they ran and in shuffled orders of the se
 For every pruner it reports
 - the pruned share: the share of the search trials' epochs not trained (search trials only:
   the incumbent, seed trials and race repeats are never pruned, as in a study);
-- false prune: the share of cases (a stage in one order) in which the stage's winner was
-  pruned: the trial the stage carried on when it adopted one, else its best search trial by
-  value (the first candidate its race would have confirmed). A pruned winner never reaches
-  the race: the stage adopts something else, or keeps the incumbent.
+- false prune (the issue's measure): the share of cases (a stage in one order) in which the
+  trial the stage adopted was pruned, over the stages that adopted a search trial (a seed
+  trial is never pruned: a stage that adopted one is no case);
+- lost candidate: the share of cases in which the stage's race candidate was pruned: its
+  best seed or search trial by value, where that is a search trial that ended above the
+  incumbent (a trial the race would have looked at; whether it then adopted it or not);
+- better trials lost: the share of search trials that ended above the incumbent that were
+  pruned.
+A pruned candidate never reaches the race: the stage races the next best, or keeps the
+incumbent.
 
     .venv/bin/python -m benchmarks.pruning_replay [--orders 200] [RESULT.json ...]
     .venv/bin/python -m benchmarks.pruning_replay --record report   # the curves, once
@@ -62,14 +68,31 @@ def stages_of(result: dict, source: str) -> list[dict]:
     return found
 
 
-def winner(stage: dict) -> int:
-    """The trial the stage would carry on, pruned nothing: the adopted one, else its best
-    search trial (the race's first candidate)."""
-    search = [t for t in stage["trials"] if t["role"] in (Role.SEARCH, Role.SEED)]
-    if stage["status"] == "adopted" and any(t["number"] == stage["carried"] for t in search):
-        return stage["carried"]
-    sign = 1 if stage["direction"] == "maximize" else -1
-    return max(search, key=lambda t: (sign * t["value"], -t["number"]))["number"]
+def _sign(stage: dict) -> int:
+    return 1 if stage["direction"] == "maximize" else -1
+
+
+def adopted(stage: dict) -> int | None:
+    """The search trial the stage adopted, if it adopted one."""
+    search = {t["number"] for t in stage["trials"] if t["role"] == Role.SEARCH}
+    return stage["carried"] if (stage["status"] == "adopted"
+                                and stage["carried"] in search) else None
+
+
+def better(stage: dict) -> list[dict]:
+    """The search trials that ended above the incumbent."""
+    incumbent = next(t for t in stage["trials"] if t["role"] == Role.INCUMBENT)
+    sign = _sign(stage)
+    return [t for t in stage["trials"] if t["role"] == Role.SEARCH
+            and sign * t["value"] > sign * incumbent["value"]]
+
+
+def candidate(stage: dict) -> int | None:
+    """The race's first candidate, where it is a search trial above the incumbent."""
+    sign = _sign(stage)
+    pool = [t for t in stage["trials"] if t["role"] in (Role.SEARCH, Role.SEED)]
+    best = max(pool, key=lambda t: (sign * t["value"], -t["number"]))
+    return best["number"] if best in better(stage) else None
 
 
 def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
@@ -145,27 +168,42 @@ def main() -> None:
     cases = [(s, o) for s in stages for o in orders(s, args.orders, rng)]
     rows = []
     for pruner in PRUNERS:
-        trained = full = false = 0
-        per_stage: dict[str, list[int]] = {}
+        trained = full = 0
+        counts = {"false": [0, 0], "candidate": [0, 0], "better": [0, 0]}  # [lost, cases]
         for stage, order in cases:
             r = replay(stage, pruner, order)
             trained, full = trained + r["trained"], full + r["full"]
-            lost = winner(stage) in r["pruned"]
-            false += lost
-            per_stage.setdefault(f"{stage['source']}:{stage['stage']}", []).append(lost)
+            for key, trials in (("false", [adopted(stage)]), ("candidate", [candidate(stage)]),
+                                ("better", [t["number"] for t in better(stage)])):
+                for number in trials:
+                    if number is not None:
+                        counts[key][0] += number in r["pruned"]
+                        counts[key][1] += 1
+        share = {k: round(lost / n, 4) if n else None for k, (lost, n) in counts.items()}
+
         rows.append({"pruner": pruner, "pruned_share": round(1 - trained / full, 4),
-                     "false_prune": round(false / len(cases), 4),
-                     "false_prune_by_stage": {k: round(sum(v) / len(v), 4)
-                                              for k, v in per_stage.items()}})
+                     "false_prune": share["false"], "false_prune_cases": counts["false"][1],
+                     "lost_candidate": share["candidate"],
+                     "candidate_cases": counts["candidate"][1],
+                     "better_lost": share["better"], "better_trials": counts["better"][1]})
     print(f"{len(stages)} stages ({', '.join(s['source'] + ':' + s['stage'] for s in stages)}), "
           f"{args.orders} orders each")
-    print("| pruner | search epochs pruned | winner pruned (false prune) |")
-    print("|---|---|---|")
+    print("| pruner | search epochs pruned | false prune (adopted trial pruned) | race "
+          "candidate pruned | trials above the incumbent pruned |")
+    print("|---|---|---|---|---|")
+
+    def pct(x):
+        return "no case" if x is None else f"{x:.1%}"
+
     for r in rows:
-        print(f"| {r['pruner']} | {r['pruned_share']:.1%} | {r['false_prune']:.1%} |")
+        print(f"| {r['pruner']} | {r['pruned_share']:.1%} | {pct(r['false_prune'])} "
+              f"({r['false_prune_cases']} cases) | {pct(r['lost_candidate'])} "
+              f"({r['candidate_cases']}) | {pct(r['better_lost'])} ({r['better_trials']}) |")
     result = {"sources": args.sources, "orders": args.orders,
               "stages": [{"source": s["source"], "stage": s["stage"], "status": s["status"],
-                          "winner": winner(s), "trials": len(s["trials"])} for s in stages],
+                          "adopted": adopted(s), "candidate": candidate(s),
+                          "above_incumbent": len(better(s)), "trials": len(s["trials"])}
+                         for s in stages],
               "rows": rows}
     print(f"written to {write_result('pruning_replay', result)}")
 

@@ -12,10 +12,13 @@ OUT = Path(__file__).parent.parent / "BENCHMARKS.md"
 TABLES = Path(__file__).parent / "notes" / "tables.md"  # every table of every benchmark
 
 
+DATA = {"curves"}  # recorded data other benchmarks read (pruning_replay), not figures
+
+
 def _table(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    keys = list(rows[0])
+    keys = [k for k in rows[0] if k not in DATA]
     return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
             *("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows), ""]
 
