@@ -23,7 +23,8 @@ incumbent.
 
 --record report runs the curves this replays by default: report.yaml's five MLP goals on the
 ASL photos, --cpu-sized as benchmarks/time_to_quality.py runs them, every stage with
-`pruner: none` (about 15 minutes on 2 cores); results/curves_report_mlp.json.
+`pruner: none` (about 45 minutes on 2 cores); the curves are committed as data
+(benchmarks/data/curves_report_mlp.json), the run's figures go to results/ as any run's.
 
 Only stages recorded with `pruner: none` and a metric (not a target) are replayed: a curve
 cut by a pruner cannot say what would have followed."""
@@ -40,11 +41,12 @@ import optuna
 from asl_sweep.search.state import Role, TrialKey
 from asl_sweep.search.store import make_pruner
 from asl_sweep.settings.spec import StageConfig
-from benchmarks.common import ASL, RESULTS, write_result
+from benchmarks.common import ASL, write_result
 from benchmarks.end_to_end import run
 from benchmarks.time_to_quality import CPU_SIZED
 
 PRUNERS = ["median", "incumbent", "halving", "hyperband"]
+DATA = Path(__file__).parent / "data"  # recorded curves, committed
 DEFAULT_SOURCES = ["curves_report_mlp"]
 
 
@@ -144,6 +146,11 @@ def record(study: str, name: str) -> None:
     unpruned = [f"stages.{i}.pruner=none" for i in range(len(load_study(study).stages))]
     result = run(study, ASL, [*CPU_SIZED, *unpruned], None, None, stages=5)
     print(f"written to {write_result(name, result)}")
+    DATA.mkdir(exist_ok=True)
+    keep = {k: result[k] for k in ("study", "data", "overrides", "wall_s", "final_test_mean")}
+    keep["stages"] = [{"stage": s["stage"], "status": s["status"], "curves": s["curves"]}
+                      for s in result["stages"]]
+    (DATA / f"{name}.json").write_text(json.dumps(keep, indent=1))
 
 
 def main() -> None:
@@ -151,7 +158,8 @@ def main() -> None:
     parser.add_argument("--record", choices=["report"],
                         help="run the study whose curves are replayed, and stop")
     parser.add_argument("sources", nargs="*", default=DEFAULT_SOURCES,
-                        help="benchmark results (names under benchmarks/results or paths)")
+                        help="recorded curves (names under benchmarks/data, or paths to any "
+                        "benchmark result with curves)")
     parser.add_argument("--orders", type=int, default=200)
     args = parser.parse_args()
     if args.record:
@@ -160,7 +168,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stages = []
     for source in args.sources:
-        path = Path(source) if source.endswith(".json") else RESULTS / f"{source}.json"
+        path = Path(source) if source.endswith(".json") else DATA / f"{source}.json"
         stages += stages_of(json.loads(path.read_text()), path.stem)
     if not stages:
         raise SystemExit(f"no stage recorded without pruning in {', '.join(args.sources)}")
