@@ -19,12 +19,13 @@ A pruned candidate never reaches the race: the stage races the next best, or kee
 incumbent.
 
     .venv/bin/python -m benchmarks.pruning_replay [--orders 200] [RESULT.json ...]
-    .venv/bin/python -m benchmarks.pruning_replay --record report   # the curves, once
+    .venv/bin/python -m benchmarks.pruning_replay --record report|cnn   # the curves, once
 
---record report runs the curves this replays by default: report.yaml's five MLP goals on the
-ASL photos, --cpu-sized as benchmarks/time_to_quality.py runs them, every stage with
-`pruner: none` (about 45 minutes on 2 cores); the curves are committed as data
-(benchmarks/data/curves_report_mlp.json), the run's figures go to results/ as any run's.
+--record runs the curves this replays by default, every stage with `pruner: none`: report
+(report.yaml's five MLP goals on the ASL photos, --cpu-sized as benchmarks/time_to_quality.py
+runs them; about 45 minutes on 2 cores) and cnn (cnn.yaml as shipped, on its built-in
+people). The curves are committed as data (benchmarks/data/curves_*.json); the run's figures
+go to results/ as any run's.
 
 Only stages recorded with `pruner: none` and a metric (not a target) are replayed: a curve
 cut by a pruner cannot say what would have followed."""
@@ -47,7 +48,7 @@ from benchmarks.time_to_quality import CPU_SIZED
 
 PRUNERS = ["median", "incumbent", "halving", "hyperband"]
 DATA = Path(__file__).parent / "data"  # recorded curves, committed
-DEFAULT_SOURCES = ["curves_report_mlp"]
+DEFAULT_SOURCES = ["curves_report_mlp", "curves_cnn"]
 
 
 def stages_of(result: dict, source: str) -> list[dict]:
@@ -139,12 +140,23 @@ def orders(stage: dict, n: int, rng: random.Random) -> list[list[dict]]:
     return out
 
 
-def record(study: str, name: str) -> None:
-    """Run `study` with no pruning anywhere and keep its curves as results/<name>.json."""
+# What --record runs: the study, its data and overrides, and the stages it runs.
+RECORDS = {
+    # report.yaml's five MLP goals on the ASL photos, as time_to_quality runs them
+    "report": ("sweeps/report.yaml", ASL, CPU_SIZED, 5),
+    # cnn.yaml as shipped, on its built-in people (120 signers, 30 of them test)
+    "cnn": ("sweeps/cnn.yaml", None, [], None),
+}
+
+
+def record(which: str) -> None:
+    """Run a study with no pruning anywhere; keep its curves as data/curves_<study>.json."""
     from asl_sweep.settings.studyfile import load_study
 
+    study, data, overrides, stages = RECORDS[which]
+    name = f"curves_{which}" + ("_mlp" if which == "report" else "")
     unpruned = [f"stages.{i}.pruner=none" for i in range(len(load_study(study).stages))]
-    result = run(study, ASL, [*CPU_SIZED, *unpruned], None, None, stages=5)
+    result = run(study, data, [*overrides, *unpruned], None, None, stages=stages)
     print(f"written to {write_result(name, result)}")
     DATA.mkdir(exist_ok=True)
     keep = {k: result[k] for k in ("study", "data", "overrides", "wall_s", "final_test_mean")}
@@ -155,7 +167,7 @@ def record(study: str, name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--record", choices=["report"],
+    parser.add_argument("--record", choices=sorted(RECORDS),
                         help="run the study whose curves are replayed, and stop")
     parser.add_argument("sources", nargs="*", default=DEFAULT_SOURCES,
                         help="recorded curves (names under benchmarks/data, or paths to any "
@@ -163,12 +175,15 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=200)
     args = parser.parse_args()
     if args.record:
-        record("sweeps/report.yaml", "curves_report_mlp")
+        record(args.record)
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     stages = []
     for source in args.sources:
         path = Path(source) if source.endswith(".json") else DATA / f"{source}.json"
+        if not path.exists() and source in DEFAULT_SOURCES:
+            print(f"{path}: not recorded yet (--record)")
+            continue
         stages += stages_of(json.loads(path.read_text()), path.stem)
     if not stages:
         raise SystemExit(f"no stage recorded without pruning in {', '.join(args.sources)}")
