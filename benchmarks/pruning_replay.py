@@ -222,12 +222,12 @@ def main() -> None:
         print(f"| {r['pruner']} | {r['pruned_share']:.1%} | {pct(r['false_prune'])} "
               f"({r['false_prune_cases']} cases) | {pct(r['lost_candidate'])} "
               f"({r['candidate_cases']}) | {pct(r['better_lost'])} ({r['better_trials']}) |")
-    result = {"sources": args.sources, "orders": args.orders,
+    # rows first: the front page shows a result's first table
+    result = {"sources": args.sources, "orders": args.orders, "rows": rows,
               "stages": [{"source": s["source"], "stage": s["stage"], "status": s["status"],
                           "adopted": adopted(s), "candidate": candidate(s),
                           "above_incumbent": len(better(s)), "trials": len(s["trials"])}
-                         for s in stages],
-              "rows": rows}
+                         for s in stages]}
     print(f"written to {write_result('pruning_replay', result)}")
 
 
