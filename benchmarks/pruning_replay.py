@@ -1,6 +1,6 @@
 """What each pruner costs, by replaying recorded learning curves (no training): the curves
-of real studies run without pruning (benchmarks/results/*.json written by end_to_end.run,
-each stage's `curves`) are fed, epoch by epoch, to the pruner a stage would build
+of real studies run without pruning (benchmarks/data/curves_*.json, or any result that
+end_to_end.run wrote: each stage's `curves`) are fed, epoch by epoch, to the pruner a stage would build
 (search/store.make_pruner, the real Optuna and asl-sweep pruners, on an in-memory Optuna
 study), trial after trial in the order they ran and in shuffled orders of the search trials.
 
@@ -48,7 +48,7 @@ from benchmarks.time_to_quality import CPU_SIZED
 
 PRUNERS = ["median", "incumbent", "halving", "hyperband"]
 DATA = Path(__file__).parent / "data"  # recorded curves, committed
-DEFAULT_SOURCES = ["curves_report_mlp", "curves_cnn"]
+DEFAULT_SOURCES = ["curves_report_mlp", "curves_cnn"]  # RECORDS' files
 
 
 def stages_of(result: dict, source: str) -> list[dict]:
@@ -140,21 +140,21 @@ def orders(stage: dict, n: int, rng: random.Random) -> list[list[dict]]:
     return out
 
 
-# What --record runs: the study, its data and overrides, and the stages it runs.
+# What --record runs: the file its curves go to, the study, its data and overrides, and the
+# stages it runs.
 RECORDS = {
     # report.yaml's five MLP goals on the ASL photos, as time_to_quality runs them
-    "report": ("sweeps/report.yaml", ASL, CPU_SIZED, 5),
+    "report": ("curves_report_mlp", "sweeps/report.yaml", ASL, CPU_SIZED, 5),
     # cnn.yaml as shipped, on its built-in people (120 signers, 30 of them test)
-    "cnn": ("sweeps/cnn.yaml", None, [], None),
+    "cnn": ("curves_cnn", "sweeps/cnn.yaml", None, [], None),
 }
 
 
 def record(which: str) -> None:
-    """Run a study with no pruning anywhere; keep its curves as data/curves_<study>.json."""
+    """Run a study with no pruning anywhere; keep its curves as data/<name>.json."""
     from asl_sweep.settings.studyfile import load_study
 
-    study, data, overrides, stages = RECORDS[which]
-    name = f"curves_{which}" + ("_mlp" if which == "report" else "")
+    name, study, data, overrides, stages = RECORDS[which]
     unpruned = [f"stages.{i}.pruner=none" for i in range(len(load_study(study).stages))]
     result = run(study, data, [*overrides, *unpruned], None, None, stages=stages)
     print(f"written to {write_result(name, result)}")
@@ -188,20 +188,22 @@ def main() -> None:
     if not stages:
         raise SystemExit(f"no stage recorded without pruning in {', '.join(args.sources)}")
     rng = random.Random(0)
-    cases = [(s, o) for s in stages for o in orders(s, args.orders, rng)]
+    # each stage's trials whose loss is counted, by measure (found once, not per case)
+    watched = [{"false": [n for n in [adopted(s)] if n is not None],
+                "candidate": [n for n in [candidate(s)] if n is not None],
+                "better": [t["number"] for t in better(s)]} for s in stages]
+    cases = [(s, w, o) for s, w in zip(stages, watched, strict=True)
+             for o in orders(s, args.orders, rng)]
     rows = []
     for pruner in PRUNERS:
         trained = full = 0
-        counts = {"false": [0, 0], "candidate": [0, 0], "better": [0, 0]}  # [lost, cases]
-        for stage, order in cases:
+        counts = {key: [0, 0] for key in watched[0]}  # [lost, cases]
+        for stage, watch, order in cases:
             r = replay(stage, pruner, order)
             trained, full = trained + r["trained"], full + r["full"]
-            for key, trials in (("false", [adopted(stage)]), ("candidate", [candidate(stage)]),
-                                ("better", [t["number"] for t in better(stage)])):
-                for number in trials:
-                    if number is not None:
-                        counts[key][0] += number in r["pruned"]
-                        counts[key][1] += 1
+            for key, numbers in watch.items():
+                counts[key][0] += sum(n in r["pruned"] for n in numbers)
+                counts[key][1] += len(numbers)
         share = {k: round(lost / n, 4) if n else None for k, (lost, n) in counts.items()}
 
         rows.append({"pruner": pruner, "pruned_share": round(1 - trained / full, 4),

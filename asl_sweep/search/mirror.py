@@ -124,8 +124,7 @@ class Mirror:
             self.tracker.delete_artifacts(run_id, CHECKPOINTS)
         # The decision whole on the stage run's page (its description, under the goal): the
         # runs table shows the `decision` tag cut to its column's width.
-        note = f"{stage.goal}\n\nDecision: {result.decision}" if stage.goal else (
-            f"Decision: {result.decision}")
+        note = (f"{stage.goal}\n\n" if stage.goal else "") + f"Decision: {result.decision}"
         self.tracker.end(run, outcome=result.status, winner_trial=result.trial,
                          winner_run=result.run_id, decision=result.decision,
                          **{"mlflow.note.content": note})

@@ -41,7 +41,7 @@ class ModelTrainingFirst:
             if message.get("more_body"):
                 return
             page = b"".join(body)
-            headers = [(k, v) for k, v in start.get("headers", [])]
+            headers = list(start.get("headers", []))
             html = any(k.lower() == b"content-type" and b"text/html" in v for k, v in headers)
             if html and b"<head>" in page:
                 page = page.replace(b"<head>", b"<head>" + CHOICE, 1)
