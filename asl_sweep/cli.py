@@ -383,15 +383,16 @@ def cmd_evaluate(args) -> int:
         breakdown,
         failure_lines,
         open_data,
-        score_trials,
+        score_final,
         summarize,
+        views_lines,
     )
     from asl_sweep.tracking.tracker import Tracker
 
     view = finished_stage(cfg, read_stages(cfg, ws), args.stage)
     trials = [view.trial(n) for n in view.result.repeats]
     data = open_data(cfg, ws)
-    scored = score_trials(data, Tracker(ws), trials, args.split)
+    scored, views = score_final(data, Tracker(ws), trials, cfg.tta, args.split)
     groups = data.test().groups if args.split == "test" else None
     summary = summarize(scored, groups, args.split)
     rule = (TEST_RULE if args.split == "test" else "validation split of each repeat's own fold: "
@@ -401,6 +402,8 @@ def cmd_evaluate(args) -> int:
         print(f"  trial {s.trial} (fold {s.fold}, seed {s.model_file.config.seed}): "
               f"{args.split} accuracy {acc:.4f} on {len(s.truth)} images")
     print(f"{args.split} accuracy: {summary['summary']}\n  rule: {rule}")
+    for line in views_lines(views):
+        print(f"  {line}")
     for line in failure_lines(breakdown(scored, groups, list(data.classes)), args.split,
                               limit=10):
         print(f"  {line}")

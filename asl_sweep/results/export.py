@@ -32,8 +32,9 @@ from asl_sweep.search import (
     confusion,
     final_candidates,
     open_data,
-    score_trials,
+    score_final,
     summarize,
+    views_lines,
 )
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import dump_resolved
@@ -83,7 +84,8 @@ class Exported:
                 "test_acc_std": f"{self.test['std']:.6f}",
                 "test_acc": self.test["summary"], "test_rule": TEST_RULE,
                 "final_model": "ensemble" if self.file.members else "best_repeat",
-                "model_test_acc": f"{self.scored.accuracy:.6f}"}
+                "model_test_acc": f"{self.scored.accuracy:.6f}",
+                "test_time_views": self.file.views}
         tags.update({f"decided_by.{k}": v
                      for k, v in self.trial.user_attrs.get(TrialKey.DECIDED_BY, {}).items()})
         return tags
@@ -92,9 +94,9 @@ class Exported:
 def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> Exported:
     view = finished_stage(cfg, read_stages(cfg, ws), stage)
     tracker, data = Tracker(ws), open_data(cfg, ws)
-    scored = score_trials(data, tracker, view.repeats(), "test")
+    scored, views = score_final(data, tracker, view.repeats(), cfg.tta)
     groups = data.test().groups
-    test = summarize(scored, groups, "test")
+    test = summarize(scored, groups, "test") | {"tta": views}
     test["breakdown"] = breakdown(scored, groups, list(data.classes))  # per person and class
     chosen = view.export_trial()
     best, ensemble, entries = final_candidates(scored, chosen.number, groups)
@@ -265,6 +267,7 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
         f"{[round(v, 4) for v in spec.std]}"
         + (" (ImageNet's, the backbone's own)" if config.model == "transfer"
            else " (the training images')"),
+        "- test-time views: " + "; ".join(views_lines(exported.test["tta"])),
         "- output: class probabilities (softmax), in the order of the classes above",
         f"- `asl-sweep predict` decodes files with PIL to {size}x{size} RGB (bilinear) first",
         "",

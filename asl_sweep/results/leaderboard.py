@@ -7,7 +7,15 @@ from pathlib import Path
 
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search import Role, StageView, TrialKey, final_model_lines, role_of, shown_settings
+from asl_sweep.search import (
+    Role,
+    StageView,
+    TrialKey,
+    final_model_lines,
+    role_of,
+    shown_settings,
+    views_lines,
+)
 from asl_sweep.settings.spec import StudyConfig
 
 LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
@@ -36,7 +44,8 @@ def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
         return None
     return "\n".join([f"final test accuracy of {final['stage']}'s configuration: "
                       f"{final['summary']}", f"  rule: {final['rule']}",
-                      *(f"  {line}" for line in final_model_lines(final, cfg.final_model))])
+                      *(f"  {line}" for line in final_model_lines(final, cfg.final_model)),
+                      *(f"  {line}" for line in views_lines(final["tta"]) if "tta" in final)])
 
 
 def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,

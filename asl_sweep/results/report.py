@@ -30,6 +30,7 @@ from asl_sweep.search import (
     open_data,
     optuna_storage,
     role_of,
+    views_lines,
 )
 from asl_sweep.settings.config import CURVE_METRICS
 from asl_sweep.settings.spec import StudyConfig
@@ -271,6 +272,8 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
              f"{ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}), the best repeat by validation (trial "
              f"{best['trial']}) {best['accuracy']:.3f}, the repeats' mean {test['mean']:.3f}."
              if ens else f"The best repeat by validation is trial {best['trial']}."))
+    views = "; ".join(line.strip() for line in views_lines(test["tta"]))
+    doc.p(views[0].upper() + views[1:] + ".")
     matrix = confusion(exported.scored, classes)
     doc.img(plot_confusion(matrix, classes, folder / "confusion.png",
                            f"test split, {exported.title}"), "confusion matrix")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import torch
 from optuna.trial import FrozenTrial
 
 from asl_sweep.data.studydata import StudyData
+from asl_sweep.models.views import VIEW_SETS, describe, with_views
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ModelFileError, StoreError
-from asl_sweep.search.progress import final_model_lines
+from asl_sweep.search.progress import final_model_lines, views_lines
 from asl_sweep.search.record import save_final
 from asl_sweep.search.session import Session
 from asl_sweep.search.stageview import StageView
@@ -54,7 +56,7 @@ def ensemble_of(scored: list[Scored], lead: int | None = None) -> Scored:
     mean = np.mean([s.probabilities for s in scored], axis=0)
     file = ModelFile(first.state, first.config, first.spec, first.classes, first.epoch,
                      dict(first.metrics), dict(first.identity),
-                     members=[s.model_file.state for s in scored])
+                     members=[s.model_file.state for s in scored], views=first.views)
     return Scored(-1, -1, file, mean.argmax(1), scored[0].truth, mean)
 
 
@@ -102,13 +104,14 @@ def predict_probabilities(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray
 
 
 def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
-                 split: str = "test") -> list[Scored]:
+                 split: str = "test", views: str = "none") -> list[Scored]:
     """Each trial's best checkpoint on `split`: "test", or "val" (each repeat on the
-    validation fold it was trained against)."""
+    validation fold it was trained against), averaged over test-time `views`."""
     scored = []
     for t in trials:
         signals.check()  # Ctrl-C / SIGTERM: stop between two repeats; nothing is saved yet
         file = load_checkpoint(tracker, t)
+        file.views = views
         model = file.build()
         fold = int(t.user_attrs.get(TrialKey.FOLD, 0))
         if split == "test":
@@ -121,6 +124,84 @@ def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
         scored.append(Scored(t.number, fold, file, probabilities.argmax(1), y.numpy(),
                              probabilities))
     return scored
+
+
+def choose_views(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
+                 setting: str) -> dict:
+    """The test-time views (models/views.py) the final configuration is scored, exported and
+    served with, chosen on validation only: every repeat on its own fold's validation
+    images, each candidate set against no views, image by image. The gain of a set is the
+    mean over validation people (or images, where the data has none) of its accuracy gain,
+    pooled over the repeats; `auto` adopts the largest gain whose 95% bootstrap interval
+    over those people is above 0, `off` none, a set's name that set."""
+    if setting == "off":
+        return {"views": "none", "described": describe("none"), "setting": setting,
+                "rule": "tta: off", "gains": {}}
+    candidates = [v for v in VIEW_SETS if v != "none"] if setting == "auto" else [setting]
+    started = time.perf_counter()
+    right: dict[str, list[np.ndarray]] = {v: [] for v in ["none", *candidates]}
+    units: list[np.ndarray] = []
+    for t in trials:
+        signals.check()
+        file = load_checkpoint(tracker, t)
+        model = file.build()
+        fold = int(t.user_attrs.get(TrialKey.FOLD, 0))
+        part = data.split(file.spec.image_size, fold)
+        x, y = part.x_val.cpu(), part.y_val.cpu().numpy()
+        for views in right:
+            viewed = with_views(model, views, file.spec.image_size)
+            right[views].append(predict_labels(viewed, x) == y)
+        people = (part.val_people.cpu().numpy() if part.val_people is not None
+                  else np.arange(len(y)))
+        units.append(np.char.add(f"{part.fold}:", people.astype(str)))  # a person of a fold
+    picked = pick_views({v: np.concatenate(r) for v, r in right.items()},
+                        np.concatenate(units), setting,
+                        "people" if data.groups is not None else "images")
+    return picked | {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def pick_views(right: dict[str, np.ndarray], unit: np.ndarray, setting: str,
+               over: str) -> dict:
+    """choose_views' rule on validation: `right[set]` says, image by image, whether the
+    model with that set of views was right ("none": no views), `unit` each image's person
+    (or the image itself)."""
+    plain = right["none"].astype(np.float64)
+    gains = {v: _paired_gain(r - plain, unit) for v, r in right.items() if v != "none"}
+    if setting == "auto":
+        sure = {v: g for v, g in gains.items() if g["ci"][0] > 0}
+        views = max(sure, key=lambda v: sure[v]["gain"]) if sure else "none"
+        rule = (f"tta: auto, chosen on the validation split of each repeat's own fold: the "
+                f"largest gain over no views whose 95% bootstrap interval over validation "
+                f"{over} is above 0; never chosen by test")
+    else:
+        views = setting
+        rule = f"tta: {setting}, set by the study (its validation gain shown, not used)"
+    return {"views": views, "described": describe(views), "setting": setting, "rule": rule,
+            "gains": gains, "over": over}
+
+
+def _paired_gain(diff: np.ndarray, unit: np.ndarray, seed: int = 0) -> dict:
+    """The mean over units of each unit's mean paired difference, with a 95% bootstrap
+    interval resampling units."""
+    names, inverse = np.unique(unit, return_inverse=True)
+    per_unit = (np.bincount(inverse, weights=diff, minlength=len(names))
+                / np.bincount(inverse, minlength=len(names)))
+    draws = np.random.default_rng(seed).integers(0, len(names), (BOOTSTRAP, len(names)))
+    lo, hi = np.percentile(per_unit[draws].mean(axis=1), [2.5, 97.5])
+    return {"gain": float(per_unit.mean()), "ci": [float(lo), float(hi)], "units": len(names)}
+
+
+def score_final(data: StudyData, tracker: Tracker, trials: list[FrozenTrial], tta: str,
+                split: str = "test") -> tuple[list[Scored], dict]:
+    """The final configuration's repeats scored on `split` with the test-time views chosen
+    on validation (`choose_views`); where views were adopted, the same repeats' mean without
+    them too (`test_without`), so the report can show what they changed."""
+    views = choose_views(data, tracker, trials, tta)
+    scored = score_trials(data, tracker, trials, split, views["views"])
+    if views["views"] != "none":
+        plain = score_trials(data, tracker, trials, split)
+        views["without"] = {"split": split, "mean": statistics.fmean(s.accuracy for s in plain)}
+    return scored, views
 
 
 def bootstrap_interval(scored: list[Scored], groups: list[str] | None,
@@ -227,9 +308,10 @@ def final_score(session: Session) -> dict:
     study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     view = StageView(stage, stage_trials(study), session.results[-1], {})
     test = session.data.test()
-    scored = score_trials(session.data, session.mirror.tracker, view.repeats(), "test")
+    scored, views = score_final(session.data, session.mirror.tracker, view.repeats(), cfg.tta)
     final = summarize(scored, test.groups, "test")
-    final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number)
+    final.update(stage=stage.name, rule=TEST_RULE, export_trial=view.export_trial().number,
+                 tta=views)
     final["breakdown"] = breakdown(scored, test.groups, list(session.data.classes))
     final.update(final_candidates(scored, final["export_trial"], test.groups)[2])
     signals.check()  # a stop asked for while scoring: exit 130, and a rerun scores again
@@ -237,7 +319,7 @@ def final_score(session: Session) -> dict:
     session.mirror.final_scored(final, TEST_RULE, session.data.test_dataset())
     session.log(f"\nfinal test accuracy of {stage.name}'s configuration: {final['summary']}\n"
                 f"  rule: {TEST_RULE}")
-    for line in final_model_lines(final, cfg.final_model):
+    for line in [*final_model_lines(final, cfg.final_model), *views_lines(views)]:
         session.log(f"  {line}")
     for line in failure_lines(final["breakdown"]):
         session.log(f"  {line}")

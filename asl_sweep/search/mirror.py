@@ -84,11 +84,15 @@ class Mirror:
                                      for c, row in zip(b["classes"], b["confusion"],
                                                        strict=True)], "test/confusion.json")
         ensemble = {"test_acc_ensemble": final["ensemble"]["mean"]} if "ensemble" in final else {}
+        views = final.get("tta", {})
+        without = ({"test_acc_without_views": views["without"]["mean"]} if "without" in views
+                   else {})
         self.tracker.log_metrics(run, {"test_acc_mean": final["mean"],
                                        "test_acc_std": final["std"],
                                        "test_acc_ci_low": final["ci"][0],
-                                       "test_acc_ci_high": final["ci"][1]} | ensemble)
-        self.tracker.set_tags(run, test_acc=final["summary"], test_rule=rule)
+                                       "test_acc_ci_high": final["ci"][1]} | ensemble | without)
+        self.tracker.set_tags(run, test_acc=final["summary"], test_rule=rule,
+                              test_time_views=views.get("views", "none"))
         self.tracker.log_datasets(run, [test_dataset])
 
     # --- a stage -------------------------------------------------------------------------

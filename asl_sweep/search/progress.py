@@ -164,3 +164,25 @@ def final_model_lines(final: dict, final_model: str) -> list[str]:
                                        else f"the {single.split(':')[0]} (final_model: "
                                        "best_repeat)"))
     return lines
+
+
+def views_lines(views: dict) -> list[str]:
+    """The test-time views the final model averages over, why, and what they changed."""
+    gains = views.get("gains", {})
+
+    def gain(name: str) -> str:
+        g = gains[name]
+        return (f"{100 * g['gain']:+.1f} pt (95% CI {100 * g['ci'][0]:+.1f} to "
+                f"{100 * g['ci'][1]:+.1f} over {g['units']} validation {views['over']})")
+
+    if views["views"] == "none":
+        if not gains:
+            return [f"test-time views: none ({views['rule']})"]
+        best = max(gains, key=lambda v: gains[v]["gain"])
+        return [f"test-time views: none; no set gained on validation beyond its noise "
+                f"(best: {best} {gain(best)}); rule: {views['rule']}"]
+    line = f"test-time views: {views['described']}; on validation {gain(views['views'])}"
+    without = views.get("without")
+    if without:
+        line += f"; {without['split']} mean without them {without['mean']:.3f}"
+    return [line, f"  rule: {views['rule']}"]

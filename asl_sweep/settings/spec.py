@@ -294,6 +294,15 @@ class StudyConfig(Strict):
         "configuration with one repeat is that repeat) or best_repeat (its best repeat by "
         "validation). Fixed before the test split is read: never chosen by test; the report "
         "shows both test figures")
+    tta: Literal["auto", "off", "flip", "rotate", "scale", "all"] = Field(
+        "auto", description="test-time augmentation of the final model: its class "
+        "probabilities averaged over fixed views of each image (flip: and its mirror; "
+        "rotate: and rotated 15 degrees each way; scale: and zoomed out and in by 1.25x; "
+        "all: the five). auto: each set is scored on the validation split of the repeats' "
+        "own folds and the one with the largest gain over no views is adopted where that "
+        "gain, per validation person, has a 95% bootstrap interval above 0 (else none); off: "
+        "none; a set's name: that set. Never chosen by test; scored, exported and served "
+        "with the model")
 
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:

@@ -60,6 +60,9 @@ class ModelFile:
     # one configuration), their probabilities averaged; `state` is the member it was chosen
     # beside. Empty: one model.
     members: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    # Test-time views (models/views.py): the set of views its probabilities are averaged
+    # over, chosen on validation; "none": the model alone.
+    views: str = "none"
 
     def to_dict(self) -> dict:
         stored = {"format": MODEL_FORMAT, "version": VERSION, "model": self.state,
@@ -68,6 +71,8 @@ class ModelFile:
                   "metrics": dict(self.metrics), "identity": dict(self.identity)}
         if self.members:
             stored["members"] = list(self.members)
+        if self.views != "none":
+            stored["views"] = self.views
         return stored
 
     def save(self, path: Path, sync: bool = True) -> Path:
@@ -84,15 +89,18 @@ class ModelFile:
                                       tuple(spec["mean"]), tuple(spec["std"])),
                        classes=list(stored["classes"]), epoch=int(stored["epoch"]),
                        metrics=dict(stored["metrics"]), identity=dict(stored["identity"]),
-                       members=list(stored.get("members", [])))
+                       members=list(stored.get("members", [])),
+                       views=_known_views(stored.get("views", "none"), path))
         except (KeyError, TypeError, ValidationError) as e:
             raise ModelFileError(f"{path}: damaged asl-sweep model file ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:120]})") from None
 
     def build(self, device: str | torch.device = "cpu") -> nn.Module:
         """The model with these weights, in eval mode (no pretrained weights are looked up:
-        the file holds them all); an ensemble where the file has members."""
+        the file holds them all); an ensemble where the file has members, averaged over its
+        test-time views where it has them."""
         from asl_sweep.models.registry import Ensemble, build_model
+        from asl_sweep.models.views import with_views
 
         def one(state: dict[str, torch.Tensor]) -> nn.Module:
             model = build_model(self.config, self.spec, pretrained=False)
@@ -104,7 +112,16 @@ class ModelFile:
             return model
 
         model = Ensemble([one(s) for s in self.members]) if self.members else one(self.state)
-        return model.to(device).eval()
+        return with_views(model, self.views, self.spec.image_size).to(device).eval()
+
+
+def _known_views(views: object, path: Path) -> str:
+    from asl_sweep.models.views import VIEW_SETS
+
+    if views not in VIEW_SETS:
+        raise ModelFileError(f"{path}: unknown test-time view set {views!r} (this asl-sweep "
+                             f"knows {', '.join(VIEW_SETS)}); rerun the study to write it again")
+    return str(views)
 
 
 @dataclass

@@ -150,19 +150,29 @@ def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
 
 
 def test_a_cnn_exports_in_every_format_and_each_form_agrees(tmp_path):
+    """With every test-time view (tta: all): each form averages the same six views."""
     cfg, ws, out = run_and_export(tmp_path, (
         "study: tinycnn\n"
         "data: {synthetic: {per_class: 24}, image_size: 16}\n"
         "base: {model: cnn, cnn: {channels: [8, 16]}, hidden: [], epochs: 2, device: cpu}\n"
+        "tta: all\n"
         "stages:\n"
         "  - {name: s, trials: 1, confirm: null, space: {lr: [0.003]}}\n"))
     home = ws.home
     test = open_data(cfg, ws).test(16)
-    forms = [str(out / "model.torchscript.pt"), str(out / "model.onnx"),
+    chosen = load_exported(cfg, ws)
+    assert chosen.file.views == "all" and chosen.lineage()["test_time_views"] == "all"
+    assert read_final(cfg, ws)["tta"]["views"] == "all"
+    chosen.file.save(out / "best.pt")
+    forms = [str(out / "best.pt"), str(out / "model.torchscript.pt"), str(out / "model.onnx"),
              f"models:/{registered_name(cfg)}/1"]
     probs = [open_model(form, home)(test.x) for form in forms]
     for other in probs[1:]:
         assert np.allclose(probs[0], other, atol=1e-4)
+    chosen.file.views = "none"  # the same weights without the views answer otherwise
+    plain = torch.softmax(chosen.file.build()(test.x.float() / 255), 1).detach().numpy()
+    assert not np.allclose(probs[0], plain, atol=1e-3)
+    assert "test-time views: all (the mean over 6 views" in (out / "MODEL_CARD.md").read_text()
 
 
 PLAIN_CLIENT = """

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from asl_sweep.search.evaluation import Scored, breakdown, failure_lines
+from asl_sweep.search.evaluation import Scored, breakdown, failure_lines, pick_views
+from asl_sweep.search.progress import views_lines
 
 
 def _scored(predictions, truth):
@@ -29,3 +30,39 @@ def test_breakdown_sorts_people_worst_first_and_averages_repeats():
 def test_without_people_the_breakdown_is_per_class_only():
     b = breakdown([_scored([0, 0], [0, 1])], None, ["A", "B"])
     assert b["by_person"] == [] and not failure_lines(b)[0].startswith("worst test people")
+
+
+def _views_case(gain_people: int, people: int = 20, images: int = 10, seed: int = 0):
+    """Validation of `people` people, `images` each; the plain model is right on half;
+    'flip' is right on the same images and, for `gain_people` people, on one more each;
+    'rotate' gains on one image of every person and loses on another."""
+    rng = np.random.default_rng(seed)
+    unit = np.repeat([f"0:{p}" for p in range(people)], images)
+    plain = rng.random(people * images) < 0.5
+    flip, rotate = plain.copy(), plain.copy()
+    for p in range(people):
+        wrong = np.flatnonzero(~plain[p * images:(p + 1) * images]) + p * images
+        right = np.flatnonzero(plain[p * images:(p + 1) * images]) + p * images
+        if p < gain_people and len(wrong):
+            flip[wrong[0]] = True
+        if len(wrong) and len(right):
+            rotate[wrong[0]], rotate[right[0]] = True, False
+    return {"none": plain, "flip": flip, "rotate": rotate}, unit
+
+
+def test_views_are_adopted_only_on_a_validation_gain_beyond_its_noise():
+    right, unit = _views_case(gain_people=20)
+    picked = pick_views(right, unit, "auto", "people")
+    assert picked["views"] == "flip" and picked["gains"]["flip"]["ci"][0] > 0
+    assert picked["gains"]["rotate"]["gain"] == 0  # one won, one lost, every person
+    # One person of twenty gains: +0.5 pt is within its noise over people.
+    right, unit = _views_case(gain_people=1)
+    picked = pick_views(right, unit, "auto", "people")
+    assert picked["views"] == "none" and picked["gains"]["flip"]["ci"][0] <= 0
+    assert "never chosen by test" in picked["rule"]
+    assert "no set gained on validation beyond its noise (best: flip +0.5 pt" in \
+        views_lines(picked)[0]
+    # A set the study names is taken as it is; its gain is shown, not used.
+    forced = pick_views({"none": right["none"], "rotate": right["rotate"]}, unit, "rotate",
+                        "people")
+    assert forced["views"] == "rotate" and "set by the study" in forced["rule"]

@@ -1,0 +1,94 @@
+"""Test-time augmentation: a model's class probabilities averaged over a few fixed views of
+each image (the image itself, its mirror, small rotations, a zoom out and in).
+
+Which set a study uses is chosen on validation (search/evaluation.py), never on test; the
+chosen set's name travels in the model file (`ModelFile.views`), so every form built from
+it (TorchScript, ONNX, the registered model, `predict`) averages the same views. The views
+are fixed warps of the model's own input size, computed once: tracing and export see one
+flip and one grid_sample per view, nothing drawn at random."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEGREES = 15.0  # the small rotations, each way
+ZOOM = 1.25  # zoom out: the image shrinks to 1/ZOOM of the side (canvas filled with 0); in: x ZOOM
+
+# name -> its views; "none" is the model alone. A view is "identity", "flip" (mirrored left to
+# right) or a warp named in _WARPS.
+VIEW_SETS: dict[str, tuple[str, ...]] = {
+    "none": ("identity",),
+    "flip": ("identity", "flip"),
+    "rotate": ("identity", "rotate+", "rotate-"),
+    "scale": ("identity", "zoom_out", "zoom_in"),
+    "all": ("identity", "flip", "rotate+", "rotate-", "zoom_out", "zoom_in"),
+}
+
+
+def _rotation(degrees: float) -> list[list[float]]:
+    t = math.radians(degrees)
+    return [[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]]
+
+
+# Each warp as the 2x3 matrix that maps an output position to the input position it samples
+# (grid_sample's normalized coordinates, as data/geometry.py writes its augmentations).
+_WARPS: dict[str, list[list[float]]] = {
+    "rotate+": _rotation(DEGREES),
+    "rotate-": _rotation(-DEGREES),
+    "zoom_out": [[ZOOM, 0.0, 0.0], [0.0, ZOOM, 0.0]],
+    "zoom_in": [[1 / ZOOM, 0.0, 0.0], [0.0, 1 / ZOOM, 0.0]],
+}
+
+
+def describe(views: str) -> str:
+    """A view set in words, for the terminal, report and model card."""
+    words = {"identity": "the image", "flip": "its mirror",
+             "rotate+": f"rotated {DEGREES:g} degrees each way", "rotate-": None,
+             "zoom_out": f"zoomed out and in by {ZOOM:g}x", "zoom_in": None}
+    shown = [words[v] for v in VIEW_SETS[views] if words[v]]
+    if views == "none":
+        return "none (the image alone)"
+    return f"{views} (the mean over {len(VIEW_SETS[views])} views: {', '.join(shown)})"
+
+
+class TestTimeViews(nn.Module):
+    """`model` (float images [B, 3, S, S] in [0, 1] -> logits) averaged over the views of
+    `views`: its output is the log of the mean class probabilities, so a softmax of it is
+    that mean (as Ensemble's)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, model: nn.Module, views: str, image_size: int):
+        super().__init__()
+        if views not in VIEW_SETS:
+            raise ValueError(f"unknown test-time view set {views!r}; one of {sorted(VIEW_SETS)}")
+        self.model = model
+        self.views = views
+        self.flip = "flip" in VIEW_SETS[views]
+        warps = [_WARPS[v] for v in VIEW_SETS[views] if v in _WARPS]
+        grids = (F.affine_grid(torch.tensor(warps), [len(warps), 1, image_size, image_size],
+                               align_corners=False) if warps
+                 else torch.zeros(0, image_size, image_size, 2))
+        self.register_buffer("grids", grids, persistent=False)  # [warps, S, S, 2]
+        self.warps = len(warps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.softmax(self.model(x), dim=1)
+        if self.flip:
+            total = total + torch.softmax(self.model(x.flip(-1)), dim=1)
+        for k in range(self.warps):
+            grid = self.grids[k:k + 1].expand(x.shape[0], -1, -1, -1)
+            moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                  align_corners=False)
+            total = total + torch.softmax(self.model(moved), dim=1)
+        mean = total / (1 + int(self.flip) + self.warps)
+        return torch.log(mean.clamp_min(1e-12))
+
+
+def with_views(model: nn.Module, views: str, image_size: int) -> nn.Module:
+    """The model averaged over `views`; the model itself for "none"."""
+    return model if views == "none" else TestTimeViews(model, views, image_size).eval()
