@@ -102,19 +102,31 @@ def count_requests() -> Counter:
         return sent(host_creds, endpoint, method, *args, **kwargs)
 
     rest.http_request = artifact_repo.http_request = counted
-    # And every call to the Optuna storage (through the proxy or to the database).
+    # And every call made to the Optuna storage (through the proxy or to the database): the
+    # outermost call only, since a storage's own methods call each other (RDBStorage's
+    # setters run check_trial_is_updatable, an in-memory check; the proxy's reads sync its
+    # cache with get_all_trials) and those are part of the one call, not more of them.
+    import threading
+
     import optuna
 
     from asl_sweep.search.store import RetryingRDBStorage, public_calls
 
+    depth = threading.local()
     for cls in (optuna.storages.GrpcStorageProxy, RetryingRDBStorage):
         for name in public_calls(cls):
             method = getattr(cls, name)
 
             def make(method=method, name=name):
                 def call(self, *args, **kwargs):
-                    counts[f"optuna {name}"] += 1
-                    return method(self, *args, **kwargs)
+                    inside = getattr(depth, "n", 0)
+                    if not inside:
+                        counts[f"optuna {name}"] += 1
+                    depth.n = inside + 1
+                    try:
+                        return method(self, *args, **kwargs)
+                    finally:
+                        depth.n = inside
                 return call
 
             setattr(cls, name, make())
