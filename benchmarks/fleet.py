@@ -102,18 +102,20 @@ def count_requests() -> Counter:
         return sent(host_creds, endpoint, method, *args, **kwargs)
 
     rest.http_request = artifact_repo.http_request = counted
-    # And every call made to the Optuna storage (through the proxy or to the database): the
-    # outermost call only, since a storage's own methods call each other (RDBStorage's
-    # setters run check_trial_is_updatable, an in-memory check; the proxy's reads sync its
-    # cache with get_all_trials) and those are part of the one call, not more of them.
+    # And every call asl-sweep (and the Optuna study it holds) makes to the Optuna storage
+    # API, through the proxy or to the database: the outermost call only. Storages call
+    # each other inside one call (Optuna wraps a database in a cache whose reads sync with
+    # the database; RDBStorage's setters run check_trial_is_updatable, an in-memory check;
+    # the proxy's reads sync its own cache), and those are part of that one call.
     import threading
 
     import optuna
 
     from asl_sweep.search.store import RetryingRDBStorage, public_calls
 
+    cache = type(optuna.storages.get_storage("sqlite:///:memory:"))  # what wraps a database
     depth = threading.local()
-    for cls in (optuna.storages.GrpcStorageProxy, RetryingRDBStorage):
+    for cls in {optuna.storages.GrpcStorageProxy, cache, RetryingRDBStorage}:
         for name in public_calls(cls):
             method = getattr(cls, name)
 
@@ -122,6 +124,7 @@ def count_requests() -> Counter:
                     inside = getattr(depth, "n", 0)
                     if not inside:
                         counts[f"optuna {name}"] += 1
+                        counts[f"caller {name} <- {_caller()}"] += 1
                     depth.n = inside + 1
                     try:
                         return method(self, *args, **kwargs)
@@ -131,6 +134,17 @@ def count_requests() -> Counter:
 
             setattr(cls, name, make())
     return counts
+
+
+def _caller() -> str:
+    """The asl-sweep function (module.function) nearest to this storage call."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module.startswith("asl_sweep."):
+            return f"{module.rsplit('.', 1)[-1]}.{frame.f_code.co_name}"
+        frame = frame.f_back
+    return "optuna"
 
 
 def cli_job(argv: list[str], requests: Path | None = None):
@@ -365,6 +379,9 @@ def arm(name: str, pg, root: Path, workers: int, kill: float, rng: random.Random
                  if not k.startswith("optuna ")}
     storage_calls = {k[7:]: round(v / found["finished_trials"], 2)
                      for k, v in requests.most_common() if k.startswith("optuna ")}
+    callers = {k[7:]: round(v / found["finished_trials"], 2)
+               for k, v in requests.most_common() if k.startswith("caller ")}
+    per_trial = {k: v for k, v in per_trial.items() if not k.startswith("caller ")}
     busiest = max((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(progress, progress[20:],
                                                                strict=False)) \
         if len(progress) > 20 else None
@@ -373,6 +390,7 @@ def arm(name: str, pg, root: Path, workers: int, kill: float, rng: random.Random
             "mlflow_requests_per_trial": round(sum(per_trial.values()), 1),
             "storage_calls_per_trial": round(sum(storage_calls.values()), 1),
             "storage_calls_per_trial_by_method": storage_calls,
+            "storage_calls_per_trial_by_caller": callers,
             "mlflow_requests_per_trial_by_endpoint": per_trial,
             "trials_per_s": round(found["finished_trials"] / span, 2),
             "busiest_10s_trials_per_s": round(busiest, 2) if busiest is not None else None,
@@ -396,7 +414,7 @@ def tables(result: dict, arms: list[str]) -> dict:
              "trials_per_s": round(one["finished_trials"]
                                    / (one["last_complete"] - one["first_start"]), 2),
              "mlflow_running": len(one["mlflow_running"]), "final_test": one["final_test"]}]
-    stages, cpu, requests, calls = [], [], {}, {}
+    stages, cpu, requests, calls, by_caller = [], [], {}, {}, {}
     for arm in arms:
         r = result[arm]
         rows.append({"arm": arm, **{k: (len(r[k]) if k == "mlflow_running" else r[k])
@@ -410,6 +428,9 @@ def tables(result: dict, arms: list[str]) -> dict:
             requests.setdefault(k, {"request": k, **dict.fromkeys(arms, 0)})[arm] = v
         for k, v in r["storage_calls_per_trial_by_method"].items():
             calls.setdefault(k, {"storage call": k, **dict.fromkeys(arms, 0)})[arm] = v
+        for k, v in r["storage_calls_per_trial_by_caller"].items():
+            by_caller.setdefault(k, {"storage call <- asl-sweep function": k,
+                                     **dict.fromkeys(arms, 0)})[arm] = v
     out["arms"] = rows
     out["stages"] = stages
     out["cpu_seconds"] = cpu
@@ -418,6 +439,7 @@ def tables(result: dict, arms: list[str]) -> dict:
 
     out["mlflow_requests_per_finished_trial"] = most(requests)
     out["storage_calls_per_finished_trial"] = most(calls)
+    out["storage_calls_per_finished_trial_by_caller"] = most(by_caller)
     return out
 
 
