@@ -39,6 +39,7 @@ from pathlib import Path
 
 import optuna
 
+from asl_sweep.search.pruning import IncumbentPruner
 from asl_sweep.search.state import Role, TrialKey
 from asl_sweep.search.store import make_pruner
 from asl_sweep.settings.spec import StageConfig
@@ -102,9 +103,8 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
     """One pass of the stage's trials, in `order`, under `pruner`: the epochs each trial
     trained and which were pruned."""
     epochs = max(len(t["curve"]) for t in stage["trials"])
-    cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
-                      direction=stage["direction"], pruner=pruner)
-    study = optuna.create_study(direction=stage["direction"], pruner=make_pruner(cfg, epochs),
+    study = optuna.create_study(direction=stage["direction"],
+                                pruner=pruner_for(pruner, stage, epochs),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     trained, full, pruned = 0, 0, set()
     for t in order:
@@ -125,6 +125,17 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
             pruned.add(t["number"])
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return {"trained": trained, "full": full, "pruned": pruned}
+
+
+def pruner_for(name: str, stage: dict, epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner a stage naming `name` builds; "incumbent/K": the incumbent pruner with a
+    warmup of epochs // K instead of its own (a variant to compare, not a setting)."""
+    if name.startswith("incumbent/"):
+        return IncumbentPruner(stage["direction"],
+                               warmup=max(1, epochs // int(name.split("/")[1])))
+    cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
+                      direction=stage["direction"], pruner=name)
+    return make_pruner(cfg, epochs)
 
 
 def orders(stage: dict, n: int, rng: random.Random) -> list[list[dict]]:
@@ -173,6 +184,9 @@ def main() -> None:
                         help="recorded curves (names under benchmarks/data, or paths to any "
                         "benchmark result with curves)")
     parser.add_argument("--orders", type=int, default=200)
+    parser.add_argument("--pruners", default=",".join(PRUNERS),
+                        help="comma-separated; incumbent/K: the incumbent pruner with a warmup "
+                        "of epochs // K (the shipped one: epochs // 10)")
     args = parser.parse_args()
     if args.record:
         record(args.record)
@@ -195,7 +209,7 @@ def main() -> None:
     cases = [(s, w, o) for s, w in zip(stages, watched, strict=True)
              for o in orders(s, args.orders, rng)]
     rows = []
-    for pruner in PRUNERS:
+    for pruner in args.pruners.split(","):
         trained = full = 0
         counts = {key: [0, 0] for key in watched[0]}  # [lost, cases]
         for stage, watch, order in cases:
@@ -230,7 +244,9 @@ def main() -> None:
                           "adopted": adopted(s), "candidate": candidate(s),
                           "above_incumbent": len(better(s)), "trials": len(s["trials"])}
                          for s in stages]}
-    print(f"written to {write_result('pruning_replay', result)}")
+    name = "pruning_replay" + ("" if args.sources == DEFAULT_SOURCES
+                               else "_" + "_".join(Path(s).stem for s in args.sources))
+    print(f"written to {write_result(name, result)}")
 
 
 if __name__ == "__main__":
