@@ -300,7 +300,8 @@ class StudyConfig(Strict):
         "rotate: and rotated 15 degrees each way; scale: and zoomed out and in by 1.25x; "
         "all: the five). auto: each set is scored on the validation split of the repeats' "
         "own folds and the one with the largest gain over no views is adopted where that "
-        "gain, per validation person, has a 95% bootstrap interval above 0 (else none); off: "
+        "gain, per validation person, has a bootstrap lower bound above 0 (one-sided 97.5%, "
+        "Bonferroni over the sets; else none); off: "
         "none; a set's name: that set. Never chosen by test; scored, exported and served "
         "with the model")
 

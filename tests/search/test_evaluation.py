@@ -53,12 +53,12 @@ def _views_case(gain_people: int, people: int = 20, images: int = 10, seed: int 
 def test_views_are_adopted_only_on_a_validation_gain_beyond_its_noise():
     right, unit = _views_case(gain_people=20)
     picked = pick_views(right, unit, "auto", "people")
-    assert picked["views"] == "flip" and picked["gains"]["flip"]["ci"][0] > 0
+    assert picked["views"] == "flip" and picked["gains"]["flip"]["lower"] > 0
     assert picked["gains"]["rotate"]["gain"] == 0  # one won, one lost, every person
     # One person of twenty gains: +0.5 pt is within its noise over people.
     right, unit = _views_case(gain_people=1)
     picked = pick_views(right, unit, "auto", "people")
-    assert picked["views"] == "none" and picked["gains"]["flip"]["ci"][0] <= 0
+    assert picked["views"] == "none" and picked["gains"]["flip"]["lower"] <= 0
     assert "never chosen by test" in picked["rule"]
     assert "no set gained on validation beyond its noise (best: flip +0.5 pt" in \
         views_lines(picked)[0]
