@@ -173,6 +173,22 @@ def test_a_cnn_exports_in_every_format_and_each_form_agrees(tmp_path):
     plain = torch.softmax(chosen.file.build()(test.x.float() / 255), 1).detach().numpy()
     assert not np.allclose(probs[0], plain, atol=1e-3)
     assert "test-time views: all (the mean over 6 views" in (out / "MODEL_CARD.md").read_text()
+    # The registered program itself (pt2, loaded by MLflow without asl-sweep) averages them.
+    import subprocess
+    import sys
+
+    from asl_sweep.tracking.tracker import Tracker
+
+    uri = forms[-1]
+    files = Tracker(ws).download_model(uri, tmp_path / "model")
+    proc = subprocess.run([sys.executable, "-c", PLAIN_CLIENT, ws.tracking_uri, uri,
+                           str(files / "requirements.txt")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    same = np.random.default_rng(0).integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    served = np.asarray(json.loads(proc.stdout.strip().splitlines()[-1])["same"])
+    assert np.allclose(served, open_model(str(out / "best.pt"), home)(torch.from_numpy(same)),
+                       atol=1e-5)
 
 
 PLAIN_CLIENT = """
