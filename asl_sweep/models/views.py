@@ -55,6 +55,20 @@ def describe(views: str) -> str:
     return f"{views} (the mean over {len(VIEW_SETS[views])} views: {', '.join(shown)})"
 
 
+def _grids(names: list[str], image_size: int) -> torch.Tensor:
+    """The sampling grids of the warps among `names` [warps, S, S, 2], in their order."""
+    warps = [_WARPS[v] for v in names if v in _WARPS]
+    if not warps:
+        return torch.zeros(0, image_size, image_size, 2)
+    return F.affine_grid(torch.tensor(warps), [len(warps), 1, image_size, image_size],
+                         align_corners=False)
+
+
+def _warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(x, grid.unsqueeze(0).expand(x.shape[0], -1, -1, -1), mode="bilinear",
+                         padding_mode="zeros", align_corners=False)
+
+
 class TestTimeViews(nn.Module):
     """`model` (float images [B, 3, S, S] in [0, 1] -> logits) averaged over the views of
     `views`: its output is the log of the mean class probabilities, so a softmax of it is
@@ -69,22 +83,16 @@ class TestTimeViews(nn.Module):
         self.model = model
         self.views = views
         self.flip = "flip" in VIEW_SETS[views]
-        warps = [_WARPS[v] for v in VIEW_SETS[views] if v in _WARPS]
-        grids = (F.affine_grid(torch.tensor(warps), [len(warps), 1, image_size, image_size],
-                               align_corners=False) if warps
-                 else torch.zeros(0, image_size, image_size, 2))
+        grids = _grids(list(VIEW_SETS[views]), image_size)
         self.register_buffer("grids", grids, persistent=False)  # [warps, S, S, 2]
-        self.warps = len(warps)
+        self.warps = len(grids)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         total = torch.softmax(self.model(x), dim=1)
         if self.flip:
             total = total + torch.softmax(self.model(x.flip(-1)), dim=1)
         for k in range(self.warps):
-            grid = self.grids[k:k + 1].expand(x.shape[0], -1, -1, -1)
-            moved = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
-                                  align_corners=False)
-            total = total + torch.softmax(self.model(moved), dim=1)
+            total = total + torch.softmax(self.model(_warp(x, self.grids[k])), dim=1)
         mean = total / (1 + int(self.flip) + self.warps)
         return torch.log(mean.clamp_min(1e-12))
 
@@ -92,3 +100,23 @@ class TestTimeViews(nn.Module):
 def with_views(model: nn.Module, views: str, image_size: int) -> nn.Module:
     """The model averaged over `views`; the model itself for "none"."""
     return model if views == "none" else TestTimeViews(model, views, image_size).eval()
+
+
+VIEWS = VIEW_SETS["all"]  # every single view, each set's among them
+
+
+@torch.inference_mode()
+def each_view(model: nn.Module, x: torch.Tensor, image_size: int) -> dict[str, torch.Tensor]:
+    """Each single view's class probabilities for float images [B, 3, S, S] in [0, 1]: what
+    choosing among the sets needs, each view computed once (a set's probabilities are the
+    mean of its views')."""
+    grids = dict(zip([v for v in VIEWS if v in _WARPS], _grids(list(VIEWS), image_size),
+                     strict=True))
+    shown = {"identity": x, "flip": x.flip(-1)}
+    return {v: torch.softmax(model(shown[v] if v in shown else _warp(x, grids[v])), dim=1)
+            for v in VIEWS}
+
+
+def set_probabilities(views: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """A set's probabilities from its single views' (`each_view`)."""
+    return torch.stack([views[v] for v in VIEW_SETS[name]]).mean(0)

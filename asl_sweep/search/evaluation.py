@@ -16,7 +16,7 @@ import torch
 from optuna.trial import FrozenTrial
 
 from asl_sweep.data.studydata import StudyData
-from asl_sweep.models.views import VIEW_SETS, describe, with_views
+from asl_sweep.models.views import VIEW_SETS, VIEWS, describe, each_view, set_probabilities
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ModelFileError, StoreError
 from asl_sweep.search.progress import final_model_lines, views_lines
@@ -103,6 +103,13 @@ def predict_probabilities(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
+@torch.inference_mode()
+def _each_view(model: torch.nn.Module, x: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    batches = [each_view(model, x[i:i + EVAL_BATCH].float().div_(255), size)
+               for i in range(0, len(x), EVAL_BATCH)]
+    return {v: torch.cat([b[v] for b in batches]) for v in VIEWS}
+
+
 def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
                  split: str = "test", views: str = "none") -> list[Scored]:
     """Each trial's best checkpoint on `split`: "test", or "val" (each repeat on the
@@ -149,9 +156,9 @@ def choose_views(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
         fold = int(t.user_attrs.get(TrialKey.FOLD, 0))
         part = data.split(file.spec.image_size, fold)
         x, y = part.x_val.cpu(), part.y_val.cpu().numpy()
+        each = _each_view(model, x, file.spec.image_size)  # each view once, for every set
         for views in right:
-            viewed = with_views(model, views, file.spec.image_size)
-            right[views].append(predict_labels(viewed, x) == y)
+            right[views].append(set_probabilities(each, views).argmax(1).numpy() == y)
         people = (part.val_people.cpu().numpy() if part.val_people is not None
                   else np.arange(len(y)))
         units.append(np.char.add(f"{part.fold}:", people.astype(str)))  # a person of a fold

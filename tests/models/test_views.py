@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from asl_sweep.data import geometry
-from asl_sweep.models.views import DEGREES, VIEW_SETS, ZOOM, TestTimeViews, with_views
+from asl_sweep.models.views import (
+    DEGREES,
+    VIEW_SETS,
+    ZOOM,
+    TestTimeViews,
+    each_view,
+    set_probabilities,
+    with_views,
+)
 from asl_sweep.settings.spec import StudyConfig
 
 
@@ -64,3 +72,14 @@ def test_the_output_is_the_mean_of_the_views_probabilities():
 def test_the_setting_names_every_view_set():
     setting = typing.get_args(StudyConfig.model_fields["tta"].annotation)
     assert set(setting) == {"auto", "off"} | (set(VIEW_SETS) - {"none"})
+
+
+def test_each_set_chosen_from_single_views_is_the_set_the_model_averages():
+    """Choosing computes every view once and averages per set: the same probabilities the
+    exported model (TestTimeViews) gives for that set."""
+    model = Recorder().eval()
+    x = torch.rand(4, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    each = each_view(model, x, 12)
+    for name in VIEW_SETS:
+        shipped = with_views(model, name, 12)(x).softmax(1)
+        assert torch.allclose(set_probabilities(each, name), shipped, atol=1e-6), name
