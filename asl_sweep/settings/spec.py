@@ -305,6 +305,12 @@ class StudyConfig(Strict):
         "none; a set's name: that set. Never chosen by test; scored, exported and served "
         "with the model")
 
+    @field_validator("tta", mode="before")
+    @classmethod
+    def _tta_off(cls, value: Any) -> Any:
+        # YAML reads a bare `off` (and `no`, `false`) as false.
+        return "off" if value is False else value
+
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:
         names = [s.name for s in self.stages]

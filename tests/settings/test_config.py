@@ -120,3 +120,14 @@ def test_epochs_sets_every_stage_epochs_fixed_ones_included(tmp_path):
     cfg = load_study(path, epochs=3)
     assert cfg.base.epochs == 3 and cfg.stages[0].fixed["epochs"] == 3
     assert cfg.stages[2].space["epochs"].choices == [5, 10]  # a searched setting stays searched
+
+
+def test_tta_off_written_bare_in_yaml_is_off(tmp_path):
+    """YAML reads a bare `off` as false; `tta: off` (file or --set) still means off."""
+    path = tmp_path / "s.yaml"
+    path.write_text("study: s\ntta: off\nstages: [{name: a}]\n")
+    assert load_study(path).tta == "off"
+    assert load_study(path, ["tta=flip"]).tta == "flip"
+    assert load_study(path, ["tta=off"]).tta == "off"
+    with pytest.raises(ConfigError, match="tta: Input should be 'auto', 'off'"):
+        load_study(path, ["tta=spin"])
