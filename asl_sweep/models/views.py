@@ -106,15 +106,16 @@ VIEWS = VIEW_SETS["all"]  # every single view, each set's among them
 
 
 @torch.inference_mode()
-def each_view(model: nn.Module, x: torch.Tensor, image_size: int) -> dict[str, torch.Tensor]:
-    """Each single view's class probabilities for float images [B, 3, S, S] in [0, 1]: what
-    choosing among the sets needs, each view computed once (a set's probabilities are the
-    mean of its views')."""
-    grids = dict(zip([v for v in VIEWS if v in _WARPS], _grids(list(VIEWS), image_size),
-                     strict=True))
+def each_view(model: nn.Module, x: torch.Tensor, image_size: int,
+              names: tuple[str, ...] = VIEWS) -> dict[str, torch.Tensor]:
+    """Each of the single views `names`' class probabilities for float images [B, 3, S, S]
+    in [0, 1]: what choosing among the sets needs, each view computed once (a set's
+    probabilities are the mean of its views')."""
+    warps = [v for v in names if v in _WARPS]
+    grids = dict(zip(warps, _grids(warps, image_size), strict=True))
     shown = {"identity": x, "flip": x.flip(-1)}
     return {v: torch.softmax(model(shown[v] if v in shown else _warp(x, grids[v])), dim=1)
-            for v in VIEWS}
+            for v in names}
 
 
 def set_probabilities(views: dict[str, torch.Tensor], name: str) -> torch.Tensor:

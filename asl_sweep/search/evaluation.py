@@ -104,10 +104,11 @@ def predict_probabilities(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray
 
 
 @torch.inference_mode()
-def _each_view(model: torch.nn.Module, x: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
-    batches = [each_view(model, x[i:i + EVAL_BATCH].float().div_(255), size)
+def _each_view(model: torch.nn.Module, x: torch.Tensor, size: int,
+               names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    batches = [each_view(model, x[i:i + EVAL_BATCH].float().div_(255), size, names)
                for i in range(0, len(x), EVAL_BATCH)]
-    return {v: torch.cat([b[v] for b in batches]) for v in VIEWS}
+    return {v: torch.cat([b[v] for b in batches]) for v in names}
 
 
 def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
@@ -149,6 +150,7 @@ def choose_views(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
     started = time.perf_counter()
     right: dict[str, list[np.ndarray]] = {v: [] for v in ["none", *candidates]}
     units: list[np.ndarray] = []
+    needed = tuple(v for v in VIEWS if any(v in VIEW_SETS[s] for s in right))
     for t in trials:
         signals.check()
         file = load_checkpoint(tracker, t)
@@ -156,7 +158,7 @@ def choose_views(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
         fold = int(t.user_attrs.get(TrialKey.FOLD, 0))
         part = data.split(file.spec.image_size, fold)
         x, y = part.x_val.cpu(), part.y_val.cpu().numpy()
-        each = _each_view(model, x, file.spec.image_size)  # each view once, for every set
+        each = _each_view(model, x, file.spec.image_size, needed)  # each view once
         for views in right:
             right[views].append(set_probabilities(each, views).argmax(1).numpy() == y)
         people = (part.val_people.cpu().numpy() if part.val_people is not None
