@@ -26,7 +26,11 @@ fake_train = fake_trainer(_quality)
 
 # The student's 5000-unit MLP is 60 MB a checkpoint even at 32 px, written once per fake
 # trial: searched here among sizes that write fast (the rest of the YAML as shipped).
-SMALLER = {"student.yaml": ["--set", "stages.0.space.hidden=[[500, 50], [50, 20]]"]}
+SMALLER = {"student.yaml": ["--set", "stages.0.space.hidden=[[500, 50], [50, 20]]"],
+           # Choosing test-time views runs MobileNetV2 at 224 px on six views of every
+           # repeat's validation images (100 s of this test on 2 cores); the views are
+           # tested in tests/models/test_views.py and every export form in test_export.
+           "transfer.yaml": ["--set", "tta=off"]}
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
