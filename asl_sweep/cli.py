@@ -377,10 +377,11 @@ def cmd_export(args) -> int:
 
 def cmd_evaluate(args) -> int:
     cfg, ws = _load_bound(args)
-    from asl_sweep.results.readback import finished_stage, read_stages
+    from asl_sweep.results.readback import finished_stage, read_final, read_stages
     from asl_sweep.search import (
         TEST_RULE,
         breakdown,
+        earlier_views,
         failure_lines,
         open_data,
         score_final,
@@ -392,7 +393,8 @@ def cmd_evaluate(args) -> int:
     view = finished_stage(cfg, read_stages(cfg, ws), args.stage)
     trials = [view.trial(n) for n in view.result.repeats]
     data = open_data(cfg, ws)
-    scored, views = score_final(data, Tracker(ws), trials, cfg.tta, args.split)
+    chosen = earlier_views(read_final(cfg, ws), trials, cfg.tta)  # the run's choice, reused
+    scored, views = score_final(data, Tracker(ws), trials, cfg.tta, args.split, chosen)
     groups = data.test().groups if args.split == "test" else None
     summary = summarize(scored, groups, args.split)
     rule = (TEST_RULE if args.split == "test" else "validation split of each repeat's own fold: "

@@ -274,7 +274,7 @@ def test_a_moved_or_copied_home_is_one_line_and_writes_nothing_into_the_original
 FILL_AT_SCORING = """
 import sys
 import asl_sweep.search.evaluation as study
-real = study.score_trials
+real = study.score_repeats
 def full(*args, **kwargs):
     scored = real(*args, **kwargs)
     with open(sys.argv[1], "wb") as f:  # the disk fills while the test split is scored
@@ -285,7 +285,7 @@ def full(*args, **kwargs):
         except OSError:
             pass
     return scored
-study.score_trials = full
+study.score_repeats = full
 from asl_sweep.cli import main
 sys.exit(main(sys.argv[2:]))
 """

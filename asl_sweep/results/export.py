@@ -19,7 +19,7 @@ from torch import nn
 
 from asl_sweep.models.registry import Deployable
 from asl_sweep.results.predict import MARKER, MODEL_FILE, marker
-from asl_sweep.results.readback import finished_stage, read_stages
+from asl_sweep.results.readback import finished_stage, read_final, read_stages
 from asl_sweep.runtime.errors import ExportError, UserError
 from asl_sweep.runtime.files import atomic_write_text, sha256_of
 from asl_sweep.runtime.workspace import Workspace
@@ -30,6 +30,7 @@ from asl_sweep.search import (
     TrialKey,
     breakdown,
     confusion,
+    earlier_views,
     final_candidates,
     open_data,
     score_final,
@@ -94,7 +95,10 @@ class Exported:
 def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> Exported:
     view = finished_stage(cfg, read_stages(cfg, ws), stage)
     tracker, data = Tracker(ws), open_data(cfg, ws)
-    scored, views = score_final(data, tracker, view.repeats(), cfg.tta)
+    trials = view.repeats()
+    # the views the run chose for these repeats, not chosen again
+    chosen = earlier_views(read_final(cfg, ws), trials, cfg.tta)
+    scored, views = score_final(data, tracker, trials, cfg.tta, chosen=chosen)
     groups = data.test().groups
     test = summarize(scored, groups, "test") | {"tta": views}
     test["breakdown"] = breakdown(scored, groups, list(data.classes))  # per person and class

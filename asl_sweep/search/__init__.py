@@ -34,7 +34,7 @@ _FRONT_DOOR = {
     "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
     "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",
     "final_candidates": "evaluation", "final_model_lines": "progress",
-    "score_final": "evaluation", "views_lines": "progress",
+    "score_final": "evaluation", "earlier_views": "evaluation", "views_lines": "progress",
     "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",
     # read a study back
     "optuna_storage": "store", "serve_proxy": "store", "load_stage_study": "store",

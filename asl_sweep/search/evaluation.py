@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,34 +108,70 @@ def _each_view(model: torch.nn.Module, x: torch.Tensor, size: int,
                names: tuple[str, ...]) -> dict[str, torch.Tensor]:
     batches = [each_view(model, x[i:i + EVAL_BATCH].float().div_(255), size, names)
                for i in range(0, len(x), EVAL_BATCH)]
+    if not batches:
+        return {v: torch.zeros(0, 0) for v in names}
     return {v: torch.cat([b[v] for b in batches]) for v in names}
+
+
+@dataclass
+class Repeat:
+    """One repeat of the final configuration, its checkpoint read once: the model alone (no
+    views), built from its file."""
+    trial: int
+    fold: int
+    file: ModelFile
+    model: torch.nn.Module
+
+
+def load_repeats(tracker: Tracker, trials: list[FrozenTrial]) -> list[Repeat]:
+    repeats = []
+    for t in trials:
+        signals.check()  # Ctrl-C / SIGTERM: stop between two repeats; nothing is saved yet
+        file = load_checkpoint(tracker, t)
+        file.views = "none"
+        repeats.append(Repeat(t.number, int(t.user_attrs.get(TrialKey.FOLD, 0)), file,
+                              file.build()))
+    return repeats
+
+
+def _images(data: StudyData, repeat: Repeat, split: str
+            ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+    """A repeat's images on `split` ("test", or "val": the validation fold it was trained
+    against), their labels and their people (None where the data has none)."""
+    size = repeat.file.spec.image_size
+    if split == "test":
+        test = data.test(size)
+        return test.x, test.y.numpy(), None
+    part = data.split(size, repeat.fold)
+    people = part.val_people.cpu().numpy() if part.val_people is not None else None
+    return part.x_val.cpu(), part.y_val.cpu().numpy(), people
+
+
+def score_repeats(data: StudyData, repeats: list[Repeat], split: str = "test",
+                  views: str = "none") -> tuple[list[Scored], list[Scored]]:
+    """Each repeat on `split`, averaged over test-time `views`, and the same repeats
+    without them (the same list where `views` is "none"): each view computed once."""
+    scored, plain = [], []
+    for r in repeats:
+        signals.check()
+        x, y, _ = _images(data, r, split)
+        each = _each_view(r.model, x, r.file.spec.image_size, VIEW_SETS[views])
+        file = replace(r.file, views=views)
+        for out, name in ((scored, views), (plain, "none")):
+            p = set_probabilities(each, name).numpy()
+            out.append(Scored(r.trial, r.fold, file if name == views else r.file,
+                              p.argmax(1), y, p))
+    return scored, (plain if views != "none" else scored)
 
 
 def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
                  split: str = "test", views: str = "none") -> list[Scored]:
     """Each trial's best checkpoint on `split`: "test", or "val" (each repeat on the
     validation fold it was trained against), averaged over test-time `views`."""
-    scored = []
-    for t in trials:
-        signals.check()  # Ctrl-C / SIGTERM: stop between two repeats; nothing is saved yet
-        file = load_checkpoint(tracker, t)
-        file.views = views
-        model = file.build()
-        fold = int(t.user_attrs.get(TrialKey.FOLD, 0))
-        if split == "test":
-            test = data.test(file.spec.image_size)
-            x, y = test.x, test.y
-        else:
-            part = data.split(file.spec.image_size, fold)
-            x, y = part.x_val.cpu(), part.y_val.cpu()
-        probabilities = predict_probabilities(model, x)
-        scored.append(Scored(t.number, fold, file, probabilities.argmax(1), y.numpy(),
-                             probabilities))
-    return scored
+    return score_repeats(data, load_repeats(tracker, trials), split, views)[0]
 
 
-def choose_views(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
-                 setting: str) -> dict:
+def choose_views(data: StudyData, repeats: list[Repeat], setting: str) -> dict:
     """The test-time views (models/views.py) the final configuration is scored, exported and
     served with, chosen on validation only: every repeat on its own fold's validation
     images, each candidate set against no views, image by image. The gain of a set is the
@@ -151,19 +187,14 @@ def choose_views(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
     right: dict[str, list[np.ndarray]] = {v: [] for v in ["none", *candidates]}
     units: list[np.ndarray] = []
     needed = tuple(v for v in VIEWS if any(v in VIEW_SETS[s] for s in right))
-    for t in trials:
+    for r in repeats:
         signals.check()
-        file = load_checkpoint(tracker, t)
-        model = file.build()
-        fold = int(t.user_attrs.get(TrialKey.FOLD, 0))
-        part = data.split(file.spec.image_size, fold)
-        x, y = part.x_val.cpu(), part.y_val.cpu().numpy()
-        each = _each_view(model, x, file.spec.image_size, needed)  # each view once
+        x, y, people = _images(data, r, "val")
+        each = _each_view(r.model, x, r.file.spec.image_size, needed)  # each view once
         for views in right:
             right[views].append(set_probabilities(each, views).argmax(1).numpy() == y)
-        people = (part.val_people.cpu().numpy() if part.val_people is not None
-                  else np.arange(len(y)))
-        units.append(np.char.add(f"{part.fold}:", people.astype(str)))  # a person of a fold
+        people = people if people is not None else np.arange(len(y))
+        units.append(np.char.add(f"{r.fold}:", people.astype(str)))  # a person of a fold
     picked = pick_views({v: np.concatenate(r) for v, r in right.items()},
                         np.concatenate(units), setting,
                         "people" if data.groups is not None else "images")
@@ -208,16 +239,27 @@ def _paired_gain(diff: np.ndarray, unit: np.ndarray, lower_at: float = 2.5,
 
 
 def score_final(data: StudyData, tracker: Tracker, trials: list[FrozenTrial], tta: str,
-                split: str = "test") -> tuple[list[Scored], dict]:
+                split: str = "test", chosen: dict | None = None) -> tuple[list[Scored], dict]:
     """The final configuration's repeats scored on `split` with the test-time views chosen
-    on validation (`choose_views`); where views were adopted, the same repeats' mean without
-    them too (`test_without`), so the report can show what they changed."""
-    views = choose_views(data, tracker, trials, tta)
-    scored = score_trials(data, tracker, trials, split, views["views"])
+    on validation (`choose_views`; `chosen`: a choice made earlier for these same repeats,
+    reused as it stands); where views were adopted, the same repeats' mean without them too
+    (`without`), so the report can show what they changed. Each checkpoint is read once."""
+    repeats = load_repeats(tracker, trials)
+    views = dict(chosen) if chosen else choose_views(data, repeats, tta)
+    scored, plain = score_repeats(data, repeats, split, views["views"])
+    views.pop("without", None)
     if views["views"] != "none":
-        plain = score_trials(data, tracker, trials, split)
         views["without"] = {"split": split, "mean": statistics.fmean(s.accuracy for s in plain)}
     return scored, views
+
+
+def earlier_views(final: dict | None, trials: list[FrozenTrial], tta: str) -> dict | None:
+    """The views the study's final score chose (its record's), where it scored these same
+    repeats with the same `tta` setting: what report, export and evaluate reuse instead of
+    choosing again."""
+    if not final or not final.get("tta") or final.get("trials") != [t.number for t in trials]:
+        return None
+    return final["tta"] if final["tta"].get("setting") == tta else None
 
 
 def bootstrap_interval(scored: list[Scored], groups: list[str] | None,

@@ -169,6 +169,8 @@ def test_a_cnn_exports_in_every_format_and_each_form_agrees(tmp_path):
     probs = [open_model(form, home)(test.x) for form in forms]
     for other in probs[1:]:
         assert np.allclose(probs[0], other, atol=1e-4)
+    # The final score (each view computed once, the set their mean) is the model file's.
+    assert np.allclose(chosen.scored.probabilities, probs[0], atol=1e-4)
     chosen.file.views = "none"  # the same weights without the views answer otherwise
     plain = torch.softmax(chosen.file.build()(test.x.float() / 255), 1).detach().numpy()
     assert not np.allclose(probs[0], plain, atol=1e-3)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from asl_sweep.search.evaluation import Scored, breakdown, failure_lines, pick_views
+from asl_sweep.search.evaluation import Scored, breakdown, earlier_views, failure_lines, pick_views
 from asl_sweep.search.progress import views_lines
 
 
@@ -66,3 +66,18 @@ def test_views_are_adopted_only_on_a_validation_gain_beyond_its_noise():
     forced = pick_views({"none": right["none"], "rotate": right["rotate"]}, unit, "rotate",
                         "people")
     assert forced["views"] == "rotate" and "set by the study" in forced["rule"]
+
+
+def test_report_export_and_evaluate_reuse_the_views_the_run_chose_for_the_same_repeats():
+    from optuna.trial import FrozenTrial
+
+    def trial(number):
+        return FrozenTrial(number, None, None, None, None, {}, {}, {}, {}, {}, None)
+
+    chosen = {"views": "flip", "setting": "auto", "rule": "tta: auto, ...", "gains": {}}
+    final = {"trials": [3, 5], "tta": chosen}
+    assert earlier_views(final, [trial(3), trial(5)], "auto") is chosen
+    assert earlier_views(final, [trial(3), trial(6)], "auto") is None  # other repeats
+    assert earlier_views(final, [trial(3), trial(5)], "all") is None  # the study's tta changed
+    assert earlier_views(None, [trial(3)], "auto") is None  # not scored yet
+    assert earlier_views({"trials": [3]}, [trial(3)], "auto") is None  # scored before views

@@ -386,12 +386,12 @@ def test_resolution_is_searched_each_size_decoded_once_and_scored_at_its_own_siz
 SLOW_SCORING = """
 import sys, time
 import asl_sweep.search.evaluation as study
-real = study.score_trials
+real = study.score_repeats
 def slow(*args, **kwargs):
     print("scoring", flush=True)
     time.sleep(2)
     return real(*args, **kwargs)
-study.score_trials = slow
+study.score_repeats = slow
 from asl_sweep.cli import main
 sys.exit(main(sys.argv[1:]))
 """
