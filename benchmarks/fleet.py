@@ -137,14 +137,15 @@ def count_requests() -> Counter:
 
 
 def _caller() -> str:
-    """The asl-sweep function (module.function) nearest to this storage call."""
-    frame = sys._getframe(2)
-    while frame is not None:
+    """The two asl-sweep functions (module.function) nearest to this storage call, the
+    nearest first: "state.read <- study._race" says which flow a shared helper served."""
+    frame, found = sys._getframe(2), []
+    while frame is not None and len(found) < 2:
         module = frame.f_globals.get("__name__", "")
         if module.startswith("asl_sweep."):
-            return f"{module.rsplit('.', 1)[-1]}.{frame.f_code.co_name}"
+            found.append(f"{module.rsplit('.', 1)[-1]}.{frame.f_code.co_name}")
         frame = frame.f_back
-    return "optuna"
+    return " <- ".join(found) or "optuna"
 
 
 def cli_job(argv: list[str], requests: Path | None = None):

@@ -148,12 +148,16 @@ class Mirror:
 
     # --- a trial -------------------------------------------------------------------------
     def trial_opened(self, name: str, stage_run: str, cfg: TrainConfig, tags: dict[str, Any],
-                     decided: dict[str, str], datasets: list, metric: str) -> TrialRun:
-        """A trial's run, open; `metric` (the stage's) is the first it logs, so MLflow's
-        compare page charts it by default."""
+                     decided: dict[str, str], datasets: list, metric: str,
+                     named: Callable[[str], None]) -> TrialRun:
+        """A trial's run, open; `named(run_id)` is called as soon as the run exists (before
+        its parameters are logged: a worker killed after it leaves a run the others can
+        close). `metric` (the stage's) is the first it logs, so MLflow's compare page charts
+        it by default."""
         run_id = self.tracker.new_run(
             self.experiment_id, name, parent=stage_run, kind="trial", state="RUNNING", **tags,
             **{f"decided_by.{k}": v for k, v in decided.items()})
+        named(run_id)
         self.tracker.log_params(run_id, cfg.applicable())
         self.tracker.log_datasets(run_id, datasets)
         return TrialRun(run_id, name, self.tracker.epoch_log(run_id, lead=metric))
@@ -224,6 +228,16 @@ class Mirror:
                          error=f"{why}; its run closed by a later run" if why
                          else "worker lost (killed or crashed)")
         return True
+
+    def unnamed_runs_closed(self, study: str, trial: int) -> int:
+        """A trial whose worker died between opening its run and naming it on the trial:
+        its run (found by the trial's tags) FAILED, not left RUNNING. How many were open."""
+        runs = self.tracker.running_runs(self.experiment_id, kind="trial", optuna_study=study,
+                                         optuna_trial=str(trial))
+        for run_id in runs:
+            self.tracker.end(run_id, "FAILED", state="FAIL",
+                             error="worker lost (killed or crashed) as its run opened")
+        return len(runs)
 
     def training_logged(self, run_id: str, cfg: TrainConfig, result: TrainResult,
                           run_dir: Path, title: str, curves: bool = False) -> None:

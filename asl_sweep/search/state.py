@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import logging
 import os
 import socket
@@ -442,10 +443,13 @@ def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTria
     settings. A trial is dead once its beats stop for GRACE_S, or at once when it was taken
     by a process of this machine that no longer exists; one taken by a process that died
     before it said who it is has no worker and dies by its beats (or their absence). Returns
-    the FAIL trials whose MLflow run may still be open: with `every`, all of them (their
-    worker died without a word, or stopped while the tracking server was away); without,
-    those this call found dead (a worker's later looks: its first saw the rest)."""
+    the FAIL trials whose MLflow run may still be open: with `every`, all of them that have
+    a run (their worker died without a word, or stopped while the tracking server was
+    away); without, those this call failed or queued again (a worker's later looks: its
+    first saw the rest), with a run or without one (its worker may have died between
+    opening the run and naming it on the trial)."""
     storage = storage_of(study)
+    started = datetime.datetime.now()  # a trial failed from here on was failed by this call
     if keeps_heartbeats(storage):
         optuna.storages.fail_stale_trials(study)
     now = time.time()
@@ -470,8 +474,9 @@ def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTria
     retried = {n for t in trials for n in retries_of(t)}
     lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
     queued = [t for t in lost if t.number not in retried and _queue_lost(study, t, now)]
-    if not every:  # what this call found: its MLflow runs may still be open
-        return [t for t in queued if t.user_attrs.get(TrialKey.RUN)]
+    if not every:  # what this call found (or Optuna's heartbeat check in it) and queued
+        found = [t for t in lost if t.datetime_complete and t.datetime_complete >= started]
+        return found + [t for t in queued if t not in found]
     # A trial that stopped while the tracking server was away could not close its run.
     stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
         TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]

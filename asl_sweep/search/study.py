@@ -586,7 +586,10 @@ def _close_lost_runs(session: Session, study: optuna.Study) -> None:
     every = max(LOOK_S, min(2 * GRACE_S, session.workers_seen / 2))  # many: each less often
     session.lost_looked[study.study_name] = now + every * (0.75 + 0.5 * random.random())
     for t in fail_dead_trials(study, every=first):
-        run_id = t.user_attrs[TrialKey.RUN]
+        run_id = t.user_attrs.get(TrialKey.RUN)
+        if run_id is None:  # died before it named its run, or before it opened one
+            session.mirror.unnamed_runs_closed(study.study_name, t.number)
+            continue
         if run_id not in session.closed_runs:
             session.mirror.lost_trial_closed(run_id, t.user_attrs.get(TrialKey.FAILURE))
         session.closed_runs.add(run_id)

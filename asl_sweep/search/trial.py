@@ -278,11 +278,10 @@ class TrialRunner:
                 **({"confirms": frozen.user_attrs[TrialKey.CONFIRMS]}
                    if plan.role == Role.CONFIRM else {})}
         decided = self._describe(trial, plan)
-        run = self.session.mirror.trial_opened(plan.name, self.stage_run, plan.cfg, tags,
-                                               decided, self.session.data.datasets(
-                                                   self.data(plan)), self.stage.metric)
-        trial.set_user_attr(TrialKey.RUN, run.run_id)
-        return run
+        return self.session.mirror.trial_opened(
+            plan.name, self.stage_run, plan.cfg, tags, decided,
+            self.session.data.datasets(self.data(plan)), self.stage.metric,
+            named=lambda run_id: trial.set_user_attr(TrialKey.RUN, run_id))
 
     def _train(self, trial: optuna.Trial, plan: Plan, run: TrialRun,
                frozen: FrozenTrial) -> TrainResult:

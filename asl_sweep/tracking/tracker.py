@@ -160,6 +160,12 @@ class Tracker:
                                        order_by=["attributes.start_time ASC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
+    def running_runs(self, experiment_id: str, **tags: str) -> list[str]:
+        """The runs with these tags that are still RUNNING."""
+        clause = " and ".join([*(f"tags.{k} = '{v}'" for k, v in tags.items()),
+                               "attributes.status = 'RUNNING'"])
+        return [r.info.run_id for r in self.client.search_runs([experiment_id], clause)]
+
     def has_study_tag(self, key: str) -> bool:
         """Whether any study run in this store carries the tag `key`."""
         for experiment in self.client.search_experiments():

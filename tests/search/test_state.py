@@ -3,6 +3,7 @@ process, each queued trial taken by exactly one, a trial taken by a process that
 it said who it is found and queued again, and every shared key named in state.py alone."""
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,24 @@ def test_a_failed_trial_is_queued_again_once_however_many_find_it(store, monkeyp
         state.fail_dead_trials(study)
     retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == 0]
     assert len(retries) == 1 and retries[0].state.name == "WAITING"
+
+
+def test_a_later_look_returns_the_trials_it_found_dead_so_their_runs_are_closed(store):
+    """A worker's later looks (not its first) return the trials they fail, with a run or
+    without one: their MLflow runs are closed then (before, a trial found dead after every
+    restarted worker's first look kept its run RUNNING: the 64-worker fleet, 1 run in 2)."""
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 3)
+    opened, unopened, alive = take_waiting(study), take_waiting(study), take_waiting(study)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    opened.set_user_attr(TrialKey.RUN, "run-of-0")
+    for killed in (opened, unopened):  # the second before it opened its run
+        killed.set_user_attr(TrialKey.WORKER, f"{socket.gethostname()}:{gone}")
+    found = state.fail_dead_trials(study, every=False)
+    assert [t.number for t in found] == [opened.number, unopened.number]
+    assert [t.user_attrs.get(TrialKey.RUN) for t in found] == ["run-of-0", None]
+    assert state.fail_dead_trials(study, every=False) == []  # found once
+    # A process's first look returns every lost trial with a run, whoever failed it.
+    assert [t.number for t in state.fail_dead_trials(study)] == [opened.number]
+    assert study.get_trials()[alive.number].state.name == "RUNNING"
