@@ -318,7 +318,7 @@ def test_commands_after_run_with_data_use_that_folder(write_study, tmp_path, ima
 def test_kill_9_during_confirmation_then_rerun_finishes_it(write_study, tmp_path):
     spec = {"base": {"epochs": 5}, "stages": [
         {**TWO_STAGES["stages"][0]},
-        {**TWO_STAGES["stages"][1], "trials": 2, "fixed": {"epochs": 150},
+        {**TWO_STAGES["stages"][1], "trials": 2, "fixed": {"epochs": 40},
          "confirm": {"top": 1, "repeats": 2}}]}
     path = write_study(spec)
     home = tmp_path / "mlruns"
