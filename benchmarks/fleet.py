@@ -142,7 +142,8 @@ def _caller() -> str:
     frame, found = sys._getframe(2), []
     while frame is not None and len(found) < 2:
         module = frame.f_globals.get("__name__", "")
-        if module.startswith("asl_sweep."):
+        if module.startswith("asl_sweep.") and not module.startswith("asl_sweep.runtime."):
+            # (runtime/: the retry wrapper around every storage call, not who asked)
             found.append(f"{module.rsplit('.', 1)[-1]}.{frame.f_code.co_name}")
         frame = frame.f_back
     return " <- ".join(found) or "optuna"
