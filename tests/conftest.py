@@ -19,6 +19,15 @@ from asl_sweep.settings.config import DataConfig
 # suite's timing stays steady. Tests of several workers ask for them with --workers.
 os.environ["ASL_SWEEP_WORKERS"] = "1"
 
+# The suite runs two test processes (pytest-xdist, -n 2): each, and every process a test
+# starts, computes on one thread, so the two do not fight over the cores (torch's default,
+# a thread a core in each, oversubscribes them).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # Tests that start servers, real processes or whole studies: `pytest -m "not slow"` (the fast
 # loop) leaves them out, CI runs them all. Whole modules are named here; a single test of
 # another module carries @pytest.mark.slow itself.
