@@ -253,7 +253,7 @@ def _running_on(storage: str, name: str, proc, epochs: int = 3, seconds: float =
 
 
 def _outage_run(write_study, tmp_path, postgres, study: str, env: dict | None = None,
-                epochs: int = 300):
+                epochs: int = 150):
     spec = {**FAST, "study": study, "base": {**FAST["base"], "epochs": epochs},
             "stages": [{**FAST["stages"][0], "trials": 3}]}
     path = write_study(spec, name=f"{study}.yaml")
