@@ -96,11 +96,9 @@ def predict_labels(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     return predict_probabilities(model, x).argmax(1)
 
 
-@torch.inference_mode()
 def predict_probabilities(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    out = [torch.softmax(model(x[i:i + EVAL_BATCH].float().div_(255)), dim=1)
-           for i in range(0, len(x), EVAL_BATCH)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    """The model's class probabilities for uint8 images [N, 3, S, S] (the image alone)."""
+    return _each_view(model, x, x.shape[-1], ("identity",))["identity"].numpy()
 
 
 @torch.inference_mode()
@@ -156,12 +154,12 @@ def score_repeats(data: StudyData, repeats: list[Repeat], split: str = "test",
         signals.check()
         x, y, _ = _images(data, r, split)
         each = _each_view(r.model, x, r.file.spec.image_size, VIEW_SETS[views])
-        file = replace(r.file, views=views)
-        for out, name in ((scored, views), (plain, "none")):
-            p = set_probabilities(each, name).numpy()
-            out.append(Scored(r.trial, r.fold, file if name == views else r.file,
-                              p.argmax(1), y, p))
-    return scored, (plain if views != "none" else scored)
+        p = set_probabilities(each, views).numpy()
+        scored.append(Scored(r.trial, r.fold, replace(r.file, views=views), p.argmax(1), y, p))
+        if views != "none":  # the image alone: one of the views just computed
+            q = each["identity"].numpy()
+            plain.append(Scored(r.trial, r.fold, r.file, q.argmax(1), y, q))
+    return scored, plain or scored
 
 
 def score_trials(data: StudyData, tracker: Tracker, trials: list[FrozenTrial],
