@@ -67,8 +67,9 @@ _MLFLOW_TABLES = re.compile(r"\b(experiments|experiment_tags|runs|metrics|latest
                             r"logged_models|trace_\w+)\b")
 
 
-def _which_store(text: str) -> str:
-    """Which database a failed statement was writing, by the tables it names."""
+def _which_store(text: str, known: str) -> str:
+    """Which database a failed statement was writing, by the tables it names (`known`: the
+    caller's own, where the statement names none, e.g. its COMMIT)."""
     statement = text.split("[SQL:", 1)[1] if "[SQL:" in text else ""
     if _OPTUNA_TABLES.search(statement):
         return "the Optuna store (optuna.db, or --storage)"
@@ -76,12 +77,13 @@ def _which_store(text: str) -> str:
         return "the MLflow store (mlflow.db, or --tracking)"
     if "the Optuna store" in text:  # said by the storage proxy in front of it
         return "the Optuna store (optuna.db, or --storage)"
-    return "a store"
+    return known
 
 
-def environment_fault(error: BaseException) -> UserError | None:
+def environment_fault(error: BaseException, store: str = "a store") -> UserError | None:
     """The one-line error for a disk-full, read-only or I/O fault anywhere in `error`'s chain
-    (libraries wrap them), or None when it is something else."""
+    (libraries wrap them), or None when it is something else; a database fault names its
+    store by the statement's tables, else `store` (where the caller knows which it was)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -92,7 +94,7 @@ def environment_fault(error: BaseException) -> UserError | None:
         text = str(error)
         fault = next((f for f in _STORE_FAULTS if f in text), None)
         if fault:
-            return StoreError(f"{_which_store(text)} could not be written ({fault}); nothing "
+            return StoreError(f"{_which_store(text, store)} could not be written ({fault}); nothing "
                               "recorded was lost: free space or make the folder writable, "
                               "then rerun the same command")
         error = error.__cause__ or error.__context__

@@ -173,7 +173,9 @@ def serve_proxy(url: str, host: str, port: int) -> None:
 def _name_faults(storage: optuna.storages.BaseStorage) -> None:
     """A database full or read-only behind the proxy reaches the worker as the text of the
     proxy's error, and Optuna's storage says only "an exception is raised during the
-    commit": the proxy's storage raises the one line that names the fault instead."""
+    commit": the proxy's storage raises the one line that names the fault instead (its
+    database is the Optuna store, whichever statement hit the fault: a COMMIT names no
+    table)."""
     for name in public_calls(storage):
         method = getattr(storage, name)
 
@@ -181,7 +183,7 @@ def _name_faults(storage: optuna.storages.BaseStorage) -> None:
             try:
                 return _method(*args, **kwargs)
             except Exception as e:
-                fault = environment_fault(e)
+                fault = environment_fault(e, "the Optuna store (optuna.db, or --storage)")
                 if fault is None or fault is e:
                     raise
                 raise RuntimeError(str(fault)) from e
