@@ -30,7 +30,9 @@ ROUND3 = {"rotation": 10.0, "translate": 0.05, "brightness": 0.3, "contrast": 0.
           "saturation": 0.3, "hue": 0.05}
 LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom_out": 1.3},
           "+ rotation 30": {"rotation": 30.0}, "+ rotation 60": {"rotation": 60.0},
-          "+ perspective 0.2": {"perspective": 0.2}, "+ crop 0.7": {"crop_scale": 0.7}}
+          "+ perspective 0.2": {"perspective": 0.2}, "+ crop 0.7": {"crop_scale": 0.7},
+          "+ turn 0.2": {"turn": 0.2}, "+ turn 0.35": {"turn": 0.35},
+          "+ turn 0.2, zoom_out 1.5, crop 0.7": {"turn": 0.2, "zoom_out": 1.5, "crop_scale": 0.7}}
 
 
 def main() -> None:

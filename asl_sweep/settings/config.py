@@ -89,6 +89,10 @@ class AugmentConfig(Strict):
     the batch. Exported models never augment."""
 
     rotation: float = Field(0.0, ge=0.0, le=180.0, description="max degrees, uniform +-")
+    turn: float = Field(0.0, ge=0.0, le=1.0, description="quarter turns: the probability "
+                        "an image is turned 90 degrees, either way at random, on top of its "
+                        "rotation (a hand held sideways, the arm coming in from the side); "
+                        "0 = off")
     flip: bool = Field(False, description="random horizontal flip with p=0.5")
     blur_kernel: int = Field(0, ge=0, description="odd Gaussian kernel size; 0 = no blur")
     blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="the blur's sigma range"
@@ -123,7 +127,7 @@ class AugmentConfig(Strict):
     def transforms(self) -> bool:
         """Whether any single image is changed (copies alone only repeat images; mixing
         combines images of a batch and is not a transform of one)."""
-        return (self.rotation > 0 or self.flip or self.blur_kernel > 1 or self.crop_scale < 1
+        return (self.rotation > 0 or self.turn > 0 or self.flip or self.blur_kernel > 1 or self.crop_scale < 1
                 or self.translate > 0 or self.jitter or self.erase > 0 or self.trivial > 0
                 or self.zoom_out > 1 or self.perspective > 0)
 

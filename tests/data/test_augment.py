@@ -119,6 +119,36 @@ def test_zoom_out_draws_shrink_the_image_inside_the_frame():
     assert filled.std() > 0.05  # every image its own ratio
 
 
+def test_turn_gives_about_its_share_of_images_torchvisions_quarter_turn_either_way():
+    x = _batch(n=400)
+    out = augment_batch(x, AugmentConfig(turn=0.3), torch.Generator().manual_seed(0))
+    left = torch.rot90(x, 1, dims=(-2, -1))  # torchvision's rotate(+90): counter-clockwise
+    assert torch.equal(TF.rotate(x[0], 90.0), left[0])
+    right = torch.rot90(x, -1, dims=(-2, -1))
+    kept, turned = 0, {"left": 0, "right": 0}
+    for i in range(len(x)):
+        if torch.equal(out[i], x[i]):
+            kept += 1
+            continue
+        # a quarter turn of a square grid through the warp: torchvision's, within rounding
+        side = "left" if (out[i] - left[i]).abs().max() < 1e-4 else "right"
+        _close(out[i], left[i] if side == "left" else right[i], atol=1e-4)
+        turned[side] += 1
+    assert 0.22 < (len(x) - kept) / len(x) < 0.38  # about p = 0.3 of them
+    assert turned["left"] > 30 and turned["right"] > 30  # either way
+
+
+def test_turn_adds_a_quarter_to_the_rotation_drawn():
+    x = _batch(n=200)
+    g = torch.Generator().manual_seed(1)
+    out = augment_batch(x, AugmentConfig(rotation=5.0, turn=1.0), g)
+    # every image turned about 90 degrees: far from the original, close to a quarter turn
+    near = [min((out[i] - torch.rot90(x[i], k, dims=(-2, -1)))[..., 6:-6, 6:-6].abs().mean()
+                for k in (1, -1)) for i in range(len(x))]
+    far = [(out[i] - x[i])[..., 6:-6, 6:-6].abs().mean() for i in range(len(x))]
+    assert max(near) < min(far)
+
+
 @pytest.mark.parametrize("end", [
     [[2, 1], [20, 0], [23, 22], [1, 19]],
     [[0, 0], [23, 3], [20, 20], [3, 23]],
@@ -292,7 +322,7 @@ def test_cutmix_on_a_frozen_backbone_is_refused_in_one_line():
 # ---------------------------------------------------------------- the pipeline
 EVERYTHING = dict(rotation=20, flip=True, blur_kernel=3, crop_scale=0.5, translate=0.1,
                   brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, erase=0.5,
-                  trivial=1.0, zoom_out=2.0, perspective=0.4)
+                  trivial=1.0, zoom_out=2.0, perspective=0.4, turn=0.25)
 
 
 @pytest.mark.parametrize("setting", sorted(EVERYTHING))
