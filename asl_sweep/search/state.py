@@ -296,14 +296,16 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     waiting = [t for t in trials if t.state == TrialState.WAITING and accept(t)]
-    # Queued trials first, in order (the incumbent, seed trials, retries, repeats); then the
-    # search slots, which are all alike, from the `spread`-th on (a worker's index): many
-    # workers taking at once each try another one instead of all the lowest, and a lone
-    # worker (index 0) takes them in order, so a seeded run repeats exactly.
-    slots = [t for t in waiting if is_search_slot(t)]
-    if slots:
-        slots = slots[spread % len(slots):] + slots[:spread % len(slots)]
-    for t in [t for t in waiting if not is_search_slot(t)] + slots:
+    # Queued trials first (the incumbent, seed trials, retries, repeats); then the search
+    # slots, which are all alike. Each from the `spread`-th on (a worker's index): many
+    # workers taking at once each try another one instead of all the lowest (64 workers
+    # draining a race's round all tried its first repeat), and a lone worker (index 0) takes
+    # them in order, so a seeded run repeats exactly.
+    def turned(ts: list[FrozenTrial]) -> list[FrozenTrial]:
+        return ts[spread % len(ts):] + ts[:spread % len(ts)] if ts else ts
+
+    queued = turned([t for t in waiting if not is_search_slot(t)])
+    for t in queued + turned([t for t in waiting if is_search_slot(t)]):
         try:
             if not storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
                 continue

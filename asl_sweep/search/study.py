@@ -536,7 +536,7 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
             finished = None
         if any(t.state == TrialState.WAITING for t in trials):
             idle.reset()
-            finished = run_one(study, runner.objective, trials=trials)
+            finished = run_one(study, runner.objective, trials=trials, spread=session.worker)
         elif any(t.state == TrialState.RUNNING for t in trials):
             idle.wait(session, trials)
         else:

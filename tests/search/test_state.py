@@ -98,6 +98,18 @@ assert study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
     assert take_waiting(study).number == retry.number
 
 
+def test_workers_taking_at_once_start_at_their_own_queued_trial_a_lone_one_in_order(store):
+    study = optuna.load_study(study_name="s", storage=store)
+    for repeat in range(4):
+        study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.CONFIRM, TrialKey.REPEAT: repeat})
+    queue_budget(study, 2)
+    assert take_waiting(study, spread=2).number == 2  # worker 2: the third queued repeat
+    assert take_waiting(study, spread=5).number == 3  # 0, 1, 3 left: from the 5 mod 3 = 2nd
+    # A lone worker (index 0): the queued trials in order, then the search slots in order.
+    assert [take_waiting(study).number for _ in range(4)] == [0, 1, 4, 5]
+    assert take_waiting(study) is None
+
+
 def test_every_shared_key_is_named_in_the_state_module_alone():
     """No string literal names a trial's or a study's shared key outside search/state.py:
     each reads and writes them through state.py's names."""
