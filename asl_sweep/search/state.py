@@ -20,6 +20,7 @@ import copy
 import datetime
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -188,13 +189,16 @@ def write(study: optuna.Study, key: str, value: Any) -> None:
 
 
 def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
-    """Whether `key` appears within `seconds` (another worker is writing it)."""
-    deadline, pause = time.monotonic() + seconds, 0.25
+    """Whether `key` appears within `seconds` (another worker is writing it). Looks after
+    half a second, then every second, then every two (jittered): setting a stage up takes a
+    worker a second or two, and every other worker of a fleet waits on it at once (64
+    looking every second were a tenth of the fleet's storage calls)."""
+    deadline, pause = time.monotonic() + seconds, 0.5
     while str(key) not in read(study):
         if time.monotonic() > deadline:
             return False
-        time.sleep(pause)
-        pause = min(1.0, pause * 2)
+        time.sleep(pause * (0.75 + 0.5 * random.random()))
+        pause = min(2.0, pause * 2)
     return True
 
 
