@@ -24,13 +24,34 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
-    """Define-by-run: each setting in order, skipping those whose `when` does not hold for
-    the settings chosen before it (Optuna then samples each conditional setting only from
-    the trials that had it)."""
+def changed_settings(space: dict[str, ParamSpec], number: int, moves: int | None,
+          fixed: dict[str, Any] | None = None) -> set[str] | None:
+    """The settings trial `number` changes from the stage's start when the stage moves
+    `moves` at a time: the next `moves` unconditional settings in the space's order (trial 1
+    the first ones; trial 0 is the incumbent), a conditional one with the setting it depends
+    on. A trial queued with settings (a retry, a seed trial) moves those. None: all."""
+    if moves is None:
+        return None
+    if fixed:
+        return set(fixed)
+    levers = [name for name, spec in space.items() if not spec.when]
+    if not levers:
+        return set()
+    start = (max(0, number - 1) * moves) % len(levers)
+    chosen = {levers[(start + i) % len(levers)] for i in range(min(moves, len(levers)))}
+    return chosen | {name for name, spec in space.items()
+                     if spec.when and set(spec.when) <= chosen}
+
+
+def suggest(trial: optuna.Trial, space: dict[str, ParamSpec],
+            only: set[str] | None = None) -> dict[str, Any]:
+    """Define-by-run: each setting in order (of `only`, where given: the others keep the
+    start's values), skipping those whose `when` does not hold for the settings chosen
+    before it (Optuna then samples each conditional setting only from the trials that had
+    it)."""
     params: dict[str, Any] = {}
     for name, spec in space.items():
-        if not spec.applies(params):
+        if (only is not None and name not in only) or not spec.applies(params):
             continue
         if isinstance(spec, Choice):
             params[name] = _decode(trial.suggest_categorical(

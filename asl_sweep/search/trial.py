@@ -31,8 +31,9 @@ from asl_sweep.search.optuna_api import frozen_of, storage_of, trial_id_of
 from asl_sweep.search.progress import EpochProgress
 from asl_sweep.search.reuse import done_before, forget, remember, training_key
 from asl_sweep.search.session import Session, open_session
-from asl_sweep.search.space import suggest
+from asl_sweep.search.space import changed_settings, suggest
 from asl_sweep.search.state import (
+    FIXED_PARAMS,
     Failure,
     Requeue,
     Role,
@@ -173,7 +174,9 @@ class TrialRunner:
         queued = frozen.user_attrs
         role = Role(queued.get(TrialKey.ROLE, Role.SEARCH))
         of_incumbent = role == Role.INCUMBENT or queued.get(TrialKey.INCUMBENT, False)
-        params = {} if of_incumbent else suggest(trial, self.stage.space)
+        params = {} if of_incumbent else suggest(trial, self.stage.space, changed_settings(
+            self.stage.space, trial.number, self.stage.moves,
+            frozen.system_attrs.get(FIXED_PARAMS)))
         repeat = int(queued.get(TrialKey.REPEAT, 0))
         previous = bool(queued.get(TrialKey.PREVIOUS_FAMILY)) and self.reference is not None
         cfg = self.reference if previous else apply_overrides(self.base, params)

@@ -218,6 +218,12 @@ class StageConfig(Strict):
     space: dict[str, Any] = Field({}, description="the searched settings: key paths into "
                                   "base, each a list (a choice) or {low, high, log, step, "
                                   "when}")
+    moves: int | None = Field(None, ge=1, description="each sampled trial changes only this "
+                              "many of the searched settings from the stage's start (the "
+                              "incumbent), the rest keep its values: trial k moves the next "
+                              "`moves` settings in the order the space lists them, the way "
+                              "a person tries one lever at a time; null: every setting in "
+                              "every trial")
     seed_trials: list[SeedTrial] = Field([], description="hand-picked settings run first, "
                                          "as baselines")
     fixed: dict[str, Any] = Field({}, description="trainer settings for this stage only (not "
@@ -246,6 +252,9 @@ class StageConfig(Strict):
         if self.direction is None:
             self.direction = "minimize" if self.metric.endswith("loss") else "maximize"
         if self.sampler == "grid":
+            if self.moves is not None:
+                raise ValueError("grid sampler: moves needs a sampler that draws, not a grid "
+                                 "of every setting")
             for name, spec in self.space.items():
                 if isinstance(spec, FloatRange) and spec.step is None:
                     raise ValueError(f"grid sampler: space.{name} needs a list or a step")

@@ -41,3 +41,51 @@ def test_conditional_settings_are_searched_and_recorded_only_where_they_apply(wr
         assert "hidden.0" in params and "[" not in params["hidden.0"]  # one param per element
         layers = len(json.loads(t.params["hidden"]))
         assert len([k for k in params if k.startswith("dropout.")]) == layers + 1
+
+
+@pytest.mark.slow
+def test_a_stage_that_moves_one_setting_at_a_time_changes_one_in_each_trial(write_study,
+                                                                           tmp_path):
+    """moves: 1: trial k changes the k-th setting the space lists from the start (a
+    conditional one with the setting it depends on); everything else trains at the start's
+    values, which MLflow records as the trial's settings."""
+    path = write_study({"base": {"epochs": 1, "lr": 0.01}, "stages": [{
+        "name": "levers", "trials": 4, "sampler": "random", "pruner": "none", "confirm": None,
+        "moves": 1, "space": {
+            "lr": {"low": 1e-4, "high": 1e-3, "log": True},
+            "hidden": [[16], [32, 16]],
+            "dropout.2": {"low": 0.0, "high": 0.5, "when": {"hidden": [[32, 16]]}},
+            "weight_decay": {"low": 0.1, "high": 0.2},
+        }}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    study = optuna.load_study(study_name="tiny.levers", storage=ws.storage)
+    client = MlflowClient(ws.tracking_uri)
+    searched = sorted((t for t in study.trials if t.user_attrs.get("role") == "search"),
+                      key=lambda t: t.number)
+    moved = [set(t.params) - {"dropout.2"} for t in searched]
+    assert moved == [{"lr"}, {"hidden"}, {"weight_decay"}, {"lr"}]  # in order, then again
+    for t in searched:
+        params = client.get_run(t.user_attrs["mlflow_run_id"]).data.params
+        if "lr" not in t.params:
+            assert float(params["lr"]) == 0.01  # the start's
+        if "weight_decay" not in t.params:
+            assert float(params["weight_decay"]) < 0.1  # the start's, outside the range
+        assert ("dropout.2" in t.params) == (t.params.get("hidden") == "[32, 16]")
+
+
+def test_moves_is_the_next_settings_in_the_spaces_order_and_a_queued_trials_own():
+    from asl_sweep.search.space import changed_settings
+    from asl_sweep.settings.spec import StageConfig
+
+    space = StageConfig(name="s", space={"a": [1, 2], "b": [1, 2], "c": {"low": 0, "high": 1},
+                                         "d": {"choices": [1, 2], "when": {"b": [2]}}}).space
+    assert changed_settings(space, 3, None) is None  # every setting
+    assert [changed_settings(space, k, 1) for k in (1, 2, 3, 4)] == [
+        {"a"}, {"b", "d"}, {"c"}, {"a"}]
+    assert changed_settings(space, 1, 2) == {"a", "b", "d"}
+    assert changed_settings(space, 2, 2) == {"c", "a"}
+    assert changed_settings(space, 2, 1, fixed={"c": 0.5}) == {"c"}  # a retry: its own
+    with pytest.raises(ValueError, match="moves"):
+        StageConfig(name="s", sampler="grid", moves=1, space={"a": [1, 2]})
