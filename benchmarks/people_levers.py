@@ -67,7 +67,8 @@ def main() -> None:
                 _, right = _scored(result.model, data.x_val, data.y_val, None)
                 hits = right.tolist()
                 by_kind = {f"val_{k}": round(sum(h for h, kind in zip(hits, kinds, strict=True)
-                                                 if kind == k) / max(1, kinds.count(k)), 4)
+                                                 if kind == k) / kinds.count(k), 4)
+                           if k in kinds else None  # none of that kind on this fold
                            for k in ("usual", "sideways", "far", "close")}
                 rows.append({"lever": name, "seed": seed, "fold": data.fold, "val_acc": round(b.val_acc, 4),
                              "val_person_q25": round(b.val_person_q25, 4),
