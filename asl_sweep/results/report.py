@@ -137,7 +137,10 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     doc.h(2, f"Stage {index}: {stage.name}")
     doc.p(f"Goal: {stage.goal or '-'}. Metric: {stage.metric} ({stage.direction})"
           + (f", target {stage.target}" if stage.target is not None else "")
-          + f"; budget {view.budget} trials ({stage.sampler} sampler) after the incumbent"
+          + f"; budget {view.budget} trials ({stage.sampler} sampler"
+          + (f", {stage.moves} setting{'s' if stage.moves > 1 else ''} changed a trial from "
+             "the start, in the space's order" if stage.moves else "")
+          + ") after the incumbent"
           + (_confirm_words(stage.confirm) if stage.confirm and stage.target is None else "")
           + ".")
     doc.p("Started from: " + (", ".join(f"{k}={_fmt(v)}" for k, v in view.carried.items())

@@ -73,6 +73,9 @@ def test_a_stage_that_moves_one_setting_at_a_time_changes_one_in_each_trial(writ
         if "weight_decay" not in t.params:
             assert float(params["weight_decay"]) < 0.1  # the start's, outside the range
         assert ("dropout.2" in t.params) == (t.params.get("hidden") == "[32, 16]")
+    assert main(["report", str(path), "--home", str(home)]) == 0
+    report = (home / "reports" / "tiny" / "report.md").read_text()
+    assert "1 setting changed a trial from the start, in the space's order" in report
 
 
 def test_moves_is_the_next_settings_in_the_spaces_order_and_a_queued_trials_own():
