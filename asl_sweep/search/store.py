@@ -210,17 +210,26 @@ def load_stage_study(cfg: StudyConfig, stage: StageConfig, storage) -> optuna.St
 REPEATS_SUFFIX = ".repeats"
 
 
+def _opened(name: str, storage, direction: str, **kwargs: Any) -> tuple[optuna.Study, bool]:
+    """Study `name`, loaded where it exists (every process of a fleet but the first: two
+    storage calls, where creating first and loading on the duplicate took three), else
+    created; and whether this call created it (exactly one process does)."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, **kwargs), False
+    except KeyError:
+        pass
+    try:
+        return optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                   **kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:  # another made it a moment ago
+        return optuna.load_study(study_name=name, storage=storage, **kwargs), False
+
+
 def repeats_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
     """The stage's repeats study, made by whichever process gets here first."""
     stage = cfg.stages[index]
-    name = stage_study_name(cfg, stage) + REPEATS_SUFFIX
-    try:
-        return optuna.create_study(storage=storage, study_name=name,
-                                   direction=stage.direction,
-                                   pruner=optuna.pruners.NopPruner())
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(study_name=name, storage=storage,
-                                 pruner=optuna.pruners.NopPruner())
+    return _opened(stage_study_name(cfg, stage) + REPEATS_SUFFIX, storage, stage.direction,
+                   pruner=optuna.pruners.NopPruner())[0]
 
 
 def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None,
@@ -278,6 +287,12 @@ def create_stage_study(cfg: StudyConfig, index: int, storage,
     stage = cfg.stages[index]
     pruner = make_pruner(stage, int(stage.fixed.get("epochs", cfg.base.epochs)))
     name = stage_study_name(cfg, stage)
+    try:  # most processes of a fleet find it made: two storage calls, not three
+        joiner = worker or 1 + os.getpid() % 9973
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
+                                 sampler=_sampler(cfg, index, 7919 * joiner)), False
+    except KeyError:
+        pass
     try:
         return optuna.create_study(storage=storage, sampler=_sampler(cfg, index, 7919 * worker),
                                    pruner=pruner, study_name=name,
