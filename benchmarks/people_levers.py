@@ -18,7 +18,7 @@ import torch
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.data.synthetic import signer_styles
 from asl_sweep.settings.config import DataConfig, TrainConfig
-from asl_sweep.training.train import Monitor, _scored, train
+from asl_sweep.training.train import Monitor, evaluate, train
 from benchmarks.common import write_result
 
 DATA = DataConfig(synthetic={"per_class": 120, "signers": 120, "seed": 0, "kind": "people"},
@@ -64,19 +64,21 @@ def main() -> None:
                 started = time.perf_counter()
                 result = train(cfg, data, "cpu", monitor=Monitor("val_person_q25"))
                 b = result.best
-                _, right = _scored(result.model, data.x_val, data.y_val, None)
-                hits = right.tolist()
-                by_kind = {f"val_{k}": round(sum(h for h, kind in zip(hits, kinds, strict=True)
-                                                 if kind == k) / kinds.count(k), 4)
-                           if k in kinds else None  # none of that kind on this fold
-                           for k in ("usual", "sideways", "far", "close")}
-                rows.append({"lever": name, "seed": seed, "fold": data.fold, "val_acc": round(b.val_acc, 4),
+                by_kind = {}
+                for k in ("usual", "sideways", "far", "close"):
+                    mask = torch.tensor([kind == k for kind in kinds])
+                    by_kind[f"val_{k}"] = (  # None: no signer of that kind on this fold
+                        round(evaluate(result.model, data.x_val[mask], data.y_val[mask])[1], 4)
+                        if mask.any() else None)
+                rows.append({"lever": name, "seed": seed, "fold": data.fold,
+                             "val_acc": round(b.val_acc, 4),
                              "val_person_q25": round(b.val_person_q25, 4),
                              "val_person_worst": round(b.val_person_worst, 4),
                              **by_kind, "best_epoch": b.epoch,
                              "seconds": round(time.perf_counter() - started, 1)})
                 print(rows[-1], flush=True)
-    print(f"written to {write_result('people_levers' + ('_folds' if args.folds else ''), {'data': 'people 120', 'rows': rows})}")
+    result_name = "people_levers" + ("_folds" if args.folds else "")
+    print(f"written to {write_result(result_name, {'data': 'people 120', 'rows': rows})}")
 
 
 if __name__ == "__main__":

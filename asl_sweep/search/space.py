@@ -25,7 +25,7 @@ def _decode(value: Any) -> Any:
 
 
 def changed_settings(space: dict[str, ParamSpec], number: int, moves: int | None,
-          fixed: dict[str, Any] | None = None) -> set[str] | None:
+                     fixed: dict[str, Any] | None = None) -> set[str] | None:
     """The settings trial `number` changes from the stage's start when the stage moves
     `moves` at a time: the next `moves` unconditional settings in the space's order (trial 1
     the first ones; trial 0 is the incumbent), a conditional one with the setting it depends

@@ -210,26 +210,32 @@ def load_stage_study(cfg: StudyConfig, stage: StageConfig, storage) -> optuna.St
 REPEATS_SUFFIX = ".repeats"
 
 
-def _opened(name: str, storage, direction: str, **kwargs: Any) -> tuple[optuna.Study, bool]:
+def _opened(name: str, storage, direction: str, pruner: optuna.pruners.BasePruner,
+            sampler: optuna.samplers.BaseSampler | None = None,
+            creator_sampler: optuna.samplers.BaseSampler | None = None
+            ) -> tuple[optuna.Study, bool]:
     """Study `name`, loaded where it exists (every process of a fleet but the first: two
     storage calls, where creating first and loading on the duplicate took three), else
-    created; and whether this call created it (exactly one process does)."""
+    created (sampling with `creator_sampler` where given); and whether this call created it
+    (exactly one process does)."""
     try:
-        return optuna.load_study(study_name=name, storage=storage, **kwargs), False
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
+                                 sampler=sampler), False
     except KeyError:
         pass
     try:
         return optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                   **kwargs), True
+                                   pruner=pruner, sampler=creator_sampler or sampler), True
     except optuna.exceptions.DuplicatedStudyError:  # another made it a moment ago
-        return optuna.load_study(study_name=name, storage=storage, **kwargs), False
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
+                                 sampler=sampler), False
 
 
 def repeats_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
     """The stage's repeats study, made by whichever process gets here first."""
     stage = cfg.stages[index]
     return _opened(stage_study_name(cfg, stage) + REPEATS_SUFFIX, storage, stage.direction,
-                   pruner=optuna.pruners.NopPruner())[0]
+                   optuna.pruners.NopPruner())[0]
 
 
 def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None,
@@ -286,19 +292,8 @@ def create_stage_study(cfg: StudyConfig, index: int, storage,
     worker with one derived from its number, any other process with one from its PID."""
     stage = cfg.stages[index]
     pruner = make_pruner(stage, int(stage.fixed.get("epochs", cfg.base.epochs)))
-    name = stage_study_name(cfg, stage)
-    try:  # most processes of a fleet find it made: two storage calls, not three
-        joiner = worker or 1 + os.getpid() % 9973
-        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
-                                 sampler=_sampler(cfg, index, 7919 * joiner)), False
-    except KeyError:
-        pass
-    try:
-        return optuna.create_study(storage=storage, sampler=_sampler(cfg, index, 7919 * worker),
-                                   pruner=pruner, study_name=name,
-                                   direction=stage.direction), True
-    except optuna.exceptions.DuplicatedStudyError:
-        joiner = worker or 1 + os.getpid() % 9973
-        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
-                                 sampler=_sampler(cfg, index, 7919 * joiner)), False
+    joiner = worker or 1 + os.getpid() % 9973
+    return _opened(stage_study_name(cfg, stage), storage, stage.direction, pruner,
+                   sampler=_sampler(cfg, index, 7919 * joiner),
+                   creator_sampler=_sampler(cfg, index, 7919 * worker))
 
