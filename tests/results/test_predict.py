@@ -88,6 +88,7 @@ def test_a_registered_forgery_with_asl_sweeps_marker_is_named_by_its_uri(tmp_pat
     client.log_artifacts(run.info.run_id, str(folder), "model")
     client.create_registered_model("evil")
     client.create_model_version("evil", f"{run.info.artifact_uri}/model", run.info.run_id)
+    capsys.readouterr()  # the setup's own output (MLflow creating its tables, run alone)
     assert main(["predict", "models:/evil/1", str(image), "--home", str(ws.home)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: models:/evil/1: its asl_sweep_model.pt: ") and "refused" in err
