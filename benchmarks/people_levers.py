@@ -77,8 +77,10 @@ def main() -> None:
                              **by_kind, "best_epoch": b.epoch,
                              "seconds": round(time.perf_counter() - started, 1)})
                 print(rows[-1], flush=True)
-    result_name = "people_levers" + ("_folds" if args.folds else "")
-    print(f"written to {write_result(result_name, {'data': 'people 120', 'rows': rows})}")
+    result_name = ("people_levers" + ("_folds" if args.folds else "")
+                   + (f"_{args.epochs}epochs" if args.epochs != 40 else ""))
+    payload = {"data": "people 120", "epochs": args.epochs, "rows": rows}
+    print(f"written to {write_result(result_name, payload)}")
 
 
 if __name__ == "__main__":
