@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from asl_sweep.runtime.errors import StoreError
-from asl_sweep.search.state import RecordKey, SummaryKey, read, wait_for, write
+from asl_sweep.search.state import RecordKey, SummaryKey, open_shared, read, wait_for, write
 from asl_sweep.settings.config import DataConfig
 from asl_sweep.settings.spec import StudyConfig
 
@@ -65,13 +65,11 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool]:
     stored, unless no trial has finished yet (a mistyped --data on a first run costs
     nothing: the study binds to the data of the run that trains)."""
     given = _stored_form(cfg.data)
-    try:
-        record = optuna.create_study(study_name=cfg.study, storage=storage)
+    record, created = open_shared(cfg.study, storage)
+    if created:
         record.set_user_attr(SummaryKey.KIND, "study record")
         write(record, RecordKey.DATA, given)
         return record, True
-    except optuna.exceptions.DuplicatedStudyError:
-        record = optuna.load_study(study_name=cfg.study, storage=storage)
     wait_for(record, RecordKey.DATA, 10.0)  # another worker may be writing it right now
     difference = _first_difference(read(record).get(RecordKey.DATA, given), given)
     if difference and not _anything_finished(storage, cfg.study):

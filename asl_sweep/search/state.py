@@ -168,6 +168,27 @@ SEARCH_ROLES = (Role.SEED, Role.SEARCH)  # the trials a stage's `trials` budget 
 
 # --- a study's keys ---------------------------------------------------------------------
 
+def open_shared(name: str, storage, direction: str | None = None,
+                pruner: optuna.pruners.BasePruner | None = None,
+                sampler: optuna.samplers.BaseSampler | None = None,
+                creator_sampler: optuna.samplers.BaseSampler | None = None
+                ) -> tuple[optuna.Study, bool]:
+    """Study `name`, loaded where it exists (every worker of a fleet but the first: two
+    storage calls, where creating first and loading on the duplicate took three), else
+    created (sampling with `creator_sampler` where given); and whether this call created it
+    (exactly one worker does). Every study the workers share is opened here."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
+                                 sampler=sampler), False
+    except KeyError:
+        pass
+    try:
+        return optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                   pruner=pruner, sampler=creator_sampler or sampler), True
+    except optuna.exceptions.DuplicatedStudyError:  # another made it a moment ago
+        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
+                                 sampler=sampler), False
+
 def read(study: optuna.Study) -> dict[str, Any]:
     """Every asl-sweep key of a stage study or the study record, one read."""
     stored = storage_of(study).get_study_system_attrs(study_id_of(study))
@@ -247,11 +268,7 @@ def _claims_study(study: optuna.Study) -> optuna.Study:
     storage = storage_of(study)
     known = _claims.get((id(storage), name))
     if known is None:
-        try:
-            known = optuna.create_study(storage=storage, study_name=name)
-        except optuna.exceptions.DuplicatedStudyError:
-            known = optuna.load_study(study_name=name, storage=storage)
-        _claims[(id(storage), name)] = known
+        known = _claims[(id(storage), name)] = open_shared(name, storage)[0]
     return known
 
 

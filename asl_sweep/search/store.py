@@ -25,6 +25,7 @@ from asl_sweep.search.state import (
     Requeue,
     StageKey,
     grid_placeholder,
+    open_shared,
     read,
     renumbered,
 )
@@ -210,31 +211,10 @@ def load_stage_study(cfg: StudyConfig, stage: StageConfig, storage) -> optuna.St
 REPEATS_SUFFIX = ".repeats"
 
 
-def _opened(name: str, storage, direction: str, pruner: optuna.pruners.BasePruner,
-            sampler: optuna.samplers.BaseSampler | None = None,
-            creator_sampler: optuna.samplers.BaseSampler | None = None
-            ) -> tuple[optuna.Study, bool]:
-    """Study `name`, loaded where it exists (every process of a fleet but the first: two
-    storage calls, where creating first and loading on the duplicate took three), else
-    created (sampling with `creator_sampler` where given); and whether this call created it
-    (exactly one process does)."""
-    try:
-        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
-                                 sampler=sampler), False
-    except KeyError:
-        pass
-    try:
-        return optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                   pruner=pruner, sampler=creator_sampler or sampler), True
-    except optuna.exceptions.DuplicatedStudyError:  # another made it a moment ago
-        return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
-                                 sampler=sampler), False
-
-
 def repeats_study(cfg: StudyConfig, index: int, storage) -> optuna.Study:
     """The stage's repeats study, made by whichever process gets here first."""
     stage = cfg.stages[index]
-    return _opened(stage_study_name(cfg, stage) + REPEATS_SUFFIX, storage, stage.direction,
+    return open_shared(stage_study_name(cfg, stage) + REPEATS_SUFFIX, storage, stage.direction,
                    optuna.pruners.NopPruner())[0]
 
 
@@ -293,7 +273,7 @@ def create_stage_study(cfg: StudyConfig, index: int, storage,
     stage = cfg.stages[index]
     pruner = make_pruner(stage, int(stage.fixed.get("epochs", cfg.base.epochs)))
     joiner = worker or 1 + os.getpid() % 9973
-    return _opened(stage_study_name(cfg, stage), storage, stage.direction, pruner,
+    return open_shared(stage_study_name(cfg, stage), storage, stage.direction, pruner,
                    sampler=_sampler(cfg, index, 7919 * joiner),
                    creator_sampler=_sampler(cfg, index, 7919 * worker))
 
