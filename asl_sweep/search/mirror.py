@@ -56,17 +56,16 @@ class Mirror:
             [s.metric for s in cfg.stages], [k for s in cfg.stages for k in s.space]),
             cfg.stages[0].metric)
 
-    def study_run_exists(self, run_id: str) -> bool:
-        return self.tracker.has_run(run_id)
-
     def study_opened(self, cfg: StudyConfig, known_run: str | None) -> str:
-        """The study's run: `known_run` reopened, or a new one (returned)."""
-        if known_run is not None:
-            self.tracker.reopen(known_run)
-            self.study_run = known_run
-        else:
+        """The study's run: `known_run` reopened where the store still holds it (one read
+        for every worker that joins), else the study's run found by its tags or a new one
+        (returned)."""
+        run = self.tracker.reopened(known_run) if known_run is not None else None
+        if run is None:
             self.study_run = self.tracker.open_run(self.experiment_id, cfg.study, kind="study")
-        if not self.tracker.client.get_run(self.study_run).data.params:
+            run = self.tracker.client.get_run(self.study_run)
+        self.study_run = run.info.run_id
+        if not run.data.params:
             self.tracker.log_params(self.study_run, {
                 "data": cfg.data.model_dump(mode="json"),
                 "stages": ",".join(s.name for s in cfg.stages)})
@@ -106,7 +105,7 @@ class Mirror:
         return run
 
     def stage_reopened(self, stage_run: str) -> None:
-        self.tracker.reopen(stage_run)
+        self.tracker.reopened(stage_run)
 
     def stage_stopped(self, stage_run: str, status: str, **tags: str) -> None:
         """A stage that did not decide (killed, failed, its gate missed): never left RUNNING."""

@@ -78,8 +78,6 @@ def _open_study_run(mirror: Mirror, cfg: StudyConfig, storage, record: optuna.St
     if known is None and not created and not started(storage, cfg.study):
         wait_for(record, RecordKey.STUDY_RUN, 120.0)  # the creator makes it; if it died, we do
         known = read(record).get(RecordKey.STUDY_RUN)
-    if known is not None and not mirror.study_run_exists(known):
-        known = None
     run_id = mirror.study_opened(cfg, known)
     if run_id != known:
         write(record, RecordKey.STUDY_RUN, run_id)

@@ -48,6 +48,8 @@ class StageKey(StrEnum):
 
     CARRIED = "carried"  # the stage's creator, last of its set-up: "the stage is ready"
     STAGE_RUN = "mlflow_stage_run"  # creator: the stage's MLflow run
+    RUN_ENDED = "stage_run_ended"  # a worker that ended the stage's run before its decision
+    # (killed, failed, gate missed): the workers that join the stage later reopen the run
     INDEX = "index"  # creator: the stage's place in the study
     UID = "uid"  # creator: this stage study's own id (checkpoints name it)
     DECIDED_BY = "decided_by"  # creator: which earlier stage decided each carried setting
@@ -188,6 +190,7 @@ def open_shared(name: str, storage, direction: str | None = None,
     except optuna.exceptions.DuplicatedStudyError:  # another made it a moment ago
         return optuna.load_study(study_name=name, storage=storage, pruner=pruner,
                                  sampler=sampler), False
+
 
 def read(study: optuna.Study) -> dict[str, Any]:
     """Every asl-sweep key of a stage study or the study record, one read."""

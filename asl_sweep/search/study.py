@@ -131,7 +131,8 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
                         f"e.g. --set study={cfg.study}-more --trials {stage.trials}")
         return result
     stage_run = shared[StageKey.STAGE_RUN]
-    session.mirror.stage_reopened(stage_run)
+    if StageKey.RUN_ENDED in shared:  # a worker ended it early: RUNNING again while searched
+        session.mirror.stage_reopened(stage_run)
     _fit_budget(study, stage, shared)
     status = "FAILED"
     try:
@@ -140,14 +141,14 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
         result = _carried_whole(stage, trials, shared, result)
         status = "FINISHED"
     except GateNotReached:
-        session.mirror.stage_stopped(stage_run, "FAILED", outcome="target missed")
+        _stop_stage_run(session, study, stage_run, "FAILED", outcome="target missed")
         raise
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:
         if status != "FINISHED":  # never leave the stage's run RUNNING
-            session.mirror.stage_stopped(stage_run, status)
+            _stop_stage_run(session, study, stage_run, status)
     write(study, StageKey.RESULT, asdict(result))
     # Short, so that `optuna studies` prints a readable table; the whole line is in MLflow.
     study.set_user_attr(SummaryKey.DECISION,
@@ -160,6 +161,14 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     session.say(f"stage {stage.name}: {result.decision}; carries "
                 f"{shown_settings(result.params) or 'no change'}")
     return result
+
+
+def _stop_stage_run(session: Session, study: optuna.Study, stage_run: str, status: str,
+                    **tags: str) -> None:
+    """The stage's run ended before its decision, and the stage marked so that a worker
+    joining it later reopens the run (the others find it RUNNING and leave it)."""
+    session.mirror.stage_stopped(stage_run, status, **tags)
+    write(study, StageKey.RUN_ENDED, status)
 
 
 def _fit_budget(study: optuna.Study, stage: StageConfig, shared: dict[str, Any]) -> None:

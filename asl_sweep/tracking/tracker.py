@@ -180,24 +180,26 @@ class Tracker:
         run_id = self.find_run(experiment_id, **tags)
         if run_id is None:
             return self.new_run(experiment_id, name, parent, **tags)
-        self.reopen(run_id)
+        self.reopened(run_id)
         return run_id
 
-    def has_run(self, run_id: str) -> bool:
-        """Whether the store holds this run, not deleted (a run id kept elsewhere may name a
+    def reopened(self, run_id: str) -> Any | None:
+        """The run, RUNNING again, read once (its params and tags with it); None where the
+        store no longer holds it or it was deleted (a run id kept elsewhere may name a
         tracking store since emptied)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+            run = self.client.get_run(run_id)
         except MlflowException as e:
             if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
+                return None
             raise
-
-    def reopen(self, run_id: str) -> None:
-        if self.client.get_run(run_id).info.status != "RUNNING":
+        if run.info.lifecycle_stage != "active":
+            return None
+        if run.info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
+        return run
 
     def new_run(self, experiment_id: str, name: str, parent: str | None = None,
                 **tags: str) -> str:

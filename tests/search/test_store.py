@@ -19,8 +19,10 @@ from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.state import (
     BEAT,
     GRACE_S,
+    StageKey,
     fail_dead_trials,
     mirrors_decision,
+    read,
     worker_id,
 )
 from asl_sweep.search.store import optuna_storage, stage_trials
@@ -168,7 +170,15 @@ def test_sigterm_queues_the_trial_again_and_a_rerun_resumes_it(write_study, tmp_
     for run in client.search_runs([experiment], "tags.kind != 'trial'"):
         assert run.info.status == "KILLED", run.data.tags["kind"]  # stage and study runs
 
-    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert read(study)[StageKey.RUN_ENDED] == "KILLED"
+    rerun = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    running_trial(home / "optuna.db", "tiny.search", rerun)
+    # The stage's run is RUNNING again while the rerun searches (a worker that joins a stage
+    # whose run is RUNNING does not read it: only one ended early is reopened).
+    (stage_run,) = client.search_runs([experiment], "tags.kind = 'stage'")
+    assert stage_run.info.status == "RUNNING"
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
     assert len(_finished(ws.storage, "tiny.search")) == 3  # the incumbent and 2
     (done,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim]
