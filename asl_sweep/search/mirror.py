@@ -62,8 +62,8 @@ class Mirror:
         (returned)."""
         run = self.tracker.reopened(known_run) if known_run is not None else None
         if run is None:
-            self.study_run = self.tracker.open_run(self.experiment_id, cfg.study, kind="study")
-            run = self.tracker.client.get_run(self.study_run)
+            run = self.tracker.client.get_run(
+                self.tracker.open_run(self.experiment_id, cfg.study, kind="study"))
         self.study_run = run.info.run_id
         if not run.data.params:
             self.tracker.log_params(self.study_run, {

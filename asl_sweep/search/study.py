@@ -134,21 +134,21 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     if StageKey.RUN_ENDED in shared:  # a worker ended it early: RUNNING again while searched
         session.mirror.stage_reopened(stage_run)
     _fit_budget(study, stage, shared)
-    status = "FAILED"
+    status, outcome = "FAILED", {}
     try:
         result = _search_and_decide(session, stage, study, stage_run, shared)
         trials = stage_trials(study)  # decided: read once for what follows
         result = _carried_whole(stage, trials, shared, result)
         status = "FINISHED"
     except GateNotReached:
-        _stop_stage_run(session, study, stage_run, "FAILED", outcome="target missed")
+        outcome = {"outcome": "target missed"}
         raise
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
         raise
     finally:
-        if status != "FINISHED":  # never leave the stage's run RUNNING
-            _stop_stage_run(session, study, stage_run, status)
+        if status != "FINISHED":  # never leave the stage's run RUNNING; ended once
+            _stop_stage_run(session, study, stage_run, status, **outcome)
     write(study, StageKey.RESULT, asdict(result))
     # Short, so that `optuna studies` prints a readable table; the whole line is in MLflow.
     study.set_user_attr(SummaryKey.DECISION,

@@ -128,8 +128,8 @@ class AugmentConfig(Strict):
         """Whether any single image is changed (copies alone only repeat images; mixing
         combines images of a batch and is not a transform of one)."""
         return (self.rotation > 0 or self.turn > 0 or self.flip or self.blur_kernel > 1
-                or self.crop_scale < 1 or self.translate > 0 or self.jitter or self.erase > 0 or self.trivial > 0
-                or self.zoom_out > 1 or self.perspective > 0)
+                or self.crop_scale < 1 or self.translate > 0 or self.jitter or self.erase > 0
+                or self.trivial > 0 or self.zoom_out > 1 or self.perspective > 0)
 
     @property
     def jitter(self) -> bool:

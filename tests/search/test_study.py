@@ -101,6 +101,10 @@ def test_an_unreachable_gate_stops_the_run_or_continues(write_study, tmp_path, c
     assert "stage overfit: no trial reached train_acc >= 1.0" in err and "on_fail" in err
     (first, second) = read_stages(load_study(path), Workspace.at(home))
     assert second.trials == []  # nothing after the failed gate ran
+    client = MlflowClient(Workspace.at(home).tracking_uri)
+    (stage_run,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.kind = 'stage' and tags.stage = 'overfit'")
+    assert (stage_run.info.status, stage_run.data.tags["outcome"]) == ("FAILED", "target missed")
     unreachable["stages"][0]["on_fail"] = "continue"
     path = write_study(unreachable, "continue.yaml")
     assert main(["run", str(path), "--home", str(tmp_path / "other")]) == 0
