@@ -1,10 +1,14 @@
-"""Which augmentations a CNN trained from scratch on the built-in "people" signers can carry,
-one training each on validation fold 0 (the development set of issue 32, never its test
-split): the round-3 base augmentation of cnn.yaml, then each invariance added to it alone,
-at the architecture both cnn.yaml arms adopted. Validation figures only: they choose the
-shipped defaults, so they are not reported as test results.
+"""Which augmentations a model can carry on the built-in "people" signers, one training each
+on validation fold 0 (or fold s for seed s with --folds; the development set of issue 32,
+never its test split): a base augmentation, then each invariance added to it alone. Two
+models: the CNN trained from scratch (cnn.yaml's round-3 augmentation, at the architecture
+both cnn.yaml arms adopted) and, with --model transfer, MobileNetV2 fine-tuned on its last
+two blocks over cached augmented views (transfer.yaml's fine_tune stage and its fixed
+augmentation). Validation figures only: they choose the shipped defaults, so they are not
+reported as test results.
 
-    .venv/bin/python -m benchmarks.people_levers [--seeds 1] [--epochs 40]"""
+    .venv/bin/python -m benchmarks.people_levers [--model cnn|transfer] [--seeds 1]
+        [--epochs 40] [--folds] [--only LEVER ...]"""
 
 from __future__ import annotations
 
@@ -29,25 +33,42 @@ BASE = dict(model="cnn", cnn={"channels": [16, 32, 64, 128], "kernel": 5, "batch
             batch_size=64, schedule="cosine", warmup_epochs=1, device="cpu")
 ROUND3 = {"rotation": 10.0, "translate": 0.05, "brightness": 0.3, "contrast": 0.3,
           "saturation": 0.3, "hue": 0.05}
+# transfer.yaml's fine_tune stage: the fixed augmentation of its cached views, and a middle
+# point of its searched space (two blocks at a tenth of the head's rate, BN frozen).
+TRANSFER_DATA = DATA.model_copy(update={"image_size": 224})
+TRANSFER = dict(model="transfer", transfer={"backbone": "mobilenet_v2", "weights": "imagenet",
+                                            "trainable": 2, "backbone_lr": 0.1, "bn": "frozen",
+                                            "feature_views": 3},
+                hidden=[], dropout=[], optimizer="adam", lr=1e-3, weight_decay=0.0,
+                batch_size=64, device="cpu")
+TRANSFER_AUGMENT = {"rotation": 15.0, "flip": True, "crop_scale": 0.7, "translate": 0.05,
+                    "brightness": 0.3, "contrast": 0.3, "saturation": 0.3, "hue": 0.05}
 LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom_out": 1.3},
           "+ rotation 30": {"rotation": 30.0}, "+ rotation 60": {"rotation": 60.0},
           "+ perspective 0.2": {"perspective": 0.2}, "+ crop 0.7": {"crop_scale": 0.7},
           "+ turn 0.2": {"turn": 0.2}, "+ turn 0.35": {"turn": 0.35},
-          "+ turn 0.2, zoom_out 1.5, crop 0.7": {"turn": 0.2, "zoom_out": 1.5, "crop_scale": 0.7}}
+          "+ turn 0.2, zoom_out 1.5, crop 0.7": {"turn": 0.2, "zoom_out": 1.5, "crop_scale": 0.7},
+          "+ turn 0.35, feature_views 5": {"turn": 0.35}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=["cnn", "transfer"], default="cnn")
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: 40 for the CNN, 15 for fine-tuning (transfer.yaml's)")
     parser.add_argument("--folds", action="store_true", help="seed s validates on person "
                         "fold s (fold 0 holds no sideways signer; folds 1 and 2 hold four)")
     parser.add_argument("--only", nargs="*", help="lever names to run (default: all)")
     args = parser.parse_args()
+    transfer = args.model == "transfer"
+    epochs = args.epochs or (15 if transfer else 40)
+    base, base_augment = (TRANSFER, TRANSFER_AUGMENT) if transfer else (BASE, ROUND3)
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        study = StudyData(DATA, Path(tmp), torch.device("cpu"), log=lambda _: None)
+        study = StudyData(TRANSFER_DATA if transfer else DATA, Path(tmp), torch.device("cpu"),
+                          log=lambda _: None)
         # Which validation images are of signers unlike the majority (the generator's own
         # record of each signer): the accuracy on each kind, a finer view than the quantiles
         # over 24 people of 9 images each.
@@ -59,10 +80,14 @@ def main() -> None:
                 data = study.split(fold=seed if args.folds else 0)
                 kinds = [styles[int(g[1:])].unusual or "usual"
                          for g in study.groups[data.val_index]]
-                cfg = TrainConfig(**BASE, epochs=args.epochs, seed=seed,
-                                  augment={**ROUND3, **extra})
+                settings = {**base, "epochs": epochs, "seed": seed,
+                            "augment": {**base_augment, **extra}}
+                if transfer and "feature_views" in name:
+                    settings["transfer"] = {**base["transfer"], "feature_views": 5}
+                cfg = TrainConfig(**settings)
                 started = time.perf_counter()
-                result = train(cfg, data, "cpu", monitor=Monitor("val_person_q25"))
+                result = train(cfg, data, "cpu", monitor=Monitor("val_person_q25"),
+                               cache_dir=Path(tmp) / "features")
                 b = result.best
                 by_kind = {}
                 for k in ("usual", "sideways", "far", "close"):
@@ -77,9 +102,10 @@ def main() -> None:
                              **by_kind, "best_epoch": b.epoch,
                              "seconds": round(time.perf_counter() - started, 1)})
                 print(rows[-1], flush=True)
-    result_name = ("people_levers" + ("_folds" if args.folds else "")
-                   + (f"_{args.epochs}epochs" if args.epochs != 40 else ""))
-    payload = {"data": "people 120", "epochs": args.epochs, "rows": rows}
+    result_name = ("people_levers" + ("_transfer" if transfer else "")
+                   + ("_folds" if args.folds else "")
+                   + (f"_{epochs}epochs" if epochs != (15 if transfer else 40) else ""))
+    payload = {"data": "people 120", "model": args.model, "epochs": epochs, "rows": rows}
     print(f"written to {write_result(result_name, payload)}")
 
 
