@@ -8,7 +8,7 @@ augmentation). Validation figures only: they choose the shipped defaults, so the
 reported as test results.
 
     .venv/bin/python -m benchmarks.people_levers [--model cnn|transfer] [--seeds 1]
-        [--epochs 40] [--folds] [--only LEVER ...]"""
+        [--epochs 40] [--folds] [--only LEVER ...] [--transfer KEY=VALUE ...]"""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.data.synthetic import signer_styles
@@ -60,10 +61,14 @@ def main() -> None:
     parser.add_argument("--folds", action="store_true", help="seed s validates on person "
                         "fold s (fold 0 holds no sideways signer; folds 1 and 2 hold four)")
     parser.add_argument("--only", nargs="*", help="lever names to run (default: all)")
+    parser.add_argument("--transfer", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="with --model transfer: fine-tuning settings other than the "
+                        "base's (trainable=3, backbone_lr=0.3, bn=train)")
     args = parser.parse_args()
     transfer = args.model == "transfer"
     epochs = args.epochs or (15 if transfer else 40)
     base, base_augment = (TRANSFER, TRANSFER_AUGMENT) if transfer else (BASE, ROUND3)
+    changed = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.transfer)}
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,8 +87,10 @@ def main() -> None:
                          for g in study.groups[data.val_index]]
                 settings = {**base, "epochs": epochs, "seed": seed,
                             "augment": {**base_augment, **extra}}
-                if transfer and "feature_views" in name:
-                    settings["transfer"] = {**base["transfer"], "feature_views": 5}
+                if transfer:
+                    settings["transfer"] = {**base["transfer"], **changed}
+                    if "feature_views" in name:
+                        settings["transfer"]["feature_views"] = 5
                 cfg = TrainConfig(**settings)
                 started = time.perf_counter()
                 result = train(cfg, data, "cpu", monitor=Monitor("val_person_q25"),
@@ -103,9 +110,11 @@ def main() -> None:
                              "seconds": round(time.perf_counter() - started, 1)})
                 print(rows[-1], flush=True)
     result_name = ("people_levers" + ("_transfer" if transfer else "")
+                   + "".join(f"_{k}{v}" for k, v in changed.items())
                    + ("_folds" if args.folds else "")
                    + (f"_{epochs}epochs" if epochs != (15 if transfer else 40) else ""))
-    payload = {"data": "people 120", "model": args.model, "epochs": epochs, "rows": rows}
+    payload = {"data": "people 120", "model": args.model, "epochs": epochs,
+               "transfer": changed, "rows": rows}
     print(f"written to {write_result(result_name, payload)}")
 
 
