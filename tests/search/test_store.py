@@ -51,9 +51,10 @@ def _trial_runs(tracking: str, study: str) -> list:
 
 
 def test_four_workers_on_sqlite_finish_exactly_the_budget(write_study, tmp_path, capfd):
-    # Trials long enough (about 2 s) that the helpers, a few seconds to start on 2 cores,
-    # join before worker 0 has run them all.
-    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 40},
+    # Trials long enough (about 3 s) that the helpers, a few seconds to start on 2 cores and
+    # up to half a minute where the other test process trains beside them, join before
+    # worker 0 has run them all (at 40 epochs, 2 s a trial, one CI run saw none join).
+    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 60},
                         "stages": [{**FAST["stages"][0], "trials": 12}]})
     home = tmp_path / "mlruns"
     started = time.perf_counter()
