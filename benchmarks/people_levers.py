@@ -49,7 +49,9 @@ LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom
           "+ perspective 0.2": {"perspective": 0.2}, "+ crop 0.7": {"crop_scale": 0.7},
           "+ turn 0.2": {"turn": 0.2}, "+ turn 0.35": {"turn": 0.35},
           "+ turn 0.2, zoom_out 1.5, crop 0.7": {"turn": 0.2, "zoom_out": 1.5, "crop_scale": 0.7},
-          "+ turn 0.35, feature_views 5": {"turn": 0.35}}
+          # transfer only: more cached views, so more of the turned ones reach the head
+          "+ turn 0.35, feature_views 5": {"turn": 0.35, "transfer": {"feature_views": 5}}}
+EPOCHS = {"cnn": 40, "transfer": 15}
 
 
 def main() -> None:
@@ -66,7 +68,7 @@ def main() -> None:
                         "base's (trainable=3, backbone_lr=0.3, bn=train)")
     args = parser.parse_args()
     transfer = args.model == "transfer"
-    epochs = args.epochs or (15 if transfer else 40)
+    epochs = args.epochs or EPOCHS[args.model]
     base, base_augment = (TRANSFER, TRANSFER_AUGMENT) if transfer else (BASE, ROUND3)
     changed = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.transfer)}
     torch.set_num_threads(2)
@@ -79,7 +81,9 @@ def main() -> None:
         # over 24 people of 9 images each.
         styles = signer_styles(120, 0, "people")
         for name, extra in LEVERS.items():
-            if args.only and name not in args.only:
+            extra = dict(extra)
+            lever_transfer = extra.pop("transfer", {})
+            if (args.only and name not in args.only) or (lever_transfer and not transfer):
                 continue
             for seed in range(args.seeds):
                 data = study.split(fold=seed if args.folds else 0)
@@ -88,9 +92,7 @@ def main() -> None:
                 settings = {**base, "epochs": epochs, "seed": seed,
                             "augment": {**base_augment, **extra}}
                 if transfer:
-                    settings["transfer"] = {**base["transfer"], **changed}
-                    if "feature_views" in name:
-                        settings["transfer"]["feature_views"] = 5
+                    settings["transfer"] = {**base["transfer"], **changed, **lever_transfer}
                 cfg = TrainConfig(**settings)
                 started = time.perf_counter()
                 result = train(cfg, data, "cpu", monitor=Monitor("val_person_q25"),
@@ -112,7 +114,7 @@ def main() -> None:
     result_name = ("people_levers" + ("_transfer" if transfer else "")
                    + "".join(f"_{k}{v}" for k, v in changed.items())
                    + ("_folds" if args.folds else "")
-                   + (f"_{epochs}epochs" if epochs != (15 if transfer else 40) else ""))
+                   + (f"_{epochs}epochs" if epochs != EPOCHS[args.model] else ""))
     payload = {"data": "people 120", "model": args.model, "epochs": epochs,
                "transfer": changed, "rows": rows}
     print(f"written to {write_result(result_name, payload)}")

@@ -102,8 +102,8 @@ def test_an_unreachable_gate_stops_the_run_or_continues(write_study, tmp_path, c
     (first, second) = read_stages(load_study(path), Workspace.at(home))
     assert second.trials == []  # nothing after the failed gate ran
     client = MlflowClient(Workspace.at(home).tracking_uri)
-    (stage_run,) = client.search_runs(
-        [client.get_experiment_by_name("tiny").experiment_id], "tags.kind = 'stage' and tags.stage = 'overfit'")
+    (stage_run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                      "tags.kind = 'stage' and tags.stage = 'overfit'")
     assert (stage_run.info.status, stage_run.data.tags["outcome"]) == ("FAILED", "target missed")
     unreachable["stages"][0]["on_fail"] = "continue"
     path = write_study(unreachable, "continue.yaml")
