@@ -213,16 +213,16 @@ def write(study: optuna.Study, key: str, value: Any) -> None:
 
 
 def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
-    """Whether `key` appears within `seconds` (another worker is writing it). Looks after
-    half a second, then every second, then every two (jittered): setting a stage up takes a
-    worker a second or two, and every other worker of a fleet waits on it at once (64
+    """Whether `key` appears within `seconds` (another worker is writing it). Looks after a
+    second, then two, then every four (jittered): setting a stage up takes a worker a few
+    seconds on a loaded store, and every other worker of a fleet waits on it at once (64
     looking every second were a tenth of the fleet's storage calls)."""
-    deadline, pause = time.monotonic() + seconds, 0.5
+    deadline, pause = time.monotonic() + seconds, 1.0
     while str(key) not in read(study):
         if time.monotonic() > deadline:
             return False
         time.sleep(pause * (0.75 + 0.5 * random.random()))
-        pause = min(2.0, pause * 2)
+        pause = min(4.0, pause * 2)
     return True
 
 
@@ -294,19 +294,24 @@ def budget_queued(trials: list[FrozenTrial]) -> int:
                and t.user_attrs.get(TrialKey.FAILURE) not in (Failure.SURPLUS, Failure.UNUSED))
 
 
-def release_unused(study: optuna.Study) -> None:
+def release_unused(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> bool:
     """The search slots still WAITING once a stage stops searching early (its target
-    reached, its timeout spent, a smaller --trials): ended as FAIL, marked unused."""
+    reached, its timeout spent, a smaller --trials): ended as FAIL, marked unused. `trials`:
+    the study's, where the caller has just read them. Whether any waited."""
     storage = storage_of(study)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if t.user_attrs.get(TrialKey.ROLE) != Role.SEARCH or FAILED_TRIAL in t.system_attrs:
-            continue
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    waiting = [t for t in trials if t.state == TrialState.WAITING
+               and t.user_attrs.get(TrialKey.ROLE) == Role.SEARCH
+               and FAILED_TRIAL not in t.system_attrs]
+    for t in waiting:
         try:
             if storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
                 storage.set_trial_user_attr(trial_id_of(t), TrialKey.FAILURE, Failure.UNUSED)
                 storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
+    return bool(waiting)
 
 
 def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = lambda t: True,
@@ -465,6 +470,12 @@ def _silent(t: FrozenTrial, now: float) -> bool:
 
 
 def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTrial]:
+    """`look_for_dead`'s trials whose MLflow run may still be open."""
+    return look_for_dead(study, every)[0]
+
+
+def look_for_dead(study: optuna.Study, every: bool = True
+                  ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """Fail RUNNING trials whose worker is gone, and queue their retry with the same
     settings. A trial is dead once its beats stop for GRACE_S, or at once when it was taken
     by a process of this machine that no longer exists; one taken by a process that died
@@ -473,7 +484,8 @@ def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTria
     a run (their worker died without a word, or stopped while the tracking server was
     away); without, those this call failed or queued again (a worker's later looks: its
     first saw the rest), with a run or without one (its worker may have died between
-    opening the run and naming it on the trial)."""
+    opening the run and naming it on the trial). And the study's trials as this call left
+    them (a worker between trials reads them once for both)."""
     storage = storage_of(study)
     started = datetime.datetime.now()  # a trial failed from here on was failed by this call
     if keeps_heartbeats(storage):
@@ -500,13 +512,14 @@ def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTria
     retried = {n for t in trials for n in retries_of(t)}
     lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
     queued = [t for t in lost if t.number not in retried and _queue_lost(study, t, now)]
+    now_trials = study.get_trials(deepcopy=False) if queued else trials
     if not every:  # what this call found (or Optuna's heartbeat check in it) and queued
         found = [t for t in lost if t.datetime_complete and t.datetime_complete >= started]
-        return found + [t for t in queued if t not in found]
+        return found + [t for t in queued if t not in found], now_trials
     # A trial that stopped while the tracking server was away could not close its run.
     stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
         TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]
-    return [t for t in lost + stopped if t.user_attrs.get(TrialKey.RUN)]
+    return [t for t in lost + stopped if t.user_attrs.get(TrialKey.RUN)], now_trials
 
 
 def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:

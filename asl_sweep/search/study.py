@@ -58,8 +58,8 @@ from asl_sweep.search.state import (
     budget_queued,
     claim,
     claim_holder,
-    fail_dead_trials,
     gone_here,
+    look_for_dead,
     mirrors_decision,
     queue_budget,
     queued_key,
@@ -133,11 +133,9 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     stage_run = shared[StageKey.STAGE_RUN]
     if StageKey.RUN_ENDED in shared:  # a worker ended it early: RUNNING again while searched
         session.mirror.stage_reopened(stage_run)
-    _fit_budget(study, stage, shared)
     status, outcome = "FAILED", {}
     try:
-        result = _search_and_decide(session, stage, study, stage_run, shared)
-        trials = stage_trials(study)  # decided: read once for what follows
+        result, trials = _search_and_decide(session, stage, study, stage_run, shared)
         result = _carried_whole(stage, trials, shared, result)
         status = "FINISHED"
     except GateNotReached:
@@ -149,13 +147,7 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     finally:
         if status != "FINISHED":  # never leave the stage's run RUNNING; ended once
             _stop_stage_run(session, study, stage_run, status, **outcome)
-    write(study, StageKey.RESULT, asdict(result))
-    # Short, so that `optuna studies` prints a readable table; the whole line is in MLflow.
-    study.set_user_attr(SummaryKey.DECISION,
-                        result.decision.split(" over ")[0].split(" (")[0][:60])
-    # The trial the stage chose, beside Optuna's best (its best search result, which a race
-    # may not have adopted).
-    study.set_user_attr(SummaryKey.CHOSEN_TRIAL, result.trial)
+    write(study, StageKey.RESULT, asdict(result))  # by every worker: a decider may die
     if mirrors_decision(trials):
         _mirror_decision(session, stage, study, stage_run, trials, result)
     session.say(f"stage {stage.name}: {result.decision}; carries "
@@ -171,26 +163,36 @@ def _stop_stage_run(session: Session, study: optuna.Study, stage_run: str, statu
     write(study, StageKey.RUN_ENDED, status)
 
 
-def _fit_budget(study: optuna.Study, stage: StageConfig, shared: dict[str, Any]) -> None:
+def _fit_budget(study: optuna.Study, stage: StageConfig, shared: dict[str, Any],
+                trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The stage's search slots, queued up to its budget: a rerun with a larger --trials
-    queues the difference (one with a smaller one leaves the rest unused, state.py)."""
+    queues the difference (one with a smaller one leaves the rest unused, state.py). The
+    stage's trials (`trials`, just read) as it leaves them."""
     if shared.get(StageKey.BUDGET) != stage.trials:
         write(study, StageKey.BUDGET, stage.trials)  # what status and the report show
     wanted = max(0, stage.trials - len(stage.seed_trials))
-    queued = budget_queued(study.get_trials(deepcopy=False))
-    if queued < wanted:
-        queue_budget(study, wanted - queued)
+    queued = budget_queued(trials)
+    if queued >= wanted:
+        return trials
+    queue_budget(study, wanted - queued)
+    return study.get_trials(deepcopy=False)
 
 
 def _mirror_decision(session: Session, stage: StageConfig, study: optuna.Study,
                      stage_run: str, trials: list[FrozenTrial], result: StageResult) -> None:
-    """The decision into MLflow, and the checkpoints nobody will read deleted: by one process
-    of the many that reach the same decision (each doing it put N times the requests on the
-    tracking server)."""
+    """The decision into MLflow and into the study's summary (what `optuna studies` shows),
+    and the checkpoints nobody will read deleted: by one process of the many that reach the
+    same decision (each doing it put N times the requests on the stores)."""
     candidates = (read(study).get(StageKey.PLAN) or {}).get("candidates", [])
     session.mirror.stage_decided(stage_run, stage, result,
                                  _decision_marks(trials, result, candidates),
                                  _spent_checkpoints(session, stage, trials, result))
+    # Short, so that `optuna studies` prints a readable table; the whole line is in MLflow.
+    study.set_user_attr(SummaryKey.DECISION,
+                        result.decision.split(" over ")[0].split(" (")[0][:60])
+    # The trial the stage chose, beside Optuna's best (its best search result, which a race
+    # may not have adopted).
+    study.set_user_attr(SummaryKey.CHOSEN_TRIAL, result.trial)
     write(study, StageKey.MIRRORED, True)
 
 
@@ -266,9 +268,10 @@ def _carried_whole(stage: StageConfig, trials: list[FrozenTrial], shared: dict[s
 
 
 def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study,
-                       stage_run: str, shared: dict[str, Any]) -> StageResult:
+                       stage_run: str, shared: dict[str, Any]
+                       ) -> tuple[StageResult, list[FrozenTrial]]:
     """The stage's search, then its confirmation (a race or fixed repeats), then its
-    decision."""
+    decision, with the stage's trials it was made on (all of them: finished)."""
     runner = _runner(session, stage, study, stage_run, shared)
     base, family, confirm = runner.base, shared.get(StageKey.SWITCHED_FROM), runner.confirm
     progress = StageProgress(session.log, session.cfg,
@@ -282,11 +285,10 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
                 f"{stage.goal + ' ' if stage.goal else ''}[incumbent + {stage.trials} trials"
                 f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, "
                 f"{stage.metric}]")
-    _search(session, stage, study, runner, progress)
-    trials = study.get_trials(deepcopy=False)
+    trials = _search(session, stage, study, runner, progress, shared)
     incumbent = _incumbent(trials, bool(family))
     if confirm is None or incumbent is None:
-        return pick_winner(trials, stage)
+        return pick_winner(trials, stage), trials
     plan = _confirm_plan(session, stage, study, runner, incumbent.number)
     # The repeats train in the stage's repeats study (a plan made before there was one
     # keeps them in the stage's own study), numbered after the stage's trials.
@@ -301,8 +303,8 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     _queue_repeats(study, into, "repeats", StageKey.QUEUED,
                    [plan.incumbent, *plan.candidates], 1, plan.repeats - 1)
     _drain(session, into, runner, progress)
-    return decide(stage_trials(study, into, offset), stage, plan.incumbent, plan.candidates,
-                  confirm.min_gain)
+    trials = stage_trials(study, into, offset)
+    return decide(trials, stage, plan.incumbent, plan.candidates, confirm.min_gain), trials
 
 
 def _runner(session: Session, stage: StageConfig, study: optuna.Study, stage_run: str,
@@ -347,21 +349,22 @@ def _incumbent(trials: list[FrozenTrial], switching: bool = False) -> FrozenTria
 
 
 def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: TrialRunner,
-            progress: StageProgress) -> None:
-    """The incumbent, the seed trials and the search budget, each a queued trial that one
-    worker takes. `timeout` bounds the search across reruns: the seconds spent by earlier
-    runs are kept in the study (time between runs does not count; workers share one
-    clock)."""
-    spent, started = read(study).get(StageKey.SEARCH_SECONDS, 0.0), time.monotonic()
+            progress: StageProgress, shared: dict[str, Any]) -> list[FrozenTrial]:
+    """The incumbent, the seed trials and the search budget (queued up to it first), each a
+    queued trial that one worker takes. `timeout` bounds the search across reruns: the
+    seconds spent by earlier runs are kept in the study (time between runs does not count;
+    workers share one clock). The stage's trials once none waits or runs."""
+    spent, started = shared.get(StageKey.SEARCH_SECONDS, 0.0), time.monotonic()
 
     def elapsed() -> float:
         return spent + time.monotonic() - started
 
-    idle, finished = Idle(), None
+    idle, finished = Idle(session), None
+    trials: list[FrozenTrial] | None = _fit_budget(study, stage, shared,
+                                                   study.get_trials(deepcopy=False))
     while True:
         signals.check()
-        _close_lost_runs(session, study)
-        trials = study.get_trials(deepcopy=False)
+        trials = _close_lost_runs(session, study) or trials or study.get_trials(deepcopy=False)
         if finished is not None:  # its line, counted with this read
             progress.finished(finished, trials)
             finished = None
@@ -378,12 +381,14 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
                 if stage.timeout:  # the search time so far, for a rerun's timeout
                     write(study, StageKey.SEARCH_SECONDS,
                           max(elapsed(), read(study).get(StageKey.SEARCH_SECONDS, 0.0)))
+            trials = None
             continue
         if not any(t.state == TrialState.RUNNING for t in trials):
-            if over:
-                release_unused(study)
-            return
-        idle.wait(session, trials)  # other workers still run trials of this stage
+            if over and release_unused(study, trials):
+                trials = study.get_trials(deepcopy=False)
+            return trials
+        idle.wait(trials)  # other workers still run trials of this stage
+        trials = None
 
 
 def _baselines(t: FrozenTrial) -> bool:
@@ -440,7 +445,8 @@ def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
     the top distinct candidates and the incumbent. The fixed rule queues repeats 1..R-1
     once it is made; a race queues its rounds as it goes (_race)."""
     confirm = stage.confirm
-    if StageKey.PLAN not in read(study) and (claim(study, StageKey.PLAN) or not _waited_for(
+    stored = read(study).get(StageKey.PLAN)
+    if stored is None and (claim(study, StageKey.PLAN) or not _waited_for(
             study, StageKey.PLAN, StageKey.PLAN)):
         trials = study.get_trials(deepcopy=False)
         switching = runner.reference is not None
@@ -455,7 +461,9 @@ def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
             rule="race" if confirm.racing else "fixed",
             repeats=confirm.max_repeats if confirm.racing else confirm.repeats,
             by=worker_id())))
-    plan = ConfirmPlan.of(read(study)[StageKey.PLAN])
+    if stored is None:  # made a moment ago, by this worker or another one
+        stored = read(study)[StageKey.PLAN]
+    plan = ConfirmPlan.of(stored)
     if plan.rule == "race":
         session.say(f"stage {stage.name}: racing trials {plan.candidates} against the "
                     f"incumbent (trial {plan.incumbent}) on fresh paired repeats "
@@ -507,7 +515,8 @@ def _queue_repeats(study: optuna.Study, into: optuna.Study, name: str, done: str
 
 
 def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optuna.Study,
-          runner: TrialRunner, progress: StageProgress, plan: ConfirmPlan) -> StageResult:
+          runner: TrialRunner, progress: StageProgress, plan: ConfirmPlan
+          ) -> tuple[StageResult, list[FrozenTrial]]:
     """Rounds of fresh paired repeats until the race is decided (search/racing.py). The
     verdict is replayed from the trials at every look, so workers and reruns agree; the
     rounds queued so far are read before draining, so a look never counts a round another
@@ -519,7 +528,7 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
         trials = stage_trials(study, into, plan.first_repeat)
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
         if verdict.done or not candidates:
-            return decide_race(trials, stage, incumbent, candidates, verdict)
+            return decide_race(trials, stage, incumbent, candidates, verdict), trials
         if queued:
             session.say(f"stage {stage.name}: after {queued} round{'s' if queued != 1 else ''}"
                         f": {race_line(stage, verdict)}")
@@ -535,11 +544,10 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
 def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
            progress: StageProgress) -> None:
     """Run queued trials (confirmation repeats, retries) until none waits or runs."""
-    idle, finished = Idle(), None
+    idle, finished = Idle(session), None
     while True:
         signals.check()
-        _close_lost_runs(session, study)
-        trials = study.get_trials(deepcopy=False)
+        trials = _close_lost_runs(session, study) or study.get_trials(deepcopy=False)
         if finished is not None:  # its line, counted with this read
             progress.finished(finished, trials)
             finished = None
@@ -547,28 +555,32 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
             idle.reset()
             finished = run_one(study, runner.objective, trials=trials, spread=session.worker)
         elif any(t.state == TrialState.RUNNING for t in trials):
-            idle.wait(session, trials)
+            idle.wait(trials)
         else:
             return
 
 
 class Idle:
-    """The pause of a worker with nothing to run while others finish theirs: 1 s, doubling
-    while it stays idle up to 4 s, or, with many workers, up to half a second a worker (30 s
-    at most), a little jittered. Each look reads the stores: all the workers together look
-    about twice a second however many there are (64 looking every second kept the storage
-    proxy busy with nothing else). The worker that finishes a race's round queues the next
-    and runs it at once, so the others joining later costs little."""
+    """The pause of a worker with nothing to run while others finish theirs: 1 s (with many
+    workers, a sixteenth of a second a worker, 4 s at most), doubling while it stays idle up
+    to 4 s, or, with many workers, up to half a second a worker (30 s at most), a little
+    jittered. Each look reads the stores: all the workers together look about twice a
+    second however many there are (64 looking every second kept the storage proxy busy
+    with nothing else), and a fleet that goes idle at once does not start with a burst of
+    looks. The worker that finishes a race's round queues the next and runs it at once, so
+    the others joining later costs little."""
 
-    def __init__(self) -> None:
-        self.seconds = 1.0
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.reset()
 
     def reset(self) -> None:
-        self.seconds = 1.0
+        self.seconds = min(4.0, max(1.0, self.session.workers_seen / 16))
 
-    def wait(self, session: Session, trials: list[FrozenTrial]) -> None:
+    def wait(self, trials: list[FrozenTrial]) -> None:
         """Pause; `trials` (just read) tell how many workers the study has (the most this
         process has seen of its stages)."""
+        session = self.session
         signals.check()
         time.sleep(self.seconds * (0.75 + 0.5 * random.random()))
         session.workers_seen = max(session.workers_seen,
@@ -583,18 +595,19 @@ class Idle:
 LOOK_S = HEARTBEAT_S
 
 
-def _close_lost_runs(session: Session, study: optuna.Study) -> None:
+def _close_lost_runs(session: Session, study: optuna.Study) -> list[FrozenTrial] | None:
     """Trials whose worker died without a word: queued again, and said so in MLflow instead
     of leaving RUNNING. Looked for at most every LOOK_S (jittered) per stage and process, or
     half a second a worker where there are many (all of them together about twice a
-    second)."""
+    second). The study's trials where it looked (read for the look), else None."""
     now = time.monotonic()
     first = study.study_name not in session.lost_looked
     if now < session.lost_looked.get(study.study_name, now):
-        return
+        return None
     every = max(LOOK_S, min(2 * GRACE_S, session.workers_seen / 2))  # many: each less often
     session.lost_looked[study.study_name] = now + every * (0.75 + 0.5 * random.random())
-    for t in fail_dead_trials(study, every=first):
+    lost, trials = look_for_dead(study, every=first)
+    for t in lost:
         run_id = t.user_attrs.get(TrialKey.RUN)
         if run_id is None:  # died before it named its run, or before it opened one
             session.mirror.unnamed_runs_closed(study.study_name, t.number)
@@ -602,6 +615,7 @@ def _close_lost_runs(session: Session, study: optuna.Study) -> None:
         if run_id not in session.closed_runs:
             session.mirror.lost_trial_closed(run_id, t.user_attrs.get(TrialKey.FAILURE))
         session.closed_runs.add(run_id)
+    return trials
 
 
 def _initialize_stage(session: Session, study: optuna.Study, index: int,
