@@ -380,8 +380,10 @@ def retries_of(trial: FrozenTrial) -> list[int]:
 
 
 def renumbered(t: FrozenTrial, offset: int) -> FrozenTrial:
-    """A repeats-study trial numbered in its stage (its study's trial 0 is the stage's
-    trial `offset`), retry history included. `t` must be a copy."""
+    """A copy of a repeats-study trial numbered in its stage (its study's trial 0 is the
+    stage's trial `offset`), retry history included (a trial read without a copy is the
+    storage cache's own)."""
+    t = copy.deepcopy(t)
     t.number += offset
     if FAILED_TRIAL in t.system_attrs:
         t.system_attrs[FAILED_TRIAL] += offset

@@ -233,7 +233,14 @@ def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None,
                                         storage=storage_of(study))
         except KeyError:
             return trials
-    return trials + [renumbered(t, first) for t in repeats.get_trials(deepcopy=True)]
+    return joined(trials, repeats.get_trials(deepcopy=False), first)
+
+
+def joined(searched: list[FrozenTrial], repeated: list[FrozenTrial],
+           first: int) -> list[FrozenTrial]:
+    """A stage's trials whole from its two studies' trials (read by the caller): the search
+    study's, then the repeats, numbered from `first`."""
+    return searched + [renumbered(t, first) for t in repeated]
 
 
 def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSampler:

@@ -71,7 +71,7 @@ from asl_sweep.search.state import (
     worker_id,
     write,
 )
-from asl_sweep.search.store import create_stage_study, repeats_study, stage_trials
+from asl_sweep.search.store import create_stage_study, joined, repeats_study, stage_trials
 from asl_sweep.search.trial import TrialFailed, TrialRunner, settings_digest
 from asl_sweep.settings.config import apply_overrides
 from asl_sweep.settings.spec import StageConfig, StudyConfig
@@ -298,12 +298,16 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     runner = runner.for_repeats(into, offset or 0)
     progress.numbered(offset or 0, 0 if into is study else sum(counts_as_done(t)
                                                                for t in trials))
+    searched = trials  # settled: the repeats study is all that changes from here
+
+    def whole(repeated: list[FrozenTrial]) -> list[FrozenTrial]:  # _drain's last read
+        return repeated if into is study else joined(searched, repeated, plan.first_repeat)
+
     if confirm.racing:
-        return _race(session, stage, study, into, runner, progress, plan)
+        return _race(session, stage, study, into, runner, progress, plan, whole)
     _queue_repeats(study, into, "repeats", StageKey.QUEUED,
-                   [plan.incumbent, *plan.candidates], 1, plan.repeats - 1)
-    _drain(session, into, runner, progress)
-    trials = stage_trials(study, into, offset)
+                   [plan.incumbent, *plan.candidates], 1, plan.repeats - 1, read(study))
+    trials = whole(_drain(session, into, runner, progress))
     return decide(trials, stage, plan.incumbent, plan.candidates, confirm.min_gain), trials
 
 
@@ -491,11 +495,12 @@ def _waited_for(study: optuna.Study, name: str, key: str) -> bool:
 
 
 def _queue_repeats(study: optuna.Study, into: optuna.Study, name: str, done: str,
-                   targets: list[int], first: int, last: int) -> None:
+                   targets: list[int], first: int, last: int, shared: dict[str, Any]) -> None:
     """Queue repeats first..last of `targets` (trials of the stage's study) into the repeats
     study `into`, once: the worker that claims `name` does it and then sets `done`; the
-    others wait for that (and do it themselves if the holder died)."""
-    if done in read(study) or not (claim(study, name) or not _waited_for(study, name, done)):
+    others wait for that (and do it themselves if the holder died). `shared`: the stage's
+    keys, just read."""
+    if done in shared or not (claim(study, name) or not _waited_for(study, name, done)):
         return
     if done in read(study):
         return
@@ -515,17 +520,18 @@ def _queue_repeats(study: optuna.Study, into: optuna.Study, name: str, done: str
 
 
 def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optuna.Study,
-          runner: TrialRunner, progress: StageProgress, plan: ConfirmPlan
+          runner: TrialRunner, progress: StageProgress, plan: ConfirmPlan,
+          whole: Callable[[list[FrozenTrial]], list[FrozenTrial]]
           ) -> tuple[StageResult, list[FrozenTrial]]:
     """Rounds of fresh paired repeats until the race is decided (search/racing.py). The
     verdict is replayed from the trials at every look, so workers and reruns agree; the
     rounds queued so far are read before draining, so a look never counts a round another
-    worker queued a moment ago and nobody has run yet."""
+    worker queued a moment ago and nobody has run yet. `whole`: the stage's trials from
+    the repeats study's (its search trials are settled)."""
     confirm, incumbent, candidates = stage.confirm, plan.incumbent, plan.candidates
+    queued = read(study).get(StageKey.ROUNDS_QUEUED, 0)
     while True:
-        queued = read(study).get(StageKey.ROUNDS_QUEUED, 0)
-        _drain(session, into, runner, progress)
-        trials = stage_trials(study, into, plan.first_repeat)
+        trials = whole(_drain(session, into, runner, progress))
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
         if verdict.done or not candidates:
             return decide_race(trials, stage, incumbent, candidates, verdict), trials
@@ -535,15 +541,19 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
         upto = min(confirm.max_repeats, max(queued + 1, confirm.min_repeats))
         progress.planned += max(0, upto - max(queued, confirm.min_repeats)) * (
             len(verdict.alive) + 1)  # a round past the planned minimum
+        shared = read(study)
         _queue_repeats(study, into, round_key(upto), queued_key(round_key(upto)),
-                       [incumbent, *verdict.alive], queued + 1, upto)
-        if read(study).get(StageKey.ROUNDS_QUEUED, 0) < upto:
+                       [incumbent, *verdict.alive], queued + 1, upto, shared)
+        queued = shared.get(StageKey.ROUNDS_QUEUED, 0)  # read before the next drain
+        if queued < upto:
             write(study, StageKey.ROUNDS_QUEUED, upto)
+            queued = upto
 
 
 def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
-           progress: StageProgress) -> None:
-    """Run queued trials (confirmation repeats, retries) until none waits or runs."""
+           progress: StageProgress) -> list[FrozenTrial]:
+    """Run queued trials (confirmation repeats, retries) until none waits or runs; the
+    study's trials then."""
     idle, finished = Idle(session), None
     while True:
         signals.check()
@@ -557,7 +567,7 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
         elif any(t.state == TrialState.RUNNING for t in trials):
             idle.wait(trials)
         else:
-            return
+            return trials
 
 
 class Idle:
