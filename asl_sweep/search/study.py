@@ -289,7 +289,8 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     incumbent = _incumbent(trials, bool(family))
     if confirm is None or incumbent is None:
         return pick_winner(trials, stage), trials
-    plan = _confirm_plan(session, stage, study, runner, incumbent.number)
+    shared = read(study)  # the plan, where it is made; the rounds a race has queued
+    plan = _confirm_plan(session, stage, study, runner, incumbent.number, shared)
     # The repeats train in the stage's repeats study (a plan made before there was one
     # keeps them in the stage's own study), numbered after the stage's trials.
     offset = plan.first_repeat
@@ -304,9 +305,10 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
         return repeated if into is study else joined(searched, repeated, plan.first_repeat)
 
     if confirm.racing:
-        return _race(session, stage, study, into, runner, progress, plan, whole)
+        return _race(session, stage, study, into, runner, progress, plan, whole,
+                     shared.get(StageKey.ROUNDS_QUEUED, 0))
     _queue_repeats(study, into, "repeats", StageKey.QUEUED,
-                   [plan.incumbent, *plan.candidates], 1, plan.repeats - 1, read(study))
+                   [plan.incumbent, *plan.candidates], 1, plan.repeats - 1, shared)
     trials = whole(_drain(session, into, runner, progress))
     return decide(trials, stage, plan.incumbent, plan.candidates, confirm.min_gain), trials
 
@@ -444,12 +446,13 @@ def _stopped_before_training(study: optuna.Study, trial: optuna.Trial,
 
 
 def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
-                  runner: TrialRunner, incumbent: int) -> ConfirmPlan:
+                  runner: TrialRunner, incumbent: int, shared: dict[str, Any]) -> ConfirmPlan:
     """Which configurations are repeated, decided once, by the worker that claims the plan:
     the top distinct candidates and the incumbent. The fixed rule queues repeats 1..R-1
-    once it is made; a race queues its rounds as it goes (_race)."""
+    once it is made; a race queues its rounds as it goes (_race). `shared`: the stage's
+    keys, just read."""
     confirm = stage.confirm
-    stored = read(study).get(StageKey.PLAN)
+    stored = shared.get(StageKey.PLAN)
     if stored is None and (claim(study, StageKey.PLAN) or not _waited_for(
             study, StageKey.PLAN, StageKey.PLAN)):
         trials = study.get_trials(deepcopy=False)
@@ -521,15 +524,15 @@ def _queue_repeats(study: optuna.Study, into: optuna.Study, name: str, done: str
 
 def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optuna.Study,
           runner: TrialRunner, progress: StageProgress, plan: ConfirmPlan,
-          whole: Callable[[list[FrozenTrial]], list[FrozenTrial]]
+          whole: Callable[[list[FrozenTrial]], list[FrozenTrial]], queued: int
           ) -> tuple[StageResult, list[FrozenTrial]]:
     """Rounds of fresh paired repeats until the race is decided (search/racing.py). The
     verdict is replayed from the trials at every look, so workers and reruns agree; the
     rounds queued so far are read before draining, so a look never counts a round another
-    worker queued a moment ago and nobody has run yet. `whole`: the stage's trials from
-    the repeats study's (its search trials are settled)."""
+    worker queued a moment ago and nobody has run yet (`queued`: read before the first;
+    a count read too early only costs a look). `whole`: the stage's trials from the
+    repeats study's (its search trials are settled)."""
     confirm, incumbent, candidates = stage.confirm, plan.incumbent, plan.candidates
-    queued = read(study).get(StageKey.ROUNDS_QUEUED, 0)
     while True:
         trials = whole(_drain(session, into, runner, progress))
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
@@ -545,9 +548,11 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
         _queue_repeats(study, into, round_key(upto), queued_key(round_key(upto)),
                        [incumbent, *verdict.alive], queued + 1, upto, shared)
         queued = shared.get(StageKey.ROUNDS_QUEUED, 0)  # read before the next drain
-        if queued < upto:
-            write(study, StageKey.ROUNDS_QUEUED, upto)
-            queued = upto
+        if queued < upto:  # read again: never written lower than another worker wrote it
+            queued = read(study).get(StageKey.ROUNDS_QUEUED, 0)
+            if queued < upto:
+                write(study, StageKey.ROUNDS_QUEUED, upto)
+                queued = upto
 
 
 def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
