@@ -294,13 +294,11 @@ def budget_queued(trials: list[FrozenTrial]) -> int:
                and t.user_attrs.get(TrialKey.FAILURE) not in (Failure.SURPLUS, Failure.UNUSED))
 
 
-def release_unused(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> bool:
+def release_unused(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     """The search slots still WAITING once a stage stops searching early (its target
     reached, its timeout spent, a smaller --trials): ended as FAIL, marked unused. `trials`:
-    the study's, where the caller has just read them. Whether any waited."""
+    the study's, just read. Whether any waited."""
     storage = storage_of(study)
-    if trials is None:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     waiting = [t for t in trials if t.state == TrialState.WAITING
                and t.user_attrs.get(TrialKey.ROLE) == Role.SEARCH
                and FAILED_TRIAL not in t.system_attrs]
@@ -471,13 +469,8 @@ def _silent(t: FrozenTrial, now: float) -> bool:
     return now - last > GRACE_S
 
 
-def fail_dead_trials(study: optuna.Study, every: bool = True) -> list[FrozenTrial]:
-    """`look_for_dead`'s trials whose MLflow run may still be open."""
-    return look_for_dead(study, every)[0]
-
-
-def look_for_dead(study: optuna.Study, every: bool = True
-                  ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+def fail_dead_trials(study: optuna.Study, every: bool = True
+                     ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """Fail RUNNING trials whose worker is gone, and queue their retry with the same
     settings. A trial is dead once its beats stop for GRACE_S, or at once when it was taken
     by a process of this machine that no longer exists; one taken by a process that died

@@ -58,8 +58,8 @@ from asl_sweep.search.state import (
     budget_queued,
     claim,
     claim_holder,
+    fail_dead_trials,
     gone_here,
-    look_for_dead,
     mirrors_decision,
     queue_budget,
     queued_key,
@@ -621,7 +621,7 @@ def _close_lost_runs(session: Session, study: optuna.Study) -> list[FrozenTrial]
         return None
     every = max(LOOK_S, min(2 * GRACE_S, session.workers_seen / 2))  # many: each less often
     session.lost_looked[study.study_name] = now + every * (0.75 + 0.5 * random.random())
-    lost, trials = look_for_dead(study, every=first)
+    lost, trials = fail_dead_trials(study, every=first)
     for t in lost:
         run_id = t.user_attrs.get(TrialKey.RUN)
         if run_id is None:  # died before it named its run, or before it opened one

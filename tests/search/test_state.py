@@ -88,7 +88,7 @@ t = study.get_trials()[0]
 assert study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
 """], check=True)
     assert study.get_trials()[0].state.name == "RUNNING"
-    assert state.fail_dead_trials(study) == [] and study.get_trials()[0].state.name == \
+    assert state.fail_dead_trials(study)[0] == [] and study.get_trials()[0].state.name == \
         "RUNNING"  # within its grace it may still be starting
     monkeypatch.setattr(state, "GRACE_S", 0)
     state.fail_dead_trials(study)
@@ -145,7 +145,7 @@ def test_a_failed_trial_is_queued_again_once_however_many_find_it(store, monkeyp
     study = optuna.load_study(study_name="s", storage=store)
     queue_budget(study, 1)
     study.tell(take_waiting(study), state=optuna.trial.TrialState.FAIL)
-    assert state.fail_dead_trials(study) == []  # within its grace its failer may queue it
+    assert state.fail_dead_trials(study)[0] == []  # within its grace its failer may queue it
     assert len(study.get_trials()) == 1
     monkeypatch.setattr(state, "GRACE_S", 0)
     for _ in range(3):  # three workers' looks
@@ -166,10 +166,10 @@ def test_a_later_look_returns_the_trials_it_found_dead_so_their_runs_are_closed(
     opened.set_user_attr(TrialKey.RUN, "run-of-0")
     for killed in (opened, unopened):  # the second before it opened its run
         killed.set_user_attr(TrialKey.WORKER, f"{socket.gethostname()}:{gone}")
-    found = state.fail_dead_trials(study, every=False)
+    found = state.fail_dead_trials(study, every=False)[0]
     assert [t.number for t in found] == [opened.number, unopened.number]
     assert [t.user_attrs.get(TrialKey.RUN) for t in found] == ["run-of-0", None]
-    assert state.fail_dead_trials(study, every=False) == []  # found once
+    assert state.fail_dead_trials(study, every=False)[0] == []  # found once
     # A process's first look returns every lost trial with a run, whoever failed it.
-    assert [t.number for t in state.fail_dead_trials(study)] == [opened.number]
+    assert [t.number for t in state.fail_dead_trials(study)[0]] == [opened.number]
     assert study.get_trials()[alive.number].state.name == "RUNNING"
