@@ -33,6 +33,7 @@ from asl_sweep.search import (
     earlier_views,
     final_candidates,
     open_data,
+    outcome_of,
     score_final,
     summarize,
     views_lines,
@@ -76,6 +77,11 @@ class Exported:
         return (f"ensemble of {len(self.file.members)} repeats" if self.file.members
                 else f"trial {self.trial.number}")
 
+    def decided_by(self) -> dict[str, str]:
+        """Which stage decided each setting of the exported configuration."""
+        outcome = outcome_of(self.trial)
+        return outcome.decided_by if outcome is not None else {}
+
     def lineage(self) -> dict[str, str]:
         tags = {"study": self.cfg.study, "stage": self.view.stage.name,
                 "trial": str(self.trial.number), "source_run": self.trial.user_attrs.get(
@@ -88,7 +94,7 @@ class Exported:
                 "model_test_acc": f"{self.scored.accuracy:.6f}",
                 "test_time_views": self.file.views}
         tags.update({f"decided_by.{k}": v
-                     for k, v in self.trial.user_attrs.get(TrialKey.DECIDED_BY, {}).items()})
+                     for k, v in self.decided_by().items()})
         return tags
 
 

@@ -10,8 +10,8 @@ from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search import (
     Role,
     StageView,
-    TrialKey,
     final_model_lines,
+    outcome_of,
     role_of,
     shown_settings,
     views_lines,
@@ -25,7 +25,8 @@ LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
     rows = []
     for t in view.ranked()[:top]:
-        m = t.user_attrs.get(TrialKey.METRICS, {})
+        outcome = outcome_of(t)
+        m = outcome.metrics if outcome is not None else {}
         params = shown_settings(t.params) or "(as it came)"
         rows.append([str(t.number) + LABELS[role_of(t)], f"{m.get('train_acc', float('nan')):.3f}",
                      f"{m.get('val_acc', float('nan')):.3f}", params])

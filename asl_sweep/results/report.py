@@ -29,6 +29,7 @@ from asl_sweep.search import (
     load_stage_study,
     open_data,
     optuna_storage,
+    outcome_of,
     role_of,
     views_lines,
 )
@@ -54,8 +55,10 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _acc(t: FrozenTrial, key: str, which: str = TrialKey.METRICS, reported: str = "") -> str:
-    value = t.user_attrs.get(which, {}).get(key)
+def _acc(t: FrozenTrial, key: str, which: str = "metrics", reported: str = "") -> str:
+    """A trial's `key` at its best epoch (`which` "metrics") or its last ("last")."""
+    outcome = outcome_of(t)
+    value = getattr(outcome, which).get(key) if outcome is not None else None
     if value is None and key == reported and t.intermediate_values:
         # A pruned trial has only the epochs it reported (its stage metric, `reported`): the
         # best of them, or the last, where it was stopped.
@@ -165,7 +168,7 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
         partial = stage.metric if stage.direction == "maximize" else ""  # what pruned ones have
         rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
                      _acc(t, "val_acc", reported=partial),
-                     _acc(t, "val_acc", TrialKey.LAST, partial)])
+                     _acc(t, "val_acc", "last", partial)])
     doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
                "val acc (final epoch)"], rows)
     if result is None:

@@ -23,7 +23,7 @@ from asl_sweep.search.progress import final_model_lines, views_lines
 from asl_sweep.search.record import save_final
 from asl_sweep.search.session import Session
 from asl_sweep.search.stageview import StageView
-from asl_sweep.search.state import RecordKey, TrialKey, read
+from asl_sweep.search.state import RecordKey, TrialKey, outcome_of, read
 from asl_sweep.search.store import create_stage_study, stage_trials
 from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
@@ -127,8 +127,8 @@ def load_repeats(tracker: Tracker, trials: list[FrozenTrial]) -> list[Repeat]:
         signals.check()  # Ctrl-C / SIGTERM: stop between two repeats; nothing is saved yet
         file = load_checkpoint(tracker, t)
         file.views = "none"
-        repeats.append(Repeat(t.number, int(t.user_attrs.get(TrialKey.FOLD, 0)), file,
-                              file.build()))
+        outcome = outcome_of(t)
+        repeats.append(Repeat(t.number, outcome.fold if outcome else 0, file, file.build()))
     return repeats
 
 

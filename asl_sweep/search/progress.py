@@ -13,7 +13,7 @@ from collections.abc import Callable
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.search.selection import counts_as_done, role_of
-from asl_sweep.search.state import Failure, Role, TrialKey
+from asl_sweep.search.state import Failure, Role, TrialKey, reused_from
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 
 LINE_EVERY_S = 30.0
@@ -97,7 +97,7 @@ class StageProgress:
         if t.user_attrs.get(TrialKey.FAILURE) in (Failure.SURPLUS, Failure.UNUSED):
             return
         took = (t.datetime_complete - t.datetime_start).total_seconds()
-        reused = t.user_attrs.get(TrialKey.REUSED_FROM)
+        reused = reused_from(t)
         if not reused:  # a training found on record takes no time to speak of
             self.seconds.append(took)
         # A retried trial counts once.

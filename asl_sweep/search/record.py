@@ -59,27 +59,31 @@ def _anything_finished(storage, study: str) -> bool:
         for s in storage.get_all_studies())
 
 
-def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool]:
-    """The record of `cfg.study` and whether this call created it (exactly one process
-    does), made on the first run; on every later run the data settings must be the ones
-    stored, unless no trial has finished yet (a mistyped --data on a first run costs
-    nothing: the study binds to the data of the run that trains)."""
+def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict[str, Any]]:
+    """The record of `cfg.study`, whether this call created it (exactly one process does),
+    and its keys as this call read and left them (a process reads them once at its start:
+    `check_digest` and the study's run take them from here). Made on the first run; on every
+    later run the data settings must be the ones stored, unless no trial has finished yet
+    (a mistyped --data on a first run costs nothing: the study binds to the data of the run
+    that trains)."""
     given = _stored_form(cfg.data)
     record, created = open_shared(cfg.study, storage)
     if created:
         record.set_user_attr(SummaryKey.KIND, "study record")
         write(record, RecordKey.DATA, given)
-        return record, True
-    wait_for(record, RecordKey.DATA, 10.0)  # another worker may be writing it right now
-    difference = _first_difference(read(record).get(RecordKey.DATA, given), given)
+        return record, True, {RecordKey.DATA: given}
+    # Another worker may be writing it right now.
+    stored = wait_for(record, RecordKey.DATA, 10.0) or read(record)
+    difference = _first_difference(stored.get(RecordKey.DATA, given), given)
     if difference and not _anything_finished(storage, cfg.study):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
             f"data ({difference})")
         write(record, RecordKey.DATA, given)
         write(record, RecordKey.DIGEST, None)  # the new files' digest is stored once they are read
+        stored = {**stored, RecordKey.DATA: given, RecordKey.DIGEST: None}
     elif difference:
         raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
-    return record, False
+    return record, False, stored
 
 
 def started(storage, study: str) -> bool:
@@ -87,9 +91,11 @@ def started(storage, study: str) -> bool:
     return any(s.study_name.startswith(f"{study}.") for s in storage.get_all_studies())
 
 
-def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str) -> None:
-    """The files must be the ones the study first ran on (stored on the first run)."""
-    stored = read(record).get(RecordKey.DIGEST)
+def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str,
+                 keys: dict[str, Any] | None = None) -> None:
+    """The files must be the ones the study first ran on (stored on the first run). `keys`:
+    the record's, where the caller has just read them."""
+    stored = (read(record) if keys is None else keys).get(RecordKey.DIGEST)
     if stored is None:
         write(record, RecordKey.DIGEST, digest)
     elif stored != digest:

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.runtime.errors import GateNotReached
 from asl_sweep.search.racing import TEST_NAME, RaceRule, Verdict, judge
 from asl_sweep.search.space import decode_params
-from asl_sweep.search.state import SEARCH_ROLES, Failure, Role, TrialKey
+from asl_sweep.search.state import SEARCH_ROLES, Failure, Role, TrialKey, outcome_of
 from asl_sweep.settings.spec import ConfirmConfig, StageConfig
 
 # The metric that breaks ties between trials that reached a stage's target.
@@ -91,7 +91,7 @@ def _result(t: FrozenTrial, stage: StageConfig, status: str, decision: str,
     params = {} if role_of(t) == Role.INCUMBENT else decode_params(t.params)
     return StageResult(stage=stage.name, trial=t.number,
                        value=float(t.value if value is None else value), params=params,
-                       metrics=t.user_attrs[TrialKey.METRICS], status=status,
+                       metrics=outcome_of(t).metrics, status=status,
                        run_id=t.user_attrs.get(TrialKey.RUN, ""), decision=decision,
                        repeats=repeats or [t.number], evidence=evidence or {})
 
@@ -111,8 +111,8 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
             other = SECONDARY[stage.metric]
             other_sign = -1 if other.endswith("loss") else 1
             winner = min(reached, key=lambda t: (
-                -other_sign * t.user_attrs[TrialKey.METRICS][other],
-                t.user_attrs[TrialKey.NUM_PARAMS], t.number))
+                -other_sign * outcome_of(t).metrics[other], outcome_of(t).num_params,
+                t.number))
             return _result(winner, stage, "target reached",
                            f"trial {winner.number} reached {stage.metric} {winner.value:.4f} "
                            f"(target {stage.target}; {len(reached)} of {len(complete)} did)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 import torch
@@ -15,7 +16,7 @@ from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.mirror import Mirror
 from asl_sweep.search.record import bind, check_digest, load_record, started
 from asl_sweep.search.selection import StageResult
-from asl_sweep.search.state import RecordKey, read, wait_for, write
+from asl_sweep.search.state import RecordKey, wait_for, write
 from asl_sweep.search.store import optuna_storage
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.tracking.tracker import Tracker
@@ -55,8 +56,8 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
         storage = optuna_storage(ws.storage)
         tracker = Tracker(ws)
     # Other data settings than the study's: refused, here.
-    record, created = bind(storage, cfg, say)
-    check_digest(record, cfg, data.digest)
+    record, created, keys = bind(storage, cfg, say)  # the record's keys, read once
+    check_digest(record, cfg, data.digest, keys)
     syn = cfg.data.synthetic
     source = cfg.data.root or (f"built-in synthetic {syn.kind} ({syn.per_class}"
                                f"/class, {syn.signers} signers)")
@@ -64,20 +65,21 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
         f"({loaded:.1f}s)")
     mirror = Mirror(tracker)
     mirror.open_experiment(cfg)
-    _open_study_run(mirror, cfg, storage, record, created)
+    _open_study_run(mirror, cfg, storage, record, created, keys)
     return Session(cfg, ws, storage, record, mirror, data, device, log, worker, say)
 
 
 def _open_study_run(mirror: Mirror, cfg: StudyConfig, storage, record: optuna.Study,
-                    created: bool) -> None:
+                    created: bool, keys: dict[str, Any]) -> None:
     """The study's MLflow run (the parent of its stages' runs), one for every process that
     works on the study: its id is kept in the record. Workers that start together on a new
     study would each find none in MLflow and make one; the record's creator (exactly one
-    process) makes it, and the others wait for its id."""
-    known = read(record).get(RecordKey.STUDY_RUN)
+    process) makes it, and the others wait for its id. `keys`: the record's, read at this
+    process's start."""
+    known = keys.get(RecordKey.STUDY_RUN)
     if known is None and not created and not started(storage, cfg.study):
-        wait_for(record, RecordKey.STUDY_RUN, 120.0)  # the creator makes it; if it died, we do
-        known = read(record).get(RecordKey.STUDY_RUN)
+        # The creator makes it; if it died, this process does.
+        known = (wait_for(record, RecordKey.STUDY_RUN, 120.0) or {}).get(RecordKey.STUDY_RUN)
     run_id = mirror.study_opened(cfg, known)
     if run_id != known:
         write(record, RecordKey.STUDY_RUN, run_id)

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -120,7 +120,9 @@ class TrialKey(StrEnum):
     """Each trial's user attributes (Optuna's, so `optuna` and the dashboard show them).
     Set when the trial is queued (role, confirms, repeat, incumbent, previous_family,
     seed_trial, reported) or by the worker that runs it (the rest); read by the selection
-    rules, progress, status, report and export."""
+    rules, progress, status, report and export. What a finished trial scored is one of them,
+    `outcome` (TrialOutcome); stores of earlier versions hold its fields as keys of their
+    own (the seven below it), which `outcome_of` reads as well."""
 
     ROLE = "role"
     CONFIRMS = "confirms"  # a repeat: the stage trial whose configuration it repeats
@@ -132,14 +134,58 @@ class TrialKey(StrEnum):
     FAILURE = "failure"  # why a FAIL trial failed (Failure)
     RUN = "mlflow_run_id"
     WORKER = "worker"  # worker_id() of the process that ran it
-    FOLD = "fold"
-    DECIDED_BY = "decided_by"  # which stage decided each of its settings
-    METRICS = "metrics"  # the best epoch's metrics
-    LAST = "last"  # the last epoch's metrics
-    NUM_PARAMS = "num_params"
-    REUSED_FROM = "reused_from"  # "stage S, trial N": the training it took instead
-    FOLD_VALUES = "fold_values"  # with a stage's `folds`: the value on each fold (mean = value)
     PRUNED_BY = "pruned_by"  # what a pruned trial was compared with (the incumbent pruner)
+    OUTCOME = "outcome"  # a finished trial's TrialOutcome, written once by its worker
+    # Earlier versions' keys, one a field of TrialOutcome (read by outcome_of only):
+    FOLD = "fold"
+    DECIDED_BY = "decided_by"
+    METRICS = "metrics"
+    LAST = "last"
+    NUM_PARAMS = "num_params"
+    REUSED_FROM = "reused_from"
+    FOLD_VALUES = "fold_values"
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished trial scored and where it came from: one user attribute
+    (TrialKey.OUTCOME), written by the worker that ran it, trained or reused, just before it
+    tells Optuna its value (one storage call where one a field took seven: Optuna sets one
+    attribute a call). Read through `outcome_of` by the selection rules, progress, status,
+    report, evaluate and export."""
+
+    metrics: dict[str, float]  # the best epoch's metrics
+    last: dict[str, float]  # the last epoch's metrics
+    num_params: int
+    fold: int = 0  # the person fold it validated on (its repeat's, where repeats change fold)
+    decided_by: dict[str, str] = field(default_factory=dict)  # which stage decided each
+    # of its settings
+    reused_from: str | None = None  # "stage S, trial N": the training it took instead
+    fold_values: list[float] | None = None  # with a stage's `folds`: the value on each fold
+    # (their mean is the trial's value)
+
+    def stored(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
+    """A finished trial's outcome; None for one that has none (pruned, failed, running)."""
+    attrs = trial.user_attrs
+    stored = attrs.get(TrialKey.OUTCOME)
+    if stored is None:  # a store of an earlier version: a key a field
+        if TrialKey.METRICS not in attrs:
+            return None
+        stored = {f.name: attrs[f.name] for f in fields(TrialOutcome) if f.name in attrs}
+        stored.setdefault("last", {})
+        stored.setdefault("num_params", 0)
+    return TrialOutcome(**{f.name: stored[f.name] for f in fields(TrialOutcome)
+                           if f.name in stored})
+
+
+def reused_from(trial: FrozenTrial) -> str | None:
+    """The training a finished trial took instead of training ("stage S, trial N"), if any."""
+    outcome = outcome_of(trial)
+    return outcome.reused_from if outcome is not None else None
 
 
 class Role(StrEnum):
@@ -212,18 +258,19 @@ def write(study: optuna.Study, key: str, value: Any) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
-def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> bool:
-    """Whether `key` appears within `seconds` (another worker is writing it). Looks after a
-    second, then two, then every four (jittered): setting a stage up takes a worker a few
-    seconds on a loaded store, and every other worker of a fleet waits on it at once (64
-    looking every second were a tenth of the fleet's storage calls)."""
+def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> dict[str, Any] | None:
+    """The study's keys (`read`) once `key` is among them, within `seconds` (another worker
+    is writing it); None when it is not by then. Looks at once, then after a second, then
+    two, then every four (jittered): setting a stage up takes a worker a few seconds on a
+    loaded store, and every other worker of a fleet waits on it at once (64 looking every
+    second were a tenth of the fleet's storage calls). The caller reads no keys again."""
     deadline, pause = time.monotonic() + seconds, 1.0
-    while str(key) not in read(study):
+    while str(key) not in (shared := read(study)):
         if time.monotonic() > deadline:
-            return False
+            return None
         time.sleep(pause * (0.75 + 0.5 * random.random()))
         pause = min(4.0, pause * 2)
-    return True
+    return shared
 
 
 def claim(study: optuna.Study, name: str) -> bool:

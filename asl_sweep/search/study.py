@@ -65,6 +65,7 @@ from asl_sweep.search.state import (
     queued_key,
     read,
     release_unused,
+    reused_from,
     round_key,
     take_waiting,
     wait_for,
@@ -114,9 +115,10 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
               ) -> StageResult:
     cfg, stage = session.cfg, session.cfg.stages[index]
     study, created = create_stage_study(cfg, index, session.storage, session.worker)
-    if created or not wait_for(study, StageKey.CARRIED):
+    shared = None if created else wait_for(study, StageKey.CARRIED)  # set up by its creator
+    if shared is None:  # this worker created it, or its creator died setting it up
         _initialize_stage(session, study, index, carried, decided_by, reference)
-    shared = read(study)
+        shared = read(study)
     if StageKey.RESULT in shared:  # finished in an earlier run: its decision stands
         result = StageResult(**shared[StageKey.RESULT])
         session.say(f"stage {stage.name}: finished earlier: {result.decision}")
@@ -209,7 +211,7 @@ def _decision_marks(trials: list[FrozenTrial], result: StageResult,
     for number, word in words.items():
         t = by_number.get(number)
         run_id = t.user_attrs.get(TrialKey.RUN) if t is not None else None
-        if run_id and not t.user_attrs.get(TrialKey.REUSED_FROM):
+        if run_id and not reused_from(t):
             marks[run_id] = word
     return marks
 
@@ -229,7 +231,7 @@ def _spent_checkpoints(session: Session, stage: StageConfig, trials: list[Frozen
     spent = []
     for t in trials:
         run_id = t.user_attrs.get(TrialKey.RUN)
-        if t.user_attrs.get(TrialKey.REUSED_FROM):
+        if reused_from(t):
             continue  # trained by an earlier stage, whose decision keeps or deletes it
         if t.number not in keep and run_id and t.state == TrialState.COMPLETE:
             spent.append(run_id)

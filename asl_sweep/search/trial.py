@@ -38,6 +38,7 @@ from asl_sweep.search.state import (
     Requeue,
     Role,
     TrialKey,
+    TrialOutcome,
     beating,
     origin_of,
     retries_of,
@@ -255,20 +256,10 @@ class TrialRunner:
         for epoch, value in before.get("curve", []):
             trial.report(value, epoch)
         trial.set_user_attr(TrialKey.RUN, before["run_id"])
-        self._describe(trial, plan)
-        for k in (TrialKey.METRICS, TrialKey.LAST, TrialKey.NUM_PARAMS):
-            trial.set_user_attr(k, before[k])
-        trial.set_user_attr(TrialKey.REUSED_FROM, before["trained_by"])
+        trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
+            before["metrics"], before["last"], before["num_params"], plan.fold,
+            self.decided(plan), reused_from=before["trained_by"]).stored())
         return float(before.get("value", before["metrics"][self.stage.metric]))
-
-    def _describe(self, trial: optuna.Trial, plan: Plan) -> dict[str, str]:
-        """What every trial records of itself in Optuna, trained or reused, beside its role
-        (set when it was queued) and its worker (set when it was taken): its fold and which
-        stage decided each of its settings (returned)."""
-        decided = self.decided(plan)
-        trial.set_user_attr(TrialKey.FOLD, plan.fold)
-        trial.set_user_attr(TrialKey.DECIDED_BY, decided)
-        return decided
 
     def _open_run(self, trial: optuna.Trial, plan: Plan, frozen: FrozenTrial) -> TrialRun:
         """The trial's MLflow run, its id on the trial."""
@@ -280,9 +271,8 @@ class TrialRunner:
                 **({"retry_of": origin} if origin != plan.number else {}),
                 **({"confirms": frozen.user_attrs[TrialKey.CONFIRMS]}
                    if plan.role == Role.CONFIRM else {})}
-        decided = self._describe(trial, plan)
         return self.session.mirror.trial_opened(
-            plan.name, self.stage_run, plan.cfg, tags, decided,
+            plan.name, self.stage_run, plan.cfg, tags, self.decided(plan),
             self.session.data.datasets(self.data(plan)), self.stage.metric,
             named=lambda run_id: trial.set_user_attr(TrialKey.RUN, run_id))
 
@@ -332,12 +322,10 @@ class TrialRunner:
                     values = [result.best.metric(stage.metric), *self._other_folds(plan)]
             finally:
                 shown.close()
-            for k, v in {TrialKey.METRICS: asdict(result.best),
-                         TrialKey.LAST: asdict(result.history[-1]),
-                         TrialKey.NUM_PARAMS: result.num_params}.items():
-                trial.set_user_attr(k, v)
+            trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
+                asdict(result.best), asdict(result.history[-1]), result.num_params, plan.fold,
+                self.decided(plan), fold_values=values if len(values) > 1 else None).stored())
             if len(values) > 1:
-                trial.set_user_attr(TrialKey.FOLD_VALUES, values)
                 mirror.fold_values(run, stage.metric, values)
             mirror.trial_finished(run, plan.cfg, result, run_dir,
                                   f"{stage.name} trial {plan.number}",

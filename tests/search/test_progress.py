@@ -6,6 +6,7 @@ import optuna
 from optuna.trial import TrialState, create_trial
 
 from asl_sweep.search.progress import StageProgress
+from asl_sweep.search.state import TrialOutcome
 from asl_sweep.settings.spec import StudyConfig
 
 
@@ -28,7 +29,8 @@ def test_time_left_is_unknown_until_a_trial_has_trained_here():
     lines: list[str] = []
     progress = StageProgress(lines.append, _cfg(), 0)
     study = optuna.create_study()
-    reused = _done(0, 0.0, role="incumbent", reused_from="stage x, trial 3")
+    reused = _done(0, 0.0, role="incumbent", outcome=TrialOutcome(
+        {}, {}, 0, reused_from="stage x, trial 3").stored())
     study.add_trial(reused)
     progress.finished(reused, study.get_trials())
     assert "time left known after the first training" in lines[-1], lines

@@ -13,6 +13,7 @@ from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.record import load_record
 from asl_sweep.search.reuse import training_key
 from asl_sweep.search.state import TRAINED_PREFIX as PREFIX
+from asl_sweep.search.state import outcome_of, reused_from
 from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 
@@ -74,14 +75,14 @@ def test_the_next_stage_stands_on_the_incumbent_the_last_one_trained(kept_twice)
     assert len(again) >= 3  # the incumbent and at least two racing repeats
     for t in again:
         source = before[t.user_attrs.get("repeat", 0)]
-        assert t.user_attrs["reused_from"].startswith("stage decay, trial ")
+        assert reused_from(t).startswith("stage decay, trial ")
         assert t.user_attrs["mlflow_run_id"] == source.user_attrs["mlflow_run_id"]
-        assert t.value == source.value and t.user_attrs["fold"] == source.user_attrs["fold"]
+        assert t.value == source.value and outcome_of(t).fold == outcome_of(source).fold
         # Its curve too, so the pruner weighs it like any trial.
         assert t.intermediate_values == source.intermediate_values
     # Nothing trained twice: every training the run did is one trial that is not reused.
     fresh = [t for v in (first, second) for t in v.trials
-             if t.state.name in ("COMPLETE", "PRUNED") and not t.user_attrs.get("reused_from")]
+             if t.state.name in ("COMPLETE", "PRUNED") and not reused_from(t)]
     assert len(trained) == len(fresh)
     # The final score read the reused trials' checkpoints (the first stage's runs).
     assert set(second.result.repeats) <= {t.number for t in again}
@@ -118,7 +119,7 @@ def test_reuse_off_trains_every_trial(kept_twice, tmp_path):
     trained = run_counting(path, home, ["--set", "reuse_trainings=false"])
     ws = Workspace.at(home)
     views = read_stages(load_study(path, ["reuse_trainings=false"]), ws)
-    assert not any(t.user_attrs.get("reused_from") for v in views for t in v.trials)
+    assert not any(reused_from(t) for v in views for t in v.trials)
     assert len(trained) > len(trained_with_reuse)
 
 

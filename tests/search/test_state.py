@@ -173,3 +173,27 @@ def test_a_later_look_returns_the_trials_it_found_dead_so_their_runs_are_closed(
     # A process's first look returns every lost trial with a run, whoever failed it.
     assert [t.number for t in state.fail_dead_trials(study)[0]] == [opened.number]
     assert study.get_trials()[alive.number].state.name == "RUNNING"
+
+
+def test_a_trial_outcome_is_one_attribute_and_an_earlier_versions_keys_read_the_same(store):
+    """A finished trial's outcome is written in one storage call (one user attribute), and a
+    store written by an earlier version, a key a field, reads back as the same outcome."""
+    study = optuna.load_study(study_name="s", storage=store)
+    outcome = state.TrialOutcome({"val_acc": 0.8}, {"val_acc": 0.7}, 1234, fold=2,
+                                 decided_by={"lr": "tune"}, reused_from="stage a, trial 3")
+    now = study.ask()
+    now.set_user_attr(TrialKey.OUTCOME, outcome.stored())
+    study.tell(now, 0.8)
+    before = study.ask()
+    for key, value in {"metrics": {"val_acc": 0.8}, "last": {"val_acc": 0.7},
+                       "num_params": 1234, "fold": 2, "decided_by": {"lr": "tune"},
+                       "reused_from": "stage a, trial 3"}.items():
+        before.set_user_attr(key, value)
+    study.tell(before, 0.8)
+    new, old = study.get_trials()
+    assert list(new.user_attrs) == ["outcome"]
+    assert state.outcome_of(new) == state.outcome_of(old) == outcome
+    assert state.reused_from(new) == "stage a, trial 3"
+    study.ask()
+    running = study.get_trials()[-1]
+    assert state.outcome_of(running) is None and state.reused_from(running) is None

@@ -243,7 +243,8 @@ def test_one_seeded_worker_repeats_exactly(write_study, tmp_path):
         trials = optuna.load_study(study_name="tiny.search",
                                    storage=Workspace.at(home).storage).trials
         outcomes.append([(t.params, t.state.name, t.value, t.intermediate_values,
-                          t.user_attrs.get("metrics", {}).get("train_loss")) for t in trials])
+                          t.user_attrs.get("outcome", {}).get("metrics", {}).get("train_loss"))
+                         for t in trials])
     assert outcomes[0] == outcomes[1]
 
 

@@ -18,6 +18,7 @@ from asl_sweep.cli import main
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.state import outcome_of
 from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 from asl_sweep.tracking.tracker import _flatten
@@ -243,7 +244,7 @@ def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
                     "candidates"]:
                 run = MlflowClient(ws.tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
                 repeat = t.user_attrs.get("repeat", 0)
-                pairs.setdefault(repeat, set()).add((run.data.tags["seed"], t.user_attrs["fold"]))
+                pairs.setdefault(repeat, set()).add((run.data.tags["seed"], outcome_of(t).fold))
         assert sorted(pairs) == list(range(view.result.evidence["rounds"] + 1))
         for repeat, combos in pairs.items():
             assert len(combos) == 1, (repeat, combos)  # every config: the same seed and fold
@@ -446,8 +447,8 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
     bind(storage, first, log=lambda _: None)  # a first run that trained nothing
     said = []
     changed = load_study(write_study({"data": {"image_size": 24}}, name="b.yaml"))
-    record, _ = bind(storage, changed, log=said.append)
-    assert attrs(record)["data"]["image_size"] == 24
+    record, _, keys = bind(storage, changed, log=said.append)
+    assert attrs(record)["data"]["image_size"] == keys["data"]["image_size"] == 24
     assert "no trial has finished yet" in said[0] and "data.image_size" in said[0]
     # Once a trial of the study has finished, its data is fixed.
     stage = optuna.create_study(study_name="tiny.search", storage=storage)

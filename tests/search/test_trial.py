@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.state import outcome_of
 
 DIVERGES = {"base": {"optimizer": "sgd", "epochs": 3}, "stages": [{
     "name": "search", "trials": 3, "sampler": "grid", "pruner": "none", "confirm": None,
@@ -121,9 +122,9 @@ def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_s
     client = MlflowClient(Workspace.at(home).tracking_uri)
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
     for t in study.trials:  # the incumbent and the search trial
-        values = t.user_attrs["fold_values"]
+        values = outcome_of(t).fold_values
         assert len(values) == 2 and t.value == pytest.approx(sum(values) / 2)
-        assert values[0] == pytest.approx(t.user_attrs["metrics"]["val_person_mean"])
+        assert values[0] == pytest.approx(outcome_of(t).metrics["val_person_mean"])
         metrics = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
         assert metrics["val_person_mean_fold1"] == pytest.approx(values[1])
         assert metrics["val_person_mean_folds_mean"] == pytest.approx(t.value)
