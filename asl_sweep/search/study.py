@@ -368,8 +368,9 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
         return spent + time.monotonic() - started
 
     idle, finished = Idle(session), None
-    trials: list[FrozenTrial] | None = _fit_budget(study, stage, shared,
-                                                   study.get_trials(deepcopy=False))
+    # The process's first look for dead trials of the stage reads its trials for the budget.
+    trials: list[FrozenTrial] | None = _fit_budget(
+        study, stage, shared, _close_lost_runs(session, study) or study.get_trials(deepcopy=False))
     while True:
         signals.check()
         trials = _close_lost_runs(session, study) or trials or study.get_trials(deepcopy=False)
