@@ -251,10 +251,13 @@ class TrialRunner:
 
     def _reuse(self, trial: optuna.Trial, plan: Plan, before: dict[str, Any]) -> float:
         """The trial's training is on record: its result and checkpoint stand for this trial
-        (its MLflow run is the one that trained it). Its curve is reported again, so the
-        pruner compares later trials with it as with any other."""
-        for epoch, value in before.get("curve", []):
-            trial.report(value, epoch)
+        (its MLflow run is the one that trained it, every epoch). Its curve is reported again
+        where a pruner compares later trials with it, as with any other: in a stage that
+        prunes, not in its repeats study (a repeat is never compared), a storage call an epoch
+        saved where nothing reads it."""
+        if self.stage.pruner != "none" and plan.role != Role.CONFIRM:
+            for epoch, value in before.get("curve", []):
+                trial.report(value, epoch)
         trial.set_user_attr(TrialKey.RUN, before["run_id"])
         trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
             before["metrics"], before["last"], before["num_params"], plan.fold,
