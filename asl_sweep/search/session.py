@@ -75,11 +75,13 @@ def _open_study_run(mirror: Mirror, cfg: StudyConfig, storage, record: optuna.St
     works on the study: its id is kept in the record. Workers that start together on a new
     study would each find none in MLflow and make one; the record's creator (exactly one
     process) makes it, and the others wait for its id. `keys`: the record's, read at this
-    process's start."""
+    process's start (the creator may have written it since: read again where it is missing;
+    where no stage has begun yet, wait for it)."""
     known = keys.get(RecordKey.STUDY_RUN)
-    if known is None and not created and not started(storage, cfg.study):
+    if known is None and not created:
         # The creator makes it; if it died, this process does.
-        known = (wait_for(record, RecordKey.STUDY_RUN, 120.0) or {}).get(RecordKey.STUDY_RUN)
+        wait = 0.0 if started(storage, cfg.study) else 120.0
+        known = (wait_for(record, RecordKey.STUDY_RUN, wait) or {}).get(RecordKey.STUDY_RUN)
     run_id = mirror.study_opened(cfg, known)
     if run_id != known:
         write(record, RecordKey.STUDY_RUN, run_id)
