@@ -370,8 +370,12 @@ def arm(name: str, pg, root: Path, workers: int, kill: float, rng: random.Random
         cpu = {k: round(cpu_after.get(v, 0.0) - cpu_before.get(v, 0.0), 1)
                for k, v in servers.items()}
         failed = {f"{i}.{a}": c for (i, a), c in codes.items() if c != 0}
-        if failed:
-            raise RuntimeError(f"{name}: workers exited with {failed}; logs in {where / 'logs'}")
+        if failed:  # their logs go with the temporary folder: what they said, here
+            for key in failed:
+                said = (where / "logs" / f"worker-{key.replace('.', '-')}.log").read_text()
+                print(f"--- worker {key}:\n" + "\n".join(said.splitlines()[-15:]),
+                      file=sys.stderr, flush=True)
+            raise RuntimeError(f"{name}: workers exited with {failed}")
         found = in_child(lambda: outcome(database, tracking), where / "outcome.log")
     span = found["last_complete"] - found["first_start"]
     requests: Counter = Counter()
