@@ -79,7 +79,12 @@ class ConfirmPlan:
 
     @classmethod
     def of(cls, stored: dict[str, Any]) -> ConfirmPlan:
-        return cls(**{f.name: stored.get(f.name) for f in fields(cls) if f.name in stored})
+        return _from_stored(cls, stored)
+
+
+def _from_stored(cls: type, stored: dict[str, Any]) -> Any:
+    """A record dataclass from its stored dict: the keys it knows (a store may hold more)."""
+    return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
 
 
 def round_key(upto: int) -> str:
@@ -167,19 +172,19 @@ class TrialOutcome:
     def stored(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    @classmethod
+    def of(cls, stored: dict[str, Any]) -> TrialOutcome:
+        return _from_stored(cls, stored)
+
 
 def outcome_of(trial: FrozenTrial) -> TrialOutcome | None:
     """A finished trial's outcome; None for one that has none (pruned, failed, running)."""
     attrs = trial.user_attrs
-    stored = attrs.get(TrialKey.OUTCOME)
-    if stored is None:  # a store of an earlier version: a key a field
-        if TrialKey.METRICS not in attrs:
-            return None
-        stored = {f.name: attrs[f.name] for f in fields(TrialOutcome) if f.name in attrs}
-        stored.setdefault("last", {})
-        stored.setdefault("num_params", 0)
-    return TrialOutcome(**{f.name: stored[f.name] for f in fields(TrialOutcome)
-                           if f.name in stored})
+    if TrialKey.OUTCOME in attrs:
+        return TrialOutcome.of(attrs[TrialKey.OUTCOME])
+    if TrialKey.METRICS in attrs:  # a store of an earlier version: a key a field
+        return TrialOutcome.of({"last": {}, "num_params": 0, **attrs})
+    return None
 
 
 def reused_from(trial: FrozenTrial) -> str | None:
