@@ -401,7 +401,7 @@ def _take_order(trials: list[FrozenTrial], accept: Callable[[FrozenTrial], bool]
     waiting = [t for t in trials if t.state == TrialState.WAITING and accept(t)]
     queued = [t for t in waiting if not is_search_slot(t)]
     slots = [t for t in waiting if is_search_slot(t)]
-    if not spread:
+    if not spread or not waiting:
         return queued + slots
     span = 1 + max(t.number for t in trials)
 

@@ -133,6 +133,7 @@ def test_a_worker_whose_read_is_stale_reads_again_instead_of_finding_none(store)
         pass
     study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.CONFIRM, TrialKey.REPEAT: 1})
     assert take_waiting(study, trials=stale).number == 5
+    assert take_waiting(study, trials=stale, spread=3) is None  # and none when none is left
 
 
 def test_every_shared_key_is_named_in_the_state_module_alone():
