@@ -1,8 +1,9 @@
 """The few places asl-sweep reaches inside Optuna, in one adapter.
 
-Optuna's public API has no way to get at a study's storage and id, a trial's id, or the
-class that says a storage keeps heartbeats of its own; asl-sweep needs them to keep its own
-attributes on studies and trials (search/state.py) and to beat where Optuna does not. Every
+Optuna's public API has no way to get at a study's storage and id, a trial's id, the class
+that says a storage keeps heartbeats of its own, or a tell that does not read the trial
+back; asl-sweep needs them to keep its own attributes on studies and trials
+(search/state.py), to beat where Optuna does not, and to spare a storage call a trial. Every
 call here has a test (tests/search/test_optuna_api.py) that fails when Optuna changes it."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import optuna
 from optuna.storages._heartbeat import BaseHeartbeat  # not exported; Optuna checks it so
+from optuna.study._tell import _tell_with_warning  # Study.tell, less its read-back
 
 
 def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
@@ -32,6 +34,14 @@ def frozen_of(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     """A running trial as it was read when it was taken (its attributes then, its retry
     history among them), without reading the storage again."""
     return trial._cached_frozen_trial
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None = None,
+         state: optuna.trial.TrialState | None = None) -> None:
+    """Study.tell (the sampler's after_trial, a pruned trial's last value as its value, the
+    state change), without reading the trial back to return it: the caller's next read of
+    the study has it (a storage call a trial)."""
+    _tell_with_warning(study, trial, value, state)
 
 
 def keeps_heartbeats(storage: Any) -> bool:

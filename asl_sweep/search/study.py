@@ -24,7 +24,7 @@ from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import GateNotReached, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.evaluation import final_score
-from asl_sweep.search.optuna_api import storage_of, trial_id_of
+from asl_sweep.search.optuna_api import storage_of, tell, trial_id_of
 from asl_sweep.search.progress import StageProgress, shown_settings
 from asl_sweep.search.reuse import forget_runs
 from asl_sweep.search.selection import (
@@ -375,7 +375,7 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
         signals.check()
         trials = _close_lost_runs(session, study) or trials or study.get_trials(deepcopy=False)
         if finished is not None:  # its line, counted with this read
-            progress.finished(finished, trials)
+            progress.finished(next(t for t in trials if t.number == finished), trials)
             finished = None
         done = sum(counts_toward_budget(t) for t in trials)
         over = reached_target(trials, stage) or done >= stage.trials or bool(
@@ -410,20 +410,21 @@ def _any(t: FrozenTrial) -> bool:
 
 def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
             accept: Callable[[FrozenTrial], bool] = _any,
-            trials: list[FrozenTrial] | None = None, spread: int = 0) -> FrozenTrial | None:
+            trials: list[FrozenTrial] | None = None, spread: int = 0) -> int | None:
     """Take one queued trial of `study` (one worker alone takes each; `trials`: the study's,
     just read), run `objective` on it and tell Optuna how it ended: its value, pruned, or
     failed (its own failure, TrialFailed: the search goes on; anything else is raised once
-    told). The trial as it ended; None when none waited."""
+    told). The trial's number (the caller's next read of the study has it as it ended);
+    None when none waited."""
     trial = take_waiting(study, accept, trials, spread)
     if trial is None:
         return None
     try:
         value = objective(trial)
     except optuna.TrialPruned:
-        frozen = study.tell(trial, state=TrialState.PRUNED)
+        tell(study, trial, state=TrialState.PRUNED)
     except TrialFailed:
-        frozen = study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
     except BaseException as e:
         try:
             _stopped_before_training(study, trial, e)
@@ -432,8 +433,8 @@ def run_one(study: optuna.Study, objective: Callable[[optuna.Trial], float],
             pass
         raise
     else:
-        frozen = study.tell(trial, value)
-    return frozen
+        tell(study, trial, value)
+    return trial.number
 
 
 def _stopped_before_training(study: optuna.Study, trial: optuna.Trial,
@@ -567,7 +568,7 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
         signals.check()
         trials = _close_lost_runs(session, study) or study.get_trials(deepcopy=False)
         if finished is not None:  # its line, counted with this read
-            progress.finished(finished, trials)
+            progress.finished(next(t for t in trials if t.number == finished), trials)
             finished = None
         if any(t.state == TrialState.WAITING for t in trials):
             idle.reset()

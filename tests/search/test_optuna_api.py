@@ -10,6 +10,7 @@ from asl_sweep.search.optuna_api import (
     keeps_heartbeats,
     storage_of,
     study_id_of,
+    tell,
     trial_id_of,
 )
 
@@ -65,3 +66,21 @@ def test_keeps_heartbeats_tells_the_rdb_storage_from_one_without(sqlite_study):
     assert not keeps_heartbeats(optuna.storages.InMemoryStorage())
     pytest.importorskip("grpc")  # the proxy's client keeps none either (no connection yet)
     assert not keeps_heartbeats(optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=1))
+
+
+def test_tell_ends_a_trial_as_study_tell_does_without_reading_it_back(sqlite_study):
+    study, storage = sqlite_study
+    done, pruned, failed = study.ask(), study.ask(), study.ask()
+    pruned.report(0.25, step=3)
+    reads = []
+    get_trial = storage.get_trial
+    storage.get_trial = lambda trial_id: reads.append(trial_id) or get_trial(trial_id)
+    tell(study, done, 0.5)
+    tell(study, pruned, state=optuna.trial.TrialState.PRUNED)
+    tell(study, failed, state=optuna.trial.TrialState.FAIL)
+    assert len(reads) == 3  # one read a tell (Study.tell reads the trial twice)
+    ended = study.get_trials(deepcopy=False)
+    assert [(t.state.name, t.value) for t in ended] == [
+        ("COMPLETE", 0.5), ("PRUNED", 0.25), ("FAIL", None)]
+    with pytest.raises(ValueError, match="Cannot tell a COMPLETE trial"):
+        tell(study, done, 0.6)
