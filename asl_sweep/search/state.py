@@ -370,8 +370,9 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
                  ) -> optuna.Trial | None:
     """A WAITING trial of `study` that `accept` takes (among `trials` where the caller has
     just read them), now RUNNING and this worker's alone: the storage changes its state for
-    one worker only. None when no such trial waits. Trials are only ever queued, never
-    asked: nothing past a budget. `spread`: the worker's index (_take_order)."""
+    one worker only. None when none waits, or when every one it read was taken by others
+    since (the caller reads again). Trials are only ever queued, never asked: nothing past
+    a budget. `spread`: the worker's index (_take_order)."""
     storage = storage_of(study)
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -382,6 +383,8 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
                     return _taken(study, t)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
+        if len(order) <= TAKE_TRIES:  # it tried every one it read: taken since its read
+            return None
         # Those it tried were taken by others reading at the same moment, who are taking
         # the rest of the same list: one fresh read costs less than a try at each.
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
