@@ -383,13 +383,13 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
 
         wanted = _baselines if over else _any  # once over, only the baselines still run
         if any(t.state == TrialState.WAITING and wanted(t) for t in trials):
-            idle.reset()
             try:
                 finished = run_one(study, runner.objective, wanted, trials, session.worker)
             finally:
                 if stage.timeout:  # the search time so far, for a rerun's timeout
                     write(study, StageKey.SEARCH_SECONDS,
                           max(elapsed(), read(study).get(StageKey.SEARCH_SECONDS, 0.0)))
+            idle.after_take(finished, trials)
             trials = None
             continue
         if not any(t.state == TrialState.RUNNING for t in trials):
@@ -571,8 +571,8 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
             progress.finished(next(t for t in trials if t.number == finished), trials)
             finished = None
         if any(t.state == TrialState.WAITING for t in trials):
-            idle.reset()
             finished = run_one(study, runner.objective, trials=trials, spread=session.worker)
+            idle.after_take(finished, trials)
         elif any(t.state == TrialState.RUNNING for t in trials):
             idle.wait(trials)
         else:
@@ -595,6 +595,17 @@ class Idle:
 
     def reset(self) -> None:
         self.seconds = min(4.0, max(1.0, self.session.workers_seen / 16))
+
+    def after_take(self, ran: int | None, trials: list[FrozenTrial]) -> None:
+        """After a try at the waiting trials of `trials` (just read): where it ran one, the
+        pause starts again from its first; where others had taken every one since the
+        read, the worker waits its pause as it was before it looks again (a look at once
+        finds them running, and 64 workers that each lost a race's new repeat all looked
+        every 4 s again)."""
+        if ran is not None:
+            self.reset()
+        else:
+            self.wait(trials)
 
     def wait(self, trials: list[FrozenTrial]) -> None:
         """Pause; `trials` (just read) tell how many workers the study has (the most this

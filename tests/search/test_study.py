@@ -523,3 +523,26 @@ def test_status_shows_the_budget_run_and_a_larger_one_says_what_to_do(write_stud
             "decided stage") in out and "--set study=tiny-more --trials 3" in out
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
     assert len(study.trials) == 2  # nothing added: the incumbent and 1
+
+
+def test_a_worker_that_loses_a_take_keeps_its_pace_one_that_ran_a_trial_starts_over(
+        monkeypatch):
+    """The idle pause between looks (search/study.py, Idle): a try that found every trial it
+    read taken by others waits the pause as it stood (it does not look again at once, nor
+    start over at the shortest pause); a trial run starts the pause over."""
+    from types import SimpleNamespace
+
+    from asl_sweep.search import study
+
+    slept = []
+    monkeypatch.setattr(study.time, "sleep", slept.append)
+    idle = study.Idle(SimpleNamespace(workers_seen=64))
+    trials = [optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING)]
+    for _ in range(3):
+        idle.wait(trials)
+    paced = idle.seconds
+    assert paced > 4.0 and len(slept) == 3
+    idle.after_take(None, trials)  # lost: waits, then looks
+    assert len(slept) == 4 and slept[-1] >= 0.75 * paced and idle.seconds >= paced
+    idle.after_take(7, trials)  # ran trial 7
+    assert len(slept) == 4 and idle.seconds == 4.0
