@@ -91,9 +91,11 @@ class StageProgress:
     def where(self) -> str:
         return f"stage {self.index + 1} of {len(self.cfg.stages)}"
 
-    def finished(self, t: FrozenTrial, trials: list[FrozenTrial]) -> None:
-        """The line for trial `t`, which this process just finished; `trials`: its study's
-        trials read since (the loop's own next read: no read of its own)."""
+    def finished(self, number: int, trials: list[FrozenTrial]) -> None:
+        """The line for trial `number`, which this process just finished; `trials`: its
+        study's trials read since (the loop's own next read: no read of its own), among them
+        the trial as it ended."""
+        t = next(x for x in trials if x.number == number)
         if t.user_attrs.get(TrialKey.FAILURE) in (Failure.SURPLUS, Failure.UNUSED):
             return
         took = (t.datetime_complete - t.datetime_start).total_seconds()

@@ -375,7 +375,7 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
         signals.check()
         trials = _close_lost_runs(session, study) or trials or study.get_trials(deepcopy=False)
         if finished is not None:  # its line, counted with this read
-            progress.finished(next(t for t in trials if t.number == finished), trials)
+            progress.finished(finished, trials)
             finished = None
         done = sum(counts_toward_budget(t) for t in trials)
         over = reached_target(trials, stage) or done >= stage.trials or bool(
@@ -568,7 +568,7 @@ def _drain(session: Session, study: optuna.Study, runner: TrialRunner,
         signals.check()
         trials = _close_lost_runs(session, study) or study.get_trials(deepcopy=False)
         if finished is not None:  # its line, counted with this read
-            progress.finished(next(t for t in trials if t.number == finished), trials)
+            progress.finished(finished, trials)
             finished = None
         if any(t.state == TrialState.WAITING for t in trials):
             finished = run_one(study, runner.objective, trials=trials, spread=session.worker)

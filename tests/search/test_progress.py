@@ -32,10 +32,10 @@ def test_time_left_is_unknown_until_a_trial_has_trained_here():
     reused = _done(0, 0.0, role="incumbent", outcome=TrialOutcome(
         {}, {}, 0, reused_from="stage x, trial 3").stored())
     study.add_trial(reused)
-    progress.finished(reused, study.get_trials())
+    progress.finished(reused.number, study.get_trials())
     assert "time left known after the first training" in lines[-1], lines
     assert "0s left" not in lines[-1]
     trained = _done(1, 12.0, role="search")
     study.add_trial(trained)
-    progress.finished(trained, study.get_trials())
+    progress.finished(trained.number, study.get_trials())
     assert "about 12s left, about 48s in the study" in lines[-1], lines  # 1 + 3 planned
