@@ -12,8 +12,9 @@ from asl_sweep.results.readback import read_stages
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.record import load_record
 from asl_sweep.search.reuse import training_key
+from asl_sweep.search.selection import role_of
 from asl_sweep.search.state import TRAINED_PREFIX as PREFIX
-from asl_sweep.search.state import outcome_of, reused_from
+from asl_sweep.search.state import Role, outcome_of, reused_from
 from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 
@@ -82,7 +83,7 @@ def test_the_next_stage_stands_on_the_incumbent_the_last_one_trained(kept_twice)
         assert t.value == source.value and outcome_of(t).fold == outcome_of(source).fold
         # Its curve where a pruner weighs it like any trial: the stage's incumbent; a repeat
         # is never compared (its MLflow run has every epoch).
-        compared = t.user_attrs.get("role") == "incumbent"
+        compared = role_of(t) == Role.INCUMBENT
         assert t.intermediate_values == (source.intermediate_values if compared else {})
         assert not compared or t.intermediate_values
     # Nothing trained twice: every training the run did is one trial that is not reused.
