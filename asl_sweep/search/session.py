@@ -40,6 +40,7 @@ class Session:
     workers_seen: int = 1  # the most workers this process has seen on one of its stages
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
     lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: next look (monotonic)
+    lost_swept: set[str] = field(default_factory=set)  # stage studies looked at whole (`every`)
 
 
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,

@@ -621,7 +621,8 @@ class Idle:
 # How often a worker between trials looks for trials whose worker died: every heartbeat with
 # a few workers, less often with many (64 workers looking every few seconds were most of the
 # storage's load; a silent one is dead only after GRACE_S anyway). The first look of a
-# process is at once (a rerun after kill -9 need not wait).
+# process is at once (a rerun after kill -9 need not wait); its first look at a later stage
+# after the usual pause (a fleet reaching a stage together looked at once, 64 reads at a time).
 LOOK_S = HEARTBEAT_S
 
 
@@ -630,12 +631,15 @@ def _close_lost_runs(session: Session, study: optuna.Study) -> list[FrozenTrial]
     of leaving RUNNING. Looked for at most every LOOK_S (jittered) per stage and process, or
     half a second a worker where there are many (all of them together about twice a
     second). The study's trials where it looked (read for the look), else None."""
-    now = time.monotonic()
-    first = study.study_name not in session.lost_looked
-    if now < session.lost_looked.get(study.study_name, now):
-        return None
+    now, name = time.monotonic(), study.study_name
     every = max(LOOK_S, min(2 * GRACE_S, session.workers_seen / 2))  # many: each less often
-    session.lost_looked[study.study_name] = now + every * (0.75 + 0.5 * random.random())
+    if name not in session.lost_looked and session.lost_looked:  # looked elsewhere before
+        session.lost_looked[name] = now + every * (0.75 + 0.5 * random.random())
+    if now < session.lost_looked.get(name, now):
+        return None
+    session.lost_looked[name] = now + every * (0.75 + 0.5 * random.random())
+    first = name not in session.lost_swept
+    session.lost_swept.add(name)
     lost, trials = fail_dead_trials(study, every=first)
     for t in lost:
         run_id = t.user_attrs.get(TrialKey.RUN)

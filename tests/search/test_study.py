@@ -546,3 +546,26 @@ def test_a_worker_that_loses_a_take_keeps_its_pace_one_that_ran_a_trial_starts_o
     assert len(slept) == 4 and slept[-1] >= 0.75 * paced and idle.seconds >= paced
     idle.after_take(7, trials)  # ran trial 7
     assert len(slept) == 4 and idle.seconds == 4.0
+
+
+def test_a_worker_looks_for_dead_trials_at_once_in_its_first_stage_after_a_pause_in_later_ones(
+        tmp_path, monkeypatch):
+    """_close_lost_runs: a process's first look for trials whose worker died is at once (a
+    rerun after kill -9 need not wait); its first look at a later stage comes after the usual
+    pause (a fleet reaching a stage together read its trials 64 at once), and that one still
+    looks at every lost trial of the stage."""
+    from types import SimpleNamespace
+
+    from asl_sweep.search import study
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    first, later = (optuna.create_study(study_name=n, storage=url) for n in ("first", "later"))
+    session = SimpleNamespace(workers_seen=2, lost_looked={}, lost_swept=set(),
+                              closed_runs=set(), mirror=None)
+    assert study._close_lost_runs(session, first) == []  # looked, at once
+    assert study._close_lost_runs(session, first) is None  # not again within LOOK_S
+    assert study._close_lost_runs(session, later) is None  # a later stage: not at once
+    now = study.time.monotonic()
+    monkeypatch.setattr(study.time, "monotonic", lambda: now + 1.3 * study.LOOK_S)
+    assert study._close_lost_runs(session, later) == []
+    assert session.lost_swept == {"first", "later"}
