@@ -265,16 +265,17 @@ def write(study: optuna.Study, key: str, value: Any) -> None:
 
 def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> dict[str, Any] | None:
     """The study's keys (`read`) once `key` is among them, within `seconds` (another worker
-    is writing it); None when it is not by then. Looks at once, then after a second, then
-    two, then every four (jittered): setting a stage up takes a worker a few seconds on a
-    loaded store, and every other worker of a fleet waits on it at once (64 looking every
-    second were a tenth of the fleet's storage calls). The caller reads no keys again."""
-    deadline, pause = time.monotonic() + seconds, 1.0
+    is writing it); None when it is not by then. Looks at once (a worker joining late finds
+    it there), then after two seconds, then four, then every eight (jittered): setting a
+    stage up takes a worker several seconds on a loaded store, and every other worker of a
+    fleet waits on it at once (64 looking every second were a tenth of the fleet's storage
+    calls; looking after 1, 2 and 4 s, still a twelfth). The caller reads no keys again."""
+    deadline, pause = time.monotonic() + seconds, 2.0
     while str(key) not in (shared := read(study)):
         if time.monotonic() > deadline:
             return None
         time.sleep(pause * (0.75 + 0.5 * random.random()))
-        pause = min(4.0, pause * 2)
+        pause = min(8.0, pause * 2)
     return shared
 
 

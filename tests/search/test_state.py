@@ -197,3 +197,23 @@ def test_a_trial_outcome_is_one_attribute_and_an_earlier_versions_keys_read_the_
     study.ask()
     running = study.get_trials()[-1]
     assert state.outcome_of(running) is None and state.reused_from(running) is None
+
+
+def test_a_waiter_looks_at_once_then_after_two_four_and_eight_seconds(store, monkeypatch):
+    """wait_for: a worker joining late finds the key at its first look; one waiting on a
+    stage's set-up looks again after about 2, 4, then every 8 s (jittered), not every second
+    (a fleet of 64 waits on one creator at once)."""
+    study = optuna.load_study(study_name="s", storage=store)
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 4:  # the creator writes it during the waiter's fourth pause
+            state.write(study, state.StageKey.CARRIED, {})
+
+    monkeypatch.setattr(state.time, "sleep", sleep)
+    assert state.wait_for(study, state.StageKey.CARRIED) == {"carried": {}}
+    assert len(slept) == 4
+    assert all(0.75 <= s / p <= 1.25 for s, p in zip(slept, (2, 4, 8, 8), strict=True))
+    slept.clear()
+    assert state.wait_for(study, state.StageKey.CARRIED) == {"carried": {}} and slept == []
