@@ -3,6 +3,7 @@ study record (which binds the study to its data), its MLflow mirror and the data
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Session:
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
     lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: next look (monotonic)
     lost_swept: set[str] = field(default_factory=set)  # stage studies looked at whole (`every`)
+    began: datetime.datetime = field(default_factory=datetime.datetime.now)  # as Optuna times trials
 
 
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,

@@ -522,7 +522,8 @@ def _silent(t: FrozenTrial, now: float) -> bool:
     return now - last > GRACE_S
 
 
-def fail_dead_trials(study: optuna.Study, every: bool = True
+def fail_dead_trials(study: optuna.Study, every: bool = True,
+                     since: datetime.datetime | None = None
                      ) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """Fail RUNNING trials whose worker is gone, and queue their retry with the same
     settings. A trial is dead once its beats stop for GRACE_S, or at once when it was taken
@@ -532,8 +533,11 @@ def fail_dead_trials(study: optuna.Study, every: bool = True
     a run (their worker died without a word, or stopped while the tracking server was
     away); without, those this call failed or queued again (a worker's later looks: its
     first saw the rest), with a run or without one (its worker may have died between
-    opening the run and naming it on the trial). And the study's trials as this call left
-    them (a worker between trials reads them once for both)."""
+    opening the run and naming it on the trial). With `every` and `since` (when this process
+    began), of the trials that ended since, only those this call failed: the others were
+    ended by a live worker, which closed their runs (64 workers each closing every lost run
+    of a stage again were a tenth of a fleet's tracking requests). And the study's trials as
+    this call left them (a worker between trials reads them once for both)."""
     storage = storage_of(study)
     started = datetime.datetime.now()  # a trial failed from here on was failed by this call
     if keeps_heartbeats(storage):
@@ -561,13 +565,17 @@ def fail_dead_trials(study: optuna.Study, every: bool = True
     lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
     queued = [t for t in lost if t.number not in retried and _queue_lost(study, t, now)]
     now_trials = study.get_trials(deepcopy=False) if queued else trials
-    if not every:  # what this call found (or Optuna's heartbeat check in it) and queued
-        found = [t for t in lost if t.datetime_complete and t.datetime_complete >= started]
+    # What this call found (or Optuna's heartbeat check in it).
+    found = [t for t in lost if t.datetime_complete and t.datetime_complete >= started]
+    if not every:  # and queued
         return found + [t for t in queued if t not in found], now_trials
     # A trial that stopped while the tracking server was away could not close its run.
     stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
         TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]
-    return [t for t in lost + stopped if t.user_attrs.get(TrialKey.RUN)], now_trials
+    ours = {t.number for t in found}
+    return [t for t in lost + stopped if t.user_attrs.get(TrialKey.RUN) and (
+        since is None or t.number in ours or t.datetime_complete is None
+        or t.datetime_complete < since)], now_trials
 
 
 def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:

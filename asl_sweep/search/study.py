@@ -640,7 +640,7 @@ def _close_lost_runs(session: Session, study: optuna.Study) -> list[FrozenTrial]
     session.lost_looked[name] = now + every * (0.75 + 0.5 * random.random())
     first = name not in session.lost_swept
     session.lost_swept.add(name)
-    lost, trials = fail_dead_trials(study, every=first)
+    lost, trials = fail_dead_trials(study, every=first, since=session.began)
     for t in lost:
         run_id = t.user_attrs.get(TrialKey.RUN)
         if run_id is None:  # died before it named its run, or before it opened one

@@ -217,3 +217,36 @@ def test_a_waiter_looks_at_once_then_after_two_four_and_eight_seconds(store, mon
     assert all(0.75 <= s / p <= 1.25 for s, p in zip(slept, (2, 4, 8, 8), strict=True))
     slept.clear()
     assert state.wait_for(study, state.StageKey.CARRIED) == {"carried": {}} and slept == []
+
+
+def test_a_first_look_leaves_the_runs_live_workers_ended_since_the_process_began(store):
+    """A process's first look at a stage returns the lost trials whose runs it must close:
+    those that ended before it began (an earlier run's) and those it fails itself, not those
+    a live worker ended since (that worker closed their runs; 64 workers each closing them
+    again cost a fleet a tracking request a trial)."""
+    import datetime
+    import time
+
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 3)
+    earlier, since, ours = take_waiting(study), take_waiting(study), take_waiting(study)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for t in (earlier, since, ours):
+        t.set_user_attr(TrialKey.RUN, f"run-of-{t.number}")
+
+    def dies(t):
+        t.set_user_attr(TrialKey.WORKER, f"{socket.gethostname()}:{gone}")
+
+    dies(earlier)
+    assert [t.number for t in state.fail_dead_trials(study, every=False)[0]] == [earlier.number]
+    time.sleep(0.05)
+    began = datetime.datetime.now()
+    time.sleep(0.05)
+    dies(since)  # found by a live worker after this process began
+    assert [t.number for t in state.fail_dead_trials(study, every=False)[0]] == [since.number]
+    dies(ours)
+    assert [t.number for t in state.fail_dead_trials(study, since=began)[0]] == [
+        earlier.number, ours.number]
+    assert [t.number for t in state.fail_dead_trials(study)[0]] == [
+        earlier.number, since.number, ours.number]  # no `since`: every one with a run

@@ -560,7 +560,7 @@ def test_a_worker_looks_for_dead_trials_at_once_in_its_first_stage_after_a_pause
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     first, later = (optuna.create_study(study_name=n, storage=url) for n in ("first", "later"))
-    session = SimpleNamespace(workers_seen=2, lost_looked={}, lost_swept=set(),
+    session = SimpleNamespace(workers_seen=2, lost_looked={}, lost_swept=set(), began=None,
                               closed_runs=set(), mirror=None)
     assert study._close_lost_runs(session, first) == []  # looked, at once
     assert study._close_lost_runs(session, first) is None  # not again within LOOK_S
