@@ -263,6 +263,12 @@ def write(study: optuna.Study, key: str, value: Any) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
+def jittered(seconds: float) -> float:
+    """`seconds`, up to a quarter more or less at random: workers that start waiting
+    together do not keep looking together."""
+    return seconds * (0.75 + 0.5 * random.random())
+
+
 def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> dict[str, Any] | None:
     """The study's keys (`read`) once `key` is among them, within `seconds` (another worker
     is writing it); None when it is not by then. Looks at once (a worker joining late finds
@@ -275,7 +281,7 @@ def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> dict[str, 
     while str(key) not in (shared := read(study)):
         if time.monotonic() > deadline:
             return None
-        time.sleep(pause * (0.75 + 0.5 * random.random()))
+        time.sleep(jittered(pause))
         pause = min(8.0, pause * 2)
     return shared
 

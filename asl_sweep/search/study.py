@@ -10,7 +10,6 @@ where the last one stopped; several workers may run this at once."""
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -60,6 +59,7 @@ from asl_sweep.search.state import (
     claim_holder,
     fail_dead_trials,
     gone_here,
+    jittered,
     mirrors_decision,
     queue_budget,
     queued_key,
@@ -612,7 +612,7 @@ class Idle:
         process has seen of its stages)."""
         session = self.session
         signals.check()
-        time.sleep(self.seconds * (0.75 + 0.5 * random.random()))
+        time.sleep(jittered(self.seconds))
         session.workers_seen = max(session.workers_seen,
                                    len({t.user_attrs.get(TrialKey.WORKER) for t in trials}))
         self.seconds = min(max(4.0, min(30.0, session.workers_seen / 2)), self.seconds * 2)
@@ -633,11 +633,12 @@ def _close_lost_runs(session: Session, study: optuna.Study) -> list[FrozenTrial]
     second). The study's trials where it looked (read for the look), else None."""
     now, name = time.monotonic(), study.study_name
     every = max(LOOK_S, min(2 * GRACE_S, session.workers_seen / 2))  # many: each less often
+    due = now + jittered(every)  # the next look
     if name not in session.lost_looked and session.lost_looked:  # looked elsewhere before
-        session.lost_looked[name] = now + every * (0.75 + 0.5 * random.random())
+        session.lost_looked[name] = due
     if now < session.lost_looked.get(name, now):
         return None
-    session.lost_looked[name] = now + every * (0.75 + 0.5 * random.random())
+    session.lost_looked[name] = due
     first = name not in session.lost_swept
     session.lost_swept.add(name)
     lost, trials = fail_dead_trials(study, every=first, since=session.began)
