@@ -536,14 +536,14 @@ def fail_dead_trials(study: optuna.Study, every: bool = True,
     settings. A trial is dead once its beats stop for GRACE_S, or at once when it was taken
     by a process of this machine that no longer exists; one taken by a process that died
     before it said who it is has no worker and dies by its beats (or their absence). Returns
-    the FAIL trials whose MLflow run may still be open: with `every`, all of them that have
-    a run (their worker died without a word, or stopped while the tracking server was
-    away); without, those this call failed or queued again (a worker's later looks: its
-    first saw the rest), with a run or without one (its worker may have died between
-    opening the run and naming it on the trial). With `every` and `since` (when this process
-    began), of the trials that ended since, only those this call failed: the others were
-    ended by a live worker, which closed their runs (otherwise every worker of a fleet asks
-    the tracking server about each of them again). A trial that stopped while the tracking
+    the FAIL trials whose MLflow run may still be open: those this call failed or queued
+    again, with a run or without one (its worker may have died between opening the run and
+    naming it on the trial); with `every` (a process's first look at a stage: later looks
+    know the rest was seen), also every other one that has a run (its worker died without a
+    word, or stopped while the tracking server was away). With `every` and `since` (when this
+    process began), of those others only the ones that ended before it: the trials that
+    ended since were ended by a live worker, which closed their runs (otherwise every worker
+    of a fleet asks the tracking server about each of them again). A trial that stopped while the tracking
     server was away is then closed by the next run's first look. And the study's trials as
     this call left them (a worker between trials reads them once for both)."""
     storage = storage_of(study)
@@ -580,10 +580,10 @@ def fail_dead_trials(study: optuna.Study, every: bool = True,
     # A trial that stopped while the tracking server was away could not close its run.
     stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
         TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]
-    ours = {t.number for t in found}
-    return [t for t in lost + stopped if t.user_attrs.get(TrialKey.RUN) and (
-        since is None or t.number in ours or t.datetime_complete is None
-        or t.datetime_complete < since)], now_trials
+    ours = {t.number for t in found + queued}  # failed or queued again by this call
+    return [t for t in lost + stopped if t.number in ours or (t.user_attrs.get(TrialKey.RUN) and (
+        since is None or t.datetime_complete is None or t.datetime_complete < since))
+        ], now_trials
 
 
 def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:

@@ -2,6 +2,7 @@
 process, each queued trial taken by exactly one, a trial taken by a process that died before
 it said who it is found and queued again, and every shared key named in state.py alone."""
 
+import datetime
 import re
 import socket
 import subprocess
@@ -173,6 +174,27 @@ def test_a_later_look_returns_the_trials_it_found_dead_so_their_runs_are_closed(
     # A process's first look returns every lost trial with a run, whoever failed it.
     assert [t.number for t in state.fail_dead_trials(study)[0]] == [opened.number]
     assert study.get_trials()[alive.number].state.name == "RUNNING"
+
+
+def test_a_first_look_returns_the_trials_it_fails_without_a_run_too(store):
+    """A process's first look at a stage (the whole look) returns a trial it fails itself
+    whether or not the trial named its run, so a run opened but never named is closed by
+    its tags (before, the whole look returned only trials with a run: such a run stayed
+    RUNNING in MLflow when the first look was the one to find its worker dead)."""
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 2)
+    unopened, opened = take_waiting(study), take_waiting(study)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    opened.set_user_attr(TrialKey.RUN, "run-of-1")
+    for killed in (unopened, opened):
+        killed.set_user_attr(TrialKey.WORKER, f"{socket.gethostname()}:{gone}")
+    found = state.fail_dead_trials(study, since=datetime.datetime.now())[0]
+    assert [(t.number, t.user_attrs.get(TrialKey.RUN)) for t in found] == [
+        (unopened.number, None), (opened.number, "run-of-1")]
+    # A later whole look: the run-less one was seen; the one with a run ended before it.
+    later = state.fail_dead_trials(study, since=datetime.datetime.now())[0]
+    assert [t.number for t in later] == [opened.number]
 
 
 def test_a_trial_outcome_is_one_attribute_and_an_earlier_versions_keys_read_the_same(store):
