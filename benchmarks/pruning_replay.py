@@ -47,7 +47,7 @@ from benchmarks.common import ASL, write_result
 from benchmarks.end_to_end import run
 from benchmarks.time_to_quality import CPU_SIZED
 
-PRUNERS = ["median", "incumbent", "halving", "hyperband"]
+PRUNERS = ["median", "incumbent", "best", "halving", "hyperband"]
 DATA = Path(__file__).parent / "data"  # recorded curves, committed
 DEFAULT_SOURCES = ["curves_report_mlp", "curves_cnn"]  # RECORDS' files
 
@@ -128,11 +128,12 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
 
 
 def pruner_for(name: str, stage: dict, epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner a stage naming `name` builds; "incumbent/K": the incumbent pruner with a
+    """The pruner a stage naming `name` builds; "incumbent/K" or "best/K": that pruner with a
     warmup of epochs // K instead of its own (a variant to compare, not a setting)."""
-    if name.startswith("incumbent/"):
-        return IncumbentPruner(stage["direction"],
-                               warmup=max(1, epochs // int(name.split("/")[1])))
+    if "/" in name:
+        against, k = name.split("/")
+        return IncumbentPruner(stage["direction"], warmup=max(1, epochs // int(k)),
+                               against=against)
     cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
                       direction=stage["direction"], pruner=name)
     return make_pruner(cfg, epochs)
@@ -185,7 +186,7 @@ def main() -> None:
                         "benchmark result with curves)")
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--pruners", default=",".join(PRUNERS),
-                        help="comma-separated; incumbent/K: the incumbent pruner with a warmup "
+                        help="comma-separated; incumbent/K, best/K: that pruner with a warmup "
                         "of epochs // K (the shipped one: epochs // 10)")
     args = parser.parse_args()
     if args.record:

@@ -261,10 +261,12 @@ def make_pruner(stage: StageConfig, epochs: int) -> optuna.pruners.BasePruner:
     if stage.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 9),
                                               max_resource=epochs, reduction_factor=3)
-    if stage.pruner == "incumbent":
+    if stage.pruner in ("incumbent", "best"):
         from asl_sweep.search.pruning import IncumbentPruner
 
-        return IncumbentPruner(stage.direction, warmup=max(1, epochs // 10))
+        return IncumbentPruner(stage.direction, warmup=max(1, epochs // 10),
+                               against=stage.pruner,
+                               top=stage.confirm.top if stage.confirm else 1)
     if stage.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 9),
                                                       reduction_factor=3)

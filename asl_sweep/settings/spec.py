@@ -209,11 +209,13 @@ class StageConfig(Strict):
                         "(the incumbent and confirmation repeats are not counted)")
     timeout: float | None = Field(None, gt=0, description="seconds of search for the stage, "
                                   "summed over reruns (time between runs does not count)")
-    pruner: Literal["median", "incumbent", "hyperband", "halving", "none"] = Field(
+    pruner: Literal["median", "incumbent", "best", "hyperband", "halving", "none"] = Field(
         "median", description="median: stop a trial whose epoch-k value is below the median of "
         "earlier trials'; incumbent: stop a trial once it is behind the incumbent's curve at "
         "the same epoch (same fold and seed) by more than that curve's own spread (at least "
-        "2 points); hyperband, halving: successive halving of the epochs; none: never")
+        "2 points); best: the same against the stage's best trial so far (the confirm.top-th "
+        "best, never one the incumbent beats): a trial that would not be raced stops; "
+        "hyperband, halving: successive halving of the epochs; none: never")
     seed: int = Field(0, description="added to the sampler's seed")
     space: dict[str, Any] = Field({}, description="the searched settings: key paths into "
                                   "base, each a list (a choice) or {low, high, log, step, "
