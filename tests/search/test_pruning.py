@@ -1,7 +1,8 @@
 """Every pruner a stage can name, on real training: the incumbent pruner stops a search
 trial behind the incumbent's curve by more than its noise, saying what it was compared with,
 and lets one level with it train to the end; median, halving and hyperband stop a hopeless
-trial among others. Without a pruner (`none`) every trial trains every epoch."""
+trial among others; `best` stops one behind the stage's best trial so far. Without a pruner
+(`none`) every trial trains every epoch."""
 
 import optuna
 import pytest
@@ -72,3 +73,49 @@ def test_the_margin_is_the_incumbents_own_spread_with_a_floor():
                for n, v in ((5, 0.60), (6, 0.80))]
     spread = IncumbentPruner.spread([incumbent, *repeats], incumbent, 3)
     assert spread == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_best_stops_a_trial_behind_the_stages_best_that_the_incumbent_pruner_lets_train(
+        write_study, tmp_path):
+    """`best`: a search trial that beats the incumbent but trails the stage's best trial so
+    far (here the seed trial) stops, saying which trial it was compared with; under
+    `incumbent` the same trial trains to its last epoch (the test can fail)."""
+    def run(pruner):
+        path = write_study({"data": {"synthetic": {"per_class": 30}},
+                            "base": {"epochs": 12, "hidden": [64], "lr": 1e-7, "optimizer": "adam"},
+                            "stages": [{"name": "search", "trials": 3, "sampler": "grid",
+                                        "pruner": pruner, "confirm": None,
+                                        "seed_trials": [{"lr": 3e-3}],
+                                        "space": {"lr": [3e-3, 2e-4]}}]})
+        home = tmp_path / pruner
+        assert main(["run", str(path), "--home", str(home)]) == 0
+        study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+        return {t.params["lr"] if t.user_attrs[TrialKey.ROLE] == "search"
+                else t.user_attrs[TrialKey.ROLE]: t for t in study.trials}
+
+    slow = 2e-4  # learns (above the 1e-7 incumbent) but trails the seed trial's 3e-3
+    trails = run("best")[slow]
+    assert trails.state == TrialState.PRUNED and max(trails.intermediate_values) < 12
+    assert trails.user_attrs[TrialKey.PRUNED_BY].startswith(
+        "behind trial 1, the stage's best so far")
+    kept = run("incumbent")
+    assert kept[slow].state == TrialState.COMPLETE and max(kept[slow].intermediate_values) == 12
+    assert kept[slow].value > kept["incumbent"].value
+
+
+def test_best_compares_with_the_top_th_best_paired_trial_never_one_the_incumbent_beats():
+    incumbent = _trial(0, {1: 0.5, 2: 0.6}, Role.INCUMBENT)
+    seed = _trial(1, {1: 0.6, 2: 0.8}, Role.SEED)
+    search = _trial(2, {1: 0.6, 2: 0.7}, Role.SEARCH)
+    later = _trial(3, {1: 0.7}, Role.SEARCH)  # finished before epoch 2: not at that epoch
+    repeat = _trial(4, {1: 0.9, 2: 0.9}, Role.CONFIRM,  # another fold and seed: not paired
+                    **{TrialKey.CONFIRMS: 1, TrialKey.REPEAT: 1})
+    trials = [incumbent, seed, search, later, repeat]
+
+    def leader(top, step=2):
+        return IncumbentPruner("maximize", against="best", top=top).leader(
+            trials, incumbent, step).number
+
+    assert [leader(1), leader(2), leader(3)] == [1, 2, 0]  # a race of 3 would take the incumbent
+    assert leader(1, step=1) == 1  # ranked by final value: 0.8 before trial 3's 0.7
