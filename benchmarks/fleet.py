@@ -99,6 +99,7 @@ def count_requests() -> Counter:
             endpoint = "/mlflow-artifacts/artifacts/.../" + (
                 parts[-1].split("/")[0] if len(parts) > 2 else "")
         counts[f"{method} {endpoint}"] += 1
+        counts[f"request {method} {endpoint} <- {_caller(skip='asl_sweep.tracking.')}"] += 1
         return sent(host_creds, endpoint, method, *args, **kwargs)
 
     rest.http_request = artifact_repo.http_request = counted
@@ -136,13 +137,15 @@ def count_requests() -> Counter:
     return counts
 
 
-def _caller() -> str:
-    """The two asl-sweep functions (module.function) nearest to this storage call, the
-    nearest first: "state.read <- study._race" says which flow a shared helper served."""
+def _caller(skip: str = "asl_sweep.runtime.") -> str:
+    """The two asl-sweep functions (module.function) nearest to this storage call (or
+    tracking request), the nearest first, passing over the modules under `skip`: "state.read
+    <- study._race" says which flow a shared helper served."""
     frame, found = sys._getframe(2), []
     while frame is not None and len(found) < 2:
         module = frame.f_globals.get("__name__", "")
-        if module.startswith("asl_sweep.") and not module.startswith("asl_sweep.runtime."):
+        if module.startswith("asl_sweep.") and not module.startswith(
+                ("asl_sweep.runtime.", skip)):
             # (runtime/: the retry wrapper around every storage call, not who asked)
             found.append(f"{module.rsplit('.', 1)[-1]}.{frame.f_code.co_name}")
         frame = frame.f_back
@@ -387,7 +390,9 @@ def arm(name: str, pg, root: Path, workers: int, kill: float, rng: random.Random
                      for k, v in requests.most_common() if k.startswith("optuna ")}
     callers = {k[7:]: round(v / found["finished_trials"], 2)
                for k, v in requests.most_common() if k.startswith("caller ")}
-    per_trial = {k: v for k, v in per_trial.items() if not k.startswith("caller ")}
+    by_request = {k[8:]: round(v / found["finished_trials"], 2)
+                  for k, v in requests.most_common() if k.startswith("request ")}
+    per_trial = {k: v for k, v in per_trial.items() if not k.startswith(("caller ", "request "))}
     busiest = max((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(progress, progress[20:],
                                                                strict=False)) \
         if len(progress) > 20 else None
@@ -398,6 +403,7 @@ def arm(name: str, pg, root: Path, workers: int, kill: float, rng: random.Random
             "storage_calls_per_trial_by_method": storage_calls,
             "storage_calls_per_trial_by_caller": callers,
             "mlflow_requests_per_trial_by_endpoint": per_trial,
+            "mlflow_requests_per_trial_by_caller": by_request,
             "trials_per_s": round(found["finished_trials"] / span, 2),
             "busiest_10s_trials_per_s": round(busiest, 2) if busiest is not None else None,
             "peak_connections_optuna_db": peak["optuna"],
@@ -420,7 +426,7 @@ def tables(result: dict, arms: list[str]) -> dict:
              "trials_per_s": round(one["finished_trials"]
                                    / (one["last_complete"] - one["first_start"]), 2),
              "mlflow_running": len(one["mlflow_running"]), "final_test": one["final_test"]}]
-    stages, cpu, requests, calls, by_caller = [], [], {}, {}, {}
+    stages, cpu, requests, calls, by_caller, request_callers = [], [], {}, {}, {}, {}
     for arm in arms:
         r = result[arm]
         rows.append({"arm": arm, **{k: (len(r[k]) if k == "mlflow_running" else r[k])
@@ -434,6 +440,9 @@ def tables(result: dict, arms: list[str]) -> dict:
             requests.setdefault(k, {"request": k, **dict.fromkeys(arms, 0)})[arm] = v
         for k, v in r["storage_calls_per_trial_by_method"].items():
             calls.setdefault(k, {"storage call": k, **dict.fromkeys(arms, 0)})[arm] = v
+        for k, v in r.get("mlflow_requests_per_trial_by_caller", {}).items():
+            request_callers.setdefault(k, {"tracking request <- asl-sweep function": k,
+                                           **dict.fromkeys(arms, 0)})[arm] = v
         for k, v in r["storage_calls_per_trial_by_caller"].items():
             by_caller.setdefault(k, {"storage call <- asl-sweep function": k,
                                      **dict.fromkeys(arms, 0)})[arm] = v
@@ -446,6 +455,7 @@ def tables(result: dict, arms: list[str]) -> dict:
     out["mlflow_requests_per_finished_trial"] = most(requests)
     out["storage_calls_per_finished_trial"] = most(calls)
     out["storage_calls_per_finished_trial_by_caller"] = most(by_caller)
+    out["mlflow_requests_per_finished_trial_by_caller"] = most(request_callers)
     return out
 
 
