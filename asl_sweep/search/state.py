@@ -314,10 +314,14 @@ def claim(study: optuna.Study, name: str) -> bool:
 
 def claim_holder(study: optuna.Study, name: str) -> str | None:
     """The worker that holds claim `name`, if any does."""
+    held = _held(study, name)
+    return held.user_attrs.get(TrialKey.WORKER) if held else None
+
+
+def _held(study: optuna.Study, name: str) -> FrozenTrial | None:
     claims = _claims_study(study)
-    held = [t for t in claims.get_trials(deepcopy=False)
-            if t.user_attrs.get("claim") == name and t.state != TrialState.WAITING]
-    return held[0].user_attrs.get(TrialKey.WORKER) if held else None
+    return next((t for t in claims.get_trials(deepcopy=False)
+                 if t.user_attrs.get("claim") == name and t.state != TrialState.WAITING), None)
 
 
 CLAIMS_SUFFIX = ".claims"
@@ -598,15 +602,39 @@ def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:
     return True
 
 
-def mirrors_decision(trials: list[FrozenTrial]) -> bool:
+def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     """Whether this process mirrors a decided stage's decision into MLflow: every worker
-    reaches the same decision from the same finished trials, and the one that finished the
-    last of them mirrors it (or this one, where that worker was a process of this machine
-    that is gone: a rerun after a crash). A worker of another machine that died first
+    reaches the same decision from the same finished trials (`trials`, the stage's), and
+    the one that finished the last of them mirrors it, or, where that worker was a process
+    of this machine that is gone (a rerun after a crash; in a fleet, the last stage's
+    finisher once it has mirrored and exited), this one; either only where the decision is
+    not mirrored yet and it takes the mirroring's claim (each of the workers that found the
+    finisher gone mirrored it again, deleting the spent checkpoints anew: 64 workers on one
+    machine, 13-25 tracking requests a trial). A worker of another machine that died first
     leaves it to the next process that opens the stage."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete]
     if not done:
         return True
     last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get(
         TrialKey.WORKER, "")
-    return last == worker_id() or gone_here(last)
+    return (last == worker_id() or gone_here(last)) and StageKey.MIRRORED not in read(
+        study) and takes_mirroring(study)
+
+
+MIRROR_CLAIM = "mirror_decision"  # the claim of the one process that mirrors for another
+
+
+def takes_mirroring(study: optuna.Study) -> bool:
+    """Whether this process mirrors a decision that its decider did not (mirrors_decision;
+    or a stage found decided and not mirrored, run_stage): the first process to claim it,
+    or any once the claim's holder is a process of this machine that is gone, or has held
+    it for GRACE_S (mirroring takes seconds: it died doing it). Every restarted worker of a
+    fleet that opened a stage while its decider was still mirroring it mirrored it again."""
+    if claim(study, MIRROR_CLAIM):
+        return True
+    held = _held(study, MIRROR_CLAIM)
+    if held is None:  # claimed and let go between the two reads: not this one's
+        return False
+    started = held.datetime_start or datetime.datetime.now()
+    return gone_here(held.user_attrs.get(TrialKey.WORKER, "")) or (
+        datetime.datetime.now() - started).total_seconds() > GRACE_S

@@ -68,6 +68,7 @@ from asl_sweep.search.state import (
     reused_from,
     round_key,
     take_waiting,
+    takes_mirroring,
     wait_for,
     worker_id,
     write,
@@ -122,7 +123,7 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     if StageKey.RESULT in shared:  # finished in an earlier run: its decision stands
         result = StageResult(**shared[StageKey.RESULT])
         session.say(f"stage {stage.name}: finished earlier: {result.decision}")
-        if StageKey.MIRRORED not in shared:  # its decider stopped before mirroring it
+        if StageKey.MIRRORED not in shared and takes_mirroring(study):  # not mirrored yet
             _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
                              stage_trials(study), result)
         ran = shared.get(StageKey.BUDGET, stage.trials)
@@ -150,7 +151,7 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
         if status != "FINISHED":  # never leave the stage's run RUNNING; ended once
             _stop_stage_run(session, study, stage_run, status, **outcome)
     write(study, StageKey.RESULT, asdict(result))  # by every worker: a decider may die
-    if mirrors_decision(trials):
+    if mirrors_decision(study, trials):
         _mirror_decision(session, stage, study, stage_run, trials, result)
     session.say(f"stage {stage.name}: {result.decision}; carries "
                 f"{shown_settings(result.params) or 'no change'}")

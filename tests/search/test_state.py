@@ -3,6 +3,7 @@ process, each queued trial taken by exactly one, a trial taken by a process that
 it said who it is found and queued again, and every shared key named in state.py alone."""
 
 import datetime
+import os
 import re
 import socket
 import subprocess
@@ -272,3 +273,45 @@ def test_a_first_look_leaves_the_runs_live_workers_ended_since_the_process_began
         earlier.number, ours.number]
     assert [t.number for t in state.fail_dead_trials(study)[0]] == [
         earlier.number, since.number, ours.number]  # no `since`: every one with a run
+
+
+def test_the_worker_that_finished_the_last_trial_mirrors_the_decision_or_one_for_it(
+        store, monkeypatch):
+    """The last trial's finisher mirrors the stage's decision, or, where it is a process of
+    this machine that is gone, this one; either only while the decision is not mirrored
+    and by whoever takes its claim, once (before, every worker that found the finisher gone
+    mirrored it again, and so did every restarted worker that opened the stage while its
+    decider mirrored it: the 64-worker fleet's tracking requests went from 9 to 13-25 a
+    trial). A claim whose holder is gone, or held for GRACE_S, is taken over."""
+    def done(worker: str, second: int):
+        t = optuna.trial.create_trial(value=0.5, user_attrs={"worker": worker})
+        t.datetime_complete = datetime.datetime(2026, 1, 1, 0, 0, second)
+        return t
+
+    def stage(name):
+        return optuna.create_study(study_name=name, storage=store)
+
+    me, host = state.worker_id(), socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this machine that no longer exists
+    by_me, by_gone = [done("elsewhere:1", 1), done(me, 2)], [done(me, 1), done(f"{host}:{gone.pid}", 2)]
+    assert not state.mirrors_decision(stage("a"), [done(me, 1), done("elsewhere:1", 2)])
+    assert not state.mirrors_decision(stage("b"), [done(f"{host}:{os.getppid()}", 2)])  # alive
+    decided = stage("c")
+    assert state.mirrors_decision(decided, by_me)  # its finisher, holding the claim
+    assert not state.takes_mirroring(decided)  # a restarted worker while it mirrors
+    assert not state.mirrors_decision(decided, by_gone)  # nor another: claimed
+    found = stage("d")
+    assert state.mirrors_decision(found, by_gone)  # one of those that find it gone
+    assert not state.mirrors_decision(found, by_gone)  # claimed: no second mirror
+    state.write(found, state.StageKey.MIRRORED, True)
+    assert not state.mirrors_decision(found, by_me)  # mirrored already
+    died = stage("e")  # a holder that died mirroring: gone here, or silent for GRACE_S
+    state._claims_study(died).enqueue_trial({}, user_attrs={"claim": state.MIRROR_CLAIM})
+    token = state._claims_study(died).ask()
+    token.set_user_attr(state.TrialKey.WORKER, f"{host}:{gone.pid}")
+    assert state.takes_mirroring(died)
+    token.set_user_attr(state.TrialKey.WORKER, "elsewhere:1")
+    assert not state.takes_mirroring(died)
+    monkeypatch.setattr(state, "GRACE_S", 0)
+    assert state.takes_mirroring(died)

@@ -4,7 +4,6 @@ import glob
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +20,7 @@ from asl_sweep.search.state import (
     GRACE_S,
     StageKey,
     fail_dead_trials,
-    mirrors_decision,
     read,
-    worker_id,
 )
 from asl_sweep.search.store import optuna_storage, stage_trials
 from asl_sweep.settings.studyfile import load_study
@@ -385,24 +382,6 @@ def test_a_proxy_that_stops_is_named_in_one_line_and_its_trial_runs_again(write_
     # The stopped one (the incumbent, or a search trial), trained again to the end.
     assert any("failed_trial" in t.system_attrs and t.state.name == "COMPLETE"
                for t in trials), [(t.number, t.state.name, t.system_attrs) for t in trials]
-
-
-def test_the_worker_that_finished_the_last_trial_records_the_decision():
-    import datetime
-
-    def done(worker: str, second: int):
-        t = optuna.trial.create_trial(value=0.5, user_attrs={"worker": worker})
-        t.datetime_complete = datetime.datetime(2026, 1, 1, 0, 0, second)
-        return t
-
-    me, host = worker_id(), socket.gethostname()
-    assert mirrors_decision([done("elsewhere:1", 1), done(me, 2)])
-    assert not mirrors_decision([done(me, 1), done("elsewhere:1", 2)])  # it records it
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # a process of this machine that no longer exists: this one records it
-    assert mirrors_decision([done(me, 1), done(f"{host}:{gone.pid}", 2)])
-    assert not mirrors_decision([done(f"{host}:{os.getppid()}", 2)])  # alive, here
-
 
 
 def test_a_worker_killed_mid_race_is_found_and_the_study_finishes(write_study, tmp_path):
