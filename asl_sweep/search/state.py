@@ -624,6 +624,22 @@ def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
 MIRROR_CLAIM = "mirror_decision"  # the claim of the one process that mirrors for another
 
 
+def mirrors_found_decision(study: optuna.Study) -> bool:
+    """Whether this process, opening a stage decided and not mirrored (a worker joining
+    late, or restarted), mirrors its decision: where another holds the claim it waits
+    until the decision is mirrored (False) or the holder is found dead (takes_mirroring:
+    gone here, or holding it GRACE_S), then does it itself. A worker killed while it
+    mirrored a decision left the stage's MLflow run RUNNING: the next one to open the stage
+    arrived within GRACE_S and went on (the fleet, 3 runs of 5)."""
+    pause = 1.0
+    while not takes_mirroring(study):
+        time.sleep(jittered(pause))
+        pause = min(4.0, pause * 2)
+        if StageKey.MIRRORED in read(study):
+            return False
+    return True
+
+
 def takes_mirroring(study: optuna.Study) -> bool:
     """Whether this process mirrors a decision that its decider did not (mirrors_decision;
     or a stage found decided and not mirrored, run_stage): the first process to claim it,

@@ -61,6 +61,7 @@ from asl_sweep.search.state import (
     gone_here,
     jittered,
     mirrors_decision,
+    mirrors_found_decision,
     queue_budget,
     queued_key,
     read,
@@ -68,7 +69,6 @@ from asl_sweep.search.state import (
     reused_from,
     round_key,
     take_waiting,
-    takes_mirroring,
     wait_for,
     worker_id,
     write,
@@ -123,7 +123,7 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     if StageKey.RESULT in shared:  # finished in an earlier run: its decision stands
         result = StageResult(**shared[StageKey.RESULT])
         session.say(f"stage {stage.name}: finished earlier: {result.decision}")
-        if StageKey.MIRRORED not in shared and takes_mirroring(study):  # not mirrored yet
+        if StageKey.MIRRORED not in shared and mirrors_found_decision(study):
             _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
                              stage_trials(study), result)
         ran = shared.get(StageKey.BUDGET, stage.trials)

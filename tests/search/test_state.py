@@ -315,3 +315,26 @@ def test_the_worker_that_finished_the_last_trial_mirrors_the_decision_or_one_for
     assert not state.takes_mirroring(died)
     monkeypatch.setattr(state, "GRACE_S", 0)
     assert state.takes_mirroring(died)
+
+
+def test_a_worker_opening_a_decided_stage_waits_for_its_mirroring_or_takes_it_over(
+        store, monkeypatch):
+    """A worker that opens a stage decided but not mirrored while another holds the claim
+    waits: it goes on once the decision is mirrored, and takes the mirroring over once the
+    holder has held it GRACE_S (another machine's worker killed while it mirrored)."""
+    study = optuna.create_study(study_name="decided", storage=store)
+    assert state.takes_mirroring(study)  # held from here on, by a live process
+    pauses = []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        if len(pauses) == 3:  # the holder finishes during the third pause
+            state.write(study, state.StageKey.MIRRORED, True)
+
+    monkeypatch.setattr(state.time, "sleep", sleep)
+    assert not state.mirrors_found_decision(study) and len(pauses) == 3
+    pauses.clear()
+    died = optuna.create_study(study_name="died", storage=store)
+    assert state.takes_mirroring(died)
+    monkeypatch.setattr(state, "GRACE_S", 0)  # held that long: its holder died mirroring
+    assert state.mirrors_found_decision(died) and pauses == []
