@@ -630,7 +630,7 @@ def mirrors_found_decision(study: optuna.Study) -> bool:
     until the decision is mirrored (False) or the holder is found dead (takes_mirroring:
     gone here, or holding it GRACE_S), then does it itself. A worker killed while it
     mirrored a decision left the stage's MLflow run RUNNING: the next one to open the stage
-    arrived within GRACE_S and went on (the fleet, 3 runs of 5)."""
+    arrived within GRACE_S and went on (the fleet, 3 proxy runs of 6)."""
     pause = 1.0
     while not takes_mirroring(study):
         time.sleep(jittered(pause))
