@@ -80,17 +80,16 @@ def main() -> None:
     args = parser.parse_args()
     common = [*(CPU_SIZED if args.cpu_sized else []), *(PEOPLE if args.people else []),
               *args.overrides]
-    if args.people:
-        args.data = None
+    data = None if args.people else args.data
     if args.arms == "race":
         # The rule before racing, one trial at a time, beside the shipped defaults (racing
         # confirmation) with --workers auto.
-        old = run(args.study, args.data, [*common, *before(args.study, args.before_top)], None,
+        old = run(args.study, data, [*common, *before(args.study, args.before_top)], None,
                   None,
                   stages=args.stages)
-        new = run(args.study, args.data, common, None, None, stages=args.stages,
+        new = run(args.study, data, common, None, None, stages=args.stages,
                   workers="auto")
-        result = {"study": args.study, "data": shown(args.data), "stages": args.stages,
+        result = {"study": args.study, "data": shown(data), "stages": args.stages,
                   "before_wall_s": old["wall_s"], "before_test": old["final_test"],
                   "now_wall_s": new["wall_s"], "now_test": new["final_test"],
                   "wall_ratio": round(new["wall_s"] / old["wall_s"], 2),
@@ -100,10 +99,10 @@ def main() -> None:
         name = f"time_to_quality_race_{Path(args.study).stem}{'_people' if args.people else ''}"
         print(f"written to {write_result(name, result)}")
         return
-    today = run(args.study, args.data, common, None, None, stages=args.stages)
-    quick = run(args.study, args.data, [*common, *faster(args.study)], None, None,
+    today = run(args.study, data, common, None, None, stages=args.stages)
+    quick = run(args.study, data, [*common, *faster(args.study)], None, None,
                 stages=args.stages)
-    result = {"study": args.study, "data": shown(args.data),
+    result = {"study": args.study, "data": shown(data),
               "today_wall_s": today["wall_s"], "today_test": today["final_test"],
               "hyperband_early_stop_wall_s": quick["wall_s"],
               "hyperband_early_stop_test": quick["final_test"],

@@ -547,9 +547,10 @@ def fail_dead_trials(study: optuna.Study, every: bool = True,
     word, or stopped while the tracking server was away). With `every` and `since` (when this
     process began), of those others only the ones that ended before it: the trials that
     ended since were ended by a live worker, which closed their runs (otherwise every worker
-    of a fleet asks the tracking server about each of them again). A trial that stopped while the tracking
-    server was away is then closed by the next run's first look. And the study's trials as
-    this call left them (a worker between trials reads them once for both)."""
+    of a fleet asks the tracking server about each of them again). A trial that stopped
+    while the tracking server was away is then closed by the next run's first look. And the
+    study's trials as this call left them (a worker between trials reads them once for
+    both)."""
     storage = storage_of(study)
     started = datetime.datetime.now()  # a trial failed from here on was failed by this call
     if keeps_heartbeats(storage):
@@ -585,9 +586,13 @@ def fail_dead_trials(study: optuna.Study, every: bool = True,
     stopped = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(
         TrialKey.FAILURE) in (Failure.STOPPED, Failure.INTERRUPTED, Failure.CRASHED)]
     ours = {t.number for t in found + queued}  # failed or queued again by this call
-    return [t for t in lost + stopped if t.number in ours or (t.user_attrs.get(TrialKey.RUN) and (
-        since is None or t.datetime_complete is None or t.datetime_complete < since))
-        ], now_trials
+
+    def to_close(t: FrozenTrial) -> bool:
+        ended_before = (since is None or t.datetime_complete is None
+                        or t.datetime_complete < since)
+        return t.number in ours or (bool(t.user_attrs.get(TrialKey.RUN)) and ended_before)
+
+    return [t for t in lost + stopped if to_close(t)], now_trials
 
 
 def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:
