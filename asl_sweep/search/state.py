@@ -291,7 +291,13 @@ def claim(study: optuna.Study, name: str) -> bool:
     round): exactly one process does, whichever asks first. The holder is a trial of the
     study's claims study, taken from WAITING by one worker alone (the storage's atomic
     state change); the others wait for what it writes, and do it themselves where the
-    holder is gone (study._waited_for, with `claim_holder`)."""
+    holder is dead (`does_job`)."""
+    return _claim(study, name)[0]
+
+
+def _claim(study: optuna.Study, name: str) -> tuple[bool, FrozenTrial]:
+    """Whether this process took claim `name` now, and the claim's token as it was read
+    (RUNNING where another worker holds it, with that worker's id)."""
     claims = _claims_study(study)
     token = next((t for t in claims.get_trials(deepcopy=False)
                   if t.user_attrs.get("claim") == name), None)
@@ -301,27 +307,62 @@ def claim(study: optuna.Study, name: str) -> bool:
                      if t.user_attrs.get("claim") == name), key=lambda t: t.number)
         # Two that queued the same token at once: the lower-numbered one counts.
     if token.state != TrialState.WAITING:
-        return False
+        return False, token
     storage = storage_of(claims)
     try:
         if not storage.set_trial_state_values(trial_id_of(token), TrialState.RUNNING):
-            return False
+            return False, token
     except optuna.exceptions.UpdateFinishedTrialError:
-        return False
+        return False, token
     storage.set_trial_user_attr(trial_id_of(token), TrialKey.WORKER, worker_id())
-    return True
+    return True, token
 
 
-def claim_holder(study: optuna.Study, name: str) -> str | None:
-    """The worker that holds claim `name`, if any does."""
-    held = _held(study, name)
-    return held.user_attrs.get(TrialKey.WORKER) if held else None
+def takes_over(study: optuna.Study, name: str) -> bool:
+    """Whether this process does the one-time job `name`: it takes the claim, or the claim's
+    holder is dead (`_dead`)."""
+    taken, token = _claim(study, name)
+    return taken or _dead(token)
 
 
-def _held(study: optuna.Study, name: str) -> FrozenTrial | None:
-    claims = _claims_study(study)
-    return next((t for t in claims.get_trials(deepcopy=False)
-                 if t.user_attrs.get("claim") == name and t.state != TrialState.WAITING), None)
+def _dead(token: FrozenTrial) -> bool:
+    """Whether the holder of a claim is dead: a process of this machine that is gone, or one
+    holding it for GRACE_S (each job takes seconds: it died doing it). A token still
+    WAITING was taken by another between the read and the try: alive."""
+    return token.state != TrialState.WAITING and (
+        gone_here(token.user_attrs.get(TrialKey.WORKER, "")) or _held_s(token) > GRACE_S)
+
+
+def _held_s(token: FrozenTrial) -> float:
+    started = token.datetime_start
+    return (datetime.datetime.now() - started).total_seconds() if started else 0.0
+
+
+def does_job(study: optuna.Study, name: str, done: str) -> bool:
+    """Whether this process does the one-time job `name`, whose doer writes the key `done`
+    once it is done: True once it takes the job over (`takes_over`), False once `done` is
+    among the study's keys (the holder did it). The caller has read the keys already: it
+    tries the claim first, then looks for `done` after half a second, doubling up to 4 s
+    (jittered), one read a look; the claim is read again only once its holder could be
+    found dead (a process of this machine gone, a look needs no read; GRACE_S held). A
+    plan's holder killed in a fleet kept every worker waiting 60 s, reading the claim and
+    the keys every 2 s (28 of 59 storage calls a trial); a mirroring's holder killed left
+    the stage's MLflow run RUNNING, the restarted worker having gone on (the fleet, 3
+    proxy runs of 6)."""
+    pause = 0.5
+    while True:
+        taken, token = _claim(study, name)
+        if taken or _dead(token):
+            return True
+        holder = token.user_attrs.get(TrialKey.WORKER, "")
+        look_again = time.monotonic() + GRACE_S - _held_s(token)
+        while True:
+            time.sleep(jittered(pause))
+            pause = min(4.0, pause * 2)
+            if done in read(study):
+                return False
+            if gone_here(holder) or time.monotonic() > look_again:
+                break
 
 
 CLAIMS_SUFFIX = ".claims"
@@ -376,13 +417,20 @@ def release_unused(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     return bool(waiting)
 
 
+# A worker tries at most this many of the waiting trials it read before it reads again: one
+# that lost its first tries is one of many taking from the same list at once, and the rest
+# of its list is as stale (64 workers tried 3.9 trials for each they took, 3 of them lost).
+TAKE_TRIES = 2
+
+
 def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = lambda t: True,
                  trials: list[FrozenTrial] | None = None, spread: int = 0
                  ) -> optuna.Trial | None:
     """A WAITING trial of `study` that `accept` takes (among `trials` where the caller has
     just read them), now RUNNING and this worker's alone: the storage changes its state for
-    one worker only. None when no such trial waits. Trials are only ever queued, never
-    asked: nothing past a budget."""
+    one worker only. None when no such trial waits, or when other workers took the first
+    TAKE_TRIES it tried (the caller pauses and reads again). Trials are only ever queued,
+    never asked: nothing past a budget."""
     storage = storage_of(study)
     if trials is None:
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -396,7 +444,7 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
         return ts[spread % len(ts):] + ts[:spread % len(ts)] if ts else ts
 
     queued = turned([t for t in waiting if not is_search_slot(t)])
-    for t in queued + turned([t for t in waiting if is_search_slot(t)]):
+    for t in (queued + turned([t for t in waiting if is_search_slot(t)]))[:TAKE_TRIES]:
         try:
             if not storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
                 continue
@@ -623,39 +671,9 @@ def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get(
         TrialKey.WORKER, "")
     return (last == worker_id() or gone_here(last)) and StageKey.MIRRORED not in read(
-        study) and takes_mirroring(study)
+        study) and takes_over(study, MIRROR_CLAIM)
 
 
 MIRROR_CLAIM = "mirror_decision"  # the claim of the one process that mirrors for another
 
 
-def mirrors_found_decision(study: optuna.Study) -> bool:
-    """Whether this process, opening a stage decided and not mirrored (a worker joining
-    late, or restarted), mirrors its decision: where another holds the claim it waits
-    until the decision is mirrored (False) or the holder is found dead (takes_mirroring:
-    gone here, or holding it GRACE_S), then does it itself. A worker killed while it
-    mirrored a decision left the stage's MLflow run RUNNING: the next one to open the stage
-    arrived within GRACE_S and went on (the fleet, 3 proxy runs of 6)."""
-    pause = 1.0
-    while not takes_mirroring(study):
-        time.sleep(jittered(pause))
-        pause = min(4.0, pause * 2)
-        if StageKey.MIRRORED in read(study):
-            return False
-    return True
-
-
-def takes_mirroring(study: optuna.Study) -> bool:
-    """Whether this process mirrors a decision that its decider did not (mirrors_decision;
-    or a stage found decided and not mirrored, run_stage): the first process to claim it,
-    or any once the claim's holder is a process of this machine that is gone, or has held
-    it for GRACE_S (mirroring takes seconds: it died doing it). Every restarted worker of a
-    fleet that opened a stage while its decider was still mirroring it mirrored it again."""
-    if claim(study, MIRROR_CLAIM):
-        return True
-    held = _held(study, MIRROR_CLAIM)
-    if held is None:  # claimed and let go between the two reads: not this one's
-        return False
-    started = held.datetime_start or datetime.datetime.now()
-    return gone_here(held.user_attrs.get(TrialKey.WORKER, "")) or (
-        datetime.datetime.now() - started).total_seconds() > GRACE_S

@@ -46,6 +46,7 @@ from asl_sweep.search.stageview import StageView
 from asl_sweep.search.state import (
     GRACE_S,
     HEARTBEAT_S,
+    MIRROR_CLAIM,
     SEARCH_ROLES,
     ConfirmPlan,
     Failure,
@@ -55,13 +56,10 @@ from asl_sweep.search.state import (
     SummaryKey,
     TrialKey,
     budget_queued,
-    claim,
-    claim_holder,
+    does_job,
     fail_dead_trials,
-    gone_here,
     jittered,
     mirrors_decision,
-    mirrors_found_decision,
     queue_budget,
     queued_key,
     read,
@@ -123,7 +121,7 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     if StageKey.RESULT in shared:  # finished in an earlier run: its decision stands
         result = StageResult(**shared[StageKey.RESULT])
         session.say(f"stage {stage.name}: finished earlier: {result.decision}")
-        if StageKey.MIRRORED not in shared and mirrors_found_decision(study):
+        if StageKey.MIRRORED not in shared and does_job(study, MIRROR_CLAIM, StageKey.MIRRORED):
             _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
                              stage_trials(study), result)
         ran = shared.get(StageKey.BUDGET, stage.trials)
@@ -458,8 +456,7 @@ def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
     keys, just read."""
     confirm = stage.confirm
     stored = shared.get(StageKey.PLAN)
-    if stored is None and (claim(study, StageKey.PLAN) or not _waited_for(
-            study, StageKey.PLAN, StageKey.PLAN)):
+    if stored is None and does_job(study, StageKey.PLAN, StageKey.PLAN):
         trials = study.get_trials(deepcopy=False)
         switching = runner.reference is not None
         plain = settings_digest(runner.reference if switching else runner.base)
@@ -486,29 +483,13 @@ def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
     return plan
 
 
-def _waited_for(study: optuna.Study, name: str, key: str) -> bool:
-    """Whether `key`, which the holder of claim `name` writes, appears: False once the holder
-    is a process of this machine that is gone, or after 60 s without it (then this process
-    does it itself)."""
-    deadline, pause = time.monotonic() + 60.0, 0.25
-    while time.monotonic() < deadline:
-        if key in read(study):
-            return True
-        holder = claim_holder(study, name)
-        if holder is not None and gone_here(holder):
-            return False
-        time.sleep(pause)
-        pause = min(2.0, pause * 2)
-    return key in read(study)
-
-
 def _queue_repeats(study: optuna.Study, into: optuna.Study, name: str, done: str,
                    targets: list[int], first: int, last: int, shared: dict[str, Any]) -> None:
     """Queue repeats first..last of `targets` (trials of the stage's study) into the repeats
     study `into`, once: the worker that claims `name` does it and then sets `done`; the
     others wait for that (and do it themselves if the holder died). `shared`: the stage's
     keys, just read."""
-    if done in shared or not (claim(study, name) or not _waited_for(study, name, done)):
+    if done in shared or not does_job(study, name, done):
         return
     if done in read(study):
         return

@@ -61,7 +61,8 @@ def test_a_claim_is_held_by_exactly_one_of_the_processes_that_ask_at_once(store)
     assert sorted(said) == ["held"] + ["not held"] * 3
     study = optuna.load_study(study_name="s", storage=store)
     assert not claim(study, "plan")  # held: nobody else gets it, later either
-    assert state.claim_holder(study, "plan")
+    assert state._claim(study, "plan")[1].user_attrs[TrialKey.WORKER]  # named its holder
+    assert state.takes_over(study, "plan")  # whose process has exited: the job is free
 
 
 @pytest.mark.slow
@@ -299,7 +300,7 @@ def test_the_worker_that_finished_the_last_trial_mirrors_the_decision_or_one_for
     assert not state.mirrors_decision(stage("b"), [done(f"{host}:{os.getppid()}", 2)])  # alive
     decided = stage("c")
     assert state.mirrors_decision(decided, by_me)  # its finisher, holding the claim
-    assert not state.takes_mirroring(decided)  # a restarted worker while it mirrors
+    assert not state.takes_over(decided, state.MIRROR_CLAIM)  # a restarted worker while it mirrors
     assert not state.mirrors_decision(decided, by_gone)  # nor another: claimed
     found = stage("d")
     assert state.mirrors_decision(found, by_gone)  # one of those that find it gone
@@ -310,11 +311,11 @@ def test_the_worker_that_finished_the_last_trial_mirrors_the_decision_or_one_for
     state._claims_study(died).enqueue_trial({}, user_attrs={"claim": state.MIRROR_CLAIM})
     token = state._claims_study(died).ask()
     token.set_user_attr(state.TrialKey.WORKER, f"{host}:{gone.pid}")
-    assert state.takes_mirroring(died)
+    assert state.takes_over(died, state.MIRROR_CLAIM)
     token.set_user_attr(state.TrialKey.WORKER, "elsewhere:1")
-    assert not state.takes_mirroring(died)
+    assert not state.takes_over(died, state.MIRROR_CLAIM)
     monkeypatch.setattr(state, "GRACE_S", 0)
-    assert state.takes_mirroring(died)
+    assert state.takes_over(died, state.MIRROR_CLAIM)
 
 
 def test_a_worker_opening_a_decided_stage_waits_for_its_mirroring_or_takes_it_over(
@@ -323,7 +324,7 @@ def test_a_worker_opening_a_decided_stage_waits_for_its_mirroring_or_takes_it_ov
     waits: it goes on once the decision is mirrored, and takes the mirroring over once the
     holder has held it GRACE_S (another machine's worker killed while it mirrored)."""
     study = optuna.create_study(study_name="decided", storage=store)
-    assert state.takes_mirroring(study)  # held from here on, by a live process
+    assert state.takes_over(study, state.MIRROR_CLAIM)  # held from here on, by a live process
     pauses = []
 
     def sleep(seconds):
@@ -332,9 +333,38 @@ def test_a_worker_opening_a_decided_stage_waits_for_its_mirroring_or_takes_it_ov
             state.write(study, state.StageKey.MIRRORED, True)
 
     monkeypatch.setattr(state.time, "sleep", sleep)
-    assert not state.mirrors_found_decision(study) and len(pauses) == 3
+    assert not state.does_job(study, state.MIRROR_CLAIM, state.StageKey.MIRRORED) and len(pauses) == 3
     pauses.clear()
     died = optuna.create_study(study_name="died", storage=store)
-    assert state.takes_mirroring(died)
+    assert state.takes_over(died, state.MIRROR_CLAIM)
     monkeypatch.setattr(state, "GRACE_S", 0)  # held that long: its holder died mirroring
-    assert state.mirrors_found_decision(died) and pauses == []
+    assert state.does_job(died, state.MIRROR_CLAIM, state.StageKey.MIRRORED) and pauses == []
+
+
+def test_a_job_whose_holder_died_on_another_machine_is_taken_over_once_held_grace_s(
+        store, monkeypatch):
+    """A plan's holder killed on another machine (a fleet's pod): the waiting workers look
+    only for what it writes, one read a look, and read the claim again once it has been
+    held GRACE_S; then one of them does the job. A holder that writes it in time is waited
+    for."""
+    study = optuna.create_study(study_name="plan", storage=store)
+    holder = state._claims_study(study)
+    holder.enqueue_trial({}, user_attrs={"claim": "plan"})
+    holder.ask().set_user_attr(state.TrialKey.WORKER, "elsewhere:1")
+    monkeypatch.setattr(state, "GRACE_S", 1.0)
+    claims, reads = [], []
+    real_claim, real_read = state._claim, state.read
+    monkeypatch.setattr(state, "_claim", lambda *a: claims.append(1) or real_claim(*a))
+    monkeypatch.setattr(state, "read", lambda *a: reads.append(1) or real_read(*a))
+    started = datetime.datetime.now()
+    assert state.does_job(study, "plan", "plan")
+    waited = (datetime.datetime.now() - started).total_seconds()
+    assert 0.9 < waited < 6 and len(claims) == 2 and len(reads) >= 1
+    written = optuna.create_study(study_name="written", storage=store)
+    assert state.takes_over(written, "plan")  # a live holder: this process
+
+    def sleep(seconds):
+        state.write(written, state.StageKey.PLAN, {})  # the holder writes it meanwhile
+
+    monkeypatch.setattr(state.time, "sleep", sleep)
+    assert not state.does_job(written, "plan", state.StageKey.PLAN)
