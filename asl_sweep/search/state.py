@@ -319,10 +319,23 @@ def _claim(study: optuna.Study, name: str) -> tuple[bool, FrozenTrial]:
 
 
 def takes_over(study: optuna.Study, name: str) -> bool:
-    """Whether this process does the one-time job `name`: it takes the claim, or the claim's
-    holder is dead (`_dead`)."""
-    taken, token = _claim(study, name)
-    return taken or _dead(token)
+    """Whether this process does the one-time job `name`: it takes the claim, or takes it
+    over from a holder that is dead (`_take`)."""
+    return _take(study, name)[0]
+
+
+def _take(study: optuna.Study, name: str) -> tuple[bool, FrozenTrial]:
+    """Whether this process takes the job `name` now, and the token of its holder as read.
+    A job whose holder is dead (`_dead`) is claimed again as `name`/1, then /2, ...: one of
+    the workers that find the holder dead takes the job over. Each of them did once a
+    decision's mirroring ran past GRACE_S through the storage proxy: 8 mirrorings a stage,
+    11.5 tracking requests a trial."""
+    generation = 0
+    while True:
+        taken, token = _claim(study, f"{name}/{generation}" if generation else name)
+        if taken or not _dead(token):
+            return taken, token
+        generation += 1
 
 
 def _dead(token: FrozenTrial) -> bool:
@@ -351,8 +364,8 @@ def does_job(study: optuna.Study, name: str, done: str) -> bool:
     proxy runs of 6)."""
     pause = 0.5
     while True:
-        taken, token = _claim(study, name)
-        if taken or _dead(token):
+        taken, token = _take(study, name)
+        if taken:
             return True
         holder = token.user_attrs.get(TrialKey.WORKER, "")
         look_again = time.monotonic() + GRACE_S - _held_s(token)
