@@ -157,6 +157,16 @@ def plan_candidates(trials: list[FrozenTrial], stage: StageConfig, top: int,
     return chosen
 
 
+def search_gains(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
+                 candidates: list[int]) -> dict[int, float]:
+    """Each candidate's search trial against the incumbent's, sign applied: the same fold
+    and training seed, so a paired look (confirm.search_gain races only those above 0)."""
+    by_number = {t.number: t for t in trials}
+    sign = _sign(stage)
+    base = by_number[incumbent].value
+    return {c: sign * (by_number[c].value - base) for c in candidates}
+
+
 def repeat_values(trials: list[FrozenTrial], target: int) -> dict[int, tuple[float, int]]:
     """repeat -> (value, trial) for the configuration of trial `target`: repeat 0 is the
     trial itself, repeat r the first complete confirmation of it with that repeat."""
@@ -303,8 +313,10 @@ def race_line(stage: StageConfig, verdict: Verdict) -> str:
 
 
 def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
-                candidates: list[int], verdict: Verdict) -> StageResult:
-    """The stage's result once the race is done: the adopted candidate, or the incumbent."""
+                candidates: list[int], verdict: Verdict,
+                unraced: dict[str, float] | None = None) -> StageResult:
+    """The stage's result once the race is done: the adopted candidate, or the incumbent.
+    `unraced`: candidates dropped before the race, with their search gain (ConfirmPlan)."""
     by_number = {t.number: t for t in trials}
     base, values, diffs = _fresh_diffs(trials, stage, incumbent, candidates)
     if not base:
@@ -312,6 +324,15 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
                              "complete; nothing to compare with")
     rule = race_rule(stage.confirm)
     scale, unit = _points(stage)
+    if not candidates and unraced:
+        best = max(unraced, key=lambda c: (unraced[c], -int(c)))
+        return _result(by_number[incumbent], stage, "kept incumbent",
+                       f"kept incumbent: no search trial beat it on the search's fold and "
+                       f"seed (the best, trial {best}: {signed(unraced[best] * scale)}{unit}); "
+                       f"not raced (confirm.search_gain)",
+                       base[min(base)][0], _trials_of(base),
+                       {"rule": "search_gain", "incumbent": incumbent, "unraced": unraced,
+                        "best": int(best)})
     evidence: dict[str, Any] = {
         "rule": TEST_NAME, "level": rule.level, "min_gain": rule.min_gain,
         "futility": rule.futility,

@@ -77,6 +77,9 @@ class ConfirmPlan:
     rule: str  # race | fixed
     repeats: int  # max_repeats (race) or repeats (fixed)
     by: str = ""  # worker_id() of its maker
+    # Candidates dropped before the race (confirm.search_gain): trial -> its search trial's
+    # paired difference with the incumbent's, sign applied (<= 0).
+    unraced: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, stored: dict[str, Any]) -> ConfirmPlan:

@@ -39,6 +39,7 @@ from asl_sweep.search.selection import (
     race_verdict,
     reached_target,
     role_of,
+    search_gains,
 )
 from asl_sweep.search.session import Session, open_session
 from asl_sweep.search.space import decode_params, encode_params
@@ -465,14 +466,25 @@ def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
             return settings_digest(apply_overrides(runner.base, decode_params(t.params))) == plain
 
         candidates = plan_candidates(trials, stage, confirm.top, same_as_incumbent, switching)
+        unraced: dict[str, float] = {}
+        if confirm.racing and confirm.search_gain:
+            gains = search_gains(trials, stage, incumbent, candidates)
+            unraced = {str(c): gain for c, gain in gains.items() if gain <= 0}
+            candidates = [c for c in candidates if gains[c] > 0]
         write(study, StageKey.PLAN, asdict(ConfirmPlan(
             incumbent, candidates, first_repeat=len(trials),
             rule="race" if confirm.racing else "fixed",
             repeats=confirm.max_repeats if confirm.racing else confirm.repeats,
-            by=worker_id())))
+            by=worker_id(), unraced=unraced)))
     if stored is None:  # made a moment ago, by this worker or another one
         stored = read(study)[StageKey.PLAN]
     plan = ConfirmPlan.of(stored)
+    if plan.unraced:
+        session.say(f"stage {stage.name}: trial{'s' if len(plan.unraced) != 1 else ''} "
+                    f"{', '.join(plan.unraced)} did not beat the incumbent on the search's "
+                    f"fold and seed: not raced (confirm.search_gain)")
+    if plan.rule == "race" and not plan.candidates:
+        return plan
     if plan.rule == "race":
         session.say(f"stage {stage.name}: racing trials {plan.candidates} against the "
                     f"incumbent (trial {plan.incumbent}) on fresh paired repeats "
@@ -523,7 +535,8 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
         trials = whole(_drain(session, into, runner, progress))
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
         if verdict.done or not candidates:
-            return decide_race(trials, stage, incumbent, candidates, verdict), trials
+            return decide_race(trials, stage, incumbent, candidates, verdict,
+                               plan.unraced), trials
         if queued:
             session.say(f"stage {stage.name}: after {queued} round{'s' if queued != 1 else ''}"
                         f": {race_line(stage, verdict)}")

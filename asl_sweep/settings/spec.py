@@ -140,6 +140,12 @@ class ConfirmConfig(Strict):
                             "at max_repeats) is below this; 0 runs near-ties to the end")
     repeats: int | None = Field(None, ge=2, description="the fixed rule before racing: R "
                                 "repeats, the search trial counted as the first")
+    search_gain: bool = Field(True, description="race only candidates whose search trial "
+                              "beat the incumbent's (the same fold and seed: a paired "
+                              "look); one level with it or below is dropped before its "
+                              "race. The best of a search is lucky, so one that did not "
+                              "even beat the incumbent there has little chance; false "
+                              "races every candidate")
 
     @model_validator(mode="before")
     @classmethod

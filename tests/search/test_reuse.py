@@ -19,15 +19,16 @@ from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 
 # Two stages that can only hurt (weight decay far too strong): each keeps its incumbent, so
-# the second stage's incumbent is the first's, trained on the same seeds and folds.
+# the second stage's incumbent is the first's, trained on the same seeds and folds. Each
+# races its candidate though it lost in the search (search_gain off), so that races reuse.
 KEEP_TWICE = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 3}, "stages": [
     {"name": "decay", "trials": 1, "sampler": "random", "pruner": "none",
-     "confirm": {"top": 1, "max_repeats": 3},
+     "confirm": {"top": 1, "max_repeats": 3, "search_gain": False},
      "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
     # A median pruner (it starts after 3 trials: it prunes nothing here), whose stage
     # keeps a reused trial's curve.
     {"name": "decay_again", "trials": 1, "sampler": "random", "pruner": "median",
-     "confirm": {"top": 1, "max_repeats": 3},
+     "confirm": {"top": 1, "max_repeats": 3, "search_gain": False},
      "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
 ]}
 

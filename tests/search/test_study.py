@@ -36,8 +36,9 @@ TWO_STAGES = {"stages": [
 # Stage 1 can only hurt (weight decay far too strong); stage 2 starts from a rate far too low
 # (its `fixed`) and searches a good one: kept, then adopted, each on paired evidence.
 EVIDENCE = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 5}, "stages": [
+    # Raced though it lost in the search (search_gain off): the race's own rule under test.
     {"name": "decay", "goal": "weight decay that only hurts", "trials": 2, "sampler": "random",
-     "pruner": "none", "confirm": {"top": 1},
+     "pruner": "none", "confirm": {"top": 1, "search_gain": False},
      "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
     {"name": "rate", "goal": "a rate that clearly helps", "trials": 1, "sampler": "grid",
      "pruner": "none", "confirm": {"top": 1}, "fixed": {"lr": 1.0e-6},
@@ -145,6 +146,26 @@ def evidence_study(tmp_path_factory):
     finally:
         asl_sweep.search.trial.train = real
     return path, Workspace.at(home), seen, out.getvalue()
+
+
+def test_a_candidate_that_lost_in_the_search_is_not_raced(write_study, tmp_path, capsys):
+    """By default (confirm.search_gain) a stage races only candidates whose search trial
+    beat the incumbent's on the same fold and seed: a space that only hurts keeps the
+    incumbent with no confirmation trained, and says why in the decision and the terminal.
+    Off, the same stage races (test_a_space_that_can_only_hurt_keeps_the_incumbent)."""
+    path = write_study({**EVIDENCE, "stages": [{**EVIDENCE["stages"][0], "confirm": {
+        "top": 1}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    (decay,) = read_stages(load_study(path), Workspace.at(home))
+    assert decay.result.status == "kept incumbent" and decay.result.params == {}
+    assert re.fullmatch(r"kept incumbent: no search trial beat it on the search's fold and seed "
+                        r"\(the best, trial [12]: -\d+\.\d pt\); not raced "
+                        r"\(confirm.search_gain\)", decay.result.decision)
+    assert [t.user_attrs["role"] for t in decay.trials] == ["incumbent", "search", "search"]
+    out = capsys.readouterr().out
+    assert "did not beat the incumbent on the search's fold and seed: not raced" in out
+    assert decay.result.decision in out
 
 
 def test_a_space_that_can_only_hurt_keeps_the_incumbent(evidence_study):
