@@ -140,12 +140,11 @@ class ConfirmConfig(Strict):
                             "at max_repeats) is below this; 0 runs near-ties to the end")
     repeats: int | None = Field(None, ge=2, description="the fixed rule before racing: R "
                                 "repeats, the search trial counted as the first")
-    search_gain: bool = Field(True, description="race only candidates whose search trial "
+    search_gain: bool = Field(False, description="race only candidates whose search trial "
                               "beat the incumbent's (the same fold and seed: a paired "
                               "look); one level with it or below is dropped before its "
-                              "race. The best of a search is lucky, so one that did not "
-                              "even beat the incumbent there has little chance; false "
-                              "races every candidate")
+                              "race, and a stage where none did keeps the incumbent "
+                              "untrained again. Costs power, never adopts on search values")
 
     @model_validator(mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from asl_sweep.settings.studyfile import load_study
 
 # Two stages that can only hurt (weight decay far too strong): each keeps its incumbent, so
 # the second stage's incumbent is the first's, trained on the same seeds and folds. Each
-# races its candidate though it lost in the search (search_gain off), so that races reuse.
+# races its candidate though it lost in the search (search_gain off, as by default).
 KEEP_TWICE = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 3}, "stages": [
     {"name": "decay", "trials": 1, "sampler": "random", "pruner": "none",
      "confirm": {"top": 1, "max_repeats": 3, "search_gain": False},

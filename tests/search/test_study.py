@@ -36,7 +36,7 @@ TWO_STAGES = {"stages": [
 # Stage 1 can only hurt (weight decay far too strong); stage 2 starts from a rate far too low
 # (its `fixed`) and searches a good one: kept, then adopted, each on paired evidence.
 EVIDENCE = {"data": {"synthetic": {"per_class": 24}}, "base": {"epochs": 5}, "stages": [
-    # Raced though it lost in the search (search_gain off): the race's own rule under test.
+    # Raced though it lost in the search (search_gain off, as by default): the race's rule.
     {"name": "decay", "goal": "weight decay that only hurts", "trials": 2, "sampler": "random",
      "pruner": "none", "confirm": {"top": 1, "search_gain": False},
      "space": {"weight_decay": {"low": 5.0, "high": 20.0}}},
@@ -149,12 +149,12 @@ def evidence_study(tmp_path_factory):
 
 
 def test_a_candidate_that_lost_in_the_search_is_not_raced(write_study, tmp_path, capsys):
-    """By default (confirm.search_gain) a stage races only candidates whose search trial
-    beat the incumbent's on the same fold and seed: a space that only hurts keeps the
-    incumbent with no confirmation trained, and says why in the decision and the terminal.
-    Off, the same stage races (test_a_space_that_can_only_hurt_keeps_the_incumbent)."""
+    """With confirm.search_gain a stage races only candidates whose search trial beat the
+    incumbent's on the same fold and seed: a space that only hurts keeps the incumbent with
+    no confirmation trained, and says why in the decision and the terminal. Off (the
+    default), the same stage races (test_a_space_that_can_only_hurt_keeps_the_incumbent)."""
     path = write_study({**EVIDENCE, "stages": [{**EVIDENCE["stages"][0], "confirm": {
-        "top": 1}}]})
+        "top": 1, "search_gain": True}}]})
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
     (decay,) = read_stages(load_study(path), Workspace.at(home))
