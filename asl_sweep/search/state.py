@@ -299,12 +299,15 @@ def claim(study: optuna.Study, name: str) -> bool:
     return _claim(study, name)[0]
 
 
-def _claim(study: optuna.Study, name: str) -> tuple[bool, FrozenTrial]:
+def _claim(study: optuna.Study, name: str, tokens: list[FrozenTrial] | None = None
+           ) -> tuple[bool, FrozenTrial]:
     """Whether this process took claim `name` now, and the claim's token as it was read
-    (RUNNING where another worker holds it, with that worker's id)."""
+    (RUNNING where another worker holds it, with that worker's id). `tokens`: the claims
+    study's trials, where the caller has just read them."""
     claims = _claims_study(study)
-    token = next((t for t in claims.get_trials(deepcopy=False)
-                  if t.user_attrs.get("claim") == name), None)
+    if tokens is None:
+        tokens = claims.get_trials(deepcopy=False)
+    token = next((t for t in tokens if t.user_attrs.get("claim") == name), None)
     if token is None:
         claims.enqueue_trial({}, user_attrs={"claim": name})
         token = min((t for t in claims.get_trials(deepcopy=False)
@@ -334,9 +337,9 @@ def _take(study: optuna.Study, name: str) -> tuple[bool, FrozenTrial]:
     the workers that find the holder dead takes the job over. Each of them did once a
     decision's mirroring ran past GRACE_S through the storage proxy: 8 mirrorings a stage,
     11.5 tracking requests a trial."""
-    generation = 0
+    tokens, generation = _claims_study(study).get_trials(deepcopy=False), 0  # one read
     while True:
-        taken, token = _claim(study, f"{name}/{generation}" if generation else name)
+        taken, token = _claim(study, f"{name}/{generation}" if generation else name, tokens)
         if taken or not _dead(token):
             return taken, token
         generation += 1
