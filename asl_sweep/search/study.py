@@ -483,12 +483,11 @@ def _confirm_plan(session: Session, stage: StageConfig, study: optuna.Study,
         session.say(f"stage {stage.name}: trial{'s' if len(plan.unraced) != 1 else ''} "
                     f"{', '.join(plan.unraced)} did not beat the incumbent on the search's "
                     f"fold and seed: not raced (confirm.search_gain)")
-    if plan.rule == "race" and not plan.candidates:
-        return plan
     if plan.rule == "race":
-        session.say(f"stage {stage.name}: racing trials {plan.candidates} against the "
-                    f"incumbent (trial {plan.incumbent}) on fresh paired repeats "
-                    f"({confirm.min_repeats} to {confirm.max_repeats})")
+        if plan.candidates:
+            session.say(f"stage {stage.name}: racing trials {plan.candidates} against the "
+                        f"incumbent (trial {plan.incumbent}) on fresh paired repeats "
+                        f"({confirm.min_repeats} to {confirm.max_repeats})")
         return plan
     session.say(f"stage {stage.name}: confirming trials {plan.candidates} against the "
                 f"incumbent (trial {plan.incumbent}) over {plan.repeats} paired repeats")
