@@ -324,22 +324,25 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
                              "complete; nothing to compare with")
     rule = race_rule(stage.confirm)
     scale, unit = _points(stage)
+    kept = _describe_fresh(base)
     if not candidates and unraced:
         best = max(unraced, key=lambda c: (unraced[c], -int(c)))
         return _result(by_number[incumbent], stage, "kept incumbent",
                        f"kept incumbent: no search trial beat it on the search's fold and "
                        f"seed (the best, trial {best}: {signed(unraced[best] * scale)}{unit}); "
                        f"not raced (confirm.search_gain)",
-                       base[min(base)][0], _trials_of(base),
+                       base[min(base)][0] if math.isnan(kept["mean"]) else kept["mean"],
+                       _trials_of(base),
                        {"rule": "search_gain", "incumbent": incumbent, "unraced": unraced,
-                        "best": int(best)})
+                        "best": int(best),
+                        **({"configs": {str(incumbent): kept}} if kept["values"] else {})})
     evidence: dict[str, Any] = {
         "rule": TEST_NAME, "level": rule.level, "min_gain": rule.min_gain,
         "futility": rule.futility,
         "min_repeats": rule.min_repeats, "max_repeats": rule.max_repeats,
         "incumbent": incumbent, "rounds": verdict.rounds,
         "dropped": {str(c): n for c, n in verdict.dropped.items()},
-        "configs": {str(incumbent): _describe_fresh(base)}}
+        "configs": {str(incumbent): kept}}
     for c in candidates:
         stats = _describe_fresh(values[c])
         b = verdict.bounds.get(c)

@@ -530,13 +530,20 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
     a count read too early only costs a look). `whole`: the stage's trials from the
     repeats study's (its search trials are settled)."""
     confirm, incumbent, candidates = stage.confirm, plan.incumbent, plan.candidates
+    # The study's last stage with nothing to race still trains the incumbent's first round
+    # (min_repeats fresh repeats, most of them reused from the stage that adopted it): the
+    # final score and the ensemble stand on those repeats, and one trial has no seed spread.
+    floor = confirm.min_repeats if progress.index == len(session.cfg.stages) - 1 else 0
     while True:
         trials = whole(_drain(session, into, runner, progress))
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
-        if verdict.done or not candidates:
+        if (verdict.done or not candidates) and queued >= (0 if candidates else floor):
             return decide_race(trials, stage, incumbent, candidates, verdict,
                                plan.unraced), trials
-        if queued:
+        if not candidates:
+            session.say(f"stage {stage.name}: nothing to race; the incumbent's {floor} "
+                        f"fresh repeats for the final score's seed spread")
+        elif queued:
             session.say(f"stage {stage.name}: after {queued} round{'s' if queued != 1 else ''}"
                         f": {race_line(stage, verdict)}")
         upto = min(confirm.max_repeats, max(queued + 1, confirm.min_repeats))

@@ -151,21 +151,32 @@ def evidence_study(tmp_path_factory):
 def test_a_candidate_that_lost_in_the_search_is_not_raced(write_study, tmp_path, capsys):
     """With confirm.search_gain a stage races only candidates whose search trial beat the
     incumbent's on the same fold and seed: a space that only hurts keeps the incumbent with
-    no confirmation trained, and says why in the decision and the terminal. Off (the
-    default), the same stage races (test_a_space_that_can_only_hurt_keeps_the_incumbent)."""
-    path = write_study({**EVIDENCE, "stages": [{**EVIDENCE["stages"][0], "confirm": {
-        "top": 1, "search_gain": True}}]})
+    no confirmation trained, and says why in the decision and the terminal. The study's last
+    stage still trains the incumbent's first round (min_repeats fresh repeats), so the final
+    test score has its seed spread. Off (the default), the same stage races
+    (test_a_space_that_can_only_hurt_keeps_the_incumbent)."""
+    decay = {**EVIDENCE["stages"][0], "confirm": {"top": 1, "search_gain": True}}
+    path = write_study({**EVIDENCE, "stages": [decay, {**decay, "name": "again"}]})
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
-    (decay,) = read_stages(load_study(path), Workspace.at(home))
-    assert decay.result.status == "kept incumbent" and decay.result.params == {}
-    assert re.fullmatch(r"kept incumbent: no search trial beat it on the search's fold and seed "
-                        r"\(the best, trial [12]: -\d+\.\d pt\); not raced "
-                        r"\(confirm.search_gain\)", decay.result.decision)
-    assert [t.user_attrs["role"] for t in decay.trials] == ["incumbent", "search", "search"]
+    cfg, ws = load_study(path), Workspace.at(home)
+    for stage in read_stages(cfg, ws):
+        assert stage.result.status == "kept incumbent" and stage.result.params == {}
+        assert re.fullmatch(r"kept incumbent: no search trial beat it on the search's fold "
+                            r"and seed \(the best, trial [12]: -\d+\.\d pt\); not raced "
+                            r"\(confirm.search_gain\)", stage.result.decision)
+    first, last = read_stages(cfg, ws)
+    assert [t.user_attrs["role"] for t in first.trials] == ["incumbent", "search", "search"]
+    assert first.result.repeats == [0]
+    assert [t.user_attrs["role"] for t in last.trials] == [
+        "incumbent", "search", "search", "confirm", "confirm"]
+    assert len(last.result.repeats) == 3
+    final = read_final(cfg, ws)
+    assert final["summary"].split(" (")[0].endswith("over 3 repeats")
     out = capsys.readouterr().out
     assert "did not beat the incumbent on the search's fold and seed: not raced" in out
-    assert decay.result.decision in out
+    assert "stage again: nothing to race; the incumbent's 2 fresh repeats" in out
+    assert first.result.decision in out and last.result.decision in out
 
 
 def test_a_space_that_can_only_hurt_keeps_the_incumbent(evidence_study):
