@@ -144,9 +144,10 @@ class ConfirmConfig(Strict):
                               "beat the incumbent's (the same fold and seed: a paired "
                               "look); one level with it or below is dropped before its "
                               "race, and a stage where none did keeps the incumbent "
-                              "untrained again. Costs power, never adopts on search "
-                              "values; a last stage that races nothing leaves the final "
-                              "test one repeat (its search trial)")
+                              "untrained again (the study's last stage still trains "
+                              "the incumbent's min_repeats fresh repeats, for the final "
+                              "score's seed spread). Costs power, never adopts on search "
+                              "values")
 
     @model_validator(mode="before")
     @classmethod
