@@ -325,14 +325,16 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     rule = race_rule(stage.confirm)
     scale, unit = _points(stage)
     kept = _describe_fresh(base)
+    # The incumbent's value: the mean of its fresh repeats; with none (nothing raced and not
+    # the last stage), its search trial's.
+    kept_value = base[min(base)][0] if math.isnan(kept["mean"]) else kept["mean"]
     if not candidates and unraced:
         best = max(unraced, key=lambda c: (unraced[c], -int(c)))
         return _result(by_number[incumbent], stage, "kept incumbent",
                        f"kept incumbent: no search trial beat it on the search's fold and "
                        f"seed (the best, trial {best}: {signed(unraced[best] * scale)}{unit}); "
                        f"not raced (confirm.search_gain)",
-                       base[min(base)][0] if math.isnan(kept["mean"]) else kept["mean"],
-                       _trials_of(base),
+                       kept_value, _trials_of(base),
                        {"rule": "search_gain", "incumbent": incumbent, "unraced": unraced,
                         "best": int(best),
                         **({"configs": {str(incumbent): kept}} if kept["values"] else {})})
@@ -370,9 +372,6 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
                        f"{stage.metric} {evidence['configs'][str(c)]['mean']:.3f} vs incumbent "
                        f"{evidence['configs'][str(incumbent)]['mean']:.3f}",
                        evidence["configs"][str(c)]["mean"], _trials_of(values[c]), evidence)
-    kept_value = evidence["configs"][str(incumbent)]["mean"]
-    if math.isnan(kept_value):  # no fresh repeat (no candidate to race): the trial itself
-        kept_value = base[min(base)][0]
     looked = verdict.bounds
     if not looked:
         why = "no candidate completed its repeats"
