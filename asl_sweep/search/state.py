@@ -675,6 +675,9 @@ def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:
     return True
 
 
+MIRROR_CLAIM = "mirror_decision"  # the claim of the one process that mirrors for another
+
+
 def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     """Whether this process mirrors a decided stage's decision into MLflow: every worker
     reaches the same decision from the same finished trials (`trials`, the stage's), and
@@ -692,8 +695,3 @@ def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
         TrialKey.WORKER, "")
     return (last == worker_id() or gone_here(last)) and StageKey.MIRRORED not in read(
         study) and takes_over(study, MIRROR_CLAIM)
-
-
-MIRROR_CLAIM = "mirror_decision"  # the claim of the one process that mirrors for another
-
-
