@@ -531,7 +531,7 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
     repeats study's (its search trials are settled)."""
     confirm, incumbent, candidates = stage.confirm, plan.incumbent, plan.candidates
     # The study's last stage with nothing to race still trains the incumbent's first round
-    # (min_repeats fresh repeats, most of them reused from the stage that adopted it): the
+    # (min_repeats fresh repeats, reused where an earlier stage trained the same ones): the
     # final score and the ensemble stand on those repeats, and one trial has no seed spread.
     floor = confirm.min_repeats if progress.index == len(session.cfg.stages) - 1 else 0
     while True:
