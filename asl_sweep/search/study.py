@@ -533,11 +533,12 @@ def _race(session: Session, stage: StageConfig, study: optuna.Study, into: optun
     # The study's last stage with nothing to race still trains the incumbent's first round
     # (min_repeats fresh repeats, reused where an earlier stage trained the same ones): the
     # final score and the ensemble stand on those repeats, and one trial has no seed spread.
-    floor = confirm.min_repeats if progress.index == len(session.cfg.stages) - 1 else 0
+    last = progress.index == len(session.cfg.stages) - 1
+    floor = confirm.min_repeats if last and not candidates else 0
     while True:
         trials = whole(_drain(session, into, runner, progress))
         verdict = race_verdict(trials, stage, incumbent, candidates, queued)
-        if (verdict.done or not candidates) and queued >= (0 if candidates else floor):
+        if (verdict.done or not candidates) and queued >= floor:
             return decide_race(trials, stage, incumbent, candidates, verdict,
                                plan.unraced), trials
         if not candidates:

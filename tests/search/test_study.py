@@ -160,12 +160,13 @@ def test_a_candidate_that_lost_in_the_search_is_not_raced(write_study, tmp_path,
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
     cfg, ws = load_study(path), Workspace.at(home)
-    for stage in read_stages(cfg, ws):
+    stages = read_stages(cfg, ws)
+    for stage in stages:
         assert stage.result.status == "kept incumbent" and stage.result.params == {}
         assert re.fullmatch(r"kept incumbent: no search trial beat it on the search's fold "
                             r"and seed \(the best, trial [12]: -\d+\.\d pt\); not raced "
                             r"\(confirm.search_gain\)", stage.result.decision)
-    first, last = read_stages(cfg, ws)
+    first, last = stages
     assert [t.user_attrs["role"] for t in first.trials] == ["incumbent", "search", "search"]
     assert first.result.repeats == [0]
     assert [t.user_attrs["role"] for t in last.trials] == [
