@@ -4,7 +4,8 @@ what to do. Only a lost connection is retried: any other error is raised as it c
 
 The bound is ASL_SWEEP_STORE_RETRY_S seconds (default 120). Once a call has given up, later
 calls fail at once until one succeeds, so a stopping run does not wait again for each of the
-closing writes it attempts."""
+closing writes it attempts. Only calls that reach the store go through here: one that succeeds
+is the store answering again (a local file written meanwhile is not)."""
 
 from __future__ import annotations
 

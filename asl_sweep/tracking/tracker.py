@@ -109,10 +109,15 @@ class Tracker:
             from mlflow.store.artifact.artifact_repository_registry import (
                 get_artifact_repository,
             )
+            from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
             uri = self._uris.pop(run_id, None) or self.client.get_run(run_id).info.artifact_uri
             repo = get_artifact_repository(uri, tracking_uri=self.tracking_uri)
-            if not self.tracking_uri.startswith("sqlite"):
+            # Behind a tracking server the artifacts are the server's, waited for as it is; a
+            # database's are the home's folder: a write there that succeeds while the
+            # database is away is not the store answering, so it must not end the outage.
+            if not (self.tracking_uri.startswith("sqlite")
+                    or isinstance(repo, LocalArtifactRepository)):
                 repo = Retrying(repo, self._store)
             if len(self._repos) >= 256:  # a long study's runs: keep the recent ones
                 self._repos.pop(next(iter(self._repos)))

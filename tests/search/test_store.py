@@ -316,6 +316,37 @@ def test_a_database_that_stays_away_is_named_and_a_rerun_finishes(write_study, t
     _exact_and_closed(storage, tracking, "long")
 
 
+def test_a_local_artifact_written_in_an_outage_is_not_the_database_answering(
+        tmp_path, postgres, monkeypatch, caplog):
+    """A PostgreSQL tracking store keeps its artifacts in the home's folder: writing one
+    while the server is away succeeds, but it is not the store answering again, so the
+    outage is still said once and a given-up store still fails at once (a stopping run
+    that wrote a checkpoint between two store calls waited the budget twice and said the
+    outage twice)."""
+    from asl_sweep.runtime.errors import StoreError
+    from asl_sweep.tracking.tracker import Tracker
+
+    monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "1")
+    postgres.createdb("artifacts")
+    tracker = Tracker(Workspace.at(tmp_path / "home", tracking_uri=f"{postgres}/artifacts"))
+    run_id = tracker.new_run(tracker.experiment("away"), "trial 0")
+    tracker.log_text(run_id, "before", "notes/before.txt")
+    postgres.stop()
+    try:
+        with pytest.raises(StoreError, match="has not answered for 1 s"):
+            tracker.status(run_id)
+        tracker.log_text(run_id, "during", "notes/during.txt")  # the home's folder: written
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="has not answered for 1 s"):
+            tracker.status(run_id)
+        assert time.monotonic() - started < 0.5  # given up already: no second wait
+    finally:
+        postgres.start()
+    said = [r.getMessage() for r in caplog.records if "is not answering" in r.getMessage()]
+    assert len(said) == 1, said
+    assert tracker.status(run_id) == "RUNNING"  # back: the store's answer ends the outage
+
+
 @pytest.fixture
 def proxy(tmp_path):
     """`asl-sweep store-proxy`: Optuna's gRPC storage proxy in front of a SQLite database."""
