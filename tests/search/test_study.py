@@ -180,6 +180,22 @@ def test_a_candidate_that_lost_in_the_search_is_not_raced(write_study, tmp_path,
     assert first.result.decision in out and last.result.decision in out
 
 
+def test_a_stage_with_no_candidate_says_there_was_nothing_to_race(write_study, tmp_path):
+    """Every search trial the incumbent's own settings (or pruned): the decision says there
+    was nothing to race, not that a candidate failed its repeats; as the study's last stage
+    it still trains the incumbent's first round for the final score's seed spread."""
+    same = {"name": "same", "trials": 1, "sampler": "grid", "pruner": "none",
+            "confirm": {"top": 1}, "space": {"lr": [1.0e-3]}}
+    path = write_study({**EVIDENCE, "base": {"epochs": 5, "lr": 1.0e-3}, "stages": [same]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    (stage,) = read_stages(load_study(path), Workspace.at(home))
+    assert stage.result.status == "kept incumbent" and stage.result.params == {}
+    assert stage.result.decision.startswith("kept incumbent: nothing to race (no search trial")
+    assert [t.user_attrs["role"] for t in stage.trials] == [
+        "incumbent", "search", "confirm", "confirm"]
+
+
 def test_a_space_that_can_only_hurt_keeps_the_incumbent(evidence_study):
     path, ws, _, out = evidence_study
     decay, rate = read_stages(load_study(path), ws)
