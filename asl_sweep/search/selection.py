@@ -372,12 +372,12 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
                        f"{stage.metric} {evidence['configs'][str(c)]['mean']:.3f} vs incumbent "
                        f"{evidence['configs'][str(incumbent)]['mean']:.3f}",
                        evidence["configs"][str(c)]["mean"], _trials_of(values[c]), evidence)
-    looked = verdict.bounds
     if not candidates:
         return _result(by_number[incumbent], stage, "kept incumbent",
                        "kept incumbent: nothing to race (no search trial completed with "
                        "settings other than the incumbent's: pruned, failed or the same)",
                        kept_value, _trials_of(base), evidence)
+    looked = verdict.bounds
     if not looked:
         why = "no candidate completed its repeats"
     else:
