@@ -3,9 +3,10 @@ with backoff for a bounded time, then the command stops with one line naming the
 what to do. Only a lost connection is retried: any other error is raised as it came.
 
 The bound is ASL_SWEEP_STORE_RETRY_S seconds (default 120). Once a call has given up, later
-calls fail at once until one succeeds, so a stopping run does not wait again for each of the
-closing writes it attempts. Only calls that reach the store go through here: one that succeeds
-is the store answering again (a local file written meanwhile is not)."""
+calls fail at once until that store answers, so a stopping run does not wait again for each
+of the closing writes it attempts. Only calls that reach the store go through here: one that
+succeeds is the store answering again (a local file written meanwhile is not, nor another
+store's answer)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ _LOST = ("connection refused", "connection failed", "could not connect",
          "lost connection to", "server has gone away", "consuming input failed",
          "statuscode.unavailable")  # gRPC's word for a proxy that is not there
 
-_gave_up = False
-_said = False  # the outage is said once, whichever call (or thread) meets it first
+# Per store (its name): a store's outage ends when that store answers, not when another one
+# does (a tracking server down beside an Optuna proxy that answers).
+_gave_up: set[str] = set()  # stores whose calls gave up; while any has, the run is stopping
+_said: set[str] = set()  # stores away now; the first to go is said, whichever call meets it
 
 
 def retry_seconds() -> float:
@@ -55,13 +58,13 @@ def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        global _gave_up, _said
         budget = retry_seconds()
         deadline, delay = time.monotonic() + budget, 0.5
         while True:
             try:
                 result = fn(*args, **kwargs)
-                _gave_up = _said = False
+                _gave_up.discard(store)
+                _said.discard(store)
                 return result
             except Exception as e:
                 reason = lost_connection(e)
@@ -69,15 +72,15 @@ def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:
                     raise
                 left = deadline - time.monotonic()
                 if _gave_up or left <= 0:
-                    _gave_up = True
+                    _gave_up.add(store)
                     raise StoreError(
                         f"{store} has not answered for {budget:.0f} s ({reason}); nothing "
                         "recorded was lost: start it again (or mend the network), then rerun "
                         "the same command") from None
                 if not _said:
-                    _said = True
                     log.warning("%s is not answering (%s); retrying for up to %.0f s",
                                 store, reason, left)
+                _said.add(store)
                 time.sleep(min(delay, left))
                 delay = min(delay * 2, 10.0)
 

@@ -43,6 +43,23 @@ def test_a_store_away_past_the_budget_is_one_line_and_later_calls_do_not_wait(mo
     outage.retrying(_flaky(0, REFUSED)[0], "the test store")()  # an answer resets it
 
 
+def test_another_stores_answer_does_not_end_an_outage(monkeypatch, caplog):
+    """A tracking server down beside an Optuna store that answers: the answer is not the
+    server's, so the server's outage is said once and, given up, its calls fail at once."""
+    monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "1")
+    away, calls = _flaky(1000, REFUSED)
+    with pytest.raises(StoreError, match="the away store has not answered for 1 s"):
+        outage.retrying(away, "the away store")()
+    assert outage.retrying(_flaky(0, REFUSED)[0], "the other store")() == "answered"
+    before = len(calls)
+    with pytest.raises(StoreError):
+        outage.retrying(away, "the away store")()
+    assert len(calls) == before + 1  # still given up: one try, no second wait
+    said = [r.getMessage() for r in caplog.records if "is not answering" in r.getMessage()]
+    assert len(said) == 1, said
+    outage.retrying(_flaky(0, REFUSED)[0], "the away store")()  # its own answer ends it
+
+
 def test_other_errors_pass_through_at_once():
     call, calls = _flaky(1, ValueError("a bug"))
     with pytest.raises(ValueError, match="a bug"):
