@@ -47,7 +47,7 @@ from benchmarks.common import ASL, write_result
 from benchmarks.end_to_end import run
 from benchmarks.time_to_quality import CPU_SIZED
 
-PRUNERS = ["median", "incumbent", "best", "halving", "hyperband"]
+PRUNERS = ["median", "incumbent", "incumbent:0", "best", "best:0", "halving", "hyperband"]
 DATA = Path(__file__).parent / "data"  # recorded curves, committed
 DEFAULT_SOURCES = ["curves_report_mlp", "curves_cnn"]  # RECORDS' files
 
@@ -128,11 +128,15 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
 
 
 def pruner_for(name: str, stage: dict, epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner a stage naming `name` builds; "incumbent/K" or "best/K": that pruner with a
-    warmup of epochs // K instead of its own (a variant to compare, not a setting)."""
-    if "/" in name:
-        against, k = name.split("/")
-        return IncumbentPruner(stage["direction"], warmup=max(1, epochs // int(k)),
+    """The pruner a stage naming `name` builds. Variants to compare, not settings:
+    "incumbent/K" or "best/K", that pruner with a warmup of epochs // K instead of its own;
+    "incumbent:W" (or "incumbent/K:W"), with a trend window of W epochs instead of its own
+    (W = 0: the gap at one epoch, no trend: the rule before the twenty-fourth stop)."""
+    if "/" in name or ":" in name:
+        base, _, window = name.partition(":")
+        against, _, k = base.partition("/")
+        return IncumbentPruner(stage["direction"], warmup=max(1, epochs // int(k or 10)),
+                               window=int(window) if window else max(2, epochs // 20),
                                against=against)
     cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
                       direction=stage["direction"], pruner=name)
@@ -187,7 +191,8 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--pruners", default=",".join(PRUNERS),
                         help="comma-separated; incumbent/K, best/K: that pruner with a warmup "
-                        "of epochs // K (the shipped one: epochs // 10)")
+                        "of epochs // K (the shipped one: epochs // 10); incumbent:W: with a "
+                        "trend window of W epochs (shipped: max(2, epochs // 20); 0: no trend)")
     args = parser.parse_args()
     if args.record:
         record(args.record)

@@ -1,6 +1,6 @@
 """Every pruner a stage can name, on real training: the incumbent pruner stops a search
 trial behind the incumbent's curve by more than its noise, saying what it was compared with,
-and lets one level with it train to the end; median, halving and hyperband stop a hopeless
+and lets one level with it train to the end, and one that starts slower but closes the gap; median, halving and hyperband stop a hopeless
 trial among others; `best` stops one behind the stage's best trial so far. Without a pruner
 (`none`) every trial trains every epoch."""
 
@@ -40,6 +40,38 @@ def test_a_trial_behind_the_incumbent_stops_early_and_one_level_with_it_does_not
     # Without it (pruner: none) the hopeless trial trains every epoch: the test can fail.
     plain = _run(write_study, tmp_path, "none")
     assert all(t.state == TrialState.COMPLETE for t in plain)
+
+
+@pytest.mark.slow
+def test_a_slow_starter_closing_the_gap_trains_on_where_one_epochs_gap_would_stop_it(
+        write_study, tmp_path):
+    """A rate warmed up over half the epochs learns slower early and ends ahead of the
+    incumbent (no warmup): behind by more than the margin at its first epochs, it trains
+    on, since its gap shrinks. The rule before (the gap at one epoch, `window` 0) stops it
+    at epoch 1 on the same recorded curves: the test can fail."""
+    path = write_study({"data": {"synthetic": {"per_class": 60, "seed": 0, "signers": 4}},
+                        "base": {"epochs": 12, "hidden": [64], "lr": 3e-3, "optimizer": "adam",
+                                 "schedule": "constant", "warmup_epochs": 0},
+                        "stages": [{"name": "search", "trials": 1, "sampler": "grid",
+                                    "pruner": "incumbent", "confirm": None,
+                                    "space": {"warmup_epochs": [6]}}]})
+    home = tmp_path / "home"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    incumbent, slow = sorted(study.trials, key=lambda t: t.number)
+    assert slow.params == {"warmup_epochs": 6}
+    assert slow.state == TrialState.COMPLETE and max(slow.intermediate_values) == 12
+    assert slow.value > incumbent.value  # it ends ahead: stopping it would lose it
+
+    def stopped_at(pruner: IncumbentPruner) -> int | None:
+        for epoch in sorted(slow.intermediate_values):
+            so_far = {e: v for e, v in slow.intermediate_values.items() if e <= epoch}
+            if pruner.prune(study, _trial(slow.number, so_far, Role.SEARCH)):
+                return epoch
+        return None
+
+    assert stopped_at(IncumbentPruner("maximize", warmup=1, window=0)) == 1
+    assert stopped_at(IncumbentPruner("maximize", warmup=1, window=2)) is None
 
 
 @pytest.mark.slow
