@@ -35,11 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 import optuna
 
-from asl_sweep.search.pruning import IncumbentPruner
 from asl_sweep.search.state import Role, TrialKey
 from asl_sweep.search.store import make_pruner
 from asl_sweep.settings.spec import StageConfig
@@ -47,7 +47,7 @@ from benchmarks.common import ASL, write_result
 from benchmarks.end_to_end import run
 from benchmarks.time_to_quality import CPU_SIZED
 
-PRUNERS = ["median", "incumbent", "incumbent:0", "best", "best:0", "halving", "hyperband"]
+PRUNERS = ["median", "incumbent", "incumbent:0~1", "best", "best:0~1", "halving", "hyperband"]
 DATA = Path(__file__).parent / "data"  # recorded curves, committed
 DEFAULT_SOURCES = ["curves_report_mlp", "curves_cnn"]  # RECORDS' files
 
@@ -128,19 +128,26 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
 
 
 def pruner_for(name: str, stage: dict, epochs: int) -> optuna.pruners.BasePruner:
-    """The pruner a stage naming `name` builds. Variants to compare, not settings:
-    "incumbent/K" or "best/K", that pruner with a warmup of epochs // K instead of its own;
-    "incumbent:W" (or "incumbent/K:W"), with a trend window of W epochs instead of its own
-    (W = 0: the gap at one epoch, no trend: the rule before the twenty-fourth stop)."""
-    if "/" in name or ":" in name:
-        base, _, window = name.partition(":")
-        against, _, k = base.partition("/")
-        return IncumbentPruner(stage["direction"], warmup=max(1, epochs // int(k or 10)),
-                               window=int(window) if window else max(2, epochs // 20),
-                               against=against)
+    """The pruner a stage naming `name` builds (search/store.make_pruner). Variants of
+    `incumbent` and `best` to compare, not settings: "/K" a warmup of epochs // K, ":W" a
+    trend window of W epochs (0: no trend), "~P" a pace of P; the rest as shipped. The rule
+    before the twenty-fourth stop is "incumbent:0~1" (the gap at one epoch, the same epoch)."""
+    base, variant = name, ""
+    for mark in "/:~":
+        if mark in base:
+            base, _, rest = base.partition(mark)
+            variant = mark + rest + variant
     cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
-                      direction=stage["direction"], pruner=name)
-    return make_pruner(cfg, epochs)
+                      direction=stage["direction"], pruner=base)
+    pruner = make_pruner(cfg, epochs)
+    for mark, value in re.findall(r"([/:~])([0-9.]+)", variant):
+        if mark == "/":
+            pruner.warmup = max(1, epochs // int(value))
+        elif mark == ":":
+            pruner.window = int(value)
+        else:
+            pruner.pace = float(value)
+    return pruner
 
 
 def orders(stage: dict, n: int, rng: random.Random) -> list[list[dict]]:
@@ -190,9 +197,10 @@ def main() -> None:
                         "benchmark result with curves)")
     parser.add_argument("--orders", type=int, default=200)
     parser.add_argument("--pruners", default=",".join(PRUNERS),
-                        help="comma-separated; incumbent/K, best/K: that pruner with a warmup "
-                        "of epochs // K (the shipped one: epochs // 10); incumbent:W: with a "
-                        "trend window of W epochs (shipped: max(2, epochs // 20); 0: no trend)")
+                        help="comma-separated; variants of incumbent and best: /K a warmup "
+                        "of epochs // K (shipped: epochs // 10), :W a trend window of W epochs "
+                        "(shipped: max(2, epochs // 20); 0: no trend), ~P a pace of P "
+                        "(shipped: 2/3); incumbent:0~1 is the rule before")
     args = parser.parse_args()
     if args.record:
         record(args.record)

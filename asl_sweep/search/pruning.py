@@ -1,29 +1,29 @@
 """The pruners a stage can name. Optuna's median, hyperband and successive halving compare a
 trial with other search trials; `incumbent` compares it with the stage's incumbent, trained
-on the same fold and seed as every search trial (trial 0), epoch by epoch: a search trial
-is stopped once it is behind the incumbent's curve at the same epoch by more than the
-noise of that curve, so what a stage cannot beat stops early, and what could beat it
+on the same fold and seed as every search trial (trial 0), along the curve: a search trial
+is stopped once it is behind the incumbent's curve by more than the noise of that curve and
+is not closing the gap, so what a stage cannot beat stops early, and what could beat it
 trains on to the race (which always trains at full fidelity).
 
-The margin at epoch e is the larger of a floor (`floor`, 2 points of accuracy by default)
-and `width` times the incumbent's own spread at e: the standard deviation, over the
-incumbent's repeats (other folds and seeds) that have reached e, of their values at e, where
-two or more exist in the stage (a resumed stage, or after the race), else the noise of the
-incumbent's single curve (the standard deviation of its epoch-to-epoch changes up to e,
-over sqrt(2)). A trial is never stopped before `warmup` epochs.
-
-Behind is not enough: a trial is stopped only while it is not closing the gap. The gap is
-read as a mean over a window of `window` epochs, the last `window` against the `window`
-before: a trial whose gap over the last window is still above the margin and no smaller
-than over the window before has stopped gaining on what it is compared with, and stops;
-one whose gap is shrinking trains on. A setting that learns slower early (a stronger
-augmentation, a lower rate, a longer warmup) trails the incumbent at first whatever it
-ends at; compared at one epoch it was stopped there (the live cnn.yaml run of issue 35
-stopped every augmentation lever at epochs 8-10 of 80, and the replay of recorded curves
-stopped two thirds of the trials that ended above the incumbent); read as a trend it trains
-on for as long as it gains. Until 2 x `window` epochs are reported no trend exists and the
-trial trains on. `window` 0 reads the gap at the one epoch, without a trend (the rule
-before; benchmarks/pruning_replay.py replays both).
+Three things decide it, each against a way the rule can stop what would win:
+- The margin, against noise: at reference epoch r the larger of a floor (`floor`, 2 points
+  of accuracy by default) and `width` times the incumbent's own spread at r: the standard
+  deviation, over the incumbent's repeats (other folds and seeds) that have reached r, of
+  their values at r, where two or more exist in the stage (a resumed stage, or after the
+  race), else the noise of the incumbent's single curve (the standard deviation of its
+  epoch-to-epoch changes up to r, over sqrt(2)).
+- The pace, against slow starters: a trial at epoch e is compared with the reference at
+  epoch ceil(`pace` x e) (make_pruner: 2/3), so a setting that learns at least that fast
+  is never behind; a stronger augmentation, a lower rate or a longer warmup learns slower
+  early whatever it ends at, and compared at the same epoch every augmentation lever of a
+  live cnn.yaml run was stopped at epochs 8-10 of 80.
+- The trend, against a gap that is shrinking: the gap is read as a mean over the last
+  `window` epochs against the `window` before; a trial is stopped only where the last
+  window's gap is above the margin and no smaller than the one before. Until 2 x `window`
+  epochs are reported no trend exists and the trial trains on.
+A trial is never stopped before `warmup` epochs. `pace` 1 and `window` 0 give the rule
+before the twenty-fourth stop (the gap at one epoch, the same epoch);
+benchmarks/pruning_replay.py replays each variant on recorded curves.
 
 `best` (IncumbentPruner with against="best") compares a trial the same way with the stage's
 best trial so far instead: the best finished trial of the incumbent, the seed trials and the
@@ -48,9 +48,10 @@ from asl_sweep.search.state import Role, TrialKey
 class IncumbentPruner(BasePruner):
     def __init__(self, direction: str, warmup: int = 2, floor: float = 0.02,
                  width: float = 2.0, against: str = "incumbent", top: int = 1,
-                 window: int = 2):
+                 window: int = 2, pace: float = 1.0):
         self.sign = 1.0 if direction == "maximize" else -1.0
         self.warmup, self.floor, self.width, self.window = warmup, floor, width, window
+        self.pace = pace  # a trial at epoch e is compared with the reference at ~pace x e
         self.against, self.top = against, top  # "incumbent" or "best" (the top-th best)
         self.reason = ""  # what the last pruned trial was compared with, for its record
 
@@ -65,9 +66,10 @@ class IncumbentPruner(BasePruner):
             return False  # nothing to compare with at this epoch: trains on
         reference = incumbent if self.against == "incumbent" else self.leader(
             trials, incumbent, step)
+        at = self.paced(step)  # the reference's epoch this one is compared with
         mine = trial.intermediate_values[step]
-        theirs = reference.intermediate_values[step]
-        margin = max(self.floor, self.width * self.spread(trials, incumbent, step))
+        theirs = reference.intermediate_values[at]
+        margin = max(self.floor, self.width * self.spread(trials, incumbent, at))
         gaps = self.gaps(trial, reference, step)
         if len(gaps) < max(1, 2 * self.window):
             return False  # no trend yet
@@ -80,7 +82,10 @@ class IncumbentPruner(BasePruner):
             whom = (f"the incumbent (trial {incumbent.number})" if reference is incumbent
                     else f"trial {reference.number}, the stage's "
                     + ("best" if self.top == 1 else f"number {self.top}") + " so far")
-            self.reason = (f"behind {whom} at epoch {step}: {mine:.3f} vs {theirs:.3f}; "
+            where = (f"at epoch {step}: {mine:.3f} vs {theirs:.3f}" if at == step else
+                     f"{mine:.3f} at epoch {step} vs {theirs:.3f} at its epoch {at} "
+                     f"({self.pace:.2f} of the trial's epochs)")
+            self.reason = (f"behind {whom}: {where}; "
                            f"behind by {now:.3f} on average over its last {self.window} "
                            f"epochs, more than the margin {margin:.3f} (the incumbent's own "
                            f"spread at that epoch), and not closing ({before:.3f} over the "
@@ -92,8 +97,14 @@ class IncumbentPruner(BasePruner):
         """How far the trial is behind the reference (positive: behind) at each epoch up to
         `step` that both reported, oldest first."""
         theirs = reference.intermediate_values
-        return [self.sign * (theirs[e] - v) for e, v in sorted(trial.intermediate_values.items())
-                if e <= step and e in theirs]
+        return [self.sign * (theirs[self.paced(e)] - v)
+                for e, v in sorted(trial.intermediate_values.items())
+                if e <= step and self.paced(e) in theirs]
+
+    def paced(self, epoch: int) -> int:
+        """The reference's epoch a trial's `epoch` is compared with: `pace` of it, rounded
+        up (at pace 1, the same epoch)."""
+        return max(1, math.ceil(self.pace * epoch - 1e-9))
 
     def leader(self, trials: list[FrozenTrial], incumbent: FrozenTrial,
                step: int) -> FrozenTrial:

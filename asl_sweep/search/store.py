@@ -265,7 +265,7 @@ def make_pruner(stage: StageConfig, epochs: int) -> optuna.pruners.BasePruner:
         from asl_sweep.search.pruning import IncumbentPruner
 
         return IncumbentPruner(stage.direction, warmup=max(1, epochs // 10),
-                               window=max(2, epochs // 20), against=stage.pruner,
+                               window=max(2, epochs // 20), pace=2 / 3, against=stage.pruner,
                                top=stage.confirm.top if stage.confirm else 1)
     if stage.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 9),

@@ -151,3 +151,33 @@ def test_best_compares_with_the_top_th_best_paired_trial_never_one_the_incumbent
 
     assert [leader(1), leader(2), leader(3)] == [1, 2, 0]  # a race of 3 would take the incumbent
     assert leader(1, step=1) == 1  # ranked by final value: 0.8 before trial 3's 0.7
+
+
+def test_the_pace_spares_a_trial_that_takes_off_later_and_the_trend_alone_does_not():
+    """Both curves flat at chance, then the incumbent takes off at epoch 5 and the trial at
+    epoch 7, rising as fast and ending level: the gap grows from nothing, so the trend alone
+    (pace 1) stops it at the takeoff; compared with the incumbent at two thirds of its
+    epochs it is never behind. One that never takes off is stopped either way."""
+    rise = [0.1, 0.1, 0.1, 0.1, 0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    incumbent = {e: v for e, v in enumerate(rise, start=1)}
+    late = {e: v for e, v in enumerate([0.1, 0.1] + rise[:-2], start=1)}
+    flat = {e: 0.1 for e in incumbent}
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        value=0.9, intermediate_values=incumbent, user_attrs={TrialKey.ROLE: Role.INCUMBENT}))
+
+    def stopped_at(pruner: IncumbentPruner, curve: dict[int, float]) -> int | None:
+        for epoch in curve:
+            so_far = {e: v for e, v in curve.items() if e <= epoch}
+            if pruner.prune(study, _trial(1, so_far, Role.SEARCH)):
+                return epoch
+        return None
+
+    def pruner(pace):
+        return IncumbentPruner("maximize", warmup=1, window=2, pace=pace)
+
+    assert stopped_at(pruner(1.0), late) == 6  # behind 0.4 at its epoch 6, the gap growing
+    assert stopped_at(pruner(2 / 3), late) is None
+    paced = pruner(2 / 3)
+    assert stopped_at(paced, flat) == 8
+    assert "0.100 at epoch 8 vs 0.500 at its epoch 6 (0.67 of the trial's epochs)" in paced.reason
