@@ -219,9 +219,10 @@ class StageConfig(Strict):
                                   "summed over reruns (time between runs does not count)")
     pruner: Literal["median", "incumbent", "best", "hyperband", "halving", "none"] = Field(
         "median", description="median: stop a trial whose epoch-k value is below the median of "
-        "earlier trials'; incumbent: stop a trial once it is behind the incumbent's curve at "
-        "the same epochs (same fold and seed) by more than that curve's own spread (at least "
-        "2 points) over its last few epochs and is not closing the gap; best: the same against the stage's best trial so far (the confirm.top-th "
+        "earlier trials'; incumbent: stop a trial once it is behind the incumbent's curve "
+        "(same fold and seed; at epoch e the incumbent's value at two thirds of e) by more "
+        "than that curve's own spread (at least 2 points) over its last few epochs and is "
+        "not closing the gap; best: the same against the stage's best trial so far (the confirm.top-th "
         "best, never one the incumbent beats): a trial that would not be raced stops; "
         "hyperband, halving: successive halving of the epochs; none: never")
     seed: int = Field(0, description="added to the sampler's seed")
