@@ -62,11 +62,11 @@ class IncumbentPruner(BasePruner):
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         incumbent = next((t for t in trials
                           if t.user_attrs.get(TrialKey.ROLE) == Role.INCUMBENT), None)
-        if incumbent is None or step not in incumbent.intermediate_values:
+        at = self.paced(step)  # the reference's epoch this one is compared with
+        if incumbent is None or at not in incumbent.intermediate_values:
             return False  # nothing to compare with at this epoch: trains on
         reference = incumbent if self.against == "incumbent" else self.leader(
-            trials, incumbent, step)
-        at = self.paced(step)  # the reference's epoch this one is compared with
+            trials, incumbent, at)
         mine = trial.intermediate_values[step]
         theirs = reference.intermediate_values[at]
         margin = max(self.floor, self.width * self.spread(trials, incumbent, at))
@@ -88,8 +88,8 @@ class IncumbentPruner(BasePruner):
             self.reason = (f"behind {whom}: {where}; "
                            f"behind by {now:.3f} on average over its last {self.window} "
                            f"epochs, more than the margin {margin:.3f} (the incumbent's own "
-                           f"spread at that epoch), and not closing ({before:.3f} over the "
-                           f"{self.window} before)")
+                           f"spread at its epoch {at}), and not closing ({before:.3f} over "
+                           f"the {self.window} before)")
             return True
         return False
 

@@ -222,8 +222,9 @@ class StageConfig(Strict):
         "earlier trials'; incumbent: stop a trial once it is behind the incumbent's curve "
         "(same fold and seed; at epoch e the incumbent's value at two thirds of e) by more "
         "than that curve's own spread (at least 2 points) over its last few epochs and is "
-        "not closing the gap; best: the same against the stage's best trial so far (the confirm.top-th "
-        "best, never one the incumbent beats): a trial that would not be raced stops; "
+        "not closing the gap; best: the same against the stage's best trial so far (the "
+        "confirm.top-th best, never one the incumbent beats): a trial that would not be "
+        "raced stops; "
         "hyperband, halving: successive halving of the epochs; none: never")
     seed: int = Field(0, description="added to the sampler's seed")
     space: dict[str, Any] = Field({}, description="the searched settings: key paths into "

@@ -1,7 +1,7 @@
 """Every pruner a stage can name, on real training: the incumbent pruner stops a search
 trial behind the incumbent's curve by more than its noise, saying what it was compared with,
-and lets one level with it train to the end, and one that starts slower but closes the gap; median, halving and hyperband stop a hopeless
-trial among others; `best` stops one behind the stage's best trial so far. Without a pruner
+and lets one level with it, or one that starts slower and closes the gap, train to the end;
+median, halving and hyperband stop a hopeless trial among others; `best` stops one behind the stage's best trial so far. Without a pruner
 (`none`) every trial trains every epoch."""
 
 import optuna
@@ -46,9 +46,10 @@ def test_a_trial_behind_the_incumbent_stops_early_and_one_level_with_it_does_not
 def test_a_slow_starter_closing_the_gap_trains_on_where_one_epochs_gap_would_stop_it(
         write_study, tmp_path):
     """A rate warmed up over half the epochs learns slower early and ends ahead of the
-    incumbent (no warmup): behind by more than the margin at its first epochs, it trains
-    on, since its gap shrinks. The rule before (the gap at one epoch, `window` 0) stops it
-    at epoch 1 on the same recorded curves: the test can fail."""
+    incumbent (no warmup): behind by more than the margin at its first epochs, it trains on
+    under the shipped rule (the pace and the trend; the trend alone spares it too, its gap
+    shrinks). The rule before (the gap at one epoch, the same epoch) stops it at epoch 1 on
+    the same recorded curves: the test can fail."""
     path = write_study({"data": {"synthetic": {"per_class": 60, "seed": 0, "signers": 4}},
                         "base": {"epochs": 12, "hidden": [64], "lr": 3e-3, "optimizer": "adam",
                                  "schedule": "constant", "warmup_epochs": 0},
