@@ -103,7 +103,10 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
     """One pass of the stage's trials, in `order`, under `pruner`: the epochs each trial
     trained and which were pruned."""
     epochs = max(len(t["curve"]) for t in stage["trials"])
+    # named, so Hyperband (which assigns trials to brackets by a hash of the study's name)
+    # replays the same way every run
     study = optuna.create_study(direction=stage["direction"],
+                                study_name=f"{stage['source']}:{stage['stage']}",
                                 pruner=pruner_for(pruner, stage, epochs),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     trained, full, pruned = 0, 0, set()
