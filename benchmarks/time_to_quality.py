@@ -6,9 +6,12 @@ at a time, every trial trained) beside the shipped defaults (racing confirmation
 futility rule, trainings found again, --workers auto).
 --arms hyperband: sweeps/report.yaml as shipped (median pruning, no early stopping) beside
 the same study with Hyperband pruning in every searched stage and early stopping.
+--arms versus: the shipped defaults beside the same with the --versus overrides (both with
+--workers auto), to try one change to the defaults against them in one run.
 
     .venv/bin/python -m benchmarks.time_to_quality [--data PATH] [--study sweeps/report.yaml]
-        [--cpu-sized] [--stages N] [--set K=V ...] [--arms race|hyperband] [--people]
+        [--cpu-sized] [--stages N] [--set K=V ...] [--arms race|hyperband|versus]
+        [--versus K=V ...] [--people]
 
 --people: the built-in signers with new_people's person split (120 signers, 30 of them
 test people) in place of --data, for cnn.yaml (issue 35: `--study sweeps/cnn.yaml
@@ -74,9 +77,12 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--before-top", type=int, default=2,
                         help="confirm.top of the arm before racing (report.yaml: 2, cnn.yaml: 1)")
-    parser.add_argument("--arms", choices=["race", "hyperband"], default="race",
+    parser.add_argument("--arms", choices=["race", "hyperband", "versus"], default="race",
                         help="race: fixed repeats one at a time vs racing with --workers auto; "
-                             "hyperband: median pruning vs Hyperband + early stopping")
+                             "hyperband: median pruning vs Hyperband + early stopping; "
+                             "versus: the shipped defaults vs the same with --versus")
+    parser.add_argument("--versus", action="append", default=[],
+                        help="K=V overrides of the second arm of --arms versus")
     args = parser.parse_args()
     common = [*(CPU_SIZED if args.cpu_sized else []), *(PEOPLE if args.people else []),
               *args.overrides]
@@ -97,6 +103,25 @@ def main() -> None:
                   "before_overrides": old["overrides"], "before": old, "now": new}
         print({k: v for k, v in result.items() if k not in ("before", "now")})
         name = f"time_to_quality_race_{Path(args.study).stem}{'_people' if args.people else ''}"
+        print(f"written to {write_result(name, result)}")
+        return
+    if args.arms == "versus":
+        if not args.versus:
+            parser.error("--arms versus needs at least one --versus K=V")
+        shipped = run(args.study, data, common, None, None, stages=args.stages,
+                      workers="auto")
+        changed = run(args.study, data, [*common, *args.versus], None, None,
+                      stages=args.stages, workers="auto")
+        result = {"study": args.study, "data": shown(data), "stages": args.stages,
+                  "versus": args.versus,
+                  "shipped_wall_s": shipped["wall_s"], "shipped_test": shipped["final_test"],
+                  "versus_wall_s": changed["wall_s"], "versus_test": changed["final_test"],
+                  "wall_ratio": round(changed["wall_s"] / shipped["wall_s"], 2),
+                  "test_difference": round(changed["final_test_mean"]
+                                           - shipped["final_test_mean"], 4),
+                  "shipped": shipped, "changed": changed}
+        print({k: v for k, v in result.items() if k not in ("shipped", "changed")})
+        name = f"time_to_quality_versus_{Path(args.study).stem}"
         print(f"written to {write_result(name, result)}")
         return
     today = run(args.study, data, common, None, None, stages=args.stages)
