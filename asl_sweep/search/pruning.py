@@ -21,8 +21,8 @@ Three things decide it, each against a way the rule can stop what would win:
   `window` epochs against the `window` before; a trial is stopped only where the last
   window's gap is above the margin and no smaller than the one before. Until 2 x `window`
   epochs are reported no trend exists and the trial trains on.
-A trial is never stopped before `warmup` epochs. `pace` 1 and `window` 0 give the rule
-before the twenty-fourth stop (the gap at one epoch, the same epoch);
+A trial is never stopped before `warmup` epochs. `pace` 1 and `window` 0 give the first
+version of this rule (the gap at one epoch, the same epoch, which stopped slow starters);
 benchmarks/pruning_replay.py replays each variant on recorded curves.
 
 `best` (IncumbentPruner with against="best") compares a trial the same way with the stage's
