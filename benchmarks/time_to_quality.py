@@ -42,6 +42,15 @@ def faster(study: str) -> list[str]:
     return [*sets, "base.early_stop={patience: 3}"]
 
 
+def arm_row(arm: str, result: dict) -> dict:
+    """One arm as a row: wall, test, and per stage its status and how many trials were
+    pruned (the front page of BENCHMARKS.md shows this table)."""
+    return {"arm": arm, "wall_s": result["wall_s"], "test": result["final_test"],
+            "stages": "; ".join(f"{s['stage']} {s['status']}, "
+                                f"{s['trials'].get('PRUNED', 0)} pruned"
+                                for s in result["stages"])}
+
+
 def before(study: str, top: int) -> list[str]:
     """The confirmation before racing (issue 21): the top candidates over 3 fixed repeats,
     the search trial counted as repeat 0, in every confirmed stage (report.yaml had the
@@ -112,7 +121,9 @@ def main() -> None:
                       workers="auto")
         changed = run(args.study, data, [*common, *args.versus], None, None,
                       stages=args.stages, workers="auto")
-        result = {"study": args.study, "data": shown(data), "stages": args.stages,
+        result = {"rows": [arm_row("shipped", shipped),
+                           arm_row(" ".join(args.versus), changed)],
+                  "study": args.study, "data": shown(data), "stages": args.stages,
                   "versus": args.versus,
                   "shipped_wall_s": shipped["wall_s"], "shipped_test": shipped["final_test"],
                   "versus_wall_s": changed["wall_s"], "versus_test": changed["final_test"],
