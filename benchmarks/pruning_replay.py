@@ -133,17 +133,13 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
 def pruner_for(name: str, stage: dict, epochs: int) -> optuna.pruners.BasePruner:
     """The pruner a stage naming `name` builds (search/store.make_pruner). Variants of
     `incumbent` and `best` to compare, not settings: "/K" a warmup of epochs // K, ":W" a
-    trend window of W epochs (0: no trend), "~P" a pace of P; the rest as shipped. The rule
-    before the twenty-fourth stop is "incumbent:0~1" (the gap at one epoch, the same epoch)."""
-    base, variant = name, ""
-    for mark in "/:~":
-        if mark in base:
-            base, _, rest = base.partition(mark)
-            variant = mark + rest + variant
+    trend window of W epochs (0: no trend), "~P" a pace of P; the rest as shipped. The first
+    version of the rule is "incumbent:0~1" (the gap at one epoch, the same epoch)."""
+    base = re.split(r"[/:~]", name, maxsplit=1)[0]
     cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
                       direction=stage["direction"], pruner=base)
     pruner = make_pruner(cfg, epochs)
-    for mark, value in re.findall(r"([/:~])([0-9.]+)", variant):
+    for mark, value in re.findall(r"([/:~])([0-9.]+)", name):
         if mark == "/":
             pruner.warmup = max(1, epochs // int(value))
         elif mark == ":":
