@@ -70,7 +70,7 @@ class IncumbentPruner(BasePruner):
         mine = trial.intermediate_values[step]
         theirs = reference.intermediate_values[at]
         margin = max(self.floor, self.width * self.spread(trials, incumbent, at))
-        gaps = self.gaps(trial, reference, step)
+        gaps = self.gaps(trial, reference)
         if len(gaps) < max(1, 2 * self.window):
             return False  # no trend yet
         if self.window == 0:  # the gap at this epoch alone, no trend (the rule before)
@@ -93,13 +93,13 @@ class IncumbentPruner(BasePruner):
             return True
         return False
 
-    def gaps(self, trial: FrozenTrial, reference: FrozenTrial, step: int) -> list[float]:
-        """How far the trial is behind the reference (positive: behind) at each epoch up to
-        `step` that both reported, oldest first."""
+    def gaps(self, trial: FrozenTrial, reference: FrozenTrial) -> list[float]:
+        """How far the trial is behind the reference (positive: behind) at each epoch it
+        reported whose paced epoch the reference reported, oldest first."""
         theirs = reference.intermediate_values
         return [self.sign * (theirs[self.paced(e)] - v)
                 for e, v in sorted(trial.intermediate_values.items())
-                if e <= step and self.paced(e) in theirs]
+                if self.paced(e) in theirs]
 
     def paced(self, epoch: int) -> int:
         """The reference's epoch a trial's `epoch` is compared with: `pace` of it, rounded

@@ -1,8 +1,8 @@
 """Every pruner a stage can name, on real training: the incumbent pruner stops a search
 trial behind the incumbent's curve by more than its noise, saying what it was compared with,
 and lets one level with it, or one that starts slower and closes the gap, train to the end;
-median, halving and hyperband stop a hopeless trial among others; `best` stops one behind the stage's best trial so far. Without a pruner
-(`none`) every trial trains every epoch."""
+median, halving and hyperband stop a hopeless trial among others; `best` stops one behind
+the stage's best trial so far. Without a pruner (`none`) every trial trains every epoch."""
 
 import optuna
 import pytest
@@ -64,15 +64,11 @@ def test_a_slow_starter_closing_the_gap_trains_on_where_one_epochs_gap_would_sto
     assert slow.state == TrialState.COMPLETE and max(slow.intermediate_values) == 12
     assert slow.value > incumbent.value  # it ends ahead: stopping it would lose it
 
-    def stopped_at(pruner: IncumbentPruner) -> int | None:
-        for epoch in sorted(slow.intermediate_values):
-            so_far = {e: v for e, v in slow.intermediate_values.items() if e <= epoch}
-            if pruner.prune(study, _trial(slow.number, so_far, Role.SEARCH)):
-                return epoch
-        return None
-
-    assert stopped_at(IncumbentPruner("maximize", warmup=1, window=0)) == 1
-    assert stopped_at(IncumbentPruner("maximize", warmup=1, window=2)) is None
+    curve = slow.intermediate_values
+    assert _stopped_at(IncumbentPruner("maximize", warmup=1, window=0), study, curve,
+                       slow.number) == 1
+    assert _stopped_at(IncumbentPruner("maximize", warmup=1, window=2), study, curve,
+                       slow.number) is None
 
 
 @pytest.mark.slow
@@ -167,18 +163,22 @@ def test_the_pace_spares_a_trial_that_takes_off_later_and_the_trend_alone_does_n
     study.add_trial(optuna.trial.create_trial(
         value=0.9, intermediate_values=incumbent, user_attrs={TrialKey.ROLE: Role.INCUMBENT}))
 
-    def stopped_at(pruner: IncumbentPruner, curve: dict[int, float]) -> int | None:
-        for epoch in curve:
-            so_far = {e: v for e, v in curve.items() if e <= epoch}
-            if pruner.prune(study, _trial(1, so_far, Role.SEARCH)):
-                return epoch
-        return None
-
     def pruner(pace):
         return IncumbentPruner("maximize", warmup=1, window=2, pace=pace)
 
-    assert stopped_at(pruner(1.0), late) == 6  # behind 0.4 at its epoch 6, the gap growing
-    assert stopped_at(pruner(2 / 3), late) is None
+    assert _stopped_at(pruner(1.0), study, late) == 6  # behind 0.4 at its epoch 6, growing
+    assert _stopped_at(pruner(2 / 3), study, late) is None
     paced = pruner(2 / 3)
-    assert stopped_at(paced, flat) == 8
+    assert _stopped_at(paced, study, flat) == 8
     assert "0.100 at epoch 8 vs 0.500 at its epoch 6 (0.67 of the trial's epochs)" in paced.reason
+
+
+def _stopped_at(pruner: IncumbentPruner, study: optuna.Study, curve: dict[int, float],
+                number: int = 1) -> int | None:
+    """The first epoch at which `pruner` stops search trial `number` reporting `curve` one
+    epoch at a time, or None where it trains to the end."""
+    for epoch in sorted(curve):
+        so_far = {e: v for e, v in curve.items() if e <= epoch}
+        if pruner.prune(study, _trial(number, so_far, Role.SEARCH)):
+            return epoch
+    return None
