@@ -27,6 +27,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     if cfg.zoom_out > 1:
         r = 1 + torch.rand(b, generator=generator) * (cfg.zoom_out - 1)
         at = torch.rand(2, b, generator=generator)
+        if cfg.zoom_share < 1:  # the rest keep their size (drawn only then: seeded runs repeat)
+            r = torch.where(torch.rand(b, generator=generator) < cfg.zoom_share, r, torch.ones(b))
         then(geometry.zoom_out(r, at[0], at[1]))
     if cfg.translate > 0:
         d = (torch.rand(2, b, generator=generator) * 2 - 1) * cfg.translate

@@ -108,6 +108,9 @@ class AugmentConfig(Strict):
                             "shrunk by a side ratio drawn from [1, zoom_out] onto a canvas "
                             "filled with black, placed anywhere, resized back (a hand far "
                             "from the camera); 1 = off")
+    zoom_share: float = Field(1.0, gt=0.0, le=1.0, description="the share of images "
+                              "zoomed out, the rest kept at their size (a few hands far from "
+                              "the camera, most not); 1 = every image")
     perspective: float = Field(0.0, ge=0.0, le=1.0, description="random perspective with "
                                "p=0.5: each corner moves inward by up to this fraction of "
                                "half a side; 0 = off")

@@ -119,6 +119,20 @@ def test_zoom_out_draws_shrink_the_image_inside_the_frame():
     assert filled.std() > 0.05  # every image its own ratio
 
 
+def test_zoom_share_shrinks_about_its_share_and_leaves_the_rest_as_they_were():
+    x = _batch(n=400)
+    out = augment_batch(x, AugmentConfig(zoom_out=3.0, zoom_share=0.25),
+                        torch.Generator().manual_seed(0))
+    kept = [torch.equal(out[i], x[i]) for i in range(len(x))]
+    assert 0.18 < 1 - sum(kept) / len(x) < 0.32  # about a quarter of them zoomed out
+    ones = torch.ones(400, 3, 24, 24)
+    filled = augment_batch(ones, AugmentConfig(zoom_out=3.0, zoom_share=0.25),
+                           torch.Generator().manual_seed(0)).mean(dim=(1, 2, 3))
+    shrunk = filled[filled < 1 - 1e-6]
+    # those zoomed keep the whole range of ratios: covering 1/9 to all of the frame
+    assert shrunk.min() < 0.2 and shrunk.max() > 0.8
+
+
 def test_turn_gives_about_its_share_of_images_torchvisions_quarter_turn_either_way():
     x = _batch(n=400)
     out = augment_batch(x, AugmentConfig(turn=0.3), torch.Generator().manual_seed(0))
