@@ -49,6 +49,18 @@ LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom
           "+ perspective 0.2": {"perspective": 0.2}, "+ crop 0.7": {"crop_scale": 0.7},
           "+ turn 0.2": {"turn": 0.2}, "+ turn 0.35": {"turn": 0.35},
           "+ turn 0.2, zoom_out 1.5, crop 0.7": {"turn": 0.2, "zoom_out": 1.5, "crop_scale": 0.7},
+          # cnn.yaml's start (turn 0.2) with the hands shrunk as the far signers' are
+          "+ turn 0.2, zoom_out 1.5": {"turn": 0.2, "zoom_out": 1.5},
+          "+ turn 0.2, zoom_out 2.0": {"turn": 0.2, "zoom_out": 2.0},
+          # ... on a fifth of the hands only, as the quarter turn is
+          "+ turn 0.2, zoom_out 2.0 on 0.2": {"turn": 0.2, "zoom_out": 2.0, "zoom_share": 0.2},
+          "+ turn 0.2, zoom_out 2.5 on 0.2": {"turn": 0.2, "zoom_out": 2.5, "zoom_share": 0.2},
+          # the augmentation stage's other levers, each beside the start's turn
+          "+ turn 0.2, flip": {"turn": 0.2, "flip": True},
+          "+ turn 0.2, rotation 30": {"turn": 0.2, "rotation": 30.0},
+          "+ turn 0.2, perspective 0.2": {"turn": 0.2, "perspective": 0.2},
+          "+ turn 0.2, trivial 0.5": {"turn": 0.2, "trivial": 0.5},
+          "+ turn 0.2, erase 0.2": {"turn": 0.2, "erase": 0.2},
           # transfer only: more cached views, so more of the turned ones reach the head
           "+ turn 0.35, feature_views 5": {"turn": 0.35, "transfer": {"feature_views": 5}}}
 EPOCHS = {"cnn": 40, "transfer": 15}
