@@ -44,18 +44,22 @@ def changed_settings(space: dict[str, ParamSpec], number: int, moves: int | None
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamSpec],
-            only: set[str] | None = None) -> dict[str, Any]:
+            only: set[str] | None = None, start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Define-by-run: each setting in order (of `only`, where given: the others keep the
     start's values), skipping those whose `when` does not hold for the settings chosen
     before it (Optuna then samples each conditional setting only from the trials that had
-    it)."""
+    it). `start`: the start's value of each setting a move must change: a choice then draws
+    from its other values, so a trial that moves one lever never trains the start again
+    (the same choices in every trial of the stage, as Optuna needs)."""
     params: dict[str, Any] = {}
     for name, spec in space.items():
         if (only is not None and name not in only) or not spec.applies(params):
             continue
         if isinstance(spec, Choice):
+            choices = [c for c in spec.choices
+                       if start is None or name not in start or c != start[name]]
             params[name] = _decode(trial.suggest_categorical(
-                name, [_encode(c) for c in spec.choices]))
+                name, [_encode(c) for c in choices or spec.choices]))
         elif isinstance(spec, IntRange):
             params[name] = trial.suggest_int(name, spec.low, spec.high, step=spec.step,
                                              log=spec.log)

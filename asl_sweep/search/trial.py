@@ -43,7 +43,7 @@ from asl_sweep.search.state import (
     origin_of,
     retries_of,
 )
-from asl_sweep.settings.config import TrainConfig, apply_overrides
+from asl_sweep.settings.config import TrainConfig, apply_overrides, get_path
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 from asl_sweep.training.train import EpochStats, Monitor, TrainResult, train
 
@@ -175,9 +175,7 @@ class TrialRunner:
         queued = frozen.user_attrs
         role = Role(queued.get(TrialKey.ROLE, Role.SEARCH))
         of_incumbent = role == Role.INCUMBENT or queued.get(TrialKey.INCUMBENT, False)
-        params = {} if of_incumbent else suggest(trial, self.stage.space, changed_settings(
-            self.stage.space, trial.number, self.stage.moves,
-            frozen.system_attrs.get(FIXED_PARAMS)))
+        params = {} if of_incumbent else self.sample(trial, frozen)
         repeat = int(queued.get(TrialKey.REPEAT, 0))
         previous = bool(queued.get(TrialKey.PREVIOUS_FAMILY)) and self.reference is not None
         cfg = self.reference if previous else apply_overrides(self.base, params)
@@ -194,6 +192,21 @@ class TrialRunner:
             Role.CONFIRM: f"-confirms-{queued.get(TrialKey.CONFIRMS)}-r{repeat}"}[role]
         return Plan(role, cfg, params, repeat, repeat if self.use_folds else 0, previous,
                     number, name)
+
+    def sample(self, trial: optuna.Trial, frozen: FrozenTrial) -> dict[str, Any]:
+        """A search trial's settings: the whole space, or with `moves` the next levers, each
+        moved off the start's value (a choice never draws the value the start has); a
+        trial queued with settings (a retry, a race repeat) takes those. A stage with seed
+        trials keeps every choice: a seed trial may set a lever to the start's value, and
+        Optuna needs the same choices in every trial of a stage."""
+        fixed = frozen.system_attrs.get(FIXED_PARAMS)
+        only = changed_settings(self.stage.space, trial.number, self.stage.moves, fixed)
+        if only is None or self.stage.seed_trials:
+            return suggest(trial, self.stage.space, only)
+        tree = self.base.model_dump()
+        # the start's image size is the one it trains at, where base leaves it to the stage
+        tree["image_size"] = stage_image_size(self.session.cfg, self.stage, self.base)
+        return suggest(trial, self.stage.space, only, {name: get_path(tree, name) for name in only})
 
     def image_size(self, plan: Plan) -> int:
         # The previous family trains at its own size, not the one this stage sets.

@@ -287,6 +287,19 @@ class TrainConfig(Strict):
 
 
 # ---------------------------------------------------------------- paths and overrides
+def get_path(tree: Any, path: str) -> Any:
+    """The value at `a.b.0.c` in nested dicts/lists; None where the path does not reach."""
+    node = tree
+    for key in path.split("."):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return None
+    return node
+
+
 def set_path(tree: Any, path: str, value: Any) -> None:
     """Set `a.b.0.c` in nested dicts/lists; short numeric lists are padded with 0."""
     keys = path.split(".")

@@ -234,8 +234,9 @@ class StageConfig(Strict):
                               "many of the searched settings from the stage's start (the "
                               "incumbent), the rest keep its values: trial k moves the next "
                               "`moves` settings in the order the space lists them, the way "
-                              "a person tries one lever at a time; null: every setting in "
-                              "every trial")
+                              "a person tries one lever at a time, a choice drawn from its "
+                              "values other than the start's (unless the stage has seed "
+                              "trials); null: every setting in every trial")
     seed_trials: list[SeedTrial] = Field([], description="hand-picked settings run first, "
                                          "as baselines")
     fixed: dict[str, Any] = Field({}, description="trainer settings for this stage only (not "

@@ -78,6 +78,51 @@ def test_a_stage_that_moves_one_setting_at_a_time_changes_one_in_each_trial(writ
     assert "1 setting changed a trial from the start, in the space's order" in report
 
 
+def test_a_move_never_draws_the_start_value_of_a_choice():
+    from asl_sweep.search.space import suggest
+    from asl_sweep.settings.spec import StageConfig
+
+    space = StageConfig(name="s", space={"flip": [False, True], "hidden": [[], [16], [32]],
+                                         "lr": {"low": 0.1, "high": 0.2}}).space
+    def draws(start):  # one study a start: Optuna needs the same choices in every trial
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        return [suggest(study.ask(), space, {"flip", "hidden", "lr"}, start) for _ in range(30)]
+
+    moved = draws({"flip": False, "hidden": [], "lr": 0.15})
+    assert {d["flip"] for d in moved} == {True}
+    assert sorted({json.dumps(d["hidden"]) for d in moved}) == ["[16]", "[32]"]
+    # without a start every value stays a draw; a start outside the choices leaves them
+    for free in (draws(None), draws({"flip": None, "hidden": [8]})):
+        assert {d["flip"] for d in free} == {False, True} and [] in [d["hidden"] for d in free]
+
+
+@pytest.mark.slow
+def test_a_stage_that_moves_one_lever_at_a_time_never_trains_the_start_again(write_study,
+                                                                             tmp_path):
+    """Each move changes its lever: a choice draws a value other than the start's, the
+    image size one other than the size the start trains at (data's, base leaves it)."""
+    path = write_study({"base": {"epochs": 1, "activation": "relu"}, "stages": [{
+        "name": "levers", "trials": 6, "sampler": "random", "pruner": "none",
+        "confirm": None, "moves": 1,
+        "space": {"activation": ["relu", "tanh"], "image_size": [16, 12]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    study = optuna.load_study(study_name="tiny.levers", storage=Workspace.at(home).storage)
+    searched = [t for t in study.trials if t.user_attrs.get("role") == "search"]
+    assert [t.params for t in sorted(searched, key=lambda t: t.number)] == [
+        {"activation": "tanh"}, {"image_size": 12}] * 3
+
+
+def test_get_path_reads_what_set_path_writes():
+    from asl_sweep.settings.config import get_path, set_path
+
+    tree = {"augment": {"turn": 0.2}, "dropout": [0.1, 0.3], "cnn": None}
+    assert get_path(tree, "augment.turn") == 0.2 and get_path(tree, "dropout.1") == 0.3
+    assert get_path(tree, "dropout.2") is None and get_path(tree, "cnn.kernel") is None
+    set_path(tree, "dropout.2", 0.5)
+    assert get_path(tree, "dropout.2") == 0.5
+
+
 def test_moves_is_the_next_settings_in_the_spaces_order_and_a_queued_trials_own():
     from asl_sweep.search.space import changed_settings
     from asl_sweep.settings.spec import StageConfig
