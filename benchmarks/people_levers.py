@@ -61,6 +61,7 @@ LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom
           "+ turn 0.2, perspective 0.2": {"turn": 0.2, "perspective": 0.2},
           "+ turn 0.2, trivial 0.5": {"turn": 0.2, "trivial": 0.5},
           "+ turn 0.2, erase 0.2": {"turn": 0.2, "erase": 0.2},
+          "+ turn 0.2, crop 0.7": {"turn": 0.2, "crop_scale": 0.7},
           # transfer only: more cached views, so more of the turned ones reach the head
           "+ turn 0.35, feature_views 5": {"turn": 0.35, "transfer": {"feature_views": 5}}}
 EPOCHS = {"cnn": 40, "transfer": 15}
