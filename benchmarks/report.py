@@ -37,7 +37,8 @@ def _section(result: dict, prefix: str = "") -> list[str]:
             lines += ["", f"**{name}**", "", *_table(value)]
         elif isinstance(value, dict):
             scalars = {k: v for k, v in value.items() if not _rows(v)}
-            lines += ["", f"**{name}**", "", *_table([scalars])]
+            if scalars:  # an empty setting (no overrides) makes no table
+                lines += ["", f"**{name}**", "", *_table([scalars])]
             lines += _section({k: v for k, v in value.items() if _rows(v)}, f"{name}: ")
         else:
             lines.append(f"- {name}: {value}")
