@@ -113,16 +113,6 @@ def test_a_stage_that_moves_one_lever_at_a_time_never_trains_the_start_again(wri
         {"activation": "tanh"}, {"image_size": 12}] * 3
 
 
-def test_get_path_reads_what_set_path_writes():
-    from asl_sweep.settings.config import get_path, set_path
-
-    tree = {"augment": {"turn": 0.2}, "dropout": [0.1, 0.3], "cnn": None}
-    assert get_path(tree, "augment.turn") == 0.2 and get_path(tree, "dropout.1") == 0.3
-    assert get_path(tree, "dropout.2") is None and get_path(tree, "cnn.kernel") is None
-    set_path(tree, "dropout.2", 0.5)
-    assert get_path(tree, "dropout.2") == 0.5
-
-
 def test_moves_is_the_next_settings_in_the_spaces_order_and_a_queued_trials_own():
     from asl_sweep.search.space import changed_settings
     from asl_sweep.settings.spec import StageConfig

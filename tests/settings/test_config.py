@@ -131,3 +131,13 @@ def test_tta_off_written_bare_in_yaml_is_off(tmp_path):
     assert load_study(path, ["tta=off"]).tta == "off"
     with pytest.raises(ConfigError, match="tta: Input should be 'auto', 'off'"):
         load_study(path, ["tta=spin"])
+
+
+def test_get_path_reads_what_set_path_writes():
+    from asl_sweep.settings.config import get_path, set_path
+
+    tree = {"augment": {"turn": 0.2}, "dropout": [0.1, 0.3], "cnn": None}
+    assert get_path(tree, "augment.turn") == 0.2 and get_path(tree, "dropout.1") == 0.3
+    assert get_path(tree, "dropout.2") is None and get_path(tree, "cnn.kernel") is None
+    set_path(tree, "dropout.2", 0.5)
+    assert get_path(tree, "dropout.2") == 0.5
