@@ -51,6 +51,22 @@ def arm_row(arm: str, result: dict) -> dict:
                                 for s in result["stages"])}
 
 
+def pair(names: tuple[str, str], first: dict, second: dict) -> dict:
+    """Two arms of one run side by side: each one's wall and test, the wall ratio of the
+    second to the first and the difference of their test means."""
+    a, b = names
+    return {f"{a}_wall_s": first["wall_s"], f"{a}_test": first["final_test"],
+            f"{b}_wall_s": second["wall_s"], f"{b}_test": second["final_test"],
+            "wall_ratio": round(second["wall_s"] / first["wall_s"], 2),
+            "test_difference": round(second["final_test_mean"] - first["final_test_mean"], 4)}
+
+
+def record(result: dict, name: str) -> None:
+    """Print a comparison's figures (not the arms' whole results) and write it."""
+    print({k: v for k, v in result.items() if not isinstance(v, dict)})
+    print(f"written to {write_result(name, result)}")
+
+
 def before(study: str, top: int) -> list[str]:
     """The confirmation before racing (issue 21): the top candidates over 3 fixed repeats,
     the search trial counted as repeat 0, in every confirmed stage (report.yaml had the
@@ -105,14 +121,10 @@ def main() -> None:
         new = run(args.study, data, common, None, None, stages=args.stages,
                   workers="auto")
         result = {"study": args.study, "data": shown(data), "stages": args.stages,
-                  "before_wall_s": old["wall_s"], "before_test": old["final_test"],
-                  "now_wall_s": new["wall_s"], "now_test": new["final_test"],
-                  "wall_ratio": round(new["wall_s"] / old["wall_s"], 2),
-                  "test_difference": round(new["final_test_mean"] - old["final_test_mean"], 4),
+                  **pair(("before", "now"), old, new),
                   "before_overrides": old["overrides"], "before": old, "now": new}
-        print({k: v for k, v in result.items() if k not in ("before", "now")})
-        name = f"time_to_quality_race_{Path(args.study).stem}{'_people' if args.people else ''}"
-        print(f"written to {write_result(name, result)}")
+        record(result, f"time_to_quality_race_{Path(args.study).stem}"
+                       f"{'_people' if args.people else ''}")
         return
     if args.arms == "versus":
         if not args.versus:
@@ -124,30 +136,18 @@ def main() -> None:
         result = {"rows": [arm_row("shipped", shipped),
                            arm_row(" ".join(args.versus), changed)],
                   "study": args.study, "data": shown(data), "stages": args.stages,
-                  "versus": args.versus,
-                  "shipped_wall_s": shipped["wall_s"], "shipped_test": shipped["final_test"],
-                  "versus_wall_s": changed["wall_s"], "versus_test": changed["final_test"],
-                  "wall_ratio": round(changed["wall_s"] / shipped["wall_s"], 2),
-                  "test_difference": round(changed["final_test_mean"]
-                                           - shipped["final_test_mean"], 4),
+                  "versus": args.versus, **pair(("shipped", "versus"), shipped, changed),
                   "shipped": shipped, "changed": changed}
-        print({k: v for k, v in result.items() if k not in ("shipped", "changed")})
-        name = f"time_to_quality_versus_{Path(args.study).stem}"
-        print(f"written to {write_result(name, result)}")
+        record(result, f"time_to_quality_versus_{Path(args.study).stem}")
         return
     today = run(args.study, data, common, None, None, stages=args.stages)
     quick = run(args.study, data, [*common, *faster(args.study)], None, None,
                 stages=args.stages)
     result = {"study": args.study, "data": shown(data),
-              "today_wall_s": today["wall_s"], "today_test": today["final_test"],
-              "hyperband_early_stop_wall_s": quick["wall_s"],
-              "hyperband_early_stop_test": quick["final_test"],
-              "wall_ratio": round(quick["wall_s"] / today["wall_s"], 2),
-              "test_difference": round(quick["final_test_mean"] - today["final_test_mean"], 4),
+              **pair(("today", "hyperband_early_stop"), today, quick),
               "today_std": today["final_test_std"], "faster_overrides": quick["overrides"],
               "today": today, "hyperband_early_stop": quick}
-    print({k: v for k, v in result.items() if k not in ("today", "hyperband_early_stop")})
-    print(f"written to {write_result('time_to_quality', result)}")
+    record(result, "time_to_quality")
 
 
 if __name__ == "__main__":
