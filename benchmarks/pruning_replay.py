@@ -15,6 +15,9 @@ For every pruner it reports
   incumbent (a trial the race would have looked at; whether it then adopted it or not);
 - better trials lost: the share of search trials that ended above the incumbent that were
   pruned.
+Besides the pruners a stage can name, it replays one rule that was tried and not shipped
+(LevelFutility below): a search-phase futility rule that also stops a trial level with the
+incumbent from a share of the epochs on.
 A pruned candidate never reaches the race: the stage races the next best, or keeps the
 incumbent.
 
@@ -36,10 +39,13 @@ import argparse
 import json
 import random
 import re
+import statistics
 from pathlib import Path
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
+from asl_sweep.search.pruning import IncumbentPruner
 from asl_sweep.search.state import Role, TrialKey
 from asl_sweep.search.store import make_pruner
 from asl_sweep.settings.spec import StageConfig
@@ -47,7 +53,8 @@ from benchmarks.common import ASL, write_result
 from benchmarks.end_to_end import run
 from benchmarks.time_to_quality import CPU_SIZED
 
-PRUNERS = ["median", "incumbent", "incumbent:0~1", "best", "best:0~1", "halving", "hyperband"]
+PRUNERS = ["median", "incumbent", "incumbent:0~1", "best", "best:0~1", "halving", "hyperband",
+           "incumbent^0.5", "incumbent^0.67@0"]
 DATA = Path(__file__).parent / "data"  # recorded curves, committed
 DEFAULT_SOURCES = ["curves_report_mlp", "curves_cnn"]  # RECORDS' files
 
@@ -130,17 +137,59 @@ def replay(stage: dict, pruner: str, order: list[dict]) -> dict:
     return {"trained": trained, "full": full, "pruned": pruned}
 
 
+class LevelFutility(IncumbentPruner):
+    """Tried, not shipped (the thirty-fifth issue's search-phase futility, replayed only):
+    the incumbent rule, and from epoch `start` on also a trial that is not ahead of the
+    incumbent at the same epochs by more than `lead` (None: the margin, the incumbent's own
+    noise) on average over its last `window` epochs, and not pulling further ahead than over
+    the `window` before: it cannot end far enough ahead to be worth a race."""
+
+    def __init__(self, base: IncumbentPruner, start: int):
+        super().__init__("maximize" if base.sign > 0 else "minimize", warmup=base.warmup,
+                         floor=base.floor, width=base.width, against=base.against,
+                         top=base.top, window=base.window, pace=base.pace)
+        self.start, self.lead = start, None
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if super().prune(study, trial):
+            return True
+        step = trial.last_step
+        if step is None or step < max(self.start, self.warmup) or self.window == 0:
+            return False
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        incumbent = next((t for t in trials
+                          if t.user_attrs.get(TrialKey.ROLE) == Role.INCUMBENT), None)
+        if incumbent is None:
+            return False
+        theirs = incumbent.intermediate_values
+        leads = [self.sign * (v - theirs[e]) for e, v in
+                 sorted(trial.intermediate_values.items()) if e in theirs]
+        if len(leads) < 2 * self.window:
+            return False
+        now = statistics.fmean(leads[-self.window:])
+        before = statistics.fmean(leads[-2 * self.window:-self.window])
+        limit = self.lead if self.lead is not None else max(
+            self.floor, self.width * self.spread(trials, incumbent, step))
+        return now <= limit and now <= before
+
+
 def pruner_for(name: str, stage: dict, epochs: int) -> optuna.pruners.BasePruner:
     """The pruner a stage naming `name` builds (search/store.make_pruner). Variants of
     `incumbent` and `best` to compare, not settings: "/K" a warmup of epochs // K, ":W" a
-    trend window of W epochs (0: no trend), "~P" a pace of P; the rest as shipped. The first
-    version of the rule is "incumbent:0~1" (the gap at one epoch, the same epoch)."""
-    base = re.split(r"[/:~]", name, maxsplit=1)[0]
+    trend window of W epochs (0: no trend), "~P" a pace of P, "^F" the level futility above
+    from F of the epochs on, "@L" its lead (default the margin); the rest as shipped. The
+    first version of the rule is "incumbent:0~1" (the gap at one epoch, the same epoch)."""
+    base = re.split(r"[/:~^@]", name, maxsplit=1)[0]
     cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
                       direction=stage["direction"], pruner=base)
     pruner = make_pruner(cfg, epochs)
-    for mark, value in re.findall(r"([/:~])([0-9.]+)", name):
-        if mark == "/":
+    start = re.search(r"\^([0-9.]+)", name)
+    if start:
+        pruner = LevelFutility(pruner, max(1, round(float(start.group(1)) * epochs)))
+    for mark, value in re.findall(r"([/:~@])([0-9.]+)", name):
+        if mark == "@":
+            pruner.lead = float(value)
+        elif mark == "/":
             pruner.warmup = max(1, epochs // int(value))
         elif mark == ":":
             pruner.window = int(value)
