@@ -62,6 +62,8 @@ LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom
           "+ turn 0.2, trivial 0.5": {"turn": 0.2, "trivial": 0.5},
           "+ turn 0.2, erase 0.2": {"turn": 0.2, "erase": 0.2},
           "+ turn 0.2, crop 0.7": {"turn": 0.2, "crop_scale": 0.7},
+          # ... and the start with every image drawn at 64 px, not 48 (the far hands' pixels)
+          "+ turn 0.2, size 64": {"turn": 0.2, "image_size": 64},
           # transfer only: more cached views, so more of the turned ones reach the head
           "+ turn 0.35, feature_views 5": {"turn": 0.35, "transfer": {"feature_views": 5}}}
 EPOCHS = {"cnn": 40, "transfer": 15}
@@ -87,8 +89,16 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        study = StudyData(TRANSFER_DATA if transfer else DATA, Path(tmp), torch.device("cpu"),
-                          log=lambda _: None)
+        data_cfg = TRANSFER_DATA if transfer else DATA
+        studies: dict[int, StudyData] = {}  # one decoded set per image size
+
+        def study_at(size: int | None) -> StudyData:
+            size = size or data_cfg.image_size
+            if size not in studies:
+                studies[size] = StudyData(data_cfg.model_copy(update={"image_size": size}),
+                                          Path(tmp), torch.device("cpu"), log=lambda _: None)
+            return studies[size]
+
         # Which validation images are of signers unlike the majority (the generator's own
         # record of each signer): the accuracy on each kind, a finer view than the quantiles
         # over 24 people of 9 images each.
@@ -96,6 +106,7 @@ def main() -> None:
         for name, extra in LEVERS.items():
             extra = dict(extra)
             lever_transfer = extra.pop("transfer", {})
+            study = study_at(extra.pop("image_size", None))
             if (args.only and name not in args.only) or (lever_transfer and not transfer):
                 continue
             for seed in range(args.seeds):
@@ -118,6 +129,7 @@ def main() -> None:
                         round(evaluate(result.model, data.x_val[mask], data.y_val[mask])[1], 4)
                         if mask.any() else None)
                 rows.append({"lever": name, "seed": seed, "fold": data.fold,
+                             "image_size": study.cfg.image_size,
                              "val_acc": round(b.val_acc, 4),
                              "val_person_q25": round(b.val_person_q25, 4),
                              "val_person_worst": round(b.val_person_worst, 4),
