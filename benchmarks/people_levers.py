@@ -108,9 +108,10 @@ def main() -> None:
         for name, extra in LEVERS.items():
             extra = dict(extra)
             lever_transfer = extra.pop("transfer", {})
-            study = study_at(extra.pop("image_size", None))
+            size = extra.pop("image_size", None)
             if (args.only and name not in args.only) or (lever_transfer and not transfer):
                 continue
+            study = study_at(size)
             for seed in range(args.seeds):
                 data = study.split(fold=seed if args.folds else 0)
                 kinds = [styles[int(g[1:])].unusual or "usual"
