@@ -39,7 +39,6 @@ import argparse
 import json
 import random
 import re
-import statistics
 from pathlib import Path
 
 import optuna
@@ -157,8 +156,7 @@ class LevelFutility(IncumbentPruner):
         if step is None or step < max(self.start, self.warmup) or self.window == 0:
             return False
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        incumbent = next((t for t in trials
-                          if t.user_attrs.get(TrialKey.ROLE) == Role.INCUMBENT), None)
+        incumbent = self.incumbent(trials)
         if incumbent is None:
             return False
         theirs = incumbent.intermediate_values
@@ -166,8 +164,7 @@ class LevelFutility(IncumbentPruner):
                  sorted(trial.intermediate_values.items()) if e in theirs]
         if len(leads) < 2 * self.window:
             return False
-        now = statistics.fmean(leads[-self.window:])
-        before = statistics.fmean(leads[-2 * self.window:-self.window])
+        now, before = self.windows(leads)
         limit = self.lead if self.lead is not None else max(
             self.floor, self.width * self.spread(trials, incumbent, step))
         return now <= limit and now <= before

@@ -60,8 +60,7 @@ class IncumbentPruner(BasePruner):
         if step is None or step < self.warmup:
             return False
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        incumbent = next((t for t in trials
-                          if t.user_attrs.get(TrialKey.ROLE) == Role.INCUMBENT), None)
+        incumbent = self.incumbent(trials)
         at = self.paced(step)  # the reference's epoch this one is compared with
         if incumbent is None or at not in incumbent.intermediate_values:
             return False  # nothing to compare with at this epoch: trains on
@@ -76,8 +75,7 @@ class IncumbentPruner(BasePruner):
         if self.window == 0:  # the gap at this epoch alone, no trend (the rule before)
             now, before = gaps[-1], -math.inf
         else:
-            now = statistics.fmean(gaps[-self.window:])
-            before = statistics.fmean(gaps[-2 * self.window:-self.window])
+            now, before = self.windows(gaps)
         if now > margin and now >= before:
             whom = (f"the incumbent (trial {incumbent.number})" if reference is incumbent
                     else f"trial {reference.number}, the stage's "
@@ -92,6 +90,17 @@ class IncumbentPruner(BasePruner):
                            f"the {self.window} before)")
             return True
         return False
+
+    @staticmethod
+    def incumbent(trials: list[FrozenTrial]) -> FrozenTrial | None:
+        """The stage's incumbent among finished trials, if it has finished."""
+        return next((t for t in trials
+                     if t.user_attrs.get(TrialKey.ROLE) == Role.INCUMBENT), None)
+
+    def windows(self, values: list[float]) -> tuple[float, float]:
+        """The mean of the last `window` values and of the `window` before them."""
+        return (statistics.fmean(values[-self.window:]),
+                statistics.fmean(values[-2 * self.window:-self.window]))
 
     def gaps(self, trial: FrozenTrial, reference: FrozenTrial) -> list[float]:
         """How far the trial is behind the reference (positive: behind) at each epoch it
