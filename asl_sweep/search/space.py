@@ -10,6 +10,14 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    check_distribution_compatibility,
+)
+from optuna.trial import FrozenTrial
 
 from asl_sweep.settings.spec import Choice, FloatRange, IntRange, ParamSpec
 
@@ -43,6 +51,18 @@ def changed_settings(space: dict[str, ParamSpec], number: int, moves: int | None
                      if spec.when and set(spec.when) <= chosen}
 
 
+def distribution(spec: ParamSpec, start: Any = None, moving: bool = False
+                 ) -> BaseDistribution:
+    """What Optuna draws a setting from: a choice's values (where `moving`, without `start`,
+    the start's value, unless that leaves none), or a range."""
+    if isinstance(spec, Choice):
+        choices = [c for c in spec.choices if not moving or c != start]
+        return CategoricalDistribution([_encode(c) for c in choices or spec.choices])
+    if isinstance(spec, IntRange):
+        return IntDistribution(spec.low, spec.high, step=spec.step, log=spec.log)
+    return FloatDistribution(spec.low, spec.high, step=spec.step, log=spec.log)
+
+
 def suggest(trial: optuna.Trial, space: dict[str, ParamSpec],
             only: set[str] | None = None, start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Define-by-run: each setting in order (of `only`, where given: the others keep the
@@ -55,18 +75,45 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec],
     for name, spec in space.items():
         if (only is not None and name not in only) or not spec.applies(params):
             continue
-        if isinstance(spec, Choice):
-            choices = [c for c in spec.choices
-                       if start is None or name not in start or c != start[name]]
-            params[name] = _decode(trial.suggest_categorical(
-                name, [_encode(c) for c in choices or spec.choices]))
-        elif isinstance(spec, IntRange):
-            params[name] = trial.suggest_int(name, spec.low, spec.high, step=spec.step,
-                                             log=spec.log)
+        moving = start is not None and name in start
+        drawn = distribution(spec, start.get(name) if moving else None, moving)
+        if isinstance(drawn, CategoricalDistribution):
+            params[name] = _decode(trial.suggest_categorical(name, list(drawn.choices)))
+        elif isinstance(drawn, IntDistribution):
+            params[name] = trial.suggest_int(name, drawn.low, drawn.high, step=drawn.step,
+                                             log=drawn.log)
         else:
-            params[name] = trial.suggest_float(name, spec.low, spec.high, step=spec.step,
-                                               log=spec.log)
+            params[name] = trial.suggest_float(name, drawn.low, drawn.high, step=drawn.step,
+                                               log=drawn.log)
     return params
+
+
+def changed_since(trials: list[FrozenTrial], space: dict[str, ParamSpec],
+                  start: dict[str, Any] | None = None) -> tuple[str, str, str] | None:
+    """The first setting of `space` whose values Optuna cannot go on from, given what the
+    stage's `trials` were drawn from (a choice's values changed, a range turned into a
+    choice, log added or dropped), as (name, what it was, what it is); None when the stage
+    can resume.
+    `start` as in `suggest`, for every setting. A range's new bounds are not a change here:
+    Optuna resumes over them."""
+    for trial in trials:
+        for name, then in trial.distributions.items():
+            if name not in space:
+                continue
+            moving = start is not None and name in start
+            now = distribution(space[name], start.get(name) if moving else None, moving)
+            try:
+                check_distribution_compatibility(then, now)
+            except ValueError:
+                return name, _shown(then), _shown(now)
+    return None
+
+
+def _shown(drawn: BaseDistribution) -> str:
+    if isinstance(drawn, CategoricalDistribution):
+        return "[" + ", ".join(json.dumps(_decode(c)) for c in drawn.choices) + "]"
+    log = ", log" if getattr(drawn, "log", False) else ""
+    return f"{type(drawn).__name__.removesuffix('Distribution').lower()} {drawn.low} to {drawn.high}{log}"
 
 
 def decode_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -275,6 +275,7 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     """The stage's search, then its confirmation (a race or fixed repeats), then its
     decision, with the stage's trials it was made on (all of them: finished)."""
     runner = _runner(session, stage, study, stage_run, shared)
+    runner.check_space(study.get_trials(deepcopy=False))  # a resumed stage's edited space
     base, family, confirm = runner.base, shared.get(StageKey.SWITCHED_FROM), runner.confirm
     progress = StageProgress(session.log, session.cfg,
                              shared.get(StageKey.INDEX, session.cfg.stages.index(stage)))

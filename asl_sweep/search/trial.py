@@ -25,13 +25,13 @@ from optuna.trial import FrozenTrial
 
 from asl_sweep.data.studydata import SplitData
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import SettingsError, environment_fault
+from asl_sweep.runtime.errors import ConfigError, SettingsError, environment_fault
 from asl_sweep.search.mirror import TrialRun
 from asl_sweep.search.optuna_api import frozen_of, storage_of, trial_id_of
 from asl_sweep.search.progress import EpochProgress
 from asl_sweep.search.reuse import done_before, forget, remember, training_key
 from asl_sweep.search.session import Session, open_session
-from asl_sweep.search.space import changed_settings, suggest
+from asl_sweep.search.space import changed_settings, changed_since, suggest
 from asl_sweep.search.state import (
     FIXED_PARAMS,
     Failure,
@@ -201,12 +201,31 @@ class TrialRunner:
         Optuna needs the same choices in every trial of a stage."""
         fixed = frozen.system_attrs.get(FIXED_PARAMS)
         only = changed_settings(self.stage.space, trial.number, self.stage.moves, fixed)
-        if only is None or self.stage.seed_trials:
-            return suggest(trial, self.stage.space, only)
+        return suggest(trial, self.stage.space, only, self.moved_from(only))
+
+    def moved_from(self, names) -> dict[str, Any] | None:
+        """The start's value of each of `names` that a move must change (see `sample`);
+        None where the stage does not move levers or has seed trials."""
+        if names is None or self.stage.moves is None or self.stage.seed_trials:
+            return None
         tree = self.base.model_dump()
         # the start's image size is the one it trains at, where base leaves it to the stage
         tree["image_size"] = stage_image_size(self.session.cfg, self.stage, self.base)
-        return suggest(trial, self.stage.space, only, {name: get_path(tree, name) for name in only})
+        return {name: get_path(tree, name) for name in names}
+
+    def check_space(self, trials: list[FrozenTrial]) -> None:
+        """A stage resumed after its space was edited: Optuna cannot draw a choice whose
+        values changed under the trials it already drew (its sampler fails deep inside), so
+        say which setting, and what to do, before anything runs."""
+        changed = changed_since(trials, self.stage.space, self.moved_from(self.stage.space))
+        if changed:
+            index = self.session.cfg.stages.index(self.stage)
+            name, then, now = changed
+            raise ConfigError(
+                f"study {self.session.cfg.study}, stage {self.stage.name}: "
+                f"stages.{index}.space.{name} is {now}, but the stage's trials so far were "
+                f"drawn from {then}, and a stage resumes only over the same values: restore "
+                f"them to resume it, or start a new study with --set study=NEW")
 
     def image_size(self, plan: Plan) -> int:
         # The previous family trains at its own size, not the one this stage sets.

@@ -1,13 +1,18 @@
 """Search spaces: conditions (define-by-run) and what each trial records."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
 from asl_sweep.runtime.workspace import Workspace
+from tests.conftest import running_trial
 
 FAMILIES = {"base": {"epochs": 2, "cnn": {"channels": [8]}}, "stages": [{
     "name": "family", "trials": 6, "sampler": "random", "pruner": "none", "confirm": None,
@@ -127,3 +132,76 @@ def test_moves_is_the_next_settings_in_the_spaces_order_and_a_queued_trials_own(
     assert changed_settings(space, 2, 1, fixed={"c": 0.5}) == {"c"}  # a retry: its own
     with pytest.raises(ValueError, match="moves"):
         StageConfig(name="s", sampler="grid", moves=1, space={"a": [1, 2]})
+
+
+def test_what_a_stage_cannot_resume_over_is_named_and_what_it_can_is_not():
+    from asl_sweep.search.space import changed_since, suggest
+    from asl_sweep.settings.spec import StageConfig
+
+    def space(**settings):
+        return StageConfig(name="s", space=settings).space
+
+    drawn = space(hidden=[[16], [32]], lr={"low": 0.1, "high": 0.2})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    suggest(study.ask(), drawn)
+    trials = study.get_trials(deepcopy=False)
+    assert changed_since(trials, drawn) is None
+    # new bounds and new settings Optuna resumes over; a dropped setting is not drawn again
+    assert changed_since(trials, space(hidden=[[16], [32]], lr={"low": 0.05, "high": 0.3},
+                                       wd={"low": 0.0, "high": 1.0})) is None
+    assert changed_since(trials, space(lr={"low": 0.1, "high": 0.2})) is None
+    assert changed_since(trials, space(hidden=[[16], [64]], lr={"low": 0.1, "high": 0.2})) == (
+        "hidden", "[[16], [32]]", "[[16], [64]]")  # the setting, then and now
+    assert changed_since(trials, space(hidden=[[16], [32]], lr={"low": 0.1, "high": 0.2,
+                                                                "log": True})) == (
+        "lr", "float 0.1 to 0.2", "float 0.1 to 0.2, log")
+    assert changed_since(trials, space(hidden=[[16], [32]], lr=[0.1, 0.2]))[0] == "lr"
+    # a stage that moves one lever at a time drew each choice without the start's value
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    suggest(study.ask(), drawn, {"hidden"}, {"hidden": [16]})
+    moved = study.get_trials(deepcopy=False)
+    assert changed_since(moved, drawn, {"hidden": [16], "lr": 0.15}) is None
+    assert changed_since(moved, drawn)[0] == "hidden"  # not the values it drew from
+
+
+@pytest.mark.slow
+def test_a_stage_resumed_over_edited_choices_is_one_line_and_restored_it_goes_on(write_study,
+                                                                                tmp_path):
+    """A real run stopped mid-search (SIGTERM), its YAML's choices edited, run again: Optuna
+    cannot draw from trials of other values (its sampler fails deep inside), so one line
+    names the setting, exit 2, nothing runs; the values restored, the stage resumes and
+    finishes, a moves stage over the values less the start's that it drew from."""
+    spec = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
+            "base": {"hidden": [32], "epochs": 40, "batch_size": 16},
+            "stages": [{"name": "search", "trials": 3, "sampler": "random", "pruner": "none",
+                        "confirm": None, "moves": 1,
+                        "space": {"hidden": [[32], [16], [8]],
+                                  "lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]}
+    path = write_study(spec)
+    shipped = path.read_text()
+    home = tmp_path / "mlruns"
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    running_trial(home / "optuna.db", "tiny.search", proc, role="search")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+
+    edited = yaml.safe_load(path.read_text())
+    edited["stages"][0]["space"]["hidden"] = [[32], [16], [4]]
+    path.write_text(yaml.safe_dump(edited, sort_keys=False))
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 2, rerun.stderr[-2000:]
+    assert "Traceback" not in rerun.stderr
+    (line,) = [x for x in rerun.stderr.splitlines() if x.startswith("error:")]
+    assert "stages.0.space.hidden is [[16], [4]]" in line and "drawn from [[16], [8]]" in line
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    assert not any(t.state.name == "RUNNING" for t in study.trials)
+
+    path.write_text(shipped)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    searched = [t for t in study.trials
+                if t.user_attrs.get("role") == "search" and t.state.name == "COMPLETE"]
+    assert len(searched) == 3
