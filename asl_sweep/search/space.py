@@ -51,12 +51,13 @@ def changed_settings(space: dict[str, ParamSpec], number: int, moves: int | None
                      if spec.when and set(spec.when) <= chosen}
 
 
-def distribution(spec: ParamSpec, start: Any = None, moving: bool = False
+def distribution(name: str, spec: ParamSpec, start: dict[str, Any] | None = None
                  ) -> BaseDistribution:
-    """What Optuna draws a setting from: a choice's values (where `moving`, without `start`,
-    the start's value, unless that leaves none), or a range."""
+    """What Optuna draws setting `name` from: a choice's values (where `start` holds the
+    setting, a move: without the start's value, unless that leaves none), or a range."""
     if isinstance(spec, Choice):
-        choices = [c for c in spec.choices if not moving or c != start]
+        moving = start is not None and name in start
+        choices = [c for c in spec.choices if not moving or c != start[name]]
         return CategoricalDistribution([_encode(c) for c in choices or spec.choices])
     if isinstance(spec, IntRange):
         return IntDistribution(spec.low, spec.high, step=spec.step, log=spec.log)
@@ -75,8 +76,7 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec],
     for name, spec in space.items():
         if (only is not None and name not in only) or not spec.applies(params):
             continue
-        moving = start is not None and name in start
-        drawn = distribution(spec, start.get(name) if moving else None, moving)
+        drawn = distribution(name, spec, start)
         if isinstance(drawn, CategoricalDistribution):
             params[name] = _decode(trial.suggest_categorical(name, list(drawn.choices)))
         elif isinstance(drawn, IntDistribution):
@@ -96,16 +96,15 @@ def changed_since(trials: list[FrozenTrial], space: dict[str, ParamSpec],
     can resume.
     `start` as in `suggest`, for every setting. A range's new bounds are not a change here:
     Optuna resumes over them."""
+    now = {name: distribution(name, spec, start) for name, spec in space.items()}
     for trial in trials:
         for name, then in trial.distributions.items():
-            if name not in space:
+            if name not in now:
                 continue
-            moving = start is not None and name in start
-            now = distribution(space[name], start.get(name) if moving else None, moving)
             try:
-                check_distribution_compatibility(then, now)
+                check_distribution_compatibility(then, now[name])
             except ValueError:
-                return name, _shown(then), _shown(now)
+                return name, _shown(then), _shown(now[name])
     return None
 
 
