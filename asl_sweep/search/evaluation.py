@@ -42,6 +42,10 @@ class Scored:
     predictions: np.ndarray
     truth: np.ndarray
     probabilities: np.ndarray | None = None  # [N, classes]
+    # "test": every repeat scored the same images; "val": each its own fold's, whose people
+    # (None where the data has none) are `people`
+    split: str = "test"
+    people: np.ndarray | None = None
 
     @property
     def accuracy(self) -> float:
@@ -141,7 +145,7 @@ def _images(data: StudyData, repeat: Repeat, split: str
         test = data.test(size)
         return test.x, test.y.numpy(), None
     part = data.split(size, repeat.fold)
-    people = part.val_people.cpu().numpy() if part.val_people is not None else None
+    people = data.groups[part.val_index] if data.groups is not None else None  # their names
     return part.x_val.cpu(), part.y_val.cpu().numpy(), people
 
 
@@ -152,13 +156,14 @@ def score_repeats(data: StudyData, repeats: list[Repeat], split: str = "test",
     scored, plain = [], []
     for r in repeats:
         signals.check()
-        x, y, _ = _images(data, r, split)
+        x, y, people = _images(data, r, split)
         each = _each_view(r.model, x, r.file.spec.image_size, VIEW_SETS[views])
         p = set_probabilities(each, views).numpy()
-        scored.append(Scored(r.trial, r.fold, replace(r.file, views=views), p.argmax(1), y, p))
+        scored.append(Scored(r.trial, r.fold, replace(r.file, views=views), p.argmax(1), y, p,
+                             split, people))
         if views != "none":  # the image alone: one of the views just computed
             q = each["identity"].numpy()
-            plain.append(Scored(r.trial, r.fold, r.file, q.argmax(1), y, q))
+            plain.append(Scored(r.trial, r.fold, r.file, q.argmax(1), y, q, split, people))
     return scored, plain or scored
 
 
@@ -263,19 +268,29 @@ def earlier_views(final: dict | None, trials: list[FrozenTrial], tta: str) -> di
 def bootstrap_interval(scored: list[Scored], groups: list[str] | None,
                        seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the mean accuracy over repeats, resampling people (or
-    images where there are no groups) with replacement."""
+    images where there are no groups) with replacement: on the test split the same draw for
+    every repeat (they scored the same images), on validation each repeat's own fold apart."""
+    rng = np.random.default_rng(seed)
+    if any(s.split != "test" for s in scored):
+        accuracy = np.stack([_resampled([s], s.people, rng)[:, 0] for s in scored], axis=1)
+    else:
+        accuracy = _resampled(scored, groups, rng)
+    lo, hi = np.percentile(accuracy.mean(axis=1), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _resampled(scored: list[Scored], groups, rng: np.random.Generator) -> np.ndarray:
+    """[BOOTSTRAP, repeats]: each repeat's accuracy on the same draws of units (people, or
+    images where `groups` is None) over the images the repeats share."""
     correct = np.stack([s.predictions == s.truth for s in scored]).astype(np.float64)
     units = np.asarray(groups) if groups is not None else np.arange(correct.shape[1]).astype(str)
     names, inverse = np.unique(units, return_inverse=True)
     # Per unit: how many images, and how many right (per repeat).
     count = np.bincount(inverse, minlength=len(names)).astype(np.float64)
     right = np.stack([np.bincount(inverse, weights=c, minlength=len(names)) for c in correct])
-    rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(names), (BOOTSTRAP, len(names)))
     weights = np.stack([np.bincount(d, minlength=len(names)) for d in draws])  # [B, units]
-    accuracy = (weights @ right.T) / (weights @ count)[:, None]  # [B, repeats]
-    lo, hi = np.percentile(accuracy.mean(axis=1), [2.5, 97.5])
-    return float(lo), float(hi)
+    return (weights @ right.T) / (weights @ count)[:, None]
 
 
 def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dict:
@@ -283,14 +298,20 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
     lo, hi = bootstrap_interval(scored, groups)
     mean = statistics.fmean(accs)
     std = statistics.stdev(accs) if len(accs) >= 2 else 0.0
-    unit = (f"{len(set(groups))} people" if groups is not None
-            else f"{len(scored[0].truth)} images")
+    own_folds = any(s.split != "test" for s in scored)  # each repeat on its own images
+    if own_folds:
+        groups = (None if any(s.people is None for s in scored)
+                  else np.concatenate([s.people for s in scored]).tolist())
+    n_images = sum(len(s.truth) for s in scored) if own_folds else len(scored[0].truth)
+    unit = (f"{len(set(groups))} people" if groups is not None else f"{n_images} images")
+    if own_folds:
+        unit += ", each repeat on its own validation fold"
     if groups is not None and len(set(groups)) < MIN_PEOPLE:
         unit += ", too few for a reliable interval"
     repeats = f"{len(accs)} repeat{'s' if len(accs) != 1 else ''}"
     return {"split": split, "trials": [s.trial for s in scored], "folds": [s.fold for s in scored],
             "accuracy": accs, "mean": mean, "std": std, "ci": [lo, hi], "ci_over": unit,
-            "n_images": len(scored[0].truth),
+            "n_images": n_images,
             "summary": f"{mean:.3f} +- {std:.3f} over {repeats} (95% CI {lo:.3f}-{hi:.3f} by "
                        f"bootstrap over {unit})"}
 
@@ -298,9 +319,16 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
 def breakdown(scored: list[Scored], groups: list[str] | None, classes: list[str]) -> dict:
     """Where a configuration fails on a split: accuracy per person (worst first) and per
     class, each the mean over repeats, and the confusion matrix summed over repeats (rows:
-    the true class, columns: the predicted)."""
-    right = np.stack([s.predictions == s.truth for s in scored]).mean(axis=0)  # per image
-    truth = scored[0].truth
+    the true class, columns: the predicted). On validation, where each repeat scored its own
+    fold, every repeat's images count where they fall."""
+    if any(s.split != "test" for s in scored):
+        right = np.concatenate([s.predictions == s.truth for s in scored]).astype(np.float64)
+        truth = np.concatenate([s.truth for s in scored])
+        groups = (None if any(s.people is None for s in scored)
+                  else np.concatenate([s.people for s in scored]).tolist())
+    else:
+        right = np.stack([s.predictions == s.truth for s in scored]).mean(axis=0)  # per image
+        truth = scored[0].truth
 
     def rows(keys: np.ndarray, names: list[str], key: str) -> list[dict]:
         out = []

@@ -2,7 +2,14 @@
 
 import numpy as np
 
-from asl_sweep.search.evaluation import Scored, breakdown, earlier_views, failure_lines, pick_views
+from asl_sweep.search.evaluation import (
+    Scored,
+    breakdown,
+    earlier_views,
+    failure_lines,
+    pick_views,
+    summarize,
+)
 from asl_sweep.search.progress import views_lines
 
 
@@ -30,6 +37,31 @@ def test_breakdown_sorts_people_worst_first_and_averages_repeats():
 def test_without_people_the_breakdown_is_per_class_only():
     b = breakdown([_scored([0, 0], [0, 1])], None, ["A", "B"])
     assert b["by_person"] == [] and not failure_lines(b)[0].startswith("worst test people")
+
+
+def test_on_validation_each_repeat_is_scored_on_its_own_fold():
+    """`evaluate --split val`: each repeat on its own fold's people, folds of unequal sizes
+    (it died in np.stack when they differed, a traceback for a user)."""
+    fold0 = Scored(2, 0, None, np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), split="val",
+                   people=np.array(["ann", "ann", "bob", "bob"]))  # ann 2/2, bob 1/2
+    fold1 = Scored(5, 1, None, np.array([0, 0, 2]), np.array([0, 1, 2]), split="val",
+                   people=np.array(["cy", "cy", "dee"]))  # cy 1/2, dee 1/1
+    summary = summarize([fold0, fold1], None, "val")
+    assert summary["accuracy"] == [0.75, 2 / 3] and summary["n_images"] == 7
+    assert "by bootstrap over 4 people, each repeat on its own validation fold" in summary["summary"]
+    lo, hi = summary["ci"]
+    assert lo <= summary["mean"] <= hi and lo < hi
+    b = breakdown([fold0, fold1], None, ["A", "B", "C"])
+    assert b["by_person"] == [{"person": "bob", "images": 2, "accuracy": 0.5},
+                              {"person": "cy", "images": 2, "accuracy": 0.5},
+                              {"person": "ann", "images": 2, "accuracy": 1.0},
+                              {"person": "dee", "images": 1, "accuracy": 1.0}]
+    assert [r["images"] for r in b["by_class"]] == [4, 2, 1]
+    assert b["confusion"] == [[3, 1, 0], [1, 1, 0], [0, 0, 1]]
+    # Without people, the interval is over each fold's images.
+    plain = [Scored(s.trial, s.fold, None, s.predictions, s.truth, split="val") for s in (fold0, fold1)]
+    assert "over 7 images, each repeat on its own validation fold" in summarize(plain, None, "val")["summary"]
+    assert breakdown(plain, None, ["A", "B", "C"])["by_person"] == []
 
 
 def _views_case(gain_people: int, people: int = 20, images: int = 10, seed: int = 0):
