@@ -90,11 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stage", help="this stage's configuration (default: the last finished)")
 
     pred = sub.add_parser("predict", help="class and probability per image")
-    pred.add_argument("model", help="model.torchscript.pt, model.onnx or models:/NAME/VERSION")
+    pred.add_argument("model", help="model.torchscript.pt, model.onnx, models:/NAME/VERSION, "
+                      "or a study YAML (its export in --home)")
     pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
     pred.add_argument("--json", action="store_true", help="print JSON lines")
     pred.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
-                      help="for models:/ URIs: the folder holding mlflow.db")
+                      help="for models:/ URIs and study YAMLs: the folder holding mlflow.db "
+                      "and exports/")
     pred.add_argument("--tracking", help="for models:/ URIs: an MLflow tracking server or "
                       "database URI (default: the home's mlflow.db)")
 

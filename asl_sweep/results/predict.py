@@ -75,6 +75,8 @@ def open_model(source: str, home: Path | str = "mlruns",
     path = Path(source)
     if not path.exists():
         raise ModelFileError(f"{source}: no such model file or folder")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return open_model(str(study_export(path, Path(home))), home, tracking)
     if path.is_dir():
         if not (path / "MLmodel").is_file():
             raise ModelFileError(f"{source}: a folder without an MLmodel file; give a model "
@@ -85,6 +87,21 @@ def open_model(source: str, home: Path | str = "mlruns",
     if _is_torchscript(path):
         return _from_torchscript(path)
     return _from_model_file(source, ModelFile.load(path))
+
+
+def study_export(study: Path, home: Path) -> Path:
+    """The TorchScript file `asl-sweep export STUDY.yaml` wrote into `home`, for a user who
+    names the study rather than a model; one line saying what to do where there is none."""
+    from asl_sweep.settings.studyfile import load_study
+
+    name = load_study(study).study
+    path = home / "exports" / name / "model.torchscript.pt"
+    if not path.is_file():
+        raise ModelFileError(
+            f"{study}: a study, not a model, and study {name} has no export at {path}: run "
+            f"`asl-sweep export {study}` first (with the --home it ran with), or give "
+            f"predict a model file (.torchscript.pt, .onnx) or models:/asl-sweep-{name}/VERSION")
+    return path
 
 
 def _download(uri: str, ws: Workspace, dst: Path) -> Path:
@@ -187,23 +204,35 @@ def _from_onnx(path: Path, home: Path) -> Predictor:
 
 
 def image_files(inputs: list[Path]) -> list[Path]:
+    """The files to predict: each given file, and every file inside each given folder. A
+    path that is not there, or a folder without one image file, is the user's to fix: one
+    line naming it, before any model is read."""
     files = []
     for item in inputs:
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
+            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in found):
+                raise DataError(f"{item}: a folder without image files (any of "
+                                f"{', '.join(sorted(IMAGE_SUFFIXES))}); give image files or "
+                                "folders that hold them")
+            files += found
+        elif item.exists():
             files.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder; give image files or folders "
+                            "that hold them")
     return files
 
 
 def predict(source: str, inputs: list[Path], home: Path | str = "mlruns",
             tracking: str | None = None) -> tuple[list[dict], list[dict]]:
     """(predictions, failures): every readable image is predicted; bad ones are named."""
+    files = image_files(inputs)
     predictor = open_model(source, home, tracking)
     rows, failures = [], []
-    for path in image_files(inputs):
+    for path in files:
         try:
-            if not path.exists():
+            if not path.exists():  # gone since it was listed
                 raise DataError("no such file")
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError("not an image file (unknown extension)")

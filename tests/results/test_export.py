@@ -126,6 +126,40 @@ def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, caps
     assert "broken.jpg" in captured.err
 
 
+def test_predict_refuses_a_missing_path_or_a_folder_without_images_in_one_line(exported,
+                                                                              tmp_path, capsys):
+    _, ws, out = exported
+    model = str(out / "model.torchscript.pt")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    assert main(["predict", model, str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'empty'}: a folder without image files")
+    assert "\n" not in err
+    assert main(["predict", model, str(tmp_path / "typo.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'typo.png'}: no such file or folder; give image files or folders "
+        "that hold them")
+
+
+def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, capsys):
+    cfg, ws, out = exported
+    study = out.parent / "study.yaml"
+    image = tmp_path / "one.png"
+    Image.fromarray(np.full((30, 30, 3), 90, dtype=np.uint8)).save(image)
+    (ws.home / "exports" / cfg.study / "model.torchscript.pt").unlink(missing_ok=True)
+    assert main(["predict", str(study), str(image), "--home", str(ws.home)]) == 2
+    err = capsys.readouterr().err
+    assert f"study {cfg.study} has no export at {ws.home / 'exports' / cfg.study}" in err
+    assert f"run `asl-sweep export {study}` first" in err
+    assert main(["export", str(study), "--home", str(ws.home), "--format", "torchscript"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(study), str(image), "--home", str(ws.home), "--json"]) == 0
+    by_study = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(out / "model.torchscript.pt"), str(image), "--json"]) == 0
+    assert by_study == json.loads(capsys.readouterr().out)
+
+
 def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
     import onnxruntime
 
