@@ -81,7 +81,8 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
         entries = sorted(p for p in class_dir.rglob("*")
                          if (p.is_file() or p.is_symlink()) and not p.name.startswith("."))
         if not entries:
-            raise DataError(f"{class_dir}: empty class folder")
+            raise DataError(f"{class_dir}: empty class folder (every sub-folder of "
+                            f"{root} is a class): put its images in it, or remove it")
         for p in entries:
             reason = _unusable(p)
             if reason:
