@@ -33,14 +33,25 @@ def _flat(tree: dict, prefix: str = "data.") -> dict[str, Any]:
     return out
 
 
-def _first_difference(stored: dict, given: dict, keys: set[str] | None = None) -> str | None:
-    a, b = _flat(stored), _flat(given)
+def first_difference(stored: dict, given: dict, prefix: str = "",
+                     keys: set[str] | None = None) -> tuple[str, Any, Any] | None:
+    """The first setting (a dotted path after `prefix`, among `keys` where given) whose value
+    differs between two trees of settings: (path, stored value, given value)."""
+    a, b = _flat(stored, prefix), _flat(given, prefix)
     for key in sorted(set(a) | set(b)):
         if keys is not None and not any(key == k or key.startswith(k + ".") for k in keys):
             continue
         if a.get(key) != b.get(key):
-            return f"{key}: this study ran with {a.get(key)!r}, this command says {b.get(key)!r}"
+            return key, a.get(key), b.get(key)
     return None
+
+
+def _first_difference(stored: dict, given: dict, keys: set[str] | None = None) -> str | None:
+    found = first_difference(stored, given, "data.", keys)
+    if found is None:
+        return None
+    key, then, now = found
+    return f"{key}: this study ran with {then!r}, this command says {now!r}"
 
 
 def load_record(storage, study: str) -> optuna.Study | None:

@@ -43,6 +43,9 @@ class Session:
     lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: next look (monotonic)
     lost_swept: set[str] = field(default_factory=set)  # stage studies looked at whole (`every`)
     began: datetime.datetime = field(default_factory=datetime.datetime.now)  # as Optuna times trials
+    # a decided stage found this run to have started from other settings than the command's
+    # (study.run_stage): no stage still to run may start from them
+    edited: str | None = None
 
 
 def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,

@@ -56,6 +56,7 @@ class StageKey(StrEnum):
     DECIDED_BY = "decided_by"  # creator: which earlier stage decided each carried setting
     REFERENCE = "reference"  # creator: what the stage before carried, whole
     SWITCHED_FROM = "previous_family"  # creator: the family the stage switched from, or None
+    START = "start"  # creator: the settings its trials start from (study.stage_start)
     BUDGET = "budget"  # every process that opens it: the `trials` it last ran with
     SEARCH_SECONDS = "search_seconds"  # each worker after a trial: search time, all runs
     PLAN = "plan"  # the claim's holder: which trials the confirmation repeats

@@ -18,13 +18,15 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import GateNotReached, environment_fault
+from asl_sweep.runtime.errors import ConfigError, GateNotReached, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.evaluation import final_score
 from asl_sweep.search.optuna_api import storage_of, tell, trial_id_of
 from asl_sweep.search.progress import StageProgress, shown_settings
+from asl_sweep.search.record import first_difference
 from asl_sweep.search.reuse import forget_runs
 from asl_sweep.search.selection import (
     StageResult,
@@ -72,9 +74,15 @@ from asl_sweep.search.state import (
     worker_id,
     write,
 )
-from asl_sweep.search.store import create_stage_study, joined, repeats_study, stage_trials
+from asl_sweep.search.store import (
+    create_stage_study,
+    joined,
+    load_stage_study,
+    repeats_study,
+    stage_trials,
+)
 from asl_sweep.search.trial import TrialFailed, TrialRunner, settings_digest
-from asl_sweep.settings.config import apply_overrides
+from asl_sweep.settings.config import TrainConfig, apply_overrides
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 
 
@@ -114,14 +122,28 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
               decided_by: dict[str, str], reference: dict[str, Any] | None = None
               ) -> StageResult:
     cfg, stage = session.cfg, session.cfg.stages[index]
+    if session.edited:  # no stage starts, or goes on, from settings the ones before lacked
+        known = load_stage_study(cfg, stage, session.storage)
+        if known is None or StageKey.RESULT not in read(known):
+            raise ConfigError(
+                f"study {cfg.study}, stage {stage.name}: the stages before it were decided "
+                f"from other settings ({session.edited}), and a study resumes only from the "
+                "settings it started with: restore them to resume it, or start a new study "
+                "with --set study=NEW")
     study, created = create_stage_study(cfg, index, session.storage, session.worker)
     shared = None if created else wait_for(study, StageKey.CARRIED)  # set up by its creator
     if shared is None:  # this worker created it, or its creator died setting it up
         _initialize_stage(session, study, index, carried, decided_by, reference)
         shared = read(study)
+    edited = _start_edited(session.cfg, index, shared)
     if StageKey.RESULT in shared:  # finished in an earlier run: its decision stands
         result = StageResult(**shared[StageKey.RESULT])
         session.say(f"stage {stage.name}: finished earlier: {result.decision}")
+        if edited:
+            session.edited = session.edited or f"stage {stage.name}: {edited}"
+            session.say(f"stage {stage.name}: decided from {edited}; a decided stage is not "
+                        f"reopened (its race and every later stage stand on it): for these "
+                        f"settings, run a new study, e.g. --set study={cfg.study}-new")
         if StageKey.MIRRORED not in shared and does_job(study, MIRROR_CLAIM, StageKey.MIRRORED):
             _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
                              stage_trials(study), result)
@@ -132,6 +154,11 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
                         f"later stage stand on it): for more trials, run it as a new study, "
                         f"e.g. --set study={cfg.study}-more --trials {stage.trials}")
         return result
+    if edited:
+        raise ConfigError(
+            f"study {cfg.study}, stage {stage.name}: its trials so far started from {edited}, "
+            "and a study resumes only from the settings it started with: restore them to "
+            "resume it, or start a new study with --set study=NEW")
     stage_run = shared[StageKey.STAGE_RUN]
     if StageKey.RUN_ENDED in shared:  # a worker ended it early: RUNNING again while searched
         session.mirror.stage_reopened(stage_run)
@@ -238,6 +265,47 @@ def _spent_checkpoints(session: Session, stage: StageConfig, trials: list[Frozen
     if spent and session.cfg.reuse_trainings:
         forget_runs(session.record, set(spent))
     return spent
+
+
+RUN_ONLY = ("device", "checkpoint_every", "checkpoint_seconds")  # where and how often it
+# saves: a resume (another machine) may change them; they never change what is trained
+
+
+def stage_start(cfg: StudyConfig, stage: StageConfig, carried: dict[str, Any]
+                ) -> dict[str, Any]:
+    """The settings a stage's trials start from (base, what the stages before carried, the
+    stage's `fixed`), but for RUN_ONLY: what a rerun must give again to resume the stage."""
+    return _without_run_only(apply_overrides(cfg.base, {**carried, **stage.fixed}))
+
+
+def _without_run_only(settings: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in settings.model_dump(mode="json").items() if k not in RUN_ONLY}
+
+
+def _start_edited(cfg: StudyConfig, index: int, shared: dict[str, Any]) -> str | None:
+    """Where this command's settings for stage `index` differ from those the stage started
+    from (stored by its creator; stages begun before it was stored are not checked), as
+    "SETTING THEN, but this command says NOW", named by the YAML key it comes from. The
+    stored settings are read through today's TrainConfig, so a setting added since takes
+    its default on both sides; one since removed leaves the stage unchecked."""
+    stage, stored = cfg.stages[index], shared.get(StageKey.START)
+    if not stored:
+        return None
+    try:
+        then = _without_run_only(TrainConfig.model_validate(stored))
+    except ValidationError:
+        return None
+    found = first_difference(then, stage_start(cfg, stage, shared[StageKey.CARRIED]))
+    if not found:
+        return None
+    path, before, now = found
+    fixed = any(path == k or path.startswith(k + ".") for k in stage.fixed)
+    where = f"stages.{index}.fixed.{path}" if fixed else f"base.{path}"
+    return f"{where} {_shown(before)}, but this command says {_shown(now)}"
+
+
+def _shown(value: Any) -> str:
+    return "(not set)" if value is None else str(value)
 
 
 def switched_family(cfg: StudyConfig, stage: StageConfig, carried: dict[str, Any],
@@ -669,7 +737,8 @@ def _initialize_stage(session: Session, study: optuna.Study, index: int,
     family = switched_family(session.cfg, stage, carried, reference)
     for key, value in {StageKey.STAGE_RUN: stage_run, StageKey.INDEX: index,
                        StageKey.UID: uuid.uuid4().hex, StageKey.DECIDED_BY: decided_by,
-                       StageKey.REFERENCE: reference, StageKey.SWITCHED_FROM: family}.items():
+                       StageKey.REFERENCE: reference, StageKey.SWITCHED_FROM: family,
+                       StageKey.START: stage_start(session.cfg, stage, carried)}.items():
         write(study, key, value)
     if not any(TrialKey.ROLE in t.user_attrs for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.INCUMBENT})

@@ -618,3 +618,60 @@ def test_a_worker_looks_for_dead_trials_at_once_in_its_first_stage_after_a_pause
     monkeypatch.setattr(study.time, "monotonic", lambda: now + 1.3 * study.LOOK_S)
     assert study._close_lost_runs(session, later) == []
     assert session.lost_swept == {"first", "later"}
+
+
+@pytest.mark.slow
+def test_a_study_resumes_only_from_the_settings_it_started_with(write_study, tmp_path):
+    """A stage stopped mid-search (SIGTERM) and rerun with other trainer settings would rank
+    trials trained two ways; a finished study rerun with `--epochs 1` (a quick look, say)
+    would print its old results as if they were the command's. The first is one line, exit
+    2, nothing runs; the second says what the stages were decided from; where and how often
+    a training saves (device, checkpoints) may change on a resume."""
+    spec = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
+            "base": {"hidden": [32], "epochs": 40, "batch_size": 16},
+            "stages": [{"name": "search", "trials": 2, "sampler": "random", "pruner": "none",
+                        "confirm": None, "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]}
+    path = write_study(spec)
+    home = tmp_path / "mlruns"
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    running_trial(home / "optuna.db", "tiny.search", proc, role="search")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+
+    rerun = subprocess.run([*cmd, "--set", "base.batch_size=8"], capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 2, rerun.stderr[-2000:]
+    assert "Traceback" not in rerun.stderr
+    (line,) = [x for x in rerun.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: study tiny, stage search: its trials so far started from "
+                           "base.batch_size 16, but this command says 8")
+    assert "restore them to resume it, or start a new study with --set study=NEW" in line
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    assert not any(t.state.name == "RUNNING" for t in study.trials)
+
+    resumed = subprocess.run([*cmd, "--set", "base.device=cpu", "--set",
+                              "base.checkpoint_every=3"], capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "decided from" not in resumed.stdout
+
+    quick_look = subprocess.run([*cmd, "--epochs", "1"], capture_output=True, text=True,
+                                timeout=300)
+    assert quick_look.returncode == 0, quick_look.stderr[-2000:]
+    assert ("stage search: decided from base.epochs 40, but this command says 1; a decided "
+            "stage is not reopened") in quick_look.stdout
+    assert "--set study=tiny-new" in quick_look.stdout
+
+    spec["stages"].append({"name": "more", "trials": 1, "sampler": "random", "pruner": "none",
+                           "confirm": None, "space": {"weight_decay": [0.0, 1e-4]}})
+    path = write_study(spec)
+    later = subprocess.run([*cmd, "--epochs", "1"], capture_output=True, text=True, timeout=300)
+    assert later.returncode == 2, later.stderr[-2000:]
+    (line,) = [x for x in later.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: study tiny, stage more: the stages before it were decided "
+                           "from other settings (stage search: base.epochs 40, but this "
+                           "command says 1)")
+    assert not any(s.study_name == "tiny.more" and s.n_trials
+                   for s in optuna.get_all_study_summaries(Workspace.at(home).storage))
