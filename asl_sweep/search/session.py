@@ -69,6 +69,15 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
                                f"/class, {syn.signers} signers)")
     say(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
         f"({loaded:.1f}s)")
+    counting = [s for s in cfg.stages if s.metric.startswith("val_person")]
+    if counting and data.groups is None:  # the person metrics fall back to val_acc
+        several = len(counting) > 1
+        say(f"note: stage{'s' if several else ''} {', '.join(s.name for s in counting)} "
+            f"choose{'' if several else 's'} on people "
+            f"({', '.join(sorted({s.metric for s in counting}))}), but the images in {source} "
+            "have none (data.group_pattern is not set), so the metric is val_acc here and no "
+            "split is person-disjoint: set data.group_pattern to a regex whose group 1 names "
+            "each file's person (e.g. '^([^_]+)_') to choose on people and score on new ones")
     mirror = Mirror(tracker)
     mirror.open_experiment(cfg)
     _open_study_run(mirror, cfg, storage, record, created, keys)

@@ -1,0 +1,26 @@
+"""What a study's session says before anything trains."""
+
+from asl_sweep.cli import main
+from tests.conftest import make_image_folder
+
+
+def test_a_person_metric_on_images_without_people_is_named_with_what_to_set(write_study,
+                                                                             tmp_path, capsys):
+    """cnn.yaml and transfer.yaml choose on val_person_q25; run on a photo folder without
+    data.group_pattern it is val_acc and the splits are not by person: one note says so and
+    what to set; with the pattern there is nothing to say."""
+    people = tuple(f"p{i}" for i in range(8))
+    root = make_image_folder(tmp_path / "photos", per_class=16, people=people)
+    stage = {"name": "search", "trials": 1, "metric": "val_person_q25", "confirm": None}
+    path = write_study({"base": {"epochs": 1}, "stages": [stage]})
+    home = str(tmp_path / "mlruns")
+    assert main(["run", str(path), "--data", str(root), "--home", home]) == 0
+    out = capsys.readouterr().out
+    (note,) = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert note.startswith("note: stage search chooses on people (val_person_q25), but the images in "
+                           f"{root} have none (data.group_pattern is not set)")
+    assert "set data.group_pattern to a regex whose group 1 names each file's person" in note
+    assert main(["run", str(path), "--data", str(root), "--home", home, "--set", "study=grouped",
+                 "--set", "data.group_pattern=^(p[0-9])_"]) == 0
+    out = capsys.readouterr().out
+    assert "person-disjoint" in out and "note: " not in out
