@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except Exception as e:
+        if isinstance(e, BrokenPipeError) and _stdout_gone():
+            return 141  # the reader of the output went away (`| head`): stop, as Unix tools do
         fault = environment_fault(e)  # a user error, or a full / read-only disk
         if fault is None:
             raise  # a bug: its traceback, exit 1
@@ -239,6 +241,23 @@ def main(argv: list[str] | None = None) -> int:
                                  if signals.stopped_in_trial() else "nothing recorded was lost; ")
               + "rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output's reader has closed it; if so, it points at /dev/null from
+    here on, so that Python's own flush at exit raises nothing more."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        gone = any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file behind it (a test's capture)
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return gone
 
 
 def _study_argv(args) -> list[str]:

@@ -157,3 +157,19 @@ def test_serve_names_a_model_it_cannot_serve_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "nothing-here" in err and "asl-sweep export" in err
     assert main(["serve", "models:/asl-sweep-x/1", "--home", str(tmp_path / "empty")]) == 2
     assert "no MLflow store here" in capsys.readouterr().err
+
+
+def test_output_read_by_a_reader_that_leaves_early_stops_without_a_traceback(write_study,
+                                                                              tmp_path):
+    """`asl-sweep status ... | head -1`: the reader closes the pipe, the next print fails;
+    a Unix tool stops quietly (141, as for SIGPIPE), it does not print a traceback."""
+    path = write_study({"base": {"epochs": 1}, "stages": [{"name": "search", "trials": 1,
+                                                           "confirm": None}]})
+    home = str(tmp_path / "mlruns")
+    assert main(["run", str(path), "--home", home]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "status", str(path),
+                             "--home", home], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and err == ""

@@ -22,14 +22,22 @@ LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
           Role.CONFIRM: " (repeat)"}
 
 
+def leaderboard_columns(view: StageView) -> list[str]:
+    """The metrics a stage's leaderboard shows: the accuracies, and the stage's own metric
+    (the one it is ranked by) where that is another."""
+    columns = ["train_acc", "val_acc"]
+    return columns if view.stage.metric in columns else [*columns, view.stage.metric]
+
+
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
     rows = []
     for t in view.ranked()[:top]:
         outcome = outcome_of(t)
         m = outcome.metrics if outcome is not None else {}
         params = shown_settings(t.params) or "(as it came)"
-        rows.append([str(t.number) + LABELS[role_of(t)], f"{m.get('train_acc', float('nan')):.3f}",
-                     f"{m.get('val_acc', float('nan')):.3f}", params])
+        rows.append([str(t.number) + LABELS[role_of(t)],
+                     *(f"{m.get(c, float('nan')):.3f}" for c in leaderboard_columns(view)),
+                     params])
     return rows
 
 
@@ -57,7 +65,8 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
         print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric} "
               f"(best epoch, validation fold 0; not a test score)")
         rows = leaderboard_rows(view, top)
-        print(table(["trial", "train_acc", "val_acc", "params"], rows) if rows else "(none)")
+        print(table(["trial", *leaderboard_columns(view), "params"], rows) if rows
+              else "(none)")
         if view.result and decisions:
             print(f"decision: {view.result.decision}")
     line = final_line(cfg, ws)

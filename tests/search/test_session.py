@@ -20,6 +20,9 @@ def test_a_person_metric_on_images_without_people_is_named_with_what_to_set(writ
     assert note.startswith("note: stage search chooses on people (val_person_q25), but the images in "
                            f"{root} have none (data.group_pattern is not set)")
     assert "set data.group_pattern to a regex whose group 1 names each file's person" in note
+    # The leaderboard after it shows the metric its trials are ranked by.
+    header = next(line for line in out.splitlines() if line.startswith("trial "))
+    assert header.split() == ["trial", "train_acc", "val_acc", "val_person_q25", "params"]
     assert main(["run", str(path), "--data", str(root), "--home", home, "--set", "study=grouped",
                  "--set", "data.group_pattern=^(p[0-9])_"]) == 0
     out = capsys.readouterr().out
