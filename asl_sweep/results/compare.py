@@ -38,9 +38,13 @@ def compare_lines(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Worksp
     if final_a and final_b:
         gap = (final_b["mean"] - final_a["mean"]) * 100
         overlap = final_a["ci"][0] <= final_b["ci"][1] and final_b["ci"][0] <= final_a["ci"][1]
-        same = cfg_a.data.model_dump() == cfg_b.data.model_dump()
+        # The split is drawn over the files, not their pixels: a size alone changes nothing.
+        split_a, split_b = (c.data.model_dump(exclude={"image_size"}) for c in (cfg_a, cfg_b))
+        sizes = cfg_a.data.image_size, cfg_b.data.image_size
         lines.append(f"test accuracy {cfg_b.study} - {cfg_a.study}: {signed(gap)} pt; the 95% "
                      f"intervals {'overlap' if overlap else 'do not overlap'}"
-                     + ("" if same else "; the data settings differ, so the test splits do "
-                        "too: read the two scores apart, not as a paired difference"))
+                     + ("; the data settings differ, so the test splits do too: read the two "
+                        "scores apart, not as a paired difference" if split_a != split_b else
+                        f"; the same test split, each study at its own size ({sizes[0]} and "
+                        f"{sizes[1]} px)" if sizes[0] != sizes[1] else ""))
     return lines

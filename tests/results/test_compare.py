@@ -25,6 +25,15 @@ def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, c
     assert rows["final"].count("95% CI") == 2  # both scores, with their intervals
     assert "test accuracy other - tiny: " in out and "intervals" in out
     assert "data settings differ" not in out  # same data: the same test split
+    # Another size alone draws the same split (over the files, not their pixels).
+    assert main(["run", str(path), "--home", home, "--set", "study=bigger",
+                 "--set", "data.image_size=20"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path), str(path), "--home", home,
+                 "--other-set", "study=bigger", "--other-set", "data.image_size=20"]) == 0
+    out = capsys.readouterr().out
+    assert "the same test split, each study at its own size (16 and 20 px)" in out
+    assert "data settings differ" not in out
 
 
 def test_compare_names_a_study_that_never_ran(write_study, tmp_path, capsys):
