@@ -23,21 +23,25 @@ LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
 
 
 def leaderboard_columns(view: StageView) -> list[str]:
-    """The metrics a stage's leaderboard shows: the accuracies, and the stage's own metric
-    (the one it is ranked by) where that is another."""
-    columns = ["train_acc", "val_acc"]
-    return columns if view.stage.metric in columns else [*columns, view.stage.metric]
+    """The metrics a stage's leaderboard shows: the accuracies on fold 0, and the value the
+    trials are ranked by where that is another metric or the mean over several folds."""
+    columns, stage = ["train_acc", "val_acc"], view.stage
+    if stage.folds > 1:
+        return [*columns, f"{stage.metric} ({stage.folds} folds)"]
+    return columns if stage.metric in columns else [*columns, stage.metric]
 
 
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
     rows = []
+    ranked_by = leaderboard_columns(view)[2:]  # shown as the trial's value
     for t in view.ranked()[:top]:
         outcome = outcome_of(t)
         m = outcome.metrics if outcome is not None else {}
         params = shown_settings(t.params) or "(as it came)"
         rows.append([str(t.number) + LABELS[role_of(t)],
-                     *(f"{m.get(c, float('nan')):.3f}" for c in leaderboard_columns(view)),
-                     params])
+                     f"{m.get('train_acc', float('nan')):.3f}",
+                     f"{m.get('val_acc', float('nan')):.3f}",
+                     *(f"{t.value:.3f}" for _ in ranked_by), params])
     return rows
 
 
@@ -62,8 +66,11 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
     """The top trials of each stage; with `decisions`, each stage's decision and the final
     test score too (`run` printed those as they happened, so it leaves them out)."""
     for view in read_stages(cfg, ws):
+        where = ("validation fold 0" if view.stage.folds == 1 else
+                 f"{view.stage.metric}: the mean over {view.stage.folds} person folds, "
+                 "the accuracies fold 0's")
         print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric} "
-              f"(best epoch, validation fold 0; not a test score)")
+              f"(best epoch, {where}; not a test score)")
         rows = leaderboard_rows(view, top)
         print(table(["trial", *leaderboard_columns(view), "params"], rows) if rows
               else "(none)")
@@ -91,7 +98,9 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
               "and confirmation repeats)")
         if best is not None:
             print(f"    best so far: trial {best.number}{LABELS[role_of(best)]}, "
-                  f"{view.stage.metric} {best.value:.4f} (validation, best epoch)")
+                  f"{view.stage.metric} {best.value:.4f} (validation, best epoch"
+                  + (f"; the mean over {view.stage.folds} person folds)" if view.stage.folds > 1
+                     else ")"))
         if view.carried:
             print(f"    started from: {shown_settings(view.carried)}")
         if view.result:

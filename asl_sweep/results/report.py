@@ -156,6 +156,11 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     if not view.trials:
         doc.p("Not run yet.")
         return [stage.name, stage.goal, "not run", "-", reported, rerun, "-"]
+    # The value the stage ranks and decides on, where the accuracies are not it.
+    ranked_by = ([f"{stage.metric} (best epoch" + (f"; the mean of {stage.folds} folds but for "
+                                                   "repeats, one fold each)"
+                                                   if stage.folds > 1 else ")")]
+                 if stage.metric != "val_acc" or stage.folds > 1 else [])
     rows = []
     for t in sorted(view.trials, key=lambda t: t.number):
         role = role_of(t)
@@ -168,9 +173,10 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
         partial = stage.metric if stage.direction == "maximize" else ""  # what pruned ones have
         rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
                      _acc(t, "val_acc", reported=partial),
-                     _acc(t, "val_acc", "last", partial)])
+                     _acc(t, "val_acc", "last", partial),
+                     *([f"{t.value:.3f}" if t.value is not None else "-"] if ranked_by else [])])
     doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
-               "val acc (final epoch)"], rows)
+               "val acc (final epoch)", *ranked_by], rows)
     if result is None:
         doc.p("No decision yet: the stage is unfinished.")
         return [stage.name, stage.goal, "unfinished", "-", reported, rerun, "-"]

@@ -96,3 +96,25 @@ def test_a_study_without_student_settings_has_no_student_columns(write_study, tm
     md = (out / "report.md").read_text()
     assert "| stage | goal | decision | validation (mean of repeats) | carried |" in md
     assert "student" not in md.lower()
+
+
+def test_the_trial_table_shows_what_a_stage_ranks_on_where_accuracy_is_not_it(write_study,
+                                                                               tmp_path):
+    """A stage on a person metric over two folds ranks its trials by their mean: the table
+    shows that value beside fold 0's accuracies, which alone did not say why."""
+    import optuna
+
+    path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
+                                    "pruner": "none", "confirm": None, "folds": 2,
+                                    "metric": "val_person_mean", "space": {"lr": [1e-2]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    assert main(["report", str(path), "--home", str(home), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| trial |"))
+    assert header.endswith("| val_person_mean (best epoch; the mean of 2 folds but for "
+                           "repeats, one fold each) |")
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    for t in study.trials:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {t.number} |"))
+        assert row.endswith(f"| {t.value:.3f} |")

@@ -112,13 +112,15 @@ def test_every_trial_run_has_its_own_process_metrics_even_a_short_one(write_stud
         assert "system/cpu_utilization_percentage" not in client.get_run(run).data.metrics
 
 
-def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_study, tmp_path):
+def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_study, tmp_path,
+                                                                         capsys):
     path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
                                     "pruner": "none", "confirm": None, "folds": 2,
                                     "metric": "val_person_mean",
                                     "space": {"lr": [1e-2]}}]})
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
+    out = capsys.readouterr().out
     client = MlflowClient(Workspace.at(home).tracking_uri)
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
     for t in study.trials:  # the incumbent and the search trial
@@ -128,3 +130,11 @@ def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_s
         metrics = client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics
         assert metrics["val_person_mean_fold1"] == pytest.approx(values[1])
         assert metrics["val_person_mean_folds_mean"] == pytest.approx(t.value)
+    # The leaderboard ranks by the mean over the folds, and shows it beside fold 0's figures.
+    assert "the mean over 2 person folds, the accuracies fold 0's" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("trial "))
+    column = lines[header].index("val_person_mean (2 folds)")
+    shown = [float(line[column:].split()[0]) for line in lines[header + 2:header + 4]]
+    ranked = sorted((t.value for t in study.trials), reverse=True)
+    assert shown == [pytest.approx(v, abs=5e-4) for v in ranked]
