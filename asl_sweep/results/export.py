@@ -234,8 +234,7 @@ def register_mlflow(deployable: Deployable, exported: Exported, example: torch.T
 def model_description(exported: Exported) -> str:
     """What the registry shows first: the test score with its interval and rule, the data,
     the study, and which trial this is."""
-    data = exported.cfg.data
-    source = str(data.root) if data.root else "the built-in synthetic letters"
+    source = _source(exported.cfg.data)
     return (f"Test accuracy {exported.test['summary']} ({TEST_RULE}). "
             f"Data: {source}, {len(exported.classes)} classes "
             f"({', '.join(exported.classes)}), {exported.image_size} px. "
@@ -243,6 +242,12 @@ def model_description(exported: Exported) -> str:
             f"{exported.described}, test accuracy {exported.scored.accuracy:.3f}. Input: float32 RGB images "
             "[B, 3, H, W] of any size, 0-255 or 0-1 (an image with a value above 1 is read as "
             "0-255); see the model card (MODEL_CARD.md from `asl-sweep export`).")
+
+
+def _source(data) -> str:
+    syn = data.synthetic
+    return (str(data.root) if data.root else
+            f"the built-in synthetic {syn.kind} ({syn.signers} signers)")
 
 
 def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
@@ -253,7 +258,9 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
     m = exported.file.metrics
     config = exported.file.config
     spec = exported.file.spec
-    settings = "\n".join(f"- `{k}`: {v}" for k, v in config.model_dump(mode="json").items())
+    unused = {"cnn", "transfer"} - {config.model}  # the other families' settings
+    settings = "\n".join(f"- `{k}`: {v}" for k, v in config.model_dump(mode="json").items()
+                         if k not in unused)
     size = exported.image_size
     lines = [
         f"# Model card: {exported.cfg.study} / {exported.view.stage.name} / {exported.title}",
@@ -277,12 +284,12 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
         f"{[round(v, 4) for v in spec.std]}"
         + (" (ImageNet's, the backbone's own)" if config.model == "transfer"
            else " (the training images')"),
-        "- test-time views: " + "; ".join(views_lines(exported.test["tta"])),
+        "- " + "; ".join(line.strip() for line in views_lines(exported.test["tta"])),
         "- output: class probabilities (softmax), in the order of the classes above",
         f"- `asl-sweep predict` decodes files with PIL to {size}x{size} RGB (bilinear) first",
         "",
         "## Data and split",
-        f"- data: {data.root or 'built-in synthetic letters'}",
+        f"- data: {_source(data)}",
         f"- split: test {data.test_fraction}, validation {data.val_fraction}, seed {data.seed}, "
         + ("person-disjoint" if data.root is None or data.group_pattern else "stratified by class"),
         "",

@@ -106,6 +106,10 @@ def test_registered_model_version_carries_lineage_and_the_test_score(exported):
         assert "built-in synthetic letters" in text and "Study tiny" in text
     card = (out / "MODEL_CARD.md").read_text()
     assert final["summary"] in card and "Preprocessing" in card
+    # An MLP's card lists its own settings, not the other families', and says each thing once.
+    assert "- `hidden`:" in card and "- `cnn`:" not in card and "- `transfer`:" not in card
+    assert "test-time views: test-time views" not in card
+    assert "- data: the built-in synthetic letters (" in card
     assert (out / "confusion.png").exists()
 
 
