@@ -135,11 +135,12 @@ class StudyData:
 
     @property
     def source(self) -> str:
-        return str(self.cfg.root) if self.cfg.root else "asl-sweep built-in synthetic letters"
+        kind = self.cfg.synthetic.kind
+        return str(self.cfg.root) if self.cfg.root else f"asl-sweep built-in synthetic {kind}"
 
     @property
     def name(self) -> str:
-        return self.cfg.root.name if self.cfg.root else "synthetic-letters"
+        return self.cfg.root.name if self.cfg.root else f"synthetic-{self.cfg.synthetic.kind}"
 
     def _record(self, context: str, label: str, index: np.ndarray) -> dict:
         h = hashlib.sha256(self.digest.encode())
