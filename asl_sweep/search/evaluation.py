@@ -293,6 +293,13 @@ def _resampled(scored: list[Scored], groups, rng: np.random.Generator) -> np.nda
     return (weights @ right.T) / (weights @ count)[:, None]
 
 
+def _people_of_folds(scored: list[Scored]) -> list[str] | None:
+    """On validation: every repeat's people side by side (None where the data has none)."""
+    if any(s.people is None for s in scored):
+        return None
+    return np.concatenate([s.people for s in scored]).tolist()
+
+
 def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dict:
     accs = [s.accuracy for s in scored]
     lo, hi = bootstrap_interval(scored, groups)
@@ -300,8 +307,7 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
     std = statistics.stdev(accs) if len(accs) >= 2 else 0.0
     own_folds = any(s.split != "test" for s in scored)  # each repeat on its own images
     if own_folds:
-        groups = (None if any(s.people is None for s in scored)
-                  else np.concatenate([s.people for s in scored]).tolist())
+        groups = _people_of_folds(scored)
     n_images = sum(len(s.truth) for s in scored) if own_folds else len(scored[0].truth)
     unit = (f"{len(set(groups))} people" if groups is not None else f"{n_images} images")
     if own_folds:
@@ -324,8 +330,7 @@ def breakdown(scored: list[Scored], groups: list[str] | None, classes: list[str]
     if any(s.split != "test" for s in scored):
         right = np.concatenate([s.predictions == s.truth for s in scored]).astype(np.float64)
         truth = np.concatenate([s.truth for s in scored])
-        groups = (None if any(s.people is None for s in scored)
-                  else np.concatenate([s.people for s in scored]).tolist())
+        groups = _people_of_folds(scored)
     else:
         right = np.stack([s.predictions == s.truth for s in scored]).mean(axis=0)  # per image
         truth = scored[0].truth
