@@ -77,8 +77,11 @@ def groups_of(names: Sequence[str], pattern: str, seconds: float = MATCH_SECONDS
             for name in names:
                 match = regex.search(Path(name).name)
                 if match is None or match.group(1) is None:
-                    raise DataError(f"{name}: data.group_pattern {pattern!r} does not match "
-                                    "this file name")
+                    raise DataError(
+                        f"{name}: data.group_pattern {pattern!r} does not match its file name "
+                        f"{Path(name).name!r}; it must match every file's name, group 1 naming "
+                        "the person (e.g. '^([^_]+)_' for anna_A_01.jpg): fix the pattern, or "
+                        "drop it to split by class")
                 groups.append(match.group(1))
     except _TooSlow:
         raise DataError(f"data.group_pattern {pattern!r}: matching {len(names)} file names took "

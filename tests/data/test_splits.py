@@ -116,3 +116,14 @@ def test_a_pattern_that_backtracks_without_end_is_one_line_not_a_hang():
         groups_of(names, r"^(a+)+$", seconds=0.5)
     assert time.perf_counter() - started < 5
     assert groups_of(["p1_A_0.png"], r"^([^_]+)_") == ["p1"]  # and the timer is gone again
+
+
+def test_a_file_the_pattern_does_not_match_is_named_with_what_the_pattern_sees():
+    """The pattern is matched against the file's name, not its path under the root: the
+    line shows that name and what to do."""
+    with pytest.raises(DataError) as caught:
+        groups_of(["p1_A_0.png", "A/A1008.jpg"], r"^(p\d)_")
+    assert str(caught.value) == (
+        "A/A1008.jpg: data.group_pattern '^(p\\\\d)_' does not match its file name 'A1008.jpg'; "
+        "it must match every file's name, group 1 naming the person (e.g. '^([^_]+)_' for "
+        "anna_A_01.jpg): fix the pattern, or drop it to split by class")
