@@ -139,6 +139,22 @@ def running_trial(db: Path, study_name: str, proc, seconds: float = 120,
                          f"(process exit code {proc.poll()})")
 
 
+def interrupt_a_trial(cmd: list[str], db: Path, study_name: str, role: str | None = None,
+                      epochs: int = 1) -> tuple[int, str]:
+    """`cmd` (an `asl-sweep run`) as a process, stopped with SIGTERM once a trial of
+    `study_name` (of `role`, if given) has trained `epochs` epochs: it must exit 130. The
+    trial's number and the process's stderr."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = running_trial(db, study_name, proc, role=role, epochs=epochs)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    return victim, err
+
+
 def run_until_training(cmd: list[str], db: Path, study_name: str):
     """`cmd` (an `asl-sweep run`) as a process whose stores give up after 3 s of silence,
     returned once a trial of `study_name` (in the SQLite file `db`) has trained two epochs:

@@ -1,7 +1,6 @@
 """Search spaces: conditions (define-by-run) and what each trial records."""
 
 import json
-import signal
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from asl_sweep.cli import main
 from asl_sweep.runtime.workspace import Workspace
-from tests.conftest import running_trial
+from tests.conftest import interrupt_a_trial
 
 FAMILIES = {"base": {"epochs": 2, "cnn": {"channels": [8]}}, "stages": [{
     "name": "family", "trials": 6, "sampler": "random", "pruner": "none", "confirm": None,
@@ -181,11 +180,7 @@ def test_a_stage_resumed_over_edited_choices_is_one_line_and_restored_it_goes_on
     shipped = path.read_text()
     home = tmp_path / "mlruns"
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    running_trial(home / "optuna.db", "tiny.search", proc, role="search")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
+    interrupt_a_trial(cmd, home / "optuna.db", "tiny.search", role="search")
 
     edited = yaml.safe_load(path.read_text())
     edited["stages"][0]["space"]["hidden"] = [[32], [16], [4]]

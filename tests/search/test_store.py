@@ -3,7 +3,6 @@
 import glob
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from asl_sweep.search.state import (
 from asl_sweep.search.store import optuna_storage, stage_trials
 from asl_sweep.settings.studyfile import load_study
 from tests import servers
-from tests.conftest import run_until_training, running_trial, stopped_line
+from tests.conftest import interrupt_a_trial, run_until_training, running_trial, stopped_line
 from tests.servers import free_port, mlflow_server, postgres_bin, store_proxy
 
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
@@ -150,12 +149,9 @@ def test_sigterm_queues_the_trial_again_and_a_rerun_resumes_it(write_study, tmp_
     ws = Workspace.at(home)
     (home).mkdir()
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # Past a checkpoint (every 2 epochs): the retry must continue from it, not start over.
-    victim = running_trial(home / "optuna.db", "tiny.search", proc, epochs=5)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err and "queued" in err
+    victim, err = interrupt_a_trial(cmd, home / "optuna.db", "tiny.search", epochs=5)
+    assert "Traceback" not in err and "queued" in err
     study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
     killed = study.trials[victim]
     assert killed.state.name == "FAIL" and killed.user_attrs["failure"] == "interrupted"

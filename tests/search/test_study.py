@@ -22,7 +22,7 @@ from asl_sweep.search.state import outcome_of
 from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 from asl_sweep.tracking.tracker import _flatten
-from tests.conftest import running_trial
+from tests.conftest import interrupt_a_trial, running_trial
 
 TWO_STAGES = {"stages": [
     {"name": "shape", "goal": "pick a shape", "trials": 3, "sampler": "random", "pruner": "none",
@@ -634,11 +634,7 @@ def test_a_study_resumes_only_from_the_settings_it_started_with(write_study, tmp
     path = write_study(spec)
     home = tmp_path / "mlruns"
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    running_trial(home / "optuna.db", "tiny.search", proc, role="search")
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
+    interrupt_a_trial(cmd, home / "optuna.db", "tiny.search", role="search")
 
     rerun = subprocess.run([*cmd, "--set", "base.batch_size=8"], capture_output=True,
                            text=True, timeout=300)
