@@ -25,10 +25,10 @@ LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
 def leaderboard_columns(view: StageView) -> list[str]:
     """The metrics a stage's leaderboard shows: the accuracies on fold 0, and the value the
     trials are ranked by where that is another metric or the mean over several folds."""
-    columns, stage = ["train_acc", "val_acc"], view.stage
-    if stage.folds > 1:
-        return [*columns, f"{stage.metric} ({stage.folds} folds)"]
-    return columns if stage.metric in columns else [*columns, stage.metric]
+    stage, columns = view.stage, ["train_acc", "val_acc"]
+    if not view.ranked_apart:
+        return columns
+    return [*columns, stage.metric + (f" ({stage.folds} folds)" if stage.folds > 1 else "")]
 
 
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:

@@ -157,10 +157,9 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
         doc.p("Not run yet.")
         return [stage.name, stage.goal, "not run", "-", reported, rerun, "-"]
     # The value the stage ranks and decides on, where the accuracies are not it.
-    ranked_by = ([f"{stage.metric} (best epoch" + (f"; the mean of {stage.folds} folds but for "
-                                                   "repeats, one fold each)"
-                                                   if stage.folds > 1 else ")")]
-                 if stage.metric != "val_acc" or stage.folds > 1 else [])
+    over = (f"; the mean of {stage.folds} folds but for repeats, one fold each"
+            if stage.folds > 1 else "")
+    ranked_by = [f"{stage.metric} (best epoch{over})"] if view.ranked_apart else []
     rows = []
     for t in sorted(view.trials, key=lambda t: t.number):
         role = role_of(t)

@@ -38,6 +38,12 @@ class StageView:
                     if t.state == TrialState.COMPLETE and role_of(t) in roles]
         return sorted(complete, key=lambda t: (-sign * t.value, t.number))
 
+    @property
+    def ranked_apart(self) -> bool:
+        """Whether its trials are ranked by a value their accuracies do not show: another
+        metric, or the mean over several folds (then shown beside them)."""
+        return self.stage.folds > 1 or self.stage.metric not in ("train_acc", "val_acc")
+
     def best(self) -> FrozenTrial | None:
         ranked = self.ranked()
         return ranked[0] if ranked else None
