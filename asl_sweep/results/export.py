@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from asl_sweep.models.registry import Deployable
-from asl_sweep.results.predict import MARKER, MODEL_FILE, marker
+from asl_sweep.results.predict import MARKER, MODEL_FILE, TORCHSCRIPT_FILE, marker
 from asl_sweep.results.readback import finished_stage, read_final, read_stages
 from asl_sweep.runtime.errors import ExportError, UserError
 from asl_sweep.runtime.files import atomic_write_text, sha256_of
@@ -118,7 +118,7 @@ def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> 
 def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None = None,
            stage: str | None = None, log=print) -> dict[str, Any]:
     exported = load_exported(cfg, ws, stage)
-    out = (out or ws.home / "exports" / cfg.study).resolve()
+    out = (out or ws.exports / cfg.study).resolve()
     out.mkdir(parents=True, exist_ok=True)
     deployable = Deployable(exported.model, exported.image_size).eval()
     example = torch.zeros(2, 3, exported.image_size, exported.image_size, dtype=torch.uint8)
@@ -159,7 +159,7 @@ def export_torchscript(deployable: Deployable, exported: Exported, example: torc
     file, never the scripted code, is what `asl-sweep predict` loads."""
     inner = torch.jit.trace(deployable.model, example.float() / 255)
     scripted = torch.jit.script(Deployable(inner, exported.image_size))
-    path = out / "model.torchscript.pt"
+    path = out / TORCHSCRIPT_FILE
     with tempfile.TemporaryDirectory() as tmp:
         weights = exported.file.save(Path(tmp) / MODEL_FILE).read_bytes()
     torch.jit.save(scripted, str(path), _extra_files={

@@ -31,6 +31,7 @@ from asl_sweep.training.checkpoint import ModelFile
 
 MARKER = "asl_sweep"  # TorchScript extra file asl_sweep.json, ONNX and MLmodel metadata key
 MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside TorchScript and MLflow
+TORCHSCRIPT_FILE = "model.torchscript.pt"  # what `export` writes into its folder
 EXPORT_FORMAT, EXPORT_VERSION = "asl-sweep/export", 1
 REFUSED = ("refused: asl-sweep loads only models it exported itself, and loading this one "
            "could run code it carries")
@@ -95,7 +96,7 @@ def study_export(study: Path, home: Path) -> Path:
     from asl_sweep.settings.studyfile import load_study
 
     name = load_study(study).study
-    path = home / "exports" / name / "model.torchscript.pt"
+    path = Workspace.at(home).exports / name / TORCHSCRIPT_FILE
     if not path.is_file():
         raise ModelFileError(
             f"{study}: a study, not a model, and study {name} has no export at {path}: run "

@@ -89,6 +89,10 @@ class Workspace:
     def reports(self) -> Path:
         return self.home / "reports"
 
+    @property
+    def exports(self) -> Path:
+        return self.home / "exports"
+
 
 def _sqlite_file(url: str) -> Path | None:
     """The file of a sqlite:/// URL (None for a server's URL)."""
