@@ -77,6 +77,10 @@ def test_train_command_tracks_one_run(write_study, tmp_path, capsys):
     assert "best epoch" in capsys.readouterr().out
     _, runs = _runs(Workspace.at(home), "tiny", "train")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    # Its checkpoint is on the run; no working folder is left to count as a trial in flight.
+    assert not (home / "runs" / "tiny" / "train" / runs[0].info.run_id).exists()
+    assert main(["status", str(path), "--home", str(home)]) == 0
+    assert "trials in flight 0.0 MB" in capsys.readouterr().out
 
 
 @pytest.mark.slow

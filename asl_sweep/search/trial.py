@@ -453,3 +453,6 @@ def train_once(cfg, ws, log=print) -> TrainResult:
     finally:
         mirror.run_ended(run.run_id, status)
         mirror.study_ended(status)
+        # Its checkpoint and curves are on its MLflow run now; a lone training never resumes,
+        # so its working folder would only count as a trial in flight in `status`.
+        shutil.rmtree(run_dir, ignore_errors=True)
