@@ -21,7 +21,7 @@ from asl_sweep.models.registry import Deployable
 from asl_sweep.results.predict import MARKER, MODEL_FILE, TORCHSCRIPT_FILE, marker
 from asl_sweep.results.readback import finished_stage, read_final, read_stages
 from asl_sweep.runtime.errors import ExportError, UserError
-from asl_sweep.runtime.files import atomic_write_text, sha256_of
+from asl_sweep.runtime.files import atomic_write_text, make_folder, sha256_of
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search import (
     TEST_RULE,
@@ -117,9 +117,8 @@ def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> 
 
 def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None = None,
            stage: str | None = None, log=print) -> dict[str, Any]:
+    out = make_folder((out or ws.exports / cfg.study).resolve())  # before the scoring
     exported = load_exported(cfg, ws, stage)
-    out = (out or ws.exports / cfg.study).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     deployable = Deployable(exported.model, exported.image_size).eval()
     example = torch.zeros(2, 3, exported.image_size, exported.image_size, dtype=torch.uint8)
     atomic_write_text(out / "classes.json", json.dumps(exported.classes))

@@ -17,7 +17,7 @@ from asl_sweep.results.document import Doc
 from asl_sweep.results.export import load_exported
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.errors import ConfigError
-from asl_sweep.runtime.files import atomic_write_text
+from asl_sweep.runtime.files import atomic_write_text, make_folder
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search import (
     SEARCH_ROLES,
@@ -87,8 +87,7 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
     if not any(v.trials for v in views):
         raise ConfigError(f"study {cfg.study}: nothing recorded yet in {ws.storage}; "
                           "run it first (asl-sweep run)")
-    folder = (out or ws.reports / cfg.study).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder((out or ws.reports / cfg.study).resolve())
     tracker = Tracker(ws)
     experiment = tracker.client.get_experiment_by_name(cfg.study)
     if experiment is not None:  # a moved or copied home: refused before anything is written

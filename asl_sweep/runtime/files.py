@@ -50,6 +50,20 @@ def atomic_write_bytes(path: Path, data: bytes | memoryview, sync: bool = True) 
         raise
 
 
+def make_folder(path: Path) -> Path:
+    """Create a folder and its parents; a file in the way or a folder that cannot be made is one
+    WriteError naming the path, raised before anything is written into it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise WriteError(f"{path}: a file is in the way of this folder: name a folder, or a "
+                         "path not yet taken, and rerun the same command") from None
+    except OSError as e:
+        raise WriteError.of(path, e) from None
+    return path
+
+
 def torch_bytes(obj: Any) -> memoryview:
     """torch.save into memory: the disk write then fails as an OSError a person can read,
     not as torch's 'PytorchStreamWriter failed writing file'."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asl_sweep.runtime.errors import WriteError
+from asl_sweep.runtime.files import make_folder
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,7 @@ class Workspace:
     def prepare(self) -> Workspace:
         """Create the folders; a home that cannot be written is one WriteError."""
         for folder in (self.home, self.artifacts, self.cache, self.runs):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise WriteError.of(folder, e) from None
+            make_folder(folder)
         probe = self.home / f".write-probe-{os.getpid()}"
         try:
             probe.write_bytes(b"")

@@ -350,3 +350,17 @@ def test_export_says_what_it_wrote_and_mlflow_says_nothing(exported, tmp_path, c
     assert "models:/asl-sweep-tiny/" in said.out
     assert "Successfully registered" not in said.out + said.err
     assert "Created version" not in said.out + said.err
+
+
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_an_out_folder_with_a_file_in_the_way_is_one_line_before_anything_is_written(
+        exported, tmp_path, capsys, command):
+    cfg, ws, out = exported
+    study = out.parent / "study.yaml"
+    (tmp_path / "taken").write_text("a file")
+    for where in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        assert main([command, str(study), "--home", str(ws.home), "--out", str(where)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: {where}: a file is in the way of this folder: name a folder, "
+                       "or a path not yet taken, and rerun the same command")
+    assert (tmp_path / "taken").read_text() == "a file"
