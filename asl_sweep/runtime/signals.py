@@ -15,6 +15,11 @@ from collections.abc import Iterator
 _requested: int | None = None
 _stopped_in_trial = False  # whether the stop came while a trial trained (it is queued again)
 
+# A stop passed on to a worker by the `run` that started it (or by its orphan watch). It asks
+# once and never counts as the second signal that stops at once: a Ctrl-C in a terminal
+# reaches every process of the group, the workers too, and `run` then passes it on as well.
+PASSED_ON = getattr(signal, "SIGUSR1", None)
+
 
 def _note(signum, frame) -> None:  # noqa: ARG001
     global _requested
@@ -23,11 +28,29 @@ def _note(signum, frame) -> None:  # noqa: ARG001
     _requested = signum
 
 
+def _note_passed_on(signum, frame) -> None:  # noqa: ARG001
+    global _requested
+    if _requested is None:
+        _requested = signum
+
+
 def install() -> None:
     global _requested
     _requested = None
     signal.signal(signal.SIGTERM, _note)
     signal.signal(signal.SIGINT, _note)
+    if PASSED_ON is not None:
+        signal.signal(PASSED_ON, _note_passed_on)
+
+
+def pass_on(proc, again: bool = False) -> None:
+    """Ask a worker process to stop at its next safe point (its trial closed and queued
+    again), however many of its own signals it got already; `again`: this process was asked
+    twice, so the worker is too (SIGTERM, which on top of a stop asked stops it at once)."""
+    if again or PASSED_ON is None:
+        proc.terminate()
+    else:
+        proc.send_signal(PASSED_ON)
 
 
 def check() -> None:
@@ -58,6 +81,6 @@ def stop_when_orphaned(parent: int, every: float = 1.0) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(every)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), PASSED_ON or signal.SIGTERM)
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()

@@ -91,16 +91,22 @@ def _start(cfg: StudyConfig, ws: Workspace, workers: Workers,
     return procs
 
 
-def _wait(procs: list[subprocess.Popen], stop: bool = False) -> int:
+def _wait(procs: list[subprocess.Popen], stop: bool = False, again: bool = False) -> int:
+    """Wait for the workers; `stop`: ask them to stop first (each closes its trial and queues
+    it again). While waiting for them to finish, a stop asked of this process (Ctrl-C,
+    SIGTERM) is passed on to them; while waiting for them to stop, only a second one is,
+    as their second (`again`: stop at once)."""
     if stop:
         for p in procs:
-            p.terminate()
+            if p.poll() is None:
+                signals.pass_on(p, again)
     try:
         while any(p.poll() is None for p in procs):
-            signals.check()  # SIGTERM to this process stops the workers too
+            if not stop:
+                signals.check()
             time.sleep(0.2)
     except KeyboardInterrupt:
-        return _wait(procs, stop=True) or 130
+        return _wait(procs, stop=True, again=stop) or 130
     return max((p.returncode for p in procs), key=abs, default=0)
 
 

@@ -3,6 +3,7 @@
 import glob
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -192,6 +193,54 @@ def _processes_running(path) -> list[int]:
     return found
 
 
+def _both_workers_training(proc, ws: Workspace) -> None:
+    """`run --workers 2` is worker 0; wait until worker 1 (a process of its own) trains a
+    trial of tiny.search too."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+            if len({t.user_attrs.get("worker") for t in study.trials
+                    if t.state.name == "RUNNING"}) == 2:
+                return
+        except Exception:  # the store or the study is not there yet
+            continue
+    raise AssertionError("the two workers never trained side by side")
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c in the terminal", "sigterm to run"])
+def test_a_stopped_run_stops_its_workers_each_trial_queued_again_without_a_traceback(
+        write_study, tmp_path, stop):
+    """Ctrl-C in a terminal reaches every process of the group, the workers too, and `run`
+    passes the stop on besides (what SIGTERM to `run` alone needs): neither may count as a
+    worker's second signal (stop at once), nor may `run` trip over the stop it asked."""
+    spec = {**FAST, "base": {**FAST["base"], "epochs": 600}}  # a trial runs for a while
+    spec["stages"] = [{**FAST["stages"][0], "trials": 3}]
+    path = write_study(spec)
+    home = tmp_path / "mlruns"
+    ws = Workspace.at(home)
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+                             str(home), "--workers", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _both_workers_training(proc, ws)
+    if stop == "ctrl-c in the terminal":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert err.count("interrupted: the current trial is queued to run again") == 2, err
+    assert not _processes_running(path)
+    study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
+    stopped = [t for t in study.trials if t.user_attrs.get("failure") == "interrupted"]
+    assert len(stopped) == 2  # one trial a worker, each closed and queued again
+    for trial in stopped:
+        retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number]
+        assert len(retry) == 1 and retry[0].state.name == "WAITING"
+
+
 def test_workers_stop_when_their_run_is_killed_and_queue_their_trial(write_study, tmp_path):
     spec = {**FAST, "base": {**FAST["base"], "epochs": 600}}  # a trial runs for a while
     spec["stages"] = [{**FAST["stages"][0], "trials": 3}]
@@ -201,17 +250,7 @@ def test_workers_stop_when_their_run_is_killed_and_queue_their_trial(write_study
     cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
     proc = subprocess.Popen([*cmd, "--workers", "2"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    # `run` is worker 0; wait until worker 1 (a process of its own) trains a trial too.
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
-            if len({t.user_attrs.get("worker") for t in study.trials
-                    if t.state.name == "RUNNING"}) == 2:
-                break
-        except Exception:  # the store or the study is not there yet
-            continue
+    _both_workers_training(proc, ws)
     proc.kill()  # SIGKILL: `run` cannot tell its workers anything
     proc.wait(30)
     deadline = time.time() + 15
