@@ -41,6 +41,24 @@ def install() -> None:
     signal.signal(signal.SIGINT, _note)
     if PASSED_ON is not None:
         signal.signal(PASSED_ON, _note_passed_on)
+    if hasattr(signal, "pthread_sigmask"):  # a Ctrl-C held back while this worker started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def held_for_child() -> Iterator[None]:
+    """Ctrl-C held back (blocked, not lost) while a worker process is started: the worker
+    inherits the block, so a Ctrl-C in the terminal during its imports waits until install()
+    and is a stop at a safe point there, not a traceback of an import; here it is taken as the
+    block ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def pass_on(proc, again: bool = False) -> None:

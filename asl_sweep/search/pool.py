@@ -80,11 +80,12 @@ def _start(cfg: StudyConfig, ws: Workspace, workers: Workers,
             env = dict(os.environ)
             if workers.gpus > 1:  # each GPU takes per_device consecutive workers
                 env["CUDA_VISIBLE_DEVICES"] = str(workers.device_of(index))
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "asl_sweep.cli", "worker", *worker_argv,
-                 "--worker-index", str(index), "--threads", str(workers.threads),
-                 "--gpu-share", str(workers.memory_share), "--parent-pid", str(os.getpid())],
-                env=env))
+            with signals.held_for_child():
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "asl_sweep.cli", "worker", *worker_argv,
+                     "--worker-index", str(index), "--threads", str(workers.threads),
+                     "--gpu-share", str(workers.memory_share), "--parent-pid", str(os.getpid())],
+                    env=env))
     except BaseException:
         _wait(procs, stop=True)
         raise
