@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import environment_fault
+from asl_sweep.runtime.errors import ConfigError, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import load_study
@@ -362,7 +362,6 @@ def cmd_status(args) -> int:
 
 def cmd_compare(args) -> int:
     from asl_sweep.results.compare import compare_lines
-    from asl_sweep.runtime.errors import ConfigError
 
     first = _load_bound(args)
     other = argparse.Namespace(**{**vars(args), "study": args.other,
@@ -462,6 +461,13 @@ def cmd_ui(args) -> int:
 def cmd_serve(args) -> int:
     from asl_sweep.tracking.serving import serve_model
 
+    if Path(args.model).suffix.lower() in (".yaml", ".yml") and Path(args.model).is_file():
+        from asl_sweep.results.export import registered_name
+
+        name = registered_name(load_study(args.model))
+        raise ConfigError(f"{args.model}: a study, not a model: serve its registered model, "
+                          f"models:/{name}/VERSION (`asl-sweep export {args.model}` registers "
+                          "one and prints its version)")
     return serve_model(Workspace.at(args.home), args.model, args.host, args.port,
                        log=lambda line: print(line, flush=True))
 

@@ -161,6 +161,21 @@ def test_serve_names_a_model_it_cannot_serve_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "nothing-here" in err and "asl-sweep export" in err
     assert main(["serve", "models:/asl-sweep-x/1", "--home", str(tmp_path / "empty")]) == 2
     assert "no MLflow store here" in capsys.readouterr().err
+    # The study YAML every other command takes, or a folder that is no MLflow model: one line
+    # before MLflow's server starts (it printed its own traceback first).
+    study = tmp_path / "my study.yaml"
+    study.write_text("study: my-study\nstages: [{name: s, space: {lr: [0.01]}}]\n")
+    assert main(["serve", str(study), "--home", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {study}: a study, not a model: serve its registered model, "
+        f"models:/asl-sweep-my-study/VERSION (`asl-sweep export {study}` registers one and "
+        "prints its version)")
+    assert main(["serve", str(tmp_path), "--home", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (f"error: {tmp_path}: not an MLflow model folder (no MLmodel "
+                                    "file in it); give models:/asl-sweep-STUDY/N, which "
+                                    "`asl-sweep export` registers")
+    assert "Traceback" not in captured.out
 
 
 def test_output_read_by_a_reader_that_leaves_early_stops_without_a_traceback(write_study,

@@ -26,6 +26,9 @@ def serve_model(ws: Workspace, model: str, host: str, port: int, log=print) -> i
     if not model.startswith(("models:/", "runs:/")) and not Path(model).exists():
         raise ConfigError(f"{model}: not a models:/ or runs:/ URI nor an MLflow model folder; "
                           "`asl-sweep export STUDY.yaml` registers one (models:/asl-sweep-STUDY/N)")
+    if not model.startswith(("models:/", "runs:/")) and not (Path(model) / "MLmodel").is_file():
+        raise ConfigError(f"{model}: not an MLflow model folder (no MLmodel file in it); give "
+                          "models:/asl-sweep-STUDY/N, which `asl-sweep export` registers")
     if model.startswith("models:/") and not ws.has_tracking_store:
         raise ConfigError(f"{ws.home}: no MLflow store here to look {model} up in; pass --home "
                           "with the study's folder")
