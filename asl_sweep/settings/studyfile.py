@@ -20,7 +20,30 @@ MAX_STUDY_BYTES = 1 << 20  # a study file is a page of YAML, not a data set
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`)."""
+    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`) and refuses a
+    key given twice in one mapping, where YAML would keep the last silently (two `base:`
+    blocks, the second a copy being edited)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if first is not key_node:
+                    raise _KeyTwice(f"key {key!r} given twice in one mapping (lines "
+                                    f"{first.start_mark.line + 1} and "
+                                    f"{key_node.start_mark.line + 1}); keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+class _KeyTwice(yaml.YAMLError):
+    pass
 
 
 _Loader.add_implicit_resolver(
@@ -56,6 +79,8 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not a text file (a study is UTF-8 YAML)")
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except _KeyTwice as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except RecursionError:

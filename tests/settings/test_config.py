@@ -112,6 +112,23 @@ def test_missing_and_malformed_files(tmp_path):
         load_study(bad)
 
 
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("study: a\nbase: {epochs: 3}\nstages: [{name: s, space: {lr: [0.1]}}]\n"
+                    "base:\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as e:
+        load_study(path)
+    assert str(e.value) == f"{path}: key 'base' given twice in one mapping (lines 2 and 4); keep one"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("study: a\nstages: [{name: s, space: {lr: [0.1]}}]\n")
+    with pytest.raises(ConfigError, match=r"key 'kernel' given twice"):
+        load_study(ok, ["base.cnn={kernel: 3, kernel: 5}"])
+    # YAML's merge keys stay what they are: a key of the merged mapping given again wins.
+    path.write_text("study: a\nbase:\n  <<: {epochs: 2, lr: 0.01}\n  epochs: 4\n"
+                    "stages: [{name: s, space: {lr: [0.1]}}]\n")
+    assert load_study(path).base.epochs == 4 and load_study(path).base.lr == 0.01
+
+
 def test_epochs_sets_every_stage_epochs_fixed_ones_included(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("study: s\nbase: {epochs: 15}\nstages:\n"
