@@ -22,6 +22,15 @@ from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.settings.config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+# What a zip made on a Mac carries beside the photos: never a class, never an image.
+NOT_DATA = {"__MACOSX"}
+
+
+def is_data(path: Path, base: Path) -> bool:
+    """Whether a file or folder under `base` can be data: no part of its path below `base`
+    hidden (.DS_Store, ._IMG.jpg, .ipynb_checkpoints/, .git/) or a Mac zip's __MACOSX."""
+    return not any(part.startswith(".") or part in NOT_DATA
+                   for part in path.relative_to(base).parts)
 CACHE_VERSION = 2
 
 
@@ -69,7 +78,7 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
     if not root.is_dir():
         raise DataError(f"data.root: {root} is not a folder")
     try:
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and is_data(p, root))
     except PermissionError:
         raise DataError(f"data.root: {root} cannot be read (permission denied)") from None
     if len(class_dirs) < 2:
@@ -79,7 +88,7 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
     skipped: list[str] = []
     for label, class_dir in enumerate(class_dirs):
         entries = sorted(p for p in class_dir.rglob("*")
-                         if (p.is_file() or p.is_symlink()) and not p.name.startswith("."))
+                         if (p.is_file() or p.is_symlink()) and is_data(p, class_dir))
         if not entries:
             raise DataError(f"{class_dir}: empty class folder (every sub-folder of "
                             f"{root} is a class): put its images in it, or remove it")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from asl_sweep.data.images import IMAGE_SUFFIXES, decode_image
+from asl_sweep.data.images import IMAGE_SUFFIXES, decode_image, is_data
 from asl_sweep.models.registry import Deployable
 from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError
 from asl_sweep.runtime.files import sha256_of
@@ -211,7 +211,7 @@ def image_files(inputs: list[Path]) -> list[Path]:
     files = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith("."))
+            found = sorted(p for p in item.rglob("*") if p.is_file() and is_data(p, item))
             if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in found):
                 raise DataError(f"{item}: a folder without image files (any of "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))}); give image files or "

@@ -120,6 +120,22 @@ def test_empty_class_folder_is_named(image_folder, tmp_path):
         load(image_folder, tmp_path / "c")
 
 
+def test_what_a_mac_zip_or_a_notebook_leaves_beside_the_photos_is_not_data(image_folder,
+                                                                          tmp_path):
+    """Unzipped on a Mac: __MACOSX/<class>/._x.png beside the classes, ._x.png and .DS_Store
+    in them; a notebook's .ipynb_checkpoints/ copy inside a class. None is a class or an
+    image (a copy would count one photo twice, maybe across the split)."""
+    (image_folder / "__MACOSX" / "A").mkdir(parents=True)
+    (image_folder / "__MACOSX" / "A" / "._p1_A_0.png").write_bytes(b"\x00\x05\x16\x07")
+    (image_folder / "A" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (image_folder / "A" / "._p1_A_0.png").write_bytes(b"\x00\x05\x16\x07")
+    (image_folder / "A" / ".ipynb_checkpoints").mkdir()
+    (image_folder / "A" / ".ipynb_checkpoints" / "p1_A_0.png").write_bytes(
+        (image_folder / "A" / "p1_A_0.png").read_bytes())
+    s = load(image_folder, tmp_path / "c")
+    assert s.classes == ["A", "B", "C"] and len(s) == 18 and not s.skipped
+
+
 def test_missing_root_is_named(tmp_path):
     with pytest.raises(DataError, match="data.root: .* is not a folder"):
         load(tmp_path / "nope", tmp_path / "c")

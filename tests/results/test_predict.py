@@ -230,3 +230,16 @@ def test_a_torchscript_carrying_a_pickle_as_its_model_file_is_named_by_its_path(
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {forged}: its asl_sweep_model.pt: "), err
     assert "/tmp/tmp" not in err and len(err.splitlines()) == 1 and not pwned.exists()
+
+
+def test_a_folder_to_predict_skips_what_a_mac_zip_or_a_notebook_leaves(tmp_path, image):
+    from asl_sweep.results.predict import image_files
+
+    folder = tmp_path / "unzipped"
+    (folder / "__MACOSX").mkdir(parents=True)
+    (folder / "__MACOSX" / "._photo.png").write_bytes(b"\x00\x05\x16\x07")
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "photo.png").write_bytes(image.read_bytes())
+    (folder / "._photo.png").write_bytes(b"\x00\x05\x16\x07")
+    (folder / "photo.png").write_bytes(image.read_bytes())
+    assert image_files([folder]) == [folder / "photo.png"]
