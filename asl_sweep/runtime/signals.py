@@ -46,11 +46,12 @@ def install() -> None:
 
 
 @contextlib.contextmanager
-def held_for_child() -> Iterator[None]:
-    """Ctrl-C held back (blocked, not lost) while a worker process is started: the worker
-    inherits the block, so a Ctrl-C in the terminal during its imports waits until install()
-    and is a stop at a safe point there, not a traceback of an import; here it is taken as the
-    block ends."""
+def ctrl_c_held_for_child() -> Iterator[None]:
+    """A child process started in the block inherits Ctrl-C blocked (held, not lost). A worker
+    takes it at install(), as a stop at a safe point rather than a traceback of an import; a
+    server (the MLflow UI, a model server) never unblocks it, so the terminal's Ctrl-C stops
+    only asl-sweep, which stops the server as it should (SIGTERM) instead of the server
+    printing its own KeyboardInterrupt. Here a Ctrl-C in the block is taken as it ends."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return

@@ -80,7 +80,7 @@ def _start(cfg: StudyConfig, ws: Workspace, workers: Workers,
             env = dict(os.environ)
             if workers.gpus > 1:  # each GPU takes per_device consecutive workers
                 env["CUDA_VISIBLE_DEVICES"] = str(workers.device_of(index))
-            with signals.held_for_child():
+            with signals.ctrl_c_held_for_child():
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "asl_sweep.cli", "worker", *worker_argv,
                      "--worker-index", str(index), "--threads", str(workers.threads),

@@ -118,7 +118,8 @@ def run_server(what: str, command: list[str], env: dict, base: str, health: str,
                ready) -> int:
     """Start a server process, call ready(base) once `health` answers, and keep it until it
     stops or the user stops it (Ctrl-C, SIGTERM); its stderr passes on, less the notes above."""
-    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    with signals.ctrl_c_held_for_child():  # the terminal's Ctrl-C is ours to pass on
+        server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     threading.Thread(target=_pass_on, args=(server.stderr,), name="server-stderr",
                      daemon=True).start()
     try:

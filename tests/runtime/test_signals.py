@@ -40,7 +40,7 @@ except KeyboardInterrupt as e:
 
 
 def test_a_ctrl_c_while_a_worker_starts_is_held_for_its_first_safe_point():
-    with signals.held_for_child():
+    with signals.ctrl_c_held_for_child():
         proc = subprocess.Popen([sys.executable, "-c", STARTING], text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(0.5)

@@ -19,8 +19,8 @@ from asl_sweep.cli import main
 from asl_sweep.runtime.workspace import Workspace
 from tests.tracking.browser import CHROMIUM, Browser, free_port
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
-                                "(apt-get install chromium; .ci/run does this)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                                    "(apt-get install chromium; .ci/run does this)")
 # The "+" that opens a parent run's children in MLflow's runs table (its icon's path).
 COLLAPSED = "button[data-component-id*='runnamecellrenderer']:has(path[d^='M7.25 7.25V4.5'])"
 
@@ -35,6 +35,7 @@ def artifacts(tmp_path_factory) -> Path:
     return folder
 
 
+@needs_chromium
 def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp_path,
                                                                  artifacts):
     path = write_study({"description": "a tiny study for the browser", "base": {"epochs": 6},
@@ -148,3 +149,26 @@ def test_the_addresses_ui_prints_open_on_views_a_person_can_use(write_study, tmp
     assert "DeprecationWarning" not in said
     assert "Security middleware" not in said and "--allowed-hosts" not in said, said
 
+
+
+def test_ctrl_c_in_the_terminal_stops_ui_and_its_server_without_a_traceback(tmp_path):
+    """The terminal's Ctrl-C reaches every process of its group: the MLflow server printed
+    its own KeyboardInterrupt and CancelledError tracebacks. It reaches asl-sweep only now,
+    which stops the server with SIGTERM."""
+    home = tmp_path / "mlruns"
+    home.mkdir()
+    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # a store to show
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "ui", "--home", str(home),
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().startswith("MLflow UI: "), proc.stderr.read()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "Traceback" not in err and "Error" not in err, err
+    with pytest.raises(OSError):  # the server is gone with it
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
