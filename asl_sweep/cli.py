@@ -479,8 +479,10 @@ def cmd_store_proxy(args) -> int:
     from asl_sweep.tracking.ui import check_port
 
     check_port(args.host, args.port)
-    # The proxy holds no trial: SIGTERM stops it at once (not at a trial's next step).
+    # The proxy holds no trial: Ctrl-C and SIGTERM stop it at once (not at a trial's next
+    # step, which it never reaches: a noted Ctrl-C would wait for a second).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"Optuna storage proxy for {args.storage} on grpc://{args.host}:{args.port} "
           "(Ctrl-C to stop)", flush=True)
     try:

@@ -389,6 +389,23 @@ def proxy(tmp_path):
         yield url
 
 
+def test_ctrl_c_stops_the_store_proxy(proxy):
+    """It holds no trial: the first Ctrl-C stops it (it waited for a second one)."""
+    os.killpg(proxy.pid, signal.SIGINT)
+    deadline = time.time() + 30
+    while _alive(proxy.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(proxy.pid), "the store proxy went on after Ctrl-C"
+
+
+def _alive(pid: int) -> bool:
+    try:  # reaped by nobody here: a zombie (state Z) has stopped
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_two_workers_through_optunas_grpc_proxy_meet_the_budget(write_study, tmp_path, proxy):
     spec = {**FAST, "stages": [{**FAST["stages"][0], "trials": 8}]}
     path = write_study(spec)
