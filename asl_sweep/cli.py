@@ -23,12 +23,24 @@ from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import load_study
 
 
+def _home(text: str) -> Path:
+    """--home: a folder; an empty one would be Path(""), the current folder, silently."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: give the folder for the study's records "
+                                          "(default ./mlruns)")
+    return Path(text)
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("ASL_SWEEP_HOME") or "mlruns")  # an empty variable: unset
+
+
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", type=Path, help="study YAML, e.g. sweeps/quick.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting by key path, e.g. base.epochs=5 (repeatable)")
     p.add_argument("--data", type=Path, help="ImageFolder root (one folder per class)")
-    p.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+    p.add_argument("--home", type=_home, default=_default_home(),
                    help="folder for databases, artifacts and caches (default ./mlruns)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
     p.add_argument("--tracking", help="MLflow tracking URI (default sqlite in --home)")
@@ -94,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "or a study YAML (its export in --home)")
     pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
     pred.add_argument("--json", action="store_true", help="print JSON lines")
-    pred.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+    pred.add_argument("--home", type=_home, default=_default_home(),
                       help="for models:/ URIs and study YAMLs: the folder holding mlflow.db "
                       "and exports/")
     pred.add_argument("--tracking", help="for models:/ URIs: an MLflow tracking server or "
@@ -126,14 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "server: POST /invocations), with this environment's own commands")
     srv.add_argument("model", help="models:/asl-sweep-STUDY/N (from `export`), runs:/... or an "
                      "MLflow model folder")
-    srv.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+    srv.add_argument("--home", type=_home, default=_default_home(),
                      help="the study home whose registry holds the model (default ./mlruns)")
     srv.add_argument("--port", type=int, default=5001, help="the port to serve on")
     srv.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this "
                      "machine only)")
 
     ui = sub.add_parser("ui", help="MLflow UI on the local store")
-    ui.add_argument("--home", type=Path, default=Path(os.environ.get("ASL_SWEEP_HOME", "mlruns")),
+    ui.add_argument("--home", type=_home, default=_default_home(),
                     help="the study home whose MLflow store to serve (default ./mlruns)")
     ui.add_argument("--port", type=int, default=5000, help="the port to serve on")
     ui.add_argument("--host", default="127.0.0.1", help="the address to bind (default: this "

@@ -99,12 +99,22 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--set", "base.lrr=1"], "base.lrr: Extra inputs are not permitted", 2),
     (["--data", "/nonexistent/photos"], "data.root: /nonexistent/photos is not a folder", 2),
     (["--per-device", "0"], "argument --per-device: 0: at least 1 worker a GPU", 2),
+    # (an empty --home was Path(""): the study ran into the current folder)
+    (["--home", ""], "argument --home: '': give the folder for the study's records", 2),
+    (["--storage", "foo://x"], "error: --storage foo://x: not a database URL; give "
+     "sqlite:///PATH/optuna.db", 2),
+    (["--storage", "optuna.db"], "error: --storage optuna.db: not a database URL", 2),
+    (["--storage", "mysql://u@127.0.0.1:1/db"], "error: --storage mysql://u@127.0.0.1:1/db: its "
+     "database driver is not installed (MySQLdb); install it", 2),
+    (["--tracking", "foo://x"], "error: --tracking foo://x: not a database URL", 2),
+    (["--tracking", "trk"], "error: --tracking trk: a folder is MLflow's old plain-folder "
+     "store", 2),
 ])
 def test_user_errors_are_one_message_not_a_traceback(write_study, tmp_path, args, message, code):
     path = write_study()
     proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(path),
                            "--home", str(tmp_path / "mlruns"), *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == code
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr

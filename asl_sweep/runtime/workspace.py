@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from asl_sweep.runtime.errors import WriteError
+from asl_sweep.runtime.errors import ConfigError, WriteError
 from asl_sweep.runtime.files import make_folder
 
 
@@ -23,6 +23,12 @@ class Workspace:
     @classmethod
     def at(cls, home: str | Path = "mlruns", storage: str | None = None,
            tracking_uri: str | None = None) -> Workspace:
+        if storage is not None:
+            _check_database("--storage", storage, "sqlite:///PATH/optuna.db, "
+                            "postgresql://USER@HOST/DB or grpc://HOST:PORT (asl-sweep "
+                            "store-proxy)")
+        if tracking_uri is not None:
+            _check_tracking(tracking_uri)
         home = Path(home).resolve()
         return cls(home=home,
                    storage=storage or f"sqlite:///{home / 'optuna.db'}",
@@ -90,6 +96,37 @@ class Workspace:
     @property
     def exports(self) -> Path:
         return self.home / "exports"
+
+
+def _check_database(flag: str, url: str, give: str) -> None:
+    """A store URL as the run will open it, checked before anything starts: a path, a typo in
+    the scheme or a database whose driver is not installed is one line, not SQLAlchemy's
+    traceback from deep in the first worker."""
+    if url.startswith("grpc://") and flag == "--storage":
+        return
+    import sqlalchemy
+
+    try:
+        sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"{flag} {url}: not a database URL; give {give}") from None
+    except sqlalchemy.exc.NoSuchModuleError:
+        raise ConfigError(f"{flag} {url}: no database of that kind; give {give}") from None
+    except ImportError as e:
+        raise ConfigError(f"{flag} {url}: its database driver is not installed "
+                          f"({e.name or e}); install it, or give {give}") from None
+
+
+def _check_tracking(uri: str) -> None:
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("http", "https") or uri.startswith("databricks"):
+        return
+    give = ("sqlite:///PATH/mlflow.db, postgresql://USER@HOST/DB or http://HOST:PORT (an "
+            "MLflow tracking server)")
+    if scheme in ("", "file"):
+        raise ConfigError(f"--tracking {uri}: a folder is MLflow's old plain-folder store, "
+                          f"which MLflow no longer develops; give {give}")
+    _check_database("--tracking", uri, give)
 
 
 def _sqlite_file(url: str) -> Path | None:
