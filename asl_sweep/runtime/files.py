@@ -14,8 +14,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from asl_sweep.runtime.errors import ModelFileError, UnsafeFileError, WriteError
 
 
@@ -67,6 +65,8 @@ def make_folder(path: Path) -> Path:
 def torch_bytes(obj: Any) -> memoryview:
     """torch.save into memory: the disk write then fails as an OSError a person can read,
     not as torch's 'PytorchStreamWriter failed writing file'."""
+    import torch  # here, not at the top: the workspace makes its folders with this module,
+    # and commands that only read the stores (status, a bad study file) load no torch
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getbuffer()
@@ -91,6 +91,8 @@ def sha256_of(path: Path) -> str:
 
 def load_tensors(path: Path, mmap: bool = False, map_location: Any = "cpu") -> Any:
     """torch.load restricted to tensors and plain containers (weights_only=True)."""
+    import torch
+
     try:
         with warnings.catch_warnings():
             # A raw pickle draws torch's note on its protocol before the refusal below: the
