@@ -31,15 +31,23 @@ def _home(text: str) -> Path:
     return Path(text)
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one would be Path(""), the current folder, silently."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: an empty path (it would be the current "
+                                          "folder); give one")
+    return Path(text)
+
+
 def _default_home() -> Path:
     return Path(os.environ.get("ASL_SWEEP_HOME") or "mlruns")  # an empty variable: unset
 
 
 def _study_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", type=Path, help="study YAML, e.g. sweeps/quick.yaml")
+    p.add_argument("study", type=_path, help="study YAML, e.g. sweeps/quick.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting by key path, e.g. base.epochs=5 (repeatable)")
-    p.add_argument("--data", type=Path, help="ImageFolder root (one folder per class)")
+    p.add_argument("--data", type=_path, help="ImageFolder root (one folder per class)")
     p.add_argument("--home", type=_home, default=_default_home(),
                    help="folder for databases, artifacts and caches (default ./mlruns)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
@@ -84,14 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="Markdown + HTML report with plots, logged to MLflow")
     _study_args(report)
-    report.add_argument("--out", type=Path, help="report folder (default <home>/reports/<study>)")
+    report.add_argument("--out", type=_path, help="report folder (default <home>/reports/<study>)")
 
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
     _study_args(exp)
     exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
     exp.add_argument("--format", default="all", choices=["torchscript", "onnx", "mlflow", "all"],
                      help="which forms to write (default all)")
-    exp.add_argument("--out", type=Path, help="folder for the files (default <home>/exports/<study>)")
+    exp.add_argument("--out", type=_path, help="folder for the files (default <home>/exports/<study>)")
 
     ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
                         "validation) split")
@@ -104,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred = sub.add_parser("predict", help="class and probability per image")
     pred.add_argument("model", help="model.torchscript.pt, model.onnx, models:/NAME/VERSION, "
                       "or a study YAML (its export in --home)")
-    pred.add_argument("images", nargs="+", type=Path, help="image files or folders")
+    pred.add_argument("images", nargs="+", type=_path, help="image files or folders")
     pred.add_argument("--json", action="store_true", help="print JSON lines")
     pred.add_argument("--home", type=_home, default=_default_home(),
                       help="for models:/ URIs and study YAMLs: the folder holding mlflow.db "
@@ -119,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "second (a study run with --set study=NAME is named the same way "
                          "here: --other-set study=NAME).")
     _study_args(cmp)
-    cmp.add_argument("other", type=Path, help="the second study's YAML (may be the same file)")
+    cmp.add_argument("other", type=_path, help="the second study's YAML (may be the same file)")
     cmp.add_argument("--other-set", dest="other_overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="a setting of the second study, e.g. "
                      "study=cnn-more (repeatable)")
-    cmp.add_argument("--other-data", type=Path, help="the second study's --data")
-    cmp.add_argument("--other-home", type=Path,
+    cmp.add_argument("--other-data", type=_path, help="the second study's --data")
+    cmp.add_argument("--other-home", type=_path,
                      help="the second study's home (default: the same --home)")
 
     proxy = sub.add_parser("store-proxy", help="Optuna's gRPC storage proxy in front of the "

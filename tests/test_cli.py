@@ -101,6 +101,7 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--per-device", "0"], "argument --per-device: 0: at least 1 worker a GPU", 2),
     # (an empty --home was Path(""): the study ran into the current folder)
     (["--home", ""], "argument --home: '': give the folder for the study's records", 2),
+    (["--data", ""], "argument --data: '': an empty path (it would be the current folder)", 2),
     (["--storage", "foo://x"], "error: --storage foo://x: not a database URL; give "
      "sqlite:///PATH/optuna.db", 2),
     (["--storage", "optuna.db"], "error: --storage optuna.db: not a database URL", 2),
