@@ -248,6 +248,13 @@ class TrainConfig(Strict):
     transfer: TransferConfig = Field(TransferConfig(), description="the transfer family's "
                                      "settings")
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"{v!r} is not a device: give auto, cpu, cuda, cuda:N or mps")
+        return v
+
     @model_validator(mode="after")
     def _cutmix_needs_images(self) -> TrainConfig:
         if self.augment.cutmix > 0 and self.model == "transfer" and self.transfer.trainable == 0:

@@ -22,6 +22,7 @@ from asl_sweep.models.features import frozen_features
 from asl_sweep.models.layers import InputSpec
 from asl_sweep.models.registry import build_model, count_parameters
 from asl_sweep.runtime import signals
+from asl_sweep.runtime.errors import ConfigError
 from asl_sweep.settings.config import TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
 from asl_sweep.training.optim import lr_factor, make_optimizer
@@ -91,8 +92,23 @@ EpochHook = Callable[[EpochStats], None]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """The device `base.device` names, checked here: one a machine lacks (cuda on a laptop,
+    cuda:1 on a one-GPU machine) is one line, not torch's RuntimeError from the first step."""
     if name != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if (device.index or 0) >= count:
+                here = (f"{count} CUDA device{'s' if count > 1 else ''} (cuda:0"
+                        f"{f' to cuda:{count - 1}' if count > 1 else ''})" if count
+                        else "no CUDA device torch can use")
+                raise ConfigError(f"base.device {name}: this machine has {here}; use auto "
+                                  "(the best device here) or cpu")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                         and torch.backends.mps.is_available()):
+            raise ConfigError(f"base.device {name}: this machine has no Apple GPU (MPS) torch "
+                              "can use; use auto (the best device here) or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():

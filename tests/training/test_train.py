@@ -1,12 +1,13 @@
 import pytest
 import torch
+from pydantic import ValidationError
 
 from asl_sweep.data.studydata import StudyData
-from asl_sweep.runtime.errors import UnsafeFileError
+from asl_sweep.runtime.errors import ConfigError, UnsafeFileError
 from asl_sweep.runtime.files import load_tensors
 from asl_sweep.settings.config import DataConfig, TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
-from asl_sweep.training.train import person_scores, train
+from asl_sweep.training.train import person_scores, resolve_device, train
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +240,23 @@ def test_an_ensemble_file_averages_its_members_probabilities(synthetic_split, tm
     mean = torch.stack([Deployable(f.build(), 16)(x) for f in files]).mean(0)
     assert torch.allclose(Deployable(model, 16)(x), mean, atol=1e-6)
     assert not ModelFile.load(files[0].save(tmp_path / "single.pt")).members
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_anything_trains():
+    with pytest.raises(ConfigError, match=r"^base.device cuda:99: this machine has .*; use auto "
+                                          r"\(the best device here\) or cpu$"):
+        resolve_device("cuda:99")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="base.device cuda: this machine has no CUDA"):
+            resolve_device("cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match="base.device mps: this machine has no Apple GPU"):
+            resolve_device("mps")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "cuda:x", "CPU", ""])
+def test_a_device_name_torch_does_not_know_is_refused_with_the_settings(name):
+    with pytest.raises(ValidationError, match="is not a device: give auto, cpu, cuda, cuda:N "
+                                              "or mps"):
+        TrainConfig(device=name)
