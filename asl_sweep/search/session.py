@@ -78,6 +78,12 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
             "have none (data.group_pattern is not set), so the metric is val_acc here and no "
             "split is person-disjoint: set data.group_pattern to a regex whose group 1 names "
             "each file's person (e.g. '^([^_]+)_') to choose on people and score on new ones")
+    asked = {cfg.base.precision, *(str(s.fixed["precision"]) for s in cfg.stages
+                                   if "precision" in s.fixed)} & {"bf16", "fp16"}
+    if asked and device.type != "cuda":  # autocast_dtype: on CUDA only
+        say(f"note: precision {' and '.join(sorted(asked))} is autocast on CUDA only; on "
+            f"{device} every trial trains in fp32 (precision: auto says the same without this "
+            "note)")
     mirror = Mirror(tracker)
     mirror.open_experiment(cfg)
     _open_study_run(mirror, cfg, storage, record, created, keys)

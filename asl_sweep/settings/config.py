@@ -229,7 +229,7 @@ class TrainConfig(Strict):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere; fp16 trains with a "
-        "gradient scaler")
+        "gradient scaler; bf16 or fp16 off CUDA trains fp32 (run says so)")
     seed: int = Field(0, description="the training seed (a repeat r trains with seed + r)")
     schedule: Literal["constant", "step", "cosine", "onecycle"] = Field(
         "constant", description="the learning-rate schedule over the epochs, stepped every "

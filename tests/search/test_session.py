@@ -27,3 +27,14 @@ def test_a_person_metric_on_images_without_people_is_named_with_what_to_set(writ
                  "--set", "data.group_pattern=^(p[0-9])_"]) == 0
     out = capsys.readouterr().out
     assert "person-disjoint" in out and "note: " not in out
+
+
+def test_a_precision_autocast_cannot_give_here_is_named(write_study, tmp_path, capsys):
+    """bf16 and fp16 are CUDA autocast; asked for on the CPU the trainer runs fp32, which a
+    user who set them would not guess from the same figures."""
+    path = write_study({"base": {"epochs": 1, "precision": "bf16", "device": "cpu"},
+                        "stages": [{"name": "search", "trials": 1, "confirm": None}]})
+    assert main(["train", str(path), "--home", str(tmp_path / "mlruns")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert notes == ["note: precision bf16 is autocast on CUDA only; on cpu every trial trains "
+                     "in fp32 (precision: auto says the same without this note)"]
