@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(worker)
     worker.add_argument("--worker-index", type=int,
                         help="sampler seed offset; 0 is the lone worker's (default: from the PID)")
-    worker.add_argument("--threads", type=int, help="CPU threads for this worker")
+    worker.add_argument("--threads", type=_threads_arg, help="CPU threads for this worker")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # run's: stop with it
-    worker.add_argument("--gpu-share", type=float, default=1.0,
+    worker.add_argument("--gpu-share", type=_share_arg, default=1.0,
                         help="this worker's share of its GPU's memory (run --per-device K "
                              "gives 1/K)")
 
@@ -310,6 +310,23 @@ def _workers_arg(value: str) -> str | int:
 
 def _per_device_arg(value: str) -> int:
     return _count(value, "workers a GPU", "worker a GPU")
+
+
+def _threads_arg(value: str) -> int:
+    return _count(value, "threads", "thread")
+
+
+def _share_arg(value: str) -> float:
+    """A share of a GPU's memory: above 0, at most 1."""
+    try:
+        share = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a share of the GPU's memory, "
+                                         "e.g. 0.5") from None
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{value}: a share is above 0 and at most 1 (the "
+                                         "whole GPU)")
+    return share
 
 
 def _say(line: str) -> None:

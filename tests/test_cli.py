@@ -203,3 +203,17 @@ def test_output_read_by_a_reader_that_leaves_early_stops_without_a_traceback(wri
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and err == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "-3"], "argument --threads: -3: at least 1 thread"),  # was torch's RuntimeError
+    (["--threads", "0"], "argument --threads: 0: at least 1 thread"),  # was taken as "unset"
+    (["--gpu-share", "2"], "argument --gpu-share: 2: a share is above 0 and at most 1"),
+    (["--gpu-share", "0"], "argument --gpu-share: 0: a share is above 0 and at most 1"),
+])
+def test_a_workers_own_flags_are_checked_by_the_parser(write_study, tmp_path, capsys, args,
+                                                       message):
+    path = write_study()
+    with pytest.raises(SystemExit) as stop:
+        main(["worker", str(path), "--home", str(tmp_path / "mlruns"), *args])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
