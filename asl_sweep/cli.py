@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "or a study YAML (its export in --home)")
     pred.add_argument("images", nargs="+", type=_path, help="image files or folders")
     pred.add_argument("--json", action="store_true", help="print JSON lines")
+    pred.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="for a study YAML: the --set it ran with "
+                      "(study=NAME finds its export)")
     pred.add_argument("--home", type=_home, default=_default_home(),
                       help="for models:/ URIs and study YAMLs: the folder holding mlflow.db "
                       "and exports/")
@@ -474,7 +477,10 @@ def cmd_predict(args) -> int:
 
     from asl_sweep.results.predict import predict
 
-    rows, failures = predict(args.model, args.images, args.home, args.tracking)
+    if args.overrides and Path(args.model).suffix.lower() not in (".yaml", ".yml"):
+        raise ConfigError(f"--set: {args.model} is not a study YAML; --set names the study "
+                          "whose export to use, and a model file carries its own settings")
+    rows, failures = predict(args.model, args.images, args.home, args.tracking, args.overrides)
     if args.json:
         for row in rows:
             print(json.dumps(row))

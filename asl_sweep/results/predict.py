@@ -67,8 +67,9 @@ class Predictor:
             return np.asarray(self.run(images))
 
 
-def open_model(source: str, home: Path | str = "mlruns",
-               tracking: str | None = None) -> Predictor:
+def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = None,
+               overrides: list[str] | None = None) -> Predictor:
+    """The model `source` names; `overrides`: the --set a study YAML ran with (its name)."""
     if source.startswith(("models:/", "runs:/")):
         with tempfile.TemporaryDirectory() as tmp:
             folder = _download(source, Workspace.at(home, tracking_uri=tracking), Path(tmp))
@@ -77,7 +78,7 @@ def open_model(source: str, home: Path | str = "mlruns",
     if not path.exists():
         raise ModelFileError(f"{source}: no such model file or folder")
     if path.suffix.lower() in (".yaml", ".yml"):
-        return open_model(str(study_export(path, Path(home))), home, tracking)
+        return open_model(str(study_export(path, Path(home), overrides)), home, tracking)
     if path.is_dir():
         if not (path / "MLmodel").is_file():
             raise ModelFileError(f"{source}: a folder without an MLmodel file; give a model "
@@ -90,17 +91,21 @@ def open_model(source: str, home: Path | str = "mlruns",
     return _from_model_file(source, ModelFile.load(path))
 
 
-def study_export(study: Path, home: Path) -> Path:
+def study_export(study: Path, home: Path, overrides: list[str] | None = None) -> Path:
     """The TorchScript file `asl-sweep export STUDY.yaml` wrote into `home`, for a user who
-    names the study rather than a model; one line saying what to do where there is none."""
+    names the study rather than a model (with the --set it ran with, `study=NEW` among them);
+    one line saying what to do where there is none."""
+    import shlex
+
     from asl_sweep.settings.studyfile import load_study
 
-    name = load_study(study).study
+    name = load_study(study, overrides).study
     path = Workspace.at(home).exports / name / TORCHSCRIPT_FILE
     if not path.is_file():
+        given = "".join(f" --set {shlex.quote(item)}" for item in overrides or [])
         raise ModelFileError(
             f"{study}: a study, not a model, and study {name} has no export at {path}: run "
-            f"`asl-sweep export {study}` first (with the --home it ran with), or give "
+            f"`asl-sweep export {study}{given}` first (with the --home it ran with), or give "
             f"predict a model file (.torchscript.pt, .onnx) or models:/asl-sweep-{name}/VERSION")
     return path
 
@@ -226,10 +231,11 @@ def image_files(inputs: list[Path]) -> list[Path]:
 
 
 def predict(source: str, inputs: list[Path], home: Path | str = "mlruns",
-            tracking: str | None = None) -> tuple[list[dict], list[dict]]:
+            tracking: str | None = None,
+            overrides: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     """(predictions, failures): every readable image is predicted; bad ones are named."""
     files = image_files(inputs)
-    predictor = open_model(source, home, tracking)
+    predictor = open_model(source, home, tracking, overrides)
     rows, failures = [], []
     for path in files:
         try:

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,18 @@ def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, ca
     by_study = json.loads(capsys.readouterr().out)
     assert main(["predict", str(out / "model.torchscript.pt"), str(image), "--json"]) == 0
     assert by_study == json.loads(capsys.readouterr().out)
+    # A study run as --set study=NEW is found by the same --set (its export copied here, as
+    # its own export would be).
+    shutil.copytree(ws.home / "exports" / cfg.study, ws.home / "exports" / "renamed")
+    assert main(["predict", str(study), str(image), "--home", str(ws.home), "--json",
+                 "--set", "study=renamed"]) == 0
+    assert by_study == json.loads(capsys.readouterr().out)
+    assert main(["predict", str(study), str(image), "--home", str(ws.home),
+                 "--set", "study=nothere"]) == 2
+    assert f"run `asl-sweep export {study} --set study=nothere` first" in capsys.readouterr().err
+    assert main(["predict", str(out / "model.torchscript.pt"), str(image),
+                 "--set", "study=renamed"]) == 2
+    assert "is not a study YAML; --set names the study" in capsys.readouterr().err
 
 
 def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
