@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from asl_sweep.data.imageset import ImageSet
 from asl_sweep.data.synthetic import make_synthetic, synthetic_digest
@@ -31,7 +31,9 @@ def is_data(path: Path, base: Path) -> bool:
     hidden (.DS_Store, ._IMG.jpg, .ipynb_checkpoints/, .git/) or a Mac zip's __MACOSX."""
     return not any(part.startswith(".") or part in NOT_DATA
                    for part in path.relative_to(base).parts)
-CACHE_VERSION = 2
+
+
+CACHE_VERSION = 3  # 3: EXIF orientation applied at decode
 
 
 # ---------------------------------------------------------------- loading
@@ -153,7 +155,9 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
             with Image.open(path) as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
                 img.load()
-                img = _to_rgb(img)
+                # A phone keeps a portrait photo as landscape pixels plus an EXIF orientation
+                # that every viewer applies: the model sees it upright, as the person did.
+                img = _to_rgb(ImageOps.exif_transpose(img))
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
             raise DataError(f"larger than {Image.MAX_IMAGE_PIXELS:,} pixels, refused as a "
                             "possible decompression bomb") from None

@@ -136,6 +136,28 @@ def test_what_a_mac_zip_or_a_notebook_leaves_beside_the_photos_is_not_data(image
     assert s.classes == ["A", "B", "C"] and len(s) == 18 and not s.skipped
 
 
+@pytest.mark.parametrize("orientation, white", [(1, "left"), (6, "top"), (8, "bottom"),
+                                                 (3, "right")])
+def test_a_phone_photo_is_decoded_upright_as_its_exif_orientation_says(tmp_path, orientation,
+                                                                      white):
+    """A phone stores a portrait photo as landscape pixels and an EXIF orientation that every
+    viewer applies; the model must see it as the person did, not turned 90 degrees. Stored: a
+    white left half. Shown: as stored (1), turned 90 degrees clockwise (6), counter-clockwise
+    (8) or 180 degrees (3)."""
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[:, :40] = 255
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    image.save(path, exif=exif, quality=95)
+    decoded = images_mod.decode_image(path, 16).astype(float)
+    halves = {"top": decoded[:8], "bottom": decoded[8:], "left": decoded[:, :8],
+              "right": decoded[:, 8:]}
+    opposite = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}[white]
+    assert halves[white].mean() > 200 and halves[opposite].mean() < 50
+
+
 def test_missing_root_is_named(tmp_path):
     with pytest.raises(DataError, match="data.root: .* is not a folder"):
         load(tmp_path / "nope", tmp_path / "c")
