@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import ConfigError, environment_fault
+from asl_sweep.runtime.errors import ConfigError, UserError, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import load_study
@@ -126,9 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="two studies side by side: what each stage adopted "
                          "and the final test scores", description="Compare two studies. "
                          "--set, --data, --home, --storage and --tracking name the first; "
-                         "--other-set, --other-data, --other-home and the other YAML name the "
-                         "second (a study run with --set study=NAME is named the same way "
-                         "here: --other-set study=NAME).")
+                         "--other-set, --other-data, --other-home, --other-storage, "
+                         "--other-tracking and the other YAML name the second (a study run "
+                         "with --set study=NAME is named the same way here: --other-set "
+                         "study=NAME). With --other-home the second study's stores are that "
+                         "home's, not the first's --storage and --tracking.")
     _study_args(cmp)
     cmp.add_argument("other", type=_path, help="the second study's YAML (may be the same file)")
     cmp.add_argument("--other-set", dest="other_overrides", action="append", default=[],
@@ -137,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--other-data", type=_path, help="the second study's --data")
     cmp.add_argument("--other-home", type=_path,
                      help="the second study's home (default: the same --home)")
+    cmp.add_argument("--other-storage", help="the second study's Optuna storage URI (default: "
+                     "its --other-home's optuna.db, or the first's --storage without one)")
+    cmp.add_argument("--other-tracking", help="the second study's MLflow tracking URI "
+                     "(default: as for --other-storage)")
 
     proxy = sub.add_parser("store-proxy", help="Optuna's gRPC storage proxy in front of the "
                            "database, for many workers (--storage grpc://HOST:PORT)")
@@ -404,11 +410,21 @@ def cmd_compare(args) -> int:
     from asl_sweep.results.compare import compare_lines
 
     first = _load_bound(args)
+    # Another home is another study's record: its own stores unless named, never the first's.
+    apart = args.other_home is not None
     other = argparse.Namespace(**{**vars(args), "study": args.other,
                                   "overrides": args.other_overrides,
                                   "data": args.other_data,
-                                  "home": args.other_home or args.home})
-    second = _load_bound(other)
+                                  "home": args.other_home or args.home,
+                                  "storage": args.other_storage
+                                  or (None if apart else args.storage),
+                                  "tracking": args.other_tracking
+                                  or (None if apart else args.tracking)})
+    try:
+        second = _load_bound(other)
+    except UserError as e:
+        raise type(e)(f"the second study: {e} (for it, say --other-home, --other-storage, "
+                      "--other-tracking, --other-set or --other-data)") from None
     (cfg_a, ws_a), (cfg_b, ws_b) = first, second
     if cfg_a.study == cfg_b.study and ws_a.storage == ws_b.storage:
         raise ConfigError(f"compare: both sides are study {cfg_a.study!r} in {ws_a.home}: name "

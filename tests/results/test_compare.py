@@ -64,3 +64,26 @@ def test_compare_names_both_studies_of_one_yaml_and_refuses_a_study_with_itself(
     assert main(["compare", str(path), str(path), "--home", home]) == 2
     err = capsys.readouterr().err
     assert "both sides are study 'tiny'" in err and "--other-set study=NAME" in err
+
+
+def test_the_second_study_in_another_home_is_read_from_that_homes_stores(write_study, tmp_path,
+                                                                          capsys):
+    """--other-home names the second study's record: it is not read from the first's
+    --storage and --tracking (before, a first side named by its URIs sent the second side to
+    the first's database, where it had never run), and an error about it names its flags."""
+    path = write_study(ONE_TRIAL)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["run", str(path), "--home", str(first)]) == 0
+    assert main(["run", str(path), "--home", str(second), "--set", "study=other",
+                 "--set", "base.lr=1e-6"]) == 0
+    capsys.readouterr()
+    by_uri = ["--storage", f"sqlite:///{first / 'optuna.db'}",
+              "--tracking", f"sqlite:///{first / 'mlflow.db'}"]
+    assert main(["compare", str(path), str(path), *by_uri, "--other-home", str(second),
+                 "--other-set", "study=other"]) == 0
+    assert "with other (" in capsys.readouterr().out
+    assert main(["compare", str(path), str(path), "--home", str(first),
+                 "--other-home", str(tmp_path / "empty"), "--other-set", "study=other"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the second study: study other: nothing recorded yet")
+    assert "--other-home" in err and len(err.splitlines()) == 1
