@@ -110,15 +110,18 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--tracking", "foo://x"], "error: --tracking foo://x: not a database URL", 2),
     (["--tracking", "trk"], "error: --tracking trk: a folder is MLflow's old plain-folder "
      "store", 2),
+    (["--home", "afile/sub"], "error: --home afile/sub: afile is a file, not a folder", 2),
 ])
 def test_user_errors_are_one_message_not_a_traceback(write_study, tmp_path, args, message, code):
     path = write_study()
+    (tmp_path / "afile").write_text("not a folder")
     proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(path),
                            "--home", str(tmp_path / "mlruns"), *args],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == code
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "side by side" not in proc.stderr  # refused before anything starts
 
 
 CHECK_ONLY = """

@@ -29,6 +29,7 @@ class Workspace:
                             "store-proxy)")
         if tracking_uri is not None:
             _check_tracking(tracking_uri)
+        _check_home(Path(home))
         home = Path(home).resolve()
         return cls(home=home,
                    storage=storage or f"sqlite:///{home / 'optuna.db'}",
@@ -134,3 +135,13 @@ def _sqlite_file(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     return Path(url[len("sqlite:///"):].split("?", 1)[0])
+
+
+def _check_home(home: Path) -> None:
+    """A home (or a folder above it) that is a file: one line before anything starts."""
+    for folder in (home, *home.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"--home {home}: {folder} is a file, not a folder: name a "
+                                  "folder for the study's records (or a path not yet taken)")
+            return
