@@ -28,7 +28,7 @@ def leaderboard_columns(view: StageView) -> list[str]:
     stage, columns = view.stage, ["train_acc", "val_acc"]
     if not view.ranked_apart:
         return columns
-    return [*columns, stage.metric + (f" ({stage.folds} folds)" if stage.folds > 1 else "")]
+    return [*columns, stage.metric + (f" ({view.folds} folds)" if view.folds > 1 else "")]
 
 
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
@@ -66,8 +66,8 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
     """The top trials of each stage; with `decisions`, each stage's decision and the final
     test score too (`run` printed those as they happened, so it leaves them out)."""
     for view in read_stages(cfg, ws):
-        where = ("validation fold 0" if view.stage.folds == 1 else
-                 f"{view.stage.metric}: the mean over {view.stage.folds} person folds, "
+        where = ("validation fold 0" if view.folds == 1 else
+                 f"{view.stage.metric}: the mean over {view.folds} person folds, "
                  "the accuracies fold 0's")
         print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric} "
               f"(best epoch, {where}; not a test score)")
@@ -99,7 +99,7 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
         if best is not None:
             print(f"    best so far: trial {best.number}{LABELS[role_of(best)]}, "
                   f"{view.stage.metric} {best.value:.4f} (validation, best epoch"
-                  + (f"; the mean over {view.stage.folds} person folds)" if view.stage.folds > 1
+                  + (f"; the mean over {view.folds} person folds)" if view.folds > 1
                      else ")"))
         if view.carried:
             print(f"    started from: {shown_settings(view.carried)}")

@@ -156,8 +156,8 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
         doc.p("Not run yet.")
         return [stage.name, stage.goal, "not run", "-", reported, rerun, "-"]
     # The value the stage ranks and decides on, where the accuracies are not it.
-    over = (f"; the mean of {stage.folds} folds but for repeats, one fold each"
-            if stage.folds > 1 else "")
+    over = (f"; the mean of {view.folds} folds but for repeats, one fold each"
+            if view.folds > 1 else "")
     ranked_by = [f"{stage.metric} (best epoch{over})"] if view.ranked_apart else []
     rows = []
     for t in sorted(view.trials, key=lambda t: t.number):

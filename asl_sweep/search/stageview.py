@@ -10,6 +10,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.search.selection import StageResult, role_of
+from asl_sweep.search.state import Role, outcome_of
 from asl_sweep.settings.spec import StageConfig
 
 
@@ -39,10 +40,21 @@ class StageView:
         return sorted(complete, key=lambda t: (-sign * t.value, t.number))
 
     @property
+    def folds(self) -> int:
+        """Over how many folds its search trials' values are the mean, as they ran: the
+        stage's `folds` where the split had that many (fewer where it had fewer; one where
+        validation stays on one fold). Before any trial finished: the stage's `folds`."""
+        if self.stage.folds == 1:
+            return 1
+        done = [outcome_of(t) for t in self.trials if role_of(t) != Role.CONFIRM]
+        counts = [len(o.fold_values or [0]) for o in done if o is not None]
+        return max(counts) if counts else self.stage.folds
+
+    @property
     def ranked_apart(self) -> bool:
         """Whether its trials are ranked by a value their accuracies do not show: another
         metric, or the mean over several folds (then shown beside them)."""
-        return self.stage.folds > 1 or self.stage.metric not in ("train_acc", "val_acc")
+        return self.folds > 1 or self.stage.metric not in ("train_acc", "val_acc")
 
     def best(self) -> FrozenTrial | None:
         ranked = self.ranked()

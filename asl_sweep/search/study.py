@@ -356,6 +356,12 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
                 f"{stage.goal + ' ' if stage.goal else ''}[incumbent + {stage.trials} trials"
                 f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, "
                 f"{stage.metric}]")
+    if runner.search_folds < stage.folds:
+        why = (f"the split has {runner.search_folds} validation folds of the people outside "
+               "test" if runner.use_folds else "its validation stays on one fold (no people "
+               "in the data, or confirm.folds: false)")
+        session.say(f"stage {stage.name}: folds {stage.folds}, but {why}: each search trial "
+                    f"is the mean over {runner.search_folds} fold(s)")
     trials = _search(session, stage, study, runner, progress, shared)
     incumbent = _incumbent(trials, bool(family))
     if confirm is None or incumbent is None:

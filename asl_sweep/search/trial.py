@@ -145,7 +145,13 @@ class TrialRunner:
         """Over how many person folds this trial's value is the mean: the stage's `folds`
         for the trials the search compares (not race repeats, one fold each), at most the
         folds the split has."""
-        if plan.role == Role.CONFIRM or not self.use_folds:
+        return 1 if plan.role == Role.CONFIRM else self.search_folds
+
+    @property
+    def search_folds(self) -> int:
+        """Over how many folds the search's trials are the mean: the stage's `folds`, at most
+        as many as the split has; 1 where validation does not change fold."""
+        if not self.use_folds:
             return 1
         return min(self.stage.folds, len(self.session.data.splits.folds))
 

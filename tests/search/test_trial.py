@@ -138,3 +138,26 @@ def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_s
     shown = [float(line[column:].split()[0]) for line in lines[header + 2:header + 4]]
     ranked = sorted((t.value for t in study.trials), reverse=True)
     assert shown == [pytest.approx(v, abs=5e-4) for v in ranked]
+
+
+def test_folds_past_what_the_split_has_are_said_and_labelled_as_they_ran(write_study, tmp_path,
+                                                                         capsys):
+    """`folds: 10` on a split with fewer person folds ran that many, while the run, the
+    leaderboard and status said "the mean over 10 person folds"."""
+    path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
+                                    "pruner": "none", "confirm": None, "folds": 10,
+                                    "metric": "val_person_mean",
+                                    "space": {"lr": [1e-2]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    ran = {len(outcome_of(t).fold_values) for t in study.trials}
+    assert len(ran) == 1 and 1 < (k := ran.pop()) < 10
+    assert (f"stage search: folds 10, but the split has {k} validation folds of the people "
+            f"outside test: each search trial is the mean over {k} fold(s)") in out
+    assert f"the mean over {k} person folds, the accuracies fold 0's" in out
+    assert f"val_person_mean ({k} folds)" in out and "10 folds" not in out
+    assert main(["status", str(path), "--home", str(home)]) == 0
+    status = capsys.readouterr().out
+    assert f"the mean over {k} person folds)" in status and "10 person folds" not in status
