@@ -287,6 +287,8 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
     matrix = confusion(exported.scored, classes)
     doc.img(plot_confusion(matrix, classes, folder / "confusion.png",
                            f"test split, {exported.title}"), "confusion matrix")
+    doc.p(f"Per class, the exported model ({exported.title}) on the test split, as in the "
+          "confusion matrix:")
     doc.table(["class", "test accuracy", "images"],
               [[c, f"{matrix[i][i] / max(1, sum(matrix[i])):.1%}", str(sum(matrix[i]))]
                for i, c in enumerate(classes)])

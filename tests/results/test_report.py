@@ -27,6 +27,9 @@ def test_report_has_a_section_per_stage_and_its_images_exist(write_study, tmp_pa
     assert "Final test accuracy of rate's configuration" in md
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert any("confusion" in i for i in images) and any("curves" in i for i in images)
+    # The per-class table says whose it is (the exported model's, as the confusion matrix;
+    # the per-class line below it is the repeats' mean).
+    assert "Per class, the exported model (" in md and "on the test split, as in the" in md
     # What fails: the per-person table (the mean over repeats) and the failure gallery.
     assert "### Where it fails: the test people, worst first" in md
     assert "### What fails, as pictures" in md and any("failures" in i for i in images)
