@@ -75,13 +75,21 @@ def groups_of(names: Sequence[str], pattern: str, seconds: float = MATCH_SECONDS
     try:
         with _time_limit(seconds):
             for name in names:
-                match = regex.search(Path(name).name)
+                path = Path(name)
+                match = regex.search(path.name)
+                # Photos kept in a folder per person inside each class folder (A/anna/01.jpg):
+                # where the file name does not match, its path below the class folder may.
+                below = Path(*path.parts[1:]).as_posix() if len(path.parts) > 2 else None
+                if (match is None or match.group(1) is None) and below is not None:
+                    match = regex.search(below)
                 if match is None or match.group(1) is None:
+                    nor = f" nor its path below the class folder {below!r}" if below else ""
                     raise DataError(
                         f"{name}: data.group_pattern {pattern!r} does not match its file name "
-                        f"{Path(name).name!r}; it must match every file's name, group 1 naming "
-                        "the person (e.g. '^([^_]+)_' for anna_A_01.jpg): fix the pattern, or "
-                        "drop it to split by class")
+                        f"{path.name!r}{nor}; it must match every file's name, group 1 naming "
+                        "the person (e.g. '^([^_]+)_' for anna_A_01.jpg, or '^([^/]+)/' for "
+                        "a folder per person, A/anna/01.jpg): fix the pattern, or drop it to "
+                        "split by class")
                 groups.append(match.group(1))
     except _TooSlow:
         raise DataError(f"data.group_pattern {pattern!r}: matching {len(names)} file names took "

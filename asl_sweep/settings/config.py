@@ -52,7 +52,9 @@ class DataConfig(Strict):
                                  "split, scored once after the search and never seen by it")
     seed: int = Field(0, description="the split's seed (deterministic, stratified by class)")
     group_pattern: str | None = Field(None, description="a regex whose group 1 names the "
-                                      "person (or source) of a file: splits are then "
+                                      "person (or source) of a file, matched against its "
+                                      "file name (else its path below the class folder, for "
+                                      "a folder per person: '^([^/]+)/'): splits are then "
                                       "person-disjoint; the built-in set is always split by "
                                       "its signers")
     on_bad_image: Literal["error", "skip"] = Field("error", description="an unreadable image"

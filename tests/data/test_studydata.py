@@ -25,3 +25,26 @@ def test_folds_and_sizes_share_one_split_and_test_stays_out(tmp_path):
     assert len(sub.y_train) == 9 and set(sub.y_train.tolist()) == set(range(9))
     assert torch.equal(sub.x_val, data.split(16).x_val)
     assert "person-disjoint" in data.describe()
+
+
+def test_photos_in_a_folder_per_person_split_by_person(tmp_path):
+    """A/anna/01.png: the person is the folder below the class; the split keeps each person
+    on one side."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in "ABC":
+        for person in ("anna", "ben", "cleo", "dan", "eve", "finn"):
+            folder = tmp_path / "photos" / c / person
+            folder.mkdir(parents=True)
+            for n in range(3):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                    folder / f"{n:02d}.png")
+    cfg = DataConfig(root=tmp_path / "photos", image_size=12, group_pattern=r"^([^/]+)/",
+                     val_fraction=0.2, test_fraction=0.2)
+    data = StudyData(cfg, tmp_path / "cache", torch.device("cpu"), log=lambda _: None)
+    assert sorted(set(data.groups.tolist())) == ["anna", "ben", "cleo", "dan", "eve", "finn"]
+    sides = [set(data.groups[i].tolist()) for i in (data.splits.train, data.splits.val,
+                                                    data.splits.test)]
+    assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert "person-disjoint" in data.describe()
