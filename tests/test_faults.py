@@ -229,6 +229,12 @@ def test_an_unreadable_study_file(tmp_path, capsys, monkeypatch):
     ("base.dropout.10000000=0.1", "base.dropout"),
     ("base.lr=[1, 2", "the value '[1, 2' is not valid YAML"),
     ("base.hidden=x: y: z", "the value 'x: y: z' is not valid YAML"),
+    # A list of mappings is not padded: stages.1 of a one-stage study was a 0.0 in its place
+    # and "stages.1.trials is not a settable key path".
+    ("stages.1.trials=2", "stages has 1 item (stages.0): stages.1 is past its end; add it in "
+                          "the YAML"),
+    ("stages.first.trials=2", "stages is a list: name an item by its number, not 'first' "
+                              "(stages.0)"),
 ])
 def test_set_values_blame_what_is_wrong_quickly(write_study, capsys, item, expected):
     started = time.perf_counter()

@@ -316,12 +316,22 @@ def set_path(tree: Any, path: str, value: Any) -> None:
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
         if isinstance(node, list):
+            where = ".".join(keys[:depth])
             if not key.isdigit():
-                raise KeyError(".".join(keys[: depth + 1]))
+                raise IndexError(f"{where} is a list: name an item by its number, not "
+                                 f"{key!r} ({where}.0" + (f" to {where}.{len(node) - 1}"
+                                                          if len(node) > 1 else "") + ")")
             idx = int(key)
             if idx >= MAX_LIST:
                 raise IndexError(f"{'.'.join(keys[: depth + 1])}: index {idx} is beyond the "
                                  f"end of a list (length {len(node)}, at most {MAX_LIST})")
+            if idx >= len(node) and any(isinstance(item, dict | list) for item in node):
+                # Padding is for lists of numbers (dropout.1, cnn.channels.3); a stage or a
+                # seed trial past the end would be a 0.0 in its place.
+                items = (f"1 item ({where}.0)" if len(node) == 1 else
+                         f"{len(node)} items ({where}.0 to {where}.{len(node) - 1})")
+                raise IndexError(f"{where} has {items}: {where}.{idx} is past its end; add it "
+                                 "in the YAML")
             while len(node) <= idx:
                 node.append(0.0)
             if last:
