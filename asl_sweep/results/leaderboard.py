@@ -88,6 +88,8 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
         best = view.best()
         if view.result:
             state = f"finished: {view.result.status}"
+        elif view.stopped:
+            state = f"stopped the study: {view.stopped}"
         elif view.trials:
             state = "in progress"
         else:
@@ -98,7 +100,9 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
               "and confirmation repeats)")
         if best is not None:
             print(f"    best so far: trial {best.number}{LABELS[role_of(best)]}, "
-                  f"{view.stage.metric} {best.value:.4f} (validation, best epoch"
+                  f"{view.stage.metric} {best.value:.4f} ("
+                  f"{'training' if view.stage.metric.startswith('train') else 'validation'}, "
+                  "best epoch"
                   + (f"; the mean over {view.folds} person folds)" if view.folds > 1
                      else ")"))
         if view.carried:

@@ -35,7 +35,7 @@ def read_stages(cfg: StudyConfig, ws: Workspace) -> list[StageView]:
         result = shared.get(StageKey.RESULT)
         views.append(StageView(stage, trials, StageResult(**result) if result else None,
                                shared.get(StageKey.CARRIED, {}), shared.get(StageKey.PLAN),
-                               shared.get(StageKey.BUDGET)))
+                               shared.get(StageKey.BUDGET), shared.get(StageKey.STOPPED)))
     return views
 
 
@@ -50,6 +50,13 @@ def finished_stage(cfg: StudyConfig, views: list[StageView], name: str | None) -
             raise ConfigError(f"--stage {name}: that stage has not finished yet")
         return chosen[0]
     finished = [v for v in views if v.result is not None]
+    stopped = next((v for v in views if v.result is None and v.stopped), None)
+    if stopped is not None:  # its gate stopped the study: say why, not "not finished"
+        named = (f", or name a finished stage: --stage {finished[-1].stage.name}"
+                 if finished else "")
+        raise ConfigError(f"study {cfg.study} stopped at stage {stopped.stage.name} "
+                          f"({stopped.stopped}), so it has no final configuration: mend that "
+                          f"and run it again{named}")
     if not finished:
         raise ConfigError(f"study {cfg.study}: no finished stage yet; run it first")
     if finished[-1] is not views[-1]:  # the final configuration is not decided yet

@@ -107,7 +107,10 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
         doc.p(f"Final test accuracy of {final['stage']}'s configuration: {final['summary']}. "
               f"Rule: {TEST_RULE}.")
     else:
-        doc.p("No final test score yet: the study has not finished.")
+        stopped = next((v for v in views if v.result is None and v.stopped), None)
+        doc.p(f"No final test score: the study stopped at stage {stopped.stage.name} "
+              f"({stopped.stopped})." if stopped is not None
+              else "No final test score yet: the study has not finished.")
     doc.p("Validation numbers below chose the settings, so they are biased upward; each is the "
           "best epoch's, on the stage's validation split (repeats on their own folds).")
     summary_at = len(doc.blocks)
@@ -175,6 +178,10 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
                      *([f"{t.value:.3f}" if t.value is not None else "-"] if ranked_by else [])])
     doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
                "val acc (final epoch)", *ranked_by], rows)
+    if result is None and view.stopped:
+        doc.p(f"Stopped the study: {view.stopped}.")
+        return [stage.name, stage.goal, "stopped the study (target missed)", "-", reported,
+                rerun, "-"]
     if result is None:
         doc.p("No decision yet: the stage is unfinished.")
         return [stage.name, stage.goal, "unfinished", "-", reported, rerun, "-"]

@@ -121,8 +121,9 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
                    f"{'>=' if sign > 0 else '<='} {stage.target} "
                    f"(best: {best.value:.4f}, trial {best.number})")
         if stage.on_fail == "stop":
-            raise GateNotReached(message + "; give it more trials or epochs, or set "
-                                 f"on_fail: continue in stage {stage.name}")
+            raise GateNotReached(message + "; rerun with more trials (--trials), or set "
+                                 f"on_fail: continue in stage {stage.name} (more epochs or "
+                                 "another space: a new study, --set study=NEW)")
         return _result(best, stage, "target missed", message.split(": ", 1)[1])
     winner = max(complete, key=lambda t: (sign * t.value, -t.number))
     kept = role_of(winner) == Role.INCUMBENT

@@ -64,6 +64,8 @@ class StageKey(StrEnum):
     ROUNDS_QUEUED = "rounds_queued"  # a race's rounds queued so far (any worker, max wins)
     RESULT = "result"  # every worker that reaches the decision (the same from the same trials)
     MIRRORED = "recorded"  # the worker that mirrored the decision into MLflow
+    STOPPED = "stopped"  # the worker whose gate check stopped the study: why (cleared when
+    # the stage runs again)
 
 
 @dataclass

@@ -163,12 +163,15 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     if StageKey.RUN_ENDED in shared:  # a worker ended it early: RUNNING again while searched
         session.mirror.stage_reopened(stage_run)
     status, outcome = "FAILED", {}
+    if shared.get(StageKey.STOPPED):  # run again (more trials, on_fail edited): no longer
+        write(study, StageKey.STOPPED, None)
     try:
         result, trials = _search_and_decide(session, stage, study, stage_run, shared)
         result = _carried_whole(stage, trials, shared, result)
         status = "FINISHED"
-    except GateNotReached:
+    except GateNotReached as e:
         outcome = {"outcome": "target missed"}
+        write(study, StageKey.STOPPED, str(e).split(": ", 1)[-1])  # for status, export, ...
         raise
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"

@@ -107,11 +107,26 @@ def test_an_unreachable_gate_stops_the_run_or_continues(write_study, tmp_path, c
     (stage_run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                       "tags.kind = 'stage' and tags.stage = 'overfit'")
     assert (stage_run.info.status, stage_run.data.tags["outcome"]) == ("FAILED", "target missed")
-    unreachable["stages"][0]["on_fail"] = "continue"
-    path = write_study(unreachable, "continue.yaml")
-    assert main(["run", str(path), "--home", str(tmp_path / "other")]) == 0
-    first, second = read_stages(load_study(path), Workspace.at(tmp_path / "other"))
-    assert first.result.status == "target missed" and second.result is not None
+    # Read back, the stopped stage says why: status said "in progress", export and evaluate
+    # "no finished stage yet; run it first", and the gate's advice of more epochs was refused
+    # by the resume check.
+    assert main(["status", str(path), "--home", str(home)]) == 0
+    assert "[1] overfit: stopped the study: no trial reached train_acc >= 1.0" in (
+        capsys.readouterr().out)
+    for command in ("export", "evaluate"):
+        assert main([command, str(path), "--home", str(home)]) == 2
+        assert capsys.readouterr().err.startswith(
+            "error: study tiny stopped at stage overfit (no trial reached train_acc >= 1.0")
+    assert main(["report", str(path), "--home", str(home), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No final test score: the study stopped at stage overfit (no trial reached" in md
+    assert "| overfit | 100% on 9 images | stopped the study (target missed) |" in md
+    # The advice holds: on_fail: continue in the same home decides the stage from its trials.
+    assert main(["run", str(path), "--home", str(home), "--set",
+                 "stages.0.on_fail=continue"]) == 0
+    first, second = read_stages(load_study(path), Workspace.at(home))
+    assert first.result.status == "target missed" and first.stopped is None
+    assert second.result is not None
 
 
 @pytest.fixture(scope="module")
