@@ -108,6 +108,9 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
 def _unusable(path: Path) -> str | None:
     if path.is_symlink() and not path.exists():
         return "a dangling symbolic link"
+    if path.is_dir():  # a link to a folder: the scan does not follow it (it could lead up
+        # into another class's folder); its photos would be left out without a word
+        return "a link to a folder, which is not followed: move or copy its images here"
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return "not an image file (unknown extension)"
     if not os.access(path, os.R_OK):

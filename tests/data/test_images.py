@@ -105,6 +105,15 @@ def test_dangling_links_are_counted_in_the_skip_summary(image_folder, tmp_path):
     assert len(s) == 18 and "skipped 1 bad file" in messages[0] and "dangling" in messages[0]
 
 
+def test_a_link_to_a_folder_in_a_class_folder_is_named_not_passed_over(image_folder, tmp_path):
+    """The scan does not follow a link to a folder (one back up to the root would take in
+    the other classes' photos as this class's); it was 'not an image file (unknown
+    extension)', or its photos left out without a word."""
+    (image_folder / "A" / "more").symlink_to(image_folder)
+    with pytest.raises(DataError, match="more: a link to a folder, which is not followed"):
+        load(image_folder, tmp_path / "c1")
+
+
 def test_truncated_image_is_named(image_folder, tmp_path):
     good = image_folder / "B" / "p1_B_0.png"
     truncated = image_folder / "B" / "p1_B_trunc.jpg"
