@@ -57,10 +57,20 @@ def _study_args(p: argparse.ArgumentParser) -> None:
                    "fixed epochs): a quick look")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asl-sweep")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asl-sweep", description="Staged, fully recorded hyperparameter search for "
         "image classifiers (Optuna + MLflow + PyTorch).")
+    parser.add_argument("--version", action="version", version=f"asl-sweep {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) the staged search of a study")

@@ -220,3 +220,12 @@ def test_a_workers_own_flags_are_checked_by_the_parser(write_study, tmp_path, ca
     with pytest.raises(SystemExit) as stop:
         main(["worker", str(path), "--home", str(tmp_path / "mlruns"), *args])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_version_is_the_installed_packages(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"asl-sweep {version('asl-sweep')}"
