@@ -23,6 +23,27 @@ from asl_sweep.training.train import EpochStats, TrainResult
 CHECKPOINTS = "checkpoints"  # the folder of a run's best checkpoint (best.pt)
 
 
+SOFTWARE = ("asl-sweep", "torch", "torchvision", "optuna", "mlflow", "numpy")
+
+
+def software_versions() -> dict[str, str]:
+    """What this process runs on, as tags of the study's run: a study is reproduced with the
+    versions that ran it (`<package>_version`, and Python's)."""
+    import platform
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in SOFTWARE:
+        module = sys.modules.get(name.replace("-", "_"))  # torch's own says its build (+cu130)
+        try:
+            found[f"{name.replace('-', '_')}_version"] = (
+                getattr(module, "__version__", None) or version(name))
+        except PackageNotFoundError:
+            continue
+    return found | {"python_version": platform.python_version()}
+
+
 def _summary(result: TrainResult) -> dict[str, float]:
     """A training's summary metrics: its best epoch's, and its size."""
     best = asdict(result.best)
@@ -69,6 +90,7 @@ class Mirror:
             self.tracker.log_params(self.study_run, {
                 "data": cfg.data.model_dump(mode="json"),
                 "stages": ",".join(s.name for s in cfg.stages)})
+            self.tracker.set_tags(self.study_run, **software_versions())
         return self.study_run
 
     def study_ended(self, status: str) -> None:

@@ -352,6 +352,14 @@ def test_evaluate_reproduces_the_printed_test_accuracy(evidence_study, capsys):
                                    "tags.kind = 'study'")[0]
     tables = {a.path for a in client.list_artifacts(study_run.info.run_id, "test")}
     assert tables == {"test/by_person.json", "test/by_class.json", "test/confusion.json"}
+    # The software that ran it, on the study's run.
+    import platform
+
+    import torch
+
+    tags = study_run.data.tags
+    assert tags["torch_version"] == torch.__version__ and tags["asl_sweep_version"]
+    assert tags["python_version"] == platform.python_version() and tags["optuna_version"]
     assert main(["evaluate", str(path), "--home", str(ws.home), "--split", "val"]) == 0
     assert "biased upward" in capsys.readouterr().out
 
