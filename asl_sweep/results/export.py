@@ -285,7 +285,8 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
            else " (the training images')"),
         "- " + "; ".join(line.strip() for line in views_lines(exported.test["tta"])),
         "- output: class probabilities (softmax), in the order of the classes above",
-        f"- `asl-sweep predict` decodes files with PIL to {size}x{size} RGB (bilinear) first",
+        f"- `asl-sweep predict` decodes files with PIL, turned upright as their EXIF "
+        f"orientation says, to {size}x{size} RGB (bilinear) first (as training did)",
         "",
         "## Data and split",
         f"- data: {_source(data)}",
