@@ -125,6 +125,15 @@ def join_study(cfg: StudyConfig, ws: Workspace, index: int, threads: int | None,
     log = lambda m: print(f"[worker {index}] {m}", flush=True)  # noqa: E731
     # A worker `run` started prints its own trials only: the stages' lines (each decision,
     # the data) are run's, printed once.
-    run_study(cfg, ws, log=log, worker=index, score=False,
-              say=(lambda _: None) if parent_pid else log)
+    results = run_study(cfg, ws, log=log, worker=index, score=False,
+                        say=(lambda _: None) if parent_pid else log)
+    if not parent_pid and len(results) == len(cfg.stages):
+        from asl_sweep.search.record import final_result
+        from asl_sweep.search.store import optuna_storage
+
+        if final_result(optuna_storage(ws.storage), cfg.study) is None:
+            log("every stage is decided; the final test score is `asl-sweep run`'s (a worker "
+                "never reads the test split): run the same study with `asl-sweep run` and "
+                "the same --home/--storage/--tracking, and it scores the final configuration "
+                "without training the search again")
     return 0

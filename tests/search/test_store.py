@@ -498,3 +498,19 @@ def test_a_worker_killed_mid_race_is_found_and_the_study_finishes(write_study, t
     client = MlflowClient(ws.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_worker_that_decides_the_last_stage_says_how_to_get_the_final_score(write_study,
+                                                                              tmp_path, capsys):
+    """A worker never reads the test split: one started by hand that finished the study said
+    nothing, and the study had no final score without a word of why."""
+    path = write_study({**FAST, "stages": [{**FAST["stages"][0], "trials": 2}]})
+    home = str(tmp_path / "mlruns")
+    assert main(["worker", str(path), "--home", home]) == 0
+    out = capsys.readouterr().out
+    assert "every stage is decided; the final test score is `asl-sweep run`'s" in out
+    assert "final test accuracy" not in out
+    assert main(["run", str(path), "--home", home, "--workers", "1"]) == 0
+    said = capsys.readouterr()
+    assert "final test accuracy" in said.out
+    assert " complete " not in said.out + said.err  # nothing trained again
