@@ -34,6 +34,7 @@ def is_data(path: Path, base: Path) -> bool:
 
 
 CACHE_VERSION = 3  # 3: EXIF orientation applied at decode
+ORIENTATION = 0x0112  # the EXIF tag a phone sets on a photo held upright or turned
 
 
 # ---------------------------------------------------------------- loading
@@ -160,7 +161,9 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
                 img.load()
                 # A phone keeps a portrait photo as landscape pixels plus an EXIF orientation
                 # that every viewer applies: the model sees it upright, as the person did.
-                img = _to_rgb(ImageOps.exif_transpose(img))
+                if img.getexif().get(ORIENTATION, 1) != 1:  # else no copy made
+                    img = ImageOps.exif_transpose(img)
+                img = _to_rgb(img)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
             raise DataError(f"larger than {Image.MAX_IMAGE_PIXELS:,} pixels, refused as a "
                             "possible decompression bomb") from None
