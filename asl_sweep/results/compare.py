@@ -14,6 +14,8 @@ from asl_sweep.settings.spec import StudyConfig
 def _stage_cell(view) -> str:
     if view is None:
         return "-"
+    if view.result is None and view.stopped:
+        return "stopped the study (target missed)"
     if view.result is None:
         return "unfinished" if view.trials else "not run"
     r = view.result

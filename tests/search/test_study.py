@@ -121,6 +121,14 @@ def test_an_unreachable_gate_stops_the_run_or_continues(write_study, tmp_path, c
     md = (tmp_path / "r" / "report.md").read_text()
     assert "No final test score: the study stopped at stage overfit (no trial reached" in md
     assert "| overfit | 100% on 9 images | stopped the study (target missed) |" in md
+    assert main(["run", str(path), "--home", str(home), "--set", "study=goes-on",
+                 "--set", "stages.0.on_fail=continue"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path), str(path), "--home", str(home),
+                 "--other-set", "study=goes-on", "--other-set", "stages.0.on_fail=continue"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("overfit")]
+    assert row.split()[1:5] == ["stopped", "the", "study", "(target"]
+    assert "target missed:" in row  # the other study's decision beside it
     # The advice holds: on_fail: continue in the same home decides the stage from its trials.
     assert main(["run", str(path), "--home", str(home), "--set",
                  "stages.0.on_fail=continue"]) == 0
