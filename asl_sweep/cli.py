@@ -229,6 +229,9 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for name in ("mlflow", "alembic", "optuna", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # psycopg warns of a connection it could not close cleanly ("error ignored terminating
+    # <psycopg.Pipeline [BAD]>") when PostgreSQL goes away; the outage is asl-sweep's to say.
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
     # MLflow's store logs every database error with its traceback, then raises it: the raised
     # error is what asl-sweep reports (one line for a full or read-only disk, a traceback for
     # anything else), so the log is only its echo, 200 lines long.
