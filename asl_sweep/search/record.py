@@ -12,7 +12,15 @@ from typing import Any
 import optuna
 
 from asl_sweep.runtime.errors import StoreError
-from asl_sweep.search.state import RecordKey, SummaryKey, open_shared, read, wait_for, write
+from asl_sweep.search.state import (
+    RecordKey,
+    StageKey,
+    SummaryKey,
+    open_shared,
+    read,
+    wait_for,
+    write,
+)
 from asl_sweep.settings.config import DataConfig
 from asl_sweep.settings.spec import StudyConfig
 
@@ -79,6 +87,10 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     that trains)."""
     given = _stored_form(cfg.data)
     record, created = open_shared(cfg.study, storage)
+    if not created and _is_a_stage(record):
+        raise StoreError(f"study {cfg.study}: that name is taken in this store by a stage of "
+                         "another study (a stage's Optuna study is named STUDY.STAGE); name "
+                         f"this study otherwise, e.g. --set study={cfg.study.replace('.', '-')}")
     if created:
         record.set_user_attr(SummaryKey.KIND, "study record")
         write(record, RecordKey.DATA, given)
@@ -95,6 +107,15 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     elif difference:
         raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
     return record, False, stored
+
+
+def _is_a_stage(record: optuna.Study) -> bool:
+    """Whether the Optuna study of a study's name is a stage of another study (a dotted name,
+    `cnn.augmentation`, is stage augmentation of study cnn): a record has no trials and no
+    stage keys."""
+    keys = read(record)
+    return (StageKey.CARRIED in keys or StageKey.UID in keys
+            or bool(record.get_trials(deepcopy=False)))
 
 
 def started(storage, study: str) -> bool:

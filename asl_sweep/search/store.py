@@ -22,6 +22,7 @@ from asl_sweep.search.space import grid
 from asl_sweep.search.state import (
     GRACE_S,
     HEARTBEAT_S,
+    RecordKey,
     Requeue,
     StageKey,
     grid_placeholder,
@@ -282,7 +283,14 @@ def create_stage_study(cfg: StudyConfig, index: int, storage,
     stage = cfg.stages[index]
     pruner = make_pruner(stage, int(stage.fixed.get("epochs", cfg.base.epochs)))
     joiner = worker or 1 + os.getpid() % 9973
-    return open_shared(stage_study_name(cfg, stage), storage, stage.direction, pruner,
-                   sampler=_sampler(cfg, index, 7919 * joiner),
-                   creator_sampler=_sampler(cfg, index, 7919 * worker))
+    name = stage_study_name(cfg, stage)
+    study, created = open_shared(name, storage, stage.direction, pruner,
+                                 sampler=_sampler(cfg, index, 7919 * joiner),
+                                 creator_sampler=_sampler(cfg, index, 7919 * worker))
+    if not created and RecordKey.DATA in read(study):  # a dotted study's name: not a stage
+        raise StoreError(f"study {cfg.study}, stage {stage.name}: its Optuna study {name!r} is "
+                         f"the record of another study, {name!r}, in this store (a stage's "
+                         "study is named STUDY.STAGE); run this one under a name without that "
+                         "clash, e.g. --set study=NEW")
+    return study, created
 

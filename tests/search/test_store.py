@@ -514,3 +514,27 @@ def test_a_worker_that_decides_the_last_stage_says_how_to_get_the_final_score(wr
     said = capsys.readouterr()
     assert "final test accuracy" in said.out
     assert " complete " not in said.out + said.err  # nothing trained again
+
+
+def test_a_dotted_study_name_that_is_another_studys_stage_is_refused_both_ways(write_study,
+                                                                               tmp_path, capsys):
+    """Stage S of study X is the Optuna study X.S: a study named X.S ran inside X's stage
+    (its record was that stage), and a study X with stage S inside the record of X.S."""
+    path = write_study({**FAST, "stages": [{**FAST["stages"][0], "trials": 1}]})
+    home = str(tmp_path / "one")
+    assert main(["run", str(path), "--home", home, "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), "--home", home, "--set", "study=tiny.search"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: study tiny.search: that name is taken in this store by a stage of another "
+        "study (a stage's Optuna study is named STUDY.STAGE); name this study otherwise, e.g. "
+        "--set study=tiny-search")
+    other = str(tmp_path / "two")
+    assert main(["run", str(path), "--home", other, "--set", "study=tiny.search"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), "--home", other]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: study tiny, stage search: its Optuna study 'tiny.search' is the record of "
+        "another study")
+    assert main(["status", str(path), "--home", other, "--set", "study=tiny.search"]) == 0
+    assert "finished" in capsys.readouterr().out  # the dotted study is untouched
