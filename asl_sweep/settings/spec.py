@@ -189,8 +189,15 @@ class SeedTrial(Strict):
         return raw
 
 
+STAGE_NAME = r"^[A-Za-z0-9_\-]+$"
+STUDY_NAME = r"^[A-Za-z0-9_\-][A-Za-z0-9_\-.]*$"
+# What a name that does not fit its pattern is told, in words.
+NAME_RULES = {STAGE_NAME: "letters, digits, _ and -",
+              STUDY_NAME: "letters, digits, _, - and . (not first)"}
+
+
 class StageConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="the stage's name (letters, "
+    name: str = Field(pattern=STAGE_NAME, description="the stage's name (letters, "
                       "digits, _ and -)")
     goal: str = Field("", description="what the stage is for, in words (shown in the report "
                       "and MLflow)")
@@ -295,8 +302,12 @@ class StageConfig(Strict):
 
 
 class StudyConfig(Strict):
-    study: str = Field(pattern=r"^[A-Za-z0-9_\-.]+$", description="the study's name: its "
-                       "MLflow experiment and the prefix of its Optuna studies")
+    # Not starting with a dot: the name is a folder too (artifacts/, exports/, reports/), and
+    # `..` put a study's artifacts in the home itself.
+    study: str = Field(pattern=STUDY_NAME, max_length=200,
+                       description="the study's name: its MLflow experiment, the prefix of "
+                       "its Optuna studies and its folders' name (letters, digits, _ - and "
+                       "., not first)")
     description: str = Field("", description="a line about the study, shown in MLflow")
     data: DataConfig = Field(DataConfig(), description="what data, and how it is split")
     base: TrainConfig = Field(TrainConfig(), description="the trainer settings every stage "
@@ -380,6 +391,9 @@ def format_validation_error(e: ValidationError) -> str:
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        rule = NAME_RULES.get((err.get("ctx") or {}).get("pattern"))
+        if err["type"] == "string_pattern_mismatch" and rule:
+            msg = f"{err['input']!r} is not a name it takes: {rule}"
         if msg.startswith("."):  # a nested validator already named the rest of the path
             lines.append(loc + msg)
         else:

@@ -55,6 +55,12 @@ def test_scientific_notation_is_a_float(tmp_path):
      "stages.0.seed_trials.0.lr: not in this stage's space"),
     ({"stages": [{"name": "a"}, {"name": "a"}]}, "stage names must be unique"),
     ({"data": {"group_pattern": "nogroup"}}, "data.group_pattern: needs a capturing group"),
+    # The name is a folder too: `..` put the study's artifacts in the home itself.
+    ({"study": ".."}, "study: '..' is not a name it takes: letters, digits, _, - and . (not "
+                      "first)"),
+    ({"study": ".hidden"}, "study: '.hidden' is not a name it takes"),
+    ({"stages": [{"name": "a.b"}]}, "stages.0.name: 'a.b' is not a name it takes: letters, "
+                                    "digits, _ and -"),
 ])
 def test_config_errors_name_the_key_path(write_study, updates, expected):
     path = write_study(updates)
