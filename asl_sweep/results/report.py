@@ -285,7 +285,7 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
           f"fixed before the test split was read); on the test split it scores "
           f"{exported.scored.accuracy:.3f}. "
           + (f"Both candidates on test: the ensemble of the {len(test['trials'])} repeats "
-             f"{ens['summary'].split(' over ')[0].split(' +- ')[0]} (95% CI "
+             f"{ens['mean']:.3f} (95% CI "
              f"{ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}), the best repeat by validation (trial "
              f"{best['trial']}) {best['accuracy']:.3f}, the repeats' mean {test['mean']:.3f}."
              if ens else f"The best repeat by validation is trial {best['trial']}."))

@@ -314,12 +314,14 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
         unit += ", each repeat on its own validation fold"
     if groups is not None and len(set(groups)) < MIN_PEOPLE:
         unit += ", too few for a reliable interval"
-    repeats = f"{len(accs)} repeat{'s' if len(accs) != 1 else ''}"
+    # One repeat has no seed spread to show: "+- 0.000" would read as a steady result.
+    spread = (f"+- {std:.3f} over {len(accs)} repeats" if len(accs) > 1
+              else "from 1 repeat, no seed spread")
     return {"split": split, "trials": [s.trial for s in scored], "folds": [s.fold for s in scored],
             "accuracy": accs, "mean": mean, "std": std, "ci": [lo, hi], "ci_over": unit,
             "n_images": n_images,
-            "summary": f"{mean:.3f} +- {std:.3f} over {repeats} (95% CI {lo:.3f}-{hi:.3f} by "
-                       f"bootstrap over {unit})"}
+            "summary": f"{mean:.3f} {spread} (95% CI {lo:.3f}-{hi:.3f} by bootstrap over "
+                       f"{unit})"}
 
 
 def breakdown(scored: list[Scored], groups: list[str] | None, classes: list[str]) -> dict:

@@ -64,6 +64,17 @@ def test_on_validation_each_repeat_is_scored_on_its_own_fold():
     assert breakdown(plain, None, ["A", "B", "C"])["by_person"] == []
 
 
+def test_one_repeat_shows_no_seed_spread_rather_than_a_zero_one():
+    """`evaluate --stage` of a stage without confirmation has one repeat: it printed
+    "+- 0.000 over 1 repeat", which reads as a steady result."""
+    truth = [0, 1, 2, 0, 1, 2]
+    one = summarize([_scored([0, 1, 2, 1, 1, 0], truth)], None, "test")["summary"]
+    assert one.startswith("0.667 from 1 repeat, no seed spread (95% CI ") and "+-" not in one
+    two = summarize([_scored([0, 1, 2, 1, 1, 0], truth), _scored([0, 1, 1, 1, 1, 0], truth)],
+                    None, "test")["summary"]
+    assert two.startswith("0.583 +- 0.118 over 2 repeats (95% CI ")
+
+
 def _views_case(gain_people: int, people: int = 20, images: int = 10, seed: int = 0):
     """Validation of `people` people, `images` each; the plain model is right on half;
     'flip' is right on the same images and, for `gain_people` people, on one more each;
