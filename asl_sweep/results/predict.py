@@ -216,7 +216,9 @@ def image_files(inputs: list[Path]) -> list[Path]:
     files = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and is_data(p, item))
+            # A link to a folder is listed (and named as not followed), not passed over.
+            found = sorted(p for p in item.rglob("*")
+                           if (p.is_file() or p.is_symlink()) and is_data(p, item))
             if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in found):
                 raise DataError(f"{item}: a folder without image files (any of "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))}); give image files or "
@@ -239,8 +241,11 @@ def predict(source: str, inputs: list[Path], home: Path | str = "mlruns",
     rows, failures = [], []
     for path in files:
         try:
-            if not path.exists():  # gone since it was listed
+            if not path.exists():  # gone since it was listed, or a dangling link
                 raise DataError("no such file")
+            if path.is_dir():
+                raise DataError("a link to a folder, which is not followed: give the folder "
+                                "it points to")
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError("not an image file (unknown extension)")
             pixels = decode_image(path, predictor.image_size)

@@ -121,6 +121,10 @@ def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, caps
     for i in range(2):
         Image.fromarray(np.full((30, 30, 3), 60 * i, dtype=np.uint8)).save(folder / f"ok{i}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    # Links the folder walk does not follow are named, not passed over without a word.
+    (folder / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
     code = main(["predict", str(out / "model.onnx"), str(folder), "--json", "--home",
                  str(ws.home)])
     captured = capsys.readouterr()
@@ -129,6 +133,8 @@ def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, caps
     assert sorted(r["file"].rsplit("/", 1)[1] for r in rows) == ["ok0.png", "ok1.png"]
     assert all(r["class"] in "ABCDEFGHI" and 0 < r["probability"] <= 1 for r in rows)
     assert "broken.jpg" in captured.err
+    assert "more: a link to a folder, which is not followed" in captured.err
+    assert "gone.png: no such file" in captured.err
 
 
 def test_predict_refuses_a_missing_path_or_a_folder_without_images_in_one_line(exported,
