@@ -20,7 +20,7 @@ from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ConfigError, UserError, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.spec import StudyConfig
-from asl_sweep.settings.studyfile import load_study
+from asl_sweep.settings.studyfile import is_study_file, load_study
 
 
 def _home(text: str) -> Path:
@@ -506,7 +506,7 @@ def cmd_predict(args) -> int:
 
     from asl_sweep.results.predict import predict
 
-    if args.overrides and Path(args.model).suffix.lower() not in (".yaml", ".yml"):
+    if args.overrides and not is_study_file(args.model):
         raise ConfigError(f"--set: {args.model} is not a study YAML; --set names the study "
                           "whose export to use, and a model file carries its own settings")
     rows, failures = predict(args.model, args.images, args.home, args.tracking, args.overrides)
@@ -533,7 +533,7 @@ def cmd_ui(args) -> int:
 def cmd_serve(args) -> int:
     from asl_sweep.tracking.serving import serve_model
 
-    if Path(args.model).suffix.lower() in (".yaml", ".yml") and Path(args.model).is_file():
+    if is_study_file(args.model) and Path(args.model).is_file():
         from asl_sweep.results.export import registered_name
 
         name = registered_name(load_study(args.model))

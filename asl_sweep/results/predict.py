@@ -27,6 +27,7 @@ from asl_sweep.models.registry import Deployable
 from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError
 from asl_sweep.runtime.files import sha256_of
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.settings.studyfile import is_study_file, load_study
 from asl_sweep.training.checkpoint import ModelFile
 
 MARKER = "asl_sweep"  # TorchScript extra file asl_sweep.json, ONNX and MLmodel metadata key
@@ -77,7 +78,7 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
     path = Path(source)
     if not path.exists():
         raise ModelFileError(f"{source}: no such model file or folder")
-    if path.suffix.lower() in (".yaml", ".yml"):
+    if is_study_file(path):
         return open_model(str(study_export(path, Path(home), overrides)), home, tracking)
     if path.is_dir():
         if not (path / "MLmodel").is_file():
@@ -96,8 +97,6 @@ def study_export(study: Path, home: Path, overrides: list[str] | None = None) ->
     names the study rather than a model (with the --set it ran with, `study=NEW` among them);
     one line saying what to do where there is none."""
     import shlex
-
-    from asl_sweep.settings.studyfile import load_study
 
     name = load_study(study, overrides).study
     path = Workspace.at(home).exports / name / TORCHSCRIPT_FILE

@@ -17,6 +17,12 @@ from asl_sweep.settings.config import set_path
 from asl_sweep.settings.spec import StudyConfig, format_validation_error
 
 MAX_STUDY_BYTES = 1 << 20  # a study file is a page of YAML, not a data set
+STUDY_SUFFIXES = (".yaml", ".yml")
+
+
+def is_study_file(path: str | Path) -> bool:
+    """Whether a path names a study YAML (by its suffix), where a command also takes models."""
+    return Path(path).suffix.lower() in STUDY_SUFFIXES
 
 
 class _Loader(yaml.SafeLoader):
