@@ -14,7 +14,7 @@ from asl_sweep.settings.spec import StudyConfig
 def _stage_cell(view) -> str:
     if view is None:
         return "-"
-    if view.result is None and view.stopped:
+    if view.stopped:
         return "stopped the study (target missed)"
     if view.result is None:
         return "unfinished" if view.trials else "not run"

@@ -35,8 +35,14 @@ def read_stages(cfg: StudyConfig, ws: Workspace) -> list[StageView]:
         result = shared.get(StageKey.RESULT)
         views.append(StageView(stage, trials, StageResult(**result) if result else None,
                                shared.get(StageKey.CARRIED, {}), shared.get(StageKey.PLAN),
-                               shared.get(StageKey.BUDGET), shared.get(StageKey.STOPPED)))
+                               shared.get(StageKey.BUDGET),
+                               None if result else shared.get(StageKey.STOPPED)))
     return views
+
+
+def stopped_stage(views: list[StageView]) -> StageView | None:
+    """The stage whose gate stopped the study, where one did."""
+    return next((v for v in views if v.stopped), None)
 
 
 def finished_stage(cfg: StudyConfig, views: list[StageView], name: str | None) -> StageView:
@@ -50,7 +56,7 @@ def finished_stage(cfg: StudyConfig, views: list[StageView], name: str | None) -
             raise ConfigError(f"--stage {name}: that stage has not finished yet")
         return chosen[0]
     finished = [v for v in views if v.result is not None]
-    stopped = next((v for v in views if v.result is None and v.stopped), None)
+    stopped = stopped_stage(views)
     if stopped is not None:  # its gate stopped the study: say why, not "not finished"
         named = (f", or name a finished stage: --stage {finished[-1].stage.name}"
                  if finished else "")

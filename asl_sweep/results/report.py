@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.results.document import Doc
 from asl_sweep.results.export import load_exported
-from asl_sweep.results.readback import read_final, read_stages
+from asl_sweep.results.readback import read_final, read_stages, stopped_stage
 from asl_sweep.runtime.errors import ConfigError
 from asl_sweep.runtime.files import atomic_write_text, make_folder
 from asl_sweep.runtime.workspace import Workspace
@@ -107,7 +107,7 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
         doc.p(f"Final test accuracy of {final['stage']}'s configuration: {final['summary']}. "
               f"Rule: {TEST_RULE}.")
     else:
-        stopped = next((v for v in views if v.result is None and v.stopped), None)
+        stopped = stopped_stage(views)
         doc.p(f"No final test score: the study stopped at stage {stopped.stage.name} "
               f"({stopped.stopped})." if stopped is not None
               else "No final test score yet: the study has not finished.")
@@ -178,7 +178,7 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
                      *([f"{t.value:.3f}" if t.value is not None else "-"] if ranked_by else [])])
     doc.table(["trial", "role", "state", "parameters", "train acc", "val acc (best epoch)",
                "val acc (final epoch)", *ranked_by], rows)
-    if result is None and view.stopped:
+    if view.stopped:
         doc.p(f"Stopped the study: {view.stopped}.")
         return [stage.name, stage.goal, "stopped the study (target missed)", "-", reported,
                 rerun, "-"]

@@ -22,7 +22,7 @@ class StageView:
     carried: dict[str, Any]  # what it started from
     plan: dict[str, Any] | None = None  # the confirmation plan, once made
     ran_budget: int | None = None  # the `trials` the stage last ran with (--trials included)
-    stopped: str | None = None  # why its gate stopped the study, where it did
+    stopped: str | None = None  # why its gate stopped the study, where it did (undecided)
 
     @property
     def budget(self) -> int:
