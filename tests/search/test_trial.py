@@ -112,17 +112,23 @@ def test_every_trial_run_has_its_own_process_metrics_even_a_short_one(write_stud
         assert "system/cpu_utilization_percentage" not in client.get_run(run).data.metrics
 
 
-def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_study, tmp_path,
-                                                                         capsys):
+def _run_with_folds(write_study, tmp_path, capsys, folds: int):
+    """A one-trial stage validating on `folds` person folds, run: (study YAML, home, what run
+    printed, the stage's Optuna study)."""
     path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
-                                    "pruner": "none", "confirm": None, "folds": 2,
+                                    "pruner": "none", "confirm": None, "folds": folds,
                                     "metric": "val_person_mean",
                                     "space": {"lr": [1e-2]}}]})
     home = tmp_path / "mlruns"
     assert main(["run", str(path), "--home", str(home)]) == 0
-    out = capsys.readouterr().out
-    client = MlflowClient(Workspace.at(home).tracking_uri)
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    return path, home, capsys.readouterr().out, study
+
+
+def test_a_stage_with_folds_validates_each_trial_on_several_person_folds(write_study, tmp_path,
+                                                                         capsys):
+    _, home, out, study = _run_with_folds(write_study, tmp_path, capsys, folds=2)
+    client = MlflowClient(Workspace.at(home).tracking_uri)
     for t in study.trials:  # the incumbent and the search trial
         values = outcome_of(t).fold_values
         assert len(values) == 2 and t.value == pytest.approx(sum(values) / 2)
@@ -144,14 +150,7 @@ def test_folds_past_what_the_split_has_are_said_and_labelled_as_they_ran(write_s
                                                                          capsys):
     """`folds: 10` on a split with fewer person folds ran that many, while the run, the
     leaderboard and status said "the mean over 10 person folds"."""
-    path = write_study({"stages": [{"name": "search", "trials": 1, "sampler": "grid",
-                                    "pruner": "none", "confirm": None, "folds": 10,
-                                    "metric": "val_person_mean",
-                                    "space": {"lr": [1e-2]}}]})
-    home = tmp_path / "mlruns"
-    assert main(["run", str(path), "--home", str(home)]) == 0
-    out = capsys.readouterr().out
-    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    path, home, out, study = _run_with_folds(write_study, tmp_path, capsys, folds=10)
     ran = {len(outcome_of(t).fold_values) for t in study.trials}
     assert len(ran) == 1 and 1 < (k := ran.pop()) < 10
     assert (f"stage search: folds 10, but the split has {k} validation folds of the people "
