@@ -87,16 +87,18 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     that trains)."""
     given = _stored_form(cfg.data)
     record, created = open_shared(cfg.study, storage)
-    if not created and _is_a_stage(record):
-        raise StoreError(f"study {cfg.study}: that name is taken in this store by a stage of "
-                         "another study (a stage's Optuna study is named STUDY.STAGE); name "
-                         f"this study otherwise, e.g. --set study={cfg.study.replace('.', '-')}")
     if created:
         record.set_user_attr(SummaryKey.KIND, "study record")
         write(record, RecordKey.DATA, given)
         return record, True, {RecordKey.DATA: given}
+    keys = read(record)
+    if _is_a_stage(record, keys):
+        raise StoreError(f"study {cfg.study}: that name is taken in this store by a stage of "
+                         "another study (a stage's Optuna study is named STUDY.STAGE); name "
+                         f"this study otherwise, e.g. --set study={cfg.study.replace('.', '-')}")
     # Another worker may be writing it right now.
-    stored = wait_for(record, RecordKey.DATA, 10.0) or read(record)
+    stored = (keys if RecordKey.DATA in keys
+              else wait_for(record, RecordKey.DATA, 10.0) or read(record))
     difference = _first_difference(stored.get(RecordKey.DATA, given), given)
     if difference and not _anything_finished(storage, cfg.study):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
@@ -109,11 +111,10 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     return record, False, stored
 
 
-def _is_a_stage(record: optuna.Study) -> bool:
-    """Whether the Optuna study of a study's name is a stage of another study (a dotted name,
-    `cnn.augmentation`, is stage augmentation of study cnn): a record has no trials and no
-    stage keys."""
-    keys = read(record)
+def _is_a_stage(record: optuna.Study, keys: dict[str, Any]) -> bool:
+    """Whether the Optuna study of a study's name (its keys just read) is a stage of another
+    study (a dotted name, `cnn.augmentation`, is stage augmentation of study cnn): a record
+    has no trials and no stage keys."""
     return (StageKey.CARRIED in keys or StageKey.UID in keys
             or bool(record.get_trials(deepcopy=False)))
 
