@@ -21,6 +21,7 @@ from asl_sweep.search.state import (
     wait_for,
     write,
 )
+from asl_sweep.search.store import stage_study_name
 from asl_sweep.settings.config import DataConfig
 from asl_sweep.settings.spec import StudyConfig
 
@@ -69,13 +70,20 @@ def load_record(storage, study: str) -> optuna.Study | None:
         return None
 
 
-def _anything_finished(storage, study: str) -> bool:
+def _stage_studies(storage, cfg: StudyConfig) -> list[str]:
+    """The Optuna studies of `cfg`'s stages that exist in the store (by the stages' names, not
+    by the prefix STUDY.: study `cnn.x` is not a stage of study `cnn`)."""
+    names = {stage_study_name(cfg, stage) for stage in cfg.stages}
+    return [s.study_name for s in storage.get_all_studies() if s.study_name in names]
+
+
+def _anything_finished(storage, cfg: StudyConfig) -> bool:
     """Whether any trial of the study's stages has finished (its result depends on the data)."""
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
-    return any(s.study_name.startswith(f"{study}.") and storage.get_all_trials(
-        storage.get_study_id_from_name(s.study_name), deepcopy=False, states=done)
-        for s in storage.get_all_studies())
+    return any(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False,
+                                      states=done)
+               for name in _stage_studies(storage, cfg))
 
 
 def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict[str, Any]]:
@@ -100,7 +108,7 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     stored = (keys if RecordKey.DATA in keys
               else wait_for(record, RecordKey.DATA, 10.0) or read(record))
     difference = _first_difference(stored.get(RecordKey.DATA, given), given)
-    if difference and not _anything_finished(storage, cfg.study):
+    if difference and not _anything_finished(storage, cfg):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
             f"data ({difference})")
         write(record, RecordKey.DATA, given)
@@ -119,9 +127,9 @@ def _is_a_stage(record: optuna.Study, keys: dict[str, Any]) -> bool:
             or bool(record.get_trials(deepcopy=False)))
 
 
-def started(storage, study: str) -> bool:
+def started(storage, cfg: StudyConfig) -> bool:
     """Whether any stage of the study has begun (its Optuna study exists)."""
-    return any(s.study_name.startswith(f"{study}.") for s in storage.get_all_studies())
+    return bool(_stage_studies(storage, cfg))
 
 
 def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str,

@@ -101,7 +101,7 @@ def _open_study_run(mirror: Mirror, cfg: StudyConfig, storage, record: optuna.St
     known = keys.get(RecordKey.STUDY_RUN)
     if known is None and not created:
         # The creator makes it; if it died, this process does.
-        wait = 0.0 if started(storage, cfg.study) else 120.0
+        wait = 0.0 if started(storage, cfg) else 120.0
         known = (wait_for(record, RecordKey.STUDY_RUN, wait) or {}).get(RecordKey.STUDY_RUN)
     run_id = mirror.study_opened(cfg, known)
     if run_id != known:

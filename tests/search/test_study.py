@@ -530,11 +530,17 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
     record, _, keys = bind(storage, changed, log=said.append)
     assert attrs(record)["data"]["image_size"] == keys["data"]["image_size"] == 24
     assert "no trial has finished yet" in said[0] and "data.image_size" in said[0]
+    # A finished trial of another study whose name starts with this one's (study tiny.b,
+    # stage search) is not one of this study's: it still binds.
+    neighbour = optuna.create_study(study_name="tiny.b.search", storage=storage)
+    neighbour.add_trial(optuna.trial.create_trial(value=0.5))
+    record, _, keys = bind(storage, first, log=said.append)
+    assert keys["data"]["image_size"] == 16 and len(said) == 2
     # Once a trial of the study has finished, its data is fixed.
     stage = optuna.create_study(study_name="tiny.search", storage=storage)
     stage.add_trial(optuna.trial.create_trial(value=0.5))
-    with pytest.raises(StoreError, match="this study ran with 24, this command says 16"):
-        bind(storage, first, log=lambda _: None)
+    with pytest.raises(StoreError, match="this study ran with 16, this command says 24"):
+        bind(storage, changed, log=lambda _: None)
 
 
 def test_export_and_evaluate_of_an_unfinished_study_name_what_is_missing(write_study, tmp_path,
