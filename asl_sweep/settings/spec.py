@@ -281,6 +281,12 @@ class StageConfig(Strict):
                 if spec.when:
                     raise ValueError(f"grid sampler: space.{name} has a condition (when:); a "
                                      "grid needs the same settings in every trial")
+        levers = sum(not spec.when for spec in self.space.values())
+        if self.moves is not None and self.moves > levers:
+            raise ValueError(f"moves: {self.moves} is more than the {levers} setting(s) this "
+                             "space can move (one with when: moves with the setting it "
+                             "depends on); give at most that many, or null to move every "
+                             "setting in every trial")
         for position, (name, spec) in enumerate(self.space.items()):
             for key, value in (spec.when or {}).items():
                 earlier = dict(list(self.space.items())[:position])

@@ -131,6 +131,11 @@ def test_moves_is_the_next_settings_in_the_spaces_order_and_a_queued_trials_own(
     assert changed_settings(space, 2, 1, fixed={"c": 0.5}) == {"c"}  # a retry: its own
     with pytest.raises(ValueError, match="moves"):
         StageConfig(name="s", sampler="grid", moves=1, space={"a": [1, 2]})
+    # More moves than the space has levers (d moves with b): said, not read as "every one".
+    with pytest.raises(ValueError, match="moves: 4 is more than the 3 setting"):
+        StageConfig(name="s", moves=4, space={"a": [1, 2], "b": [1, 2], "c": [0, 1],
+                                              "d": {"choices": [1, 2], "when": {"b": [2]}}})
+    assert StageConfig(name="s", moves=3, space={"a": [1, 2], "b": [1, 2], "c": [0, 1]}).moves
 
 
 def test_what_a_stage_cannot_resume_over_is_named_and_what_it_can_is_not():
