@@ -43,16 +43,21 @@ def _default_home() -> Path:
     return Path(os.environ.get("ASL_SWEEP_HOME") or "mlruns")  # an empty variable: unset
 
 
-def _study_args(p: argparse.ArgumentParser) -> None:
+def _study_args(p: argparse.ArgumentParser, search: bool = True) -> None:
+    """The arguments that say which study, data and stores. `search`: the command reads the
+    Optuna store and the trial budget (`train` does neither, and refuses them)."""
     p.add_argument("study", type=_path, help="study YAML, e.g. sweeps/quick.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting by key path, e.g. base.epochs=5 (repeatable)")
     p.add_argument("--data", type=_path, help="ImageFolder root (one folder per class)")
     p.add_argument("--home", type=_home, default=_default_home(),
                    help="folder for databases, artifacts and caches (default ./mlruns)")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
     p.add_argument("--tracking", help="MLflow tracking URI (default sqlite in --home)")
-    p.add_argument("--trials", type=int, help="trial budget of every stage")
+    if search:
+        p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
+        p.add_argument("--trials", type=int, help="trial budget of every stage")
+    else:
+        p.set_defaults(storage=None, trials=None)
     p.add_argument("--epochs", type=int, help="epochs of every stage (base and each stage's "
                    "fixed epochs): a quick look")
 
@@ -95,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "gives 1/K)")
 
     train = sub.add_parser("train", help="one training run with the base settings, tracked")
-    _study_args(train)
+    _study_args(train, search=False)
 
     status = sub.add_parser("status", help="stages, trials by state, best so far")
     _study_args(status)

@@ -222,6 +222,18 @@ def test_a_workers_own_flags_are_checked_by_the_parser(write_study, tmp_path, ca
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", [["--trials", "3"], ["--storage", "sqlite:///x.db"]])
+def test_train_refuses_the_search_flags_it_would_not_use(write_study, tmp_path, capsys, flag,
+                                                          monkeypatch):
+    """`train` is one training with the base settings: no trial budget, no Optuna store (it
+    took both and did nothing with them)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", str(write_study()), "--home", str(tmp_path / "mlruns"), *flag])
+    assert stop.value.code == 2
+    assert f"unrecognized arguments: {' '.join(flag)}" in capsys.readouterr().err
+
+
 def test_version_is_the_installed_packages(capsys):
     from importlib.metadata import version
 
