@@ -309,7 +309,9 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
     if own_folds:
         groups = _people_of_folds(scored)
     n_images = sum(len(s.truth) for s in scored) if own_folds else len(scored[0].truth)
-    unit = (f"{len(set(groups))} people" if groups is not None else f"{n_images} images")
+    people = len(set(groups)) if groups is not None else 0
+    unit = (f"{people} {'person' if people == 1 else 'people'}" if groups is not None
+            else f"{n_images} image{'' if n_images == 1 else 's'}")
     if own_folds:
         unit += ", each repeat on its own validation fold"
     if groups is not None and len(set(groups)) < MIN_PEOPLE:

@@ -174,8 +174,10 @@ def views_lines(views: dict) -> list[str]:
 
     def gain(name: str) -> str:
         g = gains[name]
+        over = (views["over"] if g["units"] != 1
+                else {"people": "person", "images": "image"}.get(views["over"], views["over"]))
         return (f"{100 * g['gain']:+.1f} pt (95% CI {100 * g['ci'][0]:+.1f} to "
-                f"{100 * g['ci'][1]:+.1f} over {g['units']} validation {views['over']})")
+                f"{100 * g['ci'][1]:+.1f} over {g['units']} validation {over})")
 
     if views["views"] == "none":
         if not gains:

@@ -73,6 +73,9 @@ def test_one_repeat_shows_no_seed_spread_rather_than_a_zero_one():
     two = summarize([_scored([0, 1, 2, 1, 1, 0], truth), _scored([0, 1, 1, 1, 1, 0], truth)],
                     None, "test")["summary"]
     assert two.startswith("0.583 +- 0.118 over 2 repeats (95% CI ")
+    # One test person is one, not "1 people".
+    alone = summarize([_scored([0, 1, 2, 1, 1, 0], truth)], ["ann"] * 6, "test")["summary"]
+    assert "by bootstrap over 1 person, too few" in alone
 
 
 def _views_case(gain_people: int, people: int = 20, images: int = 10, seed: int = 0):
@@ -109,6 +112,10 @@ def test_views_are_adopted_only_on_a_validation_gain_beyond_its_noise():
     forced = pick_views({"none": right["none"], "rotate": right["rotate"]}, unit, "rotate",
                         "people")
     assert forced["views"] == "rotate" and "set by the study" in forced["rule"]
+    # One validation person: said as one, not "1 validation people".
+    one = pick_views({"none": np.array([True, False]), "flip": np.array([True, True])},
+                     np.array([0, 0]), "auto", "people")
+    assert "over 1 validation person)" in views_lines(one)[0]
 
 
 def test_report_export_and_evaluate_reuse_the_views_the_run_chose_for_the_same_repeats():
