@@ -2,6 +2,7 @@
 one line and exit 2 for what the user can fix, nothing recorded lost, no budget burnt."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -315,3 +316,27 @@ def test_a_disk_that_fills_during_the_final_scoring_is_one_line_and_a_rerun_scor
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert all(r.info.status != "RUNNING" for r in runs)
     assert read_final(load_study(path), ws)["n_images"] > 0
+
+
+def test_sigterm_while_the_built_in_set_is_drawn_stops_at_once(write_study, tmp_path):
+    """A scheduler's (or `timeout`'s) one SIGTERM while the data is still being made: it was
+    noted and acted on only at the first trial, after the whole set was drawn (minutes for a
+    large one), so a scheduler's grace ran out and it killed the run instead."""
+    path = write_study({**QUICK, "data": {"synthetic": {"per_class": 5000, "signers": 40,
+                                                        "kind": "people"},
+                                          "image_size": 48}})
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+           str(tmp_path / "mlruns"), "--workers", "2"]  # --workers 2: a line before the data
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "workers side by side" in proc.stdout.readline()  # the signals are installed
+        time.sleep(1.0)  # drawing 45,000 images: about 40 s on one core
+        proc.send_signal(signal.SIGTERM)
+        asked = time.time()
+        _, err = proc.communicate(timeout=20)
+        took = time.time() - asked
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "nothing recorded was lost" in err and took < 10, (took, err)
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()  # it stopped before the stores

@@ -16,7 +16,8 @@ import torch
 from PIL import Image, ImageOps
 
 from asl_sweep.data.imageset import ImageSet
-from asl_sweep.data.synthetic import make_synthetic, synthetic_digest
+from asl_sweep.data.synthetic import CLASSES, make_synthetic, synthetic_digest
+from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import DataError
 from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.settings.config import DataConfig
@@ -43,13 +44,37 @@ def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> Im
     unchanged. The built-in set is drawn by asl_sweep.data.synthetic."""
     if cfg.root is None:
         s = cfg.synthetic
+        _fits_in_memory(s.per_class * len(CLASSES), size, f"data.synthetic.per_class: "
+                        f"{s.per_class:,} of each of {len(CLASSES)} letters",
+                        "draw fewer (data.synthetic.per_class)")
         digest = synthetic_digest(s.per_class, s.signers, s.seed, s.kind)
         return _cached(cache_dir, digest, size,
                        lambda: make_synthetic(s.per_class, size, s.seed, s.signers, s.kind), log)
     files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
+    _fits_in_memory(len(files), size, f"data.root: {cfg.root}: {len(files):,} images",
+                    "point data.root at fewer images")
     digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image)
     return _cached(cache_dir, digest, size, lambda: decode_folder(
         cfg.root, files, labels, classes, size, cfg.on_bad_image, digest, skipped, log), log)
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system says."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _fits_in_memory(n_images: int, size: int, what: str, fewer: str) -> None:
+    """Every image is decoded into memory at once (then cached and mapped): a set larger
+    than this machine's memory can only end in the system killing the run, after minutes of
+    decoding, so it is refused before the first image."""
+    need, have = n_images * 3 * size * size, physical_memory()
+    if have and need > have:
+        raise DataError(f"{what} at {size} px decode to {need / 2**30:,.1f} GiB, more than "
+                        f"this machine's {have / 2**30:.1f} GiB of memory: lower "
+                        f"data.image_size or {fewer}")
 
 
 def _cached(cache_dir: Path, digest: str, size: int, build: Callable[[], ImageSet],
@@ -127,6 +152,7 @@ def _bad(path: Path, reason: str, on_bad: str) -> None:
 def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str) -> str:
     h = hashlib.sha256(f"folder|{on_bad}".encode())
     for path, label in zip(files, labels, strict=True):
+        signals.check()  # every file is read: a large folder takes a while
         h.update(f"{path.relative_to(root)}|{label}|".encode())
         try:
             h.update(hashlib.sha256(path.read_bytes()).digest())
@@ -188,11 +214,19 @@ def decode_folder(root: Path, files: list[Path], labels: list[int], classes: lis
                   size: int, on_bad: str, digest: str, skipped: list[str], log=print) -> ImageSet:
     jobs = [(str(p), size) for p in files]
     workers = min(len(jobs) // 64, os.cpu_count() or 1)
+    decoded = []
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            decoded = list(pool.map(_decode_or_reason, jobs, chunksize=32))
+        pool = ProcessPoolExecutor(workers)
+        try:
+            for result in pool.map(_decode_or_reason, jobs, chunksize=32):
+                decoded.append(result)
+                signals.check()  # Ctrl-C / SIGTERM: stop now, nothing is kept half-decoded
+        finally:  # on a stop, the files not yet started are not decoded
+            pool.shutdown(wait=True, cancel_futures=True)
     else:
-        decoded = [_decode_or_reason(j) for j in jobs]
+        for job in jobs:
+            decoded.append(_decode_or_reason(job))
+            signals.check()
     arrays, kept_labels, names, skipped = [], [], [], list(skipped)
     for path, label, result in zip(files, labels, decoded, strict=True):
         if isinstance(result, str):

@@ -23,6 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from asl_sweep.data.imageset import ImageSet
+from asl_sweep.runtime import signals
 
 CLASSES = list("ABCDEFGHI")
 VERSION = 2
@@ -106,6 +107,7 @@ def make_synthetic(per_class: int, size: int, seed: int, signers: int = 12,
     draw = _draw if kind == "letters" else _draw_person
     images, labels, names = [], [], []
     for n in range(per_class):
+        signals.check()  # Ctrl-C / SIGTERM: stop between two rounds of letters
         signer = n % signers
         for label, letter in enumerate(CLASSES):
             images.append(draw(letter, size, styles[signer], rng))

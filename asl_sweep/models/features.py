@@ -18,6 +18,7 @@ import torch
 
 from asl_sweep.data.augment import augment_batch
 from asl_sweep.data.studydata import SplitData
+from asl_sweep.runtime import signals
 from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.settings.config import TrainConfig
 
@@ -57,6 +58,7 @@ def extract(model, x: torch.Tensor, cfg: TrainConfig, view: int,
     model.eval()
     out = []
     for start in range(0, len(x), EXTRACT_BATCH):
+        signals.check()  # Ctrl-C / SIGTERM: stop between batches (nothing cached yet)
         xb = x[start:start + EXTRACT_BATCH].float().div_(255)
         if view > 0:
             xb = augment_batch(xb, cfg.augment, generator)

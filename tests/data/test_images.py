@@ -189,3 +189,61 @@ def test_cache_invalidates_when_an_image_changes(data_config, image_folder, tmp_
     second = load_image_set(data_config, 16, tmp_path / "cache")
     assert first.digest != second.digest
     assert not torch.equal(first.images, second.images)
+
+
+STOPPING = """
+import os, signal, sys
+from pathlib import Path
+from asl_sweep.data.images import decode_folder, folder_digest, scan_folder
+from asl_sweep.runtime import signals
+
+root = Path(sys.argv[1])
+files, labels, classes, skipped = scan_folder(root, "error")
+signals.install()
+os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's one SIGTERM, as every file is read
+try:
+    digest = folder_digest(root, files, labels, "error")
+    print("digest ran to the end")
+except KeyboardInterrupt:
+    print("digest stopped")
+signals.install()
+digest = folder_digest(root, files, labels, "error")
+os.kill(os.getpid(), signal.SIGTERM)  # and as they are decoded
+try:
+    decode_folder(root, files, labels, classes, 16, "error", digest, skipped, log=print)
+    print("decode ran to the end")
+except KeyboardInterrupt:
+    print("decode stopped")
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_while_a_folder_is_read_or_decoded_is_taken_there(tmp_path):
+    """Reading every file for the digest and decoding them (in worker processes, from 128
+    files) take minutes on a large folder: a stop is taken between files, not after them
+    all (it was taken at the first trial)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "images", per_class=50)  # 150 files: two decoders
+    out = subprocess.run([sys.executable, "-c", STOPPING, str(folder)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.split()[:4] == ["digest", "stopped", "decode", "stopped"], out.stderr
+
+def test_a_set_larger_than_this_machines_memory_is_refused_before_decoding(image_folder, tmp_path,
+                                                                          monkeypatch):
+    """Every image is decoded into memory at once: beyond the machine's memory the system
+    kills the run after the decoding, so it is one line before it."""
+    monkeypatch.setattr(images_mod, "physical_memory", lambda: 10_000)  # 18 x 3 x 16 x 16 > it
+    with pytest.raises(DataError, match=r"data.root: .*images: 18 images at 16 px decode to "
+                                        r"0.0 GiB, more than this machine's 0.0 GiB of memory: "
+                                        r"lower data.image_size or point data.root at fewer"):
+        load(image_folder, tmp_path / "c")
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+    synthetic = DataConfig(synthetic={"per_class": 100_000_000})  # 2.6 TB at 32 px: real RAM
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"data.synthetic.per_class: 100,000,000 of each of 9 "
+                                        r"letters at 32 px decode to 2,574.9 GiB"):
+        load_image_set(synthetic, 32, tmp_path / "c")
