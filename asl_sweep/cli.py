@@ -514,18 +514,27 @@ def cmd_predict(args) -> int:
     if args.overrides and not is_study_file(args.model):
         raise ConfigError(f"--set: {args.model} is not a study YAML; --set names the study "
                           "whose export to use, and a model file carries its own settings")
-    rows, failures = predict(args.model, args.images, args.home, args.tracking, args.overrides)
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-    else:
-        width = max([len(r["file"]) for r in rows] + [4])
+    files, results = predict(args.model, args.images, args.home, args.tracking,
+                             args.overrides)
+    width = max([len(str(f)) for f in files] + [4])
+    if not args.json:
         print(f"{'file'.ljust(width)}  class  probability")
-        for r in rows:
-            print(f"{r['file'].ljust(width)}  {r['class']:5s}  {r['probability']:.3f}")
-    for failure in failures:
-        print(f"error: {failure['file']}: {failure['error']}", file=sys.stderr)
-    return 1 if failures else 0
+    done, failed = 0, 0
+    try:
+        for r in results:  # each line as its image is predicted: a large folder streams
+            if "error" in r:
+                failed += 1
+                print(f"error: {r['file']}: {r['error']}", file=sys.stderr)
+            elif args.json:
+                print(json.dumps(r))
+            else:
+                print(f"{r['file'].ljust(width)}  {r['class']:5s}  {r['probability']:.3f}")
+            done += 1
+    except KeyboardInterrupt:
+        print(f"interrupted after {done} of {len(files)} files (those above); rerun the "
+              "command for them all", file=sys.stderr)
+        return 130
+    return 1 if failed else 0
 
 
 def cmd_ui(args) -> int:

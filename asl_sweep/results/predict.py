@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import yaml
 
 from asl_sweep.data.images import IMAGE_SUFFIXES, decode_image, is_data
 from asl_sweep.models.registry import Deployable
+from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError
 from asl_sweep.runtime.files import sha256_of
 from asl_sweep.runtime.workspace import Workspace
@@ -232,13 +233,19 @@ def image_files(inputs: list[Path]) -> list[Path]:
 
 
 def predict(source: str, inputs: list[Path], home: Path | str = "mlruns",
-            tracking: str | None = None,
-            overrides: list[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """(predictions, failures): every readable image is predicted; bad ones are named."""
+            tracking: str | None = None, overrides: list[str] | None = None
+            ) -> tuple[list[Path], Iterator[dict]]:
+    """The files to predict, and their results one by one as each is predicted: a
+    prediction ({file, class, probability}) or a failure ({file, error}) for a file that
+    cannot be read. The paths and the model are checked here, before the first result."""
     files = image_files(inputs)
     predictor = open_model(source, home, tracking, overrides)
-    rows, failures = [], []
+    return files, _each(predictor, files)
+
+
+def _each(predictor: Predictor, files: list[Path]) -> Iterator[dict]:
     for path in files:
+        signals.check()  # Ctrl-C: stop between two images
         try:
             if not path.exists():  # gone since it was listed, or a dangling link
                 raise DataError("no such file")
@@ -249,11 +256,10 @@ def predict(source: str, inputs: list[Path], home: Path | str = "mlruns",
                 raise DataError("not an image file (unknown extension)")
             pixels = decode_image(path, predictor.image_size)
         except (DataError, OSError, ValueError) as e:
-            failures.append({"file": str(path), "error": str(e) or type(e).__name__})
+            yield {"file": str(path), "error": str(e) or type(e).__name__}
             continue
         x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
         probs = predictor(x)[0]
         best = int(probs.argmax())
-        rows.append({"file": str(path), "class": predictor.classes[best],
-                     "probability": round(float(probs[best]), 4)})
-    return rows, failures
+        yield {"file": str(path), "class": predictor.classes[best],
+               "probability": round(float(probs[best]), 4)}

@@ -243,3 +243,38 @@ def test_a_folder_to_predict_skips_what_a_mac_zip_or_a_notebook_leaves(tmp_path,
     (folder / "._photo.png").write_bytes(b"\x00\x05\x16\x07")
     (folder / "photo.png").write_bytes(image.read_bytes())
     assert image_files([folder]) == [folder / "photo.png"]
+
+
+@pytest.mark.slow
+def test_a_large_folder_streams_its_predictions_and_stops_on_ctrl_c(tmp_path, image):
+    """Every line came at the end, after the whole folder, and a Ctrl-C was taken only then:
+    a folder of thousands of photos gave no sign of life and could not be stopped."""
+    import os
+    import signal
+
+    from asl_sweep.models.layers import InputSpec
+    from asl_sweep.models.registry import build_model
+    from asl_sweep.settings.config import TrainConfig
+    from asl_sweep.training.checkpoint import ModelFile
+
+    cfg, spec = TrainConfig(hidden=[8]), InputSpec(16, 9, (0.5,) * 3, (0.25,) * 3)
+    model = ModelFile(build_model(cfg, spec).state_dict(), cfg, spec, list("ABCDEFGHI"), 1,
+                      {"val_acc": 0.5}, {}).save(tmp_path / "best.pt", sync=False)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in range(5000):
+        (folder / f"{n:04d}.png").write_bytes(image.read_bytes())
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "predict", str(model),
+                             str(folder)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout.readline().split() == ["file", "class", "probability"]
+        assert proc.stdout.readline().startswith(str(folder / "0000.png"))  # as it comes
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    done = int(err.split("interrupted after ")[1].split()[0])
+    assert 1 <= done < 5000 and len(out.splitlines()) == done - 1, err
+    assert err.strip().endswith("of 5000 files (those above); rerun the command for them all")
