@@ -92,6 +92,13 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     assert main(["status", str(path), "--home", home]) == 0
     out = capsys.readouterr().out
     assert "[1] search: finished" in out and "3 complete" in out  # the incumbent and 2
+    assert "    goal: tiny search" in out
+    from tests.conftest import TINY_STUDY
+
+    unnamed = {k: v for k, v in TINY_STUDY["stages"][0].items() if k != "goal"}
+    assert main(["status", str(write_study({"stages": [unnamed]}, name="no-goal.yaml")),
+                 "--home", home]) == 0
+    assert "goal:" not in capsys.readouterr().out  # no goal: no empty "goal:" line
 
 
 @pytest.mark.parametrize("args, message, code", [

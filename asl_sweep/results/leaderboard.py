@@ -95,7 +95,8 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
         else:
             state = "not started"
         print(f"\n[{i + 1}] {view.stage.name}: {state}")
-        print(f"    goal: {view.stage.goal}")
+        if view.stage.goal:  # optional: a stage without one says nothing here
+            print(f"    goal: {view.stage.goal}")
         print(f"    trials: {states or 'none'} (budget {view.budget}, plus the incumbent "
               "and confirmation repeats)")
         if best is not None:
