@@ -99,6 +99,9 @@ def apply_set(raw: dict, item: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected key.path=value")
+    if "" in key.split("."):
+        raise ConfigError(f"--set {item!r}: {key} has an empty name between dots (or at an "
+                          "end); write names joined by single dots, e.g. base.lr")
     try:
         parsed = parse_scalar(value)
     except yaml.YAMLError as e:

@@ -80,6 +80,9 @@ def test_set_overrides_are_validated_the_same_way(write_study):
         load_study(path, ["base.epochs=0"])
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_study(path, ["base.epochs"])
+    for key in ("base..epochs", "base.epochs.", ".base"):  # was "base.: Extra inputs ..."
+        with pytest.raises(ConfigError, match=f"{key} has an empty name between dots"):
+            load_study(path, [f"{key}=3"])
 
 
 def test_trials_and_data_overrides(write_study, tmp_path):
