@@ -53,7 +53,7 @@ def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> Im
     files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
     _fits_in_memory(len(files), size, f"data.root: {cfg.root}: {len(files):,} images",
                     "point data.root at fewer images")
-    digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image)
+    digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image, log)
     return _cached(cache_dir, digest, size, lambda: decode_folder(
         cfg.root, files, labels, classes, size, cfg.on_bad_image, digest, skipped, log), log)
 
@@ -149,16 +149,42 @@ def _bad(path: Path, reason: str, on_bad: str) -> None:
         raise DataError(f"{path}: {reason} (set data.on_bad_image: skip to leave such files out)")
 
 
-def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str) -> str:
+def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str,
+                  log: Callable[[str], None] = lambda _: None) -> str:
+    """The content of the folder (every file's bytes, name and class): what the decoded
+    cache and a study's record are keyed by. Files that are byte-for-byte copies of one
+    another are said to `log` (the digest reads every file anyway)."""
     h = hashlib.sha256(f"folder|{on_bad}".encode())
-    for path, label in zip(files, labels, strict=True):
+    seen: dict[bytes, list[int]] = {}
+    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
         signals.check()  # every file is read: a large folder takes a while
         h.update(f"{path.relative_to(root)}|{label}|".encode())
         try:
-            h.update(hashlib.sha256(path.read_bytes()).digest())
+            content = hashlib.sha256(path.read_bytes()).digest()
         except OSError as e:  # vanished or became unreadable since the scan
             raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+        h.update(content)
+        seen.setdefault(content, []).append(i)
+    _report_copies([[files[i].relative_to(root) for i in same] for same in seen.values()
+                    if len(same) > 1], [[labels[i] for i in same] for same in seen.values()
+                                        if len(same) > 1], log)
     return h.hexdigest()
+
+
+def _report_copies(copies: list[list[Path]], labels: list[list[int]], log) -> None:
+    """One line for files that are the same photo: a copy on the other side of the split
+    from its original is a test image the model trained on (the test score reads high), and
+    a copy in another class is the same photo given two letters."""
+    if not copies:
+        return
+    extra = sum(len(c) - 1 for c in copies)
+    two_classes = sum(len(set(ls)) > 1 for ls in labels)
+    shown = "; ".join(" = ".join(str(p) for p in c[:3]) + (" ..." if len(c) > 3 else "")
+                      for c in copies[:3]) + (" ..." if len(copies) > 3 else "")
+    log(f"warning: {extra} file(s) are byte-for-byte copies of another ({shown})"
+        + (f"; {two_classes} photo(s) filed under two letters" if two_classes else "")
+        + ": a copy in training of a test image makes the test score read high; keep one "
+        "of each")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -247,3 +247,26 @@ def test_a_set_larger_than_this_machines_memory_is_refused_before_decoding(image
     with pytest.raises(DataError, match=r"data.synthetic.per_class: 100,000,000 of each of 9 "
                                         r"letters at 32 px decode to 2,574.9 GiB"):
         load_image_set(synthetic, 32, tmp_path / "c")
+
+
+def test_byte_for_byte_copies_are_said_once_with_the_files_and_classes(image_folder, tmp_path):
+    """A copy of a photo under another name (or another letter) is a test image the model
+    may train on: said in one line, naming the copies; the set still loads."""
+    import shutil
+
+    shutil.copy(image_folder / "A" / "p1_A_0.png", image_folder / "A" / "p2_A_copy.png")
+    shutil.copy(image_folder / "A" / "p1_A_0.png", image_folder / "B" / "p3_B_copy.png")
+    said = []
+    s = load_image_set(DataConfig(root=image_folder, image_size=16), 16, tmp_path / "c",
+                       log=said.append)
+    assert len(s) == 20
+    (line,) = [m for m in said if m.startswith("warning:")]
+    assert line.startswith("warning: 2 file(s) are byte-for-byte copies of another "
+                           "(A/p1_A_0.png = A/p2_A_copy.png = B/p3_B_copy.png); 1 photo(s) "
+                           "filed under two letters: a copy in training of a test image")
+    said.clear()
+    (image_folder / "A" / "p2_A_copy.png").unlink()
+    (image_folder / "B" / "p3_B_copy.png").unlink()
+    load_image_set(DataConfig(root=image_folder, image_size=16), 16, tmp_path / "c",
+                   log=said.append)
+    assert not [m for m in said if m.startswith("warning:")]  # distinct files: nothing said
