@@ -271,7 +271,10 @@ def test_a_large_folder_streams_its_predictions_and_stops_on_ctrl_c(tmp_path, im
         assert proc.stdout.readline().split() == ["file", "class", "probability"]
         assert proc.stdout.readline().startswith(str(folder / "0000.png"))  # as it comes
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        # Through the same buffered readers as the lines above (communicate() reads the pipes
+        # beneath them, missing what readline() had read ahead); stderr is one line.
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, err
