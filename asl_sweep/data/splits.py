@@ -85,14 +85,14 @@ def groups_of(names: Sequence[str], pattern: str, seconds: float = MATCH_SECONDS
                 if match is None or match.group(1) is None:
                     nor = f" nor its path below the class folder {below!r}" if below else ""
                     raise DataError(
-                        f"{name}: data.group_pattern {pattern!r} does not match its file name "
+                        f"{name}: data.group_pattern '{pattern}' does not match its file name "
                         f"{path.name!r}{nor}; it must match every file's name, group 1 naming "
                         "the person (e.g. '^([^_]+)_' for anna_A_01.jpg, or '^([^/]+)/' for "
                         "a folder per person, A/anna/01.jpg): fix the pattern, or drop it to "
                         "split by class")
                 groups.append(match.group(1))
     except _TooSlow:
-        raise DataError(f"data.group_pattern {pattern!r}: matching {len(names)} file names took "
+        raise DataError(f"data.group_pattern '{pattern}': matching {len(names)} file names took "
                         f"over {seconds:.0f} s (nested repetition such as (a+)+ backtracks "
                         "without end); write it without a repeat inside a repeat, e.g. "
                         "'^([^_]+)_'") from None

@@ -124,7 +124,7 @@ def test_a_file_the_pattern_does_not_match_is_named_with_what_the_pattern_sees()
     with pytest.raises(DataError) as caught:
         groups_of(["p1_A_0.png", "A/A1008.jpg"], r"^(p\d)_")
     assert str(caught.value) == (
-        "A/A1008.jpg: data.group_pattern '^(p\\\\d)_' does not match its file name 'A1008.jpg'; "
+        "A/A1008.jpg: data.group_pattern '^(p\\d)_' does not match its file name 'A1008.jpg'; "
         "it must match every file's name, group 1 naming the person (e.g. '^([^_]+)_' for "
         "anna_A_01.jpg, or '^([^/]+)/' for a folder per person, A/anna/01.jpg): fix the "
         "pattern, or drop it to split by class")
@@ -138,5 +138,5 @@ def test_a_folder_per_person_inside_each_class_folder_names_the_person():
     assert groups_of(["A/anna/p1_01.jpg", "B/p2_03.jpg"], r"^(p\d)_") == ["p1", "p2"]
     with pytest.raises(DataError) as caught:
         groups_of(names, r"^(p\d)_")
-    assert ("A/anna/01.jpg: data.group_pattern '^(p\\\\d)_' does not match its file name "
+    assert ("A/anna/01.jpg: data.group_pattern '^(p\\d)_' does not match its file name "
             "'01.jpg' nor its path below the class folder 'anna/01.jpg';") in str(caught.value)
