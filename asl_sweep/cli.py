@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
     _study_args(worker)
-    worker.add_argument("--worker-index", type=int,
-                        help="sampler seed offset; 0 is the lone worker's (default: from the PID)")
+    worker.add_argument("--worker-index", type=_worker_index_arg,
+                        help="sampler seed offset, 0 to 9999; 0 is the lone worker's (default: from the PID)")
     worker.add_argument("--threads", type=_threads_arg, help="CPU threads for this worker")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # run's: stop with it
     worker.add_argument("--gpu-share", type=_share_arg, default=1.0,
@@ -337,6 +337,18 @@ def _workers_arg(value: str) -> str | int:
 
 def _per_device_arg(value: str) -> int:
     return _count(value, "workers a GPU", "worker a GPU")
+
+
+def _worker_index_arg(value: str) -> int:
+    """A sampler seed offset: 0 (the lone worker's) up to 9999, the range of the offsets
+    taken from process ids."""
+    try:
+        index = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number from 0 to 9999") from None
+    if not 0 <= index <= 9999:
+        raise argparse.ArgumentTypeError(f"{value}: give a number from 0 to 9999")
+    return index
 
 
 def _threads_arg(value: str) -> int:

@@ -220,6 +220,9 @@ def test_output_read_by_a_reader_that_leaves_early_stops_without_a_traceback(wri
     (["--threads", "0"], "argument --threads: 0: at least 1 thread"),  # was taken as "unset"
     (["--gpu-share", "2"], "argument --gpu-share: 2: a share is above 0 and at most 1"),
     (["--gpu-share", "0"], "argument --gpu-share: 0: a share is above 0 and at most 1"),
+    # a negative index was a numpy traceback from the sampler's seed
+    (["--worker-index", "-5"], "argument --worker-index: -5: give a number from 0 to 9999"),
+    (["--worker-index", "x"], "argument --worker-index: 'x': give a number from 0 to 9999"),
 ])
 def test_a_workers_own_flags_are_checked_by_the_parser(write_study, tmp_path, capsys, args,
                                                        message):
