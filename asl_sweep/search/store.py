@@ -246,7 +246,7 @@ def joined(searched: list[FrozenTrial], repeated: list[FrozenTrial],
 
 def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSampler:
     stage = cfg.stages[index]
-    seed += stage.seed + 1000 * index
+    seed = (seed + stage.seed + 1000 * index) % 2**32  # the range Optuna's samplers take
     if stage.sampler == "grid":
         return GridSampler(grid(stage.space), seed=seed)
     if stage.sampler == "random":

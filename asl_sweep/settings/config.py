@@ -32,7 +32,7 @@ class Strict(BaseModel):
 class SyntheticConfig(Strict):
     per_class: int = Field(60, ge=2, description="images per letter")
     signers: int = Field(24, ge=3, description="synthetic people, each with a style")
-    seed: int = Field(0, description="draws the signers' styles and the images")
+    seed: int = Field(0, ge=0, description="draws the signers' styles and the images")
     kind: Literal["letters", "people"] = Field(
         "letters", description="letters: upright letters in each signer's ink and slant (the "
         "first set); people: signers who differ as people do (pose up to sideways, distance "
@@ -50,7 +50,8 @@ class DataConfig(Strict):
                                 "the people, where images have people) for validation")
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share for the test "
                                  "split, scored once after the search and never seen by it")
-    seed: int = Field(0, description="the split's seed (deterministic, stratified by class)")
+    seed: int = Field(0, ge=0, description="the split's seed (deterministic, stratified by "
+                      "class)")
     group_pattern: str | None = Field(None, description="a regex whose group 1 names the "
                                       "person (or source) of a file, matched against its "
                                       "file name (else its path below the class folder, for "

@@ -233,7 +233,7 @@ class StageConfig(Strict):
         "confirm.top-th best, never one the incumbent beats): a trial that would not be "
         "raced stops; "
         "hyperband, halving: successive halving of the epochs; none: never")
-    seed: int = Field(0, description="added to the sampler's seed")
+    seed: int = Field(0, ge=0, description="added to the sampler's seed")
     space: dict[str, Any] = Field({}, description="the searched settings: key paths into "
                                   "base, each a list (a choice) or {low, high, log, step, "
                                   "when}")

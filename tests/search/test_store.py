@@ -264,6 +264,18 @@ def test_workers_stop_when_their_run_is_killed_and_queue_their_trial(write_study
     assert len(retry) == 1 and retry[0].state.name == "WAITING"  # the next run takes it
 
 
+def test_a_large_stage_seed_gives_a_sampler_not_a_traceback(write_study):
+    """The sampler's seed is the run's, the stage's and 1000 per stage added: beyond 2**32 - 1
+    Optuna's samplers (numpy) refused it with a traceback; it wraps round instead."""
+    from asl_sweep.search.store import _sampler
+
+    cfg = load_study(write_study({"stages": [{"name": "s", "seed": 99_999_999_999,
+                                              "space": {"lr": [1e-3, 1e-2]}}]}))
+    for sampler in ("tpe", "random"):
+        cfg.stages[0].sampler = sampler
+        assert _sampler(cfg, 0, 2**32 - 1) is not None
+
+
 def test_one_seeded_worker_repeats_exactly(write_study, tmp_path):
     spec = {**FAST, "stages": [{**FAST["stages"][0], "trials": 4, "sampler": "tpe",
                                 "pruner": "median"}]}

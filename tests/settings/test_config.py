@@ -61,6 +61,12 @@ def test_scientific_notation_is_a_float(tmp_path):
     ({"study": ".hidden"}, "study: '.hidden' is not a name it takes"),
     ({"stages": [{"name": "a.b"}]}, "stages.0.name: 'a.b' is not a name it takes: letters, "
                                     "digits, _ and -"),
+    # Seeds numpy and Optuna's samplers refuse: each was a traceback from inside them.
+    ({"data": {"seed": -1}}, "data.seed: Input should be greater than or equal to 0"),
+    ({"data": {"synthetic": {"seed": -3}}},
+     "data.synthetic.seed: Input should be greater than or equal to 0"),
+    ({"stages": [{"name": "s", "seed": -1}]},
+     "stages.0.seed: Input should be greater than or equal to 0"),
 ])
 def test_config_errors_name_the_key_path(write_study, updates, expected):
     path = write_study(updates)
