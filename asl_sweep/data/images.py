@@ -23,6 +23,8 @@ from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.settings.config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+# Folder names of a data set already split, never classes of it.
+SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev"}
 # What a zip made on a Mac carries beside the photos: never a class, never an image.
 NOT_DATA = {"__MACOSX"}
 
@@ -111,6 +113,13 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
         raise DataError(f"data.root: {root} cannot be read (permission denied)") from None
     if len(class_dirs) < 2:
         raise DataError(f"data.root: {root} needs one sub-folder per class (found {len(class_dirs)})")
+    if all(d.name.lower() in SPLIT_NAMES for d in class_dirs):
+        # A downloaded set's layout (train/A/..., test/A/...): read as classes, the study
+        # would learn to tell the train folder's photos from the test folder's.
+        names = ", ".join(d.name for d in class_dirs)
+        raise DataError(f"data.root: {root} holds {names}, which look like a data set's own "
+                        "splits, not classes: point data.root at the folder whose sub-folders "
+                        "are the classes (e.g. its train folder; asl-sweep splits it itself)")
     files: list[Path] = []
     labels: list[int] = []
     skipped: list[str] = []

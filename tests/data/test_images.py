@@ -270,3 +270,16 @@ def test_byte_for_byte_copies_are_said_once_with_the_files_and_classes(image_fol
     load_image_set(DataConfig(root=image_folder, image_size=16), 16, tmp_path / "c",
                    log=said.append)
     assert not [m for m in said if m.startswith("warning:")]  # distinct files: nothing said
+
+
+def test_a_root_whose_folders_are_splits_not_classes_is_refused(tmp_path):
+    """A downloaded set kept as train/A/..., test/A/...: pointed at its top, the study would
+    learn train folder against test folder."""
+    from tests.conftest import make_image_folder
+
+    make_image_folder(tmp_path / "set" / "train")
+    make_image_folder(tmp_path / "set" / "Test")
+    with pytest.raises(DataError, match=r"holds Test, train, which look like a data set's "
+                                        r"own splits, not classes: point data.root at"):
+        load(tmp_path / "set", tmp_path / "c")
+    assert len(load(tmp_path / "set" / "train", tmp_path / "c")) == 18
