@@ -112,7 +112,12 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
     except PermissionError:
         raise DataError(f"data.root: {root} cannot be read (permission denied)") from None
     if len(class_dirs) < 2:
-        raise DataError(f"data.root: {root} needs one sub-folder per class (found {len(class_dirs)})")
+        inner = class_dirs[0] if class_dirs else None
+        deeper = (inner is not None and sum(p.is_dir() and is_data(p, inner)
+                                            for p in inner.iterdir()) >= 2)
+        raise DataError(f"data.root: {root} needs one sub-folder per class (found "
+                        f"{len(class_dirs)})" + (f"; its one folder holds folders: point "
+                                                 f"data.root at {inner}" if deeper else ""))
     if all(d.name.lower() in SPLIT_NAMES for d in class_dirs):
         # A downloaded set's layout (train/A/..., test/A/...): read as classes, the study
         # would learn to tell the train folder's photos from the test folder's.

@@ -283,3 +283,14 @@ def test_a_root_whose_folders_are_splits_not_classes_is_refused(tmp_path):
                                         r"own splits, not classes: point data.root at"):
         load(tmp_path / "set", tmp_path / "c")
     assert len(load(tmp_path / "set" / "train", tmp_path / "c")) == 18
+
+
+def test_a_root_with_one_folder_of_classes_inside_says_where_to_point(tmp_path):
+    """A zip that unpacks to set/set/A/...: the classes are one level down."""
+    from tests.conftest import make_image_folder
+
+    make_image_folder(tmp_path / "set" / "asl_alphabet_train")
+    with pytest.raises(DataError, match=r"needs one sub-folder per class \(found 1\); its one "
+                                        r"folder holds folders: point data.root at .*set/"
+                                        r"asl_alphabet_train$"):
+        load(tmp_path / "set", tmp_path / "c")
