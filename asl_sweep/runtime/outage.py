@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -71,17 +72,20 @@ def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:
                 if reason is None:
                     raise
                 left = deadline - time.monotonic()
-                if _gave_up or left <= 0:
+                stop = signals.requested() and left > 0 and not _gave_up
+                if _gave_up or left <= 0 or stop:
+                    # A Ctrl-C or SIGTERM ends the wait too (it was taken only after it).
                     _gave_up.add(store)
+                    waited = ("is not answering and a stop was asked for" if stop
+                              else f"has not answered for {budget:.0f} s")
                     raise StoreError(
-                        f"{store} has not answered for {budget:.0f} s ({reason}); nothing "
-                        "recorded was lost: start it again (or mend the network), then rerun "
-                        "the same command") from None
+                        f"{store} {waited} ({reason}); nothing recorded was lost: start it "
+                        "again (or mend the network), then rerun the same command") from None
                 if not _said:
                     log.warning("%s is not answering (%s); retrying for up to %.0f s",
                                 store, reason, left)
                 _said.add(store)
-                time.sleep(min(delay, left))
+                signals.pause(min(delay, left))
                 delay = min(delay * 2, 10.0)
 
     return call

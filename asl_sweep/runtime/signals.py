@@ -77,6 +77,20 @@ def check() -> None:
         raise KeyboardInterrupt(f"signal {_requested}")
 
 
+def requested() -> bool:
+    """Whether a stop has been asked for (for a wait that must end, but not by raising
+    KeyboardInterrupt where the caller is closing what it recorded)."""
+    return _requested is not None
+
+
+def pause(seconds: float, step: float = 0.1) -> None:
+    """time.sleep(seconds), cut short once a stop is asked for (a sleep resumes after the
+    signal's handler, so a 10 s backoff would hold a Ctrl-C for 10 s)."""
+    end = time.monotonic() + seconds
+    while not requested() and (left := end - time.monotonic()) > 0:
+        time.sleep(min(step, left))
+
+
 @contextlib.contextmanager
 def trial_running() -> Iterator[None]:
     """The block trains a trial: a stop inside it leaves that trial queued to run again."""

@@ -132,3 +132,28 @@ def test_a_tracking_server_that_stops_is_named_in_one_line_and_its_trial_runs_ag
                 and t.user_attrs.get("role") == "search"]
     assert len(searched) == 2  # the budget, exactly
 
+
+
+def test_ctrl_c_while_waiting_for_a_tracking_server_stops_the_wait(write_study, tmp_path):
+    """A server not (yet) there is waited for up to ASL_SWEEP_STORE_RETRY_S (120 s): a Ctrl-C
+    in that wait was held until its end, two minutes for a mistyped --tracking."""
+    path = write_study()
+    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+           str(tmp_path / "mlruns"), "--workers", "1", "--tracking",
+           f"http://127.0.0.1:{free_port()}"]  # nothing listens there
+    # MLflow's own HTTP retries off: each try fails at once, as asl-sweep's wait goes on.
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert "is not answering" in proc.stderr.readline()  # the wait has begun
+        proc.send_signal(signal.SIGINT)
+        asked = time.time()
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+        took = time.time() - asked
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and took < 20, (took, err)
+    assert err.startswith("error: the MLflow tracking server at http://127.0.0.1:")
+    assert "is not answering and a stop was asked for" in err and "rerun" in err
