@@ -33,6 +33,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from asl_sweep.runtime import signals
 from asl_sweep.search.optuna_api import keeps_heartbeats, storage_of, study_id_of, trial_id_of
 
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
@@ -288,7 +289,8 @@ def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> dict[str, 
     while str(key) not in (shared := read(study)):
         if time.monotonic() > deadline:
             return None
-        time.sleep(jittered(pause))
+        signals.pause(jittered(pause))
+        signals.check()  # Ctrl-C / SIGTERM: nothing of this process's is held here
         pause = min(8.0, pause * 2)
     return shared
 
@@ -380,7 +382,8 @@ def does_job(study: optuna.Study, name: str, done: str) -> bool:
         holder = token.user_attrs.get(TrialKey.WORKER, "")
         look_again = time.monotonic() + GRACE_S - _held_s(token)
         while True:
-            time.sleep(jittered(pause))
+            signals.pause(jittered(pause))
+            signals.check()  # Ctrl-C / SIGTERM: the other process holds the claim, not this
             pause = min(4.0, pause * 2)
             if done in read(study):
                 return False

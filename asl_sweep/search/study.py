@@ -692,7 +692,8 @@ class Idle:
         process has seen of its stages)."""
         session = self.session
         signals.check()
-        time.sleep(jittered(self.seconds))
+        signals.pause(jittered(self.seconds))  # up to 30 s: a stop ends it
+        signals.check()
         session.workers_seen = max(session.workers_seen,
                                    len({t.user_attrs.get(TrialKey.WORKER) for t in trials}))
         self.seconds = min(max(4.0, min(30.0, session.workers_seen / 2)), self.seconds * 2)

@@ -235,7 +235,7 @@ def test_a_waiter_looks_at_once_then_after_two_four_and_eight_seconds(store, mon
         if len(slept) == 4:  # the creator writes it during the waiter's fourth pause
             state.write(study, state.StageKey.CARRIED, {})
 
-    monkeypatch.setattr(state.time, "sleep", sleep)
+    monkeypatch.setattr(state.signals, "pause", sleep)  # a pause a stop cuts short
     assert state.wait_for(study, state.StageKey.CARRIED) == {"carried": {}}
     assert len(slept) == 4
     assert all(0.75 <= s / p <= 1.25 for s, p in zip(slept, (2, 4, 8, 8), strict=True))
@@ -332,7 +332,7 @@ def test_a_worker_opening_a_decided_stage_waits_for_its_mirroring_or_takes_it_ov
         if len(pauses) == 3:  # the holder finishes during the third pause
             state.write(study, state.StageKey.MIRRORED, True)
 
-    monkeypatch.setattr(state.time, "sleep", sleep)
+    monkeypatch.setattr(state.signals, "pause", sleep)  # a pause a stop cuts short
     assert not state.does_job(study, state.MIRROR_CLAIM, state.StageKey.MIRRORED) and len(pauses) == 3
     pauses.clear()
     died = optuna.create_study(study_name="died", storage=store)
@@ -368,5 +368,32 @@ def test_a_job_whose_holder_died_on_another_machine_is_taken_over_once_held_grac
     def sleep(seconds):
         state.write(written, state.StageKey.PLAN, {})  # the holder writes it meanwhile
 
-    monkeypatch.setattr(state.time, "sleep", sleep)
+    monkeypatch.setattr(state.signals, "pause", sleep)
     assert not state.does_job(written, "plan", state.StageKey.PLAN)
+
+
+WAITING = """
+import os, signal, sys, threading, time
+import optuna
+from asl_sweep.runtime import signals
+from asl_sweep.search import state
+from asl_sweep.search.store import optuna_storage
+study = optuna.load_study(study_name="s", storage=optuna_storage(sys.argv[1]))
+signals.install()
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+started = time.monotonic()
+try:
+    state.wait_for(study, "never written", 60.0)
+    print("waited to the end")
+except KeyboardInterrupt:
+    print(f"stopped after {time.monotonic() - started:.0f} s")
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_while_waiting_on_another_worker_is_taken_at_once(store):
+    """A worker waiting on another's set-up (its study run, a stage's plan) held a Ctrl-C or
+    SIGTERM for the rest of a wait of up to 120 s (8 s between looks)."""
+    out = subprocess.run([sys.executable, "-c", WAITING, store], capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() in ("stopped after 1 s", "stopped after 2 s"), out.stderr

@@ -621,7 +621,7 @@ def test_a_worker_that_loses_a_take_keeps_its_pace_one_that_ran_a_trial_starts_o
     from asl_sweep.search import study
 
     slept = []
-    monkeypatch.setattr(study.time, "sleep", slept.append)
+    monkeypatch.setattr(study.signals, "pause", slept.append)
     idle = study.Idle(SimpleNamespace(workers_seen=64))
     trials = [optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING)]
     for _ in range(3):
