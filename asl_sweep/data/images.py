@@ -179,22 +179,24 @@ def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str,
             raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
         h.update(content)
         seen.setdefault(content, []).append(i)
-    _report_copies([[files[i].relative_to(root) for i in same] for same in seen.values()
-                    if len(same) > 1], [[labels[i] for i in same] for same in seen.values()
-                                        if len(same) > 1], log)
+    _report_copies(root, files, labels, [same for same in seen.values() if len(same) > 1],
+                   log)
     return h.hexdigest()
 
 
-def _report_copies(copies: list[list[Path]], labels: list[list[int]], log) -> None:
-    """One line for files that are the same photo: a copy on the other side of the split
-    from its original is a test image the model trained on (the test score reads high), and
-    a copy in another class is the same photo given two letters."""
+def _report_copies(root: Path, files: list[Path], labels: list[int], copies: list[list[int]],
+                   log) -> None:
+    """One line for files that are the same photo (`copies`: positions in `files`, one list
+    per photo): a copy on the other side of the split from its original is a test image the
+    model trained on (the test score reads high), and a copy in another class is the same
+    photo given two letters."""
     if not copies:
         return
     extra = sum(len(c) - 1 for c in copies)
-    two_classes = sum(len(set(ls)) > 1 for ls in labels)
-    shown = "; ".join(" = ".join(str(p) for p in c[:3]) + (" ..." if len(c) > 3 else "")
-                      for c in copies[:3]) + (" ..." if len(copies) > 3 else "")
+    two_classes = sum(len({labels[i] for i in c}) > 1 for c in copies)
+    shown = "; ".join(" = ".join(str(files[i].relative_to(root)) for i in c[:3])
+                      + (" ..." if len(c) > 3 else "") for c in copies[:3]) + (
+        " ..." if len(copies) > 3 else "")
     log(f"warning: {extra} file(s) are byte-for-byte copies of another ({shown})"
         + (f"; {two_classes} photo(s) filed under two letters" if two_classes else "")
         + ": a copy in training of a test image makes the test score read high; keep one "

@@ -314,7 +314,7 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
             else f"{n_images} image{'' if n_images == 1 else 's'}")
     if own_folds:
         unit += ", each repeat on its own validation fold"
-    if groups is not None and len(set(groups)) < MIN_PEOPLE:
+    if groups is not None and people < MIN_PEOPLE:
         unit += ", too few for a reliable interval"
     # One repeat has no seed spread to show: "+- 0.000" would read as a steady result.
     spread = (f"+- {std:.3f} over {len(accs)} repeats" if len(accs) > 1
