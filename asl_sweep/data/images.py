@@ -115,9 +115,12 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
         inner = class_dirs[0] if class_dirs else None
         deeper = (inner is not None and sum(p.is_dir() and is_data(p, inner)
                                             for p in inner.iterdir()) >= 2)
+        loose = sum(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())
+        hint = (f"; its one folder holds folders: point data.root at {inner}" if deeper else
+                f"; its {loose} image(s) lie in it directly: move each into a folder named "
+                "for its class (A/, B/, ...)" if loose and not class_dirs else "")
         raise DataError(f"data.root: {root} needs one sub-folder per class (found "
-                        f"{len(class_dirs)})" + (f"; its one folder holds folders: point "
-                                                 f"data.root at {inner}" if deeper else ""))
+                        f"{len(class_dirs)}){hint}")
     if all(d.name.lower() in SPLIT_NAMES for d in class_dirs):
         # A downloaded set's layout (train/A/..., test/A/...): read as classes, the study
         # would learn to tell the train folder's photos from the test folder's.

@@ -294,3 +294,14 @@ def test_a_root_with_one_folder_of_classes_inside_says_where_to_point(tmp_path):
                                         r"folder holds folders: point data.root at .*set/"
                                         r"asl_alphabet_train$"):
         load(tmp_path / "set", tmp_path / "c")
+
+
+def test_a_root_of_loose_images_says_to_sort_them_into_class_folders(tmp_path, image_folder):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for n, photo in enumerate(sorted((image_folder / "A").iterdir())[:3]):
+        (flat / f"{n}.png").write_bytes(photo.read_bytes())
+    with pytest.raises(DataError, match=r"needs one sub-folder per class \(found 0\); its 3 "
+                                        r"image\(s\) lie in it directly: move each into a "
+                                        r"folder named for its class"):
+        load(flat, tmp_path / "c")
