@@ -236,6 +236,10 @@ def test_an_unreadable_study_file(tmp_path, capsys, monkeypatch):
                           "the YAML"),
     ("stages.first.trials=2", "stages is a list: name an item by its number, not 'first' "
                               "(stages.0)"),
+    # A list of numbers gains an item only right after its last: base.hidden.5 on [32] was
+    # four zeros before it and "base.hidden.1: Input should be greater than or equal to 1".
+    ("base.hidden.5=8", "base.hidden has 1 item (base.hidden.0): base.hidden.5 is past its "
+                        "end; give the whole list, e.g. base.hidden=[...]"),
 ])
 def test_set_values_blame_what_is_wrong_quickly(write_study, capsys, item, expected):
     started = time.perf_counter()

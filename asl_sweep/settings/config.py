@@ -310,8 +310,10 @@ def get_path(tree: Any, path: str) -> Any:
     return node
 
 
-def set_path(tree: Any, path: str, value: Any) -> None:
-    """Set `a.b.0.c` in nested dicts/lists; short numeric lists are padded with 0."""
+def set_path(tree: Any, path: str, value: Any, pad: bool = True) -> None:
+    """Set `a.b.0.c` in nested dicts/lists; short numeric lists are padded with 0 (a space's
+    `dropout.1`, whose stage may skip an index); `pad=False` (a user's --set): an item may be
+    added only right after the last."""
     keys = path.split(".")
     node = tree
     for depth, key in enumerate(keys):
@@ -326,13 +328,16 @@ def set_path(tree: Any, path: str, value: Any) -> None:
             if idx >= MAX_LIST:
                 raise IndexError(f"{'.'.join(keys[: depth + 1])}: index {idx} is beyond the "
                                  f"end of a list (length {len(node)}, at most {MAX_LIST})")
-            if idx >= len(node) and any(isinstance(item, dict | list) for item in node):
+            nested = any(isinstance(item, dict | list) for item in node)
+            if idx > len(node) and not pad or idx >= len(node) and nested:
                 # Padding is for lists of numbers (dropout.1, cnn.channels.3); a stage or a
-                # seed trial past the end would be a 0.0 in its place.
-                items = (f"1 item ({where}.0)" if len(node) == 1 else
-                         f"{len(node)} items ({where}.0 to {where}.{len(node) - 1})")
-                raise IndexError(f"{where} has {items}: {where}.{idx} is past its end; add it "
-                                 "in the YAML")
+                # seed trial past the end would be a 0.0 in its place, and a user's
+                # base.hidden.5 on a list of one, four zeros before it.
+                items = ("no items" if not node else f"1 item ({where}.0)" if len(node) == 1
+                         else f"{len(node)} items ({where}.0 to {where}.{len(node) - 1})")
+                raise IndexError(f"{where} has {items}: {where}.{idx} is past its end; "
+                                 + ("add it in the YAML" if nested
+                                    else f"give the whole list, e.g. {where}=[...]"))
             while len(node) <= idx:
                 node.append(0.0)
             if last:

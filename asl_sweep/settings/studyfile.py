@@ -109,7 +109,7 @@ def apply_set(raw: dict, item: str) -> None:
         raise ConfigError(f"--set {item!r}: the value {value!r} is not valid YAML ({first}); "
                           "quote strings, write lists as [1, 2]") from None
     try:
-        set_path(raw, key, parsed)
+        set_path(raw, key, parsed, pad=False)
     except IndexError as e:
         raise ConfigError(f"--set {item!r}: {e}") from None
     except KeyError:

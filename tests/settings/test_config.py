@@ -86,6 +86,8 @@ def test_set_overrides_are_validated_the_same_way(write_study):
         load_study(path, ["base.epochs=0"])
     with pytest.raises(ConfigError, match="expected key.path=value"):
         load_study(path, ["base.epochs"])
+    # The next item of a list of numbers may be set (a head's second dropout).
+    assert load_study(path, ["base.hidden.1=16"]).base.hidden == [32, 16]
     for key in ("base..epochs", "base.epochs.", ".base"):  # was "base.: Extra inputs ..."
         with pytest.raises(ConfigError, match=f"{key} has an empty name between dots"):
             load_study(path, [f"{key}=3"])
