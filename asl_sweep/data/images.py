@@ -108,19 +108,12 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
     if not root.is_dir():
         raise DataError(f"data.root: {root} is not a folder")
     try:
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and is_data(p, root))
+        class_dirs = _folders_in(root)
     except PermissionError:
         raise DataError(f"data.root: {root} cannot be read (permission denied)") from None
     if len(class_dirs) < 2:
-        inner = class_dirs[0] if class_dirs else None
-        deeper = (inner is not None and sum(p.is_dir() and is_data(p, inner)
-                                            for p in inner.iterdir()) >= 2)
-        loose = sum(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())
-        hint = (f"; its one folder holds folders: point data.root at {inner}" if deeper else
-                f"; its {loose} image(s) lie in it directly: move each into a folder named "
-                "for its class (A/, B/, ...)" if loose and not class_dirs else "")
         raise DataError(f"data.root: {root} needs one sub-folder per class (found "
-                        f"{len(class_dirs)}){hint}")
+                        f"{len(class_dirs)}){_layout_hint(root, class_dirs)}")
     if all(d.name.lower() in SPLIT_NAMES for d in class_dirs):
         # A downloaded set's layout (train/A/..., test/A/...): read as classes, the study
         # would learn to tell the train folder's photos from the test folder's.
@@ -146,6 +139,26 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
             files.append(p)
             labels.append(label)
     return files, labels, [d.name for d in class_dirs], skipped
+
+
+def _folders_in(folder: Path) -> list[Path]:
+    """The sub-folders of `folder` that can be data (not hidden, not a Mac zip's)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and is_data(p, folder))
+
+
+def _layout_hint(root: Path, class_dirs: list[Path]) -> str:
+    """Where a root with fewer than two class folders has its classes, where that shows: one
+    folder down (a zip unpacked to set/set/A/...), or not in folders at all."""
+    try:
+        if len(class_dirs) == 1 and len(_folders_in(class_dirs[0])) >= 2:
+            return f"; its one folder holds folders: point data.root at {class_dirs[0]}"
+        loose = sum(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir())
+    except PermissionError:
+        return ""
+    if not class_dirs and loose:
+        return (f"; its {loose} image(s) lie in it directly: move each into a folder named "
+                "for its class (A/, B/, ...)")
+    return ""
 
 
 def _unusable(path: Path) -> str | None:
@@ -259,19 +272,16 @@ def decode_folder(root: Path, files: list[Path], labels: list[int], classes: lis
                   size: int, on_bad: str, digest: str, skipped: list[str], log=print) -> ImageSet:
     jobs = [(str(p), size) for p in files]
     workers = min(len(jobs) // 64, os.cpu_count() or 1)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
     decoded = []
-    if workers > 1:
-        pool = ProcessPoolExecutor(workers)
-        try:
-            for result in pool.map(_decode_or_reason, jobs, chunksize=32):
-                decoded.append(result)
-                signals.check()  # Ctrl-C / SIGTERM: stop now, nothing is kept half-decoded
-        finally:  # on a stop, the files not yet started are not decoded
+    try:
+        for result in (pool.map(_decode_or_reason, jobs, chunksize=32) if pool
+                       else map(_decode_or_reason, jobs)):
+            decoded.append(result)
+            signals.check()  # Ctrl-C / SIGTERM: stop now, nothing is kept half-decoded
+    finally:
+        if pool is not None:  # on a stop, the files not yet started are not decoded
             pool.shutdown(wait=True, cancel_futures=True)
-    else:
-        for job in jobs:
-            decoded.append(_decode_or_reason(job))
-            signals.check()
     arrays, kept_labels, names, skipped = [], [], [], list(skipped)
     for path, label, result in zip(files, labels, decoded, strict=True):
         if isinstance(result, str):
