@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
     _study_args(worker)
     worker.add_argument("--worker-index", type=_worker_index_arg,
-                        help="sampler seed offset, 0 to 9999; 0 is the lone worker's (default: from the PID)")
+                        help="sampler seed offset, 0 to 9999; 0 is the lone worker's "
+                             "(default: from the PID)")
     worker.add_argument("--threads", type=_threads_arg, help="CPU threads for this worker")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # run's: stop with it
     worker.add_argument("--gpu-share", type=_share_arg, default=1.0,

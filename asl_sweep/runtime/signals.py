@@ -91,6 +91,13 @@ def pause(seconds: float, step: float = 0.1) -> None:
         time.sleep(min(step, left))
 
 
+def wait(seconds: float) -> None:
+    """A pause at a safe point: `pause`, then the stop, where one was asked for (raised as
+    KeyboardInterrupt, as `check` does)."""
+    pause(seconds)
+    check()
+
+
 @contextlib.contextmanager
 def trial_running() -> Iterator[None]:
     """The block trains a trial: a stop inside it leaves that trial queued to run again."""

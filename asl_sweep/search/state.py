@@ -289,8 +289,7 @@ def wait_for(study: optuna.Study, key: str, seconds: float = 60.0) -> dict[str, 
     while str(key) not in (shared := read(study)):
         if time.monotonic() > deadline:
             return None
-        signals.pause(jittered(pause))
-        signals.check()  # Ctrl-C / SIGTERM: nothing of this process's is held here
+        signals.wait(jittered(pause))  # a stop is taken: nothing of this process's is held
         pause = min(8.0, pause * 2)
     return shared
 
@@ -382,8 +381,7 @@ def does_job(study: optuna.Study, name: str, done: str) -> bool:
         holder = token.user_attrs.get(TrialKey.WORKER, "")
         look_again = time.monotonic() + GRACE_S - _held_s(token)
         while True:
-            signals.pause(jittered(pause))
-            signals.check()  # Ctrl-C / SIGTERM: the other process holds the claim, not this
+            signals.wait(jittered(pause))  # a stop is taken: the claim is another's
             pause = min(4.0, pause * 2)
             if done in read(study):
                 return False

@@ -692,8 +692,7 @@ class Idle:
         process has seen of its stages)."""
         session = self.session
         signals.check()
-        signals.pause(jittered(self.seconds))  # up to 30 s: a stop ends it
-        signals.check()
+        signals.wait(jittered(self.seconds))  # up to 30 s: a stop ends it
         session.workers_seen = max(session.workers_seen,
                                    len({t.user_attrs.get(TrialKey.WORKER) for t in trials}))
         self.seconds = min(max(4.0, min(30.0, session.workers_seen / 2)), self.seconds * 2)
