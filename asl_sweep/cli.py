@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from asl_sweep.runtime import signals
+from asl_sweep.runtime import environment, signals
 from asl_sweep.runtime.errors import ConfigError, UserError, environment_fault
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.spec import StudyConfig
@@ -40,7 +40,7 @@ def _path(text: str) -> Path:
 
 
 def _default_home() -> Path:
-    return Path(os.environ.get("ASL_SWEEP_HOME") or "mlruns")  # an empty variable: unset
+    return Path(environment.text(environment.HOME))
 
 
 def _study_args(p: argparse.ArgumentParser, search: bool = True) -> None:
@@ -81,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run (or resume) the staged search of a study")
     _study_args(run)
     run.add_argument("--workers", type=_workers_arg,
-                     default=os.environ.get("ASL_SWEEP_WORKERS", "auto"),
                      help="trainings side by side on this machine: a number, or auto (one "
                           "per CPU core with a thread each, or one per GPU; default: auto, or "
                           "$ASL_SWEEP_WORKERS)")
@@ -274,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     signals.install()  # SIGTERM ends the current trial like Ctrl-C, at a safe point
     try:
+        environment.check()  # a bad number in the environment: one line now, not mid-run
         return COMMANDS[args.command](args)
     except Exception as e:
         if isinstance(e, BrokenPipeError) and _stdout_gone():
@@ -336,6 +336,14 @@ def _workers_arg(value: str) -> str | int:
     return value if value == "auto" else _count(value, "workers or auto", "worker")
 
 
+def _workers_default() -> str | int:
+    """--workers when it is not given: $ASL_SWEEP_WORKERS, or auto."""
+    try:
+        return _workers_arg(environment.text(environment.WORKERS))
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(f"${environment.WORKERS.name}: {e}; or unset it") from None
+
+
 def _per_device_arg(value: str) -> int:
     return _count(value, "workers a GPU", "worker a GPU")
 
@@ -378,7 +386,8 @@ def cmd_run(args) -> int:
     from asl_sweep.results.leaderboard import print_leaderboard
     from asl_sweep.search import resolve_workers, run_pool
 
-    workers = resolve_workers(cfg, args.workers, args.per_device, say=_say)
+    workers = resolve_workers(cfg, _workers_default() if args.workers is None else args.workers,
+                              args.per_device, say=_say)
     code = run_pool(cfg, ws, workers, _study_argv(args), bars=sys.stdout.isatty(), say=_say)
     if code != 0:
         return code

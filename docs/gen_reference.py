@@ -1,6 +1,6 @@
 """The reference pages, generated from the code: every study YAML key from the typed
-settings (asl_sweep/settings), every command and flag from the CLI's parser. Run it after
-changing either; tests/test_docs.py fails while the committed pages differ from what this
+settings (asl_sweep/settings), every command and flag from the CLI's parser, every environment
+variable from asl_sweep/runtime/environment.py. Run it after changing any of them; tests/test_docs.py fails while the committed pages differ from what this
 writes.
 
     .venv/bin/python docs/gen_reference.py
@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from asl_sweep.cli import build_parser
+from asl_sweep.runtime.environment import VARIABLES
 from asl_sweep.settings.spec import Choice, ConfirmConfig, FloatRange, IntRange, StudyConfig
 
 HERE = Path(__file__).parent
@@ -156,7 +157,19 @@ def render_cli() -> str:
     return "\n".join(out)
 
 
-PAGES = {"settings.md": render_settings, "cli.md": render_cli}
+def render_environment() -> str:
+    rows = [[f"`{v.name}`", f"`{v.default}`" if v.default else "", v.meaning.replace("|", "\\|")]
+            for v in VARIABLES]
+    return "\n".join(["# Environment variables", "",
+                      "Generated from `asl_sweep/runtime/environment.py` by "
+                      "`docs/gen_reference.py`. Every command reads them when it starts; a "
+                      "number that is not one stops it in one line naming the variable "
+                      "(exit 2). A flag given on the command line wins over its variable.", "",
+                      _table(["variable", "default", "what it does"], rows), ""])
+
+
+PAGES = {"settings.md": render_settings, "cli.md": render_cli,
+         "environment.md": render_environment}
 
 
 def main() -> None:

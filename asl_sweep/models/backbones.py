@@ -9,7 +9,6 @@ loaded with weights_only=True."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torchvision
 from torch import nn
 
 from asl_sweep.models.layers import InputSpec, Normalize, mlp_layers
+from asl_sweep.runtime import environment
 from asl_sweep.runtime.errors import WeightsError
 from asl_sweep.runtime.files import load_tensors, sha256_of
 from asl_sweep.settings.config import TrainConfig
@@ -119,8 +119,8 @@ def hub_checkpoints() -> Path:
 
 def find_weights_file(file_name: str) -> Path | None:
     candidates = [hub_checkpoints() / file_name]
-    if os.environ.get("ASL_SWEEP_WEIGHTS"):
-        candidates.insert(0, Path(os.environ["ASL_SWEEP_WEIGHTS"]) / file_name)
+    if environment.text(environment.WEIGHTS):
+        candidates.insert(0, Path(environment.text(environment.WEIGHTS)) / file_name)
     for package in WEIGHT_PACKAGES:
         spec = importlib.util.find_spec(package)  # locates without importing it
         for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -141,7 +141,7 @@ def resolve_weights(name: str, weights: str) -> tuple[dict[str, torch.Tensor] | 
     file_name = Path(spec.weights.url).name
     path = find_weights_file(file_name)
     failure = "downloads are off (ASL_SWEEP_OFFLINE=1)"
-    if path is None and os.environ.get("ASL_SWEEP_OFFLINE") != "1":
+    if path is None and not environment.offline():
         try:  # torchvision's own download into the hub cache, where a network allows it
             torch.hub.load_state_dict_from_url(spec.weights.url, progress=False, check_hash=True)
             path = find_weights_file(file_name)

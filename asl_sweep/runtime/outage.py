@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
-from asl_sweep.runtime import signals
+from asl_sweep.runtime import environment, signals
 from asl_sweep.runtime.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -38,10 +37,6 @@ _gave_up: set[str] = set()  # stores whose calls gave up; while any has, the run
 _said: set[str] = set()  # stores away now; the first to go is said, whichever call meets it
 
 
-def retry_seconds() -> float:
-    return float(os.environ.get("ASL_SWEEP_STORE_RETRY_S", "120"))
-
-
 def lost_connection(error: BaseException | None) -> str | None:
     """The line that says the connection was lost, anywhere in `error`'s chain, or None."""
     seen = set()
@@ -59,7 +54,7 @@ def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        budget = retry_seconds()
+        budget = environment.store_retry_seconds()
         deadline, delay = time.monotonic() + budget, 0.5
         while True:
             try:

@@ -21,6 +21,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from asl_sweep.runtime import environment
 from asl_sweep.runtime.errors import StoreError, WriteError, environment_fault
 from asl_sweep.runtime.outage import Retrying
 from asl_sweep.runtime.workspace import Workspace
@@ -256,7 +257,7 @@ class Tracker:
         its EpochLog: no request of their own), into the run's System metrics
         (`system/process_*`). 0 turns them off. (MLflow's own monitor measured the whole
         machine, and not at all for a trial shorter than its interval.)"""
-        seconds = float(os.environ.get("ASL_SWEEP_SYSTEM_METRICS_S", "5"))
+        seconds = environment.system_metrics_seconds()
         if seconds <= 0:
             yield
             return

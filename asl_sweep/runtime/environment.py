@@ -1,0 +1,75 @@
+"""The environment variables asl-sweep reads: each named once here, with its default and what
+it does, and read through here, so a bad value is one line naming the variable (exit 2) at
+the start of a command rather than a traceback the first time a store is away or a trial
+starts. docs/reference/environment.md is rendered from VARIABLES."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from asl_sweep.runtime.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str
+    meaning: str
+
+
+HOME = Variable("ASL_SWEEP_HOME", "mlruns",
+                "the study home when no --home is given (an empty value: unset)")
+WORKERS = Variable("ASL_SWEEP_WORKERS", "auto",
+                   "`run --workers` when the flag is not given: a number, or auto")
+STORE_RETRY_S = Variable("ASL_SWEEP_STORE_RETRY_S", "120",
+                         "seconds a lost connection to a server database or tracking server is "
+                         "retried before the run stops in one line (0 or more)")
+SYSTEM_METRICS_S = Variable("ASL_SWEEP_SYSTEM_METRICS_S", "5",
+                            "seconds between samples of a trial's CPU, memory and threads, "
+                            "logged to its MLflow run (0: off)")
+WEIGHTS = Variable("ASL_SWEEP_WEIGHTS", "",
+                   "a folder searched first for pretrained ImageNet weight files, by "
+                   "torchvision's file name")
+OFFLINE = Variable("ASL_SWEEP_OFFLINE", "",
+                   "1: never download pretrained weights (torchvision's hub download is "
+                   "otherwise tried when no file is found)")
+
+VARIABLES = (HOME, WORKERS, STORE_RETRY_S, SYSTEM_METRICS_S, WEIGHTS, OFFLINE)
+
+
+def text(variable: Variable) -> str:
+    """The variable's value; unset or empty: its default."""
+    return os.environ.get(variable.name) or variable.default
+
+
+def seconds(variable: Variable) -> float:
+    """A number of seconds, 0 or more."""
+    raw = text(variable)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"${variable.name}={raw!r}: give a number of seconds, 0 or more "
+                          f"(default {variable.default}), or unset it")
+    return value
+
+
+def store_retry_seconds() -> float:
+    return seconds(STORE_RETRY_S)
+
+
+def system_metrics_seconds() -> float:
+    return seconds(SYSTEM_METRICS_S)
+
+
+def offline() -> bool:
+    return text(OFFLINE) == "1"
+
+
+def check() -> None:
+    """Read every numeric variable once, so that a bad one stops a command before it starts."""
+    store_retry_seconds()
+    system_metrics_seconds()
