@@ -55,7 +55,9 @@ def make_folder(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise WriteError(f"{path}: a file is in the way of this folder: name a folder, or a "
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        where = "this folder" if blocker == path else f"it ({blocker} is a file)"
+        raise WriteError(f"{path}: a file is in the way of {where}: name a folder, or a "
                          "path not yet taken, and rerun the same command") from None
     except OSError as e:
         raise WriteError.of(path, e) from None

@@ -377,9 +377,12 @@ def test_an_out_folder_with_a_file_in_the_way_is_one_line_before_anything_is_wri
     cfg, ws, out = exported
     study = out.parent / "study.yaml"
     (tmp_path / "taken").write_text("a file")
-    for where in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+    taken = tmp_path / "taken"
+    # (below the file, the line named the folder asked for and not the file that blocks it)
+    for where, blocker in ((taken, "this folder"), (taken / "sub" / "deeper",
+                                                    f"it ({taken} is a file)")):
         assert main([command, str(study), "--home", str(ws.home), "--out", str(where)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"error: {where}: a file is in the way of this folder: name a folder, "
+        assert err == (f"error: {where}: a file is in the way of {blocker}: name a folder, "
                        "or a path not yet taken, and rerun the same command")
     assert (tmp_path / "taken").read_text() == "a file"
