@@ -247,7 +247,7 @@ def test_set_values_blame_what_is_wrong_quickly(write_study, capsys, item, expec
     assert time.perf_counter() - started < 5
 
 
-def test_ui_refuses_a_taken_or_impossible_port(write_study, tmp_path, capsys):
+def test_ui_and_the_proxy_refuse_a_taken_or_impossible_port_or_host(write_study, tmp_path, capsys):
     home = tmp_path / "mlruns"
     Workspace.at(home).prepare()
     (home / "mlflow.db").write_bytes(b"")  # a store to serve; the port check comes first
@@ -259,6 +259,16 @@ def test_ui_refuses_a_taken_or_impossible_port(write_study, tmp_path, capsys):
                        f"--port {port}: 127.0.0.1:{port} cannot be used")
     one_line_error(capsys, main(["ui", "--home", str(home), "--port", "70000"]),
                    "--port 70000: not a port number")
+    # (a host that is not this machine's was blamed on the port: "--port 5000: bad host:5000
+    # cannot be used (Name or service not known; another server may hold it)")
+    for host, why in (("bad host", "Name or service not known"),
+                      ("192.0.2.1", "Cannot assign requested address")):
+        for command in (["ui", "--home", str(home)], ["store-proxy", "--storage",
+                                                      f"sqlite:///{tmp_path}/optuna.db"]):
+            one_line_error(capsys, main([*command, "--host", host]),
+                           f"--host {host}: not an address of this machine ({why}); give one "
+                           "of its addresses, 127.0.0.1 (the default: this machine only) or "
+                           "0.0.0.0 (every network)")
 
 
 def test_a_moved_or_copied_home_is_one_line_and_writes_nothing_into_the_original(

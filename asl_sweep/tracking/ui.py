@@ -4,6 +4,7 @@ answers: the runs of each study's experiment, opened on the model-training view.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -26,13 +27,22 @@ TRIALS = urllib.parse.quote("tags.kind = 'trial'")
 def check_port(host: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: not a port number (1-65535)")
-    with socket.socket() as probe:
+    not_here = (f"--host {host}: not an address of this machine ({{}}); give one of its "
+                "addresses, 127.0.0.1 (the default: this machine only) or 0.0.0.0 (every "
+                "network)")
+    try:
+        family, *_, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(not_here.format(getattr(e, "strerror", None) or e)) from None
+    with socket.socket(family) as probe:
         # As the servers bind: a port whose last connections linger (a server restarted a
         # moment ago) is free to them; one a server listens on is not.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(not_here.format(e.strerror)) from None
             raise ConfigError(f"--port {port}: {host}:{port} cannot be used ({e.strerror or e}; "
                               "another server may hold it); choose another with --port") from None
 
