@@ -84,7 +84,7 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
 def print_status(cfg: StudyConfig, ws: Workspace) -> None:
     print(f"study {cfg.study}  (optuna: {ws.storage})")
     for i, view in enumerate(read_stages(cfg, ws)):
-        states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(view.by_state().items()))
+        states = ", ".join(f"{n} {s}" for s, n in sorted(view.by_state().items()))
         best = view.best()
         if view.result:
             state = f"finished: {view.result.status}"

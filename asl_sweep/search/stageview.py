@@ -10,7 +10,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.search.selection import StageResult, role_of
-from asl_sweep.search.state import Role, outcome_of
+from asl_sweep.search.state import Failure, Role, TrialKey, outcome_of, retries_of
 from asl_sweep.settings.spec import StageConfig
 
 
@@ -29,9 +29,20 @@ class StageView:
         return self.ran_budget if self.ran_budget is not None else self.stage.trials
 
     def by_state(self) -> dict[str, int]:
+        """Trials counted by state, as a person reads it: a FAIL trial that was queued to run
+        again (a Ctrl-C, a fault that was not its own, a worker that died) is counted as that,
+        not as a failure; `fail` is a trial's own failure, which used its turn."""
+        retried = {n for t in self.trials for n in retries_of(t)}
         counts: dict[str, int] = {}
         for t in self.trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+            name = t.state.name.lower()
+            if t.state == TrialState.FAIL:
+                why = t.user_attrs.get(TrialKey.FAILURE)
+                if t.number in retried:
+                    name = f"{why or 'lost with its worker'} (queued again)"
+                elif why in (Failure.SURPLUS, Failure.UNUSED):
+                    name = str(why)
+            counts[name] = counts.get(name, 0) + 1
         return counts
 
     def ranked(self, roles=("incumbent", "seed", "search")) -> list[FrozenTrial]:

@@ -166,6 +166,11 @@ def test_sigterm_queues_the_trial_again_and_a_rerun_resumes_it(write_study, tmp_
         assert run.info.status == "KILLED", run.data.tags["kind"]  # stage and study runs
 
     assert read(study)[StageKey.RUN_ENDED] == "KILLED"
+    # status counts it as what it is (it said "1 fail", a failure that used its turn)
+    status = subprocess.run([*cmd[:3], "status", *cmd[4:]], capture_output=True, text=True,
+                            timeout=120)
+    assert "trials: 1 interrupted (queued again), 3 waiting" in status.stdout, status.stdout
+    assert "fail" not in status.stdout
     rerun = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     running_trial(home / "optuna.db", "tiny.search", rerun)
     # The stage's run is RUNNING again while the rerun searches (a worker that joins a stage
