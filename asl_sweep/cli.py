@@ -285,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: {fault}", file=sys.stderr)
         return fault.exit_code
     except KeyboardInterrupt:
+        # Only a search resumes; a command that reads the records (report, export, ...) is
+        # simply run again.
+        searches = args.command in ("run", "worker")
         print("interrupted: " + ("the current trial is queued to run again; "
                                  if signals.stopped_in_trial() else "nothing recorded was lost; ")
-              + "rerun the same command to resume", file=sys.stderr)
+              + "rerun the same command" + (" to resume" if searches else ""), file=sys.stderr)
         return 130
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from asl_sweep.models.registry import Deployable
 from asl_sweep.results.predict import MARKER, MODEL_FILE, TORCHSCRIPT_FILE, marker
 from asl_sweep.results.readback import finished_stage, read_final, read_stages
+from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ExportError, UserError
 from asl_sweep.runtime.files import atomic_write_text, make_folder, sha256_of
 from asl_sweep.runtime.workspace import Workspace
@@ -133,12 +134,14 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
                      "onnx": lambda: export_onnx(deployable, exported, example, out, ws),
                      "mlflow": lambda: register_mlflow(deployable, exported, example, ws)}
         for kind in formats:
+            signals.check()  # Ctrl-C / SIGTERM: stop between two forms (each written whole)
             try:
                 written[kind] = exporters[kind]()
             except (UserError, OSError, RuntimeError, ImportError) as e:
                 # One format failing (a missing package, an operator the exporter lacks)
                 # must not cost the others.
                 failed[kind] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    signals.check()
     written["model_card"] = write_model_card(exported, out, written)
     for kind, where in written.items():
         log(f"{kind}: {where}")

@@ -1,5 +1,9 @@
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -386,3 +390,26 @@ def test_an_out_folder_with_a_file_in_the_way_is_one_line_before_anything_is_wri
         assert err == (f"error: {where}: a file is in the way of {blocker}: name a folder, "
                        "or a path not yet taken, and rerun the same command")
     assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_a_sigterm_during_export_stops_it_between_two_forms(exported, tmp_path):
+    """A scheduler's SIGTERM (or Ctrl-C) was held until every form was written, the MLflow
+    registration included: now the export stops before the next form, exit 130, and the
+    forms it wrote are whole."""
+    _, ws, out = exported
+    target = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "export",
+                             str(out.parent / "study.yaml"), "--home", str(ws.home),
+                             "--out", str(target)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (target / "model.torchscript.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("interrupted: nothing recorded was lost; rerun the "
+                                            "same command")
+    assert not (target / "MODEL_CARD.md").exists()  # written after every form: never reached
+    assert open_model(str(target / "model.torchscript.pt"), ws.home).classes == list("ABCDEFGHI")
