@@ -96,10 +96,12 @@ def _result(t: FrozenTrial, stage: StageConfig, status: str, decision: str,
                        repeats=repeats or [t.number], evidence=evidence or {})
 
 
-def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
-    """Without confirmation. With a target: among trials that reached it, the best by the
-    other metric, then the fewest parameters. Without: the best by the stage metric, the
-    earlier trial on a tie. The incumbent is a candidate like any other."""
+def pick_winner(trials: list[FrozenTrial], stage: StageConfig,
+                unconfirmed: str = "no confirmation") -> StageResult:
+    """Without confirmation (`unconfirmed`: why, for the decision). With a target: among
+    trials that reached it, the best by the other metric, then the fewest parameters.
+    Without: the best by the stage metric, the earlier trial on a tie. The incumbent is a
+    candidate like any other."""
     complete = _complete(trials, (Role.INCUMBENT, *SEARCH_ROLES))
     if not complete:
         raise GateNotReached(f"stage {stage.name}: no trial completed "
@@ -129,7 +131,7 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig) -> StageResult:
     kept = role_of(winner) == Role.INCUMBENT
     return _result(winner, stage, "best",
                    f"{'kept incumbent' if kept else f'trial {winner.number}'}: best "
-                   f"{stage.metric} {winner.value:.4f} (no confirmation)")
+                   f"{stage.metric} {winner.value:.4f} ({unconfirmed})")
 
 
 def is_previous_family(t: FrozenTrial) -> bool:

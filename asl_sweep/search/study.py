@@ -368,7 +368,10 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     trials = _search(session, stage, study, runner, progress, shared)
     incumbent = _incumbent(trials, bool(family))
     if confirm is None or incumbent is None:
-        return pick_winner(trials, stage), trials
+        # An incumbent that failed (diverged, say) leaves nothing to race a candidate against.
+        why = ("no confirmation" if confirm is None else "not raced: the incumbent failed, so "
+               "there was nothing to confirm it against")
+        return pick_winner(trials, stage, why), trials
     shared = read(study)  # the plan, where it is made; the rounds a race has queued
     plan = _confirm_plan(session, stage, study, runner, incumbent.number, shared)
     # The repeats train in the stage's repeats study (a plan made before there was one

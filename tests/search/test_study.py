@@ -203,6 +203,26 @@ def test_a_candidate_that_lost_in_the_search_is_not_raced(write_study, tmp_path,
     assert first.result.decision in out and last.result.decision in out
 
 
+def test_a_stage_whose_incumbent_failed_says_why_its_winner_was_not_raced(write_study,
+                                                                           tmp_path):
+    """A starting configuration that fails (here a CNN too deep for the image size) leaves
+    nothing to race a candidate against: the best completed trial is taken, and its
+    decision says why there was no race (it said "(no confirmation)", as for a stage that
+    asks for none)."""
+    shallow = {"name": "depth", "trials": 1, "sampler": "grid", "pruner": "none",
+               "confirm": {"top": 1}, "space": {"cnn.channels": [[8]]}}
+    path = write_study({**EVIDENCE, "base": {"epochs": 3, "model": "cnn",
+                                             "cnn": {"channels": [8] * 6}},
+                        "stages": [shallow]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    (stage,) = read_stages(load_study(path), Workspace.at(home))
+    assert [t.state.name for t in stage.trials] == ["FAIL", "COMPLETE"]
+    assert stage.trials[0].user_attrs["failure"] == "error"  # its own failure
+    assert re.fullmatch(r"trial 1: best val_acc \d\.\d{4} \(not raced: the incumbent failed, "
+                        r"so there was nothing to confirm it against\)", stage.result.decision)
+
+
 def test_a_stage_with_no_candidate_says_there_was_nothing_to_race(write_study, tmp_path):
     """Every search trial the incumbent's own settings (or pruned): the decision says there
     was nothing to race, not that a candidate failed its repeats; as the study's last stage
