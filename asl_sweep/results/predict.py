@@ -90,7 +90,22 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
         return _from_onnx(path, Path(home))
     if _is_torchscript(path):
         return _from_torchscript(path)
+    if _is_image(path):  # the arguments swapped, or the model left out
+        raise ModelFileError(f"{source}: an image, not a model: give the model first "
+                             "(model.torchscript.pt, model.onnx, models:/NAME/VERSION or the "
+                             "study YAML), then the images")
     return _from_model_file(source, ModelFile.load(path))
+
+
+def _is_image(path: Path) -> bool:
+    """Whether PIL knows the file's header as an image's (it reads the header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
 
 
 def study_export(study: Path, home: Path, overrides: list[str] | None = None) -> Path:

@@ -126,6 +126,16 @@ def test_files_that_are_not_models_are_one_line(tmp_path, image, capsys, name, c
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
 
 
+def test_an_image_given_as_the_model_says_the_model_comes_first(image, capsys):
+    """`predict photo.jpg model.pt` (the order swapped) said "not a file asl-sweep wrote, or
+    damaged (UnpicklingError)"."""
+    assert main(["predict", str(image), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {image}: an image, not a model: give the model first "
+                   "(model.torchscript.pt, model.onnx, models:/NAME/VERSION or the study "
+                   "YAML), then the images")
+
+
 @pytest.mark.slow
 def test_models_uri_without_a_store_creates_nothing(tmp_path, image):
     proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "predict", "models:/x/1",
