@@ -64,13 +64,24 @@ def parse_scalar(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
+def _study_named(path: Path) -> Path | None:
+    """The study file a missing path most likely meant: the same path with .yaml (or .yml),
+    or a bare study name's file in sweeps/ (`asl-sweep status quick`)."""
+    tries = [path.with_name(path.name + ext) for ext in (".yaml", ".yml")]
+    if path.parent == Path("."):
+        tries += [Path("sweeps") / (path.name + ext) for ext in ("", ".yaml", ".yml")]
+    return next((t for t in tries if t.is_file()), None)
+
+
 def read_yaml(path: Path) -> Any:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder; give a study YAML file, e.g. sweeps/quick.yaml")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
+        near = _study_named(path)
+        raise ConfigError(f"{path}: no such study file"
+                          + (f" ({near} is one: give its path)" if near else "")) from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot be read ({e.strerror or e}); check its "
                           "permissions") from None

@@ -120,9 +120,17 @@ def test_a_condition_on_one_list_choice_says_how_to_write_it(write_study):
     assert load_study(ok).stages[0].space["dropout.2"].when == {"hidden": [[256, 64]]}
 
 
-def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(ConfigError, match="no such study file"):
+def test_missing_and_malformed_files(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="no such study file$"):
         load_study(tmp_path / "nope.yaml")
+    # A study named without its .yaml, or by its name alone, says which file it meant.
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "quick.yaml").write_text("study: quick\n")
+    monkeypatch.chdir(tmp_path)
+    for given, meant in (("sweeps/quick", "sweeps/quick.yaml"), ("quick", "sweeps/quick.yaml")):
+        with pytest.raises(ConfigError) as caught:
+            load_study(Path(given))
+        assert str(caught.value) == f"{given}: no such study file ({meant} is one: give its path)"
     bad = tmp_path / "bad.yaml"
     bad.write_text("study: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
