@@ -1,6 +1,7 @@
 """The documentation stays true to the code: the reference pages are what
 docs/gen_reference.py makes from the settings and the CLI today, every setting has a
-description, and the code map names every module of the package."""
+description, the code map names every module of the package, and every command line the
+docs show names real flags."""
 
 import importlib.util
 import inspect
@@ -75,3 +76,36 @@ def test_the_search_front_door_names_its_modules():
         "every module of search/"
     for name in search.__all__:  # every name the front door offers is there
         assert getattr(search, name) is not None
+
+
+def _code(text: str) -> list[str]:
+    """The code in a Markdown page: fenced blocks and inline spans."""
+    blocks = re.findall(r"```.*?\n(.*?)```", text, flags=re.S)
+    rest = re.sub(r"```.*?```", "", text, flags=re.S)
+    return blocks + re.findall(r"`([^`\n]+)`", rest) + [
+        line for line in rest.splitlines() if line.startswith("    ")]  # indented blocks
+
+
+def test_every_command_the_docs_show_has_the_flags_they_give_it():
+    """A command line in the README or the docs names a real command and only flags that
+    command takes (a renamed or retired flag would otherwise live on in the docs)."""
+    import argparse
+
+    from asl_sweep.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {name: {o for a in command._actions for o in a.option_strings}
+             for name, command in sub.choices.items()}
+    wrong, seen = [], 0
+    for page in [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]:
+        for code in _code(page.read_text()):
+            for command, rest in re.findall(r"asl-sweep ([a-z][\w-]*)((?: +[^\s|;&)`]+)*)",
+                                            code):
+                seen += 1
+                if command not in flags:
+                    wrong.append(f"{page.name}: asl-sweep {command}: no such command")
+                    continue
+                wrong += [f"{page.name}: asl-sweep {command} {flag}: no such flag"
+                          for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest)
+                          if flag not in flags[command]]
+    assert seen > 20 and not wrong, wrong
