@@ -1,8 +1,14 @@
 """`asl-sweep compare A B`: two studies' outcomes side by side, stage by stage (what each
 adopted, on which evidence) and their final test scores with their intervals. Two studies
-are compared on test only where they scored the same test split (the same data settings)."""
+are compared on test only where they scored the same test split (the same data settings):
+there, the difference of their scores with a paired interval over the test people both
+scored, widened by each study's seed spread; on different splits, the two scores apart."""
 
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 from asl_sweep.results.leaderboard import table
 from asl_sweep.results.readback import read_final, read_stages
@@ -38,15 +44,59 @@ def compare_lines(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Worksp
              "final test: each study's own test split, scored once",
              table(["stage", cfg_a.study, cfg_b.study], rows)]
     if final_a and final_b:
-        gap = (final_b["mean"] - final_a["mean"]) * 100
-        overlap = final_a["ci"][0] <= final_b["ci"][1] and final_b["ci"][0] <= final_a["ci"][1]
-        # The split is drawn over the files, not their pixels: a size alone changes nothing.
-        split_a, split_b = (c.data.model_dump(exclude={"image_size"}) for c in (cfg_a, cfg_b))
-        sizes = cfg_a.data.image_size, cfg_b.data.image_size
-        lines.append(f"test accuracy {cfg_b.study} - {cfg_a.study}: {signed(gap)} pt; the 95% "
-                     f"intervals {'overlap' if overlap else 'do not overlap'}"
-                     + ("; the data settings differ, so the test splits do too: read the two "
-                        "scores apart, not as a paired difference" if split_a != split_b else
-                        f"; the same test split, each study at its own size ({sizes[0]} and "
-                        f"{sizes[1]} px)" if sizes[0] != sizes[1] else ""))
+        lines.append(_test_line(cfg_a, cfg_b, final_a, final_b))
     return lines
+
+
+def _test_line(cfg_a: StudyConfig, cfg_b: StudyConfig, final_a: dict, final_b: dict) -> str:
+    """B - A on test: paired over the people both scored where they scored the same split,
+    else the two scores' intervals, read apart."""
+    gap = (final_b["mean"] - final_a["mean"]) * 100
+    head = f"test accuracy {cfg_b.study} - {cfg_a.study}: {signed(gap)} pt"
+    # The split is drawn over the files, not their pixels: a size alone changes nothing.
+    split_a, split_b = (c.data.model_dump(exclude={"image_size"}) for c in (cfg_a, cfg_b))
+    sizes = cfg_a.data.image_size, cfg_b.data.image_size
+    paired = paired_difference(final_a, final_b) if split_a == split_b else None
+    if paired is None:
+        overlap = final_a["ci"][0] <= final_b["ci"][1] and final_b["ci"][0] <= final_a["ci"][1]
+        why = ("the data settings differ, so the test splits do too" if split_a != split_b
+               else "the records do not name the same test people")
+        return (f"{head}; the 95% intervals {'overlap' if overlap else 'do not overlap'}; "
+                f"{why}: read the two scores apart, not as a paired difference")
+    lo, hi = paired["ci"]
+    verdict = (f"{cfg_b.study} scores higher" if lo > 0 else f"{cfg_a.study} scores higher"
+               if hi < 0 else "the interval holds 0: no difference shown")
+    spread = ("each study's seed spread over its repeats added" if paired["seeds"] else
+              "a study of one repeat has no seed spread, so the interval covers the people "
+              "only")
+    return (f"{head}, 95% CI {signed(lo * 100)} to {signed(hi * 100)} pt (paired: bootstrap "
+            f"over the {paired['people']} test people both scored, {spread}): {verdict}"
+            + (f"; the same test split, each study at its own size ({sizes[0]} and "
+               f"{sizes[1]} px)" if sizes[0] != sizes[1] else ""))
+
+
+def paired_difference(final_a: dict, final_b: dict, draws: int = 10_000,
+                      seed: int = 0) -> dict | None:
+    """B's test accuracy minus A's, with a 95% percentile interval: the test people both
+    studies scored resampled together (each person's accuracy the mean over the study's
+    repeats, weighted by the person's images, as the scores are), plus a normal draw of
+    each study's seed spread (the standard error of its mean over repeats). None where the
+    records have no per-person rows or name other people or image counts."""
+    rows_a, rows_b = ({r["person"]: r for r in f.get("breakdown", {}).get("by_person", [])}
+                      for f in (final_a, final_b))
+    if not rows_a or rows_a.keys() != rows_b.keys() or any(
+            rows_a[p]["images"] != rows_b[p]["images"] for p in rows_a):
+        return None
+    people = sorted(rows_a)
+    images = np.array([rows_a[p]["images"] for p in people], dtype=np.float64)
+    gain = np.array([rows_b[p]["accuracy"] - rows_a[p]["accuracy"] for p in people])
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(people), size=(draws, len(people)))
+    diff = (images[picks] * gain[picks]).sum(axis=1) / images[picks].sum(axis=1)
+    seeds = all(len(f["accuracy"]) > 1 for f in (final_a, final_b))
+    if seeds:
+        se = math.sqrt(sum(np.var(f["accuracy"], ddof=1) / len(f["accuracy"])
+                           for f in (final_a, final_b)))
+        diff = diff + rng.normal(0.0, se, draws)
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return {"ci": (float(lo), float(hi)), "people": len(people), "seeds": seeds}

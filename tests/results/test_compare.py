@@ -1,6 +1,11 @@
 """`asl-sweep compare`: two studies' decisions and final test scores side by side."""
 
+import re
+
+import pytest
+
 from asl_sweep.cli import main
+from asl_sweep.results.compare import paired_difference
 
 ONE_TRIAL = {"stages": [{"name": "search", "trials": 1, "sampler": "grid", "pruner": "none",
                          "confirm": None, "space": {"lr": [3e-3]}}]}
@@ -23,8 +28,12 @@ def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, c
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert "best: lr=0.003" in rows["search"]
     assert rows["final"].count("95% CI") == 2  # both scores, with their intervals
-    assert "test accuracy other - tiny: " in out and "intervals" in out
-    assert "data settings differ" not in out  # same data: the same test split
+    # Same data: the same test split, so a paired difference over its people (it said only
+    # whether the two intervals overlapped).
+    assert re.search(r"test accuracy other - tiny: [+-]\d+\.\d pt, 95% CI [+-]\d+\.\d to "
+                     r"[+-]\d+\.\d pt \(paired: bootstrap over the \d+ test people both "
+                     r"scored, .*\): ", out), out
+    assert "data settings differ" not in out and "intervals" not in out
     # Another size alone draws the same split (over the files, not their pixels).
     assert main(["run", str(path), "--home", home, "--set", "study=bigger",
                  "--set", "data.image_size=20"]) == 0
@@ -33,7 +42,17 @@ def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, c
                  "--other-set", "study=bigger", "--other-set", "data.image_size=20"]) == 0
     out = capsys.readouterr().out
     assert "the same test split, each study at its own size (16 and 20 px)" in out
-    assert "data settings differ" not in out
+    assert "data settings differ" not in out and "paired: bootstrap" in out
+    # Another split: no paired difference, the two scores read apart.
+    assert main(["run", str(path), "--home", home, "--set", "study=resplit",
+                 "--set", "data.seed=1"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path), str(path), "--home", home,
+                 "--other-set", "study=resplit", "--other-set", "data.seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"test accuracy resplit - tiny: [+-]\d+\.\d pt; the 95% intervals (do not "
+                     r")?overlap; the data settings differ, so the test splits do too: read the "
+                     r"two scores apart, not as a paired difference", out), out
 
 
 def test_compare_names_a_study_that_never_ran(write_study, tmp_path, capsys):
@@ -87,3 +106,36 @@ def test_the_second_study_in_another_home_is_read_from_that_homes_stores(write_s
     err = capsys.readouterr().err
     assert err.startswith("error: the second study: study other: nothing recorded yet")
     assert "--other-home" in err and len(err.splitlines()) == 1
+
+
+def _final(accuracy: list[float], people: dict[str, tuple[int, float]]) -> dict:
+    """A final test record as a study stores it: its repeats' accuracies and its per-person
+    rows (images, the mean accuracy over the repeats)."""
+    return {"accuracy": accuracy, "breakdown": {"by_person": [
+        {"person": p, "images": n, "accuracy": a} for p, (n, a) in people.items()]}}
+
+
+def test_the_paired_difference_is_over_the_same_people_with_the_seed_spread():
+    people = {f"s{i:02d}": (18 + i % 2 * 9, 0.5 + 0.04 * i) for i in range(10)}
+    same = paired_difference(_final([0.70, 0.72, 0.71], people),
+                             _final([0.70, 0.72, 0.71], people))
+    assert same["ci"][0] < 0 < same["ci"][1] and same["people"] == 10 and same["seeds"]
+    better = {p: (n, a + 0.05) for p, (n, a) in people.items()}  # 5 pt on every person
+    up = paired_difference(_final([0.70, 0.72, 0.71], people),
+                           _final([0.75, 0.77, 0.76], better))
+    assert 0.03 < up["ci"][0] < 0.05 < up["ci"][1] < 0.07
+    # The seed spread widens it; one repeat has none to add, and says so.
+    noisy = paired_difference(_final([0.60, 0.72, 0.81], people),
+                              _final([0.65, 0.77, 0.86], better))
+    assert noisy["ci"][1] - noisy["ci"][0] > 2 * (up["ci"][1] - up["ci"][0])
+    assert not paired_difference(_final([0.71], people), _final([0.76], better))["seeds"]
+
+
+@pytest.mark.parametrize("other", [
+    {"s00": (18, 0.5)},  # other people
+    {f"s{i:02d}": (19, 0.5) for i in range(10)},  # the same names, other images
+])
+def test_no_paired_difference_where_the_people_differ(other):
+    people = {f"s{i:02d}": (18, 0.5) for i in range(10)}
+    assert paired_difference(_final([0.5, 0.5], people), _final([0.5, 0.5], other)) is None
+    assert paired_difference(_final([0.5], {}), _final([0.5], {})) is None
