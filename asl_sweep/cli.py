@@ -395,12 +395,17 @@ def cmd_run(args) -> int:
     if code != 0:
         return code
     print_leaderboard(cfg, ws, decisions=False)  # decisions and the test score: printed above
+    _say_ui(args, ws)
+    return 0
+
+
+def _say_ui(args, ws: Workspace) -> None:
+    """Where to look at what a command recorded."""
     if ws.tracking_server:
         print(f"\nopen the MLflow UI:  {ws.tracking_uri}   (the tracking server's own UI)")
     else:
         print(f"\nopen the MLflow UI:  {runnable('asl-sweep')} ui --home {args.home}   "
               f"(or: {runnable('mlflow')} ui --backend-store-uri {ws.tracking_uri})")
-    return 0
 
 
 def runnable(command: str) -> str:
@@ -434,10 +439,8 @@ def cmd_train(args) -> int:
     cfg, ws = _load(args)
     from asl_sweep.search import train_once
 
-    result = train_once(cfg, ws)
-    b = result.best
-    print(f"best epoch {b.epoch}: train acc {b.train_acc:.3f}, val acc {b.val_acc:.3f}, "
-          f"{result.num_params:,} parameters")
+    train_once(cfg, ws)
+    _say_ui(args, ws)
     return 0
 
 

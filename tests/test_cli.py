@@ -74,9 +74,13 @@ def test_train_command_tracks_one_run(write_study, tmp_path, capsys):
     path = write_study()
     home = tmp_path / "mlruns"
     assert main(["train", str(path), "--home", str(home), "--set", "base.epochs=2"]) == 0
-    assert "best epoch" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "best epoch" in out
     _, runs = _runs(Workspace.at(home), "tiny", "train")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    # It says where it is recorded (it said nothing of it).
+    assert f"recorded: MLflow run {runs[0].info.run_id} of experiment tiny" in out
+    assert f"asl-sweep ui --home {home}" in out
     # Its checkpoint is on the run; no working folder is left to count as a trial in flight.
     assert not (home / "runs" / "tiny" / "train" / runs[0].info.run_id).exists()
     assert main(["status", str(path), "--home", str(home)]) == 0

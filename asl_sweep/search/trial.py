@@ -452,6 +452,11 @@ def train_once(cfg, ws, log=print) -> TrainResult:
                            cache_dir=ws.cache)
         mirror.training_logged(run.run_id, cfg.base, result, run_dir, "train", curves=True)
         status = "FINISHED"
+        b = result.best
+        log(f"best epoch {b.epoch}: train acc {b.train_acc:.3f}, val acc {b.val_acc:.3f}, "
+            f"{result.num_params:,} parameters")
+        log(f"recorded: MLflow run {run.run_id} of experiment {cfg.study} (its settings, "
+            "epochs, checkpoint and curves; split: validation, no test score)")
         return result
     except (KeyboardInterrupt, SystemExit):
         status = "KILLED"
