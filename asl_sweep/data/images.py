@@ -106,7 +106,10 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
     files with their reasons."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root: {root} is not a folder")
+        what = "is a file" if root.exists() else "does not exist"
+        raise DataError(f"data.root: {root} is not a folder ({what}); give the folder that "
+                        "holds one sub-folder per class (a relative data.root or --data is "
+                        f"read from the folder the command runs in, here {Path.cwd()})")
     try:
         class_dirs = _folders_in(root)
     except PermissionError:

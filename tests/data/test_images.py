@@ -167,9 +167,20 @@ def test_a_phone_photo_is_decoded_upright_as_its_exif_orientation_says(tmp_path,
     assert halves[white].mean() > 200 and halves[opposite].mean() < 50
 
 
-def test_missing_root_is_named(tmp_path):
+def test_missing_root_is_named(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="data.root: .* is not a folder"):
         load(tmp_path / "nope", tmp_path / "c")
+    # It says what is there, and where a relative path was read from (a study file's
+    # relative root is not read from the study file's folder).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photo.png").write_bytes(b"")
+    for given, what in (("nope", "does not exist"), ("photo.png", "is a file")):
+        with pytest.raises(DataError) as caught:
+            load(tmp_path / given, tmp_path / "c")
+        assert str(caught.value) == (
+            f"data.root: {tmp_path / given} is not a folder ({what}); give the folder that "
+            "holds one sub-folder per class (a relative data.root or --data is read from the "
+            f"folder the command runs in, here {tmp_path})")
 
 
 def test_second_load_comes_from_the_cache_without_decoding(data_config, tmp_path, monkeypatch):
