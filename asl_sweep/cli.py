@@ -18,7 +18,7 @@ from pathlib import Path
 
 from asl_sweep.runtime import environment, signals
 from asl_sweep.runtime.errors import ConfigError, UserError, environment_fault
-from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import is_study_file, load_study
 
@@ -211,12 +211,12 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
     cfg, ws = _load(args)
     if not ws.has_storage:
         if ws.has_tracking_store and _mlflow_has_study(ws, cfg.study):
-            raise StoreError(f"study {cfg.study}: its Optuna store {ws.storage} is missing, "
-                             f"though its MLflow runs are in {ws.tracking_uri}; the stages, "
+            raise StoreError(f"study {cfg.study}: its Optuna store {shown(ws.storage)} is missing, "
+                             f"though its MLflow runs are in {shown(ws.tracking_uri)}; the stages, "
                              "decisions and final score live in the Optuna store: restore it "
                              "(or pass --storage where it is), or run the study again as a new "
                              "one with --set study=NEW")
-        raise StoreError(f"study {cfg.study}: nothing recorded yet at {ws.storage}; run it "
+        raise StoreError(f"study {cfg.study}: nothing recorded yet at {shown(ws.storage)}; run it "
                          "first (asl-sweep run), or pass --home (or --storage) with the study's "
                          "store")
     data = stored_data(optuna_storage(ws.storage), cfg, _explicit_data(args))
@@ -402,7 +402,7 @@ def cmd_run(args) -> int:
 def _say_ui(args, ws: Workspace) -> None:
     """Where to look at what a command recorded."""
     if ws.tracking_server:
-        print(f"\nopen the MLflow UI:  {ws.tracking_uri}   (the tracking server's own UI)")
+        print(f"\nopen the MLflow UI:  {shown(ws.tracking_uri)}   (the tracking server's own UI)")
     else:
         print(f"\nopen the MLflow UI:  {runnable('asl-sweep')} ui --home {args.home}   "
               f"(or: {runnable('mlflow')} ui --backend-store-uri {ws.tracking_uri})")
@@ -597,7 +597,7 @@ def cmd_store_proxy(args) -> int:
     # step, which it never reaches: a noted Ctrl-C would wait for a second).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    print(f"Optuna storage proxy for {args.storage} on grpc://{args.host}:{args.port} "
+    print(f"Optuna storage proxy for {shown(args.storage)} on grpc://{args.host}:{args.port} "
           "(Ctrl-C to stop)", flush=True)
     try:
         serve_proxy(args.storage, args.host, args.port)

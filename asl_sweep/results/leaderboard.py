@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from asl_sweep.results.readback import read_final, read_stages
-from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.search import (
     Role,
     StageView,
@@ -82,7 +82,7 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
 
 
 def print_status(cfg: StudyConfig, ws: Workspace) -> None:
-    print(f"study {cfg.study}  (optuna: {ws.storage})")
+    print(f"study {cfg.study}  (optuna: {shown(ws.storage)})")
     for i, view in enumerate(read_stages(cfg, ws)):
         states = ", ".join(f"{n} {s}" for s, n in sorted(view.by_state().items()))
         best = view.best()
@@ -126,7 +126,7 @@ def disk_line(cfg: StudyConfig, ws: Workspace) -> str:
     none when a tracking server holds them) and its trials in flight; the image cache is
     shared by every study of the home."""
     artifacts = ws.artifacts / cfg.study
-    where = (f"artifacts behind {ws.tracking_uri} (not measured here)" if ws.tracking_server
+    where = (f"artifacts behind {shown(ws.tracking_uri)} (not measured here)" if ws.tracking_server
              else f"artifacts {_mb(_size(artifacts))}")
     return (f"{where}, trials in flight {_mb(_size(ws.runs / cfg.study))}, image cache "
             f"{_mb(_size(ws.cache))} (shared by the home's studies); keep_checkpoints: "

@@ -18,7 +18,7 @@ from asl_sweep.results.export import load_exported
 from asl_sweep.results.readback import read_final, read_stages, stopped_stage
 from asl_sweep.runtime.errors import ConfigError
 from asl_sweep.runtime.files import atomic_write_text, make_folder
-from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.search import (
     SEARCH_ROLES,
     TEST_RULE,
@@ -85,7 +85,7 @@ def diagnosis(train_acc: float, val_acc: float) -> str:
 def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=print) -> Path:
     views = read_stages(cfg, ws)
     if not any(v.trials for v in views):
-        raise ConfigError(f"study {cfg.study}: nothing recorded yet in {ws.storage}; "
+        raise ConfigError(f"study {cfg.study}: nothing recorded yet in {shown(ws.storage)}; "
                           "run it first (asl-sweep run)")
     folder = make_folder((out or ws.reports / cfg.study).resolve())
     tracker = Tracker(ws)

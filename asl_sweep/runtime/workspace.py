@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,6 +100,21 @@ class Workspace:
         return self.home / "exports"
 
 
+def shown(url: str) -> str:
+    """A store URL as it may be printed or logged: a password in it (postgresql://USER:
+    PASSWORD@HOST/DB, https://USER:TOKEN@HOST, ?password=...) is shown as ***, as
+    SQLAlchemy shows its URLs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    path = re.sub(r"(?i)\b(password=)[^&]*", r"\1***", path)
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
 def _check_database(flag: str, url: str, give: str) -> None:
     """A store URL as the run will open it, checked before anything starts: a path, a typo in
     the scheme or a database whose driver is not installed is one line, not SQLAlchemy's
@@ -110,11 +126,11 @@ def _check_database(flag: str, url: str, give: str) -> None:
     try:
         sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
     except sqlalchemy.exc.ArgumentError:
-        raise ConfigError(f"{flag} {url}: not a database URL; give {give}") from None
+        raise ConfigError(f"{flag} {shown(url)}: not a database URL; give {give}") from None
     except sqlalchemy.exc.NoSuchModuleError:
-        raise ConfigError(f"{flag} {url}: no database of that kind; give {give}") from None
+        raise ConfigError(f"{flag} {shown(url)}: no database of that kind; give {give}") from None
     except ImportError as e:
-        raise ConfigError(f"{flag} {url}: its database driver is not installed "
+        raise ConfigError(f"{flag} {shown(url)}: its database driver is not installed "
                           f"({e.name or e}); install it, or give {give}") from None
 
 
@@ -125,7 +141,7 @@ def _check_tracking(uri: str) -> None:
     give = ("sqlite:///PATH/mlflow.db, postgresql://USER@HOST/DB or http://HOST:PORT (an "
             "MLflow tracking server)")
     if scheme in ("", "file"):
-        raise ConfigError(f"--tracking {uri}: a folder is MLflow's old plain-folder store, "
+        raise ConfigError(f"--tracking {shown(uri)}: a folder is MLflow's old plain-folder store, "
                           f"which MLflow no longer develops; give {give}")
     _check_database("--tracking", uri, give)
 

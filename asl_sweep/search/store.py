@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial
 
 from asl_sweep.runtime.errors import StoreError, environment_fault
 from asl_sweep.runtime.outage import created_elsewhere, lost_connection, retrying
+from asl_sweep.runtime.workspace import shown
 from asl_sweep.search.optuna_api import engine_of, storage_of
 from asl_sweep.search.space import grid
 from asl_sweep.search.state import (
@@ -101,6 +102,9 @@ def optuna_storage(url: str) -> optuna.storages.BaseStorage:
                                   heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                   heartbeat_stale_trial_callback=Requeue())
 
+    if not url.startswith("sqlite"):
+        # A server not (yet) there is waited for, in the same budget as one that goes away.
+        connect = retrying(connect, "the Optuna store (--storage)")
     try:
         return created_elsewhere(connect)
     except sqlalchemy.exc.OperationalError:
@@ -110,7 +114,7 @@ def optuna_storage(url: str) -> optuna.storages.BaseStorage:
         try:
             return created_elsewhere(connect)
         except sqlalchemy.exc.OperationalError as e:
-            raise StoreError(f"{url}: the Optuna store cannot be opened "
+            raise StoreError(f"{shown(url)}: the Optuna store cannot be opened "
                              f"({str(e.orig).splitlines()[0]})") from None
 
 

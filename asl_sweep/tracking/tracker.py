@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from asl_sweep.runtime import environment
 from asl_sweep.runtime.errors import StoreError, WriteError, environment_fault
-from asl_sweep.runtime.outage import Retrying
-from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.runtime.outage import Retrying, retrying
+from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.tracking.views import (
     KIND,
     KIND_TAG,
@@ -81,17 +81,33 @@ def _mlflow_says_nothing():
         sys.stderr.write("".join(kept))
 
 
+def _reach(uri: str) -> None:
+    """One connection to a tracking database, opened and closed: it answers, or the driver's
+    error (MLflow's own opening would retry for about 100 s before its traceback)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 class Tracker:
     def __init__(self, workspace: Workspace):
-        client = MlflowClient(tracking_uri=workspace.tracking_uri,
-                              registry_uri=workspace.tracking_uri)
         # A tracking database or server that stops answering is waited for (runtime.outage),
         # within one budget: MLflow's own retries of a request (7 by default, minutes of
-        # backoff) are cut to 2 unless the user set them.
+        # backoff) are cut to 2 unless the user set them, and a database server is reached
+        # here first, in that budget, before MLflow opens it with its own retries.
         if workspace.tracking_server:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        self._store = (f"the MLflow tracking server at {workspace.tracking_uri}"
+        self._store = (f"the MLflow tracking server at {shown(workspace.tracking_uri)}"
                        if workspace.tracking_server else "the MLflow store (--tracking)")
+        if not (workspace.tracking_server or workspace.tracking_uri.startswith("sqlite")):
+            retrying(_reach, self._store)(workspace.tracking_uri)
+        client = MlflowClient(tracking_uri=workspace.tracking_uri,
+                              registry_uri=workspace.tracking_uri)
         self.client = (client if workspace.tracking_uri.startswith("sqlite")
                        else Retrying(client, self._store))
         self.tracking_uri = workspace.tracking_uri
@@ -452,7 +468,7 @@ class Tracker:
             return Path(download_artifacts(artifact_uri=source, dst_path=str(dst),
                                            tracking_uri=self.tracking_uri))
         except MlflowException as e:
-            raise ModelFileError(f"{uri}: not found in {self.tracking_uri} "
+            raise ModelFileError(f"{uri}: not found in {shown(self.tracking_uri)} "
                                  f"({str(e).splitlines()[0][:160]})") from None
 
 

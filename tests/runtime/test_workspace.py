@@ -1,0 +1,58 @@
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from asl_sweep.runtime.workspace import shown
+from tests.servers import free_port
+
+
+@pytest.mark.parametrize("url, printed", [
+    ("postgresql://sweep:s3cret@db.lab:5432/optuna", "postgresql://sweep:***@db.lab:5432/optuna"),
+    ("postgresql+psycopg://u:p%40ss@h/db?sslmode=require&password=x",
+     "postgresql+psycopg://u:***@h/db?sslmode=require&password=***"),
+    ("https://token:abc@mlflow.lab/", "https://token:***@mlflow.lab/"),
+    ("postgresql://sweep@db.lab/optuna", "postgresql://sweep@db.lab/optuna"),  # no password
+    ("sqlite:////tmp/mlruns/optuna.db", "sqlite:////tmp/mlruns/optuna.db"),
+    ("grpc://proxy:13000", "grpc://proxy:13000"),
+])
+def test_a_store_url_is_shown_without_its_password(url, printed):
+    assert shown(url) == printed
+
+
+def test_a_tracking_database_never_reached_is_one_line_in_the_retry_budget(write_study,
+                                                                           tmp_path):
+    """MLflow opened an unreachable tracking database with its own retries: about 100 s,
+    then SQLAlchemy's traceback (exit 1), the password in the URL printed on the way. Now it
+    is waited for in ASL_SWEEP_STORE_RETRY_S, then one line (exit 2), the password hidden."""
+    url = f"postgresql://sweep:s3cret@127.0.0.1:{free_port()}/mlflow"  # nothing listens
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(write_study()),
+                           "--home", str(tmp_path / "mlruns"), "--tracking", url],
+                          env={**os.environ, "ASL_SWEEP_STORE_RETRY_S": "2"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert "Traceback" not in proc.stderr and "s3cret" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: the MLflow store (--tracking) has not answered for 2 s (")
+
+
+def test_a_password_in_a_store_url_is_not_printed(write_study, tmp_path):
+    """An Optuna database not there when a command starts is waited for as one that goes
+    away (it was refused at once, "postgresql://sweep:s3cret@...: the Optuna store cannot be
+    opened"), and no line prints a URL's password."""
+    url = f"postgresql://sweep:s3cret@127.0.0.1:{free_port()}/optuna"
+    for args, said in ((["--storage", url], "error: the Optuna store (--storage) has not "
+                                            "answered for 1 s ("),
+                       (["--storage", "foo://sweep:s3cret@x/db"],
+                        "error: --storage foo://sweep:***@x/db: not a database URL")):
+        proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "status",
+                               str(write_study()), "--home", str(tmp_path / "mlruns"), *args],
+                              env={**os.environ, "ASL_SWEEP_STORE_RETRY_S": "1"},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "s3cret" not in proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(said), proc.stderr
