@@ -136,11 +136,18 @@ def plot_repeats(configs: Mapping[str, Sequence[float]], metric: str, path: Path
 
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
                    title: str = "confusion matrix") -> Path:
+    return _save(confusion_figure(matrix, classes, title), path)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str],
+                     title: str = "confusion matrix") -> Figure:
     n = len(classes)
     fig = Figure(figsize=(0.6 * n + 2.5, 0.6 * n + 2), layout="constrained")
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), classes)
+    # Names longer than a letter or two run into each other across the columns: upright.
+    ax.set_xticks(range(n), classes,
+                  rotation=90 if max((len(str(c)) for c in classes), default=0) > 3 else 0)
     ax.set_yticks(range(n), classes)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     ax.grid(False)  # no lines across the cells
@@ -152,7 +159,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
             if value:
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=10,
                         color="white" if value > peak / 2 else "black")
-    return _save(fig, path)
+    return fig
 
 
 def plot_gallery(rows: Sequence[tuple[str, Sequence[tuple[object, str]]]], path: Path,

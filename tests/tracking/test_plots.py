@@ -1,5 +1,6 @@
 """Plots load quietly for a user whose home cannot be written."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -34,3 +35,23 @@ def test_the_search_history_draws_pruned_trials_apart_from_the_best_so_far():
     assert list(crosses.get_xdata()) == [3, 4] and list(crosses.get_ydata()) == [0.9, 0.2]
     # A pruned trial's partial value never becomes the best so far.
     assert max(lines["best so far"].get_ydata()) == 0.5
+
+
+def test_the_confusion_matrix_class_names_do_not_run_into_each_other():
+    """Names longer than a letter (class_00 ... class_59) ran together along the x axis (two
+    pixels apart: "class_00class_01")."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from asl_sweep.tracking.plots import confusion_figure
+
+    for classes in (list("ABCDEFGHI"), [f"class_{i:02d}" for i in range(60)]):
+        n = len(classes)
+        fig = confusion_figure([[1] * n for _ in range(n)], classes)
+        canvas = FigureCanvasAgg(fig)  # lays the figure out as it is saved
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
+        assert len(boxes) == n
+        space = fig.axes[0].get_xticklabels()[0].get_fontsize() * fig.dpi / 72 / 2  # half an em
+        gaps = [b.x0 - a.x1 for a, b in itertools.pairwise(boxes)]
+        assert min(gaps) >= space, (classes[:2], min(gaps))
