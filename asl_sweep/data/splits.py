@@ -69,6 +69,30 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+# Ways file names commonly name a person: anna_A_01.jpg, anna-A-01.jpg, A/anna/01.jpg.
+PERSON_PATTERNS = ("^([^_]+)_", "^([^-]+)-", "^([^/]+)/")
+
+
+def person_pattern(names: Sequence[str]) -> tuple[str, int] | None:
+    """A group_pattern the file names (CLASS/FILE, as an image set keeps them) look as if
+    they follow, and how many people it finds; None where none does. A pattern fits where it
+    matches every name, finds at least 3 groups, each with more than one image on average,
+    and most groups have images in more than one class (a prefix found in one class only is
+    the class's own naming, such as A_0001.jpg, not a person)."""
+    for pattern in PERSON_PATTERNS:
+        try:
+            groups = groups_of(names, pattern)
+        except DataError:
+            continue
+        classes: dict[str, set[str]] = {}
+        for name, group in zip(names, groups, strict=True):
+            classes.setdefault(group, set()).add(Path(name).parts[0])
+        spread = sum(len(c) > 1 for c in classes.values())
+        if 3 <= len(classes) <= len(names) // 2 and spread > len(classes) / 2:
+            return pattern, len(classes)
+    return None
+
+
 def groups_of(names: Sequence[str], pattern: str, seconds: float = MATCH_SECONDS) -> list[str]:
     regex = re.compile(pattern)
     groups = []

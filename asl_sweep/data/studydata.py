@@ -76,7 +76,7 @@ class StudyData:
         self._pools: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._folds: OrderedDict[tuple[int, int], SplitData] = OrderedDict()
         base = self.images(cfg.image_size)
-        self.classes, self.digest = list(base.classes), base.digest
+        self.classes, self.digest, self.names = list(base.classes), base.digest, base.names
         self.labels = base.labels.numpy()
         pattern = GROUP_PATTERN if cfg.root is None else cfg.group_pattern
         self.groups = np.asarray(groups_of(base.names, pattern)) if pattern else None

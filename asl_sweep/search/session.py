@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 import torch
 
+from asl_sweep.data.splits import person_pattern
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.mirror import Mirror
@@ -70,6 +71,7 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
     say(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
         f"({loaded:.1f}s)")
     counting = [s for s in cfg.stages if s.metric.startswith("val_person")]
+    found = person_pattern(data.names) if data.groups is None else None
     if counting and data.groups is None:  # the person metrics fall back to val_acc
         several = len(counting) > 1
         say(f"note: stage{'s' if several else ''} {', '.join(s.name for s in counting)} "
@@ -77,7 +79,15 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
             f"({', '.join(sorted({s.metric for s in counting}))}), but the images in {source} "
             "have none (data.group_pattern is not set), so the metric is val_acc here and no "
             "split is person-disjoint: set data.group_pattern to a regex whose group 1 names "
-            "each file's person (e.g. '^([^_]+)_') to choose on people and score on new ones")
+            f"each file's person (e.g. '{found[0] if found else '^([^_]+)_'}') to choose on "
+            "people and score on new ones")
+    elif found:
+        say(f"note: the file names in {source} look as if they name people "
+            f"(data.group_pattern '{found[0]}' finds {found[1]}, most in several classes), "
+            "but without data.group_pattern the split is by image: one person's photos can "
+            "sit in training and in test, and the test score reads high for new people; set "
+            f"data.group_pattern: '{found[0]}' (or --set data.group_pattern='{found[0]}') for "
+            "a person-disjoint split")
     asked = {cfg.base.precision, *(str(s.fixed["precision"]) for s in cfg.stages
                                    if "precision" in s.fixed)} & {"bf16", "fp16"}
     if asked and device.type != "cuda":  # autocast_dtype: on CUDA only

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asl_sweep.data.splits import covering_subset, groups_of, make_splits
+from asl_sweep.data.splits import covering_subset, groups_of, make_splits, person_pattern
 from asl_sweep.runtime.errors import DataError
 
 CLASSES = list("ABC")
@@ -140,3 +140,21 @@ def test_a_folder_per_person_inside_each_class_folder_names_the_person():
         groups_of(names, r"^(p\d)_")
     assert ("A/anna/01.jpg: data.group_pattern '^(p\\d)_' does not match its file name "
             "'01.jpg' nor its path below the class folder 'anna/01.jpg';") in str(caught.value)
+
+
+@pytest.mark.parametrize("names, found", [
+    # anna_A_01.jpg: people before the first _, each in several classes
+    ([f"{c}/{p}_{c}_{n}.jpg" for c in "ABC" for p in ("anna", "ben", "cleo") for n in (1, 2)],
+     ("^([^_]+)_", 3)),
+    ([f"{c}/{p}-{n}.png" for c in "AB" for p in ("p1", "p2", "p3", "p4") for n in (1, 2)],
+     ("^([^-]+)-", 4)),
+    # a folder per person inside each class folder
+    ([f"{c}/{p}/{n}.jpg" for c in "ABC" for p in ("anna", "ben", "cleo") for n in (1, 2)],
+     ("^([^/]+)/", 3)),
+    # the class's own naming (A_0001.jpg): a prefix in one class only is no person
+    ([f"{c}/{c}_{n:04d}.jpg" for c in "ABC" for n in range(6)], None),
+    # no separator (the shared ASL photos: A1008.jpg)
+    ([f"{c}/{c}{n}.jpg" for c in "ABC" for n in range(6)], None),
+])
+def test_file_names_that_look_as_if_they_name_people_are_found(names, found):
+    assert person_pattern(names) == found
