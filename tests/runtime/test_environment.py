@@ -43,9 +43,13 @@ def test_seconds_refuse_what_is_not_a_finite_count(monkeypatch, value):
         environment.system_metrics_seconds()
 
 
-def test_a_flag_wins_over_its_variable(write_study, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(write_study()),
-                           "--home", str(tmp_path / "mlruns"), "--workers", "1"],
-                          env={**os.environ, "ASL_SWEEP_WORKERS": "two"}, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_a_flag_wins_over_its_variable(monkeypatch):
+    from asl_sweep.cli import _workers_default, build_parser
+
+    monkeypatch.setenv("ASL_SWEEP_WORKERS", "two")
+    assert build_parser().parse_args(["run", "s.yaml", "--workers", "1"]).workers == 1
+    assert build_parser().parse_args(["run", "s.yaml"]).workers is None  # then the variable:
+    with pytest.raises(ConfigError, match=r"^\$ASL_SWEEP_WORKERS: 'two'"):
+        _workers_default()
+    monkeypatch.setenv("ASL_SWEEP_WORKERS", "3")
+    assert _workers_default() == 3
