@@ -110,6 +110,10 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--set", "base.lrr=1"], "base.lrr: Extra inputs are not permitted", 2),
     (["--data", "/nonexistent/photos"], "data.root: /nonexistent/photos is not a folder", 2),
     (["--per-device", "0"], "argument --per-device: 0: at least 1 worker a GPU", 2),
+    # (a stage queues its budget first: 100000000 queued for days, a Ctrl-C held meanwhile)
+    (["--trials", "20000"], "--trials 20000: at most 10000 (a stage queues its budget", 2),
+    (["--set", "stages.0.trials=20000"], "stages.0.trials: Input should be less than or "
+     "equal to 10000", 2),
     # (an empty --home was Path(""): the study ran into the current folder)
     (["--home", ""], "argument --home: '': give the folder for the study's records", 2),
     (["--data", ""], "argument --data: '': an empty path (it would be the current folder)", 2),

@@ -332,6 +332,36 @@ def test_a_disk_that_fills_during_the_final_scoring_is_one_line_and_a_rerun_scor
     assert read_final(load_study(path), ws)["n_images"] > 0
 
 
+def test_sigterm_while_a_large_budget_is_queued_stops_at_once(write_study, tmp_path):
+    """A stage queues its budget before it searches (about 150 slots a second into SQLite):
+    a SIGTERM while 10,000 were queued was held until the last, a minute later."""
+    import sqlite3
+
+    path = write_study({**QUICK, "stages": [{**QUICK["stages"][0], "trials": 10_000}]})
+    db = tmp_path / "mlruns" / "optuna.db"
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "run", str(path),
+                             "--home", str(tmp_path / "mlruns")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, queued = time.time() + 120, 0
+        while queued < 50 and proc.poll() is None:
+            assert time.time() < deadline, "the budget was never queued"
+            time.sleep(0.1)
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+                    queued = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+            except sqlite3.Error:  # not made yet
+                continue
+        proc.send_signal(signal.SIGTERM)
+        asked = time.time()
+        _, err = proc.communicate(timeout=120)
+        took = time.time() - asked
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert took < 10, (took, err[-500:])
+
+
 def test_sigterm_while_the_built_in_set_is_drawn_stops_at_once(write_study, tmp_path):
     """A scheduler's (or `timeout`'s) one SIGTERM while the data is still being made: it was
     noted and acted on only at the first trial, after the whole set was drawn (minutes for a

@@ -412,6 +412,7 @@ def queue_budget(study: optuna.Study, slots: int) -> None:
     budget, however many workers look at once. The sampler fills in each one's settings
     when it is taken."""
     for _ in range(slots):
+        signals.check()  # Ctrl-C / SIGTERM: a long budget is taken between two slots
         study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.SEARCH})
 
 

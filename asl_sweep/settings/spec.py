@@ -17,6 +17,10 @@ from asl_sweep.settings.config import (
     check_train_override,
 )
 
+# A stage's budget is queued in the Optuna store before it searches (a slot a worker takes),
+# about 150 trials a second into SQLite: a mistyped 100000000 queued for days.
+MAX_TRIALS = 10_000
+
 
 class Searched(Strict):
     """A searched setting. `when` makes it conditional: it is searched only in trials whose
@@ -220,8 +224,11 @@ class StageConfig(Strict):
                                                  "reached: stop the study, or go on with its "
                                                  "best trial")
     sampler: Literal["tpe", "random", "grid"] = Field("tpe", description="Optuna's sampler")
-    trials: int = Field(10, ge=1, description="the search budget: seed and sampled trials "
-                        "(the incumbent and confirmation repeats are not counted)")
+    trials: int = Field(10, ge=1, le=MAX_TRIALS,
+                        description="the search budget: seed and sampled trials (the "
+                        "incumbent and confirmation repeats are not counted); queued in the "
+                        "Optuna store up front, so at most 10000 (with `timeout` to end a "
+                        "long search sooner)")
     timeout: float | None = Field(None, gt=0, description="seconds of search for the stage, "
                                   "summed over reruns (time between runs does not count)")
     pruner: Literal["median", "incumbent", "best", "hyperband", "halving", "none"] = Field(

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from asl_sweep.runtime.errors import ConfigError
 from asl_sweep.settings.config import set_path
-from asl_sweep.settings.spec import StudyConfig, format_validation_error
+from asl_sweep.settings.spec import MAX_TRIALS, StudyConfig, format_validation_error
 
 MAX_STUDY_BYTES = 1 << 20  # a study file is a page of YAML, not a data set
 STUDY_SUFFIXES = (".yaml", ".yml")
@@ -138,6 +138,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be at least 1 (it sets every stage's "
                               f"{flag[2:]}; {path} is unchanged)")
+    if trials is not None and trials > MAX_TRIALS:
+        raise ConfigError(f"--trials {trials}: at most {MAX_TRIALS} (a stage queues its budget "
+                          "in the Optuna store first); give fewer, or a stage timeout")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file must be a mapping with study, data, base, stages")
