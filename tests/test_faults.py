@@ -384,3 +384,20 @@ def test_sigterm_while_the_built_in_set_is_drawn_stops_at_once(write_study, tmp_
     assert proc.returncode == 130, err
     assert "nothing recorded was lost" in err and took < 10, (took, err)
     assert not (tmp_path / "mlruns" / "optuna.db").exists()  # it stopped before the stores
+
+
+@pytest.mark.parametrize("damaged, store", [("optuna.db", "the Optuna store"),
+                                            ("mlflow.db", "the MLflow store")])
+def test_a_damaged_store_file_is_one_line_naming_it(write_study, tmp_path, capsys, damaged,
+                                                     store):
+    """A home whose database file is not SQLite (damaged, or another program's) was
+    SQLAlchemy's traceback ("file is not a database")."""
+    home = tmp_path / "mlruns"
+    home.mkdir()
+    (home / damaged).write_bytes(bytes(range(256)) * 20)
+    err = one_line_error(capsys, main(["run", str(write_study()), "--home", str(home),
+                                       "--workers", "1"]),
+                         f"{store} ({damaged}, or --")
+    assert err.endswith("cannot be read (file is not a database): the file is damaged or is "
+                        "not asl-sweep's; restore it from a copy, or move it aside and run the "
+                        "study afresh")

@@ -59,6 +59,8 @@ class WriteError(UserError):
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
 _STORE_FAULTS = ("database or disk is full", "attempt to write a readonly database",
                  "disk I/O error", "unable to open database file")
+# What SQLite says of a file that is not (or no longer) a database it can read.
+_DAMAGED = ("file is not a database", "database disk image is malformed")
 
 
 _OPTUNA_TABLES = re.compile(r"\b(studies|study_\w+|trials|trial_\w+|version_info|alembic_version)\b")
@@ -97,6 +99,11 @@ def environment_fault(error: BaseException, store: str = "a store") -> UserError
             return StoreError(f"{_which_store(text, store)} could not be written ({fault}); nothing "
                               "recorded was lost: free space or make the folder writable, "
                               "then rerun the same command")
+        damage = next((d for d in _DAMAGED if d in text), None)
+        if damage:
+            return StoreError(f"{_which_store(text, store)} cannot be read ({damage}): the file "
+                              "is damaged or is not asl-sweep's; restore it from a copy, or "
+                              "move it aside and run the study afresh")
         error = error.__cause__ or error.__context__
     return None
 

@@ -106,14 +106,20 @@ class Tracker:
                        if workspace.tracking_server else "the MLflow store (--tracking)")
         if not (workspace.tracking_server or workspace.tracking_uri.startswith("sqlite")):
             retrying(_reach, self._store)(workspace.tracking_uri)
-        client = MlflowClient(tracking_uri=workspace.tracking_uri,
-                              registry_uri=workspace.tracking_uri)
-        self.client = (client if workspace.tracking_uri.startswith("sqlite")
-                       else Retrying(client, self._store))
+        try:
+            client = MlflowClient(tracking_uri=workspace.tracking_uri,
+                                  registry_uri=workspace.tracking_uri)
+            self.client = (client if workspace.tracking_uri.startswith("sqlite")
+                           else Retrying(client, self._store))
+            self.client.search_experiments(max_results=1)  # creates or migrates the store now
+        except Exception as e:  # a damaged mlflow.db, a full disk: one line naming this store
+            fault = environment_fault(e, "the MLflow store (mlflow.db, or --tracking)")
+            if fault is None:
+                raise
+            raise fault from None
         self.tracking_uri = workspace.tracking_uri
         self.server = workspace.tracking_server
         self.artifact_root = workspace.artifacts
-        self.client.search_experiments(max_results=1)  # creates or migrates the store now
         self._repos: dict[str, Any] = {}
         self._uris: dict[str, str] = {}  # runs this process made: their artifact location
 
