@@ -2,6 +2,7 @@
 one line and exit 2 for what the user can fix, nothing recorded lost, no budget burnt."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -401,3 +402,20 @@ def test_a_damaged_store_file_is_one_line_naming_it(write_study, tmp_path, capsy
     assert err.endswith("cannot be read (file is not a database): the file is damaged or is "
                         "not asl-sweep's; restore it from a copy, or move it aside and run the "
                         "study afresh")
+
+
+def test_a_damaged_checkpoint_is_named_by_its_trial_and_run(write_study, tmp_path, capsys):
+    """A best.pt damaged on disk was named by the temporary copy it was read through
+    (/tmp/tmpXXXX/best.pt); the line names the trial and run, and what to do."""
+    path = write_study(QUICK)
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home), "--workers", "1"]) == 0
+    capsys.readouterr()
+    for checkpoint in home.glob("artifacts/*/*/artifacts/checkpoints/best.pt"):
+        checkpoint.write_bytes(b"\x00damaged" * 100)
+    err = one_line_error(capsys, main(["report", str(path), "--home", str(home)]),
+                         "its checkpoint (run ")
+    assert re.fullmatch(r"error: trial \d+: its checkpoint \(run [0-9a-f]{32}, "
+                        r"checkpoints/best\.pt\) cannot be read \(.*\); delete it from the "
+                        r"run's artifacts and rerun the study \(asl-sweep run, same "
+                        r"arguments\) to train it again", err), err

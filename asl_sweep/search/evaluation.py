@@ -92,7 +92,14 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
                                  f"checkpoints/best.pt) cannot be read "
                                  f"({str(e).splitlines()[0][:160]}); rerun the study "
                                  "(asl-sweep run, same arguments) to train it again") from None
-        return ModelFile.load(path)
+        try:
+            return ModelFile.load(path)
+        except ModelFileError as e:  # named by its temporary copy: name the trial's instead
+            why = str(e).split(": ", 1)[-1]
+            raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "
+                                 f"checkpoints/best.pt) cannot be read ({why}); delete it from "
+                                 "the run's artifacts and rerun the study (asl-sweep run, same "
+                                 "arguments) to train it again") from None
 
 
 @torch.inference_mode()
