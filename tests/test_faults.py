@@ -241,6 +241,10 @@ def test_an_unreadable_study_file(tmp_path, capsys, monkeypatch):
     # four zeros before it and "base.hidden.1: Input should be greater than or equal to 1".
     ("base.hidden.5=8", "base.hidden has 1 item (base.hidden.0): base.hidden.5 is past its "
                         "end; give the whole list, e.g. base.hidden=[...]"),
+    # YAML's infinity and NaN (lr .inf was taken, and every trial diverged)
+    ("base.lr=.inf", "base.lr: Input should be a finite number"),
+    ("stages.0.space.lr={low: 1e-4, high: .inf}", "stages.0.space.lr.high: Input should be a "
+                                                  "finite number"),
 ])
 def test_set_values_blame_what_is_wrong_quickly(write_study, capsys, item, expected):
     started = time.perf_counter()

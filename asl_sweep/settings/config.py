@@ -25,7 +25,9 @@ MAX_LIST = 64  # the longest list a key path may reach into (hidden widths, drop
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No setting takes an infinity or NaN (YAML's .inf / .nan): lr .inf was accepted, and
+    # every trial diverged.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- data
