@@ -48,7 +48,8 @@ def _study_args(p: argparse.ArgumentParser, search: bool = True) -> None:
     Optuna store and the trial budget (`train` does neither, and refuses them)."""
     p.add_argument("study", type=_path, help="study YAML, e.g. sweeps/quick.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting by key path, e.g. base.epochs=5 (repeatable)")
+                   help="override a setting by key path, e.g. base.epochs=5 or "
+                        "stages.0.space.cnn.kernel=[3, 5] (repeatable)")
     p.add_argument("--data", type=_path, help="ImageFolder root (one folder per class)")
     p.add_argument("--home", type=_home, default=_default_home(),
                    help="folder for databases, artifacts and caches (default ./mlruns)")

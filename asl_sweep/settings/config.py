@@ -312,11 +312,12 @@ def get_path(tree: Any, path: str) -> Any:
     return node
 
 
-def set_path(tree: Any, path: str, value: Any, pad: bool = True) -> None:
-    """Set `a.b.0.c` in nested dicts/lists; short numeric lists are padded with 0 (a space's
-    `dropout.1`, whose stage may skip an index); `pad=False` (a user's --set): an item may be
-    added only right after the last."""
-    keys = path.split(".")
+def set_path(tree: Any, path: str | list[str], value: Any, pad: bool = True) -> None:
+    """Set `a.b.0.c` in nested dicts/lists (or the keys given as a list, where one key holds
+    dots); short numeric lists are padded with 0 (a space's `dropout.1`, whose stage may skip
+    an index); `pad=False` (a user's --set): an item may be added only right after the
+    last."""
+    keys = path.split(".") if isinstance(path, str) else path
     node = tree
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1

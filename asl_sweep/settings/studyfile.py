@@ -104,6 +104,36 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: nested too deeply to be a study file") from None
 
 
+# The fields of a searched range or choice, as a --set path's last name.
+_SEARCHED_FIELDS = ("low", "high", "log", "step", "choices", "when")
+
+
+def _keys(raw: dict, key: str) -> list[str]:
+    """A --set key path as names: a stage's `space`, `fixed` and seed trials are keyed by
+    dotted trainer paths (`cnn.kernel`), so below them the rest is one name (`--set
+    stages.0.space.cnn.kernel=[3, 5]` was `space: {cnn: {kernel: ...}}`), less a range's field
+    at its end (`stages.0.space.lr.low=1e-4`); a name the mapping already has is matched
+    first, the longest."""
+    keys = key.split(".")
+    if len(keys) < 4 or keys[0] != "stages" or keys[2] not in ("space", "fixed", "seed_trials"):
+        return keys
+    head = keys[:4] if keys[2] == "seed_trials" else keys[:3]
+    rest = keys[len(head):]
+    if not rest:
+        return keys
+    node: Any = raw
+    for name in head:
+        node = (node[int(name)] if isinstance(node, list) and name.isdigit() and int(name) < len(node)
+                else node.get(name) if isinstance(node, dict) else None)
+    known = node if isinstance(node, dict) else {}
+    for n in range(len(rest), 0, -1):
+        if ".".join(rest[:n]) in known:
+            return [*head, ".".join(rest[:n]), *rest[n:]]
+    if keys[2] == "space" and len(rest) > 1 and rest[-1] in _SEARCHED_FIELDS:
+        return [*head, ".".join(rest[:-1]), rest[-1]]
+    return [*head, ".".join(rest)]
+
+
 def apply_set(raw: dict, item: str) -> None:
     """One `--set key.path=value`; a bad value is blamed on the value, a bad path on the key."""
     key, sep, value = item.partition("=")
@@ -120,7 +150,7 @@ def apply_set(raw: dict, item: str) -> None:
         raise ConfigError(f"--set {item!r}: the value {value!r} is not valid YAML ({first}); "
                           "quote strings, write lists as [1, 2]") from None
     try:
-        set_path(raw, key, parsed, pad=False)
+        set_path(raw, _keys(raw, key), parsed, pad=False)
     except IndexError as e:
         raise ConfigError(f"--set {item!r}: {e}") from None
     except KeyError:

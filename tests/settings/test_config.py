@@ -93,6 +93,29 @@ def test_set_overrides_are_validated_the_same_way(write_study):
             load_study(path, [f"{key}=3"])
 
 
+def test_set_reaches_a_stages_dotted_keys(write_study):
+    """A stage's space, fixed settings and seed trials are keyed by dotted trainer paths:
+    `--set stages.0.space.cnn.kernel=[3, 5]` was `space: {cnn: {kernel: [3, 5]}}`, and
+    "stages.0.space.cnn.low: Field required"."""
+    path = write_study({"base": {"model": "cnn"}, "stages": [{
+        "name": "s", "trials": 2, "confirm": None, "fixed": {"cnn.kernel": 3},
+        "seed_trials": [{"cnn.kernel": 5}],
+        "space": {"cnn.kernel": [3, 5], "lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]})
+    stage = load_study(path, ["stages.0.space.cnn.kernel=[5, 7]",  # an existing key
+                              "stages.0.space.cnn.dropout={low: 0.0, high: 0.3}",  # a new one
+                              "stages.0.space.lr.low=1e-3",  # a range's field
+                              "stages.0.fixed.cnn.kernel=5",
+                              "stages.0.seed_trials.0.cnn.kernel=7"]).stages[0]
+    assert stage.space["cnn.kernel"].choices == [5, 7]
+    assert (stage.space["cnn.dropout"].low, stage.space["cnn.dropout"].high) == (0.0, 0.3)
+    assert stage.space["lr"].low == 1e-3 and stage.space["lr"].high == 1e-2
+    assert stage.fixed == {"cnn.kernel": 5}
+    assert stage.seed_trials[0].params == {"cnn.kernel": 7}
+    with pytest.raises(ConfigError, match=r"stages\.0\.space\.cnn\.kernel\.0: Input should be "
+                                          "greater than or equal to 1"):
+        load_study(path, ["stages.0.space.cnn.kernel=[0, 3]"])
+
+
 def test_trials_and_data_overrides(write_study, tmp_path):
     cfg = load_study(write_study(), trials=9, data_root=tmp_path)
     assert all(s.trials == 9 for s in cfg.stages)
