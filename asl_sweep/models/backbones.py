@@ -119,8 +119,8 @@ def hub_checkpoints() -> Path:
 
 def find_weights_file(file_name: str) -> Path | None:
     candidates = [hub_checkpoints() / file_name]
-    if environment.text(environment.WEIGHTS):
-        candidates.insert(0, Path(environment.text(environment.WEIGHTS)) / file_name)
+    if folder := environment.text(environment.WEIGHTS):
+        candidates.insert(0, Path(folder) / file_name)
     for package in WEIGHT_PACKAGES:
         spec = importlib.util.find_spec(package)  # locates without importing it
         for folder in (spec.submodule_search_locations or []) if spec else []:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from asl_sweep.runtime.errors import ConfigError
-from asl_sweep.settings.config import set_path
+from asl_sweep.settings.config import get_path, set_path
 from asl_sweep.settings.spec import MAX_TRIALS, StudyConfig, format_validation_error
 
 MAX_STUDY_BYTES = 1 << 20  # a study file is a page of YAML, not a data set
@@ -121,10 +121,7 @@ def _keys(raw: dict, key: str) -> list[str]:
     rest = keys[len(head):]
     if not rest:
         return keys
-    node: Any = raw
-    for name in head:
-        node = (node[int(name)] if isinstance(node, list) and name.isdigit() and int(name) < len(node)
-                else node.get(name) if isinstance(node, dict) else None)
+    node = get_path(raw, ".".join(head))
     known = node if isinstance(node, dict) else {}
     for n in range(len(rest), 0, -1):
         if ".".join(rest[:n]) in known:
