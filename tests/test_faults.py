@@ -337,6 +337,15 @@ def test_a_disk_that_fills_during_the_final_scoring_is_one_line_and_a_rerun_scor
     assert read_final(load_study(path), ws)["n_images"] > 0
 
 
+def _stopped(proc, timeout: float) -> tuple[str, float]:
+    """One SIGTERM to `proc` (a scheduler's, or `timeout`'s), then its stderr and how many
+    seconds it took to exit."""
+    proc.send_signal(signal.SIGTERM)
+    asked = time.time()
+    _, err = proc.communicate(timeout=timeout)
+    return err, time.time() - asked
+
+
 def test_sigterm_while_a_large_budget_is_queued_stops_at_once(write_study, tmp_path):
     """A stage queues its budget before it searches (about 150 slots a second into SQLite):
     a SIGTERM while 10,000 were queued was held until the last, a minute later."""
@@ -357,10 +366,7 @@ def test_sigterm_while_a_large_budget_is_queued_stops_at_once(write_study, tmp_p
                     queued = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
             except sqlite3.Error:  # not made yet
                 continue
-        proc.send_signal(signal.SIGTERM)
-        asked = time.time()
-        _, err = proc.communicate(timeout=120)
-        took = time.time() - asked
+        err, took = _stopped(proc, timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
@@ -380,10 +386,7 @@ def test_sigterm_while_the_built_in_set_is_drawn_stops_at_once(write_study, tmp_
     try:
         assert "workers side by side" in proc.stdout.readline()  # the signals are installed
         time.sleep(1.0)  # drawing 45,000 images: about 40 s on one core
-        proc.send_signal(signal.SIGTERM)
-        asked = time.time()
-        _, err = proc.communicate(timeout=20)
-        took = time.time() - asked
+        err, took = _stopped(proc, timeout=20)
     finally:
         proc.kill()
     assert proc.returncode == 130, err

@@ -11,6 +11,17 @@ ONE_TRIAL = {"stages": [{"name": "search", "trials": 1, "sampler": "grid", "prun
                          "confirm": None, "space": {"lr": [3e-3]}}]}
 
 
+def _compared_with(path, home: str, capsys, study: str, setting: str) -> str:
+    """The same YAML run again as `study` with one other setting, then compared with the
+    first: what compare prints."""
+    assert main(["run", str(path), "--home", home, "--set", f"study={study}",
+                 "--set", setting]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(path), str(path), "--home", home,
+                 "--other-set", f"study={study}", "--other-set", setting]) == 0
+    return capsys.readouterr().out
+
+
 def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, capsys):
     path = write_study(ONE_TRIAL)
     home = str(tmp_path / "mlruns")
@@ -35,21 +46,11 @@ def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, c
                      r"scored, .*\): ", out), out
     assert "data settings differ" not in out and "intervals" not in out
     # Another size alone draws the same split (over the files, not their pixels).
-    assert main(["run", str(path), "--home", home, "--set", "study=bigger",
-                 "--set", "data.image_size=20"]) == 0
-    capsys.readouterr()
-    assert main(["compare", str(path), str(path), "--home", home,
-                 "--other-set", "study=bigger", "--other-set", "data.image_size=20"]) == 0
-    out = capsys.readouterr().out
+    out = _compared_with(path, home, capsys, "bigger", "data.image_size=20")
     assert "the same test split, each study at its own size (16 and 20 px)" in out
     assert "data settings differ" not in out and "paired: bootstrap" in out
     # Another split: no paired difference, the two scores read apart.
-    assert main(["run", str(path), "--home", home, "--set", "study=resplit",
-                 "--set", "data.seed=1"]) == 0
-    capsys.readouterr()
-    assert main(["compare", str(path), str(path), "--home", home,
-                 "--other-set", "study=resplit", "--other-set", "data.seed=1"]) == 0
-    out = capsys.readouterr().out
+    out = _compared_with(path, home, capsys, "resplit", "data.seed=1")
     assert re.search(r"test accuracy resplit - tiny: [+-]\d+\.\d pt; the 95% intervals (do not "
                      r")?overlap; the data settings differ, so the test splits do too: read the "
                      r"two scores apart, not as a paired difference", out), out
