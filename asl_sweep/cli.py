@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stage", help="this stage's configuration (default: the last finished)")
 
     pred = sub.add_parser("predict", help="class and probability per image")
-    pred.add_argument("model", help="model.torchscript.pt, model.onnx, models:/NAME/VERSION, "
-                      "or a study YAML (its export in --home)")
+    pred.add_argument("model", help="model.torchscript.pt, model.onnx, models:/NAME/VERSION "
+                      "(or NAME/latest, NAME@ALIAS), or a study YAML (its export in --home)")
     pred.add_argument("images", nargs="+", type=_path, help="image files or folders")
     pred.add_argument("--json", action="store_true", help="print JSON lines")
     pred.add_argument("--set", dest="overrides", action="append", default=[],
@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="serve a registered model over REST (MLflow's scoring "
                          "server: POST /invocations), with this environment's own commands")
-    srv.add_argument("model", help="models:/asl-sweep-STUDY/N (from `export`), runs:/... or an "
-                     "MLflow model folder")
+    srv.add_argument("model", help="models:/asl-sweep-STUDY/N (from `export`; or /latest, "
+                     "@ALIAS), runs:/... or an MLflow model folder")
     srv.add_argument("--home", type=_home, default=_default_home(),
                      help="the study home whose registry holds the model (default ./mlruns)")
     srv.add_argument("--port", type=int, default=5001, help="the port to serve on")

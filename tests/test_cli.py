@@ -190,6 +190,17 @@ def test_serve_names_a_model_it_cannot_serve_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "nothing-here" in err and "asl-sweep export" in err
     assert main(["serve", "models:/asl-sweep-x/1", "--home", str(tmp_path / "empty")]) == 2
     assert "no MLflow store here" in capsys.readouterr().err
+    # A store with no such model, version or run: looked up before the server starts (the
+    # server printed MLflow's traceback, then "stopped at start").
+    home = Workspace.at(tmp_path / "home").prepare().home
+    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # the store, empty
+    capsys.readouterr()
+    for model, says in [("models:/asl-sweep-x/1", "no registered model asl-sweep-x in "),
+                        ("runs:/0123abc/model", "no run 0123abc in ")]:
+        assert main(["serve", model, "--home", str(home)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error: {model}: {says}")
+        assert len(captured.err.splitlines()) == 1 and "Traceback" not in captured.out
     # The study YAML every other command takes, or a folder that is no MLflow model: one line
     # before MLflow's server starts (it printed its own traceback first).
     study = tmp_path / "my study.yaml"

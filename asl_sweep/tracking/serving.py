@@ -29,9 +29,15 @@ def serve_model(ws: Workspace, model: str, host: str, port: int, log=print) -> i
     if not model.startswith(("models:/", "runs:/")) and not (Path(model) / "MLmodel").is_file():
         raise ConfigError(f"{model}: not an MLflow model folder (no MLmodel file in it); give "
                           "models:/asl-sweep-STUDY/N, which `asl-sweep export` registers")
-    if model.startswith("models:/") and not ws.has_tracking_store:
-        raise ConfigError(f"{ws.home}: no MLflow store here to look {model} up in; pass --home "
-                          "with the study's folder")
+    if model.startswith(("models:/", "runs:/")):
+        if not ws.has_tracking_store:
+            raise ConfigError(f"{ws.home}: no MLflow store here to look {model} up in; pass "
+                              "--home with the study's folder")
+        from asl_sweep.tracking.tracker import Tracker
+
+        # Looked up here, one line where there is no such model (the server said so with a
+        # traceback of its own); the server gets the same URI and reads the same store.
+        Tracker(ws).model_source(model)
     check_port(host, port)
     command = [sys.executable, "-c", "from mlflow.cli import cli; cli()", "models", "serve",
                "-m", model, "--env-manager", "local", "-h", host, "-p", str(port), "-w", "1"]

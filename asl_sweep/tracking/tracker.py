@@ -457,25 +457,79 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, value[:5000])
 
+    def model_source(self, uri: str) -> str:
+        """Where the files of a models:/ or runs:/ model lie, looked up here first: a
+        models:/ URI as MLflow takes it (NAME/VERSION, NAME/latest, NAME or NAME@ALIAS), and
+        one line naming what this store holds where it has no such model, version or run."""
+        from mlflow.exceptions import MlflowException
+
+        from asl_sweep.runtime.errors import ModelFileError
+
+        where = shown(self.tracking_uri)
+        if uri.startswith("runs:/"):
+            run_id = uri.removeprefix("runs:/").partition("/")[0]
+            try:
+                self.client.get_run(run_id)
+            except MlflowException:
+                raise ModelFileError(f"{uri}: no run {run_id} in {where}; give the run id "
+                                     "the MLflow UI shows, or models:/NAME/VERSION") from None
+            return uri
+        path = uri.removeprefix("models:/")
+        name, at, alias = path.partition("@")
+        name, _, version = name.partition("/")
+        if not name or "/" in version or (at and (not alias or version)):
+            raise ModelFileError(f"{uri}: not a model URI; give models:/NAME/VERSION, "
+                                 "models:/NAME/latest or models:/NAME@ALIAS")
+        registered = sorted(m.name for m in self.client.search_registered_models())
+        if name not in registered:
+            held = (f"registered there: {', '.join(registered)}" if registered else
+                    "nothing is registered there yet; `asl-sweep export STUDY.yaml` registers "
+                    "models:/asl-sweep-STUDY/N")
+            raise ModelFileError(f"{uri}: no registered model {name} in {where} ({held})")
+        versions = sorted(int(v.version) for v in
+                          self.client.search_model_versions(f"name='{name}'"))
+        if at:
+            try:
+                version = str(self.client.get_model_version_by_alias(name, alias).version)
+            except MlflowException:
+                aliases = sorted(self.client.get_registered_model(name).aliases)
+                raise ModelFileError(
+                    f"{uri}: {name} has no alias {alias} ("
+                    f"{'its aliases: ' + ', '.join(aliases) if aliases else 'it has none'}; "
+                    f"its versions: {_spans(versions)})") from None
+        elif version in ("", "latest") and versions:
+            version = str(versions[-1])
+        if not version.isdigit() or int(version) not in versions:
+            raise ModelFileError(f"{uri}: {name} has no version {version or 'yet'} (its "
+                                 f"versions: {_spans(versions) or 'none'})")
+        return self.client.get_model_version_download_uri(name, version)
+
     def download_model(self, uri: str, dst: Path) -> Path:
-        """The files of a models:/NAME/VERSION (or runs:/) model, copied to `dst`: nothing in
-        them is loaded or run here."""
+        """The files of a models:/ (any form model_source takes) or runs:/ model, copied to
+        `dst`: nothing in them is loaded or run here."""
         from mlflow.artifacts import download_artifacts
         from mlflow.exceptions import MlflowException
 
         from asl_sweep.runtime.errors import ModelFileError
 
+        source = self.model_source(uri)
         try:
-            if uri.startswith("models:/"):
-                name, _, version = uri.removeprefix("models:/").partition("/")
-                source = self.client.get_model_version_download_uri(name, version)
-            else:
-                source = uri
             return Path(download_artifacts(artifact_uri=source, dst_path=str(dst),
                                            tracking_uri=self.tracking_uri))
         except MlflowException as e:
             raise ModelFileError(f"{uri}: not found in {shown(self.tracking_uri)} "
                                  f"({str(e).splitlines()[0][:160]})") from None
+
+
+def _spans(numbers: list[int]) -> str:
+    """1, 2, 3, 5 -> '1-3, 5'."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 class EpochLog:

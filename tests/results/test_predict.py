@@ -60,27 +60,10 @@ def test_a_crafted_mlflow_model_folder_is_refused_and_runs_nothing(tmp_path, ima
     assert not marker.exists()
 
 
-def test_a_crafted_registered_model_is_refused_and_runs_nothing(tmp_path, image, capsys):
+def registered_crafted_model(tmp_path, claims_asl_sweep: bool):
+    """A home whose registry holds the crafted model as models:/evil/1 (alias champion)."""
     marker = tmp_path / "pwned"
-    folder = crafted_mlflow_model(tmp_path / "model", marker, claims_asl_sweep=False)
-    ws = Workspace.at(tmp_path / "mlruns").prepare()
-    client = MlflowClient(ws.tracking_uri, registry_uri=ws.tracking_uri)
-    experiment = client.create_experiment("evil", artifact_location=ws.artifacts.as_uri())
-    run = client.create_run(experiment)
-    client.log_artifacts(run.info.run_id, str(folder), "model")
-    client.create_registered_model("evil")
-    client.create_model_version("evil", f"{run.info.artifact_uri}/model", run.info.run_id)
-    assert main(["predict", "models:/evil/1", str(image), "--home", str(ws.home)]) == 2
-    assert "refused" in capsys.readouterr().err
-    assert not marker.exists()
-
-
-def test_a_registered_forgery_with_asl_sweeps_marker_is_named_by_its_uri(tmp_path, image,
-                                                                         capsys):
-    """Its model file is a pickle: refused, and the line names models:/evil/1, not a file in
-    the temporary folder it was downloaded to (gone by then)."""
-    marker = tmp_path / "pwned"
-    folder = crafted_mlflow_model(tmp_path / "model", marker, claims_asl_sweep=True)
+    folder = crafted_mlflow_model(tmp_path / "model", marker, claims_asl_sweep)
     ws = Workspace.at(tmp_path / "mlruns").prepare()
     client = MlflowClient(ws.tracking_uri, registry_uri=ws.tracking_uri)
     run = client.create_run(client.create_experiment(
@@ -88,8 +71,47 @@ def test_a_registered_forgery_with_asl_sweeps_marker_is_named_by_its_uri(tmp_pat
     client.log_artifacts(run.info.run_id, str(folder), "model")
     client.create_registered_model("evil")
     client.create_model_version("evil", f"{run.info.artifact_uri}/model", run.info.run_id)
+    client.set_registered_model_alias("evil", "champion", "1")
+    return ws.home, marker
+
+
+def test_a_crafted_registered_model_is_refused_and_runs_nothing(tmp_path, image, capsys):
+    home, marker = registered_crafted_model(tmp_path, claims_asl_sweep=False)
+    assert main(["predict", "models:/evil/1", str(image), "--home", str(home)]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_a_registered_model_is_found_in_every_form_mlflow_takes(tmp_path, image, capsys):
+    """models:/NAME/latest, models:/NAME and models:/NAME@ALIAS reach the model (and its
+    refusal); a name, version or alias the registry has not is one line saying what it has."""
+    home, marker = registered_crafted_model(tmp_path, claims_asl_sweep=False)
+    capsys.readouterr()
+    for uri in ("models:/evil/latest", "models:/evil", "models:/evil@champion"):
+        assert main(["predict", uri, str(image), "--home", str(home)]) == 2
+        assert "refused" in capsys.readouterr().err, uri
+    where = f"sqlite:///{home / 'mlflow.db'}"
+    for uri, says in [
+            ("models:/evil/7", "evil has no version 7 (its versions: 1)"),
+            ("models:/evil@prod", "evil has no alias prod (its aliases: champion; its "
+                                  "versions: 1)"),
+            ("models:/nope/1", f"no registered model nope in {where} (registered there: "
+                               "evil)"),
+            ("models:/a/b/c", "not a model URI; give models:/NAME/VERSION"),
+            ("runs:/0123abc/model", f"no run 0123abc in {where}")]:
+        assert main(["predict", uri, str(image), "--home", str(home)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {uri}: {says}") and len(err.splitlines()) == 1, err
+    assert not marker.exists()
+
+
+def test_a_registered_forgery_with_asl_sweeps_marker_is_named_by_its_uri(tmp_path, image,
+                                                                         capsys):
+    """Its model file is a pickle: refused, and the line names models:/evil/1, not a file in
+    the temporary folder it was downloaded to (gone by then)."""
+    home, marker = registered_crafted_model(tmp_path, claims_asl_sweep=True)
     capsys.readouterr()  # the setup's own output (MLflow creating its tables, run alone)
-    assert main(["predict", "models:/evil/1", str(image), "--home", str(ws.home)]) == 2
+    assert main(["predict", "models:/evil/1", str(image), "--home", str(home)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: models:/evil/1: its asl_sweep_model.pt: ") and "refused" in err
     assert "/tmp" not in err and len(err.splitlines()) == 1 and not marker.exists()
@@ -146,17 +168,17 @@ def test_models_uri_without_a_store_creates_nothing(tmp_path, image):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
-def test_an_unknown_registered_model_is_one_line(write_study, tmp_path, image, capsys):
-    path = write_study({"stages": [{"name": "s", "trials": 1, "confirm": None,
-                                    "space": {"lr": [1e-3]}}]})
-    home = tmp_path / "mlruns"
-    assert main(["run", str(path), "--home", str(home)]) == 0
+def test_an_unknown_registered_model_in_a_home_with_none_is_one_line(tmp_path, image, capsys):
+    home = Workspace.at(tmp_path / "mlruns").prepare().home
+    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # the store, empty
     capsys.readouterr()
     code = main(["predict", "models:/no-such-model/1", str(image), "--home", str(home)])
     assert code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "models:/no-such-model/1: not found" in err
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "error: models:/no-such-model/1: no registered model no-such-model in ")
+    assert err.endswith("(nothing is registered there yet; `asl-sweep export STUDY.yaml` "
+                        "registers models:/asl-sweep-STUDY/N)")
 
 
 class Forged(torch.nn.Module):
