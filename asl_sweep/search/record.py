@@ -77,12 +77,16 @@ def _stage_studies(storage, cfg: StudyConfig) -> list[str]:
     return [s.study_name for s in storage.get_all_studies() if s.study_name in names]
 
 
-def _anything_finished(storage, cfg: StudyConfig) -> bool:
-    """Whether any trial of the study's stages has finished (its result depends on the data)."""
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-            optuna.trial.TrialState.FAIL)
+_DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+         optuna.trial.TrialState.FAIL)
+
+
+def _anything_finished(storage, cfg: StudyConfig, running: bool = False) -> bool:
+    """Whether any trial of the study's stages has finished (its result depends on the data),
+    or with `running`, is training now (another worker, on the files it read)."""
+    states = (*_DONE, optuna.trial.TrialState.RUNNING) if running else _DONE
     return any(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False,
-                                      states=done)
+                                      states=states)
                for name in _stage_studies(storage, cfg))
 
 
@@ -133,11 +137,20 @@ def started(storage, cfg: StudyConfig) -> bool:
 
 
 def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str,
-                 keys: dict[str, Any] | None = None) -> None:
+                 keys: dict[str, Any] | None = None, storage=None, log=print) -> None:
     """The files must be the ones the study first ran on (stored on the first run). `keys`:
-    the record's, where the caller has just read them."""
+    the record's, where the caller has just read them. Given the `storage`, a study none of
+    whose trials has finished or is training binds to the files as they are now (a photo
+    folder tidied after a `train` or an interrupted first trial), as `bind` does for its data
+    settings; a worker whose copy of the files differs from a training worker's is refused."""
     stored = (read(record) if keys is None else keys).get(RecordKey.DIGEST)
     if stored is None:
+        write(record, RecordKey.DIGEST, digest)
+    elif (stored != digest and storage is not None
+          and not _anything_finished(storage, cfg, running=True)):
+        log(f"study {cfg.study}: no trial has finished yet, so it binds to the images in "
+            f"{cfg.data.root or 'the built-in set'} as they are now (they changed since it "
+            "first read them)")
         write(record, RecordKey.DIGEST, digest)
     elif stored != digest:
         raise StoreError(f"study {cfg.study}: the images in {cfg.data.root or 'the built-in set'} "

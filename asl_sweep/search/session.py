@@ -64,7 +64,7 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
         tracker = Tracker(ws)
     # Other data settings than the study's: refused, here.
     record, created, keys = bind(storage, cfg, say)  # the record's keys, read once
-    check_digest(record, cfg, data.digest, keys)
+    check_digest(record, cfg, data.digest, keys, storage, say)
     syn = cfg.data.synthetic
     source = cfg.data.root or (f"built-in synthetic {syn.kind} ({syn.per_class}"
                                f"/class, {syn.signers} signers)")

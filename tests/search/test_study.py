@@ -563,6 +563,39 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
         bind(storage, changed, log=lambda _: None)
 
 
+def test_a_study_with_no_finished_trial_binds_to_its_files_as_they_are_now(write_study,
+                                                                            tmp_path):
+    """A photo folder tidied after a `train` (which finishes no trial): the study binds to
+    the files as they are now, as it does to changed data settings; once a trial of it has
+    finished, changed files are refused."""
+    from asl_sweep.runtime.errors import StoreError
+    from asl_sweep.search.optuna_api import study_id_of
+    from asl_sweep.search.record import bind, check_digest
+    from asl_sweep.search.state import read as attrs
+    from asl_sweep.search.store import optuna_storage
+
+    storage = optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    cfg = load_study(write_study({}))
+    record, _, keys = bind(storage, cfg, log=lambda _: None)
+    check_digest(record, cfg, "before", keys, storage)
+    said = []
+    check_digest(record, cfg, "after", None, storage, said.append)
+    assert attrs(record)["digest"] == "after" and len(said) == 1
+    assert said[0].startswith("study tiny: no trial has finished yet, so it binds to the images")
+    # The commands that read a study back never rebind (they give no storage).
+    with pytest.raises(StoreError, match="changed since the study ran"):
+        check_digest(record, cfg, "tidied again")
+    # A trial training now (another worker, its own copy of the files) or finished: refused.
+    stage = optuna.create_study(study_name="tiny.search", storage=storage)
+    training = storage.create_new_trial(study_id_of(stage))
+    with pytest.raises(StoreError, match="changed since the study ran"):
+        check_digest(record, cfg, "another copy", None, storage, said.append)
+    storage.set_trial_state_values(training, optuna.trial.TrialState.COMPLETE, [0.5])
+    with pytest.raises(StoreError, match="changed since the study ran"):
+        check_digest(record, cfg, "tidied again", None, storage, said.append)
+    assert attrs(record)["digest"] == "after" and len(said) == 1
+
+
 def test_export_and_evaluate_of_an_unfinished_study_name_what_is_missing(write_study, tmp_path,
                                                                         capsys):
     home = str(tmp_path / "mlruns")
