@@ -77,16 +77,13 @@ def _stage_studies(storage, cfg: StudyConfig) -> list[str]:
     return [s.study_name for s in storage.get_all_studies() if s.study_name in names]
 
 
-_DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-         optuna.trial.TrialState.FAIL)
-
-
-def _anything_finished(storage, cfg: StudyConfig, running: bool = False) -> bool:
-    """Whether any trial of the study's stages has finished (its result depends on the data),
-    or with `running`, is training now (another worker, on the files it read)."""
-    states = (*_DONE, optuna.trial.TrialState.RUNNING) if running else _DONE
+def _anything_begun(storage, cfg: StudyConfig) -> bool:
+    """Whether any trial of the study's stages has finished (its result depends on the data)
+    or is training now (another worker, on the data it read)."""
+    begun = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+             optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
     return any(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False,
-                                      states=states)
+                                      states=begun)
                for name in _stage_studies(storage, cfg))
 
 
@@ -94,9 +91,9 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     """The record of `cfg.study`, whether this call created it (exactly one process does),
     and its keys as this call read and left them (a process reads them once at its start:
     `check_digest` and the study's run take them from here). Made on the first run; on every
-    later run the data settings must be the ones stored, unless no trial has finished yet
-    (a mistyped --data on a first run costs nothing: the study binds to the data of the run
-    that trains)."""
+    later run the data settings must be the ones stored, unless no trial has finished yet or
+    is training (a mistyped --data on a first run costs nothing: the study binds to the data
+    of the run that trains)."""
     given = _stored_form(cfg.data)
     record, created = open_shared(cfg.study, storage)
     if created:
@@ -112,7 +109,7 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     stored = (keys if RecordKey.DATA in keys
               else wait_for(record, RecordKey.DATA, 10.0) or read(record))
     difference = _first_difference(stored.get(RecordKey.DATA, given), given)
-    if difference and not _anything_finished(storage, cfg):
+    if difference and not _anything_begun(storage, cfg):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
             f"data ({difference})")
         write(record, RecordKey.DATA, given)
@@ -147,7 +144,7 @@ def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str,
     if stored is None:
         write(record, RecordKey.DIGEST, digest)
     elif (stored != digest and storage is not None
-          and not _anything_finished(storage, cfg, running=True)):
+          and not _anything_begun(storage, cfg)):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to the images in "
             f"{cfg.data.root or 'the built-in set'} as they are now (they changed since it "
             "first read them)")

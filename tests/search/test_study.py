@@ -538,6 +538,7 @@ def test_a_data_error_comes_before_the_stores_and_binds_nothing(write_study, tmp
 def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains(
         write_study, tmp_path):
     from asl_sweep.runtime.errors import StoreError
+    from asl_sweep.search.optuna_api import study_id_of
     from asl_sweep.search.record import bind
     from asl_sweep.search.state import read as attrs
     from asl_sweep.search.store import optuna_storage
@@ -556,9 +557,13 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
     neighbour.add_trial(optuna.trial.create_trial(value=0.5))
     record, _, keys = bind(storage, first, log=said.append)
     assert keys["data"]["image_size"] == 16 and len(said) == 2
-    # Once a trial of the study has finished, its data is fixed.
+    # Once a trial of the study is training (another worker, on the data it read) or has
+    # finished, its data is fixed.
     stage = optuna.create_study(study_name="tiny.search", storage=storage)
-    stage.add_trial(optuna.trial.create_trial(value=0.5))
+    training = storage.create_new_trial(study_id_of(stage))
+    with pytest.raises(StoreError, match="this study ran with 16, this command says 24"):
+        bind(storage, changed, log=lambda _: None)
+    storage.set_trial_state_values(training, optuna.trial.TrialState.COMPLETE, [0.5])
     with pytest.raises(StoreError, match="this study ran with 16, this command says 24"):
         bind(storage, changed, log=lambda _: None)
 
