@@ -13,6 +13,8 @@ from asl_sweep.search.selection import StageResult, role_of
 from asl_sweep.search.state import Failure, Role, TrialKey, outcome_of, retries_of
 from asl_sweep.settings.spec import StageConfig
 
+_LOST = "lost"  # a trial whose worker died: found by the next look, queued again
+
 
 @dataclass
 class StageView:
@@ -39,10 +41,14 @@ class StageView:
             if t.state == TrialState.FAIL:
                 why = t.user_attrs.get(TrialKey.FAILURE)
                 if t.number in retried:
-                    name = f"{why or 'lost with its worker'} (queued again)"
+                    name = f"{why or _LOST} (queued again)"
                 elif why in (Failure.SURPLUS, Failure.UNUSED):
                     name = str(why)
             counts[name] = counts.get(name, 0) + 1
+        lost = counts.pop(f"{_LOST} (queued again)", 0)
+        if lost:
+            counts[f"lost with {'its worker' if lost == 1 else 'their workers'} "
+                   "(queued again)"] = lost
         return counts
 
     def ranked(self, roles=("incumbent", "seed", "search")) -> list[FrozenTrial]:

@@ -414,14 +414,22 @@ class TrialRunner:
             trial.set_user_attr(TrialKey.FAILURE, why)
             Requeue()(self.study, storage_of(self.study).get_trial(trial_id_of(trial)))
         except Exception as e:
-            undone.append(f"not queued again yet ({_first_line(e)})")
+            undone.append(f"not queued again yet ({_cause(e, 'the Optuna store')})")
         try:
             self.session.mirror.trial_stopped(run_id, status, error, trace)
         except Exception as e:
-            undone.append(f"its MLflow run not closed yet ({_first_line(e)})")
+            undone.append(f"its MLflow run not closed yet ({_cause(e, 'the MLflow store')})")
         if undone:
             log.warning("trial %s: %s; the next run does it",
                         self.number_offset + trial.number, "; ".join(undone))
+
+
+def _cause(e: BaseException, store: str) -> str:
+    """Why a store did not take a write, as one short clause: a full disk, a read-only folder
+    or a damaged file said as such (Optuna's own wrapper of a full disk blames 'invalid data
+    in the commit'), anything else as its first line."""
+    fault = environment_fault(e, store)
+    return str(fault).split(";")[0] if fault is not None else _first_line(e)
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:

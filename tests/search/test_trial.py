@@ -160,3 +160,24 @@ def test_folds_past_what_the_split_has_are_said_and_labelled_as_they_ran(write_s
     assert main(["status", str(path), "--home", str(home)]) == 0
     status = capsys.readouterr().out
     assert f"the mean over {k} person folds)" in status and "10 person folds" not in status
+
+
+def test_a_store_that_did_not_take_a_requeue_is_named_with_its_fault():
+    """Optuna wraps a full disk as 'invalid data in the commit, e.g. exceeding max length':
+    the warning says the store was full (seen with a home on a full tmpfs)."""
+    import sqlite3
+
+    from optuna.exceptions import StorageInternalError
+
+    from asl_sweep.search.trial import _cause
+
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as e:
+            raise StorageInternalError("An exception is raised during the commit. This "
+                                       "typically happens due to invalid data") from e
+    except StorageInternalError as e:
+        said = _cause(e, "the Optuna store")
+    assert said == "the Optuna store could not be written (database or disk is full)"
+    assert _cause(ValueError("x\ny"), "the Optuna store") == "ValueError: x"

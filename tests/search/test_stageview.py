@@ -1,0 +1,29 @@
+"""StageView: a stage's trials as a person reads them."""
+
+import optuna
+from optuna.trial import TrialState
+
+from asl_sweep.search.stageview import StageView
+from asl_sweep.search.state import RETRY_HISTORY, Failure, TrialKey
+from asl_sweep.settings.spec import StageConfig
+
+
+def _trial(number, state, retried=(), failure=None):
+    trial = optuna.trial.create_trial(state=state, value=0.5 if state == TrialState.COMPLETE
+                                      else None, system_attrs={RETRY_HISTORY: list(retried)},
+                                      user_attrs={TrialKey.FAILURE: failure} if failure else {})
+    trial.number = number
+    return trial
+
+
+def test_trials_are_counted_as_what_happened_to_them():
+    trials = [_trial(0, TrialState.COMPLETE), _trial(1, TrialState.FAIL),
+              _trial(2, TrialState.FAIL), _trial(3, TrialState.FAIL, failure=Failure.INTERRUPTED),
+              _trial(4, TrialState.COMPLETE, retried=[1]), _trial(5, TrialState.WAITING, [2]),
+              _trial(6, TrialState.WAITING, [3]), _trial(7, TrialState.FAIL)]
+    view = StageView(StageConfig(name="s", space={"lr": [1e-3]}), trials, None, {})
+    assert view.by_state() == {"complete": 2, "fail": 1, "waiting": 2,
+                               "interrupted (queued again)": 1,
+                               "lost with their workers (queued again)": 2}
+    view.trials = trials[:2] + trials[4:5]
+    assert view.by_state() == {"complete": 2, "lost with its worker (queued again)": 1}
