@@ -5,6 +5,7 @@ validation; the card reports that configuration's score on the untouched test sp
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tempfile
@@ -21,8 +22,20 @@ from asl_sweep.models.registry import Deployable
 from asl_sweep.results.predict import MARKER, MODEL_FILE, TORCHSCRIPT_FILE, marker
 from asl_sweep.results.readback import finished_stage, read_final, read_stages
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import ExportError, UserError
-from asl_sweep.runtime.files import atomic_write_text, make_folder, sha256_of
+from asl_sweep.runtime.errors import (
+    ExportError,
+    StoreError,
+    UserError,
+    WriteError,
+    environment_fault,
+)
+from asl_sweep.runtime.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    make_folder,
+    sha256_of,
+    torch_bytes,
+)
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search import (
     TEST_RULE,
@@ -138,6 +151,9 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
             try:
                 written[kind] = exporters[kind]()
             except (UserError, OSError, RuntimeError, ImportError) as e:
+                fault = environment_fault(e, "the MLflow store (mlflow.db, or --tracking)")
+                if isinstance(fault, (WriteError, StoreError)):
+                    raise fault from None  # a full disk, a store away: the next forms too
                 # One format failing (a missing package, an operator the exporter lacks)
                 # must not cost the others.
                 failed[kind] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
@@ -162,11 +178,14 @@ def export_torchscript(deployable: Deployable, exported: Exported, example: torc
     inner = torch.jit.trace(deployable.model, example.float() / 255)
     scripted = torch.jit.script(Deployable(inner, exported.image_size))
     path = out / TORCHSCRIPT_FILE
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = exported.file.save(Path(tmp) / MODEL_FILE).read_bytes()
-    torch.jit.save(scripted, str(path), _extra_files={
+    # Written in memory, then to the file whole (a temp file renamed): torch's own file
+    # writer aborts the process where the disk fills, leaving a cut model file behind.
+    scripted_bytes = io.BytesIO()
+    torch.jit.save(scripted, scripted_bytes, _extra_files={
         f"{MARKER}.json": json.dumps(_marker(exported) | {"model_file": MODEL_FILE}),
-        "classes.json": json.dumps(exported.classes), MODEL_FILE: weights})
+        "classes.json": json.dumps(exported.classes),
+        MODEL_FILE: bytes(torch_bytes(exported.file.to_dict()))})
+    atomic_write_bytes(path, scripted_bytes.getbuffer())
     return path
 
 
@@ -177,14 +196,15 @@ def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tenso
 
     path = out / "model.onnx"
     fixed_size = Deployable(deployable.model, exported.image_size, resize=False).eval()
-    torch.onnx.export(fixed_size, (example,), str(path), input_names=["images"],
+    exported_bytes = io.BytesIO()  # in memory, then the file whole, as for TorchScript
+    torch.onnx.export(fixed_size, (example,), exported_bytes, input_names=["images"],
                       output_names=["probabilities"], dynamo=False, opset_version=17,
                       dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}})
-    graph = onnx.load(str(path))
+    graph = onnx.load_from_string(exported_bytes.getvalue())
     for key, value in {MARKER: json.dumps(_marker(exported)),
                        "classes": json.dumps(exported.classes), **exported.lineage()}.items():
         graph.metadata_props.add(key=key, value=value)
-    onnx.save(graph, str(path))
+    atomic_write_bytes(path, graph.SerializeToString())
     # ONNX runs in onnxruntime, not from asl-sweep's registry: `predict` runs an ONNX file
     # only when its bytes are the ones recorded here, on the study's MLflow run.
     tracker = Tracker(ws)

@@ -56,7 +56,8 @@ class WriteError(UserError):
 
 # Faults of the machine rather than of a trial or of asl-sweep: a file or a store that cannot
 # be written. They stop the run in one line, and the trial runs again on rerun.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES,
+                 errno.EPERM}
 _STORE_FAULTS = ("database or disk is full", "attempt to write a readonly database",
                  "disk I/O error", "unable to open database file")
 # What SQLite says of a file that is not (or no longer) a database it can read.

@@ -413,3 +413,35 @@ def test_a_sigterm_during_export_stops_it_between_two_forms(exported, tmp_path):
                                             "same command")
     assert not (target / "MODEL_CARD.md").exists()  # written after every form: never reached
     assert open_model(str(target / "model.torchscript.pt"), ws.home).classes == list("ABCDEFGHI")
+
+
+FILE_LIMIT = """
+import resource, signal, sys
+from asl_sweep.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_disk_that_fills_during_export_leaves_no_cut_model_and_says_which_file(exported,
+                                                                                 tmp_path):
+    """A real write limit (RLIMIT_FSIZE, as a full disk) short of the TorchScript file (and
+    above the model file inside it): torch's own file writer aborted the process (exit 134, a
+    C++ trace) and left a cut model.torchscript.pt where predict would find it. Now: one line
+    naming it, exit 2, and no model file."""
+    _, ws, out = exported
+    short = (out / "model.torchscript.pt").stat().st_size * 3 // 4
+    target = tmp_path / "full"
+    command = ["export", str(out.parent / "study.yaml"), "--home", str(ws.home),
+               "--format", "torchscript", "--out", str(target)]
+    done = subprocess.run([sys.executable, "-c", FILE_LIMIT, str(short), *command],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"error: {target / 'model.torchscript.pt'}: could not be "
+                                   "written (File too large); nothing recorded was lost: free "
+                                   "space or make the folder writable, then rerun the same "
+                                   "command")
+    assert not (target / "model.torchscript.pt").exists()
+    assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temp file left
