@@ -4,11 +4,14 @@ matplotlib's object API (no pyplot state, no tight_layout pass)."""
 
 from __future__ import annotations
 
+import io
 import os
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from asl_sweep.runtime.files import atomic_write_bytes
 
 
 def _writable_config_dir() -> None:
@@ -40,8 +43,11 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=85)
+    """Drawn in memory, then written whole: a full disk names the file, and leaves no cut
+    PNG (PIL's own write says only 'No space left on device')."""
+    png = io.BytesIO()
+    fig.savefig(png, dpi=85, format="png")
+    atomic_write_bytes(path, png.getbuffer(), sync=False)
     return path
 
 

@@ -55,3 +55,30 @@ def test_the_confusion_matrix_class_names_do_not_run_into_each_other():
         space = fig.axes[0].get_xticklabels()[0].get_fontsize() * fig.dpi / 72 / 2  # half an em
         gaps = [b.x0 - a.x1 for a, b in itertools.pairwise(boxes)]
         assert min(gaps) >= space, (classes[:2], min(gaps))
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+from matplotlib.figure import Figure
+from asl_sweep.runtime.errors import WriteError
+from asl_sweep.tracking.plots import _save
+fig = Figure()
+fig.add_subplot().plot(range(100))
+try:
+    _save(fig, Path(sys.argv[1]))
+except WriteError as e:
+    print(e)
+"""
+
+
+def test_a_figure_the_disk_does_not_take_is_named_and_left_unwritten(tmp_path):
+    """A real write limit (RLIMIT_FSIZE, as a full disk): the line names the PNG (PIL's own
+    write named 'a file'), and no cut PNG is left where the report links it."""
+    path = tmp_path / "curves.png"
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.startswith(f"{path}: could not be written (File too large)"), done
+    assert not path.exists() and list(tmp_path.iterdir()) == []
