@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.models.views import VIEW_SETS, VIEWS, describe, each_view, set_probabilities
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import ModelFileError, StoreError
+from asl_sweep.runtime.errors import ModelFileError, StoreError, WriteError
 from asl_sweep.search.progress import final_model_lines, views_lines
 from asl_sweep.search.record import save_final
 from asl_sweep.search.session import Session
@@ -84,8 +84,8 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
         raise ModelFileError(f"trial {t.number}: no MLflow run, so no checkpoint to score")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = tracker.download(run_id, "checkpoints/best.pt", Path(tmp))
-        except StoreError:  # a moved home: its own one line
+            path = tracker.artifact_file(run_id, "checkpoints/best.pt", Path(tmp))
+        except (StoreError, WriteError):  # a moved home, a full disk: their own one line
             raise
         except Exception as e:  # MlflowException: the artifact is not there
             raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "

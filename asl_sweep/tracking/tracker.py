@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -380,10 +381,30 @@ class Tracker:
     def metric_history(self, run_id: str, key: str) -> list:
         return self.client.get_metric_history(run_id, key)
 
-    def download(self, run_id: str, path: str, dst: Path) -> Path:
-        dst.mkdir(parents=True, exist_ok=True)
+    def artifact_file(self, run_id: str, path: str, dst: Path) -> Path:
+        """A run's artifact file to read: in place where the artifacts are a local folder
+        (nothing copied), else downloaded into `dst`. A copy the disk did not take is one
+        WriteError naming `dst` (MLflow's own download says only 'ensure that the path is
+        correct')."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
         self.refuse_elsewhere(self.client.get_run(run_id).info.artifact_uri, f"run {run_id}")
-        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+        repo = self._artifacts(run_id)
+        if isinstance(repo, LocalArtifactRepository):
+            local = Path(repo.artifact_dir) / path
+            if local.is_file():
+                return local
+        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(repo.download_artifacts(path, str(dst)))
+        except MlflowException as e:  # its failures are text: "[Errno 28] No space left ..."
+            found = re.search(r"\[Errno (\d+)\]", str(e))
+            fault = environment_fault(OSError(int(found[1]), os.strerror(int(found[1])), dst)
+                                      ) if found else None
+            if fault is not None:
+                raise fault from None
+            raise
 
     def has_artifact(self, run_id: str, path: str) -> bool:
         """Whether the run's artifacts still hold `path` (a file a user or a cleanup may
