@@ -53,9 +53,13 @@ def _study_args(p: argparse.ArgumentParser, search: bool = True) -> None:
     p.add_argument("--data", type=_path, help="ImageFolder root (one folder per class)")
     p.add_argument("--home", type=_home, default=_default_home(),
                    help="folder for databases, artifacts and caches (default ./mlruns)")
-    p.add_argument("--tracking", help="MLflow tracking URI (default sqlite in --home)")
+    p.add_argument("--tracking", default=environment.from_variable(environment.TRACKING),
+                   help="MLflow tracking URI (default $ASL_SWEEP_TRACKING, else sqlite in "
+                        "--home)")
     if search:
-        p.add_argument("--storage", help="Optuna storage URL (default sqlite in --home)")
+        p.add_argument("--storage", default=environment.from_variable(environment.STORAGE),
+                       help="Optuna storage URL (default $ASL_SWEEP_STORAGE, else sqlite in "
+                            "--home)")
         p.add_argument("--trials", type=int, help="trial budget of every stage")
     else:
         p.set_defaults(storage=None, trials=None)
@@ -136,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--home", type=_home, default=_default_home(),
                       help="for models:/ URIs and study YAMLs: the folder holding mlflow.db "
                       "and exports/")
-    pred.add_argument("--tracking", help="for models:/ URIs: an MLflow tracking server or "
-                      "database URI (default: the home's mlflow.db)")
+    pred.add_argument("--tracking", default=environment.from_variable(environment.TRACKING),
+                      help="for models:/ URIs: an MLflow tracking server or database URI "
+                      "(default: $ASL_SWEEP_TRACKING, else the home's mlflow.db)")
 
     cmp = sub.add_parser("compare", help="two studies side by side: what each stage adopted "
                          "and the final test scores", description="Compare two studies. "
@@ -313,12 +318,12 @@ def _stdout_gone() -> bool:
 
 
 def _study_argv(args) -> list[str]:
-    """The arguments that say which study, data and stores: passed on to worker processes."""
+    """The arguments that say which study and data: passed on to worker processes (the
+    stores go through their environment, so a password in a URL stays out of `ps`)."""
     argv = [str(args.study), "--home", str(args.home)]
     for item in args.overrides:
         argv += ["--set", item]
-    for flag, value in (("--data", args.data), ("--storage", args.storage),
-                        ("--tracking", args.tracking), ("--trials", args.trials),
+    for flag, value in (("--data", args.data), ("--trials", args.trials),
                         ("--epochs", args.epochs)):
         if value is not None:
             argv += [flag, str(value)]

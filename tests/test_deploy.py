@@ -17,8 +17,12 @@ VALUES = {"STUDY": "sweeps/report.yaml", "ASL_SWEEP_STORAGE": "postgresql://u@db
           "SLURM_ARRAY_TASK_ID": "3", "SLURM_CPUS_PER_TASK": "2", "HOME_DIR": "/tmp/h"}
 
 
-def accepted(script: str) -> list[str]:
-    """Each `exec asl-sweep ...` line of a shell script, parsed by the real CLI parser."""
+def accepted(script: str, monkeypatch) -> list[str]:
+    """Each `exec asl-sweep ...` line of a shell script, parsed by the real CLI parser (in
+    the environment the script's scheduler gives it)."""
+    for name in ("ASL_SWEEP_STORAGE", "ASL_SWEEP_TRACKING"):
+        if f"${name}" not in script:  # the Secret's variables, read by asl-sweep itself
+            monkeypatch.setenv(name, VALUES[name])
     commands = re.findall(r"exec (asl-sweep [^;\n]+)", script.replace("\\\n", " "))
     assert len(commands) == 2, commands  # the study's runner and a worker
     subcommands = []
@@ -30,7 +34,7 @@ def accepted(script: str) -> list[str]:
     return subcommands
 
 
-def test_the_kubernetes_indexed_job_parses_and_runs_what_the_cli_accepts():
+def test_the_kubernetes_indexed_job_parses_and_runs_what_the_cli_accepts(monkeypatch):
     (job,) = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "workers.yaml").read_text())
     assert job["kind"] == "Job" and job["spec"]["completionMode"] == "Indexed"
     assert job["spec"]["completions"] == job["spec"]["parallelism"]
@@ -38,14 +42,18 @@ def test_the_kubernetes_indexed_job_parses_and_runs_what_the_cli_accepts():
     secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
                if "valueFrom" in e}
     assert secrets == {"asl-sweep-stores"}
+    # The Secret's URLs reach asl-sweep as the variables it reads, never on a command line.
+    from_secret = {e["name"] for e in container["env"] if "valueFrom" in e}
+    assert from_secret == {"ASL_SWEEP_STORAGE", "ASL_SWEEP_TRACKING"}
     script = container["args"][0]
     assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0
-    assert accepted(script) == ["run", "worker"]
+    assert accepted(script, monkeypatch) == ["run", "worker"]
+    assert "--storage" not in script and "--tracking" not in script
 
 
-def test_the_slurm_array_script_parses_and_runs_what_the_cli_accepts():
+def test_the_slurm_array_script_parses_and_runs_what_the_cli_accepts(monkeypatch):
     path = ROOT / "deploy" / "slurm" / "workers.sh"
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     script = path.read_text()
     assert re.search(r"^#SBATCH --array=0-\d+", script, re.MULTILINE)
-    assert accepted(script) == ["run", "worker"]
+    assert accepted(script, monkeypatch) == ["run", "worker"]

@@ -36,7 +36,37 @@ OFFLINE = Variable("ASL_SWEEP_OFFLINE", "",
                    "1: never download pretrained weights (torchvision's hub download is "
                    "otherwise tried when no file is found)")
 
-VARIABLES = (HOME, WORKERS, STORE_RETRY_S, SYSTEM_METRICS_S, WEIGHTS, OFFLINE)
+STORAGE = Variable("ASL_SWEEP_STORAGE", "",
+                   "the Optuna storage URL when no --storage is given (a password in it stays "
+                   "off the command line and out of `ps`; `run` hands it to its workers so)")
+TRACKING = Variable("ASL_SWEEP_TRACKING", "",
+                    "the MLflow tracking URI when no --tracking is given (as ASL_SWEEP_STORAGE)")
+
+VARIABLES = (HOME, STORAGE, TRACKING, WORKERS, STORE_RETRY_S, SYSTEM_METRICS_S, WEIGHTS,
+             OFFLINE)
+
+
+class FromVariable(str):
+    """A flag's value that came from its environment variable (no flag given): a line about
+    it names the variable, not the flag."""
+
+    variable: Variable
+
+    def __new__(cls, value: str, variable: Variable) -> FromVariable:
+        made = super().__new__(cls, value)
+        made.variable = variable
+        return made
+
+
+def named(value: str, flag: str) -> str:
+    """What to call a flag's value in a message: the flag, or the variable it came from."""
+    return f"${value.variable.name}" if isinstance(value, FromVariable) else flag
+
+
+def from_variable(variable: Variable) -> FromVariable | None:
+    """A flag's default from its variable; None where the variable is unset or empty."""
+    raw = os.environ.get(variable.name)
+    return FromVariable(raw, variable) if raw else None
 
 
 def text(variable: Variable) -> str:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from asl_sweep.runtime.environment import named
 from asl_sweep.runtime.errors import ConfigError, WriteError
 from asl_sweep.runtime.files import make_folder
 
@@ -25,9 +26,9 @@ class Workspace:
     def at(cls, home: str | Path = "mlruns", storage: str | None = None,
            tracking_uri: str | None = None) -> Workspace:
         if storage is not None:
-            _check_database("--storage", storage, "sqlite:///PATH/optuna.db, "
+            _check_database(named(storage, "--storage"), storage, "sqlite:///PATH/optuna.db, "
                             "postgresql://USER@HOST/DB or grpc://HOST:PORT (asl-sweep "
-                            "store-proxy)")
+                            "store-proxy)", grpc=True)
         if tracking_uri is not None:
             _check_tracking(tracking_uri)
         _check_home(Path(home))
@@ -115,11 +116,11 @@ def shown(url: str) -> str:
     return f"{scheme}{sep}{netloc}{slash}{path}"
 
 
-def _check_database(flag: str, url: str, give: str) -> None:
+def _check_database(flag: str, url: str, give: str, grpc: bool = False) -> None:
     """A store URL as the run will open it, checked before anything starts: a path, a typo in
     the scheme or a database whose driver is not installed is one line, not SQLAlchemy's
     traceback from deep in the first worker."""
-    if url.startswith("grpc://") and flag == "--storage":
+    if url.startswith("grpc://") and grpc:
         return
     import sqlalchemy
 
@@ -140,10 +141,11 @@ def _check_tracking(uri: str) -> None:
         return
     give = ("sqlite:///PATH/mlflow.db, postgresql://USER@HOST/DB or http://HOST:PORT (an "
             "MLflow tracking server)")
+    flag = named(uri, "--tracking")
     if scheme in ("", "file"):
-        raise ConfigError(f"--tracking {shown(uri)}: a folder is MLflow's old plain-folder store, "
+        raise ConfigError(f"{flag} {shown(uri)}: a folder is MLflow's old plain-folder store, "
                           f"which MLflow no longer develops; give {give}")
-    _check_database("--tracking", uri, give)
+    _check_database(flag, uri, give)
 
 
 def _sqlite_file(url: str) -> Path | None:

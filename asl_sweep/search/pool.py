@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from asl_sweep.runtime import signals
+from asl_sweep.runtime import environment, signals
 from asl_sweep.runtime.workers import Workers, auto_workers, fixed_workers, gpu_count, share_device
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.session import open_session
@@ -77,7 +77,10 @@ def _start(cfg: StudyConfig, ws: Workspace, workers: Workers,
     try:
         for index in range(1, workers.count):
             signals.check()
-            env = dict(os.environ)
+            # The stores as this process resolved them, through the environment: a URL's
+            # password is not shown by `ps` as command-line arguments are.
+            env = {**os.environ, environment.STORAGE.name: ws.storage,
+                   environment.TRACKING.name: ws.tracking_uri}
             if workers.gpus > 1:  # each GPU takes per_device consecutive workers
                 env["CUDA_VISIBLE_DEVICES"] = str(workers.device_of(index))
             with signals.ctrl_c_held_for_child():

@@ -53,3 +53,33 @@ def test_a_flag_wins_over_its_variable(monkeypatch):
         _workers_default()
     monkeypatch.setenv("ASL_SWEEP_WORKERS", "3")
     assert _workers_default() == 3
+
+
+def test_the_stores_come_from_their_variables_and_a_bad_one_is_named(monkeypatch, tmp_path,
+                                                                     capsys):
+    """ASL_SWEEP_STORAGE / ASL_SWEEP_TRACKING: the stores without a flag (a Kubernetes Secret,
+    a password kept off the command line); a flag wins; a bad value names the variable."""
+    from asl_sweep.cli import build_parser, main
+
+    monkeypatch.setenv("ASL_SWEEP_STORAGE", "postgresql://u:s3cret@db/optuna")
+    monkeypatch.setenv("ASL_SWEEP_TRACKING", "http://mlflow:5000")
+    args = build_parser().parse_args(["status", "s.yaml"])
+    assert (args.storage, args.tracking) == ("postgresql://u:s3cret@db/optuna",
+                                             "http://mlflow:5000")
+    args = build_parser().parse_args(["worker", "s.yaml", "--storage", "sqlite:///o.db"])
+    assert args.storage == "sqlite:///o.db" and args.tracking == "http://mlflow:5000"
+    assert build_parser().parse_args(["predict", "m.onnx", "x.png"]).tracking == (
+        "http://mlflow:5000")
+    study = tmp_path / "s.yaml"
+    study.write_text("study: s\nstages: [{name: a, space: {lr: [0.01]}}]\n")
+    monkeypatch.setenv("ASL_SWEEP_STORAGE", "optuna.db")
+    assert main(["status", str(study), "--home", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: $ASL_SWEEP_STORAGE optuna.db: not a database URL; give sqlite:///PATH/optuna.db,"
+        " postgresql://USER@HOST/DB or grpc://HOST:PORT (asl-sweep store-proxy)")
+    monkeypatch.delenv("ASL_SWEEP_STORAGE")
+    monkeypatch.setenv("ASL_SWEEP_TRACKING", str(tmp_path))
+    assert main(["status", str(study), "--home", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: $ASL_SWEEP_TRACKING {tmp_path}: a folder "
+                                              "is MLflow's old plain-folder store")
+    assert not (tmp_path / "optuna.db").exists()

@@ -93,6 +93,9 @@ def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_pa
     assert main(["run", str(path), "--home", str(tmp_path / "mlruns"), "--workers", "2",
                  "--storage", storage, "--tracking", tracking]) == 0
     out = capfd.readouterr().out
+    # Worker 1 got the stores through its environment (not its command line, where `ps`
+    # shows a password): it used them, and made no store of its own in the home.
+    assert not list((tmp_path / "mlruns").glob("*.db"))
     for stage in ("first", "second"):
         searched = [t for t in _finished(storage, f"tiny.{stage}")
                     if t.user_attrs["role"] in ("seed", "search")]
