@@ -433,6 +433,7 @@ def release_unused(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
                and t.user_attrs.get(TrialKey.ROLE) == Role.SEARCH
                and FAILED_TRIAL not in t.system_attrs]
     for t in waiting:
+        signals.check()  # between two slots: the rest stay WAITING, and a rerun ends them
         try:
             if storage.set_trial_state_values(trial_id_of(t), TrialState.RUNNING):
                 storage.set_trial_user_attr(trial_id_of(t), TrialKey.FAILURE, Failure.UNUSED)

@@ -397,3 +397,22 @@ def test_a_stop_while_waiting_on_another_worker_is_taken_at_once(store):
     out = subprocess.run([sys.executable, "-c", WAITING, store], capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip() in ("stopped after 1 s", "stopped after 2 s"), out.stderr
+
+
+def test_a_stop_while_unused_slots_are_ended_is_taken_between_two(store, monkeypatch):
+    """A stage that stopped searching early ends its unused slots, three storage calls each
+    (about 10,000 at the budget cap): a Ctrl-C or SIGTERM waited for the last; now it is
+    taken between two, and what is left waits for the next run to end it."""
+    import signal
+
+    from asl_sweep.runtime import signals
+
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 3)
+    monkeypatch.setattr(signals, "_requested", signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        state.release_unused(study, study.get_trials())
+    assert [t.state.name for t in study.get_trials()] == ["WAITING"] * 3
+    monkeypatch.setattr(signals, "_requested", None)
+    assert state.release_unused(study, study.get_trials())
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"] * 3
