@@ -274,6 +274,14 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
+def _whose(args: argparse.Namespace) -> str:
+    """A worker that `run` started says its last line as its trial lines, prefixed: `run`
+    says its own beside it (two identical lines read as one said twice)."""
+    if args.command == "worker" and args.parent_pid:
+        return f"[worker {args.worker_index}] "
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
@@ -288,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         if fault is None:
             raise  # a bug: its traceback, exit 1
         prefix = "stopped" if fault.exit_code == 3 else "error"
-        print(f"{prefix}: {fault}", file=sys.stderr)
+        print(f"{_whose(args)}{prefix}: {fault}", file=sys.stderr)
         return fault.exit_code
     except KeyboardInterrupt:
         # Only a search resumes; a command that reads the records (report, export, ...) is
         # simply run again.
         searches = args.command in ("run", "worker")
-        print("interrupted: " + ("the current trial is queued to run again; "
+        print(_whose(args) + "interrupted: " + ("the current trial is queued to run again; "
                                  if signals.stopped_in_trial() else "nothing recorded was lost; ")
               + "rerun the same command" + (" to resume" if searches else ""), file=sys.stderr)
         return 130

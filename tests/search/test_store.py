@@ -240,6 +240,9 @@ def test_a_stopped_run_stops_its_workers_each_trial_queued_again_without_a_trace
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
     assert err.count("interrupted: the current trial is queued to run again") == 2, err
+    # The worker's line is said as its own, as its trial lines are (two identical lines
+    # read as one said twice).
+    assert err.count("[worker 1] interrupted: the current trial is queued") == 1, err
     assert not _processes_running(path)
     study = optuna.load_study(study_name="tiny.search", storage=ws.storage)
     stopped = [t for t in study.trials if t.user_attrs.get("failure") == "interrupted"]
