@@ -20,6 +20,7 @@ from asl_sweep.data.synthetic import CLASSES, make_synthetic, synthetic_digest
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import DataError
 from asl_sweep.runtime.files import atomic_torch_save, load_tensors
+from asl_sweep.runtime.machine import total_memory, usable_cpus
 from asl_sweep.settings.config import DataConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -60,22 +61,15 @@ def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> Im
         cfg.root, files, labels, classes, size, cfg.on_bad_image, digest, skipped, log), log)
 
 
-def physical_memory() -> int | None:
-    """This machine's memory in bytes, where the system says."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def _fits_in_memory(n_images: int, size: int, what: str, fewer: str) -> None:
     """Every image is decoded into memory at once (then cached and mapped): a set larger
-    than this machine's memory can only end in the system killing the run, after minutes of
-    decoding, so it is refused before the first image."""
-    need, have = n_images * 3 * size * size, physical_memory()
+    than the memory this process may use can only end in the system killing the run, after
+    minutes of decoding, so it is refused before the first image."""
+    need, have = n_images * 3 * size * size, total_memory()
     if have and need > have:
         raise DataError(f"{what} at {size} px decode to {need / 2**30:,.1f} GiB, more than "
-                        f"this machine's {have / 2**30:.1f} GiB of memory: lower "
+                        f"the {have / 2**30:.1f} GiB of memory this process may use (the "
+                        f"machine's, or its job's or container's limit): lower "
                         f"data.image_size or {fewer}")
 
 
@@ -274,7 +268,7 @@ def _decode_or_reason(args: tuple[str, int]) -> np.ndarray | str:
 def decode_folder(root: Path, files: list[Path], labels: list[int], classes: list[str],
                   size: int, on_bad: str, digest: str, skipped: list[str], log=print) -> ImageSet:
     jobs = [(str(p), size) for p in files]
-    workers = min(len(jobs) // 64, os.cpu_count() or 1)
+    workers = min(len(jobs) // 64, usable_cpus())
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     decoded = []
     try:

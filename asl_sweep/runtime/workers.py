@@ -9,10 +9,10 @@ that leave a big GPU idle), each with its share of the device's memory."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from asl_sweep.runtime.errors import ConfigError
+from asl_sweep.runtime.machine import free_memory, usable_cpus
 
 # What one worker process holds at most: the decoded images of the sizes it trains at, the
 # model, its optimizer and a batch's activations (a 224 px transfer stage is the largest).
@@ -50,17 +50,6 @@ def share_device(share: float) -> None:
         torch.cuda.set_per_process_memory_fraction(share)
 
 
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def gpu_count() -> int:
     """The GPUs this process sees."""
     import torch  # only when asked: the runtime layer loads nothing heavy at import
@@ -73,14 +62,14 @@ def auto_workers(large: bool = False, cores: int | None = None, gpus: int | None
     """`--workers auto`: `per_device` per GPU (default one); else one per core, one thread
     each, fewer if the machine's free memory cannot hold them (`large`: a stage trains at
     224 px or a backbone)."""
-    cores = cores if cores is not None else (os.cpu_count() or 1)
+    cores = cores if cores is not None else usable_cpus()
     gpus = gpus if gpus is not None else gpu_count()
     if gpus:
         count = gpus * per_device
         each = "one" if per_device == 1 else str(per_device)
         return Workers(count, max(1, cores // count), f"{each} per GPU ({gpus})", gpus,
                        per_device)
-    memory = memory if memory is not None else _available_memory()
+    memory = memory if memory is not None else free_memory()
     per = PER_WORKER_BYTES["large" if large else "small"]
     fit = max(1, memory // per) if memory else cores
     count = max(1, min(cores, fit))
@@ -117,8 +106,8 @@ def fixed_workers(count: int, cores: int | None = None, gpus: int = 0,
                   per_device: int = 1, memory: int | None = None,
                   large: bool = False) -> Workers:
     """`--workers N`: N, unless the machine cannot hold them (one line naming the limit)."""
-    cores = cores if cores is not None else (os.cpu_count() or 1)
-    memory = memory if memory is not None else _available_memory()
+    cores = cores if cores is not None else usable_cpus()
+    memory = memory if memory is not None else free_memory()
     limit, why = worker_limit(cores, gpus, per_device, memory, large)
     if count > limit:
         raise ConfigError(f"--workers {count}: this machine holds at most {limit} workers "

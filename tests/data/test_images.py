@@ -247,10 +247,12 @@ def test_a_set_larger_than_this_machines_memory_is_refused_before_decoding(image
                                                                           monkeypatch):
     """Every image is decoded into memory at once: beyond the machine's memory the system
     kills the run after the decoding, so it is one line before it."""
-    monkeypatch.setattr(images_mod, "physical_memory", lambda: 10_000)  # 18 x 3 x 16 x 16 > it
+    monkeypatch.setattr(images_mod, "total_memory", lambda: 10_000)  # 18 x 3 x 16 x 16 > it
     with pytest.raises(DataError, match=r"data.root: .*images: 18 images at 16 px decode to "
-                                        r"0.0 GiB, more than this machine's 0.0 GiB of memory: "
-                                        r"lower data.image_size or point data.root at fewer"):
+                                        r"0.0 GiB, more than the 0.0 GiB of memory this "
+                                        r"process may use \(the machine's, or its job's or "
+                                        r"container's limit\): lower data.image_size or point "
+                                        r"data.root at fewer"):
         load(image_folder, tmp_path / "c")
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
     synthetic = DataConfig(synthetic={"per_class": 100_000_000})  # 2.6 TB at 32 px: real RAM

@@ -1,0 +1,140 @@
+"""What this process may use of the machine: the CPUs it may run on (its affinity, and a
+container's or a job's CPU quota) and the memory it may take (a container's or a job's limit
+below the machine's). os.cpu_count() and /proc/meminfo say the whole machine's, which in a
+Slurm job, a Kubernetes pod or a `docker --cpus/--memory` container overstate both: a job
+given 2 CPUs of a 64-core node was sized as 64 workers, one that decodes more than its
+memory limit is killed by the system without a word.
+
+Limits are read from the cgroup files that bound this process (v2, or v1's cpu and memory
+controllers), its own cgroup and every one above it (a limit set on the job bounds its steps).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (9223372036854771712)
+
+
+def _own_cgroups(root: Path, controller: str, listing: str | None) -> list[Path]:
+    """The cgroup folders that bound this process for `controller` (cgroup v2: every
+    controller in one tree), its own first, then each one above it. `listing`: the text of
+    /proc/self/cgroup."""
+    if listing is None:
+        try:
+            listing = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return []
+    v2 = (root / "cgroup.controllers").exists()
+    base = root if v2 else root / controller
+    own = None
+    for line in listing.splitlines():
+        _, names, path = (line.split(":", 2) + ["", ""])[:3]
+        if (v2 and names == "") or (not v2 and controller in names.split(",")):
+            own = path
+            break
+    if own is None or not base.is_dir():
+        return []
+    folders, folder = [], base / own.lstrip("/")
+    while True:
+        if folder.is_dir():
+            folders.append(folder)
+        if folder == base or base not in folder.parents:
+            break
+        folder = folder.parent
+    # In a container the process's own path is the host's, not found below the container's
+    # mount, whose root is then the container's own cgroup.
+    return folders or [base]
+
+
+def _number(path: Path) -> int | None:
+    try:
+        text = path.read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text or not text[0].lstrip("-").isdigit():
+        return None  # "max": no limit
+    value = int(text[0])
+    return value if 0 < value < UNLIMITED else None
+
+
+def memory_limit(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
+    """The memory this process's cgroups allow (the smallest limit), None where none is set."""
+    v2 = (root / "cgroup.controllers").exists()
+    file = "memory.max" if v2 else "memory.limit_in_bytes"
+    limits = [n for f in _own_cgroups(root, "memory", listing)
+              if (n := _number(f / file)) is not None]
+    return min(limits) if limits else None
+
+
+def memory_in_use(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
+    """What this process's own cgroup has taken of its limit."""
+    v2 = (root / "cgroup.controllers").exists()
+    file = "memory.current" if v2 else "memory.usage_in_bytes"
+    folders = _own_cgroups(root, "memory", listing)
+    return _number(folders[0] / file) if folders else None
+
+
+def cpu_quota(root: Path = CGROUP_ROOT, listing: str | None = None) -> float | None:
+    """The CPUs this process's cgroups allow (a quota of 150 ms a 100 ms period: 1.5), the
+    smallest; None where none is set."""
+    v2 = (root / "cgroup.controllers").exists()
+    quotas = []
+    for folder in _own_cgroups(root, "cpu", listing):
+        if v2:
+            try:
+                quota, period = (folder / "cpu.max").read_text().split()[:2]
+            except (OSError, ValueError):
+                continue
+            if quota.isdigit() and period.isdigit() and int(period) > 0:
+                quotas.append(int(quota) / int(period))
+        else:
+            quota, period = (_number(folder / "cpu.cfs_quota_us"),
+                             _number(folder / "cpu.cfs_period_us"))
+            if quota and period:
+                quotas.append(quota / period)
+    return min(quotas) if quotas else None
+
+
+def usable_cpus(root: Path = CGROUP_ROOT, listing: str | None = None) -> int:
+    """The CPUs this process may run on (Slurm and `taskset` bind a job to some), no more
+    than its CPU quota allows (a quota of 1.5 CPUs: 1), at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota(root, listing)
+    if quota is not None:
+        cpus = min(cpus, math.floor(quota))
+    return max(1, cpus)
+
+
+def total_memory(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
+    """This machine's memory, or less where a limit on this process says so."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        physical = None
+    known = [m for m in (physical, memory_limit(root, listing)) if m]
+    return min(known) if known else None
+
+
+def free_memory(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
+    """The memory this process may still take: the machine's available memory, or what is
+    left of a limit on it where that is less."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    limit = memory_limit(root, listing)
+    left = max(0, limit - (memory_in_use(root, listing) or 0)) if limit else None
+    known = [m for m in (available, left) if m is not None]
+    return min(known) if known else None
