@@ -39,20 +39,34 @@ def compare_lines(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Worksp
     final_a, final_b = read_final(cfg_a, ws_a), read_final(cfg_b, ws_b)
     rows.append(["final test", final_a["summary"] if final_a else "not scored",
                  final_b["summary"] if final_b else "not scored"])
+    name_a, name_b = _names(a, b)
     lines = [f"compare {cfg_a.study} ({ws_a.home}) with {cfg_b.study} ({ws_b.home})",
              "stages: each study's decision and its validation value (the repeats' mean); "
              "final test: each study's own test split, scored once",
-             table(["stage", cfg_a.study, cfg_b.study], rows)]
+             table(["stage", name_a, name_b], rows)]
     if final_a and final_b:
-        lines.append(_test_line(cfg_a, cfg_b, final_a, final_b))
+        lines.append(_test_line(cfg_a, cfg_b, final_a, final_b, name_a, name_b))
     return lines
 
 
-def _test_line(cfg_a: StudyConfig, cfg_b: StudyConfig, final_a: dict, final_b: dict) -> str:
+def _names(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Workspace]
+           ) -> tuple[str, str]:
+    """What to call each side: its study's name, and where both studies have one name (two
+    homes), the name with its home's folder (its whole path where those agree too)."""
+    (cfg_a, ws_a), (cfg_b, ws_b) = a, b
+    if cfg_a.study != cfg_b.study:
+        return cfg_a.study, cfg_b.study
+    where_a, where_b = ((ws_a.home.name, ws_b.home.name) if ws_a.home.name != ws_b.home.name
+                        else (str(ws_a.home), str(ws_b.home)))
+    return f"{cfg_a.study} ({where_a})", f"{cfg_b.study} ({where_b})"
+
+
+def _test_line(cfg_a: StudyConfig, cfg_b: StudyConfig, final_a: dict, final_b: dict,
+               name_a: str, name_b: str) -> str:
     """B - A on test: paired over the people both scored where they scored the same split,
     else the two scores' intervals, read apart."""
     gap = (final_b["mean"] - final_a["mean"]) * 100
-    head = f"test accuracy {cfg_b.study} - {cfg_a.study}: {signed(gap)} pt"
+    head = f"test accuracy {name_b} - {name_a}: {signed(gap)} pt"
     # The split is drawn over the files, not their pixels: a size alone changes nothing.
     split_a, split_b = (c.data.model_dump(exclude={"image_size"}) for c in (cfg_a, cfg_b))
     sizes = cfg_a.data.image_size, cfg_b.data.image_size
@@ -64,7 +78,7 @@ def _test_line(cfg_a: StudyConfig, cfg_b: StudyConfig, final_a: dict, final_b: d
         return (f"{head}; the 95% intervals {'overlap' if overlap else 'do not overlap'}; "
                 f"{why}: read the two scores apart, not as a paired difference")
     lo, hi = paired["ci"]
-    verdict = (f"{cfg_b.study} scores higher" if lo > 0 else f"{cfg_a.study} scores higher"
+    verdict = (f"{name_b} scores higher" if lo > 0 else f"{name_a} scores higher"
                if hi < 0 else "the interval holds 0: no difference shown")
     spread = ("each study's seed spread over its repeats added" if paired["seeds"] else
               "a study of one repeat has no seed spread, so the interval covers the people "

@@ -140,3 +140,20 @@ def test_no_paired_difference_where_the_people_differ(other):
     people = {f"s{i:02d}": (18, 0.5) for i in range(10)}
     assert paired_difference(_final([0.5, 0.5], people), _final([0.5, 0.5], other)) is None
     assert paired_difference(_final([0.5], {}), _final([0.5], {})) is None
+
+
+def test_two_studies_of_one_name_in_two_homes_are_told_apart_by_their_homes(write_study,
+                                                                             tmp_path):
+    """`compare A.yaml A.yaml --other-home H2`: the table's columns and the test line said
+    'quick' and 'quick' ('quick scores higher'); each is named with its home."""
+    from asl_sweep.results.compare import _names
+    from asl_sweep.runtime.workspace import Workspace
+    from asl_sweep.settings.studyfile import load_study
+
+    cfg, other = load_study(write_study({})), load_study(write_study({}), ["study=other"])
+    first, second = Workspace.at(tmp_path / "first"), Workspace.at(tmp_path / "second")
+    assert _names((cfg, first), (other, first)) == ("tiny", "other")
+    assert _names((cfg, first), (cfg, second)) == ("tiny (first)", "tiny (second)")
+    elsewhere = Workspace.at(tmp_path / "x" / "first")
+    assert _names((cfg, first), (cfg, elsewhere)) == (f"tiny ({first.home})",
+                                                      f"tiny ({elsewhere.home})")
