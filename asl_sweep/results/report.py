@@ -55,16 +55,20 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# What a trial's partial curve is, by its state (a failed or interrupted one: stopped).
+_PARTIAL = {TrialState.PRUNED: "pruned", TrialState.RUNNING: "so far"}
+
+
 def _acc(t: FrozenTrial, key: str, which: str = "metrics", reported: str = "") -> str:
     """A trial's `key` at its best epoch (`which` "metrics") or its last ("last")."""
     outcome = outcome_of(t)
     value = getattr(outcome, which).get(key) if outcome is not None else None
     if value is None and key == reported and t.intermediate_values:
-        # A pruned trial has only the epochs it reported (its stage metric, `reported`): the
-        # best of them, or the last, where it was stopped.
+        # A trial pruned, stopped or still training has only the epochs it reported (its
+        # stage metric, `reported`): the best of them, or the last.
         steps = t.intermediate_values
         if which == "metrics":
-            return f"{max(steps.values()):.3f} (pruned)"
+            return f"{max(steps.values()):.3f} ({_PARTIAL.get(t.state, 'stopped')})"
         return f"{steps[max(steps)]:.3f} (epoch {max(steps)})"
     return f"{value:.3f}" if value is not None else "-"
 
@@ -170,7 +174,9 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
             if role == Role.CONFIRM else "") + (
             " (previous family)" if t.user_attrs.get(TrialKey.PREVIOUS_FAMILY)
             and role == Role.INCUMBENT else "")
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or "(as it came)"
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()) or (
+            "(drawn when it starts)" if t.state == TrialState.WAITING and role == Role.SEARCH
+            else "(as it came)")
         partial = stage.metric if stage.direction == "maximize" else ""  # what pruned ones have
         rows.append([str(t.number), label, t.state.name, params, _acc(t, "train_acc"),
                      _acc(t, "val_acc", reported=partial),

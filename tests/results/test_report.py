@@ -121,3 +121,21 @@ def test_the_trial_table_shows_what_a_stage_ranks_on_where_accuracy_is_not_it(wr
     for t in study.trials:
         row = next(line for line in md.splitlines() if line.startswith(f"| {t.number} |"))
         assert row.endswith(f"| {t.value:.3f} |")
+
+
+def test_a_partial_curve_is_labelled_by_what_happened_to_its_trial():
+    """A report written while the study runs called a running trial's best epoch so far
+    '(pruned)', and so a trial stopped by Ctrl-C or a failure."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from asl_sweep.results.report import _acc
+
+    said = {}
+    for state in (TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL):
+        trial = optuna.trial.create_trial(state=state, intermediate_values={1: 0.5, 2: 0.7})
+        said[state.name] = (_acc(trial, "val_acc", reported="val_acc"),
+                            _acc(trial, "val_acc", "last", "val_acc"))
+    assert said == {"PRUNED": ("0.700 (pruned)", "0.700 (epoch 2)"),
+                    "RUNNING": ("0.700 (so far)", "0.700 (epoch 2)"),
+                    "FAIL": ("0.700 (stopped)", "0.700 (epoch 2)")}
