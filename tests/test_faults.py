@@ -411,6 +411,42 @@ def test_a_damaged_store_file_is_one_line_naming_it(write_study, tmp_path, capsy
                         "study afresh")
 
 
+MAKE_STORES = """
+import sys
+import optuna
+from mlflow.tracking import MlflowClient
+optuna.create_study(storage=f"sqlite:///{sys.argv[1]}/optuna.db", study_name="made")
+MlflowClient(f"sqlite:///{sys.argv[1]}/mlflow.db").search_experiments()
+"""
+
+
+@pytest.mark.parametrize("store, schema, says", [
+    ("optuna.db", "v3.0.0.d", "the Optuna store (optuna.db, or --storage) was made by another "
+     "Optuna version ("),
+    ("mlflow.db", "1b5f0d9ad7c1", "the MLflow store (mlflow.db, or --tracking) was made by "
+     "another MLflow version (its schema 1b5f0d9ad7c1, this MLflow's ")])
+def test_a_store_another_library_version_made_is_one_line_saying_what_to_do(
+        write_study, tmp_path, capsys, store, schema, says):
+    """A home made with another Optuna or MLflow (an older asl-sweep's, or a shared database
+    server's) was their traceback ("Detected out-of-date database schema", "no longer
+    compatible with the table schema")."""
+    import sqlite3
+
+    home = tmp_path / "mlruns"
+    home.mkdir()
+    # Made in another process, as they would be: MLflow keeps a store it has opened (and
+    # checked) for the rest of the process.
+    subprocess.run([sys.executable, "-c", MAKE_STORES, str(home)], check=True, timeout=120)
+    with sqlite3.connect(home / store) as db:
+        db.execute("UPDATE alembic_version SET version_num = ?", (schema,))
+    capsys.readouterr()
+    err = one_line_error(capsys, main(["run", str(write_study()), "--home", str(home),
+                                       "--workers", "1"]), says)
+    assert err.endswith("upgrade` on its URI where an older MLflow made it, or use the MLflow "
+                        "version that made it" if store == "mlflow.db" else
+                        "back it up, then run `optuna storage upgrade --storage URL`"), err
+
+
 def test_a_damaged_checkpoint_is_named_by_its_trial_and_run(write_study, tmp_path, capsys):
     """A best.pt damaged on disk was named by the temporary copy it was read through
     (/tmp/tmpXXXX/best.pt); the line names the trial and run, and what to do."""

@@ -64,6 +64,27 @@ _STORE_FAULTS = ("database or disk is full", "attempt to write a readonly databa
 _DAMAGED = ("file is not a database", "database disk image is malformed")
 
 
+# What MLflow and Optuna say of a database whose tables another version of them made.
+_MLFLOW_SCHEMA = "Detected out-of-date database schema"
+_OPTUNA_SCHEMA = "is no longer compatible with the table schema"
+
+
+def _other_version(text: str) -> str:
+    """One line for a store made by another MLflow or Optuna than this one, and what to do."""
+    if _MLFLOW_SCHEMA in text:
+        found = re.search(r"found version (\w+), but expected (\w+)", text)
+        schemas = f" (its schema {found[1]}, this MLflow's {found[2]})" if found else ""
+        return (f"the MLflow store (mlflow.db, or --tracking) was made by another MLflow "
+                f"version{schemas}: back it up, then run `mlflow db upgrade` on its URI where "
+                "an older MLflow made it, or use the MLflow version that made it")
+    found = re.search(r"optuna version (\S+) .*set up by optuna ([^)\s]+)", text)
+    versions = f" ({found[2]}; this is Optuna {found[1]})" if found else ""
+    todo = ("back it up, then run `optuna storage upgrade --storage URL`"
+            if "storage upgrade" in text else "use the newer Optuna that made it")
+    return (f"the Optuna store (optuna.db, or --storage) was made by another Optuna "
+            f"version{versions}: {todo}")
+
+
 _OPTUNA_TABLES = re.compile(r"\b(studies|study_\w+|trials|trial_\w+|version_info|alembic_version)\b")
 _MLFLOW_TABLES = re.compile(r"\b(experiments|experiment_tags|runs|metrics|latest_metrics|params|"
                             r"tags|registered_models|model_versions|\w+_tags|inputs|datasets|"
@@ -100,6 +121,8 @@ def environment_fault(error: BaseException, store: str = "a store") -> UserError
             return StoreError(f"{_which_store(text, store)} could not be written ({fault}); nothing "
                               "recorded was lost: free space or make the folder writable, "
                               "then rerun the same command")
+        if _MLFLOW_SCHEMA in text or _OPTUNA_SCHEMA in text:
+            return StoreError(_other_version(text))
         damage = next((d for d in _DAMAGED if d in text), None)
         if damage:
             return StoreError(f"{_which_store(text, store)} cannot be read ({damage}): the file "
