@@ -3,6 +3,7 @@ databases, MLflow artifacts, the decoded-image cache and in-flight trial checkpo
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -33,9 +34,33 @@ class Workspace:
             _check_tracking(tracking_uri)
         _check_home(Path(home))
         home = Path(home).resolve()
-        return cls(home=home,
-                   storage=storage or f"sqlite:///{home / 'optuna.db'}",
+        made = cls(home=home, storage=storage or f"sqlite:///{home / 'optuna.db'}",
                    tracking_uri=tracking_uri or f"sqlite:///{home / 'mlflow.db'}")
+        made._check_apart(named(storage or "", "--storage"),
+                          named(tracking_uri or "", "--tracking"))
+        return made
+
+    def _check_apart(self, storage_flag: str, tracking_flag: str) -> None:
+        """Optuna and MLflow each keep their own database: both in one (or one's file given
+        for the other's) mixes their tables, both versioned in one alembic_version table,
+        and either library then fails with a migration traceback, after writing its tables
+        into the other's file."""
+        database = _database_of(self.storage)
+        if database is not None and database == _database_of(self.tracking_uri):
+            raise ConfigError(f"{storage_flag} and {tracking_flag} name one database "
+                              f"({shown(self.tracking_uri)}): Optuna and MLflow each need "
+                              "their own (createdb optuna && createdb mlflow, or optuna.db and "
+                              "mlflow.db)")
+        for flag, url, mine, theirs, kind in (
+                (storage_flag, self.storage, "studies", "experiments", "an MLflow store"),
+                (tracking_flag, self.tracking_uri, "experiments", "studies",
+                 "an Optuna store")):
+            tables = _sqlite_tables(url)
+            if theirs in tables and mine not in tables:
+                raise ConfigError(f"{flag} {shown(url)}: {kind} (it holds that library's "
+                                  "tables), not the one this flag takes: --storage is the "
+                                  "Optuna store (optuna.db), --tracking the MLflow one "
+                                  "(mlflow.db)")
 
     @property
     def has_tracking_store(self) -> bool:
@@ -146,6 +171,42 @@ def _check_tracking(uri: str) -> None:
         raise ConfigError(f"{flag} {shown(uri)}: a folder is MLflow's old plain-folder store, "
                           f"which MLflow no longer develops; give {give}")
     _check_database(flag, uri, give)
+
+
+def _database_of(url: str) -> tuple | None:
+    """What names a database server's database or a SQLite file, whatever the driver or the
+    spelling of the URL (None for a tracking server, a gRPC proxy, or a URL that is not
+    one)."""
+    file = _sqlite_file(url)
+    if file is not None:
+        return ("sqlite", str(file.resolve()))
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    if parsed.get_backend_name() == "sqlite":  # in memory, or a relative path: never shared
+        return None
+    backend = parsed.get_backend_name()
+    return (backend, parsed.host, parsed.port or _DEFAULT_PORTS.get(backend), parsed.database)
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
+
+
+def _sqlite_tables(url: str) -> set[str]:
+    """The tables of an existing SQLite store (read-only; none for a new one or a server)."""
+    import sqlite3
+
+    file = _sqlite_file(url)
+    if file is None or not file.is_file():
+        return set()
+    try:
+        with contextlib.closing(sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error:  # damaged: the store's own opening says so
+        return set()
 
 
 def _sqlite_file(url: str) -> Path | None:

@@ -56,3 +56,37 @@ def test_a_password_in_a_store_url_is_not_printed(write_study, tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert "s3cret" not in proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith(said), proc.stderr
+
+
+def test_optuna_and_mlflow_are_refused_one_database_or_each_others(tmp_path):
+    """Both stores in one database (or one's file given for the other's): Optuna wrote its
+    tables into mlflow.db and stopped with a migration error, MLflow into optuna.db with
+    alembic's 'Can't locate revision' traceback. One line now, before either opens it."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from asl_sweep.runtime.errors import ConfigError
+    from asl_sweep.runtime.workspace import Workspace
+
+    home = tmp_path / "home"
+    home.mkdir()
+    optuna_db, mlflow_db = f"sqlite:///{home / 'optuna.db'}", f"sqlite:///{home / 'mlflow.db'}"
+    optuna.create_study(storage=optuna_db, study_name="s")
+    MlflowClient(mlflow_db).search_experiments()
+    before = (home / "mlflow.db").read_bytes(), (home / "optuna.db").read_bytes()
+    with pytest.raises(ConfigError, match=r"^--storage sqlite:///.*/mlflow.db: an MLflow store "
+                                          r"\(it holds that library's tables\), not the one"):
+        Workspace.at(tmp_path / "other", storage=mlflow_db)
+    with pytest.raises(ConfigError, match=r"^--tracking sqlite:///.*/optuna.db: an Optuna "
+                                          r"store"):
+        Workspace.at(tmp_path / "other", tracking_uri=optuna_db)
+    with pytest.raises(ConfigError, match=r"^--storage and --tracking name one database"):
+        Workspace.at(home, storage=mlflow_db)  # the home's own mlflow.db
+    assert ((home / "mlflow.db").read_bytes(), (home / "optuna.db").read_bytes()) == before
+    # One database server's database for both, however the URLs spell it.
+    with pytest.raises(ConfigError, match=r"name one database \(postgresql\+psycopg://u@db"):
+        Workspace.at(home, storage="postgresql://u:pw@db/x",
+                     tracking_uri="postgresql+psycopg://u@db:5432/x")
+    Workspace.at(home, storage="postgresql://u@db/optuna", tracking_uri="postgresql://u@db/mlflow")
+    Workspace.at(home, storage="grpc://proxy:13000", tracking_uri="http://mlflow:5000")
+    Workspace.at(home)  # each in its own file
