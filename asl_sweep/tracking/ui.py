@@ -99,6 +99,11 @@ def serve(ws: Workspace, host: str, port: int, log=print) -> int:
     if not ws.has_tracking_store:
         raise StoreError(f"{ws.home}: no MLflow store here yet; run a study first, or pass "
                          "--home with the study's folder")
+    from asl_sweep.tracking.tracker import Tracker
+
+    # Opened here first: a damaged store, or one another MLflow made, is one line (the
+    # server printed MLflow's traceback, then stopped at start).
+    Tracker(ws)
     check_port(host, port)
     # The server's own library deprecation notes (Starlette's, for one) are not for the user.
     quiet = ("ignore::DeprecationWarning",

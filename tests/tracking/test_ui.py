@@ -172,3 +172,16 @@ def test_ctrl_c_in_the_terminal_stops_ui_and_its_server_without_a_traceback(tmp_
     assert proc.returncode == 0 and "Traceback" not in err and "Error" not in err, err
     with pytest.raises(OSError):  # the server is gone with it
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_a_damaged_store_is_one_line_before_the_server_starts(tmp_path, capsys):
+    """The server opened the store itself and printed MLflow's traceback (SQLAlchemy's, for
+    a damaged file; 'Detected out-of-date database schema' for another MLflow's), then
+    'stopped at start'."""
+    home = tmp_path / "mlruns"
+    home.mkdir()
+    (home / "mlflow.db").write_bytes(bytes(range(256)) * 20)
+    assert main(["ui", "--home", str(home), "--port", "1"]) == 2  # before the port, too
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the MLflow store (mlflow.db, or --tracking) cannot be read "
+                          "(file is not a database)") and len(err.splitlines()) == 1, err
