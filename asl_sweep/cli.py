@@ -235,9 +235,11 @@ def _mlflow_has_study(ws: Workspace, study: str) -> bool:
     return Tracker(ws).has_experiment(study)
 
 
-def configure_logging() -> None:
-    """asl-sweep's own lines go to stderr; libraries say only what a user must act on."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+def configure_logging(prefix: str = "") -> None:
+    """asl-sweep's own lines go to stderr (`prefix`ed: a worker that `run` started says them
+    as its own); libraries say only what a user must act on."""
+    logging.basicConfig(level=logging.INFO, format=prefix.replace("%", "%%") + "%(message)s",
+                        stream=sys.stderr)
     for name in ("mlflow", "alembic", "optuna", "urllib3", "matplotlib", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # psycopg warns of a connection it could not close cleanly ("error ignored terminating
@@ -284,7 +286,7 @@ def _whose(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(_whose(args))
     signals.install()  # SIGTERM ends the current trial like Ctrl-C, at a safe point
     try:
         environment.check()  # a bad number in the environment: one line now, not mid-run

@@ -270,3 +270,19 @@ def test_version_is_the_installed_packages(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"asl-sweep {version('asl-sweep')}"
+
+
+def test_a_worker_run_started_says_its_logged_lines_as_its_own():
+    """A worker's warnings ('trial 2: not queued again yet ...', a store not answering) came
+    unprefixed beside run's own, as if run had said them."""
+    code = ("import logging, sys\n"
+            "from asl_sweep.cli import configure_logging, _whose, build_parser\n"
+            "configure_logging(_whose(build_parser().parse_args(sys.argv[1:])))\n"
+            "logging.getLogger('asl_sweep.search.trial').warning('trial 2: 100% said')\n")
+    worker = ["worker", "s.yaml", "--worker-index", "3", "--parent-pid", "1"]
+    said = subprocess.run([sys.executable, "-c", code, *worker], capture_output=True,
+                          text=True, timeout=60)
+    assert said.stderr == "[worker 3] trial 2: 100% said\n", said.stderr
+    alone = subprocess.run([sys.executable, "-c", code, *worker[:4]], capture_output=True,
+                           text=True, timeout=60)  # a worker started by hand: its own terminal
+    assert alone.stderr == "trial 2: 100% said\n", alone.stderr
