@@ -19,6 +19,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (9223372036854771712)
 
 
+def _v2(root: Path) -> bool:
+    """Whether the cgroups under `root` are v2 (one tree) rather than v1 (one per controller)."""
+    return (root / "cgroup.controllers").exists()
+
+
 def _own_cgroups(root: Path, controller: str, listing: str | None) -> list[Path]:
     """The cgroup folders that bound this process for `controller` (cgroup v2: every
     controller in one tree), its own first, then each one above it. `listing`: the text of
@@ -28,7 +33,7 @@ def _own_cgroups(root: Path, controller: str, listing: str | None) -> list[Path]
             listing = Path("/proc/self/cgroup").read_text()
         except OSError:
             return []
-    v2 = (root / "cgroup.controllers").exists()
+    v2 = _v2(root)
     base = root if v2 else root / controller
     own = None
     for line in listing.splitlines():
@@ -38,6 +43,9 @@ def _own_cgroups(root: Path, controller: str, listing: str | None) -> list[Path]
             break
     if own is None or not base.is_dir():
         return []
+    # Up to the mount's root, each folder that is there: in a container the process's own
+    # path is the host's, not found below the container's mount, whose root is then the
+    # container's own cgroup.
     folders, folder = [], base / own.lstrip("/")
     while True:
         if folder.is_dir():
@@ -45,9 +53,7 @@ def _own_cgroups(root: Path, controller: str, listing: str | None) -> list[Path]
         if folder == base or base not in folder.parents:
             break
         folder = folder.parent
-    # In a container the process's own path is the host's, not found below the container's
-    # mount, whose root is then the container's own cgroup.
-    return folders or [base]
+    return folders
 
 
 def _number(path: Path) -> int | None:
@@ -63,8 +69,7 @@ def _number(path: Path) -> int | None:
 
 def memory_limit(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
     """The memory this process's cgroups allow (the smallest limit), None where none is set."""
-    v2 = (root / "cgroup.controllers").exists()
-    file = "memory.max" if v2 else "memory.limit_in_bytes"
+    file = "memory.max" if _v2(root) else "memory.limit_in_bytes"
     limits = [n for f in _own_cgroups(root, "memory", listing)
               if (n := _number(f / file)) is not None]
     return min(limits) if limits else None
@@ -72,8 +77,7 @@ def memory_limit(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | 
 
 def memory_in_use(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
     """What this process's own cgroup has taken of its limit."""
-    v2 = (root / "cgroup.controllers").exists()
-    file = "memory.current" if v2 else "memory.usage_in_bytes"
+    file = "memory.current" if _v2(root) else "memory.usage_in_bytes"
     folders = _own_cgroups(root, "memory", listing)
     return _number(folders[0] / file) if folders else None
 
@@ -81,7 +85,7 @@ def memory_in_use(root: Path = CGROUP_ROOT, listing: str | None = None) -> int |
 def cpu_quota(root: Path = CGROUP_ROOT, listing: str | None = None) -> float | None:
     """The CPUs this process's cgroups allow (a quota of 150 ms a 100 ms period: 1.5), the
     smallest; None where none is set."""
-    v2 = (root / "cgroup.controllers").exists()
+    v2 = _v2(root)
     quotas = []
     for folder in _own_cgroups(root, "cpu", listing):
         if v2:
