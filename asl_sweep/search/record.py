@@ -141,18 +141,17 @@ def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str,
     folder tidied after a `train` or an interrupted first trial), as `bind` does for its data
     settings; a worker whose copy of the files differs from a training worker's is refused."""
     stored = (read(record) if keys is None else keys).get(RecordKey.DIGEST)
-    if stored is None:
-        write(record, RecordKey.DIGEST, digest)
-    elif (stored != digest and storage is not None
-          and not _anything_begun(storage, cfg)):
+    if stored == digest:
+        return
+    if stored is not None and storage is not None and not _anything_begun(storage, cfg):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to the images in "
             f"{cfg.data.root or 'the built-in set'} as they are now (they changed since it "
             "first read them)")
-        write(record, RecordKey.DIGEST, digest)
-    elif stored != digest:
+    elif stored is not None:
         raise StoreError(f"study {cfg.study}: the images in {cfg.data.root or 'the built-in set'} "
                          "changed since the study ran (their digest differs); restore them, or "
                          "start a new study with --set study=NEW")
+    write(record, RecordKey.DIGEST, digest)
 
 
 def stored_data(storage, cfg: StudyConfig, explicit: set[str]) -> DataConfig:
