@@ -1,11 +1,11 @@
 """Command line: parse arguments, build typed settings once, call the functions that work.
 
 Errors end here, in one place: a UserError is one line on stderr and its exit code (2 for
-what the user can fix, 3 for a stage gate that stopped the run), Ctrl-C and SIGTERM exit 130,
-and anything else is a bug that surfaces as its traceback (exit 1). Logging and warning
-filters are set here, when the program starts, never when a module is imported. Each command
-validates its settings before it imports torch, Optuna or MLflow, so a bad setting is
-reported in well under a second."""
+what the user can fix, 3 for a stage gate that stopped the run), Ctrl-C, SIGTERM and a
+closed terminal (SIGHUP) exit 130, and anything else is a bug that surfaces as its traceback
+(exit 1). Logging and warning filters are set here, when the program starts, never when a
+module is imported. Each command validates its settings before it imports torch, Optuna or
+MLflow, so a bad setting is reported in well under a second."""
 
 from __future__ import annotations
 

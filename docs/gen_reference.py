@@ -137,7 +137,7 @@ def render_cli() -> str:
            "`docs/gen_reference.py`. Every command also answers `--help`. Exit codes: 0 "
            "done; 1 a bug (its traceback) or a file `predict` could not read; 2 an error you "
            "can fix (one line saying what and where); 3 a stage gate that stopped the run; "
-           "130 stopped by Ctrl-C or SIGTERM (rerun the same command: a search resumes where it "
+           "130 stopped by Ctrl-C, SIGTERM or a closed terminal (rerun the same command: a search resumes where it "
            "stopped).", ""]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}

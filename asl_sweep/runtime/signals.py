@@ -1,7 +1,7 @@
-"""Ctrl-C and SIGTERM, turned into a stop at a safe point. The handler only notes the signal;
-the trainer (between batches) and the stage loops (between waits) call `check()`, which
-raises KeyboardInterrupt there, never in the middle of a store's transaction, so the trial is
-closed and queued again cleanly. A second signal stops at once."""
+"""Ctrl-C, SIGTERM and a closed terminal (SIGHUP), turned into a stop at a safe point. The
+handler only notes the signal; the trainer (between batches) and the stage loops (between
+waits) call `check()`, which raises KeyboardInterrupt there, never in the middle of a store's
+transaction, so the trial is closed and queued again cleanly. A second signal stops at once."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 _requested: int | None = None
 _stopped_in_trial = False  # whether the stop came while a trial trained (it is queued again)
+_terminal: list[int] = []  # standard output and error where they are a terminal
 
 # A stop passed on to a worker by the `run` that started it (or by its orphan watch). It asks
 # once and never counts as the second signal that stops at once: a Ctrl-C in a terminal
@@ -34,15 +35,41 @@ def _note_passed_on(signum, frame) -> None:  # noqa: ARG001
         _requested = signum
 
 
-def install() -> None:
+def _hang_up(signum, frame) -> None:  # noqa: ARG001
+    """The terminal was closed: a write to it would now fail (EIO), so what is still said on
+    the way to the safe point goes nowhere instead of stopping the stop half-way. It never
+    counts as the second signal: the kernel and the shell may each send it."""
     global _requested
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in _terminal:
+        os.dup2(null, fd)
+    os.close(null)
+    if _requested is None:
+        _requested = signum
+
+
+def install() -> None:
+    global _requested, _terminal
     _requested = None
     signal.signal(signal.SIGTERM, _note)
     signal.signal(signal.SIGINT, _note)
+    # A closed terminal kills a process at once by default: the trial in training stayed
+    # RUNNING in both stores until a rerun. `nohup` (SIGHUP ignored) is left as it is.
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        _terminal = [fd for fd in (1, 2) if _is_terminal(fd)]
+        signal.signal(hangup, _hang_up)
     if PASSED_ON is not None:
         signal.signal(PASSED_ON, _note_passed_on)
     if hasattr(signal, "pthread_sigmask"):  # a Ctrl-C held back while this worker started
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _is_terminal(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

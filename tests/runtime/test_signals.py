@@ -68,3 +68,60 @@ def test_a_stop_passed_on_never_counts_as_the_second_signal(sent, said):
         time.sleep(0.3)
     out, err = proc.communicate(timeout=60)
     assert out.strip() == said, err
+
+
+def test_a_closed_terminal_stops_the_run_at_a_safe_point(write_study, tmp_path):
+    """A closed terminal (SIGHUP to the process group, then writes to it fail) killed `run`
+    at once: its trial stayed RUNNING in the Optuna store and in MLflow until a rerun. Now it
+    is a stop at the next safe point, its last lines going nowhere."""
+    import os
+    import pty
+    import sqlite3
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    path = write_study({"base": {"epochs": 500}, "stages": [{
+        "name": "search", "trials": 2, "sampler": "random", "confirm": None, "pruner": "none",
+        "space": {"lr": [1e-3, 3e-3]}}]})
+    home = tmp_path / "mlruns"
+    main_fd, term = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+                             str(home), "--workers", "1"], stdin=term, stdout=term, stderr=term,
+                            start_new_session=True)
+    os.close(term)
+    said = []
+
+    def read() -> None:
+        try:
+            while chunk := os.read(main_fd, 4096):
+                said.append(chunk)
+        except OSError:  # the terminal is closed
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline, running = time.time() + 120, 0
+        while not running:
+            assert proc.poll() is None and time.time() < deadline, b"".join(said)[-2000:]
+            time.sleep(0.2)
+            try:
+                with sqlite3.connect(f"file:{home / 'optuna.db'}?mode=ro", uri=True) as db:
+                    running = db.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'"
+                                         ).fetchone()[0]
+            except sqlite3.Error:  # not made yet
+                continue
+        time.sleep(1.0)  # into its epochs
+        os.killpg(proc.pid, signal.SIGHUP)
+        os.close(main_fd)  # the terminal is gone: a write to it now fails
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, (proc.returncode, b"".join(said)[-2000:])
+    with sqlite3.connect(f"file:{home / 'optuna.db'}?mode=ro", uri=True) as db:
+        states = [s for (s,) in db.execute("SELECT state FROM trials")]
+    assert "RUNNING" not in states and "WAITING" in states, states  # queued again
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and all(r.info.status != "RUNNING" for r in runs), [r.info.status for r in runs]
