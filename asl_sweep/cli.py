@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from asl_sweep.runtime import environment, signals
+from asl_sweep.runtime import environment, machine, signals
 from asl_sweep.runtime.errors import ConfigError, UserError, environment_fault
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.settings.spec import StudyConfig
@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(_whose(args))
     signals.install()  # SIGTERM ends the current trial like Ctrl-C, at a safe point
+    machine.fit_threads()  # a container's CPU quota, before torch is imported
     try:
         environment.check()  # a bad number in the environment: one line now, not mid-run
         return COMMANDS[args.command](args)

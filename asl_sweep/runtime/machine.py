@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -114,6 +115,29 @@ def usable_cpus(root: Path = CGROUP_ROOT, listing: str | None = None) -> int:
     if quota is not None:
         cpus = min(cpus, math.floor(quota))
     return max(1, cpus)
+
+
+def fit_threads(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
+    """Size torch's thread pool by the CPU quota where it is below the CPUs this process may
+    run on: torch counts those (its affinity), not a quota, so `docker --cpus 2` on a 64-core
+    node ran 64 threads on 2 CPUs' time, each throttled. Set before torch is imported (its
+    OpenMP reads OMP_NUM_THREADS as it loads), or on torch itself where it is; a user's
+    OMP_NUM_THREADS or MKL_NUM_THREADS is left as it is. The count set, or None where
+    nothing was."""
+    if "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
+        return None
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    cpus = usable_cpus(root, listing)
+    if cpus >= allowed:
+        return None
+    os.environ["OMP_NUM_THREADS"] = str(cpus)  # this process and the workers it starts
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(cpus)
+    return cpus
 
 
 def total_memory(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:

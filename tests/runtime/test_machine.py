@@ -79,3 +79,83 @@ def test_auto_workers_count_the_cpus_this_process_may_run_on(tmp_path):
     done = subprocess.run([sys.executable, "-c", AFFINITY], capture_output=True, text=True,
                           timeout=60)
     assert done.stdout.split() == ["1", "1"], done.stderr
+
+
+def _unset_threads() -> dict[str, str]:
+    """This environment, less the thread counts the suite sets for its own processes."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+QUOTA = """
+import sys
+from pathlib import Path
+from asl_sweep.runtime import machine
+print(machine.fit_threads(Path(sys.argv[1]), "0::/job\\n"))
+import torch
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to run on")
+def test_torch_threads_follow_a_cpu_quota_below_the_cpus_it_may_run_on(tmp_path):
+    """torch sizes its pool by the CPUs it may run on, not by a quota: a container given
+    `--cpus 1` of a 2-core machine ran 2 threads on one CPU's time. A user's
+    OMP_NUM_THREADS (or MKL_NUM_THREADS) is theirs."""
+    root = _files(tmp_path, {"cgroup.controllers": "cpu", "job/cpu.max": "100000 100000\n"})
+    env = _unset_threads()
+    done = subprocess.run([sys.executable, "-c", QUOTA, str(root)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.stdout.split() == ["1", "1"], done.stderr
+    done = subprocess.run([sys.executable, "-c", QUOTA, str(root)], capture_output=True,
+                          text=True, timeout=120, env={**env, "OMP_NUM_THREADS": "2"})
+    assert done.stdout.split() == ["None", "2"], done.stderr
+
+
+def _real_cpu_cgroup(name: str):
+    """A real cgroup with a CPU quota of one CPU (root, cgroup v1's cpu controller or v2 with
+    cpu delegated), or None where this machine gives none."""
+    v1 = machine.CGROUP_ROOT / "cpu"
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            folder = v1 / name
+            folder.mkdir()
+            (folder / "cpu.cfs_period_us").write_text("100000")
+            (folder / "cpu.cfs_quota_us").write_text("100000")
+            return folder
+        if "cpu" in (machine.CGROUP_ROOT / "cgroup.subtree_control").read_text().split():
+            folder = machine.CGROUP_ROOT / name
+            folder.mkdir()
+            (folder / "cpu.max").write_text("100000 100000")
+            return folder
+    except OSError:
+        return None
+    return None
+
+
+REAL = """
+import sys
+from asl_sweep.cli import main
+code = main(["status", sys.argv[1]])  # a study file that is not there: one line, exit 2
+import torch
+print(code, torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to run on")
+def test_a_command_in_a_real_cgroup_with_a_one_cpu_quota_runs_torch_on_one_thread(tmp_path):
+    folder = _real_cpu_cgroup(f"asl-sweep-test-{os.getpid()}")
+    if folder is None:
+        pytest.skip("no cgroup with a CPU quota can be made here (needs root)")
+    env = _unset_threads()
+
+    def join() -> None:  # the child, before it runs Python
+        (folder / "cgroup.procs").write_text(str(os.getpid()))
+
+    try:
+        done = subprocess.run([sys.executable, "-c", REAL, str(tmp_path / "none.yaml")],
+                              capture_output=True, text=True, timeout=120, env=env,
+                              preexec_fn=join)
+    finally:
+        folder.rmdir()
+    assert done.stdout.split() == ["2", "1"], done.stderr
