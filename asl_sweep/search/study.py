@@ -195,13 +195,20 @@ def _stop_stage_run(session: Session, study: optuna.Study, stage_run: str, statu
     write(study, StageKey.RUN_ENDED, status)
 
 
-def _fit_budget(study: optuna.Study, stage: StageConfig, shared: dict[str, Any],
-                trials: list[FrozenTrial]) -> list[FrozenTrial]:
+def _fit_budget(session: Session, study: optuna.Study, stage: StageConfig,
+                shared: dict[str, Any], trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The stage's search slots, queued up to its budget: a rerun with a larger --trials
-    queues the difference (one with a smaller one leaves the rest unused, state.py). The
-    stage's trials (`trials`, just read) as it leaves them."""
-    if shared.get(StageKey.BUDGET) != stage.trials:
+    queues the difference (one with a smaller one leaves the rest unused, state.py), and
+    says so: a worker started by hand with another --trials changes the stage for every
+    worker. The stage's trials (`trials`, just read) as it leaves them."""
+    ran = shared.get(StageKey.BUDGET)
+    if ran != stage.trials:
         write(study, StageKey.BUDGET, stage.trials)  # what status and the report show
+        if ran is not None:
+            session.say(f"stage {stage.name}: budget {ran} -> {stage.trials} trials, as this "
+                        "command asks (--trials or the study file), for every worker of the "
+                        "stage" + ("" if stage.trials > ran else
+                                   "; trials queued past it are left unused"))
     wanted = max(0, stage.trials - len(stage.seed_trials))
     queued = budget_queued(trials)
     if queued >= wanted:
@@ -451,7 +458,7 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
     idle, finished = Idle(session), None
     # The process's first look for dead trials of the stage reads its trials for the budget.
     trials: list[FrozenTrial] | None = _fit_budget(
-        study, stage, shared, _close_lost_runs(session, study) or study.get_trials(deepcopy=False))
+        session, study, stage, shared, _close_lost_runs(session, study) or study.get_trials(deepcopy=False))
     while True:
         signals.check()
         trials = _close_lost_runs(session, study) or trials or study.get_trials(deepcopy=False)

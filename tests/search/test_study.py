@@ -743,10 +743,13 @@ def test_a_study_resumes_only_from_the_settings_it_started_with(write_study, tmp
     assert not any(t.state.name == "RUNNING" for t in study.trials)
 
     resumed = subprocess.run([*cmd, "--set", "base.device=cpu", "--set",
-                              "base.checkpoint_every=3"], capture_output=True, text=True,
-                             timeout=300)
+                              "base.checkpoint_every=3", "--trials", "3"],
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "decided from" not in resumed.stdout
+    # A larger budget on a resume (or a worker started by hand) says it changed the stage's.
+    assert ("stage search: budget 2 -> 3 trials, as this command asks (--trials or the study "
+            "file), for every worker of the stage\n") in resumed.stdout
 
     quick_look = subprocess.run([*cmd, "--epochs", "1"], capture_output=True, text=True,
                                 timeout=300)
