@@ -223,7 +223,8 @@ def test_output_read_by_a_reader_that_leaves_early_stops_without_a_traceback(wri
     """`asl-sweep status ... | head -1`: the reader closes the pipe, the next print fails;
     a Unix tool stops quietly (141, as for SIGPIPE), it does not print a traceback."""
     path = write_study({"base": {"epochs": 1}, "stages": [{"name": "search", "trials": 1,
-                                                           "confirm": None}]})
+                                                           "confirm": None,
+                                                           "space": {"lr": [3e-3]}}]})
     home = str(tmp_path / "mlruns")
     assert main(["run", str(path), "--home", home]) == 0
     proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "status", str(path),

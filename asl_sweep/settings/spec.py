@@ -288,6 +288,10 @@ class StageConfig(Strict):
                 if spec.when:
                     raise ValueError(f"grid sampler: space.{name} has a condition (when:); a "
                                      "grid needs the same settings in every trial")
+        if not self.space:  # a `space:` left out, or mis-indented under another key
+            raise ValueError("space: no setting to search, so every trial would train the "
+                             "incumbent's settings again; name at least one, e.g. space: "
+                             "{lr: {low: 1e-4, high: 1e-2, log: true}}")
         levers = sum(not spec.when for spec in self.space.values())
         if self.moves is not None and self.moves > levers:
             raise ValueError(f"moves: {self.moves} is more than the {levers} setting(s) this "

@@ -23,7 +23,7 @@ def trial(number, value, state=TrialState.COMPLETE, train_acc=0.5, val_acc=None,
 
 
 def stage(**kw):
-    return StageConfig(name="s", **kw)
+    return StageConfig(name="s", **{"space": {"lr": [0.1]}, **kw})
 
 
 def test_without_a_target_the_best_value_wins_and_ties_go_to_the_earlier_trial():

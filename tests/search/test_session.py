@@ -11,7 +11,8 @@ def test_a_person_metric_on_images_without_people_is_named_with_what_to_set(writ
     what to set; with the pattern there is nothing to say."""
     people = tuple(f"p{i}" for i in range(8))
     root = make_image_folder(tmp_path / "photos", per_class=16, people=people)
-    stage = {"name": "search", "trials": 1, "metric": "val_person_q25", "confirm": None}
+    stage = {"name": "search", "trials": 1, "metric": "val_person_q25", "confirm": None,
+             "space": {"lr": [3e-3]}}
     path = write_study({"base": {"epochs": 1}, "stages": [stage]})
     home = str(tmp_path / "mlruns")
     assert main(["run", str(path), "--data", str(root), "--home", home]) == 0
@@ -40,7 +41,8 @@ def test_file_names_that_name_people_without_a_pattern_are_noted(write_study, tm
     people = tuple(f"p{i}" for i in range(8))
     root = make_image_folder(tmp_path / "photos", per_class=16, people=people)
     path = write_study({"base": {"epochs": 1},
-                        "stages": [{"name": "search", "trials": 1, "confirm": None}]})
+                        "stages": [{"name": "search", "trials": 1, "confirm": None,
+                                    "space": {"lr": [3e-3]}}]})
     home = str(tmp_path / "mlruns")
     assert main(["train", str(path), "--data", str(root), "--home", home]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
@@ -61,7 +63,8 @@ def test_a_precision_autocast_cannot_give_here_is_named(write_study, tmp_path, c
     """bf16 and fp16 are CUDA autocast; asked for on the CPU the trainer runs fp32, which a
     user who set them would not guess from the same figures."""
     path = write_study({"base": {"epochs": 1, "precision": "bf16", "device": "cpu"},
-                        "stages": [{"name": "search", "trials": 1, "confirm": None}]})
+                        "stages": [{"name": "search", "trials": 1, "confirm": None,
+                                    "space": {"lr": [3e-3]}}]})
     assert main(["train", str(path), "--home", str(tmp_path / "mlruns")]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
     assert notes == ["note: precision bf16 is autocast on CUDA only; on cpu every trial trains "

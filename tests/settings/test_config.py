@@ -32,7 +32,7 @@ def test_space_entries_parse_by_shape(write_study):
 
 def test_scientific_notation_is_a_float(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text("study: s\nbase: {lr: 1e-5}\nstages: [{name: a}]\n")
+    path.write_text("study: s\nbase: {lr: 1e-5}\nstages: [{name: a, space: {lr: [0.1]}}]\n")
     assert load_study(path).base.lr == 1e-5
 
 
@@ -51,9 +51,11 @@ def test_scientific_notation_is_a_float(tmp_path):
     ({"stages": [{"name": "s", "sampler": "grid", "space": {"lr": {"low": 0.1, "high": 0.2}}}]},
      "grid sampler: space.lr needs a list or a step"),
     ({"stages": [{"name": "s", "trials": 0}]}, "stages.0.trials"),
-    ({"stages": [{"name": "s", "seed_trials": [{"lr": 0.1}]}]},
+    ({"stages": [{"name": "s", "seed_trials": [{"lr": 0.1}], "space": {"hidden": [[32]]}}]},
      "stages.0.seed_trials.0.lr: not in this stage's space"),
-    ({"stages": [{"name": "a"}, {"name": "a"}]}, "stage names must be unique"),
+    ({"stages": [{"name": "a", "space": {"lr": [0.1]}}, {"name": "a", "space": {"lr": [0.1]}}]},
+     "stage names must be unique"),
+    ({"stages": [{"name": "s", "trials": 3}]}, "stages.0: space: no setting to search"),
     ({"data": {"group_pattern": "nogroup"}}, "data.group_pattern: needs a capturing group"),
     # The name is a folder too: `..` put the study's artifacts in the home itself.
     ({"study": ".."}, "study: '..' is not a name it takes: letters, digits, _, - and . (not "
@@ -180,7 +182,8 @@ def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path):
 def test_epochs_sets_every_stage_epochs_fixed_ones_included(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("study: s\nbase: {epochs: 15}\nstages:\n"
-                    "  - {name: a, fixed: {epochs: 40}}\n  - {name: b}\n"
+                    "  - {name: a, fixed: {epochs: 40}, space: {lr: [0.1]}}\n"
+                    "  - {name: b, space: {lr: [0.1]}}\n"
                     "  - {name: c, space: {epochs: [5, 10]}}\n")
     cfg = load_study(path, epochs=3)
     assert cfg.base.epochs == 3 and cfg.stages[0].fixed["epochs"] == 3
@@ -190,7 +193,7 @@ def test_epochs_sets_every_stage_epochs_fixed_ones_included(tmp_path):
 def test_tta_off_written_bare_in_yaml_is_off(tmp_path):
     """YAML reads a bare `off` as false; `tta: off` (file or --set) still means off."""
     path = tmp_path / "s.yaml"
-    path.write_text("study: s\ntta: off\nstages: [{name: a}]\n")
+    path.write_text("study: s\ntta: off\nstages: [{name: a, space: {lr: [0.1]}}]\n")
     assert load_study(path).tta == "off"
     assert load_study(path, ["tta=flip"]).tta == "flip"
     assert load_study(path, ["tta=off"]).tta == "off"
