@@ -104,10 +104,64 @@ def _which_store(text: str, known: str) -> str:
     return known
 
 
+# An address that will never be answered as given: a host name that does not resolve (not
+# "temporary failure in name resolution": that passes), or a database server's refusal of the
+# database, user or password (PostgreSQL's FATAL lines, less those of a server that is
+# starting, stopping or full, which pass too: runtime.outage waits for those).
+_UNRESOLVED = ("failed to resolve", "could not translate host name",
+               "name or service not known", "nodename nor servname provided",
+               "no address associated with hostname")
+_PASSING = ("the database system is starting up", "the database system is shutting down",
+            "the database system is in recovery mode", "too many clients",
+            "remaining connection slots", "terminating connection")
+
+
+def _closed(text: str) -> str:
+    """`text` up to the bracket that closes one it never opened (a message quoted inside
+    another's parentheses), less the quote before it."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return text[:i].rstrip("\"'")
+    return text
+
+
+def refusal(error: BaseException | None) -> str | None:
+    """What refused a store's address as given (its host name does not resolve; its server
+    refuses the database, user or password), anywhere in `error`'s chain; None if nothing
+    did. Waiting does not mend it: the address does."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        refused = _refused_in(str(error))
+        if refused:
+            return refused
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _refused_in(text: str) -> str | None:
+    for line in text.splitlines():
+        low = line.lower()
+        if "fatal:" in low and not any(p in low for p in _PASSING):
+            return " ".join(line[low.index("fatal:"):].split())[:200]
+        start = min((low.index(m) for m in _UNRESOLVED if m in low), default=None)
+        if start is not None:
+            return _closed(" ".join(line[start:].split()))[:200]
+    return None
+
+
+def refused_line(store: str, refused: str) -> str:
+    return (f"{store} cannot be opened ({refused}): check its address (host name, database, "
+            "user, password), then rerun the same command")
+
+
 def environment_fault(error: BaseException, store: str = "a store") -> UserError | None:
-    """The one-line error for a disk-full, read-only or I/O fault anywhere in `error`'s chain
-    (libraries wrap them), or None when it is something else; a database fault names its
-    store by the statement's tables, else `store` (where the caller knows which it was)."""
+    """The one-line error for a disk-full, read-only or I/O fault, or a store's address
+    refused (`refusal`), anywhere in `error`'s chain (libraries wrap them), or None when it
+    is something else; a database fault names its store by the statement's tables, else
+    `store` (where the caller knows which it was)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -123,6 +177,9 @@ def environment_fault(error: BaseException, store: str = "a store") -> UserError
                               "then rerun the same command")
         if _MLFLOW_SCHEMA in text or _OPTUNA_SCHEMA in text:
             return StoreError(_other_version(text))
+        refused = _refused_in(text)
+        if refused:
+            return StoreError(refused_line(store, refused))
         damage = next((d for d in _DAMAGED if d in text), None)
         if damage:
             return StoreError(f"{_which_store(text, store)} cannot be read ({damage}): the file "

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asl_sweep.runtime import environment, signals
-from asl_sweep.runtime.errors import StoreError
+from asl_sweep.runtime.errors import StoreError, refusal
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,11 @@ _said: set[str] = set()  # stores away now; the first to go is said, whichever c
 
 
 def lost_connection(error: BaseException | None) -> str | None:
-    """The line that says the connection was lost, anywhere in `error`'s chain, or None."""
+    """The line that says the connection was lost, anywhere in `error`'s chain, or None
+    (None too where the store's address was refused: a server that answers "no such
+    database", a host name that does not resolve; waiting does not mend those)."""
+    if refusal(error) is not None:
+        return None
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

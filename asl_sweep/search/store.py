@@ -15,7 +15,7 @@ import sqlalchemy.event
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial
 
-from asl_sweep.runtime.errors import StoreError, environment_fault
+from asl_sweep.runtime.errors import StoreError, environment_fault, refusal, refused_line
 from asl_sweep.runtime.outage import created_elsewhere, lost_connection, retrying
 from asl_sweep.runtime.workspace import shown
 from asl_sweep.search.optuna_api import engine_of, storage_of
@@ -107,7 +107,10 @@ def optuna_storage(url: str) -> optuna.storages.BaseStorage:
         connect = retrying(connect, "the Optuna store (--storage)")
     try:
         return created_elsewhere(connect)
-    except sqlalchemy.exc.OperationalError:
+    except sqlalchemy.exc.OperationalError as e:
+        refused = refusal(e)  # no such host, database or user: waiting does not mend it
+        if refused:
+            raise StoreError(refused_line(f"{shown(url)}: the Optuna store", refused)) from None
         # Two processes creating the tables of a new SQLite database at once: one wins, the
         # other finds them made a moment later.
         time.sleep(2.0)

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from asl_sweep.runtime import environment
-from asl_sweep.runtime.errors import StoreError, WriteError, environment_fault
+from asl_sweep.runtime.errors import StoreError, WriteError, environment_fault, refusal
 from asl_sweep.runtime.outage import Retrying, retrying
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.tracking.views import (
@@ -111,16 +111,18 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.2")
         self._store = (f"the MLflow tracking server at {shown(workspace.tracking_uri)}"
                        if workspace.tracking_server else "the MLflow store (--tracking)")
-        if not (workspace.tracking_server or workspace.tracking_uri.startswith("sqlite")):
-            retrying(_reach, self._store)(workspace.tracking_uri)
         try:
+            if not (workspace.tracking_server or workspace.tracking_uri.startswith("sqlite")):
+                retrying(_reach, self._store)(workspace.tracking_uri)
             client = MlflowClient(tracking_uri=workspace.tracking_uri,
                                   registry_uri=workspace.tracking_uri)
             self.client = (client if workspace.tracking_uri.startswith("sqlite")
                            else Retrying(client, self._store))
             self.client.search_experiments(max_results=1)  # creates or migrates the store now
-        except Exception as e:  # a damaged mlflow.db, a full disk: one line naming this store
-            fault = environment_fault(e, "the MLflow store (mlflow.db, or --tracking)")
+        except Exception as e:  # a damaged mlflow.db, a full disk, an address refused: one
+            # line naming this store
+            fault = environment_fault(e, self._store if refusal(e) else
+                                      "the MLflow store (mlflow.db, or --tracking)")
             if fault is None:
                 raise
             raise fault from None

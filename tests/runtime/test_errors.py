@@ -33,3 +33,56 @@ def test_a_fault_whose_statement_names_no_table_is_the_callers_store():
     named = environment_fault(error, "the Optuna store (optuna.db, or --storage)")
     assert str(named).startswith("the Optuna store (optuna.db, or --storage) could not be "
                                  "written (database or disk is full)")
+
+
+def _chain(*errors: BaseException) -> BaseException:
+    """errors[0] raised while handling errors[1], ... as libraries wrap them."""
+    for outer, inner in zip(errors, errors[1:], strict=False):
+        outer.__context__ = inner
+    return errors[0]
+
+
+def test_an_address_refused_is_a_store_error_and_not_a_lost_connection():
+    """A host name that does not resolve (urllib3 under MLflow's client, psycopg) or a
+    database the server does not have was waited for as a server away (120 s, then "start
+    it again"), or was a traceback; waiting does not mend it, the address does."""
+    import socket
+
+    import mlflow.exceptions
+    import psycopg
+    import requests
+    import urllib3
+
+    from asl_sweep.runtime.outage import lost_connection
+
+    resolving = urllib3.exceptions.NameResolutionError(
+        "no-such-host.invalid", None, socket.gaierror(-2, "Name or service not known"))
+    http = _chain(mlflow.exceptions.MlflowException(
+        "API request to http://no-such-host.invalid:5000/api/2.0/mlflow/experiments/search "
+        f"failed with exception HTTPConnectionPool(host='no-such-host.invalid', port=5000): "
+        f"Max retries exceeded with url: /x (Caused by {resolving!r})"),
+        requests.exceptions.ConnectionError("Max retries exceeded"), resolving)
+    database = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: FATAL:  '
+        'database "nodb" does not exist'))
+    host = psycopg.OperationalError("failed to resolve host 'db.invalid': [Errno -2] Name or "
+                                    "service not known")
+    for error, said in [(http, "Failed to resolve 'no-such-host.invalid' ([Errno -2] Name or "
+                               "service not known)"),
+                        (database, 'FATAL: database "nodb" does not exist'),
+                        (host, "failed to resolve host 'db.invalid': [Errno -2] Name or "
+                               "service not known")]:
+        assert lost_connection(error) is None
+        fault = environment_fault(error, "the MLflow store (--tracking)")
+        assert str(fault) == (f"the MLflow store (--tracking) cannot be opened ({said}): check "
+                              "its address (host name, database, user, password), then rerun "
+                              "the same command")
+    # A server starting, stopping or full, and a name server away, are waited for.
+    for passing in ("FATAL:  the database system is starting up",
+                    "FATAL:  sorry, too many clients already"):
+        error = psycopg.OperationalError(f'connection failed: connection to server at '
+                                         f'"127.0.0.1", port 5432 failed: {passing}')
+        assert lost_connection(error) and environment_fault(error) is None
+    away = psycopg.OperationalError("connection failed: could not connect: Temporary failure "
+                                    "in name resolution")
+    assert lost_connection(away) and environment_fault(away) is None

@@ -118,6 +118,27 @@ def test_two_workers_on_postgresql_meet_the_budget_and_agree(write_study, tmp_pa
     assert "final test accuracy" in out
 
 
+@pytest.mark.parametrize("flag, store", [
+    ("--storage", "the Optuna store"), ("--tracking", "the MLflow store (--tracking)")])
+def test_a_database_the_server_does_not_have_is_one_line_at_once(write_study, tmp_path,
+                                                                  capsys, monkeypatch,
+                                                                  postgres, flag, store):
+    """A typo in the database's name: the server answers "does not exist". It was waited
+    for as a server away (120 s), then "start it again (or mend the network)", or (MLflow's
+    database) a traceback."""
+    monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "5")
+    args = ["run", str(write_study()), "--home", str(tmp_path / "mlruns"), "--workers", "1",
+            flag, f"{postgres}/no_such_db"]
+    asked = time.monotonic()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and store in err, err
+    assert err.endswith('cannot be opened (FATAL: database "no_such_db" does not exist): check '
+                        "its address (host name, database, user, password), then rerun the "
+                        "same command"), err
+    assert time.monotonic() - asked < 5  # not waited for
+
+
 def test_workers_started_together_on_a_new_database_share_its_tables_and_study_run(
         write_study, tmp_path, postgres):
     """Three machines' processes (three homes, no lock file in common) started at once on
