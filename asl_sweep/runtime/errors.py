@@ -152,6 +152,35 @@ def _refused_in(text: str) -> str | None:
     return None
 
 
+# MLflow's client on an HTTP answer other than 200 that its own retries do not take (those
+# are runtime.outage's: a proxy's 502/503/504 while the server restarts).
+_HTTP_ANSWER = re.compile(r"API request to (?:endpoint )?(\S+) failed with error code "
+                          r"(\d{3}) != 200")
+
+
+def _http_answer(text: str) -> str | None:
+    """The line for a tracking server that answered, but not as this MLflow client needs: a
+    request it refused (credentials), or an address that is no MLflow server (another web
+    server's port) or one older than this client (an endpoint it does not have)."""
+    found = _HTTP_ANSWER.search(text)
+    if found is None:
+        return None
+    endpoint, code = found[1], int(found[2])
+    said = f"the MLflow tracking server answered HTTP {code} for {endpoint}"
+    if code in (401, 403):
+        return (f"{said}: give its credentials in MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), then rerun the same "
+                "command")
+    if code in (404, 405, 501):
+        from importlib.metadata import version
+
+        return (f"{said}: the address is not an MLflow server's (another web server on that "
+                f"port?) or its MLflow is older than this client's ({version('mlflow')}): "
+                "check --tracking, or run the server with this MLflow, then rerun the same "
+                "command")
+    return None
+
+
 def refused_line(store: str, refused: str) -> str:
     return (f"{store} cannot be opened ({refused}): check its address (host name, database, "
             "user, password), then rerun the same command")
@@ -180,6 +209,9 @@ def environment_fault(error: BaseException, store: str = "a store") -> UserError
         refused = _refused_in(text)
         if refused:
             return StoreError(refused_line(store, refused))
+        answer = _http_answer(text)
+        if answer:
+            return StoreError(answer)
         damage = next((d for d in _DAMAGED if d in text), None)
         if damage:
             return StoreError(f"{_which_store(text, store)} cannot be read ({damage}): the file "

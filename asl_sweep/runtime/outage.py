@@ -29,7 +29,11 @@ _LOST = ("connection refused", "connection failed", "could not connect",
          "the database system is shutting down", "the database system is starting up",
          "ssl connection has been closed", "no connection to the server",
          "lost connection to", "server has gone away", "consuming input failed",
-         "statuscode.unavailable")  # gRPC's word for a proxy that is not there
+         "statuscode.unavailable",  # gRPC's word for a proxy that is not there
+         # A proxy in front of a tracking server that is down, once MLflow's own retries of
+         # it are spent (urllib3's words)
+         "too many 502 error responses", "too many 503 error responses",
+         "too many 504 error responses")
 
 # Per store (its name): a store's outage ends when that store answers, not when another one
 # does (a tracking server down beside an Optuna proxy that answers).

@@ -157,3 +157,51 @@ def test_ctrl_c_while_waiting_for_a_tracking_server_stops_the_wait(write_study, 
     assert proc.returncode == 2 and took < 20, (took, err)
     assert err.startswith("error: the MLflow tracking server at http://127.0.0.1:")
     assert "is not answering and a stop was asked for" in err and "rerun" in err
+
+
+def _answering(code: int):
+    """A real HTTP server on loopback that answers every request with `code` (a web server
+    that is not MLflow, one that wants credentials, a proxy whose server is down)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.send_response(code)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html><body>not mlflow</body></html>")
+
+        do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("code, said", [
+    (501, "the MLflow tracking server answered HTTP 501 for /api/2.0/mlflow/experiments/"
+          "search: the address is not an MLflow server's (another web server on that port?)"),
+    (401, "the MLflow tracking server answered HTTP 401 for /api/2.0/mlflow/experiments/"
+          "search: give its credentials in MLFLOW_TRACKING_USERNAME"),
+    (503, "has not answered for 2 s (")])
+def test_a_tracking_address_that_answers_but_not_as_mlflow_is_one_line(write_study, tmp_path,
+                                                                       capsys, monkeypatch,
+                                                                       code, said):
+    """--tracking at another web server's port, at a server that wants credentials, or at
+    a proxy whose MLflow server is down: MLflow's traceback before; now one line, and the
+    proxy's 503s are waited for as a server away."""
+    monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "2")
+    server = _answering(code)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["run", str(write_study()), "--home", str(tmp_path / "h"), "--workers",
+                     "1", "--tracking", url]) == 2
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) in (1, 2) and "Traceback" not in err, err  # 503: + "retrying"
+    assert said in err.splitlines()[-1], err
