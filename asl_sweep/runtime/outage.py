@@ -51,10 +51,23 @@ def lost_connection(error: BaseException | None) -> str | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         for line in str(error).splitlines():
-            if any(s in line.lower() for s in _LOST):
-                return line.strip()[:200]
+            line = " ".join(line.split())
+            ends = [line.lower().index(s) + len(s) for s in _LOST if s in line.lower()]
+            if ends:
+                return _ending_at(line, max(ends))
         error = error.__cause__ or error.__context__
     return None
+
+
+def _ending_at(line: str, end: int, width: int = 160) -> str:
+    """`line`, or where it is long the words that lead up to `end` (MLflow's client says
+    "API request to URL failed with exception ... Max retries exceeded with url: ..." before
+    the words that matter, "[Errno 111] Connection refused")."""
+    if len(line) <= width:
+        return line
+    start = max(0, end - width)
+    start = line.find(" ", start) + 1 if start else 0
+    return "..." + line[start:end]
 
 
 def retrying(fn: Callable[..., Any], store: str) -> Callable[..., Any]:

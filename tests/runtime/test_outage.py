@@ -65,3 +65,18 @@ def test_other_errors_pass_through_at_once():
     with pytest.raises(ValueError, match="a bug"):
         outage.retrying(call, "the test store")()
     assert len(calls) == 1
+
+
+def test_the_reason_said_is_the_words_that_say_the_connection_was_lost():
+    """MLflow's client puts 200 characters of URL and retry count before "Connection
+    refused": the line said "... Max retries exceeded with url: /api/2.0/mlflow/experim"."""
+    mlflow_said = ("API request to http://127.0.0.1:1/api/2.0/mlflow/experiments/search failed "
+                   "with exception HTTPConnectionPool(host='127.0.0.1', port=1): Max retries "
+                   "exceeded with url: /api/2.0/mlflow/experiments/search (Caused by "
+                   "NewConnectionError(\"HTTPConnection(host='127.0.0.1', port=1): Failed to "
+                   "establish a new connection: [Errno 111] Connection refused\"))")
+    reason = outage.lost_connection(RuntimeError(mlflow_said))
+    assert reason.startswith("...") and reason.endswith(
+        "Failed to establish a new connection: [Errno 111] Connection refused"), reason
+    assert len(reason) <= 170
+    assert outage.lost_connection(REFUSED) == str(REFUSED)  # a short line whole
