@@ -125,6 +125,9 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--tracking", "foo://x"], "error: --tracking foo://x: not a database URL", 2),
     (["--tracking", "trk"], "error: --tracking trk: a folder is MLflow's old plain-folder "
      "store", 2),
+    # (let through, then SQLAlchemy's traceback from the first worker)
+    (["--tracking", "databricks"], "error: --tracking databricks: Databricks' hosted MLflow "
+     "is not one asl-sweep runs on", 2),
     (["--home", "afile/sub"], "error: --home afile/sub: afile is a file, not a folder", 2),
 ])
 def test_user_errors_are_one_message_not_a_traceback(write_study, tmp_path, args, message, code):
