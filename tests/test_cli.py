@@ -123,6 +123,8 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--storage", "mysql://u@127.0.0.1:1/db"], "error: --storage mysql://u@127.0.0.1:1/db: its "
      "database driver is not installed (MySQLdb); install it", 2),
     (["--tracking", "foo://x"], "error: --tracking foo://x: not a database URL", 2),
+    # (in memory: Optuna's and MLflow's tracebacks, each connection an empty database)
+    (["--storage", "sqlite://"], "error: --storage sqlite://: a database in memory", 2),
     (["--tracking", "trk"], "error: --tracking trk: a folder is MLflow's old plain-folder "
      "store", 2),
     # (let through, then SQLAlchemy's traceback from the first worker)

@@ -83,7 +83,10 @@ class Workspace:
 
     def prepare(self) -> Workspace:
         """Create the folders; a home that cannot be written is one WriteError."""
-        for folder in (self.home, self.artifacts, self.cache, self.runs):
+        # The stores' own folders too, where --storage/--tracking name a SQLite file outside
+        # the home (MLflow made its own; Optuna's was "unable to open database file").
+        stores = [f.parent for f in map(_sqlite_file, (self.storage, self.tracking_uri)) if f]
+        for folder in (self.home, self.artifacts, self.cache, self.runs, *stores):
             make_folder(folder)
         probe = self.home / f".write-probe-{os.getpid()}"
         try:
@@ -150,7 +153,8 @@ def _check_database(flag: str, url: str, give: str, grpc: bool = False) -> None:
     import sqlalchemy
 
     try:
-        sqlalchemy.engine.make_url(url).get_dialect().import_dbapi()
+        parsed = sqlalchemy.engine.make_url(url)
+        parsed.get_dialect().import_dbapi()
     except sqlalchemy.exc.ArgumentError:
         raise ConfigError(f"{flag} {shown(url)}: not a database URL; give {give}") from None
     except sqlalchemy.exc.NoSuchModuleError:
@@ -158,6 +162,10 @@ def _check_database(flag: str, url: str, give: str, grpc: bool = False) -> None:
     except ImportError as e:
         raise ConfigError(f"{flag} {shown(url)}: its database driver is not installed "
                           f"({e.name or e}); install it, or give {give}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # Optuna's and MLflow's tracebacks: each connection its own empty database
+        raise ConfigError(f"{flag} {shown(url)}: a database in memory, gone as each "
+                          f"connection closes and never shared with a worker; give {give}")
 
 
 def _check_tracking(uri: str) -> None:

@@ -33,7 +33,8 @@ def test_a_study_runs_and_reads_back_through_a_tracking_server_alone(write_study
                                     "confirm": {"top": 1, "max_repeats": 2},
                                     "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]})
     root, url = server
-    worker_home, storage = tmp_path / "worker", f"sqlite:///{tmp_path / 'optuna.db'}"
+    # (a SQLite store in a folder not made yet: Optuna's was "unable to open database file")
+    worker_home, storage = tmp_path / "worker", f"sqlite:///{tmp_path / 'new' / 'optuna.db'}"
     assert main(["run", str(path), "--home", str(worker_home), "--storage", storage,
                  "--tracking", url]) == 0
     out = capsys.readouterr().out
