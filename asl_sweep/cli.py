@@ -39,6 +39,21 @@ def _path(text: str) -> Path:
     return Path(text)
 
 
+# What a file the report or an export writes is called: an --out that ends so names a file,
+# where --out takes the folder they go in (`--out r.md` made a folder r.md/).
+_FILE_SUFFIXES = (".md", ".html", ".htm", ".pdf", ".onnx", ".pt", ".pth", ".zip")
+
+
+def _out_folder(text: str) -> Path:
+    """--out of report and export: a folder."""
+    path = _path(text)
+    if path.suffix.lower() in _FILE_SUFFIXES and not path.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{text}: names a file; --out takes the folder the files go in (e.g. "
+            f"--out {path.parent / path.stem})")
+    return path
+
+
 def _default_home() -> Path:
     return Path(environment.text(environment.HOME))
 
@@ -112,14 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="Markdown + HTML report with plots, logged to MLflow")
     _study_args(report)
-    report.add_argument("--out", type=_path, help="report folder (default <home>/reports/<study>)")
+    report.add_argument("--out", type=_out_folder, help="report folder (default <home>/reports/<study>)")
 
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
     _study_args(exp)
     exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
     exp.add_argument("--format", default="all", choices=["torchscript", "onnx", "mlflow", "all"],
                      help="which forms to write (default all)")
-    exp.add_argument("--out", type=_path, help="folder for the files (default <home>/exports/<study>)")
+    exp.add_argument("--out", type=_out_folder, help="folder for the files (default <home>/exports/<study>)")
 
     ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
                         "validation) split")

@@ -292,3 +292,16 @@ def test_a_worker_run_started_says_its_logged_lines_as_its_own():
     alone = subprocess.run([sys.executable, "-c", code, *worker[:4]], capture_output=True,
                            text=True, timeout=60)  # a worker started by hand: its own terminal
     assert alone.stderr == "trial 2: 100% said\n", alone.stderr
+
+
+@pytest.mark.parametrize("command, out", [("report", "r.md"), ("report", "site/index.html"),
+                                          ("export", "model.onnx")])
+def test_out_that_names_a_file_is_refused(write_study, tmp_path, capsys, command, out):
+    """--out takes a folder: `--out r.md` made a folder r.md/ with report.md in it."""
+    with pytest.raises(SystemExit) as stopped:
+        main([command, str(write_study()), "--home", str(tmp_path / "h"), "--out",
+              str(tmp_path / out)])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / out}: names a file; --out takes the folder the files go in" in err
+    assert not (tmp_path / out).exists()
