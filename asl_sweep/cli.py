@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--stage", help="this stage's configuration (default: the last finished)")
 
     pred = sub.add_parser("predict", help="class and probability per image")
-    pred.add_argument("model", help="model.torchscript.pt, model.onnx, models:/NAME/VERSION "
-                      "(or NAME/latest, NAME@ALIAS), or a study YAML (its export in --home)")
+    pred.add_argument("model", help="model.torchscript.pt, model.onnx, an export folder, "
+                      "models:/NAME/VERSION (or NAME/latest, NAME@ALIAS, m-ID), or a study YAML "
+                      "(its export in --home)")
     pred.add_argument("images", nargs="+", type=_path, help="image files or folders")
     pred.add_argument("--json", action="store_true", help="print JSON lines")
     pred.add_argument("--set", dest="overrides", action="append", default=[],

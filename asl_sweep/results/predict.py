@@ -82,6 +82,9 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
     if is_study_file(path):
         return open_model(str(study_export(path, Path(home), overrides)), home, tracking)
     if path.is_dir():
+        if (path / TORCHSCRIPT_FILE).is_file() and not (path / "MLmodel").is_file():
+            # an `export` folder: its TorchScript model, as for the study that wrote it
+            return open_model(str(path / TORCHSCRIPT_FILE), home, tracking)
         if not (path / "MLmodel").is_file():
             raise ModelFileError(f"{source}: a folder without an MLmodel file; give a model "
                                  "file (.torchscript.pt, .onnx, best.pt) or an MLflow model")

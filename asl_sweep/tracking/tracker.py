@@ -488,8 +488,9 @@ class Tracker:
 
     def model_source(self, uri: str) -> str:
         """Where the files of a models:/ or runs:/ model lie, looked up here first: a
-        models:/ URI as MLflow takes it (NAME/VERSION, NAME/latest, NAME or NAME@ALIAS), and
-        one line naming what this store holds where it has no such model, version or run."""
+        models:/ URI as MLflow takes it (NAME/VERSION, NAME/latest, NAME, NAME@ALIAS or a
+        logged model's id, m-...), and one line naming what this store holds where it has no
+        such model, version or run."""
         from mlflow.exceptions import MlflowException
 
         from asl_sweep.runtime.errors import ModelFileError
@@ -510,6 +511,13 @@ class Tracker:
             raise ModelFileError(f"{uri}: not a model URI; give models:/NAME/VERSION, "
                                  "models:/NAME/latest or models:/NAME@ALIAS")
         registered = sorted(m.name for m in self.client.search_registered_models())
+        if name not in registered and name.startswith("m-") and not (at or version):
+            # A logged model's id (MLflow 3), as `export` prints it beside the version
+            try:
+                return self.client.get_logged_model(name).artifact_location
+            except MlflowException:
+                raise ModelFileError(f"{uri}: no logged model {name} in {where}; give the "
+                                     "id `export` printed, or models:/NAME/VERSION") from None
         if name not in registered:
             held = (f"registered there: {', '.join(registered)}" if registered else
                     "nothing is registered there yet; `asl-sweep export STUDY.yaml` registers "

@@ -173,6 +173,10 @@ def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, ca
     by_study = json.loads(capsys.readouterr().out)
     assert main(["predict", str(out / "model.torchscript.pt"), str(image), "--json"]) == 0
     assert by_study == json.loads(capsys.readouterr().out)
+    # The export folder itself: its TorchScript model (it was "a folder without an MLmodel
+    # file")
+    assert main(["predict", str(ws.home / "exports" / cfg.study), str(image), "--json"]) == 0
+    assert by_study == json.loads(capsys.readouterr().out)
     # A study run as --set study=NEW is found by the same --set (its export copied here, as
     # its own export would be).
     shutil.copytree(ws.home / "exports" / cfg.study, ws.home / "exports" / "renamed")

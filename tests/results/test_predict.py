@@ -72,6 +72,11 @@ def registered_crafted_model(tmp_path, claims_asl_sweep: bool):
     client.create_registered_model("evil")
     client.create_model_version("evil", f"{run.info.artifact_uri}/model", run.info.run_id)
     client.set_registered_model_alias("evil", "champion", "1")
+    # The same files as a logged model too (MLflow 3), whose id `export` prints
+    logged = client.create_logged_model(run.info.experiment_id, name="evil",
+                                        source_run_id=run.info.run_id)
+    client.log_model_artifacts(logged.model_id, str(folder))
+    (tmp_path / "logged-id").write_text(logged.model_id)
     return ws.home, marker
 
 
@@ -83,11 +88,14 @@ def test_a_crafted_registered_model_is_refused_and_runs_nothing(tmp_path, image,
 
 
 def test_a_registered_model_is_found_in_every_form_mlflow_takes(tmp_path, image, capsys):
-    """models:/NAME/latest, models:/NAME and models:/NAME@ALIAS reach the model (and its
-    refusal); a name, version or alias the registry has not is one line saying what it has."""
+    """models:/NAME/latest, models:/NAME, models:/NAME@ALIAS and a logged model's id (which
+    `export` prints; it was "no registered model m-...") reach the model (and its refusal);
+    a name, version or alias the registry has not is one line saying what it has."""
     home, marker = registered_crafted_model(tmp_path, claims_asl_sweep=False)
     capsys.readouterr()
-    for uri in ("models:/evil/latest", "models:/evil", "models:/evil@champion"):
+    logged = (tmp_path / "logged-id").read_text()
+    for uri in ("models:/evil/latest", "models:/evil", "models:/evil@champion",
+                f"models:/{logged}"):
         assert main(["predict", uri, str(image), "--home", str(home)]) == 2
         assert "refused" in capsys.readouterr().err, uri
     where = f"sqlite:///{home / 'mlflow.db'}"
@@ -98,6 +106,7 @@ def test_a_registered_model_is_found_in_every_form_mlflow_takes(tmp_path, image,
             ("models:/nope/1", f"no registered model nope in {where} (registered there: "
                                "evil)"),
             ("models:/a/b/c", "not a model URI; give models:/NAME/VERSION"),
+            ("models:/m-0123abc", f"no logged model m-0123abc in {where}"),
             ("runs:/0123abc/model", f"no run 0123abc in {where}")]:
         assert main(["predict", uri, str(image), "--home", str(home)]) == 2
         err = capsys.readouterr().err.strip()
