@@ -57,3 +57,6 @@ def test_the_slurm_array_script_parses_and_runs_what_the_cli_accepts(monkeypatch
     script = path.read_text()
     assert re.search(r"^#SBATCH --array=0-\d+", script, re.MULTILINE)
     assert accepted(script, monkeypatch) == ["run", "worker"]
+    # The stores' URLs (a password in them) on no command line: `ps` and `sacct` show those.
+    assert "--storage" not in script and "--tracking" not in script
+    assert "export ASL_SWEEP_STORAGE=" in script and "export ASL_SWEEP_TRACKING=" in script

@@ -13,13 +13,14 @@
 ##SBATCH --gres=gpu:1           # one GPU per task where the partition has them
 set -euo pipefail
 STUDY=${STUDY:-sweeps/report.yaml}
-STORAGE=${ASL_SWEEP_STORAGE:-postgresql://USER@DBHOST/optuna}
-TRACKING=${ASL_SWEEP_TRACKING:-http://MLFLOW-SERVER:5000}
+# The two stores reach asl-sweep through its own variables, never on a command line, where
+# `ps`, `sacct` and the job's records would show a password in the URL.
+export ASL_SWEEP_STORAGE=${ASL_SWEEP_STORAGE:-postgresql://USER@DBHOST/optuna}
+export ASL_SWEEP_TRACKING=${ASL_SWEEP_TRACKING:-http://MLFLOW-SERVER:5000}
 HOME_DIR=${TMPDIR:-/tmp}/asl-sweep-$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID  # a cache only
 if [ "$SLURM_ARRAY_TASK_ID" = 0 ]; then
-  exec asl-sweep run "$STUDY" --workers 1 --storage "$STORAGE" --tracking "$TRACKING" \
-    --home "$HOME_DIR"
+  exec asl-sweep run "$STUDY" --workers 1 --home "$HOME_DIR"
 else
   exec asl-sweep worker "$STUDY" --worker-index "$SLURM_ARRAY_TASK_ID" --threads \
-    "$SLURM_CPUS_PER_TASK" --storage "$STORAGE" --tracking "$TRACKING" --home "$HOME_DIR"
+    "$SLURM_CPUS_PER_TASK" --home "$HOME_DIR"
 fi
