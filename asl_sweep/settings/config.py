@@ -9,7 +9,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "val_person_mean",
            "val_person_q25", "val_person_worst")
@@ -253,6 +261,21 @@ class TrainConfig(Strict):
     transfer: TransferConfig = Field(TransferConfig(), description="the transfer family's "
                                      "settings")
 
+    @field_validator("hidden", "dropout", mode="before")
+    @classmethod
+    def _one_per_layer(cls, v: Any, info: ValidationInfo) -> Any:
+        """A bare number where a list is one entry a layer ("dropout: 0.3", as one says it):
+        what the list means, and how a space searches one entry of it."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if info.field_name == "hidden":
+                raise ValueError(f"{v} is one number: hidden is a list of widths, one a "
+                                 f"hidden layer, e.g. [{v}] ([] for none)")
+            raise ValueError(f"{v} is one number: dropout is a list of rates, dropout[0] on "
+                             f"the input and dropout[i] on hidden layer i, e.g. [0.0, {v}] "
+                             "with one hidden layer; a space searches one rate as "
+                             "dropout.1: {low: 0.1, high: 0.5}")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device_name(cls, v: str) -> str:
@@ -374,4 +397,5 @@ def check_train_override(base: TrainConfig, name: str, value: Any, where: str) -
     except KeyError:
         raise ValueError(f"{where}: not a trainer setting (see base:)") from None
     except ValidationError as e:
-        raise ValueError(f"{where}: {e.errors()[0]['msg']}") from None
+        raise ValueError(f"{where}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") \
+            from None

@@ -69,6 +69,13 @@ def test_scientific_notation_is_a_float(tmp_path):
      "data.synthetic.seed: Input should be greater than or equal to 0"),
     ({"stages": [{"name": "s", "seed": -1}]},
      "stages.0.seed: Input should be greater than or equal to 0"),
+    # a bare number where a list is one entry a layer: what the list means (was "Input
+    # should be a valid list"), in base and in a space, without pydantic's "Value error, "
+    ({"base": {"dropout": 0.3}}, "base.dropout: 0.3 is one number: dropout is a list of "
+     "rates, dropout[0] on the input and dropout[i] on hidden layer i, e.g. [0.0, 0.3]"),
+    ({"base": {"hidden": 64}}, "base.hidden: 64 is one number: hidden is a list of widths"),
+    ({"stages": [{"name": "s", "space": {"dropout": [0.1, 0.3]}}]},
+     "stages.0.space.dropout.0: 0.1 is one number: dropout is a list of rates"),
 ])
 def test_config_errors_name_the_key_path(write_study, updates, expected):
     path = write_study(updates)
