@@ -300,7 +300,38 @@ def _whose(args: argparse.Namespace) -> str:
     return ""
 
 
+class _NamedOutput:
+    """Standard output that names itself in a write error: `status > file` on a full disk
+    said "a file: could not be written" (a stream's error names no file). A closed pipe
+    (`| head`) stays the BrokenPipeError that main takes as the reader gone."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _named(self, e: OSError) -> OSError:
+        if e.filename is not None or isinstance(e, BrokenPipeError):
+            return e
+        return type(e)(e.errno, e.strerror, "standard output")
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            raise self._named(e) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise self._named(e) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not isinstance(sys.stdout, _NamedOutput) and sys.stdout is not None:
+        sys.stdout = _NamedOutput(sys.stdout)
     args = build_parser().parse_args(argv)
     configure_logging(_whose(args))
     signals.install()  # SIGTERM ends the current trial like Ctrl-C, at a safe point

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
@@ -238,6 +239,16 @@ def test_output_read_by_a_reader_that_leaves_early_stops_without_a_traceback(wri
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and err == ""
+    # `status > file` on a full disk (/dev/full): one line naming standard output (it said
+    # "a file: could not be written")
+    if Path("/dev/full").exists():
+        with open("/dev/full", "w") as full:
+            done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "status", str(path),
+                                   "--home", home], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith(
+            "error: standard output: could not be written (No space left on device)"), \
+            done.stderr
 
 
 @pytest.mark.parametrize("args, message", [
