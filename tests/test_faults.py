@@ -462,11 +462,15 @@ def test_a_damaged_checkpoint_is_named_by_its_trial_and_run(write_study, tmp_pat
                         r"checkpoints/best\.pt\) cannot be read \(.*\); delete it from the "
                         r"run's artifacts and rerun the study \(asl-sweep run, same "
                         r"arguments\) to train it again", err), err
-    # Read in place (a local home's artifacts are not copied first); one deleted is missing.
+    # Read in place (a local home's artifacts are not copied first); one deleted is missing
+    # (it said MLflow's "The following failures occurred while downloading ...:"), and the
+    # rerun the line advises trains it again.
     for checkpoint in home.glob("artifacts/*/*/artifacts/checkpoints/best.pt"):
         checkpoint.unlink()
     err = one_line_error(capsys, main(["report", str(path), "--home", str(home)]),
                          "its checkpoint (run ")
     assert re.fullmatch(r"error: trial \d+: its checkpoint \(run [0-9a-f]{32}, "
-                        r"checkpoints/best\.pt\) cannot be read \(.*\); rerun the study "
-                        r"\(asl-sweep run, same arguments\) to train it again", err), err
+                        r"checkpoints/best\.pt\) is missing from the run's artifacts; rerun the "
+                        r"study \(asl-sweep run, same arguments\) to train it again", err), err
+    assert main(["run", str(path), "--home", str(home), "--workers", "1"]) == 0
+    assert main(["report", str(path), "--home", str(home)]) == 0

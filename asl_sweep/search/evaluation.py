@@ -88,10 +88,14 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
         except (StoreError, WriteError):  # a moved home, a full disk: their own one line
             raise
         except Exception as e:  # MlflowException: the artifact is not there
+            # MLflow's words ("The following failures occurred while downloading one or
+            # more artifacts from ...:") say neither which nor why: missing, where it is.
+            why = ("is missing from the run's artifacts" if not tracker.has_artifact(
+                run_id, "checkpoints/best.pt") else
+                f"cannot be read ({str(e).splitlines()[0][:160]})")
             raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "
-                                 f"checkpoints/best.pt) cannot be read "
-                                 f"({str(e).splitlines()[0][:160]}); rerun the study "
-                                 "(asl-sweep run, same arguments) to train it again") from None
+                                 f"checkpoints/best.pt) {why}; rerun the study (asl-sweep "
+                                 "run, same arguments) to train it again") from None
         try:
             return ModelFile.load(path)
         except ModelFileError as e:  # named by its temporary copy: name the trial's instead
