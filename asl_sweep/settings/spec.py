@@ -278,6 +278,13 @@ class StageConfig(Strict):
     def _defaults(self) -> StageConfig:
         if self.direction is None:
             self.direction = "minimize" if self.metric.endswith("loss") else "maximize"
+        if self.target is not None and not self.metric.endswith("loss") and not (
+                0 <= self.target <= 1):
+            # An accuracy is a share: `target: 85` was a gate no trial could reach.
+            hint = (f"; {self.target:g} reads as a percentage: write {self.target / 100:g}"
+                    if 2 <= self.target <= 100 else "")
+            raise ValueError(f"target: {self.target:g} is outside what {self.metric} can be "
+                             f"(an accuracy, 0 to 1){hint}")
         if self.sampler == "grid":
             if self.moves is not None:
                 raise ValueError("grid sampler: moves needs a sampler that draws, not a grid "

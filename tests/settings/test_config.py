@@ -74,6 +74,11 @@ def test_scientific_notation_is_a_float(tmp_path):
     ({"base": {"dropout": 0.3}}, "base.dropout: 0.3 is one number: dropout is a list of "
      "rates, dropout[0] on the input and dropout[i] on hidden layer i, e.g. [0.0, 0.3]"),
     ({"base": {"hidden": 64}}, "base.hidden: 64 is one number: hidden is a list of widths"),
+    # an accuracy gate written as a percentage: a gate no trial could reach (the budget burnt,
+    # then the study stopped)
+    ({"stages": [{"name": "s", "target": 85, "space": {"lr": [0.1]}}]},
+     "stages.0: target: 85 is outside what val_acc can be (an accuracy, 0 to 1); 85 reads as "
+     "a percentage: write 0.85"),
     ({"stages": [{"name": "s", "space": {"dropout": [0.1, 0.3]}}]},
      "stages.0.space.dropout.0: 0.1 is one number: dropout is a list of rates"),
 ])
