@@ -60,7 +60,14 @@ def _first_difference(stored: dict, given: dict, keys: set[str] | None = None) -
     if found is None:
         return None
     key, then, now = found
-    return f"{key}: this study ran with {then!r}, this command says {now!r}"
+    return f"{key}: this study ran with {_said(key, then)}, this command says {_said(key, now)}"
+
+
+def _said(key: str, value: Any) -> str:
+    """A data setting as a line says it: no root is the built-in set (it said "None")."""
+    if value is None:
+        return "the built-in synthetic letters (no --data)" if key == "data.root" else "none"
+    return repr(value)
 
 
 def load_record(storage, study: str) -> optuna.Study | None:

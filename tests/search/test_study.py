@@ -566,6 +566,11 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
     storage.set_trial_state_values(training, optuna.trial.TrialState.COMPLETE, [0.5])
     with pytest.raises(StoreError, match="this study ran with 16, this command says 24"):
         bind(storage, changed, log=lambda _: None)
+    # The built-in set (no root) is said as such: it was "this study ran with None".
+    photos = load_study(write_study({"data": {"root": str(tmp_path)}}, name="c.yaml"))
+    with pytest.raises(StoreError, match=r"data.root: this study ran with the built-in "
+                                         r"synthetic letters \(no --data\), this command says '"):
+        bind(storage, photos, log=lambda _: None)
 
 
 def test_a_study_with_no_finished_trial_binds_to_its_files_as_they_are_now(write_study,
