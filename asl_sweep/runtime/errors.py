@@ -7,6 +7,7 @@ Anything that is not a UserError is a bug in asl-sweep: it surfaces as a traceba
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 
@@ -60,6 +61,11 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO
                  errno.EPERM}
 _STORE_FAULTS = ("database or disk is full", "attempt to write a readonly database",
                  "disk I/O error", "unable to open database file")
+# An OSError of a full or failing disk that a library kept only as text (MLflow's artifact
+# copies: "[Errno 28] No space left on device: 'SRC' -> 'DST'"), the file written last.
+_QUOTED_DISK_FAULT = re.compile(
+    rf"\[Errno ({'|'.join(str(n) for n in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO))})"
+    r"\] ([^:\n]+)(?:: '[^']*' -> '([^']+)'|: '([^']+)')?")
 # What SQLite says of a file that is not (or no longer) a database it can read.
 _DAMAGED = ("file is not a database", "database disk image is malformed")
 
@@ -199,6 +205,10 @@ def environment_fault(error: BaseException, store: str = "a store") -> UserError
         if isinstance(error, OSError) and error.errno in _WRITE_ERRNOS:
             return WriteError.of(error.filename or "a file", error)
         text = str(error)
+        quoted = _QUOTED_DISK_FAULT.search(text)
+        if quoted:  # a library that kept only the text ("[Errno 28] No space left on ...")
+            number, path = int(quoted[1]), quoted[3] or quoted[4] or "a file"
+            return WriteError.of(path, OSError(number, os.strerror(number), path))
         fault = next((f for f in _STORE_FAULTS if f in text), None)
         if fault:
             return StoreError(f"{_which_store(text, store)} could not be written ({fault}); nothing "

@@ -86,3 +86,19 @@ def test_an_address_refused_is_a_store_error_and_not_a_lost_connection():
     away = psycopg.OperationalError("connection failed: could not connect: Temporary failure "
                                     "in name resolution")
     assert lost_connection(away) and environment_fault(away) is None
+
+
+def test_a_disk_fault_a_library_kept_only_as_text_is_one_line_naming_the_file():
+    """MLflow's artifact copy reports a full disk as text in an MlflowException: it was a
+    traceback; the file named is the one being written."""
+    import mlflow.exceptions
+
+    error = mlflow.exceptions.MlflowException(
+        "The following failures occurred while downloading one or more artifacts from /t/a:\n"
+        "##### File m.pt #####\n[Errno 28] No space left on device: '/t/a/m.pt' -> '/t/b/m.pt'")
+    assert str(environment_fault(error)) == (
+        "/t/b/m.pt: could not be written (No space left on device); nothing recorded was "
+        "lost: free space or make the folder writable, then rerun the same command")
+    plain = RuntimeError("[Errno 27] File too large: '/t/c.bin'")
+    assert str(environment_fault(plain)).startswith("/t/c.bin: could not be written (File too")
+    assert environment_fault(RuntimeError("[Errno 2] No such file or directory: 'x'")) is None
