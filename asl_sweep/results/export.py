@@ -33,6 +33,7 @@ from asl_sweep.runtime.files import (
     atomic_write_bytes,
     atomic_write_text,
     make_folder,
+    need_room,
     sha256_of,
     torch_bytes,
 )
@@ -225,9 +226,6 @@ def register_mlflow(deployable: Deployable, exported: Exported, example: torch.T
     tracker = Tracker(ws)
     experiment_id = tracker.experiment(exported.cfg.study)
     study_run = tracker.find_run(experiment_id, kind="study")
-    run_id = tracker.new_run(experiment_id,
-                             f"export-{exported.view.stage.name}-{exported.trial.number}",
-                             parent=study_run, kind="export", **exported.lineage())
     # Typed float32, since serving casts JSON to the signature's dtype (uint8 would turn
     # 0.7 into 0): integers arrive as 0..255, floats as 0..1, and the model tells them apart.
     deployable = Deployable(deployable.model, deployable.image_size).eval()
@@ -237,15 +235,30 @@ def register_mlflow(deployable: Deployable, exported: Exported, example: torch.T
     train_config = exported.file.config.model_dump(mode="json")
     with tempfile.TemporaryDirectory() as tmp:
         model_file = exported.file.save(Path(tmp) / MODEL_FILE)
-        version, uri = tracker.log_pytorch_model(
-            run_id, deployable, name, example.numpy(), probabilities,
-            metadata={"classes": exported.classes, "image_size": exported.image_size,
-                      MARKER: _marker(exported) | {"model_file": f"extra_files/{MODEL_FILE}"}},
-            files={"study.yaml": dump_resolved(exported.cfg),
-                   "train_config.json": json.dumps(train_config, indent=2)},
-            extra_files=[model_file],
-            # What loading it needs: torch (the pt2 program) and numpy; nothing of asl-sweep.
-            requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        # MLflow writes the model in the temporary folder first: the pt2 program (about the
+        # weights' size) and a copy of the model file. On a disk with less room torch's
+        # writer aborted the process (exit 134) or MLflow's copy was a traceback.
+        weights = sum(t.numel() * t.element_size() for t in deployable.state_dict().values())
+        need_room(Path(tmp), model_file.stat().st_size + weights + 2**20,
+                  "MLflow's copy of the model")
+        run_id = tracker.new_run(experiment_id,
+                                 f"export-{exported.view.stage.name}-{exported.trial.number}",
+                                 parent=study_run, kind="export", **exported.lineage())
+        try:
+            version, uri = tracker.log_pytorch_model(
+                run_id, deployable, name, example.numpy(), probabilities,
+                metadata={"classes": exported.classes, "image_size": exported.image_size,
+                          MARKER: _marker(exported) | {
+                              "model_file": f"extra_files/{MODEL_FILE}"}},
+                files={"study.yaml": dump_resolved(exported.cfg),
+                       "train_config.json": json.dumps(train_config, indent=2)},
+                extra_files=[model_file],
+                # What loading it needs: torch (the pt2 program) and numpy; nothing of
+                # asl-sweep.
+                requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"])
+        except BaseException:
+            tracker.end(run_id, "FAILED")  # never left RUNNING
+            raise
     tracker.tag_model_version(name, version, {**exported.lineage(),
                                               "train_config": json.dumps(train_config)})
     tracker.describe_model(name, version, model_description(exported))

@@ -64,6 +64,19 @@ def make_folder(path: Path) -> Path:
     return path
 
 
+def need_room(folder: Path, need: int, what: str) -> None:
+    """One WriteError where `folder`'s disk has less than `need` bytes free for `what`: for
+    a writer that cannot be stopped cleanly once it meets a full disk (torch's own, inside
+    MLflow, aborts the process from C++)."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise WriteError(f"{folder}: {free / 2**20:.1f} MB free, {what} needs about "
+                         f"{need / 2**20:.1f} MB there; nothing recorded was lost: free space "
+                         "(or point TMPDIR at a folder with room), then rerun the same command")
+
+
 def torch_bytes(obj: Any) -> memoryview:
     """torch.save into memory: the disk write then fails as an OSError a person can read,
     not as torch's 'PytorchStreamWriter failed writing file'."""

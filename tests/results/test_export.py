@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -449,3 +451,33 @@ def test_a_disk_that_fills_during_export_leaves_no_cut_model_and_says_which_file
                                    "command")
     assert not (target / "model.torchscript.pt").exists()
     assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_a_temporary_folder_without_room_for_mlflows_copy_is_one_line(exported, tmp_path):
+    """MLflow writes the registered model in the temporary folder first; on a small one
+    (a real tmpfs as TMPDIR) torch's writer inside MLflow aborted the process (exit 134, a
+    C++ trace) or MLflow's copy of the model file was a traceback, leaving the export's run
+    RUNNING. Now the room is checked first: one line naming the folder, no run made."""
+    small = tmp_path / "tmp"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    cfg, ws, out = exported
+    client = MlflowClient(ws.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.study).experiment_id
+    before = len(client.search_runs([experiment]))
+    try:
+        done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "export",
+                               str(out.parent / "study.yaml"), "--home", str(ws.home),
+                               "--format", "mlflow"], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "TMPDIR": str(small)})
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert re.fullmatch(rf"error: {re.escape(str(small))}/tmp\w+: [\d.]+ MB free, MLflow's copy "
+                        r"of the model needs about [\d.]+ MB there; nothing recorded was lost: "
+                        r"free space \(or point TMPDIR at a folder with room\), then rerun the "
+                        r"same command", line), line
+    assert len(client.search_runs([experiment])) == before  # no export run left RUNNING
