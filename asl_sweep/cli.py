@@ -28,7 +28,7 @@ def _home(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: give the folder for the study's records "
                                           "(default ./mlruns)")
-    return Path(text)
+    return Path(text).expanduser()  # a quoted '~/x', or one from a file, met no shell
 
 
 def _path(text: str) -> Path:
@@ -36,7 +36,7 @@ def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: an empty path (it would be the current "
                                           "folder); give one")
-    return Path(text)
+    return Path(text).expanduser()
 
 
 # What a file the report or an export writes is called: an --out that ends so names a file,
@@ -55,7 +55,7 @@ def _out_folder(text: str) -> Path:
 
 
 def _default_home() -> Path:
-    return Path(environment.text(environment.HOME))
+    return Path(environment.text(environment.HOME)).expanduser()  # an env file's ~/mlruns
 
 
 def _study_args(p: argparse.ArgumentParser, search: bool = True) -> None:

@@ -78,6 +78,12 @@ class DataConfig(Strict):
                              f"{self.test_fraction} leave too little to train on (< 10%)")
         return self
 
+    @field_validator("root")
+    @classmethod
+    def _from_the_users_home(cls, v: Path | None) -> Path | None:
+        # `root: ~/photos` in a YAML meets no shell to expand it: it was read as ./~/photos.
+        return v.expanduser() if v is not None else v
+
     @field_validator("group_pattern")
     @classmethod
     def _regex_with_group(cls, v: str | None) -> str | None:

@@ -221,3 +221,19 @@ def test_get_path_reads_what_set_path_writes():
     assert get_path(tree, "dropout.2") is None and get_path(tree, "cnn.kernel") is None
     set_path(tree, "dropout.2", 0.5)
     assert get_path(tree, "dropout.2") == 0.5
+
+
+def test_a_data_root_under_the_users_home_is_expanded(write_study, monkeypatch, tmp_path):
+    """`root: ~/photos` in a YAML meets no shell: it was read as ./~/photos, "not a folder"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_study(write_study({"data": {"root": "~/photos"}})).data.root == \
+        tmp_path / "photos"
+    assert load_study(write_study(), ["data.root=~/elsewhere"]).data.root == \
+        tmp_path / "elsewhere"
+    # --home and $ASL_SWEEP_HOME the same (a quoted '~/x', an env file's value)
+    from asl_sweep.cli import build_parser
+
+    assert build_parser().parse_args(["status", "s.yaml", "--home", "~/h"]).home == \
+        tmp_path / "h"
+    monkeypatch.setenv("ASL_SWEEP_HOME", "~/from-env")
+    assert build_parser().parse_args(["status", "s.yaml"]).home == tmp_path / "from-env"
