@@ -120,7 +120,7 @@ def hub_checkpoints() -> Path:
 def find_weights_file(file_name: str) -> Path | None:
     candidates = [hub_checkpoints() / file_name]
     if folder := environment.text(environment.WEIGHTS):
-        candidates.insert(0, Path(folder) / file_name)
+        candidates.insert(0, Path(folder).expanduser() / file_name)
     for package in WEIGHT_PACKAGES:
         spec = importlib.util.find_spec(package)  # locates without importing it
         for folder in (spec.submodule_search_locations or []) if spec else []:
