@@ -166,7 +166,7 @@ def test_a_lost_checkpoint_is_trained_again_not_reused_and_the_study_finishes(tm
     assert delete_checkpoints() >= 2
     code = main(["evaluate", str(path), "--home", str(home)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "cannot be read" in err and "rerun the study" in err
+    assert code == 2 and "is missing from the run's artifacts" in err and "rerun the study" in err
     assert len(err.splitlines()) == 1
     run_counting(path, home)  # finished: no stage reopens, the lost repeats train again
     assert "is gone; training it again" in capsys.readouterr().out
