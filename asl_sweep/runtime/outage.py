@@ -30,10 +30,11 @@ _LOST = ("connection refused", "connection failed", "could not connect",
          "ssl connection has been closed", "no connection to the server",
          "lost connection to", "server has gone away", "consuming input failed",
          "statuscode.unavailable",  # gRPC's word for a proxy that is not there
-         # A proxy in front of a tracking server that is down, once MLflow's own retries of
-         # it are spent (urllib3's words)
-         "too many 502 error responses", "too many 503 error responses",
-         "too many 504 error responses")
+         # A tracking server failing every request (its database away or full), or a proxy
+         # in front of one that is down, once MLflow's own retries are spent (urllib3's
+         # words)
+         "too many 500 error responses", "too many 502 error responses",
+         "too many 503 error responses", "too many 504 error responses")
 
 # Per store (its name): a store's outage ends when that store answers, not when another one
 # does (a tracking server down beside an Optuna proxy that answers).

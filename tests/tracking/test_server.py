@@ -188,13 +188,15 @@ def _answering(code: int):
           "search: the address is not an MLflow server's (another web server on that port?)"),
     (401, "the MLflow tracking server answered HTTP 401 for /api/2.0/mlflow/experiments/"
           "search: give its credentials in MLFLOW_TRACKING_USERNAME"),
-    (503, "has not answered for 2 s (")])
+    (503, "has not answered for 2 s ("),
+    (500, "has not answered for 2 s (")])
 def test_a_tracking_address_that_answers_but_not_as_mlflow_is_one_line(write_study, tmp_path,
                                                                        capsys, monkeypatch,
                                                                        code, said):
-    """--tracking at another web server's port, at a server that wants credentials, or at
-    a proxy whose MLflow server is down: MLflow's traceback before; now one line, and the
-    proxy's 503s are waited for as a server away."""
+    """--tracking at another web server's port, at a server that wants credentials, at a
+    proxy whose MLflow server is down, or at a server failing every request (500): MLflow's
+    traceback before; now one line, and the 503s and 500s are waited for as a server
+    away."""
     monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "2")
     server = _answering(code)
     try:
