@@ -161,9 +161,10 @@ def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
     try:
         base.get_all_studies(proxy)  # answers now, or one line naming it
     except grpc.RpcError as e:
+        said = e.details() if callable(getattr(e, "details", None)) else None
         raise StoreError(f"{url}: the Optuna storage proxy does not answer "
-                         f"({type(e).__name__}); start it (asl-sweep store-proxy) or check "
-                         "the address") from None
+                         f"({' '.join((said or type(e).__name__).split())[:160]}); start it "
+                         "(asl-sweep store-proxy) or check the address") from None
     return proxy
 
 

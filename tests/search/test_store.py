@@ -477,8 +477,10 @@ def test_a_silent_worker_through_the_proxy_is_found_dead_from_any_machine(proxy)
 def test_a_proxy_that_does_not_answer_is_one_line(tmp_path, capsys):
     from asl_sweep.runtime.errors import StoreError
 
+    # gRPC's own words (it said the class name, "_InactiveRpcError")
     with pytest.raises(StoreError, match=r"grpc://127\.0\.0\.1:\d+: the Optuna storage proxy "
-                                         r"does not answer .*asl-sweep store-proxy"):
+                                         r"does not answer \(failed to connect .*Connection "
+                                         r"refused\); start it \(asl-sweep store-proxy\)"):
         optuna_storage(f"grpc://127.0.0.1:{free_port()}")
 
 
