@@ -150,8 +150,9 @@ def refusal(error: BaseException | None) -> str | None:
 def _refused_in(text: str) -> str | None:
     for line in text.splitlines():
         low = line.lower()
-        if "fatal:" in low and not any(p in low for p in _PASSING):
-            return " ".join(line[low.index("fatal:"):].split())[:200]
+        # PostgreSQL's word, in capitals (git's "fatal: not a git repository" is not a store)
+        if "FATAL:" in line and not any(p in low for p in _PASSING):
+            return " ".join(line[line.index("FATAL:"):].split())[:200]
         start = min((low.index(m) for m in _UNRESOLVED if m in low), default=None)
         if start is not None:
             return _closed(" ".join(line[start:].split()))[:200]

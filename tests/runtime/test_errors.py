@@ -86,6 +86,8 @@ def test_an_address_refused_is_a_store_error_and_not_a_lost_connection():
     away = psycopg.OperationalError("connection failed: could not connect: Temporary failure "
                                     "in name resolution")
     assert lost_connection(away) and environment_fault(away) is None
+    # git's lower-case "fatal:" (MLflow asks git for the source's version) is no store's
+    assert environment_fault(RuntimeError("fatal: not a git repository")) is None
 
 
 def test_a_disk_fault_a_library_kept_only_as_text_is_one_line_naming_the_file():
