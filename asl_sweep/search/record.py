@@ -156,8 +156,9 @@ def check_digest(record: optuna.Study, cfg: StudyConfig, digest: str,
             "first read them)")
     elif stored is not None:
         raise StoreError(f"study {cfg.study}: the images in {cfg.data.root or 'the built-in set'} "
-                         "changed since the study ran (their digest differs); restore them, or "
-                         "start a new study with --set study=NEW")
+                         "changed since the study ran (their names or contents differ from the "
+                         "ones it recorded); give the folder it ran on, restore them, or start "
+                         "a new study with --set study=NEW")
     write(record, RecordKey.DIGEST, digest)
 
 
@@ -168,12 +169,23 @@ def stored_data(storage, cfg: StudyConfig, explicit: set[str]) -> DataConfig:
     stored = read(record) if record is not None else {}
     if RecordKey.DATA not in stored:
         raise StoreError(f"study {cfg.study}: nothing recorded yet; run it first (asl-sweep run)")
-    difference = _first_difference(stored[RecordKey.DATA], _stored_form(cfg.data), explicit)
+    ran = dict(stored[RecordKey.DATA])
+    given = _stored_form(cfg.data)
+    if "data.root" in explicit and ran.get("root") and given.get("root"):
+        # The photos moved since the study ran: the same files elsewhere are read there
+        # (open_data checks their digest, names and contents, against the stored one).
+        ran["root"] = given["root"]
+    difference = _first_difference(ran, given, explicit)
     if difference:
         raise StoreError(f"study {cfg.study}: {difference}; without --data or --set data.* "
                          "the study's own data is used, or start a new study with --set "
                          "study=NEW")
-    return DataConfig.model_validate(stored[RecordKey.DATA])
+    data = DataConfig.model_validate(ran)
+    if data.root is not None and not data.root.is_dir() and "data.root" not in explicit:
+        raise StoreError(f"study {cfg.study} ran on the images in {data.root}, which is not a "
+                         "folder now: pass --data with the folder they are in now (the same "
+                         "files: their names and contents are checked)")
+    return data
 
 
 def stored_digest(storage, study: str) -> str | None:

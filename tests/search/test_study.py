@@ -22,7 +22,7 @@ from asl_sweep.search.state import outcome_of
 from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 from asl_sweep.tracking.tracker import _flatten
-from tests.conftest import interrupt_a_trial, running_trial
+from tests.conftest import interrupt_a_trial, make_image_folder, running_trial
 
 TWO_STAGES = {"stages": [
     {"name": "shape", "goal": "pick a shape", "trials": 3, "sampler": "random", "pruner": "none",
@@ -405,9 +405,11 @@ def test_commands_after_run_with_data_use_that_folder(write_study, tmp_path, ima
     assert str(image_folder) in (tmp_path / "e" / "MODEL_CARD.md").read_text()
     assert main(["evaluate", str(path), "--home", home]) == 0
     capsys.readouterr()
-    assert main(["report", str(path), "--home", home, "--data", str(tmp_path)]) == 2
+    # Other photos given with --data: their names and contents are not the ones recorded.
+    other = make_image_folder(tmp_path / "other", per_class=4)
+    assert main(["report", str(path), "--home", home, "--data", str(other)]) == 2
     err = capsys.readouterr().err
-    assert f"data.root: this study ran with '{image_folder}', this command says '{tmp_path}'" in err
+    assert f"the images in {other} changed since the study ran (their names or contents" in err
     # A rerun with other data settings: one line naming both values, and no MLflow run left
     # RUNNING (before, MLflow refused to change a param and the study run stayed RUNNING).
     assert main(["run", str(path), "--home", home, "--data", str(image_folder),
@@ -418,6 +420,18 @@ def test_commands_after_run_with_data_use_that_folder(write_study, tmp_path, ima
     client = MlflowClient(Workspace.at(home).tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert all(r.info.status != "RUNNING" for r in runs)
+    # The photos moved since: the line says so and what to pass (it was "data.root: ... is
+    # not a folder", and --data with the new place was "this study ran with ..."); the same
+    # files elsewhere are read there, other files are refused.
+    moved = tmp_path / "moved"
+    image_folder.rename(moved)
+    assert main(["evaluate", str(path), "--home", home]) == 2
+    assert (f"study tiny ran on the images in {image_folder}, which is not a folder now: pass "
+            "--data with the folder they are in now") in capsys.readouterr().err
+    assert main(["evaluate", str(path), "--home", home, "--data", str(moved)]) == 0
+    next(moved.glob("A/*.png")).unlink()
+    assert main(["evaluate", str(path), "--home", home, "--data", str(moved)]) == 2
+    assert "changed since the study ran" in capsys.readouterr().err
 
 
 def test_kill_9_during_confirmation_then_rerun_finishes_it(write_study, tmp_path):
