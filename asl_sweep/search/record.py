@@ -115,16 +115,31 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     # Another worker may be writing it right now.
     stored = (keys if RecordKey.DATA in keys
               else wait_for(record, RecordKey.DATA, 10.0) or read(record))
-    difference = _first_difference(stored.get(RecordKey.DATA, given), given)
-    if difference and not _anything_begun(storage, cfg):
+    ran = stored.get(RecordKey.DATA, given)
+    difference = _first_difference(_read_here(ran, given), given)
+    moved = ran.get("root") != given.get("root")
+    if (difference or moved) and not _anything_begun(storage, cfg):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
-            f"data ({difference})")
+            f"data ({difference or _first_difference(ran, given)})")
         write(record, RecordKey.DATA, given)
         write(record, RecordKey.DIGEST, None)  # the new files' digest is stored once they are read
         stored = {**stored, RecordKey.DATA: given, RecordKey.DIGEST: None}
     elif difference:
         raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
+    elif moved:
+        log(f"study {cfg.study}: reads its images in {given['root']} (it first read them in "
+            f"{ran['root']}); their names and contents are checked against the ones it "
+            "recorded")
     return record, False, stored
+
+
+def _read_here(ran: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The data settings a study ran with, its photo folder where this command has it: a
+    folder is a place, not the data (a worker's node-local copy, photos moved since), and
+    the files' digest (names and contents) is what `check_digest` holds to."""
+    if ran.get("root") and given.get("root"):
+        return {**ran, "root": given["root"]}
+    return ran
 
 
 def _is_a_stage(record: optuna.Study, keys: dict[str, Any]) -> bool:
@@ -169,12 +184,9 @@ def stored_data(storage, cfg: StudyConfig, explicit: set[str]) -> DataConfig:
     stored = read(record) if record is not None else {}
     if RecordKey.DATA not in stored:
         raise StoreError(f"study {cfg.study}: nothing recorded yet; run it first (asl-sweep run)")
-    ran = dict(stored[RecordKey.DATA])
-    given = _stored_form(cfg.data)
-    if "data.root" in explicit and ran.get("root") and given.get("root"):
-        # The photos moved since the study ran: the same files elsewhere are read there
-        # (open_data checks their digest, names and contents, against the stored one).
-        ran["root"] = given["root"]
+    ran, given = stored[RecordKey.DATA], _stored_form(cfg.data)
+    if "data.root" in explicit:  # photos moved since: read where they are (open_data
+        ran = _read_here(ran, given)  # checks their digest against the stored one)
     difference = _first_difference(ran, given, explicit)
     if difference:
         raise StoreError(f"study {cfg.study}: {difference}; without --data or --set data.* "

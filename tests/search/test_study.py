@@ -429,6 +429,12 @@ def test_commands_after_run_with_data_use_that_folder(write_study, tmp_path, ima
     assert (f"study tiny ran on the images in {image_folder}, which is not a folder now: pass "
             "--data with the folder they are in now") in capsys.readouterr().err
     assert main(["evaluate", str(path), "--home", home, "--data", str(moved)]) == 0
+    # `run` too (a resume, or a worker whose node has its own copy at another path): the
+    # folder is a place, the digest is the data
+    capsys.readouterr()
+    assert main(["run", str(path), "--home", home, "--data", str(moved)]) == 0
+    assert (f"study tiny: reads its images in {moved} (it first read them in {image_folder})"
+            in capsys.readouterr().out)
     next(moved.glob("A/*.png")).unlink()
     assert main(["evaluate", str(path), "--home", home, "--data", str(moved)]) == 2
     assert "changed since the study ran" in capsys.readouterr().err
