@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.results.document import Doc
 from asl_sweep.results.export import load_exported
 from asl_sweep.results.readback import read_final, read_stages, stopped_stage
-from asl_sweep.runtime.errors import ConfigError
+from asl_sweep.runtime.errors import ConfigError, environment_fault
 from asl_sweep.runtime.files import atomic_write_text, make_folder
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.search import (
@@ -130,12 +130,22 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
     md_path = folder / "report.md"
     atomic_write_text(md_path, doc.markdown())
     atomic_write_text(folder / "report.html", doc.html(f"asl-sweep report: {cfg.study}"))
+    kept = ""
     if experiment is not None:
         study_run = tracker.find_run(experiment.experiment_id, kind="study")
         if study_run:
-            tracker.log_artifacts(study_run, [md_path, folder / "report.html", *doc.images()],
-                                  "report")
-    log(f"report: {md_path} and {folder / 'report.html'}")
+            try:
+                tracker.log_artifacts(study_run, [md_path, folder / "report.html",
+                                                  *doc.images()], "report")
+            except Exception as e:
+                # A home others may only read (a shared results folder), or one that is full:
+                # the report is written where asked; the copy on the run is what is missing.
+                fault = environment_fault(e)
+                if fault is None:
+                    raise
+                kept = (f" (not kept on the study's MLflow run: {str(fault).split(';')[0]}; "
+                        "rerun report where the home can be written to keep it there)")
+    log(f"report: {md_path} and {folder / 'report.html'}{kept}")
     return md_path
 
 

@@ -2,6 +2,8 @@
 the study's MLflow run."""
 
 import re
+import subprocess
+import sys
 
 from mlflow.tracking import MlflowClient
 
@@ -99,6 +101,23 @@ def test_a_study_without_student_settings_has_no_student_columns(write_study, tm
     md = (out / "report.md").read_text()
     assert "| stage | goal | decision | validation (mean of repeats) | carried |" in md
     assert "student" not in md.lower()
+    # A home others may only read (a shared results folder, a real read-only bind mount):
+    # the report is written where --out says, and the line says its copy on the MLflow run
+    # is what is missing (it was an error, exit 2, though the report was written).
+    if subprocess.run(["mount", "--bind", str(home), str(home)],
+                      capture_output=True).returncode != 0:
+        return  # needs root: the rest of this test stands
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(home)], check=True)
+        done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "report", str(path),
+                               "--home", str(home), "--out", str(tmp_path / "elsewhere")],
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", "-l", str(home)], capture_output=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(not kept on the study's MLflow run: " in done.stdout
+    assert "(Read-only file system)" in done.stdout or "readonly" in done.stdout, done.stdout
+    assert (tmp_path / "elsewhere" / "report.html").is_file()
 
 
 def test_the_trial_table_shows_what_a_stage_ranks_on_where_accuracy_is_not_it(write_study,
