@@ -116,17 +116,17 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     stored = (keys if RecordKey.DATA in keys
               else wait_for(record, RecordKey.DATA, 10.0) or read(record))
     ran = stored.get(RecordKey.DATA, given)
-    difference = _first_difference(_read_here(ran, given), given)
-    moved = ran.get("root") != given.get("root")
-    if (difference or moved) and not _anything_begun(storage, cfg):
+    anywhere = _first_difference(ran, given)  # the folder's path among them
+    difference = _first_difference(_read_here(ran, given), given) if anywhere else None
+    if anywhere and not _anything_begun(storage, cfg):
         log(f"study {cfg.study}: no trial has finished yet, so it binds to this command's "
-            f"data ({difference or _first_difference(ran, given)})")
+            f"data ({difference or anywhere})")
         write(record, RecordKey.DATA, given)
         write(record, RecordKey.DIGEST, None)  # the new files' digest is stored once they are read
         stored = {**stored, RecordKey.DATA: given, RecordKey.DIGEST: None}
     elif difference:
         raise StoreError(f"study {cfg.study}: {difference}; {NEW_STUDY}")
-    elif moved:
+    elif anywhere:  # only the folder's path: the same files elsewhere (check_digest)
         log(f"study {cfg.study}: reads its images in {given['root']} (it first read them in "
             f"{ran['root']}); their names and contents are checked against the ones it "
             "recorded")
