@@ -104,13 +104,18 @@ def cpu_quota(root: Path = CGROUP_ROOT, listing: str | None = None) -> float | N
     return min(quotas) if quotas else None
 
 
+def _affinity() -> int | None:
+    """How many CPUs this process may run on, where the system says (not macOS)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def usable_cpus(root: Path = CGROUP_ROOT, listing: str | None = None) -> int:
     """The CPUs this process may run on (Slurm and `taskset` bind a job to some), no more
     than its CPU quota allows (a quota of 1.5 CPUs: 1), at least 1."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+    cpus = _affinity() or os.cpu_count() or 1
     quota = cpu_quota(root, listing)
     if quota is not None:
         cpus = min(cpus, math.floor(quota))
@@ -119,16 +124,15 @@ def usable_cpus(root: Path = CGROUP_ROOT, listing: str | None = None) -> int:
 
 def fit_threads(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | None:
     """Size torch's thread pool by the CPU quota where it is below the CPUs this process may
-    run on: torch counts those (its affinity), not a quota, so `docker --cpus 2` on a 64-core
-    node ran 64 threads on 2 CPUs' time, each throttled. Set before torch is imported (its
-    OpenMP reads OMP_NUM_THREADS as it loads), or on torch itself where it is; a user's
-    OMP_NUM_THREADS or MKL_NUM_THREADS is left as it is. The count set, or None where
-    nothing was."""
+    run on: torch counts those (its affinity), not a quota, so in a `docker --cpus 2`
+    container on a 64-core node it would run 64 threads on 2 CPUs' time, each throttled. Set
+    before torch is imported (its OpenMP reads OMP_NUM_THREADS as it loads), or on torch
+    itself where it is; a user's OMP_NUM_THREADS or MKL_NUM_THREADS is left as it is. The
+    count set, or None where nothing was."""
     if "OMP_NUM_THREADS" in os.environ or "MKL_NUM_THREADS" in os.environ:
         return None
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
+    allowed = _affinity()
+    if allowed is None:
         return None
     cpus = usable_cpus(root, listing)
     if cpus >= allowed:
