@@ -6,6 +6,7 @@ heavy loads. The study's stages and search spaces are in spec.py."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -395,6 +396,12 @@ def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return TrainConfig.model_validate(tree)
 
 
+def error_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error's message as a line says it: a validator's own words without
+    pydantic's "Value error, " before them."""
+    return err["msg"].removeprefix("Value error, ")
+
+
 def check_train_override(base: TrainConfig, name: str, value: Any, where: str) -> None:
     try:
         if name.split(".")[0] not in TrainConfig.model_fields:
@@ -403,5 +410,4 @@ def check_train_override(base: TrainConfig, name: str, value: Any, where: str) -
     except KeyError:
         raise ValueError(f"{where}: not a trainer setting (see base:)") from None
     except ValidationError as e:
-        raise ValueError(f"{where}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") \
-            from None
+        raise ValueError(f"{where}: {error_message(e.errors()[0])}") from None

@@ -15,6 +15,7 @@ from asl_sweep.settings.config import (
     Strict,
     TrainConfig,
     check_train_override,
+    error_message,
 )
 
 # A stage's budget is queued in the Optuna store before it searches (a slot a worker takes),
@@ -405,7 +406,7 @@ class StudyConfig(Strict):
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = error_message(err)
     return f"{loc}: {msg}" if loc else msg
 
 
@@ -414,7 +415,7 @@ def format_validation_error(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = error_message(err)
         rule = NAME_RULES.get((err.get("ctx") or {}).get("pattern"))
         if err["type"] == "string_pattern_mismatch" and rule:
             msg = f"{err['input']!r} is not a name it takes: {rule}"
