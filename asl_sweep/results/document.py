@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _row(cells: list[str]) -> str:
+    """One Markdown table row; a "|" or a line break in a cell (a class folder, a stage or a
+    person named by the user) would otherwise split the row."""
+    return "| " + " | ".join(" ".join(c.replace("|", "\\|").split("\n")) for c in cells) + " |"
+
+
 @dataclass
 class Doc:
     """Headings, paragraphs, tables and images, rendered to Markdown and to HTML."""
@@ -42,9 +48,8 @@ class Doc:
                 out.append(data)
             elif kind == "table":
                 header, rows = data
-                out.append("\n".join(["| " + " | ".join(header) + " |",
-                                      "|" + "---|" * len(header),
-                                      *("| " + " | ".join(r) + " |" for r in rows)]))
+                out.append("\n".join([_row(header), "|" + "---|" * len(header),
+                                      *(_row(r) for r in rows)]))
             else:
                 path, alt = data
                 out.append(f"![{alt}]({path.relative_to(self.folder)})")
