@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from asl_sweep.runtime import environment, machine, signals
-from asl_sweep.runtime.errors import ConfigError, UserError, environment_fault
+from asl_sweep.runtime.errors import ConfigError, UserError, WriteError, environment_fault
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import is_study_file, load_study
@@ -544,11 +544,24 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _elsewhere(args, default: Path, write) -> None:
+    """Run `write`; where it cannot write the home's own folder (`default`: a results folder
+    others may only read, a full disk), the line says --out can put the files elsewhere."""
+    try:
+        write()
+    except WriteError as e:
+        if args.out is None and e.path is not None and \
+                Path(e.path).absolute().is_relative_to(default.absolute()):
+            raise WriteError(f"{e}; or write them to another folder with --out DIR",
+                             e.path) from None
+        raise
+
+
 def cmd_report(args) -> int:
     cfg, ws = _load_bound(args)
     from asl_sweep.results.report import write_report
 
-    write_report(cfg, ws, args.out)
+    _elsewhere(args, ws.reports / cfg.study, lambda: write_report(cfg, ws, args.out))
     return 0
 
 
@@ -556,8 +569,8 @@ def cmd_export(args) -> int:
     cfg, ws = _load_bound(args)
     from asl_sweep.results.export import FORMATS, export
 
-    export(cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out,
-           args.stage)
+    _elsewhere(args, ws.exports / cfg.study, lambda: export(
+        cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out, args.stage))
     return 0
 
 

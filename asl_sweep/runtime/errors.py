@@ -46,13 +46,18 @@ class UnsafeFileError(ModelFileError):
 
 
 class WriteError(UserError):
-    """A file could not be written (disk full, read-only, I/O error): nothing was lost."""
+    """A file could not be written (disk full, read-only, I/O error): nothing was lost.
+    `path`: the file or folder, where one is known."""
+
+    def __init__(self, message: str, path=None) -> None:
+        super().__init__(message)
+        self.path = path
 
     @classmethod
     def of(cls, path, error: OSError) -> WriteError:
         reason = error.strerror or str(error) or type(error).__name__
         return cls(f"{path}: could not be written ({reason}); nothing recorded was lost: free "
-                   "space or make the folder writable, then rerun the same command")
+                   "space or make the folder writable, then rerun the same command", path)
 
 
 # Faults of the machine rather than of a trial or of asl-sweep: a file or a store that cannot

@@ -58,7 +58,7 @@ def make_folder(path: Path) -> Path:
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
         where = "this folder" if blocker == path else f"it ({blocker} is a file)"
         raise WriteError(f"{path}: a file is in the way of {where}: name a folder, or a "
-                         "path not yet taken, and rerun the same command") from None
+                         "path not yet taken, and rerun the same command", path) from None
     except OSError as e:
         raise WriteError.of(path, e) from None
     return path
@@ -74,7 +74,8 @@ def need_room(folder: Path, need: int, what: str) -> None:
     if free < need:
         raise WriteError(f"{folder}: {free / 2**20:.1f} MB free, {what} needs about "
                          f"{need / 2**20:.1f} MB there; nothing recorded was lost: free space "
-                         "(or point TMPDIR at a folder with room), then rerun the same command")
+                         "(or point TMPDIR at a folder with room), then rerun the same command",
+                         folder)
 
 
 def torch_bytes(obj: Any) -> memoryview:

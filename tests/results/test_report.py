@@ -112,8 +112,15 @@ def test_a_study_without_student_settings_has_no_student_columns(write_study, tm
         done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "report", str(path),
                                "--home", str(home), "--out", str(tmp_path / "elsewhere")],
                               capture_output=True, text=True, timeout=300)
+        home_only = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "report",
+                                    str(path), "--home", str(home)],
+                                   capture_output=True, text=True, timeout=300)
     finally:
         subprocess.run(["umount", "-l", str(home)], capture_output=True)
+    # without --out, the line said to make the folder writable, not that --out writes elsewhere
+    assert home_only.returncode == 2, home_only.stderr[-2000:]
+    assert home_only.stderr.strip().endswith(
+        "then rerun the same command; or write them to another folder with --out DIR")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(not kept on the study's MLflow run: " in done.stdout
     assert "(Read-only file system)" in done.stdout or "readonly" in done.stdout, done.stdout
