@@ -5,6 +5,7 @@ validation; the card reports that configuration's score on the untouched test sp
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -34,7 +35,6 @@ from asl_sweep.runtime.files import (
     atomic_write_text,
     make_folder,
     need_room,
-    sha256_of,
     torch_bytes,
 )
 from asl_sweep.runtime.workspace import Workspace
@@ -60,6 +60,7 @@ from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
 
 FORMATS = ("torchscript", "onnx", "mlflow")
+_RECORDED = ("onnx", "mlflow")  # the forms the MLflow store records (a fingerprint, a version)
 
 
 @dataclass
@@ -139,6 +140,7 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
     atomic_write_text(out / "classes.json", json.dumps(exported.classes))
     written: dict[str, Any] = {}
     failed: dict[str, str] = {}
+    store_fault: StoreError | None = None
     with warnings.catch_warnings():
         # torch.jit is marked deprecated, and tracing warns that the resize branch is fixed
         # at export time; both are expected here: the graph takes image_size inputs.
@@ -149,12 +151,21 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
                      "mlflow": lambda: register_mlflow(deployable, exported, example, ws)}
         for kind in formats:
             signals.check()  # Ctrl-C / SIGTERM: stop between two forms (each written whole)
+            if store_fault is not None and kind in _RECORDED:
+                continue  # the store that failed the form before: not waited for again
             try:
                 written[kind] = exporters[kind]()
-            except (UserError, OSError, RuntimeError, ImportError) as e:
+            except Exception as e:  # (MLflow's own exceptions too)
                 fault = environment_fault(e, "the MLflow store (mlflow.db, or --tracking)")
-                if isinstance(fault, (WriteError, StoreError)):
-                    raise fault from None  # a full disk, a store away: the next forms too
+                if isinstance(fault, WriteError):
+                    raise fault from None  # a full disk: the next forms too
+                if isinstance(fault, StoreError):
+                    # (a home others may only read, a store away): the files that need no
+                    # record are still written, then this line
+                    store_fault = fault
+                    continue
+                if not isinstance(e, (UserError, OSError, RuntimeError, ImportError)):
+                    raise  # a bug in asl-sweep: its traceback
                 # One format failing (a missing package, an operator the exporter lacks)
                 # must not cost the others.
                 failed[kind] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
@@ -162,6 +173,10 @@ def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None
     written["model_card"] = write_model_card(exported, out, written)
     for kind, where in written.items():
         log(f"{kind}: {where}")
+    if store_fault is not None:
+        missing = [k for k in formats if k in _RECORDED and k not in written]
+        raise StoreError(f"{store_fault} (not written: {', '.join(missing)}, which the store "
+                         f"records; written: {', '.join(written)}, in {out})")
     if failed:
         raise ExportError("; ".join(f"{kind} export failed: {why}" for kind, why in failed.items()))
     return written
@@ -205,13 +220,16 @@ def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tenso
     for key, value in {MARKER: json.dumps(_marker(exported)),
                        "classes": json.dumps(exported.classes), **exported.lineage()}.items():
         graph.metadata_props.add(key=key, value=value)
-    atomic_write_bytes(path, graph.SerializeToString())
+    data = graph.SerializeToString()
     # ONNX runs in onnxruntime, not from asl-sweep's registry: `predict` runs an ONNX file
-    # only when its bytes are the ones recorded here, on the study's MLflow run.
+    # only when its bytes are the ones recorded here, on the study's MLflow run; recorded
+    # first, so that a store that cannot record them leaves no file predict would refuse.
     tracker = Tracker(ws)
     study_run = tracker.find_run(tracker.experiment(exported.cfg.study), kind="study")
     if study_run:
-        tracker.set_tags(study_run, **{f"exported_onnx.{sha256_of(path)}": str(path)})
+        tracker.set_tags(study_run, **{f"exported_onnx.{hashlib.sha256(data).hexdigest()}":
+                                       str(path)})
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -481,3 +481,40 @@ def test_a_temporary_folder_without_room_for_mlflows_copy_is_one_line(exported, 
                         r"free space \(or point TMPDIR at a folder with room\), then rerun the "
                         r"same command", line), line
     assert len(client.search_runs([experiment])) == before  # no export run left RUNNING
+
+
+def test_a_home_others_may_only_read_exports_what_needs_no_record_and_says_so(exported,
+                                                                              tmp_path):
+    """A shared results folder mounted read-only (a real read-only bind mount): export
+    without --out said 'make the folder writable' and not that --out writes elsewhere; with
+    --out the ONNX file was written and then its fingerprint could not be recorded (predict
+    refuses such a file), the registration never tried, no model card, and the line did not
+    say which files were there. Now the TorchScript file and the card are written and the
+    line says which forms the store would have recorded."""
+    _, ws, out = exported
+    study = out.parent / "study.yaml"
+    if subprocess.run(["mount", "--bind", str(ws.home), str(ws.home)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot make a read-only bind mount here (needs root)")
+    target = tmp_path / "elsewhere"
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(ws.home)], check=True)
+        runs = [subprocess.run([sys.executable, "-m", "asl_sweep.cli", "export", str(study),
+                                "--home", str(ws.home), *extra], capture_output=True,
+                               text=True, timeout=300)
+                for extra in ([], ["--out", str(target)])]
+    finally:
+        subprocess.run(["umount", "-l", str(ws.home)], capture_output=True)
+    home_only, elsewhere = runs
+    assert home_only.returncode == 2, home_only.stderr[-2000:]
+    assert home_only.stderr.strip().endswith(
+        "then rerun the same command; or write them to another folder with --out DIR")
+    assert elsewhere.returncode == 2, elsewhere.stderr[-2000:]
+    line = elsewhere.stderr.strip()
+    assert line.startswith("error: the MLflow store (mlflow.db, or --tracking) could not be "
+                           "written (attempt to write a readonly database)"), line
+    assert line.endswith(f"(not written: onnx, mlflow, which the store records; written: "
+                         f"torchscript, model_card, in {target})"), line
+    assert sorted(p.name for p in target.iterdir()) == [
+        "MODEL_CARD.md", "classes.json", "confusion.png", "model.torchscript.pt"]
+    assert open_model(str(target / "model.torchscript.pt"), ws.home).classes == list("ABCDEFGHI")
