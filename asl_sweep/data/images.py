@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, features
 
 from asl_sweep.data.imageset import ImageSet
 from asl_sweep.data.synthetic import CLASSES, make_synthetic, synthetic_digest
@@ -23,7 +23,21 @@ from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.runtime.machine import total_memory, usable_cpus
 from asl_sweep.settings.config import DataConfig
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+# The photo formats Pillow decodes (".jfif": a JPEG saved from a browser on Windows).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".gif", ".tif",
+                  ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+if features.check_module("avif"):
+    IMAGE_SUFFIXES.add(".avif")
+# A phone's HEIC/HEIF photos (an iPhone's default): Pillow reads them through pillow-heif,
+# where it is installed (pip install 'asl-sweep[heic]'); it applies their orientation.
+HEIF_SUFFIXES = {".heic", ".heif"}
+try:
+    import pillow_heif
+except ImportError:
+    pass
+else:
+    pillow_heif.register_heif_opener()
+    IMAGE_SUFFIXES |= HEIF_SUFFIXES
 # Folder names of a data set already split, never classes of it.
 SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev"}
 # What a zip made on a Mac carries beside the photos: never a class, never an image.
@@ -165,10 +179,18 @@ def _unusable(path: Path) -> str | None:
         # into another class's folder); its photos would be left out without a word
         return "a link to a folder, which is not followed: move or copy its images here"
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        return "not an image file (unknown extension)"
+        return not_an_image(path)
     if not os.access(path, os.R_OK):
         return "cannot be read (permission denied)"
     return None
+
+
+def not_an_image(path: Path) -> str:
+    """Why a file whose extension is none of IMAGE_SUFFIXES is not read."""
+    if path.suffix.lower() in HEIF_SUFFIXES:
+        return ("a HEIC/HEIF photo (a phone's format), which needs pillow-heif: pip install "
+                "pillow-heif (or convert it to JPEG)")
+    return "not an image file (unknown extension)"
 
 
 def _bad(path: Path, reason: str, on_bad: str) -> None:

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 import yaml
 
-from asl_sweep.data.images import IMAGE_SUFFIXES, decode_image, is_data
+from asl_sweep.data.images import (
+    HEIF_SUFFIXES,
+    IMAGE_SUFFIXES,
+    decode_image,
+    is_data,
+    not_an_image,
+)
 from asl_sweep.models.registry import Deployable
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError
@@ -237,7 +243,8 @@ def image_files(inputs: list[Path]) -> list[Path]:
             # A link to a folder is listed (and named as not followed), not passed over.
             found = sorted(p for p in item.rglob("*")
                            if (p.is_file() or p.is_symlink()) and is_data(p, item))
-            if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in found):
+            # (a folder of HEIC photos without pillow-heif: each says what it needs)
+            if not any(p.suffix.lower() in IMAGE_SUFFIXES | HEIF_SUFFIXES for p in found):
                 raise DataError(f"{item}: a folder without image files (any of "
                                 f"{', '.join(sorted(IMAGE_SUFFIXES))}); give image files or "
                                 "folders that hold them")
@@ -271,7 +278,7 @@ def _each(predictor: Predictor, files: list[Path]) -> Iterator[dict]:
                 raise DataError("a link to a folder, which is not followed: give the folder "
                                 "it points to")
             if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError("not an image file (unknown extension)")
+                raise DataError(not_an_image(path))
             pixels = decode_image(path, predictor.image_size)
         except (DataError, OSError, ValueError) as e:
             yield {"file": str(path), "error": str(e) or type(e).__name__}

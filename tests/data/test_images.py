@@ -1,6 +1,8 @@
 """Image files: scan, checks, decoding and the decoded cache, on real files."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -165,6 +167,49 @@ def test_a_phone_photo_is_decoded_upright_as_its_exif_orientation_says(tmp_path,
               "right": decoded[:, 8:]}
     opposite = {"top": "bottom", "bottom": "top", "left": "right", "right": "left"}[white]
     assert halves[white].mean() > 200 and halves[opposite].mean() < 50
+
+
+def test_a_phones_heic_a_browsers_jfif_and_avif_are_read_heic_upright(image_folder, tmp_path):
+    """An iPhone's photos are HEIC, a JPEG saved from a browser on Windows is often .jfif:
+    each was refused as 'not an image file (unknown extension)', so a folder of phone photos
+    could not be read at all. With pillow-heif (the dev and heic extras) HEIC is read and
+    turned upright once (white left half, EXIF orientation 6: white on top)."""
+    pytest.importorskip("pillow_heif")
+    pixels = np.zeros((40, 80, 3), dtype=np.uint8)
+    pixels[:, :40] = 255
+    phone = Image.fromarray(pixels)
+    exif = phone.getexif()
+    exif[0x0112] = 6
+    # as a phone writes it: the turn in the container (pillow-heif makes it of the EXIF
+    # bytes) and EXIF orientation 6 beside it, for readers that know only EXIF
+    phone.save(image_folder / "B" / "p1_B_phone.heic", exif=exif.tobytes(), quality=95)
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(image_folder / "A" / "p1_A_web.jfif",
+                                                   format="JPEG")
+    Image.new("RGB", (20, 20), (10, 200, 10)).save(image_folder / "C" / "p1_C_new.avif")
+    s = load(image_folder, tmp_path / "cache")
+    assert len(s) == 21 and not s.skipped
+    decoded = s.images[s.names.index("B/p1_B_phone.heic")].float().mean(0)
+    assert decoded[:8].mean() > 200 and decoded[8:].mean() < 50
+    web = s.images[s.names.index("A/p1_A_web.jfif")].float().mean((1, 2))
+    assert web[0] > 150 and web[1] < 60
+
+
+def test_a_heic_photo_without_pillow_heif_says_what_it_needs(image_folder):
+    """Where pillow-heif is not installed a HEIC photo is named as one, with the package to
+    install (it said 'not an image file')."""
+    Image.new("RGB", (20, 20)).save(image_folder / "A" / "IMG_0001.HEIC", format="PNG")
+    code = ("import sys; sys.modules['pillow_heif'] = None\n"
+            "from asl_sweep.data.images import load_image_set\n"
+            "from asl_sweep.settings.config import DataConfig\n"
+            f"load_image_set(DataConfig(root={str(image_folder)!r}, image_size=16), 16, "
+            f"{str(image_folder.parent / 'cache')!r})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        f"{image_folder / 'A' / 'IMG_0001.HEIC'}: a HEIC/HEIF photo (a phone's format), which "
+        "needs pillow-heif: pip install pillow-heif (or convert it to JPEG) (set "
+        "data.on_bad_image: skip to leave such files out)")
 
 
 def test_missing_root_is_named(tmp_path, monkeypatch):
