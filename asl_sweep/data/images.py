@@ -254,13 +254,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(path: str | Path, size: int) -> np.ndarray:
-    """One file -> uint8 [S, S, 3]. An image beyond PIL's decompression-bomb size is an
-    error here, not a warning."""
+    """One file -> uint8 [S, S, 3]. An image with more pixels to decode than PIL's
+    decompression-bomb size is an error here, not a warning; a JPEG counts at the reduced
+    scale it is decoded at (a 108-megapixel phone photo decodes 1.7 million pixels at
+    224: Pillow's own check, on the full size at open, refused it)."""
+    limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
+            Image.MAX_IMAGE_PIXELS = None  # checked below, on what will be decoded
             with Image.open(path) as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+                if limit is not None and img.size[0] * img.size[1] > limit:
+                    raise Image.DecompressionBombError
                 img.load()
                 # A phone keeps a portrait photo as landscape pixels plus an EXIF orientation
                 # that every viewer applies: the model sees it upright, as the person did.
@@ -268,8 +274,10 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
                     img = ImageOps.exif_transpose(img)
                 img = _to_rgb(img)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-            raise DataError(f"larger than {Image.MAX_IMAGE_PIXELS:,} pixels, refused as a "
-                            "possible decompression bomb") from None
+            raise DataError(f"larger than {limit:,} pixels, refused as a possible "
+                            "decompression bomb") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
     return np.array(img, dtype=np.uint8)  # a writable copy
