@@ -509,10 +509,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
-    cfg, ws = _load_bound(args)
-    from asl_sweep.results.leaderboard import print_status
+    with signals.at_once():  # it only reads
+        cfg, ws = _load_bound(args)
+        from asl_sweep.results.leaderboard import print_status
 
-    print_status(cfg, ws)
+        print_status(cfg, ws)
     return 0
 
 
@@ -558,16 +559,18 @@ def _elsewhere(args, default: Path, write) -> None:
 
 
 def cmd_report(args) -> int:
-    cfg, ws = _load_bound(args)
-    from asl_sweep.results.report import write_report
+    with signals.at_once():  # reading and loading: seconds, before anything is written
+        cfg, ws = _load_bound(args)
+        from asl_sweep.results.report import write_report
 
     _elsewhere(args, ws.reports / cfg.study, lambda: write_report(cfg, ws, args.out))
     return 0
 
 
 def cmd_export(args) -> int:
-    cfg, ws = _load_bound(args)
-    from asl_sweep.results.export import FORMATS, export
+    with signals.at_once():  # reading and loading: seconds, before anything is written
+        cfg, ws = _load_bound(args)
+        from asl_sweep.results.export import FORMATS, export
 
     _elsewhere(args, ws.exports / cfg.study, lambda: export(
         cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out, args.stage))
@@ -575,19 +578,20 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    cfg, ws = _load_bound(args)
-    from asl_sweep.results.readback import finished_stage, read_final, read_stages
-    from asl_sweep.search import (
-        TEST_RULE,
-        breakdown,
-        earlier_views,
-        failure_lines,
-        open_data,
-        score_final,
-        summarize,
-        views_lines,
-    )
-    from asl_sweep.tracking.tracker import Tracker
+    with signals.at_once():  # reading and loading: seconds, before anything is written
+        cfg, ws = _load_bound(args)
+        from asl_sweep.results.readback import finished_stage, read_final, read_stages
+        from asl_sweep.search import (
+            TEST_RULE,
+            breakdown,
+            earlier_views,
+            failure_lines,
+            open_data,
+            score_final,
+            summarize,
+            views_lines,
+        )
+        from asl_sweep.tracking.tracker import Tracker
 
     view = finished_stage(cfg, read_stages(cfg, ws), args.stage)
     trials = [view.trial(n) for n in view.result.repeats]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 _requested: int | None = None
+_at_once = False  # in a block that records nothing (`at_once`): a stop is taken there
 _stopped_in_trial = False  # whether the stop came while a trial trained (it is queued again)
 _terminal: list[int] = []  # standard output and error where they are a terminal
 
@@ -24,7 +25,7 @@ PASSED_ON = getattr(signal, "SIGUSR1", None)
 
 def _note(signum, frame) -> None:  # noqa: ARG001
     global _requested
-    if _requested is not None:  # asked twice: stop now, wherever we are
+    if _requested is not None or _at_once:  # asked twice, or nothing to close: stop now
         raise KeyboardInterrupt(f"signal {signum}")
     _requested = signum
 
@@ -97,6 +98,20 @@ def pass_on(proc, again: bool = False) -> None:
         proc.terminate()
     else:
         proc.send_signal(PASSED_ON)
+
+
+@contextlib.contextmanager
+def at_once() -> Iterator[None]:
+    """A block that records nothing (a command loading torch and MLflow, reading a study
+    back: seconds): a Ctrl-C or SIGTERM there stops the command at once, not at the first
+    safe point after it. One asked before the block is taken as it begins."""
+    global _at_once
+    check()
+    _at_once = True
+    try:
+        yield
+    finally:
+        _at_once = False
 
 
 def check() -> None:

@@ -39,6 +39,35 @@ except KeyboardInterrupt as e:
 """
 
 
+READING = """
+import sys, time
+from asl_sweep.runtime import signals
+signals.install()
+try:
+    with signals.at_once():  # e.g. report loading torch and MLflow, reading the study
+        print("ready", flush=True)
+        time.sleep(4)
+except KeyboardInterrupt:
+    print("at once")
+    sys.exit(3)
+print("after the block")
+"""
+
+
+def test_a_stop_in_a_block_that_records_nothing_is_taken_at_once():
+    """report, export, evaluate and status spend seconds loading torch and MLflow and
+    reading the study back before anything is written; a Ctrl-C there was held until the
+    first safe point after (about 4 s of `report`'s 7 on quick.yaml here)."""
+    proc = subprocess.Popen([sys.executable, "-c", READING], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == "ready"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out.strip()) == (3, "at once"), err
+    assert time.monotonic() - sent < 2
+
+
 def test_a_ctrl_c_while_a_worker_starts_is_held_for_its_first_safe_point():
     with signals.ctrl_c_held_for_child():
         proc = subprocess.Popen([sys.executable, "-c", STARTING], text=True,
