@@ -449,9 +449,10 @@ def _say(line: str) -> None:
 
 
 def cmd_run(args) -> int:
-    cfg, ws = _load(args)
-    from asl_sweep.results.leaderboard import print_leaderboard
-    from asl_sweep.search import resolve_workers, run_pool
+    with signals.at_once():  # reading the study file, loading torch: nothing recorded yet
+        cfg, ws = _load(args)
+        from asl_sweep.results.leaderboard import print_leaderboard
+        from asl_sweep.search import resolve_workers, run_pool
 
     workers = resolve_workers(cfg, _workers_default() if args.workers is None else args.workers,
                               args.per_device, say=_say)
