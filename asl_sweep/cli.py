@@ -619,6 +619,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import json
 
+    from asl_sweep.data.images import as_text
     from asl_sweep.results.predict import predict
 
     if args.overrides and not is_study_file(args.model):
@@ -626,7 +627,7 @@ def cmd_predict(args) -> int:
                           "whose export to use, and a model file carries its own settings")
     files, results = predict(args.model, args.images, args.home, args.tracking,
                              args.overrides)
-    width = max([len(str(f)) for f in files] + [4])
+    width = max([len(as_text(f)) for f in files] + [4])
     if not args.json:
         print(f"{'file'.ljust(width)}  class  probability")
     done, failed = 0, 0

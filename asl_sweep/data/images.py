@@ -132,6 +132,10 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
         raise DataError(f"data.root: {root} holds {names}, which look like a data set's own "
                         "splits, not classes: point data.root at the folder whose sub-folders "
                         "are the classes (e.g. its train folder; asl-sweep splits it itself)")
+    for class_dir in class_dirs:
+        if not _is_text(class_dir.name):
+            raise DataError(f"{as_text(class_dir)}: a class folder whose name is not UTF-8 "
+                            f"text{_RENAME}")
     files: list[Path] = []
     labels: list[int] = []
     skipped: list[str] = []
@@ -145,7 +149,7 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
             reason = _unusable(p)
             if reason:
                 _bad(p, reason, on_bad)
-                skipped.append(f"{p.relative_to(root)}: {reason}")
+                skipped.append(f"{as_text(p.relative_to(root))}: {reason}")
                 continue
             files.append(p)
             labels.append(label)
@@ -172,7 +176,28 @@ def _layout_hint(root: Path, class_dirs: list[Path]) -> str:
     return ""
 
 
+# A name in another encoding (a zip made on Windows, unpacked here): Python keeps its bytes as
+# surrogates, which no UTF-8 file, store or terminal takes.
+_RENAME = (" (a zip made on another system?): rename it, e.g. convmv -f cp1252 -t utf8 -r "
+           "--notest FOLDER")
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def as_text(path: Path | str) -> str:
+    """A path as it can be shown: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _unusable(path: Path) -> str | None:
+    if not _is_text(path.name):
+        return f"its name is not UTF-8 text{_RENAME}"
     if path.is_symlink() and not path.exists():
         return "a dangling symbolic link"
     if path.is_dir():  # a link to a folder: the scan does not follow it (it could lead up
@@ -195,7 +220,8 @@ def not_an_image(path: Path) -> str:
 
 def _bad(path: Path, reason: str, on_bad: str) -> None:
     if on_bad == "error":
-        raise DataError(f"{path}: {reason} (set data.on_bad_image: skip to leave such files out)")
+        raise DataError(f"{as_text(path)}: {reason} (set data.on_bad_image: skip to leave such "
+                        "files out)")
 
 
 def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str,

@@ -25,6 +25,7 @@ import yaml
 from asl_sweep.data.images import (
     HEIF_SUFFIXES,
     IMAGE_SUFFIXES,
+    as_text,
     decode_image,
     is_data,
     not_an_image,
@@ -270,6 +271,7 @@ def predict(source: str, inputs: list[Path], home: Path | str = "mlruns",
 
 def _each(predictor: Predictor, files: list[Path]) -> Iterator[dict]:
     for path in files:
+        name = as_text(path)  # a name in another encoding, shown (a traceback on print)
         signals.check()  # Ctrl-C: stop between two images
         try:
             if not path.exists():  # gone since it was listed, or a dangling link
@@ -281,10 +283,10 @@ def _each(predictor: Predictor, files: list[Path]) -> Iterator[dict]:
                 raise DataError(not_an_image(path))
             pixels = decode_image(path, predictor.image_size)
         except (DataError, OSError, ValueError) as e:
-            yield {"file": str(path), "error": str(e) or type(e).__name__}
+            yield {"file": name, "error": str(e) or type(e).__name__}
             continue
         x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).contiguous()
         probs = predictor(x)[0]
         best = int(probs.argmax())
-        yield {"file": str(path), "class": predictor.classes[best],
+        yield {"file": name, "class": predictor.classes[best],
                "probability": round(float(probs[best]), 4)}

@@ -227,6 +227,26 @@ def test_a_heic_photo_without_pillow_heif_says_what_it_needs(image_folder):
         "data.on_bad_image: skip to leave such files out)")
 
 
+def test_a_name_in_another_encoding_is_one_line_naming_it(image_folder, tmp_path):
+    """A file or class folder named in Latin-1 (a zip made on Windows, unpacked here) was a
+    UnicodeEncodeError traceback from the folder's digest; now one line, its byte shown
+    escaped, saying how to rename; with on_bad_image: skip the file is left out."""
+    bad = os.fsdecode(bytes(image_folder) + b"/A/caf\xe9.png")
+    Image.new("RGB", (20, 20)).save(bad)
+    with pytest.raises(DataError) as e:
+        load(image_folder, tmp_path / "c1")
+    assert str(e.value).startswith(f"{image_folder}/A/caf\\xe9.png: its name is not UTF-8 "
+                                   "text (a zip made on another system?): rename it")
+    messages = []
+    s = load_image_set(DataConfig(root=image_folder, image_size=16, on_bad_image="skip"), 16,
+                       tmp_path / "c2", log=messages.append)
+    assert len(s) == 18 and "A/caf\\xe9.png: its name is not UTF-8" in messages[0]
+    os.rename(os.fsdecode(bytes(image_folder) + b"/B"),
+              os.fsdecode(bytes(image_folder) + b"/B\xe9"))
+    with pytest.raises(DataError, match=r"B\\xe9: a class folder whose name is not UTF-8"):
+        load(image_folder, tmp_path / "c3")
+
+
 def test_missing_root_is_named(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="data.root: .* is not a folder"):
         load(tmp_path / "nope", tmp_path / "c")

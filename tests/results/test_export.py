@@ -143,6 +143,23 @@ def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, caps
     assert "gone.png: no such file" in captured.err
 
 
+def test_predict_shows_a_file_name_in_another_encoding(exported, tmp_path):
+    """A photo named in Latin-1 (a zip made on Windows, unpacked here): printing its name to
+    a UTF-8 terminal was a traceback (UnicodeEncodeError); it is shown with its byte
+    escaped, in the table and in --json."""
+    _, ws, out = exported
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (30, 30), (90, 20, 20)).save(os.fsdecode(bytes(folder) + b"/caf\xe9.png"))
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # a terminal's UTF-8, not C's
+    for extra, shown in (([], "caf\\xe9.png  "), (["--json"], '/caf\\\\xe9.png"')):
+        done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "predict",
+                               str(out / "model.torchscript.pt"), str(folder), *extra],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert shown in done.stdout, done.stdout
+
+
 def test_predict_refuses_a_missing_path_or_a_folder_without_images_in_one_line(exported,
                                                                               tmp_path, capsys):
     _, ws, out = exported
