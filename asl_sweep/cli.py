@@ -619,8 +619,8 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     import json
 
-    from asl_sweep.data.images import as_text
     from asl_sweep.results.predict import predict
+    from asl_sweep.runtime.errors import as_text
 
     if args.overrides and not is_study_file(args.model):
         raise ConfigError(f"--set: {args.model} is not a study YAML; --set names the study "

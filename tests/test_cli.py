@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,10 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     (["--tracking", "databricks"], "error: --tracking databricks: Databricks' hosted MLflow "
      "is not one asl-sweep runs on", 2),
     (["--home", "afile/sub"], "error: --home afile/sub: afile is a file, not a folder", 2),
+    # (a folder named in Latin-1, a zip made on Windows: UnicodeEncodeError tracebacks)
+    (["--home", os.fsdecode(b"hom\xe9")], "error: --home hom\\xe9: its path is not UTF-8 "
+     "text", 2),
+    (["--data", os.fsdecode(b"fot\xe9")], "data.root: fot\\xe9 is not UTF-8 text", 2),
 ])
 def test_user_errors_are_one_message_not_a_traceback(write_study, tmp_path, args, message, code):
     path = write_study()

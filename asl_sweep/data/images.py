@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, features
 from asl_sweep.data.imageset import ImageSet
 from asl_sweep.data.synthetic import CLASSES, make_synthetic, synthetic_digest
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import DataError
+from asl_sweep.runtime.errors import DataError, as_text, is_text
 from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.runtime.machine import total_memory, usable_cpus
 from asl_sweep.settings.config import DataConfig
@@ -133,7 +133,7 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
                         "splits, not classes: point data.root at the folder whose sub-folders "
                         "are the classes (e.g. its train folder; asl-sweep splits it itself)")
     for class_dir in class_dirs:
-        if not _is_text(class_dir.name):
+        if not is_text(class_dir.name):
             raise DataError(f"{as_text(class_dir)}: a class folder whose name is not UTF-8 "
                             f"text{_RENAME}")
     files: list[Path] = []
@@ -176,27 +176,13 @@ def _layout_hint(root: Path, class_dirs: list[Path]) -> str:
     return ""
 
 
-# A name in another encoding (a zip made on Windows, unpacked here): Python keeps its bytes as
-# surrogates, which no UTF-8 file, store or terminal takes.
+# A name in another encoding (a zip made on Windows, unpacked here): see errors.is_text.
 _RENAME = (" (a zip made on another system?): rename it, e.g. convmv -f cp1252 -t utf8 -r "
            "--notest FOLDER")
 
 
-def _is_text(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def as_text(path: Path | str) -> str:
-    """A path as it can be shown: bytes that are not UTF-8 as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _unusable(path: Path) -> str | None:
-    if not _is_text(path.name):
+    if not is_text(path.name):
         return f"its name is not UTF-8 text{_RENAME}"
     if path.is_symlink() and not path.exists():
         return "a dangling symbolic link"

@@ -25,14 +25,13 @@ import yaml
 from asl_sweep.data.images import (
     HEIF_SUFFIXES,
     IMAGE_SUFFIXES,
-    as_text,
     decode_image,
     is_data,
     not_an_image,
 )
 from asl_sweep.models.registry import Deployable
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError
+from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError, as_text
 from asl_sweep.runtime.files import sha256_of
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.studyfile import is_study_file, load_study

@@ -11,6 +11,21 @@ import os
 import re
 
 
+def is_text(name: str | os.PathLike) -> bool:
+    """Whether a name is UTF-8 text. One in another encoding (a zip made on Windows, unpacked
+    here) holds its bytes as surrogates, which no UTF-8 file, store or terminal takes."""
+    try:
+        os.fspath(name).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def as_text(path: str | os.PathLike) -> str:
+    """A path as a message can show it: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class UserError(Exception):
     """Something the user can fix. `str(e)` is one line; the exit code is `exit_code`."""
 

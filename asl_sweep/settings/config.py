@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from asl_sweep.runtime.errors import as_text, is_text
+
 METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "val_person_mean",
            "val_person_q25", "val_person_worst")
 # val_person_*: over the validation people, each person's accuracy counted once (their
@@ -82,8 +84,14 @@ class DataConfig(Strict):
     @field_validator("root")
     @classmethod
     def _from_the_users_home(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        if not is_text(v):  # no store or JSON file can keep its name
+            raise ValueError(f"{as_text(v)} is not UTF-8 text (a folder named on another "
+                             "system?): rename the folder, or give a link to it with a UTF-8 "
+                             "name (ln -s)")
         # `root: ~/photos` in a YAML meets no shell to expand it: it was read as ./~/photos.
-        return v.expanduser() if v is not None else v
+        return v.expanduser()
 
     @field_validator("group_pattern")
     @classmethod
