@@ -17,7 +17,14 @@ import warnings
 from pathlib import Path
 
 from asl_sweep.runtime import environment, machine, signals
-from asl_sweep.runtime.errors import ConfigError, UserError, WriteError, environment_fault
+from asl_sweep.runtime.errors import (
+    ConfigError,
+    UserError,
+    WriteError,
+    as_text,
+    environment_fault,
+    is_text,
+)
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.settings.spec import StudyConfig
 from asl_sweep.settings.studyfile import is_study_file, load_study
@@ -45,8 +52,13 @@ _FILE_SUFFIXES = (".md", ".html", ".htm", ".pdf", ".onnx", ".pt", ".pth", ".zip"
 
 
 def _out_folder(text: str) -> Path:
-    """--out of report and export: a folder."""
+    """--out of report and export: a folder, whose path the report and the MLflow store
+    keep (one named in another encoding was a UnicodeEncodeError traceback)."""
     path = _path(text)
+    if not is_text(path.absolute()):
+        raise argparse.ArgumentTypeError(f"{as_text(text)}: its path is not UTF-8 text (a "
+                                         "folder named on another system?): give a folder "
+                                         "with a UTF-8 name")
     if path.suffix.lower() in _FILE_SUFFIXES and not path.is_dir():
         raise argparse.ArgumentTypeError(
             f"{text}: names a file; --out takes the folder the files go in (e.g. "
@@ -620,7 +632,6 @@ def cmd_predict(args) -> int:
     import json
 
     from asl_sweep.results.predict import predict
-    from asl_sweep.runtime.errors import as_text
 
     if args.overrides and not is_study_file(args.model):
         raise ConfigError(f"--set: {args.model} is not a study YAML; --set names the study "

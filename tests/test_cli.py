@@ -321,3 +321,14 @@ def test_out_that_names_a_file_is_refused(write_study, tmp_path, capsys, command
     err = capsys.readouterr().err
     assert f"{tmp_path / out}: names a file; --out takes the folder the files go in" in err
     assert not (tmp_path / out).exists()
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_out_named_in_another_encoding_is_refused(write_study, tmp_path, capsys, command):
+    """An --out folder named in Latin-1: export's path went to the MLflow store and came
+    back as MLflow's UnicodeEncodeError traceback."""
+    out = os.fsdecode(bytes(tmp_path) + b"/out\xe9")
+    with pytest.raises(SystemExit) as stopped:
+        main([command, str(write_study()), "--home", str(tmp_path / "h"), "--out", out])
+    assert stopped.value.code == 2
+    assert "out\\xe9: its path is not UTF-8 text" in capsys.readouterr().err
