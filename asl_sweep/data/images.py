@@ -5,7 +5,9 @@ named with its reason, or skipped and counted under `on_bad_image: skip`."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -18,8 +20,8 @@ from PIL import Image, ImageOps, features
 from asl_sweep.data.imageset import ImageSet
 from asl_sweep.data.synthetic import CLASSES, make_synthetic, synthetic_digest
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import DataError, as_text, is_text
-from asl_sweep.runtime.files import atomic_torch_save, load_tensors
+from asl_sweep.runtime.errors import DataError, WriteError, as_text, is_text
+from asl_sweep.runtime.files import atomic_torch_save, atomic_write_text, load_tensors
 from asl_sweep.runtime.machine import total_memory, usable_cpus
 from asl_sweep.settings.config import DataConfig
 
@@ -70,7 +72,8 @@ def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> Im
     files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
     _fits_in_memory(len(files), size, f"data.root: {cfg.root}: {len(files):,} images",
                     "point data.root at fewer images")
-    digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image, log)
+    digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image, log,
+                           Path(cache_dir) / "file-digests.json")
     return _cached(cache_dir, digest, size, lambda: decode_folder(
         cfg.root, files, labels, classes, size, cfg.on_bad_image, digest, skipped, log), log)
 
@@ -211,24 +214,64 @@ def _bad(path: Path, reason: str, on_bad: str) -> None:
 
 
 def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str,
-                  log: Callable[[str], None] = lambda _: None) -> str:
+                  log: Callable[[str], None] = lambda _: None, memo: Path | None = None
+                  ) -> str:
     """The content of the folder (every file's bytes, name and class): what the decoded
     cache and a study's record are keyed by. Files that are byte-for-byte copies of one
-    another are said to `log` (the digest reads every file anyway)."""
+    another are said to `log`. `memo`: a file of the files' digests by their stat (see
+    `_contents`), so that an unchanged file is not read again."""
     h = hashlib.sha256(f"folder|{on_bad}".encode())
     seen: dict[bytes, list[int]] = {}
-    for i, (path, label) in enumerate(zip(files, labels, strict=True)):
-        signals.check()  # every file is read: a large folder takes a while
+    for i, (path, label, content) in enumerate(zip(files, labels, _contents(files, memo),
+                                                   strict=True)):
         h.update(f"{path.relative_to(root)}|{label}|".encode())
-        try:
-            content = hashlib.sha256(path.read_bytes()).digest()
-        except OSError as e:  # vanished or became unreadable since the scan
-            raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
         h.update(content)
         seen.setdefault(content, []).append(i)
     _report_copies(root, files, labels, [same for same in seen.values() if len(same) > 1],
                    log)
     return h.hexdigest()
+
+
+def _contents(files: list[Path], memo: Path | None) -> list[bytes]:
+    """Each file's sha256. Reading every byte of a folder of phone photos took 4 s a
+    command for 5.6 GB (each worker, report, evaluate, export), so a digest is kept in `memo`
+    with the file's stat: size, modification and change times, inode and device. Any write
+    to a file changes its change time (ctime), which no tool can set back, so a file whose
+    stat is the same has the same bytes; a file copied or moved elsewhere is read again.
+    The stat is taken before the read, and a file changed in the last 2 s (a coarse clock:
+    FAT keeps times to 2 s) is not kept: a file written since is read again next time."""
+    known: dict[str, list] = {}
+    if memo is not None:
+        try:
+            known = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            known = {}  # none yet, or damaged: read every file
+        if not isinstance(known, dict):
+            known = {}
+    digests, fresh = [], {}
+    settled = time.time_ns() - 2_000_000_000
+    for path in files:
+        signals.check()  # every file may be read: a large folder takes a while
+        key = str(path.absolute())
+        try:
+            st = path.stat()
+            stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+            entry = known.get(key)
+            if isinstance(entry, list) and entry[:5] == stat and len(entry) == 6:
+                digest = bytes.fromhex(entry[5])
+            else:
+                digest = hashlib.sha256(path.read_bytes()).digest()
+        except OSError as e:  # vanished or became unreadable since the scan
+            raise DataError(f"{as_text(path)}: cannot be read ({e.strerror or e})") from None
+        if max(st.st_mtime_ns, st.st_ctime_ns) < settled:
+            fresh[key] = [*stat, digest.hex()]
+        digests.append(digest)
+    if memo is not None and any(known.get(k) != v for k, v in fresh.items()):
+        try:  # (a home others may only read: the files are read again next time)
+            atomic_write_text(memo, json.dumps(known | fresh))
+        except WriteError:
+            pass
+    return digests
 
 
 def _report_copies(root: Path, files: list[Path], labels: list[int], copies: list[list[int]],
