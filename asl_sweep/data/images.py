@@ -42,14 +42,18 @@ else:
     IMAGE_SUFFIXES |= HEIF_SUFFIXES
 # Folder names of a data set already split, never classes of it.
 SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "dev"}
-# What a zip made on a Mac carries beside the photos: never a class, never an image.
-NOT_DATA = {"__MACOSX"}
+# What a zip made on a Mac, or a Windows folder or USB drive, carries beside the photos
+# (Explorer's thumbnail caches and folder settings, a drive's recycle bin and system
+# folder; Windows names in any case): never a class, never an image.
+NOT_DATA = {"__macosx", "thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini",
+            "$recycle.bin", "system volume information"}
 
 
 def is_data(path: Path, base: Path) -> bool:
     """Whether a file or folder under `base` can be data: no part of its path below `base`
-    hidden (.DS_Store, ._IMG.jpg, .ipynb_checkpoints/, .git/) or a Mac zip's __MACOSX."""
-    return not any(part.startswith(".") or part in NOT_DATA
+    hidden (.DS_Store, ._IMG.jpg, .ipynb_checkpoints/, .git/), a Mac zip's __MACOSX or
+    what Windows leaves (Thumbs.db, desktop.ini, $RECYCLE.BIN/)."""
+    return not any(part.startswith(".") or part.lower() in NOT_DATA
                    for part in path.relative_to(base).parts)
 
 

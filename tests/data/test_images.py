@@ -150,8 +150,8 @@ def test_empty_class_folder_is_named(image_folder, tmp_path):
 def test_what_a_mac_zip_or_a_notebook_leaves_beside_the_photos_is_not_data(image_folder,
                                                                           tmp_path):
     """Unzipped on a Mac: __MACOSX/<class>/._x.png beside the classes, ._x.png and .DS_Store
-    in them; a notebook's .ipynb_checkpoints/ copy inside a class. None is a class or an
-    image (a copy would count one photo twice, maybe across the split)."""
+    in them; a notebook's .ipynb_checkpoints/ copy inside a class; what Windows leaves. None
+    is a class or an image (a copy would count one photo twice, maybe across the split)."""
     (image_folder / "__MACOSX" / "A").mkdir(parents=True)
     (image_folder / "__MACOSX" / "A" / "._p1_A_0.png").write_bytes(b"\x00\x05\x16\x07")
     (image_folder / "A" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
@@ -159,6 +159,16 @@ def test_what_a_mac_zip_or_a_notebook_leaves_beside_the_photos_is_not_data(image
     (image_folder / "A" / ".ipynb_checkpoints").mkdir()
     (image_folder / "A" / ".ipynb_checkpoints" / "p1_A_0.png").write_bytes(
         (image_folder / "A" / "p1_A_0.png").read_bytes())
+    # Windows: Explorer's thumbnail cache and folder settings in a class, and a USB drive's
+    # recycle bin and system folder beside the classes (each was "not an image file", or a
+    # class of its own)
+    (image_folder / "B" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (image_folder / "B" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (image_folder / "$RECYCLE.BIN" / "S-1-5-21").mkdir(parents=True)
+    (image_folder / "$RECYCLE.BIN" / "S-1-5-21" / "$R0.png").write_bytes(
+        (image_folder / "A" / "p1_A_0.png").read_bytes())
+    (image_folder / "System Volume Information").mkdir()
+    (image_folder / "System Volume Information" / "IndexerVolumeGuid").write_text("{x}")
     s = load(image_folder, tmp_path / "c")
     assert s.classes == ["A", "B", "C"] and len(s) == 18 and not s.skipped
 
