@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,6 +273,22 @@ def test_missing_root_is_named(tmp_path, monkeypatch):
             f"data.root: {tmp_path / given} is not a folder ({what}); give the folder that "
             "holds one sub-folder per class (a relative data.root or --data is read from the "
             f"folder the command runs in, here {tmp_path})")
+
+
+def test_an_archive_given_as_the_folder_says_to_unpack_it(image_folder, tmp_path):
+    """The photos as they were downloaded, photos.zip or photos.tar.gz, given as data.root:
+    'is not a folder (is a file)'; now it says how to unpack it."""
+    import shutil
+
+    for kind, said in (("zip", "unzip {a} -d {f}"),
+                       ("gztar", "mkdir {f} && tar -xf {a} -C {f}")):
+        archive = Path(shutil.make_archive(str(tmp_path / "photos"), kind, image_folder))
+        with pytest.raises(DataError) as caught:
+            load(archive, tmp_path / "c")
+        assert str(caught.value) == (
+            f"data.root: {archive} is an archive, not a folder: unpack it first (e.g. "
+            + said.format(a=archive, f=tmp_path / "photos")
+            + ") and give the folder that holds one sub-folder per class")
 
 
 def test_second_load_comes_from_the_cache_without_decoding(data_config, tmp_path, monkeypatch):
