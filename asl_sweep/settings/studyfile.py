@@ -88,10 +88,15 @@ def read_yaml(path: Path) -> Any:
     if len(data) > MAX_STUDY_BYTES:
         raise ConfigError(f"{path}: {len(data):,} bytes is not a study file (at most "
                           f"{MAX_STUDY_BYTES:,})")
+    # UTF-16 with its byte-order mark: what Windows PowerShell's `>` writes (cat quick.yaml >
+    # mine.yaml); UTF-8 with one: what Notepad writes
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8"
     try:
-        text = data.decode("utf-8")
+        text = data.decode(encoding)
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (a study is UTF-8 YAML)") from None
+        raise ConfigError(f"{path}: not UTF-8 text (a study is UTF-8 YAML): save it as UTF-8"
+                          if b"\x00" not in data else
+                          f"{path}: not a text file (a study is UTF-8 YAML)") from None
     if "\x00" in text:
         raise ConfigError(f"{path}: not a text file (a study is UTF-8 YAML)")
     try:

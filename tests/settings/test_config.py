@@ -237,3 +237,20 @@ def test_a_data_root_under_the_users_home_is_expanded(write_study, monkeypatch, 
         tmp_path / "h"
     monkeypatch.setenv("ASL_SWEEP_HOME", "~/from-env")
     assert build_parser().parse_args(["status", "s.yaml"]).home == tmp_path / "from-env"
+
+
+def test_a_study_saved_by_windows_tools_reads_as_written(tmp_path):
+    """Windows PowerShell's `cat quick.yaml > mine.yaml` writes UTF-16 with a byte-order mark
+    (it was 'not a text file'); Notepad writes UTF-8 with one, and CRLF line ends. A file
+    in another 8-bit encoding says to save it as UTF-8."""
+    text = (Path(__file__).parents[2] / "sweeps" / "quick.yaml").read_text()
+    expected = load_study(Path(__file__).parents[2] / "sweeps" / "quick.yaml")
+    for name, encoding, ends in (("ps.yaml", "utf-16", "\n"),
+                                 ("notepad.yaml", "utf-8-sig", "\r\n")):
+        (tmp_path / name).write_bytes(text.replace("\n", ends).encode(encoding))
+        assert load_study(tmp_path / name) == expected
+    (tmp_path / "latin.yaml").write_bytes(
+        (text + "description: caf\u00e9\n").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text \(a study is UTF-8 "
+                                          r"YAML\): save it as UTF-8"):
+        load_study(tmp_path / "latin.yaml")
