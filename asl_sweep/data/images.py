@@ -283,11 +283,7 @@ def _contents(files: list[Path], memo: Path | None) -> list[bytes]:
         try:
             st = path.stat()
             stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-            entry = known.get(key)
-            if isinstance(entry, list) and entry[:5] == stat and len(entry) == 6:
-                digest = bytes.fromhex(entry[5])
-            else:
-                digest = hashlib.sha256(path.read_bytes()).digest()
+            digest = _known(known.get(key), stat) or hashlib.sha256(path.read_bytes()).digest()
         except OSError as e:  # vanished or became unreadable since the scan
             raise DataError(f"{as_text(path)}: cannot be read ({e.strerror or e})") from None
         if max(st.st_mtime_ns, st.st_ctime_ns) < settled:
@@ -299,6 +295,18 @@ def _contents(files: list[Path], memo: Path | None) -> list[bytes]:
         except WriteError:
             pass
     return digests
+
+
+def _known(entry, stat: list[int]) -> bytes | None:
+    """The digest `memo` keeps for a file with this stat, or None (none, another stat, or a
+    damaged entry: the file is read)."""
+    if isinstance(entry, list) and len(entry) == 6 and entry[:5] == stat:
+        try:
+            digest = bytes.fromhex(entry[5])
+        except (TypeError, ValueError):
+            return None
+        return digest if len(digest) == 32 else None
+    return None
 
 
 def _report_copies(root: Path, files: list[Path], labels: list[int], copies: list[list[int]],

@@ -1,5 +1,6 @@
 """Image files: scan, checks, decoding and the decoded cache, on real files."""
 
+import json
 import os
 import subprocess
 import sys
@@ -345,14 +346,22 @@ def test_an_unchanged_file_is_not_read_again_a_changed_one_is(data_config, image
         image_folder, *images_mod.scan_folder(image_folder, "error")[:2], "error",
         memo=tmp_path / "cache" / "file-digests.json") != first.digest
     assert read == ["p1_A_0.png"]
-    # a damaged memo is read past: every file read again, the same digest
-    (tmp_path / "cache" / "file-digests.json").write_text("{not json")
-    read.clear()
+    # a damaged memo, or a damaged entry in it, is read past: the files read again, the
+    # same digest
+    memo = tmp_path / "cache" / "file-digests.json"
     files, labels = images_mod.scan_folder(image_folder, "error")[:2]
-    again = images_mod.folder_digest(image_folder, files, labels, "error",
-                                     memo=tmp_path / "cache" / "file-digests.json")
+    plain = images_mod.folder_digest(image_folder, files, labels, "error")
+    entries = json.loads(memo.read_text())
+    entries[str(files[1].absolute())][5] = "not hex"
+    entries[str(files[2].absolute())][5] = "abcd"
+    memo.write_text(json.dumps(entries))
+    read.clear()
+    assert images_mod.folder_digest(image_folder, files, labels, "error", memo=memo) == plain
+    assert sorted(read) == sorted([files[1].name, files[2].name, target.name])
+    memo.write_text("{not json")
+    read.clear()
+    assert images_mod.folder_digest(image_folder, files, labels, "error", memo=memo) == plain
     assert len(read) == len(files) == 18
-    assert again == images_mod.folder_digest(image_folder, files, labels, "error")
 
 
 STOPPING = """
