@@ -322,3 +322,29 @@ def test_a_large_folder_streams_its_predictions_and_stops_on_ctrl_c(tmp_path, im
     done = int(err.split("interrupted after ")[1].split()[0])
     assert 1 <= done < 5000 and len(out.splitlines()) == done - 1, err
     assert err.strip().endswith("of 5000 files (those above); rerun the command for them all")
+
+
+def test_a_file_name_in_another_encoding_is_shown_escaped(tmp_path, image, capsys):
+    """A photo named in Latin-1 (a zip made on Windows, unpacked here): printing its name to
+    a UTF-8 terminal was a traceback (UnicodeEncodeError); it is shown with its byte
+    escaped, in the table and in --json."""
+    import os
+
+    from asl_sweep.models.layers import InputSpec
+    from asl_sweep.models.registry import build_model
+    from asl_sweep.settings.config import TrainConfig
+    from asl_sweep.training.checkpoint import ModelFile
+
+    cfg, spec = TrainConfig(hidden=[8]), InputSpec(16, 9, (0.5,) * 3, (0.25,) * 3)
+    model = ModelFile(build_model(cfg, spec).state_dict(), cfg, spec, list("ABCDEFGHI"), 1,
+                      {"val_acc": 0.5}, {}).save(tmp_path / "best.pt", sync=False)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.png")).write_bytes(image.read_bytes())
+    done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "predict", str(model),
+                           str(folder)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})  # not C's
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "caf\\xe9.png  " in done.stdout, done.stdout
+    assert main(["predict", str(model), str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["file"].endswith("/caf\\xe9.png")

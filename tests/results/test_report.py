@@ -91,7 +91,8 @@ def test_the_trial_table_names_every_role_and_a_pruned_trials_epochs():
     assert _acc(pruned, "train_acc", reported="val_acc") == "-"  # it reported val_acc only
 
 
-def test_a_study_without_student_settings_has_no_student_columns(write_study, tmp_path):
+def test_a_study_without_student_settings_has_no_student_columns(write_study, tmp_path,
+                                                                  capsys):
     path = write_study({"stages": [{"name": "search", "trials": 2, "sampler": "grid",
                                     "pruner": "none", "confirm": None,
                                     "space": {"lr": [3e-3, 1e-2]}}]})
@@ -112,14 +113,13 @@ def test_a_study_without_student_settings_has_no_student_columns(write_study, tm
         done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "report", str(path),
                                "--home", str(home), "--out", str(tmp_path / "elsewhere")],
                               capture_output=True, text=True, timeout=300)
-        home_only = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "report",
-                                    str(path), "--home", str(home)],
-                                   capture_output=True, text=True, timeout=300)
+        capsys.readouterr()
+        home_only = main(["report", str(path), "--home", str(home)])  # fails before writing
     finally:
         subprocess.run(["umount", "-l", str(home)], capture_output=True)
     # without --out, the line said to make the folder writable, not that --out writes elsewhere
-    assert home_only.returncode == 2, home_only.stderr[-2000:]
-    assert home_only.stderr.strip().endswith(
+    assert home_only == 2
+    assert capsys.readouterr().err.strip().endswith(
         "then rerun the same command; or write them to another folder with --out DIR")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "(not kept on the study's MLflow run: " in done.stdout
