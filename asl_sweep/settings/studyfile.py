@@ -66,8 +66,11 @@ def parse_scalar(text: str) -> Any:
 
 def _study_named(path: Path) -> Path | None:
     """The study file a missing path most likely meant: the same path with .yaml (or .yml),
-    or a bare study name's file in sweeps/ (`asl-sweep status quick`)."""
+    the other of the two (quick.yml for quick.yaml), or a bare study name's file in sweeps/
+    (`asl-sweep status quick`)."""
     tries = [path.with_name(path.name + ext) for ext in (".yaml", ".yml")]
+    if path.suffix.lower() in (".yaml", ".yml"):
+        tries += [path.with_suffix(ext) for ext in (".yaml", ".yml")]
     if path.parent == Path("."):
         tries += [Path("sweeps") / (path.name + ext) for ext in ("", ".yaml", ".yml")]
     return next((t for t in tries if t.is_file()), None)

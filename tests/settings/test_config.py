@@ -164,7 +164,8 @@ def test_missing_and_malformed_files(tmp_path, monkeypatch):
     (tmp_path / "sweeps").mkdir()
     (tmp_path / "sweeps" / "quick.yaml").write_text("study: quick\n")
     monkeypatch.chdir(tmp_path)
-    for given, meant in (("sweeps/quick", "sweeps/quick.yaml"), ("quick", "sweeps/quick.yaml")):
+    for given, meant in (("sweeps/quick", "sweeps/quick.yaml"), ("quick", "sweeps/quick.yaml"),
+                         ("sweeps/quick.yml", "sweeps/quick.yaml")):
         with pytest.raises(ConfigError) as caught:
             load_study(Path(given))
         assert str(caught.value) == f"{given}: no such study file ({meant} is one: give its path)"
