@@ -4,9 +4,11 @@ Imports no torch; studyfile.py builds it from YAML."""
 
 from __future__ import annotations
 
+import difflib
+import typing
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from asl_sweep.settings.config import (
     DataConfig,
@@ -410,12 +412,37 @@ def _first_error(e: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (itself, a list of it, or it or None)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in typing.get_args(annotation) if (m := _model_in(a))), None)
+
+
+def _meant(loc: tuple) -> str | None:
+    """For a key no settings model takes (a typo: base.lrr), the key of that model it most
+    likely meant (base.lr), where one is close."""
+    model: type[BaseModel] | None = StudyConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an entry of a list: the list's model
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None or not isinstance(loc[-1], str):
+        return None
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return ".".join(str(p) for p in (*loc[:-1], close[0])) if close else None
+
+
 def format_validation_error(e: ValidationError) -> str:
-    """Every error of a validation, one per line, each with its key path."""
+    """Every error of a validation, one per line, each with its key path (and, for a key
+    that is not a setting, the one it most likely meant)."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = error_message(err)
+        if err["type"] == "extra_forbidden" and (meant := _meant(tuple(err["loc"]))):
+            msg += f" (did you mean {meant}?)"
         rule = NAME_RULES.get((err.get("ctx") or {}).get("pattern"))
         if err["type"] == "string_pattern_mismatch" and rule:
             msg = f"{err['input']!r} is not a name it takes: {rule}"

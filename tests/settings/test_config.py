@@ -255,3 +255,19 @@ def test_a_study_saved_by_windows_tools_reads_as_written(tmp_path):
     with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text \(a study is UTF-8 "
                                           r"YAML\): save it as UTF-8"):
         load_study(tmp_path / "latin.yaml")
+
+
+def test_a_key_that_is_not_a_setting_names_the_one_it_most_likely_meant(write_study):
+    """`base.lrr`, `data.image_sise`, `stages.0.triasl` in a study or a --set: 'Extra inputs
+    are not permitted', and the user was left to find the key's spelling."""
+    path = write_study()
+    for given, meant in (("base.lrr", "base.lr"), ("data.image_sise", "data.image_size"),
+                         ("stages.0.triasl", "stages.0.trials"),
+                         ("base.augment.rotaton", "base.augment.rotation")):
+        with pytest.raises(ConfigError) as caught:
+            load_study(path, [f"{given}=1"])
+        assert f"{given}: Extra inputs are not permitted (did you mean {meant}?)" in str(
+            caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_study(path, ["base.zzzz=1"])
+    assert str(caught.value).endswith("base.zzzz: Extra inputs are not permitted")
