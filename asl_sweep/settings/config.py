@@ -5,6 +5,7 @@ heavy loads. The study's stages and search spaces are in spec.py."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -410,12 +411,36 @@ def error_message(err: Mapping[str, Any]) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
-def check_train_override(base: TrainConfig, name: str, value: Any, where: str) -> None:
+def _setting_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key path of a settings model (lr, augment.rotation, cnn.kernel, ...)."""
+    paths = []
+    for name, field in model.model_fields.items():
+        paths.append(prefix + name)
+        inner = field.annotation
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            paths += _setting_paths(inner, f"{prefix}{name}.")
+    return paths
+
+
+def not_a_setting(where: str, name: str) -> str:
+    """The line for a searched, fixed or seeded key that is no trainer setting, with the
+    one it most likely meant (augment.rotaton: augment.rotation)."""
+    close = difflib.get_close_matches(name, _setting_paths(TrainConfig), n=1, cutoff=0.6)
+    return f"{where}: not a trainer setting (see base:)" + (
+        f"; did you mean {close[0]}?" if close else "")
+
+
+def check_train_override(base: TrainConfig, name: str, value: Any, where: str,
+                         key_at: str | None = None) -> None:
+    """`value` for the trainer setting `name`, at `where` in the study (`key_at`: where the
+    key itself is, for a value inside it: a space's choice or bound)."""
     try:
         if name.split(".")[0] not in TrainConfig.model_fields:
             raise KeyError(name)
         apply_overrides(base, {name: value})
     except KeyError:
-        raise ValueError(f"{where}: not a trainer setting (see base:)") from None
+        raise ValueError(not_a_setting(key_at or where, name)) from None
     except ValidationError as e:
+        if e.errors()[0]["type"] == "extra_forbidden":  # a key inside a setting's model
+            raise ValueError(not_a_setting(key_at or where, name)) from None
         raise ValueError(f"{where}: {error_message(e.errors()[0])}") from None

@@ -18,6 +18,7 @@ from asl_sweep.settings.config import (
     TrainConfig,
     check_train_override,
     error_message,
+    not_a_setting,
 )
 
 # A stage's budget is queued in the Optuna store before it searches (a slot a worker takes),
@@ -382,13 +383,13 @@ class StudyConfig(Strict):
             for name, spec in stage.space.items():
                 where = f"stages.{i}.space.{name}"
                 if name.split(".")[0] not in TrainConfig.model_fields:
-                    raise ValueError(f"{where}: not a trainer setting (see base:)")
+                    raise ValueError(not_a_setting(where, name))
                 if isinstance(spec, Choice):
                     samples = {f"{where}.{k}": c for k, c in enumerate(spec.choices)}
                 else:
                     samples = {f"{where}.low": spec.low, f"{where}.high": spec.high}
                 for at, sample in samples.items():
-                    check_train_override(self.base, name, sample, at)
+                    check_train_override(self.base, name, sample, at, key_at=where)
             for name, value in stage.fixed.items():
                 check_train_override(self.base, name, value, f"stages.{i}.fixed.{name}")
             for j, seeded in enumerate(stage.seed_trials):

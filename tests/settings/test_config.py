@@ -271,3 +271,22 @@ def test_a_key_that_is_not_a_setting_names_the_one_it_most_likely_meant(write_st
     with pytest.raises(ConfigError) as caught:
         load_study(path, ["base.zzzz=1"])
     assert str(caught.value).endswith("base.zzzz: Extra inputs are not permitted")
+
+
+def test_a_searched_or_fixed_key_that_is_not_a_setting_names_the_one_it_meant(write_study):
+    """A space's `augment.rotaton: [0, 10]` said 'stages.0.space.augment.rotaton.0: Extra
+    inputs are not permitted' (the choice's index, pydantic's words); `lrr` said only 'not
+    a trainer setting'."""
+    path = write_study()
+    for given, said in (
+            ("stages.0.space.augment.rotaton=[0, 10]",
+             "stages.0.space.augment.rotaton: not a trainer setting (see base:); did you mean "
+             "augment.rotation?"),
+            ("stages.0.space.lrr={low: 0.001, high: 0.01}",
+             "stages.0.space.lrr: not a trainer setting (see base:); did you mean lr?"),
+            ("stages.0.fixed.augment.rotaton=10",
+             "stages.0.fixed.augment.rotaton: not a trainer setting (see base:); did you mean "
+             "augment.rotation?")):
+        with pytest.raises(ConfigError) as caught:
+            load_study(path, [given])
+        assert str(caught.value).endswith(said), str(caught.value)
