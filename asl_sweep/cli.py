@@ -103,8 +103,23 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, saying which command a mistyped one most likely meant (`asl-sweep rn`:
+    Python 3.11's argparse lists them all and leaves the spelling to the user)."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        typed = re.match(r"argument command: invalid choice: '([^']*)'", message)
+        close = difflib.get_close_matches(typed[1], COMMANDS, n=1) if typed else []
+        if close:
+            message = f"{typed[1]!r} is not a command; did you mean {close[0]}?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="asl-sweep", description="Staged, fully recorded hyperparameter search for "
         "image classifiers (Optuna + MLflow + PyTorch).")
     parser.add_argument("--version", action="version", version=f"asl-sweep {_version()}")

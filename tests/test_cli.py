@@ -332,3 +332,15 @@ def test_out_named_in_another_encoding_is_refused(write_study, tmp_path, capsys,
         main([command, str(write_study()), "--home", str(tmp_path / "h"), "--out", out])
     assert stopped.value.code == 2
     assert "out\\xe9: its path is not UTF-8 text" in capsys.readouterr().err
+
+
+def test_a_mistyped_command_names_the_one_it_most_likely_meant(capsys):
+    """`asl-sweep rn`: Python 3.11's argparse listed every command and left the spelling to
+    the user; a word close to none still gets the list."""
+    for typed, said in (("rn", "'rn' is not a command; did you mean run?"),
+                        ("exprt", "'exprt' is not a command; did you mean export?"),
+                        ("zzz", "argument command: invalid choice: 'zzz' (choose from 'run'")):
+        with pytest.raises(SystemExit) as stopped:
+            main([typed, "sweeps/quick.yaml"])
+        assert stopped.value.code == 2
+        assert f"asl-sweep: error: {said}" in capsys.readouterr().err
