@@ -303,6 +303,19 @@ def _source(data) -> str:
             f"the built-in synthetic {syn.kind} ({syn.signers} signers)")
 
 
+# What each form takes, as the model card says it (for the forms an export wrote).
+_FORM_INPUTS = {
+    "torchscript": "  - TorchScript (`model.torchscript.pt`) and `asl-sweep predict`: images "
+    "[B, 3, H, W], RGB, any H and W; uint8 in 0-255, or float in 0-255 or 0-1 (per image: a "
+    "value above 1 means 0-255)",
+    "onnx": "  - ONNX (`model.onnx`): uint8 images [B, 3, SIZE, SIZE], RGB, 0-255, at that size "
+    "only (no resize inside: ONNX has no antialiased resize)",
+    "mlflow": "  - the registered MLflow model (pyfunc, `mlflow models serve`): float32 images "
+    "[B, 3, H, W], RGB, any H and W, in 0-255 or 0-1 (per image: a value above 1 means "
+    "0-255); JSON integers and floats both work; a uint8 array through pyfunc is refused "
+    "with the dtype it wants (cast it with .astype('float32'))"}
+
+
 def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
     classes, test = exported.classes, exported.test
     plot_confusion(confusion(exported.scored, classes), classes, out / "confusion.png",
@@ -321,16 +334,9 @@ def write_model_card(exported: Exported, out: Path, written: dict) -> Path:
         f"Classes ({len(classes)}): {', '.join(classes)}.",
         "",
         "## Preprocessing (inside the model)",
-        "- input, by form (each takes exactly this):",
-        "  - TorchScript (`model.torchscript.pt`) and `asl-sweep predict`: images [B, 3, H, W], "
-        "RGB, any H and W; uint8 in 0-255, or float in 0-255 or 0-1 (per image: a value above "
-        "1 means 0-255)",
-        f"  - ONNX (`model.onnx`): uint8 images [B, 3, {size}, {size}], RGB, 0-255, at that size "
-        "only (no resize inside: ONNX has no antialiased resize)",
-        "  - the registered MLflow model (pyfunc, `mlflow models serve`): float32 images "
-        "[B, 3, H, W], RGB, any H and W, in 0-255 or 0-1 (per image: a value above 1 means "
-        "0-255); JSON integers and floats both work; a uint8 array through pyfunc is refused "
-        "with the dtype it wants (cast it with .astype('float32'))",
+        "- input, by form written here (each takes exactly this):",
+        *(line.replace("SIZE", str(size)) for kind, line in _FORM_INPUTS.items()
+          if kind in written),
         f"- resize to {size}x{size}: bilinear, antialiased, align_corners=False "
         "(torch.nn.functional.interpolate), skipped when the input is already that size",
         f"- normalize per channel: mean {[round(v, 4) for v in spec.mean]}, std "

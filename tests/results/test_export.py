@@ -118,6 +118,8 @@ def test_registered_model_version_carries_lineage_and_the_test_score(exported):
     assert "test-time views: test-time views" not in card
     assert "- data: the built-in synthetic letters (" in card
     assert (out / "confusion.png").exists()
+    assert "- ONNX (`model.onnx`): uint8 images [B, 3, 16, 16]" in card  # every form's input
+    assert "- TorchScript (`model.torchscript.pt`)" in card and "pyfunc" in card
 
 
 def test_predict_names_a_bad_file_and_predicts_the_rest(exported, tmp_path, capsys):
@@ -518,3 +520,5 @@ def test_a_home_others_may_only_read_exports_what_needs_no_record_and_says_so(ex
     assert sorted(p.name for p in target.iterdir()) == [
         "MODEL_CARD.md", "classes.json", "confusion.png", "model.torchscript.pt"]
     assert open_model(str(target / "model.torchscript.pt"), ws.home).classes == list("ABCDEFGHI")
+    card = (target / "MODEL_CARD.md").read_text()  # the inputs of the forms written, only
+    assert "TorchScript (`model.torchscript.pt`)" in card and "ONNX" not in card
