@@ -108,13 +108,14 @@ class _Parser(argparse.ArgumentParser):
     Python 3.11's argparse lists them all and leaves the spelling to the user)."""
 
     def error(self, message: str):
-        import difflib
         import re
 
+        from asl_sweep.settings.config import closest
+
         typed = re.match(r"argument command: invalid choice: '([^']*)'", message)
-        close = difflib.get_close_matches(typed[1], COMMANDS, n=1) if typed else []
-        if close:
-            message = f"{typed[1]!r} is not a command; did you mean {close[0]}?"
+        meant = closest(typed[1], COMMANDS) if typed else None
+        if meant:
+            message = f"{typed[1]!r} is not a command; did you mean {meant}?"
         super().error(message)
 
 

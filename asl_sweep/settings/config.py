@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -411,13 +412,26 @@ def error_message(err: Mapping[str, Any]) -> str:
     return err["msg"].removeprefix("Value error, ")
 
 
+def closest(word: str, words) -> str | None:
+    """The one of `words` a mistyped `word` most likely meant, where one is close."""
+    close = difflib.get_close_matches(word, list(words), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (itself, a list of it, or it or None)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in typing.get_args(annotation) if (m := model_in(a))), None)
+
+
 def _setting_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Every dotted key path of a settings model (lr, augment.rotation, cnn.kernel, ...)."""
     paths = []
     for name, field in model.model_fields.items():
         paths.append(prefix + name)
-        inner = field.annotation
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
+        inner = model_in(field.annotation)
+        if inner is not None:
             paths += _setting_paths(inner, f"{prefix}{name}.")
     return paths
 
@@ -425,9 +439,9 @@ def _setting_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
 def not_a_setting(where: str, name: str) -> str:
     """The line for a searched, fixed or seeded key that is no trainer setting, with the
     one it most likely meant (augment.rotaton: augment.rotation)."""
-    close = difflib.get_close_matches(name, _setting_paths(TrainConfig), n=1, cutoff=0.6)
+    meant = closest(name, _setting_paths(TrainConfig))
     return f"{where}: not a trainer setting (see base:)" + (
-        f"; did you mean {close[0]}?" if close else "")
+        f"; did you mean {meant}?" if meant else "")
 
 
 def check_train_override(base: TrainConfig, name: str, value: Any, where: str,

@@ -4,8 +4,6 @@ Imports no torch; studyfile.py builds it from YAML."""
 
 from __future__ import annotations
 
-import difflib
-import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -17,7 +15,9 @@ from asl_sweep.settings.config import (
     Strict,
     TrainConfig,
     check_train_override,
+    closest,
     error_message,
+    model_in,
     not_a_setting,
 )
 
@@ -413,13 +413,6 @@ def _first_error(e: ValidationError) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The settings model a field holds (itself, a list of it, or it or None)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next((m for a in typing.get_args(annotation) if (m := _model_in(a))), None)
-
-
 def _meant(loc: tuple) -> str | None:
     """For a key no settings model takes (a typo: base.lrr), the key of that model it most
     likely meant (base.lr), where one is close."""
@@ -428,11 +421,11 @@ def _meant(loc: tuple) -> str | None:
         if isinstance(part, int):
             continue  # an entry of a list: the list's model
         field = model.model_fields.get(part) if model is not None else None
-        model = _model_in(field.annotation) if field is not None else None
+        model = model_in(field.annotation) if field is not None else None
     if model is None or not isinstance(loc[-1], str):
         return None
-    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
-    return ".".join(str(p) for p in (*loc[:-1], close[0])) if close else None
+    meant = closest(loc[-1], model.model_fields)
+    return ".".join(str(p) for p in (*loc[:-1], meant)) if meant else None
 
 
 def format_validation_error(e: ValidationError) -> str:
