@@ -24,6 +24,7 @@ from asl_sweep.runtime.errors import (
     as_text,
     environment_fault,
     is_text,
+    not_text_folder,
 )
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.settings.spec import StudyConfig
@@ -56,9 +57,7 @@ def _out_folder(text: str) -> Path:
     keep (one named in another encoding was a UnicodeEncodeError traceback)."""
     path = _path(text)
     if not is_text(path.absolute()):
-        raise argparse.ArgumentTypeError(f"{as_text(text)}: its path is not UTF-8 text (a "
-                                         "folder named on another system?): give a folder "
-                                         "with a UTF-8 name")
+        raise argparse.ArgumentTypeError(not_text_folder(as_text(text)))
     if path.suffix.lower() in _FILE_SUFFIXES and not path.is_dir():
         raise argparse.ArgumentTypeError(
             f"{text}: names a file; --out takes the folder the files go in (e.g. "

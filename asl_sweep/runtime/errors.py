@@ -26,6 +26,13 @@ def as_text(path: str | os.PathLike) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def not_text_folder(said: str) -> str:
+    """The line for a folder asl-sweep writes (--home, --out) whose path is not UTF-8 text:
+    the stores' addresses and the records keep the path, and could not hold it."""
+    return (f"{said}: its path is not UTF-8 text (a folder named on another system?): give a "
+            "folder with a UTF-8 name")
+
+
 class UserError(Exception):
     """Something the user can fix. `str(e)` is one line; the exit code is `exit_code`."""
 

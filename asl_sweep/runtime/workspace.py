@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asl_sweep.runtime.environment import named
-from asl_sweep.runtime.errors import ConfigError, WriteError, as_text, is_text
+from asl_sweep.runtime.errors import ConfigError, WriteError, as_text, is_text, not_text_folder
 from asl_sweep.runtime.files import make_folder
 
 
@@ -231,8 +231,7 @@ def _check_home(home: Path) -> None:
     """A home (or a folder above it) that is a file, or one named in another encoding (the
     stores' addresses could not hold it): one line before anything starts."""
     if not is_text(home.absolute()):
-        raise ConfigError(f"--home {as_text(home)}: its path is not UTF-8 text (a folder "
-                          "named on another system?): give a folder with a UTF-8 name")
+        raise ConfigError(not_text_folder(f"--home {as_text(home)}"))
     for folder in (home, *home.parents):
         if folder.exists():
             if not folder.is_dir():
