@@ -121,9 +121,10 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
     files with their reasons."""
     root = Path(root)
     if not root.is_dir():
-        if root.is_file() and _is_archive(root):
+        unpack = _unpack(root) if root.is_file() else None
+        if unpack:
             raise DataError(f"data.root: {root} is an archive, not a folder: unpack it "
-                            f"first (e.g. {_unpack(root)}) and give the folder that holds "
+                            f"first (e.g. {unpack}) and give the folder that holds "
                             "one sub-folder per class")
         what = "is a file" if root.exists() else "does not exist"
         raise DataError(f"data.root: {root} is not a folder ({what}); give the folder that "
@@ -167,23 +168,20 @@ def scan_folder(root: Path, on_bad: str) -> tuple[list[Path], list[int], list[st
     return files, labels, [d.name for d in class_dirs], skipped
 
 
-def _is_archive(path: Path) -> bool:
+def _unpack(path: Path) -> str | None:
+    """The command that unpacks `path` where it is a zip or tar archive, else None."""
     import tarfile
     import zipfile
 
-    try:
-        return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
-    except OSError:
-        return False
-
-
-def _unpack(path: Path) -> str:
-    import zipfile
-
     folder = path.with_name(path.name.split(".")[0] or "photos")
-    if zipfile.is_zipfile(path):
-        return f"unzip {path} -d {folder}"
-    return f"mkdir {folder} && tar -xf {path} -C {folder}"
+    try:
+        if zipfile.is_zipfile(path):
+            return f"unzip {path} -d {folder}"
+        if tarfile.is_tarfile(path):
+            return f"mkdir {folder} && tar -xf {path} -C {folder}"
+    except OSError:
+        pass
+    return None
 
 
 def _folders_in(folder: Path) -> list[Path]:
