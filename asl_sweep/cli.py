@@ -24,6 +24,7 @@ from asl_sweep.runtime.errors import (
     as_text,
     environment_fault,
     is_text,
+    not_here,
     not_text_folder,
 )
 from asl_sweep.runtime.workspace import Workspace, shown
@@ -44,6 +45,8 @@ def _path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r}: an empty path (it would be the current "
                                           "folder); give one")
+    if (line := not_here(text)) is not None:
+        raise argparse.ArgumentTypeError(line)
     return Path(text).expanduser()
 
 

@@ -31,7 +31,14 @@ from asl_sweep.data.images import (
 )
 from asl_sweep.models.registry import Deployable
 from asl_sweep.runtime import signals
-from asl_sweep.runtime.errors import DataError, ModelFileError, StoreError, as_text
+from asl_sweep.runtime.errors import (
+    DataError,
+    ModelFileError,
+    StoreError,
+    UserError,
+    as_text,
+    not_here,
+)
 from asl_sweep.runtime.files import sha256_of
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.studyfile import is_study_file, load_study
@@ -82,9 +89,11 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
         with tempfile.TemporaryDirectory() as tmp:
             folder = _download(source, Workspace.at(home, tracking_uri=tracking), Path(tmp))
             return _from_mlflow_folder(source, folder)
+    if (line := not_here(source)) is not None:
+        raise ModelFileError(line)
     path = Path(source)
     if not path.exists():
-        raise ModelFileError(f"{source}: no such model file or folder")
+        raise ModelFileError(f"{source}: no such model file or folder{_meant(source, home)}")
     if is_study_file(path):
         return open_model(str(study_export(path, Path(home), overrides)), home, tracking)
     if path.is_dir():
@@ -92,6 +101,13 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
             # an `export` folder: its TorchScript model, as for the study that wrote it
             return open_model(str(path / TORCHSCRIPT_FILE), home, tracking)
         if not (path / "MLmodel").is_file():
+            held = sorted(p for p in path.iterdir() if (p / TORCHSCRIPT_FILE).is_file())
+            if held:  # <home>/exports: the folder of every study's export
+                raise ModelFileError(f"{source}: holds the exports of {len(held)} "
+                                     f"{'study' if len(held) == 1 else 'studies'} "
+                                     f"({', '.join(p.name for p in held[:5])}"
+                                     f"{', ...' if len(held) > 5 else ''}); give one of "
+                                     f"them, e.g. {held[0]}")
             raise ModelFileError(f"{source}: a folder without an MLmodel file; give a model "
                                  "file (.torchscript.pt, .onnx, best.pt) or an MLflow model")
         return _from_mlflow_folder(source, path)
@@ -103,7 +119,28 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
         raise ModelFileError(f"{source}: an image, not a model: give the model first "
                              "(model.torchscript.pt, model.onnx, models:/NAME/VERSION or the "
                              "study YAML), then the images")
+    beside = path.parent / TORCHSCRIPT_FILE
+    if path.suffix.lower() not in (".pt", ".pth") and beside.is_file():
+        # MODEL_CARD.md or classes.json of an export folder
+        raise ModelFileError(f"{source}: not a model; the model beside it is {beside} (or "
+                             f"give the folder, {path.parent})")
     return _from_model_file(source, ModelFile.load(path))
+
+
+def _meant(source: str, home: Path | str) -> str:
+    """What a name that is no file most likely meant: a study's name (its export in the
+    home), or a registered model's name without its models:/ prefix."""
+    if "/" in source or source.startswith("."):
+        return ""
+    try:
+        export = Workspace.at(home).exports / source
+    except UserError:  # a --home that is no home: the model's line comes first
+        export = None
+    if export is not None and (export / TORCHSCRIPT_FILE).is_file():
+        return f" (the study {source}'s export is {export}: give that, or the study YAML)"
+    if source.startswith("asl-sweep-"):
+        return f" (a registered model is named models:/{source}/latest or models:/{source}/N)"
+    return ""
 
 
 def _is_image(path: Path) -> bool:
@@ -251,6 +288,9 @@ def image_files(inputs: list[Path]) -> list[Path]:
             files += found
         elif item.exists():
             files.append(item)
+        elif str(item) == "-":
+            raise DataError("-: predict does not read images from standard input; give image "
+                            "files or folders that hold them")
         else:
             raise DataError(f"{item}: no such file or folder; give image files or folders "
                             "that hold them")

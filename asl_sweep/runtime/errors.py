@@ -33,6 +33,18 @@ def not_text_folder(said: str) -> str:
             "folder with a UTF-8 name")
 
 
+def not_here(said: str) -> str | None:
+    """The line for a web address (https://, s3://, gs://...) given where asl-sweep reads a
+    file on this machine, else None: as a path it would be shown with its double slash folded
+    (`https:/host/...`) and said to be missing."""
+    scheme, sep, _ = said.partition("://")
+    if not (sep and len(scheme) > 1 and scheme.isascii() and scheme.isalpha()) \
+            or scheme.lower() == "file":
+        return None
+    return (f"{said}: a web address; asl-sweep reads files on this machine: download it "
+            "first")
+
+
 class UserError(Exception):
     """Something the user can fix. `str(e)` is one line; the exit code is `exit_code`."""
 

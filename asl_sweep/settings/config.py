@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from asl_sweep.runtime.errors import as_text, is_text
+from asl_sweep.runtime.errors import as_text, is_text, not_here
 
 METRICS = ("val_acc", "train_acc", "val_loss", "train_loss", "val_person_mean",
            "val_person_q25", "val_person_worst")
@@ -82,6 +82,13 @@ class DataConfig(Strict):
             raise ValueError(f"val_fraction {self.val_fraction} + test_fraction "
                              f"{self.test_fraction} leave too little to train on (< 10%)")
         return self
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _on_this_machine(cls, v: Any) -> Any:
+        if isinstance(v, str) and (line := not_here(v)) is not None:  # before Path folds //
+            raise ValueError(line)
+        return v
 
     @field_validator("root")
     @classmethod

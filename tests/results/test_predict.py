@@ -167,6 +167,46 @@ def test_an_image_given_as_the_model_says_the_model_comes_first(image, capsys):
                    "YAML), then the images")
 
 
+def test_what_is_not_a_model_on_this_machine_says_what_to_give(tmp_path, image, capsys):
+    """A web address was `https:/host/...: no such model file` (its slashes folded); a study's
+    name, a registered model's name without models:/, the exports folder, or the card or the
+    class list beside an export were "no such model", "without an MLmodel file" or "not a
+    file asl-sweep wrote (UnpicklingError)". Each now says what to give instead."""
+    home = tmp_path / "home"
+    export = home / "exports" / "quick"
+    export.mkdir(parents=True)
+    (export / "model.torchscript.pt").write_bytes(b"")  # found by name: never read here
+    (export / "MODEL_CARD.md").write_text("# quick\n")
+
+    def said(model, *images):
+        assert main(["predict", model, *(images or [str(image)]), "--home", str(home)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        return err
+
+    assert said("https://example.com/model.onnx") == (
+        "error: https://example.com/model.onnx: a web address; asl-sweep reads files on this "
+        "machine: download it first")
+    assert said("quick").endswith(f"(the study quick's export is {export}: give that, or the "
+                                  "study YAML)")
+    assert said("asl-sweep-quick").endswith("(a registered model is named "
+                                            "models:/asl-sweep-quick/latest or "
+                                            "models:/asl-sweep-quick/N)")
+    assert said(str(home / "exports")).endswith(
+        f"holds the exports of 1 study (quick); give one of them, e.g. {export}")
+    assert said(str(export / "MODEL_CARD.md")).endswith(
+        f"not a model; the model beside it is {export / 'model.torchscript.pt'} (or give the "
+        f"folder, {export})")
+    assert said(str(export), "-") == ("error: -: predict does not read images from standard "
+                                      "input; give image files or folders that hold them")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(export), "https://example.com/a.jpg"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "https://example.com/a.jpg: a web address; asl-sweep reads files on this machine: "
+        "download it first")
+
+
 @pytest.mark.slow
 def test_models_uri_without_a_store_creates_nothing(tmp_path, image):
     proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "predict", "models:/x/1",

@@ -224,6 +224,17 @@ def test_get_path_reads_what_set_path_writes():
     assert get_path(tree, "dropout.2") == 0.5
 
 
+def test_a_data_root_that_is_a_web_address_says_download_it(write_study):
+    """`root: https://host/asl.zip` was read as the path ./https:/host/asl.zip (its slashes
+    folded) and said to be "not a folder (does not exist)"."""
+    with pytest.raises(ConfigError) as e:
+        load_study(write_study({"data": {"root": "https://host.org/asl.zip"}}))
+    assert str(e.value).endswith("data.root: https://host.org/asl.zip: a web address; "
+                                 "asl-sweep reads files on this machine: download it first")
+    assert load_study(write_study({"data": {"root": "photos:2026"}})).data.root.name == \
+        "photos:2026"  # a colon in a folder's name is a name
+
+
 def test_a_data_root_under_the_users_home_is_expanded(write_study, monkeypatch, tmp_path):
     """`root: ~/photos` in a YAML meets no shell: it was read as ./~/photos, "not a folder"."""
     monkeypatch.setenv("HOME", str(tmp_path))
