@@ -247,7 +247,7 @@ def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str,
     `_contents`), so that an unchanged file is not read again."""
     h = hashlib.sha256(f"folder|{on_bad}".encode())
     seen: dict[bytes, list[int]] = {}
-    for i, (path, label, content) in enumerate(zip(files, labels, _contents(files, memo),
+    for i, (path, label, content) in enumerate(zip(files, labels, _contents(root, files, memo),
                                                    strict=True)):
         h.update(f"{path.relative_to(root)}|{label}|".encode())
         h.update(content)
@@ -257,14 +257,16 @@ def folder_digest(root: Path, files: list[Path], labels: list[int], on_bad: str,
     return h.hexdigest()
 
 
-def _contents(files: list[Path], memo: Path | None) -> list[bytes]:
+def _contents(root: Path, files: list[Path], memo: Path | None) -> list[bytes]:
     """Each file's sha256. Reading every byte of a folder of phone photos took 4 s a
     command for 5.6 GB (each worker, report, evaluate, export), so a digest is kept in `memo`
     with the file's stat: size, modification and change times, inode and device. Any write
     to a file changes its change time (ctime), which no tool can set back, so a file whose
     stat is the same has the same bytes; a file copied or moved elsewhere is read again.
     The stat is taken before the read, and a file changed in the last 2 s (a coarse clock:
-    FAT keeps times to 2 s) is not kept: a file written since is read again next time."""
+    FAT keeps times to 2 s) is not kept: a file written since is read again next time.
+    Entries for files under `root` that are no longer among `files` (deleted, renamed) are
+    dropped, so the memo holds what the home's folders hold, not every file they ever held."""
     known: dict[str, list] = {}
     if memo is not None:
         try:
@@ -287,9 +289,12 @@ def _contents(files: list[Path], memo: Path | None) -> list[bytes]:
         if max(st.st_mtime_ns, st.st_ctime_ns) < settled:
             fresh[key] = [*stat, digest.hex()]
         digests.append(digest)
-    if memo is not None and any(known.get(k) != v for k, v in fresh.items()):
+    under = os.path.join(root.absolute(), "")
+    gone = {k for k in known if k.startswith(under) and k not in fresh}
+    if memo is not None and (gone or any(known.get(k) != v for k, v in fresh.items())):
         try:  # (a home others may only read: the files are read again next time)
-            atomic_write_text(memo, json.dumps(known | fresh))
+            atomic_write_text(memo, json.dumps({k: v for k, v in known.items()
+                                                if k not in gone} | fresh))
         except WriteError:
             pass
     return digests

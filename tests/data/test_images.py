@@ -362,6 +362,18 @@ def test_an_unchanged_file_is_not_read_again_a_changed_one_is(data_config, image
     read.clear()
     assert images_mod.folder_digest(image_folder, files, labels, "error", memo=memo) == plain
     assert len(read) == len(files) == 18
+    # a file deleted from the folder leaves the memo (it kept every file ever read); another
+    # folder's entries stay
+    elsewhere = str(tmp_path / "other" / "A" / "x.png")
+    memo.write_text(json.dumps(json.loads(memo.read_text())
+                               | {elsewhere: [1, 2, 3, 4, 5, "00" * 32]}))
+    deleted, kept = str(files[5].absolute()), str(files[6].absolute())
+    assert {deleted, kept} <= set(json.loads(memo.read_text()))
+    files[5].unlink()
+    files, labels = images_mod.scan_folder(image_folder, "error")[:2]
+    images_mod.folder_digest(image_folder, files, labels, "error", memo=memo)
+    assert deleted not in json.loads(memo.read_text())
+    assert {kept, elsewhere} <= set(json.loads(memo.read_text()))
 
 
 STOPPING = """
