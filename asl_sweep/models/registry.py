@@ -82,6 +82,28 @@ def build_model(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> n
     return MODELS[cfg.model](cfg, spec, pretrained)
 
 
+def check_fits(cfg: TrainConfig, spec: InputSpec, memory: int | None, where: str) -> None:
+    """A SettingsError where training the model these settings describe takes more than
+    `memory` bytes (`where`: whose memory): its weights, and for each trained weight its
+    gradient and the optimizer's state (Adam: two, SGD with momentum: one), in float32. The
+    model is built on the meta device (no memory); the figure is a lower bound (activations
+    come on top), so a model it refuses cannot fit. Without it a model too large for the
+    machine was torch's allocator error as a traceback, or the process killed mid-epoch."""
+    if not memory:
+        return
+    with torch.device("meta"):
+        model = build_model(cfg, spec, pretrained=False)
+    weights, trained = count_parameters(model), count_parameters(model, trainable_only=True)
+    slots = 2 if cfg.optimizer in ("adam", "adamw") else int(cfg.momentum > 0)
+    need = 4 * (weights + trained * (1 + slots))
+    if need > memory:
+        raise SettingsError(
+            f"the {cfg.model} these settings describe has {weights / 1e6:,.0f} million "
+            f"weights: training it takes at least {need / 2 ** 30:.1f} GiB (weights, "
+            f"gradients, {cfg.optimizer}'s state), more than the {memory / 2 ** 30:.1f} GiB "
+            f"of {where}; use smaller layers (hidden, cnn.channels) or a smaller image_size")
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

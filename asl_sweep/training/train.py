@@ -20,9 +20,10 @@ from asl_sweep.data.batches import FeatureBatches, ImageBatches
 from asl_sweep.data.studydata import SplitData
 from asl_sweep.models.features import frozen_features
 from asl_sweep.models.layers import InputSpec
-from asl_sweep.models.registry import build_model, count_parameters
+from asl_sweep.models.registry import build_model, check_fits, count_parameters
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import ConfigError
+from asl_sweep.runtime.machine import total_memory
 from asl_sweep.settings.config import TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
 from asl_sweep.training.optim import lr_factor, make_optimizer
@@ -122,6 +123,13 @@ def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None
     return torch.float16 if cfg.precision == "fp16" else torch.bfloat16
 
 
+def device_memory(device: torch.device) -> tuple[int | None, str]:
+    """The memory a model on `device` trains in, and whose it is."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"the GPU {device}"
+    return total_memory(), "this machine"
+
+
 def input_spec(data: SplitData) -> InputSpec:
     """Per-channel pixel statistics of the training images, computed once."""
     x = data.x_train.float().div_(255)
@@ -186,6 +194,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
     identity = dict(identity or {})
     torch.manual_seed(cfg.seed)
     spec = input_spec(data)
+    check_fits(cfg, spec, *device_memory(device))
     model = build_model(cfg, spec).to(device)
     if getattr(model, "frozen", False):
         # Frozen backbone: features once (or from the cache), then only the head trains.

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from asl_sweep.models.layers import InputSpec
-from asl_sweep.models.registry import CNN, build_model, count_parameters
+from asl_sweep.models.registry import CNN, build_model, check_fits, count_parameters
 from asl_sweep.runtime.errors import SettingsError
 from asl_sweep.settings.config import TrainConfig
 
@@ -33,6 +33,27 @@ def test_a_cnn_too_deep_for_its_images_is_a_settings_error():
     with pytest.raises(SettingsError, match="cnn.channels: 6 pooled blocks need images of at "
                                             "least 64px, these are 32px"):
         build_model(cfg, SPEC)
+
+
+def test_a_model_is_refused_only_where_its_weights_gradients_and_state_cannot_fit():
+    """An MLP on 224px images with a 4096-wide layer: 617 million weights; with Adam each
+    trained weight takes 16 bytes (9.2 GiB), with plain SGD 8 (4.6 GiB). A frozen backbone's
+    weights are counted once (no gradient, no state)."""
+    big = InputSpec(224, 9, (0.5,) * 3, (0.25,) * 3)
+    mlp = TrainConfig(model="mlp", hidden=[4096], dropout=[0.0, 0.0], optimizer="adam")
+    with pytest.raises(SettingsError, match=r"^the mlp these settings describe has 617 million "
+                                            r"weights: training it takes at least 9\.2 GiB "
+                                            r"\(weights, gradients, adam's state\), more than "
+                                            r"the 8\.0 GiB of here;"):
+        check_fits(mlp, big, 8 << 30, "here")
+    check_fits(mlp, big, 10 << 30, "here")
+    check_fits(mlp.model_copy(update={"optimizer": "sgd", "momentum": 0.0}), big, 5 << 30, "here")
+    check_fits(mlp, big, None, "here")  # memory unknown: not refused
+    frozen = TrainConfig(model="transfer")  # MobileNetV2 and its head: 2.9 M weights, 0.67 M trained
+    check_fits(frozen, big, 24 << 20, "here")  # 19.6 MB
+    with pytest.raises(SettingsError):
+        check_fits(frozen.model_copy(update={"transfer": frozen.transfer.model_copy(
+            update={"trainable": 100})}), big, 24 << 20, "here")  # 46 MB
 
 
 def test_the_record_holds_only_what_applies_to_the_model():

@@ -39,6 +39,30 @@ def test_a_diverging_trial_fails_on_its_own_and_the_stage_goes_on(write_study, t
     assert str(by_lr[1.0e6].number) not in study.user_attrs["decision"].split(":")[0]
 
 
+def test_a_model_too_large_for_the_machine_fails_its_trial_before_it_allocates(
+        write_study, tmp_path, capsys):
+    """A sampled head of 200,000 x 200,000 weights (600 GiB to train) was torch's allocator
+    error as a traceback that stopped the search (or, below the allocator's own limit, the
+    process killed mid-epoch). It is that trial's own failure, said before any memory is
+    taken; `train` with such settings is one line, exit 2."""
+    path = write_study({"stages": [{
+        "name": "search", "trials": 2, "sampler": "grid", "pruner": "none", "confirm": None,
+        "space": {"hidden": [[200000, 200000], [32]]}}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "failed: SettingsError: the mlp these settings describe has 40," in out
+    assert "GiB of this machine; use smaller layers (hidden, cnn.channels)" in out
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    (big,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert big.user_attrs["failure"] == "error" and "200000" in str(big.params["hidden"])
+    assert len(study.trials) == 3  # the incumbent and 2: the failure used its turn
+    assert main(["train", str(path), "--home", str(home), "--set",
+                 "base.hidden=[200000, 200000]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the mlp these settings describe") and "\n" not in err
+
+
 def test_a_bug_in_the_trainer_stops_the_run_with_its_traceback(write_study, tmp_path):
     path = write_study()
     home = tmp_path / "mlruns"
