@@ -37,6 +37,10 @@ from asl_sweep.runtime import signals
 from asl_sweep.search.optuna_api import keeps_heartbeats, storage_of, study_id_of, trial_id_of
 
 HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
+# A trial lost with its worker this many times counts as failed on its own: a process killed
+# whenever it trains some settings (the kernel's out-of-memory killer) was retried until the
+# retries ran out, each rerun killed again without a word, then dropped without one.
+MAX_LOST = 3
 log = logging.getLogger(__name__)
 
 # asl-sweep's keys on a study go into Optuna's system attributes under this prefix: user
@@ -221,6 +225,7 @@ class Failure(StrEnum):
 
 # Optuna's own system attributes that asl-sweep reads.
 FIXED_PARAMS, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
+LOST_ATTEMPTS = PREFIX + "lost_attempts"  # how many of a retried trial's attempts were lost
 # The user attributes a retried trial keeps: what it is, not how its last attempt went.
 KEPT_ON_RETRY = (TrialKey.ROLE, TrialKey.CONFIRMS, TrialKey.REPEAT, TrialKey.INCUMBENT,
                  TrialKey.PREVIOUS_FAMILY, TrialKey.SEED_TRIAL, TrialKey.REPORTED)
@@ -494,15 +499,35 @@ class Requeue:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
+        lost_now = TrialKey.FAILURE not in trial.user_attrs  # its worker died with it
+        lost = trial.system_attrs.get(LOST_ATTEMPTS, 0) + lost_now
+        system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k == FIXED_PARAMS},
+                        FAILED_TRIAL: history[0], RETRY_HISTORY: history, LOST_ATTEMPTS: lost}
+        kept = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
+        settings = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "as it came"
+        if lost_now and lost >= MAX_LOST:
+            # Its own failure, recorded as the last attempt of the chain: the one lost is
+            # finished already, and a finished trial takes no new attribute.
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.FAIL, params=trial.params, distributions=trial.distributions,
+                user_attrs={**kept, TrialKey.FAILURE: Failure.ERROR},
+                system_attrs=system_attrs))
+            log.warning("trial %s (%s) was lost with its worker %d times: it counts as failed "
+                        "on its own and is not run again. A process killed each time it trains "
+                        "these settings is most likely out of memory (the kernel's OOM "
+                        "killer: dmesg | grep -i oom); a smaller batch_size, image_size or "
+                        "model needs less", history[0], settings, lost)
+            return
         if len(history) > MAX_RETRY:
             log.warning("trial %s failed %d times; not retried again", history[0], len(history))
             return
-        system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k == FIXED_PARAMS},
-                        FAILED_TRIAL: history[0], RETRY_HISTORY: history}
+        if lost_now:
+            log.warning("trial %s (%s) was lost with its worker (the process was killed or "
+                        "crashed); queued again (%d of %d losses before it counts as failed)",
+                        history[0], settings, lost, MAX_LOST)
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-            user_attrs={k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY},
-            system_attrs=system_attrs))
+            user_attrs=kept, system_attrs=system_attrs))
 
 
 def origin_of(trial: FrozenTrial) -> int:

@@ -25,6 +25,20 @@ from asl_sweep.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+# What the kernel's out-of-memory killer does to a process that trains some settings.
+KILLED_BY_SETTINGS = """
+import os, signal, sys
+import asl_sweep.search.trial
+real = asl_sweep.search.trial.train
+def train(cfg, *args, **kwargs):
+    if cfg.hidden == [48]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(cfg, *args, **kwargs)
+asl_sweep.search.trial.train = train
+from asl_sweep.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 def test_a_diverging_trial_fails_on_its_own_and_the_stage_goes_on(write_study, tmp_path, capsys):
     path = write_study(DIVERGES)
@@ -61,6 +75,44 @@ def test_a_model_too_large_for_the_machine_fails_its_trial_before_it_allocates(
                  "base.hidden=[200000, 200000]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the mlp these settings describe") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_settings_whose_process_is_killed_each_time_fail_on_their_own_and_say_why(
+        write_study, tmp_path):
+    """A process killed whenever it trains some settings (out of memory) was retried on each
+    rerun, killed again without a word, and after three retries dropped without one, its
+    turn neither used nor said. Each loss is said on the next run; the third ends the
+    trial as its own failure (its turn used), and the stage finishes without it."""
+    path = write_study({"stages": [{
+        "name": "search", "trials": 1, "sampler": "grid", "pruner": "none", "confirm": None,
+        "space": {"hidden": [[48]]}}]})
+    home = tmp_path / "mlruns"
+
+    def run():
+        return subprocess.run([sys.executable, "-c", KILLED_BY_SETTINGS, "run", str(path),
+                               "--home", str(home), "--workers", "1"],
+                              capture_output=True, text=True, timeout=120)
+
+    said = []
+    for _ in range(3):
+        proc = run()
+        assert proc.returncode == -9, proc.stderr
+        said.append(proc.stdout + proc.stderr)
+    assert "lost with its worker" not in said[0]
+    assert ("trial 1 (hidden=[48]) was lost with its worker (the process was killed or "
+            "crashed); queued again (1 of 3 losses before it counts as failed)") in said[1]
+    assert "(2 of 3 losses before it counts as failed)" in said[2]
+    proc = run()
+    assert proc.returncode == 0, proc.stderr
+    assert ("trial 1 (hidden=[48]) was lost with its worker 3 times: it counts as failed on "
+            "its own and is not run again. A process killed each time it trains these "
+            "settings is most likely out of memory") in proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
+    last = study.trials[-1]
+    assert last.state.name == "FAIL" and last.user_attrs["failure"] == "error"
+    assert last.system_attrs["retry_history"] == [1, 2, 3]
+    assert "final test accuracy" in proc.stdout
 
 
 def test_a_bug_in_the_trainer_stops_the_run_with_its_traceback(write_study, tmp_path):
