@@ -226,6 +226,10 @@ class Failure(StrEnum):
 # Optuna's own system attributes that asl-sweep reads.
 FIXED_PARAMS, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
 LOST_ATTEMPTS = PREFIX + "lost_attempts"  # how many of a retried trial's attempts were lost
+# What a retry keeps of Optuna's own: its queued settings, and the grid point it holds (a
+# retry without one was a fresh slot to the grid sampler: it took another point, while it
+# trained the first, and the grid skipped or repeated points).
+_KEPT_SYSTEM = (FIXED_PARAMS, "grid_id", "search_space")
 # The user attributes a retried trial keeps: what it is, not how its last attempt went.
 KEPT_ON_RETRY = (TrialKey.ROLE, TrialKey.CONFIRMS, TrialKey.REPEAT, TrialKey.INCUMBENT,
                  TrialKey.PREVIOUS_FAMILY, TrialKey.SEED_TRIAL, TrialKey.REPORTED)
@@ -501,7 +505,7 @@ class Requeue:
         history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
         lost_now = TrialKey.FAILURE not in trial.user_attrs  # its worker died with it
         lost = trial.system_attrs.get(LOST_ATTEMPTS, 0) + lost_now
-        system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k == FIXED_PARAMS},
+        system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k in _KEPT_SYSTEM},
                         FAILED_TRIAL: history[0], RETRY_HISTORY: history, LOST_ATTEMPTS: lost}
         kept = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
         settings = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "as it came"

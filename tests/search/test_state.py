@@ -416,3 +416,25 @@ def test_a_stop_while_unused_slots_are_ended_is_taken_between_two(store, monkeyp
     monkeypatch.setattr(signals, "_requested", None)
     assert state.release_unused(study, study.get_trials())
     assert [t.state.name for t in study.get_trials()] == ["FAIL"] * 3
+
+
+def test_a_retry_holds_its_grid_point_and_the_grid_moves_on():
+    """A retry (a Ctrl-C, a worker lost) kept only the queued settings: to the grid sampler it
+    was a fresh slot, so it took another grid point while it trained the first one's
+    settings, and the grid skipped a point."""
+    from asl_sweep.search.store import GridSampler
+
+    study = optuna.create_study(sampler=GridSampler({"x": [1, 2, 3]}, seed=0))
+    queue_budget(study, 3)
+    first = study.ask()
+    first.suggest_categorical("x", [1, 2, 3])
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # as a lost trial is failed
+    state.Requeue()(study, study.trials[first.number])
+    retry = study.trials[-1]
+    assert retry.system_attrs["grid_id"] == study.trials[first.number].system_attrs["grid_id"]
+    taken = []
+    for _ in range(3):  # the two slots left and the retry
+        trial = study.ask()
+        taken.append(trial.suggest_categorical("x", [1, 2, 3]))
+        study.tell(trial, 0.0)
+    assert sorted(taken) == [1, 2, 3]  # every point trained once, the first by its retry
