@@ -41,7 +41,13 @@ class GridSampler(optuna.samplers.GridSampler):
     (state.queue_budget) takes a grid point like a fresh trial, the incumbent, seed trials and
     repeats keep their settings. Its after_trial only stops `study.optimize` once the grid is
     done; the stage's queued budget bounds the search here (past the grid, Optuna's sampler
-    draws a point again)."""
+    draws a point again).
+
+    A trial records its point as a number in the grid's order, which the seed shuffles: the
+    seed is the study's, the same in every process (with each process's own, a rerun or a
+    second worker read the numbers in another order, and trained points twice while it
+    skipped others). Which point a trial takes follows its number (Optuna's rule: trial k
+    takes point k while k is inside the grid), so two workers still take different ones."""
 
     def before_trial(self, study, trial) -> None:
         super().before_trial(study, grid_placeholder(trial) or trial)
@@ -254,9 +260,9 @@ def joined(searched: list[FrozenTrial], repeated: list[FrozenTrial],
 
 def _sampler(cfg: StudyConfig, index: int, seed: int) -> optuna.samplers.BaseSampler:
     stage = cfg.stages[index]
+    if stage.sampler == "grid":  # the study's seed, in every process (GridSampler)
+        return GridSampler(grid(stage.space), seed=(stage.seed + 1000 * index) % 2**32)
     seed = (seed + stage.seed + 1000 * index) % 2**32  # the range Optuna's samplers take
-    if stage.sampler == "grid":
-        return GridSampler(grid(stage.space), seed=seed)
     if stage.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed,

@@ -584,3 +584,25 @@ def test_a_dotted_study_name_that_is_another_studys_stage_is_refused_both_ways(w
         "another study")
     assert main(["status", str(path), "--home", other, "--set", "study=tiny.search"]) == 0
     assert "finished" in capsys.readouterr().out  # the dotted study is untouched
+
+
+def test_a_grid_is_read_in_one_order_by_every_process_of_a_study(write_study):
+    """Each process samples with a seed of its own, and the grid sampler shuffled its grid
+    with it: a trial's point is a number in that order, so a rerun or a second worker read
+    the numbers of the points taken in another order and trained some points twice while it
+    skipped others (a rerun after a worker was killed trained the killed point again)."""
+    from asl_sweep.search import store
+
+    cfg = load_study(write_study({"stages": [{
+        "name": "grid", "trials": 6, "sampler": "grid", "pruner": "none", "confirm": None,
+        "space": {"lr": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}}]}))
+    storage = optuna.storages.InMemoryStorage()
+    taken = []
+    for seed in (0, 7919 * 3, 7919 * 5):  # the creator, then two other processes
+        study = optuna.create_study(study_name="g", storage=storage, load_if_exists=True,
+                                    sampler=store._sampler(cfg, 0, seed))
+        for _ in range(2):
+            trial = study.ask()
+            taken.append(trial.suggest_categorical("lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]))
+            study.tell(trial, 0.0)
+    assert sorted(taken) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
