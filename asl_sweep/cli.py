@@ -50,6 +50,22 @@ def _path(text: str) -> Path:
     return Path(text).expanduser()
 
 
+# The forms `export` writes (results/export.FORMATS, which imports torch).
+EXPORT_FORMATS = ("torchscript", "onnx", "mlflow")
+
+
+def _formats(text: str) -> list[str]:
+    """--format: one form, several with commas (`--format onnx,mlflow` was an invalid
+    choice), or all."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in (*EXPORT_FORMATS, "all")]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {'no form named ' + ', '.join(unknown) if unknown else 'no form'}; "
+            f"give {', '.join(EXPORT_FORMATS)} or all, or several with commas (onnx,mlflow)")
+    return list(EXPORT_FORMATS) if "all" in names else list(dict.fromkeys(names))
+
+
 # What a file the report or an export writes is called: an --out that ends so names a file,
 # where --out takes the folder they go in (`--out r.md` made a folder r.md/).
 _FILE_SUFFIXES = (".md", ".html", ".htm", ".pdf", ".onnx", ".pt", ".pth", ".zip")
@@ -162,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
     _study_args(exp)
     exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
-    exp.add_argument("--format", default="all", choices=["torchscript", "onnx", "mlflow", "all"],
-                     help="which forms to write (default all)")
+    exp.add_argument("--format", default=list(EXPORT_FORMATS), type=_formats,
+                     metavar="{torchscript,onnx,mlflow,all}",
+                     help="which forms to write, one or several with commas (onnx,mlflow); "
+                     "default all")
     exp.add_argument("--out", type=_out_folder, help="folder for the files (default <home>/exports/<study>)")
 
     ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
@@ -601,10 +619,10 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     with signals.at_once():  # reading and loading: seconds, before anything is written
         cfg, ws = _load_bound(args)
-        from asl_sweep.results.export import FORMATS, export
+        from asl_sweep.results.export import export
 
     _elsewhere(args, ws.exports / cfg.study, lambda: export(
-        cfg, ws, list(FORMATS) if args.format == "all" else [args.format], args.out, args.stage))
+        cfg, ws, args.format, args.out, args.stage))
     return 0
 
 

@@ -344,3 +344,22 @@ def test_a_mistyped_command_names_the_one_it_most_likely_meant(capsys):
             main([typed, "sweeps/quick.yaml"])
         assert stopped.value.code == 2
         assert f"asl-sweep: error: {said}" in capsys.readouterr().err
+
+
+def test_export_takes_several_forms_with_commas(capsys):
+    """`--format onnx,mlflow` was "invalid choice": one form or all."""
+    from asl_sweep.cli import EXPORT_FORMATS, build_parser
+    from asl_sweep.results.export import FORMATS
+
+    assert EXPORT_FORMATS == FORMATS  # the parser's names (no torch) are the exporter's
+    parse = build_parser().parse_args
+    assert parse(["export", "s.yaml", "--format", "onnx,mlflow"]).format == ["onnx", "mlflow"]
+    assert parse(["export", "s.yaml", "--format", "ONNX"]).format == ["onnx"]
+    assert parse(["export", "s.yaml", "--format", "all"]).format == list(FORMATS)
+    assert parse(["export", "s.yaml"]).format == list(FORMATS)
+    with pytest.raises(SystemExit) as e:
+        parse(["export", "s.yaml", "--format", "onnx,tflite"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "'onnx,tflite': no form named tflite; give torchscript, onnx, mlflow or all, or "
+        "several with commas (onnx,mlflow)")
