@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
     _study_args(exp)
     exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
-    exp.add_argument("--format", default=list(EXPORT_FORMATS), type=_formats,
+    exp.add_argument("--format", default="all", type=_formats,
                      metavar="{torchscript,onnx,mlflow,all}",
                      help="which forms to write, one or several with commas (onnx,mlflow); "
                      "default all")
