@@ -68,9 +68,11 @@ class Verdict:
 
 @lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
-    from scipy.stats import t  # scipy is slow to import: only when a race is judged
+    # Student's t inverse CDF from scipy.special (what scipy.stats.t.ppf calls), loaded only
+    # when a race is judged: scipy.stats takes 0.6 s to import, scipy.special 0.2 s.
+    from scipy.special import stdtrit
 
-    return float(t.ppf(p, df))
+    return float(stdtrit(df, p))
 
 
 def looks(rule: RaceRule) -> int:
