@@ -509,6 +509,9 @@ class Requeue:
                         FAILED_TRIAL: history[0], RETRY_HISTORY: history, LOST_ATTEMPTS: lost}
         kept = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
         settings = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "as it came"
+        # A repeat is numbered in its own study: named by what it repeats, as progress does.
+        which = (f"repeat {kept[TrialKey.REPEAT]} of trial {kept[TrialKey.CONFIRMS]}"
+                 if TrialKey.REPEAT in kept else f"trial {history[0]}")
         if lost_now and lost >= MAX_LOST:
             # Its own failure, recorded as the last attempt of the chain: the one lost is
             # finished already, and a finished trial takes no new attribute.
@@ -516,19 +519,19 @@ class Requeue:
                 state=TrialState.FAIL, params=trial.params, distributions=trial.distributions,
                 user_attrs={**kept, TrialKey.FAILURE: Failure.ERROR},
                 system_attrs=system_attrs))
-            log.warning("trial %s (%s) was lost with its worker %d times: it counts as failed "
-                        "on its own and is not run again. A process killed each time it trains "
+            log.warning("%s (%s) was lost with its worker %d times: it counts as failed on "
+                        "its own and is not run again. A process killed each time it trains "
                         "these settings is most likely out of memory (the kernel's OOM "
                         "killer: dmesg | grep -i oom); a smaller batch_size, image_size or "
-                        "model needs less", history[0], settings, lost)
+                        "model needs less", which, settings, lost)
             return
         if len(history) > MAX_RETRY:
             log.warning("trial %s failed %d times; not retried again", history[0], len(history))
             return
         if lost_now:
-            log.warning("trial %s (%s) was lost with its worker (the process was killed or "
+            log.warning("%s (%s) was lost with its worker (the process was killed or "
                         "crashed); queued again (%d of %d losses before it counts as failed)",
-                        history[0], settings, lost, MAX_LOST)
+                        which, settings, lost, MAX_LOST)
         study.add_trial(optuna.trial.create_trial(
             state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
             user_attrs=kept, system_attrs=system_attrs))

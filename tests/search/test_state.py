@@ -438,3 +438,18 @@ def test_a_retry_holds_its_grid_point_and_the_grid_moves_on():
         taken.append(trial.suggest_categorical("x", [1, 2, 3]))
         study.tell(trial, 0.0)
     assert sorted(taken) == [1, 2, 3]  # every point trained once, the first by its retry
+
+
+def test_a_lost_repeat_is_named_by_what_it_repeats(caplog):
+    """A confirmation repeat lives in the stage's repeats study, numbered from 0 there: the
+    line for its loss named it `trial 0`, a number the stage's lines give another trial."""
+    study = optuna.create_study()
+    study.enqueue_trial({"lr": 0.01}, user_attrs={TrialKey.ROLE: Role.CONFIRM,
+                                                  TrialKey.CONFIRMS: 3, TrialKey.REPEAT: 1})
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)  # its worker died: no word on why
+    with caplog.at_level("WARNING", logger="asl_sweep.search.state"):
+        state.Requeue()(study, study.trials[0])
+    assert "repeat 1 of trial 3 (lr=0.01) was lost with its worker" in caplog.text
+    assert study.trials[-1].state.name == "WAITING"
