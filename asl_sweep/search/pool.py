@@ -4,6 +4,7 @@ stores. How many and with how many threads each is runtime/workers.py's call."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -60,9 +61,21 @@ def run_pool(cfg: StudyConfig, ws: Workspace, workers: Workers, worker_argv: lis
     code = _wait(procs)  # done already: a stage is decided once all its trials are
     killed = [(i, -p.returncode) for i, p in enumerate(procs, 1) if p.returncode < 0]
     for index, signum in killed:  # the study finished without them: their trials ran again
-        say(f"worker {index} was stopped by signal {signum}; the trial it held was queued "
-            "again and run by another worker, and the study finished")
+        say(f"worker {index} was stopped by signal {signum} ({_signal_name(signum)}); a "
+            "trial it held was queued again (a line above says so), and the study finished")
     return 0 if code < 0 else code
+
+
+def _signal_name(signum: int) -> str:
+    """A signal as a person reads it: SIGKILL, which nobody catches, is what the kernel's
+    out-of-memory killer sends (or kill -9)."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return "an unknown signal"
+    if signum == signal.SIGKILL:
+        return f"{name}: the kernel's out-of-memory killer sends it, as does kill -9"
+    return name
 
 
 def _start(cfg: StudyConfig, ws: Workspace, workers: Workers,

@@ -533,7 +533,8 @@ def test_a_worker_killed_mid_race_is_found_and_the_study_finishes(write_study, t
             break
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
-    assert "was stopped by signal 9" in out and "final test accuracy" in out
+    assert ("was stopped by signal 9 (SIGKILL: the kernel's out-of-memory killer sends it, "
+            "as does kill -9)") in out and "final test accuracy" in out
     ws = Workspace.at(home)
     for name in ("tiny.search", "tiny.search.repeats"):
         trials = optuna.load_study(study_name=name, storage=ws.storage).trials
