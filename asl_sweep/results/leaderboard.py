@@ -11,6 +11,7 @@ from asl_sweep.search import (
     Role,
     StageView,
     final_model_lines,
+    gone_here,
     outcome_of,
     role_of,
     shown_settings,
@@ -84,7 +85,7 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
 def print_status(cfg: StudyConfig, ws: Workspace) -> None:
     print(f"study {cfg.study}  (optuna: {shown(ws.storage)})")
     for i, view in enumerate(read_stages(cfg, ws)):
-        states = ", ".join(f"{n} {s}" for s, n in sorted(view.by_state().items()))
+        states = ", ".join(f"{n} {s}" for s, n in sorted(view.by_state(gone_here).items()))
         best = view.best()
         if view.result:
             state = f"finished: {view.result.status}"

@@ -4,6 +4,7 @@ search (the final test score) and the results (status, report, export) share it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +31,19 @@ class StageView:
     def budget(self) -> int:
         return self.ran_budget if self.ran_budget is not None else self.stage.trials
 
-    def by_state(self) -> dict[str, int]:
+    def by_state(self, gone: Callable[[str], bool] = lambda _: False) -> dict[str, int]:
         """Trials counted by state, as a person reads it: a FAIL trial that was queued to run
         again (a Ctrl-C, a fault that was not its own, a worker that died) is counted as that,
-        not as a failure; `fail` is a trial's own failure, which used its turn."""
+        not as a failure; `fail` is a trial's own failure, which used its turn. `gone`: whether
+        a RUNNING trial's worker (its worker_id) is known to be gone (a process of this
+        machine that no longer exists): such a trial is lost, not running (after a run killed
+        outright, `status` said `1 running` with nothing running)."""
         retried = {n for t in self.trials for n in retries_of(t)}
         counts: dict[str, int] = {}
         for t in self.trials:
             name = t.state.name.lower()
+            if t.state == TrialState.RUNNING and gone(t.user_attrs.get(TrialKey.WORKER, "")):
+                name = f"{_LOST} (the next run queues it again)"
             if t.state == TrialState.FAIL:
                 why = t.user_attrs.get(TrialKey.FAILURE)
                 if t.number in retried:
@@ -45,10 +51,11 @@ class StageView:
                 elif why in (Failure.SURPLUS, Failure.UNUSED):
                     name = str(why)
             counts[name] = counts.get(name, 0) + 1
-        lost = counts.pop(f"{_LOST} (queued again)", 0)
-        if lost:
-            counts[f"lost with {'its worker' if lost == 1 else 'their workers'} "
-                   "(queued again)"] = lost
+        for then in ("queued again", "the next run queues it again"):
+            lost = counts.pop(f"{_LOST} ({then})", 0)
+            if lost:
+                counts[f"lost with {'its worker' if lost == 1 else 'their workers'} "
+                       f"({then.replace(' it ', ' them ') if lost > 1 else then})"] = lost
         return counts
 
     def ranked(self, roles=("incumbent", "seed", "search")) -> list[FrozenTrial]:

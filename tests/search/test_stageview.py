@@ -27,3 +27,26 @@ def test_trials_are_counted_as_what_happened_to_them():
                                "lost with their workers (queued again)": 2}
     view.trials = trials[:2] + trials[4:5]
     assert view.by_state() == {"complete": 2, "lost with its worker (queued again)": 1}
+
+
+def test_a_running_trial_whose_worker_is_gone_is_counted_lost():
+    """After a run killed outright, `status` said `1 running` with nothing running: a trial
+    taken by a process of this machine that no longer exists is lost until the next run
+    queues it again."""
+    import socket
+    import subprocess
+    import sys
+
+    from asl_sweep.search.state import gone_here, worker_id
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    trials = [_trial(0, TrialState.COMPLETE), _trial(1, TrialState.RUNNING),
+              _trial(2, TrialState.RUNNING)]
+    trials[1].user_attrs[TrialKey.WORKER] = f"{socket.gethostname()}:{dead}"
+    trials[2].user_attrs[TrialKey.WORKER] = worker_id()  # this process: alive
+    view = StageView(StageConfig(name="s", space={"lr": [1e-3]}), trials, None, {})
+    assert view.by_state(gone_here) == {
+        "complete": 1, "running": 1,
+        "lost with its worker (the next run queues it again)": 1}
+    assert view.by_state() == {"complete": 1, "running": 2}  # without the look: as stored
