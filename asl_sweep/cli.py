@@ -88,10 +88,14 @@ def _default_home() -> Path:
     return Path(environment.text(environment.HOME)).expanduser()  # an env file's ~/mlruns
 
 
-def _study_args(p: argparse.ArgumentParser, search: bool = True) -> None:
+def _study_args(p: argparse.ArgumentParser, search: bool = True,
+                without: str | None = None) -> None:
     """The arguments that say which study, data and stores. `search`: the command reads the
-    Optuna store and the trial budget (`train` does neither, and refuses them)."""
-    p.add_argument("study", type=_path, help="study YAML, e.g. sweeps/quick.yaml")
+    Optuna store and the trial budget (`train` does neither, and refuses them). `without`:
+    what the command does when no study is given (where it may be left out)."""
+    p.add_argument("study", type=_path, nargs="?" if without else None,
+                   help="study YAML, e.g. sweeps/quick.yaml"
+                   + (f"; without one: {without}" if without else ""))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting by key path, e.g. base.epochs=5 or "
                         "stages.0.space.cnn.kernel=[3, 5] (repeatable)")
@@ -169,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(train, search=False)
 
     status = sub.add_parser("status", help="stages, trials by state, best so far")
-    _study_args(status)
+    _study_args(status, without="the studies recorded in --home")
 
     report = sub.add_parser("report", help="Markdown + HTML report with plots, logged to MLflow")
     _study_args(report)
@@ -558,6 +562,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
+    if args.study is None:
+        from asl_sweep.results.leaderboard import print_studies
+
+        print_studies(Workspace.at(args.home, storage=args.storage))
+        return 0
     with signals.at_once():  # it only reads
         cfg, ws = _load_bound(args)
         from asl_sweep.results.leaderboard import print_status

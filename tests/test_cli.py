@@ -105,6 +105,14 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     assert main(["status", str(write_study({"stages": [unnamed]}, name="no-goal.yaml")),
                  "--home", home]) == 0
     assert "goal:" not in capsys.readouterr().out  # no goal: no empty "goal:" line
+    # Without a study (was: "the following arguments are required: study"): the studies
+    # the home records, not its stages' own Optuna studies
+    assert main(["status", "--home", home]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("studies recorded at sqlite:///") and listed[1:] == ["  tiny"]
+    assert main(["status", "--home", str(tmp_path / "empty")]) == 2
+    assert "nothing recorded yet at" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
 
 
 @pytest.mark.parametrize("args, message, code", [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from asl_sweep.results.readback import read_final, read_stages
+from asl_sweep.runtime.errors import StoreError
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.search import (
     Role,
@@ -80,6 +81,33 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
     line = final_line(cfg, ws)
     if line and decisions:
         print(f"\n{line}")
+
+
+def print_studies(ws: Workspace) -> None:
+    """`status` without a study: the studies recorded in the home's Optuna store, each with
+    its shipped YAML where sweeps/ has one by its name (a study is read back from the YAML it
+    ran from, with the --set it ran with)."""
+    import optuna
+
+    from asl_sweep.search import SummaryKey, optuna_storage
+
+    if not ws.has_storage:
+        raise StoreError(f"nothing recorded yet at {shown(ws.storage)}; run a study first "
+                         "(asl-sweep run sweeps/quick.yaml), or pass --home (or --storage) "
+                         "with the studies' store")
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(
+        optuna_storage(ws.storage), include_best_trial=False)
+        if s.user_attrs.get(SummaryKey.KIND) == "study record")
+    if not names:
+        print(f"no study recorded yet at {shown(ws.storage)}")
+        return
+    print(f"studies recorded at {shown(ws.storage)}; `asl-sweep status STUDY.yaml` (with the "
+          "--set it ran with) shows one:")
+    width = max(len(n) for n in names)
+    for name in names:
+        shipped = next((p for p in (Path("sweeps") / f"{name}{ext}" for ext in (".yaml", ".yml"))
+                        if p.is_file()), None)
+        print(f"  {name.ljust(width)}  {shipped or ''}".rstrip())
 
 
 def print_status(cfg: StudyConfig, ws: Workspace) -> None:
