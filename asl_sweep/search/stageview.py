@@ -11,7 +11,15 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from asl_sweep.search.selection import StageResult, role_of
-from asl_sweep.search.state import Failure, Role, TrialKey, outcome_of, retries_of
+from asl_sweep.search.state import (
+    LOST_ATTEMPTS,
+    MAX_LOST,
+    Failure,
+    Role,
+    TrialKey,
+    outcome_of,
+    retries_of,
+)
 from asl_sweep.settings.spec import StageConfig
 
 _LOST = "lost"  # a trial whose worker died: found by the next look, queued again
@@ -39,6 +47,12 @@ class StageView:
         machine that no longer exists): such a trial is lost, not running (after a run killed
         outright, `status` said `1 running` with nothing running)."""
         retried = {n for t in self.trials for n in retries_of(t)}
+        # The record that ends a chain of losses (state.Requeue, MAX_LOST): its own failure,
+        # counted with the loss it follows, which was not queued again.
+        ended = {retries_of(t)[-1]: t.system_attrs[LOST_ATTEMPTS] for t in self.trials
+                 if t.state == TrialState.FAIL and retries_of(t)
+                 and t.user_attrs.get(TrialKey.FAILURE) == Failure.ERROR
+                 and t.system_attrs.get(LOST_ATTEMPTS, 0) >= MAX_LOST}
         counts: dict[str, int] = {}
         for t in self.trials:
             name = t.state.name.lower()
@@ -46,7 +60,11 @@ class StageView:
                 name = f"{_LOST} (the next run queues it again)"
             if t.state == TrialState.FAIL:
                 why = t.user_attrs.get(TrialKey.FAILURE)
-                if t.number in retried:
+                if t.number in ended:
+                    name = f"fail (lost with its worker {ended[t.number]} times)"
+                elif why == Failure.ERROR and t.system_attrs.get(LOST_ATTEMPTS, 0) >= MAX_LOST:
+                    continue  # counted with the loss it ends
+                elif t.number in retried:
                     name = f"{why or _LOST} (queued again)"
                 elif why in (Failure.SURPLUS, Failure.UNUSED):
                     name = str(why)

@@ -50,3 +50,17 @@ def test_a_running_trial_whose_worker_is_gone_is_counted_lost():
         "complete": 1, "running": 1,
         "lost with its worker (the next run queues it again)": 1}
     assert view.by_state() == {"complete": 1, "running": 2}  # without the look: as stored
+
+
+def test_a_chain_of_losses_ended_as_its_own_failure_reads_as_one_failure():
+    """Lost three times (state.Requeue ends the chain with a record of its own failure): the
+    last loss was counted "queued again" and the record "fail", one trial twice."""
+    from asl_sweep.search.state import LOST_ATTEMPTS
+
+    end = _trial(4, TrialState.FAIL, retried=[1, 2, 3], failure=Failure.ERROR)
+    end.system_attrs[LOST_ATTEMPTS] = 3
+    trials = [_trial(0, TrialState.COMPLETE), _trial(1, TrialState.FAIL),
+              _trial(2, TrialState.FAIL, retried=[1]), _trial(3, TrialState.FAIL, [1, 2]), end]
+    view = StageView(StageConfig(name="s", space={"lr": [1e-3]}), trials, None, {})
+    assert view.by_state() == {"complete": 1, "fail (lost with its worker 3 times)": 1,
+                               "lost with their workers (queued again)": 2}
