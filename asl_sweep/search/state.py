@@ -511,7 +511,8 @@ class Requeue:
         settings = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "as it came"
         # A repeat is numbered in its own study: named by what it repeats, as progress does.
         which = (f"repeat {kept[TrialKey.REPEAT]} of trial {kept[TrialKey.CONFIRMS]}"
-                 if TrialKey.REPEAT in kept else f"trial {history[0]}")
+                 if TrialKey.REPEAT in kept and TrialKey.CONFIRMS in kept
+                 else f"trial {history[0]}")
         if lost_now and lost >= MAX_LOST:
             # Its own failure, recorded as the last attempt of the chain: the one lost is
             # finished already, and a finished trial takes no new attribute.
