@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.runtime import signals
 from asl_sweep.search.optuna_api import keeps_heartbeats, storage_of, study_id_of, trial_id_of
 
-HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3
+HEARTBEAT_S, GRACE_S, MAX_RETRY = 5, 30, 3  # MAX_RETRY: attempts a bug may stop (Requeue)
 # A trial lost with its worker this many times counts as failed on its own: a process killed
 # whenever it trains some settings (the kernel's out-of-memory killer) was retried until the
 # retries ran out, each rerun killed again without a word, then dropped without one.
@@ -226,6 +226,7 @@ class Failure(StrEnum):
 # Optuna's own system attributes that asl-sweep reads.
 FIXED_PARAMS, FAILED_TRIAL, RETRY_HISTORY = "fixed_params", "failed_trial", "retry_history"
 LOST_ATTEMPTS = PREFIX + "lost_attempts"  # how many of a retried trial's attempts were lost
+CRASHED_ATTEMPTS = PREFIX + "crashed_attempts"  # ... and how many met a bug
 # What a retry keeps of Optuna's own: its queued settings, and the grid point it holds (a
 # retry without one was a fresh slot to the grid sampler: it took another point, while it
 # trained the first, and the grid skipped or repeated points).
@@ -496,17 +497,24 @@ def take_waiting(study: optuna.Study, accept: Callable[[FrozenTrial], bool] = la
 
 
 class Requeue:
-    """Queue a failed trial again with the same parameters and role, at most MAX_RETRY times
-    (a trial whose worker died, or one stopped by a signal or a fault). Called by the one
-    process that failed it (the storage's state change is one process's alone), or by
-    `_queue_lost` for one whose failer died before queueing it."""
+    """Queue a failed trial again with the same parameters and role (a trial whose worker
+    died, or one stopped by a signal, a fault or a bug). A stop the user asked for or a
+    fault of the machine is queued again however often it comes: each takes a rerun, and
+    one trial stopped a fourth time (Ctrl-C each evening on a long trial) was dropped, not
+    run and not counted. A loss with the worker ends the chain at MAX_LOST, as the trial's
+    own failure; a bug at MAX_RETRY. Called by the one process that failed it (the
+    storage's state change is one process's alone), or by `_queue_lost` for one whose
+    failer died before queueing it."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
         lost_now = TrialKey.FAILURE not in trial.user_attrs  # its worker died with it
         lost = trial.system_attrs.get(LOST_ATTEMPTS, 0) + lost_now
+        crashed = (trial.system_attrs.get(CRASHED_ATTEMPTS, 0)
+                   + (trial.user_attrs.get(TrialKey.FAILURE) == Failure.CRASHED))
         system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k in _KEPT_SYSTEM},
-                        FAILED_TRIAL: history[0], RETRY_HISTORY: history, LOST_ATTEMPTS: lost}
+                        FAILED_TRIAL: history[0], RETRY_HISTORY: history, LOST_ATTEMPTS: lost,
+                        CRASHED_ATTEMPTS: crashed}
         kept = {k: v for k, v in trial.user_attrs.items() if k in KEPT_ON_RETRY}
         settings = ", ".join(f"{k}={v}" for k, v in trial.params.items()) or "as it came"
         # A repeat is numbered in its own study: named by what it repeats, as progress does.
@@ -526,8 +534,9 @@ class Requeue:
                         "killer: dmesg | grep -i oom); a smaller batch_size, image_size or "
                         "model needs less", which, settings, lost)
             return
-        if len(history) > MAX_RETRY:
-            log.warning("trial %s failed %d times; not retried again", history[0], len(history))
+        if crashed > MAX_RETRY:
+            log.warning("%s (%s) met a bug in asl-sweep %d times; not retried again", which,
+                        settings, crashed)
             return
         if lost_now:
             log.warning("%s (%s) was lost with its worker (the process was killed or "

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from asl_sweep.search import state
-from asl_sweep.search.state import Role, TrialKey, claim, queue_budget, take_waiting
+from asl_sweep.search.state import Failure, Role, TrialKey, claim, queue_budget, take_waiting
 
 PACKAGE = Path(__file__).parents[2] / "asl_sweep"
 
@@ -453,3 +453,32 @@ def test_a_lost_repeat_is_named_by_what_it_repeats(caplog):
         state.Requeue()(study, study.trials[0])
     assert "repeat 1 of trial 3 (lr=0.01) was lost with its worker" in caplog.text
     assert study.trials[-1].state.name == "WAITING"
+
+
+@pytest.mark.parametrize("why", [Failure.INTERRUPTED, Failure.STOPPED])
+def test_a_trial_stopped_again_and_again_is_queued_each_time(why):
+    """A long trial stopped with Ctrl-C each evening (or by a full disk each time): the
+    fourth stop dropped it, neither run nor counted. Only a bug is retried a bounded number
+    of times (it stops the run with its traceback each time)."""
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.INCUMBENT})
+    for _ in range(6):
+        trial = study.ask()
+        trial.set_user_attr(TrialKey.FAILURE, why)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        state.Requeue()(study, study.trials[-1])
+    assert study.trials[-1].state.name == "WAITING"
+    assert state.retries_of(study.trials[-1]) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_trial_a_bug_stops_again_and_again_is_not_retried_without_end(caplog):
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={TrialKey.ROLE: Role.INCUMBENT})
+    for _ in range(state.MAX_RETRY + 1):
+        trial = study.ask()
+        trial.set_user_attr(TrialKey.FAILURE, Failure.CRASHED)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        with caplog.at_level("WARNING", logger="asl_sweep.search.state"):
+            state.Requeue()(study, study.trials[-1])
+    assert study.trials[-1].state.name == "FAIL"  # the fourth: not queued again
+    assert "trial 0 (as it came) met a bug in asl-sweep 4 times; not retried again" in caplog.text
