@@ -13,16 +13,23 @@ from optuna.trial import FrozenTrial, TrialState
 from asl_sweep.search.selection import StageResult, role_of
 from asl_sweep.search.state import (
     LOST_ATTEMPTS,
-    MAX_LOST,
     Failure,
     Role,
     TrialKey,
+    ends_losses,
     outcome_of,
     retries_of,
 )
 from asl_sweep.settings.spec import StageConfig
 
 _LOST = "lost"  # a trial whose worker died: found by the next look, queued again
+_LOST_UNFOUND = "lost (not found yet)"  # RUNNING, its worker gone: the next run finds it
+# How by_state says its lost trials: for one, for several.
+_LOST_SAID = {
+    f"{_LOST} (queued again)": ("lost with its worker (queued again)",
+                                "lost with their workers (queued again)"),
+    _LOST_UNFOUND: ("lost with its worker (the next run queues it again)",
+                    "lost with their workers (the next run queues them again)")}
 
 
 @dataclass
@@ -47,33 +54,30 @@ class StageView:
         machine that no longer exists): such a trial is lost, not running (after a run killed
         outright, `status` said `1 running` with nothing running)."""
         retried = {n for t in self.trials for n in retries_of(t)}
-        # The record that ends a chain of losses (state.Requeue, MAX_LOST): its own failure,
-        # counted with the loss it follows, which was not queued again.
-        ended = {retries_of(t)[-1]: t.system_attrs[LOST_ATTEMPTS] for t in self.trials
-                 if t.state == TrialState.FAIL and retries_of(t)
-                 and t.user_attrs.get(TrialKey.FAILURE) == Failure.ERROR
-                 and t.system_attrs.get(LOST_ATTEMPTS, 0) >= MAX_LOST}
+        # The record that ends a chain of losses (state.Requeue): its own failure, counted
+        # in place of the last loss, which was not queued again.
+        ended = {retries_of(t)[-1]: t for t in self.trials if ends_losses(t)}
         counts: dict[str, int] = {}
         for t in self.trials:
             name = t.state.name.lower()
             if t.state == TrialState.RUNNING and gone(t.user_attrs.get(TrialKey.WORKER, "")):
-                name = f"{_LOST} (the next run queues it again)"
+                name = _LOST_UNFOUND
             if t.state == TrialState.FAIL:
                 why = t.user_attrs.get(TrialKey.FAILURE)
+                if ends_losses(t):
+                    continue  # counted in place of the loss it ends
                 if t.number in ended:
-                    name = f"fail (lost with its worker {ended[t.number]} times)"
-                elif why == Failure.ERROR and t.system_attrs.get(LOST_ATTEMPTS, 0) >= MAX_LOST:
-                    continue  # counted with the loss it ends
+                    name = (f"fail (lost with its worker "
+                            f"{ended[t.number].system_attrs[LOST_ATTEMPTS]} times)")
                 elif t.number in retried:
                     name = f"{why or _LOST} (queued again)"
                 elif why in (Failure.SURPLUS, Failure.UNUSED):
                     name = str(why)
             counts[name] = counts.get(name, 0) + 1
-        for then in ("queued again", "the next run queues it again"):
-            lost = counts.pop(f"{_LOST} ({then})", 0)
+        for key, (one, many) in _LOST_SAID.items():
+            lost = counts.pop(key, 0)
             if lost:
-                counts[f"lost with {'its worker' if lost == 1 else 'their workers'} "
-                       f"({then.replace(' it ', ' them ') if lost > 1 else then})"] = lost
+                counts[one if lost == 1 else many] = lost
         return counts
 
     def ranked(self, roles=("incumbent", "seed", "search")) -> list[FrozenTrial]:

@@ -557,6 +557,14 @@ def retries_of(trial: FrozenTrial) -> list[int]:
     return list(trial.system_attrs.get(RETRY_HISTORY, []))
 
 
+def ends_losses(trial: FrozenTrial) -> bool:
+    """Whether `trial` is the record Requeue writes when a trial is lost with its worker
+    MAX_LOST times: its own failure, standing for the last loss."""
+    return (trial.state == TrialState.FAIL
+            and trial.user_attrs.get(TrialKey.FAILURE) == Failure.ERROR
+            and trial.system_attrs.get(LOST_ATTEMPTS, 0) >= MAX_LOST)
+
+
 def renumbered(t: FrozenTrial, offset: int) -> FrozenTrial:
     """A copy of a repeats-study trial numbered in its stage (its study's trial 0 is the
     stage's trial `offset`), retry history included (a trial read without a copy is the
