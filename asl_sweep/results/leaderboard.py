@@ -19,6 +19,7 @@ from asl_sweep.search import (
     views_lines,
 )
 from asl_sweep.settings.spec import StudyConfig
+from asl_sweep.settings.studyfile import study_named
 
 LABELS = {Role.INCUMBENT: " (incumbent)", Role.SEED: " (seed)", Role.SEARCH: "",
           Role.CONFIRM: " (repeat)"}
@@ -85,8 +86,9 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
 
 def print_studies(ws: Workspace) -> None:
     """`status` without a study: the studies recorded in the home's Optuna store, each with
-    its shipped YAML where sweeps/ has one by its name (a study is read back from the YAML it
-    ran from, with the --set it ran with)."""
+    the study file its name points to, where there is one (studyfile.study_named: NAME.yaml
+    here or in sweeps/; a study is read back from the YAML it ran from, with the --set it ran
+    with)."""
     import optuna
 
     from asl_sweep.search import SummaryKey, optuna_storage
@@ -105,9 +107,7 @@ def print_studies(ws: Workspace) -> None:
           "--set it ran with) shows one:")
     width = max(len(n) for n in names)
     for name in names:
-        shipped = next((p for p in (Path("sweeps") / f"{name}{ext}" for ext in (".yaml", ".yml"))
-                        if p.is_file()), None)
-        print(f"  {name.ljust(width)}  {shipped or ''}".rstrip())
+        print(f"  {name.ljust(width)}  {study_named(Path(name)) or ''}".rstrip())
 
 
 def print_status(cfg: StudyConfig, ws: Workspace) -> None:

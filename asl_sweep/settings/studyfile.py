@@ -64,7 +64,7 @@ def parse_scalar(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
-def _study_named(path: Path) -> Path | None:
+def study_named(path: Path) -> Path | None:
     """The study file a missing path most likely meant: the same path with .yaml (or .yml),
     the other of the two (quick.yml for quick.yaml), or a bare study name's file in sweeps/
     (`asl-sweep status quick`)."""
@@ -82,7 +82,7 @@ def read_yaml(path: Path) -> Any:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        near = _study_named(path)
+        near = study_named(path)
         raise ConfigError(f"{path}: no such study file"
                           + (f" ({near} is one: give its path)" if near else "")) from None
     except OSError as e:
