@@ -29,7 +29,7 @@ from asl_sweep.runtime.errors import (
 )
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.settings.spec import StudyConfig
-from asl_sweep.settings.studyfile import is_study_file, load_study
+from asl_sweep.settings.studyfile import build_study, is_study_file, load_study
 
 
 def _home(text: str) -> Path:
@@ -89,12 +89,15 @@ def _default_home() -> Path:
 
 
 def _study_args(p: argparse.ArgumentParser, search: bool = True,
-                without: str | None = None) -> None:
+                without: str | None = None, named: bool = False) -> None:
     """The arguments that say which study, data and stores. `search`: the command reads the
     Optuna store and the trial budget (`train` does neither, and refuses them). `without`:
-    what the command does when no study is given (where it may be left out)."""
+    what the command does when no study is given (where it may be left out). `named`: the
+    command reads a study back, which its name alone finds (`_load_bound`)."""
     p.add_argument("study", type=_path, nargs="?" if without else None,
                    help="study YAML, e.g. sweeps/quick.yaml"
+                   + (", or the name of a study recorded in --home (read with the settings "
+                      "its last run recorded)" if named else "")
                    + (f"; without one: {without}" if without else ""))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting by key path, e.g. base.epochs=5 or "
@@ -173,14 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(train, search=False)
 
     status = sub.add_parser("status", help="stages, trials by state, best so far")
-    _study_args(status, without="the studies recorded in --home")
+    _study_args(status, without="the studies recorded in --home", named=True)
 
     report = sub.add_parser("report", help="Markdown + HTML report with plots, logged to MLflow")
-    _study_args(report)
+    _study_args(report, named=True)
     report.add_argument("--out", type=_out_folder, help="report folder (default <home>/reports/<study>)")
 
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
-    _study_args(exp)
+    _study_args(exp, named=True)
     exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
     exp.add_argument("--format", default="all", type=_formats,
                      metavar="{torchscript,onnx,mlflow,all}",
@@ -190,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
                         "validation) split")
-    _study_args(ev)
+    _study_args(ev, named=True)
     ev.add_argument("--split", default="test", choices=["test", "val"],
                     help="the split to score (val: each repeat's own validation fold, the "
                     "split that chose it)")
@@ -220,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "with --set study=NAME is named the same way here: --other-set "
                          "study=NAME). With --other-home the second study's stores are that "
                          "home's, not the first's --storage and --tracking.")
-    _study_args(cmp)
+    _study_args(cmp, named=True)
     cmp.add_argument("other", type=_path, help="the second study's YAML (may be the same file)")
     cmp.add_argument("--other-set", dest="other_overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="a setting of the second study, e.g. "
@@ -282,7 +285,7 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
     from asl_sweep.runtime.errors import StoreError
     from asl_sweep.search import optuna_storage, stored_data
 
-    cfg, ws = _load(args)
+    cfg, ws = _recorded(args) or _load(args)
     if not ws.has_storage:
         if ws.has_tracking_store and _mlflow_has_study(ws, cfg.study):
             raise StoreError(f"study {cfg.study}: its Optuna store {shown(ws.storage)} is missing, "
@@ -295,6 +298,29 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
                          "store")
     data = stored_data(optuna_storage(ws.storage), cfg, _explicit_data(args))
     return cfg.model_copy(update={"data": data}), ws
+
+
+def _recorded(args: argparse.Namespace) -> tuple[StudyConfig, Workspace] | None:
+    """A study named by its name alone (`asl-sweep report quick`, no such file here), read
+    with the settings its last run recorded (its YAML with the --set it ran with), the
+    command's own --set applied on top; None where the name is a path or no run recorded it."""
+    named = Path(args.study)
+    if named.exists() or str(named) != named.name or is_study_file(named):
+        return None
+    ws = Workspace.at(args.home, args.storage, args.tracking)
+    if not ws.has_storage:
+        return None
+    from asl_sweep.search import optuna_storage, recorded_study
+
+    quiet_optuna()
+    raw = recorded_study(optuna_storage(ws.storage), named.name)
+    if raw is None:
+        return None
+    source = f"study {named.name} (its settings recorded in {shown(ws.storage)})"
+    cfg = build_study(raw, source, args.overrides, args.data, args.trials, args.epochs)
+    print(f"study {named.name}: read with the settings its last run recorded (no file "
+          f"{named} here)", file=sys.stderr)
+    return cfg, ws
 
 
 def _mlflow_has_study(ws: Workspace, study: str) -> bool:

@@ -90,7 +90,7 @@ def test_train_command_tracks_one_run(write_study, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_status_lists_stages(write_study, tmp_path, capsys):
+def test_status_lists_stages(write_study, tmp_path, capsys, monkeypatch):
     path = write_study()
     home = str(tmp_path / "mlruns")
     main(["run", str(path), "--home", home, "--trials", "2"])
@@ -98,6 +98,18 @@ def test_status_lists_stages(write_study, tmp_path, capsys):
     assert main(["status", str(path), "--home", home]) == 0
     out = capsys.readouterr().out
     assert "[1] search: finished" in out and "3 complete" in out  # the incumbent and 2
+    # By its name alone, where its YAML is not (another folder): the settings its run
+    # recorded, --trials 2 among them (was: "tiny: no such study file"); a path that is no
+    # file is still one.
+    monkeypatch.chdir(tmp_path / "mlruns")
+    assert main(["status", "tiny", "--home", home]) == 0
+    named = capsys.readouterr()
+    assert named.out == out
+    assert named.err == "study tiny: read with the settings its last run recorded (no file " \
+                        "tiny here)\n"
+    assert main(["status", "elsewhere/tiny", "--home", home]) == 2
+    assert "elsewhere/tiny: no such study file" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
     assert "    goal: tiny search" in out
     from tests.conftest import TINY_STUDY
 

@@ -87,8 +87,8 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
 def print_studies(ws: Workspace) -> None:
     """`status` without a study: the studies recorded in the home's Optuna store, each with
     the study file its name points to, where there is one (studyfile.study_named: NAME.yaml
-    here or in sweeps/; a study is read back from the YAML it ran from, with the --set it ran
-    with)."""
+    here or in sweeps/). `status NAME` reads one back with the settings its last run
+    recorded (cli._recorded), its YAML path with the --set it ran with."""
     import optuna
 
     from asl_sweep.search import SummaryKey, optuna_storage
@@ -103,8 +103,8 @@ def print_studies(ws: Workspace) -> None:
     if not names:
         print(f"no study recorded yet at {shown(ws.storage)}")
         return
-    print(f"studies recorded at {shown(ws.storage)}; `asl-sweep status STUDY.yaml` (with the "
-          "--set it ran with) shows one:")
+    print(f"studies recorded at {shown(ws.storage)}; `asl-sweep status NAME` shows one (as its "
+          "last run read it; or its YAML, with the --set it ran with):")
     width = max(len(n) for n in names)
     for name in names:
         print(f"  {name.ljust(width)}  {study_named(Path(name)) or ''}".rstrip())

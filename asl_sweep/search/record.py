@@ -106,7 +106,8 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     if created:
         record.set_user_attr(SummaryKey.KIND, "study record")
         write(record, RecordKey.DATA, given)
-        return record, True, {RecordKey.DATA: given}
+        settings = _keep_settings(record, {}, cfg)
+        return record, True, {RecordKey.DATA: given, RecordKey.SETTINGS: settings}
     keys = read(record)
     if _is_a_stage(record, keys):
         raise StoreError(f"study {cfg.study}: that name is taken in this store by a stage of "
@@ -130,7 +131,27 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
         log(f"study {cfg.study}: reads its images in {given['root']} (it first read them in "
             f"{ran['root']}); their names and contents are checked against the ones it "
             "recorded")
-    return record, False, stored
+    return record, False, {**stored, RecordKey.SETTINGS: _keep_settings(record, stored, cfg)}
+
+
+def _keep_settings(record: optuna.Study, stored: dict[str, Any], cfg: StudyConfig) -> dict:
+    """The study's settings as this run reads them (its YAML with the --set it was given),
+    kept in the record where they differ from the stored ones: the commands that read a
+    study back by its name find them there where its YAML is not at hand (`recorded_study`)."""
+    settings = json.loads(cfg.model_dump_json())
+    if stored.get(RecordKey.SETTINGS) != settings:
+        write(record, RecordKey.SETTINGS, settings)
+    return settings
+
+
+def recorded_study(storage, study: str) -> dict[str, Any] | None:
+    """The settings a study's last run read (`_keep_settings`), as a tree for
+    studyfile.build_study; None where no run has recorded them (an older asl-sweep's)."""
+    record = load_record(storage, study)
+    if record is None:
+        return None
+    keys = read(record)
+    return None if _is_a_stage(record, keys) else keys.get(RecordKey.SETTINGS)
 
 
 def _read_here(ran: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

@@ -110,13 +110,15 @@ def queued_key(claim: str) -> str:
 
 
 class RecordKey(StrEnum):
-    """The study record's keys. Written by the first run (data, digest, study run), by each
+    """The study record's keys. Written by the first run (data, digest, study run; settings
+    by every run whose settings differ from the stored ones), by each
     finished training (trained entries, search/reuse.py) and by the final score; read by
     every later command."""
 
     DATA = "data"  # the data settings the study is bound to
     DIGEST = "digest"  # a digest of its files
     STUDY_RUN = "mlflow_study_run"  # the study's MLflow run (the record's creator makes it)
+    SETTINGS = "settings"  # the study's settings as its last run read them (YAML and --set)
     FINAL = "final"  # the final test score, once
 
 

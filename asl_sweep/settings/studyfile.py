@@ -169,16 +169,24 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
     `trials` sets every stage's budget; `epochs` sets base.epochs and every stage's fixed
     epochs (a quick look at a whole study)."""
     path = Path(path)
-    for flag, value in (("--trials", trials), ("--epochs", epochs)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} {value}: must be at least 1 (it sets every stage's "
-                              f"{flag[2:]}; {path} is unchanged)")
-    if trials is not None and trials > MAX_TRIALS:
-        raise ConfigError(f"--trials {trials}: at most {MAX_TRIALS} (a stage queues its budget "
-                          "in the Optuna store first); give fewer, or a stage timeout")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file must be a mapping with study, data, base, stages")
+    return build_study(raw, str(path), overrides, data_root, trials, epochs)
+
+
+def build_study(raw: dict, source: str, overrides: list[str] | None = None,
+                data_root: str | Path | None = None, trials: int | None = None,
+                epochs: int | None = None) -> StudyConfig:
+    """A study's settings from its YAML's tree (`source` names where it came from in the
+    errors: the file, or the copy a study's record keeps), with load_study's overrides."""
+    for flag, value in (("--trials", trials), ("--epochs", epochs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1 (it sets every stage's "
+                              f"{flag[2:]}; {source} is unchanged)")
+    if trials is not None and trials > MAX_TRIALS:
+        raise ConfigError(f"--trials {trials}: at most {MAX_TRIALS} (a stage queues its budget "
+                          "in the Optuna store first); give fewer, or a stage timeout")
     raw = copy.deepcopy(raw)
     for item in overrides or []:
         apply_set(raw, item)
@@ -196,7 +204,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None,
     try:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{path}: {format_validation_error(e)}") from None
+        raise ConfigError(f"{source}: {format_validation_error(e)}") from None
     if cfg.data.root is not None and not cfg.data.root.is_absolute():
         # Relative data roots are relative to where the user runs the command.
         cfg.data.root = cfg.data.root.resolve()

@@ -593,6 +593,30 @@ def test_a_study_with_no_finished_trial_binds_to_the_data_of_the_run_that_trains
         bind(storage, photos, log=lambda _: None)
 
 
+def test_a_run_keeps_the_settings_it_read_for_the_commands_that_name_the_study(write_study,
+                                                                            tmp_path):
+    """`asl-sweep report NAME` where the YAML is not at hand: the record keeps the settings
+    the last run read (its YAML and --set), the ones the study's stages ran with."""
+    from asl_sweep.search.record import bind, recorded_study
+    from asl_sweep.search.store import optuna_storage
+    from asl_sweep.settings.studyfile import build_study
+
+    storage = optuna_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    path = write_study({})
+    assert recorded_study(storage, "tiny") is None  # nothing run
+    first = load_study(path, ["stages.0.trials=5", "base.lr=0.02"])
+    bind(storage, first, log=lambda _: None)
+    assert build_study(recorded_study(storage, "tiny"), "recorded") == first
+    later = load_study(path, ["stages.0.trials=7"])
+    bind(storage, later, log=lambda _: None)
+    assert build_study(recorded_study(storage, "tiny"), "recorded") == later
+    # The command's own --set applies on top; a stage's Optuna study is no study.
+    assert build_study(recorded_study(storage, "tiny"), "recorded",
+                       ["base.epochs=9"]).base.epochs == 9
+    optuna.create_study(study_name="tiny.search", storage=storage)
+    assert recorded_study(storage, "tiny.search") is None
+
+
 def test_a_study_with_no_finished_trial_binds_to_its_files_as_they_are_now(write_study,
                                                                             tmp_path):
     """A photo folder tidied after a `train` (which finishes no trial): the study binds to
