@@ -16,6 +16,7 @@ from asl_sweep.search import (
     load_stage_study,
     optuna_storage,
     read,
+    silent_trials,
     stage_trials,
 )
 from asl_sweep.settings.spec import StudyConfig
@@ -36,7 +37,8 @@ def read_stages(cfg: StudyConfig, ws: Workspace) -> list[StageView]:
         views.append(StageView(stage, trials, StageResult(**result) if result else None,
                                shared.get(StageKey.CARRIED, {}), shared.get(StageKey.PLAN),
                                shared.get(StageKey.BUDGET),
-                               None if result else shared.get(StageKey.STOPPED)))
+                               None if result else shared.get(StageKey.STOPPED),
+                               silent_trials(study, trials)))
     return views
 
 

@@ -1,8 +1,8 @@
 """The few places asl-sweep reaches inside Optuna, in one adapter.
 
 Optuna's public API has no way to get at a study's storage and id, a trial's id, the class
-that says a storage keeps heartbeats of its own, or a tell that does not read the trial
-back; asl-sweep needs them to keep its own attributes on studies and trials
+that says a storage keeps heartbeats of its own, the trials whose heartbeats stopped (short
+of failing them), or a tell that does not read the trial back; asl-sweep needs them to keep its own attributes on studies and trials
 (search/state.py), to beat where Optuna does not, and to spare a storage call a trial. Every
 call here has a test (tests/search/test_optuna_api.py) that fails when Optuna changes it."""
 
@@ -48,6 +48,13 @@ def keeps_heartbeats(storage: Any) -> bool:
     """Whether the storage records Optuna's heartbeats itself (the RDB storage does; the
     gRPC proxy does not)."""
     return isinstance(storage, BaseHeartbeat)
+
+
+def stale_trial_ids(storage: Any, study_id: int) -> list[int]:
+    """The ids of a study's RUNNING trials whose heartbeats stopped for the storage's grace
+    period, by the storage's own clock (the check fail_stale_trials makes before it fails
+    them; a storage that keeps heartbeats)."""
+    return storage._get_stale_trial_ids(study_id)
 
 
 def engine_of(storage: optuna.storages.RDBStorage) -> Any:

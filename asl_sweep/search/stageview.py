@@ -41,6 +41,8 @@ class StageView:
     plan: dict[str, Any] | None = None  # the confirmation plan, once made
     ran_budget: int | None = None  # the `trials` the stage last ran with (--trials included)
     stopped: str | None = None  # why its gate stopped the study, where it did (undecided)
+    # RUNNING trials whose worker stopped beating (state.silent_trials), on any machine
+    silent: frozenset[int] = frozenset()
 
     @property
     def budget(self) -> int:
@@ -52,7 +54,8 @@ class StageView:
         not as a failure; `fail` is a trial's own failure, which used its turn. `gone`: whether
         a RUNNING trial's worker (its worker_id) is known to be gone (a process of this
         machine that no longer exists): such a trial is lost, not running (after a run killed
-        outright, `status` said `1 running` with nothing running)."""
+        outright, `status` said `1 running` with nothing running), as is one in `silent` (its
+        worker, here or on another machine, stopped beating)."""
         retried = {n for t in self.trials for n in retries_of(t)}
         # The record that ends a chain of losses (state.Requeue): its own failure, counted
         # in place of the last loss, which was not queued again.
@@ -60,7 +63,8 @@ class StageView:
         counts: dict[str, int] = {}
         for t in self.trials:
             name = t.state.name.lower()
-            if t.state == TrialState.RUNNING and gone(t.user_attrs.get(TrialKey.WORKER, "")):
+            if t.state == TrialState.RUNNING and (
+                    t.number in self.silent or gone(t.user_attrs.get(TrialKey.WORKER, ""))):
                 name = _LOST_UNFOUND
             if t.state == TrialState.FAIL:
                 why = t.user_attrs.get(TrialKey.FAILURE)

@@ -652,7 +652,7 @@ def beating(study: optuna.Study, trial_id: int) -> Iterator[None]:
         thread.join(HEARTBEAT_S)
 
 
-def _silent(t: FrozenTrial, now: float) -> bool:
+def beat_stopped(t: FrozenTrial, now: float) -> bool:
     """A running trial (through the proxy) that has not beaten for GRACE_S."""
     last = t.system_attrs.get(BEAT) or (t.datetime_start.timestamp() if t.datetime_start
                                         else now)
@@ -688,8 +688,8 @@ def fail_dead_trials(study: optuna.Study, every: bool = True,
         if t.state != TrialState.RUNNING:
             continue
         worker = t.user_attrs.get(TrialKey.WORKER, "")
-        if gone_here(worker) or (not keeps_heartbeats(storage) and _silent(t, now)) or (
-                not worker and _silent(t, now)):
+        if gone_here(worker) or (not keeps_heartbeats(storage) and beat_stopped(t, now)) or (
+                not worker and beat_stopped(t, now)):
             try:
                 if storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL):
                     Requeue()(study, storage.get_trial(trial_id_of(t)))

@@ -18,7 +18,14 @@ from optuna.trial import FrozenTrial
 from asl_sweep.runtime.errors import StoreError, environment_fault, refusal, refused_line
 from asl_sweep.runtime.outage import created_elsewhere, lost_connection, retrying
 from asl_sweep.runtime.workspace import shown
-from asl_sweep.search.optuna_api import engine_of, storage_of
+from asl_sweep.search.optuna_api import (
+    engine_of,
+    keeps_heartbeats,
+    stale_trial_ids,
+    storage_of,
+    study_id_of,
+    trial_id_of,
+)
 from asl_sweep.search.space import grid
 from asl_sweep.search.state import (
     GRACE_S,
@@ -26,6 +33,7 @@ from asl_sweep.search.state import (
     RecordKey,
     Requeue,
     StageKey,
+    beat_stopped,
     grid_placeholder,
     open_shared,
     read,
@@ -249,6 +257,27 @@ def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None,
         except KeyError:
             return trials
     return joined(trials, repeats.get_trials(deepcopy=False), first)
+
+
+def silent_trials(study: optuna.Study, trials: list[FrozenTrial]) -> frozenset[int]:
+    """The numbers of the RUNNING trials among a stage's `trials` (stage_trials: its search
+    study's and its repeats') whose worker, on any machine, stopped beating GRACE_S ago:
+    lost, though no worker has looked yet (the next run's or worker's look fails them and
+    queues them again; a reader such as `status` fails nothing)."""
+    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    if not running:
+        return frozenset()
+    storage = storage_of(study)
+    if not keeps_heartbeats(storage):  # the proxy: asl-sweep's own beat attribute
+        now = time.time()
+        return frozenset(t.number for t in running if beat_stopped(t, now))
+    stale = set(stale_trial_ids(storage, study_id_of(study)))
+    try:
+        stale |= set(stale_trial_ids(storage, storage.get_study_id_from_name(
+            study.study_name + REPEATS_SUFFIX)))
+    except KeyError:  # no repeats yet
+        pass
+    return frozenset(t.number for t in running if trial_id_of(t) in stale)
 
 
 def joined(searched: list[FrozenTrial], repeated: list[FrozenTrial],

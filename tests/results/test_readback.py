@@ -27,3 +27,43 @@ def test_status_of_a_finished_study_imports_no_torch(write_study, tmp_path):
     assert "[1] search: finished" in proc.stdout, proc.stderr
     outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcome == {"code": 0, "heavy": []}
+
+
+def test_a_trial_whose_worker_on_another_machine_stopped_beating_reads_as_lost(write_study,
+                                                                               tmp_path):
+    """A worker on another machine lost (a power cut): `status` said its trial was running
+    until some run or worker looked (only a dead process of this machine was seen at once).
+    A trial silent for the grace period reads as lost, in the stage and in its repeats."""
+    import optuna
+    from sqlalchemy import text
+
+    from asl_sweep.results.readback import read_stages
+    from asl_sweep.runtime.workspace import Workspace
+    from asl_sweep.search import gone_here, optuna_storage
+    from asl_sweep.search.optuna_api import engine_of, trial_id_of
+    from asl_sweep.search.state import StageKey, TrialKey, write
+    from asl_sweep.search.store import REPEATS_SUFFIX, stage_study_name
+    from asl_sweep.settings.studyfile import load_study
+
+    cfg = load_study(write_study())
+    ws = Workspace.at(tmp_path / "home")
+    ws.prepare()
+    storage = optuna_storage(ws.storage)
+    name = stage_study_name(cfg, cfg.stages[0])
+    stage = optuna.create_study(study_name=name, storage=storage)
+    repeats = optuna.create_study(study_name=name + REPEATS_SUFFIX, storage=storage)
+    write(stage, StageKey.PLAN, {"first_repeat": 2})
+    taken = [stage.ask(), stage.ask(), repeats.ask()]
+    for trial in taken:
+        trial.set_user_attr(TrialKey.WORKER, "another-machine:4242")
+        storage.record_heartbeat(trial_id_of(trial))
+    (view,) = read_stages(cfg, ws)
+    assert view.by_state(gone_here) == {"running": 3}
+    with engine_of(storage).begin() as db:
+        db.execute(text("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-5 minutes') "
+                        "WHERE trial_id != :id"), {"id": trial_id_of(taken[1])})
+    (view,) = read_stages(cfg, ws)
+    assert view.silent == {0, 2}  # the repeat is the stage's trial 2
+    assert view.by_state(gone_here) == {
+        "running": 1, "lost with their workers (the next run queues them again)": 2}
+    assert [t.state.name for t in stage.get_trials()] == ["RUNNING", "RUNNING"]  # failed none

@@ -8,6 +8,7 @@ from asl_sweep.search.optuna_api import (
     engine_of,
     frozen_of,
     keeps_heartbeats,
+    stale_trial_ids,
     storage_of,
     study_id_of,
     tell,
@@ -84,3 +85,19 @@ def test_tell_ends_a_trial_as_study_tell_does_without_reading_it_back(sqlite_stu
         ("COMPLETE", 0.5), ("PRUNED", 0.25), ("FAIL", None)]
     with pytest.raises(ValueError, match="Cannot tell a COMPLETE trial"):
         tell(study, done, 0.6)
+
+
+def test_stale_trial_ids_are_the_running_trials_whose_heartbeats_stopped(sqlite_study):
+    from sqlalchemy import text
+
+    study, storage = sqlite_study
+    quiet, beating, never = study.ask(), study.ask(), study.ask()
+    for trial in (quiet, beating):
+        storage.record_heartbeat(trial_id_of(trial))
+    assert stale_trial_ids(storage, study_id_of(study)) == []
+    with engine_of(storage).begin() as db:  # its last beat 31 s ago: past the grace period
+        db.execute(text("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-31 seconds') "
+                        "WHERE trial_id = :id"), {"id": trial_id_of(quiet)})
+    assert stale_trial_ids(storage, study_id_of(study)) == [trial_id_of(quiet)]
+    study.tell(never, 0.5)
+    assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING  # not failed
