@@ -66,6 +66,9 @@ LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom
           "+ turn 0.2, trivial 0.5, crop 0.7": {"turn": 0.2, "trivial": 0.5, "crop_scale": 0.7},
           # ... and the start with every image drawn at 64 px, not 48 (the far hands' pixels)
           "+ turn 0.2, size 64": {"turn": 0.2, "image_size": 64},
+          # the start with a focal loss: the images still wrong (unusual hands) weigh more
+          "+ turn 0.2, focal 1": {"turn": 0.2, "focal_gamma": 1.0},
+          "+ turn 0.2, focal 2": {"turn": 0.2, "focal_gamma": 2.0},
           # transfer only: more cached views, so more of the turned ones reach the head
           "+ turn 0.35, feature_views 5": {"turn": 0.35, "transfer": {"feature_views": 5}}}
 EPOCHS = {"cnn": 40, "transfer": 15}
@@ -109,6 +112,7 @@ def main() -> None:
             extra = dict(extra)
             lever_transfer = extra.pop("transfer", {})
             size = extra.pop("image_size", None)
+            loss = {k: extra.pop(k) for k in ("focal_gamma",) if k in extra}  # not augment's
             if (args.only and name not in args.only) or (lever_transfer and not transfer):
                 continue
             study = study_at(size)
@@ -116,7 +120,7 @@ def main() -> None:
                 data = study.split(fold=seed if args.folds else 0)
                 kinds = [styles[int(g[1:])].unusual or "usual"
                          for g in study.groups[data.val_index]]
-                settings = {**base, "epochs": epochs, "seed": seed,
+                settings = {**base, "epochs": epochs, "seed": seed, **loss,
                             "augment": {**base_augment, **extra}}
                 if transfer:
                     settings["transfer"] = {**base["transfer"], **changed, **lever_transfer}

@@ -277,6 +277,11 @@ class TrainConfig(Strict):
     augment: AugmentConfig = Field(AugmentConfig(), description="training-time augmentation")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="the training loss's "
                                    "label smoothing; the validation loss is plain")
+    focal_gamma: float = Field(0.0, ge=0.0, le=5.0, description="the training loss's focal "
+                               "exponent: each image's cross-entropy weighed by (1 - p)^gamma, "
+                               "p its probability of its own letter, so the images the model "
+                               "still gets wrong (an unusual hand) count more than the ones it "
+                               "has learnt; 0: plain cross-entropy; the validation loss is plain")
     image_size: int | None = Field(None, ge=8, le=1024, description="the size images are "
                                    "decoded at for this model; null: the stage's image_size, "
                                    "else data.image_size (a backbone: its own input size); "

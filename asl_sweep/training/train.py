@@ -164,6 +164,22 @@ def _scored(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return total_loss.item() / max(1, len(y)), right
 
 
+def training_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0,
+                  gamma: float = 0.0) -> torch.Tensor:
+    """The mean training loss of a batch: cross-entropy against `target` (class indices, or
+    a row of class weights from mixup or cutmix), its labels smoothed by `smoothing`; with
+    `gamma` > 0 each class term weighed by (1 - p)^gamma (the focal loss, Lin et al. 2017),
+    which is the plain cross-entropy at 0."""
+    if gamma == 0.0:
+        return F.cross_entropy(logits, target, label_smoothing=smoothing)
+    classes = logits.shape[1]
+    weights = target if target.dim() == 2 else F.one_hot(target, classes).to(logits.dtype)
+    if smoothing:
+        weights = weights * (1.0 - smoothing) + smoothing / classes
+    log_p = F.log_softmax(logits, dim=1)
+    return -(weights * (1.0 - log_p.exp()).pow(gamma) * log_p).sum(dim=1).mean()
+
+
 def person_scores(right: torch.Tensor, people: torch.Tensor | None) -> tuple[float, float, float]:
     """(mean, 25th percentile, worst) of per-person accuracy: `right` says per image whether
     it was classified right, `people` its person as an integer code (None: every image is
@@ -251,8 +267,8 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                         group["lr"] = group["initial_lr"] * factor
                 with torch.autocast(device.type, amp, enabled=amp is not None):
                     logits = trained(xb)
-                loss = F.cross_entropy(logits.float(), target,
-                                       label_smoothing=cfg.label_smoothing)
+                loss = training_loss(logits.float(), target, cfg.label_smoothing,
+                                     cfg.focal_gamma)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
