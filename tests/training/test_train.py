@@ -7,7 +7,7 @@ from asl_sweep.runtime.errors import ConfigError, UnsafeFileError
 from asl_sweep.runtime.files import load_tensors
 from asl_sweep.settings.config import DataConfig, TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
-from asl_sweep.training.train import person_scores, resolve_device, train
+from asl_sweep.training.train import person_scores, resolve_device, train, training_loss
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +194,34 @@ def test_label_smoothing_and_mixup_keep_the_training_loss_off_zero(synthetic_spl
     smooth = train(base.model_copy(update={"label_smoothing": 0.2}), tiny, "cpu").history[-1]
     mixed = train(TrainConfig(**{**base.model_dump(), "augment": {"mixup": 1.0}}), tiny,
                   "cpu").history[-1]
+    # The focal loss trains with it: the images learnt weigh next to nothing, so its loss
+    # falls below the plain loss's on the same run.
+    focal = train(base.model_copy(update={"focal_gamma": 2.0}), tiny, "cpu").history[-1]
+    assert focal.train_acc == 1.0 and focal.train_loss < plain.train_loss / 10
     assert plain.train_loss < 0.05 and plain.train_acc == 1.0
     assert smooth.train_loss > 0.5 and smooth.train_acc == 1.0  # the floor: 0.84 nats
     assert mixed.train_loss > 0.2
+
+
+def test_the_focal_loss_is_cross_entropy_at_zero_and_weighs_what_is_still_wrong():
+    import math
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    logits = torch.randn(16, 9)
+    hard, soft = torch.randint(0, 9, (16,)), torch.softmax(torch.randn(16, 9), dim=1)
+    for target in (hard, soft):  # class indices, and mixup's rows of class weights
+        for smoothing in (0.0, 0.1):
+            plain = F.cross_entropy(logits, target, label_smoothing=smoothing)
+            assert training_loss(logits, target, smoothing) == plain
+            assert torch.allclose(training_loss(logits, target, smoothing, 1e-9), plain)
+    # Two images of letter 0, one learnt (p 0.9), one wrong (p 0.1): at gamma 2 each one's
+    # cross-entropy is weighed by (1 - p)^2, 0.01 and 0.81.
+    two = torch.log(torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+    expected = -(0.01 * math.log(0.9) + 0.81 * math.log(0.1)) / 2
+    assert training_loss(two, torch.tensor([0, 0]), gamma=2.0).item() == \
+        pytest.approx(expected, rel=1e-5)
 
 
 def test_person_scores_count_each_person_once():
