@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) the staged search of a study")
-    _study_args(run)
+    _study_args(run, named=True)
     run.add_argument("--workers", type=_workers_arg,
                      help="trainings side by side on this machine: a number, or auto (one "
                           "per CPU core with a thread each, or one per GPU; default: auto, or "
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(small trials that leave a big GPU idle; default 1)")
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
-    _study_args(worker)
+    _study_args(worker, named=True)
     worker.add_argument("--worker-index", type=_worker_index_arg,
                         help="sampler seed offset, 0 to 9999; 0 is the lone worker's "
                              "(default: from the PID)")
@@ -303,7 +303,9 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
 def _recorded(args: argparse.Namespace) -> tuple[StudyConfig, Workspace] | None:
     """A study named by its name alone (`asl-sweep report quick`, no such file here), read
     with the settings its last run recorded (its YAML with the --set it ran with), the
-    command's own --set applied on top; None where the name is a path or no run recorded it."""
+    command's own --set applied on top; None where the name is a path or no run recorded it.
+    `run` and `worker` resume it so (a worker on a machine without the YAML), and bind
+    checks the data as for any run."""
     named = Path(args.study)
     if named.exists() or str(named) != named.name or is_study_file(named):
         return None
@@ -318,8 +320,9 @@ def _recorded(args: argparse.Namespace) -> tuple[StudyConfig, Workspace] | None:
         return None
     source = f"study {named.name} (its settings recorded in {shown(ws.storage)})"
     cfg = build_study(raw, source, args.overrides, args.data, args.trials, args.epochs)
-    print(f"study {named.name}: read with the settings its last run recorded (no file "
-          f"{named} here)", file=sys.stderr)
+    if getattr(args, "parent_pid", None) is None:  # a worker `run` started: `run` said it
+        print(f"study {named.name}: read with the settings its last run recorded (no file "
+              f"{named} here)", file=sys.stderr)
     return cfg, ws
 
 
@@ -528,7 +531,7 @@ def _say(line: str) -> None:
 
 def cmd_run(args) -> int:
     with signals.at_once():  # reading the study file, loading torch: nothing recorded yet
-        cfg, ws = _load(args)
+        cfg, ws = _recorded(args) or _load(args)
         from asl_sweep.results.leaderboard import print_leaderboard
         from asl_sweep.search import resolve_workers, run_pool
 
@@ -571,7 +574,7 @@ def runnable(command: str) -> str:
 
 
 def cmd_worker(args) -> int:
-    cfg, ws = _load(args)
+    cfg, ws = _recorded(args) or _load(args)
     from asl_sweep.search import join_study
 
     index = args.worker_index if args.worker_index is not None else 1 + os.getpid() % 9973

@@ -59,7 +59,7 @@ def test_run_records_every_trial_in_mlflow_and_optuna(write_study, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_rerun_of_a_finished_study_changes_nothing(write_study, tmp_path):
+def test_rerun_of_a_finished_study_changes_nothing(write_study, tmp_path, monkeypatch, capsys):
     path = write_study()
     home = str(tmp_path / "mlruns")
     assert main(["run", str(path), "--home", home, "--trials", "2"]) == 0
@@ -69,6 +69,13 @@ def test_rerun_of_a_finished_study_changes_nothing(write_study, tmp_path):
     assert main(["run", str(path), "--home", home, "--trials", "3"]) == 0
     (after,) = read_stages(cfg, Workspace.at(home))
     assert len(after.trials) == 3 and after.result == before.result
+    # By its name, where its YAML is not (a worker's machine): the same study, resumed.
+    monkeypatch.chdir(home)
+    capsys.readouterr()
+    assert main(["run", "tiny", "--home", home]) == 0
+    assert "study tiny: read with the settings its last run recorded" in capsys.readouterr().err
+    (again,) = read_stages(cfg, Workspace.at(home))
+    assert len(again.trials) == 3 and again.result == before.result
 
 
 @pytest.mark.slow
