@@ -29,7 +29,7 @@ from asl_sweep.runtime.errors import (
 )
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.settings.spec import StudyConfig
-from asl_sweep.settings.studyfile import build_study, is_study_file, load_study
+from asl_sweep.settings.studyfile import build_study, is_study_file, load_study, study_named
 
 
 def _home(text: str) -> Path:
@@ -315,7 +315,12 @@ def _recorded(args: argparse.Namespace) -> tuple[StudyConfig, Workspace] | None:
     from asl_sweep.search import optuna_storage, recorded_study
 
     quiet_optuna()
-    raw = recorded_study(optuna_storage(ws.storage), named.name)
+    try:
+        raw = recorded_study(optuna_storage(ws.storage), named.name)
+    except ConfigError:  # recorded without its settings
+        if study_named(named):
+            return None  # _load names the file it most likely meant
+        raise
     if raw is None:
         return None
     source = f"study {named.name} (its settings recorded in {shown(ws.storage)})"

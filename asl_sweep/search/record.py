@@ -11,7 +11,7 @@ from typing import Any
 
 import optuna
 
-from asl_sweep.runtime.errors import StoreError
+from asl_sweep.runtime.errors import ConfigError, StoreError
 from asl_sweep.search.state import (
     RecordKey,
     StageKey,
@@ -146,12 +146,17 @@ def _keep_settings(record: optuna.Study, stored: dict[str, Any], cfg: StudyConfi
 
 def recorded_study(storage, study: str) -> dict[str, Any] | None:
     """The settings a study's last run read (`_keep_settings`), as a tree for
-    studyfile.build_study; None where no run has recorded them (an older asl-sweep's)."""
+    studyfile.build_study; None where the store has no study of that name. A study whose
+    runs kept none (an older asl-sweep's) is one line saying to give its YAML."""
     record = load_record(storage, study)
-    if record is None:
-        return None
+    if record is None or record.user_attrs.get(SummaryKey.KIND) != "study record":
+        return None  # a stage's Optuna study, or another program's
     keys = read(record)
-    return None if _is_a_stage(record, keys) else keys.get(RecordKey.SETTINGS)
+    if RecordKey.SETTINGS not in keys:
+        raise ConfigError(f"{study}: no such study file; study {study} is recorded in this "
+                          "store, but its runs kept no settings (an asl-sweep before they "
+                          "did): give its YAML, with the --set it ran with")
+    return keys[RecordKey.SETTINGS]
 
 
 def _read_here(ran: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

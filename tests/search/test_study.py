@@ -610,11 +610,22 @@ def test_a_run_keeps_the_settings_it_read_for_the_commands_that_name_the_study(w
     later = load_study(path, ["stages.0.trials=7"])
     bind(storage, later, log=lambda _: None)
     assert build_study(recorded_study(storage, "tiny"), "recorded") == later
-    # The command's own --set applies on top; a stage's Optuna study is no study.
+    # The command's own --set applies on top; a stage's Optuna study (or another program's)
+    # is no study.
     assert build_study(recorded_study(storage, "tiny"), "recorded",
                        ["base.epochs=9"]).base.epochs == 9
     optuna.create_study(study_name="tiny.search", storage=storage)
     assert recorded_study(storage, "tiny.search") is None
+    # A study an older asl-sweep ran (its record keeps no settings): say to give its YAML.
+    from asl_sweep.runtime.errors import ConfigError
+    from asl_sweep.search.state import RecordKey, SummaryKey, open_shared, write
+
+    record, _ = open_shared("older", storage)
+    record.set_user_attr(SummaryKey.KIND, "study record")
+    write(record, RecordKey.DATA, {})
+    with pytest.raises(ConfigError, match="older: no such study file; study older is "
+                                          "recorded in this store, but its runs kept no"):
+        recorded_study(storage, "older")
 
 
 def test_a_study_with_no_finished_trial_binds_to_its_files_as_they_are_now(write_study,
