@@ -201,8 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser("predict", help="class and probability per image")
     pred.add_argument("model", help="model.torchscript.pt, model.onnx, an export folder, "
-                      "models:/NAME/VERSION (or NAME/latest, NAME@ALIAS, m-ID), or a study YAML "
-                      "(its export in --home)")
+                      "models:/NAME/VERSION (or NAME/latest, NAME@ALIAS, m-ID), or a study's "
+                      "YAML or name (its export in --home)")
     pred.add_argument("images", nargs="+", type=_path, help="image files or folders")
     pred.add_argument("--json", action="store_true", help="print JSON lines")
     pred.add_argument("--set", dest="overrides", action="append", default=[],

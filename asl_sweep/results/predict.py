@@ -12,6 +12,7 @@ in one line naming it."""
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -43,6 +44,8 @@ from asl_sweep.runtime.files import sha256_of
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.settings.studyfile import is_study_file, load_study
 from asl_sweep.training.checkpoint import ModelFile
+
+log = logging.getLogger(__name__)
 
 MARKER = "asl_sweep"  # TorchScript extra file asl_sweep.json, ONNX and MLmodel metadata key
 MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside TorchScript and MLflow
@@ -93,7 +96,11 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
         raise ModelFileError(line)
     path = Path(source)
     if not path.exists():
-        raise ModelFileError(f"{source}: no such model file or folder{_meant(source, home)}")
+        export = _named_export(source, home)
+        if export is None:
+            raise ModelFileError(f"{source}: no such model file or folder{_meant(source, home)}")
+        log.info(f"study {source}: its export, {export}")
+        return open_model(str(export), home, tracking)
     if is_study_file(path):
         return open_model(str(study_export(path, Path(home), overrides)), home, tracking)
     if path.is_dir():
@@ -127,17 +134,21 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
     return _from_model_file(source, ModelFile.load(path))
 
 
-def _meant(source: str, home: Path | str) -> str:
-    """What a name that is no file most likely meant: a study's name (its export in the
-    home), or a registered model's name without its models:/ prefix."""
+def _named_export(source: str, home: Path | str) -> Path | None:
+    """The export folder of the study a bare name names (`predict quick photo.jpg`: as every
+    command that names a study takes its name), where `export` wrote one into the home."""
     if "/" in source or source.startswith("."):
-        return ""
+        return None
     try:
         export = Workspace.at(home).exports / source
     except UserError:  # a --home that is no home: the model's line comes first
-        export = None
-    if export is not None and (export / TORCHSCRIPT_FILE).is_file():
-        return f" (the study {source}'s export is {export}: give that, or the study YAML)"
+        return None
+    return export if (export / TORCHSCRIPT_FILE).is_file() else None
+
+
+def _meant(source: str, home: Path | str) -> str:
+    """What a name that is no file or study most likely meant: a registered model's name
+    without its models:/ prefix."""
     if source.startswith("asl-sweep-"):
         return f" (a registered model is named models:/{source}/latest or models:/{source}/N)"
     return ""

@@ -161,7 +161,8 @@ def test_predict_refuses_a_missing_path_or_a_folder_without_images_in_one_line(e
         "that hold them")
 
 
-def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, capsys):
+def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, capsys,
+                                                           monkeypatch):
     cfg, ws, out = exported
     study = out.parent / "study.yaml"
     image = tmp_path / "one.png"
@@ -180,6 +181,11 @@ def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, ca
     # The export folder itself: its TorchScript model (it was "a folder without an MLmodel
     # file")
     assert main(["predict", str(ws.home / "exports" / cfg.study), str(image), "--json"]) == 0
+    assert by_study == json.loads(capsys.readouterr().out)
+    # The study's name alone, as every command that names a study takes it (it was "no such
+    # model file or folder (the study's export is ...: give that)").
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", cfg.study, str(image), "--home", str(ws.home), "--json"]) == 0
     assert by_study == json.loads(capsys.readouterr().out)
     # A study run as --set study=NEW is found by the same --set (its export copied here, as
     # its own export would be).

@@ -169,8 +169,8 @@ def test_an_image_given_as_the_model_says_the_model_comes_first(image, capsys):
 
 def test_what_is_not_a_model_on_this_machine_says_what_to_give(tmp_path, image, capsys):
     """A web address was `https:/host/...: no such model file` (its slashes folded); a study's
-    name, a registered model's name without models:/, the exports folder, or the card or the
-    class list beside an export were "no such model", "without an MLmodel file" or "not a
+    name (now its export), a registered model's name without models:/, the exports folder, or
+    the card or the class list beside an export were "no such model", "without an MLmodel file" or "not a
     file asl-sweep wrote (UnpicklingError)". Each now says what to give instead."""
     home = tmp_path / "home"
     export = home / "exports" / "quick"
@@ -187,8 +187,9 @@ def test_what_is_not_a_model_on_this_machine_says_what_to_give(tmp_path, image, 
     assert said("https://example.com/model.onnx") == (
         "error: https://example.com/model.onnx: a web address; asl-sweep reads files on this "
         "machine: download it first")
-    assert said("quick").endswith(f"(the study quick's export is {export}: give that, or the "
-                                  "study YAML)")
+    # A study's name is its export, as every command that names a study takes its name
+    # (this export's file is empty: refused, the file named).
+    assert said("quick").startswith(f"error: {export / 'model.torchscript.pt'}: ")
     assert said("asl-sweep-quick").endswith("(a registered model is named "
                                             "models:/asl-sweep-quick/latest or "
                                             "models:/asl-sweep-quick/N)")
