@@ -40,6 +40,11 @@ def test_every_shipped_study_runs_through_the_cli(path, tmp_path, monkeypatch, c
     # Fewer, smaller synthetic images: the report runs the real (untrained) models over them.
     small = ["--set", "data.synthetic.per_class=24", "--set", "data.image_size=32",
              *SMALLER.get(path.name, [])]
+    # Its plan first, as shipped: every stage planned, nothing recorded.
+    assert main(["run", str(path), "--home", home, "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert plan.count("\n  trainings: ") == plan.count("\nstage ") > 0 and "in all: " in plan
+    assert not (tmp_path / "mlruns").exists()
     assert main(["run", str(path), "--home", home, "--trials", "2", "--epochs", "3", *small]) == 0
     out = capsys.readouterr().out
     assert "; carries " in out and out.count("final test accuracy") == 1, out  # each line once

@@ -12,7 +12,8 @@
 Pure rules beside them: `space` (the only caller of `trial.suggest_*`), `selection` and
 `racing` (which trials count, what a stage adopts), `pruning` (the incumbent pruner),
 `stageview` (a stage seen whole),
-`progress` (what the terminal shows), `session` (what one process opens once).
+`progress` (what the terminal shows), `plan` (what a study will do, before it runs),
+`session` (what one process opens once).
 
 This front door is what cli.py and results/ use. Its names load on first use, so reading a
 finished study imports neither torch nor the trainer.
@@ -30,6 +31,8 @@ _FRONT_DOOR = {
     # run a study, join one, one training
     "run_study": "study", "run_pool": "pool", "join_study": "pool",
     "resolve_workers": "pool", "train_once": "trial",
+    # what a study will do, before it runs
+    "plan_lines": "plan", "data_line": "plan",
     # score stored checkpoints
     "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
     "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",
