@@ -89,15 +89,15 @@ def _default_home() -> Path:
 
 
 def _study_args(p: argparse.ArgumentParser, search: bool = True,
-                without: str | None = None, named: bool = False) -> None:
+                without: str | None = None) -> None:
     """The arguments that say which study, data and stores. `search`: the command reads the
-    Optuna store and the trial budget (`train` does neither, and refuses them). `without`:
-    what the command does when no study is given (where it may be left out). `named`: the
-    command reads a study back, which its name alone finds (`_load_bound`)."""
+    Optuna store and the trial budget (`train` does neither, and refuses them), and finds a
+    study there by its name alone (`_recorded`). `without`: what the command does when no
+    study is given (where it may be left out)."""
     p.add_argument("study", type=_path, nargs="?" if without else None,
                    help="study YAML, e.g. sweeps/quick.yaml"
                    + (", or the name of a study recorded in --home (read with the settings "
-                      "its last run recorded)" if named else "")
+                      "its last run recorded)" if search else "")
                    + (f"; without one: {without}" if without else ""))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting by key path, e.g. base.epochs=5 or "
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) the staged search of a study")
-    _study_args(run, named=True)
+    _study_args(run)
     run.add_argument("--workers", type=_workers_arg,
                      help="trainings side by side on this machine: a number, or auto (one "
                           "per CPU core with a thread each, or one per GPU; default: auto, or "
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "will search and how many trainings it plans; train and record nothing")
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
-    _study_args(worker, named=True)
+    _study_args(worker)
     worker.add_argument("--worker-index", type=_worker_index_arg,
                         help="sampler seed offset, 0 to 9999; 0 is the lone worker's "
                              "(default: from the PID)")
@@ -179,14 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(train, search=False)
 
     status = sub.add_parser("status", help="stages, trials by state, best so far")
-    _study_args(status, without="the studies recorded in --home", named=True)
+    _study_args(status, without="the studies recorded in --home")
 
     report = sub.add_parser("report", help="Markdown + HTML report with plots, logged to MLflow")
-    _study_args(report, named=True)
+    _study_args(report)
     report.add_argument("--out", type=_out_folder, help="report folder (default <home>/reports/<study>)")
 
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
-    _study_args(exp, named=True)
+    _study_args(exp)
     exp.add_argument("--stage", help="export this stage's winner (default: the last finished)")
     exp.add_argument("--format", default="all", type=_formats,
                      metavar="{torchscript,onnx,mlflow,all}",
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
                         "validation) split")
-    _study_args(ev, named=True)
+    _study_args(ev)
     ev.add_argument("--split", default="test", choices=["test", "val"],
                     help="the split to score (val: each repeat's own validation fold, the "
                     "split that chose it)")
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "with --set study=NAME is named the same way here: --other-set "
                          "study=NAME). With --other-home the second study's stores are that "
                          "home's, not the first's --storage and --tracking.")
-    _study_args(cmp, named=True)
+    _study_args(cmp)
     cmp.add_argument("other", type=_path, help="the second study's YAML (may be the same file)")
     cmp.add_argument("--other-set", dest="other_overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="a setting of the second study, e.g. "

@@ -23,7 +23,7 @@ from asl_sweep.search.progress import final_model_lines, views_lines
 from asl_sweep.search.record import save_final
 from asl_sweep.search.session import Session
 from asl_sweep.search.stageview import StageView
-from asl_sweep.search.state import RecordKey, TrialKey, outcome_of, read
+from asl_sweep.search.state import FINAL_CLAIM, RecordKey, TrialKey, does_job, outcome_of, read
 from asl_sweep.search.store import create_stage_study, stage_trials
 from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
@@ -410,6 +410,14 @@ def final_score(session: Session) -> dict:
                     f"{stored['summary']}")
         return stored
     study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
+    # One process scores it: runs that finish together (several `run`s of one study) each
+    # scored and logged the same tables to the study's MLflow run at once (an integrity
+    # error on MLflow's tag of logged tables stopped one with a traceback).
+    if not does_job(study, FINAL_CLAIM, RecordKey.FINAL, keys_of=session.record):
+        stored = read(session.record)[RecordKey.FINAL]
+        session.log(f"final test accuracy ({stage.name}'s configuration, scored by another "
+                    f"run of the study): {stored['summary']}")
+        return stored
     view = StageView(stage, stage_trials(study), session.results[-1], {})
     test = session.data.test()
     scored, views = score_final(session.data, session.mirror.tracker, view.repeats(), cfg.tta)

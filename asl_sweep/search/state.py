@@ -374,10 +374,12 @@ def _held_s(token: FrozenTrial) -> float:
     return (datetime.datetime.now() - started).total_seconds() if started else 0.0
 
 
-def does_job(study: optuna.Study, name: str, done: str) -> bool:
+def does_job(study: optuna.Study, name: str, done: str,
+             keys_of: optuna.Study | None = None) -> bool:
     """Whether this process does the one-time job `name`, whose doer writes the key `done`
     once it is done: True once it takes the job over (`takes_over`), False once `done` is
-    among the study's keys (the holder did it). The caller has read the keys already: it
+    among the study's keys (or `keys_of`'s: the study record's, for the final score) (the
+    holder did it). The caller has read the keys already: it
     tries the claim first, then looks for `done` after half a second, doubling up to 4 s
     (jittered), one read a look; the claim is read again only once its holder could be
     found dead (a process of this machine gone, a look needs no read; GRACE_S held). A
@@ -395,7 +397,7 @@ def does_job(study: optuna.Study, name: str, done: str) -> bool:
         while True:
             signals.wait(jittered(pause))  # a stop is taken: the claim is another's
             pause = min(4.0, pause * 2)
-            if done in read(study):
+            if done in read(keys_of or study):
                 return False
             if gone_here(holder) or time.monotonic() > look_again:
                 break
@@ -734,6 +736,7 @@ def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:
 
 
 MIRROR_CLAIM = "mirror_decision"  # the claim of the one process that mirrors for another
+FINAL_CLAIM = "final_score"  # on the last stage: the one run that scores the study on test
 
 
 def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:

@@ -372,6 +372,21 @@ def test_a_job_whose_holder_died_on_another_machine_is_taken_over_once_held_grac
     assert not state.does_job(written, "plan", state.StageKey.PLAN)
 
 
+
+def test_the_final_score_is_one_runs_job_and_the_others_read_it(store, monkeypatch):
+    """Runs of one study that finish together each scored the test split and logged the
+    same tables to the study's MLflow run at once (one stopped on MLflow's integrity
+    error): one takes the job, the others wait for the score in the study record."""
+    last = optuna.create_study(study_name="s.last", storage=store)
+    record = optuna.load_study(study_name="s", storage=store)
+    assert state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL, keys_of=record)
+
+    def sleep(seconds):  # the holder (alive: this process) writes the score meanwhile
+        state.write(record, state.RecordKey.FINAL, {"summary": "0.9"})
+
+    monkeypatch.setattr(state.signals, "wait", sleep)
+    assert not state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL, keys_of=record)
+
 WAITING = """
 import os, signal, sys, threading, time
 import optuna
