@@ -69,6 +69,10 @@ LEVERS = {"round-3 base": {}, "+ flip": {"flip": True}, "+ zoom_out 1.3": {"zoom
           # the start with a focal loss: the images still wrong (unusual hands) weigh more
           "+ turn 0.2, focal 1": {"turn": 0.2, "focal_gamma": 1.0},
           "+ turn 0.2, focal 2": {"turn": 0.2, "focal_gamma": 2.0},
+          # the mixing levers and smoothing, never measured on the folds beside the start
+          "+ turn 0.2, cutmix 1.0": {"turn": 0.2, "cutmix": 1.0},
+          "+ turn 0.2, mixup 0.2": {"turn": 0.2, "mixup": 0.2},
+          "+ turn 0.2, smoothing 0.1": {"turn": 0.2, "label_smoothing": 0.1},
           # transfer only: more cached views, so more of the turned ones reach the head
           "+ turn 0.35, feature_views 5": {"turn": 0.35, "transfer": {"feature_views": 5}}}
 EPOCHS = {"cnn": 40, "transfer": 15}
@@ -112,7 +116,8 @@ def main() -> None:
             extra = dict(extra)
             lever_transfer = extra.pop("transfer", {})
             size = extra.pop("image_size", None)
-            loss = {k: extra.pop(k) for k in ("focal_gamma",) if k in extra}  # not augment's
+            loss = {k: extra.pop(k) for k in ("focal_gamma", "label_smoothing")
+                    if k in extra}  # the trainer's, not augment's
             if (args.only and name not in args.only) or (lever_transfer and not transfer):
                 continue
             study = study_at(size)
