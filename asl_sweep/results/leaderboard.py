@@ -91,7 +91,7 @@ def print_studies(ws: Workspace) -> None:
     recorded (cli._recorded), its YAML path with the --set it ran with."""
     import optuna
 
-    from asl_sweep.search import SummaryKey, optuna_storage
+    from asl_sweep.search import STUDY_RECORD, SummaryKey, optuna_storage
 
     if not ws.has_storage:
         raise StoreError(f"nothing recorded yet at {shown(ws.storage)}; run a study first "
@@ -99,7 +99,7 @@ def print_studies(ws: Workspace) -> None:
                          "with the studies' store")
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(
         optuna_storage(ws.storage), include_best_trial=False)
-        if s.user_attrs.get(SummaryKey.KIND) == "study record")
+        if s.user_attrs.get(SummaryKey.KIND) == STUDY_RECORD)
     if not names:
         print(f"no study recorded yet at {shown(ws.storage)}")
         return

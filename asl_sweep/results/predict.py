@@ -98,7 +98,7 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
     if not path.exists():
         export = _named_export(source, home)
         if export is None:
-            raise ModelFileError(f"{source}: no such model file or folder{_meant(source, home)}")
+            raise ModelFileError(f"{source}: no such model file or folder{_meant(source)}")
         log.info(f"study {source}: its export, {export}")
         return open_model(str(export), home, tracking)
     if is_study_file(path):
@@ -146,7 +146,7 @@ def _named_export(source: str, home: Path | str) -> Path | None:
     return export if (export / TORCHSCRIPT_FILE).is_file() else None
 
 
-def _meant(source: str, home: Path | str) -> str:
+def _meant(source: str) -> str:
     """What a name that is no file or study most likely meant: a registered model's name
     without its models:/ prefix."""
     if source.startswith("asl-sweep-"):

@@ -2,7 +2,8 @@
 
 Optuna's public API has no way to get at a study's storage and id, a trial's id, the class
 that says a storage keeps heartbeats of its own, the trials whose heartbeats stopped (short
-of failing them), or a tell that does not read the trial back; asl-sweep needs them to keep its own attributes on studies and trials
+of failing them), or a tell that does not read the trial back; asl-sweep needs them to keep
+its own attributes on studies and trials
 (search/state.py), to beat where Optuna does not, and to spare a storage call a trial. Every
 call here has a test (tests/search/test_optuna_api.py) that fails when Optuna changes it."""
 

@@ -4,10 +4,8 @@ Reads the settings and lists the photo folder (no image decoded); opens no store
 
 from __future__ import annotations
 
-from typing import Any
-
 from asl_sweep.search.progress import planned_trials, shown
-from asl_sweep.settings.spec import Searched, StageConfig, StudyConfig, parse_param
+from asl_sweep.settings.spec import Searched, StageConfig, StudyConfig
 
 
 def plan_lines(cfg: StudyConfig, data: str) -> list[str]:
@@ -38,11 +36,11 @@ def plan_lines(cfg: StudyConfig, data: str) -> list[str]:
 def _trainings(stage: StageConfig) -> tuple[int, int]:
     """The fewest and the most trainings a stage plans: its race may end at the first look
     or at max_repeats."""
-    least = planned_trials(stage)
+    least = planned_trials(stage)  # a race's first look: min_repeats each
     confirm = stage.confirm if stage.target is None else None
     if confirm is None or not confirm.racing:
         return least, least
-    return least, 1 + stage.trials + (confirm.top + 1) * confirm.max_repeats
+    return least, least + (confirm.top + 1) * (confirm.max_repeats - confirm.min_repeats)
 
 
 def _how(stage: StageConfig) -> str:
@@ -67,9 +65,8 @@ def _epochs(cfg: StudyConfig, stage: StageConfig) -> str:
     return str(stage.fixed.get("epochs", cfg.base.epochs))
 
 
-def _range(spec: Any) -> str:
+def _range(spec: Searched) -> str:
     """A searched setting as a person reads it (the stage's space holds them parsed)."""
-    spec = spec if isinstance(spec, Searched) else parse_param(spec)
     choices = getattr(spec, "choices", None)
     if choices is not None:
         return "in [" + ", ".join(shown(c) for c in choices) + "]"

@@ -13,6 +13,7 @@ import optuna
 
 from asl_sweep.runtime.errors import ConfigError, StoreError
 from asl_sweep.search.state import (
+    STUDY_RECORD,
     RecordKey,
     StageKey,
     SummaryKey,
@@ -104,7 +105,7 @@ def bind(storage, cfg: StudyConfig, log=print) -> tuple[optuna.Study, bool, dict
     given = _stored_form(cfg.data)
     record, created = open_shared(cfg.study, storage)
     if created:
-        record.set_user_attr(SummaryKey.KIND, "study record")
+        record.set_user_attr(SummaryKey.KIND, STUDY_RECORD)
         write(record, RecordKey.DATA, given)
         settings = _keep_settings(record, {}, cfg)
         return record, True, {RecordKey.DATA: given, RecordKey.SETTINGS: settings}
@@ -149,7 +150,7 @@ def recorded_study(storage, study: str) -> dict[str, Any] | None:
     studyfile.build_study; None where the store has no study of that name. A study whose
     runs kept none (an older asl-sweep's) is one line saying to give its YAML."""
     record = load_record(storage, study)
-    if record is None or record.user_attrs.get(SummaryKey.KIND) != "study record":
+    if record is None or record.user_attrs.get(SummaryKey.KIND) != STUDY_RECORD:
         return None  # a stage's Optuna study, or another program's
     keys = read(record)
     if RecordKey.SETTINGS not in keys:

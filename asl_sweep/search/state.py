@@ -126,11 +126,13 @@ class SummaryKey(StrEnum):
     """Short user attributes on the Optuna studies, for `optuna studies` and the dashboard:
     written where the thing they sum up is decided, read by people."""
 
-    KIND = "kind"  # the record: "study record"
+    KIND = "kind"  # the record: STUDY_RECORD
     DECISION = "decision"  # a decided stage: its decision, cut short
     CHOSEN_TRIAL = "chosen_trial"  # a decided stage: the trial it carries
     TEST_ACC = "test_acc"  # the record: the final test score
 
+
+STUDY_RECORD = "study record"  # SummaryKey.KIND of a study record, and of nothing else
 
 TRAINED_PREFIX = "trained:"  # + a training key (search/reuse.py): a training on record
 
