@@ -161,8 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on GPUs: K workers share each GPU, each with 1/K of its memory "
                           "(small trials that leave a big GPU idle; default 1)")
     run.add_argument("--dry-run", action="store_true",
-                     help="check the settings and the data folder and say what each stage "
-                     "will search and how many trainings it plans; train and record nothing")
+                     help="check the settings and the data, split it as a run will (no "
+                     "image decoded), and say what each stage will search and how many "
+                     "trainings it plans; train and record nothing")
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
     _study_args(worker)
@@ -541,9 +542,9 @@ def cmd_run(args) -> int:
     with signals.at_once():  # reading the study file, loading torch: nothing recorded yet
         cfg, ws = _recorded(args) or _load(args)
         if args.dry_run:
-            from asl_sweep.search import data_line, plan_lines
+            from asl_sweep.search import data_lines, plan_lines
 
-            print("\n".join(plan_lines(cfg, data_line(cfg))))
+            print("\n".join(plan_lines(cfg, data_lines(cfg))))
             return 0
         from asl_sweep.results.leaderboard import print_leaderboard
         from asl_sweep.search import resolve_workers, run_pool

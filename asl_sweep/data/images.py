@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps, features
 
 from asl_sweep.data.imageset import ImageSet
-from asl_sweep.data.synthetic import CLASSES, make_synthetic, synthetic_digest
+from asl_sweep.data.synthetic import CLASSES, make_synthetic, synthetic_digest, synthetic_names
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import DataError, WriteError, as_text, is_text
 from asl_sweep.runtime.files import atomic_torch_save, atomic_write_text, load_tensors
@@ -67,27 +67,45 @@ def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> Im
     unchanged. The built-in set is drawn by asl_sweep.data.synthetic."""
     if cfg.root is None:
         s = cfg.synthetic
-        _fits_in_memory(s.per_class * len(CLASSES), size, f"data.synthetic.per_class: "
-                        f"{s.per_class:,} of each of {len(CLASSES)} letters",
-                        "draw fewer (data.synthetic.per_class)")
+        _fits_in_memory(cfg, size, s.per_class * len(CLASSES))
         digest = synthetic_digest(s.per_class, s.signers, s.seed, s.kind)
         return _cached(cache_dir, digest, size,
                        lambda: make_synthetic(s.per_class, size, s.seed, s.signers, s.kind), log)
     files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
-    _fits_in_memory(len(files), size, f"data.root: {cfg.root}: {len(files):,} images",
-                    "point data.root at fewer images")
+    _fits_in_memory(cfg, size, len(files))
     digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image, log,
                            Path(cache_dir) / "file-digests.json")
     return _cached(cache_dir, digest, size, lambda: decode_folder(
         cfg.root, files, labels, classes, size, cfg.on_bad_image, digest, skipped, log), log)
 
 
-def _fits_in_memory(n_images: int, size: int, what: str, fewer: str) -> None:
+def list_image_set(cfg: DataConfig, size: int) -> tuple[list[str], list[int], list[str], int]:
+    """The configured data set's image names (CLASS/FILE for photos), labels, classes and
+    the count of files skipped, without decoding an image: a photo folder as
+    load_image_set scans it (what only decoding finds is not known here), the built-in set
+    as it would be drawn; refused where load_image_set would refuse it before decoding.
+    What `run --dry-run` checks and splits."""
+    if cfg.root is None:
+        names, labels = synthetic_names(cfg.synthetic.per_class, cfg.synthetic.signers)
+        _fits_in_memory(cfg, size, len(names))
+        return names, labels, list(CLASSES), 0
+    files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
+    _fits_in_memory(cfg, size, len(files))
+    return [str(f.relative_to(cfg.root)) for f in files], labels, classes, len(skipped)
+
+
+def _fits_in_memory(cfg: DataConfig, size: int, n_images: int) -> None:
     """Every image is decoded into memory at once (then cached and mapped): a set larger
     than the memory this process may use can only end in the system killing the run, after
     minutes of decoding, so it is refused before the first image."""
     need, have = n_images * 3 * size * size, total_memory()
     if have and need > have:
+        if cfg.root is None:
+            what = (f"data.synthetic.per_class: {cfg.synthetic.per_class:,} of each of "
+                    f"{len(CLASSES)} letters")
+            fewer = "draw fewer (data.synthetic.per_class)"
+        else:
+            what, fewer = f"data.root: {cfg.root}: {n_images:,} images", "point data.root at fewer images"
         raise DataError(f"{what} at {size} px decode to {need / 2**30:,.1f} GiB, more than "
                         f"the {have / 2**30:.1f} GiB of memory this process may use (the "
                         f"machine's, or its job's or container's limit): lower "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,12 +79,9 @@ class StudyData:
         base = self.images(cfg.image_size)
         self.classes, self.digest, self.names = list(base.classes), base.digest, base.names
         self.labels = base.labels.numpy()
-        pattern = GROUP_PATTERN if cfg.root is None else cfg.group_pattern
-        self.groups = np.asarray(groups_of(base.names, pattern)) if pattern else None
+        self.groups, self.splits = resolve_splits(cfg, self.labels, self.classes, self.names)
         self._codes = (None if self.groups is None
                        else np.unique(self.groups, return_inverse=True)[1].astype(np.int64))
-        self.splits: Splits = make_splits(self.labels, self.classes, cfg.val_fraction,
-                                          cfg.test_fraction, cfg.seed, self.groups)
         self.pool = self.splits.pool
         self._pool_pos = np.full(len(self.labels), -1, dtype=np.int64)
         self._pool_pos[self.pool] = np.arange(len(self.pool))
@@ -163,12 +161,27 @@ class StudyData:
         return self._record("testing", "test", self.splits.test)
 
     def describe(self) -> str:
-        s = self.splits
-        counts = f"{len(s.train)} train / {len(s.val)} val / {len(s.test)} test images"
-        if self.groups is not None:
-            people = [len(np.unique(self.groups[i])) for i in (s.train, s.val, s.test)]
-            counts += (f", person-disjoint ({people[0]} / {people[1]} / {people[2]} "
-                       f"{'signers' if self.cfg.root is None else 'groups'})")
-        else:
-            counts += ", stratified by class"
-        return f"{counts}, {len(self.classes)} classes, {len(s.folds)} validation fold(s)"
+        return describe_splits(self.cfg, self.splits, self.groups, len(self.classes))
+
+
+def resolve_splits(cfg: DataConfig, labels: Sequence[int], classes: Sequence[str],
+                   names: Sequence[str]) -> tuple[np.ndarray | None, Splits]:
+    """Each image's person (None where the data names none) and the split: computed from
+    the images' labels and names alone, so `run --dry-run` splits a folder as a run will
+    without decoding it."""
+    pattern = GROUP_PATTERN if cfg.root is None else cfg.group_pattern
+    groups = np.asarray(groups_of(names, pattern)) if pattern else None
+    return groups, make_splits(np.asarray(labels), classes, cfg.val_fraction,
+                               cfg.test_fraction, cfg.seed, groups)
+
+
+def describe_splits(cfg: DataConfig, s: Splits, groups: np.ndarray | None,
+                    n_classes: int) -> str:
+    counts = f"{len(s.train)} train / {len(s.val)} val / {len(s.test)} test images"
+    if groups is not None:
+        people = [len(np.unique(groups[i])) for i in (s.train, s.val, s.test)]
+        counts += (f", person-disjoint ({people[0]} / {people[1]} / {people[2]} "
+                   f"{'signers' if cfg.root is None else 'groups'})")
+    else:
+        counts += ", stratified by class"
+    return f"{counts}, {n_classes} classes, {len(s.folds)} validation fold(s)"

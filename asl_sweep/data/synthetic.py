@@ -97,6 +97,18 @@ def signer_styles(signers: int, seed: int, kind: str = "letters") -> list[Style]
     return [(_style if kind == "letters" else _person)(rng) for _ in range(signers)]
 
 
+def synthetic_names(per_class: int, signers: int) -> tuple[list[str], list[int]]:
+    """The built-in set's image names and labels, in the order make_synthetic draws them:
+    round n of the letters is drawn by signer n mod signers (`run --dry-run` splits them
+    without drawing one)."""
+    names, labels = [], []
+    for n in range(per_class):
+        for label, letter in enumerate(CLASSES):
+            names.append(f"s{n % signers:02d}_{letter}_{n:04d}")
+            labels.append(label)
+    return names, labels
+
+
 def make_synthetic(per_class: int, size: int, seed: int, signers: int = 12,
                    kind: str = "letters") -> ImageSet:
     """per_class images of each letter, spread evenly over the signers."""
@@ -105,14 +117,13 @@ def make_synthetic(per_class: int, size: int, seed: int, signers: int = 12,
     rng = np.random.default_rng(seed)
     styles = [(_style if kind == "letters" else _person)(rng) for _ in range(signers)]
     draw = _draw if kind == "letters" else _draw_person
-    images, labels, names = [], [], []
-    for n in range(per_class):
-        signals.check()  # Ctrl-C / SIGTERM: stop between two rounds of letters
-        signer = n % signers
-        for label, letter in enumerate(CLASSES):
-            images.append(draw(letter, size, styles[signer], rng))
-            labels.append(label)
-            names.append(f"s{signer:02d}_{letter}_{n:04d}")
+    images = []
+    names, labels = synthetic_names(per_class, signers)
+    for i, label in enumerate(labels):
+        if label == 0:
+            signals.check()  # Ctrl-C / SIGTERM: stop between two rounds of letters
+        signer = (i // len(CLASSES)) % signers  # round n of the letters: signer n % signers
+        images.append(draw(CLASSES[label], size, styles[signer], rng))
     stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images=stacked, labels=torch.tensor(labels, dtype=torch.int64),
                     classes=list(CLASSES), names=names,

@@ -4,18 +4,21 @@ Reads the settings and lists the photo folder (no image decoded); opens no store
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from asl_sweep.data.splits import person_pattern
 from asl_sweep.search.progress import planned_trials, shown
 from asl_sweep.settings.spec import Searched, StageConfig, StudyConfig
 
+if TYPE_CHECKING:
+    import numpy as np
 
-def plan_lines(cfg: StudyConfig, data: str) -> list[str]:
-    """The plan, as lines: `data` says what the data is (data_line)."""
+
+def plan_lines(cfg: StudyConfig, data: Sequence[str]) -> list[str]:
+    """The plan, as lines: `data` says what the data is and how it splits (data_lines)."""
     lines = [f"study {cfg.study}: dry run: settings read and checked, nothing trained or "
-             "recorded" + (f" ({cfg.description})" if cfg.description else ""),
-             f"data: {data}, {cfg.data.image_size}px; validation {cfg.data.val_fraction:g} "
-             f"and test {cfg.data.test_fraction:g} of the "
-             + ("people" if cfg.data.group_pattern or cfg.data.root is None else "images")
-             + " (test scored once, after the search)"]
+             "recorded" + (f" ({cfg.description})" if cfg.description else ""), *data]
     low = high = 0
     for index, stage in enumerate(cfg.stages):
         least, most = _trainings(stage)
@@ -80,16 +83,56 @@ def _count(least: int, most: int) -> str:
     return str(least) if least == most else f"{least} to {most}"
 
 
-def data_line(cfg: StudyConfig) -> str:
-    """What the data is: the built-in set's settings, or the photo folder's classes and
-    image count, listed as a run lists them (a folder a run would refuse is refused here,
-    in the same line); no image decoded."""
+def data_source(cfg: StudyConfig) -> str:
+    """The data a study reads, as its lines name it: the photo folder or the built-in set."""
     syn = cfg.data.synthetic
-    if cfg.data.root is None:
-        return f"built-in synthetic {syn.kind} ({syn.per_class}/class, {syn.signers} signers)"
-    from asl_sweep.data.images import scan_folder
+    return str(cfg.data.root) if cfg.data.root else (
+        f"built-in synthetic {syn.kind} ({syn.per_class}/class, {syn.signers} signers)")
 
-    files, _, classes, skipped = scan_folder(cfg.data.root, cfg.data.on_bad_image)
+
+def data_lines(cfg: StudyConfig) -> list[str]:
+    """What the data is and how it splits, as a run will split it: the photo folder listed
+    as a run lists it (no image decoded), the built-in set as it would be drawn. What a run
+    refuses before decoding (a folder that is not there, a group_pattern that misses a
+    file, too few people for the split) is refused here, in the same line; the notes a run
+    gives on people follow."""
+    from asl_sweep.data.images import list_image_set
+    from asl_sweep.data.studydata import describe_splits, resolve_splits
+
+    names, labels, classes, skipped = list_image_set(cfg.data, cfg.data.image_size)
+    groups, splits = resolve_splits(cfg.data, labels, classes, names)
     shown_classes = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
-    return (f"{cfg.data.root}: {len(files)} images in {len(classes)} classes ({shown_classes})"
-            + (f", {len(skipped)} skipped (data.on_bad_image: skip)" if skipped else ""))
+    line = (f"data: {data_source(cfg)}: {len(names)} images ({shown_classes})"
+            + (f", {skipped} skipped (data.on_bad_image: skip)" if skipped else "")
+            + f", {cfg.data.image_size}px; {describe_splits(cfg.data, splits, groups, len(classes))}"
+            " (test scored once, after the search)")
+    return [line, *people_notes(cfg, names, groups)]
+
+
+def people_notes(cfg: StudyConfig, names: Sequence[str],
+                 groups: np.ndarray | None) -> list[str]:
+    """What a run says where the data's people and the stages' metrics disagree: a stage
+    that chooses on people over images that name none (the metric falls back to val_acc),
+    or file names that look as if they name people while the split is by image."""
+    if groups is not None:
+        return []
+    counting = [s for s in cfg.stages if s.metric.startswith("val_person")]
+    found = person_pattern(names)
+    source = data_source(cfg)
+    if counting:  # the person metrics fall back to val_acc
+        several = len(counting) > 1
+        return [f"note: stage{'s' if several else ''} {', '.join(s.name for s in counting)} "
+                f"choose{'' if several else 's'} on people "
+                f"({', '.join(sorted({s.metric for s in counting}))}), but the images in "
+                f"{source} have none (data.group_pattern is not set), so the metric is val_acc "
+                "here and no split is person-disjoint: set data.group_pattern to a regex whose "
+                f"group 1 names each file's person (e.g. '{found[0] if found else '^([^_]+)_'}')"
+                " to choose on people and score on new ones"]
+    if found:
+        return [f"note: the file names in {source} look as if they name people "
+                f"(data.group_pattern '{found[0]}' finds {found[1]}, most in several classes), "
+                "but without data.group_pattern the split is by image: one person's photos can "
+                "sit in training and in test, and the test score reads high for new people; "
+                f"set data.group_pattern: '{found[0]}' (or --set data.group_pattern="
+                f"'{found[0]}') for a person-disjoint split"]
+    return []

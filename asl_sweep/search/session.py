@@ -12,10 +12,10 @@ from typing import Any
 import optuna
 import torch
 
-from asl_sweep.data.splits import person_pattern
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.runtime.workspace import Workspace
 from asl_sweep.search.mirror import Mirror
+from asl_sweep.search.plan import data_source, people_notes
 from asl_sweep.search.record import bind, check_digest, load_record, started
 from asl_sweep.search.selection import StageResult
 from asl_sweep.search.state import RecordKey, wait_for, write
@@ -65,29 +65,10 @@ def open_session(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = p
     # Other data settings than the study's: refused, here.
     record, created, keys = bind(storage, cfg, say)  # the record's keys, read once
     check_digest(record, cfg, data.digest, keys, storage, say)
-    syn = cfg.data.synthetic
-    source = cfg.data.root or (f"built-in synthetic {syn.kind} ({syn.per_class}"
-                               f"/class, {syn.signers} signers)")
-    say(f"data: {source}: {data.describe()}, {cfg.data.image_size}px, on {device} "
+    say(f"data: {data_source(cfg)}: {data.describe()}, {cfg.data.image_size}px, on {device} "
         f"({loaded:.1f}s)")
-    counting = [s for s in cfg.stages if s.metric.startswith("val_person")]
-    found = person_pattern(data.names) if data.groups is None else None
-    if counting and data.groups is None:  # the person metrics fall back to val_acc
-        several = len(counting) > 1
-        say(f"note: stage{'s' if several else ''} {', '.join(s.name for s in counting)} "
-            f"choose{'' if several else 's'} on people "
-            f"({', '.join(sorted({s.metric for s in counting}))}), but the images in {source} "
-            "have none (data.group_pattern is not set), so the metric is val_acc here and no "
-            "split is person-disjoint: set data.group_pattern to a regex whose group 1 names "
-            f"each file's person (e.g. '{found[0] if found else '^([^_]+)_'}') to choose on "
-            "people and score on new ones")
-    elif found:
-        say(f"note: the file names in {source} look as if they name people "
-            f"(data.group_pattern '{found[0]}' finds {found[1]}, most in several classes), "
-            "but without data.group_pattern the split is by image: one person's photos can "
-            "sit in training and in test, and the test score reads high for new people; set "
-            f"data.group_pattern: '{found[0]}' (or --set data.group_pattern='{found[0]}') for "
-            "a person-disjoint split")
+    for note in people_notes(cfg, data.names, data.groups):
+        say(note)
     asked = {cfg.base.precision, *(str(s.fixed["precision"]) for s in cfg.stages
                                    if "precision" in s.fixed)} & {"bf16", "fp16"}
     if asked and device.type != "cuda":  # autocast_dtype: on CUDA only

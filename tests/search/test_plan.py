@@ -2,8 +2,11 @@
 
 from pathlib import Path
 
+import torch
+
 from asl_sweep.cli import main
-from asl_sweep.search.plan import data_line, plan_lines
+from asl_sweep.data.studydata import StudyData
+from asl_sweep.search.plan import data_lines, plan_lines
 from asl_sweep.settings.studyfile import load_study
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -11,9 +14,11 @@ SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 
 def test_the_plan_says_each_stages_search_and_its_trainings():
     cfg = load_study(SWEEPS / "quick.yaml")
-    lines = plan_lines(cfg, data_line(cfg))
-    assert lines[1].startswith("data: built-in synthetic letters (100/class, 40 signers), 32px; "
-                               "validation 0.2 and test 0.25 of the people")
+    lines = plan_lines(cfg, data_lines(cfg))
+    assert lines[1] == ("data: built-in synthetic letters (100/class, 40 signers): 900 images "
+                        "(A, B, C, D, E, F, G, H, I), 32px; 486 train / 180 val / 234 test "
+                        "images, person-disjoint (21 / 9 / 10 signers), 9 classes, 3 "
+                        "validation fold(s) (test scored once, after the search)")
     assert lines[2].startswith("stage 1 of 1 architecture: larger filters for a small CNN")
     assert lines[3] == "  searches: cnn.kernel in [5, 7]; lr from 0.002 to 0.008, log"
     # the incumbent, 3 trials, then 2 to 4 fresh repeats of the candidate and the incumbent
@@ -25,15 +30,15 @@ def test_the_plan_says_each_stages_search_and_its_trainings():
 
 
 def test_a_gate_a_fixed_rule_and_a_stage_without_a_race_are_planned_as_they_run():
-    report = plan_lines(load_study(SWEEPS / "report.yaml"), "photos")
+    report = plan_lines(load_study(SWEEPS / "report.yaml"), ["data: photos"])
     assert ("  trainings: 9 of 40 epochs: the incumbent + 8 search trials (1 of them a seed "
             "trial), until one reaches train_acc 1 (a gate)") in report
     fixed = load_study(SWEEPS / "quick.yaml", ["stages.0.confirm={repeats: 3}"])
-    assert plan_lines(fixed, "photos")[4] == (
+    assert plan_lines(fixed, ["data: photos"])[4] == (
         "  trainings: 8 of 12 epochs: the incumbent + 3 search trials, then the top 1 and "
         "the incumbent 3 times each (their search trials the first)")
     bare = load_study(SWEEPS / "quick.yaml", ["stages.0.confirm=null"])
-    assert plan_lines(bare, "photos")[4] == ("  trainings: 4 of 12 epochs: the incumbent + 3 "
+    assert plan_lines(bare, ["data: photos"])[4] == ("  trainings: 4 of 12 epochs: the incumbent + 3 "
                                              "search trials, the best adopted without a race")
 
 
@@ -50,3 +55,23 @@ def test_a_dry_run_checks_the_data_and_records_nothing(write_study, tmp_path, im
     assert main(["run", str(path), "--home", str(home), "--data", str(tmp_path / "typo"),
                  "--dry-run"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_the_dry_run_splits_the_data_as_the_run_does_and_refuses_what_it_refuses(
+        write_study, tmp_path, image_folder, capsys):
+    """Split from the listing alone (nothing decoded), the same images and people as the
+    run's split; a group_pattern that misses a file is the run's error line, before it."""
+    path, home = write_study(), tmp_path / "mlruns"
+    argv = ["run", str(path), "--home", str(home), "--data", str(image_folder), "--dry-run"]
+    assert main([*argv, "--set", "data.group_pattern=^(p[0-9])_"]) == 0
+    out = capsys.readouterr().out
+    cfg = load_study(path, ["data.group_pattern=^(p[0-9])_", f"data.root={image_folder}"])
+    described = StudyData(cfg.data, tmp_path / "cache", torch.device("cpu")).describe()
+    assert "person-disjoint" in described and f"; {described} (test scored once" in out
+    # People in the names, but the split is by image: the run's note, before the run.
+    assert main(argv) == 0
+    assert "look as if they name people (data.group_pattern '^([^_]+)_' finds 3" in (
+        capsys.readouterr().out)
+    assert main([*argv, "--set", "data.group_pattern=^(zz)_"]) == 2
+    assert "data.group_pattern '^(zz)_' does not match its file name" in capsys.readouterr().err
+    assert not home.exists()
