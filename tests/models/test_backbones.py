@@ -12,6 +12,7 @@ from asl_sweep.models.backbones import (
     build_transfer,
     find_weights_file,
     resolve_weights,
+    weights_note,
 )
 from asl_sweep.models.features import frozen_features
 from asl_sweep.models.layers import InputSpec
@@ -102,6 +103,26 @@ def test_missing_imagenet_weights_name_the_file_and_the_cache(tmp_path):
     message = str(e.value)
     assert "alexnet-owt-7be5be79.pth" in message and str(tmp_path / "torch") in message
     assert "weights: none" in message and "base.transfer.weights" in message
+
+
+def test_where_the_weights_are_is_said_before_a_run_without_reading_them(tmp_path, monkeypatch):
+    """`run --dry-run`: the file a run will load, or the download it will make; refused
+    where the run would refuse (a path that is not a file, no file and no downloads)."""
+    fake = tmp_path / "mine.pth"
+    fake.write_bytes(b"not read here")
+    assert weights_note("resnet18", str(fake)) == f"weights: resnet18 {fake}: {fake}"
+    monkeypatch.delenv("ASL_SWEEP_OFFLINE", raising=False)
+    note = weights_note("alexnet", "imagenet")
+    assert note.startswith("weights: alexnet ImageNet: not on this machine; a run downloads "
+                           "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth into "
+                           f"{tmp_path / 'torch' / 'hub' / 'checkpoints'}")
+    assert not (tmp_path / "torch").exists()  # nothing downloaded, nothing made
+    monkeypatch.setenv("ASL_SWEEP_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="downloads are off"):
+        weights_note("alexnet", "imagenet")
+    with pytest.raises(WeightsError, match="is not a file"):
+        weights_note("resnet18", str(tmp_path / "typo.pth"))
+    assert weights_note("resnet18", "none") == "weights: resnet18: random (weights: none)"
 
 
 def test_a_file_whose_hash_does_not_match_is_refused(tmp_path):

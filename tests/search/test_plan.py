@@ -6,7 +6,7 @@ import torch
 
 from asl_sweep.cli import main
 from asl_sweep.data.studydata import StudyData
-from asl_sweep.search.plan import data_lines, plan_lines
+from asl_sweep.search.plan import input_lines, plan_lines
 from asl_sweep.settings.studyfile import load_study
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
@@ -14,7 +14,7 @@ SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 
 def test_the_plan_says_each_stages_search_and_its_trainings():
     cfg = load_study(SWEEPS / "quick.yaml")
-    lines = plan_lines(cfg, data_lines(cfg))
+    lines = plan_lines(cfg, input_lines(cfg))
     assert lines[1] == ("data: built-in synthetic letters (100/class, 40 signers): 900 images "
                         "(A, B, C, D, E, F, G, H, I), 32px; 486 train / 180 val / 234 test "
                         "images, person-disjoint (21 / 9 / 10 signers), 9 classes, 3 "
@@ -75,3 +75,15 @@ def test_the_dry_run_splits_the_data_as_the_run_does_and_refuses_what_it_refuses
     assert main([*argv, "--set", "data.group_pattern=^(zz)_"]) == 2
     assert "data.group_pattern '^(zz)_' does not match its file name" in capsys.readouterr().err
     assert not home.exists()
+
+
+def test_the_dry_run_says_where_a_backbones_weights_are_and_refuses_a_missing_file(tmp_path,
+                                                                                   capsys):
+    home = str(tmp_path / "mlruns")
+    argv = ["run", str(SWEEPS / "transfer.yaml"), "--home", home, "--dry-run"]
+    assert main([*argv, "--set", "base.transfer.weights=none"]) == 0
+    assert "\nweights: mobilenet_v2: random (weights: none)\nstage 1 of 3" in (
+        capsys.readouterr().out)
+    assert main([*argv, "--set", f"base.transfer.weights={tmp_path / 'typo.pth'}"]) == 2
+    assert f"base.transfer.weights: {tmp_path / 'typo.pth'} is not a file" in (
+        capsys.readouterr().err)
