@@ -541,10 +541,14 @@ def _say(line: str) -> None:
 def cmd_run(args) -> int:
     with signals.at_once():  # reading the study file, loading torch: nothing recorded yet
         cfg, ws = _recorded(args) or _load(args)
-        if args.dry_run:
-            from asl_sweep.search import input_lines, plan_lines
+        from asl_sweep.search import input_lines, plan_lines
 
-            print("\n".join(plan_lines(cfg, input_lines(cfg))))
+        # The data's listing and split, the weights' files: what the dry run checks, so a
+        # pattern that misses a file or a weights path that is not there is refused before
+        # a store is made or an image decoded (a large folder decodes for minutes).
+        inputs = input_lines(cfg)
+        if args.dry_run:
+            print("\n".join(plan_lines(cfg, inputs)))
             return 0
         from asl_sweep.results.leaderboard import print_leaderboard
         from asl_sweep.search import resolve_workers, run_pool
