@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from asl_sweep.models.registry import Deployable
-from asl_sweep.results.predict import MARKER, MODEL_FILE, TORCHSCRIPT_FILE, marker
+from asl_sweep.results.predict import MARKER, MODEL_FILE, ONNX_FILE, TORCHSCRIPT_FILE, marker
 from asl_sweep.results.readback import finished_stage, read_final, read_stages
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.errors import (
@@ -210,7 +210,7 @@ def export_onnx(deployable: Deployable, exported: Exported, example: torch.Tenso
     """ONNX inputs are typed: this graph takes uint8 images (0..255), as files decode."""
     import onnx
 
-    path = out / "model.onnx"
+    path = out / ONNX_FILE
     fixed_size = Deployable(deployable.model, exported.image_size, resize=False).eval()
     exported_bytes = io.BytesIO()  # in memory, then the file whole, as for TorchScript
     torch.onnx.export(fixed_size, (example,), exported_bytes, input_names=["images"],

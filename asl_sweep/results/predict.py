@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 MARKER = "asl_sweep"  # TorchScript extra file asl_sweep.json, ONNX and MLmodel metadata key
 MODEL_FILE = "asl_sweep_model.pt"  # the weights-only model file inside TorchScript and MLflow
 TORCHSCRIPT_FILE = "model.torchscript.pt"  # what `export` writes into its folder
+ONNX_FILE = "model.onnx"  # and with --format onnx
 EXPORT_FORMAT, EXPORT_VERSION = "asl-sweep/export", 1
 REFUSED = ("refused: asl-sweep loads only models it exported itself, and loading this one "
            "could run code it carries")
@@ -104,11 +105,11 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
     if is_study_file(path):
         return open_model(str(study_export(path, Path(home), overrides)), home, tracking)
     if path.is_dir():
-        if (path / TORCHSCRIPT_FILE).is_file() and not (path / "MLmodel").is_file():
-            # an `export` folder: its TorchScript model, as for the study that wrote it
-            return open_model(str(path / TORCHSCRIPT_FILE), home, tracking)
+        if (model := exported_model(path)) and not (path / "MLmodel").is_file():
+            # an `export` folder: its model, as for the study that wrote it
+            return open_model(str(model), home, tracking)
         if not (path / "MLmodel").is_file():
-            held = sorted(p for p in path.iterdir() if (p / TORCHSCRIPT_FILE).is_file())
+            held = sorted(p for p in path.iterdir() if exported_model(p))
             if held:  # <home>/exports: the folder of every study's export
                 raise ModelFileError(f"{source}: holds the exports of {len(held)} "
                                      f"{'study' if len(held) == 1 else 'studies'} "
@@ -143,7 +144,14 @@ def _named_export(source: str, home: Path | str) -> Path | None:
         export = Workspace.at(home).exports / source
     except UserError:  # a --home that is no home: the model's line comes first
         return None
-    return export if (export / TORCHSCRIPT_FILE).is_file() else None
+    return export if exported_model(export) else None
+
+
+def exported_model(folder: Path) -> Path | None:
+    """The model an `export` folder holds: its TorchScript file, or its ONNX file where
+    `export --format onnx` wrote only that; None where it holds neither."""
+    return next((m for m in (folder / TORCHSCRIPT_FILE, folder / ONNX_FILE) if m.is_file()),
+                None)
 
 
 def _meant(source: str) -> str:
@@ -172,11 +180,12 @@ def study_export(study: Path, home: Path, overrides: list[str] | None = None) ->
     import shlex
 
     name = load_study(study, overrides).study
-    path = Workspace.at(home).exports / name / TORCHSCRIPT_FILE
-    if not path.is_file():
+    folder = Workspace.at(home).exports / name
+    path = exported_model(folder)
+    if path is None:
         given = "".join(f" --set {shlex.quote(item)}" for item in overrides or [])
         raise ModelFileError(
-            f"{study}: a study, not a model, and study {name} has no export at {path}: run "
+            f"{study}: a study, not a model, and study {name} has no export at {folder}: run "
             f"`asl-sweep export {study}{given}` first (with the --home it ran with), or give "
             f"predict a model file (.torchscript.pt, .onnx) or models:/asl-sweep-{name}/VERSION")
     return path

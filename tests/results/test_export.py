@@ -199,6 +199,15 @@ def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, ca
     assert main(["predict", str(out / "model.torchscript.pt"), str(image),
                  "--set", "study=renamed"]) == 2
     assert "is not a study YAML; --set names the study" in capsys.readouterr().err
+    # Exported as ONNX alone (`export --format onnx`): that model, by the study's name, its
+    # YAML or its folder (each was "no such model file or folder" or "no export").
+    (ws.home / "exports" / cfg.study / "model.torchscript.pt").unlink()
+    assert main(["export", str(study), "--home", str(ws.home), "--format", "onnx"]) == 0
+    capsys.readouterr()
+    for source in (cfg.study, str(study), str(ws.home / "exports" / cfg.study)):
+        assert main(["predict", source, str(image), "--home", str(ws.home), "--json"]) == 0
+        onnx = json.loads(capsys.readouterr().out)
+        assert onnx["class"] == by_study["class"], source
 
 
 def test_a_transfer_model_exports_to_onnx_and_matches_torch(tmp_path):
