@@ -207,8 +207,11 @@ def choose_views(data: StudyData, repeats: list[Repeat], setting: str) -> dict:
         each = _each_view(r.model, x, r.file.spec.image_size, needed)  # each view once
         for views in right:
             right[views].append(set_probabilities(each, views).argmax(1).numpy() == y)
-        people = people if people is not None else np.arange(len(y))
-        units.append(np.char.add(f"{r.fold}:", people.astype(str)))  # a person of a fold
+        # The unit resampled: a person, or an image where the data has none (its index in
+        # the whole set). Not a person of a fold: repeats past the last fold wrap to the
+        # first, and its people counted twice read as twice the people.
+        units.append(people.astype(str) if people is not None else
+                     data.split(r.file.spec.image_size, r.fold).val_index.astype(str))
     picked = pick_views({v: np.concatenate(r) for v, r in right.items()},
                         np.concatenate(units), setting,
                         "people" if data.groups is not None else "images")

@@ -131,3 +131,32 @@ def test_report_export_and_evaluate_reuse_the_views_the_run_chose_for_the_same_r
     assert earlier_views(final, [trial(3), trial(5)], "all") is None  # the study's tta changed
     assert earlier_views(None, [trial(3)], "auto") is None  # not scored yet
     assert earlier_views({"trials": [3]}, [trial(3)], "auto") is None  # scored before views
+
+
+def test_views_count_each_validation_person_once_where_repeats_wrap_to_the_first_fold(tmp_path):
+    """Repeats past the last fold train on the first fold again: its people were counted
+    once per repeat ("0:s01", "3:s01"), so the views' interval was over twice the people
+    there were."""
+    import torch
+
+    from asl_sweep.data.studydata import StudyData
+    from asl_sweep.models.layers import InputSpec
+    from asl_sweep.models.registry import build_model
+    from asl_sweep.search.evaluation import Repeat, choose_views
+    from asl_sweep.settings.config import DataConfig, SyntheticConfig, TrainConfig
+    from asl_sweep.training.checkpoint import ModelFile
+
+    data = StudyData(DataConfig(synthetic=SyntheticConfig(per_class=40, signers=12),
+                                image_size=16), tmp_path, torch.device("cpu"))
+    folds = len(data.splits.folds)
+    val_people = {p for f in range(folds) for p in data.groups[data.split(16, f).val_index]}
+    cfg, spec = TrainConfig(hidden=[8]), InputSpec(16, 9, (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    repeats = []
+    for fold in range(folds + 1):  # the last wraps to fold 0
+        model = build_model(cfg, spec).eval()
+        file = ModelFile(model.state_dict(), cfg, spec, data.classes, 1, {}, {})
+        repeats.append(Repeat(fold, fold, file, model))
+    gains = choose_views(data, repeats, "flip")["gains"]
+    assert gains["flip"]["units"] == len(val_people) < sum(
+        len(set(data.groups[data.split(16, f % folds).val_index])) for f in range(folds + 1))
