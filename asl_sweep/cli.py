@@ -10,6 +10,7 @@ MLflow, so a bad setting is reported in well under a second."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -316,17 +317,26 @@ def _recorded(args: argparse.Namespace) -> tuple[StudyConfig, Workspace] | None:
     ws = Workspace.at(args.home, args.storage, args.tracking)
     if not ws.has_storage:
         return None
-    from asl_sweep.search import optuna_storage, recorded_study
+    from asl_sweep.search import optuna_storage, recorded_studies, recorded_study
 
     quiet_optuna()
+    storage = optuna_storage(ws.storage)
     try:
-        raw = recorded_study(optuna_storage(ws.storage), named.name)
+        raw = recorded_study(storage, named.name)
     except ConfigError:  # recorded without its settings
         if study_named(named):
             return None  # _load names the file it most likely meant
         raise
     if raw is None:
-        return None
+        recorded = recorded_studies(storage)
+        if not recorded or study_named(named):
+            return None  # _load names the file it most likely meant, or no file
+        close = difflib.get_close_matches(named.name, recorded, n=1)
+        raise ConfigError(
+            f"{named}: no such study file, nor a study of that name recorded in "
+            f"{shown(ws.storage)}" + (f": did you mean {close[0]}?" if close else "")
+            + f" (recorded: {', '.join(recorded[:8])}{', ...' if len(recorded) > 8 else ''}"
+            "); give a study YAML's path or a recorded study's name")
     source = f"study {named.name} (its settings recorded in {shown(ws.storage)})"
     cfg = build_study(raw, source, args.overrides, args.data, args.trials, args.epochs)
     if getattr(args, "parent_pid", None) is None:  # a worker `run` started: `run` said it

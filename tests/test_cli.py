@@ -116,6 +116,13 @@ def test_status_lists_stages(write_study, tmp_path, capsys, monkeypatch):
                         "tiny here)\n"
     assert main(["status", "elsewhere/tiny", "--home", home]) == 2
     assert "elsewhere/tiny: no such study file" in capsys.readouterr().err
+    # A name neither a file nor recorded: the recorded ones, the nearest first (it was
+    # "tniy: no such study file", with the home's studies one `status` away).
+    assert main(["status", "tniy", "--home", home]) == 2
+    assert capsys.readouterr().err == (
+        "error: tniy: no such study file, nor a study of that name recorded in "
+        f"{Workspace.at(home).storage}: did you mean tiny? (recorded: tiny); give a study "
+        "YAML's path or a recorded study's name\n")
     monkeypatch.chdir(tmp_path)
     assert "    goal: tiny search" in out
     from tests.conftest import TINY_STUDY

@@ -89,17 +89,13 @@ def print_studies(ws: Workspace) -> None:
     the study file its name points to, where there is one (studyfile.study_named: NAME.yaml
     here or in sweeps/). `status NAME` reads one back with the settings its last run
     recorded (cli._recorded), its YAML path with the --set it ran with."""
-    import optuna
-
-    from asl_sweep.search import STUDY_RECORD, SummaryKey, optuna_storage
+    from asl_sweep.search import optuna_storage, recorded_studies
 
     if not ws.has_storage:
         raise StoreError(f"nothing recorded yet at {shown(ws.storage)}; run a study first "
                          "(asl-sweep run sweeps/quick.yaml), or pass --home (or --storage) "
                          "with the studies' store")
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(
-        optuna_storage(ws.storage), include_best_trial=False)
-        if s.user_attrs.get(SummaryKey.KIND) == STUDY_RECORD)
+    names = recorded_studies(optuna_storage(ws.storage))
     if not names:
         print(f"no study recorded yet at {shown(ws.storage)}")
         return

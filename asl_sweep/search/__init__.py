@@ -46,7 +46,7 @@ _FRONT_DOOR = {
     "gone_here": "state", "STUDY_RECORD": "state", "silent_trials": "store", "SummaryKey": "state",
     "StageView": "stageview",
     "StageResult": "selection", "role_of": "selection", "signed": "selection", "final_result": "record",
-    "stored_data": "record", "recorded_study": "record", "shown_settings": "progress",
+    "stored_data": "record", "recorded_study": "record", "recorded_studies": "record", "shown_settings": "progress",
 }
 __all__ = sorted(_FRONT_DOOR)
 

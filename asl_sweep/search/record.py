@@ -145,6 +145,14 @@ def _keep_settings(record: optuna.Study, stored: dict[str, Any], cfg: StudyConfi
     return settings
 
 
+def recorded_studies(storage) -> list[str]:
+    """The names of the studies asl-sweep recorded in this Optuna store (not the stages'
+    own Optuna studies, nor another program's), sorted."""
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(
+        storage, include_best_trial=False)
+        if s.user_attrs.get(SummaryKey.KIND) == STUDY_RECORD)
+
+
 def recorded_study(storage, study: str) -> dict[str, Any] | None:
     """The settings a study's last run read (`_keep_settings`), as a tree for
     studyfile.build_study; None where the store has no study of that name. A study whose
