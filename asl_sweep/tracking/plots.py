@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,23 @@ def _writable_config_dir() -> None:
             return
     except (OSError, RuntimeError):  # RuntimeError: no home to be found
         pass
-    os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="asl-sweep-matplotlib-")
+    os.environ["MPLCONFIGDIR"] = _private_temporary_dir()
+
+
+def _private_temporary_dir() -> str:
+    """This user's folder for matplotlib in the temporary folder, the same for every process
+    (a folder each left one behind per command, and matplotlib built its font list again in
+    each): used only where it is a real folder this user owns that no one else may open,
+    else a fresh one (another user could have put a link or a folder of theirs there)."""
+    path = Path(tempfile.gettempdir()) / f"asl-sweep-matplotlib-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+            return str(path)
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="asl-sweep-matplotlib-")
 
 
 _writable_config_dir()

@@ -7,15 +7,28 @@ import sys
 
 
 def test_matplotlib_says_nothing_when_the_home_cannot_be_written(tmp_path):
-    env = {**os.environ, "HOME": "/etc/passwd", "XDG_CONFIG_HOME": ""}  # a file: no folder
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "HOME": "/etc/passwd", "XDG_CONFIG_HOME": "",  # a file: no folder
+           "TMPDIR": str(temporary)}
     env.pop("MPLCONFIGDIR", None)
     draw = ("import pathlib, asl_sweep.tracking.plots as p; "
             f"p.plot_curves([1, 2], {{k: [0.1, 0.2] for k in ('train_loss', 'val_loss', 'train_acc', 'val_acc')}}, pathlib.Path({str(tmp_path)!r}) "
             "/ 'c.png', 'curves')")
-    proc = subprocess.run([sys.executable, "-c", draw], env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and (tmp_path / "c.png").stat().st_size > 1000
+
+    def drawn() -> list[str]:
+        proc = subprocess.run([sys.executable, "-c", draw], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == "" and (tmp_path / "c.png").stat().st_size > 1000
+        return sorted(p.name for p in temporary.iterdir())
+
+    # One folder for every command, not one left behind by each (95 in a day's /tmp here).
+    assert drawn() == drawn() == [f"asl-sweep-matplotlib-{os.getuid()}"]
+    # That name held by a link (another user's doing): not followed, a fresh folder instead.
+    (temporary / f"asl-sweep-matplotlib-{os.getuid()}").rename(temporary / "elsewhere")
+    (temporary / f"asl-sweep-matplotlib-{os.getuid()}").symlink_to(temporary / "elsewhere")
+    assert len(drawn()) == 3
 
 
 def test_the_search_history_counts_trials_in_whole_numbers():
