@@ -1,6 +1,8 @@
-"""What a study will do, before anything runs (`asl-sweep run --dry-run`): its data, and per
-stage what it searches, on which metric, and how many trainings of how many epochs it plans.
-Reads the settings and lists the photo folder (no image decoded); opens no store."""
+"""What a study will do, before anything runs (`asl-sweep run --dry-run`): what it reads (its
+data, split as a run splits it, and its pretrained weights) and per stage what it searches,
+on which metric, and how many trainings of how many epochs it plans. Reads the settings,
+lists the photo folder (no image decoded) and looks for weights files (none read or
+downloaded); opens no store. `run` checks the same inputs before it starts."""
 
 from __future__ import annotations
 
