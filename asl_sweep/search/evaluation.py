@@ -170,11 +170,12 @@ def score_repeats(data: StudyData, repeats: list[Repeat], split: str = "test",
         x, y, people = _images(data, r, split)
         each = _each_view(r.model, x, r.file.spec.image_size, VIEW_SETS[views])
         p = set_probabilities(each, views).numpy()
-        scored.append(Scored(r.trial, r.fold, replace(r.file, views=views), p.argmax(1), y, p,
+        fold = r.fold % len(data.splits.folds)  # repeat r trains on fold r, wrapping
+        scored.append(Scored(r.trial, fold, replace(r.file, views=views), p.argmax(1), y, p,
                              split, people))
         if views != "none":  # the image alone: one of the views just computed
             q = each["identity"].numpy()
-            plain.append(Scored(r.trial, r.fold, r.file, q.argmax(1), y, q, split, people))
+            plain.append(Scored(r.trial, fold, r.file, q.argmax(1), y, q, split, people))
     return scored, plain or scored
 
 
@@ -283,10 +284,14 @@ def bootstrap_interval(scored: list[Scored], groups: list[str] | None,
                        seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the mean accuracy over repeats, resampling people (or
     images where there are no groups) with replacement: on the test split the same draw for
-    every repeat (they scored the same images), on validation each repeat's own fold apart."""
+    every repeat (they scored the same images), on validation each fold's repeats on one
+    draw of its own (repeats past the last fold score the first fold's images again)."""
     rng = np.random.default_rng(seed)
     if any(s.split != "test" for s in scored):
-        accuracy = np.stack([_resampled([s], s.people, rng)[:, 0] for s in scored], axis=1)
+        accuracy = np.empty((BOOTSTRAP, len(scored)))
+        for fold in dict.fromkeys(s.fold for s in scored):
+            at = [i for i, s in enumerate(scored) if s.fold == fold]
+            accuracy[:, at] = _resampled([scored[i] for i in at], scored[at[0]].people, rng)
     else:
         accuracy = _resampled(scored, groups, rng)
     lo, hi = np.percentile(accuracy.mean(axis=1), [2.5, 97.5])

@@ -160,3 +160,17 @@ def test_views_count_each_validation_person_once_where_repeats_wrap_to_the_first
     gains = choose_views(data, repeats, "flip")["gains"]
     assert gains["flip"]["units"] == len(val_people) < sum(
         len(set(data.groups[data.split(16, f % folds).val_index])) for f in range(folds + 1))
+
+
+def test_on_validation_repeats_of_one_fold_are_resampled_on_one_draw():
+    """Repeats past the last fold score the first fold's people again: drawn apart, two
+    repeats that agree image for image read as twice the evidence (a narrower interval)."""
+    people = np.array(["ann", "ann", "bob", "bob", "cy", "cy", "dee", "dee", "eve", "eve"])
+    truth = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    guess = np.array([0, 1, 0, 0, 1, 1, 0, 1, 1, 0])
+
+    def repeat(trial: int) -> Scored:
+        return Scored(trial, 0, None, guess, truth, split="val", people=people)
+
+    alone = summarize([repeat(1)], None, "val")["ci"]
+    assert summarize([repeat(1), repeat(4)], None, "val")["ci"] == alone
