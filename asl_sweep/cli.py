@@ -603,7 +603,10 @@ def runnable(command: str) -> str:
 
 def cmd_worker(args) -> int:
     cfg, ws = _recorded(args) or _load(args)
-    from asl_sweep.search import join_study
+    from asl_sweep.search import input_lines, join_study
+
+    if args.parent_pid is None:  # a worker of its own (another machine): its data, weights
+        input_lines(cfg)  # checked as `run` checks them, before it joins (run's: checked)
 
     index = args.worker_index if args.worker_index is not None else 1 + os.getpid() % 9973
     return join_study(cfg, ws, index, args.threads, args.gpu_share, args.parent_pid)

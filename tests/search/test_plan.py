@@ -74,9 +74,11 @@ def test_the_dry_run_splits_the_data_as_the_run_does_and_refuses_what_it_refuses
         capsys.readouterr().out)
     assert main([*argv, "--set", "data.group_pattern=^(zz)_"]) == 2
     assert "data.group_pattern '^(zz)_' does not match its file name" in capsys.readouterr().err
-    # The run checks the same before it makes a store or decodes an image.
-    assert main([*argv[:-1], "--set", "data.group_pattern=^(zz)_"]) == 2
-    assert "data.group_pattern '^(zz)_' does not match its file name" in capsys.readouterr().err
+    # The run checks the same before it makes a store or decodes an image, and so does a
+    # worker joining from another machine.
+    for command in ("run", "worker"):
+        assert main([command, *argv[1:-1], "--set", "data.group_pattern=^(zz)_"]) == 2
+        assert "data.group_pattern '^(zz)_' does not match" in capsys.readouterr().err
     assert not home.exists()
 
 
