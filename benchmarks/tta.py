@@ -4,7 +4,7 @@ scored on test with each `tta` setting, beside no views. `auto` is the rule a st
 choose (the test split chooses nothing here: every row is the same stored checkpoints).
 
     .venv/bin/python -m benchmarks.new_people --arm now --home /tmp/np   # keep a study
-    .venv/bin/python -m benchmarks.tta --home /tmp/np [--study sweeps/cnn.yaml]
+    .venv/bin/python -m benchmarks.tta --home /tmp/np [--study sweeps/cnn.yaml] [--auto-with turn]
 
 Per setting: the views adopted, their validation gain (interval over validation people),
 the test mean over repeats, the ensemble's test accuracy and the per-person test figures
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from asl_sweep.results.readback import finished_stage, read_stages
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search import evaluation
 from asl_sweep.search.evaluation import breakdown, final_candidates, score_final, summarize
 from asl_sweep.search.session import open_data
 from asl_sweep.settings.studyfile import load_study
@@ -26,7 +27,7 @@ from benchmarks.common import write_result
 from benchmarks.end_to_end import people_figures
 from benchmarks.new_people import PEOPLE
 
-SETTINGS = ("off", "auto", "flip", "rotate", "scale", "all")
+SETTINGS = ("off", "auto", "flip", "rotate", "scale", "all", "turn")
 
 
 def main() -> None:
@@ -34,7 +35,11 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--study", default="sweeps/cnn.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--auto-with", action="append", default=[], metavar="SET",
+                        help="a view set `auto` weighs here beside the shipped ones (a "
+                        "candidate for evaluation.AUTO_SETS, judged by the rule in the notes)")
     args = parser.parse_args()
+    evaluation.AUTO_SETS = (*evaluation.AUTO_SETS, *args.auto_with)
     cfg = load_study(Path(args.study), [*PEOPLE, *args.overrides])
     ws = Workspace.at(args.home)
     view = finished_stage(cfg, read_stages(cfg, ws), None)

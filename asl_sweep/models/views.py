@@ -1,5 +1,5 @@
 """Test-time augmentation: a model's class probabilities averaged over a few fixed views of
-each image (the image itself, its mirror, small rotations, a zoom out and in).
+each image (the image itself, its mirror, small rotations, a zoom out and in, quarter turns).
 
 Which set a study uses is chosen on validation (search/evaluation.py), never on test; the
 chosen set's name travels in the model file (`ModelFile.views`), so every form built from
@@ -26,6 +26,8 @@ VIEW_SETS: dict[str, tuple[str, ...]] = {
     "rotate": ("identity", "rotate+", "rotate-"),
     "scale": ("identity", "zoom_out", "zoom_in"),
     "all": ("identity", "flip", "rotate+", "rotate-", "zoom_out", "zoom_in"),
+    # A hand held sideways (the arm in from the side) turned upright by one of the two.
+    "turn": ("identity", "turn+", "turn-"),
 }
 
 
@@ -41,6 +43,8 @@ _WARPS: dict[str, list[list[float]]] = {
     "rotate-": _rotation(-DEGREES),
     "zoom_out": [[ZOOM, 0.0, 0.0], [0.0, ZOOM, 0.0]],
     "zoom_in": [[1 / ZOOM, 0.0, 0.0], [0.0, 1 / ZOOM, 0.0]],
+    "turn+": _rotation(90.0),
+    "turn-": _rotation(-90.0),
 }
 
 
@@ -48,7 +52,8 @@ def describe(views: str) -> str:
     """A view set in words, for the terminal, report and model card."""
     words = {"identity": "the image", "flip": "its mirror",
              "rotate+": f"rotated {DEGREES:g} degrees each way", "rotate-": None,
-             "zoom_out": f"zoomed out and in by {ZOOM:g}x", "zoom_in": None}
+             "zoom_out": f"zoomed out and in by {ZOOM:g}x", "zoom_in": None,
+             "turn+": "turned a quarter each way", "turn-": None}
     shown = [words[v] for v in VIEW_SETS[views] if words[v]]
     if views == "none":
         return "none (the image alone)"
@@ -102,7 +107,7 @@ def with_views(model: nn.Module, views: str, image_size: int) -> nn.Module:
     return model if views == "none" else TestTimeViews(model, views, image_size).eval()
 
 
-VIEWS = VIEW_SETS["all"]  # every single view, each set's among them
+VIEWS = tuple(dict.fromkeys(v for views in VIEW_SETS.values() for v in views))  # every view
 
 
 @torch.inference_mode()

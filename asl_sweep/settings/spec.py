@@ -355,11 +355,12 @@ class StudyConfig(Strict):
         "configuration with one repeat is that repeat) or best_repeat (its best repeat by "
         "validation). Fixed before the test split is read: never chosen by test; the report "
         "shows both test figures")
-    tta: Literal["auto", "off", "flip", "rotate", "scale", "all"] = Field(
+    tta: Literal["auto", "off", "flip", "rotate", "scale", "all", "turn"] = Field(
         "auto", description="test-time augmentation of the final model: its class "
         "probabilities averaged over fixed views of each image (flip: and its mirror; "
         "rotate: and rotated 15 degrees each way; scale: and zoomed out and in by 1.25x; "
-        "all: the five). auto: each set is scored on the validation split of the repeats' "
+        "all: the five; turn: and turned a quarter each way, for hands held sideways). "
+        "auto: each set but turn is scored on the validation split of the repeats' "
         "own folds and the one with the largest gain over no views is adopted where that "
         "gain, per validation person, has a bootstrap lower bound above 0 (one-sided 97.5%, "
         "Bonferroni over the sets; else none); off: "

@@ -56,6 +56,13 @@ def test_each_view_is_the_augmentation_it_names():
     assert torch.allclose(in_, geometry.warp(x, geometry.crop(corner, corner, side, side)),
                           atol=1e-5)
     assert len(views_of("all", x)) == 6
+    # A quarter turn each way: the image turned as rot90 turns it, no pixel blended (the
+    # training's `turn` draws the same warp, geometry.rotate by 90 degrees).
+    _, plus, minus = views_of("turn", x)
+    assert {torch.allclose(plus, x.rot90(k, (-2, -1)), atol=1e-5) for k in (1, -1)} == {
+        True, False}
+    assert torch.allclose(minus, plus.rot90(2, (-2, -1)), atol=1e-5)
+    assert torch.allclose(plus, geometry.rotate(x, torch.full((b,), 90.0)), atol=1e-5)
 
 
 def test_the_output_is_the_mean_of_the_views_probabilities():
