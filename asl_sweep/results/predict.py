@@ -99,7 +99,8 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
     if not path.exists():
         export = _named_export(source, home)
         if export is None:
-            raise ModelFileError(f"{source}: no such model file or folder{_meant(source)}")
+            raise ModelFileError(f"{source}: no such model file or folder{_meant(source)}"
+                                 + _not_exported(source, home))
         log.info(f"study {source}: its export, {export}")
         return open_model(str(export), home, tracking)
     if is_study_file(path):
@@ -152,6 +153,25 @@ def exported_model(folder: Path) -> Path | None:
     `export --format onnx` wrote only that; None where it holds neither."""
     return next((m for m in (folder / TORCHSCRIPT_FILE, folder / ONNX_FILE) if m.is_file()),
                 None)
+
+
+def _not_exported(source: str, home: Path | str) -> str:
+    """Where a bare name is a study recorded in the home that `export` has not written: say
+    so, and what writes it."""
+    if "/" in source or source.startswith("."):
+        return ""
+    try:
+        ws = Workspace.at(home)
+    except UserError:
+        return ""
+    if not ws.has_storage:
+        return ""
+    from asl_sweep.search import optuna_storage, recorded_studies
+
+    if source not in recorded_studies(optuna_storage(ws.storage)):
+        return ""
+    return (f"; study {source} is recorded in {ws.home} but has no export there: run "
+            f"`asl-sweep export {source}` first")
 
 
 def _meant(source: str) -> str:

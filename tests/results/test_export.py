@@ -172,6 +172,11 @@ def test_predict_takes_the_study_yaml_and_uses_its_export(exported, tmp_path, ca
     err = capsys.readouterr().err
     assert f"study {cfg.study} has no export at {ws.home / 'exports' / cfg.study}" in err
     assert f"run `asl-sweep export {study}` first" in err
+    # By its name: recorded, not exported (it was "no such model file or folder" alone).
+    assert main(["predict", cfg.study, str(image), "--home", str(ws.home)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"no such model file or folder; study {cfg.study} is recorded in {ws.home} but has "
+        f"no export there: run `asl-sweep export {cfg.study}` first\n")
     assert main(["export", str(study), "--home", str(ws.home), "--format", "torchscript"]) == 0
     capsys.readouterr()
     assert main(["predict", str(study), str(image), "--home", str(ws.home), "--json"]) == 0
