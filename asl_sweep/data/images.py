@@ -105,7 +105,8 @@ def _fits_in_memory(cfg: DataConfig, size: int, n_images: int) -> None:
                     f"{len(CLASSES)} letters")
             fewer = "draw fewer (data.synthetic.per_class)"
         else:
-            what, fewer = f"data.root: {cfg.root}: {n_images:,} images", "point data.root at fewer images"
+            what = f"data.root: {cfg.root}: {n_images:,} images"
+            fewer = "point data.root at fewer images"
         raise DataError(f"{what} at {size} px decode to {need / 2**30:,.1f} GiB, more than "
                         f"the {have / 2**30:.1f} GiB of memory this process may use (the "
                         f"machine's, or its job's or container's limit): lower "

@@ -177,6 +177,7 @@ def resolve_splits(cfg: DataConfig, labels: Sequence[int], classes: Sequence[str
 
 def describe_splits(cfg: DataConfig, s: Splits, groups: np.ndarray | None,
                     n_classes: int) -> str:
+    """The split in one line, as `run` and `run --dry-run` print it."""
     counts = f"{len(s.train)} train / {len(s.val)} val / {len(s.test)} test images"
     if groups is not None:
         people = [len(np.unique(groups[i])) for i in (s.train, s.val, s.test)]
