@@ -464,7 +464,7 @@ def test_kill_9_during_confirmation_then_rerun_finishes_it(write_study, tmp_path
     killed_number = killed_local + attrs(optuna.load_study(
         study_name="tiny.rate", storage=storage))["plan"]["first_repeat"]
 
-    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    assert main(cmd[3:]) == 0  # the rerun here, in this process: no process to start
     shape, rate = read_stages(load_study(path), ws)
     assert shape.result == before and len(shape.trials) == 4  # not rerun, decision unchanged
     assert sum(t.user_attrs.get("role") in ("seed", "search") and t.state.name == "COMPLETE"
@@ -776,7 +776,8 @@ def test_a_worker_looks_for_dead_trials_at_once_in_its_first_stage_after_a_pause
 
 
 @pytest.mark.slow
-def test_a_study_resumes_only_from_the_settings_it_started_with(write_study, tmp_path):
+def test_a_study_resumes_only_from_the_settings_it_started_with(write_study, tmp_path,
+                                                               capsys):
     """A stage stopped mid-search (SIGTERM) and rerun with other trainer settings would rank
     trials trained two ways; a finished study rerun with `--epochs 1` (a quick look, say)
     would print its old results as if they were the command's. The first is one line, exit
@@ -788,42 +789,40 @@ def test_a_study_resumes_only_from_the_settings_it_started_with(write_study, tmp
                         "confirm": None, "space": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}]}
     path = write_study(spec)
     home = tmp_path / "mlruns"
-    cmd = [sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home", str(home)]
-    interrupt_a_trial(cmd, home / "optuna.db", "tiny.search", role="search")
+    args = ["run", str(path), "--home", str(home)]
+    # The stop is a real process's; the reruns after it run here (no process to start).
+    interrupt_a_trial([sys.executable, "-m", "asl_sweep.cli", *args], home / "optuna.db",
+                      "tiny.search", role="search")
 
-    rerun = subprocess.run([*cmd, "--set", "base.batch_size=8"], capture_output=True,
-                           text=True, timeout=300)
-    assert rerun.returncode == 2, rerun.stderr[-2000:]
-    assert "Traceback" not in rerun.stderr
-    (line,) = [x for x in rerun.stderr.splitlines() if x.startswith("error:")]
+    assert main([*args, "--set", "base.batch_size=8"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
     assert line.startswith("error: study tiny, stage search: its trials so far started from "
                            "base.batch_size 16, but this command says 8")
     assert "restore them to resume it, or start a new study with --set study=NEW" in line
     study = optuna.load_study(study_name="tiny.search", storage=Workspace.at(home).storage)
     assert not any(t.state.name == "RUNNING" for t in study.trials)
 
-    resumed = subprocess.run([*cmd, "--set", "base.device=cpu", "--set",
-                              "base.checkpoint_every=3", "--trials", "3"],
-                             capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "decided from" not in resumed.stdout
+    assert main([*args, "--set", "base.device=cpu", "--set", "base.checkpoint_every=3",
+                 "--trials", "3"]) == 0
+    resumed = capsys.readouterr().out
+    assert "decided from" not in resumed
     # A larger budget on a resume (or a worker started by hand) says it changed the stage's.
     assert ("stage search: budget 2 -> 3 trials, as this command asks (--trials or the study "
-            "file), for every worker of the stage\n") in resumed.stdout
+            "file), for every worker of the stage\n") in resumed
 
-    quick_look = subprocess.run([*cmd, "--epochs", "1"], capture_output=True, text=True,
-                                timeout=300)
-    assert quick_look.returncode == 0, quick_look.stderr[-2000:]
+    assert main([*args, "--epochs", "1"]) == 0
+    quick_look = capsys.readouterr().out
     assert ("stage search: decided from base.epochs 40, but this command says 1; a decided "
-            "stage is not reopened") in quick_look.stdout
-    assert "--set study=tiny-new" in quick_look.stdout
+            "stage is not reopened") in quick_look
+    assert "--set study=tiny-new" in quick_look
 
     spec["stages"].append({"name": "more", "trials": 1, "sampler": "random", "pruner": "none",
                            "confirm": None, "space": {"weight_decay": [0.0, 1e-4]}})
     path = write_study(spec)
-    later = subprocess.run([*cmd, "--epochs", "1"], capture_output=True, text=True, timeout=300)
-    assert later.returncode == 2, later.stderr[-2000:]
-    (line,) = [x for x in later.stderr.splitlines() if x.startswith("error:")]
+    assert main([*args, "--epochs", "1"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
     assert line.startswith("error: study tiny, stage more: the stages before it were decided "
                            "from other settings (stage search: base.epochs 40, but this "
                            "command says 1)")
