@@ -71,8 +71,7 @@ def load_image_set(cfg: DataConfig, size: int, cache_dir: Path, log=print) -> Im
         digest = synthetic_digest(s.per_class, s.signers, s.seed, s.kind)
         return _cached(cache_dir, digest, size,
                        lambda: make_synthetic(s.per_class, size, s.seed, s.signers, s.kind), log)
-    files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
-    _fits_in_memory(cfg, size, len(files))
+    files, labels, classes, skipped = _scanned(cfg, size)
     digest = folder_digest(cfg.root, files, labels, cfg.on_bad_image, log,
                            Path(cache_dir) / "file-digests.json")
     return _cached(cache_dir, digest, size, lambda: decode_folder(
@@ -89,9 +88,16 @@ def list_image_set(cfg: DataConfig, size: int) -> tuple[list[str], list[int], li
         names, labels = synthetic_names(cfg.synthetic.per_class, cfg.synthetic.signers)
         _fits_in_memory(cfg, size, len(names))
         return names, labels, list(CLASSES), 0
+    files, labels, classes, skipped = _scanned(cfg, size)
+    return [str(f.relative_to(cfg.root)) for f in files], labels, classes, len(skipped)
+
+
+def _scanned(cfg: DataConfig, size: int) -> tuple[list[Path], list[int], list[str], list[str]]:
+    """The photo folder scanned (scan_folder), refused where its images would not fit in
+    memory at `size`."""
     files, labels, classes, skipped = scan_folder(cfg.root, cfg.on_bad_image)
     _fits_in_memory(cfg, size, len(files))
-    return [str(f.relative_to(cfg.root)) for f in files], labels, classes, len(skipped)
+    return files, labels, classes, skipped
 
 
 def _fits_in_memory(cfg: DataConfig, size: int, n_images: int) -> None:

@@ -136,15 +136,25 @@ def open_model(source: str, home: Path | str = "mlruns", tracking: str | None = 
     return _from_model_file(source, ModelFile.load(path))
 
 
-def _named_export(source: str, home: Path | str) -> Path | None:
-    """The export folder of the study a bare name names (`predict quick photo.jpg`: as every
-    command that names a study takes its name), where `export` wrote one into the home."""
+def _home_of_name(source: str, home: Path | str) -> Workspace | None:
+    """The home a bare study name (`predict quick photo.jpg`: as every command that names a
+    study takes its name) is looked up in; None for a path, or a --home that is no home
+    (the model's line comes first)."""
     if "/" in source or source.startswith("."):
         return None
     try:
-        export = Workspace.at(home).exports / source
-    except UserError:  # a --home that is no home: the model's line comes first
+        return Workspace.at(home)
+    except UserError:
         return None
+
+
+def _named_export(source: str, home: Path | str) -> Path | None:
+    """The export folder of the study a bare name names, where `export` wrote one into the
+    home."""
+    ws = _home_of_name(source, home)
+    if ws is None:
+        return None
+    export = ws.exports / source
     return export if exported_model(export) else None
 
 
@@ -158,13 +168,8 @@ def exported_model(folder: Path) -> Path | None:
 def _not_exported(source: str, home: Path | str) -> str:
     """Where a bare name is a study recorded in the home that `export` has not written: say
     so, and what writes it."""
-    if "/" in source or source.startswith("."):
-        return ""
-    try:
-        ws = Workspace.at(home)
-    except UserError:
-        return ""
-    if not ws.has_storage:
+    ws = _home_of_name(source, home)
+    if ws is None or not ws.has_storage:
         return ""
     from asl_sweep.search import optuna_storage, recorded_studies
 
