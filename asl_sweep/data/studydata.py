@@ -50,6 +50,17 @@ class SplitData:
         h.update(self.train_index.tobytes())
         return h.hexdigest()
 
+    def every_person(self) -> SplitData:
+        """The fold with its validation images added to its training (every non-test image):
+        what `final_model: refit` trains on once validation has chosen. Validation is kept
+        only so the trainer has something to score; its people are in training."""
+        cat = torch.cat
+        return SplitData(cat([self.x_train, self.x_val]), cat([self.y_train, self.y_val]),
+                         self.x_val, self.y_val, self.classes, self.x_pool, self.pool_key,
+                         cat([self.train_pos, self.val_pos]), self.val_pos,
+                         np.concatenate([self.train_index, self.val_index]), self.val_index,
+                         self.fold, self.val_people)
+
     def subset(self, n: int, seed: int) -> SplitData:
         """Training on N images covering every class; validation stays whole."""
         keep = covering_subset(np.arange(len(self.train_index)), self.y_train.cpu().numpy(),

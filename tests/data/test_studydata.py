@@ -25,6 +25,15 @@ def test_folds_and_sizes_share_one_split_and_test_stays_out(tmp_path):
     assert len(sub.y_train) == 9 and set(sub.y_train.tolist()) == set(range(9))
     assert torch.equal(sub.x_val, data.split(16).x_val)
     assert "person-disjoint" in data.describe()
+    # final_model: refit trains on every non-test image of a fold: its training and
+    # validation images, each once, with their own labels; test still out
+    part, every = data.split(16, 1), data.split(16, 1).every_person()
+    assert sorted(every.train_index.tolist()) == sorted(
+        part.train_index.tolist() + part.val_index.tolist())
+    assert len(set(every.train_index.tolist())) == len(data.pool) and not test & set(
+        every.train_index.tolist())
+    assert torch.equal(every.x_pool[every.train_pos], every.x_train)
+    assert torch.equal(every.y_train[len(part.y_train):], part.y_val)
 
 
 def test_photos_in_a_folder_per_person_split_by_person(tmp_path):
