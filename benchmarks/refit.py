@@ -1,0 +1,112 @@
+"""The final configuration trained again on every non-test person (issue 32): cnn.yaml's
+final configuration (the adopted architecture with the start's augmentation and rate, as
+every shipped run has ended), for seeds 0..N-1, each twice:
+
+- repeat: trained on fold s's training people, its best epoch by val_person_q25 (what a
+  study's final repeats are, and what it exports);
+- refit: the same seed trained on fold s's training and validation people (every non-test
+  person), its last epoch (its validation people are in its training: nothing can choose).
+
+Both are scored on the test split: the paired gain per test person averaged over the seeds
+(95% CI by bootstrap over test people), each kind's mean with its seed spread, the two
+ensembles, and the 25th-percentile, median and worst person. Choose on a selection set
+(`--synthetic-seed 1`: other signers, their own split), report on the development set
+(`--synthetic-seed 0`, the people BENCHMARKS.md reports).
+
+    .venv/bin/python -m benchmarks.refit --synthetic-seed 1 [--seeds 3] [--epochs 80]
+
+results/refit_seed<S>.json."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asl_sweep.data.studydata import StudyData
+from asl_sweep.search.evaluation import _paired_gain, predict_probabilities
+from asl_sweep.settings.config import TrainConfig
+from asl_sweep.training.train import Monitor, train
+from benchmarks.common import write_result
+from benchmarks.people_levers import BASE, DATA, ROUND3
+
+START = {**BASE, "augment": {**ROUND3, "turn": 0.2}}  # cnn.yaml's start, adopted network
+
+
+def person_figures(right: np.ndarray, people: np.ndarray) -> dict:
+    names, inverse = np.unique(people, return_inverse=True)
+    per = np.bincount(inverse, weights=right) / np.bincount(inverse)
+    order = np.argsort(per)
+    return {"mean": round(float(per.mean()), 4), "q25": round(float(np.quantile(per, 0.25)), 4),
+            "median": round(float(np.median(per)), 4), "worst": round(float(per.min()), 4),
+            "worst_five": [(str(names[i]), round(float(per[i]), 3)) for i in order[:5]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--synthetic-seed", type=int, default=1,
+                        help="1: the selection set the rule reads; 0: the development set")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=80)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    data_cfg = DATA.model_copy(update={"synthetic": DATA.synthetic.model_copy(
+        update={"seed": args.synthetic_seed})})
+    probs: dict[str, list[np.ndarray]] = {"repeat": [], "refit": []}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        study = StudyData(data_cfg, Path(tmp), torch.device("cpu"), log=lambda _: None)
+        test = study.test()
+        truth, people = test.y.numpy(), np.asarray(test.groups)
+        for seed in range(args.seeds):
+            cfg = TrainConfig(**START, epochs=args.epochs, seed=seed)
+            part = study.split(fold=seed)
+            for kind, data, monitor in (("repeat", part, Monitor("val_person_q25")),
+                                        ("refit", part.every_person(), Monitor("epoch"))):
+                started = time.perf_counter()
+                result = train(cfg, data, "cpu", monitor=monitor)
+                p = predict_probabilities(result.model, test.x)
+                probs[kind].append(p)
+                right = (p.argmax(1) == truth).astype(np.float64)
+                rows.append({"kind": kind, "seed": seed, "fold": part.fold,
+                             "train_people": len(set(study.groups[data.train_index])),
+                             "train_images": len(data.train_index), "epoch": result.best.epoch,
+                             "test_acc": round(float(right.mean()), 4),
+                             **person_figures(right, people),
+                             "seconds": round(time.perf_counter() - started, 1)})
+                print(rows[-1], flush=True)
+    summary = {}
+    for kind, ps in probs.items():
+        accs = [float((p.argmax(1) == truth).mean()) for p in ps]
+        mean = np.mean(ps, axis=0).argmax(1) == truth
+        summary[kind] = {
+            "test_mean": round(statistics.fmean(accs), 4),
+            "test_std": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
+            "ensemble": round(float(mean.mean()), 4),
+            "ensemble_people": person_figures(mean.astype(np.float64), people),
+            "people_of_the_mean": person_figures(np.mean(
+                [(p.argmax(1) == truth) for p in ps], axis=0), people)}
+    diff = np.mean([(r.argmax(1) == truth).astype(float) - (n.argmax(1) == truth)
+                    for r, n in zip(probs["refit"], probs["repeat"], strict=True)], axis=0)
+    gain = _paired_gain(diff, people)
+    summary["paired_gain_per_person"] = {k: (round(v, 4) if isinstance(v, float) else v)
+                                         for k, v in gain.items()}
+    for kind in ("repeat", "refit"):
+        s = summary[kind]
+        print(f"{kind}: test {s['test_mean']:.3f} +- {s['test_std']:.3f} over {args.seeds} "
+              f"seeds, ensemble {s['ensemble']:.3f}; people of the mean "
+              f"{s['people_of_the_mean']}")
+    print(f"refit - repeat, per test person: {100 * gain['gain']:+.1f} pt (95% CI "
+          f"{100 * gain['ci'][0]:+.1f} to {100 * gain['ci'][1]:+.1f}, {gain['units']} people)")
+    payload = {"data": f"people 120, synthetic seed {args.synthetic_seed}", "split": "test",
+               "epochs": args.epochs, "rows": rows, "summary": summary}
+    print(f"written to {write_result(f'refit_seed{args.synthetic_seed}', payload)}")
+
+
+if __name__ == "__main__":
+    main()
