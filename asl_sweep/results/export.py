@@ -47,8 +47,10 @@ from asl_sweep.search import (
     confusion,
     earlier_views,
     final_candidates,
+    load_refits,
     open_data,
     outcome_of,
+    refit_candidate,
     score_final,
     summarize,
     views_lines,
@@ -82,7 +84,22 @@ class Exported:
         return self.file.spec.image_size
 
     @property
+    def refit(self) -> bool:
+        return "refit" in self.test and self.cfg.final_model == "refit"
+
+    @property
+    def final_model(self) -> str:
+        return "refit" if self.refit else "ensemble" if self.file.members else "best_repeat"
+
+    @property
     def described(self) -> str:
+        if self.refit:
+            members = self.test["refit"]["members"]
+            return (f"the refit of trials {', '.join(str(n) for n in members)} (each repeat's "
+                    "settings and seed trained again on every non-test person, the last "
+                    "epoch kept; their probabilities averaged)" if len(members) > 1 else
+                    f"the refit of trial {members[0]} (its settings and seed trained again on "
+                    "every non-test person, the last epoch kept)")
         if self.file.members:
             return (f"the ensemble of trials {', '.join(str(n) for n in self.test['trials'])} "
                     "(the configuration's repeats, their probabilities averaged)")
@@ -90,6 +107,8 @@ class Exported:
 
     @property
     def title(self) -> str:
+        if self.refit:
+            return f"refit of {len(self.test['refit']['members'])} repeats"
         return (f"ensemble of {len(self.file.members)} repeats" if self.file.members
                 else f"trial {self.trial.number}")
 
@@ -106,7 +125,7 @@ class Exported:
                 "test_acc_mean": f"{self.test['mean']:.6f}",
                 "test_acc_std": f"{self.test['std']:.6f}",
                 "test_acc": self.test["summary"], "test_rule": TEST_RULE,
-                "final_model": "ensemble" if self.file.members else "best_repeat",
+                "final_model": self.final_model,
                 "model_test_acc": f"{self.scored.accuracy:.6f}",
                 "test_time_views": self.file.views}
         tags.update({f"decided_by.{k}": v
@@ -128,7 +147,26 @@ def load_exported(cfg: StudyConfig, ws: Workspace, stage: str | None = None) -> 
     best, ensemble, entries = final_candidates(scored, chosen.number, groups)
     test.update(entries)
     mine = ensemble if cfg.final_model == "ensemble" and ensemble is not None else best
+    if cfg.final_model == "refit":
+        mine = _refit(cfg, ws, data, tracker, test, groups)
     return Exported(cfg, view, chosen, mine.model_file, mine.model_file.build(), test, mine)
+
+
+def _refit(cfg: StudyConfig, ws: Workspace, data, tracker: Tracker, test: dict,
+           groups: list[str] | None) -> Scored:
+    """`final_model: refit`: the refit models the run trained (on record with its final
+    score), scored with the repeats' views; their entry goes into `test`."""
+    final = read_final(cfg, ws) or {}
+    if "refit" not in final or final["refit"]["members"] != test["trials"]:
+        raise UserError(f"study {cfg.study}: final_model is refit, but no refit of its final "
+                        "repeats is on record (the setting came after its run): rerun "
+                        f"`asl-sweep run` with the same study and arguments to train them, "
+                        "then export")
+    runs, members = final["refit"]["runs"], final["refit"]["members"]
+    model, entry = refit_candidate(data, load_refits(tracker, runs, members),
+                                   runs, test["tta"]["views"], groups)
+    test["refit"] = entry
+    return model
 
 
 def export(cfg: StudyConfig, ws: Workspace, formats: list[str], out: Path | None = None,

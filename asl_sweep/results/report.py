@@ -304,7 +304,12 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
              f"{ens['mean']:.3f} (95% CI "
              f"{ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}), the best repeat by validation (trial "
              f"{best['trial']}) {best['accuracy']:.3f}, the repeats' mean {test['mean']:.3f}."
-             if ens else f"The best repeat by validation is trial {best['trial']}."))
+             if ens else f"The best repeat by validation is trial {best['trial']}.")
+          + (f" The refit on every non-test person (the repeats' settings and seeds trained "
+             f"again on the training and validation people, the last epoch kept) "
+             f"{test['refit']['mean']:.3f} (95% CI {test['refit']['ci'][0]:.3f}-"
+             f"{test['refit']['ci'][1]:.3f}; {test['refit']['members_mean']:.3f} one by one)."
+             if "refit" in test else ""))
     views = "; ".join(line.strip() for line in views_lines(test["tta"]))
     doc.p(views[0].upper() + views[1:] + ".")
     matrix = confusion(exported.scored, classes)

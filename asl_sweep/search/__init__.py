@@ -2,7 +2,8 @@
 
 - the flow: `study` (stages: incumbent, search, race, decision), `trial` (one trial: plan ->
   reuse or train -> value), `pool` (this machine's worker processes), `evaluation` (scoring
-  checkpoints; the final test score);
+  checkpoints; the final test score), `refit` (the final configuration trained again on
+  every non-test person, `final_model: refit`);
 - the state the workers share: `state` (every shared key, named once and typed; budgets,
   claims, beats, dead workers, requeues), on the stores `store` opens (and `optuna_api`, the
   only module that reaches inside Optuna); the study record `record` and trainings on
@@ -37,6 +38,7 @@ _FRONT_DOOR = {
     "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
     "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",
     "final_candidates": "evaluation", "final_model_lines": "progress",
+    "load_refits": "evaluation", "refit_candidate": "evaluation",
     "score_final": "evaluation", "earlier_views": "evaluation", "views_lines": "progress",
     "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",
     # read a study back

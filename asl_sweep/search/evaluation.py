@@ -85,6 +85,11 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
     run_id = t.user_attrs.get(TrialKey.RUN)
     if not run_id:
         raise ModelFileError(f"trial {t.number}: no MLflow run, so no checkpoint to score")
+    return load_run_checkpoint(tracker, run_id, f"trial {t.number}")
+
+
+def load_run_checkpoint(tracker: Tracker, run_id: str, who: str) -> ModelFile:
+    """The best checkpoint on run `run_id` (of `who`, as messages name it)."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = tracker.artifact_file(run_id, "checkpoints/best.pt", Path(tmp))
@@ -96,14 +101,14 @@ def load_checkpoint(tracker: Tracker, t: FrozenTrial) -> ModelFile:
             why = ("is missing from the run's artifacts" if not tracker.has_artifact(
                 run_id, "checkpoints/best.pt") else
                 f"cannot be read ({str(e).splitlines()[0][:160]})")
-            raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "
+            raise ModelFileError(f"{who}: its checkpoint (run {run_id}, "
                                  f"checkpoints/best.pt) {why}; rerun the study (asl-sweep "
                                  "run, same arguments) to train it again") from None
         try:
             return ModelFile.load(path)
         except ModelFileError as e:  # named by its temporary copy: name the trial's instead
             why = str(e).split(": ", 1)[-1]
-            raise ModelFileError(f"trial {t.number}: its checkpoint (run {run_id}, "
+            raise ModelFileError(f"{who}: its checkpoint (run {run_id}, "
                                  f"checkpoints/best.pt) cannot be read ({why}); delete it from "
                                  "the run's artifacts and rerun the study (asl-sweep run, same "
                                  "arguments) to train it again") from None
@@ -416,11 +421,16 @@ def final_score(session: Session) -> dict:
         return {}
     cfg, stage = session.cfg, session.cfg.stages[-1]
     stored = read(session.record).get(RecordKey.FINAL)
+    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     if stored and stored.get("trials") == session.results[-1].repeats:  # scored earlier
         session.log(f"final test accuracy ({stage.name}'s configuration, scored earlier): "
                     f"{stored['summary']}")
+        if cfg.final_model == "refit" and "refit" not in stored:  # set after the scoring
+            view = StageView(stage, stage_trials(study), session.results[-1], {})
+            repeats = load_repeats(session.mirror.tracker, view.repeats())
+            _refit(session, stored, [(r.trial, r.fold, r.file) for r in repeats])
+            save_final(session.record, stored)
         return stored
-    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     # One process scores it: runs that finish together (several `run`s of one study) each
     # scored and logged the same tables to the study's MLflow run at once (an integrity
     # error on MLflow's tag of logged tables stopped one with a traceback).
@@ -437,6 +447,8 @@ def final_score(session: Session) -> dict:
                  tta=views)
     final["breakdown"] = breakdown(scored, test.groups, list(session.data.classes))
     final.update(final_candidates(scored, final["export_trial"], test.groups)[2])
+    if cfg.final_model == "refit":
+        _refit(session, final, [(s.trial, s.fold, s.model_file) for s in scored])
     signals.check()  # a stop asked for while scoring: exit 130, and a rerun scores again
     save_final(session.record, final)
     session.mirror.final_scored(final, TEST_RULE, session.data.test_dataset())
@@ -447,3 +459,40 @@ def final_score(session: Session) -> dict:
     for line in failure_lines(final["breakdown"]):
         session.log(f"  {line}")
     return final
+
+
+def _refit(session: Session, final: dict, repeats: list[tuple[int, int, ModelFile]]) -> None:
+    """`final_model: refit`: each repeat trained again on every non-test person (refit.py),
+    scored on test with the views chosen for the repeats; the entry `refit` of `final`."""
+    from asl_sweep.search.refit import refit_runs  # the trainer: loaded where it trains
+
+    runs = refit_runs(session, repeats)
+    members = load_refits(session.mirror.tracker, runs, [trial for trial, _, _ in repeats])
+    final["refit"] = refit_candidate(session.data, members, runs, final["tta"]["views"],
+                                     session.data.test().groups)[1]
+    session.log(f"refit on every non-test person, the exported model (final_model: refit): "
+                f"test {final['refit']['mean']:.3f} (its {len(runs)} models averaged; "
+                f"{final['refit']['members_mean']:.3f} one by one)")
+
+
+def load_refits(tracker: Tracker, runs: list[str], trials: list[int]) -> list[Repeat]:
+    """The refit models on runs `runs` (of repeats `trials`), each read once."""
+    members = []
+    for run_id, trial in zip(runs, trials, strict=True):
+        signals.check()
+        file = load_run_checkpoint(tracker, run_id, f"the refit of trial {trial}")
+        file.views = "none"
+        members.append(Repeat(trial, 0, file, file.build()))
+    return members
+
+
+def refit_candidate(data: StudyData, members: list[Repeat], runs: list[str], views: str,
+                    groups: list[str] | None) -> tuple[Scored, dict]:
+    """The refit models scored on test with `views` and averaged: the model
+    `final_model: refit` exports, and its test entry."""
+    scored = score_repeats(data, members, "test", views)[0]
+    model = ensemble_of(scored) if len(scored) >= 2 else scored[0]
+    entry = summarize([model], groups, "test") | {
+        "members": [m.trial for m in members], "runs": runs,
+        "members_mean": statistics.fmean(s.accuracy for s in scored)}
+    return model, entry

@@ -283,6 +283,39 @@ class Mirror:
         if result.checkpoint is not None and result.checkpoint.exists():
             self.tracker.keep_file(run_id, result.checkpoint, CHECKPOINTS)
 
+    # --- the final models trained on every non-test person (final_model: refit) --------
+    def refit_run(self, of_trial: int) -> str | None:
+        """The finished refit of repeat `of_trial` with its checkpoint on its run (a rerun
+        reads it back, not trains it again); None where there is none. A refit left RUNNING
+        by a stopped run is closed here: it is trained again."""
+        tags = {"kind": "refit", "refit_of": str(of_trial)}
+        for stale in self.tracker.running_runs(self.experiment_id, **tags):
+            self.tracker.end(stale, "KILLED", state="FAIL",
+                             error="stopped before it finished; trained again by a later run")
+        run_id = self.tracker.find_run(self.experiment_id, **tags, state="COMPLETE")
+        return run_id if run_id is not None and self.has_checkpoint(run_id) else None
+
+    def refit_opened(self, of_trial: int, cfg: TrainConfig, images: int, fold: int) -> TrialRun:
+        """A refit's run, under the study's: its settings, and only training metrics per epoch
+        (its validation people are in its training)."""
+        name = f"refit-of-trial-{of_trial}"
+        run_id = self.tracker.new_run(
+            self.experiment_id, name, parent=self.study_run, kind="refit",
+            refit_of=str(of_trial), state="RUNNING", **{"mlflow.note.content": (
+                f"trial {of_trial}'s settings and seed trained again on the training and "
+                f"validation people of fold {fold} (every non-test person), last epoch kept: "
+                "a member of the exported model (final_model: refit)")})
+        self.tracker.log_params(run_id, cfg.applicable() | {"train_images": images})
+        return TrialRun(run_id, name, self.tracker.epoch_log(run_id))
+
+    def refit_finished(self, run: TrialRun, cfg: TrainConfig, result: TrainResult,
+                       run_dir: Path) -> None:
+        self._training_files(run.run_id, cfg, result, run_dir, run.name)
+        last = result.history[-1]
+        self.tracker.end(run.run_id, "FINISHED", metrics={
+            "final_train_acc": last.train_acc, "final_train_loss": last.train_loss,
+            "num_params": result.num_params}, state="COMPLETE")
+
     # --- `asl-sweep train` ---------------------------------------------------------------
     def single_training(self, cfg: TrainConfig) -> TrialRun:
         run_id = self.tracker.new_run(self.experiment_id, "train", parent=self.study_run,

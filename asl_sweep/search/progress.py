@@ -156,16 +156,24 @@ def final_model_lines(final: dict, final_model: str) -> list[str]:
     best = final.get("best_repeat") or {"trial": final["export_trial"], "accuracy": None}
     single = (f"best repeat by validation (trial {best['trial']})"
               + (f": {best['accuracy']:.3f}" if best["accuracy"] is not None else ""))
-    ens = final.get("ensemble")
-    if ens is None:
+    ens, refit = final.get("ensemble"), final.get("refit")
+    lines = [] if ens is None else [
+        f"ensemble of the {len(ens['members'])} repeats (probabilities averaged): "
+        f"{ens['mean']:.3f} (95% CI {ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}); {single}"]
+    if refit is not None:
+        lines.append(f"refit on every non-test person ({len(refit['members'])} models, "
+                     f"probabilities averaged): {refit['mean']:.3f} (95% CI "
+                     f"{refit['ci'][0]:.3f}-{refit['ci'][1]:.3f}; "
+                     f"{refit['members_mean']:.3f} one by one)")
+    if final_model == "refit" and refit is not None:
+        chosen = "the refit (final_model: refit"
+    elif final_model == "ensemble" and ens is not None:
+        chosen = "the ensemble (final_model: ensemble"
+    else:
+        chosen = f"the {single.split(':')[0]} (final_model: best_repeat"
+    if not lines:
         return [f"exported model: {single}"]
-    lines = [f"ensemble of the {len(ens['members'])} repeats (probabilities averaged): "
-             f"{ens['mean']:.3f} (95% CI {ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}); {single}"]
-    lines.append("exported model: " + ("the ensemble (final_model: ensemble, fixed before "
-                                       "the test split was read)" if final_model == "ensemble"
-                                       else f"the {single.split(':')[0]} (final_model: "
-                                       "best_repeat)"))
-    return lines
+    return [*lines, f"exported model: {chosen}, fixed before the test split was read)"]
 
 
 def views_lines(views: dict) -> list[str]:

@@ -349,12 +349,15 @@ class StudyConfig(Strict):
     reuse_trainings: bool = Field(True, description="a trial whose training the study already "
                                   "did (same settings, seed, images, fold, metric) takes its "
                                   "result and checkpoint instead of training again")
-    final_model: Literal["ensemble", "best_repeat"] = Field(
+    final_model: Literal["ensemble", "best_repeat", "refit"] = Field(
         "ensemble", description="what the final configuration is exported, registered and "
         "scored as: ensemble (every repeat's class probabilities averaged, one model; a "
-        "configuration with one repeat is that repeat) or best_repeat (its best repeat by "
-        "validation). Fixed before the test split is read: never chosen by test; the report "
-        "shows both test figures")
+        "configuration with one repeat is that repeat), best_repeat (its best repeat by "
+        "validation) or refit (once validation has chosen, each repeat's settings and seed "
+        "trained again on every non-test person, training and validation, at its epochs, "
+        "the last epoch kept, and those models averaged; one more training per repeat). "
+        "Fixed before the test split is read: never chosen by test; the report shows every "
+        "test figure")
     tta: Literal["auto", "off", "flip", "rotate", "scale", "all", "turn"] = Field(
         "auto", description="test-time augmentation of the final model: its class "
         "probabilities averaged over fixed views of each image (flip: and its mirror; "

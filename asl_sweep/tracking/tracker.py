@@ -582,9 +582,10 @@ class EpochLog:
         self.lock = threading.Lock()  # the process sampler adds from its own thread
         self.sent_at = time.monotonic()
 
-    def add(self, step: int, values: Mapping[str, float]) -> None:
+    def add(self, step: int, values: Mapping[str, float],
+            keys: tuple[str, ...] = EPOCH_METRICS) -> None:
         ts = _now_ms()
-        self.extend([Metric(k, float(values[k]), ts, step) for k in EPOCH_METRICS])
+        self.extend([Metric(k, float(values[k]), ts, step) for k in keys])
         if time.monotonic() - self.sent_at >= self.interval:
             self.flush()
 

@@ -1,0 +1,74 @@
+"""final_model: refit: the final repeats trained again on every non-test person, recorded
+as MLflow runs, scored beside the repeats, and what export writes."""
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from asl_sweep.cli import main
+from asl_sweep.results.predict import open_model
+from asl_sweep.results.readback import read_final
+from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.session import open_data
+from asl_sweep.settings.studyfile import load_study
+
+STUDY = (
+    "study: tinyrefit\n"
+    "data: {synthetic: {per_class: 24, signers: 12}, image_size: 16}\n"
+    "base: {hidden: [32], epochs: 3, batch_size: 16, device: cpu}\n"
+    "stages:\n"
+    "  - {name: search, trials: 2, sampler: random, confirm: {top: 1, repeats: 2},\n"
+    "     space: {lr: {low: 1e-3, high: 1e-2, log: true}}}\n")
+
+
+def refit_runs(client: MlflowClient, ws: Workspace) -> list:
+    experiment = client.get_experiment_by_name("tinyrefit").experiment_id
+    return client.search_runs([experiment], "tags.kind = 'refit'")
+
+
+@pytest.mark.slow
+def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_writes(
+        tmp_path, capsys):
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text(STUDY)
+    run = ["run", str(path), "--home", str(home)]
+    export = ["export", str(path), "--home", str(home), "--format", "torchscript",
+              "--out", str(tmp_path / "out"), "--set", "final_model=refit"]
+    assert main(run) == 0  # final_model: ensemble, the default
+    ws = Workspace.at(home)
+    assert "refit" not in read_final(load_study(path), ws)
+    # Set after the run: nothing on record to export, one line saying what to run.
+    capsys.readouterr()
+    assert main(export) == 2
+    assert "no refit of its final repeats is on record" in capsys.readouterr().err
+
+    assert main([*run, "--set", "final_model=refit"]) == 0  # trains them, scores them
+    cfg = load_study(path, ["final_model=refit"])
+    final = read_final(cfg, ws)
+    refit = final["refit"]
+    assert refit["members"] == final["trials"] and len(refit["runs"]) == 2
+    client = MlflowClient(ws.tracking_uri)
+    runs = {r.info.run_id: r for r in refit_runs(client, ws)}
+    assert set(runs) == set(refit["runs"])
+    data = open_data(cfg, ws)
+    for fold, run_id in enumerate(refit["runs"]):  # repeat r on fold r
+        r = runs[run_id]
+        assert r.info.status == "FINISHED" and r.data.tags["refit_of"] == str(
+            refit["members"][fold])
+        part = data.split(16, fold)  # trained on the fold's training and validation images
+        assert int(r.data.params["train_images"]) == len(part.train_index) + len(part.val_index)
+        # per epoch: training figures only (its validation people are in its training)
+        assert len(client.get_metric_history(run_id, "train_acc")) == 3
+        assert not client.get_metric_history(run_id, "val_acc")
+    out = capsys.readouterr().out
+    assert "refit on every non-test person, the exported model (final_model: refit)" in out
+
+    assert main([*run, "--set", "final_model=refit"]) == 0  # a rerun trains no refit again
+    assert len(refit_runs(client, ws)) == 2
+    assert main(export) == 0
+    test = data.test(16)
+    probabilities = open_model(str(tmp_path / "out" / "model.torchscript.pt"), home)(test.x)
+    accuracy = (np.asarray(probabilities).argmax(1) == test.y.numpy()).mean()
+    assert accuracy == pytest.approx(refit["mean"], abs=1e-9)
+    card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
+    assert "the refit of trials" in card and "final_model: refit" in card
