@@ -308,7 +308,8 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
           + (f" The refit on every non-test person (the repeats' settings and seeds trained "
              f"again on the training and validation people, the last epoch kept) "
              f"{test['refit']['mean']:.3f} (95% CI {test['refit']['ci'][0]:.3f}-"
-             f"{test['refit']['ci'][1]:.3f}; {test['refit']['members_mean']:.3f} one by one)."
+             f"{test['refit']['ci'][1]:.3f}; one by one {test['refit']['members_mean']:.3f} "
+             f"+- {test['refit'].get('members_std', 0.0):.3f})."
              if "refit" in test else ""))
     views = "; ".join(line.strip() for line in views_lines(test["tta"]))
     doc.p(views[0].upper() + views[1:] + ".")

@@ -421,16 +421,18 @@ def final_score(session: Session) -> dict:
         return {}
     cfg, stage = session.cfg, session.cfg.stages[-1]
     stored = read(session.record).get(RecordKey.FINAL)
-    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     if stored and stored.get("trials") == session.results[-1].repeats:  # scored earlier
         session.log(f"final test accuracy ({stage.name}'s configuration, scored earlier): "
                     f"{stored['summary']}")
         if cfg.final_model == "refit" and "refit" not in stored:  # set after the scoring
-            view = StageView(stage, stage_trials(study), session.results[-1], {})
+            trials = stage_trials(create_stage_study(cfg, len(cfg.stages) - 1,
+                                                     session.storage, session.worker)[0])
+            view = StageView(stage, trials, session.results[-1], {})
             repeats = load_repeats(session.mirror.tracker, view.repeats())
             _refit(session, stored, [(r.trial, r.fold, r.file) for r in repeats])
             save_final(session.record, stored)
         return stored
+    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     # One process scores it: runs that finish together (several `run`s of one study) each
     # scored and logged the same tables to the study's MLflow run at once (an integrity
     # error on MLflow's tag of logged tables stopped one with a traceback).
@@ -470,9 +472,11 @@ def _refit(session: Session, final: dict, repeats: list[tuple[int, int, ModelFil
     members = load_refits(session.mirror.tracker, runs, [trial for trial, _, _ in repeats])
     final["refit"] = refit_candidate(session.data, members, runs, final["tta"]["views"],
                                      session.data.test().groups)[1]
+    session.mirror.refit_scored(final["refit"])
     session.log(f"refit on every non-test person, the exported model (final_model: refit): "
                 f"test {final['refit']['mean']:.3f} (its {len(runs)} models averaged; "
-                f"{final['refit']['members_mean']:.3f} one by one)")
+                f"one by one {final['refit']['members_mean']:.3f} +- "
+                f"{final['refit']['members_std']:.3f})")
 
 
 def load_refits(tracker: Tracker, runs: list[str], trials: list[int]) -> list[Repeat]:
@@ -494,5 +498,7 @@ def refit_candidate(data: StudyData, members: list[Repeat], runs: list[str], vie
     model = ensemble_of(scored) if len(scored) >= 2 else scored[0]
     entry = summarize([model], groups, "test") | {
         "members": [m.trial for m in members], "runs": runs,
-        "members_mean": statistics.fmean(s.accuracy for s in scored)}
+        "members_mean": statistics.fmean(s.accuracy for s in scored),
+        "members_std": statistics.stdev(s.accuracy for s in scored) if len(scored) > 1 else 0.0,
+        "by_person": breakdown([model], groups, list(data.classes))["by_person"]}
     return model, entry

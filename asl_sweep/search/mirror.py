@@ -316,6 +316,12 @@ class Mirror:
             "final_train_acc": last.train_acc, "final_train_loss": last.train_loss,
             "num_params": result.num_params}, state="COMPLETE")
 
+    def refit_scored(self, entry: dict[str, Any]) -> None:
+        """The refit's test figures on the study's run, beside the repeats' and ensemble's."""
+        self.tracker.log_metrics(self.study_run, {"test_acc_refit": entry["mean"],
+                                                  "test_acc_refit_members_mean":
+                                                      entry["members_mean"]})
+
     # --- `asl-sweep train` ---------------------------------------------------------------
     def single_training(self, cfg: TrainConfig) -> TrialRun:
         run_id = self.tracker.new_run(self.experiment_id, "train", parent=self.study_run,

@@ -161,10 +161,14 @@ def final_model_lines(final: dict, final_model: str) -> list[str]:
         f"ensemble of the {len(ens['members'])} repeats (probabilities averaged): "
         f"{ens['mean']:.3f} (95% CI {ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}); {single}"]
     if refit is not None:
+        worst = ", ".join(f"{r['person']} {r['accuracy']:.2f}"
+                          for r in refit.get("by_person", [])[:3])
         lines.append(f"refit on every non-test person ({len(refit['members'])} models, "
                      f"probabilities averaged): {refit['mean']:.3f} (95% CI "
                      f"{refit['ci'][0]:.3f}-{refit['ci'][1]:.3f}; "
-                     f"{refit['members_mean']:.3f} one by one)")
+                     f"one by one {refit['members_mean']:.3f} +- "
+                     f"{refit.get('members_std', 0.0):.3f})"
+                     + (f"; its worst test people: {worst}" if worst else ""))
     if final_model == "refit" and refit is not None:
         chosen = "the refit (final_model: refit"
     elif final_model == "ensemble" and ens is not None:

@@ -60,6 +60,9 @@ def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_wr
         # per epoch: training figures only (its validation people are in its training)
         assert len(client.get_metric_history(run_id, "train_acc")) == 3
         assert not client.get_metric_history(run_id, "val_acc")
+    experiment = client.get_experiment_by_name("tinyrefit").experiment_id
+    study_run = client.search_runs([experiment], "tags.kind = 'study'")[0]
+    assert study_run.data.metrics["test_acc_refit"] == pytest.approx(refit["mean"])
     out = capsys.readouterr().out
     assert "refit on every non-test person, the exported model (final_model: refit)" in out
 
