@@ -79,6 +79,8 @@ def run(study: str, data: Path | None, overrides: list[str], trials: int | None,
             "confirmation_s": round(sum(s["confirm_s"] for s in stages), 1),
             "final_test": final["summary"], "final_test_mean": round(final["mean"], 4),
             "final_test_std": round(final["std"], 4), "people": people_figures(final),
+            "final_models": {k: final[k] for k in ("best_repeat", "ensemble", "refit")
+                             if k in final},
             "stages": stages}
 
 
