@@ -105,7 +105,7 @@ def test_a_full_database_behind_the_storage_proxy_is_one_line_and_burns_no_budge
     from tests.conftest import running_trial, stopped_line
     from tests.servers import free_port, store_proxy
 
-    path = write_study({**QUICK, "base": {"epochs": 150}})
+    path = write_study({**QUICK, "base": {"epochs": 60}})
     db, port = small_disk / "optuna.db", free_port()
     filler = small_disk / "filler"
     with store_proxy(f"sqlite:///{db}", port=port) as url:

@@ -261,7 +261,7 @@ def test_the_backbone_is_searched_in_one_stage_each_with_its_own_feature_cache(w
     from asl_sweep.cli import main
     from asl_sweep.runtime.workspace import Workspace
 
-    path = write_study({"data": {"synthetic": {"per_class": 12}}, "stages": [{
+    path = write_study({"data": {"synthetic": {"per_class": 6}}, "stages": [{
         "name": "backbones", "trials": 4, "sampler": "grid", "pruner": "none", "confirm": None,
         "image_size": 32,
         "fixed": {"model": "transfer", "hidden": [], "epochs": 2,
