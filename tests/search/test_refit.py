@@ -1,6 +1,8 @@
 """final_model: refit: the final repeats trained again on every non-test person, recorded
 as MLflow runs, scored beside the repeats, and what export writes."""
 
+import os
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -75,3 +77,47 @@ def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_wr
     assert accuracy == pytest.approx(refit["mean"], abs=1e-9)
     card = (tmp_path / "out" / "MODEL_CARD.md").read_text()
     assert "the refit of trials" in card and "final_model: refit" in card
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_it_refits_leaves_no_run_open_and_a_rerun_trains_it_again(
+        tmp_path):
+    """SIGKILL while the refit trains (nothing can close its MLflow run): the rerun closes
+    that run as stopped, trains the refit again and exports it."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text(STUDY.replace("epochs: 3", "epochs: 150").replace(
+        "confirm: {top: 1, repeats: 2}", "confirm: null") + "final_model: refit\n")
+    proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "run", str(path),
+                             "--home", str(home)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    query = ("SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE "
+             "t.key = 'kind' AND t.value = 'refit' AND r.status = 'RUNNING'")
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert time.time() < deadline and proc.poll() is None, "no refit caught training"
+            time.sleep(0.05)
+            try:
+                with sqlite3.connect(f"file:{home / 'mlflow.db'}?mode=ro", uri=True,
+                                     timeout=1) as conn:
+                    if conn.execute(query).fetchall():
+                        break
+            except sqlite3.Error:  # not there yet
+                continue
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    final = read_final(load_study(path), ws)
+    runs = refit_runs(MlflowClient(ws.tracking_uri), ws)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+    stopped = next(r for r in runs if r.info.status == "KILLED")
+    assert "trained again by a later run" in stopped.data.tags["error"]
+    assert final["refit"]["runs"] == [r.info.run_id for r in runs if r.info.status == "FINISHED"]
