@@ -39,6 +39,7 @@ def compare_lines(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Worksp
     final_a, final_b = read_final(cfg_a, ws_a), read_final(cfg_b, ws_b)
     rows.append(["final test", final_a["summary"] if final_a else "not scored",
                  final_b["summary"] if final_b else "not scored"])
+    rows.append(["exported model", _exported_cell(cfg_a, final_a), _exported_cell(cfg_b, final_b)])
     name_a, name_b = _names(a, b)
     lines = [f"compare {cfg_a.study} ({ws_a.home}) with {cfg_b.study} ({ws_b.home})",
              "stages: each study's decision and its validation value (the repeats' mean); "
@@ -47,6 +48,20 @@ def compare_lines(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Worksp
     if final_a and final_b:
         lines.append(_test_line(cfg_a, cfg_b, final_a, final_b, name_a, name_b))
     return lines
+
+
+def _exported_cell(cfg: StudyConfig, final: dict | None) -> str:
+    """What the study exports (its `final_model`) and that model's test accuracy."""
+    if not final:
+        return "not scored"
+    chosen = final.get(cfg.final_model)
+    if cfg.final_model == "refit" and chosen is None:
+        return "refit: not trained yet (rerun asl-sweep run)"
+    if cfg.final_model == "best_repeat" or chosen is None:  # one repeat: that repeat
+        best = final["best_repeat"]
+        return f"best repeat (trial {best['trial']}): {best['accuracy']:.3f}"
+    return (f"{cfg.final_model} of {len(chosen['members'])}: {chosen['mean']:.3f} "
+            f"(95% CI {chosen['ci'][0]:.3f}-{chosen['ci'][1]:.3f})")
 
 
 def _names(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Workspace]

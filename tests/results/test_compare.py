@@ -27,9 +27,9 @@ def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, c
     home = str(tmp_path / "mlruns")
     assert main(["run", str(path), "--home", home]) == 0
     assert main(["run", str(path), "--home", home, "--set", "study=other",
-                 "--set", "base.lr=1e-6"]) == 0
+                 "--set", "base.lr=1e-6", "--set", "final_model=refit"]) == 0
     capsys.readouterr()
-    other = write_study({"study": "other", "base": {"lr": 1e-6},
+    other = write_study({"study": "other", "base": {"lr": 1e-6}, "final_model": "refit",
                          "stages": [{"name": "search", "trials": 1, "sampler": "grid",
                                      "pruner": "none", "confirm": None,
                                      "space": {"lr": [3e-3]}}]}, name="other.yaml")
@@ -39,6 +39,9 @@ def test_compare_prints_each_stage_and_both_test_scores(write_study, tmp_path, c
     rows = {line.split()[0]: line for line in out.splitlines() if line.split()}
     assert "best: lr=0.003" in rows["search"]
     assert rows["final"].count("95% CI") == 2  # both scores, with their intervals
+    # What each exports: one repeat (that repeat), and the refit of it
+    assert re.search(r"best repeat \(trial \d+\): \d\.\d{3} +refit of 1: \d\.\d{3} \(95% CI",
+                     rows["exported"]), rows["exported"]
     # Same data: the same test split, so a paired difference over its people (it said only
     # whether the two intervals overlapped).
     assert re.search(r"test accuracy other - tiny: [+-]\d+\.\d pt, 95% CI [+-]\d+\.\d to "
