@@ -169,7 +169,10 @@ def final_model_lines(final: dict, final_model: str) -> list[str]:
                      f"one by one {refit['members_mean']:.3f} +- "
                      f"{refit.get('members_std', 0.0):.3f})"
                      + (f"; its worst test people: {worst}" if worst else ""))
-    if final_model == "refit" and refit is not None:
+    if final_model == "refit" and refit is None:  # set after the run scored
+        return [*lines, "exported model: none yet (final_model: refit, and no refit is "
+                "trained: rerun asl-sweep run to train it)"]
+    if final_model == "refit":
         chosen = "the refit (final_model: refit"
     elif final_model == "ensemble" and ens is not None:
         chosen = "the ensemble (final_model: ensemble"
