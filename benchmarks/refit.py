@@ -33,18 +33,20 @@ from asl_sweep.search.evaluation import _paired_gain, predict_probabilities
 from asl_sweep.settings.config import TrainConfig
 from asl_sweep.training.train import Monitor, train
 from benchmarks.common import write_result
+from benchmarks.end_to_end import people_figures
 from benchmarks.people_levers import BASE, DATA, ROUND3
 
 START = {**BASE, "augment": {**ROUND3, "turn": 0.2}}  # cnn.yaml's start, adopted network
 
 
 def person_figures(right: np.ndarray, people: np.ndarray) -> dict:
+    """Per-person test figures (end_to_end.people_figures) of one model's right answers."""
     names, inverse = np.unique(people, return_inverse=True)
     per = np.bincount(inverse, weights=right) / np.bincount(inverse)
-    order = np.argsort(per)
-    return {"mean": round(float(per.mean()), 4), "q25": round(float(np.quantile(per, 0.25)), 4),
-            "median": round(float(np.median(per)), 4), "worst": round(float(per.min()), 4),
-            "worst_five": [(str(names[i]), round(float(per[i]), 3)) for i in order[:5]]}
+    rows = sorted(({"person": str(n), "accuracy": float(a)} for n, a in zip(names, per,
+                                                                            strict=True)),
+                  key=lambda r: r["accuracy"])
+    return people_figures({"breakdown": {"by_person": rows}})
 
 
 def main() -> None:

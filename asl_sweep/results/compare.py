@@ -13,7 +13,7 @@ import numpy as np
 from asl_sweep.results.leaderboard import table
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search import shown_settings, signed
+from asl_sweep.search import exported_kind, shown_settings, signed
 from asl_sweep.settings.spec import StudyConfig
 
 
@@ -54,13 +54,14 @@ def _exported_cell(cfg: StudyConfig, final: dict | None) -> str:
     """What the study exports (its `final_model`) and that model's test accuracy."""
     if not final:
         return "not scored"
-    chosen = final.get(cfg.final_model)
-    if cfg.final_model == "refit" and chosen is None:
+    kind = exported_kind(final, cfg.final_model)
+    if kind is None:
         return "refit: not trained yet (rerun asl-sweep run)"
-    if cfg.final_model == "best_repeat" or chosen is None:  # one repeat: that repeat
+    if kind == "best_repeat":
         best = final["best_repeat"]
         return f"best repeat (trial {best['trial']}): {best['accuracy']:.3f}"
-    return (f"{cfg.final_model} of {len(chosen['members'])}: {chosen['mean']:.3f} "
+    chosen = final[kind]
+    return (f"{kind} of {len(chosen['members'])}: {chosen['mean']:.3f} "
             f"(95% CI {chosen['ci'][0]:.3f}-{chosen['ci'][1]:.3f})")
 
 

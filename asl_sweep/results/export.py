@@ -46,6 +46,7 @@ from asl_sweep.search import (
     breakdown,
     confusion,
     earlier_views,
+    exported_kind,
     final_candidates,
     load_refits,
     open_data,
@@ -84,12 +85,15 @@ class Exported:
         return self.file.spec.image_size
 
     @property
-    def refit(self) -> bool:
-        return "refit" in self.test and self.cfg.final_model == "refit"
+    def final_model(self) -> str:
+        """Which candidate this is: refit, ensemble or best_repeat (search.exported_kind)."""
+        kind = exported_kind(self.test, self.cfg.final_model)
+        assert kind is not None  # load_exported refuses a refit that is not on record
+        return kind
 
     @property
-    def final_model(self) -> str:
-        return "refit" if self.refit else "ensemble" if self.file.members else "best_repeat"
+    def refit(self) -> bool:
+        return self.final_model == "refit"
 
     @property
     def described(self) -> str:

@@ -38,6 +38,7 @@ _FRONT_DOOR = {
     "score_trials": "evaluation", "summarize": "evaluation", "breakdown": "evaluation",
     "failure_lines": "evaluation", "confusion": "evaluation", "predict_labels": "evaluation",
     "final_candidates": "evaluation", "final_model_lines": "progress",
+    "exported_kind": "progress",
     "load_refits": "evaluation", "refit_candidate": "evaluation",
     "score_final": "evaluation", "earlier_views": "evaluation", "views_lines": "progress",
     "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",

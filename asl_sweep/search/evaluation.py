@@ -143,15 +143,20 @@ class Repeat:
     file: ModelFile
     model: torch.nn.Module
 
+    @classmethod
+    def of(cls, trial: int, fold: int, file: ModelFile) -> Repeat:
+        """The model of `file` alone: its views set aside (a score chooses its own)."""
+        file.views = "none"
+        return cls(trial, fold, file, file.build())
+
 
 def load_repeats(tracker: Tracker, trials: list[FrozenTrial]) -> list[Repeat]:
     repeats = []
     for t in trials:
         signals.check()  # Ctrl-C / SIGTERM: stop between two repeats; nothing is saved yet
-        file = load_checkpoint(tracker, t)
-        file.views = "none"
         outcome = outcome_of(t)
-        repeats.append(Repeat(t.number, outcome.fold if outcome else 0, file, file.build()))
+        repeats.append(Repeat.of(t.number, outcome.fold if outcome else 0,
+                                 load_checkpoint(tracker, t)))
     return repeats
 
 
@@ -484,9 +489,8 @@ def load_refits(tracker: Tracker, runs: list[str], trials: list[int]) -> list[Re
     members = []
     for run_id, trial in zip(runs, trials, strict=True):
         signals.check()
-        file = load_run_checkpoint(tracker, run_id, f"the refit of trial {trial}")
-        file.views = "none"
-        members.append(Repeat(trial, 0, file, file.build()))
+        members.append(Repeat.of(trial, 0, load_run_checkpoint(
+            tracker, run_id, f"the refit of trial {trial}")))
     return members
 
 

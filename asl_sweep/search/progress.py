@@ -150,9 +150,18 @@ def shown_settings(params: dict) -> str:
     return ", ".join(f"{k}={shown(v)}" for k, v in params.items())
 
 
+def exported_kind(final: dict, final_model: str) -> str | None:
+    """Which of the final score's candidates `final_model` exports: refit, ensemble, or the
+    best repeat (an ensemble of one repeat is that repeat); None where it is refit and no
+    refit is on record yet (the setting came after the run scored)."""
+    if final_model == "refit":
+        return "refit" if "refit" in final else None
+    return "ensemble" if final_model == "ensemble" and "ensemble" in final else "best_repeat"
+
+
 def final_model_lines(final: dict, final_model: str) -> list[str]:
-    """What the exported model scores on test: the ensemble of the repeats and the best
-    repeat by validation, and which of the two `final_model` exports."""
+    """What the exported model scores on test: the ensemble of the repeats, the best repeat
+    by validation and the refit, and which of them `final_model` exports."""
     best = final.get("best_repeat") or {"trial": final["export_trial"], "accuracy": None}
     single = (f"best repeat by validation (trial {best['trial']})"
               + (f": {best['accuracy']:.3f}" if best["accuracy"] is not None else ""))
@@ -169,18 +178,16 @@ def final_model_lines(final: dict, final_model: str) -> list[str]:
                      f"one by one {refit['members_mean']:.3f} +- "
                      f"{refit.get('members_std', 0.0):.3f})"
                      + (f"; its worst test people: {worst}" if worst else ""))
-    if final_model == "refit" and refit is None:  # set after the run scored
+    kind = exported_kind(final, final_model)
+    if kind is None:
         return [*lines, "exported model: none yet (final_model: refit, and no refit is "
                 "trained: rerun asl-sweep run to train it)"]
-    if final_model == "refit":
-        chosen = "the refit (final_model: refit"
-    elif final_model == "ensemble" and ens is not None:
-        chosen = "the ensemble (final_model: ensemble"
-    else:
-        chosen = f"the {single.split(':')[0]} (final_model: best_repeat"
     if not lines:
         return [f"exported model: {single}"]
-    return [*lines, f"exported model: {chosen}, fixed before the test split was read)"]
+    chosen = {"refit": "the refit", "ensemble": "the ensemble",
+              "best_repeat": f"the {single.split(':')[0]}"}[kind]
+    return [*lines, f"exported model: {chosen} (final_model: {kind}, fixed before the test "
+            "split was read)"]
 
 
 def views_lines(views: dict) -> list[str]:
