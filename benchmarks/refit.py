@@ -1,6 +1,8 @@
 """The final configuration trained again on every non-test person (issue 32): cnn.yaml's
 final configuration (the adopted architecture with the start's augmentation and rate, as
-every shipped run has ended), for seeds 0..N-1, each twice:
+every shipped run has ended) or, with --model transfer, transfer.yaml's (MobileNetV2's last
+5 blocks fine-tuned at 0.3x over 3 cached views, its fine_tune stage's seed trial, adopted
+in every shipped run), for seeds 0..N-1, each twice:
 
 - repeat: trained on fold s's training people, its best epoch by val_person_q25 (what a
   study's final repeats are, and what it exports);
@@ -13,9 +15,10 @@ ensembles, and the 25th-percentile, median and worst person. Choose on a selecti
 (`--synthetic-seed 1`: other signers, their own split), report on the development set
 (`--synthetic-seed 0`, the people BENCHMARKS.md reports).
 
-    .venv/bin/python -m benchmarks.refit --synthetic-seed 1 [--seeds 3] [--epochs 80]
+    .venv/bin/python -m benchmarks.refit --synthetic-seed 1 [--model cnn|transfer]
+        [--seeds 3] [--epochs 80 for the CNN, 15 for transfer]
 
-results/refit_seed<S>.json."""
+results/refit_seed<S>.json (refit_transfer_seed<S>.json)."""
 
 from __future__ import annotations
 
@@ -34,9 +37,14 @@ from asl_sweep.settings.config import TrainConfig
 from asl_sweep.training.train import Monitor, train
 from benchmarks.common import write_result
 from benchmarks.end_to_end import people_figures
-from benchmarks.people_levers import BASE, DATA, ROUND3
+from benchmarks.people_levers import BASE, DATA, ROUND3, TRANSFER, TRANSFER_AUGMENT, TRANSFER_DATA
 
 START = {**BASE, "augment": {**ROUND3, "turn": 0.2}}  # cnn.yaml's start, adopted network
+# transfer.yaml's fine_tune seed trial (adopted in every shipped run) over its fixed views
+FINE_TUNE = {**TRANSFER, "transfer": {**TRANSFER["transfer"], "trainable": 5,
+                                      "backbone_lr": 0.3},
+             "augment": {**TRANSFER_AUGMENT, "turn": 0.2}}
+MODELS = {"cnn": (START, DATA, 80), "transfer": (FINE_TUNE, TRANSFER_DATA, 15)}
 
 
 def person_figures(right: np.ndarray, people: np.ndarray) -> dict:
@@ -53,11 +61,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--synthetic-seed", type=int, default=1,
                         help="1: the selection set the rule reads; 0: the development set")
+    parser.add_argument("--model", choices=list(MODELS), default="cnn")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: the study's (80 for the CNN, 15 for fine-tuning)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    data_cfg = DATA.model_copy(update={"synthetic": DATA.synthetic.model_copy(
+    settings, data_cfg, epochs = MODELS[args.model]
+    epochs = args.epochs or epochs
+    data_cfg = data_cfg.model_copy(update={"synthetic": data_cfg.synthetic.model_copy(
         update={"seed": args.synthetic_seed})})
     probs: dict[str, list[np.ndarray]] = {"repeat": [], "refit": []}
     rows = []
@@ -66,12 +78,13 @@ def main() -> None:
         test = study.test()
         truth, people = test.y.numpy(), np.asarray(test.groups)
         for seed in range(args.seeds):
-            cfg = TrainConfig(**START, epochs=args.epochs, seed=seed)
+            cfg = TrainConfig(**settings, epochs=epochs, seed=seed)
             part = study.split(fold=seed)
             for kind, data, monitor in (("repeat", part, Monitor("val_person_q25")),
                                         ("refit", part.every_person(), Monitor("epoch"))):
                 started = time.perf_counter()
-                result = train(cfg, data, "cpu", monitor=monitor)
+                result = train(cfg, data, "cpu", monitor=monitor,
+                               cache_dir=Path(tmp) / "features")
                 p = predict_probabilities(result.model, test.x)
                 probs[kind].append(p)
                 right = (p.argmax(1) == truth).astype(np.float64)
@@ -106,8 +119,9 @@ def main() -> None:
     print(f"refit - repeat, per test person: {100 * gain['gain']:+.1f} pt (95% CI "
           f"{100 * gain['ci'][0]:+.1f} to {100 * gain['ci'][1]:+.1f}, {gain['units']} people)")
     payload = {"data": f"people 120, synthetic seed {args.synthetic_seed}", "split": "test",
-               "epochs": args.epochs, "rows": rows, "summary": summary}
-    print(f"written to {write_result(f'refit_seed{args.synthetic_seed}', payload)}")
+               "model": args.model, "epochs": epochs, "rows": rows, "summary": summary}
+    name = "refit" + ("_transfer" if args.model == "transfer" else "")
+    print(f"written to {write_result(f'{name}_seed{args.synthetic_seed}', payload)}")
 
 
 if __name__ == "__main__":
