@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import optuna
 import torch
 from optuna.trial import FrozenTrial
 
@@ -23,7 +24,16 @@ from asl_sweep.search.progress import final_model_lines, views_lines
 from asl_sweep.search.record import save_final
 from asl_sweep.search.session import Session
 from asl_sweep.search.stageview import StageView
-from asl_sweep.search.state import FINAL_CLAIM, RecordKey, TrialKey, does_job, outcome_of, read
+from asl_sweep.search.state import (
+    FINAL_CLAIM,
+    REFIT_CLAIM,
+    RecordKey,
+    TrialKey,
+    does_job,
+    holding,
+    outcome_of,
+    read,
+)
 from asl_sweep.search.store import create_stage_study, stage_trials
 from asl_sweep.tracking.tracker import Tracker
 from asl_sweep.training.checkpoint import ModelFile
@@ -426,18 +436,13 @@ def final_score(session: Session) -> dict:
         return {}
     cfg, stage = session.cfg, session.cfg.stages[-1]
     stored = read(session.record).get(RecordKey.FINAL)
+    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     if stored and stored.get("trials") == session.results[-1].repeats:  # scored earlier
         session.log(f"final test accuracy ({stage.name}'s configuration, scored earlier): "
                     f"{stored['summary']}")
         if cfg.final_model == "refit" and "refit" not in stored:  # set after the scoring
-            trials = stage_trials(create_stage_study(cfg, len(cfg.stages) - 1,
-                                                     session.storage, session.worker)[0])
-            view = StageView(stage, trials, session.results[-1], {})
-            repeats = load_repeats(session.mirror.tracker, view.repeats())
-            _refit(session, stored, [(r.trial, r.fold, r.file) for r in repeats])
-            save_final(session.record, stored)
+            return _refit_after(session, study, stored)
         return stored
-    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     # One process scores it: runs that finish together (several `run`s of one study) each
     # scored and logged the same tables to the study's MLflow run at once (an integrity
     # error on MLflow's tag of logged tables stopped one with a traceback).
@@ -446,6 +451,20 @@ def final_score(session: Session) -> dict:
         session.log(f"final test accuracy ({stage.name}'s configuration, scored by another "
                     f"run of the study): {stored['summary']}")
         return stored
+    with holding(study, FINAL_CLAIM):  # minutes with refits: the others wait, not redo it
+        final = _scored(session, study)
+    session.log(f"\nfinal test accuracy of {stage.name}'s configuration: {final['summary']}\n"
+                f"  rule: {TEST_RULE}")
+    for line in [*final_model_lines(final, cfg.final_model), *views_lines(final["tta"])]:
+        session.log(f"  {line}")
+    for line in failure_lines(final["breakdown"]):
+        session.log(f"  {line}")
+    return final
+
+
+def _scored(session: Session, study: optuna.Study) -> dict:
+    """The final score itself, by the run that holds its claim, saved to the record."""
+    cfg, stage = session.cfg, session.cfg.stages[-1]
     view = StageView(stage, stage_trials(study), session.results[-1], {})
     test = session.data.test()
     scored, views = score_final(session.data, session.mirror.tracker, view.repeats(), cfg.tta)
@@ -459,13 +478,25 @@ def final_score(session: Session) -> dict:
     signals.check()  # a stop asked for while scoring: exit 130, and a rerun scores again
     save_final(session.record, final)
     session.mirror.final_scored(final, TEST_RULE, session.data.test_dataset())
-    session.log(f"\nfinal test accuracy of {stage.name}'s configuration: {final['summary']}\n"
-                f"  rule: {TEST_RULE}")
-    for line in [*final_model_lines(final, cfg.final_model), *views_lines(views)]:
-        session.log(f"  {line}")
-    for line in failure_lines(final["breakdown"]):
-        session.log(f"  {line}")
     return final
+
+
+def _refit_after(session: Session, study: optuna.Study, stored: dict) -> dict:
+    """`final_model: refit` set after the study was scored: its refits trained and scored
+    once, by one of the runs that find them missing; the others wait for them (two runs
+    of one study each trained every refit: 4 refit runs for 2 repeats)."""
+    if not does_job(study, REFIT_CLAIM, lambda keys: "refit" in keys.get(RecordKey.FINAL, {}),
+                    keys_of=session.record):
+        stored = read(session.record)[RecordKey.FINAL]
+        session.log(f"refit on every non-test person (final_model: refit), trained by another "
+                    f"run of the study: test {stored['refit']['mean']:.3f}")
+        return stored
+    with holding(study, REFIT_CLAIM):
+        view = StageView(session.cfg.stages[-1], stage_trials(study), session.results[-1], {})
+        repeats = load_repeats(session.mirror.tracker, view.repeats())
+        _refit(session, stored, [(r.trial, r.fold, r.file) for r in repeats])
+        save_final(session.record, stored)
+    return stored
 
 
 def _refit(session: Session, final: dict, repeats: list[tuple[int, int, ModelFile]]) -> None:

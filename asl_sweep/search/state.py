@@ -358,29 +358,61 @@ def _take(study: optuna.Study, name: str) -> tuple[bool, FrozenTrial]:
     tokens, generation = _claims_study(study).get_trials(deepcopy=False), 0  # one read
     while True:
         taken, token = _claim(study, f"{name}/{generation}" if generation else name, tokens)
+        if taken:
+            _held[(study.study_name, name)] = trial_id_of(token)
         if taken or not _dead(token):
             return taken, token
         generation += 1
 
 
+# The claims this process took through `_take`, by (study, job): the token `holding` beats.
+_held: dict[tuple[str, str], int] = {}
+
+
+@contextlib.contextmanager
+def holding(study: optuna.Study, name: str) -> Iterator[None]:
+    """While the block does the one-time job `name` this process took (`does_job`), its
+    claim beats, and on leaving the block it is released. A job longer than GRACE_S (the
+    final score, whose refits train for minutes) was taken for dead by every worker that
+    waited for it and done again by each (two runs of one study: twice the refits, and
+    each closed the other's running refit runs as killed); released, a later run that
+    finds the job to do again takes it at once instead of waiting out the old beats."""
+    token = _held.pop((study.study_name, name), None)
+    if token is None:
+        raise RuntimeError(f"job {name} of {study.study_name} is not held by this process")
+    claims = _claims_study(study)
+    try:
+        with beating(claims, token, attribute=True):
+            yield
+    finally:
+        with contextlib.suppress(Exception):  # missed: the beats stop, dead after GRACE_S
+            storage_of(claims).set_trial_system_attr(token, BEAT, 0.0)
+
+
 def _dead(token: FrozenTrial) -> bool:
     """Whether the holder of a claim is dead: a process of this machine that is gone, or one
-    holding it for GRACE_S (each job takes seconds: it died doing it). A token still
-    WAITING was taken by another between the read and the try: alive."""
+    silent for GRACE_S (a job `holding` beats; one that does not takes seconds: held that
+    long, it died doing it), or one that released it. A token still WAITING was taken by
+    another between the read and the try: alive."""
     return token.state != TrialState.WAITING and (
-        gone_here(token.user_attrs.get(TrialKey.WORKER, "")) or _held_s(token) > GRACE_S)
+        gone_here(token.user_attrs.get(TrialKey.WORKER, "")) or _silent_s(token) > GRACE_S)
 
 
-def _held_s(token: FrozenTrial) -> float:
+def _silent_s(token: FrozenTrial) -> float:
+    """Seconds since a claim's holder last beat (`holding`), or took it."""
+    beat = token.system_attrs.get(BEAT)
+    if beat is not None:
+        return time.time() - beat
     started = token.datetime_start
     return (datetime.datetime.now() - started).total_seconds() if started else 0.0
 
 
-def does_job(study: optuna.Study, name: str, done: str,
+def does_job(study: optuna.Study, name: str, done: str | Callable[[dict[str, Any]], bool],
              keys_of: optuna.Study | None = None) -> bool:
     """Whether this process does the one-time job `name`, whose doer writes the key `done`
-    once it is done: True once it takes the job over (`takes_over`), False once `done` is
-    among the study's keys (or `keys_of`'s: the study record's, for the final score) (the
+    once it is done (or makes `done(keys)` true): True once it takes the job over
+    (`takes_over`; a long job then runs under `holding`), False once `done` is among the
+    study's keys (or `keys_of`'s: the study record's, for the final score) (the
     holder did it). The caller has read the keys already: it
     tries the claim first, then looks for `done` after half a second, doubling up to 4 s
     (jittered), one read a look; the claim is read again only once its holder could be
@@ -395,11 +427,12 @@ def does_job(study: optuna.Study, name: str, done: str,
         if taken:
             return True
         holder = token.user_attrs.get(TrialKey.WORKER, "")
-        look_again = time.monotonic() + GRACE_S - _held_s(token)
+        look_again = time.monotonic() + GRACE_S - _silent_s(token)
         while True:
             signals.wait(jittered(pause))  # a stop is taken: the claim is another's
             pause = min(4.0, pause * 2)
-            if done in read(keys_of or study):
+            keys = read(keys_of or study)
+            if done(keys) if callable(done) else done in keys:
                 return False
             if gone_here(holder) or time.monotonic() > look_again:
                 break
@@ -628,11 +661,11 @@ BEAT = PREFIX + "beat"
 
 
 @contextlib.contextmanager
-def beating(study: optuna.Study, trial_id: int) -> Iterator[None]:
+def beating(study: optuna.Study, trial_id: int, attribute: bool = False) -> Iterator[None]:
     """While the block runs, the trial beats: Optuna's heartbeat where the storage keeps
-    them, else asl-sweep's own beat attribute."""
+    them, else (or with `attribute`: a claim's token) asl-sweep's own beat attribute."""
     storage = storage_of(study)
-    own = keeps_heartbeats(storage)
+    own = keeps_heartbeats(storage) and not attribute
     stop = threading.Event()
 
     def beat() -> None:
@@ -739,6 +772,7 @@ def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:
 
 MIRROR_CLAIM = "mirror_decision"  # the claim of the one process that mirrors for another
 FINAL_CLAIM = "final_score"  # on the last stage: the one run that scores the study on test
+REFIT_CLAIM = "final_refit"  # and the one that trains the refits where they came after it
 
 
 def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:

@@ -2,6 +2,8 @@
 as MLflow runs, scored beside the repeats, and what export writes."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -32,7 +34,7 @@ def refit_runs(client: MlflowClient, ws: Workspace) -> list:
 def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_writes(
         tmp_path, capsys):
     path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
-    path.write_text(STUDY)
+    path.write_text(STUDY.replace("epochs: 3", "epochs: 40"))  # refits long enough to overlap
     run = ["run", str(path), "--home", str(home)]
     export = ["export", str(path), "--home", str(home), "--format", "torchscript",
               "--out", str(tmp_path / "out"), "--set", "final_model=refit"]
@@ -44,7 +46,17 @@ def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_wr
     assert main(export) == 2
     assert "no refit of its final repeats is on record" in capsys.readouterr().err
 
-    assert main([*run, "--set", "final_model=refit"]) == 0  # trains them, scores them
+    # Two runs at once (a fleet's workers restarted with the setting): one trains and
+    # scores the refits, the other waits for them (each trained every one: 4 refit runs).
+    procs = [subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", *run, "--set",
+                               "final_model=refit"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    said = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], said
+    trained = [out for out, _ in said if "refit of trial" in out]
+    waited = [out for out, _ in said if "trained by another run of the study" in out]
+    assert len(trained) == len(waited) == 1, said
+    assert "refit on every non-test person, the exported model (final_model: refit)" in trained[0]
     cfg = load_study(path, ["final_model=refit"])
     final = read_final(cfg, ws)
     refit = final["refit"]
@@ -60,13 +72,11 @@ def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_wr
         part = data.split(16, fold)  # trained on the fold's training and validation images
         assert int(r.data.params["train_images"]) == len(part.train_index) + len(part.val_index)
         # per epoch: training figures only (its validation people are in its training)
-        assert len(client.get_metric_history(run_id, "train_acc")) == 3
+        assert len(client.get_metric_history(run_id, "train_acc")) == 40
         assert not client.get_metric_history(run_id, "val_acc")
     experiment = client.get_experiment_by_name("tinyrefit").experiment_id
     study_run = client.search_runs([experiment], "tags.kind = 'study'")[0]
     assert study_run.data.metrics["test_acc_refit"] == pytest.approx(refit["mean"])
-    out = capsys.readouterr().out
-    assert "refit on every non-test person, the exported model (final_model: refit)" in out
 
     assert main([*run, "--set", "final_model=refit"]) == 0  # a rerun trains no refit again
     assert len(refit_runs(client, ws)) == 2
@@ -86,8 +96,6 @@ def test_a_run_killed_while_it_refits_leaves_no_run_open_and_a_rerun_trains_it_a
     that run as stopped, trains the refit again and exports it."""
     import signal
     import sqlite3
-    import subprocess
-    import sys
     import time
 
     path, home = tmp_path / "study.yaml", tmp_path / "mlruns"

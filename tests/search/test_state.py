@@ -387,6 +387,54 @@ def test_the_final_score_is_one_runs_job_and_the_others_read_it(store, monkeypat
     monkeypatch.setattr(state.signals, "wait", sleep)
     assert not state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL, keys_of=record)
 
+HOLDING = """
+import sys, time
+import optuna
+from asl_sweep.search import state
+from asl_sweep.search.store import optuna_storage
+state.GRACE_S, state.HEARTBEAT_S = 1.0, 0.2
+storage = optuna_storage(sys.argv[1])
+last = optuna.load_study(study_name="s.last", storage=storage)
+record = optuna.load_study(study_name="s", storage=storage)
+assert state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL, keys_of=record)
+print("held", flush=True)
+with state.holding(last, state.FINAL_CLAIM):
+    time.sleep(3.0)  # a final score three times GRACE_S long (refits train for minutes)
+    state.write(record, state.RecordKey.FINAL, {"summary": "by the holder"})
+"""
+
+
+@pytest.mark.slow
+def test_a_job_longer_than_grace_s_is_waited_for_while_its_holder_beats(store, monkeypatch):
+    """The final score with refits trains for minutes: a worker waiting for it took its
+    holder for dead after GRACE_S and scored the study again (two workers of cnn.yaml's
+    kind: 4 refit runs for 2 repeats, each worker closing the other's as killed). A job
+    done under `holding` beats its claim: the others wait for it however long it takes,
+    and once it is released a later run takes the job at once."""
+    import time
+
+    last = optuna.create_study(study_name="s.last", storage=store)
+    record = optuna.load_study(study_name="s", storage=store)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDING, store], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        monkeypatch.setattr(state, "GRACE_S", 1.0)
+        started = time.monotonic()
+        assert not state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL,
+                                  keys_of=record)
+        assert time.monotonic() - started > 2.0  # waited past GRACE_S for the holder
+    finally:
+        assert holder.wait(60) == 0, holder.stderr.read()
+    assert state.read(record)[state.RecordKey.FINAL] == {"summary": "by the holder"}
+    monkeypatch.setattr(state, "GRACE_S", 30)
+    here = optuna.create_study(study_name="here.last", storage=store)
+    assert state.takes_over(here, state.FINAL_CLAIM)
+    with state.holding(here, state.FINAL_CLAIM):
+        pass
+    assert state.takes_over(here, state.FINAL_CLAIM)  # released: not waited out for 30 s
+
+
 WAITING = """
 import os, signal, sys, threading, time
 import optuna
