@@ -9,16 +9,18 @@ in every shipped run), for seeds 0..N-1, each twice:
 - refit: the same seed trained on fold s's training and validation people (every non-test
   person), its last epoch (its validation people are in its training: nothing can choose).
 
-Both are scored on the test split: the paired gain per test person averaged over the seeds
+With --last, a third: the repeat's training people at its last epoch (last), which splits
+the refit's gain into the last epoch's (last - repeat) and the added people's (refit -
+last). All are scored on the test split: the paired gain per test person averaged over the seeds
 (95% CI by bootstrap over test people), each kind's mean with its seed spread, the two
 ensembles, and the 25th-percentile, median and worst person. Choose on a selection set
 (`--synthetic-seed 1`: other signers, their own split), report on the development set
 (`--synthetic-seed 0`, the people BENCHMARKS.md reports).
 
     .venv/bin/python -m benchmarks.refit --synthetic-seed 1 [--model cnn|transfer]
-        [--seeds 3] [--epochs 80 for the CNN, 15 for transfer]
+        [--seeds 3] [--epochs 80 for the CNN, 15 for transfer] [--last]
 
-results/refit_seed<S>.json (refit_transfer_seed<S>.json)."""
+results/refit_seed<S>.json (refit_transfer_seed<S>.json; _last with --last)."""
 
 from __future__ import annotations
 
@@ -65,13 +67,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None,
                         help="default: the study's (80 for the CNN, 15 for fine-tuning)")
+    parser.add_argument("--last", action="store_true",
+                        help="also the repeat's own people at its last epoch")
     args = parser.parse_args()
     torch.set_num_threads(2)
     settings, data_cfg, epochs = MODELS[args.model]
     epochs = args.epochs or epochs
     data_cfg = data_cfg.model_copy(update={"synthetic": data_cfg.synthetic.model_copy(
         update={"seed": args.synthetic_seed})})
-    probs: dict[str, list[np.ndarray]] = {"repeat": [], "refit": []}
+    kinds = ["repeat", "last", "refit"] if args.last else ["repeat", "refit"]
+    probs: dict[str, list[np.ndarray]] = {kind: [] for kind in kinds}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         study = StudyData(data_cfg, Path(tmp), torch.device("cpu"), log=lambda _: None)
@@ -80,8 +85,12 @@ def main() -> None:
         for seed in range(args.seeds):
             cfg = TrainConfig(**settings, epochs=epochs, seed=seed)
             part = study.split(fold=seed)
+            every = part.every_person()
             for kind, data, monitor in (("repeat", part, Monitor("val_person_q25")),
-                                        ("refit", part.every_person(), Monitor("epoch"))):
+                                        ("last", part, Monitor("epoch")),
+                                        ("refit", every, Monitor("epoch"))):
+                if kind not in kinds:
+                    continue
                 started = time.perf_counter()
                 result = train(cfg, data, "cpu", monitor=monitor,
                                cache_dir=Path(tmp) / "features")
@@ -106,21 +115,28 @@ def main() -> None:
             "ensemble_people": person_figures(mean.astype(np.float64), people),
             "people_of_the_mean": person_figures(np.mean(
                 [(p.argmax(1) == truth) for p in ps], axis=0), people)}
-    diff = np.mean([(r.argmax(1) == truth).astype(float) - (n.argmax(1) == truth)
-                    for r, n in zip(probs["refit"], probs["repeat"], strict=True)], axis=0)
-    gain = _paired_gain(diff, people)
-    summary["paired_gain_per_person"] = {k: (round(v, 4) if isinstance(v, float) else v)
-                                         for k, v in gain.items()}
-    for kind in ("repeat", "refit"):
+    for kind in kinds:
         s = summary[kind]
         print(f"{kind}: test {s['test_mean']:.3f} +- {s['test_std']:.3f} over {args.seeds} "
               f"seeds, ensemble {s['ensemble']:.3f}; people of the mean "
               f"{s['people_of_the_mean']}")
-    print(f"refit - repeat, per test person: {100 * gain['gain']:+.1f} pt (95% CI "
-          f"{100 * gain['ci'][0]:+.1f} to {100 * gain['ci'][1]:+.1f}, {gain['units']} people)")
+    pairs = [("refit", "repeat")] + ([("last", "repeat"), ("refit", "last")] if args.last
+                                     else [])
+    for better, base in pairs:
+        diff = np.mean([(b.argmax(1) == truth).astype(float) - (a.argmax(1) == truth)
+                        for b, a in zip(probs[better], probs[base], strict=True)], axis=0)
+        gain = _paired_gain(diff, people)
+        key = ("paired_gain_per_person" if (better, base) == ("refit", "repeat")
+               else f"paired_gain_{better}_minus_{base}")
+        summary[key] = {k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in gain.items()}
+        print(f"{better} - {base}, per test person: {100 * gain['gain']:+.1f} pt (95% CI "
+              f"{100 * gain['ci'][0]:+.1f} to {100 * gain['ci'][1]:+.1f}, {gain['units']} "
+              f"people)")
     payload = {"data": f"people 120, synthetic seed {args.synthetic_seed}", "split": "test",
                "model": args.model, "epochs": epochs, "rows": rows, "summary": summary}
     name = "refit" + ("_transfer" if args.model == "transfer" else "")
+    name += "_last" if args.last else ""
     print(f"written to {write_result(f'{name}_seed{args.synthetic_seed}', payload)}")
 
 
