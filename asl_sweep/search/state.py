@@ -9,8 +9,8 @@ there besides Optuna's own trials is named here, once, and nowhere else:
 - the protocol: who runs which trial (a WAITING trial is taken by exactly one worker,
   `take_waiting`), a stage's budget as WAITING search trials queued up front (so no worker
   ever asks a trial the budget has no room for), claims on one-time jobs (`claim`; the
-  wait for one, taken over once where its holder died: `does_job`), beats, dead workers,
-  and a failed trial queued again (`Requeue`).
+  wait for one, taken over once where its holder died: `does_job`; a long one beats its
+  claim: `holding`), beats, dead workers, and a failed trial queued again (`Requeue`).
 
 Each key's docstring line says who writes it and who reads it."""
 
