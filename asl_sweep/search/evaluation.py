@@ -496,6 +496,10 @@ def _refit_after(session: Session, study: optuna.Study, stored: dict) -> dict:
         repeats = load_repeats(session.mirror.tracker, view.repeats())
         _refit(session, stored, [(r.trial, r.fold, r.file) for r in repeats])
         save_final(session.record, stored)
+    refit = stored["refit"]  # the first score prints it in its block; this run, here
+    session.log(f"refit on every non-test person, the exported model (final_model: refit): "
+                f"test {refit['mean']:.3f} (its {len(refit['runs'])} models averaged; one by "
+                f"one {refit['members_mean']:.3f} +- {refit['members_std']:.3f})")
     return stored
 
 
@@ -509,10 +513,6 @@ def _refit(session: Session, final: dict, repeats: list[tuple[int, int, ModelFil
     final["refit"] = refit_candidate(session.data, members, runs, final["tta"]["views"],
                                      session.data.test().groups)[1]
     session.mirror.refit_scored(final["refit"])
-    session.log(f"refit on every non-test person, the exported model (final_model: refit): "
-                f"test {final['refit']['mean']:.3f} (its {len(runs)} models averaged; "
-                f"one by one {final['refit']['members_mean']:.3f} +- "
-                f"{final['refit']['members_std']:.3f})")
 
 
 def load_refits(tracker: Tracker, runs: list[str], trials: list[int]) -> list[Repeat]:
