@@ -2,10 +2,11 @@
 
 Once validation has chosen the configuration (and its epochs and test-time views), its
 people have done their job: each repeat's settings and seed train once more on its fold's
-training and validation people, for all its epochs, the last epoch kept (nothing is left
-that could choose one). Each is an MLflow run under the study's (kind: refit), its
-checkpoint kept as a trial's; a rerun reads a finished one back instead of training it
-again. evaluation.py scores and averages them."""
+training and validation people, for all its epochs (with early_stop, as many as its
+best epoch), the last epoch kept (nothing is left that could choose one). Each is an
+MLflow run under the study's (kind: refit), its checkpoint kept as a trial's; a rerun
+reads a finished one back instead of training it again. evaluation.py scores and averages
+them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from asl_sweep.runtime import signals
 from asl_sweep.search.session import Session
+from asl_sweep.settings.config import TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
 from asl_sweep.training.train import Monitor, train
 
@@ -37,14 +39,27 @@ def refit_runs(session: Session, repeats: list[tuple[int, int, ModelFile]]) -> l
     return runs
 
 
-def _train(session: Session, trial: int, fold: int, file: ModelFile) -> str:
+def refit_config(file: ModelFile) -> TrainConfig:
+    """The settings a repeat is trained again with: its own, except that where it stopped
+    early (`early_stop`) the refit trains for its best epoch's count, as the usual refit
+    after early stopping does: with nothing left to stop it, it trained every epoch (a
+    repeat stopped at 12 of 200 epochs was refit for all 200)."""
     cfg = file.config
+    if cfg.early_stop is None:
+        return cfg
+    return cfg.model_copy(update={"epochs": file.epoch, "early_stop": None})
+
+
+def _train(session: Session, trial: int, fold: int, file: ModelFile) -> str:
+    cfg = refit_config(file)
     data = session.data.split(file.spec.image_size, fold).every_person()
     mirror = session.mirror
     run = mirror.refit_opened(trial, cfg, len(data.train_index), fold)
-    session.log(f"refit of trial {trial} (final_model: refit): seed {cfg.seed}, {cfg.epochs} "
-                f"epochs on {len(data.train_index)} images, the training and validation "
-                f"people of fold {fold}; the last epoch kept")
+    epochs = (f"{cfg.epochs} epochs (its repeat's best epoch: early_stop)"
+              if file.config.early_stop is not None else f"{cfg.epochs} epochs")
+    session.log(f"refit of trial {trial} (final_model: refit): seed {cfg.seed}, {epochs} on "
+                f"{len(data.train_index)} images, the training and validation people of "
+                f"fold {fold}; the last epoch kept")
     identity = {"study": session.cfg.study, "refit_of": str(trial)}
     try:
         with tempfile.TemporaryDirectory() as tmp, mirror.training(run):

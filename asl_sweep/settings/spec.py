@@ -354,8 +354,9 @@ class StudyConfig(Strict):
         "scored as: ensemble (every repeat's class probabilities averaged, one model; a "
         "configuration with one repeat is that repeat), best_repeat (its best repeat by "
         "validation) or refit (once validation has chosen, each repeat's settings and seed "
-        "trained again on every non-test person, training and validation, at its epochs, "
-        "the last epoch kept, and those models averaged; one more training per repeat). "
+        "trained again on every non-test person, training and validation, at its epochs "
+        "(with early_stop, its best epoch's count), the last epoch kept, and those models "
+        "averaged; one more training per repeat). "
         "Fixed before the test split is read: never chosen by test; the report shows every "
         "test figure")
     tta: Literal["auto", "off", "flip", "rotate", "scale", "all", "turn"] = Field(

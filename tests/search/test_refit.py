@@ -129,3 +129,25 @@ def test_a_run_killed_while_it_refits_leaves_no_run_open_and_a_rerun_trains_it_a
     stopped = next(r for r in runs if r.info.status == "KILLED")
     assert "trained again by a later run" in stopped.data.tags["error"]
     assert final["refit"]["runs"] == [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+
+
+@pytest.mark.slow
+def test_a_repeat_that_stopped_early_is_refit_for_its_best_epochs_not_every_epoch(tmp_path):
+    """With early_stop nothing stops a refit (its validation people are in its training):
+    a repeat stopped at a few of 60 epochs was refit for all 60. It trains for its repeat's
+    best epoch's count, early stopping off, as the usual refit after early stopping does."""
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text(STUDY.replace("epochs: 3", "epochs: 60, early_stop: {patience: 3}")
+                    + "final_model: refit\n")
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    client = MlflowClient(ws.tracking_uri)
+    experiment = client.get_experiment_by_name("tinyrefit").experiment_id
+    best = {r.data.tags["trial_number"]: int(r.data.metrics["best_epoch"])
+            for r in client.search_runs([experiment], "tags.kind = 'trial'")}
+    runs = refit_runs(client, ws)
+    assert len(runs) == 2
+    for r in runs:
+        trained = len(client.get_metric_history(r.info.run_id, "train_acc"))
+        assert trained == int(r.data.params["epochs"]) == best[r.data.tags["refit_of"]] < 60
+        assert r.data.params["early_stop"] == "off"
