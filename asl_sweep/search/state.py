@@ -784,11 +784,12 @@ def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     not mirrored yet and it takes the mirroring's claim (each of the workers that found the
     finisher gone mirrored it again, deleting the spent checkpoints anew: 64 workers on one
     machine, 13-25 tracking requests a trial). A worker of another machine that died first
-    leaves it to the next process that opens the stage."""
+    leaves it to the next process that opens the stage. The mirroring runs under
+    `holding`: through a tracking server it can outlast GRACE_S."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete]
-    if not done:
-        return True
-    last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get(
-        TrialKey.WORKER, "")
-    return (last == worker_id() or gone_here(last)) and StageKey.MIRRORED not in read(
-        study) and takes_over(study, MIRROR_CLAIM)
+    if done:  # none (every trial failed): whoever asks first
+        last = max(done, key=lambda t: (t.datetime_complete, t.number)).user_attrs.get(
+            TrialKey.WORKER, "")
+        if not (last == worker_id() or gone_here(last)):
+            return False
+    return StageKey.MIRRORED not in read(study) and takes_over(study, MIRROR_CLAIM)

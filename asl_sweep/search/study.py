@@ -61,6 +61,7 @@ from asl_sweep.search.state import (
     budget_queued,
     does_job,
     fail_dead_trials,
+    holding,
     jittered,
     mirrors_decision,
     queue_budget,
@@ -145,8 +146,9 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
                         f"reopened (its race and every later stage stand on it): for these "
                         f"settings, run a new study, e.g. --set study={cfg.study}-new")
         if StageKey.MIRRORED not in shared and does_job(study, MIRROR_CLAIM, StageKey.MIRRORED):
-            _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
-                             stage_trials(study), result)
+            with holding(study, MIRROR_CLAIM):
+                _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
+                                 stage_trials(study), result)
         ran = shared.get(StageKey.BUDGET, stage.trials)
         if stage.trials > ran:
             session.say(f"stage {stage.name}: finished with a budget of {ran} trials; --trials "
@@ -181,7 +183,8 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
             _stop_stage_run(session, study, stage_run, status, **outcome)
     write(study, StageKey.RESULT, asdict(result))  # by every worker: a decider may die
     if mirrors_decision(study, trials):
-        _mirror_decision(session, stage, study, stage_run, trials, result)
+        with holding(study, MIRROR_CLAIM):
+            _mirror_decision(session, stage, study, stage_run, trials, result)
     session.say(f"stage {stage.name}: {result.decision}; carries "
                 f"{shown_settings(result.params) or 'no change'}")
     return result

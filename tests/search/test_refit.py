@@ -54,8 +54,7 @@ def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_wr
     said = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], said
     trained = [out for out, _ in said if "refit of trial" in out]
-    waited = [out for out, _ in said if "trained by another run of the study" in out]
-    assert len(trained) == len(waited) == 1, said
+    assert len(trained) == 1, said  # the other waited for it, or came after it
     assert "refit on every non-test person, the exported model (final_model: refit)" in trained[0]
     cfg = load_study(path, ["final_model=refit"])
     final = read_final(cfg, ws)

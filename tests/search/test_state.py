@@ -435,6 +435,28 @@ def test_a_job_longer_than_grace_s_is_waited_for_while_its_holder_beats(store, m
     assert state.takes_over(here, state.FINAL_CLAIM)  # released: not waited out for 30 s
 
 
+@pytest.mark.slow
+def test_a_runs_one_time_jobs_are_released_once_done(tmp_path):
+    """The decision's mirroring and the final score run under `holding`: done, their claims
+    are released, so a later run that must do one again takes it at once instead of
+    waiting out the beats."""
+    from asl_sweep.cli import main
+
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text("study: released\n"
+                    "data: {synthetic: {per_class: 12, signers: 12}, image_size: 16}\n"
+                    "base: {hidden: [16], epochs: 2, batch_size: 16, device: cpu}\n"
+                    "stages:\n  - {name: only, trials: 2, sampler: random, confirm: null,\n"
+                    "     space: {lr: {low: 1e-3, high: 1e-2, log: true}}}\n")
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    claims = optuna.load_study(study_name="released.only" + state.CLAIMS_SUFFIX,
+                               storage=f"sqlite:///{home}/optuna.db")
+    tokens = {t.user_attrs["claim"]: t for t in claims.get_trials()}
+    assert {job: tokens[job].system_attrs.get(state.BEAT) for job in (
+        state.MIRROR_CLAIM, state.FINAL_CLAIM)} == {state.MIRROR_CLAIM: 0.0,
+                                                     state.FINAL_CLAIM: 0.0}
+
+
 WAITING = """
 import os, signal, sys, threading, time
 import optuna
