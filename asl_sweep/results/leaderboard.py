@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asl_sweep.results.readback import read_final, read_stages
+from asl_sweep.results.readback import final_in_progress, read_final, read_stages
 from asl_sweep.runtime.errors import StoreError
 from asl_sweep.runtime.workspace import Workspace, shown
 from asl_sweep.search import (
@@ -55,13 +55,19 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
-    final = read_final(cfg, ws)
+    final, scorer = read_final(cfg, ws), final_in_progress(cfg, ws)
+    refits = (" (final_model: refit: each final repeat is trained again on every non-test "
+              "person first, one more training per repeat; MLflow runs tagged kind=refit)"
+              if cfg.final_model == "refit" else "")
     if not final:
-        return None
+        return f"final test score: in progress, by {scorer}{refits}" if scorer else None
+    lines = [*final_model_lines(final, cfg.final_model),
+             *(views_lines(final["tta"]) if "tta" in final else [])]
+    if scorer and "refit" not in final:
+        lines.append(f"refits: in progress, by {scorer}{refits}")
     return "\n".join([f"final test accuracy of {final['stage']}'s configuration: "
                       f"{final['summary']}", f"  rule: {final['rule']}",
-                      *(f"  {line}" for line in final_model_lines(final, cfg.final_model)),
-                      *(f"  {line}" for line in views_lines(final["tta"]) if "tta" in final)])
+                      *(f"  {line}" for line in lines)])
 
 
 def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,

@@ -13,6 +13,7 @@ from asl_sweep.search import (
     StageView,
     TrialKey,
     final_result,
+    final_scorer,
     load_stage_study,
     optuna_storage,
     read,
@@ -77,3 +78,10 @@ def finished_stage(cfg: StudyConfig, views: list[StageView], name: str | None) -
 
 def read_final(cfg: StudyConfig, ws: Workspace) -> dict | None:
     return final_result(optuna_storage(ws.storage), cfg.study)
+
+
+def final_in_progress(cfg: StudyConfig, ws: Workspace) -> str | None:
+    """Which worker is scoring the study on test now (with final_model: refit, training its
+    refits first), or None."""
+    study = load_stage_study(cfg, cfg.stages[-1], optuna_storage(ws.storage))
+    return final_scorer(study) if study is not None else None

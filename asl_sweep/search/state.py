@@ -775,6 +775,22 @@ FINAL_CLAIM = "final_score"  # on the last stage: the one run that scores the st
 REFIT_CLAIM = "final_refit"  # and the one that trains the refits where they came after it
 
 
+def final_scorer(last_stage: optuna.Study) -> str | None:
+    """The worker scoring the study on test now (the final score, or refits set after it:
+    a claim on either neither released nor silent for GRACE_S), or None. Reads only
+    (`status`: for the minutes refits train, it showed every stage finished and no score)."""
+    try:
+        claims = optuna.load_study(study_name=last_stage.study_name + CLAIMS_SUFFIX,
+                                   storage=storage_of(last_stage))
+    except KeyError:  # no job was ever claimed
+        return None
+    for t in claims.get_trials(deepcopy=False):
+        if t.user_attrs.get("claim", "").partition("/")[0] in (FINAL_CLAIM, REFIT_CLAIM) \
+                and not _dead(t) and t.state != TrialState.WAITING:
+            return t.user_attrs.get(TrialKey.WORKER) or "a worker"
+    return None
+
+
 def mirrors_decision(study: optuna.Study, trials: list[FrozenTrial]) -> bool:
     """Whether this process mirrors a decided stage's decision into MLflow: every worker
     reaches the same decision from the same finished trials (`trials`, the stage's), and

@@ -67,3 +67,33 @@ def test_a_trial_whose_worker_on_another_machine_stopped_beating_reads_as_lost(w
     assert view.by_state(gone_here) == {
         "running": 1, "lost with their workers (the next run queues them again)": 2}
     assert [t.state.name for t in stage.get_trials()] == ["RUNNING", "RUNNING"]  # failed none
+
+
+def test_status_says_the_final_score_is_in_progress_while_a_worker_does_it(write_study,
+                                                                           tmp_path):
+    """cnn.yaml's refits train for minutes after its last stage decides: `status` showed
+    every stage finished and no final score, as if nothing were running. While a live
+    worker holds the final score's claim it names that worker, and nothing once released."""
+    import optuna
+
+    from asl_sweep.results.leaderboard import final_line
+    from asl_sweep.runtime.workspace import Workspace
+    from asl_sweep.search import optuna_storage
+    from asl_sweep.search.state import FINAL_CLAIM, does_job, holding, worker_id
+    from asl_sweep.search.store import stage_study_name
+    from asl_sweep.settings.studyfile import load_study
+
+    cfg = load_study(write_study(), ["final_model=refit"])
+    ws = Workspace.at(tmp_path / "home")
+    ws.prepare()
+    storage = optuna_storage(ws.storage)
+    assert final_line(cfg, ws) is None  # nothing stored, nothing claimed
+    last = optuna.create_study(study_name=stage_study_name(cfg, cfg.stages[-1]),
+                               storage=storage)
+    record = optuna.create_study(study_name=cfg.study, storage=storage)
+    assert does_job(last, FINAL_CLAIM, "final", keys_of=record)
+    with holding(last, FINAL_CLAIM):
+        line = final_line(cfg, ws)
+        assert line.startswith(f"final test score: in progress, by {worker_id()}")
+        assert "trained again on every non-test person first" in line
+    assert final_line(cfg, ws) is None  # released: not in progress
