@@ -11,8 +11,8 @@ in every shipped run), for seeds 0..N-1, each twice:
 
 With --last, a third: the repeat's training people at its last epoch (last), which splits
 the refit's gain into the last epoch's (last - repeat) and the added people's (refit -
-last). All are scored on the test split: the paired gain per test person averaged over the seeds
-(95% CI by bootstrap over test people), each kind's mean with its seed spread, the two
+last). All are scored on the test split: the paired gain per test person averaged over the
+seeds (95% CI by bootstrap over test people), each kind's mean with its seed spread, the
 ensembles, and the 25th-percentile, median and worst person. Choose on a selection set
 (`--synthetic-seed 1`: other signers, their own split), report on the development set
 (`--synthetic-seed 0`, the people BENCHMARKS.md reports).

@@ -55,7 +55,10 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
-    final, scorer = read_final(cfg, ws), final_in_progress(cfg, ws)
+    final = read_final(cfg, ws)
+    # Who is scoring it now: asked only where a score or its refits are still to come.
+    missing = not final or (cfg.final_model == "refit" and "refit" not in final)
+    scorer = final_in_progress(cfg, ws) if missing else None
     refits = (" (final_model: refit: each final repeat is trained again on every non-test "
               "person first, one more training per repeat; MLflow runs tagged kind=refit)"
               if cfg.final_model == "refit" else "")
@@ -63,7 +66,7 @@ def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
         return f"final test score: in progress, by {scorer}{refits}" if scorer else None
     lines = [*final_model_lines(final, cfg.final_model),
              *(views_lines(final["tta"]) if "tta" in final else [])]
-    if scorer and "refit" not in final:
+    if scorer:
         lines.append(f"refits: in progress, by {scorer}{refits}")
     return "\n".join([f"final test accuracy of {final['stage']}'s configuration: "
                       f"{final['summary']}", f"  rule: {final['rule']}",

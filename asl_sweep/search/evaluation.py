@@ -436,13 +436,13 @@ def final_score(session: Session) -> dict:
         return {}
     cfg, stage = session.cfg, session.cfg.stages[-1]
     stored = read(session.record).get(RecordKey.FINAL)
-    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     if stored and stored.get("trials") == session.results[-1].repeats:  # scored earlier
         session.log(f"final test accuracy ({stage.name}'s configuration, scored earlier): "
                     f"{stored['summary']}")
         if cfg.final_model == "refit" and "refit" not in stored:  # set after the scoring
-            return _refit_after(session, study, stored)
+            return _refit_after(session, stored)
         return stored
+    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     # One process scores it: runs that finish together (several `run`s of one study) each
     # scored and logged the same tables to the study's MLflow run at once (an integrity
     # error on MLflow's tag of logged tables stopped one with a traceback).
@@ -481,10 +481,12 @@ def _scored(session: Session, study: optuna.Study) -> dict:
     return final
 
 
-def _refit_after(session: Session, study: optuna.Study, stored: dict) -> dict:
+def _refit_after(session: Session, stored: dict) -> dict:
     """`final_model: refit` set after the study was scored: its refits trained and scored
     once, by one of the runs that find them missing; the others wait for them (two runs
     of one study each trained every refit: 4 refit runs for 2 repeats)."""
+    cfg = session.cfg
+    study = create_stage_study(cfg, len(cfg.stages) - 1, session.storage, session.worker)[0]
     if not does_job(study, REFIT_CLAIM, lambda keys: "refit" in keys.get(RecordKey.FINAL, {}),
                     keys_of=session.record):
         stored = read(session.record)[RecordKey.FINAL]
