@@ -177,3 +177,16 @@ def stopped_line(proc, err: str) -> str:
     assert proc.returncode == 2, err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
     return err.strip().splitlines()[-1]
+
+
+def clock_off(seconds: int) -> tuple[list[str], dict[str, str]]:
+    """The command prefix and environment that run a real process whose wall clock is
+    `seconds` off this machine's (libfaketime: a worker of another machine whose clock has
+    drifted; its monotonic clock, which timers use, left alone). Skips where the `faketime`
+    program is missing (.ci/run installs it)."""
+    import shutil
+
+    if shutil.which("faketime") is None:
+        pytest.skip("faketime is not installed (apt-get install faketime)")
+    return (["faketime", "-f", f"{seconds:+d}s"],
+            {**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"})

@@ -340,6 +340,9 @@ def _claim(study: optuna.Study, name: str, tokens: list[FrozenTrial] | None = No
     except optuna.exceptions.UpdateFinishedTrialError:
         return False, token
     storage.set_trial_user_attr(trial_id_of(token), TrialKey.WORKER, worker_id())
+    # Taken now, in seconds since the epoch: the token's start is the holder's local time,
+    # hours off on a machine of another time zone (`silent_s`).
+    storage.set_trial_system_attr(trial_id_of(token), BEAT, time.time())
     return True, token
 
 
@@ -360,7 +363,7 @@ def _take(study: optuna.Study, name: str) -> tuple[bool, FrozenTrial]:
         taken, token = _claim(study, f"{name}/{generation}" if generation else name, tokens)
         if taken:
             _held[(study.study_name, name)] = trial_id_of(token)
-        if taken or not _dead(token):
+        if taken or not _dead(storage_of(study), token):
             return taken, token
         generation += 1
 
@@ -389,22 +392,14 @@ def holding(study: optuna.Study, name: str) -> Iterator[None]:
             storage_of(claims).set_trial_system_attr(token, BEAT, 0.0)
 
 
-def _dead(token: FrozenTrial) -> bool:
+def _dead(storage: optuna.storages.BaseStorage, token: FrozenTrial) -> bool:
     """Whether the holder of a claim is dead: a process of this machine that is gone, or one
-    silent for GRACE_S (a job `holding` beats; one that does not takes seconds: held that
-    long, it died doing it), or one that released it. A token still WAITING was taken by
-    another between the read and the try: alive."""
+    whose beats stood still for GRACE_S (`silent_s`; a job `holding` beats; one that does
+    not takes seconds: held that long, it died doing it), or one that released it. A token
+    still WAITING was taken by another between the read and the try: alive."""
     return token.state != TrialState.WAITING and (
-        gone_here(token.user_attrs.get(TrialKey.WORKER, "")) or _silent_s(token) > GRACE_S)
-
-
-def _silent_s(token: FrozenTrial) -> float:
-    """Seconds since a claim's holder last beat (`holding`), or took it."""
-    beat = token.system_attrs.get(BEAT)
-    if beat is not None:
-        return time.time() - beat
-    started = token.datetime_start
-    return (datetime.datetime.now() - started).total_seconds() if started else 0.0
+        gone_here(token.user_attrs.get(TrialKey.WORKER, ""))
+        or silent_s(storage, token) >= GRACE_S)
 
 
 def does_job(study: optuna.Study, name: str, done: str | Callable[[dict[str, Any]], bool],
@@ -427,7 +422,7 @@ def does_job(study: optuna.Study, name: str, done: str | Callable[[dict[str, Any
         if taken:
             return True
         holder = token.user_attrs.get(TrialKey.WORKER, "")
-        look_again = time.monotonic() + GRACE_S - _silent_s(token)
+        look_again = time.monotonic() + GRACE_S - silent_s(storage_of(study), token)
         while True:
             signals.wait(jittered(pause))  # a stop is taken: the claim is another's
             pause = min(4.0, pause * 2)
@@ -655,8 +650,8 @@ def _alive(pid: int) -> bool:
 
 
 # Optuna's heartbeats live in its RDB storage only: through the gRPC proxy a running trial
-# beats here instead (a system attribute, every HEARTBEAT_S), and one silent for GRACE_S is
-# dead, from any machine (clocks a few seconds apart at most).
+# beats here instead (a system attribute, every HEARTBEAT_S), and so does a claim's holder;
+# one whose beat stands still for GRACE_S is dead, from any machine (`silent_s`).
 BEAT = PREFIX + "beat"
 
 
@@ -689,11 +684,35 @@ def beating(study: optuna.Study, trial_id: int, attribute: bool = False) -> Iter
         thread.join(HEARTBEAT_S)
 
 
-def beat_stopped(t: FrozenTrial, now: float) -> bool:
-    """A running trial (through the proxy) that has not beaten for GRACE_S."""
-    last = t.system_attrs.get(BEAT) or (t.datetime_start.timestamp() if t.datetime_start
-                                        else now)
-    return now - last > GRACE_S
+# A beat is the beater's clock, and machines' clocks differ: judged against the reader's
+# clock, a live holder 30 s behind was taken for dead while it beat (and its job done
+# twice), and a dead one 30 s ahead was waited for a minute. So a reader judges a beat by
+# its own clock alone: a beat it has seen change is alive, one it has seen stand still for
+# GRACE_S is not. Only a beat older than GRACE_S even to a clock MAX_SKEW_S ahead of this
+# one is dead at first sight (a rerun long after a crash waits for none of its claims).
+MAX_SKEW_S = 120.0
+_seen: dict[tuple[int, int], tuple[Any, float]] = {}  # (storage, trial): (beat, first seen)
+
+
+def silent_s(storage: optuna.storages.BaseStorage, t: FrozenTrial) -> float:
+    """Seconds the beat of `t` (a running trial's through the proxy, or a claim's token;
+    its start where it has not beaten) has stood still as this process saw it, or its age
+    less MAX_SKEW_S where that is more; inf for a claim released (`holding`). A process
+    looking once (`status`) sees no beat stand still: only the age then says it is dead."""
+    beat = t.system_attrs.get(BEAT)
+    if beat == 0.0:
+        return float("inf")
+    key, mark, now = (id(storage), trial_id_of(t)), (beat, t.datetime_start), time.monotonic()
+    seen = _seen.get(key)
+    if seen is None or seen[0] != mark:
+        _seen[key] = seen = (mark, now)
+    aged = time.time() - beat - MAX_SKEW_S if beat is not None else 0.0
+    return max(now - seen[1], aged)
+
+
+def stopped_beating(storage: optuna.storages.BaseStorage, t: FrozenTrial) -> bool:
+    """A running trial (through the proxy) whose beat stood still for GRACE_S."""
+    return silent_s(storage, t) >= GRACE_S
 
 
 def fail_dead_trials(study: optuna.Study, every: bool = True,
@@ -725,8 +744,8 @@ def fail_dead_trials(study: optuna.Study, every: bool = True,
         if t.state != TrialState.RUNNING:
             continue
         worker = t.user_attrs.get(TrialKey.WORKER, "")
-        if gone_here(worker) or (not keeps_heartbeats(storage) and beat_stopped(t, now)) or (
-                not worker and beat_stopped(t, now)):
+        if gone_here(worker) or ((not keeps_heartbeats(storage) or not worker)
+                                 and stopped_beating(storage, t)):
             try:
                 if storage.set_trial_state_values(trial_id_of(t), TrialState.FAIL):
                     Requeue()(study, storage.get_trial(trial_id_of(t)))
@@ -786,7 +805,7 @@ def final_scorer(last_stage: optuna.Study) -> str | None:
         return None
     for t in claims.get_trials(deepcopy=False):
         if t.user_attrs.get("claim", "").partition("/")[0] in (FINAL_CLAIM, REFIT_CLAIM) \
-                and not _dead(t) and t.state != TrialState.WAITING:
+                and not _dead(storage_of(claims), t) and t.state != TrialState.WAITING:
             return t.user_attrs.get(TrialKey.WORKER) or "a worker"
     return None
 

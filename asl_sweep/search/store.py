@@ -33,11 +33,11 @@ from asl_sweep.search.state import (
     RecordKey,
     Requeue,
     StageKey,
-    beat_stopped,
     grid_placeholder,
     open_shared,
     read,
     renumbered,
+    stopped_beating,
 )
 from asl_sweep.settings.spec import StageConfig, StudyConfig
 
@@ -261,16 +261,18 @@ def stage_trials(study: optuna.Study, repeats: optuna.Study | None = None,
 
 def silent_trials(study: optuna.Study, trials: list[FrozenTrial]) -> frozenset[int]:
     """The numbers of the RUNNING trials among a stage's `trials` (stage_trials: its search
-    study's and its repeats') whose worker, on any machine, stopped beating GRACE_S ago:
-    lost, though no worker has looked yet (the next run's or worker's look fails them and
-    queues them again; a reader such as `status` fails nothing)."""
+    study's and its repeats') whose worker, on any machine, stopped beating: GRACE_S ago by
+    the database's clock (Optuna's heartbeats), or through the proxy GRACE_S + MAX_SKEW_S
+    ago by this machine's (a reader looking once cannot tell a beat standing still from a
+    clock behind: state.silent_s): lost, though no worker has looked yet (the next run's or
+    worker's look fails them and queues them again; a reader such as `status` fails
+    nothing)."""
     running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     if not running:
         return frozenset()
     storage = storage_of(study)
     if not keeps_heartbeats(storage):  # the proxy: asl-sweep's own beat attribute
-        now = time.time()
-        return frozenset(t.number for t in running if beat_stopped(t, now))
+        return frozenset(t.number for t in running if stopped_beating(storage, t))
     stale = set(stale_trial_ids(storage, study_id_of(study)))
     try:
         stale |= set(stale_trial_ids(storage, storage.get_study_id_from_name(

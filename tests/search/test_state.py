@@ -15,6 +15,7 @@ import pytest
 
 from asl_sweep.search import state
 from asl_sweep.search.state import Failure, Role, TrialKey, claim, queue_budget, take_waiting
+from tests.conftest import clock_off
 
 PACKAGE = Path(__file__).parents[2] / "asl_sweep"
 
@@ -388,7 +389,8 @@ def test_the_final_score_is_one_runs_job_and_the_others_read_it(store, monkeypat
     assert not state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL, keys_of=record)
 
 HOLDING = """
-import sys, time
+import socket, sys, threading
+socket.gethostname = lambda: "another-machine"  # its death is found by its beats alone
 import optuna
 from asl_sweep.search import state
 from asl_sweep.search.store import optuna_storage
@@ -399,26 +401,41 @@ record = optuna.load_study(study_name="s", storage=storage)
 assert state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL, keys_of=record)
 print("held", flush=True)
 with state.holding(last, state.FINAL_CLAIM):
-    time.sleep(3.0)  # a final score three times GRACE_S long (refits train for minutes)
+    # A final score longer than GRACE_S (refits: minutes). Not time.sleep: under faketime
+    # its clock_nanosleep fails (EINVAL).
+    threading.Event().wait(float(sys.argv[2]))
     state.write(record, state.RecordKey.FINAL, {"summary": "by the holder"})
 """
 
 
+def _holder(store: str, seconds: float, clock: int = 0) -> subprocess.Popen:
+    """A worker of another machine, its clock `clock` seconds off this one's, that takes
+    the final score and holds it for `seconds`; returned once it holds it. A session of its
+    own: `faketime` runs it as its child, and a kill must reach both."""
+    prefix, env = clock_off(clock) if clock else ([], None)
+    holder = subprocess.Popen([*prefix, sys.executable, "-c", HOLDING, store, str(seconds)],
+                              text=True, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+    return holder
+
+
 @pytest.mark.slow
-def test_a_job_longer_than_grace_s_is_waited_for_while_its_holder_beats(store, monkeypatch):
+@pytest.mark.parametrize("clock", [0, -60], ids=["same clock", "holder's clock 60 s behind"])
+def test_a_job_longer_than_grace_s_is_waited_for_while_its_holder_beats(store, monkeypatch,
+                                                                        clock):
     """The final score with refits trains for minutes: a worker waiting for it took its
     holder for dead after GRACE_S and scored the study again (two workers of cnn.yaml's
     kind: 4 refit runs for 2 repeats, each worker closing the other's as killed). A job
     done under `holding` beats its claim: the others wait for it however long it takes,
-    and once it is released a later run takes the job at once."""
+    whatever the holder's clock says (one 60 s behind beat in the past, and was taken for
+    dead at once), and once it is released a later run takes the job at once."""
     import time
 
     last = optuna.create_study(study_name="s.last", storage=store)
     record = optuna.load_study(study_name="s", storage=store)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDING, store], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    holder = _holder(store, 3.0, clock)
     try:
-        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
         monkeypatch.setattr(state, "GRACE_S", 1.0)
         started = time.monotonic()
         assert not state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL,
@@ -433,6 +450,27 @@ def test_a_job_longer_than_grace_s_is_waited_for_while_its_holder_beats(store, m
     with state.holding(here, state.FINAL_CLAIM):
         pass
     assert state.takes_over(here, state.FINAL_CLAIM)  # released: not waited out for 30 s
+
+
+@pytest.mark.slow
+def test_a_holder_whose_clock_is_ahead_is_found_dead_once_its_beats_stand_still(
+        store, monkeypatch):
+    """A holder on another machine whose clock is 60 s ahead beat in the future: killed, it
+    was waited for a minute before anyone took its job over. Its beats are judged by the
+    waiter's clock alone: still for GRACE_S, it is dead."""
+    import signal
+    import time
+
+    last = optuna.create_study(study_name="s.last", storage=store)
+    record = optuna.load_study(study_name="s", storage=store)
+    holder = _holder(store, 600.0, clock=60)
+    time.sleep(0.5)  # it beats a while
+    os.killpg(holder.pid, signal.SIGKILL)
+    holder.wait()
+    monkeypatch.setattr(state, "GRACE_S", 1.0)
+    started = time.monotonic()
+    assert state.does_job(last, state.FINAL_CLAIM, state.RecordKey.FINAL, keys_of=record)
+    assert time.monotonic() - started < 10  # GRACE_S and a look or two; not its 60 s
 
 
 @pytest.mark.slow

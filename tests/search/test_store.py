@@ -15,17 +15,25 @@ from mlflow.tracking import MlflowClient
 from asl_sweep.cli import main
 from asl_sweep.results.readback import read_stages
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search import state
 from asl_sweep.search.state import (
     BEAT,
     GRACE_S,
     StageKey,
+    TrialKey,
     fail_dead_trials,
     read,
 )
 from asl_sweep.search.store import optuna_storage, stage_trials
 from asl_sweep.settings.studyfile import load_study
 from tests import servers
-from tests.conftest import interrupt_a_trial, run_until_training, running_trial, stopped_line
+from tests.conftest import (
+    clock_off,
+    interrupt_a_trial,
+    run_until_training,
+    running_trial,
+    stopped_line,
+)
 from tests.servers import free_port, mlflow_server, postgres_bin, store_proxy
 
 FAST = {"data": {"synthetic": {"per_class": 8}, "image_size": 12},
@@ -462,17 +470,71 @@ def test_two_workers_through_optunas_grpc_proxy_meet_the_budget(write_study, tmp
     assert all(BEAT in t.system_attrs for t in finished)
 
 
-def test_a_silent_worker_through_the_proxy_is_found_dead_from_any_machine(proxy):
+def test_a_silent_worker_through_the_proxy_is_found_dead_from_any_machine(proxy, monkeypatch):
+    """A beat older than any clock can be off is dead at first sight; one GRACE_S old by
+    this clock may be a clock behind: it is dead once seen standing still for GRACE_S."""
     storage = optuna_storage(proxy)
     study = optuna.create_study(storage=storage, study_name="silent")
-    trial = study.ask()
-    storage.set_trial_user_attr(trial._trial_id, "worker", "another-machine:4242")
-    storage.set_trial_system_attr(trial._trial_id, BEAT, time.time() - GRACE_S - 5)
-    alive = study.ask()  # beat a moment ago: left alone
-    storage.set_trial_system_attr(alive._trial_id, BEAT, time.time())
+    long_gone, lately, alive = study.ask(), study.ask(), study.ask()
+    for trial, age in ((long_gone, GRACE_S + state.MAX_SKEW_S + 5), (lately, GRACE_S + 5),
+                       (alive, 0)):
+        storage.set_trial_user_attr(trial._trial_id, TrialKey.WORKER, "another-machine:4242")
+        storage.set_trial_system_attr(trial._trial_id, BEAT, time.time() - age)
     fail_dead_trials(study)
     states = [t.state.name for t in study.get_trials()]
-    assert states == ["FAIL", "RUNNING", "WAITING"]  # the silent one failed and queued again
+    assert states == ["FAIL", "RUNNING", "RUNNING", "WAITING"]  # failed and queued again
+    monkeypatch.setattr(state, "GRACE_S", 1.0)
+    time.sleep(1.2)
+    storage.set_trial_system_attr(alive._trial_id, BEAT, time.time())  # it beat meanwhile
+    fail_dead_trials(study)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "FAIL", "RUNNING", "WAITING", "WAITING"]
+
+
+BEATING = """
+import socket, sys, threading
+socket.gethostname = lambda: "another-machine"  # its death is found by its beats alone
+import optuna
+from asl_sweep.search import state
+from asl_sweep.search.store import optuna_storage
+state.HEARTBEAT_S = 0.2
+study = optuna.load_study(study_name="skewed", storage=optuna_storage(sys.argv[1]))
+trial = study.ask()
+study._storage.set_trial_user_attr(trial._trial_id, state.TrialKey.WORKER, state.worker_id())
+with state.beating(study, trial._trial_id):
+    print("running", flush=True)
+    threading.Event().wait(600)  # not time.sleep: under faketime it fails (EINVAL)
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_through_the_proxy_whose_clock_is_behind_is_not_taken_for_dead(
+        proxy, monkeypatch):
+    """A worker of another machine whose clock is 60 s behind beats in the past: its trial
+    was failed and queued again at the first look while it trained (the trial trained
+    twice). A beat is judged by the looker's clock alone: one that changes is alive; once
+    the worker is killed, its beat stands still and the trial is failed GRACE_S later."""
+    prefix, env = clock_off(-60)
+    storage = optuna_storage(proxy)
+    study = optuna.create_study(storage=storage, study_name="skewed")
+    worker = subprocess.Popen([*prefix, sys.executable, "-c", BEATING, proxy], env=env,
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)  # faketime's child: killed with it
+    try:
+        assert worker.stdout.readline().strip() == "running", worker.stderr.read()
+        monkeypatch.setattr(state, "GRACE_S", 1.0)
+        for _ in range(5):  # 2.5 s of looks, every one finding its beat 60 s old
+            fail_dead_trials(study)
+            time.sleep(0.5)
+        assert [t.state.name for t in study.get_trials()] == ["RUNNING"]
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    deadline = time.monotonic() + 10
+    while study.get_trials()[0].state.name == "RUNNING" and time.monotonic() < deadline:
+        fail_dead_trials(study)
+        time.sleep(0.5)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]
 
 
 def test_a_proxy_that_does_not_answer_is_one_line(tmp_path, capsys):
