@@ -564,7 +564,7 @@ def cmd_run(args) -> int:
         from asl_sweep.search import resolve_workers, run_pool
 
     workers = resolve_workers(cfg, _workers_default() if args.workers is None else args.workers,
-                              args.per_device, say=_say)
+                              args.per_device, say=_say, networked=ws.networked_stores())
     code = run_pool(cfg, ws, workers, _study_argv(args), bars=sys.stdout.isatty(), say=_say)
     if code != 0:
         return code

@@ -170,3 +170,52 @@ def free_memory(root: Path = CGROUP_ROOT, listing: str | None = None) -> int | N
     left = max(0, limit - (memory_in_use(root, listing) or 0)) if limit else None
     known = [m for m in (available, left) if m is not None]
     return min(known) if known else None
+
+
+# --- the file systems under this process's files ------------------------------------------
+
+MOUNTINFO = Path("/proc/self/mountinfo")
+# File systems whose locks SQLite cannot count on with several processes writing one
+# database (its documentation's "SQLite over a network": NFS, SMB/CIFS and their kin; Lustre
+# refuses fcntl locks unless mounted with flock): a cluster's home folder is often one.
+NETWORK_FILESYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs",
+    "lustre", "fuse.sshfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+    "fuse.ceph-fuse", "fuse.juicefs"})
+
+
+def _unescaped(field: str) -> str:
+    """A mount point as the kernel writes it in mountinfo: space, tab, newline and backslash
+    as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def filesystem_of(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
+    """The type of the file system holding `path` (its nearest folder that exists), from the
+    kernel's table of this process's mounts: the deepest mount point above it, the last
+    mounted where two share one; None where the table cannot be read (not Linux)."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return None
+    target = Path(path).absolute()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    target = target.resolve()
+    found, depth = None, -1
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        point = Path(_unescaped(fields[4]))
+        if (point == target or point in target.parents) and len(point.parts) >= depth:
+            found, depth = fields[fields.index("-", 6) + 1], len(point.parts)
+    return found
+
+
+def network_filesystem(path: Path, mountinfo: Path = MOUNTINFO) -> str | None:
+    """The network file system holding `path` (its type: nfs4, cifs, ...), or None."""
+    kind = filesystem_of(path, mountinfo)
+    return kind if kind in NETWORK_FILESYSTEMS else None

@@ -15,6 +15,7 @@ from pathlib import Path
 from asl_sweep.runtime.environment import named
 from asl_sweep.runtime.errors import ConfigError, WriteError, as_text, is_text, not_text_folder
 from asl_sweep.runtime.files import make_folder
+from asl_sweep.runtime.machine import MOUNTINFO, network_filesystem
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,16 @@ class Workspace:
         """Whether there is an Optuna store to read: a server, or the SQLite file it names."""
         file = _sqlite_file(self.storage)
         return file is None or file.exists()
+
+    def networked_stores(self, mountinfo: Path = MOUNTINFO) -> str | None:
+        """Where a SQLite store of this workspace lies on a network file system (NFS, SMB,
+        ...; a cluster's home folder often is one), whose locks SQLite cannot count on with
+        several processes writing: what to say about it, else None."""
+        for file in filter(None, map(_sqlite_file, (self.storage, self.tracking_uri))):
+            kind = network_filesystem(file, mountinfo)
+            if kind is not None:
+                return f"the SQLite store {file} is on {kind}, a network file system"
+        return None
 
     def prepare(self) -> Workspace:
         """Create the folders; a home that cannot be written is one WriteError."""

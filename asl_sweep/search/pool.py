@@ -26,12 +26,26 @@ def _large(cfg: StudyConfig) -> bool:
 
 
 def resolve_workers(cfg: StudyConfig, workers: str | int, per_device: int,
-                    say=print) -> Workers:
+                    say=print, networked: str | None = None) -> Workers:
+    """How many workers run the study here. `networked`: where its SQLite stores lie on a
+    network file system (Workspace.networked_stores), whose locks SQLite cannot count on
+    with several processes writing one database: `auto` then runs one worker, and a count
+    given is run as asked, with a warning; each says why in one line."""
     gpus = gpu_count()
     if per_device > 1 and not gpus:
         say(f"--per-device {per_device}: no GPU here, so it changes nothing")
+    safe = ("for several, --home on a local disk, or --storage and --tracking on "
+            "PostgreSQL (docs/how-to/several-machines.md)")
     if workers == "auto":
-        return auto_workers(large=_large(cfg), gpus=gpus, per_device=per_device)
+        chosen = auto_workers(large=_large(cfg), gpus=gpus, per_device=per_device)
+        if networked and chosen.count > 1:
+            say(f"--workers auto: one worker, not {chosen.count}: {networked}, where "
+                f"SQLite's locks do not hold for several processes at once; {safe}")
+            return fixed_workers(1, gpus=gpus, per_device=per_device, large=_large(cfg))
+        return chosen
+    if networked and int(workers) > 1:
+        say(f"warning: --workers {workers}: {networked}, where SQLite's locks may not hold "
+            f"for several processes at once (a broken study database); {safe}")
     return fixed_workers(int(workers), gpus=gpus, per_device=per_device, large=_large(cfg))
 
 

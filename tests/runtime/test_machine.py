@@ -5,6 +5,7 @@ affinity set on a real process."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,35 @@ def test_a_command_in_a_real_cgroup_with_a_one_cpu_quota_runs_torch_on_one_threa
     finally:
         folder.rmdir()
     assert done.stdout.split() == ["2", "1"], done.stderr
+
+
+def _mountinfo(tmp_path, *mounts: tuple[str, str]):
+    """A mount table as the kernel writes /proc/self/mountinfo: (mount point, type) lines
+    in mount order, an optional field on some (shared:N) and octal escapes in points."""
+    lines = [f"{20 + i} 1 0:{40 + i} / {point.replace(' ', chr(92) + '040')} rw,relatime"
+             f"{' shared:' + str(i) if i % 2 else ''} - {kind} src{i} rw"
+             for i, (point, kind) in enumerate(mounts)]
+    (tmp_path / "mountinfo").write_text("\n".join(lines) + "\n")
+    return tmp_path / "mountinfo"
+
+
+def test_the_file_system_of_a_path_is_its_deepest_mount_the_last_mounted_there(tmp_path):
+    """A cluster's home on NFS, a local scratch disk mounted inside it, a name with a space,
+    a path not made yet (the home of a first run), and a folder mounted over twice."""
+    home = tmp_path / "home dir"
+    (home / "scratch").mkdir(parents=True)
+    table = _mountinfo(tmp_path, ("/", "ext4"), (str(home), "nfs4"),
+                       (str(home / "scratch"), "xfs"), (str(tmp_path / "over"), "nfs"),
+                       (str(tmp_path / "over"), "tmpfs"))
+    assert machine.filesystem_of(home / "mlruns" / "optuna.db", table) == "nfs4"
+    assert machine.network_filesystem(home / "mlruns", table) == "nfs4"
+    assert machine.filesystem_of(home / "scratch" / "mlruns", table) == "xfs"
+    assert machine.network_filesystem(home / "scratch" / "mlruns", table) is None
+    assert machine.filesystem_of(tmp_path / "elsewhere", table) == "ext4"
+    (tmp_path / "over").mkdir()
+    assert machine.filesystem_of(tmp_path / "over" / "x", table) == "tmpfs"
+    assert machine.filesystem_of(home, tmp_path / "no-such-table") is None  # not Linux
+
+
+def test_this_machines_own_mount_table_is_read():
+    assert machine.filesystem_of(Path(__file__)) is not None

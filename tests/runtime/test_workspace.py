@@ -90,3 +90,20 @@ def test_optuna_and_mlflow_are_refused_one_database_or_each_others(tmp_path):
     Workspace.at(home, storage="postgresql://u@db/optuna", tracking_uri="postgresql://u@db/mlflow")
     Workspace.at(home, storage="grpc://proxy:13000", tracking_uri="http://mlflow:5000")
     Workspace.at(home)  # each in its own file
+
+
+def test_a_sqlite_store_on_a_network_file_system_is_named(tmp_path):
+    """A cluster's home folder on NFS: the stores in it are named with the file system's
+    type; stores on servers are no file of this machine's."""
+    from asl_sweep.runtime.workspace import Workspace
+
+    table = tmp_path / "mountinfo"
+    table.write_text("20 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+                     f"21 20 0:41 / {tmp_path} rw,relatime shared:3 - nfs4 srv:/home rw\n")
+    home = tmp_path / "mlruns"
+    assert Workspace.at(home).networked_stores(table) == (
+        f"the SQLite store {home.resolve() / 'optuna.db'} is on nfs4, a network file system")
+    assert Workspace.at(home).networked_stores(tmp_path / "no-table") is None
+    served = Workspace.at(home, storage="postgresql://me@db/optuna",
+                          tracking_uri="http://127.0.0.1:5000")
+    assert served.networked_stores(table) is None
