@@ -54,11 +54,12 @@ def _train(session: Session, trial: int, fold: int, file: ModelFile) -> str:
     cfg = refit_config(file)
     data = session.data.split(file.spec.image_size, fold).every_person()
     mirror = session.mirror
-    run = mirror.refit_opened(trial, cfg, len(data.train_index), fold)
+    whose = "people" if session.data.groups is not None else "images"  # no group_pattern
+    run = mirror.refit_opened(trial, cfg, len(data.train_index), fold, whose)
     epochs = (f"{cfg.epochs} epochs (its repeat's best epoch: early_stop)"
               if file.config.early_stop is not None else f"{cfg.epochs} epochs")
     session.log(f"refit of trial {trial} (final_model: refit): seed {cfg.seed}, {epochs} on "
-                f"{len(data.train_index)} images, the training and validation people of "
+                f"{len(data.train_index)} images, the training and validation {whose} of "
                 f"fold {fold}; the last epoch kept")
     identity = {"study": session.cfg.study, "refit_of": str(trial)}
     try:

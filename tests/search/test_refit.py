@@ -150,3 +150,22 @@ def test_a_repeat_that_stopped_early_is_refit_for_its_best_epochs_not_every_epoc
         trained = len(client.get_metric_history(r.info.run_id, "train_acc"))
         assert trained == int(r.data.params["epochs"]) == best[r.data.tags["refit_of"]] < 60
         assert r.data.params["early_stop"] == "off"
+
+
+@pytest.mark.slow
+def test_a_refit_of_images_without_people_says_images_not_people(tmp_path, image_folder,
+                                                                 capsys):
+    """A folder with no group_pattern has no people: its refit trains on the training and
+    validation images, and its line and MLflow note said people."""
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text(STUDY.replace("{synthetic: {per_class: 24, signers: 12}, image_size: 16}",
+                                  f"{{root: {image_folder}, image_size: 16}}")
+                    + "final_model: refit\n")
+    assert main(["run", str(path), "--home", str(home), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("the training and validation images of fold 0") == 2
+    assert "validation people" not in out
+    ws = Workspace.at(home)
+    notes = [r.data.tags["mlflow.note.content"]
+             for r in refit_runs(MlflowClient(ws.tracking_uri), ws)]
+    assert len(notes) == 2 and all("every non-test image" in n for n in notes)
