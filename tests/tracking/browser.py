@@ -4,8 +4,11 @@ picture) through the DevTools protocol."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -26,14 +29,19 @@ class Browser:
     def __init__(self, width: int = 1400, height: int = 900):
         import websocket  # websocket-client, a dev dependency
 
+        # Its profile, and the temporary folders it makes of its own (org.chromium.*, left
+        # in /tmp by every run before), in one folder removed on close; its helpers in a
+        # session of their own, stopped with it.
         self.profile = tempfile.mkdtemp(prefix="asl-chrome-")
+        (Path(self.profile) / "tmp").mkdir()
         port = free_port()
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--remote-debugging-port={port}", f"--user-data-dir={self.profile}",
+             f"--remote-debugging-port={port}", f"--user-data-dir={self.profile}/user",
              f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "TMPDIR": f"{self.profile}/tmp"})
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -86,8 +94,16 @@ class Browser:
 
     def close(self) -> None:
         self.ws.close()
-        self.proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(20)
+        deadline = time.monotonic() + 10  # its helpers, gone a moment after it
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> Browser:
