@@ -44,6 +44,19 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def _no_outage_carried_over():
+    """Each test starts as a fresh command's process does: no store given up or said to be
+    away. A test whose store stayed away (a tracking address answering 503) left it given
+    up, and a later test in the same pytest worker saw its own outage given up at once,
+    never said: a failure that came and went with xdist's order."""
+    yield
+    from asl_sweep.runtime import outage
+
+    outage._gave_up.clear()
+    outage._said.clear()
+
+
 TINY_STUDY = {
     "study": "tiny",
     "data": {"synthetic": {"per_class": 12, "seed": 0}, "image_size": 16, "val_fraction": 0.25},
