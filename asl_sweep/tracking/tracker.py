@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,39 @@ def _reach(uri: str) -> None:
         engine.dispose()
 
 
+class _OneTry:
+    """While any thread is inside it, MLflow tries each HTTP request once (its own retries
+    off; it reads them from the environment at every request). For a tracking server that
+    gave up: what a stopping run still writes fails at once instead of after MLflow's
+    backoff."""
+
+    KEY = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+
+    def __init__(self) -> None:
+        self._lock, self._inside, self._saved = threading.Lock(), 0, None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside == 0:
+                self._saved = os.environ.get(self.KEY)
+                os.environ[self.KEY] = "0"
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    if self._saved is None:
+                        os.environ.pop(self.KEY, None)
+                    else:
+                        os.environ[self.KEY] = self._saved
+
+
+_one_try = _OneTry()
+
+
 class Tracker:
     def __init__(self, workspace: Workspace):
         # A tracking database or server that stops answering is waited for (runtime.outage),
@@ -117,7 +150,8 @@ class Tracker:
             client = MlflowClient(tracking_uri=workspace.tracking_uri,
                                   registry_uri=workspace.tracking_uri)
             self.client = (client if workspace.tracking_uri.startswith("sqlite")
-                           else Retrying(client, self._store))
+                           else Retrying(client, self._store, _one_try
+                                         if workspace.tracking_server else None))
             self.client.search_experiments(max_results=1)  # creates or migrates the store now
         except Exception as e:  # a damaged mlflow.db, a full disk, an address refused: one
             # line naming this store
@@ -150,7 +184,7 @@ class Tracker:
             # database is away is not the store answering, so it must not end the outage.
             if not (self.tracking_uri.startswith("sqlite")
                     or isinstance(repo, LocalArtifactRepository)):
-                repo = Retrying(repo, self._store)
+                repo = Retrying(repo, self._store, _one_try if self.server else None)
             if len(self._repos) >= 256:  # a long study's runs: keep the recent ones
                 self._repos.pop(next(iter(self._repos)))
             self._repos[run_id] = repo

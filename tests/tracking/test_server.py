@@ -208,3 +208,29 @@ def test_a_tracking_address_that_answers_but_not_as_mlflow_is_one_line(write_stu
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) in (1, 2) and "Traceback" not in err, err  # 503: + "retrying"
     assert said in err.splitlines()[-1], err
+
+
+def test_once_a_tracking_server_has_given_up_a_closing_write_fails_at_once(tmp_path,
+                                                                         monkeypatch):
+    """A run stopping for a tracking server that is gone still tries its closing writes
+    (the server may be back): each waited MLflow's own retries and backoff, 3-4 s a
+    write, after the budget was spent (7 s of a 21 s exit with a 10 s budget). Given up,
+    a write is tried once, MLflow's retries off for it alone."""
+    from asl_sweep.runtime.errors import StoreError
+    from asl_sweep.runtime.workspace import Workspace
+    from asl_sweep.tracking.tracker import Tracker
+
+    monkeypatch.setenv("ASL_SWEEP_STORE_RETRY_S", "1")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # asl-sweep's 2
+    root = tmp_path / "server"
+    root.mkdir()
+    with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts") as url:
+        tracker = Tracker(Workspace.at(tmp_path / "home", tracking_uri=url))
+        run_id = tracker.new_run(tracker.experiment("gone"), "trial 0")
+    with pytest.raises(StoreError, match="has not answered for 1 s"):
+        tracker.status(run_id)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="has not answered for 1 s"):
+        tracker.status(run_id)
+    assert time.monotonic() - started < 1.0
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"  # its retries, as they were
