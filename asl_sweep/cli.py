@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     _study_args(run)
     run.add_argument("--workers", type=_workers_arg,
                      help="trainings side by side on this machine: a number, or auto (one "
-                          "per CPU core with a thread each, or one per GPU; default: auto, or "
+                          "per CPU core with a thread each, or one per GPU; one where the "
+                          "SQLite stores lie on a network file system; default: auto, or "
                           "$ASL_SWEEP_WORKERS)")
     run.add_argument("--per-device", type=_per_device_arg, default=1, metavar="K",
                      help="on GPUs: K workers share each GPU, each with 1/K of its memory "
