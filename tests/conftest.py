@@ -203,3 +203,19 @@ def clock_off(seconds: int) -> tuple[list[str], dict[str, str]]:
         pytest.skip("faketime is not installed (apt-get install faketime)")
     return (["faketime", "-f", f"{seconds:+d}s"],
             {**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+
+
+def elsewhere(code: str, *args: str, ready: str, clock: int = 0):
+    """`code` run by a real Python process standing for a worker of another machine (the
+    code names its own host), its wall clock `clock` seconds off this one's (clock_off);
+    returned once it prints `ready`. A session of its own: under faketime it is faketime's
+    child, and os.killpg(process.pid, ...) reaches both."""
+    import subprocess
+    import sys
+
+    prefix, env = clock_off(clock) if clock else ([], None)
+    process = subprocess.Popen([*prefix, sys.executable, "-c", code, *args], text=True,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    assert process.stdout.readline().strip() == ready, process.stderr.read()
+    return process

@@ -15,7 +15,7 @@ import pytest
 
 from asl_sweep.search import state
 from asl_sweep.search.state import Failure, Role, TrialKey, claim, queue_budget, take_waiting
-from tests.conftest import clock_off
+from tests.conftest import elsewhere
 
 PACKAGE = Path(__file__).parents[2] / "asl_sweep"
 
@@ -410,14 +410,8 @@ with state.holding(last, state.FINAL_CLAIM):
 
 def _holder(store: str, seconds: float, clock: int = 0) -> subprocess.Popen:
     """A worker of another machine, its clock `clock` seconds off this one's, that takes
-    the final score and holds it for `seconds`; returned once it holds it. A session of its
-    own: `faketime` runs it as its child, and a kill must reach both."""
-    prefix, env = clock_off(clock) if clock else ([], None)
-    holder = subprocess.Popen([*prefix, sys.executable, "-c", HOLDING, store, str(seconds)],
-                              text=True, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, start_new_session=True)
-    assert holder.stdout.readline().strip() == "held", holder.stderr.read()
-    return holder
+    the final score and holds it for `seconds`; returned once it holds it."""
+    return elsewhere(HOLDING, store, str(seconds), ready="held", clock=clock)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from asl_sweep.search.store import optuna_storage, stage_trials
 from asl_sweep.settings.studyfile import load_study
 from tests import servers
 from tests.conftest import (
-    clock_off,
+    elsewhere,
     interrupt_a_trial,
     run_until_training,
     running_trial,
@@ -514,14 +514,10 @@ def test_a_worker_through_the_proxy_whose_clock_is_behind_is_not_taken_for_dead(
     was failed and queued again at the first look while it trained (the trial trained
     twice). A beat is judged by the looker's clock alone: one that changes is alive; once
     the worker is killed, its beat stands still and the trial is failed GRACE_S later."""
-    prefix, env = clock_off(-60)
     storage = optuna_storage(proxy)
     study = optuna.create_study(storage=storage, study_name="skewed")
-    worker = subprocess.Popen([*prefix, sys.executable, "-c", BEATING, proxy], env=env,
-                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              start_new_session=True)  # faketime's child: killed with it
+    worker = elsewhere(BEATING, proxy, ready="running", clock=-60)
     try:
-        assert worker.stdout.readline().strip() == "running", worker.stderr.read()
         monkeypatch.setattr(state, "GRACE_S", 1.0)
         for _ in range(5):  # 2.5 s of looks, every one finding its beat 60 s old
             fail_dead_trials(study)
