@@ -494,7 +494,7 @@ def _refit_after(session: Session, stored: dict) -> dict:
                     f"run of the study: test {stored['refit']['mean']:.3f}")
         return stored
     with holding(study, REFIT_CLAIM):
-        view = StageView(session.cfg.stages[-1], stage_trials(study), session.results[-1], {})
+        view = StageView(cfg.stages[-1], stage_trials(study), session.results[-1], {})
         repeats = load_repeats(session.mirror.tracker, view.repeats())
         _refit(session, stored, [(r.trial, r.fold, r.file) for r in repeats])
         save_final(session.record, stored)
