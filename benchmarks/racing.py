@@ -1,7 +1,10 @@
 """The confirmation rule by simulation (no training): races on values with known true
 effects, for the shipped defaults, beside the same race without its futility rule (near-ties
 run to max_repeats) and the rule before racing (3 fixed repeats, the
-search trial counted as repeat 0, adopt over one standard error and 0.5 points).
+search trial counted as repeat 0, adopt over one standard error and 0.5 points). Then
+accuracies that count images (every score a whole number of validation images): the race
+with its spread floored at one image, as the stages run it, beside the same race without
+the floor.
 
     .venv/bin/python -m benchmarks.racing [--runs 20000]
 
@@ -29,6 +32,18 @@ SCENARIOS = [  # (name, true effects of the candidates in accuracy, spread)
     ("+3 pt and 0, 2 candidates", [0.03, 0.0], 0.02),
     ("no true gain, 1 candidate, 2.8 pt spread", [0.0], 0.028),
     ("+3 pt, 1 candidate, 2.8 pt spread", [0.03], 0.028),
+]
+
+
+COUNTED = [  # (name, true effect, spread, validation images)
+    ("no true gain, 24 images, 3 pt spread", 0.0, 0.03, 24),
+    ("no true gain, 60 images, 3 pt spread", 0.0, 0.03, 60),
+    ("no true gain, 180 images, 3 pt spread", 0.0, 0.03, 180),
+    ("no true gain, 60 images, 6 pt spread", 0.0, 0.06, 60),
+    ("+5 pt, 24 images, 3 pt spread", 0.05, 0.03, 24),
+    ("+5 pt, 60 images, 3 pt spread", 0.05, 0.03, 60),
+    ("+5 pt, 180 images, 3 pt spread", 0.05, 0.03, 180),
+    ("+10 pt, 60 images, 6 pt spread", 0.10, 0.06, 60),
 ]
 
 
@@ -82,7 +97,23 @@ def main() -> None:
               f"{pct(r['no_futility_right'])} | {pct(r['fixed_right'])} | "
               f"{r['race_rounds']:.2f} | {r['no_futility_rounds']:.2f} | {r['fixed_rounds']} | "
               f"{r['race_trainings']:.1f} | {r['fixed_trainings']} |")
-    print(f"written to {write_result('racing', {'rule': vars(rule), 'runs': args.runs, 'rows': rows})}")
+    counted = []
+    for k, (name, effect, spread, images) in enumerate(COUNTED):
+        floored = simulate([effect], spread, rule, runs=args.runs, seed=100 + k,
+                           step=1 / images)
+        bare = simulate([effect], spread, rule, runs=args.runs, seed=100 + k,
+                        step=1 / images, floored=False)
+        counted.append({"scenario": name, "floored_adopted": floored.adopted_any,
+                        "bare_adopted": bare.adopted_any, "floored_rounds": floored.mean_rounds,
+                        "bare_rounds": bare.mean_rounds})
+    print()
+    print("| accuracies that count images | adopted: race (spread >= one image) | without "
+          "the floor | fresh repeats a config: race | without the floor |")
+    print("|---|---|---|---|---|")
+    for r in counted:
+        print(f"| {r['scenario']} | {r['floored_adopted']:.1%} | {r['bare_adopted']:.1%} | "
+              f"{r['floored_rounds']:.2f} | {r['bare_rounds']:.2f} |")
+    print(f"written to {write_result('racing', {'rule': vars(rule), 'runs': args.runs, 'rows': rows, 'counted': counted})}")
 
 
 if __name__ == "__main__":

@@ -279,18 +279,36 @@ def _fresh_diffs(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     return base, values, diffs
 
 
+def _steps(trials: list[FrozenTrial], base: dict[int, tuple[float, int]],
+           values: dict[int, dict[int, tuple[float, int]]]) -> dict[int, dict[int, float]]:
+    """Per candidate and fresh repeat r, the least change one validation image makes to the
+    metric on that repeat's fold (the coarser of the pair's; 0 for a trial stored without
+    it): the race's floor on the spread (search/racing.py)."""
+    by_number = {t.number: t for t in trials}
+
+    def step(number: int) -> float:
+        outcome = outcome_of(by_number[number])
+        return (outcome.step or 0.0) if outcome is not None else 0.0
+
+    return {c: {r: max(step(vals[r][1]), step(base[r][1])) for r in vals if r in base}
+            for c, vals in values.items()}
+
+
 def race_verdict(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
                  candidates: list[int], rounds: int) -> Verdict:
     """The race after `rounds` rounds of fresh repeats, replayed look by look from the
     trials alone (a candidate dropped at an earlier look stays out), so every worker and
     every rerun reaches the same verdict without keeping any state."""
     rule = race_rule(stage.confirm)
-    _, _, diffs = _fresh_diffs(trials, stage, incumbent, candidates)
+    base, values, diffs = _fresh_diffs(trials, stage, incumbent, candidates)
+    steps = _steps(trials, base, values)
     dropped: dict[int, int] = {}
     verdict = Verdict(adopt=None, alive=list(candidates), rounds=0)
     for n in range(min(rule.min_repeats, max(rounds, 1)), rounds + 1):
         seen = {c: [d for r, d in diffs[c] if r <= n] for c in candidates}
-        verdict = judge(seen, len(candidates), rule, dropped, rounds=n)
+        floors = {c: max((steps[c][r] for r, _ in diffs[c] if r <= n), default=0.0)
+                  for c in candidates}
+        verdict = judge(seen, len(candidates), rule, dropped, rounds=n, floors=floors)
         dropped = verdict.dropped
         if verdict.done:
             break
@@ -348,10 +366,11 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
         "incumbent": incumbent, "rounds": verdict.rounds,
         "dropped": {str(c): n for c, n in verdict.dropped.items()},
         "configs": {str(incumbent): kept}}
+    steps = _steps(trials, base, values)
     for c in candidates:
         stats = _describe_fresh(values[c])
         b = verdict.bounds.get(c)
-        stats.update(diffs=[d for _, d in diffs[c]],
+        stats.update(diffs=[d for _, d in diffs[c]], floor=max(steps[c].values(), default=0.0),
                      **({"diff_mean": b.mean, "lower": b.lower, "upper": b.upper,
                          "plain_upper": b.plain_upper, "power": b.power, "n": b.n}
                         if b is not None else {}))

@@ -45,7 +45,7 @@ from asl_sweep.search.state import (
 )
 from asl_sweep.settings.config import TrainConfig, apply_overrides, get_path
 from asl_sweep.settings.spec import StageConfig, StudyConfig
-from asl_sweep.training.train import EpochStats, Monitor, TrainResult, train
+from asl_sweep.training.train import EpochStats, Monitor, TrainResult, metric_step, train
 
 # The trial's own failures: numbers that left the finite range, memory it could not get,
 # settings that cannot be built. Everything else is not a search result.
@@ -246,6 +246,13 @@ class TrialRunner:
             return data.subset(self.stage.subset, self.session.cfg.data.seed)
         return data
 
+    def step(self, plan: Plan) -> float:
+        """The least change one validation image of the plan's fold makes to the stage's
+        metric (a race's floor on the spread of paired differences). A subset stage trains
+        on fewer images and validates on the fold's whole validation split."""
+        data = self.session.data.split(self.image_size(plan), plan.fold)
+        return metric_step(self.stage.metric, len(data.y_val), data.val_people)
+
     def decided(self, plan: Plan) -> dict[str, str]:
         """Which stage decided each setting the trial trains with."""
         return {**self.decided_by, **{name: self.stage.name for name in plan.params}}
@@ -299,7 +306,8 @@ class TrialRunner:
         trial.set_user_attr(TrialKey.RUN, before["run_id"])
         trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
             before["metrics"], before["last"], before["num_params"], plan.fold,
-            self.decided(plan), reused_from=before["trained_by"]).stored())
+            self.decided(plan), reused_from=before["trained_by"],
+            step=self.step(plan)).stored())
         return float(before.get("value", before["metrics"][self.stage.metric]))
 
     def _open_run(self, trial: optuna.Trial, plan: Plan, frozen: FrozenTrial) -> TrialRun:
@@ -365,7 +373,8 @@ class TrialRunner:
                 shown.close()
             trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
                 asdict(result.best), asdict(result.history[-1]), result.num_params, plan.fold,
-                self.decided(plan), fold_values=values if len(values) > 1 else None).stored())
+                self.decided(plan), fold_values=values if len(values) > 1 else None,
+                step=self.step(plan)).stored())
             if len(values) > 1:
                 mirror.fold_values(run, stage.metric, values)
             mirror.trial_finished(run, plan.cfg, result, run_dir,

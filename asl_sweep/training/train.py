@@ -195,6 +195,26 @@ def person_scores(right: torch.Tensor, people: torch.Tensor | None) -> tuple[flo
     return per.mean().item(), torch.quantile(per, 0.25).item(), per.min().item()
 
 
+def metric_step(metric: str, images: int, people: torch.Tensor | None) -> float:
+    """The least change one validation image (of `images`; `people`: each one's person, as
+    in person_scores) can make to a validation accuracy `metric`; 0 for a loss, whose values
+    do not come in steps. The race takes a spread of paired differences as at least this
+    (search/racing.py)."""
+    if not metric.startswith("val_") or metric.endswith("loss") or images == 0:
+        return 0.0
+    if people is None or metric == "val_acc":
+        return 1.0 / images
+    most = int(torch.bincount(torch.unique(people, return_inverse=True)[1]).max())
+    count = int(torch.unique(people).numel())
+    if metric == "val_person_mean":
+        return 1.0 / (count * most)
+    if metric == "val_person_q25":  # linear between the two people around the quarter
+        where = 0.25 * (count - 1)
+        share = where - math.floor(where)
+        return (min(share, 1.0 - share) if share else 1.0) / most
+    return 1.0 / most  # val_person_worst
+
+
 def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
           on_epoch: EpochHook | None = None, run_dir: Path | None = None,
           monitor: Monitor = Monitor(), cache_dir: Path | None = None,

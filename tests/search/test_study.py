@@ -337,6 +337,9 @@ def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
                 run = MlflowClient(ws.tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
                 repeat = t.user_attrs.get("repeat", 0)
                 pairs.setdefault(repeat, set()).add((run.data.tags["seed"], outcome_of(t).fold))
+                # One validation image's share of val_acc on its fold: the race's floor.
+                assert outcome_of(t).step == pytest.approx(
+                    1 / len(data.splits.fold(outcome_of(t).fold)[1]))
         assert sorted(pairs) == list(range(view.result.evidence["rounds"] + 1))
         for repeat, combos in pairs.items():
             assert len(combos) == 1, (repeat, combos)  # every config: the same seed and fold

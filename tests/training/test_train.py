@@ -7,7 +7,13 @@ from asl_sweep.runtime.errors import ConfigError, UnsafeFileError
 from asl_sweep.runtime.files import load_tensors
 from asl_sweep.settings.config import DataConfig, TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
-from asl_sweep.training.train import person_scores, resolve_device, train, training_loss
+from asl_sweep.training.train import (
+    metric_step,
+    person_scores,
+    resolve_device,
+    train,
+    training_loss,
+)
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +240,30 @@ def test_person_scores_count_each_person_once():
     assert worst == 0.0
     # No people: every figure is the pooled accuracy.
     assert person_scores(right, None) == pytest.approx((8 / 11,) * 3)
+
+
+def test_metric_step_is_the_least_change_one_image_makes():
+    """A race floors the spread of paired differences at the metric's step: never more than
+    what one image, right or wrong, really changes (else it would ask for more evidence
+    than the data can show), and exactly that for the pooled and the person-mean accuracy."""
+    right = torch.tensor([1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0], dtype=torch.bool)
+    people = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4])
+    before = person_scores(right, people)
+    changes: list[list[float]] = [[], [], []]
+    for i in range(len(right)):
+        flipped = right.clone()
+        flipped[i] = ~flipped[i]
+        for k, (a, b) in enumerate(zip(before, person_scores(flipped, people), strict=True)):
+            if abs(a - b) > 1e-9:
+                changes[k].append(abs(a - b))
+    names = ("val_person_mean", "val_person_q25", "val_person_worst")
+    for name, seen in zip(names, changes, strict=True):
+        assert 0 < metric_step(name, len(right), people) <= min(seen) + 1e-9, name
+    assert metric_step("val_person_mean", len(right), people) == pytest.approx(min(changes[0]))
+    assert metric_step("val_acc", len(right), people) == pytest.approx(1 / 13)
+    assert metric_step("val_person_mean", len(right), None) == pytest.approx(1 / 13)
+    assert metric_step("val_loss", len(right), people) == 0.0
+    assert metric_step("train_acc", len(right), people) == 0.0
 
 
 def test_every_epoch_reports_its_validation_people(synthetic_split):
