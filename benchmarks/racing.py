@@ -3,8 +3,8 @@ effects, for the shipped defaults, beside the same race without its futility rul
 run to max_repeats) and the rule before racing (3 fixed repeats, the
 search trial counted as repeat 0, adopt over one standard error and 0.5 points). Then
 accuracies that count images (every score a whole number of validation images): the race
-with its spread floored at one image, as the stages run it, beside the same race without
-the floor.
+counting the rounding's variance in its spread, as the stages run it, beside the same race
+without it.
 
     .venv/bin/python -m benchmarks.racing [--runs 20000]
 
@@ -99,20 +99,20 @@ def main() -> None:
               f"{r['race_trainings']:.1f} | {r['fixed_trainings']} |")
     counted = []
     for k, (name, effect, spread, images) in enumerate(COUNTED):
-        floored = simulate([effect], spread, rule, runs=args.runs, seed=100 + k,
+        rounded = simulate([effect], spread, rule, runs=args.runs, seed=100 + k,
                            step=1 / images)
         bare = simulate([effect], spread, rule, runs=args.runs, seed=100 + k,
-                        step=1 / images, floored=False)
-        counted.append({"scenario": name, "floored_adopted": floored.adopted_any,
-                        "bare_adopted": bare.adopted_any, "floored_rounds": floored.mean_rounds,
+                        step=1 / images, rounding=False)
+        counted.append({"scenario": name, "race_adopted": rounded.adopted_any,
+                        "bare_adopted": bare.adopted_any, "race_rounds": rounded.mean_rounds,
                         "bare_rounds": bare.mean_rounds})
     print()
-    print("| accuracies that count images | adopted: race (spread >= one image) | without "
-          "the floor | fresh repeats a config: race | without the floor |")
+    print("| accuracies that count images | adopted: race (rounding counted) | without "
+          "it | fresh repeats a config: race | without it |")
     print("|---|---|---|---|---|")
     for r in counted:
-        print(f"| {r['scenario']} | {r['floored_adopted']:.1%} | {r['bare_adopted']:.1%} | "
-              f"{r['floored_rounds']:.2f} | {r['bare_rounds']:.2f} |")
+        print(f"| {r['scenario']} | {r['race_adopted']:.1%} | {r['bare_adopted']:.1%} | "
+              f"{r['race_rounds']:.2f} | {r['bare_rounds']:.2f} |")
     print(f"written to {write_result('racing', {'rule': vars(rule), 'runs': args.runs, 'rows': rows, 'counted': counted})}")
 
 

@@ -283,7 +283,7 @@ def _steps(trials: list[FrozenTrial], base: dict[int, tuple[float, int]],
            values: dict[int, dict[int, tuple[float, int]]]) -> dict[int, dict[int, float]]:
     """Per candidate and fresh repeat r, the least change one validation image makes to the
     metric on that repeat's fold (the coarser of the pair's; 0 for a trial stored without
-    it): the race's floor on the spread (search/racing.py)."""
+    it): the step the race's differences are measured in (search/racing.py)."""
     by_number = {t.number: t for t in trials}
 
     def step(number: int) -> float:
@@ -306,9 +306,9 @@ def race_verdict(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     verdict = Verdict(adopt=None, alive=list(candidates), rounds=0)
     for n in range(min(rule.min_repeats, max(rounds, 1)), rounds + 1):
         seen = {c: [d for r, d in diffs[c] if r <= n] for c in candidates}
-        floors = {c: max((steps[c][r] for r, _ in diffs[c] if r <= n), default=0.0)
-                  for c in candidates}
-        verdict = judge(seen, len(candidates), rule, dropped, rounds=n, floors=floors)
+        step = {c: max((steps[c][r] for r, _ in diffs[c] if r <= n), default=0.0)
+                for c in candidates}
+        verdict = judge(seen, len(candidates), rule, dropped, rounds=n, steps=step)
         dropped = verdict.dropped
         if verdict.done:
             break
@@ -370,7 +370,7 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     for c in candidates:
         stats = _describe_fresh(values[c])
         b = verdict.bounds.get(c)
-        stats.update(diffs=[d for _, d in diffs[c]], floor=max(steps[c].values(), default=0.0),
+        stats.update(diffs=[d for _, d in diffs[c]], step=max(steps[c].values(), default=0.0),
                      **({"diff_mean": b.mean, "lower": b.lower, "upper": b.upper,
                          "plain_upper": b.plain_upper, "power": b.power, "n": b.n}
                         if b is not None else {}))

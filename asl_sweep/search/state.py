@@ -185,7 +185,7 @@ class TrialOutcome:
     fold_values: list[float] | None = None  # with a stage's `folds`: the value on each fold
     # (their mean is the trial's value)
     step: float | None = None  # the least change one validation image makes to the stage's
-    # metric on its fold (training.train.metric_step): a race's floor on the spread
+    # metric on its fold (training.train.metric_step): the step a race's values come in
 
     def stored(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -248,7 +248,7 @@ class TrialRunner:
 
     def step(self, plan: Plan) -> float:
         """The least change one validation image of the plan's fold makes to the stage's
-        metric (a race's floor on the spread of paired differences). A subset stage trains
+        metric (the step a race's values come in: search/racing.py). A subset stage trains
         on fewer images and validates on the fold's whole validation split."""
         data = self.session.data.split(self.image_size(plan), plan.fold)
         return metric_step(self.stage.metric, len(data.y_val), data.val_people)

@@ -198,8 +198,8 @@ def person_scores(right: torch.Tensor, people: torch.Tensor | None) -> tuple[flo
 def metric_step(metric: str, images: int, people: torch.Tensor | None) -> float:
     """The least change one validation image (of `images`; `people`: each one's person, as
     in person_scores) can make to a validation accuracy `metric`; 0 for a loss, whose values
-    do not come in steps. The race takes a spread of paired differences as at least this
-    (search/racing.py)."""
+    do not come in steps. The race counts the rounding to it in the spread of paired
+    differences (search/racing.py)."""
     if not metric.startswith("val_") or metric.endswith("loss") or images == 0:
         return 0.0
     if people is None or metric == "val_acc":

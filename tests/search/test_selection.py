@@ -132,7 +132,7 @@ def test_repeats_that_agree_to_the_image_are_not_proof_of_a_gain(step, adopted):
     """On 24 validation images two repeats each one image better than the incumbent have a
     spread of 0, which made the gain certain at the first look (adopted; a trial stored
     without its step still is). Each trial records the least change one image makes (1/24):
-    the spread is taken as at least that, and one image twice proves nothing."""
+    the spread carries the rounding to it, and one image twice proves nothing."""
     from asl_sweep.search.selection import race_verdict
 
     extra = {} if step is None else {"step": step}
@@ -143,7 +143,7 @@ def test_repeats_that_agree_to_the_image_are_not_proof_of_a_gain(step, adopted):
         trials.append(trial(n + 1, 0.5 + 1 / 24, role="confirm", confirms=1, repeat=r, **extra))
     verdict = race_verdict(trials, stage(confirm={"top": 1}), 0, [1], rounds=2)
     assert verdict.adopt == adopted
-    assert verdict.bounds[1].sd == pytest.approx(step or 0.0)
+    assert verdict.bounds[1].sd == pytest.approx((step or 0.0) / 12 ** 0.5)
 
 
 def test_a_difference_that_rounds_to_zero_has_no_minus_sign():

@@ -243,9 +243,10 @@ def test_person_scores_count_each_person_once():
 
 
 def test_metric_step_is_the_least_change_one_image_makes():
-    """A race floors the spread of paired differences at the metric's step: never more than
-    what one image, right or wrong, really changes (else it would ask for more evidence
-    than the data can show), and exactly that for the pooled and the person-mean accuracy."""
+    """A race counts the rounding to the metric's step in the spread of paired differences:
+    never more than what one image, right or wrong, really changes (else it would ask for
+    more evidence than the data can show), and exactly that for the pooled and the
+    person-mean accuracy."""
     right = torch.tensor([1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0], dtype=torch.bool)
     people = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4])
     before = person_scores(right, people)
