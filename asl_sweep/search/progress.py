@@ -198,6 +198,8 @@ def views_lines(views: dict) -> list[str]:
         g = gains[name]
         over = (views["over"] if g["units"] != 1
                 else {"people": "person", "images": "image"}.get(views["over"], views["over"]))
+        if g.get("ci") is None:  # one unit: no spread, no interval
+            return f"{100 * g['gain']:+.1f} pt (over {g['units']} validation {over}: no interval)"
         return (f"{100 * g['gain']:+.1f} pt (95% CI {100 * g['ci'][0]:+.1f} to "
                 f"{100 * g['ci'][1]:+.1f} over {g['units']} validation {over})")
 
@@ -205,8 +207,11 @@ def views_lines(views: dict) -> list[str]:
         if not gains:
             return [f"test-time views: none ({views['rule']})"]
         best = max(gains, key=lambda v: gains[v]["gain"])
-        return [f"test-time views: none; no set gained on validation beyond its noise "
-                f"(best: {best} {gain(best)}); rule: {views['rule']}"]
+        why = ("no set gained on validation beyond its noise"
+               if gains[best].get("lower") is not None
+               else f"too few validation {views['over']} to choose on")
+        return [f"test-time views: none; {why} (best: {best} {gain(best)}); "
+                f"rule: {views['rule']}"]
     line = f"test-time views: {views['described']}; on validation {gain(views['views'])}"
     without = views.get("without")
     if without:

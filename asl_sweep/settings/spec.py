@@ -366,8 +366,8 @@ class StudyConfig(Strict):
         "all: the five; turn: and turned a quarter each way, for hands held sideways). "
         "auto: each set but turn is scored on the validation split of the repeats' "
         "own folds and the one with the largest gain over no views is adopted where that "
-        "gain, per validation person, has a bootstrap lower bound above 0 (one-sided 97.5%, "
-        "Bonferroni over the sets; else none); off: "
+        "gain, per validation person, has a lower bound above 0 (one-sided 97.5% Student t "
+        "over at least 5 people, Bonferroni over the sets; else none); off: "
         "none; a set's name: that set. Never chosen by test; scored, exported and served "
         "with the model")
 
