@@ -30,9 +30,9 @@ look (a t quantile of 25 times nothing). A value known only to its step carries 
 rounding's variance, step^2 / 12, on top of what the repeats show (Sheppard's correction,
 taken the safe way), so a candidate's spread is sqrt(s^2 + step^2 / 12), with `step` the
 least change one validation image makes to the metric (0 for a loss). Simulated with every
-score a whole number of images, a candidate with no true gain was adopted 6.6-8.0% of the
+score a whole number of images, a candidate with no true gain was adopted 6.0-7.2% of the
 time on 24-60 images without it, against the 5% promised (3.5% on continuous values), and
-1.3-3.4% with it (the simulation's `step`; benchmarks/racing.py)."""
+1.3-3.2% with it (the simulation's `step`; benchmarks/racing.py)."""
 
 from __future__ import annotations
 
