@@ -258,7 +258,7 @@ def pick_views(right: dict[str, np.ndarray], unit: np.ndarray, setting: str,
         views = max(sure, key=lambda v: sure[v]["gain"]) if sure else "none"
         rule = (f"tta: auto, chosen on the validation split of each repeat's own fold: the "
                 f"largest gain over no views whose lower bound over validation {over} "
-                f"(one-sided 97.5% Student t over at least {MIN_PEOPLE} of them, Bonferroni "
+                f"(one-sided 97.5% t over at least {MIN_PEOPLE} of them, Bonferroni "
                 f"over the {len(sets)} sets) is above 0; never chosen by test")
     else:
         views = setting

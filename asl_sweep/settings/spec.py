@@ -366,7 +366,7 @@ class StudyConfig(Strict):
         "all: the five; turn: and turned a quarter each way, for hands held sideways). "
         "auto: each set but turn is scored on the validation split of the repeats' "
         "own folds and the one with the largest gain over no views is adopted where that "
-        "gain, per validation person, has a lower bound above 0 (one-sided 97.5% Student t "
+        "gain, per validation person, has a lower bound above 0 (one-sided 97.5% t "
         "over at least 5 people, Bonferroni over the sets; else none); off: "
         "none; a set's name: that set. Never chosen by test; scored, exported and served "
         "with the model")
