@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 
 from asl_sweep.cli import main
@@ -133,6 +134,24 @@ def test_the_paired_difference_is_over_the_same_people_with_the_seed_spread():
                               _final([0.65, 0.77, 0.86], better))
     assert noisy["ci"][1] - noisy["ci"][0] > 2 * (up["ci"][1] - up["ci"][0])
     assert not paired_difference(_final([0.71], people), _final([0.76], better))["seeds"]
+
+
+@pytest.mark.parametrize("people", [5, 10])
+def test_with_no_true_difference_the_paired_interval_rarely_says_one_scores_higher(people):
+    """Two studies whose per-person scores differ by a few images at random, no true
+    difference: a 95% interval should exclude 0 about 5% of the time. Plain percentiles of
+    the resampled people excluded it 13.5% (5 people) and 11.3% (10 people) of these 1,000
+    draws; expanded for the few people, 3.0% and 6.5%."""
+    rng = np.random.default_rng(5)
+    wrong = 0
+    for k in range(1000):
+        images = rng.choice([9, 18, 27], size=people)
+        gain = rng.choice([-2, -1, 0, 0, 0, 1, 2], size=people) / 9.0
+        a = {f"s{i}": (int(images[i]), 0.8) for i in range(people)}
+        b = {f"s{i}": (int(images[i]), 0.8 + gain[i]) for i in range(people)}
+        lo, hi = paired_difference(_final([0.8], a), _final([0.8], b), draws=2000, seed=k)["ci"]
+        wrong += lo > 0 or hi < 0
+    assert wrong / 1000 <= 0.075
 
 
 @pytest.mark.parametrize("other", [
