@@ -13,7 +13,7 @@ import numpy as np
 from asl_sweep.results.leaderboard import table
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search import exported_kind, shown_settings, signed
+from asl_sweep.search import expanded_tail, exported_kind, shown_settings, signed
 from asl_sweep.settings.spec import StudyConfig
 
 
@@ -137,16 +137,7 @@ def paired_difference(final_a: dict, final_b: dict, draws: int = 10_000,
         se = math.sqrt(sum(np.var(f["accuracy"], ddof=1) / len(f["accuracy"])
                            for f in (final_a, final_b)))
         diff = diff + rng.normal(0.0, se, draws)
-    tail = 100.0 * _expanded_tail(len(people))
+    tail = 100.0 * expanded_tail(len(people))
     lo, hi = np.percentile(diff, [tail, 100.0 - tail])
     return {"ci": (float(lo), float(hi)), "people": len(people), "seeds": seeds}
 
-
-def _expanded_tail(n: int) -> float:
-    """The share in each tail of a 95% expanded percentile interval over n units (one unit:
-    none, the whole range of the draws)."""
-    if n < 2:
-        return 0.0
-    from scipy.special import ndtr, stdtrit  # loaded when two studies are compared
-
-    return float(ndtr(-math.sqrt(n / (n - 1)) * stdtrit(n - 1, 0.975)))

@@ -41,6 +41,7 @@ _FRONT_DOOR = {
     "exported_kind": "progress",
     "load_refits": "evaluation", "refit_candidate": "evaluation",
     "score_final": "evaluation", "earlier_views": "evaluation", "views_lines": "progress",
+    "expanded_tail": "racing",
     "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",
     # read a study back
     "optuna_storage": "store", "serve_proxy": "store", "load_stage_study": "store",

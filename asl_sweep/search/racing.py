@@ -85,6 +85,19 @@ def t_quantile(p: float, df: int) -> float:
     return float(stdtrit(df, p))
 
 
+def expanded_tail(n: int) -> float:
+    """The share in each tail of a 95% expanded percentile interval over n resampled units
+    (Hesterberg's small-sample fix of the percentile bootstrap: its spread is short by
+    sqrt((n - 1) / n) and its tails normal where t's are due, so the percentiles are taken
+    at Phi(-sqrt(n / (n - 1)) t_{0.975, n-1}): 0.86% for 10 units, 2.5% as n grows). One
+    unit: 0, the whole range of the draws."""
+    if n < 2:
+        return 0.0
+    from scipy.special import ndtr
+
+    return float(ndtr(-math.sqrt(n / (n - 1)) * t_quantile(0.975, n - 1)))
+
+
 def looks(rule: RaceRule) -> int:
     """How many times a race may look at its evidence: once a round from min_repeats on."""
     return max(1, rule.max_repeats - max(2, rule.min_repeats) + 1)
