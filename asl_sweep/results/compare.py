@@ -140,4 +140,3 @@ def paired_difference(final_a: dict, final_b: dict, draws: int = 10_000,
     tail = 100.0 * expanded_tail(len(people))
     lo, hi = np.percentile(diff, [tail, 100.0 - tail])
     return {"ci": (float(lo), float(hi)), "people": len(people), "seeds": seeds}
-

@@ -290,7 +290,7 @@ def _steps(trials: list[FrozenTrial], base: dict[int, tuple[float, int]],
         outcome = outcome_of(by_number[number])
         return (outcome.step or 0.0) if outcome is not None else 0.0
 
-    return {c: {r: max(step(vals[r][1]), step(base[r][1])) for r in vals if r in base}
+    return {c: {r: max(step(vals[r][1]), step(base[r][1])) for r in vals if r in base and r >= 1}
             for c, vals in values.items()}
 
 

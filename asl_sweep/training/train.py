@@ -204,8 +204,8 @@ def metric_step(metric: str, images: int, people: torch.Tensor | None) -> float:
         return 0.0
     if people is None or metric == "val_acc":
         return 1.0 / images
-    most = int(torch.bincount(torch.unique(people, return_inverse=True)[1]).max())
-    count = int(torch.unique(people).numel())
+    sizes = torch.bincount(torch.unique(people, return_inverse=True)[1])  # images a person
+    most, count = int(sizes.max()), len(sizes)
     if metric == "val_person_mean":
         return 1.0 / (count * most)
     if metric == "val_person_q25":  # linear between the two people around the quarter
