@@ -47,6 +47,11 @@ class EpochStats:
     val_person_mean: float = float("nan")
     val_person_q25: float = float("nan")
     val_person_worst: float = float("nan")
+    # The stage's metric on each half of the validation people (`halves`): a race scores a
+    # repeat at the epoch one half chose on the other half (`crossfit`). NaN where the
+    # metric is not a validation metric, or the history was written before they were.
+    val_half_a: float = float("nan")
+    val_half_b: float = float("nan")
 
     def __post_init__(self) -> None:
         for name in ("val_person_mean", "val_person_q25", "val_person_worst"):
@@ -87,6 +92,7 @@ class TrainResult:
     spec: InputSpec
     num_params: int
     checkpoint: Path | None  # best.pt, when a run folder was given
+    crossfit: float | None = None  # the best epoch's metric, cross-fitted (`crossfit`)
 
 
 EpochHook = Callable[[EpochStats], None]
@@ -142,26 +148,30 @@ def input_spec(data: SplitData) -> InputSpec:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              amp: torch.dtype | None = None) -> tuple[float, float]:
     """Mean loss and accuracy of `model` on uint8 images (or float features) x."""
-    loss, hits = _scored(model, x, y, amp)
-    return loss, hits.float().mean().item() if len(y) else 0.0
+    losses, hits = _scored(model, x, y, amp)
+    return _mean(losses), hits.float().mean().item() if len(y) else 0.0
+
+
+def _mean(values: torch.Tensor) -> float:
+    return values.float().mean().item() if len(values) else 0.0
 
 
 def _scored(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-            amp: torch.dtype | None) -> tuple[float, torch.Tensor]:
-    """Mean loss, and per image whether the prediction is right (on the device)."""
+            amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image its loss and whether the prediction is right (on the device)."""
     model.eval()
-    total_loss = torch.zeros((), device=y.device)
-    hits = []
+    losses, hits = [], []
     with torch.inference_mode(), torch.autocast(x.device.type, amp, enabled=amp is not None):
         for start in range(0, len(y), EVAL_BATCH):
             xb = x[start:start + EVAL_BATCH]
             xb = xb.float().div_(255) if xb.dtype == torch.uint8 else xb
             logits = model(xb).float()
             yb = y[start:start + EVAL_BATCH]
-            total_loss += F.cross_entropy(logits, yb, reduction="sum")
+            losses.append(F.cross_entropy(logits, yb, reduction="none"))
             hits.append(logits.argmax(1) == yb)
-    right = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=y.device)
-    return total_loss.item() / max(1, len(y)), right
+    if not hits:
+        return torch.zeros(0, device=y.device), torch.zeros(0, dtype=torch.bool, device=y.device)
+    return torch.cat(losses), torch.cat(hits)
 
 
 def training_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0,
@@ -213,6 +223,66 @@ def metric_step(metric: str, images: int, people: torch.Tensor | None) -> float:
         share = where - math.floor(where)
         return (min(share, 1.0 - share) if share else 1.0) / most
     return 1.0 / most  # val_person_worst
+
+
+def halves(n: int, people: torch.Tensor | None) -> torch.Tensor:
+    """Which half of the validation split each of its n images is in (True: the second):
+    every other person (in the order of their codes), so a person is never in both; every
+    other image where the images have no people."""
+    if people is None:
+        return torch.arange(n) % 2 == 1
+    return torch.unique(people.cpu(), return_inverse=True)[1] % 2 == 1
+
+
+def half_scores(metric: str, losses: torch.Tensor, right: torch.Tensor,
+                people: torch.Tensor | None) -> tuple[float, float]:
+    """The validation metric `metric` on each half of the validation people (`halves`);
+    NaN for a metric that is not scored on validation, or a half with no image."""
+    if not metric.startswith("val_") or len(right) < 2:
+        return math.nan, math.nan
+    second = halves(len(right), people).to(right.device)
+    out = []
+    for mask in (~second, second):
+        if not bool(mask.any()):
+            return math.nan, math.nan
+        if metric == "val_loss":
+            out.append(_mean(losses[mask]))
+        elif metric == "val_acc":
+            out.append(_mean(right[mask]))
+        else:
+            mean, q25, worst = person_scores(right[mask], None if people is None
+                                             else people.to(right.device)[mask])
+            out.append({"val_person_mean": mean, "val_person_q25": q25,
+                        "val_person_worst": worst}[metric])
+    return out[0], out[1]
+
+
+def crossfit(history: list[EpochStats], monitor: Monitor) -> float | None:
+    """The stage's metric at the best epoch, with the choosing and the scoring on different
+    people: the epoch the first half of the validation people picks, scored on the second
+    half, and the other way round, averaged. Picking the best of many epochs on the same
+    images that score it counts the luck of a curve's highest point (the more a curve
+    wavers, the more), so a configuration whose curve wavers more looks better than it is; a
+    race on these values compares what each best checkpoint is worth on people it was not
+    chosen on (benchmarks/best_epoch.py). None where the halves were not recorded."""
+    if not history or any(math.isnan(s.val_half_a) or math.isnan(s.val_half_b)
+                          for s in history):
+        return None
+    pick = max if monitor.direction == "maximize" else min
+    by_a = pick(history, key=lambda s: s.val_half_a)
+    by_b = pick(history, key=lambda s: s.val_half_b)
+    return (by_a.val_half_b + by_b.val_half_a) / 2.0
+
+
+def crossfit_step(metric: str, images: int, people: torch.Tensor | None) -> float:
+    """The least change one validation image makes to `crossfit`'s value: one half's step
+    (metric_step over that half's images), halved by the average; 0 for a loss."""
+    if not metric.startswith("val_") or images < 2:
+        return metric_step(metric, images, people)
+    second = halves(images, people)
+    steps = [metric_step(metric, int(mask.sum()), None if people is None
+                         else people.cpu()[mask]) for mask in (~second, second)]
+    return min(steps) / 2.0
 
 
 def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
@@ -298,14 +368,16 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                 correct += (logits.detach().argmax(1) == yb).sum()
                 seen += len(yb)
             train_seconds = time.perf_counter() - started
-            val_loss, right = _scored(trained, x_val, data.y_val, amp)
-            val_acc = right.float().mean().item() if len(right) else 0.0
+            losses, right = _scored(trained, x_val, data.y_val, amp)
+            val_loss, val_acc = _mean(losses), _mean(right)
             people = person_scores(right, data.val_people)
+            half = half_scores(monitor.metric, losses, right, data.val_people)
             train_loss = loss_sum.item() / seen
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
             stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc,
-                               time.perf_counter() - started, seen / train_seconds, *people)
+                               time.perf_counter() - started, seen / train_seconds, *people,
+                               *half)
             history.append(stats)
             if monitor.best(history) is stats:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -352,6 +424,6 @@ def _finish(model, history, best_state, monitor, spec, best_path) -> TrainResult
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(history, monitor.best(history), model, spec, count_parameters(model),
-                       best_path)
+                       best_path, crossfit(history, monitor))
 
 

@@ -8,6 +8,12 @@ from asl_sweep.runtime.files import load_tensors
 from asl_sweep.settings.config import DataConfig, TrainConfig
 from asl_sweep.training.checkpoint import ModelFile
 from asl_sweep.training.train import (
+    EpochStats,
+    Monitor,
+    crossfit,
+    crossfit_step,
+    half_scores,
+    halves,
     metric_step,
     person_scores,
     resolve_device,
@@ -267,6 +273,62 @@ def test_metric_step_is_the_least_change_one_image_makes():
     assert metric_step("train_acc", len(right), people) == 0.0
 
 
+def _epoch(n: int, full: float, a: float, b: float) -> EpochStats:
+    return EpochStats(n, 0.0, 0.0, 0.0, full, 0.0, 0.0, val_half_a=a, val_half_b=b)
+
+
+def test_crossfit_scores_each_half_at_the_epoch_the_other_half_chose():
+    """The best epoch on all the images counts their luck (epoch 2's 0.80 here, where each
+    half peaked at another epoch); cross-fitted, each half's choice is scored on the other
+    half: (epoch 1 on b + epoch 3 on a) / 2."""
+    history = [_epoch(1, 0.70, 0.80, 0.60), _epoch(2, 0.80, 0.78, 0.82),
+               _epoch(3, 0.70, 0.55, 0.85)]
+    assert Monitor("val_acc").best(history).epoch == 2
+    # a picks epoch 1 (0.80), b picks epoch 3 (0.85): b at 1 is 0.60, a at 3 is 0.55.
+    assert crossfit(history, Monitor("val_acc")) == pytest.approx((0.60 + 0.55) / 2)
+    # A loss is minimised: a picks epoch 3 (0.55), b picks epoch 1 (0.60).
+    assert crossfit(history, Monitor("val_loss", "minimize")) == pytest.approx((0.85 + 0.80) / 2)
+    # A history written before the halves were recorded has none: the race reads the value.
+    assert crossfit([EpochStats(1, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0)], Monitor()) is None
+
+
+def test_halves_keep_each_person_whole_and_split_people_evenly():
+    people = torch.tensor([7, 7, 3, 3, 3, 9, 1, 1, 5])
+    second = halves(len(people), people)
+    for p in people.unique():
+        assert len(set(second[people == p].tolist())) == 1  # a person in one half only
+    assert {int(second[people == p][0]) for p in (1, 5, 9)} == {0}  # codes 1 3 5 7 9 alternate
+    assert {int(second[people == p][0]) for p in (3, 7)} == {1}
+    assert halves(5, None).tolist() == [False, True, False, True, False]
+    right = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 0], dtype=torch.bool)
+    a, b = half_scores("val_acc", torch.zeros(9), right, people)
+    assert (a, b) == pytest.approx((right[~second].float().mean().item(),
+                                    right[second].float().mean().item()))
+    assert all(x != x for x in half_scores("train_acc", torch.zeros(9), right, people))
+
+
+def test_crossfit_step_is_the_least_change_one_image_makes():
+    """The race counts the rounding of the values it compares: one image in a half changes
+    that half's score by its step, and the average by half that."""
+    right = torch.tensor([1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0], dtype=torch.bool)
+    people = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 4])
+    second = halves(len(right), people)
+    for name in ("val_acc", "val_person_mean", "val_person_q25", "val_person_worst"):
+        before = half_scores(name, torch.zeros(13), right, people)
+        seen = []
+        for i in range(len(right)):
+            flipped = right.clone()
+            flipped[i] = ~flipped[i]
+            after = half_scores(name, torch.zeros(13), flipped, people)
+            change = abs(sum(after) - sum(before)) / 2
+            if change > 1e-9:
+                seen.append(change)
+        assert 0 < crossfit_step(name, len(right), people) <= min(seen) + 1e-6, name
+    assert crossfit_step("val_acc", len(right), people) == pytest.approx(
+        min(1 / int((~second).sum()), 1 / int(second.sum())) / 2)
+    assert crossfit_step("val_loss", len(right), people) == 0.0
+
+
 def test_every_epoch_reports_its_validation_people(synthetic_split):
     cfg = TrainConfig(model="mlp", hidden=[32], epochs=2, lr=1e-3, batch_size=64)
     result = train(cfg, synthetic_split, device="cpu")
@@ -276,6 +338,13 @@ def test_every_epoch_reports_its_validation_people(synthetic_split):
         assert 0 <= s.val_person_worst <= s.val_person_q25 <= s.val_person_mean <= 1
         # Each signer has as many images of each letter here: the person mean is pooled.
         assert s.val_person_mean == pytest.approx(s.val_acc, abs=0.05)
+        # The stage's metric (val_acc by default) on each half of the validation people:
+        # half the images each, so their mean is the whole split's within one image.
+        assert (s.val_half_a + s.val_half_b) / 2 == pytest.approx(s.val_acc, abs=0.1)
+    a = max(result.history, key=lambda s: s.val_half_a)
+    b = max(result.history, key=lambda s: s.val_half_b)
+    assert result.crossfit == pytest.approx((a.val_half_b + b.val_half_a) / 2)
+    assert result.crossfit <= result.best.val_acc + 0.1
 
 
 def test_an_ensemble_file_averages_its_members_probabilities(synthetic_split, tmp_path):
