@@ -222,7 +222,8 @@ def _confirm_words(confirm) -> str:
         return (f", then the top {confirm.top} raced against the incumbent on "
                 f"{confirm.min_repeats} to {confirm.max_repeats} fresh paired repeats "
                 f"(adopted at {confirm.level:.0%} one-sided confidence, Bonferroni over the "
-                f"candidates and the looks)")
+                f"candidates and the looks; each repeat at the best epoch of one half of its "
+                f"validation people, scored on the other half)")
     return f", then the top {confirm.top} confirmed over {confirm.repeats} paired repeats"
 
 

@@ -170,17 +170,39 @@ def search_gains(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
     return {c: sign * (by_number[c].value - base) for c in candidates}
 
 
+def compared_value(t: FrozenTrial) -> float:
+    """What the repeats of a configuration compare for a finished trial: its best epoch's
+    metric chosen on one half of the validation people and scored on the other (the outcome's
+    `crossfit`, training.train.crossfit), or its value where it was stored without one (a
+    training metric, a mean over several folds, a trial from before it was recorded)."""
+    outcome = outcome_of(t)
+    if outcome is not None and outcome.crossfit is not None:
+        return float(outcome.crossfit)
+    return float(t.value)
+
+
+CROSSFIT_WORDS = ("each repeat at the best epoch of one half of its validation people, scored "
+                  "on the other half")
+
+
+def _crossfitted(trials: list[FrozenTrial], numbers: list[int]) -> bool:
+    """Whether any of these trials' compared values is cross-fitted (compared_value)."""
+    by_number = {t.number: t for t in trials}
+    return any((o := outcome_of(by_number[n])) is not None and o.crossfit is not None
+               for n in numbers if n in by_number)
+
+
 def repeat_values(trials: list[FrozenTrial], target: int) -> dict[int, tuple[float, int]]:
-    """repeat -> (value, trial) for the configuration of trial `target`: repeat 0 is the
-    trial itself, repeat r the first complete confirmation of it with that repeat."""
+    """repeat -> (compared value, trial) for the configuration of trial `target`: repeat 0 is
+    the trial itself, repeat r the first complete confirmation of it with that repeat."""
     by_number = {t.number: t for t in trials}
     out: dict[int, tuple[float, int]] = {}
     if target in by_number and by_number[target].state == TrialState.COMPLETE:
-        out[0] = (float(by_number[target].value), target)
+        out[0] = (compared_value(by_number[target]), target)
     for t in sorted(trials, key=lambda t: t.number):
         if (role_of(t) == Role.CONFIRM and t.state == TrialState.COMPLETE
                 and t.user_attrs.get(TrialKey.CONFIRMS) == target):
-            out.setdefault(int(t.user_attrs[TrialKey.REPEAT]), (float(t.value), t.number))
+            out.setdefault(int(t.user_attrs[TrialKey.REPEAT]), (compared_value(t), t.number))
     return out
 
 
@@ -384,6 +406,9 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
 
     tail = f"{rule.level:.0%} one-sided paired t, Bonferroni over {len(candidates)} " \
            f"candidate{'s' if len(candidates) != 1 else ''} and the looks"
+    if _crossfitted(trials, [n for c in candidates for n in _trials_of(values[c])]):
+        tail += f"; {CROSSFIT_WORDS}"
+        evidence["values"] = CROSSFIT_WORDS
     if verdict.adopt is not None:
         c = verdict.adopt
         b = verdict.bounds[c]

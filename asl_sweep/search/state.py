@@ -184,8 +184,11 @@ class TrialOutcome:
     reused_from: str | None = None  # "stage S, trial N": the training it took instead
     fold_values: list[float] | None = None  # with a stage's `folds`: the value on each fold
     # (their mean is the trial's value)
-    step: float | None = None  # the least change one validation image makes to the stage's
-    # metric on its fold (training.train.metric_step): the step a race's values come in
+    step: float | None = None  # the least change one validation image makes to the value a
+    # race compares on its fold (training.train.crossfit_step): the step its values come in
+    crossfit: float | None = None  # the best epoch's metric chosen on one half of the
+    # validation people and scored on the other (training.train.crossfit): what a race
+    # compares; None for a trial stored without it (the race reads its value)
 
     def stored(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

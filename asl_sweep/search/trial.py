@@ -45,7 +45,7 @@ from asl_sweep.search.state import (
 )
 from asl_sweep.settings.config import TrainConfig, apply_overrides, get_path
 from asl_sweep.settings.spec import StageConfig, StudyConfig
-from asl_sweep.training.train import EpochStats, Monitor, TrainResult, metric_step, train
+from asl_sweep.training.train import EpochStats, Monitor, TrainResult, crossfit_step, train
 
 # The trial's own failures: numbers that left the finite range, memory it could not get,
 # settings that cannot be built. Everything else is not a search result.
@@ -138,7 +138,7 @@ class TrialRunner:
                     "run_id": run.run_id, "metrics": asdict(result.best),
                     "last": asdict(result.history[-1]), "num_params": result.num_params,
                     "curve": [[h.epoch, h.metric(self.stage.metric)] for h in result.history],
-                    "value": value})
+                    "value": value, "crossfit": self.crossfit(plan, result)})
             return value
 
     def folds(self, plan: Plan) -> int:
@@ -247,11 +247,18 @@ class TrialRunner:
         return data
 
     def step(self, plan: Plan) -> float:
-        """The least change one validation image of the plan's fold makes to the stage's
-        metric (the step a race's values come in: search/racing.py). A subset stage trains
-        on fewer images and validates on the fold's whole validation split."""
+        """The least change one validation image of the plan's fold makes to the value a
+        race compares (the cross-fitted metric: training.train.crossfit; the step a race's
+        values come in: search/racing.py). A subset stage trains on fewer images and
+        validates on the fold's whole validation split."""
         data = self.session.data.split(self.image_size(plan), plan.fold)
-        return metric_step(self.stage.metric, len(data.y_val), data.val_people)
+        return crossfit_step(self.stage.metric, len(data.y_val), data.val_people)
+
+    def crossfit(self, plan: Plan, result: TrainResult) -> float | None:
+        """The value a race compares for this trial (its fold's best epoch, chosen and scored
+        on different halves of the validation people); None for a trial whose value is the
+        mean over several folds (a search trial, never a race's evidence)."""
+        return result.crossfit if self.folds(plan) == 1 else None
 
     def decided(self, plan: Plan) -> dict[str, str]:
         """Which stage decided each setting the trial trains with."""
@@ -307,7 +314,7 @@ class TrialRunner:
         trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
             before["metrics"], before["last"], before["num_params"], plan.fold,
             self.decided(plan), reused_from=before["trained_by"],
-            step=self.step(plan)).stored())
+            step=self.step(plan), crossfit=before.get("crossfit")).stored())
         return float(before.get("value", before["metrics"][self.stage.metric]))
 
     def _open_run(self, trial: optuna.Trial, plan: Plan, frozen: FrozenTrial) -> TrialRun:
@@ -374,7 +381,7 @@ class TrialRunner:
             trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
                 asdict(result.best), asdict(result.history[-1]), result.num_params, plan.fold,
                 self.decided(plan), fold_values=values if len(values) > 1 else None,
-                step=self.step(plan)).stored())
+                step=self.step(plan), crossfit=self.crossfit(plan, result)).stored())
             if len(values) > 1:
                 mirror.fold_values(run, stage.metric, values)
             mirror.trial_finished(run, plan.cfg, result, run_dir,

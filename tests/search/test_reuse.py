@@ -83,6 +83,7 @@ def test_the_next_stage_stands_on_the_incumbent_the_last_one_trained(kept_twice)
         assert t.user_attrs["mlflow_run_id"] == source.user_attrs["mlflow_run_id"]
         assert t.value == source.value and outcome_of(t).fold == outcome_of(source).fold
         assert outcome_of(t).step == outcome_of(source).step > 0
+        assert outcome_of(t).crossfit == outcome_of(source).crossfit is not None
         # Its curve where a pruner weighs it like any trial: the stage's incumbent; a repeat
         # is never compared (its MLflow run has every epoch).
         compared = role_of(t) == Role.INCUMBENT

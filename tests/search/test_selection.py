@@ -146,6 +146,32 @@ def test_repeats_that_agree_to_the_image_are_not_proof_of_a_gain(step, adopted):
     assert verdict.bounds[1].sd == pytest.approx((step or 0.0) / 12 ** 0.5)
 
 
+@pytest.mark.parametrize("crossfit, adopted", [(False, 1), (True, None)])
+def test_a_race_compares_each_repeat_where_its_epoch_was_not_chosen(crossfit, adopted):
+    """A trial's value is its best epoch on the validation images that chose it: a
+    candidate whose curve wavers more tops it higher, +3 pt a repeat here, and was adopted
+    on that (a trial stored without `crossfit` still is). Cross-fitted (the epoch one half of
+    the validation people chose, scored on the other half) it is level with the incumbent:
+    the race compares those, and says so."""
+    from asl_sweep.search.selection import CROSSFIT_WORDS, decide_race, race_verdict
+
+    def extra(level):
+        return {"crossfit": level} if crossfit else {}
+
+    trials = [trial(0, 0.70, role="incumbent", **extra(0.68)),
+              trial(1, 0.74, role="search", **extra(0.68))]
+    for r, n, lift in ((1, 2, 0.030), (2, 4, 0.032), (3, 6, 0.029)):
+        trials.append(trial(n, 0.70, role="confirm", confirms=0, repeat=r, incumbent=True,
+                            **extra(0.68 + 0.001 * r)))
+        trials.append(trial(n + 1, 0.70 + lift, role="confirm", confirms=1, repeat=r,
+                            **extra(0.68 - 0.001 * r)))
+    rule = stage(confirm={"top": 1, "max_repeats": 3})
+    verdict = race_verdict(trials, rule, 0, [1], rounds=3)
+    assert verdict.adopt == adopted
+    line = decide_race(trials, rule, 0, [1], verdict).decision
+    assert (CROSSFIT_WORDS in line) == crossfit
+
+
 def test_a_difference_that_rounds_to_zero_has_no_minus_sign():
     """Issue 34: a decision printed '-0.0 pt'."""
     from asl_sweep.search.selection import signed
