@@ -1,8 +1,9 @@
 """What a race compares for each repeat: the best epoch's metric on the validation images
 that chose it (the rule before), or cross-fitted (shipped: the epoch one half of the
-validation people picks, scored on the other half, and the other way round, averaged;
-training.train.crossfit), beside the last epoch's metric. No training: simulated curves,
-raced by the shipped rule (search.racing.judge).
+validation people picks, scored on the other half, and the other way round, averaged over
+20 splits of the people into halves; training.train.crossfit), beside the same over one
+split only and the last epoch's metric. No training: simulated curves, raced by the
+shipped rule (search.racing.judge).
 
     .venv/bin/python -m benchmarks.best_epoch [--runs 1000]
 
@@ -21,6 +22,7 @@ capped at 1)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -47,7 +49,8 @@ ROWS = [  # (metric, validation people, max_repeats, candidate's flip rate, true
     ("val_acc", 18, 6, 0.1, 0.05), ("val_acc", 18, 6, 0.6, 0.05),
     ("val_acc", 60, 6, 0.1, 0.05), ("val_acc", 60, 6, 0.6, 0.05),
 ]
-WAYS = ("best epoch (before)", "cross-fitted (shipped)", "last epoch")
+WAYS = ("best epoch (before)", "cross-fitted, 20 splits (shipped)", "cross-fitted, one split",
+        "last epoch")
 
 
 def curve(rng: np.random.Generator, chance: np.ndarray, flips: float) -> np.ndarray:
@@ -61,38 +64,41 @@ def curve(rng: np.random.Generator, chance: np.ndarray, flips: float) -> np.ndar
     return np.array(out)
 
 
-def values(right: np.ndarray, people: torch.Tensor, metric: str) -> tuple[float, float, float]:
-    """The three values a race could compare for one simulated training."""
+def values(right: np.ndarray, people: torch.Tensor, metric: str) -> tuple[float, ...]:
+    """The values a race could compare for one simulated training (WAYS)."""
     history = []
     for e, row in enumerate(right):
         hits = torch.from_numpy(row)
-        a, b = half_scores(metric, torch.zeros(len(row)), hits, people)
+        halves = half_scores(metric, torch.zeros(len(row)), hits, people)
         mean, q25, worst = person_scores(hits, people)
         full = {"val_acc": hits.float().mean().item(), "val_person_mean": mean,
                 "val_person_q25": q25, "val_person_worst": worst}[metric]
         history.append(EpochStats(e + 1, 0.0, 0.0, 0.0, full, 0.0, 0.0, full, full, full,
-                                  a, b))  # val_acc here: the stage's metric on every image
+                                  halves))  # val_acc here: the stage's metric on every image
+    one = [replace(s, val_halves=s.val_halves[:2]) for s in history]
     return (max(s.val_acc for s in history), crossfit(history, Monitor(metric)),
-            history[-1].val_acc)
+            crossfit(one, Monitor(metric)), history[-1].val_acc)
 
 
 def race(rng: np.random.Generator, metric: str, n_people: int, max_repeats: int,
          flips: float, gain: float) -> list[bool]:
-    """One race of the candidate against the incumbent, run three ways on the same curves:
-    whether each way adopts it."""
+    """One race of the candidate against the incumbent, run each way (WAYS) on the same
+    curves: whether each way adopts it."""
     people = torch.arange(n_people).repeat_interleave(IMAGES)
-    steps = [metric_step(metric, len(people), people), crossfit_step(metric, len(people), people),
-             metric_step(metric, len(people), people)]
+    plain = metric_step(metric, len(people), people)
+    half = metric_step(metric, len(people) // 2, people[: len(people) // 2])
+    steps = [plain, crossfit_step(metric, len(people), people), half / 2, plain]
     rule = RaceRule(2, max_repeats)
-    diffs: list[list[float]] = [[], [], []]
-    dropped: list[dict] = [{}, {}, {}]
-    adopted = [False, False, False]
-    done = [False, False, False]
+    ways = range(len(WAYS))
+    diffs: list[list[float]] = [[] for _ in ways]
+    dropped: list[dict] = [{} for _ in ways]
+    adopted = [False for _ in ways]
+    done = [False for _ in ways]
     for n in range(1, max_repeats + 1):
         chance = rng.beta(6.0, 1.2, len(people))
         incumbent = values(curve(rng, chance, INCUMBENT_FLIPS), people, metric)
         candidate = values(curve(rng, np.minimum(1.0, chance + gain), flips), people, metric)
-        for w in range(3):
+        for w in ways:
             if done[w]:
                 continue
             diffs[w].append(candidate[w] - incumbent[w])

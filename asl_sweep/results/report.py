@@ -223,7 +223,7 @@ def _confirm_words(confirm) -> str:
                 f"{confirm.min_repeats} to {confirm.max_repeats} fresh paired repeats "
                 f"(adopted at {confirm.level:.0%} one-sided confidence, Bonferroni over the "
                 f"candidates and the looks; each repeat at the best epoch of one half of its "
-                f"validation people, scored on the other half)")
+                f"validation people, scored on the other half, over 20 splits in halves)")
     return f", then the top {confirm.top} confirmed over {confirm.repeats} paired repeats"
 
 

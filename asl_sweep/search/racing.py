@@ -34,11 +34,11 @@ score a whole number of images, a candidate with no true gain was adopted 6.0-7.
 time on 24-60 images without it, against the 5% promised (3.5% on continuous values), and
 1.3-3.2% with it (the simulation's `step`; benchmarks/racing.py).
 
-The values raced are each repeat's best epoch cross-fitted over two halves of its
-validation people (training.train.crossfit; selection.compared_value), not the best epoch on
-the people that picked it: that counts a curve's luck, the more the more it wavers, and
-adopted an equal candidate with a more wavering curve 12-24% of the time
-(benchmarks/best_epoch.py)."""
+The values raced are each repeat's best epoch cross-fitted over halves of its validation
+people (the epoch one half picks, scored on the other, over 20 splits in halves;
+training.train.crossfit; selection.compared_value), not the best epoch on the people that
+picked it: that counts a curve's luck, the more the more it wavers, and adopted an equal
+candidate with a more wavering curve 12-24% of the time (benchmarks/best_epoch.py)."""
 
 from __future__ import annotations
 

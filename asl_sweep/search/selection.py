@@ -182,7 +182,7 @@ def compared_value(t: FrozenTrial) -> float:
 
 
 CROSSFIT_WORDS = ("each repeat at the best epoch of one half of its validation people, scored "
-                  "on the other half")
+                  "on the other half, over 20 splits in halves")
 
 
 def _crossfitted(trials: list[FrozenTrial], numbers: list[int]) -> bool:

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import shutil
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -135,8 +135,8 @@ class TrialRunner:
             if key is not None and result.checkpoint is not None:
                 remember(self.session.record, key, {
                     "trained_by": f"stage {self.stage.name}, trial {plan.number}",
-                    "run_id": run.run_id, "metrics": asdict(result.best),
-                    "last": asdict(result.history[-1]), "num_params": result.num_params,
+                    "run_id": run.run_id, "metrics": result.best.scores(),
+                    "last": result.history[-1].scores(), "num_params": result.num_params,
                     "curve": [[h.epoch, h.metric(self.stage.metric)] for h in result.history],
                     "value": value, "crossfit": self.crossfit(plan, result)})
             return value
@@ -379,7 +379,7 @@ class TrialRunner:
             finally:
                 shown.close()
             trial.set_user_attr(TrialKey.OUTCOME, TrialOutcome(
-                asdict(result.best), asdict(result.history[-1]), result.num_params, plan.fold,
+                result.best.scores(), result.history[-1].scores(), result.num_params, plan.fold,
                 self.decided(plan), fold_values=values if len(values) > 1 else None,
                 step=self.step(plan), crossfit=self.crossfit(plan, result)).stored())
             if len(values) > 1:

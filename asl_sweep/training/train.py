@@ -47,11 +47,11 @@ class EpochStats:
     val_person_mean: float = float("nan")
     val_person_q25: float = float("nan")
     val_person_worst: float = float("nan")
-    # The stage's metric on each half of the validation people (`halves`): a race scores a
-    # repeat at the epoch one half chose on the other half (`crossfit`). NaN where the
+    # The stage's metric on each half of the validation people, for each of the PARTITIONS
+    # splits of them into two halves (`partitions`: a1, b1, a2, b2, ...): a race scores a
+    # repeat at the epoch one half chose on the other half (`crossfit`). Empty where the
     # metric is not a validation metric, or the history was written before they were.
-    val_half_a: float = float("nan")
-    val_half_b: float = float("nan")
+    val_halves: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("val_person_mean", "val_person_q25", "val_person_worst"):
@@ -60,6 +60,10 @@ class EpochStats:
 
     def metric(self, name: str) -> float:
         return float(getattr(self, name))
+
+    def scores(self) -> dict[str, float]:
+        """The epoch's numbers as a trial's record keeps them (the halves left out)."""
+        return {k: v for k, v in asdict(self).items() if k != "val_halves"}
 
 
 @dataclass(frozen=True)
@@ -225,64 +229,93 @@ def metric_step(metric: str, images: int, people: torch.Tensor | None) -> float:
     return 1.0 / most  # val_person_worst
 
 
-def halves(n: int, people: torch.Tensor | None) -> torch.Tensor:
-    """Which half of the validation split each of its n images is in (True: the second):
-    every other person (in the order of their codes), so a person is never in both; every
-    other image where the images have no people."""
+PARTITIONS = 20  # splits of the validation people into two halves a cross-fit averages
+PARTITION_SEED = 0  # the same splits for every configuration validated on the same people
+
+
+def partitions(units: int, count: int = PARTITIONS) -> torch.Tensor:
+    """count x units: for each split of the validation units (people, or images where the
+    images have no people) into two halves, which units are in the second half. The first
+    takes every other unit; the rest are random halvings from a fixed seed, so every
+    configuration validated on the same people is split the same way (a race pairs them)."""
+    first = torch.arange(units) % 2 == 1
+    generator = torch.Generator().manual_seed(PARTITION_SEED)
+    rest = [first[torch.randperm(units, generator=generator)] for _ in range(count - 1)]
+    return torch.stack([first, *rest])
+
+
+def _units(n: int, people: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Each validation image's unit (its person, in the order of their codes; else itself)."""
     if people is None:
-        return torch.arange(n) % 2 == 1
-    return torch.unique(people.cpu(), return_inverse=True)[1] % 2 == 1
+        return torch.arange(n), n
+    inverse = torch.unique(people.cpu(), return_inverse=True)[1]
+    return inverse, int(inverse.max()) + 1
 
 
 def half_scores(metric: str, losses: torch.Tensor, right: torch.Tensor,
-                people: torch.Tensor | None) -> tuple[float, float]:
-    """The validation metric `metric` on each half of the validation people (`halves`);
-    NaN for a metric that is not scored on validation, or a half with no image."""
+                people: torch.Tensor | None) -> tuple[float, ...]:
+    """The validation metric `metric` on both halves of every split of the validation units
+    (`partitions`), a1, b1, a2, b2, ...: from per-unit sums, so the splits cost little. Empty
+    for a metric that is not scored on validation, or fewer than 2 units."""
     if not metric.startswith("val_") or len(right) < 2:
-        return math.nan, math.nan
-    second = halves(len(right), people).to(right.device)
+        return ()
+    unit, count = _units(len(right), people)
+    if count < 2:
+        return ()
+    unit = unit.to(right.device)
+    size = torch.zeros(count, device=right.device).index_add_(0, unit, torch.ones_like(losses))
+    value = losses.float() if metric == "val_loss" else right.float()
+    total = torch.zeros(count, device=right.device).index_add_(0, unit, value)
+    second = partitions(count).to(right.device)
     out = []
-    for mask in (~second, second):
-        if not bool(mask.any()):
-            return math.nan, math.nan
-        if metric == "val_loss":
-            out.append(_mean(losses[mask]))
-        elif metric == "val_acc":
-            out.append(_mean(right[mask]))
+    for half in torch.stack([~second, second], 1).reshape(-1, count):  # a1, b1, a2, ...
+        if metric in ("val_loss", "val_acc") or people is None:
+            out.append(total[half].sum() / size[half].sum())
         else:
-            mean, q25, worst = person_scores(right[mask], None if people is None
-                                             else people.to(right.device)[mask])
-            out.append({"val_person_mean": mean, "val_person_q25": q25,
-                        "val_person_worst": worst}[metric])
-    return out[0], out[1]
+            per = total[half] / size[half]
+            out.append({"val_person_mean": per.mean(), "val_person_worst": per.min(),
+                        "val_person_q25": torch.quantile(per, 0.25)}[metric])
+    return tuple(torch.stack(out).tolist())
 
 
 def crossfit(history: list[EpochStats], monitor: Monitor) -> float | None:
     """The stage's metric at the best epoch, with the choosing and the scoring on different
-    people: the epoch the first half of the validation people picks, scored on the second
-    half, and the other way round, averaged. Picking the best of many epochs on the same
-    images that score it counts the luck of a curve's highest point (the more a curve
-    wavers, the more), so a configuration whose curve wavers more looks better than it is; a
-    race on these values compares what each best checkpoint is worth on people it was not
-    chosen on (benchmarks/best_epoch.py). None where the halves were not recorded."""
-    if not history or any(math.isnan(s.val_half_a) or math.isnan(s.val_half_b)
-                          for s in history):
+    people: for each split of the validation people into two halves, the epoch one half
+    picks scored on the other, both ways; averaged over both ways and every split (one split
+    alone gives the same value on average, with more spread). Picking the best of many
+    epochs on the same images that score it counts the luck of a curve's highest point (the
+    more a curve wavers, the more), so a configuration whose curve wavers more looks better
+    than it is; a race on these values compares what each best checkpoint is worth on
+    people it was not chosen on (benchmarks/best_epoch.py). None where the halves were not
+    recorded."""
+    if not history or any(len(s.val_halves) != len(history[0].val_halves) or
+                          not s.val_halves for s in history):
         return None
     pick = max if monitor.direction == "maximize" else min
-    by_a = pick(history, key=lambda s: s.val_half_a)
-    by_b = pick(history, key=lambda s: s.val_half_b)
-    return (by_a.val_half_b + by_b.val_half_a) / 2.0
+    values = []
+    for a in range(0, len(history[0].val_halves), 2):
+        by_a = pick(history, key=lambda s: s.val_halves[a])
+        by_b = pick(history, key=lambda s: s.val_halves[a + 1])
+        values += [by_a.val_halves[a + 1], by_b.val_halves[a]]
+    return sum(values) / len(values)
 
 
 def crossfit_step(metric: str, images: int, people: torch.Tensor | None) -> float:
-    """The least change one validation image makes to `crossfit`'s value: one half's step
-    (metric_step over that half's images), halved by the average; 0 for a loss."""
+    """The least change one validation image makes to `crossfit`'s value, taken the safe
+    way: the finest step of any half (metric_step over its images), over the number of
+    values averaged (an image may count in one of them only); 0 for a loss."""
     if not metric.startswith("val_") or images < 2:
         return metric_step(metric, images, people)
-    second = halves(images, people)
-    steps = [metric_step(metric, int(mask.sum()), None if people is None
-                         else people.cpu()[mask]) for mask in (~second, second)]
-    return min(steps) / 2.0
+    unit, count = _units(images, people)
+    if count < 2:
+        return metric_step(metric, images, people)
+    second = partitions(count)
+    steps = []
+    for half in torch.stack([~second, second], 1).reshape(-1, count):
+        mask = half[unit]
+        steps.append(metric_step(metric, int(mask.sum()),
+                                 None if people is None else people.cpu()[mask]))
+    return min(steps) / len(steps)
 
 
 def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None = None,
@@ -377,7 +410,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss})")
             stats = EpochStats(epoch, train_loss, correct.item() / seen, val_loss, val_acc,
                                time.perf_counter() - started, seen / train_seconds, *people,
-                               *half)
+                               half)
             history.append(stats)
             if monitor.best(history) is stats:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -390,7 +423,7 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
             if run_dir is not None and (due or final):
                 best_file = ModelFile(best_state, cfg, spec, list(data.classes),
                                       monitor.best(history).epoch,
-                                      asdict(monitor.best(history)), identity)
+                                      monitor.best(history).scores(), identity)
                 if final:  # the result: written now, and fsynced
                     writer.wait()
                     best_file.save(best_path, sync=True)

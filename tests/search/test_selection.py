@@ -154,6 +154,7 @@ def test_a_race_compares_each_repeat_where_its_epoch_was_not_chosen(crossfit, ad
     the validation people chose, scored on the other half) it is level with the incumbent:
     the race compares those, and says so."""
     from asl_sweep.search.selection import CROSSFIT_WORDS, decide_race, race_verdict
+    from asl_sweep.training.train import PARTITIONS
 
     def extra(level):
         return {"crossfit": level} if crossfit else {}
@@ -170,6 +171,7 @@ def test_a_race_compares_each_repeat_where_its_epoch_was_not_chosen(crossfit, ad
     assert verdict.adopt == adopted
     line = decide_race(trials, rule, 0, [1], verdict).decision
     assert (CROSSFIT_WORDS in line) == crossfit
+    assert f"over {PARTITIONS} splits" in CROSSFIT_WORDS
 
 
 def test_a_difference_that_rounds_to_zero_has_no_minus_sign():

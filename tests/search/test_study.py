@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 import asl_sweep.search.trial
@@ -22,6 +23,7 @@ from asl_sweep.search.state import outcome_of
 from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 from asl_sweep.tracking.tracker import _flatten
+from asl_sweep.training.train import PARTITIONS, partitions
 from tests.conftest import interrupt_a_trial, make_image_folder, running_trial
 
 TWO_STAGES = {"stages": [
@@ -338,14 +340,17 @@ def test_repeats_are_paired_and_their_folds_person_disjoint(evidence_study):
                 run = MlflowClient(ws.tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
                 repeat = t.user_attrs.get("repeat", 0)
                 pairs.setdefault(repeat, set()).add((run.data.tags["seed"], outcome_of(t).fold))
-                # The race compares each repeat cross-fitted over two halves of its fold's
-                # validation people (every other person): one image of the larger half moves
-                # that half's val_acc by 1 / its images, and the average of two by half that.
+                # The race compares each repeat cross-fitted over halves of its fold's
+                # validation people (PARTITIONS splits): one image of the largest half moves
+                # that half's val_acc by 1 / its images, and the average of all the halves'
+                # scores by that over their number.
                 val = data.splits.fold(outcome_of(t).fold)[1]
                 codes = {g: i for i, g in enumerate(sorted(set(data.groups[val])))}
-                second = sum(codes[g] % 2 for g in data.groups[val])
-                assert outcome_of(t).step == pytest.approx(
-                    1 / max(second, len(val) - second) / 2)
+                unit = torch.tensor([codes[g] for g in data.groups[val]])
+                split = partitions(len(codes))
+                largest = max(max(int(row[unit].sum()), len(val) - int(row[unit].sum()))
+                              for row in split)
+                assert outcome_of(t).step == pytest.approx(1 / largest / (2 * PARTITIONS))
                 assert 0.0 <= outcome_of(t).crossfit <= 1.0
         assert sorted(pairs) == list(range(view.result.evidence["rounds"] + 1))
         for repeat, combos in pairs.items():
