@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -153,7 +154,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              amp: torch.dtype | None = None) -> tuple[float, float]:
     """Mean loss and accuracy of `model` on uint8 images (or float features) x."""
     losses, hits = _scored(model, x, y, amp)
-    return _mean(losses), hits.float().mean().item() if len(y) else 0.0
+    return _mean(losses), _mean(hits)
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -244,6 +245,14 @@ def partitions(units: int, count: int = PARTITIONS) -> torch.Tensor:
     return torch.stack([first, *rest])
 
 
+@lru_cache(maxsize=16)
+def _halves(units: int) -> torch.Tensor:
+    """(2 x PARTITIONS) x units: both halves of every split (`partitions`), a1, b1, a2, ...;
+    built once for a validation split's size (every epoch of every training reads it)."""
+    second = partitions(units)
+    return torch.stack([~second, second], 1).reshape(-1, units)
+
+
 def _units(n: int, people: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     """Each validation image's unit (its person, in the order of their codes; else itself)."""
     if people is None:
@@ -266,9 +275,8 @@ def half_scores(metric: str, losses: torch.Tensor, right: torch.Tensor,
     size = torch.zeros(count, device=right.device).index_add_(0, unit, torch.ones_like(losses))
     value = losses.float() if metric == "val_loss" else right.float()
     total = torch.zeros(count, device=right.device).index_add_(0, unit, value)
-    second = partitions(count).to(right.device)
     out = []
-    for half in torch.stack([~second, second], 1).reshape(-1, count):  # a1, b1, a2, ...
+    for half in _halves(count).to(right.device):  # a1, b1, a2, ...
         if metric in ("val_loss", "val_acc") or people is None:
             out.append(total[half].sum() / size[half].sum())
         else:
@@ -309,9 +317,8 @@ def crossfit_step(metric: str, images: int, people: torch.Tensor | None) -> floa
     unit, count = _units(images, people)
     if count < 2:
         return metric_step(metric, images, people)
-    second = partitions(count)
     steps = []
-    for half in torch.stack([~second, second], 1).reshape(-1, count):
+    for half in _halves(count):
         mask = half[unit]
         steps.append(metric_step(metric, int(mask.sum()),
                                  None if people is None else people.cpu()[mask]))
