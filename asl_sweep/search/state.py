@@ -787,6 +787,8 @@ def _queue_lost(study: optuna.Study, t: FrozenTrial, now: float) -> bool:
     the two (it queues at once, so one failed GRACE_S ago is lost). Queued by the one
     process that claims it: two that found it at once would each queue a retry, and the
     trial would train twice."""
+    # datetime_complete reads alike in every time zone: Optuna (>= 5.0) stores it in UTC
+    # and gives it back in this process's zone (4.x stored the failer's local time).
     failed = t.datetime_complete.timestamp() if t.datetime_complete else now
     if now - failed < GRACE_S or not claim(study, f"retry_of_{t.number}"):
         return False

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -276,6 +277,79 @@ def test_a_first_look_leaves_the_runs_live_workers_ended_since_the_process_began
     assert [t.number for t in state.fail_dead_trials(study)[0]] == [
         earlier.number, since.number, ours.number]  # no `since`: every one with a run
 
+
+# A real process in another time zone fails a trial whose worker is gone, and with "dies"
+# dies between failing it and queueing its retry (the window `_queue_lost` is for).
+FAILER = """
+import os, sys
+import optuna
+from asl_sweep.search import state
+from asl_sweep.search.store import optuna_storage
+if sys.argv[2] == "dies":
+    class Dies(state.Requeue):
+        def __call__(self, study, trial):
+            os._exit(0)
+    state.Requeue = Dies
+study = optuna.load_study(study_name="s", storage=optuna_storage(sys.argv[1]))
+state.fail_dead_trials(study, every=False)
+"""
+
+
+def _failed_in(store: str, zone: str, how: str = "queues") -> None:
+    """A real process whose clock reads `zone` (a POSIX TZ: "UTC-5" is five hours ahead of
+    UTC) fails the trials of dead workers."""
+    subprocess.run([sys.executable, "-c", FAILER, store, how], check=True,
+                   env={**os.environ, "TZ": zone.replace("UTC", "XXX")})
+
+
+def _dead_worker(trial) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process of this machine that no longer exists
+    trial.set_user_attr(TrialKey.WORKER, f"{socket.gethostname()}:{gone.pid}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zone", ["UTC-5", "UTC+5"], ids=["5 h ahead", "5 h behind"])
+def test_a_lost_trial_failed_in_another_time_zone_waits_grace_s_by_when_it_failed(
+        store, monkeypatch, zone):
+    """A trial failed by a process whose clock reads another time zone, which died before
+    it queued the retry, is queued once GRACE_S has passed since it failed, whatever zone
+    either clock reads. Under Optuna 4.x, which stored datetime_complete as the failer's
+    local time without its zone (asl-sweep now needs 5.0, which stores UTC): failed 5 h
+    ahead, the trial waited 5 h, its slot of the budget idle; 5 h behind, it was queued at
+    once while its failer might still queue it, and trained twice."""
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 1)
+    _dead_worker(take_waiting(study))
+    _failed_in(store, zone, "dies")
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"]  # and no retry
+    state.fail_dead_trials(study)
+    assert len(study.get_trials()) == 1  # within its grace its failer may still queue it
+    monkeypatch.setattr(state, "GRACE_S", 1.0)
+    time.sleep(1.2)
+    state.fail_dead_trials(study)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]
+
+
+@pytest.mark.slow
+def test_a_first_look_closes_the_runs_of_trials_failed_ahead_in_time_zone_before_it_began(
+        store):
+    """The runs to close on a process's first look are those of trials that ended before
+    it began, by when they ended, not by the zone their failer's clock reads: a trial whose
+    run could not be closed (the tracking server away), failed by a process 5 h ahead a
+    moment before this one began, looked under Optuna 4.x as if a live worker had failed it
+    since, and its run stayed RUNNING."""
+    study = optuna.load_study(study_name="s", storage=store)
+    queue_budget(study, 1)
+    trial = take_waiting(study)
+    trial.set_user_attr(TrialKey.RUN, "run-of-0")
+    _dead_worker(trial)
+    _failed_in(store, "UTC-5")
+    time.sleep(0.05)
+    began = datetime.datetime.now()
+    assert [t.number for t in state.fail_dead_trials(study, since=began)[0]] == [0]
+    assert state.fail_dead_trials(  # failed since
+        study, since=began - datetime.timedelta(seconds=1))[0] == []
 
 def test_the_worker_that_finished_the_last_trial_mirrors_the_decision_or_one_for_it(
         store, monkeypatch):
