@@ -120,7 +120,10 @@ def paired_difference(final_a: dict, final_b: dict, draws: int = 10_000,
     true difference (simulated per-person gains of a few images, people of 9-27 images) the
     plain percentiles said one study "scores higher" 13.5% of the time over 5 test people
     and 11.3% over 10, against the 5% a 95% interval promises; expanded, 3.0% and 6.5%
-    (tests/results/test_compare.py; about 5% either way from 20-30 people on)."""
+    (tests/results/test_compare.py; about 5% either way from 20-30 people on). Not moved
+    for skew as the test score's interval is (BCa, search/intervals.py): here it said
+    "scores higher" 8.5% of the time over 10 people; a paired difference is near symmetric,
+    and the bias estimate only adds noise."""
     rows_a, rows_b = ({r["person"]: r for r in f.get("breakdown", {}).get("by_person", [])}
                       for f in (final_a, final_b))
     if not rows_a or rows_a.keys() != rows_b.keys() or any(

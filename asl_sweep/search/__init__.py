@@ -11,7 +11,8 @@
 - the mirror in MLflow: `mirror` (one method per event of the search).
 
 Pure rules beside them: `space` (the only caller of `trial.suggest_*`), `selection` and
-`racing` (which trials count, what a stage adopts), `pruning` (the incumbent pruner),
+`racing` (which trials count, what a stage adopts), `intervals` (the 95% intervals of
+test scores from bootstrap draws), `pruning` (the incumbent pruner),
 `stageview` (a stage seen whole),
 `progress` (what the terminal shows), `plan` (what a study will do, before it runs),
 `session` (what one process opens once).
@@ -41,7 +42,7 @@ _FRONT_DOOR = {
     "exported_kind": "progress",
     "load_refits": "evaluation", "refit_candidate": "evaluation",
     "score_final": "evaluation", "earlier_views": "evaluation", "views_lines": "progress",
-    "expanded_tail": "racing",
+    "expanded_tail": "intervals",
     "Scored": "evaluation", "TEST_RULE": "evaluation", "open_data": "session",
     # read a study back
     "optuna_storage": "store", "serve_proxy": "store", "load_stage_study": "store",

@@ -46,7 +46,8 @@ import math
 import random
 import statistics
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+
+from asl_sweep.search.intervals import t_quantile
 
 TEST_NAME = ("one-sided paired t interval on fresh repeats, Bonferroni over the candidates and "
              "the looks")
@@ -80,28 +81,6 @@ class Verdict:
     bounds: dict[int, Bounds] = field(default_factory=dict)
     done: bool = False
     rounds: int = 0  # fresh repeats run so far (the longest pairing)
-
-
-@lru_cache(maxsize=256)
-def t_quantile(p: float, df: int) -> float:
-    # Student's t inverse CDF from scipy.special (what scipy.stats.t.ppf calls), loaded only
-    # when a race is judged: scipy.stats takes 0.6 s to import, scipy.special 0.2 s.
-    from scipy.special import stdtrit
-
-    return float(stdtrit(df, p))
-
-
-def expanded_tail(n: int) -> float:
-    """The share in each tail of a 95% expanded percentile interval over n resampled units
-    (Hesterberg's small-sample fix of the percentile bootstrap: its spread is short by
-    sqrt((n - 1) / n) and its tails normal where t's are due, so the percentiles are taken
-    at Phi(-sqrt(n / (n - 1)) t_{0.975, n-1}): 0.86% for 10 units, 2.5% as n grows). One
-    unit: 0, the whole range of the draws."""
-    if n < 2:
-        return 0.0
-    from scipy.special import ndtr
-
-    return float(ndtr(-math.sqrt(n / (n - 1)) * t_quantile(0.975, n - 1)))
 
 
 def looks(rule: RaceRule) -> int:
