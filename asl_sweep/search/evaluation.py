@@ -389,7 +389,7 @@ def summarize(scored: list[Scored], groups: list[str] | None, split: str) -> dic
     return {"split": split, "trials": [s.trial for s in scored], "folds": [s.fold for s in scored],
             "accuracy": accs, "mean": mean, "std": std, "ci": [lo, hi], "ci_over": unit,
             "n_images": n_images,
-            "summary": f"{mean:.3f} {spread} (95% CI {lo:.3f}-{hi:.3f} by bootstrap over "
+            "summary": f"{mean:.3f} {spread} (95% CI {lo:.3f}-{hi:.3f} by BCa bootstrap over "
                        f"{unit})"}
 
 

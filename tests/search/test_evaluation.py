@@ -49,7 +49,7 @@ def test_on_validation_each_repeat_is_scored_on_its_own_fold():
                    people=np.array(["cy", "cy", "dee"]))  # cy 1/2, dee 1/1
     summary = summarize([fold0, fold1], None, "val")
     assert summary["accuracy"] == [0.75, 2 / 3] and summary["n_images"] == 7
-    assert "by bootstrap over 4 people, each repeat on its own validation fold" in summary["summary"]
+    assert "by BCa bootstrap over 4 people, each repeat on its own validation fold" in summary["summary"]
     lo, hi = summary["ci"]
     assert lo <= summary["mean"] <= hi and lo < hi
     b = breakdown([fold0, fold1], None, ["A", "B", "C"])
@@ -76,7 +76,7 @@ def test_one_repeat_shows_no_seed_spread_rather_than_a_zero_one():
     assert two.startswith("0.583 +- 0.118 over 2 repeats (95% CI ")
     # One test person is one, not "1 people".
     alone = summarize([_scored([0, 1, 2, 1, 1, 0], truth)], ["ann"] * 6, "test")["summary"]
-    assert "by bootstrap over 1 person, too few" in alone
+    assert "by BCa bootstrap over 1 person, too few" in alone
 
 
 def _views_case(gain_people: int, people: int = 20, images: int = 10, seed: int = 0):
