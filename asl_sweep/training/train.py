@@ -202,10 +202,7 @@ def person_scores(right: torch.Tensor, people: torch.Tensor | None) -> tuple[flo
     if people is None or len(right) == 0:
         acc = right.float().mean().item() if len(right) else 0.0
         return acc, acc, acc
-    _, inverse = torch.unique(people, return_inverse=True)
-    n = int(inverse.max()) + 1
-    count = torch.zeros(n, device=right.device).index_add_(0, inverse, torch.ones_like(right, dtype=torch.float32))
-    good = torch.zeros(n, device=right.device).index_add_(0, inverse, right.float())
+    good, count = _unit_sums(right, people)
     per = (good / count).cpu()
     return per.mean().item(), torch.quantile(per, 0.25).item(), per.min().item()
 
@@ -261,6 +258,18 @@ def _units(n: int, people: torch.Tensor | None) -> tuple[torch.Tensor, int]:
     return inverse, int(inverse.max()) + 1
 
 
+def _unit_sums(values: torch.Tensor, people: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit (`_units`), on `values`' device: the sum of `values` (one per image) over
+    its images, and how many images it has."""
+    unit, count = _units(len(values), people)
+    unit = unit.to(values.device)
+    size = torch.zeros(count, device=values.device).index_add_(
+        0, unit, torch.ones_like(values, dtype=torch.float32))
+    total = torch.zeros(count, device=values.device).index_add_(0, unit, values.float())
+    return total, size
+
+
 def half_scores(metric: str, losses: torch.Tensor, right: torch.Tensor,
                 people: torch.Tensor | None) -> tuple[float, ...]:
     """The validation metric `metric` on both halves of every split of the validation units
@@ -268,19 +277,17 @@ def half_scores(metric: str, losses: torch.Tensor, right: torch.Tensor,
     for a metric that is not scored on validation, or fewer than 2 units."""
     if not metric.startswith("val_") or len(right) < 2:
         return ()
-    unit, count = _units(len(right), people)
-    if count < 2:
+    total, size = _unit_sums(losses if metric == "val_loss" else right, people)
+    if len(size) < 2:
         return ()
-    unit = unit.to(right.device)
-    size = torch.zeros(count, device=right.device).index_add_(0, unit, torch.ones_like(losses))
-    value = losses.float() if metric == "val_loss" else right.float()
-    total = torch.zeros(count, device=right.device).index_add_(0, unit, value)
+    # Each person's accuracy, once, where the metric counts people (else pooled over a half).
+    per_unit = None if metric in ("val_loss", "val_acc") or people is None else total / size
     out = []
-    for half in _halves(count).to(right.device):  # a1, b1, a2, ...
-        if metric in ("val_loss", "val_acc") or people is None:
+    for half in _halves(len(size)).to(right.device):  # a1, b1, a2, ...
+        if per_unit is None:
             out.append(total[half].sum() / size[half].sum())
         else:
-            per = total[half] / size[half]
+            per = per_unit[half]
             out.append({"val_person_mean": per.mean(), "val_person_worst": per.min(),
                         "val_person_q25": torch.quantile(per, 0.25)}[metric])
     return tuple(torch.stack(out).tolist())
