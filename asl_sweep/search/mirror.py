@@ -296,10 +296,10 @@ class Mirror:
         return run_id if run_id is not None and self.has_checkpoint(run_id) else None
 
     def refit_opened(self, of_trial: int, cfg: TrainConfig, images: int, fold: int,
-                     whose: str = "people") -> TrialRun:
-        """A refit's run, under the study's: its settings, and only training metrics per epoch
-        (its validation people are in its training). `whose`: people, or images where the
-        data names none."""
+                     whose: str, threads: int) -> TrialRun:
+        """A refit's run, under the study's: its settings (and the CPU `threads` it trains
+        on), and only training metrics per epoch (its validation people are in its
+        training). `whose`: people, or images where the data names none."""
         name = f"refit-of-trial-{of_trial}"
         run_id = self.tracker.new_run(
             self.experiment_id, name, parent=self.study_run, kind="refit",
@@ -308,7 +308,8 @@ class Mirror:
                 f"validation {whose} of fold {fold} (every non-test "
                 f"{'person' if whose == 'people' else 'image'}), last epoch kept: "
                 "a member of the exported model (final_model: refit)")})
-        self.tracker.log_params(run_id, cfg.applicable() | {"train_images": images})
+        self.tracker.log_params(run_id, cfg.applicable() | {"train_images": images,
+                                                            "threads": threads})
         return TrialRun(run_id, name, self.tracker.epoch_log(run_id))
 
     def refit_finished(self, run: TrialRun, cfg: TrainConfig, result: TrainResult,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
 from asl_sweep.runtime import environment, signals
 from asl_sweep.runtime.workers import Workers, auto_workers, fixed_workers, gpu_count, share_device
@@ -56,19 +57,22 @@ def run_pool(cfg: StudyConfig, ws: Workspace, workers: Workers, worker_argv: lis
     failed, else 0. `worker_argv`: the command line that names the study, data and stores
     for `asl-sweep worker`."""
     procs: list[subprocess.Popen] = []
+    searched = None
     if workers.count > 1:
         say(f"{workers.count} workers side by side, {workers.threads} thread"
             f"{'s' if workers.threads != 1 else ''} each ({workers.why}); --workers 1 for one "
             "at a time")
         import torch
 
+        threads = torch.get_num_threads()  # this process's own, given back for the final
+        searched = partial(_take_threads, procs, threads, say)
         torch.set_num_threads(workers.threads)
         share_device(workers.memory_share)  # this process is worker 0, on the first GPU
     try:
         if workers.count > 1:
-            procs = _start(cfg, ws, workers, worker_argv)
+            procs += _start(cfg, ws, workers, worker_argv)  # the list `searched` waits on
         # One terminal and several processes: bars would garble, so lines instead.
-        run_study(cfg, ws, bars=bars and workers.count == 1)
+        run_study(cfg, ws, bars=bars and workers.count == 1, searched=searched)
     except BaseException:
         _wait(procs, stop=True)
         raise
@@ -78,6 +82,22 @@ def run_pool(cfg: StudyConfig, ws: Workspace, workers: Workers, worker_argv: lis
         say(f"worker {index} was stopped by signal {signum} ({_signal_name(signum)}); a "
             "trial it held was queued again (a line above says so), and the study finished")
     return 0 if code < 0 else code
+
+
+def _take_threads(procs: list[subprocess.Popen], threads: int, say=print) -> None:
+    """Every stage decided: the workers leave (each once it has read the last decision), and
+    the final test and the refits (final_model: refit), this process's alone, train and score
+    on the `threads` it had before it shared the cores with them: on the one thread a worker
+    has, with the other cores idle, the refits of `--workers 2` on 2 cores took 1.7x as long
+    (benchmarks/final_threads.py). A stop asked for while waiting has stopped the workers
+    (_wait) and raises here."""
+    import torch
+
+    _wait(procs)  # their exit codes are read again once the study is scored (run_pool)
+    signals.check()
+    if threads > torch.get_num_threads():
+        torch.set_num_threads(threads)
+        say(f"every stage decided, the workers done: the final test on {threads} threads")
 
 
 def _signal_name(signum: int) -> str:

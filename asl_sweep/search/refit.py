@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from asl_sweep.runtime import signals
 from asl_sweep.search.session import Session
 from asl_sweep.settings.config import TrainConfig
@@ -55,12 +57,14 @@ def _train(session: Session, trial: int, fold: int, file: ModelFile) -> str:
     data = session.data.split(file.spec.image_size, fold).every_person()
     mirror = session.mirror
     whose = "people" if session.data.groups is not None else "images"  # no group_pattern
-    run = mirror.refit_opened(trial, cfg, len(data.train_index), fold, whose)
+    threads = torch.get_num_threads()
+    run = mirror.refit_opened(trial, cfg, len(data.train_index), fold, whose, threads)
     epochs = (f"{cfg.epochs} epochs (its repeat's best epoch: early_stop)"
               if file.config.early_stop is not None else f"{cfg.epochs} epochs")
     session.log(f"refit of trial {trial} (final_model: refit): seed {cfg.seed}, {epochs} on "
                 f"{len(data.train_index)} images, the training and validation {whose} of "
-                f"fold {fold}; the last epoch kept")
+                f"fold {fold}; the last epoch kept; {threads} CPU thread"
+                f"{'s' if threads != 1 else ''}")
     identity = {"study": session.cfg.study, "refit_of": str(trial)}
     try:
         with tempfile.TemporaryDirectory() as tmp, mirror.training(run):

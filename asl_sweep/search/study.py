@@ -89,11 +89,13 @@ from asl_sweep.settings.spec import StageConfig, StudyConfig
 
 def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = print,
               worker: int = 0, score: bool = True,
-              say: Callable[[str], None] | None = None, bars: bool = False
-              ) -> list[StageResult]:
+              say: Callable[[str], None] | None = None, bars: bool = False,
+              searched: Callable[[], None] | None = None) -> list[StageResult]:
     """Run (or join, or resume) the staged search; with `score`, then the final test. `log`
     takes this process's trial lines, `say` the study's and stages' (default: `log`);
-    `bars`: a progress bar per trial (a terminal with one worker)."""
+    `bars`: a progress bar per trial (a terminal with one worker); `searched`: called once
+    every stage is decided, before the final test (run_pool: its workers leave, and this
+    process takes their threads)."""
     session = open_session(cfg, ws, log, worker, say)
     session.bars = bars
     status = "FAILED"
@@ -108,6 +110,8 @@ def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = prin
             carried.update(result.params)
             decided_by.update({name: stage.name for name in result.params})
         if score:
+            if searched is not None:
+                searched()
             restore_checkpoints(session)
             final_score(session)
         status = "FINISHED"

@@ -169,3 +169,27 @@ def test_a_refit_of_images_without_people_says_images_not_people(tmp_path, image
     notes = [r.data.tags["mlflow.note.content"]
              for r in refit_runs(MlflowClient(ws.tracking_uri), ws)]
     assert len(notes) == 2 and all("every non-test image" in n for n in notes)
+
+
+@pytest.mark.slow
+def test_the_refits_of_a_run_with_workers_train_on_every_thread_the_workers_left(tmp_path):
+    """`run --workers 2` shares the cores: each worker, `run` too, trains on one thread of
+    two. Once every stage is decided the workers leave, and the refits, `run`'s alone, ran
+    on its one thread while the other core idled. They train on the threads `run` had."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
+                                                            "MKL_NUM_THREADS")}
+    own = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             env=env, capture_output=True, text=True, check=True).stdout)
+    if own < 2:
+        pytest.skip("one CPU thread here: nothing for the workers to leave")
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text(STUDY + "final_model: refit\n")
+    done = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
+                           str(home), "--workers", "2"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ws = Workspace.at(home)
+    runs = refit_runs(MlflowClient(ws.tracking_uri), ws)
+    assert len(runs) == 2 and {r.data.params["threads"] for r in runs} == {str(own)}
+    assert "2 workers side by side, 1 thread each" in done.stdout
+    assert f"the final test on {own} threads" in done.stdout
