@@ -92,8 +92,10 @@ def main() -> None:
                       f" (refit threads {', '.join(threads)})")
                 shutil.rmtree(home)
     rows = [{"arm": arm, "refit_threads": "/".join(t["threads"]),
-             "refits_s_median": statistics.median(t["refits_s"]), "refits_s": t["refits_s"],
-             "command_s_median": statistics.median(t["command_s"]), "command_s": t["command_s"]}
+             "refits_s_median": round(statistics.median(t["refits_s"]), 2),
+             "refits_s": t["refits_s"],
+             "command_s_median": round(statistics.median(t["command_s"]), 2),
+             "command_s": t["command_s"]}
             for arm, t in times.items()]
     before, now = rows[0]["refits_s_median"], rows[1]["refits_s_median"]
     print("| arm | refit threads | refits (s, median) | each | the command (s, median) |")
