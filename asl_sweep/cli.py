@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="check the settings and the data, split it as a run will (no "
                      "image decoded), and say what each stage will search and how many "
-                     "trainings it plans; train and record nothing")
+                     "trainings it plans, and the final's (final_model: refit trains each "
+                     "final repeat again); train and record nothing")
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
     _study_args(worker)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from asl_sweep.data.splits import person_pattern
 from asl_sweep.search.progress import planned_trials, shown
+from asl_sweep.settings.config import apply_overrides
 from asl_sweep.settings.spec import Searched, StageConfig, StudyConfig
 
 if TYPE_CHECKING:
@@ -33,9 +34,40 @@ def plan_lines(cfg: StudyConfig, data: Sequence[str]) -> list[str]:
                      + (f" (each trial moves {stage.moves})" if stage.moves else ""))
         lines.append(f"  trainings: {_count(least, most)} of {_epochs(cfg, stage)} epochs: "
                      f"{_how(stage)}")
+    least, most = _final_repeats(cfg.stages[-1])
+    lines.append(_final_line(cfg, least, most))
+    if cfg.final_model == "refit":
+        low, high = low + least, high + most
     lines.append(f"in all: {_count(low, high)} trainings (a stage's later settings carry what "
                  "the earlier ones adopted; pruning stops some early)")
     return lines
+
+
+def _final_repeats(stage: StageConfig) -> tuple[int, int]:
+    """The fewest and the most repeats the last stage's configuration is scored over: its
+    trial and the race's rounds (the incumbent's first round where nothing is raced), the
+    fixed rule's repeats, or the one trial of a gate or a stage without confirmation."""
+    confirm = stage.confirm if stage.target is None else None
+    if confirm is None:
+        return 1, 1
+    if not confirm.racing:
+        return confirm.repeats, confirm.repeats
+    return 1 + confirm.min_repeats, 1 + confirm.max_repeats
+
+
+def _final_line(cfg: StudyConfig, least: int, most: int) -> str:
+    """The final phase: the test scored once, and with final_model: refit the trainings it
+    adds (each repeat trained again on every non-test person)."""
+    stage = cfg.stages[-1]
+    repeats = f"{_count(least, most)} repeat{'s' if most != 1 else ''}"
+    line = (f"final: {stage.name}'s configuration scored once on the test split over its "
+            f"{repeats} (final_model: {cfg.final_model})")
+    if cfg.final_model != "refit":
+        return line
+    stops = " at most" if apply_overrides(cfg.base, stage.fixed).early_stop else ""
+    return (f"{line}; each repeat trained again on every non-test person: "
+            f"{_count(least, most)} more training{'s' if most != 1 else ''} of{stops} "
+            f"{_epochs(cfg, stage)} epochs")
 
 
 def _trainings(stage: StageConfig) -> tuple[int, int]:
@@ -121,7 +153,6 @@ def _weights_lines(cfg: StudyConfig) -> list[str]:
     """Where each pretrained backbone a stage trains (its base, fixed settings and searched
     backbones) finds its weights: a file here, or a download a run will make."""
     from asl_sweep.models.backbones import weights_note
-    from asl_sweep.settings.config import apply_overrides
 
     wanted: dict[tuple[str, str], None] = {}
     for stage in cfg.stages:

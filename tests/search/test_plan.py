@@ -26,7 +26,28 @@ def test_the_plan_says_each_stages_search_and_its_trainings():
     assert lines[4] == ("  trainings: 8 to 12 of 12 epochs: the incumbent + 3 search trials, "
                         "then the top 1 raced against the incumbent on 2 to 4 fresh paired "
                         "repeats each")
+    # The final: the test scored once over the configuration's trial and its 2 to 4 rounds.
+    assert lines[-2] == ("final: architecture's configuration scored once on the test split "
+                         "over its 3 to 5 repeats (final_model: ensemble)")
     assert lines[-1].startswith("in all: 8 to 12 trainings")
+
+
+def test_the_plan_counts_the_refits_a_final_model_refit_trains():
+    """cnn.yaml exports the refit: each of the final configuration's repeats trained once
+    more, on every non-test person (a quarter of its wall time on 2 cores); the dry run left
+    them out of its count."""
+    cfg = load_study(SWEEPS / "cnn.yaml")
+    lines = plan_lines(cfg, ["data: photos"])
+    assert lines[-2] == ("final: schedule's configuration scored once on the test split over "
+                         "its 3 to 4 repeats (final_model: refit); each repeat trained again on "
+                         "every non-test person: 3 to 4 more trainings of 80 epochs")
+    assert lines[-1].startswith("in all: 34 to 47 trainings")
+    stopping = load_study(SWEEPS / "cnn.yaml", ["base.early_stop={patience: 5}"])
+    assert plan_lines(stopping, [])[-2].endswith("3 to 4 more trainings of at most 80 epochs")
+    one = load_study(SWEEPS / "cnn.yaml", ["stages.2.confirm=null"])
+    assert plan_lines(one, [])[-2].endswith("over its 1 repeat (final_model: refit); each "
+                                            "repeat trained again on every non-test person: 1 "
+                                            "more training of 80 epochs")
 
 
 def test_a_gate_a_fixed_rule_and_a_stage_without_a_race_are_planned_as_they_run():

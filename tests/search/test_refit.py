@@ -14,6 +14,7 @@ from asl_sweep.cli import main
 from asl_sweep.results.predict import open_model
 from asl_sweep.results.readback import read_final
 from asl_sweep.runtime.workspace import Workspace
+from asl_sweep.search.plan import plan_lines
 from asl_sweep.search.session import open_data
 from asl_sweep.settings.studyfile import load_study
 
@@ -61,6 +62,10 @@ def test_refit_trains_each_repeat_on_every_non_test_person_and_is_what_export_wr
     final = read_final(cfg, ws)
     refit = final["refit"]
     assert refit["members"] == final["trials"] and len(refit["runs"]) == 2
+    # The dry run counted them: the fixed rule's 2 repeats, each trained again.
+    assert plan_lines(cfg, [])[-2].endswith(
+        "over its 2 repeats (final_model: refit); each repeat trained again on every non-test "
+        "person: 2 more trainings of 40 epochs")
     client = MlflowClient(ws.tracking_uri)
     runs = {r.info.run_id: r for r in refit_runs(client, ws)}
     assert set(runs) == set(refit["runs"])
