@@ -57,7 +57,14 @@ class CNN(nn.Module):
         self.head = nn.Sequential(*mlp_layers(width, cfg, spec.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.normalize(x)))
+        x = self.normalize(x)
+        if x.device.type == "cpu":
+            # On a CPU, oneDNN's convolutions and pooling run faster on channels-last
+            # tensors: a training step of the shipped CNNs takes 0.64-0.87x the time
+            # (benchmarks/channels_last.py); only the layout changes, not the values'
+            # meaning. GPUs keep the layout they had (not measured here).
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(x))
 
 
 def build_cnn(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:
