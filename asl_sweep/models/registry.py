@@ -60,7 +60,7 @@ class CNN(nn.Module):
         x = self.normalize(x)
         if x.device.type == "cpu":
             # On a CPU, oneDNN's convolutions and pooling run faster on channels-last
-            # tensors: a training step of the shipped CNNs takes 0.64-0.87x the time
+            # tensors: an epoch of the shipped CNNs takes 0.68-0.86x the time
             # (benchmarks/channels_last.py); only the layout changes, not the values'
             # meaning. GPUs keep the layout they had (not measured here).
             x = x.contiguous(memory_format=torch.channels_last)

@@ -34,7 +34,7 @@ def test_the_plan_says_each_stages_search_and_its_trainings():
 
 def test_the_plan_counts_the_refits_a_final_model_refit_trains():
     """cnn.yaml exports the refit: each of the final configuration's repeats trained once
-    more, on every non-test person (a quarter of its wall time on 2 cores); the dry run left
+    more, on every non-test person (about a fifth of its wall time on 2 cores); the dry run left
     them out of its count."""
     cfg = load_study(SWEEPS / "cnn.yaml")
     lines = plan_lines(cfg, ["data: photos"])
