@@ -47,7 +47,7 @@ def _final_repeats(stage: StageConfig) -> tuple[int, int]:
     """The fewest and the most repeats the last stage's configuration is scored over: its
     trial and the race's rounds (the incumbent's first round where nothing is raced), the
     fixed rule's repeats, or the one trial of a gate or a stage without confirmation."""
-    confirm = stage.confirm if stage.target is None else None
+    confirm = stage.confirmation
     if confirm is None:
         return 1, 1
     if not confirm.racing:
@@ -74,7 +74,7 @@ def _trainings(stage: StageConfig) -> tuple[int, int]:
     """The fewest and the most trainings a stage plans: its race may end at the first look
     or at max_repeats."""
     least = planned_trials(stage)  # a race's first look: min_repeats each
-    confirm = stage.confirm if stage.target is None else None
+    confirm = stage.confirmation
     if confirm is None or not confirm.racing:
         return least, least
     return least, least + (confirm.top + 1) * (confirm.max_repeats - confirm.min_repeats)

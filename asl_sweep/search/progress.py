@@ -22,7 +22,7 @@ LINE_EVERY_S = 30.0
 def planned_trials(stage: StageConfig) -> int:
     """The trainings a stage plans at least: the incumbent, its budget, and (confirmed) the
     first look of its race or its fixed repeats."""
-    confirm = stage.confirm if stage.target is None else None
+    confirm = stage.confirmation
     if confirm is None:
         return 1 + stage.trials
     repeats = confirm.min_repeats if confirm.racing else confirm.repeats - 1

@@ -417,7 +417,7 @@ def _runner(session: Session, stage: StageConfig, study: optuna.Study, stage_run
     base = apply_overrides(session.cfg.base, {**shared[StageKey.CARRIED], **stage.fixed})
     reference = (apply_overrides(session.cfg.base, shared.get(StageKey.REFERENCE) or {})
                  if shared.get(StageKey.SWITCHED_FROM) else None)
-    confirm = stage.confirm if stage.target is None else None
+    confirm = stage.confirmation
     use_folds = (confirm.folds if confirm is not None and confirm.folds is not None
                  else session.data.splits.grouped)
     return TrialRunner(session, stage, study, stage_run, base, shared[StageKey.DECIDED_BY],

@@ -110,7 +110,7 @@ class TrialRunner:
         # carried, trained as it is (a second incumbent; not this stage's `fixed`).
         self.reference = reference
         self.show_bar = show_bar
-        self.confirm = stage.confirm if stage.target is None else None
+        self.confirm = stage.confirmation
 
     def for_repeats(self, study: optuna.Study, number_offset: int) -> TrialRunner:
         """This runner for the stage's confirmation repeats, trained in `study`."""

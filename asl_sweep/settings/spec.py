@@ -323,6 +323,12 @@ class StageConfig(Strict):
                                          f"{key}'s choices {earlier[key].choices}{hint}")
         return self
 
+    @property
+    def confirmation(self) -> ConfirmConfig | None:
+        """The confirmation the stage runs: a gate (`target`) adopts the first trial that
+        reaches it, so its `confirm` is not used."""
+        return self.confirm if self.target is None else None
+
     def reached(self, value: float) -> bool:
         if self.target is None:
             return False
