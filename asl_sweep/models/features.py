@@ -63,7 +63,10 @@ def extract(model, x: torch.Tensor, cfg: TrainConfig, view: int,
         if view > 0:
             xb = augment_batch(xb, cfg.augment, generator)
         with torch.autocast(x.device.type, amp, enabled=amp is not None):
-            out.append((model.prefix(xb) if prefix else model.features(xb)).float())
+            # contiguous: a prefix's output comes channels-last from a CPU backbone; the
+            # cache and the blocks trained on it keep one layout wherever it was computed
+            out.append((model.prefix(xb) if prefix else model.features(xb)).float()
+                       .contiguous())
     return torch.cat(out)
 
 

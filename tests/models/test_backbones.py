@@ -297,6 +297,33 @@ def test_the_frozen_prefix_and_the_rest_make_the_whole_model(backbone, trainable
         .state_dict())
 
 
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_on_a_cpu_the_backbone_takes_the_batch_channels_last_and_caches_the_usual_layout(
+        backbone):
+    """oneDNN's CPU convolutions are faster on channels-last tensors (MobileNetV2's frozen
+    pass at 224px about 0.6x the time, benchmarks/transfer_channels_last.py): the resized,
+    normalized batch is made channels-last before the backbone's first layer, the answer is
+    the channels-first one up to float rounding, and a cached prefix is stored contiguous, so
+    the blocks trained on it see one layout whether it was computed or read back."""
+    from asl_sweep.models.features import extract
+
+    cfg = TrainConfig(model="transfer", hidden=[8], transfer={
+        "backbone": backbone, "weights": "none", "trainable": 3})  # a prefix that ends in a conv
+    torch.manual_seed(0)
+    model = build_transfer(cfg, SPEC).eval()
+    seen = []
+    model._chain[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        out = model(x)
+        first = model.head(model.backbone(model.normalize(x)))  # the layout it came in
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[1].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, first, rtol=1e-4, atol=1e-4)
+    prefix = extract(model, (x * 255).to(torch.uint8), cfg, 0, None, prefix=True)
+    assert prefix.dim() == 4 and prefix.is_contiguous()
+
 def test_fine_tuning_on_the_cached_prefix_trains_as_the_whole_backbone_does(tmp_path):
     """Without augmentation the cached prefix changes nothing but the time: the same batches,
     the same steps, the same validation losses as running the whole backbone every step."""
