@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from asl_sweep.models.layers import InputSpec, Normalize, mlp_layers
+from asl_sweep.models.layers import InputSpec, Normalize, channels_last_on_cpu, mlp_layers
 from asl_sweep.runtime import environment
 from asl_sweep.runtime.errors import WeightsError
 from asl_sweep.runtime.files import load_tensors, sha256_of
@@ -250,14 +250,7 @@ class TransferModel(nn.Module):
             # same pixels and keeps the graph exportable to ONNX.
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=x.shape[-1] > self.input_size)
-        x = self.normalize(x)
-        if x.device.type == "cpu":
-            # As for the CNNs (models/registry.py): oneDNN's CPU convolutions run faster on
-            # channels-last tensors: MobileNetV2's frozen pass at 224px takes 0.60-0.71x the
-            # time, ResNet-18's and AlexNet's 0.77-0.84x (benchmarks/transfer_channels_last.py);
-            # the values are the same up to float rounding. GPUs keep the layout they had.
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return channels_last_on_cpu(self.normalize(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self._resized(x))

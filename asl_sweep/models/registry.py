@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asl_sweep.models.layers import ACTIVATIONS, InputSpec, Normalize, mlp_layers
+from asl_sweep.models.layers import (
+    ACTIVATIONS,
+    InputSpec,
+    Normalize,
+    channels_last_on_cpu,
+    mlp_layers,
+)
 from asl_sweep.runtime.errors import SettingsError
 from asl_sweep.settings.config import TrainConfig
 
@@ -57,14 +63,7 @@ class CNN(nn.Module):
         self.head = nn.Sequential(*mlp_layers(width, cfg, spec.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        if x.device.type == "cpu":
-            # On a CPU, oneDNN's convolutions and pooling run faster on channels-last
-            # tensors: an epoch of the shipped CNNs takes 0.68-0.86x the time
-            # (benchmarks/channels_last.py); only the layout changes, not the values'
-            # meaning. GPUs keep the layout they had (not measured here).
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.features(x))
+        return self.head(self.features(channels_last_on_cpu(self.normalize(x))))
 
 
 def build_cnn(cfg: TrainConfig, spec: InputSpec, pretrained: bool = True) -> nn.Module:

@@ -14,7 +14,7 @@ from asl_sweep.models.backbones import (
     resolve_weights,
     weights_note,
 )
-from asl_sweep.models.features import frozen_features
+from asl_sweep.models.features import extract, frozen_features
 from asl_sweep.models.layers import InputSpec
 from asl_sweep.models.registry import count_parameters
 from asl_sweep.runtime.errors import WeightsError
@@ -297,17 +297,14 @@ def test_the_frozen_prefix_and_the_rest_make_the_whole_model(backbone, trainable
         .state_dict())
 
 
-
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_on_a_cpu_the_backbone_takes_the_batch_channels_last_and_caches_the_usual_layout(
         backbone):
     """oneDNN's CPU convolutions are faster on channels-last tensors (MobileNetV2's frozen
-    pass at 224px about 0.6x the time, benchmarks/transfer_channels_last.py): the resized,
+    pass at 224px 0.60-0.71x the time, benchmarks/transfer_channels_last.py): the resized,
     normalized batch is made channels-last before the backbone's first layer, the answer is
     the channels-first one up to float rounding, and a cached prefix is stored contiguous, so
     the blocks trained on it see one layout whether it was computed or read back."""
-    from asl_sweep.models.features import extract
-
     cfg = TrainConfig(model="transfer", hidden=[8], transfer={
         "backbone": backbone, "weights": "none", "trainable": 3})  # a prefix that ends in a conv
     torch.manual_seed(0)
@@ -323,6 +320,7 @@ def test_on_a_cpu_the_backbone_takes_the_batch_channels_last_and_caches_the_usua
     torch.testing.assert_close(out, first, rtol=1e-4, atol=1e-4)
     prefix = extract(model, (x * 255).to(torch.uint8), cfg, 0, None, prefix=True)
     assert prefix.dim() == 4 and prefix.is_contiguous()
+
 
 def test_fine_tuning_on_the_cached_prefix_trains_as_the_whole_backbone_does(tmp_path):
     """Without augmentation the cached prefix changes nothing but the time: the same batches,
