@@ -1,6 +1,6 @@
 """Building blocks shared by every model family: the input description, in-model
-normalization, the convolutions' input layout, activations and the MLP stack (the MLP itself, and the head of CNNs and
-transfer models)."""
+normalization, the convolutions' input layout, activations and the MLP stack (the MLP
+itself, and the head of CNNs and transfer models)."""
 
 from __future__ import annotations
 
