@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from asl_sweep.data.studydata import SplitData, StudyData
 from asl_sweep.models.backbones import (
     BACKBONES,
+    Suffix,
     build_transfer,
     find_weights_file,
     resolve_weights,
@@ -320,6 +321,37 @@ def test_on_a_cpu_the_backbone_takes_the_batch_channels_last_and_caches_the_usua
     torch.testing.assert_close(out, first, rtol=1e-4, atol=1e-4)
     prefix = extract(model, (x * 255).to(torch.uint8), cfg, 0, None, prefix=True)
     assert prefix.dim() == 4 and prefix.is_contiguous()
+
+
+@pytest.mark.parametrize(("backbone", "trainable"), [
+    ("alexnet", 3), ("mobilenet_v2", 8), ("resnet18", 3),
+    ("alexnet", 2)])  # the last two linear layers: a flat prefix, [B, D], layout-free
+def test_on_a_cpu_the_fine_tuned_blocks_take_the_cached_prefix_channels_last(backbone,
+                                                                              trainable):
+    """The cached prefix is stored channels-first and made channels-last before the first
+    fine-tuned block, as the full pass is (a fine-tuning epoch of MobileNetV2's last 5 or 8
+    blocks about 0.8x the time, benchmarks/suffix_channels_last.py); the answer is the
+    channels-first one up to float rounding, and a flat prefix passes as it is."""
+    cfg = TrainConfig(model="transfer", hidden=[8], transfer={
+        "backbone": backbone, "weights": "none", "trainable": trainable})
+    torch.manual_seed(0)
+    model = build_transfer(cfg, SPEC).eval()
+    x = torch.rand(2, 3, 224, 224)
+    cached = extract(model, (x * 255).to(torch.uint8), cfg, 0, None, prefix=True)
+    seen = []
+    model._chain[model.cut].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.inference_mode():
+        out = Suffix(model).eval()(cached)
+        h = cached
+        for m in model._chain[model.cut:]:  # the layout it is stored in
+            h = m(h)
+        first = model.head(h)
+    if cached.dim() == 4:
+        assert seen[0].is_contiguous(memory_format=torch.channels_last)
+        assert not seen[1].is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert backbone == "alexnet" and cached.dim() == 2
+    torch.testing.assert_close(out, first, rtol=1e-4, atol=1e-4)
 
 
 def test_fine_tuning_on_the_cached_prefix_trains_as_the_whole_backbone_does(tmp_path):
