@@ -1,7 +1,8 @@
 """Frozen-backbone features, computed once and cached on disk: a head trial then trains in
 seconds instead of running the backbone over every image in every epoch. The same for
 fine-tuning: the output of the backbone's frozen prefix (everything before the first
-fine-tuned block) is cached, so an epoch runs only the blocks that learn.
+fine-tuned block) is cached, so an epoch runs only the blocks that learn; a prefix that ends
+later than one already cached is computed from it, running only the frozen modules between.
 
 Features are computed for the whole pool (every image the search may see, never the test
 split), so every validation fold and every repeat reads the same cache. The key covers
@@ -18,6 +19,7 @@ import torch
 
 from asl_sweep.data.augment import augment_batch
 from asl_sweep.data.studydata import SplitData
+from asl_sweep.models.layers import channels_last_on_cpu
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.settings.config import TrainConfig
@@ -49,6 +51,45 @@ def feature_key(cfg: TrainConfig, weights_id: str, data: SplitData,
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+def cache_path(cache_dir: Path | str, cfg: TrainConfig, model, data: SplitData,
+               amp: torch.dtype | None, cut: int | None) -> Path:
+    """The cache file of the pool's features (cut None) or of the prefix ending at `cut`."""
+    key = feature_key(cfg, model.weights_id, data, amp, cut)
+    return Path(cache_dir) / f"{'features' if cut is None else 'prefix'}-{key[:24]}.pt"
+
+
+@torch.inference_mode()
+def _from_earlier_prefix(model, cfg: TrainConfig, data: SplitData, device: torch.device,
+                         cache_dir: Path, amp: torch.dtype | None) -> torch.Tensor | None:
+    """The prefix ending at model.cut computed from a cached prefix that ends earlier (the
+    same images, views, weights and precision), running only the frozen modules between the
+    two: fine-tuning the last 5 blocks after the last 8 were tried costs the three blocks
+    between them, not the backbone's first dozen layers at full resolution again. The
+    nearest earlier cut is taken; None where none is cached. The values are those of the
+    full pass up to float rounding."""
+    for cut in range(model.cut - 1, 0, -1):
+        path = cache_path(cache_dir, cfg, model, data, amp, cut)
+        if path.exists():
+            break
+    else:
+        return None
+    earlier = load_tensors(path)["pool"]
+    model.eval()
+    views = []
+    for view in earlier:
+        out = []
+        for start in range(0, len(view), EXTRACT_BATCH):
+            signals.check()  # Ctrl-C / SIGTERM: stop between batches (nothing cached yet)
+            h = view[start:start + EXTRACT_BATCH].to(device)
+            h = channels_last_on_cpu(h) if h.dim() == 4 else h
+            with torch.autocast(device.type, amp, enabled=amp is not None):
+                for m in model._chain[cut:model.cut]:
+                    h = m(h)
+            out.append(h.float().contiguous())
+        views.append(torch.cat(out))
+    return torch.stack(views)
+
+
 @torch.inference_mode()
 def extract(model, x: torch.Tensor, cfg: TrainConfig, view: int,
             amp: torch.dtype | None, prefix: bool = False) -> torch.Tensor:
@@ -74,17 +115,18 @@ def frozen_features(model, cfg: TrainConfig, data: SplitData, device: torch.devi
                     cache_dir: Path | None, amp: torch.dtype | None = None,
                     prefix: bool = False) -> FeatureSet:
     """The pool's features (prefix=True: the frozen prefix's output), from the cache when
-    its key matches."""
+    its key matches; a prefix not cached from one that ends earlier where that is."""
     path, pool, from_cache = None, None, False
     if cache_dir is not None:
-        key = feature_key(cfg, model.weights_id, data, amp, model.cut if prefix else None)
-        path = Path(cache_dir) / f"{'prefix' if prefix else 'features'}-{key[:24]}.pt"
+        path = cache_path(cache_dir, cfg, model, data, amp, model.cut if prefix else None)
         if path.exists():
             pool, from_cache = load_tensors(path)["pool"].to(device), True
+    if pool is None and prefix and cache_dir is not None:
+        pool = _from_earlier_prefix(model, cfg, data, device, Path(cache_dir), amp)
     if pool is None:
         pool = torch.stack([extract(model, data.x_pool, cfg, v, amp, prefix)
                             for v in range(views_of(cfg))])
-        if path is not None:
-            atomic_torch_save({"pool": pool.cpu()}, path)
+    if path is not None and not from_cache:
+        atomic_torch_save({"pool": pool.cpu()}, path)
     train_pos, val_pos = data.train_pos.to(pool.device), data.val_pos.to(pool.device)
     return FeatureSet(pool[:, train_pos], pool[0, val_pos], from_cache)

@@ -378,6 +378,38 @@ def test_fine_tuning_on_the_cached_prefix_trains_as_the_whole_backbone_does(tmp_
     assert not cut.caches_prefix
 
 
+@pytest.mark.parametrize(("backbone", "earlier", "later"), [
+    ("mobilenet_v2", 8, 5),  # transfer.yaml's fine_tune: its seed trial, then five blocks
+    ("alexnet", 3, 2)])  # from conv5's input to fc6's: through pooling and the flattening
+def test_a_prefix_ending_later_is_computed_from_a_cached_prefix_ending_earlier(
+        tmp_path, backbone, earlier, later):
+    """With the prefix before the last 8 blocks cached, the one before the last 5 runs only
+    the frozen modules between the two cuts on it, never the backbone's first layers; its
+    values are the full pass's up to float rounding, and it is cached in turn."""
+    data, cpu = _tiny_split(), torch.device("cpu")
+
+    def build(trainable):
+        cfg = TrainConfig(model="transfer", hidden=[8], augment={"rotation": 10.0},
+                          transfer={"backbone": backbone, "weights": "none",
+                                    "trainable": trainable, "feature_views": 2})
+        torch.manual_seed(cfg.seed)  # as train() does: random weights depend on the seed
+        return cfg, build_transfer(cfg, SPEC)
+
+    cfg, model = build(earlier)
+    frozen_features(model, cfg, data, cpu, tmp_path, prefix=True)
+    cfg, model = build(later)
+    ran = []
+    model._chain[0].register_forward_pre_hook(lambda m, args: ran.append(m))
+    derived = frozen_features(model, cfg, data, cpu, tmp_path, prefix=True)
+    assert ran == [] and not derived.from_cache
+    assert len(list(tmp_path.glob("prefix-*.pt"))) == 2
+    again = frozen_features(model, cfg, data, cpu, tmp_path, prefix=True)
+    assert again.from_cache and torch.equal(again.train, derived.train)
+    full = torch.stack([extract(model, data.x_pool, cfg, v, None, prefix=True) for v in (0, 1)])
+    torch.testing.assert_close(derived.train, full[:, data.train_pos], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(derived.val, full[0, data.val_pos], rtol=1e-4, atol=1e-5)
+
+
 def test_the_prefix_cache_is_keyed_by_where_the_prefix_ends():
     from asl_sweep.models.features import feature_key
 
