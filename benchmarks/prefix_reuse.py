@@ -77,7 +77,7 @@ def main() -> None:
     row = {"case": "mobilenet_v2: the prefix before the last 5 blocks",
            "images x views": f"{len(data.x_pool)} x {a.shape[0]}",
            "prefix": "x".join(map(str, a.shape[2:])), "threads": args.threads,
-           **{f"{arm}: s": statistics.median(v) for arm, v in seconds.items()},
+           **{f"{arm}: s": round(statistics.median(v), 2) for arm, v in seconds.items()},
            **{f"{arm}: runs": v for arm, v in seconds.items()},
            "ratio": round(reused / plain, 3),
            "max diff": f"{float((a - b).abs().max() / a.abs().max()):.1e}"}

@@ -11,8 +11,8 @@ per cache, and the full model (test scoring, test-time views, predict) runs the 
 Cases: MobileNetV2 with its ImageNet weights, the whole backbone (the frozen head stages)
 and the prefix before the last 5 and last 3 blocks (fine_tune's cached part); ResNet-18 and
 AlexNet with random weights (theirs are not on this machine; the layout's speed does not
-depend on the values). Not timed: the fine-tuned blocks' epochs, which read the cached prefix
-in the layout they had before (extract makes it contiguous). "channels first (before)" puts
+depend on the values). Not timed here: the fine-tuned blocks' epochs on the cached prefix
+(stored contiguous by extract; benchmarks/suffix_channels_last.py). "channels first (before)" puts
 the old `_resized` back for that arm only; the arms alternate; seconds per 100 images,
 median over the rounds. `max diff` is the largest difference between the two arms' outputs
 relative to the outputs' largest magnitude: the same values up to float rounding."""

@@ -42,7 +42,8 @@ def channels_last_on_cpu(x: torch.Tensor) -> torch.Tensor:
     """A batch about to enter convolutions, channels-last where it is on a CPU: oneDNN's
     convolutions and pooling run faster on that layout (an epoch of the shipped CNNs
     0.68-0.86x the time, benchmarks/channels_last.py; MobileNetV2's frozen pass at 224px
-    0.60-0.71x, ResNet-18's and AlexNet's 0.77-0.84x, benchmarks/transfer_channels_last.py).
+    0.60-0.71x, ResNet-18's and AlexNet's 0.77-0.84x, benchmarks/transfer_channels_last.py;
+    a fine-tuning epoch on the cached prefix 0.78-0.83x, benchmarks/suffix_channels_last.py).
     Only the layout changes: the values are the same up to float rounding. GPUs keep the
     layout they had (not measured here)."""
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
