@@ -26,8 +26,7 @@ from asl_sweep.data.studydata import StudyData
 from asl_sweep.models.registry import CNN
 from asl_sweep.settings.config import apply_overrides
 from asl_sweep.settings.studyfile import load_study
-from asl_sweep.training.train import train
-from benchmarks.common import write_result
+from benchmarks.common import epoch_seconds, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {  # name: (study, image size, overrides of its base)
@@ -45,14 +44,6 @@ def _before(self: CNN, x: torch.Tensor) -> torch.Tensor:
 
 
 ARMS = {"channels first (before)": _before, "channels last (now)": NOW}
-
-
-def _epoch_seconds(cfg, data, epochs: int) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train(cfg.model_copy(update={"epochs": epochs, "device": "cpu"}), data,
-                       "cpu", cache_dir=Path(tmp))
-    timed = [s.seconds for s in result.history[1:]]
-    return statistics.median(timed), result.history[-1].val_acc
 
 
 def main() -> None:
@@ -78,7 +69,9 @@ def main() -> None:
                     for arm, forward in ARMS.items():
                         CNN.forward = forward
                         try:
-                            s, accuracy[arm] = _epoch_seconds(train_cfg, data, args.epochs)
+                            with tempfile.TemporaryDirectory() as tmp:
+                                s, accuracy[arm] = epoch_seconds(train_cfg, data, args.epochs,
+                                                                 Path(tmp))
                         finally:
                             CNN.forward = NOW
                         seconds[arm].append(round(s, 3))

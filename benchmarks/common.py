@@ -15,12 +15,25 @@ import torch
 
 from asl_sweep.cli import configure_logging, quiet_optuna
 from asl_sweep.data.studydata import SplitData, StudyData
-from asl_sweep.settings.config import DataConfig
+from asl_sweep.settings.config import DataConfig, TrainConfig
 
 configure_logging()  # the benchmarks' logs read like a user's console, not library warnings
 quiet_optuna()
 RESULTS = Path(__file__).parent / "results"
 ASL = Path(__file__).resolve().parents[2] / "shared" / "data" / "asl-alphabet-a-i"
+
+
+def epoch_seconds(cfg: TrainConfig, data: SplitData, epochs: int,
+                  cache_dir: Path) -> tuple[float, float]:
+    """One CPU training of `epochs` with the real trainer: the median seconds of its epochs
+    after the first (the first pays oneDNN's set-up and any cache fill; of one epoch, that
+    one) and its last validation accuracy."""
+    from asl_sweep.training.train import train
+
+    result = train(cfg.model_copy(update={"epochs": epochs, "device": "cpu"}), data, "cpu",
+                   cache_dir=cache_dir)
+    timed = [s.seconds for s in result.history[1:] or result.history]
+    return statistics.median(timed), result.history[-1].val_acc
 
 
 def shown(path: Path | str | None) -> str:

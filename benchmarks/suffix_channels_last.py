@@ -28,8 +28,7 @@ from asl_sweep.data.studydata import StudyData
 from asl_sweep.models.backbones import TransferModel
 from asl_sweep.settings.config import apply_overrides
 from asl_sweep.settings.studyfile import load_study
-from asl_sweep.training.train import train
-from benchmarks.common import machine, write_result
+from benchmarks.common import epoch_seconds, machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = TransferModel.from_prefix
@@ -43,13 +42,6 @@ def _before(self: TransferModel, h: torch.Tensor) -> torch.Tensor:
 
 
 ARMS = {"channels first (before)": _before, "channels last (now)": NOW}
-
-
-def _epoch_seconds(cfg, data, epochs: int, cache: Path) -> tuple[float, float]:
-    result = train(cfg.model_copy(update={"epochs": epochs, "device": "cpu"}), data, "cpu",
-                   cache_dir=cache)
-    timed = [s.seconds for s in result.history[1:] or result.history]
-    return statistics.median(timed), result.history[-1].val_acc
 
 
 def main() -> None:
@@ -69,7 +61,7 @@ def main() -> None:
         for blocks in [int(b) for b in args.blocks.split(",")]:
             cfg = apply_overrides(study.base, {**stage.fixed, **seeded,
                                                "transfer.trainable": blocks})
-            _epoch_seconds(cfg, data, 1, cache)  # fills the prefix cache both arms read
+            epoch_seconds(cfg, data, 1, cache)  # fills the prefix cache both arms read
             for threads in [int(t) for t in args.threads.split(",")]:
                 torch.set_num_threads(threads)
                 seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
@@ -78,7 +70,7 @@ def main() -> None:
                     for arm, from_prefix in ARMS.items():
                         TransferModel.from_prefix = from_prefix
                         try:
-                            s, accuracy[arm] = _epoch_seconds(cfg, data, args.epochs, cache)
+                            s, accuracy[arm] = epoch_seconds(cfg, data, args.epochs, cache)
                         finally:
                             TransferModel.from_prefix = NOW
                         seconds[arm].append(round(s, 3))
