@@ -267,7 +267,7 @@ class TransferModel(nn.Module):
         The prefix is stored channels-first (features.extract) and made channels-last here
         on a CPU, as the full pass is: a fine-tuning step of MobileNetV2's last 5 or 8 blocks
         takes about 0.8x the time (benchmarks/suffix_channels_last.py)."""
-        h = channels_last_on_cpu(h) if h.dim() == 4 else h
+        h = channels_last_on_cpu(h)
         for m in self._chain[self.cut:]:
             h = m(h)
         return self.head(h)

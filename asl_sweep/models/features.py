@@ -81,7 +81,7 @@ def _from_earlier_prefix(model, cfg: TrainConfig, data: SplitData, device: torch
         for start in range(0, len(view), EXTRACT_BATCH):
             signals.check()  # Ctrl-C / SIGTERM: stop between batches (nothing cached yet)
             h = view[start:start + EXTRACT_BATCH].to(device)
-            h = channels_last_on_cpu(h) if h.dim() == 4 else h
+            h = channels_last_on_cpu(h)
             with torch.autocast(device.type, amp, enabled=amp is not None):
                 for m in model._chain[cut:model.cut]:
                     h = m(h)

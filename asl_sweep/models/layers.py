@@ -45,8 +45,11 @@ def channels_last_on_cpu(x: torch.Tensor) -> torch.Tensor:
     0.60-0.71x, ResNet-18's and AlexNet's 0.77-0.84x, benchmarks/transfer_channels_last.py;
     a fine-tuning epoch on the cached prefix 0.78-0.83x, benchmarks/suffix_channels_last.py).
     Only the layout changes: the values are the same up to float rounding. GPUs keep the
-    layout they had (not measured here)."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
+    layout they had (not measured here), and so does a flat tensor (a prefix cut after the
+    flattening: AlexNet's linear layers), which has no channels to move."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def mlp_layers(in_features: int, cfg: TrainConfig, num_classes: int) -> list[nn.Module]:
