@@ -1,6 +1,7 @@
 """Fine-tuning on the cached prefix on a CPU with the prefix made channels-last before the
-fine-tuned blocks (models/backbones.py, TransferModel.from_prefix) against the channels-first
-layout the blocks had before, with the real trainer on transfer.yaml's fine_tune stage.
+fine-tuned blocks (models/backbones.py, TransferModel.from_prefix through `between`) against
+the channels-first layout the blocks had before, with the real trainer on transfer.yaml's
+fine_tune stage.
 
     .venv/bin/python -m benchmarks.suffix_channels_last [--rounds 3] [--epochs 4]
                                                         [--threads 1,2] [--blocks 5,8]

@@ -255,22 +255,23 @@ class TransferModel(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self._resized(x))
 
-    def prefix(self, x: torch.Tensor) -> torch.Tensor:
-        """The frozen part's output: what fine-tuning can cache once per image and view."""
-        h = self._resized(x)
-        for m in self._chain[:self.cut]:
+    def between(self, h: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """The backbone's modules start..stop of its chain on h, the output of the module
+        before `start`. A cached prefix is stored channels-first (features.extract) and made
+        channels-last here on a CPU, as the full pass is: a fine-tuning step of MobileNetV2's
+        last 5 or 8 blocks takes about 0.8x the time (benchmarks/suffix_channels_last.py)."""
+        h = channels_last_on_cpu(h)
+        for m in self._chain[start:stop]:
             h = m(h)
         return h
 
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output: what fine-tuning can cache once per image and view."""
+        return self.between(self._resized(x), 0, self.cut)
+
     def from_prefix(self, h: torch.Tensor) -> torch.Tensor:
-        """The fine-tuned blocks, the rest of the backbone and the head, from prefix(x).
-        The prefix is stored channels-first (features.extract) and made channels-last here
-        on a CPU, as the full pass is: a fine-tuning step of MobileNetV2's last 5 or 8 blocks
-        takes about 0.8x the time (benchmarks/suffix_channels_last.py)."""
-        h = channels_last_on_cpu(h)
-        for m in self._chain[self.cut:]:
-            h = m(h)
-        return self.head(h)
+        """The fine-tuned blocks, the rest of the backbone and the head, from prefix(x)."""
+        return self.head(self.between(h, self.cut))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

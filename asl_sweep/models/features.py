@@ -19,7 +19,6 @@ import torch
 
 from asl_sweep.data.augment import augment_batch
 from asl_sweep.data.studydata import SplitData
-from asl_sweep.models.layers import channels_last_on_cpu
 from asl_sweep.runtime import signals
 from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.settings.config import TrainConfig
@@ -81,10 +80,8 @@ def _from_earlier_prefix(model, cfg: TrainConfig, data: SplitData, device: torch
         for start in range(0, len(view), EXTRACT_BATCH):
             signals.check()  # Ctrl-C / SIGTERM: stop between batches (nothing cached yet)
             h = view[start:start + EXTRACT_BATCH].to(device)
-            h = channels_last_on_cpu(h)
             with torch.autocast(device.type, amp, enabled=amp is not None):
-                for m in model._chain[cut:model.cut]:
-                    h = m(h)
+                h = model.between(h, cut, model.cut)
             out.append(h.float().contiguous())
         views.append(torch.cat(out))
     return torch.stack(views)
