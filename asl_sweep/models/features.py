@@ -12,6 +12,7 @@ their augmentation and the seed that draws them, and the autocast precision."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,11 @@ import torch
 from asl_sweep.data.augment import augment_batch
 from asl_sweep.data.studydata import SplitData
 from asl_sweep.runtime import signals
+from asl_sweep.runtime.errors import ModelFileError
 from asl_sweep.runtime.files import atomic_torch_save, load_tensors
 from asl_sweep.settings.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 EXTRACT_BATCH = 64
 
@@ -57,6 +61,25 @@ def cache_path(cache_dir: Path | str, cfg: TrainConfig, model, data: SplitData,
     return Path(cache_dir) / f"{'features' if cut is None else 'prefix'}-{key[:24]}.pt"
 
 
+def _read_cached(path: Path, cfg: TrainConfig, data: SplitData) -> torch.Tensor | None:
+    """The pool's cached tensor [views, N_pool, ...], or None where the file is missing,
+    damaged or not what this key describes: a cache is rebuilt, never trusted, as the
+    decoded images' cache is (the rebuilt file replaces it)."""
+    if not path.exists():
+        return None
+    views, n_pool = views_of(cfg), len(data.x_pool)
+    try:
+        stored = load_tensors(path)  # names the path in its error
+        pool = stored.get("pool") if isinstance(stored, dict) else None
+        if not isinstance(pool, torch.Tensor) or pool.dim() < 3 or \
+                tuple(pool.shape[:2]) != (views, n_pool):
+            raise ModelFileError(f"{path}: holds no [{views}, {n_pool}, ...] tensor")
+    except ModelFileError as e:
+        log.warning("%s; the feature cache is computed again and replaced", e)
+        return None
+    return pool
+
+
 @torch.inference_mode()
 def _from_earlier_prefix(model, cfg: TrainConfig, data: SplitData, device: torch.device,
                          cache_dir: Path, amp: torch.dtype | None) -> torch.Tensor | None:
@@ -67,12 +90,11 @@ def _from_earlier_prefix(model, cfg: TrainConfig, data: SplitData, device: torch
     nearest earlier cut is taken; None where none is cached. The values are those of the
     full pass up to float rounding."""
     for cut in range(model.cut - 1, 0, -1):
-        path = cache_path(cache_dir, cfg, model, data, amp, cut)
-        if path.exists():
+        earlier = _read_cached(cache_path(cache_dir, cfg, model, data, amp, cut), cfg, data)
+        if earlier is not None:
             break
     else:
         return None
-    earlier = load_tensors(path)["pool"]
     model.eval()
     views = []
     for view in earlier:
@@ -112,12 +134,14 @@ def frozen_features(model, cfg: TrainConfig, data: SplitData, device: torch.devi
                     cache_dir: Path | None, amp: torch.dtype | None = None,
                     prefix: bool = False) -> FeatureSet:
     """The pool's features (prefix=True: the frozen prefix's output), from the cache when
-    its key matches; a prefix not cached from one that ends earlier where that is."""
+    its key matches (a damaged cache file is computed again and replaced); a prefix not
+    cached from one that ends earlier where that is."""
     path, pool, from_cache = None, None, False
     if cache_dir is not None:
         path = cache_path(cache_dir, cfg, model, data, amp, model.cut if prefix else None)
-        if path.exists():
-            pool, from_cache = load_tensors(path)["pool"].to(device), True
+        pool = _read_cached(path, cfg, data)
+        if pool is not None:
+            pool, from_cache = pool.to(device), True
     if pool is None and prefix and cache_dir is not None:
         pool = _from_earlier_prefix(model, cfg, data, device, Path(cache_dir), amp)
     if pool is None:

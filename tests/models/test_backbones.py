@@ -410,6 +410,47 @@ def test_a_prefix_ending_later_is_computed_from_a_cached_prefix_ending_earlier(
     torch.testing.assert_close(derived.val, full[0, data.val_pos], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "another shape", "no tensor"])
+def test_a_damaged_feature_cache_is_computed_again_and_replaced(tmp_path, caplog, damage):
+    """A cache file cut short, or holding what its key does not describe, is never trusted
+    and never stops the trial (as the decoded images' cache): the features are computed
+    again, equal to the first ones, the file replaced, one warning naming it. The same for
+    an earlier prefix that a later one would be computed from."""
+    data, cpu = _tiny_split(), torch.device("cpu")
+
+    def build(trainable):
+        cfg = TrainConfig(model="transfer", hidden=[8], transfer={
+            "backbone": "mobilenet_v2", "weights": "none", "trainable": trainable})
+        torch.manual_seed(cfg.seed)
+        return cfg, build_transfer(cfg, SPEC)
+
+    def damage_file(path):
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[:200])
+        else:
+            held = torch.zeros(1, 2, 3) if damage == "another shape" else [1, 2]
+            torch.save({"pool": held}, path)
+
+    cfg, model = build(0)
+    first = frozen_features(model, cfg, data, cpu, tmp_path)
+    (path,) = tmp_path.glob("features-*.pt")
+    damage_file(path)
+    again = frozen_features(model, cfg, data, cpu, tmp_path)
+    assert not again.from_cache and torch.equal(again.train, first.train)
+    assert frozen_features(model, cfg, data, cpu, tmp_path).from_cache  # replaced
+    assert [r.levelname for r in caplog.records if str(path) in r.getMessage()] == ["WARNING"]
+
+    cfg, model = build(8)
+    earlier = frozen_features(model, cfg, data, cpu, tmp_path, prefix=True)
+    (prefix_path,) = tmp_path.glob("prefix-*.pt")
+    damage_file(prefix_path)
+    cfg, model = build(5)
+    later = frozen_features(model, cfg, data, cpu, tmp_path, prefix=True)
+    full = torch.stack([extract(model, data.x_pool, cfg, 0, None, prefix=True)])
+    torch.testing.assert_close(later.train, full[:, data.train_pos])
+    assert earlier.train.shape != later.train.shape
+
+
 def test_the_prefix_cache_is_keyed_by_where_the_prefix_ends():
     from asl_sweep.models.features import feature_key
 
