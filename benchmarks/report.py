@@ -15,12 +15,22 @@ TABLES = Path(__file__).parent / "notes" / "tables.md"  # every table of every b
 DATA = {"curves"}  # recorded data other benchmarks read (pruning_replay), not figures
 
 
+def _cell(value) -> str:
+    """A table cell; a scored model (a dict with its `summary`, as a study's final models
+    are) is its summary line, not its per-person records."""
+    if isinstance(value, dict) and any(isinstance(v, dict) and "summary" in v
+                                       for v in value.values()):
+        return "; ".join(f"{k}: {v['summary'] if isinstance(v, dict) and 'summary' in v else v}"
+                         for k, v in value.items())
+    return str(value)
+
+
 def _table(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     keys = [k for k in rows[0] if k not in DATA]
     return ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-            *("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows), ""]
+            *("| " + " | ".join(_cell(r.get(k, "")) for k in keys) + " |" for r in rows), ""]
 
 
 def _rows(value) -> bool:
