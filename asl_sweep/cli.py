@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="Markdown + HTML report with plots, logged to MLflow")
     _study_args(report)
-    report.add_argument("--out", type=_out_folder, help="report folder (default <home>/reports/<study>)")
+    report.add_argument("--out", type=_out_folder,
+                        help="report folder (default <home>/reports/<study>)")
 
     exp = sub.add_parser("export", help="best model -> TorchScript / ONNX / MLflow registry")
     _study_args(exp)
@@ -196,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                      metavar="{torchscript,onnx,mlflow,all}",
                      help="which forms to write, one or several with commas (onnx,mlflow); "
                      "default all")
-    exp.add_argument("--out", type=_out_folder, help="folder for the files (default <home>/exports/<study>)")
+    exp.add_argument("--out", type=_out_folder,
+                     help="folder for the files (default <home>/exports/<study>)")
 
     ev = sub.add_parser("evaluate", help="score a stage's stored checkpoints on the test (or "
                         "validation) split")

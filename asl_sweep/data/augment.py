@@ -14,7 +14,8 @@ from asl_sweep.settings.config import AugmentConfig
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Augment float [B, C, H, W] in [0, 1]: crop, zoom out, shift, rotate (and turn a
-    quarter), mirror, perspective and TrivialAugment's geometric ops in one warp; then TrivialAugment's pixel ops, colour jitter, blur, erasing."""
+    quarter), mirror, perspective and TrivialAugment's geometric ops in one warp; then
+    TrivialAugment's pixel ops, colour jitter, blur, erasing."""
     b, _, h, w = x.shape
     warp = None
 
@@ -33,7 +34,8 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     if cfg.translate > 0:
         d = (torch.rand(2, b, generator=generator) * 2 - 1) * cfg.translate
         then(geometry.shift(d[0], d[1]))
-    angles = (torch.rand(b, generator=generator) * 2 - 1) * cfg.rotation if cfg.rotation > 0 else None
+    angles = ((torch.rand(b, generator=generator) * 2 - 1) * cfg.rotation
+              if cfg.rotation > 0 else None)
     mirror = torch.rand(b, generator=generator) < 0.5 if cfg.flip else None
     if cfg.turn > 0:
         turned = torch.rand(b, generator=generator) < cfg.turn

@@ -168,7 +168,8 @@ def _draw(letter: str, size: int, style: Style, rng: np.random.Generator) -> np.
     font_px = max(6, int(size * np.clip(style.scale + rng.normal(0, 0.07), 0.35, 0.9)))
     stroke = int(round(font_px * np.clip(style.stroke + rng.normal(0, 0.02), 0, 0.15)))
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    ImageDraw.Draw(layer).text((size / 2, size / 2), letter, font=ImageFont.load_default(size=font_px),
+    ImageDraw.Draw(layer).text((size / 2, size / 2), letter,
+                               font=ImageFont.load_default(size=font_px),
                                anchor="mm", fill=ink, stroke_width=stroke, stroke_fill=ink)
     shift = np.asarray(style.offset) * size + rng.normal(0, size / 14, 2)
     layer = layer.rotate(float(style.slant + rng.normal(0, 8)), resample=Image.BILINEAR,

@@ -26,7 +26,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: TrainConfig, spec: InputSpec):
         super().__init__()
         self.normalize = Normalize(spec.mean, spec.std)
-        self.classifier = nn.Sequential(*mlp_layers(3 * spec.image_size ** 2, cfg, spec.num_classes))
+        self.classifier = nn.Sequential(*mlp_layers(3 * spec.image_size ** 2, cfg,
+                                                    spec.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.normalize(x).flatten(1))

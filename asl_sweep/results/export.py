@@ -334,9 +334,10 @@ def model_description(exported: Exported) -> str:
             f"Data: {source}, {len(exported.classes)} classes "
             f"({', '.join(exported.classes)}), {exported.image_size} px. "
             f"Study {exported.cfg.study}: stage {exported.view.stage.name}'s configuration, "
-            f"{exported.described}, test accuracy {exported.scored.accuracy:.3f}. Input: float32 RGB images "
-            "[B, 3, H, W] of any size, 0-255 or 0-1 (an image with a value above 1 is read as "
-            "0-255); see the model card (MODEL_CARD.md from `asl-sweep export`).")
+            f"{exported.described}, test accuracy {exported.scored.accuracy:.3f}. Input: "
+            "float32 RGB images [B, 3, H, W] of any size, 0-255 or 0-1 (an image with a "
+            "value above 1 is read as 0-255); see the model card (MODEL_CARD.md from "
+            "`asl-sweep export`).")
 
 
 def _source(data) -> str:

@@ -102,7 +102,8 @@ def write_report(cfg: StudyConfig, ws: Workspace, out: Path | None = None, log=p
     if cfg.description:
         doc.p(cfg.description)
     data = cfg.data
-    doc.p(f"Data: {data.root or f'built-in synthetic {data.synthetic.kind} (letters A-I)'}, {data.image_size}px; "
+    source = data.root or f"built-in synthetic {data.synthetic.kind} (letters A-I)"
+    doc.p(f"Data: {source}, {data.image_size}px; "
           f"test {data.test_fraction}, validation {data.val_fraction}, split seed {data.seed}, "
           + ("person-disjoint" if data.root is None or data.group_pattern
              else "stratified by class") + f". Generated {datetime.now():%Y-%m-%d %H:%M}.")

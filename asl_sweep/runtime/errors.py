@@ -130,7 +130,8 @@ def _other_version(text: str) -> str:
             f"version{versions}: {todo}")
 
 
-_OPTUNA_TABLES = re.compile(r"\b(studies|study_\w+|trials|trial_\w+|version_info|alembic_version)\b")
+_OPTUNA_TABLES = re.compile(r"\b(studies|study_\w+|trials|trial_\w+|version_info|"
+                            r"alembic_version)\b")
 _MLFLOW_TABLES = re.compile(r"\b(experiments|experiment_tags|runs|metrics|latest_metrics|params|"
                             r"tags|registered_models|model_versions|\w+_tags|inputs|datasets|"
                             r"logged_models|trace_\w+)\b")
@@ -251,8 +252,8 @@ def environment_fault(error: BaseException, store: str = "a store") -> UserError
             return WriteError.of(path, OSError(number, os.strerror(number), path))
         fault = next((f for f in _STORE_FAULTS if f in text), None)
         if fault:
-            return StoreError(f"{_which_store(text, store)} could not be written ({fault}); nothing "
-                              "recorded was lost: free space or make the folder writable, "
+            return StoreError(f"{_which_store(text, store)} could not be written ({fault}); "
+                              "nothing recorded was lost: free space or make the folder writable, "
                               "then rerun the same command")
         if _MLFLOW_SCHEMA in text or _OPTUNA_SCHEMA in text:
             return StoreError(_other_version(text))

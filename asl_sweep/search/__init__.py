@@ -48,10 +48,12 @@ _FRONT_DOOR = {
     "optuna_storage": "store", "serve_proxy": "store", "load_stage_study": "store",
     "stage_trials": "store", "read": "state", "StageKey": "state", "TrialKey": "state",
     "Role": "state", "Failure": "state", "outcome_of": "state", "SEARCH_ROLES": "state",
-    "gone_here": "state", "final_scorer": "state", "STUDY_RECORD": "state", "silent_trials": "store", "SummaryKey": "state",
+    "gone_here": "state", "final_scorer": "state", "STUDY_RECORD": "state",
+    "silent_trials": "store", "SummaryKey": "state",
     "StageView": "stageview",
-    "StageResult": "selection", "role_of": "selection", "signed": "selection", "final_result": "record",
-    "stored_data": "record", "recorded_study": "record", "recorded_studies": "record", "shown_settings": "progress",
+    "StageResult": "selection", "role_of": "selection", "signed": "selection",
+    "final_result": "record", "stored_data": "record", "recorded_study": "record",
+    "recorded_studies": "record", "shown_settings": "progress",
 }
 __all__ = sorted(_FRONT_DOOR)
 

@@ -441,8 +441,10 @@ def failure_lines(b: dict, split: str = "test", limit: int = 5) -> list[str]:
     off = [(int(m[i, j]), names[i], names[j]) for i in range(len(names))
            for j in range(len(names)) if i != j and m[i, j]]
     if off:
-        lines.append(f"most confused on {split} (true -> predicted, images over repeats): " + ", ".join(
-            f"{a} -> {p} {n}" for n, a, p in sorted(off, key=lambda o: -o[0])[:limit]))
+        pairs = ", ".join(f"{a} -> {p} {n}"
+                          for n, a, p in sorted(off, key=lambda o: -o[0])[:limit])
+        lines.append(f"most confused on {split} (true -> predicted, images over repeats): "
+                     + pairs)
     return lines
 
 

@@ -144,8 +144,9 @@ def _data_lines(cfg: StudyConfig) -> list[str]:
     shown_classes = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
     line = (f"data: {data_source(cfg)}: {len(names)} images ({shown_classes})"
             + (f", {skipped} skipped (data.on_bad_image: skip)" if skipped else "")
-            + f", {cfg.data.image_size}px; {describe_splits(cfg.data, splits, groups, len(classes))}"
-            " (test scored once, after the search)")
+            + f", {cfg.data.image_size}px; "
+            + describe_splits(cfg.data, splits, groups, len(classes))
+            + " (test scored once, after the search)")
     return [line, *people_notes(cfg, names, groups)]
 
 

@@ -41,9 +41,11 @@ class Session:
     bars: bool = False  # a progress bar per trial (a terminal, one worker)
     workers_seen: int = 1  # the most workers this process has seen on one of its stages
     closed_runs: set[str] = field(default_factory=set)  # lost trials already closed in MLflow
-    lost_looked: dict[str, float] = field(default_factory=dict)  # stage study: next look (monotonic)
+    # stage study: when to look for its lost trials next (time.monotonic)
+    lost_looked: dict[str, float] = field(default_factory=dict)
     lost_swept: set[str] = field(default_factory=set)  # stage studies looked at whole (`every`)
-    began: datetime.datetime = field(default_factory=datetime.datetime.now)  # as Optuna times trials
+    # local time, as Optuna times trials
+    began: datetime.datetime = field(default_factory=datetime.datetime.now)
     # a decided stage found this run to have started from other settings than the command's
     # (study.run_stage): no stage still to run may start from them
     edited: str | None = None

@@ -112,7 +112,8 @@ def _shown(drawn: BaseDistribution) -> str:
     if isinstance(drawn, CategoricalDistribution):
         return "[" + ", ".join(json.dumps(_decode(c)) for c in drawn.choices) + "]"
     log = ", log" if getattr(drawn, "log", False) else ""
-    return f"{type(drawn).__name__.removesuffix('Distribution').lower()} {drawn.low} to {drawn.high}{log}"
+    kind = type(drawn).__name__.removesuffix("Distribution").lower()
+    return f"{kind} {drawn.low} to {drawn.high}{log}"
 
 
 def decode_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -762,7 +762,8 @@ def fail_dead_trials(study: optuna.Study, every: bool = True,
     if failed:
         trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in retries_of(t)}
-    lost = [t for t in trials if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
+    lost = [t for t in trials
+            if t.state == TrialState.FAIL and TrialKey.FAILURE not in t.user_attrs]
     queued = [t for t in lost if t.number not in retried and _queue_lost(study, t, now)]
     now_trials = study.get_trials(deepcopy=False) if queued else trials
     # What this call found (or Optuna's heartbeat check in it).

@@ -465,7 +465,8 @@ def _search(session: Session, stage: StageConfig, study: optuna.Study, runner: T
     idle, finished = Idle(session), None
     # The process's first look for dead trials of the stage reads its trials for the budget.
     trials: list[FrozenTrial] | None = _fit_budget(
-        session, study, stage, shared, _close_lost_runs(session, study) or study.get_trials(deepcopy=False))
+        session, study, stage, shared,
+        _close_lost_runs(session, study) or study.get_trials(deepcopy=False))
     while True:
         signals.check()
         trials = _close_lost_runs(session, study) or trials or study.get_trials(deepcopy=False)

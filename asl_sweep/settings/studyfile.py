@@ -197,7 +197,8 @@ def build_study(raw: dict, source: str, overrides: list[str] | None = None,
             continue
         if trials is not None:
             stage["trials"] = trials
-        if epochs is not None and isinstance(stage.get("fixed"), dict) and "epochs" in stage["fixed"]:
+        fixed = stage.get("fixed")
+        if epochs is not None and isinstance(fixed, dict) and "epochs" in fixed:
             stage["fixed"]["epochs"] = epochs
     if epochs is not None and isinstance(raw.get("base") or {}, dict):
         raw["base"] = {**(raw.get("base") or {}), "epochs": epochs}

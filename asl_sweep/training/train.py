@@ -427,7 +427,8 @@ def train(cfg: TrainConfig, data: SplitData, device: torch.device | str | None =
                                half)
             history.append(stats)
             if monitor.best(history) is stats:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().to("cpu", copy=True)
+                              for k, v in model.state_dict().items()}
             stop = early is not None and monitor.stalled(history, early.patience, early.min_delta)
             final = stop or epoch == cfg.epochs
             # A resume point every `checkpoint_every` epochs, but not more often than every
