@@ -553,6 +553,8 @@ def _say(line: str) -> None:
 
 
 def cmd_run(args) -> int:
+    # $ASL_SWEEP_WORKERS, read before torch loads: a bad value is refused in under a second.
+    requested = _workers_default() if args.workers is None else args.workers
     with signals.at_once():  # reading the study file, loading torch: nothing recorded yet
         cfg, ws = _recorded(args) or _load(args)
         from asl_sweep.search import input_lines, plan_lines
@@ -567,8 +569,8 @@ def cmd_run(args) -> int:
         from asl_sweep.results.leaderboard import print_leaderboard
         from asl_sweep.search import resolve_workers, run_pool
 
-    workers = resolve_workers(cfg, _workers_default() if args.workers is None else args.workers,
-                              args.per_device, say=_say, networked=ws.networked_stores())
+    workers = resolve_workers(cfg, requested, args.per_device, say=_say,
+                              networked=ws.networked_stores())
     code = run_pool(cfg, ws, workers, _study_argv(args), bars=sys.stdout.isatty(), say=_say)
     if code != 0:
         return code

@@ -20,14 +20,19 @@ from asl_sweep.runtime.errors import ConfigError
 ])
 def test_a_bad_variable_stops_the_command_at_the_start_naming_it(write_study, tmp_path, name,
                                                                  value, message):
-    proc = subprocess.run([sys.executable, "-m", "asl_sweep.cli", "run", str(write_study()),
-                           "--home", str(tmp_path / "mlruns")],
+    # -X importtime lists every module the command loaded (on stderr, before its error).
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "asl_sweep.cli", "run",
+                           str(write_study()), "--home", str(tmp_path / "mlruns")],
                           env={**os.environ, name: value}, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"error: {message}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "mlruns" / "optuna.db").exists()  # before anything was recorded
+    # ... and before torch was loaded (seconds): $ASL_SWEEP_WORKERS was read after it.
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+              if line.startswith("import time:")}
+    assert "asl_sweep.runtime.environment" in loaded and "torch" not in loaded
 
 
 @pytest.mark.parametrize("value, seconds", [("", 120.0), ("0", 0.0), ("2.5", 2.5)])
