@@ -153,8 +153,6 @@ def _data_lines(cfg: StudyConfig) -> list[str]:
 def _weights_lines(cfg: StudyConfig) -> list[str]:
     """Where each pretrained backbone a stage trains (its base, fixed settings and searched
     backbones) finds its weights: a file here, or a download a run will make."""
-    from asl_sweep.models.backbones import weights_note
-
     wanted: dict[tuple[str, str], None] = {}
     for stage in cfg.stages:
         train = apply_overrides(cfg.base, stage.fixed)
@@ -163,6 +161,10 @@ def _weights_lines(cfg: StudyConfig) -> list[str]:
         searched = getattr(stage.space.get("transfer.backbone"), "choices", None)
         for backbone in searched or [train.transfer.backbone]:
             wanted[(str(backbone), train.transfer.weights)] = None
+    if not wanted:  # no pretrained backbone: torchvision (2 s to load) is not needed
+        return []
+    from asl_sweep.models.backbones import weights_note
+
     return [weights_note(backbone, weights) for backbone, weights in wanted]
 
 
