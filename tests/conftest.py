@@ -44,6 +44,16 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory):
+    """The user's cache, where asl-sweep keeps its blank MLflow store, is this run's own:
+    one folder for the run's test processes and every process they start (pytest-xdist's
+    workers share the parent of their base folders), never the user's ~/.cache."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    os.environ["XDG_CACHE_HOME"] = str(root / "user-cache")
+
+
 @pytest.fixture(autouse=True)
 def _no_outage_carried_over():
     """Each test starts as a fresh command's process does: no store given up or said to be
