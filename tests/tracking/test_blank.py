@@ -7,9 +7,13 @@ from asl_sweep.tracking import blank
 from asl_sweep.tracking.tracker import Tracker
 
 
-def _schema(db_file) -> set[str]:
+def _schema(db_file) -> dict[str, list[str]]:
+    """Each table's and index's definition, its lines sorted: two stores MLflow builds in two
+    processes list a table's constraints in different orders (Python's hash seed)."""
     with contextlib.closing(sqlite3.connect(db_file)) as db:
-        return {row[0] for row in db.execute("SELECT sql FROM sqlite_master WHERE sql NOT NULL")}
+        return {name: sorted(line.strip().rstrip(",") for line in sql.splitlines())
+                for name, sql in db.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE sql NOT NULL")}
 
 
 def _version(db_file) -> str:
