@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def cache_folder() -> Path | None:
-    """Where the blank stores are kept; None where the user has no home folder."""
+    """Where the blank stores are kept; None where the user has no home folder. A relative
+    $XDG_CACHE_HOME is ignored, as the XDG base directory rules say."""
     root = os.environ.get("XDG_CACHE_HOME")
-    if not root:
+    if not root or not os.path.isabs(root):
         try:
             root = str(Path.home() / ".cache")
         except RuntimeError:  # no $HOME and no passwd entry
@@ -51,7 +52,8 @@ def _is_blank(file: Path) -> bool:
     """Whether `file` is a store this module wrote: MLflow's tables, a schema version, and
     no experiment, run or model in it."""
     try:
-        with contextlib.closing(sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True)) as db:
+        with contextlib.closing(sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro",
+                                                uri=True)) as db:
             tables = {row[0] for row in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not {"experiments", "runs", "alembic_version"} <= tables:

@@ -75,3 +75,12 @@ def test_a_cache_that_cannot_be_written_leaves_the_store_to_mlflow(tmp_path, mon
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file" / "below"))
     tracker = Tracker(Workspace.at(tmp_path / "home").prepare())
     assert [e.name for e in tracker.client.search_experiments()] == ["Default"]
+
+
+def test_a_relative_cache_variable_is_ignored_as_xdg_says(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert blank.cache_folder() == tmp_path / "user" / ".cache" / "asl-sweep"
+    monkeypatch.chdir(tmp_path)
+    Tracker(Workspace.at(tmp_path / "home").prepare())
+    assert blank.blank_path().exists() and not (tmp_path / "relative").exists()
