@@ -61,7 +61,8 @@ def _is_blank(file: Path) -> bool:
             if db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] != 1:
                 return False
             return not any(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
-                           for table in ("experiments", "runs"))
+                           for table in ("experiments", "runs", "registered_models")
+                           if table in tables)
     except (sqlite3.Error, OSError):
         return False
 
