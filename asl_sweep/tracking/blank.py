@@ -109,7 +109,7 @@ def seed(tracking_uri: str, build: Callable[[str], None]) -> bool:
         part.write_bytes(blank.read_bytes())
         os.link(part, target)  # whole, and never over a store another process just made
     except FileExistsError:
-        pass  # another process of this study made it first: it is the store
+        return False  # another process of this study made it first: it is the store
     except OSError as e:  # a home that cannot be written, a full disk: MLflow will say so
         log.debug("the MLflow store %s was not copied from %s: %s", target, blank, e)
         return False
