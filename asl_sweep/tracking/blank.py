@@ -99,8 +99,10 @@ def seed(tracking_uri: str, build: Callable[[str], None]) -> bool:
     if not tracking_uri.startswith("sqlite:///"):
         return False  # a database server's or a tracking server's store: MLflow's to build
     target = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
+    if target.exists() or not target.parent.is_dir():
+        return False  # every later command: one look, no version lookup
     blank = blank_path()
-    if blank is None or target.exists() or not target.parent.is_dir():
+    if blank is None:
         return False
     if not _is_blank(blank) and not _make_blank(blank, build):
         return False
