@@ -64,10 +64,15 @@ class Workspace:
                                   "(mlflow.db)")
 
     @property
+    def tracking_file(self) -> Path | None:
+        """The MLflow store's SQLite file (None for a database or tracking server)."""
+        return _sqlite_file(self.tracking_uri)
+
+    @property
     def has_tracking_store(self) -> bool:
         """Whether there is an MLflow store to read: a server, or the SQLite file the URI
         names (which merely opening it would create)."""
-        file = _sqlite_file(self.tracking_uri)
+        file = self.tracking_file
         return file is None or file.exists()
 
     @property
@@ -217,6 +222,14 @@ def _database_of(url: str) -> tuple | None:
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433}
 
 
+def read_only(file: Path):
+    """A SQLite file opened read-only (never created, never written), by its absolute path:
+    a relative one (`--tracking sqlite:///mlflow.db`) has no file URI."""
+    import sqlite3
+
+    return sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro", uri=True)
+
+
 def _sqlite_tables(url: str) -> set[str]:
     """The tables of an existing SQLite store (read-only; none for a new one or a server)."""
     import sqlite3
@@ -225,7 +238,7 @@ def _sqlite_tables(url: str) -> set[str]:
     if file is None or not file.is_file():
         return set()
     try:
-        with contextlib.closing(sqlite3.connect(f"{file.as_uri()}?mode=ro", uri=True)) as db:
+        with contextlib.closing(read_only(file)) as db:
             return {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     except sqlite3.Error:  # damaged: the store's own opening says so
         return set()

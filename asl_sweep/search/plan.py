@@ -161,7 +161,7 @@ def _weights_lines(cfg: StudyConfig) -> list[str]:
         searched = getattr(stage.space.get("transfer.backbone"), "choices", None)
         for backbone in searched or [train.transfer.backbone]:
             wanted[(str(backbone), train.transfer.weights)] = None
-    if not wanted:  # no pretrained backbone: torchvision (2 s to load) is not needed
+    if not wanted:  # no pretrained backbone: torchvision is not loaded
         return []
     from asl_sweep.models.backbones import weights_note
 

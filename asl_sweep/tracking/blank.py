@@ -24,6 +24,8 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from asl_sweep.runtime.workspace import read_only
+
 log = logging.getLogger(__name__)
 
 
@@ -52,8 +54,7 @@ def _is_blank(file: Path) -> bool:
     """Whether `file` is a store this module wrote: MLflow's tables, a schema version, and
     no experiment, run or model in it."""
     try:
-        with contextlib.closing(sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro",
-                                                uri=True)) as db:
+        with contextlib.closing(read_only(file)) as db:
             tables = {row[0] for row in db.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not {"experiments", "runs", "alembic_version"} <= tables:
@@ -92,14 +93,11 @@ def _make_blank(blank: Path, build: Callable[[str], None]) -> bool:
         return False
 
 
-def seed(tracking_uri: str, build: Callable[[str], None]) -> bool:
-    """Make the sqlite store at `tracking_uri` a copy of the blank store, if it does not exist
-    yet (the blank is made first where it is missing or not one). True where it was copied;
-    False leaves the store to MLflow."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return False  # a database server's or a tracking server's store: MLflow's to build
-    target = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-    if target.exists() or not target.parent.is_dir():
+def seed(target: Path | None, build: Callable[[str], None]) -> bool:
+    """Make the SQLite store `target` a copy of the blank store, if it does not exist yet (the
+    blank is made first where it is missing or not one). True where it was copied; False
+    leaves the store to MLflow, as for a database or tracking server's (`target` None)."""
+    if target is None or target.exists() or not target.parent.is_dir():
         return False  # every later command: one look, no version lookup
     blank = blank_path()
     if blank is None:

@@ -158,7 +158,7 @@ class Tracker:
         try:
             if not (workspace.tracking_server or workspace.tracking_uri.startswith("sqlite")):
                 retrying(_reach, self._store)(workspace.tracking_uri)
-            blank.seed(workspace.tracking_uri, _build_store)  # a new home: copied, not migrated
+            blank.seed(workspace.tracking_file, _build_store)  # a new home: copied, not migrated
             client = MlflowClient(tracking_uri=workspace.tracking_uri,
                                   registry_uri=workspace.tracking_uri)
             self.client = (client if workspace.tracking_uri.startswith("sqlite")

@@ -92,6 +92,26 @@ def test_optuna_and_mlflow_are_refused_one_database_or_each_others(tmp_path):
     Workspace.at(home)  # each in its own file
 
 
+def test_stores_named_by_relative_sqlite_urls_are_read(tmp_path, monkeypatch):
+    """`--storage sqlite:///optuna.db` (relative, as SQLAlchemy reads it): its file was opened
+    by a file URI, which a relative path has none of, and the check was a ValueError
+    traceback; an MLflow store given for --storage so is refused in its one line."""
+    import sqlite3
+
+    from asl_sweep.runtime.errors import ConfigError
+    from asl_sweep.runtime.workspace import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    sqlite3.connect("optuna.db").execute("CREATE TABLE studies (x)")
+    sqlite3.connect("mlflow.db").execute("CREATE TABLE experiments (x)")
+    made = Workspace.at(tmp_path / "home", storage="sqlite:///optuna.db",
+                        tracking_uri="sqlite:///mlflow.db")
+    assert str(made.tracking_file) == "mlflow.db"
+    with pytest.raises(ConfigError, match=r"^--storage sqlite:///mlflow.db: an MLflow store"):
+        Workspace.at(tmp_path / "home", storage="sqlite:///mlflow.db",
+                     tracking_uri="sqlite:///optuna.db")
+
+
 def test_a_sqlite_store_on_a_network_file_system_is_named(tmp_path):
     """A cluster's home folder on NFS: the stores in it are named with the file system's
     type; stores on servers are no file of this machine's."""
