@@ -235,8 +235,9 @@ _RENAME = (" (a zip made on another system?): rename it, e.g. convmv -f cp1252 -
 
 
 def _unusable(path: Path) -> str | None:
-    if not is_text(path.name):
-        return f"its name is not UTF-8 text{_RENAME}"
+    if not is_text(path):  # its own name, or a sub-folder's inside the class folder
+        return (f"its {'name' if not is_text(path.name) else 'folder'} is not UTF-8 text"
+                f"{_RENAME}")
     if path.is_symlink() and not path.exists():
         return "a dangling symbolic link"
     if path.is_dir():  # a link to a folder: the scan does not follow it (it could lead up
@@ -347,7 +348,7 @@ def _report_copies(root: Path, files: list[Path], labels: list[int], copies: lis
         return
     extra = sum(len(c) - 1 for c in copies)
     two_classes = sum(len({labels[i] for i in c}) > 1 for c in copies)
-    shown = "; ".join(" = ".join(str(files[i].relative_to(root)) for i in c[:3])
+    shown = "; ".join(" = ".join(as_text(files[i].relative_to(root)) for i in c[:3])
                       + (" ..." if len(c) > 3 else "") for c in copies[:3]) + (
         " ..." if len(copies) > 3 else "")
     log(f"warning: {extra} file(s) are byte-for-byte copies of another ({shown})"
@@ -431,7 +432,7 @@ def decode_folder(root: Path, files: list[Path], labels: list[int], classes: lis
     for path, label, result in zip(files, labels, decoded, strict=True):
         if isinstance(result, str):
             _bad(path, f"cannot be decoded as an image ({result})", on_bad)
-            skipped.append(f"{path.relative_to(root)}: {result}")
+            skipped.append(f"{as_text(path.relative_to(root))}: {result}")
             continue
         arrays.append(result)
         kept_labels.append(label)

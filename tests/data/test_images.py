@@ -241,9 +241,10 @@ def test_a_heic_photo_without_pillow_heif_says_what_it_needs(image_folder):
 
 
 def test_a_name_in_another_encoding_is_one_line_naming_it(image_folder, tmp_path):
-    """A file or class folder named in Latin-1 (a zip made on Windows, unpacked here) was a
-    UnicodeEncodeError traceback from the folder's digest; now one line, its byte shown
-    escaped, saying how to rename; with on_bad_image: skip the file is left out."""
+    """A file, a class folder or a folder inside one named in Latin-1 (a zip made on
+    Windows, unpacked here) was a UnicodeEncodeError traceback from the folder's digest; now
+    one line, its byte shown escaped, saying how to rename; with on_bad_image: skip the file
+    is left out."""
     bad = os.fsdecode(bytes(image_folder) + b"/A/caf\xe9.png")
     Image.new("RGB", (20, 20)).save(bad)
     with pytest.raises(DataError) as e:
@@ -254,6 +255,13 @@ def test_a_name_in_another_encoding_is_one_line_naming_it(image_folder, tmp_path
     s = load_image_set(DataConfig(root=image_folder, image_size=16, on_bad_image="skip"), 16,
                        tmp_path / "c2", log=messages.append)
     assert len(s) == 18 and "A/caf\\xe9.png: its name is not UTF-8" in messages[0]
+    os.remove(bad)  # a sub-folder of a class folder so named: a traceback until now
+    os.makedirs(os.fsdecode(bytes(image_folder) + b"/A/caf\xe9"))
+    Image.new("RGB", (20, 20)).save(os.fsdecode(bytes(image_folder) + b"/A/caf\xe9/p9.png"))
+    with pytest.raises(DataError) as e:
+        load(image_folder, tmp_path / "c4")
+    assert str(e.value).startswith(f"{image_folder}/A/caf\\xe9/p9.png: its folder is not "
+                                   "UTF-8 text (a zip made on another system?): rename it")
     os.rename(os.fsdecode(bytes(image_folder) + b"/B"),
               os.fsdecode(bytes(image_folder) + b"/B\xe9"))
     with pytest.raises(DataError, match=r"B\\xe9: a class folder whose name is not UTF-8"):
