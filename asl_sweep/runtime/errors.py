@@ -21,9 +21,16 @@ def is_text(name: str | os.PathLike) -> bool:
     return True
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def as_text(path: str | os.PathLike) -> str:
-    """A path as a message can show it: bytes that are not UTF-8 as \\xNN escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path as a message can show it on one line: bytes that are not UTF-8 as \\xNN
+    escapes, and a control character in a name (a newline a script put in a file name) as
+    \\n, \\t or \\xNN, as `ls -b` shows it, so that it cannot split a line or a table row."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m[0], f"\\x{ord(m[0]):02x}"), text)
 
 
 def not_text_folder(said: str) -> str:

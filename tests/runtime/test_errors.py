@@ -1,11 +1,13 @@
-"""A store fault names the store: which database a failed statement was writing."""
+"""A store fault names the store: which database a failed statement was writing; a path in
+a message stays on its one line."""
 
+import os
 import sqlite3
 
 import pytest
 import sqlalchemy.exc
 
-from asl_sweep.runtime.errors import StoreError, environment_fault
+from asl_sweep.runtime.errors import StoreError, as_text, environment_fault
 
 
 @pytest.mark.parametrize("statement, store", [
@@ -104,3 +106,14 @@ def test_a_disk_fault_a_library_kept_only_as_text_is_one_line_naming_the_file():
     plain = RuntimeError("[Errno 27] File too large: '/t/c.bin'")
     assert str(environment_fault(plain)).startswith("/t/c.bin: could not be written (File too")
     assert environment_fault(RuntimeError("[Errno 2] No such file or directory: 'x'")) is None
+
+
+def test_a_path_is_shown_on_one_line_whatever_its_name_holds():
+    """A newline, a tab or an escape in a file name (a script's, a download's) split the
+    error line predict printed for it, and could send the terminal a control sequence; a
+    name in another encoding is shown by its bytes."""
+    shown = as_text("photos/new\nline\t\x1b[31mred\x7f.png")
+    assert shown == "photos/new\\nline\\t\\x1b[31mred\\x7f.png"
+    assert shown.isprintable()
+    assert as_text(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
+    assert as_text("caf\u00e9 \u624b.png") == "caf\u00e9 \u624b.png"  # UTF-8 text as it is
