@@ -4,6 +4,7 @@ Imports no torch; studyfile.py builds it from YAML."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -439,9 +440,11 @@ def _meant(loc: tuple) -> str | None:
     return ".".join(str(p) for p in (*loc[:-1], meant)) if meant else None
 
 
-def format_validation_error(e: ValidationError) -> str:
+def format_validation_error(e: ValidationError,
+                            origin: Callable[[str], str | None] | None = None) -> str:
     """Every error of a validation, one per line, each with its key path (and, for a key
-    that is not a setting, the one it most likely meant)."""
+    that is not a setting, the one it most likely meant; `origin`: where the value at a
+    dotted key path came from, where not from the file)."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"])
@@ -451,7 +454,12 @@ def format_validation_error(e: ValidationError) -> str:
         rule = NAME_RULES.get((err.get("ctx") or {}).get("pattern"))
         if err["type"] == "string_pattern_mismatch" and rule:
             msg = f"{err['input']!r} is not a name it takes: {rule}"
-        if msg.startswith("."):  # a nested validator already named the rest of the path
+        nested = msg.startswith(".")  # a nested validator already named the rest of the path
+        head = msg.split(":", 1)[0]  # or the whole path, from a check of the whole study
+        path = loc + head if nested else loc or (head if " " not in head else "")
+        if origin is not None and (given := origin(path)):
+            msg += f" (set by {given})"
+        if nested:
             lines.append(loc + msg)
         else:
             lines.append(f"{loc}: {msg}" if loc else msg)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,9 @@ def _keys(raw: dict, key: str) -> list[str]:
     return [*head, ".".join(rest)]
 
 
-def apply_set(raw: dict, item: str) -> None:
-    """One `--set key.path=value`; a bad value is blamed on the value, a bad path on the key."""
+def apply_set(raw: dict, item: str) -> tuple[str, ...]:
+    """One `--set key.path=value`; a bad value is blamed on the value, a bad path on the key.
+    The key path it set, as names."""
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -154,12 +156,26 @@ def apply_set(raw: dict, item: str) -> None:
         first = str(e).splitlines()[0]
         raise ConfigError(f"--set {item!r}: the value {value!r} is not valid YAML ({first}); "
                           "quote strings, write lists as [1, 2]") from None
+    keys = _keys(raw, key)
     try:
-        set_path(raw, _keys(raw, key), parsed, pad=False)
+        set_path(raw, keys, parsed, pad=False)
     except IndexError as e:
         raise ConfigError(f"--set {item!r}: {e}") from None
     except KeyError:
         raise ConfigError(f"--set {item!r}: {key} is not a settable key path") from None
+    return tuple(keys)
+
+
+def _set_by(given: list[tuple[tuple[str, ...], str]]) -> Callable[[str], str | None]:
+    """For a failing key path, the --set that gave its value (the last one at or above it),
+    so that the error names the command line, not the file, as where to fix it."""
+
+    def origin(path: str) -> str | None:
+        found = [item for keys, item in given
+                 if f"{path}.".startswith(".".join(keys) + ".")]
+        return f"--set {found[-1]!r}" if found else None
+
+    return origin
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None,
@@ -188,8 +204,7 @@ def build_study(raw: dict, source: str, overrides: list[str] | None = None,
         raise ConfigError(f"--trials {trials}: at most {MAX_TRIALS} (a stage queues its budget "
                           "in the Optuna store first); give fewer, or a stage timeout")
     raw = copy.deepcopy(raw)
-    for item in overrides or []:
-        apply_set(raw, item)
+    given = [(apply_set(raw, item), item) for item in overrides or []]
     if data_root is not None and isinstance(raw.get("data") or {}, dict):
         raw["data"] = {**(raw.get("data") or {}), "root": str(data_root)}
     for stage in raw.get("stages") or []:
@@ -205,7 +220,7 @@ def build_study(raw: dict, source: str, overrides: list[str] | None = None,
     try:
         cfg = StudyConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+        raise ConfigError(f"{source}: {format_validation_error(e, _set_by(given))}") from None
     if cfg.data.root is not None and not cfg.data.root.is_absolute():
         # Relative data roots are relative to where the user runs the command.
         cfg.data.root = cfg.data.root.resolve()

@@ -107,6 +107,33 @@ def test_set_overrides_are_validated_the_same_way(write_study):
             load_study(path, [f"{key}=3"])
 
 
+def test_a_bad_value_from_set_names_the_set_not_only_the_file(write_study):
+    """An error in a value --set gave named only the study file, where the value is not:
+    it now names the --set too (the last one at or above the key path), and an error in
+    the file's own values names none."""
+    path = write_study({"base": {"model": "cnn"}, "stages": [{
+        "name": "s", "trials": 2, "confirm": None, "space": {"cnn.kernel": [3, 5]}}]})
+    cases = {
+        ("base.lr=1", "base.lr=x"): "base.lr: Input should be a valid number, unable to parse "
+                                    "string as a number (set by --set 'base.lr=x')",
+        ("base=3",): "base: Input should be a valid dictionary or instance of TrainConfig "
+                     "(set by --set 'base=3')",
+        ("stages.0.space.cnn.kernel=[3, x]",): "stages.0.space.cnn.kernel.1: Input should be "
+        "a valid integer, unable to parse string as an integer (set by --set "
+        "'stages.0.space.cnn.kernel=[3, x]')",
+        ("stages.0.fixed.epochs=0",): "stages.0.fixed.epochs: Input should be greater than "
+                                      "or equal to 1 (set by --set 'stages.0.fixed.epochs=0')",
+    }
+    for given, expected in cases.items():
+        with pytest.raises(ConfigError) as e:
+            load_study(path, list(given))
+        assert str(e.value) == f"{path}: {expected}"
+    with pytest.raises(ConfigError) as e:  # the file's own value, another key set
+        load_study(write_study({"base": {"lr": "x"}}), ["base.epochs=3", "base.l=1"])
+    assert "base.lr: Input should be a valid number" in str(e.value)
+    assert str(e.value).count("set by") == 1  # base.l's, not base.lr's
+
+
 def test_set_reaches_a_stages_dotted_keys(write_study):
     """A stage's space, fixed settings and seed trials are keyed by dotted trainer paths:
     `--set stages.0.space.cnn.kernel=[3, 5]` was `space: {cnn: {kernel: [3, 5]}}`, and
@@ -281,7 +308,8 @@ def test_a_key_that_is_not_a_setting_names_the_one_it_most_likely_meant(write_st
             caught.value)
     with pytest.raises(ConfigError) as caught:
         load_study(path, ["base.zzzz=1"])
-    assert str(caught.value).endswith("base.zzzz: Extra inputs are not permitted")
+    assert str(caught.value).endswith("base.zzzz: Extra inputs are not permitted (set by "
+                                      "--set 'base.zzzz=1')")
 
 
 def test_a_searched_or_fixed_key_that_is_not_a_setting_names_the_one_it_meant(write_study):
@@ -300,4 +328,5 @@ def test_a_searched_or_fixed_key_that_is_not_a_setting_names_the_one_it_meant(wr
              "augment.rotation?")):
         with pytest.raises(ConfigError) as caught:
             load_study(path, [given])
-        assert str(caught.value).endswith(said), str(caught.value)
+        assert str(caught.value).endswith(f"{said} (set by --set {given!r})"), str(
+            caught.value)
