@@ -819,12 +819,12 @@ COMMANDS = {"run": cmd_run, "worker": cmd_worker, "train": cmd_train, "status": 
             "store-proxy": cmd_store_proxy}
 
 
-
 def console() -> int:
     """The `asl-sweep` command, and `python -m asl_sweep.cli` (how `run` starts its workers):
     main, then the process ends without Python's last garbage collections, which walk every
-    object torch, mlflow and the rest made at import (2-3 s of CPU after every command on 2
-    cores, and a worker's exit is on the path of the final test: benchmarks/process_exit.py).
+    object torch, mlflow and the rest made at import (on 2 cores 0.5-0.9 s of a `status`,
+    3-4.6 s of a `run`, and a worker's exit is on the path of the final test:
+    benchmarks/process_exit.py).
     Objects freed by their count still are, files are closed and atexit handlers (logging,
     temporary folders) run as before; only garbage in reference cycles is left to the OS."""
     try:
