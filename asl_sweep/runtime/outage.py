@@ -35,7 +35,11 @@ _LOST = ("connection refused", "connection failed", "could not connect",
          # in front of one that is down, once MLflow's own retries are spent (urllib3's
          # words)
          "too many 500 error responses", "too many 502 error responses",
-         "too many 503 error responses", "too many 504 error responses")
+         "too many 503 error responses", "too many 504 error responses",
+         # ... or the answer itself, where MLflow's client returned it without retrying
+         # (seen in the suite: a 503 then ended the run with MLflow's traceback)
+         "error code 500 != 200", "error code 502 != 200", "error code 503 != 200",
+         "error code 504 != 200")
 
 # Per store (its name): a store's outage ends when that store answers, not when another one
 # does (a tracking server down beside an Optuna proxy that answers).
