@@ -795,18 +795,22 @@ def cmd_serve(args) -> int:
 def cmd_store_proxy(args) -> int:
     import signal
 
+    from asl_sweep.runtime.workspace import check_proxied
     from asl_sweep.search import serve_proxy
     from asl_sweep.tracking.ui import check_port
 
+    check_proxied(args.storage)
     check_port(args.host, args.port)
     # The proxy holds no trial: Ctrl-C and SIGTERM stop it at once (not at a trial's next
     # step, which it never reaches: a noted Ctrl-C would wait for a second).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    print(f"Optuna storage proxy for {shown(args.storage)} on grpc://{args.host}:{args.port} "
-          "(Ctrl-C to stop)", flush=True)
+    def ready() -> None:  # once the database is open: its faults are said before this
+        print(f"Optuna storage proxy for {shown(args.storage)} on grpc://{args.host}:"
+              f"{args.port} (Ctrl-C to stop)", flush=True)
+
     try:
-        serve_proxy(args.storage, args.host, args.port)
+        serve_proxy(args.storage, args.host, args.port, ready)
     except KeyboardInterrupt:
         pass
     return 0

@@ -263,6 +263,33 @@ def test_serve_names_a_model_it_cannot_serve_in_one_line(tmp_path, capsys):
     assert "Traceback" not in captured.out
 
 
+def test_store_proxy_names_a_storage_it_cannot_front_before_it_serves(tmp_path, capsys):
+    """`store-proxy --storage` is checked as run's is: a path or an unknown scheme was
+    SQLAlchemy's traceback, a store in memory was served, and an MLflow store was written
+    Optuna's tables into, then called "made by another Optuna version (5.1.0; this is Optuna
+    5.1.0)". Each is one line, exit 2, and nothing is served or written."""
+    import sqlite3
+
+    mlflow_db = tmp_path / "mlflow.db"
+    with sqlite3.connect(mlflow_db) as db:  # MLflow's tables, as its store has them
+        db.execute("CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TABLE runs (run_uuid TEXT PRIMARY KEY)")
+    give = "give sqlite:///PATH/optuna.db, postgresql://USER@HOST/DB (the database the proxy"
+    for storage, says in [
+            (str(tmp_path / "optuna.db"), "not a database URL; " + give),
+            ("foo://host/db", give), ("sqlite:///:memory:", "a database in memory"),
+            ("grpc://127.0.0.1:13000", "a storage proxy, where the proxy fronts a database"),
+            (f"sqlite:///{mlflow_db}", "an MLflow store (it holds that library's tables)")]:
+        assert main(["store-proxy", "--storage", storage, "--port", "1"]) == 2, storage
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.splitlines()) == 1, captured
+        assert captured.err.startswith(f"error: --storage {storage}: ") and says in captured.err
+    with sqlite3.connect(mlflow_db) as db:
+        assert {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = "
+                                             "'table'")} == {
+            "experiments", "runs"}
+
+
 def test_output_read_by_a_reader_that_leaves_early_stops_without_a_traceback(write_study,
                                                                               tmp_path):
     """`asl-sweep status ... | head -1`: the reader closes the pipe, the next print fails;

@@ -130,6 +130,12 @@ def _other_version(text: str) -> str:
                 f"version{schemas}: back it up, then run `mlflow db upgrade` on its URI where "
                 "an older MLflow made it, or use the MLflow version that made it")
     found = re.search(r"optuna version (\S+) .*set up by optuna ([^)\s]+)", text)
+    if found and found[1] == found[2] and "storage upgrade" not in text:
+        # set up by this very version, yet a schema revision Optuna has never had
+        return (f"the Optuna store (optuna.db, or --storage) holds Optuna {found[1]}'s tables "
+                "beside another program's schema (its alembic_version is not Optuna's: an "
+                "MLflow store, mlflow.db, given for the Optuna one?): give the Optuna store a "
+                "database of its own")
     versions = f" ({found[2]}; this is Optuna {found[1]})" if found else ""
     todo = ("back it up, then run `optuna storage upgrade --storage URL`"
             if "storage upgrade" in text else "use the newer Optuna that made it")

@@ -28,9 +28,8 @@ class Workspace:
     def at(cls, home: str | Path = "mlruns", storage: str | None = None,
            tracking_uri: str | None = None) -> Workspace:
         if storage is not None:
-            _check_database(named(storage, "--storage"), storage, "sqlite:///PATH/optuna.db, "
-                            "postgresql://USER@HOST/DB or grpc://HOST:PORT (asl-sweep "
-                            "store-proxy)", grpc=True)
+            _check_database(named(storage, "--storage"), storage, f"{_DATABASES} or "
+                            "grpc://HOST:PORT (asl-sweep store-proxy)", grpc=True)
         if tracking_uri is not None:
             _check_tracking(tracking_uri)
         _check_home(Path(home))
@@ -56,12 +55,7 @@ class Workspace:
                 (storage_flag, self.storage, "studies", "experiments", "an MLflow store"),
                 (tracking_flag, self.tracking_uri, "experiments", "studies",
                  "an Optuna store")):
-            tables = _sqlite_tables(url)
-            if theirs in tables and mine not in tables:
-                raise ConfigError(f"{flag} {shown(url)}: {kind} (it holds that library's "
-                                  "tables), not the one this flag takes: --storage is the "
-                                  "Optuna store (optuna.db), --tracking the MLflow one "
-                                  "(mlflow.db)")
+            _not_the_others(flag, url, mine, theirs, kind)
 
     @property
     def tracking_file(self) -> Path | None:
@@ -158,6 +152,31 @@ def shown(url: str) -> str:
         netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
     path = re.sub(r"(?i)\b(password=)[^&]*", r"\1***", path)
     return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+_DATABASES = "sqlite:///PATH/optuna.db, postgresql://USER@HOST/DB"
+
+
+def check_proxied(url: str) -> None:
+    """`store-proxy --storage`: the database the proxy fronts, checked as `run` checks its
+    --storage (a path, a typo in the scheme or MLflow's database was SQLAlchemy's traceback,
+    or Optuna's "made by another Optuna version"), before the proxy says it serves."""
+    give = f"{_DATABASES} (the database the proxy fronts)"
+    if url.startswith("grpc://"):
+        raise ConfigError(f"--storage {url}: a storage proxy, where the proxy fronts a "
+                          f"database; give {give}")
+    _check_database("--storage", url, give)
+    _not_the_others("--storage", url, "studies", "experiments", "an MLflow store")
+
+
+def _not_the_others(flag: str, url: str, mine: str, theirs: str, kind: str) -> None:
+    """A SQLite store that holds the other library's tables and not this one's."""
+    tables = _sqlite_tables(url)
+    if theirs in tables and mine not in tables:
+        raise ConfigError(f"{flag} {shown(url)}: {kind} (it holds that library's "
+                          "tables), not the one this flag takes: --storage is the "
+                          "Optuna store (optuna.db), --tracking the MLflow one "
+                          "(mlflow.db)")
 
 
 def _check_database(flag: str, url: str, give: str, grpc: bool = False) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -182,11 +183,13 @@ def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
     return proxy
 
 
-def serve_proxy(url: str, host: str, port: int) -> None:
+def serve_proxy(url: str, host: str, port: int, ready: Callable[[], None]) -> None:
     """Optuna's gRPC storage proxy in front of the database `url`, until stopped: many
-    workers share its few database connections (their trials beat through it: state.BEAT)."""
+    workers share its few database connections (their trials beat through it: state.BEAT).
+    `ready` is called once the database is open, before the proxy starts serving."""
     storage = optuna_storage(url)
     _name_faults(storage)
+    ready()
     try:
         optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
     except ImportError:
