@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+# A "<" that may open HTML in Markdown (a tag, a comment): a class folder named "<i>x" reached
+# the rendered page as an <i> tag, the text after it in italics.
+_OPENS_HTML = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def _text(text: str) -> str:
+    """Text as Markdown shows it, never as HTML."""
+    return _OPENS_HTML.sub("&lt;", text)
 
 
 def _row(cells: list[str]) -> str:
     """One Markdown table row; a "|" or a line break in a cell (a class folder, a stage or a
     person named by the user) would otherwise split the row."""
-    return "| " + " | ".join(" ".join(c.replace("|", "\\|").split("\n")) for c in cells) + " |"
+    return "| " + " | ".join(" ".join(_text(c).replace("|", "\\|").split("\n"))
+                             for c in cells) + " |"
 
 
 @dataclass
@@ -43,16 +54,16 @@ class Doc:
         out = []
         for kind, data in self.blocks:
             if kind == "h":
-                out.append("#" * data[0] + " " + data[1])
+                out.append("#" * data[0] + " " + _text(data[1]))
             elif kind == "p":
-                out.append(data)
+                out.append(_text(data))
             elif kind == "table":
                 header, rows = data
                 out.append("\n".join([_row(header), "|" + "---|" * len(header),
                                       *(_row(r) for r in rows)]))
             else:
                 path, alt = data
-                out.append(f"![{alt}]({path.relative_to(self.folder)})")
+                out.append(f"![{_text(alt)}]({path.relative_to(self.folder)})")
         return "\n\n".join(out) + "\n"
 
     def html(self, title: str) -> str:
