@@ -28,13 +28,14 @@ STORE_RETRY_S = Variable("ASL_SWEEP_STORE_RETRY_S", "120",
                          "retried before the run stops in one line (0 or more)")
 SYSTEM_METRICS_S = Variable("ASL_SWEEP_SYSTEM_METRICS_S", "5",
                             "seconds between samples of a trial's CPU, memory and threads, "
-                            "logged to its MLflow run (0: off)")
+                            "logged to its MLflow run (0: off; else at least 0.5)")
 WEIGHTS = Variable("ASL_SWEEP_WEIGHTS", "",
                    "a folder searched first for pretrained ImageNet weight files, by "
                    "torchvision's file name")
 OFFLINE = Variable("ASL_SWEEP_OFFLINE", "",
-                   "1: never download pretrained weights (torchvision's hub download is "
-                   "otherwise tried when no file is found)")
+                   "1 (or true, yes, on): never download pretrained weights (torchvision's "
+                   "hub download is otherwise tried when no file is found; 0, false, no, off "
+                   "or empty)")
 
 STORAGE = Variable("ASL_SWEEP_STORAGE", "",
                    "the Optuna storage URL when no --storage is given (a password in it stays "
@@ -91,15 +92,40 @@ def store_retry_seconds() -> float:
     return seconds(STORE_RETRY_S)
 
 
+# The shortest interval between system samples: each is a row per metric in MLflow, taken
+# by a thread beside the training (1e-9 s logged 3925 samples of each in a 2-second training
+# and cut its throughput by 41%).
+SHORTEST_SAMPLE_S = 0.5
+
+
 def system_metrics_seconds() -> float:
-    return seconds(SYSTEM_METRICS_S)
+    value = seconds(SYSTEM_METRICS_S)
+    if 0 < value < SHORTEST_SAMPLE_S:
+        raise ConfigError(f"${SYSTEM_METRICS_S.name}={text(SYSTEM_METRICS_S)!r}: give 0 (no "
+                          f"samples) or at least {SHORTEST_SAMPLE_S} seconds (default "
+                          f"{SYSTEM_METRICS_S.default}): each sample is an MLflow row a metric, "
+                          "taken beside the training it measures")
+    return value
+
+
+_YES, _NO = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 def offline() -> bool:
-    return text(OFFLINE) == "1"
+    """ASL_SWEEP_OFFLINE as a yes or no; any other value is refused (`true` was taken as
+    no, and a run without a network tried to download)."""
+    raw = text(OFFLINE)
+    if raw.strip().lower() in _YES:
+        return True
+    if raw.strip().lower() in _NO:
+        return False
+    raise ConfigError(f"${OFFLINE.name}={raw!r}: give 1 (never download pretrained "
+                      "weights) or 0, or unset it")
 
 
 def check() -> None:
-    """Read every numeric variable once, so that a bad one stops a command before it starts."""
+    """Read every variable whose value is checked once, so that a bad one stops a command
+    before it starts."""
     store_retry_seconds()
     system_metrics_seconds()
+    offline()

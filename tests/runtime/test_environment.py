@@ -17,6 +17,9 @@ from asl_sweep.runtime.errors import ConfigError
     # (the parser's error blamed --workers, which was not given)
     ("ASL_SWEEP_WORKERS", "two", "$ASL_SWEEP_WORKERS: 'two': give a number of workers or "
      "auto; or unset it"),
+    # (taken as "no": a run without a network tried to download its backbone's weights)
+    ("ASL_SWEEP_OFFLINE", "maybe", "$ASL_SWEEP_OFFLINE='maybe': give 1 (never download "
+     "pretrained weights) or 0, or unset it"),
 ])
 def test_a_bad_variable_stops_the_command_at_the_start_naming_it(write_study, tmp_path, name,
                                                                  value, message):
@@ -46,6 +49,25 @@ def test_seconds_refuse_what_is_not_a_finite_count(monkeypatch, value):
     monkeypatch.setenv("ASL_SWEEP_SYSTEM_METRICS_S", value)
     with pytest.raises(ConfigError, match="ASL_SWEEP_SYSTEM_METRICS_S"):
         environment.system_metrics_seconds()
+
+
+@pytest.mark.parametrize("value", ["1e-9", "0.1"])
+def test_system_samples_are_off_or_at_most_two_a_second(monkeypatch, value):
+    """1e-9 s sampled in a tight loop beside the training: 3925 MLflow rows of each metric
+    in a 2-second training, and 41% of its throughput."""
+    monkeypatch.setenv("ASL_SWEEP_SYSTEM_METRICS_S", value)
+    with pytest.raises(ConfigError, match=r"give 0 \(no samples\) or at least 0.5 seconds"):
+        environment.system_metrics_seconds()
+    for fine in ("0", "0.5", "30"):
+        monkeypatch.setenv("ASL_SWEEP_SYSTEM_METRICS_S", fine)
+        assert environment.system_metrics_seconds() == float(fine)
+
+
+@pytest.mark.parametrize("value, offline", [("", False), ("0", False), ("off", False),
+                                            ("1", True), ("true", True), ("Yes", True)])
+def test_offline_is_a_yes_or_a_no(monkeypatch, value, offline):
+    monkeypatch.setenv("ASL_SWEEP_OFFLINE", value)
+    assert environment.offline() is offline
 
 
 def test_a_flag_wins_over_its_variable(monkeypatch):
