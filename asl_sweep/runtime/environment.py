@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from asl_sweep.runtime.errors import ConfigError
 
@@ -123,9 +124,24 @@ def offline() -> bool:
                       "weights) or 0, or unset it")
 
 
+def weights_folder() -> Path | None:
+    """ASL_SWEEP_WEIGHTS: a folder that is there, or None where unset (a mistyped one was
+    passed over, and the missing weights' line named only torch's hub folder)."""
+    raw = text(WEIGHTS)
+    if not raw:
+        return None
+    folder = Path(raw).expanduser()
+    if not folder.is_dir():
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise ConfigError(f"${WEIGHTS.name}={raw!r}: {what}; give the folder holding the "
+                          "weight files (by torchvision's file name), or unset it")
+    return folder
+
+
 def check() -> None:
     """Read every variable whose value is checked once, so that a bad one stops a command
     before it starts."""
     store_retry_seconds()
     system_metrics_seconds()
     offline()
+    weights_folder()

@@ -221,6 +221,23 @@ def test_weights_found_in_the_folder_asl_sweep_weights_names_under_the_users_hom
     assert find_weights_file("resnet-x.pth") == tmp_path / "weights" / "resnet-x.pth"
 
 
+def test_a_weights_folder_that_is_not_there_is_named(tmp_path, monkeypatch):
+    """A mistyped ASL_SWEEP_WEIGHTS was passed over without a word, and the missing weights'
+    line named only torch's hub folder: now refused, and the line names the folder."""
+    from asl_sweep.runtime import environment
+    from asl_sweep.runtime.errors import ConfigError
+
+    monkeypatch.setenv("ASL_SWEEP_OFFLINE", "1")
+    monkeypatch.setenv("ASL_SWEEP_WEIGHTS", str(tmp_path / "wieghts"))
+    with pytest.raises(ConfigError, match=r"^\$ASL_SWEEP_WEIGHTS='.*wieghts': no such folder; "):
+        environment.check()
+    (tmp_path / "weights").mkdir()
+    monkeypatch.setenv("ASL_SWEEP_WEIGHTS", str(tmp_path / "weights"))
+    with pytest.raises(WeightsError, match=f"alexnet-owt-7be5be79.pth is not in "
+                       f"{tmp_path / 'weights'} \\(\\$ASL_SWEEP_WEIGHTS\\), "):
+        weights_note("alexnet", "imagenet")
+
+
 def test_backbone_names_in_settings_match_the_registry(write_study):
     from typing import get_args
 
