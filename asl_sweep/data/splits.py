@@ -93,6 +93,25 @@ def person_pattern(names: Sequence[str]) -> tuple[str, int] | None:
     return None
 
 
+def folders_swapped(names: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """Where the photos look kept as PERSON/CLASS/FILE (a folder per person at the top, each
+    holding the same class folders) rather than CLASS/PERSON/FILE: every top folder holds
+    the same two or more sub-folders, at most half as many as the top folders (more people
+    than letters), and no file beside them. Then asl-sweep's classes are the people. (The
+    top folders, the sub-folders), or None. A data set with many classes, each shot by the
+    same few photographers, looks the same: said as a note, never refused."""
+    below: dict[str, set[str]] = {}
+    for name in names:
+        parts = Path(name).parts
+        if len(parts) < 3:
+            return None
+        below.setdefault(parts[0], set()).add(parts[1])
+    sets = list(below.values())
+    if any(s != sets[0] for s in sets) or not 2 <= len(sets[0]) <= len(sets) // 2:
+        return None
+    return sorted(below), sorted(sets[0])
+
+
 def groups_of(names: Sequence[str], pattern: str, seconds: float = MATCH_SECONDS) -> list[str]:
     regex = re.compile(pattern)
     groups = []

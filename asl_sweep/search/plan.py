@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from asl_sweep.data.splits import person_pattern
+from asl_sweep.data.splits import folders_swapped, person_pattern
 from asl_sweep.search.progress import planned_trials, shown
 from asl_sweep.settings.config import apply_overrides
 from asl_sweep.settings.spec import Searched, StageConfig, StudyConfig
@@ -172,7 +172,22 @@ def people_notes(cfg: StudyConfig, names: Sequence[str],
                  groups: np.ndarray | None) -> list[str]:
     """What a run says where the data's people and the stages' metrics disagree: a stage
     that chooses on people over images that name none (the metric falls back to val_acc),
-    or file names that look as if they name people while the split is by image."""
+    or file names that look as if they name people while the split is by image; and
+    photos that look kept as PERSON/CLASS/FILE, whose classes would be the people."""
+    swapped = folders_swapped(names)
+    if swapped is not None:
+        tops, subs = swapped
+
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:6]) + (", ..." if len(items) > 6 else "")
+
+        source = data_source(cfg)
+        return [f"note: every folder in {source} ({len(tops)}: {few(tops)}) holds the same "
+                f"{len(subs)} folders ({few(subs)}); if those are the classes and the folders "
+                f"above them people ({source}/anna/{subs[0]}/01.jpg), this study learns to "
+                f"tell the {len(tops)} people apart: keep a folder per class at the top "
+                f"({source}/{subs[0]}/anna/01.jpg, then data.group_pattern '^([^/]+)/' splits "
+                "by person)"]
     if groups is not None:
         return []
     counting = [s for s in cfg.stages if s.metric.startswith("val_person")]

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from asl_sweep.data.splits import covering_subset, groups_of, make_splits, person_pattern
+from asl_sweep.data.splits import (
+    covering_subset,
+    folders_swapped,
+    groups_of,
+    make_splits,
+    person_pattern,
+)
 from asl_sweep.runtime.errors import DataError
 
 CLASSES = list("ABC")
@@ -158,3 +164,23 @@ def test_a_folder_per_person_inside_each_class_folder_names_the_person():
 ])
 def test_file_names_that_look_as_if_they_name_people_are_found(names, found):
     assert person_pattern(names) == found
+
+
+PEOPLE = ("anna", "ben", "cleo", "dev", "eli", "fay")
+
+
+@pytest.mark.parametrize("names, swapped", [
+    # PERSON/CLASS/FILE: asl-sweep would take the six people for classes
+    ([f"{p}/{c}/{n}.jpg" for p in PEOPLE for c in "ABC" for n in (1, 2)],
+     (sorted(PEOPLE), ["A", "B", "C"])),
+    # CLASS/PERSON/FILE, as asl-sweep reads it: more people than letters
+    ([f"{c}/{p}/{n}.jpg" for c in "ABC" for p in PEOPLE for n in (1, 2)], None),
+    # a few people in each of a few classes: not more than twice as many top folders
+    ([f"{c}/{p}/{n}.jpg" for c in "ABC" for p in ("anna", "ben") for n in (1, 2)], None),
+    # not the same sub-folders everywhere, or files beside them
+    ([f"{p}/{c}/1.jpg" for p in PEOPLE for c in "ABC" if (p, c) != ("fay", "C")], None),
+    ([f"{p}/{c}/1.jpg" for p in PEOPLE for c in "AB"] + ["anna/loose.jpg"], None),
+    ([f"{c}/{p}_{c}.jpg" for c in "ABC" for p in PEOPLE], None),
+])
+def test_photos_kept_in_a_folder_per_person_above_the_classes_are_found(names, swapped):
+    assert folders_swapped(names) == swapped

@@ -78,6 +78,26 @@ def test_a_dry_run_checks_the_data_and_records_nothing(write_study, tmp_path, im
     assert "is not a folder" in capsys.readouterr().err
 
 
+def test_photos_kept_person_first_are_named_before_a_run_learns_people_for_letters(
+        write_study, tmp_path, capsys):
+    """ROOT/anna/A/01.jpg: the classes would be the people. The note it had said the file
+    names name people and advised a group_pattern that groups by letter."""
+    from tests.conftest import make_image_folder
+
+    root = tmp_path / "by-person"
+    for person in ("anna", "ben", "cleo", "dev", "eli", "fay"):
+        make_image_folder(root / person, per_class=2, people=(person,))
+    assert main(["run", str(write_study()), "--home", str(tmp_path / "mlruns"), "--data",
+                 str(root), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: every folder in {root} (6: anna, ben, cleo, dev, eli, fay) holds the same " \
+           f"3 folders (A, B, C); if those are the classes and the folders above them people " \
+           f"({root}/anna/A/01.jpg), this study learns to tell the 6 people apart: keep a " \
+           f"folder per class at the top ({root}/A/anna/01.jpg, then data.group_pattern " \
+           "'^([^/]+)/' splits by person)" in out, out
+    assert "look as if they name people" not in out
+
+
 def test_the_dry_run_splits_the_data_as_the_run_does_and_refuses_what_it_refuses(
         write_study, tmp_path, image_folder, capsys):
     """Split from the listing alone (nothing decoded), the same images and people as the
