@@ -177,8 +177,11 @@ def pruner_for(name: str, stage: dict, epochs: int) -> optuna.pruners.BasePruner
     from F of the epochs on, "@L" its lead (default the margin); the rest as shipped. The
     first version of the rule is "incumbent:0~1" (the gap at one epoch, the same epoch)."""
     base = re.split(r"[/:~^@]", name, maxsplit=1)[0]
+    # The pruner reads the stage's metric, direction and pruner; a space is what a stage must
+    # search (an empty one is refused), not what the pruner reads: the recorded curves are.
     cfg = StageConfig(name=stage["stage"], metric=stage["metric"],
-                      direction=stage["direction"], pruner=base)
+                      direction=stage["direction"], pruner=base,
+                      space={"lr": {"low": 1e-4, "high": 1e-2, "log": True}})
     pruner = make_pruner(cfg, epochs)
     start = re.search(r"\^([0-9.]+)", name)
     if start:

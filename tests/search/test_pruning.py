@@ -182,3 +182,31 @@ def _stopped_at(pruner: IncumbentPruner, study: optuna.Study, curve: dict[int, f
         if pruner.prune(study, _trial(number, so_far, Role.SEARCH)):
             return epoch
     return None
+
+
+def test_the_replay_of_recorded_curves_runs_every_pruner_a_stage_can_name():
+    """benchmarks/pruning_replay.py, the evidence for the shipped pruner (its pruned share
+    and false prunes), on the committed curves in their recorded order: it stopped running
+    when a stage with nothing to search was refused (its stages named no space), and nothing
+    said so for two days. The shipped `best` prunes epochs and never the adopted trial."""
+    import json
+
+    from benchmarks.pruning_replay import (
+        DATA,
+        DEFAULT_SOURCES,
+        PRUNERS,
+        adopted,
+        replay,
+        stages_of,
+    )
+
+    stages = [s for source in DEFAULT_SOURCES
+              for s in stages_of(json.loads((DATA / f"{source}.json").read_text()), source)]
+    assert len(stages) >= 5
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for pruner in PRUNERS:
+        results = [replay(stage, pruner, stage["trials"]) for stage in stages]
+        assert all(r["full"] > 0 for r in results), pruner
+    best = [(stage, replay(stage, "best", stage["trials"])) for stage in stages]
+    assert sum(r["trained"] for _, r in best) < sum(r["full"] for _, r in best)
+    assert not [stage["stage"] for stage, r in best if adopted(stage) in r["pruned"]]
