@@ -805,6 +805,7 @@ def cmd_store_proxy(args) -> int:
     # step, which it never reaches: a noted Ctrl-C would wait for a second).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def ready() -> None:  # once the database is open: its faults are said before this
         print(f"Optuna storage proxy for {shown(args.storage)} on grpc://{args.host}:"
               f"{args.port} (Ctrl-C to stop)", flush=True)

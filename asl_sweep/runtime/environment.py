@@ -104,7 +104,7 @@ def system_metrics_seconds() -> float:
     if 0 < value < SHORTEST_SAMPLE_S:
         raise ConfigError(f"${SYSTEM_METRICS_S.name}={text(SYSTEM_METRICS_S)!r}: give 0 (no "
                           f"samples) or at least {SHORTEST_SAMPLE_S} seconds (default "
-                          f"{SYSTEM_METRICS_S.default}): each sample is an MLflow row a metric, "
+                          f"{SYSTEM_METRICS_S.default}): each sample is an MLflow row per metric, "
                           "taken beside the training it measures")
     return value
 
