@@ -424,11 +424,7 @@ MlflowClient(f"sqlite:///{sys.argv[1]}/mlflow.db").search_experiments()
     ("optuna.db", "v3.0.0.d", "the Optuna store (optuna.db, or --storage) was made by another "
      "Optuna version ("),
     ("mlflow.db", "1b5f0d9ad7c1", "the MLflow store (mlflow.db, or --tracking) was made by "
-     "another MLflow version (its schema 1b5f0d9ad7c1, this MLflow's "),
-    # MLflow's revision in Optuna's file: both libraries' tables in one (`store-proxy` once
-    # wrote Optuna's into an mlflow.db), said as "made by another Optuna version (5.1.0;
-    # this is Optuna 5.1.0): use the newer Optuna".
-    ("optuna.db", "dc11669786a5", "the Optuna store (optuna.db, or --storage) holds Optuna ")])
+     "another MLflow version (its schema 1b5f0d9ad7c1, this MLflow's ")])
 def test_a_store_another_library_version_made_is_one_line_saying_what_to_do(
         write_study, tmp_path, capsys, store, schema, says):
     """A home made with another Optuna or MLflow (an older asl-sweep's, or a shared database
@@ -448,10 +444,7 @@ def test_a_store_another_library_version_made_is_one_line_saying_what_to_do(
                                        "--workers", "1"]), says)
     assert err.endswith("upgrade` on its URI where an older MLflow made it, or use the MLflow "
                         "version that made it" if store == "mlflow.db" else
-                        "back it up, then run `optuna storage upgrade --storage URL`"
-                        if schema.startswith("v") else
-                        "given for the Optuna one?): give the Optuna store a database of its "
-                        "own"), err
+                        "back it up, then run `optuna storage upgrade --storage URL`"), err
 
 
 def test_a_damaged_checkpoint_is_named_by_its_trial_and_run(write_study, tmp_path, capsys):

@@ -117,3 +117,25 @@ def test_a_path_is_shown_on_one_line_whatever_its_name_holds():
     assert shown.isprintable()
     assert as_text(os.fsdecode(b"caf\xe9.png")) == "caf\\xe9.png"
     assert as_text("caf\u00e9 \u624b.png") == "caf\u00e9 \u624b.png"  # UTF-8 text as it is
+
+
+def test_optunas_tables_beside_another_programs_schema_are_not_called_an_old_optuna(tmp_path):
+    """MLflow's schema revision in a file that holds Optuna's tables (`store-proxy` once
+    wrote Optuna's into an mlflow.db): Optuna says its own version set it up and is no
+    longer compatible with it, which read "made by another Optuna version (5.1.0; this is
+    Optuna 5.1.0): use the newer Optuna that made it"."""
+    import optuna
+
+    from asl_sweep.search.store import optuna_storage
+
+    url = f"sqlite:///{tmp_path / 'both.db'}"
+    optuna.create_study(storage=url, study_name="made")
+    with sqlite3.connect(tmp_path / "both.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'dc11669786a5'")  # MLflow's
+    with pytest.raises(RuntimeError) as raised:
+        optuna_storage(url)
+    line = str(environment_fault(raised.value, "the Optuna store"))
+    assert line == (f"the Optuna store (optuna.db, or --storage) holds Optuna "
+                    f"{optuna.__version__}'s tables beside another program's schema (its "
+                    "alembic_version is not Optuna's: an MLflow store, mlflow.db, given for the "
+                    "Optuna one?): give the Optuna store a database of its own")
