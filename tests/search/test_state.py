@@ -393,6 +393,34 @@ def test_the_worker_that_finished_the_last_trial_mirrors_the_decision_or_one_for
     assert state.takes_over(died, state.MIRROR_CLAIM)
 
 
+def test_a_killed_worker_not_yet_reaped_by_its_parent_is_gone(store):
+    """A worker killed (kill -9, the out-of-memory killer) stays a zombie until its parent
+    reaps it, and `run --workers N` reaps its workers only at the end: the zombie is gone,
+    so the trial it held is queued again at the next look and the decision it would have
+    mirrored is mirrored by another (it took GRACE_S, and one CI run left the stage's MLflow
+    run RUNNING under a finished study)."""
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        child.kill()
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        assert state.gone_here(f"{socket.gethostname()}:{child.pid}")
+        last = optuna.trial.create_trial(  # the stage's last trial, finished by the zombie
+            value=0.5, user_attrs={"worker": f"{socket.gethostname()}:{child.pid}"})
+        last.datetime_complete = datetime.datetime(2026, 1, 1, 0, 0, 2)
+        first = optuna.trial.create_trial(value=0.5, user_attrs={"worker": "elsewhere:1"})
+        first.datetime_complete = datetime.datetime(2026, 1, 1, 0, 0, 1)
+        study = optuna.create_study(study_name="zombie", storage=store)
+        assert state.mirrors_decision(study, [first, last])
+    finally:
+        child.wait()
+    assert not state.gone_here(state.worker_id())  # this process: alive
+
+
 def test_a_worker_opening_a_decided_stage_waits_for_its_mirroring_or_takes_it_over(
         store, monkeypatch):
     """A worker that opens a stage decided but not mirrored while another holds the claim

@@ -4,6 +4,7 @@ import glob
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from asl_sweep.search import state
 from asl_sweep.search.state import (
     BEAT,
     GRACE_S,
+    HEARTBEAT_S,
     StageKey,
     TrialKey,
     fail_dead_trials,
@@ -572,35 +574,64 @@ def test_a_proxy_that_stops_is_named_in_one_line_and_its_trial_runs_again(write_
                for t in trials), [(t.number, t.state.name, t.system_attrs) for t in trials]
 
 
-def test_a_worker_killed_mid_race_is_found_and_the_study_finishes(write_study, tmp_path):
-    """SIGKILL to a `run --workers 2` child as soon as the race starts: its repeat is found
-    (its worker is a process of this machine that is gone), queued again and run by worker
-    0; the run finishes (exit 0, saying so), the budget exact and nothing left RUNNING."""
+def test_a_worker_killed_holding_a_trial_is_found_at_once_and_the_study_finishes(
+        write_study, tmp_path):
+    """SIGKILL to a `run --workers 2` child as soon as it holds a trial: the trial is found at
+    the next look (its worker a process of this machine that is gone, though not yet reaped:
+    a zombie was taken for alive and the trial waited out GRACE_S), queued again and run by
+    worker 0; the run finishes (exit 0, saying so), the budget exact and nothing left
+    RUNNING in either store (a stage's decision the killed worker would have mirrored
+    included)."""
+    import datetime
+
     import psutil
 
-    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 6},
-                        "stages": [{**FAST["stages"][0], "trials": 4,
+    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 40},
+                        "stages": [{**FAST["stages"][0], "trials": 6,
                                     "confirm": {"top": 1, "max_repeats": 3}}]})
     home = tmp_path / "mlruns"
     proc = subprocess.Popen([sys.executable, "-m", "asl_sweep.cli", "run", str(path), "--home",
                              str(home), "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if "racing trials" in line:
-            for child in psutil.Process(proc.pid).children():
-                child.kill()
+    for line in proc.stdout:  # the stores made (a reader that makes Optuna's tables races)
+        if "stage search (stage 1 of 1)" in line:
             break
+    storage = optuna_storage(Workspace.at(home).storage)
+    held = killed_at = None
+    while held is None and proc.poll() is None:
+        time.sleep(0.2)
+        children = {f"{socket.gethostname()}:{c.pid}": c
+                    for c in psutil.Process(proc.pid).children()}
+        for name in ("tiny.search", "tiny.search.repeats"):
+            try:
+                trials = optuna.load_study(study_name=name, storage=storage).trials
+            except KeyError:
+                continue  # the repeats: not made yet
+            held = next(((name, t.number, children[w]) for t in trials
+                         if t.state.name == "RUNNING"
+                         and (w := t.user_attrs.get(TrialKey.WORKER)) in children), None)
+            if held is not None:
+                held[2].kill()
+                killed_at = datetime.datetime.now()
+                break
     out, err = proc.communicate(timeout=300)
+    assert held is not None, "worker 1 never held a trial: the study was over before it joined"
     assert proc.returncode == 0, err[-2000:]
     assert ("was stopped by signal 9 (SIGKILL: the kernel's out-of-memory killer sends it, "
             "as does kill -9)") in out and "final test accuracy" in out
     ws = Workspace.at(home)
+    lost = optuna.load_study(study_name=held[0], storage=ws.storage).trials[held[1]]
+    assert lost.state.name == "FAIL"
+    found_after = (lost.datetime_complete - killed_at).total_seconds()
+    # Found by its beats it is GRACE_S after its last (at least GRACE_S - HEARTBEAT_S after
+    # the kill); at the next look, 0.1-8.7 s on 2 cores with a third process busy.
+    assert found_after < GRACE_S - 2 * HEARTBEAT_S, f"found {found_after:.1f} s after the kill"
     for name in ("tiny.search", "tiny.search.repeats"):
         trials = optuna.load_study(study_name=name, storage=ws.storage).trials
         assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")
                     and t.user_attrs.get("failure") != "unused"], name
     assert len([t for t in _finished(ws.storage, "tiny.search")
-                if t.user_attrs["role"] == "search"]) == 4
+                if t.user_attrs["role"] == "search"]) == 6
     client = MlflowClient(ws.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
