@@ -112,6 +112,11 @@ def run_study(cfg: StudyConfig, ws: Workspace, log: Callable[[str], None] = prin
         if score:
             if searched is not None:
                 searched()
+            for index, stage in enumerate(cfg.stages):  # one read a stage
+                study = load_stage_study(cfg, stage, session.storage)
+                if study is not None:
+                    _mirror_undone(session, stage, study, read(study),
+                                   session.results[index])
             restore_checkpoints(session)
             final_score(session)
         status = "FINISHED"
@@ -149,10 +154,7 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
             session.say(f"stage {stage.name}: decided from {edited}; a decided stage is not "
                         f"reopened (its race and every later stage stand on it): for these "
                         f"settings, run a new study, e.g. --set study={cfg.study}-new")
-        if StageKey.MIRRORED not in shared and does_job(study, MIRROR_CLAIM, StageKey.MIRRORED):
-            with holding(study, MIRROR_CLAIM):
-                _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
-                                 stage_trials(study), result)
+        _mirror_undone(session, stage, study, shared, result)
         ran = shared.get(StageKey.BUDGET, stage.trials)
         if stage.trials > ran:
             session.say(f"stage {stage.name}: finished with a budget of {ran} trials; --trials "
@@ -192,6 +194,21 @@ def run_stage(session: Session, index: int, carried: dict[str, Any],
     session.say(f"stage {stage.name}: {result.decision}; carries "
                 f"{shown_settings(result.params) or 'no change'}")
     return result
+
+
+def _mirror_undone(session: Session, stage: StageConfig, study: optuna.Study,
+                   shared: dict[str, Any], result: StageResult) -> None:
+    """A decided stage's decision into MLflow where nobody has mirrored it (`shared`: the
+    stage's keys, just read): its mirroring's worker died first (killed as it mirrored, or
+    after it finished the stage's last trial and before it began; the others leave the
+    mirroring to it, state.mirrors_decision). A rerun does it as it passes the stage, and
+    `run` once every stage is decided and its own workers are done, so that no stage's run
+    is left RUNNING under a finished study (a worker of `run --workers 2` killed mid-race
+    left it so)."""
+    if StageKey.MIRRORED not in shared and does_job(study, MIRROR_CLAIM, StageKey.MIRRORED):
+        with holding(study, MIRROR_CLAIM):
+            _mirror_decision(session, stage, study, shared[StageKey.STAGE_RUN],
+                             stage_trials(study), result)
 
 
 def _stop_stage_run(session: Session, study: optuna.Study, stage_run: str, status: str,

@@ -19,12 +19,12 @@ from asl_sweep.cli import main
 from asl_sweep.data.studydata import StudyData
 from asl_sweep.results.readback import read_final, read_stages
 from asl_sweep.runtime.workspace import Workspace
-from asl_sweep.search.state import outcome_of
+from asl_sweep.search.state import StageKey, outcome_of
 from asl_sweep.search.state import read as attrs
 from asl_sweep.settings.studyfile import load_study
 from asl_sweep.tracking.tracker import _flatten
 from asl_sweep.training.train import PARTITIONS, partitions
-from tests.conftest import interrupt_a_trial, make_image_folder, running_trial
+from tests.conftest import TINY_STUDY, interrupt_a_trial, make_image_folder, running_trial
 
 TWO_STAGES = {"stages": [
     {"name": "shape", "goal": "pick a shape", "trials": 3, "sampler": "random", "pruner": "none",
@@ -239,6 +239,27 @@ def test_a_stage_with_no_candidate_says_there_was_nothing_to_race(write_study, t
     assert stage.result.decision.startswith("kept incumbent: nothing to race (no search trial")
     assert [t.user_attrs["role"] for t in stage.trials] == [
         "incumbent", "search", "confirm", "confirm"]
+
+
+def test_a_decision_its_worker_died_before_mirroring_is_mirrored_before_the_final_score(
+        write_study, tmp_path, monkeypatch):
+    """The worker that finishes a stage's last trial mirrors its decision and the others go
+    on (state.mirrors_decision). Where it dies first (a worker of `run --workers 2` killed
+    after the race's last repeat), `run` mirrors it once every stage is decided: the
+    stage's MLflow run ends with its decision, not RUNNING under a finished study."""
+    import asl_sweep.search.study as study_module
+
+    monkeypatch.setattr(study_module, "mirrors_decision", lambda study, trials: False)
+    path = write_study({"stages": [{**TINY_STUDY["stages"][0], "trials": 1}]})
+    home = tmp_path / "mlruns"
+    assert main(["run", str(path), "--home", str(home)]) == 0
+    ws = Workspace.at(home)
+    client = MlflowClient(ws.tracking_uri)
+    (stage_run,) = client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id], "tags.kind = 'stage'")
+    assert stage_run.info.status == "FINISHED", stage_run.info.status
+    assert stage_run.data.tags["decision"] and "winner_value" in stage_run.data.metrics
+    assert attrs(optuna.load_study(study_name="tiny.search", storage=ws.storage))[StageKey.MIRRORED]
 
 
 def test_a_space_that_can_only_hurt_keeps_the_incumbent(evidence_study):
