@@ -586,7 +586,8 @@ def test_a_worker_killed_holding_a_trial_is_found_at_once_and_the_study_finishes
 
     import psutil
 
-    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 40},
+    # Trials of about 3 s under CI's load (see the four-worker test): the child joins first.
+    path = write_study({**FAST, "base": {**FAST["base"], "epochs": 60},
                         "stages": [{**FAST["stages"][0], "trials": 6,
                                     "confirm": {"top": 1, "max_repeats": 3}}]})
     home = tmp_path / "mlruns"
