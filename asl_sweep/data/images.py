@@ -57,7 +57,7 @@ def is_data(path: Path, base: Path) -> bool:
                    for part in path.relative_to(base).parts)
 
 
-CACHE_VERSION = 3  # 3: EXIF orientation applied at decode
+CACHE_VERSION = 4  # 3: EXIF orientation applied at decode; 4: 0-1 float images scaled
 ORIENTATION = 0x0112  # the EXIF tag a phone sets on a photo held upright or turned
 
 
@@ -358,10 +358,14 @@ def _report_copies(root: Path, files: list[Path], labels: list[int], copies: lis
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, 16-bit, RGBA and palette images become 8-bit RGB (transparency on white)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        pixels = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+    """Grayscale, 16-bit, floating-point, RGBA and palette images become 8-bit RGB
+    (transparency on white)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        pixels = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if img.mode == "F" and pixels.max() <= 1.0:  # 0-1, as scikit-image and numpy keep
+            peak = 1.0  # them (Pillow's own conversion made every such image black)
+        else:
+            peak = 65535.0 if img.mode.startswith("I;16") or pixels.max() > 255 else 255.0
         gray = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):

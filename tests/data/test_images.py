@@ -49,6 +49,17 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(image_folder, tmp_path):
     assert (pixels - expected).abs().mean() < 3
 
 
+def test_a_floating_point_image_from_0_to_1_is_scaled_not_black(image_folder, tmp_path):
+    """A single-channel float TIFF (scikit-image's and numpy's 0-1 pixels): Pillow's own
+    conversion to RGB clipped every value to 0 or 1, a black image."""
+    ramp = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(ramp, mode="F").save(image_folder / "A" / "p1_A_float.tiff")
+    s = load(image_folder, tmp_path / "cache")
+    pixels = s.images[s.names.index("A/p1_A_float.tiff")][0].float()
+    expected = torch.from_numpy(ramp * 255.0)
+    assert (pixels - expected).abs().mean() < 3 and pixels.max() >= 250
+
+
 @pytest.mark.parametrize("name, content, reason", [
     ("p1_A_corrupt.jpg", b"\xff\xd8\xff\xe0 definitely not a jpeg", "cannot be decoded"),
     ("notes.txt", b"hello", "not an image file"),
