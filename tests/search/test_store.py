@@ -622,11 +622,14 @@ def test_a_worker_killed_holding_a_trial_is_found_at_once_and_the_study_finishes
             "as does kill -9)") in out and "final test accuracy" in out
     ws = Workspace.at(home)
     lost = optuna.load_study(study_name=held[0], storage=ws.storage).trials[held[1]]
-    assert lost.state.name == "FAIL"
-    found_after = (lost.datetime_complete - killed_at).total_seconds()
-    # Found by its beats it is GRACE_S after its last (at least GRACE_S - HEARTBEAT_S after
-    # the kill); at the next look, 0.1-8.7 s on 2 cores with a third process busy.
-    assert found_after < GRACE_S - 2 * HEARTBEAT_S, f"found {found_after:.1f} s after the kill"
+    # COMPLETE only where the kill came in the milliseconds after the read as the trial ended.
+    assert lost.state.name in ("FAIL", "COMPLETE")
+    if lost.state.name == "FAIL":
+        found_after = (lost.datetime_complete - killed_at).total_seconds()
+        # Found by its beats it is GRACE_S after its last (at least GRACE_S - HEARTBEAT_S after
+        # the kill); at the next look, 0.1-8.7 s on 2 cores with a third process busy.
+        assert found_after < GRACE_S - 2 * HEARTBEAT_S, (
+            f"found {found_after:.1f} s after the kill")
     for name in ("tiny.search", "tiny.search.repeats"):
         trials = optuna.load_study(study_name=name, storage=ws.storage).trials
         assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")
