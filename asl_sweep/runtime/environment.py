@@ -116,9 +116,10 @@ def offline() -> bool:
     """ASL_SWEEP_OFFLINE as a yes or no; any other value is refused (`true` was taken as
     no, and a run without a network tried to download)."""
     raw = text(OFFLINE)
-    if raw.strip().lower() in _YES:
+    said = raw.strip().lower()
+    if said in _YES:
         return True
-    if raw.strip().lower() in _NO:
+    if said in _NO:
         return False
     raise ConfigError(f"${OFFLINE.name}={raw!r}: give 1 (never download pretrained "
                       "weights) or 0, or unset it")
