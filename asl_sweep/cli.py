@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check the settings and the data, split it as a run will (no "
                      "image decoded), and say what each stage will search and how many "
                      "trainings it plans, and the final's (final_model: refit trains each "
-                     "final repeat again); train and record nothing")
+                     "final repeat again), and how many workers train side by side here; "
+                     "train and record nothing")
 
     worker = sub.add_parser("worker", help="join a study's search (e.g. from another machine)")
     _study_args(worker)
@@ -564,20 +565,34 @@ def cmd_run(args) -> int:
         # pattern that misses a file or a weights path that is not there is refused before
         # a store is made or an image decoded (a large folder decodes for minutes).
         inputs = input_lines(cfg)
+        from asl_sweep.search import resolve_workers
+
+        # A worker count the run refuses is refused by the dry run too, and either says
+        # how many trainings run side by side.
+        workers = resolve_workers(cfg, requested, args.per_device, say=_say,
+                                  networked=ws.networked_stores())
         if args.dry_run:
-            print("\n".join(plan_lines(cfg, inputs)))
+            print("\n".join([*plan_lines(cfg, inputs), _workers_line(workers, requested)]))
             return 0
         from asl_sweep.results.leaderboard import print_leaderboard
-        from asl_sweep.search import resolve_workers, run_pool
+        from asl_sweep.search import run_pool
 
-    workers = resolve_workers(cfg, requested, args.per_device, say=_say,
-                              networked=ws.networked_stores())
     code = run_pool(cfg, ws, workers, _study_argv(args), bars=sys.stdout.isatty(), say=_say)
     if code != 0:
         return code
     print_leaderboard(cfg, ws, decisions=False)  # decisions and the test score: printed above
     _say_ui(args, ws)
     return 0
+
+
+def _workers_line(workers, requested: str | int) -> str:
+    """The dry run's last line: the trainings the run puts side by side here, and why."""
+    why = workers.why if workers.why.startswith("--workers") else (
+        f"--workers {requested}: {workers.why}")
+    if workers.count == 1:
+        return f"workers: one training at a time, in this process ({why})"
+    return (f"workers: {workers.count} side by side, {workers.threads} thread"
+            f"{'s' if workers.threads != 1 else ''} each ({why})")
 
 
 def _say_ui(args, ws: Workspace) -> None:

@@ -6,6 +6,7 @@ import torch
 
 from asl_sweep.cli import main
 from asl_sweep.data.studydata import StudyData
+from asl_sweep.runtime.machine import usable_cpus
 from asl_sweep.search.plan import input_lines, plan_lines
 from asl_sweep.settings.studyfile import load_study
 
@@ -76,6 +77,26 @@ def test_a_dry_run_checks_the_data_and_records_nothing(write_study, tmp_path, im
     assert main(["run", str(path), "--home", str(home), "--data", str(tmp_path / "typo"),
                  "--dry-run"]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_the_dry_run_says_the_workers_and_refuses_a_count_the_run_refuses(write_study,
+                                                                          tmp_path, capsys):
+    """It planned 10000 workers without a word, where the run refuses them in one line."""
+    path, home = write_study(), tmp_path / "mlruns"
+    argv = ["run", str(path), "--home", str(home), "--dry-run"]
+    assert main([*argv, "--workers", "2"]) == 0
+    threads = max(1, usable_cpus() // 2)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"workers: 2 side by side, {threads} thread{'s' if threads > 1 else ''} each "
+        "(--workers 2)")
+    assert main([*argv, "--workers", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "workers: one training at a time, in this process (--workers 1)")
+    assert main([*argv, "--workers", "10000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --workers 10000: this machine holds at most ") and (
+        "give --workers" in err), err
+    assert not home.exists()
 
 
 def test_photos_kept_person_first_are_named_before_a_run_learns_people_for_letters(
