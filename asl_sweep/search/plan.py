@@ -188,9 +188,9 @@ def people_notes(cfg: StudyConfig, names: Sequence[str],
                 f"tell the {len(tops)} people apart: keep a folder per class at the top "
                 f"({source}/{subs[0]}/anna/01.jpg, then data.group_pattern '^([^/]+)/' splits "
                 "by person)"]
-    if groups is not None:
-        return []
     counting = [s for s in cfg.stages if s.metric.startswith("val_person")]
+    if groups is not None:
+        return _lone_groups_note(cfg, names, groups, counting)
     found = person_pattern(names)
     source = data_source(cfg)
     if counting:  # the person metrics fall back to val_acc
@@ -210,3 +210,27 @@ def people_notes(cfg: StudyConfig, names: Sequence[str],
                 f"set data.group_pattern: '{found[0]}' (or --set data.group_pattern="
                 f"'{found[0]}') for a person-disjoint split"]
     return []
+
+
+def _lone_groups_note(cfg: StudyConfig, names: Sequence[str], groups: np.ndarray,
+                      counting: list[StageConfig]) -> list[str]:
+    """A group_pattern that gives most images a group of their own (such as '(.*)', or one
+    that takes in the file's number): the split is then by image in effect, and a person
+    metric scores each image alone (0 or 1). A note, not a refusal: a set may hold one
+    photo a person."""
+    import numpy as np
+
+    _, sizes = np.unique(groups, return_counts=True)
+    alone = int((sizes == 1).sum())
+    if cfg.data.root is None or len(sizes) < 3 or alone <= len(sizes) / 2:
+        return []
+    metrics = (f", and the person metrics ({', '.join(sorted({s.metric for s in counting}))})"
+               " score each of those images alone, 0 or 1" if counting else "")
+    found = person_pattern(names)
+    hint = f" (e.g. '{found[0]}')" if found else ""
+    return [f"note: data.group_pattern '{cfg.data.group_pattern}' gives {alone} of "
+            f"{len(groups)} images a group of their own ({len(sizes)} groups): if group 1 "
+            "should name the person, it takes in more than the person, so one person's "
+            "photos fall in several groups and can sit in training and in test"
+            f"{metrics}; write group 1 to capture the person only{hint}"]
+

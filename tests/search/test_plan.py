@@ -154,3 +154,22 @@ def test_the_dry_run_says_where_a_backbones_weights_are_and_refuses_a_missing_fi
     assert main([*argv, "--set", f"base.transfer.weights={tmp_path / 'typo.pth'}"]) == 2
     assert f"base.transfer.weights: {tmp_path / 'typo.pth'} is not a file" in (
         capsys.readouterr().err)
+
+
+def test_a_group_pattern_that_gives_each_image_its_own_group_is_named(write_study, tmp_path,
+                                                                      image_folder, capsys):
+    """'(.*)' (or a pattern that takes in the photo's number) split by image while saying
+    person-disjoint, and a person metric scored each image alone, without a word."""
+    path = write_study({"stages": [{"name": "s", "metric": "val_person_q25", "trials": 2,
+                                    "space": {"lr": {"low": 1e-3, "high": 1e-2}}}]})
+    argv = ["run", str(path), "--home", str(tmp_path / "mlruns"), "--data", str(image_folder),
+            "--dry-run"]
+    assert main([*argv, "--set", "data.group_pattern=(.*)"]) == 0
+    images = sum(1 for f in image_folder.rglob("*") if f.is_file())
+    out = capsys.readouterr().out
+    assert (f"note: data.group_pattern '(.*)' gives {images} of {images} images a group of "
+            f"their own ({images} groups)") in out, out
+    assert "the person metrics (val_person_q25) score each of those images alone" in out
+    assert "write group 1 to capture the person only (e.g. '^([^_]+)_')" in out
+    assert main([*argv, "--set", "data.group_pattern=^(p[0-9])_"]) == 0
+    assert "a group of their own" not in capsys.readouterr().out
