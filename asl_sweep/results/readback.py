@@ -67,7 +67,14 @@ def finished_stage(cfg: StudyConfig, views: list[StageView], name: str | None) -
                           f"({stopped.stopped}), so it has no final configuration: mend that "
                           f"and run it again{named}")
     if not finished:
-        raise ConfigError(f"study {cfg.study}: no finished stage yet; run it first")
+        started = next((v for v in views if v.trials), None)
+        if started is None:
+            raise ConfigError(f"study {cfg.study}: no finished stage yet; run it first")
+        done = sum(t.state.is_finished() for t in started.trials)
+        raise ConfigError(f"study {cfg.study}: no stage has decided yet (stage "
+                          f"{started.stage.name}: {done} of the {len(started.trials)} trials "
+                          "it has started have finished); let the run finish (asl-sweep "
+                          "status shows how far it is), or run it again if it was stopped")
     if finished[-1] is not views[-1]:  # the final configuration is not decided yet
         waiting = next(v for v in views if v.result is None).stage.name
         raise ConfigError(f"study {cfg.study} is not finished (stage {waiting} has not "

@@ -97,3 +97,34 @@ def test_status_says_the_final_score_is_in_progress_while_a_worker_does_it(write
         assert line.startswith(f"final test score: in progress, by {worker_id()}")
         assert "trained again on every non-test person first" in line
     assert final_line(cfg, ws) is None  # released: not in progress
+
+
+def test_export_of_a_study_whose_first_stage_is_running_says_to_let_the_run_finish(
+        write_study, tmp_path, capsys):
+    """`export` beside a running study said "no finished stage yet; run it first", as if it
+    had never run. Now it names the stage and how far it is."""
+    import optuna
+
+    from asl_sweep.runtime.workspace import Workspace
+    from asl_sweep.search import optuna_storage
+    from asl_sweep.search.record import bind
+    from asl_sweep.search.store import stage_study_name
+    from asl_sweep.settings.studyfile import load_study
+
+    path = write_study()
+    cfg = load_study(path)
+    home = tmp_path / "home"
+    ws = Workspace.at(home)
+    ws.prepare()
+    storage = optuna_storage(ws.storage)
+    bind(storage, cfg, log=lambda line: None)  # the study's record, as a run's start makes it
+    stage = optuna.create_study(study_name=stage_study_name(cfg, cfg.stages[0]),
+                                storage=storage)
+    stage.tell(stage.ask(), 0.5)
+    stage.ask()
+    for command in ("export", "evaluate"):
+        assert main([command, str(path), "--home", str(home)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: study {cfg.study}: no stage has decided yet (stage {cfg.stages[0].name}: "
+            "1 of the 2 trials it has started have finished); let the run finish "
+            "(asl-sweep status shows how far it is), or run it again if it was stopped")
