@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -180,10 +181,13 @@ def _not_exported(source: str, home: Path | str) -> str:
 
 
 def _meant(source: str) -> str:
-    """What a name that is no file or study most likely meant: a registered model's name
-    without its models:/ prefix."""
+    """What a name that is no file or study most likely meant: a registered model's name,
+    or a logged model's id as the MLflow UI shows it (m- and 32 hex digits), without its
+    models:/ prefix."""
     if source.startswith("asl-sweep-"):
         return f" (a registered model is named models:/{source}/latest or models:/{source}/N)"
+    if re.fullmatch(r"m-[0-9a-f]{32}", source):
+        return f" (a logged model's id is named models:/{source})"
     return ""
 
 

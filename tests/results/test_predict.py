@@ -193,6 +193,8 @@ def test_what_is_not_a_model_on_this_machine_says_what_to_give(tmp_path, image, 
     assert said("asl-sweep-quick").endswith("(a registered model is named "
                                             "models:/asl-sweep-quick/latest or "
                                             "models:/asl-sweep-quick/N)")
+    logged = "m-" + "0123456789abcdef" * 2  # a logged model's id, as the MLflow UI shows it
+    assert said(logged).endswith(f"(a logged model's id is named models:/{logged})")
     assert said(str(home / "exports")).endswith(
         f"holds the exports of 1 study (quick); give one of them, e.g. {export}")
     assert said(str(export / "MODEL_CARD.md")).endswith(
