@@ -99,11 +99,12 @@ class Exported:
     def described(self) -> str:
         if self.refit:
             members = self.test["refit"]["members"]
+            unit = self.cfg.data.unit
             return (f"the refit of trials {', '.join(str(n) for n in members)} (each repeat's "
-                    "settings and seed trained again on every non-test person, the last "
+                    f"settings and seed trained again on every non-test {unit}, the last "
                     "epoch kept; their probabilities averaged)" if len(members) > 1 else
                     f"the refit of trial {members[0]} (its settings and seed trained again on "
-                    "every non-test person, the last epoch kept)")
+                    f"every non-test {unit}, the last epoch kept)")
         if self.file.members:
             return (f"the ensemble of trials {', '.join(str(n) for n in self.test['trials'])} "
                     "(the configuration's repeats, their probabilities averaged)")

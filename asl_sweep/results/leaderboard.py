@@ -64,7 +64,7 @@ def final_line(cfg: StudyConfig, ws: Workspace) -> str | None:
               if cfg.final_model == "refit" else "")
     if not final:
         return f"final test score: in progress, by {scorer}{refits}" if scorer else None
-    lines = [*final_model_lines(final, cfg.final_model),
+    lines = [*final_model_lines(final, cfg.final_model, cfg.data.unit),
              *(views_lines(final["tta"]) if "tta" in final else [])]
     if scorer:
         lines.append(f"refits: in progress, by {scorer}{refits}")
@@ -81,7 +81,9 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
         where = ("validation fold 0" if view.folds == 1 else
                  f"{view.stage.metric}: the mean over {view.folds} person folds, "
                  "the accuracies fold 0's")
-        print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric} "
+        alike = (" (val_acc here: the images name no people)" if cfg.data.unit == "image"
+                 and view.stage.metric.startswith("val_person") else "")
+        print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric}{alike} "
               f"(best epoch, {where}; not a test score)")
         rows = leaderboard_rows(view, top)
         print(table(["trial", *leaderboard_columns(view), "params"], rows) if rows

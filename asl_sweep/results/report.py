@@ -307,8 +307,9 @@ def _final_section(doc: Doc, cfg: StudyConfig, ws: Workspace, folder: Path) -> N
              f"{ens['ci'][0]:.3f}-{ens['ci'][1]:.3f}), the best repeat by validation (trial "
              f"{best['trial']}) {best['accuracy']:.3f}, the repeats' mean {test['mean']:.3f}."
              if ens else f"The best repeat by validation is trial {best['trial']}.")
-          + (f" The refit on every non-test person (the repeats' settings and seeds trained "
-             f"again on the training and validation people, the last epoch kept) "
+          + (f" The refit on every non-test {cfg.data.unit} (the repeats' settings and seeds "
+             f"trained again on the training and validation {cfg.data.units}, the last epoch "
+             "kept) "
              f"{test['refit']['mean']:.3f} (95% CI {test['refit']['ci'][0]:.3f}-"
              f"{test['refit']['ci'][1]:.3f}; one by one {test['refit']['members_mean']:.3f} "
              f"+- {test['refit'].get('members_std', 0.0):.3f})."

@@ -482,7 +482,8 @@ def final_score(session: Session) -> dict:
         final = _scored(session, study)
     session.log(f"\nfinal test accuracy of {stage.name}'s configuration: {final['summary']}\n"
                 f"  rule: {TEST_RULE}")
-    for line in [*final_model_lines(final, cfg.final_model), *views_lines(final["tta"])]:
+    for line in [*final_model_lines(final, cfg.final_model, cfg.data.unit),
+                 *views_lines(final["tta"])]:
         session.log(f"  {line}")
     for line in failure_lines(final["breakdown"]):
         session.log(f"  {line}")
@@ -517,8 +518,8 @@ def _refit_after(session: Session, stored: dict) -> dict:
     if not does_job(study, REFIT_CLAIM, lambda keys: "refit" in keys.get(RecordKey.FINAL, {}),
                     keys_of=session.record):
         stored = read(session.record)[RecordKey.FINAL]
-        session.log(f"refit on every non-test person (final_model: refit), trained by another "
-                    f"run of the study: test {stored['refit']['mean']:.3f}")
+        session.log(f"refit on every non-test {cfg.data.unit} (final_model: refit), trained "
+                    f"by another run of the study: test {stored['refit']['mean']:.3f}")
         return stored
     with holding(study, REFIT_CLAIM):
         view = StageView(cfg.stages[-1], stage_trials(study), session.results[-1], {})
@@ -526,7 +527,8 @@ def _refit_after(session: Session, stored: dict) -> dict:
         _refit(session, stored, [(r.trial, r.fold, r.file) for r in repeats])
         save_final(session.record, stored)
     refit = stored["refit"]  # the first score prints it in its block; this run, here
-    session.log(f"refit on every non-test person, the exported model (final_model: refit): "
+    session.log(f"refit on every non-test {cfg.data.unit}, the exported model (final_model: "
+                f"refit): "
                 f"test {refit['mean']:.3f} (its {len(refit['runs'])} models averaged; one by "
                 f"one {refit['members_mean']:.3f} +- {refit['members_std']:.3f})")
     return stored

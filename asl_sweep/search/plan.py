@@ -65,7 +65,7 @@ def _final_line(cfg: StudyConfig, least: int, most: int) -> str:
     if cfg.final_model != "refit":
         return line
     stops = " at most" if apply_overrides(cfg.base, stage.fixed).early_stop else ""
-    return (f"{line}; each repeat trained again on every non-test person: "
+    return (f"{line}; each repeat trained again on every non-test {cfg.data.unit}: "
             f"{_count(least, most)} more training{'s' if most != 1 else ''} of{stops} "
             f"{_epochs(cfg, stage)} epochs")
 

@@ -159,9 +159,10 @@ def exported_kind(final: dict, final_model: str) -> str | None:
     return "ensemble" if final_model == "ensemble" and "ensemble" in final else "best_repeat"
 
 
-def final_model_lines(final: dict, final_model: str) -> list[str]:
+def final_model_lines(final: dict, final_model: str, unit: str = "person") -> list[str]:
     """What the exported model scores on test: the ensemble of the repeats, the best repeat
-    by validation and the refit, and which of them `final_model` exports."""
+    by validation and the refit, and which of them `final_model` exports. `unit`: what the
+    data's splits are made of (DataConfig.unit), person or image."""
     best = final.get("best_repeat") or {"trial": final["export_trial"], "accuracy": None}
     single = (f"best repeat by validation (trial {best['trial']})"
               + (f": {best['accuracy']:.3f}" if best["accuracy"] is not None else ""))
@@ -172,7 +173,7 @@ def final_model_lines(final: dict, final_model: str) -> list[str]:
     if refit is not None:
         worst = ", ".join(f"{r['person']} {r['accuracy']:.2f}"
                           for r in refit.get("by_person", [])[:3])
-        lines.append(f"refit on every non-test person ({len(refit['members'])} models, "
+        lines.append(f"refit on every non-test {unit} ({len(refit['members'])} models, "
                      f"probabilities averaged): {refit['mean']:.3f} (95% CI "
                      f"{refit['ci'][0]:.3f}-{refit['ci'][1]:.3f}; "
                      f"one by one {refit['members_mean']:.3f} +- "

@@ -76,6 +76,16 @@ class DataConfig(Strict):
     on_bad_image: Literal["error", "skip"] = Field("error", description="an unreadable image"
                                                    ": stop naming it, or skip and count it")
 
+    @property
+    def unit(self) -> str:
+        """What the splits are made of: person (the built-in signers, or a group_pattern's
+        groups), else image (and the person metrics are val_acc)."""
+        return "person" if self.root is None or self.group_pattern is not None else "image"
+
+    @property
+    def units(self) -> str:
+        return "people" if self.unit == "person" else "images"
+
     @model_validator(mode="after")
     def _room_to_train(self) -> DataConfig:
         if self.val_fraction + self.test_fraction >= 0.9:

@@ -200,3 +200,22 @@ def test_the_refits_of_a_run_with_workers_train_on_every_thread_the_workers_left
     each = int(re.search(r"2 workers side by side, (\d+) threads? each", done.stdout)[1])
     assert each < own  # a worker's share (1 of 2 cores here), not what the refits had
     assert f"the final test on {own} threads" in done.stdout
+
+
+def test_on_photos_without_people_the_refit_and_the_person_metric_say_images(
+        tmp_path, image_folder, capsys):
+    """A folder with no group_pattern: the run said "refit on every non-test person" and
+    ranked trials "by val_person_q25", where the split and the metric are by image."""
+    path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
+    path.write_text(STUDY.replace("stages:\n", "final_model: refit\nstages:\n").replace(
+        "trials: 2,", "trials: 2, metric: val_person_q25,"))
+    assert main(["run", str(path), "--home", str(home), "--data", str(image_folder),
+                 "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "refit on every non-test image (2 models, probabilities averaged)" in out
+    assert "non-test person" not in out
+    assert ("top trials by val_person_q25 (val_acc here: the images name no people) (best "
+            "epoch") in out, out
+    cfg = load_study(path, [f"data.root={image_folder}"])
+    assert plan_lines(cfg, [])[-2].endswith("each repeat trained again on every non-test "
+                                            "image: 2 more trainings of 3 epochs")
