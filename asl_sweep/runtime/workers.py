@@ -73,7 +73,7 @@ def auto_workers(large: bool = False, cores: int | None = None, gpus: int | None
     per = PER_WORKER_BYTES["large" if large else "small"]
     fit = max(1, memory // per) if memory else cores
     count = max(1, min(cores, fit))
-    why = (f"one per CPU core ({cores}), one thread each" if count == cores else
+    why = (f"one per CPU core ({cores})" if count == cores else
            f"{count} of {cores} cores: free memory ({memory / 2**30:.0f} GiB) holds {count}")
     return Workers(count, max(1, cores // count), why)
 
