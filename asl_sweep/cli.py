@@ -402,7 +402,7 @@ def _whose(args: argparse.Namespace) -> str:
     """A worker that `run` started says its last line as its trial lines, prefixed: `run`
     says its own beside it (two identical lines read as one said twice)."""
     if args.command == "worker" and args.parent_pid:
-        return f"[worker {args.worker_index}] "
+        return f"[worker {args.worker_index if args.worker_index is not None else os.getpid()}] "
     return ""
 
 

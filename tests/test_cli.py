@@ -446,3 +446,18 @@ def test_the_command_ends_without_the_last_garbage_collections(monkeypatch, tmp_
     finally:
         gc.unfreeze()  # this test process collects as before
     assert "nothing recorded" in capsys.readouterr().err
+
+
+def test_a_worker_with_a_parent_and_no_index_names_itself_by_its_pid():
+    """Started with run's hidden --parent-pid and no --worker-index, a worker prefixed its
+    lines `[worker None]`."""
+    import argparse
+    import os
+
+    from asl_sweep.cli import _whose
+
+    args = argparse.Namespace(command="worker", parent_pid=1, worker_index=None)
+    assert _whose(args) == f"[worker {os.getpid()}] "
+    assert _whose(argparse.Namespace(command="worker", parent_pid=1, worker_index=2)) == (
+        "[worker 2] ")
+    assert _whose(argparse.Namespace(command="worker", parent_pid=None, worker_index=2)) == ""
