@@ -452,7 +452,6 @@ def test_a_worker_with_a_parent_and_no_index_names_itself_by_its_pid():
     """Started with run's hidden --parent-pid and no --worker-index, a worker prefixed its
     lines `[worker None]`."""
     import argparse
-    import os
 
     from asl_sweep.cli import _whose
 
