@@ -1,5 +1,7 @@
 """The plan `run --dry-run` prints: what each stage searches and the trainings it plans."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -97,6 +99,13 @@ def test_the_dry_run_says_the_workers_and_refuses_a_count_the_run_refuses(write_
     assert err.startswith("error: --workers 10000: this machine holds at most ") and (
         "give --workers" in err), err
     assert not home.exists()
+    # Resolving them loads no MLflow (a study's run does: 1.8 s more a dry run).
+    loaded = subprocess.run([sys.executable, "-c", "import sys\n"
+                             "from asl_sweep.cli import main\n"
+                             "main(sys.argv[1:])\n"
+                             "print('mlflow' in sys.modules)", *argv, "--workers", "2"],
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.splitlines()[-1] == "False", loaded.stdout + loaded.stderr
 
 
 def test_photos_kept_person_first_are_named_before_a_run_learns_people_for_letters(
