@@ -528,9 +528,8 @@ def _refit_after(session: Session, stored: dict) -> dict:
         save_final(session.record, stored)
     refit = stored["refit"]  # the first score prints it in its block; this run, here
     session.log(f"refit on every non-test {cfg.data.unit}, the exported model (final_model: "
-                f"refit): "
-                f"test {refit['mean']:.3f} (its {len(refit['runs'])} models averaged; one by "
-                f"one {refit['members_mean']:.3f} +- {refit['members_std']:.3f})")
+                f"refit): test {refit['mean']:.3f} (its {len(refit['runs'])} models averaged; "
+                f"one by one {refit['members_mean']:.3f} +- {refit['members_std']:.3f})")
     return stored
 
 

@@ -233,4 +233,3 @@ def _lone_groups_note(cfg: StudyConfig, names: Sequence[str], groups: np.ndarray
             "should name the person, it takes in more than the person, so one person's "
             "photos fall in several groups and can sit in training and in test"
             f"{metrics}; write group 1 to capture the person only{hint}"]
-
