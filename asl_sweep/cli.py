@@ -591,8 +591,7 @@ def _workers_line(workers, requested: str | int) -> str:
         f"--workers {requested}: {workers.why}")
     if workers.count == 1:
         return f"workers: one training at a time, in this process ({why})"
-    return (f"workers: {workers.count} side by side, {workers.threads} thread"
-            f"{'s' if workers.threads != 1 else ''} each ({why})")
+    return f"workers: {workers.count} side by side, {workers.threads_each} ({why})"
 
 
 def _say_ui(args, ws: Workspace) -> None:

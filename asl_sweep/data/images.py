@@ -362,10 +362,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     (transparency on white)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         pixels = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        if img.mode == "F" and pixels.max() <= 1.0:  # 0-1, as scikit-image and numpy keep
-            peak = 1.0  # them (Pillow's own conversion made every such image black)
+        top = pixels.max()
+        if img.mode == "F" and top <= 1.0:  # 0-1, as scikit-image and numpy keep them
+            peak = 1.0  # (Pillow's own conversion made every such image black)
         else:
-            peak = 65535.0 if img.mode.startswith("I;16") or pixels.max() > 255 else 255.0
+            peak = 65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0
         gray = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):

@@ -27,6 +27,11 @@ class Workers:
     gpus: int = 0
     per_device: int = 1  # workers that share one GPU (--per-device)
 
+    @property
+    def threads_each(self) -> str:
+        """`1 thread each`, `2 threads each`: as run and its dry run say it."""
+        return f"{self.threads} thread{'s' if self.threads != 1 else ''} each"
+
     def device_of(self, index: int) -> int | None:
         """The GPU that worker `index` trains on (None on a CPU): each GPU takes
         `per_device` consecutive workers, and the count wraps around the GPUs."""

@@ -60,9 +60,8 @@ def run_pool(cfg: StudyConfig, ws: Workspace, workers: Workers, worker_argv: lis
     procs: list[subprocess.Popen] = []
     searched = None
     if workers.count > 1:
-        say(f"{workers.count} workers side by side, {workers.threads} thread"
-            f"{'s' if workers.threads != 1 else ''} each ({workers.why}); --workers 1 for one "
-            "at a time")
+        say(f"{workers.count} workers side by side, {workers.threads_each} ({workers.why}); "
+            "--workers 1 for one at a time")
         import torch
 
         threads = torch.get_num_threads()  # this process's own, given back for the final
