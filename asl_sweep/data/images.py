@@ -358,15 +358,18 @@ def _report_copies(root: Path, files: list[Path], labels: list[int], copies: lis
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, 16-bit, floating-point, RGBA and palette images become 8-bit RGB
-    (transparency on white)."""
+    """Grayscale, 16-bit, 32-bit, floating-point, RGBA and palette images become 8-bit RGB
+    (transparency on white); a 32-bit or float image is read at the depth its brightest
+    pixel needs (0-1, 8, 16 or 31 bits)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         pixels = np.nan_to_num(np.asarray(img, dtype=np.float64))
         top = pixels.max()
         if img.mode == "F" and top <= 1.0:  # 0-1, as scikit-image and numpy keep them
             peak = 1.0  # (Pillow's own conversion made every such image black)
-        else:
-            peak = 65535.0 if img.mode.startswith("I;16") or top > 255 else 255.0
+        elif img.mode.startswith("I;16"):
+            peak = 65535.0
+        else:  # the least depth holding the brightest pixel: 8, 16 or 31 bits (I is signed)
+            peak = next((p for p in (255.0, 65535.0, 2.0**31 - 1) if top <= p), top)
         gray = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):

@@ -49,6 +49,18 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(image_folder, tmp_path):
     assert (pixels - expected).abs().mean() < 3
 
 
+def test_a_32_bit_integer_image_above_16_bits_is_scaled_not_white(image_folder, tmp_path):
+    """A 32-bit integer TIFF (Pillow's mode I, as scientific cameras write) whose pixels go
+    above 65535 was read as 16 bits: everything above became white."""
+    ramp = np.linspace(0, 2**31 - 1, 16 * 16).astype(np.int32).reshape(16, 16)
+    Image.fromarray(ramp, mode="I").save(image_folder / "A" / "p1_A_32bit.tiff")
+    s = load(image_folder, tmp_path / "cache")
+    pixels = s.images[s.names.index("A/p1_A_32bit.tiff")][0].float()
+    expected = torch.from_numpy(ramp.astype(np.float64) * (255.0 / (2**31 - 1))).float()
+    assert (pixels - expected).abs().mean() < 3 and (pixels == 255).float().mean() < 0.05
+    assert pixels.min() <= 2 and pixels.max() >= 250
+
+
 def test_a_floating_point_image_from_0_to_1_is_scaled_not_black(image_folder, tmp_path):
     """A single-channel float TIFF (scikit-image's and numpy's 0-1 pixels): Pillow's own
     conversion to RGB clipped every value to 0 or 1, a black image."""
