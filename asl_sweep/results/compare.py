@@ -26,7 +26,7 @@ def _stage_cell(view) -> str:
         return "unfinished" if view.trials else "not run"
     r = view.result
     change = shown_settings(r.params) or "no change"
-    return f"{r.status}: {change} ({view.stage.metric} {r.value:.3f})"
+    return f"{r.status}: {change} ({view.stage.shown_metric} {r.value:.3f})"
 
 
 def compare_lines(a: tuple[StudyConfig, Workspace], b: tuple[StudyConfig, Workspace]

@@ -31,7 +31,7 @@ def leaderboard_columns(view: StageView) -> list[str]:
     stage, columns = view.stage, ["train_acc", "val_acc"]
     if not view.ranked_apart:
         return columns
-    return [*columns, stage.metric + (f" ({view.folds} folds)" if view.folds > 1 else "")]
+    return [*columns, stage.shown_metric + (f" ({view.folds} folds)" if view.folds > 1 else "")]
 
 
 def leaderboard_rows(view: StageView, top: int = 5) -> list[list[str]]:
@@ -81,9 +81,8 @@ def print_leaderboard(cfg: StudyConfig, ws: Workspace, top: int = 5,
         where = ("validation fold 0" if view.folds == 1 else
                  f"{view.stage.metric}: the mean over {view.folds} person folds, "
                  "the accuracies fold 0's")
-        alike = (" (val_acc here: the images name no people)" if cfg.data.unit == "image"
-                 and view.stage.metric.startswith("val_person") else "")
-        print(f"\n== {cfg.study} / {view.stage.name}: top trials by {view.stage.metric}{alike} "
+        print(f"\n== {cfg.study} / {view.stage.name}: top trials by "
+              f"{view.stage.metric_heading} "
               f"(best epoch, {where}; not a test score)")
         rows = leaderboard_rows(view, top)
         print(table(["trial", *leaderboard_columns(view), "params"], rows) if rows
@@ -137,7 +136,7 @@ def print_status(cfg: StudyConfig, ws: Workspace) -> None:
               "and confirmation repeats)")
         if best is not None:
             print(f"    best so far: trial {best.number}{LABELS[role_of(best)]}, "
-                  f"{view.stage.metric} {best.value:.4f} ("
+                  f"{view.stage.shown_metric} {best.value:.4f} ("
                   f"{'training' if view.stage.metric.startswith('train') else 'validation'}, "
                   "best epoch"
                   + (f"; the mean over {view.folds} person folds)" if view.folds > 1

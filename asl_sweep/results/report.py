@@ -155,7 +155,7 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     stage, result = view.stage, view.result
     prefix = folder / f"{index:02d}-{stage.name}"
     doc.h(2, f"Stage {index}: {stage.name}")
-    doc.p(f"Goal: {stage.goal or '-'}. Metric: {stage.metric} ({stage.direction})"
+    doc.p(f"Goal: {stage.goal or '-'}. Metric: {stage.metric_heading} ({stage.direction})"
           + (f", target {stage.target}" if stage.target is not None else "")
           + f"; budget {view.budget} trials ({stage.sampler} sampler"
           + (f", {stage.moves} setting{'s' if stage.moves > 1 else ''} changed a trial from "
@@ -176,7 +176,7 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
     # The value the stage ranks and decides on, where the accuracies are not it.
     over = (f"; the mean of {view.folds} folds but for repeats, one fold each"
             if view.folds > 1 else "")
-    ranked_by = [f"{stage.metric} (best epoch{over})"] if view.ranked_apart else []
+    ranked_by = [f"{stage.shown_metric} (best epoch{over})"] if view.ranked_apart else []
     rows = []
     for t in sorted(view.trials, key=lambda t: t.number):
         role = role_of(t)
@@ -208,13 +208,13 @@ def _stage_section(doc: Doc, index: int, view: StageView, cfg: StudyConfig, ws: 
                 if TrialKey.REPORTED in t.user_attrs else "")
         doc.p(f"Human baseline (trial {t.number}): {said}the same settings re-run here reached "
               f"validation accuracy {_acc(t, 'val_acc')}; the stage's result: "
-              f"{stage.metric} {result.value:.3f}.")
+              f"{stage.shown_metric} {result.value:.3f}.")
     doc.p("Diagnosis: " + diagnosis(result.metrics["train_acc"], result.metrics["val_acc"]))
     _evidence_plot(doc, view, prefix)
     _curves(doc, view, tracker, prefix, seeds)
     _search_plots(doc, view, cfg, ws, prefix)
     value = result.value if result.evidence else result.metrics.get(stage.metric, result.value)
-    return [stage.name, stage.goal, result.status, f"{stage.metric} {value:.3f}", reported,
+    return [stage.name, stage.goal, result.status, f"{stage.shown_metric} {value:.3f}", reported,
             rerun, ", ".join(f"{k}={_fmt(v)}" for k, v in result.params.items()) or "no change"]
 
 

@@ -27,7 +27,7 @@ def plan_lines(cfg: StudyConfig, data: Sequence[str]) -> list[str]:
         least, most = _trainings(stage)
         low, high = low + least, high + most
         lines.append(f"stage {index + 1} of {len(cfg.stages)} {stage.name}: "
-                     f"{stage.goal + ' ' if stage.goal else ''}[{stage.metric}, "
+                     f"{stage.goal + ' ' if stage.goal else ''}[{stage.metric_heading}, "
                      f"{stage.sampler} sampler, pruner {stage.pruner}]")
         searched = [f"{key} {_range(raw)}" for key, raw in stage.space.items()]
         lines.append(f"  searches: {'; '.join(searched) if searched else 'nothing'}"
@@ -85,7 +85,7 @@ def _how(stage: StageConfig) -> str:
     seeds = f" ({n} of them {'seed trials' if n > 1 else 'a seed trial'})" if n else ""
     head = f"the incumbent + {stage.trials} search trials{seeds}"
     if stage.target is not None:
-        return f"{head}, until one reaches {stage.metric} {stage.target:g} (a gate)"
+        return f"{head}, until one reaches {stage.shown_metric} {stage.target:g} (a gate)"
     confirm = stage.confirm
     if confirm is None:
         return f"{head}, the best adopted without a race"

@@ -114,7 +114,7 @@ class StageProgress:
                 Role.SEED: "seed trial", Role.SEARCH: "",
                 Role.CONFIRM: f"repeat {t.user_attrs.get(TrialKey.REPEAT)} of trial "
                               f"{t.user_attrs.get(TrialKey.CONFIRMS)}"}[role]
-        value = f"{self.stage.metric} {t.value:.3f}" if t.value is not None else ""
+        value = f"{self.stage.shown_metric} {t.value:.3f}" if t.value is not None else ""
         said = " ".join(p for p in (f"trial {self.first + t.number}", what,
                                     t.state.name.lower(), value) if p)
         how = f"reused from {reused}" if reused else f"{took:.1f}s"

@@ -116,10 +116,10 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig,
                 -other_sign * outcome_of(t).metrics[other], outcome_of(t).num_params,
                 t.number))
             return _result(winner, stage, "target reached",
-                           f"trial {winner.number} reached {stage.metric} {winner.value:.4f} "
+                           f"trial {winner.number} reached {stage.shown_metric} {winner.value:.4f} "
                            f"(target {stage.target}; {len(reached)} of {len(complete)} did)")
         best = max(complete, key=lambda t: (sign * t.value, -t.number))
-        message = (f"stage {stage.name}: no trial reached {stage.metric} "
+        message = (f"stage {stage.name}: no trial reached {stage.shown_metric} "
                    f"{'>=' if sign > 0 else '<='} {stage.target} "
                    f"(best: {best.value:.4f}, trial {best.number})")
         if stage.on_fail == "stop":
@@ -131,7 +131,7 @@ def pick_winner(trials: list[FrozenTrial], stage: StageConfig,
     kept = role_of(winner) == Role.INCUMBENT
     return _result(winner, stage, "best",
                    f"{'kept incumbent' if kept else f'trial {winner.number}'}: best "
-                   f"{stage.metric} {winner.value:.4f} ({unconfirmed})")
+                   f"{stage.shown_metric} {winner.value:.4f} ({unconfirmed})")
 
 
 def is_previous_family(t: FrozenTrial) -> bool:
@@ -267,7 +267,7 @@ def decide(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
         repeats = [values[r][1] for r in sorted(values)]
         return _result(by_number[c], stage, "adopted",
                        f"adopted trial {c}: {spread} {over} ({needed}); "
-                       f"{stage.metric} {stats['mean']:.3f} vs "
+                       f"{stage.shown_metric} {stats['mean']:.3f} vs "
                        f"incumbent {evidence['configs'][str(incumbent)]['mean']:.3f}",
                        stats["mean"], repeats, evidence)
     return _result(incumbent_trial, stage, "kept incumbent",
@@ -416,8 +416,8 @@ def decide_race(trials: list[FrozenTrial], stage: StageConfig, incumbent: int,
         return _result(by_number[c], stage, "adopted",
                        f"adopted trial {c}: {pt(b.mean)} over {fresh(b.n)}, lower bound "
                        f"{pt(b.lower)} > min gain {pt(rule.min_gain)} ({tail}); "
-                       f"{stage.metric} {evidence['configs'][str(c)]['mean']:.3f} vs incumbent "
-                       f"{evidence['configs'][str(incumbent)]['mean']:.3f}",
+                       f"{stage.shown_metric} {evidence['configs'][str(c)]['mean']:.3f} vs "
+                       f"incumbent {evidence['configs'][str(incumbent)]['mean']:.3f}",
                        evidence["configs"][str(c)]["mean"], _trials_of(values[c]), evidence)
     if not candidates:
         return _result(by_number[incumbent], stage, "kept incumbent",

@@ -105,7 +105,7 @@ class StageView:
     def ranked_apart(self) -> bool:
         """Whether its trials are ranked by a value their accuracies do not show: another
         metric, or the mean over several folds (then shown beside them)."""
-        return self.folds > 1 or self.stage.metric not in ("train_acc", "val_acc")
+        return self.folds > 1 or self.stage.shown_metric not in ("train_acc", "val_acc")
 
     def best(self) -> FrozenTrial | None:
         ranked = self.ranked()

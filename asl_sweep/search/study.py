@@ -389,7 +389,7 @@ def _search_and_decide(session: Session, stage: StageConfig, study: optuna.Study
     session.say(f"stage {stage.name} ({progress.where}): "
                 f"{stage.goal + ' ' if stage.goal else ''}[incumbent + {stage.trials} trials"
                 f"{f' + confirmation of the top {confirm.top}' if confirm else ''}, "
-                f"{stage.metric}]")
+                f"{stage.metric_heading}]")
     if runner.search_folds < stage.folds:
         why = (f"the split has {runner.search_folds} validation folds of the people outside "
                "test" if runner.use_folds else "its validation stays on one fold (no people "

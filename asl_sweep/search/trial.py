@@ -162,7 +162,7 @@ class TrialRunner:
         for fold in range(1, self.folds(plan)):
             shown = EpochProgress(f"{self.stage.name} trial {plan.number} (fold {fold + 1} "
                                   f"of {self.folds(plan)})", plan.cfg.epochs,
-                                  self.stage.metric, self.session.log, bar=self.show_bar)
+                                  self.stage.shown_metric, self.session.log, bar=self.show_bar)
             try:
                 def on_epoch(s: EpochStats, shown: EpochProgress = shown) -> None:
                     shown(s.epoch, s.metric(self.stage.metric), s.images_per_s)
@@ -345,7 +345,7 @@ class TrialRunner:
         what = (f" (repeat {plan.repeat} of trial {frozen.user_attrs.get(TrialKey.CONFIRMS)})"
                 if plan.role == Role.CONFIRM else "")
         shown = EpochProgress(f"{stage.name} trial {plan.number}{what}", plan.cfg.epochs,
-                              stage.metric, session.log, bar=self.show_bar)
+                              stage.shown_metric, session.log, bar=self.show_bar)
 
         def on_epoch(stats: EpochStats) -> None:
             run.epoch(stats)

@@ -7,7 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from asl_sweep.settings.config import (
     DataConfig,
@@ -263,6 +270,8 @@ class StageConfig(Strict):
     confirm: ConfirmConfig | None = Field(ConfirmConfig(), description="the race on fresh "
                                           "paired repeats before anything is adopted; null: "
                                           "adopt the best trial as it scored")
+    # Set by the study: its images name no people, so a person metric is val_acc.
+    _pooled: bool = PrivateAttr(False)
 
     @field_validator("space")
     @classmethod
@@ -323,6 +332,21 @@ class StageConfig(Strict):
                         raise ValueError(f"space.{name}.when.{key}: {v!r} is not among "
                                          f"{key}'s choices {earlier[key].choices}{hint}")
         return self
+
+    @property
+    def shown_metric(self) -> str:
+        """The metric's name as the terminal prints its values: val_acc for a person metric
+        where the images name no people (each person metric equals val_acc there); the
+        stage records and decides under `metric` either way."""
+        pooled = self._pooled and self.metric.startswith("val_person")
+        return "val_acc" if pooled else self.metric
+
+    @property
+    def metric_heading(self) -> str:
+        """The metric for a stage's header line, saying why where the shown name differs."""
+        if self.shown_metric == self.metric:
+            return self.metric
+        return f"{self.shown_metric} (as {self.metric}: the images name no people)"
 
     @property
     def confirmation(self) -> ConfirmConfig | None:
@@ -387,6 +411,8 @@ class StudyConfig(Strict):
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:
         names = [s.name for s in self.stages]
+        for stage in self.stages:
+            stage._pooled = self.data.unit == "image"
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"stage names must be unique, repeated: {sorted(dupes)}")

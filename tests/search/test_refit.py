@@ -205,7 +205,9 @@ def test_the_refits_of_a_run_with_workers_train_on_every_thread_the_workers_left
 def test_on_photos_without_people_the_refit_and_the_person_metric_say_images(
         tmp_path, image_folder, capsys):
     """A folder with no group_pattern: the run said "refit on every non-test person" and
-    ranked trials "by val_person_q25", where the split and the metric are by image."""
+    ranked trials "by val_person_q25", and its stage headers, trial lines and decisions
+    printed val_acc's values as val_person_q25, where the split and the metric are by
+    image."""
     path, home = tmp_path / "study.yaml", tmp_path / "mlruns"
     path.write_text(STUDY.replace("stages:\n", "final_model: refit\nstages:\n").replace(
         "trials: 2,", "trials: 2, metric: val_person_q25,"))
@@ -214,8 +216,14 @@ def test_on_photos_without_people_the_refit_and_the_person_metric_say_images(
     out = capsys.readouterr().out
     assert "refit on every non-test image (2 models, probabilities averaged)" in out
     assert "non-test person" not in out
-    assert ("top trials by val_person_q25 (val_acc here: the images name no people) (best "
-            "epoch") in out, out
+    said = "val_acc (as val_person_q25: the images name no people)"
+    assert f"top trials by {said} (best epoch" in out, out
+    assert f"trials + confirmation of the top 1, {said}]" in out
+    # Every other line prints the values under the name they are: val_acc.
+    lines = [line for line in out.replace(said, "").splitlines() if "group_pattern" not in line]
+    assert not [line for line in lines if "val_person_q25" in line], out
+    assert "train_acc  val_acc  params" in out  # ranked by val_acc: no second column of it
+    assert re.search(r"trial 1 complete val_acc [01]\.\d{3}", out), out
     cfg = load_study(path, [f"data.root={image_folder}"])
     assert plan_lines(cfg, [])[-2].endswith("each repeat trained again on every non-test "
                                             "image: 2 more trainings of 3 epochs")
