@@ -357,7 +357,8 @@ _FORM_INPUTS = {
     "mlflow": "  - the registered MLflow model (pyfunc, `mlflow models serve`): float32 images "
     "[B, 3, H, W], RGB, any H and W, in 0-255 or 0-1 (per image: a value above 1 means "
     "0-255); JSON integers and floats both work; a uint8 array through pyfunc is refused "
-    "with the dtype it wants (cast it with .astype('float32'))"}
+    "with the dtype it wants (cast it with .astype('float32')); the pixels must be finite: "
+    "an image with a NaN or infinite value gets NaN probabilities, not a class"}
 
 
 def write_model_card(exported: Exported, out: Path, written: dict) -> Path:

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from asl_sweep.models.layers import InputSpec
-from asl_sweep.models.registry import CNN, build_model, check_fits, count_parameters
+from asl_sweep.models.registry import (
+    CNN,
+    Deployable,
+    build_model,
+    check_fits,
+    count_parameters,
+)
 from asl_sweep.runtime.errors import SettingsError
 from asl_sweep.settings.config import TrainConfig
 
@@ -88,3 +94,18 @@ def test_the_record_holds_only_what_applies_to_the_model():
     whole = TrainConfig(model="transfer", transfer={"trainable": 2,
                                                     "cache_prefix": False}).applicable()
     assert "backbone_lr" in whole["transfer"] and "feature_views" not in whole["transfer"]
+
+
+def test_an_image_with_a_non_finite_pixel_gets_nan_probabilities_and_leaves_the_others_be():
+    """What the model card says of every export form: a NaN or infinite pixel gives that
+    image NaN probabilities (no class), never a confident one, and the other images of the
+    batch get the answer they get alone (batch norm in eval mode mixes no images)."""
+    torch.manual_seed(0)
+    model = Deployable(build_model(TrainConfig(model="cnn", hidden=[], cnn={"channels": [8]}),
+                                   SPEC), 32).eval()
+    x = torch.rand(3, 3, 40, 40) * 255
+    alone = model(x[2:])
+    x[0, 1, 5, 7], x[1, 0, 0, 0] = float("nan"), float("inf")
+    out = model(x)
+    assert out[:2].isnan().all()
+    torch.testing.assert_close(out[2:], alone)
