@@ -308,7 +308,7 @@ def _load_bound(args: argparse.Namespace) -> tuple[StudyConfig, Workspace]:
                          "first (asl-sweep run), or pass --home (or --storage) with the study's "
                          "store")
     data = stored_data(optuna_storage(ws.storage), cfg, _explicit_data(args))
-    return cfg.model_copy(update={"data": data}), ws
+    return cfg.with_data(data), ws
 
 
 def _recorded(args: argparse.Namespace) -> tuple[StudyConfig, Workspace] | None:

@@ -411,8 +411,7 @@ class StudyConfig(Strict):
     @model_validator(mode="after")
     def _check_stages(self) -> StudyConfig:
         names = [s.name for s in self.stages]
-        for stage in self.stages:
-            stage._pooled = self.data.unit == "image"
+        self._mark_stages()
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"stage names must be unique, repeated: {sorted(dupes)}")
@@ -442,6 +441,16 @@ class StudyConfig(Strict):
                         raise ValueError(f"stages.{i}.seed_trials.{j}.{name}: {outside}")
         return self
 
+    def with_data(self, data: DataConfig) -> StudyConfig:
+        """The study with another data section (the one a recorded run used), its stages
+        told whether the images name people."""
+        study = self.model_copy(update={"data": data}, deep=True)
+        study._mark_stages()
+        return study
+
+    def _mark_stages(self) -> None:
+        for stage in self.stages:
+            stage._pooled = self.data.unit == "image"
 
 
 def _first_error(e: ValidationError) -> str:

@@ -27,6 +27,11 @@ def test_a_person_metric_on_images_without_people_is_named_with_what_to_set(writ
     header = next(line for line in out.splitlines() if line.startswith("trial "))
     assert header.split() == ["trial", "train_acc", "val_acc", "params"]
     assert ("top trials by val_acc (as val_person_q25: the images name no people)") in out
+    # Read back by its YAML (data: the built-in set), with the data its run recorded.
+    assert main(["status", str(path), "--home", home]) == 0
+    out = capsys.readouterr().out
+    assert "best so far: trial 0 (incumbent), val_acc 1.0000" in out, out
+    assert "val_person_q25" not in out
     assert main(["run", str(path), "--data", str(root), "--home", home, "--set", "study=grouped",
                  "--set", "data.group_pattern=^(p[0-9])_"]) == 0
     out = capsys.readouterr().out
