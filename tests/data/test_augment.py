@@ -204,6 +204,8 @@ def test_perspective_draws_move_corners_inward_for_half_the_images():
 def test_each_pixel_op_is_torchvisions_per_image(name, ours, theirs, factors):
     x = _batch()
     x[1, :, :4, :4] = 0.5  # a grey patch: hue undefined, saturation 0
+    x[2, 1, :4, :4] = x[2, 0, :4, :4]  # ties between channels: red and green,
+    x[3, 2, :4, :4] = x[3, 1, :4, :4]  # green and blue
     out = ours(x, torch.tensor(factors))
     for i, f in enumerate(factors):
         _close(out[i], theirs(x[i], f), atol=2e-5)
