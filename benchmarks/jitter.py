@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--threads", default="2,1")
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
+    own = torch.get_num_threads()  # the machine line says it; each row says its own
     ops, trainer = [], []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
@@ -110,6 +111,7 @@ def main() -> None:
                             "now_over_before": round(now / before, 3), "runs": seconds})
             print(f"cnn.yaml's CNN, {threads} thread(s): an epoch {before:.3f} s before, "
                   f"{now:.3f} s now ({now / before:.2f}x)", flush=True)
+    torch.set_num_threads(own)
     print(f"written to {write_result('jitter', {'ops': ops, 'trainer': trainer, 'epochs': args.epochs, 'when': time.strftime('%Y-%m-%d')})}")
 
 
