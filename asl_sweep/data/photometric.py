@@ -55,8 +55,9 @@ def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     # chroma * the hue in sixths: red's sector at 0, green's at 2, blue's at 4.
     turned = torch.where(is_r, g - b, torch.where(is_g, b - r, (r - g).add_(4.0 * chroma)))
     turned.add_(is_g * (2.0 * chroma))
-    # A grey pixel (chroma 0) has 0 over a tiny number as its hue, and stays grey.
-    h6 = turned.div_(chroma.clamp_min(1e-12)).add_(_per_image(shift, x)[:, 0] * 6.0)
+    # A grey pixel (chroma 0) has 0 over the dtype's tiniest number as its hue; it stays grey.
+    h6 = turned.div_(chroma.clamp_min(torch.finfo(x.dtype).tiny))
+    h6.add_(_per_image(shift, x)[:, 0] * 6.0)
     sector = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     k = torch.remainder(h6.unsqueeze(1) + sector, 6.0)
     ramp = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)  # min(k, 4 - k) in [0, 1]
