@@ -77,14 +77,16 @@ def main() -> None:
     args = parser.parse_args()
     generator = torch.Generator().manual_seed(0)
     own = torch.get_num_threads()  # the machine line says it; each row says its own
+    thread_counts = [int(t) for t in args.threads.split(",")]
     ops, trainer = [], []
-    for threads in [int(t) for t in args.threads.split(",")]:
+    for threads in thread_counts:
         torch.set_num_threads(threads)
         for size in (48, 128):
             x = torch.rand(64, 3, size, size, generator=generator)
             shift = (torch.rand(64, generator=generator) * 2 - 1) * 0.05
-            worst = max((_round_trip(x, shift) - NOW(x, shift)).abs().max().item(),
-                        (_torchvision(x, shift) - NOW(x, shift)).abs().max().item())
+            answer = NOW(x, shift)
+            worst = max((_round_trip(x, shift) - answer).abs().max().item(),
+                        (_torchvision(x, shift) - answer).abs().max().item())
             for arm, fn in OPS.items():
                 ms = _op_ms(fn, x, shift, args.rounds)
                 ops.append({"arm": arm, "threads": threads, "size": size, "ms_a_batch": round(ms, 3),
@@ -94,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         data = StudyData(cfg.data, Path(cache), torch.device("cpu"),
                          log=lambda _: None).split(cfg.data.image_size, 0)
-        for threads in [int(t) for t in args.threads.split(",")]:
+        for threads in thread_counts:
             torch.set_num_threads(threads)
             seconds: dict[str, list[float]] = {"before": [], "now": []}
             for _ in range(args.rounds):
